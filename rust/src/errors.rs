@@ -1,0 +1,44 @@
+//! The crate's error type. `py_api` maps it onto Python exceptions: I/O failures become the
+//! matching `OSError` subclass (the CLI turns errno into a sysexits code), bad input becomes
+//! `ValueError` (exit 65).
+
+use std::fmt;
+use std::io;
+
+#[derive(Debug)]
+pub enum DmaError {
+    /// An operating-system failure, with what we were doing and on which path.
+    Io { context: String, source: io::Error },
+    /// The input is not acceptable (a NUL byte, a malformed queue file, ...).
+    Data(String),
+}
+
+pub type Result<T> = std::result::Result<T, DmaError>;
+
+impl DmaError {
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        DmaError::Io { context: context.into(), source }
+    }
+}
+
+impl fmt::Display for DmaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DmaError::Io { context, source } => write!(f, "{context}: {source}"),
+            DmaError::Data(msg) => f.write_str(msg),
+        }
+    }
+}
+
+impl std::error::Error for DmaError {}
+
+/// Attach a context string to an `io::Result`.
+pub trait IoContext<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| DmaError::io(what(), e))
+    }
+}

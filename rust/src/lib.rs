@@ -1,0 +1,13 @@
+//! Rust core of dma: spool I/O, local mailboxes, the SMTP transport over rustls and the AUTH
+//! encoders. Plain Rust modules, unit-tested without Python; `py_api` is the only file that
+//! touches pyo3.
+
+pub mod auth;
+pub mod errors;
+pub mod intake;
+pub mod mailbox;
+pub mod smtp;
+pub mod spool;
+pub mod tls;
+
+mod py_api;
