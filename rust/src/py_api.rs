@@ -20,6 +20,195 @@ impl From<DmaError> for PyErr {
 
 // ---- spool ------------------------------------------------------------------------------------
 
+use std::fs::File;
+use std::mem::ManuallyDrop;
+use std::os::fd::FromRawFd;
+use std::path::PathBuf;
+
+use crate::intake::{IntakeOptions, MessageInfo as RustMessageInfo};
+use crate::spool::{self, Entry};
+
+/// A message being received into the spool (see `Incoming` in spool.rs).
+#[pyclass(module = "dma._native")]
+struct Incoming {
+    inner: Option<spool::Incoming>,
+    id: String,
+}
+
+#[pyclass(module = "dma._native", frozen, get_all)]
+struct MessageInfo {
+    input_bytes: u64,
+    size: u64,
+    eight_bit: bool,
+    recipient_headers: Vec<String>,
+}
+
+impl From<RustMessageInfo> for MessageInfo {
+    fn from(i: RustMessageInfo) -> Self {
+        MessageInfo {
+            input_bytes: i.input_bytes,
+            size: i.size,
+            eight_bit: i.eight_bit,
+            recipient_headers: i.recipient_headers,
+        }
+    }
+}
+
+fn finished() -> PyErr {
+    PyValueError::new_err("this message is already committed or aborted")
+}
+
+#[pymethods]
+impl Incoming {
+    #[new]
+    fn new(py: Python<'_>, spooldir: PathBuf) -> PyResult<Self> {
+        let inner = py.detach(|| spool::Incoming::create(&spooldir))?;
+        let id = inner.id().to_owned();
+        Ok(Incoming { inner: Some(inner), id })
+    }
+
+    #[getter]
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Read the message from file descriptor `fd` (left open) into the spool, durably.
+    #[pyo3(signature = (fd, *, prefix, add_if_missing, dot_terminates, collect_recipients))]
+    fn receive(
+        &mut self,
+        py: Python<'_>,
+        fd: i32,
+        prefix: Vec<u8>,
+        add_if_missing: Vec<(String, Vec<u8>)>,
+        dot_terminates: bool,
+        collect_recipients: bool,
+    ) -> PyResult<MessageInfo> {
+        let mut inner = self.inner.take().ok_or_else(finished)?;
+        let (inner, result) = py.detach(move || {
+            // SAFETY: the descriptor belongs to the caller; ManuallyDrop keeps us from closing it.
+            let input = ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
+            let add: Vec<(&str, &[u8])> =
+                add_if_missing.iter().map(|(n, l)| (n.as_str(), l.as_slice())).collect();
+            let opts = IntakeOptions { dot_terminates, collect_recipients, prefix: &prefix, add_if_missing: &add };
+            let result = inner.receive(&*input, &opts);
+            (inner, result)
+        });
+        self.inner = Some(inner);
+        Ok(result?.into())
+    }
+
+    /// Publish one queue entry per recipient; returns their ids. Afterwards this object is spent.
+    fn commit(&mut self, py: Python<'_>, sender: String, recipients: Vec<String>) -> PyResult<Vec<String>> {
+        let mut inner = self.inner.take().ok_or_else(finished)?;
+        Ok(py.detach(move || inner.commit(&sender, &recipients))?)
+    }
+
+    /// Give up: remove everything written so far.
+    fn abort(&mut self) {
+        self.inner = None;
+    }
+}
+
+#[pyclass(module = "dma._native", frozen, get_all)]
+struct QueueEntry {
+    id: String,
+    message_id: String,
+    sender: String,
+    recipient: String,
+    created: u64,
+    size: u64,
+    attempts: u32,
+    next_attempt: u64,
+    last_error: String,
+    state: String,
+}
+
+impl From<&Entry> for QueueEntry {
+    fn from(e: &Entry) -> Self {
+        QueueEntry {
+            id: e.id.clone(),
+            message_id: e.message_id().to_owned(),
+            sender: e.sender.clone(),
+            recipient: e.recipient.clone(),
+            created: e.created,
+            size: e.size,
+            attempts: e.attempts,
+            next_attempt: e.next_attempt,
+            last_error: e.last_error.clone(),
+            state: e.state.clone(),
+        }
+    }
+}
+
+/// Every readable entry (oldest first) and the names of unreadable queue files.
+#[pyfunction]
+fn scan_queue(py: Python<'_>, spooldir: PathBuf) -> PyResult<(Vec<QueueEntry>, Vec<String>)> {
+    let (entries, malformed) = py.detach(|| spool::scan(&spooldir))?;
+    Ok((entries.iter().map(QueueEntry::from).collect(), malformed))
+}
+
+/// An entry held by this process (see `Claim` in spool.rs).
+#[pyclass(module = "dma._native")]
+struct Claim {
+    inner: Option<spool::Claim>,
+}
+
+fn released() -> PyErr {
+    PyValueError::new_err("this entry is no longer claimed")
+}
+
+/// Take an entry unless another process holds it; `None` when held elsewhere or gone.
+#[pyfunction]
+fn claim(py: Python<'_>, spooldir: PathBuf, id: String) -> PyResult<Option<Claim>> {
+    let claimed = py.detach(|| spool::claim(&spooldir, &id))?;
+    Ok(claimed.map(|c| Claim { inner: Some(c) }))
+}
+
+#[pymethods]
+impl Claim {
+    #[getter]
+    fn entry(&self) -> PyResult<QueueEntry> {
+        Ok(QueueEntry::from(&self.inner.as_ref().ok_or_else(released)?.entry))
+    }
+
+    #[getter]
+    fn message_path(&self) -> PyResult<PathBuf> {
+        Ok(self.inner.as_ref().ok_or_else(released)?.message_path())
+    }
+
+    /// Durably record the entry's new state.
+    #[pyo3(signature = (*, attempts, next_attempt, last_error, state))]
+    fn record(
+        &mut self,
+        py: Python<'_>,
+        attempts: u32,
+        next_attempt: u64,
+        last_error: String,
+        state: String,
+    ) -> PyResult<()> {
+        let claim = self.inner.as_mut().ok_or_else(released)?;
+        let entry = Entry { attempts, next_attempt, last_error, state, ..claim.entry.clone() };
+        Ok(py.detach(|| claim.record(entry))?)
+    }
+
+    /// The entry is finished: remove it from the spool.
+    fn remove(&mut self, py: Python<'_>) -> PyResult<()> {
+        let claim = self.inner.take().ok_or_else(released)?;
+        Ok(py.detach(move || claim.remove())?)
+    }
+
+    /// Let other processes take the entry again.
+    fn release(&mut self) {
+        self.inner = None;
+    }
+}
+
+/// Remove temporary and orphaned message files older than `max_age` seconds.
+#[pyfunction]
+fn clean_stale(py: Python<'_>, spooldir: PathBuf, max_age: u64) -> PyResult<Vec<String>> {
+    Ok(py.detach(|| spool::clean_stale(&spooldir, max_age))?)
+}
+
 // ---- mailbox ----------------------------------------------------------------------------------
 
 // ---- smtp -------------------------------------------------------------------------------------
@@ -31,6 +220,13 @@ impl From<DmaError> for PyErr {
 fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // spool registrations
+    m.add_class::<Incoming>()?;
+    m.add_class::<MessageInfo>()?;
+    m.add_class::<QueueEntry>()?;
+    m.add_class::<Claim>()?;
+    m.add_function(wrap_pyfunction!(scan_queue, m)?)?;
+    m.add_function(wrap_pyfunction!(claim, m)?)?;
+    m.add_function(wrap_pyfunction!(clean_stale, m)?)?;
     // mailbox registrations
     // smtp registrations
     // auth registrations

@@ -1,1 +1,513 @@
-//! spool
+//! The spool directory: durable submission, queue entries with per-recipient state, locks and
+//! listing. The format, shared with C dma 0.13/0.14, is described in docs/spool.md.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::errors::{DmaError, IoContext, Result};
+use crate::intake::{self, IntakeOptions, MessageInfo};
+
+const TMP_PREFIX: &str = "tmp_";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .context(|| format!("syncing `{}'", dir.display()))
+}
+
+/// A value that goes on one line of a queue file.
+fn check_field(what: &str, value: &str) -> Result<()> {
+    if value.bytes().any(|b| matches!(b, b'\n' | b'\r' | b'\0')) {
+        return Err(DmaError::Data(format!("{what} contains a line break or NUL")));
+    }
+    Ok(())
+}
+
+/// A message being received, until it is committed to the queue. Dropping it uncommitted removes
+/// everything it wrote.
+pub struct Incoming {
+    dir: PathBuf,
+    tmp: PathBuf,
+    file: Option<File>,
+    id: String,
+    created: u64,
+    size: u64,
+    published: Vec<PathBuf>,
+}
+
+impl Incoming {
+    /// Create the temporary file in `dir`; the message id comes from its inode.
+    pub fn create(dir: &Path) -> Result<Incoming> {
+        let created = now();
+        let mut attempt = 0u32;
+        loop {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let tmp = dir.join(format!(
+                "{TMP_PREFIX}{:08x}{:04x}",
+                nanos ^ std::process::id(),
+                attempt
+            ));
+            let opened = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp);
+            match opened {
+                Ok(file) => {
+                    let ino = file
+                        .metadata()
+                        .context(|| format!("stat `{}'", tmp.display()))?
+                        .ino();
+                    let id = format!("{created:08x}{ino:x}");
+                    return Ok(Incoming {
+                        dir: dir.to_owned(),
+                        tmp,
+                        file: Some(file),
+                        id,
+                        created,
+                        size: 0,
+                        published: Vec::new(),
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => attempt += 1,
+                Err(e) => {
+                    return Err(DmaError::io(
+                        format!("can not create temp file in `{}'", dir.display()),
+                        e,
+                    ))
+                }
+            }
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Stream the message from `input` into the temporary file and make it durable.
+    pub fn receive(&mut self, input: impl Read, opts: &IntakeOptions<'_>) -> Result<MessageInfo> {
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| DmaError::Data("message already received".into()))?;
+        let out = BufWriter::with_capacity(64 * 1024, file);
+        let (info, out) = intake::copy_message(input, out, opts)?;
+        let file = out
+            .into_inner()
+            .map_err(|e| DmaError::io("writing the spool file", e.into_error()))?;
+        file.sync_all()
+            .context(|| format!("syncing `{}'", self.tmp.display()))?;
+        self.size = info.size;
+        Ok(info)
+    }
+
+    /// Publish one queue entry per recipient, durably; returns the entry ids.
+    pub fn commit(&mut self, sender: &str, recipients: &[String]) -> Result<Vec<String>> {
+        check_field("the sender", sender)?;
+        for r in recipients {
+            check_field("a recipient", r)?;
+        }
+        let mut ids = Vec::with_capacity(recipients.len());
+        for (n, recipient) in recipients.iter().enumerate() {
+            let entry = Entry {
+                id: format!("{}.{}", self.id, n + 1),
+                sender: sender.to_owned(),
+                recipient: recipient.clone(),
+                created: self.created,
+                size: self.size,
+                ..Entry::default()
+            };
+            let m = self.dir.join(format!("M{}", entry.id));
+            fs::hard_link(&self.tmp, &m).context(|| format!("can not create `{}'", m.display()))?;
+            self.published.push(m);
+            let q = self.dir.join(format!("Q{}", entry.id));
+            write_entry_file(&self.dir, &entry)?;
+            self.published.push(q);
+            ids.push(entry.id);
+        }
+        fsync_dir(&self.dir)?;
+        self.published.clear();
+        // The message is safe from here on; the temporary name is no longer needed.
+        let _ = fs::remove_file(&self.tmp);
+        Ok(ids)
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        for path in self.published.iter().rev() {
+            let _ = fs::remove_file(path);
+        }
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+/// The envelope and state of one recipient of one message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entry {
+    pub id: String,
+    pub sender: String,
+    pub recipient: String,
+    pub created: u64,
+    pub size: u64,
+    pub attempts: u32,
+    pub next_attempt: u64,
+    pub last_error: String,
+    pub state: String,
+}
+
+impl Entry {
+    pub fn message_id(&self) -> &str {
+        self.id.rsplit_once('.').map_or(&self.id, |(m, _)| m)
+    }
+
+    fn render(&self) -> String {
+        let mut s = format!(
+            "ID: {}\nSender: {}\nRecipient: {}\nCreated: {}\nSize: {}\n",
+            self.id, self.sender, self.recipient, self.created, self.size
+        );
+        if self.attempts > 0 {
+            s.push_str(&format!("Attempts: {}\n", self.attempts));
+        }
+        if self.next_attempt > 0 {
+            s.push_str(&format!("Next-Attempt: {}\n", self.next_attempt));
+        }
+        if !self.last_error.is_empty() {
+            s.push_str(&format!("Last-Error: {}\n", self.last_error));
+        }
+        if !self.state.is_empty() {
+            s.push_str(&format!("State: {}\n", self.state));
+        }
+        s
+    }
+
+    /// Parse a queue file as C dma does: `Key: value` lines, unknown keys ignored, a line
+    /// without `:` makes the file malformed. `mtime` stands in for a missing `Created`.
+    pub fn parse(text: &str, mtime: u64) -> Option<Entry> {
+        let mut e = Entry {
+            created: mtime,
+            ..Entry::default()
+        };
+        for line in text.lines() {
+            let (key, value) = line.split_once(':')?;
+            let value = value.trim_start();
+            let number = || value.trim().parse().unwrap_or(0);
+            match key {
+                "ID" => e.id = value.to_owned(),
+                "Sender" => e.sender = value.to_owned(),
+                "Recipient" => e.recipient = value.to_owned(),
+                "Created" => e.created = number(),
+                "Size" => e.size = number(),
+                "Attempts" => e.attempts = u32::try_from(number()).unwrap_or(u32::MAX),
+                "Next-Attempt" => e.next_attempt = number(),
+                "Last-Error" => e.last_error = value.to_owned(),
+                "State" => e.state = value.to_owned(),
+                _ => {}
+            }
+        }
+        (!e.id.is_empty() && !e.recipient.is_empty()).then_some(e)
+    }
+}
+
+/// Write `Q<id>` atomically: a locked temporary file, synced, renamed into place. Returns the
+/// new file, still locked.
+fn write_entry_file(dir: &Path, entry: &Entry) -> Result<File> {
+    let tmp = dir.join(format!("{TMP_PREFIX}Q{}", entry.id));
+    let q = dir.join(format!("Q{}", entry.id));
+    let write = || -> std::io::Result<File> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.lock()?;
+        f.write_all(entry.render().as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, &q)?;
+        Ok(f)
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        DmaError::io(format!("can not create `{}'", q.display()), e)
+    })
+}
+
+/// One pass over the spool: every readable entry whose message file exists, oldest first, and
+/// the names of the queue files that could not be read.
+pub fn scan(dir: &Path) -> Result<(Vec<Entry>, Vec<String>)> {
+    let mut entries = Vec::new();
+    let mut malformed = Vec::new();
+    let listing = fs::read_dir(dir).context(|| format!("can not read spool `{}'", dir.display()))?;
+    for item in listing.flatten() {
+        let name = item.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(id) = name.strip_prefix('Q') else {
+            continue;
+        };
+        match read_entry(dir, id) {
+            Some(e) => entries.push(e),
+            None => malformed.push(name.to_owned()),
+        }
+    }
+    entries.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+    Ok((entries, malformed))
+}
+
+fn read_entry(dir: &Path, id: &str) -> Option<Entry> {
+    let q = dir.join(format!("Q{id}"));
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&q)
+        .ok()?;
+    read_open_entry(dir, id, &mut f)
+}
+
+fn read_open_entry(dir: &Path, id: &str, f: &mut File) -> Option<Entry> {
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() || meta.len() > 64 * 1024 {
+        return None;
+    }
+    let mut text = String::new();
+    f.read_to_string(&mut text).ok()?;
+    let entry = Entry::parse(&text, u64::try_from(meta.mtime()).unwrap_or(0))?;
+    // The name is what a runner locks and removes; a file claiming another id is not trusted.
+    let m = fs::symlink_metadata(dir.join(format!("M{id}"))).ok()?;
+    (entry.id == id && m.is_file()).then_some(entry)
+}
+
+/// An entry taken by this process: nobody else delivers it while the claim lives.
+pub struct Claim {
+    dir: PathBuf,
+    file: File,
+    pub entry: Entry,
+}
+
+/// Take an entry if nobody else holds it. `None` when it is locked elsewhere or gone.
+pub fn claim(dir: &Path, id: &str) -> Result<Option<Claim>> {
+    let q = dir.join(format!("Q{id}"));
+    for _ in 0..8 {
+        let mut file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&q)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(DmaError::io(format!("can not open `{}'", q.display()), e)),
+        };
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(DmaError::io(format!("can not lock `{}'", q.display()), e))
+            }
+        }
+        // The entry may have been rewritten (renamed over) or removed while we waited.
+        let locked = file.metadata().context(|| format!("stat `{}'", q.display()))?;
+        match fs::symlink_metadata(&q) {
+            Ok(now) if now.ino() == locked.ino() && now.dev() == locked.dev() => {}
+            Ok(_) => continue,
+            Err(_) => return Ok(None),
+        }
+        let Some(entry) = read_open_entry(dir, id, &mut file) else {
+            return Err(DmaError::Data(format!("malformed queue file `{}'", q.display())));
+        };
+        return Ok(Some(Claim {
+            dir: dir.to_owned(),
+            file,
+            entry,
+        }));
+    }
+    Ok(None)
+}
+
+impl Claim {
+    pub fn message_path(&self) -> PathBuf {
+        self.dir.join(format!("M{}", self.entry.id))
+    }
+
+    /// Durably replace the entry's state with `entry` (same id).
+    pub fn record(&mut self, entry: Entry) -> Result<()> {
+        if entry.id != self.entry.id {
+            return Err(DmaError::Data("an entry's id cannot change".into()));
+        }
+        check_field("the error text", &entry.last_error)?;
+        check_field("the state", &entry.state)?;
+        self.file = write_entry_file(&self.dir, &entry)?;
+        fsync_dir(&self.dir)?;
+        self.entry = entry;
+        Ok(())
+    }
+
+    /// The entry is finished (delivered, or bounced): remove `Q`, then `M`.
+    pub fn remove(self) -> Result<()> {
+        let q = self.dir.join(format!("Q{}", self.entry.id));
+        fs::remove_file(&q).context(|| format!("can not remove `{}'", q.display()))?;
+        let _ = fs::remove_file(self.message_path());
+        fsync_dir(&self.dir)
+    }
+}
+
+/// Remove what crashes leave behind: temporary files and message files without an entry, older
+/// than `max_age` seconds. Returns the names removed.
+pub fn clean_stale(dir: &Path, max_age: u64) -> Result<Vec<String>> {
+    let cutoff = now().saturating_sub(max_age);
+    let mut removed = Vec::new();
+    let listing = fs::read_dir(dir).context(|| format!("can not read spool `{}'", dir.display()))?;
+    for item in listing.flatten() {
+        let name = item.file_name().to_string_lossy().into_owned();
+        let orphan = match name.strip_prefix('M') {
+            Some(id) => !dir.join(format!("Q{id}")).exists(),
+            None => name.starts_with(TMP_PREFIX),
+        };
+        let old = item
+            .metadata()
+            .is_ok_and(|m| u64::try_from(m.mtime()).unwrap_or(0) <= cutoff);
+        if orphan && old && fs::remove_file(item.path()).is_ok() {
+            removed.push(name);
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("dma-spool-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn submit(dir: &Path, body: &[u8], rcpts: &[&str]) -> Vec<String> {
+        let mut inc = Incoming::create(dir).unwrap();
+        let opts = IntakeOptions {
+            dot_terminates: false,
+            collect_recipients: false,
+            prefix: b"",
+            add_if_missing: &[],
+        };
+        inc.receive(body, &opts).unwrap();
+        let rcpts: Vec<String> = rcpts.iter().map(|s| (*s).to_owned()).collect();
+        inc.commit("a@x", &rcpts).unwrap()
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn commit_publishes_one_entry_per_recipient_and_no_temp_file() {
+        let dir = tempdir("commit");
+        let ids = submit(&dir, b"S: x\n\nhello\n", &["b@y", "c@z"]);
+        assert_eq!(ids.len(), 2);
+        let (entries, bad) = scan(&dir).unwrap();
+        assert!(bad.is_empty());
+        assert_eq!(
+            entries.iter().map(|e| e.recipient.as_str()).collect::<Vec<_>>(),
+            ["b@y", "c@z"]
+        );
+        assert!(
+            names(&dir).iter().all(|n| !n.starts_with(TMP_PREFIX)),
+            "{:?}",
+            names(&dir)
+        );
+        let m = fs::metadata(dir.join(format!("M{}", ids[0]))).unwrap();
+        assert_eq!(m.nlink(), 2, "one hard link per recipient");
+        assert_eq!(entries[0].message_id(), entries[1].message_id());
+    }
+
+    #[test]
+    fn an_uncommitted_message_leaves_nothing() {
+        let dir = tempdir("abort");
+        {
+            let mut inc = Incoming::create(&dir).unwrap();
+            let opts = IntakeOptions {
+                dot_terminates: false,
+                collect_recipients: false,
+                prefix: b"",
+                add_if_missing: &[],
+            };
+            inc.receive(&b"x\n"[..], &opts).unwrap();
+            assert!(inc.commit("a@x", &["bad\nrcpt".to_owned()]).is_err());
+        }
+        assert!(names(&dir).is_empty(), "{:?}", names(&dir));
+    }
+
+    #[test]
+    fn reads_c_dma_queue_files() {
+        let dir = tempdir("cdma");
+        fs::write(
+            dir.join("Q20c096.5622a4e04090"),
+            "ID: 20c096.5622a4e04090\nSender: \nRecipient: u@h\n",
+        )
+        .unwrap();
+        fs::write(dir.join("M20c096.5622a4e04090"), "Received: x\n\nbody\n").unwrap();
+        fs::write(dir.join("Qbroken"), "no colon here\n").unwrap();
+        fs::write(dir.join("Qnomsg.1"), "ID: nomsg.1\nRecipient: u@h\n").unwrap();
+        let (entries, bad) = scan(&dir).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].sender, "");
+        assert_eq!(entries[0].message_id(), "20c096");
+        assert!(entries[0].created > 0, "mtime stands in for Created");
+        assert_eq!(bad.len(), 2);
+    }
+
+    #[test]
+    fn claims_exclude_each_other_and_survive_record() {
+        let dir = tempdir("claim");
+        let ids = submit(&dir, b"x\n", &["b@y"]);
+        let mut c = claim(&dir, &ids[0]).unwrap().unwrap();
+        assert!(
+            claim(&dir, &ids[0]).unwrap().is_none(),
+            "second claim while the first is held"
+        );
+        let mut e = c.entry.clone();
+        e.attempts = 3;
+        e.last_error = "451 later".into();
+        c.record(e).unwrap();
+        assert!(
+            claim(&dir, &ids[0]).unwrap().is_none(),
+            "still held after the rewrite"
+        );
+        drop(c);
+        let c = claim(&dir, &ids[0]).unwrap().unwrap();
+        assert_eq!(c.entry.attempts, 3);
+        assert_eq!(c.entry.last_error, "451 later");
+        c.remove().unwrap();
+        assert!(names(&dir).is_empty());
+    }
+
+    #[test]
+    fn stale_files_are_cleaned_only_when_orphaned_and_old() {
+        let dir = tempdir("stale");
+        let ids = submit(&dir, b"x\n", &["b@y"]);
+        fs::write(dir.join("tmp_leftover"), "x").unwrap();
+        fs::write(dir.join("Morphan.1"), "x").unwrap();
+        assert!(clean_stale(&dir, 3600).unwrap().is_empty());
+        let mut removed = clean_stale(&dir, 0).unwrap();
+        removed.sort();
+        assert_eq!(removed, ["Morphan.1", "tmp_leftover"]);
+        assert!(dir.join(format!("M{}", ids[0])).exists());
+    }
+}
