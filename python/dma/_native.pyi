@@ -51,3 +51,19 @@ def scan_queue(spooldir: str | PathLike[str]) -> tuple[list[QueueEntry], list[st
 def claim(spooldir: str | PathLike[str], id: str) -> Claim | None: ...
 def clean_stale(spooldir: str | PathLike[str], max_age: int) -> list[str]: ...
 
+
+# ---- mailbox ----
+def mbox_append(
+    mbox: str | PathLike[str],
+    message: str | PathLike[str],
+    sender: str,
+    when: str,
+    create: tuple[int, int, int] | None = None,
+    lock_timeout: float = 100.0,
+) -> None: ...
+def maildir_deliver(
+    maildir: str | PathLike[str],
+    message: str | PathLike[str],
+    hostname: str,
+    create: tuple[int, int] | None = None,
+) -> str: ...

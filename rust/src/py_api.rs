@@ -211,6 +211,38 @@ fn clean_stale(py: Python<'_>, spooldir: PathBuf, max_age: u64) -> PyResult<Vec<
 
 // ---- mailbox ----------------------------------------------------------------------------------
 
+/// Append a spooled message to an mbox (C dma framing, mboxrd quoting), GIL released.
+/// `create` = `(uid, gid, mode)` for a missing mbox; `lock_timeout` in seconds (C dma: 100).
+#[pyfunction]
+#[pyo3(signature = (mbox, message, sender, when, create=None, lock_timeout=100.0))]
+fn mbox_append(
+    py: Python<'_>,
+    mbox: std::path::PathBuf,
+    message: std::path::PathBuf,
+    sender: &str,
+    when: &str,
+    create: Option<(u32, u32, u32)>,
+    lock_timeout: f64,
+) -> PyResult<()> {
+    let timeout = std::time::Duration::try_from_secs_f64(lock_timeout)
+        .map_err(|_| PyValueError::new_err(format!("invalid lock_timeout {lock_timeout}")))?;
+    py.detach(|| crate::mailbox::mbox_append_timeout(&mbox, &message, sender, when, create, timeout))?;
+    Ok(())
+}
+
+/// Deliver a spooled message into a Maildir, GIL released; returns the file name in `new/`.
+#[pyfunction]
+#[pyo3(signature = (maildir, message, hostname, create=None))]
+fn maildir_deliver(
+    py: Python<'_>,
+    maildir: std::path::PathBuf,
+    message: std::path::PathBuf,
+    hostname: &str,
+    create: Option<(u32, u32)>,
+) -> PyResult<String> {
+    Ok(py.detach(|| crate::mailbox::maildir_deliver(&maildir, &message, hostname, create))?)
+}
+
 // ---- smtp -------------------------------------------------------------------------------------
 
 // ---- auth -------------------------------------------------------------------------------------
@@ -228,6 +260,8 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(claim, m)?)?;
     m.add_function(wrap_pyfunction!(clean_stale, m)?)?;
     // mailbox registrations
+    m.add_function(wrap_pyfunction!(mbox_append, m)?)?;
+    m.add_function(wrap_pyfunction!(maildir_deliver, m)?)?;
     // smtp registrations
     // auth registrations
     Ok(())
