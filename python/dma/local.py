@@ -1,0 +1,142 @@
+"""Local delivery policy: which mailbox, which owner, which failures are final.
+
+The queue runner calls `deliver` for a recipient that routing found local. The bytes are moved by
+Rust (`dma._native.mbox_append` / `maildir_deliver`), streaming the spooled ``M`` file; nothing of
+the message passes through Python.
+
+mbox (the default, as C dma): ``<mboxdir>/<user>``, C dma's ``From `` line and mboxrd quoting, one
+empty line after each message, exclusive ``flock`` waited for up to 100 s. A missing mbox is
+created: in system mode owned by the user, group ``mail`` (the user's group if there is no
+``mail`` group), mode 0620, like C dma's ``dma-mbox-create``; in user mode owned by us, 0600.
+
+Maildir (an addition; C dma has none): when ``cfg.maildir`` is set, a template where a leading
+``~`` is the user's home directory and ``%u`` the user name, e.g. ``~/Maildir``.
+
+Failures raise `DeliveryFailure`; ``permanent`` says whether to bounce now (unknown user, unsafe
+name, bad data) or retry later (any OS error: lock timeout, disk full, a refused symlink...).
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import time
+from typing import Protocol
+
+from dma import _native
+
+__all__ = ["DEFAULT_LOCK_TIMEOUT", "DeliveryFailure", "LocalConfig", "deliver", "is_local_user"]
+
+#: Seconds to wait for an mbox lock (C dma's alarm).
+DEFAULT_LOCK_TIMEOUT = 100.0
+
+#: Mode of an mbox created in system mode: ``rw--w----`` user:mail, as ``dma-mbox-create``.
+SYSTEM_MBOX_MODE = 0o620
+#: Mode of an mbox created in user mode.
+USER_MBOX_MODE = 0o600
+
+
+class LocalConfig(Protocol):
+    """The part of the configuration local delivery reads (read-only attributes)."""
+
+    @property
+    def mboxdir(self) -> str: ...
+    @property
+    def maildir(self) -> str | None: ...
+    @property
+    def mailname(self) -> str: ...
+    @property
+    def user_mode(self) -> bool: ...
+
+
+class DeliveryFailure(Exception):
+    """Local delivery failed: ``permanent`` = bounce now, otherwise retry later."""
+
+    permanent: bool
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+def is_local_user(name: str) -> bool:
+    """Whether ``name`` is a user of this system that we would deliver to."""
+    if not _safe_name(name):
+        return False
+    try:
+        pwd.getpwnam(name)
+    except (KeyError, ValueError):
+        return False
+    return True
+
+
+def deliver(
+    user: str,
+    sender: str,
+    message_path: str,
+    cfg: LocalConfig,
+    *,
+    when: str | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> None:
+    """Deliver the spooled message at ``message_path`` to local ``user``.
+
+    ``sender`` is the envelope sender (empty for a bounce: written ``MAILER-DAEMON``). ``when`` is
+    the ``From `` line's date, ``ctime()`` form; default now, local time.
+    Raises `DeliveryFailure`.
+    """
+    pw = _lookup(user)
+    try:
+        if cfg.maildir:
+            path = _expand_maildir(cfg.maildir, pw)
+            owner = None if cfg.user_mode else (pw.pw_uid, pw.pw_gid)
+            _native.maildir_deliver(path, message_path, cfg.mailname, owner)
+        else:
+            mbox = os.path.join(cfg.mboxdir, pw.pw_name)
+            if cfg.user_mode:
+                create = (os.getuid(), os.getgid(), USER_MBOX_MODE)
+            else:
+                create = (pw.pw_uid, _mail_gid(pw), SYSTEM_MBOX_MODE)
+            if when is None:
+                when = time.strftime("%a %b %e %H:%M:%S %Y")
+            _native.mbox_append(mbox, message_path, sender, when, create, lock_timeout)
+    except OSError as e:
+        raise DeliveryFailure(f"local delivery to {user} failed: {e.strerror or e}", permanent=False) from e
+    except ValueError as e:
+        raise DeliveryFailure(f"local delivery to {user} failed: {e}", permanent=True) from e
+
+
+def _safe_name(name: str) -> bool:
+    return bool(name) and "/" not in name and "\0" not in name and not name.startswith(".")
+
+
+def _lookup(user: str) -> pwd.struct_passwd:
+    if not _safe_name(user):
+        raise DeliveryFailure(f"invalid local user name {user!r}", permanent=True)
+    try:
+        pw = pwd.getpwnam(user)
+    except (KeyError, ValueError):
+        raise DeliveryFailure(f"unknown local user {user!r}", permanent=True) from None
+    # The name from the passwd database names the mbox (NSS may match names loosely).
+    if not _safe_name(pw.pw_name):
+        raise DeliveryFailure(f"invalid local user name {pw.pw_name!r}", permanent=True)
+    return pw
+
+
+def _mail_gid(pw: pwd.struct_passwd) -> int:
+    try:
+        return grp.getgrnam("mail").gr_gid
+    except KeyError:
+        return pw.pw_gid
+
+
+def _expand_maildir(template: str, pw: pwd.struct_passwd) -> str:
+    path = template
+    if path == "~" or path.startswith("~/"):
+        path = pw.pw_dir + path[1:]
+    path = path.replace("%u", pw.pw_name)
+    if not os.path.isabs(path):
+        # A configuration mistake, not the message's fault: retry once the admin fixes it.
+        raise DeliveryFailure(f"Maildir path {path!r} for {pw.pw_name} is not absolute", permanent=False)
+    return path
