@@ -1,0 +1,264 @@
+"""The command line: `sendmail`, `mailq`, `newaliases` and `dma`, with C dma's options.
+
+The program name picks the mode. Options are parsed as POSIX getopt does with C dma's option string:
+options come before recipients, parsing stops at `--` or the first non-option, and `-q` takes an
+optional argument. Heavy modules are imported only by the modes that need them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from .errors import EX_CONFIG, EX_OSERR, EX_USAGE, Fatal
+
+if TYPE_CHECKING:
+    from .config import Config
+
+WITH_ARGUMENT = set("AbBCdfFhLNoOqrRVX")
+FLAGS = set("DintUv")
+
+
+class Options:
+    __slots__ = (
+        "config",
+        "dot_terminates",
+        "foreground",
+        "from_headers",
+        "full_name",
+        "list_queue",
+        "queue_arg",
+        "queue_only",
+        "recipients",
+        "run_queue",
+        "sender",
+        "tag",
+        "verbose",
+    )
+
+    def __init__(self) -> None:
+        self.config: str | None = None
+        self.dot_terminates = True
+        self.foreground = False
+        self.from_headers = False
+        self.full_name: str | None = None
+        self.list_queue = False
+        self.queue_arg = ""
+        self.queue_only = False
+        self.recipients: list[str] = []
+        self.run_queue = False
+        self.sender: str | None = None
+        self.tag = "dma"
+        self.verbose = False
+
+
+def parse_args(args: list[str]) -> Options:
+    opts = Options()
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            i += 1
+            break
+        if not arg.startswith("-") or arg == "-":
+            break
+        j = 1
+        while j < len(arg):
+            letter = arg[j]
+            rest = arg[j + 1 :]
+            if letter in FLAGS:
+                apply_flag(opts, letter)
+                j += 1
+                continue
+            if letter not in WITH_ARGUMENT:
+                raise Fatal(EX_USAGE, f"invalid argument: `-{letter}'")
+            if rest:
+                value = rest
+            elif letter == "q":
+                # An optional argument: C dma's getopt takes the next word unless it is an option.
+                if i + 1 < len(args) and not args[i + 1].startswith("-"):
+                    i += 1
+                    value = args[i]
+                else:
+                    value = ""
+            elif i + 1 < len(args):
+                i += 1
+                value = args[i]
+            else:
+                raise Fatal(EX_USAGE, f"option requires an argument: `-{letter}'")
+            apply_option(opts, letter, value)
+            break
+        i += 1
+    opts.recipients = args[i:]
+    if opts.recipients and (opts.list_queue or opts.run_queue):
+        raise Fatal(EX_USAGE, "sending mail and queue operations are mutually exclusive")
+    if opts.list_queue and opts.run_queue:
+        raise Fatal(EX_USAGE, "conflicting queue operations")
+    return opts
+
+
+def apply_flag(opts: Options, letter: str) -> None:
+    if letter == "D":
+        opts.foreground = True
+    elif letter == "i":
+        opts.dot_terminates = False
+    elif letter == "t":
+        opts.from_headers = True
+    elif letter == "v":
+        opts.verbose = True
+    # -n and -U are accepted and ignored, as in C dma.
+
+
+def apply_option(opts: Options, letter: str, value: str) -> None:
+    if letter == "A" and value in ("c", "m"):
+        return
+    if letter in "Ab":
+        if value == "p":
+            opts.list_queue = True
+        elif value == "q":
+            opts.queue_only = True
+        else:
+            # -bm, -bs, -bi, ... carry on as a foreground submission, as in C dma.
+            opts.foreground = True
+    elif letter in "fr":
+        opts.sender = value
+    elif letter == "F":
+        opts.full_name = value
+    elif letter == "o":
+        if value == "i":
+            opts.dot_terminates = False
+    elif letter == "L":
+        opts.tag = value
+    elif letter == "q":
+        opts.run_queue = True
+        opts.queue_arg = value
+    elif letter == "C":
+        opts.config = value
+    # -B -d -h -N -O -R -V -X take an argument that is ignored.
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv if argv is None else argv
+    prog = os.path.basename(argv[0]) if argv else "sendmail"
+    try:
+        return dispatch(prog, argv[1:])
+    except Fatal as e:
+        sys.stderr.write(f"{prog}: {e}\n")
+        return e.code
+    except KeyboardInterrupt:
+        return 130
+
+
+def dispatch(prog: str, args: list[str]) -> int:
+    from . import config
+
+    if prog == "mailq":
+        if args:
+            raise Fatal(EX_USAGE, "invalid arguments")
+        from .queue import list_queue
+
+        list_queue(config.load(), sys.stdout)
+        return 0
+    if prog == "newaliases":
+        return check_aliases(config.load())
+    opts = parse_args(args)
+    cfg = config.load(opts.config)
+    if opts.list_queue:
+        from .queue import list_queue
+
+        list_queue(cfg, sys.stdout)
+        return 0
+    if opts.run_queue:
+        return run_queue(cfg, opts)
+    from .submit import Submission, submit
+
+    sub = Submission(
+        opts.recipients,
+        opts.sender,
+        dot_terminates=opts.dot_terminates,
+        from_headers=opts.from_headers,
+        full_name=opts.full_name,
+    )
+    message_id, _ = submit(cfg, sub)
+    if opts.queue_only or cfg.defer:
+        return 0
+    return deliver_now(cfg, message_id, foreground=opts.foreground, verbose=opts.verbose)
+
+
+def check_aliases(cfg: Config) -> int:
+    from .aliases import parse
+
+    problems = parse(cfg.aliases).check()
+    for problem in problems:
+        sys.stderr.write(f"newaliases: {problem}\n")
+    return EX_CONFIG if problems else 0
+
+
+def run_queue(cfg: Config, opts: Options) -> int:
+    from .queue import Runner, wake
+
+    runner = Runner(cfg, verbose=opts.verbose)
+    if not runner.acquire():
+        wake(cfg, flush=True)
+        return 0
+    if not opts.foreground and daemonize():
+        return 0
+    if opts.foreground:
+        try:
+            runner.run(force=True)
+        finally:
+            runner.release()
+    else:
+        runner.serve(force=True)
+    return 0
+
+
+def deliver_now(cfg: Config, message_id: str, *, foreground: bool, verbose: bool) -> int:
+    """After a submission: deliver in the foreground (`-D`), or wake or start the runner."""
+    from .errors import EX_TEMPFAIL, EX_UNAVAILABLE
+    from .queue import Runner, wake
+
+    runner = Runner(cfg, verbose=verbose)
+    if foreground:
+        # -D: deliver this message now, even if a runner is busy, and report the outcome.
+        for entry_id in entry_ids_of(cfg, message_id):
+            runner.deliver_entry(entry_id)
+        if runner.failed:
+            return EX_UNAVAILABLE
+        return EX_TEMPFAIL if runner.deferred else 0
+    if not runner.acquire():
+        wake(cfg)
+        return 0
+    if daemonize():
+        runner.lock_fd = -1  # the child holds the lock now
+        return 0
+    runner.serve()
+    return 0
+
+
+def entry_ids_of(cfg: Config, message_id: str) -> list[str]:
+    from . import _native
+
+    entries, _ = _native.scan_queue(cfg.spooldir)
+    return [e.id for e in entries if e.message_id == message_id]
+
+
+def daemonize() -> bool:
+    """Fork into the background. True in the parent (which should return), False in the child."""
+    try:
+        pid = os.fork()
+    except OSError as e:
+        raise Fatal(EX_OSERR, f"can not fork: {e.strerror}") from e
+    if pid:
+        return True
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""The envelope and header block of a submitted message: sender, recipients, and the headers we add.
+
+The body itself never passes through here: Rust streams it into the spool. This module is on the
+submission hot path and imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import time
+
+from . import __version__
+from .errors import EX_DATAERR, EX_SOFTWARE, Fatal
+
+MAX_ADDRESS = 998
+
+
+def login_name() -> str:
+    """The submitting user's name, chosen as C dma does (1.5 of the behaviour notes)."""
+    uid = os.getuid()
+    candidates: list[str] = []
+    try:
+        candidates.append(os.getlogin())
+    except OSError:
+        pass
+    candidates += [os.environ.get("LOGNAME", ""), os.environ.get("USER", "")]
+    for name in candidates:
+        if not name:
+            continue
+        try:
+            if pwd.getpwnam(name).pw_uid == uid:
+                return name[:49]
+        except KeyError:
+            continue
+    try:
+        return pwd.getpwuid(uid).pw_name[:49]
+    except KeyError:
+        return f"uid={uid}"
+
+
+def check_line_safe(what: str, value: str) -> None:
+    """Refuse CR, LF and NUL: they would inject headers into the message or commands into SMTP."""
+    if "\n" in value or "\r" in value or "\0" in value:
+        raise Fatal(EX_DATAERR, f"{what} contains a line break or NUL: {value!r}")
+
+
+def parse_addresses(text: str, what: str = "address") -> list[str]:
+    """Addresses in an address-list header value or a command-line argument.
+
+    Comments go, quoted strings and escapes stay verbatim, whitespace outside quotes goes, `<...>`
+    replaces the display name before it, `name:` starts a group, `,` and `;` end an address.
+    """
+    found: list[str] = []
+    current: list[str] = []
+    depth = 0
+    i = 0
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if depth:
+            if c == "\\":
+                i += 1
+            elif c == "(":
+                depth += 1
+            elif c == ")":
+                depth -= 1
+        elif c == "(":
+            depth = 1
+        elif c == ")":
+            raise Fatal(EX_DATAERR, f"invalid {what}: unbalanced `)' in {text!r}")
+        elif c == '"':
+            end = i + 1
+            while end < n and text[end] != '"':
+                end += 2 if text[end] == "\\" else 1
+            current.append(text[i : end + 1])
+            i = end
+        elif c == "\\":
+            current.append(text[i : i + 2])
+            i += 1
+        elif c == "<":
+            end = text.find(">", i)
+            if end < 0:
+                raise Fatal(EX_DATAERR, f"invalid {what}: unbalanced `<' in {text!r}")
+            current = [text[i + 1 : end].strip()]
+            i = end
+        elif c == ">":
+            raise Fatal(EX_DATAERR, f"invalid {what}: unbalanced `>' in {text!r}")
+        elif c == ":":
+            current = []
+        elif c in ",;":
+            _flush(current, found, what)
+            current = []
+        elif not c.isspace():
+            current.append(c)
+        i += 1
+    _flush(current, found, what)
+    return found
+
+
+def _flush(current: list[str], found: list[str], what: str) -> None:
+    address = "".join(current)
+    if not address:
+        return
+    if len(address) > MAX_ADDRESS:
+        raise Fatal(EX_DATAERR, f"invalid {what}: longer than {MAX_ADDRESS} characters")
+    check_address(address, what)
+    found.append(address)
+
+
+def check_address(address: str, what: str = "address") -> None:
+    """Refuse what cannot be an address: control characters, an empty local part or domain, bad labels."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in address):
+        raise Fatal(EX_DATAERR, f"invalid {what} `{address!r}': control characters")
+    local, at, domain = address.rpartition("@")
+    if not at:
+        local, domain = address, ""
+    if not local or (at and not domain):
+        raise Fatal(EX_DATAERR, f"invalid {what} `{address}'")
+    if domain.startswith("[") and domain.endswith("]"):
+        return
+    labels = domain.split(".") if domain else []
+    for label in labels:
+        if not label or label.startswith("-") or label.endswith("-"):
+            raise Fatal(EX_DATAERR, f"invalid {what} `{address}': bad domain")
+        if not all(ch.isalnum() or ch == "-" or ord(ch) > 127 for ch in label):
+            raise Fatal(EX_DATAERR, f"invalid {what} `{address}': bad domain")
+
+
+def envelope_sender(
+    given: str | None, mailname: str, masquerade_user: str | None, masquerade_host: str | None
+) -> str:
+    """The envelope sender: `-f`/`-r`, else $EMAIL, else the login name, qualified and masqueraded.
+
+    `-f ''` and `-f '<>'` give the null sender (C dma turned them into `@host`); angle brackets and a
+    display name around an address are removed.
+    """
+    if given is not None:
+        check_line_safe("the sender", given)
+        if given.strip() in ("", "<>"):
+            return ""
+        addresses = parse_addresses(given, "sender")
+        if len(addresses) != 1:
+            raise Fatal(EX_DATAERR, f"invalid sender `{given}'")
+        source = addresses[0]
+    else:
+        source = os.environ.get("EMAIL", "")
+        check_line_safe("$EMAIL", source)
+    user, _, host = source.partition("@")
+    user = masquerade_user or user or login_name()
+    host = masquerade_host or host or mailname
+    sender = f"{user}@{host}"
+    if "\n" in sender:
+        raise Fatal(EX_SOFTWARE, "can not build the sender address")
+    check_address(sender, "sender")
+    return sender
+
+
+def rfc822_date(when: float | None = None) -> str:
+    return time.strftime("%a, %d %b %Y %H:%M:%S %z", time.localtime(when))
+
+
+def received_header(
+    sender: str, message_id: str, hostname: str, system_hostname: str, user: str, now: float
+) -> bytes:
+    text = (
+        f"Received: from {user} (uid {os.getuid()})\n"
+        f"\t(envelope-from {sender})\n"
+        f"\tid {message_id}\n"
+        f"\tby {hostname} (dma {__version__} on {system_hostname});\n"
+        f"\t{rfc822_date(now)}\n"
+    )
+    return text.encode("utf-8", "surrogateescape")
+
+
+def headers_to_add(
+    sender: str, message_id: str, hostname: str, now: float, full_name: str | None = None
+) -> list[tuple[str, bytes]]:
+    """`Date:`, `Message-Id:` and `From:` lines, added by the spool writer only when missing.
+
+    `full_name` (`-F`) becomes the display name of the added `From:`.
+    """
+    token = os.urandom(4).hex()
+    mailbox = f"<{sender or 'MAILER-DAEMON@' + hostname}>"
+    if full_name:
+        check_line_safe("the full name", full_name)
+        quoted = full_name.replace("\\", "\\\\").replace('"', '\\"')
+        mailbox = f'"{quoted}" {mailbox}'
+    lines = [
+        ("date", f"Date: {rfc822_date(now)}\n"),
+        ("message-id", f"Message-Id: <{message_id}.{token}@{hostname}>\n"),
+        ("from", f"From: {mailbox}\n"),
+    ]
+    return [(name, line.encode("utf-8", "surrogateescape")) for name, line in lines]

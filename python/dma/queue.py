@@ -1,0 +1,187 @@
+"""The queue: `mailq` listing, and the runner that delivers what is due.
+
+One runner per spool, held by an `flock` on `<spool>/lock`; a second `dma -q` touches
+`<spool>/flush` to wake the running one instead of starting another. Each entry is claimed (locked)
+before delivery and its outcome is recorded durably as soon as it is known.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, TextIO
+
+from . import _native
+from .routing import is_local
+
+if TYPE_CHECKING:
+    from .config import Config
+
+STALE_AGE = 24 * 3600
+POLL = 1.0
+
+
+def list_queue(cfg: Config, out: TextIO) -> None:
+    """Print the queue in C dma's `mailq` format (monitoring scripts parse it)."""
+    if not os.path.isdir(cfg.spooldir):
+        out.write("Mail queue is empty\n")
+        return
+    entries, _ = _native.scan_queue(cfg.spooldir)
+    if not entries:
+        out.write("Mail queue is empty\n")
+        return
+    blocks = [f"ID\t: {e.id}\nFrom\t: {e.sender}\nTo\t: {e.recipient}\n" for e in entries]
+    out.write("--\n".join(blocks))
+
+
+class Outcome:
+    __slots__ = ("status", "text")
+
+    def __init__(self, status: str, text: str = "") -> None:
+        self.status = status  # "sent", "temporary" or "permanent"
+        self.text = text.replace("\n", " ").replace("\r", " ")
+
+
+def retry_delay(cfg: Config, attempts: int) -> int:
+    """Backoff after `attempts` failed tries: RETRY_MIN doubling to RETRY_MAX, with ±25% jitter."""
+    base = min(cfg.retry_max, cfg.retry_min * (2 ** min(attempts - 1, 30)))
+    jitter = int.from_bytes(os.urandom(2), "big") / 65535.0  # 0..1, without importing random
+    return max(1, int(base * (0.75 + jitter / 2)))
+
+
+class Runner:
+    """Delivers due entries of one spool; see the module docstring."""
+
+    def __init__(self, cfg: Config, *, verbose: bool = False) -> None:
+        self.cfg = cfg
+        self.verbose = verbose
+        self.lock_fd = -1
+        self.sent = self.deferred = self.failed = 0
+
+    def acquire(self) -> bool:
+        fd = os.open(os.path.join(self.cfg.spooldir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.lock_fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+
+    def signal_mtime(self, name: str) -> float:
+        try:
+            return os.stat(os.path.join(self.cfg.spooldir, name)).st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    def run(self, *, only: set[str] | None = None, force: bool = False, resident: bool = False) -> None:
+        """Deliver due entries (those of the messages in `only`, when given).
+
+        `force` makes deferred entries due now. `resident` keeps the runner alive, sleeping until
+        the next retry or a wake-up, while entries are pending.
+        """
+        _native.clean_stale(self.cfg.spooldir, STALE_AGE)
+        while True:
+            flush_seen = self.signal_mtime("flush")
+            wake_seen = self.signal_mtime("wake")
+            entries, _ = _native.scan_queue(self.cfg.spooldir)
+            now = time.time()
+            pending = [
+                e for e in entries if e.state != "failed" and (only is None or e.message_id in only)
+            ]
+            for entry in pending:
+                if force or entry.next_attempt <= now:
+                    self.deliver_entry(entry.id)
+            force = False
+            if not resident:
+                return
+            entries, _ = _native.scan_queue(self.cfg.spooldir)
+            waiting = [e.next_attempt for e in entries if e.state != "failed"]
+            if not waiting:
+                return
+            due = min(waiting)
+            while (
+                time.time() < due
+                and self.signal_mtime("flush") == flush_seen
+                and self.signal_mtime("wake") == wake_seen
+            ):
+                time.sleep(POLL)
+            force = self.signal_mtime("flush") != flush_seen
+
+    def serve(self, *, force: bool = False) -> None:
+        """Run resident until the queue is idle, then release the lock.
+
+        After releasing, look once more: a submission that found the lock held just before we let
+        go relies on this look to have its message delivered.
+        """
+        while True:
+            self.run(force=force, resident=True)
+            self.release()
+            now = time.time()
+            entries, _ = _native.scan_queue(self.cfg.spooldir)
+            if not any(e.state != "failed" and e.next_attempt <= now for e in entries):
+                return
+            if not self.acquire():
+                return
+            force = False
+
+    def deliver_entry(self, entry_id: str) -> Outcome | None:
+        claim = _native.claim(self.cfg.spooldir, entry_id)
+        if claim is None:
+            return None  # another process has it, or it is gone
+        try:
+            entry = claim.entry
+            outcome = self.attempt(entry, str(claim.message_path))
+            self.record(claim, entry, outcome)
+            return outcome
+        finally:
+            claim.release()
+
+    def attempt(self, entry: _native.QueueEntry, message_path: str) -> Outcome:
+        if is_local(entry.recipient):
+            from .local import DeliveryFailure, deliver
+
+            try:
+                deliver(entry.recipient, entry.sender, message_path, self.cfg)
+            except DeliveryFailure as e:
+                return Outcome("permanent" if e.permanent else "temporary", str(e))
+            return Outcome("sent")
+        return Outcome("temporary", "remote delivery is not available yet")
+
+    def record(self, claim: _native.Claim, entry: _native.QueueEntry, outcome: Outcome) -> None:
+        if outcome.status == "sent":
+            claim.remove()
+            self.sent += 1
+            self.log(f"{entry.id}: delivered to {entry.recipient}")
+            return
+        attempts = entry.attempts + 1
+        expired = time.time() - entry.created > self.cfg.max_queue_time
+        if outcome.status == "permanent" or expired:
+            # Kept, marked failed, until bounces take it over: mail is never dropped silently.
+            claim.record(attempts=attempts, next_attempt=0, last_error=outcome.text, state="failed")
+            self.failed += 1
+            self.log(f"{entry.id}: delivery to {entry.recipient} failed: {outcome.text}")
+            return
+        next_attempt = int(time.time()) + retry_delay(self.cfg, attempts)
+        claim.record(attempts=attempts, next_attempt=next_attempt, last_error=outcome.text, state="")
+        self.deferred += 1
+        self.log(f"{entry.id}: delivery to {entry.recipient} deferred: {outcome.text}")
+
+    def log(self, text: str) -> None:
+        if self.verbose:
+            sys.stderr.write(f"dma: {text}\n")
+
+
+def wake(cfg: Config, *, flush: bool = False) -> None:
+    """Tell a running runner that new mail is queued (`wake`), or to retry everything now (`flush`)."""
+    path = os.path.join(cfg.spooldir, "flush" if flush else "wake")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.close(fd)
+    os.utime(path)

@@ -1,0 +1,121 @@
+"""Submission: standard input to a durable queue entry per recipient (the hot path).
+
+Python decides the envelope and the headers to add; Rust streams the message from file descriptor 0
+into the spool and makes it durable. `sendmail` exits 0 only after `commit` has synced the spool.
+Nothing here imports dnspython, ssl, email or logging.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from typing import TYPE_CHECKING
+
+from . import _native, message
+from .errors import EX_CANTCREAT, EX_DATAERR, EX_IOERR, EX_NOINPUT, EX_TEMPFAIL, Fatal
+from .routing import RecipientResolver
+
+if TYPE_CHECKING:
+    from .config import Config
+
+# Errors that a later attempt may not meet: the caller should retry (sysexits EX_TEMPFAIL).
+_TEMPORARY_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
+
+
+class Submission:
+    """What the command line asks for one message."""
+
+    __slots__ = ("dot_terminates", "from_headers", "full_name", "recipients", "sender")
+
+    def __init__(
+        self,
+        recipients: list[str],
+        sender: str | None = None,
+        *,
+        dot_terminates: bool = True,
+        from_headers: bool = False,
+        full_name: str | None = None,
+    ) -> None:
+        self.recipients = recipients
+        self.sender = sender
+        self.dot_terminates = dot_terminates
+        self.from_headers = from_headers
+        self.full_name = full_name
+
+
+def os_failure(e: OSError, doing: str) -> Fatal:
+    """Map an OS error while spooling onto a sysexits code, with one line of text."""
+    text = f"{doing}: {e.strerror or e}" if e.strerror and doing not in e.strerror else str(e.strerror or e)
+    if e.errno in _TEMPORARY_ERRNOS:
+        return Fatal(EX_TEMPFAIL, text)
+    if e.errno == errno.EIO:
+        return Fatal(EX_IOERR, text)
+    return Fatal(EX_CANTCREAT, text)
+
+
+def prepare_spool(cfg: Config) -> None:
+    """In user mode the spool is ours to create; in system mode it must already exist."""
+    if cfg.user_mode and not os.path.isdir(cfg.spooldir):
+        try:
+            os.makedirs(cfg.spooldir, mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise os_failure(e, f"can not create spool `{cfg.spooldir}'") from e
+
+
+def submit(cfg: Config, sub: Submission, stdin_fd: int = 0) -> tuple[str, list[str]]:
+    """Spool the message on `stdin_fd`; returns the message id and the entry ids."""
+    sender = message.envelope_sender(sub.sender, cfg.mailname, cfg.masquerade_user, cfg.masquerade_host)
+    given: list[str] = []
+    for arg in sub.recipients:
+        message.check_line_safe("a recipient", arg)
+        given += message.parse_addresses(arg, "recipient")
+    if not given and not sub.from_headers:
+        raise Fatal(EX_NOINPUT, "no recipients from command line")
+    resolver = RecipientResolver(cfg)
+    # Command-line recipients are checked before the message is read: a typo fails fast.
+    recipients = resolver.resolve(given)
+
+    prepare_spool(cfg)
+    try:
+        incoming = _native.Incoming(cfg.spooldir)
+    except OSError as e:
+        raise os_failure(e, f"can not create temp file in `{cfg.spooldir}'") from e
+    try:
+        now = time.time()
+        prefix = message.received_header(
+            sender, incoming.id, cfg.mailname, cfg.system_hostname, message.login_name(), now
+        )
+        add = message.headers_to_add(sender, incoming.id, cfg.mailname, now, sub.full_name)
+        try:
+            info = incoming.receive(
+                stdin_fd,
+                prefix=prefix,
+                add_if_missing=add,
+                dot_terminates=sub.dot_terminates,
+                collect_recipients=sub.from_headers,
+            )
+        except ValueError as e:
+            raise Fatal(EX_DATAERR, f"bad mail input format: {e}") from e
+        except OSError as e:
+            raise os_failure(e, "can not read mail") from e
+        if info.input_bytes == 0:
+            raise Fatal(EX_NOINPUT, "no message on standard input, nothing queued")
+        if sub.from_headers:
+            from_headers: list[str] = []
+            for value in info.recipient_headers:
+                from_headers += message.parse_addresses(value, "address in header")
+            if not from_headers and not given:
+                raise Fatal(EX_NOINPUT, "no recipients from headers")
+            recipients = resolver.resolve(given + from_headers)
+        if not recipients:
+            raise Fatal(EX_NOINPUT, "no recipients")
+        try:
+            ids = incoming.commit(sender, recipients)
+        except ValueError as e:
+            raise Fatal(EX_DATAERR, str(e)) from e
+        except OSError as e:
+            raise os_failure(e, "can not create spools") from e
+    finally:
+        incoming.abort()
+    return incoming.id, ids
