@@ -200,12 +200,20 @@ def test_newline_in_sender_is_permanent(tmp_path: Path) -> None:
     assert (tmp_path / ME).read_bytes() == b""
 
 
-def test_missing_mboxdir_is_temporary(tmp_path: Path) -> None:
+def test_missing_mboxdir_is_temporary_in_system_mode(tmp_path: Path) -> None:
     m = spool(tmp_path, b"x\n")
     with pytest.raises(DeliveryFailure) as exc:
-        local.deliver(ME, "a@x", m, Cfg(str(tmp_path / "nonexistent")), when=WHEN)
+        local.deliver(ME, "a@x", m, Cfg(str(tmp_path / "nonexistent"), user_mode=False), when=WHEN)
     assert not exc.value.permanent
     assert "No such file" in str(exc.value)
+    assert not (tmp_path / "nonexistent").exists()
+
+
+def test_missing_mboxdir_is_made_in_user_mode(tmp_path: Path) -> None:
+    m = spool(tmp_path, b"x\n")
+    boxes = tmp_path / "state" / "mail"
+    local.deliver(ME, "a@x", m, Cfg(str(boxes)), when=WHEN)
+    assert (boxes / ME).read_bytes() == b"From a@x " + WHEN.encode() + b"\nx\n\n"
 
 
 # ---- creation and ownership ---------------------------------------------------------------------

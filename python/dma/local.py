@@ -95,6 +95,8 @@ def deliver(
         else:
             mbox = os.path.join(cfg.mboxdir, pw.pw_name)
             if cfg.user_mode:
+                # Our own state directory: make it on first use. (/var/mail is the system's.)
+                os.makedirs(cfg.mboxdir, mode=0o700, exist_ok=True)
                 create = (os.getuid(), os.getgid(), USER_MBOX_MODE)
             else:
                 create = (pw.pw_uid, _mail_gid(pw), SYSTEM_MBOX_MODE)
