@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
 
 from .errors import EX_CONFIG, EX_OSERR, EX_USAGE, Fatal
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .config import Config
 

@@ -22,11 +22,14 @@ import grp
 import os
 import pwd
 import time
-from typing import Protocol
 
 from dma import _native
 
-__all__ = ["DEFAULT_LOCK_TIMEOUT", "DeliveryFailure", "LocalConfig", "deliver", "is_local_user"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from dma.config import Config
+
+__all__ = ["DEFAULT_LOCK_TIMEOUT", "DeliveryFailure", "deliver", "is_local_user"]
 
 #: Seconds to wait for an mbox lock (C dma's alarm).
 DEFAULT_LOCK_TIMEOUT = 100.0
@@ -37,17 +40,6 @@ SYSTEM_MBOX_MODE = 0o620
 USER_MBOX_MODE = 0o600
 
 
-class LocalConfig(Protocol):
-    """The part of the configuration local delivery reads (read-only attributes)."""
-
-    @property
-    def mboxdir(self) -> str: ...
-    @property
-    def maildir(self) -> str | None: ...
-    @property
-    def mailname(self) -> str: ...
-    @property
-    def user_mode(self) -> bool: ...
 
 
 class DeliveryFailure(Exception):
@@ -75,7 +67,7 @@ def deliver(
     user: str,
     sender: str,
     message_path: str,
-    cfg: LocalConfig,
+    cfg: Config,
     *,
     when: str | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,

@@ -11,12 +11,14 @@ import fcntl
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, TextIO
 
 from . import _native
 from .routing import is_local
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import TextIO
+
     from .config import Config
 
 STALE_AGE = 24 * 3600

@@ -7,10 +7,9 @@ only read when a recipient is local.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .local import is_local_user
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .aliases import Aliases
     from .config import Config

@@ -10,12 +10,12 @@ from __future__ import annotations
 import errno
 import os
 import time
-from typing import TYPE_CHECKING
 
 from . import _native, message
 from .errors import EX_CANTCREAT, EX_DATAERR, EX_IOERR, EX_NOINPUT, EX_TEMPFAIL, Fatal
 from .routing import RecipientResolver
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .config import Config
 
