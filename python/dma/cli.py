@@ -219,7 +219,7 @@ def deliver_now(cfg: Config, message_id: str, *, foreground: bool, verbose: bool
     from .errors import EX_TEMPFAIL, EX_UNAVAILABLE
     from .queue import Runner, wake
 
-    runner = Runner(cfg, verbose=verbose)
+    runner = Runner(cfg, verbose=verbose, report_failures=foreground)
     if foreground:
         # -D: deliver this message now, even if a runner is busy, and report the outcome.
         for entry_id in entry_ids_of(cfg, message_id):

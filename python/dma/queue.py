@@ -56,9 +56,10 @@ def retry_delay(cfg: Config, attempts: int) -> int:
 class Runner:
     """Delivers due entries of one spool; see the module docstring."""
 
-    def __init__(self, cfg: Config, *, verbose: bool = False) -> None:
+    def __init__(self, cfg: Config, *, verbose: bool = False, report_failures: bool = False) -> None:
         self.cfg = cfg
         self.verbose = verbose
+        self.report_failures = report_failures
         self.lock_fd = -1
         self.sent = self.deferred = self.failed = 0
 
@@ -169,15 +170,15 @@ class Runner:
             # Kept, marked failed, until bounces take it over: mail is never dropped silently.
             claim.record(attempts=attempts, next_attempt=0, last_error=outcome.text, state="failed")
             self.failed += 1
-            self.log(f"{entry.id}: delivery to {entry.recipient} failed: {outcome.text}")
+            self.log(f"{entry.id}: delivery to {entry.recipient} failed: {outcome.text}", failure=True)
             return
         next_attempt = int(time.time()) + retry_delay(self.cfg, attempts)
         claim.record(attempts=attempts, next_attempt=next_attempt, last_error=outcome.text, state="")
         self.deferred += 1
-        self.log(f"{entry.id}: delivery to {entry.recipient} deferred: {outcome.text}")
+        self.log(f"{entry.id}: delivery to {entry.recipient} deferred: {outcome.text}", failure=True)
 
-    def log(self, text: str) -> None:
-        if self.verbose:
+    def log(self, text: str, *, failure: bool = False) -> None:
+        if self.verbose or (failure and self.report_failures):
             sys.stderr.write(f"dma: {text}\n")
 
 
