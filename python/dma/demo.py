@@ -20,7 +20,9 @@ From here on, a line starting with "From " is quoted in the mbox.
 """
 
 
-def run(argv: list[str], env: dict[str, str], stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def run(
+    argv: list[str], env: dict[str, str], stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
     print(f"$ {' '.join(argv)}" + (" < message" if stdin is not None else ""), flush=True)
     done = subprocess.run(argv, input=stdin, env=env, capture_output=True, check=False)
     sys.stdout.write(done.stdout.decode(errors="replace"))

@@ -11,6 +11,8 @@ from .local import is_local_user
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import dns.resolver
+
     from .aliases import Aliases
     from .config import Config
 
@@ -48,10 +50,143 @@ class RecipientResolver:
                 # Everything goes to the smarthost; a bare name is qualified (C dma sent `RCPT TO:<root>`).
                 expanded = [f"{address}@{self.cfg.mailname}"]
             else:
-                expanded = self.aliases().expand(address, is_local_user=is_local_user, wildcard=True)
+                expanded = self.aliases().expand(
+                    address, is_local_user=is_local_user, wildcard=True, mailname=self.cfg.mailname
+                )
             for rcpt in expanded:
                 if rcpt not in seen:
                     seen.add(rcpt)
                     result.append(rcpt)
         return result
 
+
+
+class RouteError(Exception):
+    """No host to deliver to: `permanent` when retrying cannot help (NXDOMAIN, null MX)."""
+
+    def __init__(self, text: str, *, permanent: bool) -> None:
+        super().__init__(text)
+        self.permanent = permanent
+
+
+class Target:
+    """One host to try: its name (for TLS, auth.conf and messages), addresses and port."""
+
+    __slots__ = ("addresses", "name", "port", "preference")
+
+    def __init__(self, name: str, addresses: list[str], port: int, preference: int = 0) -> None:
+        self.name = name
+        self.addresses = addresses
+        self.port = port
+        self.preference = preference
+
+    def __repr__(self) -> str:
+        return f"Target({self.name!r}, {self.addresses!r}, {self.port}, pref={self.preference})"
+
+
+def recipient_domain(recipient: str) -> str:
+    return recipient.rpartition("@")[2]
+
+
+def address_literal(domain: str) -> str | None:
+    """The IP address of an address literal domain (`[192.0.2.1]`, `[IPv6:2001:db8::1]`)."""
+    if not (domain.startswith("[") and domain.endswith("]")):
+        return None
+    inner = domain[1:-1]
+    return inner[5:] if inner[:5].lower() == "ipv6:" else inner
+
+
+def targets_for(domain: str, cfg: Config) -> list[Target]:
+    """The hosts to try for `domain`, in order: the smarthost, or the domain's MX hosts.
+
+    MX hosts are sorted by preference and shuffled among equal preferences (RFC 5321 5.1); a
+    domain without MX records is its own host. Raises `RouteError`.
+    """
+    if cfg.smarthost:
+        return [Target(cfg.smarthost, resolve_host(cfg.smarthost, cfg, cfg.port), cfg.port)]
+    literal = address_literal(domain)
+    if literal is not None:
+        return [Target(literal, [literal], 25)]
+    import random
+
+    exchanges = mx_hosts(domain, cfg)
+    random.shuffle(exchanges)
+    exchanges.sort(key=lambda pref_host: pref_host[0])
+    targets: list[Target] = []
+    failures: list[str] = []
+    for preference, host in exchanges:
+        try:
+            targets.append(Target(host, resolve_host(host, cfg, 25), 25, preference))
+        except RouteError as e:
+            failures.append(str(e))
+    if not targets:
+        # Retry: a lame MX host may come back (C dma does the same).
+        raise RouteError("; ".join(failures) or f"no usable MX host for {domain}", permanent=False)
+    return targets
+
+
+def _resolver(cfg: Config) -> dns.resolver.Resolver:
+    import dns.nameserver
+    import dns.resolver
+
+    if not cfg.dns_servers:
+        return dns.resolver.Resolver()
+    res = dns.resolver.Resolver(configure=False)
+    res.nameservers = [dns.nameserver.Do53Nameserver(host, port) for host, port in cfg.dns_servers]
+    res.timeout = 2.0
+    res.lifetime = 10.0
+    return res
+
+
+def mx_hosts(domain: str, cfg: Config) -> list[tuple[int, str]]:
+    """(preference, host) pairs for `domain`; the domain itself when it has no MX (implicit MX)."""
+    import dns.exception
+    import dns.resolver
+
+    try:
+        answer = _resolver(cfg).resolve(domain, "MX", search=False)
+    except dns.resolver.NXDOMAIN:
+        raise RouteError(f"DNS lookup failure: domain {domain} does not exist", permanent=True) from None
+    except dns.resolver.NoAnswer:
+        return [(0, domain)]
+    except (dns.resolver.NoNameservers, dns.exception.Timeout) as e:
+        raise RouteError(f"DNS lookup of {domain} failed, will retry: {e}", permanent=False) from None
+    except dns.exception.DNSException as e:
+        raise RouteError(f"DNS lookup of {domain} failed: {e}", permanent=False) from None
+    records = [(int(r.preference), r.exchange.to_text(omit_final_dot=True)) for r in answer]
+    if any(host in ("", ".") for _, host in records):
+        # RFC 7505 null MX: the domain accepts no mail at all.
+        raise RouteError(f"domain {domain} does not accept mail (null MX)", permanent=True)
+    return records
+
+
+def resolve_host(host: str, cfg: Config, port: int) -> list[str]:
+    """IPv6 and IPv4 addresses of `host`. Through the configured DNS servers when there are any,
+    else the system's resolver (which also reads /etc/hosts). Failures are temporary: an
+    unresolvable smarthost must not bounce mail (C dma #30)."""
+    literal = address_literal(f"[{host}]") if ":" in host or host.replace(".", "").isdigit() else None
+    if literal is not None:
+        return [literal]
+    if not cfg.dns_servers:
+        import socket
+
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            raise RouteError(f"can not resolve {host}: {e.strerror}", permanent=False) from None
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))
+    import dns.exception
+    import dns.resolver
+
+    res = _resolver(cfg)
+    addresses: list[str] = []
+    for rdtype in ("AAAA", "A"):
+        try:
+            addresses += [r.to_text() for r in res.resolve(host, rdtype, search=False)]
+        except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
+            continue
+        except dns.exception.DNSException as e:
+            raise RouteError(f"can not resolve {host}: {e}", permanent=False) from None
+    if not addresses:
+        raise RouteError(f"host {host} not found", permanent=False)
+    return addresses
