@@ -40,8 +40,6 @@ SYSTEM_MBOX_MODE = 0o620
 USER_MBOX_MODE = 0o600
 
 
-
-
 class DeliveryFailure(Exception):
     """Local delivery failed: ``permanent`` = bounce now, otherwise retry later."""
 

@@ -96,9 +96,7 @@ class Runner:
             wake_seen = self.signal_mtime("wake")
             entries, _ = _native.scan_queue(self.cfg.spooldir)
             now = time.time()
-            pending = [
-                e for e in entries if e.state != "failed" and (only is None or e.message_id in only)
-            ]
+            pending = [e for e in entries if e.state != "failed" and (only is None or e.message_id in only)]
             for entry in pending:
                 if force or entry.next_attempt <= now:
                     self.deliver_entry(entry.id)

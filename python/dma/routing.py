@@ -60,7 +60,6 @@ class RecipientResolver:
         return result
 
 
-
 class RouteError(Exception):
     """No host to deliver to: `permanent` when retrying cannot help (NXDOMAIN, null MX)."""
 
