@@ -222,8 +222,7 @@ def deliver_now(cfg: Config, message_id: str, *, foreground: bool, verbose: bool
     runner = Runner(cfg, verbose=verbose, report_failures=foreground)
     if foreground:
         # -D: deliver this message now, even if a runner is busy, and report the outcome.
-        for entry_id in entry_ids_of(cfg, message_id):
-            runner.deliver_entry(entry_id)
+        runner.deliver(entry_ids_of(cfg, message_id))
         if runner.failed:
             return EX_UNAVAILABLE
         return EX_TEMPFAIL if runner.deferred else 0

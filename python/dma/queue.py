@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from .config import Config
 
 STALE_AGE = 24 * 3600
+# Entries claimed at once: bounds the open files while still sharing connections widely.
+BATCH = 200
 POLL = 1.0
 
 
@@ -96,10 +98,15 @@ class Runner:
             wake_seen = self.signal_mtime("wake")
             entries, _ = _native.scan_queue(self.cfg.spooldir)
             now = time.time()
-            pending = [e for e in entries if e.state != "failed" and (only is None or e.message_id in only)]
-            for entry in pending:
-                if force or entry.next_attempt <= now:
-                    self.deliver_entry(entry.id)
+            due = [
+                e.id
+                for e in entries
+                if e.state != "failed"
+                and (only is None or e.message_id in only)
+                and (force or e.next_attempt <= now)
+            ]
+            for start in range(0, len(due), BATCH):
+                self.deliver(due[start : start + BATCH])
             force = False
             if not resident:
                 return
@@ -107,9 +114,9 @@ class Runner:
             waiting = [e.next_attempt for e in entries if e.state != "failed"]
             if not waiting:
                 return
-            due = min(waiting)
+            wake_at = min(waiting)
             while (
-                time.time() < due
+                time.time() < wake_at
                 and self.signal_mtime("flush") == flush_seen
                 and self.signal_mtime("wake") == wake_seen
             ):
@@ -133,28 +140,50 @@ class Runner:
                 return
             force = False
 
-    def deliver_entry(self, entry_id: str) -> Outcome | None:
-        claim = _native.claim(self.cfg.spooldir, entry_id)
-        if claim is None:
-            return None  # another process has it, or it is gone
+    def deliver(self, entry_ids: list[str]) -> None:
+        """Claim and deliver these entries: local ones one by one, remote ones grouped by route so
+        that every message for the same hosts goes over one connection."""
+        from .remote import Transaction, route_key
+
+        claims: dict[str, tuple[_native.Claim, _native.QueueEntry]] = {}
+        routes: dict[str, dict[str, Transaction]] = {}
         try:
-            entry = claim.entry
-            outcome = self.attempt(entry, str(claim.message_path))
-            self.record(claim, entry, outcome)
-            return outcome
+            for entry_id in entry_ids:
+                claim = _native.claim(self.cfg.spooldir, entry_id)
+                if claim is None:
+                    continue  # another process has it, or it is gone
+                entry = claim.entry
+                claims[entry_id] = (claim, entry)
+                if is_local(entry.recipient):
+                    self.record(claim, entry, self.deliver_local(entry, str(claim.message_path)))
+                    continue
+                by_message = routes.setdefault(route_key(entry.recipient, self.cfg), {})
+                transaction = by_message.get(entry.message_id)
+                if transaction is None:
+                    transaction = by_message[entry.message_id] = Transaction(
+                        entry.sender, str(claim.message_path)
+                    )
+                transaction.recipients.append(entry.recipient)
+                transaction.entry_ids.append(entry_id)
+            for key, by_message in routes.items():
+                from .remote import deliver
+
+                results = deliver(self.cfg, key, list(by_message.values()), verbose=self.verbose)
+                for entry_id, (status, text) in results.items():
+                    claim, entry = claims[entry_id]
+                    self.record(claim, entry, Outcome(status, text))
         finally:
-            claim.release()
+            for claim, _ in claims.values():
+                claim.release()
 
-    def attempt(self, entry: _native.QueueEntry, message_path: str) -> Outcome:
-        if is_local(entry.recipient):
-            from .local import DeliveryFailure, deliver
+    def deliver_local(self, entry: _native.QueueEntry, message_path: str) -> Outcome:
+        from .local import DeliveryFailure, deliver
 
-            try:
-                deliver(entry.recipient, entry.sender, message_path, self.cfg)
-            except DeliveryFailure as e:
-                return Outcome("permanent" if e.permanent else "temporary", str(e))
-            return Outcome("sent")
-        return Outcome("temporary", "remote delivery is not available yet")
+        try:
+            deliver(entry.recipient, entry.sender, message_path, self.cfg)
+        except DeliveryFailure as e:
+            return Outcome("permanent" if e.permanent else "temporary", str(e))
+        return Outcome("sent")
 
     def record(self, claim: _native.Claim, entry: _native.QueueEntry, outcome: Outcome) -> None:
         if outcome.status == "sent":
