@@ -223,6 +223,7 @@ def deliver_now(cfg: Config, message_id: str, *, foreground: bool, verbose: bool
     if foreground:
         # -D: deliver this message now, even if a runner is busy, and report the outcome.
         runner.deliver(entry_ids_of(cfg, message_id))
+        runner.settle()
         if runner.failed:
             return EX_UNAVAILABLE
         return EX_TEMPFAIL if runner.deferred else 0

@@ -165,7 +165,7 @@ def received_header(
 ) -> bytes:
     text = (
         f"Received: from {user} (uid {os.getuid()})\n"
-        f"\t(envelope-from {sender})\n"
+        f"\t(envelope-from {sender or '<>'})\n"
         f"\tid {message_id}\n"
         f"\tby {hostname} (dma {__version__} on {system_hostname});\n"
         f"\t{rfc822_date(now)}\n"

@@ -13,17 +13,22 @@ import sys
 import time
 
 from . import _native
+from .errors import Fatal
 from .routing import is_local
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import TextIO
 
     from .config import Config
+    from .remote import Transaction
 
 STALE_AGE = 24 * 3600
 # Entries claimed at once: bounds the open files while still sharing connections widely.
 BATCH = 200
+# "failed": waiting for its bounce; "held": kept for the postmaster, never retried by itself.
+FINAL_STATES = ("failed", "held")
 POLL = 1.0
 
 
@@ -101,17 +106,20 @@ class Runner:
             due = [
                 e.id
                 for e in entries
-                if e.state != "failed"
+                if e.state not in FINAL_STATES
                 and (only is None or e.message_id in only)
                 and (force or e.next_attempt <= now)
             ]
             for start in range(0, len(due), BATCH):
                 self.deliver(due[start : start + BATCH])
+            bounces = self.settle()
             force = False
+            if bounces:
+                continue  # deliver the bounces in this run too
             if not resident:
                 return
             entries, _ = _native.scan_queue(self.cfg.spooldir)
-            waiting = [e.next_attempt for e in entries if e.state != "failed"]
+            waiting = [e.next_attempt for e in entries if e.state not in FINAL_STATES]
             if not waiting:
                 return
             wake_at = min(waiting)
@@ -134,7 +142,7 @@ class Runner:
             self.release()
             now = time.time()
             entries, _ = _native.scan_queue(self.cfg.spooldir)
-            if not any(e.state != "failed" and e.next_attempt <= now for e in entries):
+            if not any(e.state not in FINAL_STATES and e.next_attempt <= now for e in entries):
                 return
             if not self.acquire():
                 return
@@ -165,16 +173,81 @@ class Runner:
                     )
                 transaction.recipients.append(entry.recipient)
                 transaction.entry_ids.append(entry_id)
-            for key, by_message in routes.items():
-                from .remote import deliver
-
-                results = deliver(self.cfg, key, list(by_message.values()), verbose=self.verbose)
+            for results in self.deliver_remote(routes):
                 for entry_id, (status, text) in results.items():
                     claim, entry = claims[entry_id]
                     self.record(claim, entry, Outcome(status, text))
         finally:
             for claim, _ in claims.values():
                 claim.release()
+
+    def deliver_remote(
+        self, routes: dict[str, dict[str, Transaction]]
+    ) -> Iterator[dict[str, tuple[str, str]]]:
+        """Sessions in parallel: up to CONCURRENCY in all and HOST_CONCURRENCY per route, each
+        carrying its share of the route's messages. Yields each session's results as it ends."""
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        from .remote import deliver
+
+        jobs: list[tuple[str, list[Transaction]]] = []
+        for key, by_message in routes.items():
+            transactions = list(by_message.values())
+            share = min(self.cfg.host_concurrency, len(transactions))
+            jobs += [(key, transactions[i::share]) for i in range(share)]
+        if not jobs:
+            return
+        with ThreadPoolExecutor(max_workers=min(self.cfg.concurrency, len(jobs))) as pool:
+            futures = [pool.submit(deliver, self.cfg, key, part, verbose=self.verbose) for key, part in jobs]
+            for future in as_completed(futures):
+                yield future.result()
+
+    def settle(self) -> int:
+        """Bounce each message whose remaining recipients have all failed: one bounce per message.
+
+        A failed bounce (null sender), or a bounce that cannot be queued, is held in the queue for
+        the postmaster instead. Returns the number of bounces queued.
+        """
+        from . import bounce
+
+        queued = 0
+        entries, _ = _native.scan_queue(self.cfg.spooldir)
+        by_message: dict[str, list[_native.QueueEntry]] = {}
+        for e in entries:
+            by_message.setdefault(e.message_id, []).append(e)
+        for group in by_message.values():
+            if not all(e.state == "failed" for e in group):
+                continue
+            claims = [_native.claim(self.cfg.spooldir, e.id) for e in group]
+            held = [c for c in claims if c is not None]
+            try:
+                if len(held) != len(group):
+                    continue  # someone else is working on it
+                failed = [c.entry for c in held]
+                reason = "a bounce that could not be delivered" if not failed[0].sender else ""
+                if not reason:
+                    try:
+                        bounce_id = bounce.send(self.cfg, failed, str(held[0].message_path))
+                    except (Fatal, OSError, ValueError) as error:
+                        reason = f"the bounce could not be queued: {error}"
+                    else:
+                        for c in held:
+                            c.remove()
+                        queued += 1
+                        self.log(f"{failed[0].message_id}: bounced to <{failed[0].sender}> as {bounce_id}")
+                        continue
+                for c, entry in zip(held, failed, strict=True):
+                    c.record(
+                        attempts=entry.attempts,
+                        next_attempt=0,
+                        last_error=f"{entry.last_error}; held: {reason}",
+                        state="held",
+                    )
+                self.log(f"{failed[0].message_id}: held for the postmaster: {reason}", failure=True)
+            finally:
+                for c in held:
+                    c.release()
+        return queued
 
     def deliver_local(self, entry: _native.QueueEntry, message_path: str) -> Outcome:
         from .local import DeliveryFailure, deliver

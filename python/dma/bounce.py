@@ -1,0 +1,172 @@
+"""Delivery status notifications (RFC 3464) for mail that cannot be delivered.
+
+One bounce per original message, sent once none of its recipients is still being tried, listing
+every recipient that failed. It comes from MAILER-DAEMON with the null sender and goes back in
+through the ordinary spool writer. A message whose sender is null (a bounce itself) gets no bounce:
+it is kept in the queue, held, for the postmaster to see, as is one whose bounce cannot be queued.
+Mail is never dropped without a trace.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from . import _native, message
+from .errors import Fatal
+from .routing import RecipientResolver
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .config import Config
+
+
+def status_code(text: str, expired: bool) -> str:
+    """The RFC 3463 status for a failure: the server's enhanced code when it gave one."""
+    for word in text.split():
+        parts = word.split(".")
+        if len(parts) == 3 and parts[0] in ("4", "5") and all(p.isdigit() for p in parts):
+            return word
+    return "4.4.7" if expired else "5.0.0"
+
+
+def remote_mta(text: str) -> str | None:
+    """The host named at the start of a remote failure text (`host [addr] said ...`)."""
+    first, _, rest = text.partition(" ")
+    return first if rest.startswith("[") or rest.startswith("said") else None
+
+
+def diagnostic(text: str) -> str:
+    """The server's reply in a failure text, else the whole text."""
+    _, found, reply = text.partition(": ")
+    return reply if found and reply[:3].isdigit() else text
+
+
+def report(
+    cfg: Config,
+    failed: list[_native.QueueEntry],
+    now: float,
+    boundary: str,
+    full: bool,
+) -> tuple[bytes, bytes]:
+    """The bounce before and after the original message's text."""
+    first = failed[0]
+    expired = [now - e.created > cfg.max_queue_time for e in failed]
+    lines = [
+        f"From: Mail Delivery System <MAILER-DAEMON@{cfg.mailname}>",
+        f"To: <{first.sender}>",
+        "Subject: Undelivered Mail Returned to Sender",
+        "Auto-Submitted: auto-replied",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
+        "",
+        "This is a MIME-encapsulated message.",
+        "",
+        f"--{boundary}",
+        "Content-Description: Notification",
+        "Content-Type: text/plain; charset=utf-8",
+        "",
+        f"This is the mail system (dma) at {cfg.mailname}.",
+        "",
+        "Your message could not be delivered to one or more recipients.",
+        "",
+    ]
+    for entry, too_old in zip(failed, expired, strict=True):
+        why = "gave up after trying for too long: " if too_old else ""
+        lines += [f"<{entry.recipient}>: {why}{entry.last_error}", ""]
+    lines += [
+        f"--{boundary}",
+        "Content-Description: Delivery report",
+        "Content-Type: message/delivery-status",
+        "",
+        f"Reporting-MTA: dns; {cfg.mailname}",
+        f"Arrival-Date: {message.rfc822_date(first.created)}",
+    ]
+    for entry, too_old in zip(failed, expired, strict=True):
+        rcpt = entry.recipient if "@" in entry.recipient else f"{entry.recipient}@{cfg.mailname}"
+        lines += ["", f"Final-Recipient: rfc822; {rcpt}", "Action: failed"]
+        lines.append(f"Status: {status_code(entry.last_error, too_old)}")
+        mta = remote_mta(entry.last_error)
+        if mta:
+            lines.append(f"Remote-MTA: dns; {mta}")
+            lines.append(f"Diagnostic-Code: smtp; {diagnostic(entry.last_error)}")
+        else:
+            lines.append(f"Diagnostic-Code: x-dma; {entry.last_error}")
+    kind = "message/rfc822" if full else "text/rfc822-headers"
+    what = "Undelivered Message" if full else "Undelivered Message Headers"
+    lines += ["", f"--{boundary}", f"Content-Description: {what}", f"Content-Type: {kind}", "", ""]
+    before = "\n".join(lines).encode("utf-8", "surrogateescape")
+    after = f"\n--{boundary}--\n".encode()
+    return before, after
+
+
+def copy_original(path: str, out: int, full: bool) -> None:
+    """Write the original (its header block, or all of it) to `out`, in bounded memory."""
+    with open(path, "rb") as f:
+        if full:
+            while chunk := f.read(65536):
+                _write_all(out, chunk)
+            return
+        for line in f:
+            if line in (b"\n", b"\r\n"):
+                return
+            _write_all(out, line)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def send(cfg: Config, failed: list[_native.QueueEntry], message_path: str) -> str:
+    """Queue a bounce for `failed` (entries of one message, same sender); returns its message id.
+
+    Raises Fatal or OSError when it cannot be queued; the caller then keeps the original.
+    """
+    sender = failed[0].sender
+    try:
+        recipients = RecipientResolver(cfg).resolve([sender])
+    except Fatal:
+        recipients = RecipientResolver(cfg).resolve(["postmaster"])
+    incoming = _native.Incoming(cfg.spooldir)
+    try:
+        now = time.time()
+        boundary = f"{incoming.id}/{cfg.mailname}"
+        before, after = report(cfg, failed, now, boundary, cfg.fullbounce)
+        prefix = message.received_header(
+            "", incoming.id, cfg.mailname, cfg.system_hostname, "MAILER-DAEMON", now
+        )
+        read_fd, write_fd = os.pipe()
+        errors: list[BaseException] = []
+
+        def feed() -> None:
+            try:
+                _write_all(write_fd, before)
+                copy_original(message_path, write_fd, cfg.fullbounce)
+                _write_all(write_fd, after)
+            except BaseException as e:  # reported to the caller below
+                errors.append(e)
+            finally:
+                os.close(write_fd)
+
+        writer = threading.Thread(target=feed)
+        writer.start()
+        try:
+            incoming.receive(
+                read_fd,
+                prefix=prefix,
+                add_if_missing=message.headers_to_add("", incoming.id, cfg.mailname, now),
+                dot_terminates=False,
+                collect_recipients=False,
+            )
+        finally:
+            os.close(read_fd)
+            writer.join()
+        if errors:
+            raise errors[0]
+        incoming.commit("", recipients)
+    finally:
+        incoming.abort()
+    return incoming.id
