@@ -196,21 +196,22 @@ def check_aliases(cfg: Config) -> int:
 
 
 def run_queue(cfg: Config, opts: Options) -> int:
-    from .queue import Runner, wake
+    """`-q`: make every deferred entry due now. `-qI<id>` and `-qR<domain>` flush only those."""
+    from .queue import Runner, Selection, wake
 
-    runner = Runner(cfg, verbose=opts.verbose)
+    selection = Selection(opts.queue_arg)
+    runner = Runner(cfg, verbose=opts.verbose, progress=opts.foreground and not opts.verbose and sys.stderr.isatty())
+    if opts.foreground or selection.selective:
+        # Delivered here and now, beside a running runner if there is one: entries are locked one by one.
+        runner.run(only=selection if selection.selective else None, force=True)
+        runner.summary()
+        return 0
     if not runner.acquire():
         wake(cfg, flush=True)
         return 0
-    if not opts.foreground and daemonize():
+    if daemonize():
         return 0
-    if opts.foreground:
-        try:
-            runner.run(force=True)
-        finally:
-            runner.release()
-    else:
-        runner.serve(force=True)
+    runner.serve(force=True)
     return 0
 
 

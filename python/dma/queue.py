@@ -45,6 +45,26 @@ def list_queue(cfg: Config, out: TextIO) -> None:
     out.write("--\n".join(blocks))
 
 
+class Selection:
+    """The entries `-qI<id>` (a message or entry id) or `-qR<domain>` (a recipient domain) flush."""
+
+    __slots__ = ("domain", "ident")
+
+    def __init__(self, queue_arg: str) -> None:
+        kind, value = queue_arg[:1], queue_arg[1:]
+        self.ident = value if kind == "I" and value else None
+        self.domain = value.lower() if kind == "R" and value else None
+
+    @property
+    def selective(self) -> bool:
+        return self.ident is not None or self.domain is not None
+
+    def wants(self, e: _native.QueueEntry) -> bool:
+        if self.ident is not None and self.ident not in (e.id, e.message_id):
+            return False
+        return self.domain is None or e.recipient.rpartition("@")[2].lower() == self.domain
+
+
 class Outcome:
     __slots__ = ("status", "text")
 
@@ -63,10 +83,14 @@ def retry_delay(cfg: Config, attempts: int) -> int:
 class Runner:
     """Delivers due entries of one spool; see the module docstring."""
 
-    def __init__(self, cfg: Config, *, verbose: bool = False, report_failures: bool = False) -> None:
+    def __init__(
+        self, cfg: Config, *, verbose: bool = False, report_failures: bool = False, progress: bool = False
+    ) -> None:
         self.cfg = cfg
         self.verbose = verbose
         self.report_failures = report_failures
+        self.progress = progress
+        self.total = self.bounces = 0
         self.lock_fd = -1
         self.sent = self.deferred = self.failed = 0
 
@@ -91,8 +115,8 @@ class Runner:
         except FileNotFoundError:
             return 0.0
 
-    def run(self, *, only: set[str] | None = None, force: bool = False, resident: bool = False) -> None:
-        """Deliver due entries (those of the messages in `only`, when given).
+    def run(self, *, only: Selection | None = None, force: bool = False, resident: bool = False) -> None:
+        """Deliver due entries (those `only` selects, when given).
 
         `force` makes deferred entries due now. `resident` keeps the runner alive, sleeping until
         the next retry or a wake-up, while entries are pending.
@@ -107,9 +131,10 @@ class Runner:
                 e.id
                 for e in entries
                 if e.state not in FINAL_STATES
-                and (only is None or e.message_id in only)
+                and (only is None or only.wants(e))
                 and (force or e.next_attempt <= now)
             ]
+            self.total += len(due)
             for start in range(0, len(due), BATCH):
                 self.deliver(due[start : start + BATCH])
             bounces = self.settle()
@@ -234,6 +259,7 @@ class Runner:
                         for c in held:
                             c.remove()
                         queued += 1
+                        self.bounces += 1
                         self.log(f"{failed[0].message_id}: bounced to <{failed[0].sender}> as {bounce_id}")
                         continue
                 for c, entry in zip(held, failed, strict=True):
@@ -277,7 +303,24 @@ class Runner:
         self.deferred += 1
         self.log(f"{entry.id}: delivery to {entry.recipient} deferred: {outcome.text}", failure=True)
 
+    def counts(self) -> str:
+        return f"{self.sent} sent, {self.deferred} deferred, {self.failed} failed"
+
+    def show_progress(self) -> None:
+        if self.progress:
+            remaining = max(self.total - self.sent - self.deferred - self.failed, 0)
+            sys.stderr.write(f"\r{self.counts()}, {remaining} remaining ")
+            sys.stderr.flush()
+
+    def summary(self) -> None:
+        """The end of a foreground run: the totals, on a terminal or with -v."""
+        if self.progress:
+            sys.stderr.write("\n")
+        if self.progress or self.verbose:
+            sys.stderr.write(f"dma: {self.counts()}, {self.bounces} bounces queued\n")
+
     def log(self, text: str, *, failure: bool = False) -> None:
+        self.show_progress()
         if self.verbose or (failure and self.report_failures):
             sys.stderr.write(f"dma: {text}\n")
 
