@@ -1,1 +1,195 @@
-//! auth
+//! SMTP AUTH (RFC 4954) payload encoders: small pure functions, no I/O. The session in
+//! `smtp` drives the exchange; these only build what goes on the wire.
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use md5::Md5;
+
+/// The SASL mechanisms we can speak, in the order we prefer them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Mechanism {
+    /// Only used when the caller asks for it: the secret is then a bearer token.
+    XOAuth2,
+    /// The password never crosses the wire, so it beats PLAIN even inside TLS.
+    CramMd5,
+    Plain,
+    Login,
+}
+
+impl Mechanism {
+    pub const ALL: [Mechanism; 4] = [
+        Mechanism::XOAuth2,
+        Mechanism::CramMd5,
+        Mechanism::Plain,
+        Mechanism::Login,
+    ];
+
+    /// What a password-based configuration allows when the caller names nothing.
+    pub const DEFAULT: [Mechanism; 3] = [Mechanism::CramMd5, Mechanism::Plain, Mechanism::Login];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::XOAuth2 => "XOAUTH2",
+            Mechanism::CramMd5 => "CRAM-MD5",
+            Mechanism::Plain => "PLAIN",
+            Mechanism::Login => "LOGIN",
+        }
+    }
+}
+
+impl fmt::Display for Mechanism {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Mechanism {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Mechanism::ALL
+            .into_iter()
+            .find(|m| m.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown AUTH mechanism {s:?}"))
+    }
+}
+
+/// The strongest mechanism in `allowed` that the server offers (`offered` as the EHLO
+/// AUTH keywords; compared case-insensitively).
+pub fn choose(offered: &[String], allowed: &[Mechanism]) -> Option<Mechanism> {
+    let mut candidates: Vec<Mechanism> = allowed
+        .iter()
+        .copied()
+        .filter(|m| offered.iter().any(|o| o.eq_ignore_ascii_case(m.name())))
+        .collect();
+    candidates.sort();
+    candidates.first().copied()
+}
+
+pub fn b64_encode(data: &[u8]) -> String {
+    STANDARD.encode(data)
+}
+
+/// Decode base64 from a server challenge; surrounding blanks are tolerated.
+pub fn b64_decode(text: &str) -> Result<Vec<u8>, String> {
+    STANDARD
+        .decode(text.trim())
+        .map_err(|e| format!("invalid base64 ({e})"))
+}
+
+/// AUTH PLAIN initial response (RFC 4616) with an empty authorization identity.
+pub fn plain(login: &str, password: &str) -> String {
+    let mut raw = Vec::with_capacity(login.len() + password.len() + 2);
+    raw.push(0);
+    raw.extend_from_slice(login.as_bytes());
+    raw.push(0);
+    raw.extend_from_slice(password.as_bytes());
+    b64_encode(&raw)
+}
+
+/// One AUTH LOGIN step: the user name or the password, base64-encoded.
+pub fn login_step(value: &str) -> String {
+    b64_encode(value.as_bytes())
+}
+
+/// CRAM-MD5 response (RFC 2195): base64 of `login SP hex(HMAC-MD5(password, challenge))`.
+pub fn cram_md5(login: &str, password: &str, challenge_b64: &str) -> Result<String, String> {
+    let challenge = b64_decode(challenge_b64)?;
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = Hmac::<Md5>::new_from_slice(password.as_bytes()).expect("any key length");
+    mac.update(&challenge);
+    let digest = mac.finalize().into_bytes();
+    let mut response = format!("{login} ");
+    for byte in digest {
+        response.push_str(&format!("{byte:02x}"));
+    }
+    Ok(b64_encode(response.as_bytes()))
+}
+
+/// XOAUTH2 initial response (Google's SASL profile for OAuth 2.0 bearer tokens).
+pub fn xoauth2(login: &str, token: &str) -> String {
+    b64_encode(format!("user={login}\x01auth=Bearer {token}\x01\x01").as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cram_md5_rfc2195_example() {
+        let challenge = b64_encode(b"<1896.697170952@postoffice.reston.mci.net>");
+        assert_eq!(
+            cram_md5("tim", "tanstaaftanstaaf", &challenge).unwrap(),
+            "dGltIGI5MTNhNjAyYzdlZGE3YTQ5NWI0ZTZlNzMzNGQzODkw"
+        );
+    }
+
+    #[test]
+    fn cram_md5_rejects_bad_challenge() {
+        assert!(cram_md5("tim", "x", "not base64!").is_err());
+    }
+
+    #[test]
+    fn plain_rfc4616_examples() {
+        // RFC 4616 section 4: "\0tim\0tanstaaftanstaaf" (empty authzid).
+        assert_eq!(
+            b64_decode(&plain("tim", "tanstaaftanstaaf")).unwrap(),
+            b"\0tim\0tanstaaftanstaaf"
+        );
+        assert_eq!(plain("tim", "tanstaaftanstaaf"), "AHRpbQB0YW5zdGFhZnRhbnN0YWFm");
+    }
+
+    #[test]
+    fn login_steps() {
+        assert_eq!(login_step("tim"), "dGlt");
+        assert_eq!(login_step(""), "");
+    }
+
+    #[test]
+    fn xoauth2_google_example() {
+        // From Google's "OAuth 2.0 Mechanism" page (XOAUTH2 SASL).
+        let expected = "dXNlcj1zb21ldXNlckBleGFtcGxlLmNvbQFhdXRoPUJlYXJlciB5YTI5LnZGOWRmdDRxbVRjMk52YjNSbGNrQmhkSFJoZG1semRHRXVZMjl0Q2cBAQ==";
+        assert_eq!(
+            xoauth2(
+                "someuser@example.com",
+                "ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg"
+            ),
+            expected
+        );
+    }
+
+    #[test]
+    fn mechanism_choice() {
+        let offered = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        let default = &Mechanism::DEFAULT;
+        assert_eq!(
+            choose(&offered("LOGIN PLAIN CRAM-MD5"), default),
+            Some(Mechanism::CramMd5)
+        );
+        assert_eq!(choose(&offered("login plain"), default), Some(Mechanism::Plain));
+        assert_eq!(choose(&offered("LOGIN"), default), Some(Mechanism::Login));
+        assert_eq!(choose(&offered("XOAUTH2 GSSAPI"), default), None);
+        assert_eq!(
+            choose(&offered("XOAUTH2 PLAIN"), &Mechanism::ALL),
+            Some(Mechanism::XOAuth2)
+        );
+        assert_eq!(
+            choose(&offered("PLAIN CRAM-MD5"), &[Mechanism::Plain]),
+            Some(Mechanism::Plain)
+        );
+        assert_eq!(choose(&[], default), None);
+    }
+
+    #[test]
+    fn mechanism_names_round_trip() {
+        for m in Mechanism::ALL {
+            assert_eq!(m.name().parse::<Mechanism>().unwrap(), m);
+        }
+        assert_eq!("cram-md5".parse::<Mechanism>().unwrap(), Mechanism::CramMd5);
+        assert!("GSSAPI".parse::<Mechanism>().is_err());
+    }
+}
