@@ -6,6 +6,7 @@ pub mod auth;
 pub mod errors;
 pub mod intake;
 pub mod mailbox;
+pub mod reply;
 pub mod smtp;
 pub mod spool;
 pub mod tls;
