@@ -67,3 +67,51 @@ def maildir_deliver(
     hostname: str,
     create: tuple[int, int] | None = None,
 ) -> str: ...
+
+# ---- smtp ----
+class Outcome:
+    """What happened to one recipient."""
+
+    status: str  # "sent" | "temporary" | "permanent"
+    # "connect" "tls" "greeting" "ehlo" "starttls" "auth" "size" "mail" "rcpt" "data" "dot" "quit"
+    stage: str
+    code: int  # SMTP reply code, 0 when there was none (connect error, timeout, TLS, local check)
+    enhanced: str | None  # "5.1.1"
+    text: str  # the server's reply text, or our explanation; one line
+
+class SessionResult:
+    # Per transaction, per recipient, in input order. A session failure before transaction k
+    # gives every recipient of k and later transactions that failure.
+    results: list[list[Outcome]]
+    address: str | None  # the address we connected to
+    tls_version: str | None  # "TLSv1.3"
+    tls_cipher: str | None
+    peer_cert_sha256: str | None  # lower-case hex of the leaf certificate's SHA-256
+    auth_mechanism: str | None  # None: not authenticated (not configured, not offered, or no TLS)
+    extensions: list[str]  # EHLO keywords, upper case (after STARTTLS when TLS was started)
+
+def smtp_session(
+    host: str,
+    addresses: list[str],
+    port: int,
+    helo: str,
+    transactions: list[tuple[str, list[str], str | PathLike[str]]],  # (sender, recipients, M file)
+    *,
+    tls: str = "none",  # "none" | "starttls" | "opportunistic" | "implicit"
+    verify_cert: bool = False,
+    ca_file: str | PathLike[str] | None = None,
+    fingerprint: bytes | None = None,  # SHA-256 of the leaf certificate, 32 bytes
+    client_cert: str | PathLike[str] | None = None,  # one PEM file: chain and private key
+    login: str | None = None,
+    secret: str | None = None,
+    mechanisms: list[str] | None = None,  # default CRAM-MD5, PLAIN, LOGIN; XOAUTH2 only if named
+    allow_insecure_auth: bool = False,
+    connect_timeout: float = 30.0,
+    command_timeout: float = 300.0,
+    verbose: bool = False,  # dialogue on stderr as "<<< " / ">>> " lines, credentials hidden
+) -> SessionResult: ...
+
+# ---- auth ----
+def auth_plain(login: str, password: str) -> str: ...
+def auth_cram_md5(login: str, password: str, challenge_b64: str) -> str: ...
+def auth_xoauth2(login: str, token: str) -> str: ...
