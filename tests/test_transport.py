@@ -319,6 +319,22 @@ def test_password_never_sent_without_tls(msg) -> None:
     assert srv.handler.auth_seen == ["CRAM-MD5"]  # only from the session that allowed it
 
 
+def test_auth_plain_without_initial_response(msg) -> None:
+    # Some servers answer AUTH PLAIN <payload> with an empty 334 and want the payload again.
+    script = scripted(ext=("AUTH PLAIN",), replies={"AUTH": "334 "})
+    with RawServer(script) as srv:
+        r = send(
+            srv.port,
+            [("f@c.test", ["a@x.test"], msg())],
+            login=LOGIN,
+            secret=PASSWORD,
+            allow_insecure_auth=True,
+        )
+    payload = _native.auth_plain(LOGIN, PASSWORD)
+    assert srv.commands[1:4] == [f"AUTH PLAIN {payload}", payload, "MAIL FROM:<f@c.test>"]
+    assert r.auth_mechanism == "PLAIN" and only(r).status == "sent"
+
+
 def test_verbose_transcript_hides_secrets(msg, certs: Certs) -> None:
     secrets = [
         PASSWORD,

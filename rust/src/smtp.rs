@@ -659,7 +659,14 @@ impl<'a> Session<'a> {
         let final_reply = match mechanism {
             Mechanism::Plain => {
                 let payload = auth::plain(login, secret);
-                self.secret_step(&format!("AUTH PLAIN {payload}"), &format!("AUTH PLAIN {HIDDEN}"))?
+                let reply =
+                    self.secret_step(&format!("AUTH PLAIN {payload}"), &format!("AUTH PLAIN {HIDDEN}"))?;
+                if reply.class() == 3 && reply.first_text().trim().is_empty() {
+                    // A server that ignores initial responses asks again with an empty 334.
+                    self.secret_step(&payload, HIDDEN)?
+                } else {
+                    reply
+                }
             }
             Mechanism::XOAuth2 => {
                 let payload = auth::xoauth2(login, secret);
