@@ -1,0 +1,126 @@
+"""The submission path and `mailq` stay light: they must not import what only delivery needs
+(dnspython, ssl, sockets, email, logging) nor costly standard modules (typing, re, enum, ...).
+
+Checked in a fresh interpreter that runs the real code paths, and through the installed
+`sendmail` script with PYTHONPROFILEIMPORTTIME."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from dma_fixtures import DmaEnv, program
+
+FORBIDDEN = [
+    "dns",
+    "ssl",
+    "email",
+    "logging",
+    "typing",
+    "re",
+    "asyncio",
+    "dataclasses",
+    "enum",
+    "argparse",
+    "socket",
+]
+MSG = b"Subject: budget\nTo: root\n\nhello\n"
+
+MARK = "\n@@modules@@"
+RUNNER = textwrap.dedent(
+    f"""
+    import sys
+    from dma.cli import main
+    code = main(sys.argv[1:])
+    modules = sorted(sys.modules)
+    sys.stdout.write({MARK!r} + repr({{"code": code, "modules": modules}}))
+    """
+)
+
+
+def modules_after(env: DmaEnv, argv: list[str], stdin: bytes = b"") -> tuple[int, list[str], bytes]:
+    """Run `main(argv)` in a fresh interpreter; returns (exit code, sys.modules, stderr)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER, *argv],
+        input=stdin,
+        capture_output=True,
+        env=env.env,
+        timeout=30,
+        check=False,
+    )
+    out = proc.stdout.decode()
+    assert MARK in out, proc.stderr
+    result = ast.literal_eval(out.rsplit(MARK, 1)[1])
+    return result["code"], result["modules"], proc.stderr
+
+
+def heavy(modules: list[str]) -> list[str]:
+    return sorted(m for m in modules if m.split(".")[0] in FORBIDDEN)
+
+
+@pytest.mark.parametrize(
+    ("argv", "stdin"),
+    [
+        (["sendmail", "-bq", "root"], MSG),
+        (
+            [
+                "sendmail",
+                "-bq",
+                "-f",
+                "Name <a@b.example>",
+                "-F",
+                "Full Name",
+                "root",
+                "a@x.example, <b@y.example>",
+            ],
+            MSG,
+        ),
+        (["sendmail", "-bq", "-t", "-i"], MSG),
+        (["sendmail", "-bp"], b""),
+        (["mailq"], b""),
+    ],
+)
+def test_submission_and_listing_import_nothing_heavy(dma_env: DmaEnv, argv: list[str], stdin: bytes) -> None:
+    dma_env.aliases.write_text("postmaster: root\n")
+    code, modules, err = modules_after(
+        dma_env, [argv[0], "-C", str(dma_env.conf), *argv[1:]] if argv[0] == "sendmail" else argv, stdin
+    )
+    assert code == 0, err
+    assert heavy(modules) == []
+    if "-bq" in argv:
+        assert dma_env.entries(), "the message was queued"
+
+
+def test_submission_with_aliases_and_masquerade(dma_env: DmaEnv) -> None:
+    dma_env.write_conf("MASQUERADE john@")
+    dma_env.aliases.write_text("team: root, a@x.example\n*: root\n")
+    code, modules, err = modules_after(dma_env, ["sendmail", "-bq", "team", "whoever"], MSG)
+    assert code == 0, err
+    assert heavy(modules) == []
+    assert sorted(dma_env.recipients()) == ["a@x.example", "root"]
+
+
+def test_a_refused_submission_imports_nothing_heavy(dma_env: DmaEnv) -> None:
+    code, modules, err = modules_after(dma_env, ["sendmail", "-bq", "nosuchuser-dma"], MSG)
+    assert code == 65, err
+    assert heavy(modules) == []
+
+
+@pytest.mark.parametrize(("prog", "args", "stdin"), [("sendmail", ["-bq", "root"], MSG), ("mailq", [], b"")])
+def test_installed_scripts_import_nothing_heavy(
+    dma_env: DmaEnv, prog: str, args: list[str], stdin: bytes
+) -> None:
+    r = dma_env.run(args, stdin, prog=prog, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert r.returncode == 0, r.stderr
+    imported = []
+    for line in r.stderr.decode().splitlines():
+        if line.startswith("import time:") and "|" in line:
+            name = line.rsplit("|", 1)[1].strip()
+            if name != "imported package":
+                imported.append(name)
+    assert "dma.cli" in imported, r.stderr[-2000:]
+    assert heavy(imported) == []
+    assert program(prog)
