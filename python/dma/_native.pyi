@@ -51,7 +51,6 @@ def scan_queue(spooldir: str | PathLike[str]) -> tuple[list[QueueEntry], list[st
 def claim(spooldir: str | PathLike[str], id: str) -> Claim | None: ...
 def clean_stale(spooldir: str | PathLike[str], max_age: int) -> list[str]: ...
 
-
 # ---- mailbox ----
 def mbox_append(
     mbox: str | PathLike[str],

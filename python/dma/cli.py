@@ -170,7 +170,7 @@ def dispatch(prog: str, args: list[str]) -> int:
         list_queue(cfg, sys.stdout)
         return 0
     if opts.run_queue:
-        return run_queue(cfg, opts)
+        return run_queue(cfg, opts, prog)
     from .submit import Submission, submit
 
     sub = Submission(
@@ -183,7 +183,7 @@ def dispatch(prog: str, args: list[str]) -> int:
     message_id, _ = submit(cfg, sub)
     if opts.queue_only or cfg.defer:
         return 0
-    return deliver_now(cfg, message_id, foreground=opts.foreground, verbose=opts.verbose)
+    return deliver_now(cfg, message_id, foreground=opts.foreground, verbose=opts.verbose, prog=prog)
 
 
 def check_aliases(cfg: Config) -> int:
@@ -195,12 +195,13 @@ def check_aliases(cfg: Config) -> int:
     return EX_CONFIG if problems else 0
 
 
-def run_queue(cfg: Config, opts: Options) -> int:
+def run_queue(cfg: Config, opts: Options, prog: str) -> int:
     """`-q`: make every deferred entry due now. `-qI<id>` and `-qR<domain>` flush only those."""
     from .queue import Runner, Selection, wake
 
     selection = Selection(opts.queue_arg)
-    runner = Runner(cfg, verbose=opts.verbose, progress=opts.foreground and not opts.verbose and sys.stderr.isatty())
+    progress = opts.foreground and not opts.verbose and sys.stderr.isatty()
+    runner = Runner(cfg, verbose=opts.verbose, progress=progress, name=prog)
     if opts.foreground or selection.selective:
         # Delivered here and now, beside a running runner if there is one: entries are locked one by one.
         runner.run(only=selection if selection.selective else None, force=True)
@@ -215,12 +216,12 @@ def run_queue(cfg: Config, opts: Options) -> int:
     return 0
 
 
-def deliver_now(cfg: Config, message_id: str, *, foreground: bool, verbose: bool) -> int:
+def deliver_now(cfg: Config, message_id: str, *, foreground: bool, verbose: bool, prog: str) -> int:
     """After a submission: deliver in the foreground (`-D`), or wake or start the runner."""
     from .errors import EX_TEMPFAIL, EX_UNAVAILABLE
     from .queue import Runner, wake
 
-    runner = Runner(cfg, verbose=verbose, report_failures=foreground)
+    runner = Runner(cfg, verbose=verbose, report_failures=foreground, name=prog)
     if foreground:
         # -D: deliver this message now, even if a runner is busy, and report the outcome.
         runner.deliver(entry_ids_of(cfg, message_id))

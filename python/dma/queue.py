@@ -84,9 +84,16 @@ class Runner:
     """Delivers due entries of one spool; see the module docstring."""
 
     def __init__(
-        self, cfg: Config, *, verbose: bool = False, report_failures: bool = False, progress: bool = False
+        self,
+        cfg: Config,
+        *,
+        verbose: bool = False,
+        report_failures: bool = False,
+        progress: bool = False,
+        name: str = "dma",
     ) -> None:
         self.cfg = cfg
+        self.name = name
         self.verbose = verbose
         self.report_failures = report_failures
         self.progress = progress
@@ -317,12 +324,12 @@ class Runner:
         if self.progress:
             sys.stderr.write("\n")
         if self.progress or self.verbose:
-            sys.stderr.write(f"dma: {self.counts()}, {self.bounces} bounces queued\n")
+            sys.stderr.write(f"{self.name}: {self.counts()}, {self.bounces} bounces queued\n")
 
     def log(self, text: str, *, failure: bool = False) -> None:
         self.show_progress()
         if self.verbose or (failure and self.report_failures):
-            sys.stderr.write(f"dma: {text}\n")
+            sys.stderr.write(f"{self.name}: {text}\n")
 
 
 def wake(cfg: Config, *, flush: bool = False) -> None:

@@ -292,7 +292,10 @@ impl<'a, W: Write> Transformer<'a, W> {
             self.end_line()?;
         }
         if self.part != Part::Done && (self.fate.is_some() || !self.head.is_empty()) {
-            // The last line had no line end: it gets one.
+            // The last line had no line end: it gets one, and is never a terminating `.`.
+            if self.fate.is_none() {
+                self.classify()?;
+            }
             self.end_line()?;
         }
         if self.part != Part::Done {
@@ -429,6 +432,9 @@ mod tests {
         // A dot in the header block ends the input too; the header block is still closed.
         let (out, _) = run(b"S: a\n.\nafter\n", true, false);
         assert_eq!(out, "Received: x\nS: a\nDate: D\nMessage-Id: <M>\n\n");
+        // A final `.` without its line end is content, as in C dma.
+        let (out, _) = run(b"S: a\n\nend\n.", true, false);
+        assert!(out.ends_with("\n\nend\n.\n"), "{out}");
     }
 
     #[test]
