@@ -259,6 +259,7 @@ class SmtpSink:
         self.hostname = hostname
         self.messages: list[Received] = []
         self.connections = 0
+        self._peers: set[Any] = set()
         self.auth_attempts: list[tuple[str, str, bool]] = []  # (mechanism, login, success)
         self.controller: Any = None
 
@@ -289,9 +290,11 @@ class SmtpSink:
             async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
                 if sink.data_reply:
                     return sink.data_reply
-                login = session.login_data
-                if isinstance(login, bytes):
-                    login = login.decode()
+                login = getattr(session, "_dma_login", None)
+                transport = server.transport
+                tls = session.ssl is not None or (
+                    transport is not None and transport.get_extra_info("ssl_object") is not None
+                )
                 content = envelope.original_content or envelope.content
                 sink.messages.append(
                     Received(
@@ -299,7 +302,7 @@ class SmtpSink:
                         list(envelope.rcpt_tos),
                         bytes(content),
                         login,
-                        session.ssl is not None,
+                        tls,
                     )
                 )
                 return "250 2.0.0 accepted"
@@ -309,12 +312,14 @@ class SmtpSink:
             password = auth_data.password.decode() if isinstance(auth_data.password, bytes) else ""
             ok = sink.users is not None and sink.users.get(login) == password
             sink.auth_attempts.append((mechanism, login, ok))
+            if ok:
+                session._dma_login = login
             return AuthResult(success=ok, handled=False)
 
         kwargs: dict[str, Any] = {"hostname": self.host, "port": self.port, "server_hostname": self.hostname}
         if self.users is not None:
             kwargs["authenticator"] = authenticator
-            kwargs["auth_require_tls"] = self.tls is not None
+            kwargs["auth_require_tls"] = self.tls == "starttls"
         if self.tls == "starttls":
             assert self.pki is not None
             kwargs["tls_context"] = self.pki.server_context()
@@ -327,8 +332,9 @@ class SmtpSink:
         return self
 
     def _count(self, session: Any) -> None:
-        if not getattr(session, "_dma_counted", False):
-            session._dma_counted = True
+        # aiosmtpd makes a new Session after STARTTLS: count client addresses (ip, port) instead.
+        if session.peer not in self._peers:
+            self._peers.add(session.peer)
             self.connections += 1
 
     def stop(self) -> None:
@@ -354,7 +360,9 @@ class ScriptedServer:
     """A raw TCP server that answers every connection with `greeting` (e.g. "421 busy") and closes
     it, or with `greeting=None` accepts and says nothing. `connections` counts accepted sockets."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, greeting: str | None = "421 4.3.2 busy") -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, greeting: str | None = "421 4.3.2 busy"
+    ) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -366,6 +374,7 @@ class ScriptedServer:
         self.connections = 0
         self.lines: list[bytes] = []
         self._held: list[socket.socket] = []
+        self._stopping = False
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
     def start(self) -> ScriptedServer:
@@ -373,11 +382,15 @@ class ScriptedServer:
         return self
 
     def _serve(self) -> None:
-        while True:
+        self.sock.settimeout(0.05)  # so that stop() is noticed at once
+        while not self._stopping:
             try:
                 conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
+            conn.settimeout(None)
             self.connections += 1
             if self.greeting is None:
                 self._held.append(conn)
@@ -395,10 +408,11 @@ class ScriptedServer:
                 conn.close()
 
     def stop(self) -> None:
+        self._stopping = True
+        self._thread.join(2)
         self.sock.close()
         for c in self._held:
             c.close()
-        self._thread.join(2)
 
     def __enter__(self) -> ScriptedServer:
         return self.start()
@@ -420,7 +434,9 @@ POSTFIX_LIB = POSTFIX_ROOT / "usr/lib/postfix"
 def postfix_problem() -> str | None:
     """Why Postfix cannot run here (None when it can): .ci/run sets it up."""
     if not (POSTFIX_SBIN / "postfix").exists():
-        return f"Postfix is not unpacked in {POSTFIX_ROOT} (see .ci/run: apt-get download postfix; dpkg-deb -x)"
+        return (
+            f"Postfix is not unpacked in {POSTFIX_ROOT} (see .ci/run: apt-get download postfix; dpkg-deb -x)"
+        )
     import grp
     import pwd
 
@@ -539,7 +555,9 @@ class Postfix:
             check=False,
         )
         if check and done.returncode != 0:
-            raise RuntimeError(f"postfix {' '.join(args)} failed ({done.returncode}): {done.stderr}{self.log()}")
+            raise RuntimeError(
+                f"postfix {' '.join(args)} failed ({done.returncode}): {done.stderr}{self.log()}"
+            )
         return done
 
     def log(self) -> str:

@@ -9,10 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import DnsServer, Zone
-
 from dma import config, routing
 from dma.routing import RouteError
+from servers import DnsServer, Zone
 
 ZONE = Zone(
     {
@@ -243,9 +242,7 @@ def test_smarthost_name_resolved_through_dns_server(
     cfg = make_cfg(tmp_path, monkeypatch, dns.conf, "SMARTHOST smarthost.test", "PORT 465")
     # the recipient domain does not matter, even a null-MX or non-existent one
     for domain in ("example.test", "nullmx.test", "nosuch.test"):
-        assert summary(routing.targets_for(domain, cfg)) == [
-            ("smarthost.test", ["::1", "127.0.0.9"], 465, 0)
-        ]
+        assert summary(routing.targets_for(domain, cfg)) == [("smarthost.test", ["::1", "127.0.0.9"], 465, 0)]
     assert {q[0] for q in dns.queries} == {"smarthost.test"}
 
 
