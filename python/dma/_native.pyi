@@ -50,6 +50,7 @@ class Claim:
 def scan_queue(spooldir: str | PathLike[str]) -> tuple[list[QueueEntry], list[str]]: ...
 def claim(spooldir: str | PathLike[str], id: str) -> Claim | None: ...
 def clean_stale(spooldir: str | PathLike[str], max_age: int) -> list[str]: ...
+def journal_take(spooldir: str | PathLike[str]) -> list[str]: ...
 
 # ---- mailbox ----
 def mbox_append(
@@ -108,6 +109,8 @@ def smtp_session(
     connect_timeout: float = 30.0,
     command_timeout: float = 300.0,
     verbose: bool = False,  # dialogue on stderr as "<<< " / ">>> " lines, credentials hidden
+    journal: str | PathLike[str] | None = None,  # spool whose delivered journal records confirmed recipients
+    journal_ids: list[list[str]] | None = None,  # per transaction, per recipient: the entry id to record
 ) -> SessionResult: ...
 
 # ---- auth ----

@@ -130,6 +130,7 @@ class Runner:
         """
         _native.clean_stale(self.cfg.spooldir, STALE_AGE)
         while True:
+            self.replay_journal()
             flush_seen = self.signal_mtime("flush")
             wake_seen = self.signal_mtime("wake")
             entries, _ = _native.scan_queue(self.cfg.spooldir)
@@ -179,6 +180,15 @@ class Runner:
             if not self.acquire():
                 return
             force = False
+
+    def replay_journal(self) -> None:
+        """Remove entries the server confirmed before a crash kept us from recording it."""
+        for entry_id in _native.journal_take(self.cfg.spooldir):
+            claim = _native.claim(self.cfg.spooldir, entry_id)
+            if claim is not None:
+                entry = claim.entry
+                claim.remove()
+                self.log(f"{entry_id}: delivered to {entry.recipient} (confirmed before a restart)")
 
     def deliver(self, entry_ids: list[str]) -> None:
         """Claim and deliver these entries: local ones one by one, remote ones grouped by route so

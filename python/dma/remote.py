@@ -112,6 +112,8 @@ def deliver(
             connect_timeout=cfg.connect_timeout,
             command_timeout=cfg.timeout,
             verbose=verbose,
+            journal=cfg.spooldir,
+            journal_ids=[t.entry_ids for t in pending],
         )
         retry_elsewhere: list[Transaction] = []
         for transaction, results in zip(pending, result.results, strict=True):

@@ -203,6 +203,12 @@ impl Claim {
     }
 }
 
+/// The entry ids in the spool's delivered journal, which is removed (see spool.rs).
+#[pyfunction]
+fn journal_take(py: Python<'_>, spooldir: PathBuf) -> PyResult<Vec<String>> {
+    Ok(py.detach(|| spool::journal_take(&spooldir))?)
+}
+
 /// Remove temporary and orphaned message files older than `max_age` seconds.
 #[pyfunction]
 fn clean_stale(py: Python<'_>, spooldir: PathBuf, max_age: u64) -> PyResult<Vec<String>> {
@@ -339,7 +345,8 @@ fn smtp_duration(name: &str, secs: f64) -> PyResult<std::time::Duration> {
 #[pyo3(signature = (
     host, addresses, port, helo, transactions, *, tls="none", verify_cert=false, ca_file=None,
     fingerprint=None, client_cert=None, login=None, secret=None, mechanisms=None,
-    allow_insecure_auth=false, connect_timeout=30.0, command_timeout=300.0, verbose=false
+    allow_insecure_auth=false, connect_timeout=30.0, command_timeout=300.0, verbose=false,
+    journal=None, journal_ids=None
 ))]
 #[allow(clippy::too_many_arguments)]
 fn smtp_session(
@@ -361,6 +368,8 @@ fn smtp_session(
     connect_timeout: f64,
     command_timeout: f64,
     verbose: bool,
+    journal: Option<PathBuf>,
+    journal_ids: Option<Vec<Vec<String>>>,
 ) -> PyResult<SessionResult> {
     let addresses = addresses
         .iter()
@@ -412,13 +421,16 @@ fn smtp_session(
         connect_timeout: smtp_duration("connect_timeout", connect_timeout)?,
         command_timeout: smtp_duration("command_timeout", command_timeout)?,
         verbose,
+        journal,
     };
+    let mut journal_ids = journal_ids.unwrap_or_default().into_iter();
     let transactions: Vec<crate::smtp::Transaction> = transactions
         .into_iter()
         .map(|(sender, recipients, message)| crate::smtp::Transaction {
             sender,
             recipients,
             message,
+            journal_ids: journal_ids.next().unwrap_or_default(),
         })
         .collect();
     let report = py.detach(|| crate::smtp::run_session(&cfg, &transactions));
@@ -457,6 +469,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scan_queue, m)?)?;
     m.add_function(wrap_pyfunction!(claim, m)?)?;
     m.add_function(wrap_pyfunction!(clean_stale, m)?)?;
+    m.add_function(wrap_pyfunction!(journal_take, m)?)?;
     // mailbox registrations
     m.add_function(wrap_pyfunction!(mbox_append, m)?)?;
     m.add_function(wrap_pyfunction!(maildir_deliver, m)?)?;

@@ -64,6 +64,9 @@ pub struct Transaction {
     pub recipients: Vec<String>,
     /// A spool message file: the whole message with LF line endings.
     pub message: PathBuf,
+    /// Per recipient: the queue entry to write to the delivered journal once the server has
+    /// taken the message (empty: nothing to write).
+    pub journal_ids: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -95,6 +98,8 @@ pub struct SessionConfig {
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
     pub verbose: bool,
+    /// The spool whose delivered journal records confirmed recipients (see `spool::journal_append`).
+    pub journal: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -743,13 +748,14 @@ impl<'a> Session<'a> {
             Err(TxFailure::Transaction(outcome)) => (outcome, None),
             Err(TxFailure::Broken(outcome)) => (outcome.clone(), Some(outcome)),
         };
-        let outcomes = rcpts
+        let outcomes: Vec<Outcome> = rcpts
             .into_iter()
             .map(|state| match state {
                 RcptState::Done(outcome) => outcome,
                 RcptState::Pending | RcptState::Accepted => final_outcome.clone(),
             })
             .collect();
+        self.journal(tx, &outcomes);
         let broken = broken.or_else(|| {
             self.dead.then(|| {
                 Outcome::temporary(
@@ -759,6 +765,21 @@ impl<'a> Session<'a> {
             })
         });
         (outcomes, broken)
+    }
+
+    /// Record the recipients the server took, before anything else can go wrong.
+    fn journal(&self, tx: &Transaction, outcomes: &[Outcome]) {
+        let Some(dir) = &self.cfg.journal else { return };
+        let sent: Vec<&str> = outcomes
+            .iter()
+            .zip(&tx.journal_ids)
+            .filter(|(o, id)| o.status == Status::Sent && !id.is_empty())
+            .map(|(_, id)| id.as_str())
+            .collect();
+        if let Err(e) = crate::spool::journal_append(dir, &sent) {
+            // The runner still records the outcome; only a crash right now would repeat these.
+            self.conn.trace("!!! ", &e.to_string());
+        }
     }
 
     fn try_transaction(&mut self, tx: &Transaction, rcpts: &mut [RcptState]) -> Result<Outcome, TxFailure> {
@@ -1317,11 +1338,13 @@ mod tests {
             connect_timeout: Duration::from_secs(2),
             command_timeout: Duration::from_secs(2),
             verbose: false,
+            journal: None,
         };
         let tx = Transaction {
             sender: "a@b".into(),
             recipients: vec!["c@d".into(), "e@f".into()],
             message: "/nonexistent".into(),
+            journal_ids: Vec::new(),
         };
         let report = run_session(&cfg, &[tx.clone(), tx]);
         assert_eq!(report.results.len(), 2);

@@ -361,6 +361,40 @@ impl Claim {
     }
 }
 
+/// The journal of deliveries the server confirmed but the runner may not have recorded yet.
+const JOURNAL: &str = "delivered";
+
+/// Append entry ids to the delivered journal and sync it: called right after the server's final
+/// reply, so that a crash before the entries are removed does not send them again.
+pub fn journal_append(dir: &Path, ids: &[&str]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let path = dir.join(JOURNAL);
+    let mut text = ids.join("\n");
+    text.push('\n');
+    let write = || -> std::io::Result<()> {
+        let mut f = OpenOptions::new().append(true).create(true).mode(0o600).open(&path)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_data()
+    };
+    write().context(|| format!("can not write `{}'", path.display()))
+}
+
+/// Take the journal: the entry ids it recorded, after which it is gone.
+pub fn journal_take(dir: &Path) -> Result<Vec<String>> {
+    let path = dir.join(JOURNAL);
+    let taken = dir.join(format!("{TMP_PREFIX}{JOURNAL}.{}", std::process::id()));
+    match fs::rename(&path, &taken) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(DmaError::io(format!("can not take `{}'", path.display()), e)),
+    }
+    let text = fs::read_to_string(&taken).context(|| format!("can not read `{}'", taken.display()))?;
+    let _ = fs::remove_file(&taken);
+    Ok(text.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect())
+}
+
 /// Remove what crashes leave behind: temporary files and message files without an entry, older
 /// than `max_age` seconds. Returns the names removed.
 pub fn clean_stale(dir: &Path, max_age: u64) -> Result<Vec<String>> {
@@ -495,6 +529,17 @@ mod tests {
         assert_eq!(c.entry.attempts, 3);
         assert_eq!(c.entry.last_error, "451 later");
         c.remove().unwrap();
+        assert!(names(&dir).is_empty());
+    }
+
+    #[test]
+    fn the_journal_is_taken_once() {
+        let dir = tempdir("journal");
+        assert!(journal_take(&dir).unwrap().is_empty());
+        journal_append(&dir, &["a.1", "b.2"]).unwrap();
+        journal_append(&dir, &["c.1"]).unwrap();
+        assert_eq!(journal_take(&dir).unwrap(), ["a.1", "b.2", "c.1"]);
+        assert!(journal_take(&dir).unwrap().is_empty());
         assert!(names(&dir).is_empty());
     }
 
