@@ -20,6 +20,7 @@ Imported on the submission hot path: module level imports only `errors`.
 from __future__ import annotations
 
 from dma.errors import EX_DATAERR, EX_NOINPUT, ConfigError, Fatal
+from dma.message import strip_local_domain
 
 # Not `from typing import TYPE_CHECKING`: importing typing costs milliseconds on the hot path.
 # Type checkers treat any name TYPE_CHECKING as true.
@@ -27,7 +28,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-__all__ = ["MAX_DEPTH", "Aliases", "parse", "strip_local_domain"]
+__all__ = ["MAX_DEPTH", "Aliases", "parse"]
 
 MAX_DEPTH = 64
 WILDCARD = "*"
@@ -41,20 +42,6 @@ _UNSUPPORTED = {
     "/": "file destinations are not supported",
     "\\": "`\\user' destinations are not supported",
 }
-
-
-def strip_local_domain(addr: str, mailname: str | None) -> str:
-    """Cut ``@domain`` off `addr` when the domain after the LAST ``@`` is `mailname` or localhost.
-
-    Compared case-insensitively (C dma compared the host name case-sensitively).
-    """
-    local, at, domain = addr.rpartition("@")
-    if not at:
-        return addr
-    d = domain.lower()
-    if d == "localhost" or (mailname is not None and d == mailname.lower()):
-        return local
-    return addr
 
 
 def _unsupported(dest: str) -> str | None:

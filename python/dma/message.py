@@ -16,8 +16,18 @@ from .errors import EX_DATAERR, EX_SOFTWARE, Fatal
 MAX_ADDRESS = 998
 
 
+_login_name: str | None = None
+
+
 def login_name() -> str:
     """The submitting user's name, chosen as C dma does (1.5 of the behaviour notes)."""
+    global _login_name
+    if _login_name is None:
+        _login_name = _find_login_name()
+    return _login_name
+
+
+def _find_login_name() -> str:
     uid = os.getuid()
     candidates: list[str] = []
     try:
@@ -43,6 +53,20 @@ def check_line_safe(what: str, value: str) -> None:
     """Refuse CR, LF and NUL: they would inject headers into the message or commands into SMTP."""
     if "\n" in value or "\r" in value or "\0" in value:
         raise Fatal(EX_DATAERR, f"{what} contains a line break or NUL: {value!r}")
+
+
+def strip_local_domain(addr: str, mailname: str | None) -> str:
+    """Cut ``@domain`` off `addr` when the domain after the LAST ``@`` is `mailname` or localhost.
+
+    Compared case-insensitively (C dma compared the host name case-sensitively).
+    """
+    local, at, domain = addr.rpartition("@")
+    if not at:
+        return addr
+    d = domain.lower()
+    if d == "localhost" or (mailname is not None and d == mailname.lower()):
+        return local
+    return addr
 
 
 def parse_addresses(text: str, what: str = "address") -> list[str]:

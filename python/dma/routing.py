@@ -7,8 +7,6 @@ only read when a recipient is local.
 
 from __future__ import annotations
 
-from .local import is_local_user
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import dns.resolver
@@ -38,7 +36,7 @@ class RecipientResolver:
 
     def resolve(self, recipients: list[str]) -> list[str]:
         """Envelope recipients for `recipients` (command line, `-t` or a bounce), deduplicated."""
-        from .aliases import strip_local_domain
+        from .message import strip_local_domain
 
         result: list[str] = []
         seen: set[str] = set()
@@ -50,6 +48,8 @@ class RecipientResolver:
                 # Everything goes to the smarthost; a bare name is qualified (C dma sent `RCPT TO:<root>`).
                 expanded = [f"{address}@{self.cfg.mailname}"]
             else:
+                from .local import is_local_user
+
                 expanded = self.aliases().expand(
                     address, is_local_user=is_local_user, wildcard=True, mailname=self.cfg.mailname
                 )
