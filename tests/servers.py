@@ -458,13 +458,26 @@ class Postfix:
     """A Postfix instance with its own config and queue directories under `root`, listening on
     127.0.0.1:`port` and relaying everything to `relayhost` (host:port) without DNS."""
 
-    def __init__(self, root: Path, relayhost: str, port: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        relayhost: str,
+        port: int | None = None,
+        *,
+        pki: Pki | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.root = root
         self.port = port or free_port()
         self.relayhost = relayhost
+        self.pki = pki
+        self.extra = extra
         self.config = root / "etc"
-        self.queue = root / "queue"
-        self.data = root / "data"
+        # Postfix opens its queue and data directories as the postfix user, which cannot get
+        # through pytest's 0700 temporary directories: those two live in a directory of their own.
+        self.rundir: Path | None = None
+        self.queue = Path("/nonexistent")
+        self.data = Path("/nonexistent")
 
     def postconf(self) -> str:
         lib = POSTFIX_LIB
@@ -480,7 +493,7 @@ class Postfix:
                 f"sendmail_path = {POSTFIX_SBIN}/sendmail",
                 f"mailq_path = {POSTFIX_SBIN}/mailq",
                 f"newaliases_path = {POSTFIX_SBIN}/newaliases",
-                "manpage_directory = no",
+                f"manpage_directory = {POSTFIX_ROOT}/usr/share/man",
                 "sample_directory = no",
                 "readme_directory = no",
                 "html_directory = no",
@@ -488,6 +501,7 @@ class Postfix:
                 "setgid_group = postdrop",
                 f"import_environment = MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C LD_LIBRARY_PATH={lib}",
                 f"maillog_file = {self.root}/maillog",
+                f"maillog_file_prefixes = {self.root}",
                 "myhostname = postfix.test",
                 "mydomain = test",
                 "myorigin = postfix.test",
@@ -499,7 +513,6 @@ class Postfix:
                 "smtp_dns_support_level = disabled",
                 "disable_dns_lookups = yes",
                 "smtp_tls_security_level = none",
-                "smtpd_tls_security_level = none",
                 "alias_maps =",
                 "alias_database =",
                 "local_recipient_maps =",
@@ -509,6 +522,16 @@ class Postfix:
                 "minimal_backoff_time = 1s",
                 "maximal_backoff_time = 2s",
                 "smtpd_relay_restrictions = permit_mynetworks, reject",
+                *(
+                    [
+                        f"smtpd_tls_chain_files = {self.pki.keyfile}, {self.pki.certfile}",
+                        "smtpd_tls_security_level = may",
+                        "smtpd_tls_received_header = yes",
+                    ]
+                    if self.pki
+                    else ["smtpd_tls_security_level = none"]
+                ),
+                *self.extra,
                 "",
             ]
         )
@@ -570,13 +593,18 @@ class Postfix:
         problem = postfix_problem()
         if problem:
             raise RuntimeError(problem)
+        import tempfile
+
+        self.rundir = Path(tempfile.mkdtemp(prefix="dma-test-postfix-"))
+        os.chmod(self.rundir, 0o755)
+        self.queue = self.rundir / "queue"
+        self.data = self.rundir / "data"
         for d in (self.config, self.queue, self.data):
             d.mkdir(parents=True, exist_ok=True)
         (self.config / "main.cf").write_text(self.postconf())
         (self.config / "master.cf").write_text(self.mastercf())
         # postfix-files lists what `postfix set-permissions`/`check` manage; the packaged one is fine.
         shutil.copy(POSTFIX_ROOT / "etc/postfix/postfix-files", self.config / "postfix-files")
-        os.chmod(self.root, 0o755)
         shutil.chown(self.data, "postfix")
         self.run("start")
         deadline = time.monotonic() + 15
@@ -603,6 +631,75 @@ class Postfix:
             except (OSError, ValueError, IndexError):
                 break
             time.sleep(0.1)
+        if self.rundir is not None:
+            shutil.rmtree(self.rundir, ignore_errors=True)
+            self.rundir = None
+
+
+class PostfixSmtpSink:
+    """Postfix's `smtp-sink` on 127.0.0.1:`port` with `-v`: every command it receives is logged on
+    its stderr, which `commands()` returns (`ehlo ...`, `mail FROM:<...>`, `rcpt TO:<...>`, `.`)."""
+
+    def __init__(self, root: Path, port: int | None = None, options: tuple[str, ...] = ()) -> None:
+        self.root = root
+        self.port = port or free_port()
+        self.options = options
+        self.errfile = root / "smtp-sink.err"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> PostfixSmtpSink:
+        problem = postfix_problem()
+        if problem:
+            raise RuntimeError(problem)
+        with open(self.errfile, "wb") as err:
+            self.proc = subprocess.Popen(
+                [
+                    str(POSTFIX_SBIN / "smtp-sink"),
+                    "-u",
+                    "postfix",
+                    "-v",
+                    *self.options,
+                    f"127.0.0.1:{self.port}",
+                    "100",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=postfix_env(),
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if f"[127.0.0.1]:{self.port}" in self.errfile.read_text() and self._listening():
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"smtp-sink did not start: {self.errfile.read_text()}")
+
+    def _listening(self) -> bool:
+        # Ask the kernel instead of connecting (a probe would show up in the log).
+        with open("/proc/net/tcp") as f:
+            return any(
+                line.split()[1] == f"0100007F:{self.port:04X}" and line.split()[3] == "0A"
+                for line in f.readlines()[1:]
+            )
+
+    def commands(self) -> list[str]:
+        prefix = f"{POSTFIX_SBIN / 'smtp-sink'}: "
+        return [
+            line[len(prefix) :] for line in self.errfile.read_text().splitlines() if line.startswith(prefix)
+        ]
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(5)
+            self.proc = None
+
+    def __enter__(self) -> PostfixSmtpSink:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 # ---- private network namespace --------------------------------------------------------------------
