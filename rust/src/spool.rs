@@ -47,7 +47,8 @@ pub struct Incoming {
 impl Incoming {
     /// Create the temporary file in `dir`; the message id comes from its inode.
     pub fn create(dir: &Path) -> Result<Incoming> {
-        let created = now();
+        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let created = since_epoch.as_secs();
         let mut attempt = 0u32;
         loop {
             let nanos = SystemTime::now()
@@ -69,7 +70,10 @@ impl Incoming {
                         .metadata()
                         .context(|| format!("stat `{}'", tmp.display()))?
                         .ino();
-                    let id = format!("{created:08x}{ino:x}");
+                    // Inodes are reused as soon as a message leaves the queue, even within the same
+                    // second; with the microseconds the id is unique over time, which the
+                    // delivered journal relies on.
+                    let id = format!("{created:08x}{:05x}{ino:x}", since_epoch.subsec_micros());
                     return Ok(Incoming {
                         dir: dir.to_owned(),
                         tmp,
@@ -469,6 +473,18 @@ mod tests {
         let m = fs::metadata(dir.join(format!("M{}", ids[0]))).unwrap();
         assert_eq!(m.nlink(), 2, "one hard link per recipient");
         assert_eq!(entries[0].message_id(), entries[1].message_id());
+    }
+
+    #[test]
+    fn ids_are_not_reused_when_inodes_are() {
+        let dir = tempdir("ids");
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let ids = submit(&dir, b"x\n", &["b@y"]);
+            let c = claim(&dir, &ids[0]).unwrap().unwrap();
+            assert!(seen.insert(c.entry.message_id().to_owned()), "id reused: {}", ids[0]);
+            c.remove().unwrap();
+        }
     }
 
     #[test]
