@@ -772,6 +772,12 @@ class Netns:
         except (OSError, subprocess.TimeoutExpired):
             self.proc.kill()
             self.proc.wait(5)
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
         self.proc = None
 
     def __enter__(self) -> Netns:

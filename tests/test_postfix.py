@@ -86,6 +86,7 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
 def dma_to_postfix(tmp_path: Path, relay: Relay) -> DmaEnv:
     relay.sink.messages.clear()
     env = DmaEnv(tmp_path)
+    env.smarthost = ""  # ours below (the shared fixture may set a default)
     env.write_conf(
         "SMARTHOST localhost",
         f"PORT {relay.postfix.port}",
@@ -150,6 +151,7 @@ def test_queued_messages_share_one_postfix_connection(dma_to_postfix: DmaEnv, re
 
 def test_hundred_queued_messages_to_smtp_sink_over_one_connection(tmp_path: Path) -> None:
     env = DmaEnv(tmp_path)
+    env.smarthost = ""
     with PostfixSmtpSink(tmp_path) as sink:
         env.write_conf("SMARTHOST 127.0.0.1", f"PORT {sink.port}", "HOST_CONCURRENCY 1")
         for i in range(100):

@@ -27,6 +27,7 @@ class Remote(DmaEnv):
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
+        self.smarthost = ""  # relay_to() names the smarthost (the shared fixture may set a default)
         self.pki = Pki(root)
         self.authconf = root / "auth.conf"
         self.authconf.write_text(f"joe|localhost:{PASSWORD}\njoe|relay.test:{PASSWORD}\n")
