@@ -150,6 +150,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The programs' entry point: `main`, then exit at once.
+
+    The message is durable and the output flushed by then; skipping the interpreter's teardown
+    (module and object clean-up) is a measurable part of what every cron job's mail costs.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # a reader that went away (`mailq | head`) is not our failure
+            pass
+    os._exit(code)
+
+
 def dispatch(prog: str, args: list[str]) -> int:
     from . import config
 
@@ -263,4 +278,4 @@ def daemonize() -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

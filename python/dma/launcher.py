@@ -17,8 +17,8 @@ TEMPLATE = """#!{python} -IS
 import sys
 sys.path[:0] = {paths!r}
 sys.argv[0] = {name!r}
-from dma.cli import main
-sys.exit(main())
+from dma.cli import run
+run()
 """
 
 
