@@ -165,15 +165,24 @@ def run() -> None:
     os._exit(code)
 
 
+# `dma <command> ...`: operations C dma never had, each in its own module with a
+# `command(prog, name, args) -> int`. Only as `dma`: `sendmail install` still mails a user.
+COMMANDS: dict[str, str] = {}
+
+
 def dispatch(prog: str, args: list[str]) -> int:
     from . import config
 
+    if prog == "dma" and args and args[0] in COMMANDS:
+        module = __import__(COMMANDS[args[0]], fromlist=["command"])
+        code: int = module.command(prog, args[0], args[1:])
+        return code
     if prog == "mailq":
-        if args:
+        if args not in ([], ["--json"]):
             raise Fatal(EX_USAGE, "invalid arguments")
         from .queue import list_queue
 
-        list_queue(config.load(), sys.stdout)
+        list_queue(config.load(), sys.stdout, json=bool(args))
         return 0
     if prog == "newaliases":
         return check_aliases(config.load())

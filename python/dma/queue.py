@@ -32,17 +32,32 @@ FINAL_STATES = ("failed", "held")
 POLL = 1.0
 
 
-def list_queue(cfg: Config, out: TextIO) -> None:
-    """Print the queue in C dma's `mailq` format (monitoring scripts parse it)."""
-    if not os.path.isdir(cfg.spooldir):
-        out.write("Mail queue is empty\n")
+def list_queue(cfg: Config, out: TextIO, *, json: bool = False) -> None:
+    """Print the queue in C dma's `mailq` format (monitoring scripts parse it), or as JSON."""
+    entries = _native.scan_queue(cfg.spooldir)[0] if os.path.isdir(cfg.spooldir) else []
+    if json:
+        write_json(entries, out)
         return
-    entries, _ = _native.scan_queue(cfg.spooldir)
     if not entries:
         out.write("Mail queue is empty\n")
         return
     blocks = [f"ID\t: {e.id}\nFrom\t: {e.sender}\nTo\t: {e.recipient}\n" for e in entries]
     out.write("--\n".join(blocks))
+
+
+def write_json(entries: list[_native.QueueEntry], out: TextIO) -> None:
+    """`mailq --json`: one object per entry with its state (the fields of docs/spool.md)."""
+    import json
+
+    fields = ("id", "message_id", "sender", "recipient", "created", "size", "attempts", "next_attempt")
+    rows = []
+    for e in entries:
+        row: dict[str, object] = {name: getattr(e, name) for name in fields}
+        row["last_error"] = e.last_error or None
+        row["state"] = e.state or ("deferred" if e.attempts else "queued")
+        rows.append(row)
+    json.dump(rows, out, indent=1)
+    out.write("\n")
 
 
 class Selection:
