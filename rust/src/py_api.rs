@@ -58,11 +58,20 @@ fn finished() -> PyErr {
     PyValueError::new_err("this message is already committed or aborted")
 }
 
+/// Where a message comes from: a file descriptor (standard input), or bytes in memory.
+#[derive(FromPyObject)]
+enum Source {
+    Fd(i32),
+    Bytes(Vec<u8>),
+}
+
 #[pymethods]
 impl Incoming {
+    /// `durable=False` skips the syncs; the caller ends the batch with `sync_spool`.
     #[new]
-    fn new(py: Python<'_>, spooldir: PathBuf) -> PyResult<Self> {
-        let inner = py.detach(|| spool::Incoming::create(&spooldir))?;
+    #[pyo3(signature = (spooldir, durable=true))]
+    fn new(py: Python<'_>, spooldir: PathBuf, durable: bool) -> PyResult<Self> {
+        let inner = py.detach(|| spool::Incoming::create(&spooldir, durable))?;
         let id = inner.id().to_owned();
         Ok(Incoming { inner: Some(inner), id })
     }
@@ -72,12 +81,12 @@ impl Incoming {
         &self.id
     }
 
-    /// Read the message from file descriptor `fd` (left open) into the spool, durably.
-    #[pyo3(signature = (fd, *, prefix, add_if_missing, dot_terminates, collect_recipients))]
+    /// Read the message from `source` (a file descriptor, left open, or bytes) into the spool.
+    #[pyo3(signature = (source, *, prefix, add_if_missing, dot_terminates, collect_recipients))]
     fn receive(
         &mut self,
         py: Python<'_>,
-        fd: i32,
+        source: Source,
         prefix: Vec<u8>,
         add_if_missing: Vec<(String, Vec<u8>)>,
         dot_terminates: bool,
@@ -85,12 +94,17 @@ impl Incoming {
     ) -> PyResult<MessageInfo> {
         let mut inner = self.inner.take().ok_or_else(finished)?;
         let (inner, result) = py.detach(move || {
-            // SAFETY: the descriptor belongs to the caller; ManuallyDrop keeps us from closing it.
-            let input = ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
             let add: Vec<(&str, &[u8])> =
                 add_if_missing.iter().map(|(n, l)| (n.as_str(), l.as_slice())).collect();
             let opts = IntakeOptions { dot_terminates, collect_recipients, prefix: &prefix, add_if_missing: &add };
-            let result = inner.receive(&*input, &opts);
+            let result = match source {
+                Source::Fd(fd) => {
+                    // SAFETY: the descriptor belongs to the caller; ManuallyDrop keeps it open.
+                    let input = ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
+                    inner.receive(&*input, &opts)
+                }
+                Source::Bytes(data) => inner.receive(data.as_slice(), &opts),
+            };
             (inner, result)
         });
         self.inner = Some(inner);
@@ -201,6 +215,12 @@ impl Claim {
     fn release(&mut self) {
         self.inner = None;
     }
+}
+
+/// One `syncfs` for the spool's file system: makes a batch of `durable=False` messages durable.
+#[pyfunction]
+fn sync_spool(py: Python<'_>, spooldir: PathBuf) -> PyResult<()> {
+    Ok(py.detach(|| spool::sync_spool(&spooldir))?)
 }
 
 /// The entry ids in the spool's delivered journal, which is removed (see spool.rs).
@@ -470,6 +490,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(claim, m)?)?;
     m.add_function(wrap_pyfunction!(clean_stale, m)?)?;
     m.add_function(wrap_pyfunction!(journal_take, m)?)?;
+    m.add_function(wrap_pyfunction!(sync_spool, m)?)?;
     // mailbox registrations
     m.add_function(wrap_pyfunction!(mbox_append, m)?)?;
     m.add_function(wrap_pyfunction!(maildir_deliver, m)?)?;

@@ -36,6 +36,9 @@ fn check_field(what: &str, value: &str) -> Result<()> {
 /// everything it wrote.
 pub struct Incoming {
     dir: PathBuf,
+    /// Sync every file and the directory before returning (off for a batch, which ends with one
+    /// `sync_spool`).
+    durable: bool,
     tmp: PathBuf,
     file: Option<File>,
     id: String,
@@ -46,7 +49,7 @@ pub struct Incoming {
 
 impl Incoming {
     /// Create the temporary file in `dir`; the message id comes from its inode.
-    pub fn create(dir: &Path) -> Result<Incoming> {
+    pub fn create(dir: &Path, durable: bool) -> Result<Incoming> {
         let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let created = since_epoch.as_secs();
         let mut attempt = 0u32;
@@ -76,6 +79,7 @@ impl Incoming {
                     let id = format!("{created:08x}{:05x}{ino:x}", since_epoch.subsec_micros());
                     return Ok(Incoming {
                         dir: dir.to_owned(),
+                        durable,
                         tmp,
                         file: Some(file),
                         id,
@@ -136,11 +140,13 @@ impl Incoming {
             fs::hard_link(&self.tmp, &m).context(|| format!("can not create `{}'", m.display()))?;
             self.published.push(m);
             let q = self.dir.join(format!("Q{}", entry.id));
-            write_entry_file(&self.dir, &entry)?;
+            write_entry_file(&self.dir, &entry, self.durable)?;
             self.published.push(q);
             ids.push(entry.id);
         }
-        fsync_dir(&self.dir)?;
+        if self.durable {
+            fsync_dir(&self.dir)?;
+        }
         self.published.clear();
         // The message is safe from here on; the temporary name is no longer needed.
         let _ = fs::remove_file(&self.tmp);
@@ -224,9 +230,9 @@ impl Entry {
     }
 }
 
-/// Write `Q<id>` atomically: a locked temporary file, synced, renamed into place. Returns the
-/// new file, still locked.
-fn write_entry_file(dir: &Path, entry: &Entry) -> Result<File> {
+/// Write `Q<id>` atomically: a locked temporary file, synced (when `sync`), renamed into place.
+/// Returns the new file, still locked.
+fn write_entry_file(dir: &Path, entry: &Entry, sync: bool) -> Result<File> {
     let tmp = dir.join(format!("{TMP_PREFIX}Q{}", entry.id));
     let q = dir.join(format!("Q{}", entry.id));
     let write = || -> std::io::Result<File> {
@@ -238,7 +244,9 @@ fn write_entry_file(dir: &Path, entry: &Entry) -> Result<File> {
             .open(&tmp)?;
         f.lock()?;
         f.write_all(entry.render().as_bytes())?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, &q)?;
         Ok(f)
     };
@@ -350,7 +358,7 @@ impl Claim {
         }
         check_field("the error text", &entry.last_error)?;
         check_field("the state", &entry.state)?;
-        self.file = write_entry_file(&self.dir, &entry)?;
+        self.file = write_entry_file(&self.dir, &entry, true)?;
         fsync_dir(&self.dir)?;
         self.entry = entry;
         Ok(())
@@ -363,6 +371,17 @@ impl Claim {
         let _ = fs::remove_file(self.message_path());
         fsync_dir(&self.dir)
     }
+}
+
+/// Make everything written to the spool's file system durable with one `syncfs`: the end of a
+/// batch of non-durable submissions.
+pub fn sync_spool(dir: &Path) -> Result<()> {
+    let d = File::open(dir).context(|| format!("can not open `{}'", dir.display()))?;
+    // SAFETY: a valid descriptor we own for the duration of the call.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)) } != 0 {
+        return Err(DmaError::io(format!("syncing `{}'", dir.display()), std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// The journal of deliveries the server confirmed but the runner may not have recorded yet.
@@ -433,7 +452,7 @@ mod tests {
     }
 
     fn submit(dir: &Path, body: &[u8], rcpts: &[&str]) -> Vec<String> {
-        let mut inc = Incoming::create(dir).unwrap();
+        let mut inc = Incoming::create(dir, true).unwrap();
         let opts = IntakeOptions {
             dot_terminates: false,
             collect_recipients: false,
@@ -491,7 +510,7 @@ mod tests {
     fn an_uncommitted_message_leaves_nothing() {
         let dir = tempdir("abort");
         {
-            let mut inc = Incoming::create(&dir).unwrap();
+            let mut inc = Incoming::create(&dir, false).unwrap();
             let opts = IntakeOptions {
                 dot_terminates: false,
                 collect_recipients: false,
