@@ -17,7 +17,10 @@ pub type Result<T> = std::result::Result<T, DmaError>;
 
 impl DmaError {
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
-        DmaError::Io { context: context.into(), source }
+        DmaError::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 

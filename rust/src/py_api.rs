@@ -73,7 +73,10 @@ impl Incoming {
     fn new(py: Python<'_>, spooldir: PathBuf, durable: bool) -> PyResult<Self> {
         let inner = py.detach(|| spool::Incoming::create(&spooldir, durable))?;
         let id = inner.id().to_owned();
-        Ok(Incoming { inner: Some(inner), id })
+        Ok(Incoming {
+            inner: Some(inner),
+            id,
+        })
     }
 
     #[getter]
@@ -94,9 +97,16 @@ impl Incoming {
     ) -> PyResult<MessageInfo> {
         let mut inner = self.inner.take().ok_or_else(finished)?;
         let (inner, result) = py.detach(move || {
-            let add: Vec<(&str, &[u8])> =
-                add_if_missing.iter().map(|(n, l)| (n.as_str(), l.as_slice())).collect();
-            let opts = IntakeOptions { dot_terminates, collect_recipients, prefix: &prefix, add_if_missing: &add };
+            let add: Vec<(&str, &[u8])> = add_if_missing
+                .iter()
+                .map(|(n, l)| (n.as_str(), l.as_slice()))
+                .collect();
+            let opts = IntakeOptions {
+                dot_terminates,
+                collect_recipients,
+                prefix: &prefix,
+                add_if_missing: &add,
+            };
             let result = match source {
                 Source::Fd(fd) => {
                     // SAFETY: the descriptor belongs to the caller; ManuallyDrop keeps it open.
@@ -201,7 +211,13 @@ impl Claim {
         state: String,
     ) -> PyResult<()> {
         let claim = self.inner.as_mut().ok_or_else(released)?;
-        let entry = Entry { attempts, next_attempt, last_error, state, ..claim.entry.clone() };
+        let entry = Entry {
+            attempts,
+            next_attempt,
+            last_error,
+            state,
+            ..claim.entry.clone()
+        };
         Ok(py.detach(|| claim.record(entry))?)
     }
 

@@ -379,7 +379,10 @@ pub fn sync_spool(dir: &Path) -> Result<()> {
     let d = File::open(dir).context(|| format!("can not open `{}'", dir.display()))?;
     // SAFETY: a valid descriptor we own for the duration of the call.
     if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)) } != 0 {
-        return Err(DmaError::io(format!("syncing `{}'", dir.display()), std::io::Error::last_os_error()));
+        return Err(DmaError::io(
+            format!("syncing `{}'", dir.display()),
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }
@@ -397,7 +400,11 @@ pub fn journal_append(dir: &Path, ids: &[&str]) -> Result<()> {
     let mut text = ids.join("\n");
     text.push('\n');
     let write = || -> std::io::Result<()> {
-        let mut f = OpenOptions::new().append(true).create(true).mode(0o600).open(&path)?;
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)?;
         f.write_all(text.as_bytes())?;
         f.sync_data()
     };
@@ -415,7 +422,11 @@ pub fn journal_take(dir: &Path) -> Result<Vec<String>> {
     }
     let text = fs::read_to_string(&taken).context(|| format!("can not read `{}'", taken.display()))?;
     let _ = fs::remove_file(&taken);
-    Ok(text.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect())
+    Ok(text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
 }
 
 /// Remove what crashes leave behind: temporary files and message files without an entry, older
@@ -501,7 +512,11 @@ mod tests {
         for _ in 0..50 {
             let ids = submit(&dir, b"x\n", &["b@y"]);
             let c = claim(&dir, &ids[0]).unwrap().unwrap();
-            assert!(seen.insert(c.entry.message_id().to_owned()), "id reused: {}", ids[0]);
+            assert!(
+                seen.insert(c.entry.message_id().to_owned()),
+                "id reused: {}",
+                ids[0]
+            );
             c.remove().unwrap();
         }
     }
