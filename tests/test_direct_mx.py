@@ -222,3 +222,38 @@ def test_queue_run_to_one_mx_shares_the_connection(world: Any) -> None:
         [f"u{i}@example.test", f"v{i}@example.test"] for i in range(4)
     ]
     assert w.env.entries() == []
+
+
+@pytest.mark.parametrize("literal", ["[not-an-ip]", "[300.1.1.1]"])
+def test_bad_address_literal_fails_that_recipient_only(world: Any, literal: str) -> None:
+    # An address literal that is no IP address is a permanent failure of that recipient; it must
+    # neither crash the runner nor hold up (or re-send) the other mail of the same run.
+    zone = Zone(
+        {
+            "example.test": [("MX", 10, "mx1.example.test")],
+            "mx1.example.test": [("A", "127.0.0.1")],
+        }
+    )
+    w = world(zone, [sink("127.0.0.1")], "HOST_CONCURRENCY 1")
+    for rcpt in ("first@example.test", f"user@{literal}", "second@example.test"):
+        r = w.run(["-bq", "-f", SENDER, rcpt])
+        assert r.returncode == 0, r.stderr
+    r = w.run(["-q", "-D"], prog="dma", msg=b"")
+    assert r.returncode == 0, r.stderr
+    assert b"Traceback" not in r.stderr
+    r = w.run(["-q", "-D"], prog="dma", msg=b"")  # a second run sends nothing again
+    assert r.returncode == 0, r.stderr
+    [s] = w.servers()
+    delivered = sorted(rc for m in s["messages"] for rc in m["rcpt_tos"])
+    assert delivered == ["first@example.test", "second@example.test"]
+    # what is left is the bounce for the bad recipient (client.test has no DNS here: deferred)
+    [bounce] = w.env.entries()
+    assert (bounce.sender, bounce.recipient) == ("", SENDER)
+    assert literal.encode() in w.env.message()
+
+
+def test_sendmail_D_to_a_bad_address_literal_exits_69(world: Any) -> None:
+    w = world(Zone({}), [])
+    r = w.send("user@[not-an-ip]")
+    assert r.returncode == EX_UNAVAILABLE, r.stderr
+    assert b"Traceback" not in r.stderr

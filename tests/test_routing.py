@@ -272,3 +272,11 @@ def test_address_literal_domains(cfg: config.Config, dns: DnsServer, domain: str
 def test_address_literal_route_key_keeps_the_brackets(cfg: config.Config) -> None:
     assert routing.recipient_domain("user@[127.0.0.1]") == "[127.0.0.1]"
     assert routing.recipient_domain("a@b@example.test") == "example.test"
+
+
+@pytest.mark.parametrize("domain", ["[not-an-ip]", "[300.1.1.1]", "[IPv6:zz::zz]", "[]"])
+def test_invalid_address_literal_is_permanent(cfg: config.Config, dns: DnsServer, domain: str) -> None:
+    with pytest.raises(RouteError) as e:
+        routing.targets_for(domain, cfg)
+    assert e.value.permanent is True
+    assert dns.queries == []

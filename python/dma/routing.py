@@ -105,6 +105,17 @@ def targets_for(domain: str, cfg: Config) -> list[Target]:
         return [Target(cfg.smarthost, resolve_host(cfg.smarthost, cfg, cfg.port), cfg.port)]
     literal = address_literal(domain)
     if literal is not None:
+        import ipaddress
+
+        version: int = 0
+        try:
+            version = ipaddress.ip_address(literal).version
+        except ValueError:
+            pass
+        # RFC 5321 4.1.3: `[192.0.2.1]` is IPv4, `[IPv6:2001:db8::1]` IPv6; anything else cannot
+        # be delivered to (and must not reach the SMTP session, which refuses it).
+        if version != (6 if domain[1:6].lower() == "ipv6:" else 4):
+            raise RouteError(f"invalid address literal {domain}", permanent=True)
         return [Target(literal, [literal], 25)]
     import random
 
