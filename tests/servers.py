@@ -211,7 +211,16 @@ def free_port(host: str = "127.0.0.1") -> int:
 class Received:
     """One accepted message as the sink saw it."""
 
-    def __init__(self, mail_from: str, rcpt_tos: list[str], content: bytes, login: str | None, tls: bool):
+    def __init__(
+        self,
+        mail_from: str,
+        rcpt_tos: list[str],
+        content: bytes,
+        login: str | None,
+        tls: bool,
+        peer: Any = None,
+    ) -> None:
+        self.peer = peer  # the client's (address, port): equal for messages of one connection
         self.mail_from = mail_from
         self.rcpt_tos = rcpt_tos
         self.content = content
@@ -233,7 +242,9 @@ class SmtpSink:
 
     tls: None, "starttls" (offered, required before AUTH) or "implicit". users: login -> password
     for AUTH (PLAIN and LOGIN). rcpt_replies: recipient -> reply (e.g. "550 5.1.1 no such user").
-    data_reply: a reply to give at the end of DATA instead of accepting. `connections` counts the
+    data_reply: a reply to give at the end of DATA instead of accepting; data_replies: the same
+    for transactions that include a given recipient. auth_mechanisms: the ones to offer (PLAIN,
+    LOGIN; default both). `connections` counts the
     sessions that said EHLO or HELO (the controller's own readiness probe never does).
     """
 
@@ -247,6 +258,8 @@ class SmtpSink:
         users: dict[str, str] | None = None,
         rcpt_replies: dict[str, str] | None = None,
         data_reply: str | None = None,
+        data_replies: dict[str, str] | None = None,
+        auth_mechanisms: list[str] | None = None,
         hostname: str = "sink.test",
     ) -> None:
         self.host = host
@@ -256,6 +269,8 @@ class SmtpSink:
         self.users = users
         self.rcpt_replies = dict(rcpt_replies or {})
         self.data_reply = data_reply
+        self.data_replies = dict(data_replies or {})
+        self.auth_mechanisms = auth_mechanisms
         self.hostname = hostname
         self.messages: list[Received] = []
         self.connections = 0
@@ -290,6 +305,9 @@ class SmtpSink:
             async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
                 if sink.data_reply:
                     return sink.data_reply
+                for rcpt in envelope.rcpt_tos:
+                    if rcpt in sink.data_replies:
+                        return sink.data_replies[rcpt]
                 login = getattr(session, "_dma_login", None)
                 transport = server.transport
                 tls = session.ssl is not None or (
@@ -303,6 +321,7 @@ class SmtpSink:
                         bytes(content),
                         login,
                         tls,
+                        session.peer,
                     )
                 )
                 return "250 2.0.0 accepted"
@@ -320,6 +339,10 @@ class SmtpSink:
         if self.users is not None:
             kwargs["authenticator"] = authenticator
             kwargs["auth_require_tls"] = self.tls == "starttls"
+            if self.auth_mechanisms is not None:
+                kwargs["auth_exclude_mechanism"] = [
+                    m for m in ("PLAIN", "LOGIN") if m not in self.auth_mechanisms
+                ]
         if self.tls == "starttls":
             assert self.pki is not None
             kwargs["tls_context"] = self.pki.server_context()

@@ -359,3 +359,85 @@ def test_queue_run_without_due_entries_does_not_connect(remote: Remote, sinks: l
     r = remote.run(["-q", "-D"], prog="dma")
     assert r.returncode == 0, r.stderr
     assert s.connections == 0
+
+
+# ---- more of the dialogue ------------------------------------------------------------------------
+
+
+def test_auth_login_in_verbose_mode_hides_both_credentials(remote: Remote, sinks: list[SmtpSink]) -> None:
+    s = sink(sinks, remote, tls="starttls", users={"joe": PASSWORD}, auth_mechanisms=["LOGIN"])
+    remote.relay_to("localhost", s.port, "SECURETRANSFER", "STARTTLS", "VERIFYCERT")
+    r = remote.send("you@remote.test", args=("-v",))
+    assert r.returncode == 0, r.stderr
+    assert [a[:2] for a in s.auth_attempts] == [("LOGIN", "joe")]
+    assert [m.login for m in s.messages] == ["joe"]
+    for secret in (PASSWORD.encode(), base64.b64encode(PASSWORD.encode())):
+        assert secret not in r.stderr, r.stderr
+
+
+def test_rejected_data_fails_one_message_and_the_session_goes_on(
+    remote: Remote, sinks: list[SmtpSink]
+) -> None:
+    # Three messages in one session; the server refuses the second at the final dot.
+    s = sink(sinks, remote, data_replies={"bad@remote.test": "554 5.6.0 content rejected"})
+    remote.relay_to("127.0.0.1", s.port, "HOST_CONCURRENCY 1")
+    for rcpt in ("good1@remote.test", "bad@remote.test", "good2@remote.test"):
+        r = remote.run(["-bq", "-f", SENDER, rcpt], MSG)
+        assert r.returncode == 0, r.stderr
+    r = remote.run(["-q", "-D"], prog="dma")
+    assert r.returncode == 0, r.stderr
+    first = [m for m in s.messages if m.mail_from == SENDER]
+    assert sorted(rc for m in first for rc in m.rcpt_tos) == ["good1@remote.test", "good2@remote.test"]
+    assert first[0].peer == first[1].peer  # one connection, after the rejected transaction too
+    # the refused one came back as a bounce to the sender, delivered in the same run or queued
+    rest = [(e.sender, e.recipient) for e in remote.entries()]
+    bounced = [m for m in s.messages if m.mail_from == "<>"]
+    assert rest == [("", SENDER)] or (rest == [] and len(bounced) == 1), rest
+    assert s.connections == 1 + len(bounced)
+
+
+def test_silent_server_times_out_as_temporary(remote: Remote) -> None:
+    with ScriptedServer(greeting=None) as silent:
+        remote.relay_to("127.0.0.1", silent.port)
+        remote.write_conf(
+            "SMARTHOST 127.0.0.1",
+            f"PORT {silent.port}",
+            "TIMEOUT 1",
+        )
+        start = time.monotonic()
+        r = remote.send("you@remote.test")
+        elapsed = time.monotonic() - start
+    assert r.returncode == EX_TEMPFAIL, r.stderr
+    assert elapsed < 10, elapsed
+    [entry] = remote.entries()
+    assert entry.attempts == 1 and entry.state == ""
+
+
+def test_421_greeting_on_one_address_moves_to_the_next_address(remote: Remote, sinks: list[SmtpSink]) -> None:
+    # relay.test: [::1] answers 421 at the greeting, 127.0.0.1 works. C dma tries every
+    # (host, address) entry in turn on temporary failures (behaviour 4.7).
+    s = sink(sinks, remote)
+    with ScriptedServer("::1", s.port, greeting="421 4.3.2 busy") as busy:
+        zone = Zone({"relay.test": [("AAAA", "::1"), ("A", "127.0.0.1")]})
+        with DnsServer(zone) as dns:
+            remote.relay_to("relay.test", s.port, dns.conf)
+            r = remote.send("you@remote.test")
+        assert busy.connections == 1
+    assert r.returncode == 0, r.stderr
+    assert [m.rcpt_tos for m in s.messages] == [["you@remote.test"]]
+
+
+def test_452_for_one_recipient_defers_only_that_one(remote: Remote, sinks: list[SmtpSink]) -> None:
+    s = sink(sinks, remote, rcpt_replies={"later@remote.test": "452 4.5.3 too many recipients"})
+    remote.relay_to("127.0.0.1", s.port)
+    r = remote.send("now@remote.test", "later@remote.test")
+    assert r.returncode == EX_TEMPFAIL, r.stderr
+    assert [m.rcpt_tos for m in s.messages] == [["now@remote.test"]]
+    [entry] = remote.entries()
+    assert (entry.recipient, entry.attempts, entry.state) == ("later@remote.test", 1, "")
+    assert "452" in entry.last_error
+    s.rcpt_replies.clear()
+    r = remote.run(["-q", "-D"], prog="dma")
+    assert r.returncode == 0, r.stderr
+    assert [m.rcpt_tos for m in s.messages] == [["now@remote.test"], ["later@remote.test"]]
+    assert remote.entries() == []
