@@ -27,7 +27,8 @@ from typing import Any
 class Zone:
     """Records by owner name (lowercase, no final dot): `{"a.test": [("MX", 10, "mx.a.test"), ("A",
     "127.0.0.1"), ("AAAA", "::1"), ("CNAME", "b.test")]}`. Names in `servfail`, `refused` or `timeout`
-    get that behaviour for every query type (`timeout`: no reply at all); other unknown names are
+    get that behaviour for every query type (`timeout`: no reply at all), or for one type when
+    given as `name/TYPE` (`mx.test/AAAA`); other unknown names are
     NXDOMAIN, and a known name without records of the asked type is NODATA."""
 
     def __init__(
@@ -123,10 +124,11 @@ class DnsServer:
         qname = str(request.q.qname).rstrip(".").lower()
         qtype = QTYPE[request.q.qtype]
         self.queries.append((qname, qtype))
-        if qname in self.zone.timeout:
+        typed = f"{qname}/{qtype.lower()}"
+        if qname in self.zone.timeout or typed in self.zone.timeout:
             return None
         reply = request.reply()  # aa=1, ra=1
-        if qname in self.zone.servfail:
+        if qname in self.zone.servfail or typed in self.zone.servfail:
             reply.header.rcode = RCODE.SERVFAIL
             return reply.pack()
         if qname in self.zone.refused:

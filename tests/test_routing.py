@@ -280,3 +280,72 @@ def test_invalid_address_literal_is_permanent(cfg: config.Config, dns: DnsServer
         routing.targets_for(domain, cfg)
     assert e.value.permanent is True
     assert dns.queries == []
+
+
+# ---- resolver details ---------------------------------------------------------------------------
+
+
+def test_dns_server_on_ipv6_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with DnsServer(ZONE, "::1") as dns6:
+        assert dns6.conf.startswith("DNS_SERVER [::1]:")
+        cfg = make_cfg(tmp_path, monkeypatch, dns6.conf)
+        assert summary(routing.targets_for("implicit.test", cfg)) == [
+            ("implicit.test", ["::1", "127.0.0.7"], 25, 0)
+        ]
+        assert dns6.queries
+
+
+def test_second_dns_server_answers_when_the_first_is_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dns: DnsServer
+) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    # Nothing answers on the first server: each query waits for the per-server timeout, which
+    # routing._resolver hard-codes to 2 s; shortened here to keep the test fast.
+    real = routing._resolver
+
+    def quick(c: config.Config):  # type: ignore[no-untyped-def]
+        res = real(c)
+        res.timeout = 0.2
+        return res
+
+    monkeypatch.setattr(routing, "_resolver", quick)
+    cfg = make_cfg(tmp_path, monkeypatch, f"DNS_SERVER 127.0.0.1:{dead}, 127.0.0.1:{dns.port}")
+    start = time.monotonic()
+    assert summary(routing.targets_for("implicit.test", cfg)) == [
+        ("implicit.test", ["::1", "127.0.0.7"], 25, 0)
+    ]
+    assert time.monotonic() - start < 5
+
+
+def test_internationalized_domain_is_looked_up_by_its_a_label(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    zone = Zone(
+        {"xn--bcher-kva.test": [("MX", 10, "mx1.example.test")], "mx1.example.test": [("A", "127.0.0.1")]}
+    )
+    with DnsServer(zone) as dns:
+        cfg = make_cfg(tmp_path, monkeypatch, dns.conf)
+        targets = routing.targets_for("bücher.test", cfg)
+        assert [(t.name, t.addresses) for t in targets] == [("mx1.example.test", ["127.0.0.1"])]
+        assert ("xn--bcher-kva.test", "MX") in dns.queries
+
+
+def test_servfail_on_aaaa_still_uses_the_a_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Some resolvers and middleboxes fail AAAA queries; the host's IPv4 addresses still work
+    # (C dma uses getaddrinfo, which returns the A records then).
+    zone = Zone(
+        {
+            "v4only.test": [("MX", 10, "mx.v4only.test")],
+            "mx.v4only.test": [("A", "127.0.0.1")],
+        },
+        servfail={"mx.v4only.test/AAAA"},
+    )
+    with DnsServer(zone) as dns:
+        cfg = make_cfg(tmp_path, monkeypatch, dns.conf)
+        assert [(t.name, t.addresses) for t in routing.targets_for("v4only.test", cfg)] == [
+            ("mx.v4only.test", ["127.0.0.1"])
+        ]
