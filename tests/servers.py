@@ -449,6 +449,35 @@ class ScriptedServer:
         return {"connections": self.connections}
 
 
+class Blackhole:
+    """A port whose SYNs go unanswered, so that a connect() to it times out: a listening socket
+    that never accepts, its one-slot backlog filled by connections of our own."""
+
+    def __init__(self, host: str, port: int) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.bind((host, port))
+        self.sock.listen(0)
+        self.fillers: list[socket.socket] = []
+        for _ in range(2):
+            c = socket.socket(family, socket.SOCK_STREAM)
+            c.setblocking(False)
+            try:
+                c.connect((host, port))
+            except BlockingIOError:
+                pass
+            self.fillers.append(c)
+        time.sleep(0.1)
+
+    def stop(self) -> None:
+        for c in self.fillers:
+            c.close()
+        self.sock.close()
+
+    def to_json(self) -> dict[str, Any]:
+        return {}
+
+
 # ---- Postfix --------------------------------------------------------------------------------------
 
 POSTFIX_ROOT = Path(os.environ.get("POSTFIX_ROOT", "/opt/postfix-root"))
@@ -840,6 +869,8 @@ def _netns_main(spec: dict[str, Any]) -> None:
                     hostname=s.get("hostname", "sink.test"),
                 ).start()
             )
+        elif kind == "blackhole":
+            servers.append(Blackhole(s["host"], s.get("port", 25)))
         elif kind == "scripted":
             servers.append(ScriptedServer(s["host"], s.get("port", 25), s.get("greeting")).start())
         else:

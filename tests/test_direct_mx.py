@@ -8,6 +8,7 @@ The namespace is made by tests/servers.py (`Netns`); `sendmail` and `dma` run in
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -257,3 +258,22 @@ def test_sendmail_D_to_a_bad_address_literal_exits_69(world: Any) -> None:
     r = w.send("user@[not-an-ip]")
     assert r.returncode == EX_UNAVAILABLE, r.stderr
     assert b"Traceback" not in r.stderr
+
+
+def test_connect_timeout_moves_on_to_the_next_mx(world: Any) -> None:
+    # C dma had no connect timeout: one MX that drops SYNs stalled delivery for minutes.
+    zone = Zone(
+        {
+            "example.test": [("MX", 10, "mx1.example.test"), ("MX", 20, "mx2.example.test")],
+            "mx1.example.test": [("A", "127.0.0.2")],
+            "mx2.example.test": [("A", "127.0.0.3")],
+        }
+    )
+    w = world(zone, [{"kind": "blackhole", "host": "127.0.0.2"}, sink("127.0.0.3")], "CONNECT_TIMEOUT 1")
+    start = time.monotonic()
+    r = w.send("user@example.test")
+    elapsed = time.monotonic() - start
+    assert r.returncode == 0, r.stderr
+    assert 0.9 < elapsed < 8, elapsed
+    _, good = w.servers()
+    assert [m["rcpt_tos"] for m in good["messages"]] == [["user@example.test"]]
