@@ -7,7 +7,7 @@ optional argument. Heavy modules are imported only by the modes that need them.
 
 from __future__ import annotations
 
-import os
+import posix
 import sys
 
 from .errors import EX_CONFIG, EX_OSERR, EX_USAGE, Fatal
@@ -140,7 +140,7 @@ def apply_option(opts: Options, letter: str, value: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
-    prog = os.path.basename(argv[0]) if argv else "sendmail"
+    prog = argv[0].rpartition("/")[2] if argv else "sendmail"
     try:
         return dispatch(prog, argv[1:])
     except Fatal as e:
@@ -162,7 +162,7 @@ def run() -> None:
             stream.flush()
         except OSError:  # a reader that went away (`mailq | head`) is not our failure
             pass
-    os._exit(code)
+    posix._exit(code)
 
 
 # `dma <command> ...`: operations C dma never had, each in its own module with a
@@ -272,6 +272,8 @@ def entry_ids_of(cfg: Config, message_id: str) -> list[str]:
 
 def daemonize() -> bool:
     """Fork into the background. True in the parent (which should return), False in the child."""
+    import os
+
     try:
         pid = os.fork()
     except OSError as e:

@@ -6,11 +6,12 @@ submission hot path and imports nothing heavy.
 
 from __future__ import annotations
 
-import os
+import posix
 import pwd
 import time
 
 from . import __version__
+from .config import getenv
 from .errors import EX_DATAERR, EX_SOFTWARE, Fatal
 
 MAX_ADDRESS = 998
@@ -28,13 +29,13 @@ def login_name() -> str:
 
 
 def _find_login_name() -> str:
-    uid = os.getuid()
+    uid = posix.getuid()
     candidates: list[str] = []
     try:
-        candidates.append(os.getlogin())
+        candidates.append(posix.getlogin())
     except OSError:
         pass
-    candidates += [os.environ.get("LOGNAME", ""), os.environ.get("USER", "")]
+    candidates += [getenv("LOGNAME") or "", getenv("USER") or ""]
     for name in candidates:
         if not name:
             continue
@@ -168,7 +169,7 @@ def envelope_sender(
             raise Fatal(EX_DATAERR, f"invalid sender `{given}'")
         source = addresses[0]
     else:
-        source = os.environ.get("EMAIL", "")
+        source = getenv("EMAIL") or ""
         check_line_safe("$EMAIL", source)
     user, _, host = source.partition("@")
     user = masquerade_user or user or login_name()
@@ -188,7 +189,7 @@ def received_header(
     sender: str, message_id: str, hostname: str, system_hostname: str, user: str, now: float
 ) -> bytes:
     text = (
-        f"Received: from {user} (uid {os.getuid()})\n"
+        f"Received: from {user} (uid {posix.getuid()})\n"
         f"\t(envelope-from {sender or '<>'})\n"
         f"\tid {message_id}\n"
         f"\tby {hostname} (dma {__version__} on {system_hostname});\n"
@@ -204,7 +205,7 @@ def headers_to_add(
 
     `full_name` (`-F`) becomes the display name of the added `From:`.
     """
-    token = os.urandom(4).hex()
+    token = posix.urandom(4).hex()
     mailbox = f"<{sender or 'MAILER-DAEMON@' + hostname}>"
     if full_name:
         check_line_safe("the full name", full_name)
