@@ -167,7 +167,10 @@ def run() -> None:
 
 # `dma <command> ...`: operations C dma never had, each in its own module with a
 # `command(prog, name, args) -> int`. Only as `dma`: `sendmail install` still mails a user.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "doctor": "dma.doctor",
+    "queue": "dma.control",
+}
 
 
 def dispatch(prog: str, args: list[str]) -> int:
@@ -207,7 +210,7 @@ def dispatch(prog: str, args: list[str]) -> int:
     message_id, _ = submit(cfg, sub)
     if opts.queue_only or cfg.defer:
         return 0
-    return deliver_now(cfg, message_id, foreground=opts.foreground, verbose=opts.verbose, prog=prog)
+    return deliver_now(cfg, message_id, opts, prog)
 
 
 def check_aliases(cfg: Config) -> int:
@@ -225,7 +228,7 @@ def run_queue(cfg: Config, opts: Options, prog: str) -> int:
 
     selection = Selection(opts.queue_arg)
     progress = opts.foreground and not opts.verbose and sys.stderr.isatty()
-    runner = Runner(cfg, verbose=opts.verbose, progress=progress, name=prog)
+    runner = Runner(cfg, verbose=opts.verbose, progress=progress, name=prog, tag=opts.tag)
     if opts.foreground or selection.selective:
         # Delivered here and now, beside a running runner if there is one: entries are locked one by one.
         runner.run(only=selection if selection.selective else None, force=True)
@@ -240,13 +243,13 @@ def run_queue(cfg: Config, opts: Options, prog: str) -> int:
     return 0
 
 
-def deliver_now(cfg: Config, message_id: str, *, foreground: bool, verbose: bool, prog: str) -> int:
+def deliver_now(cfg: Config, message_id: str, opts: Options, prog: str) -> int:
     """After a submission: deliver in the foreground (`-D`), or wake or start the runner."""
     from .errors import EX_TEMPFAIL, EX_UNAVAILABLE
     from .queue import Runner, wake
 
-    runner = Runner(cfg, verbose=verbose, report_failures=foreground, name=prog)
-    if foreground:
+    runner = Runner(cfg, verbose=opts.verbose, report_failures=opts.foreground, name=prog, tag=opts.tag)
+    if opts.foreground:
         # -D: deliver this message now, even if a runner is busy, and report the outcome.
         runner.deliver(entry_ids_of(cfg, message_id))
         runner.settle()

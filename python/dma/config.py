@@ -70,6 +70,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "TIMEOUT": ("seconds", "timeout"),
     "XOAUTH2_COMMAND": ("argv", "xoauth2_command"),
     "HELO_NAME": ("host", "helo_name"),
+    "LOGFILE": ("str", "logfile"),
 }
 
 
@@ -93,6 +94,7 @@ class Config:
         "host_concurrency",
         "insecure",
         "key_lines",
+        "logfile",
         "maildir",
         "mailname",
         "masquerade_host",
@@ -156,6 +158,7 @@ class Config:
     timeout: float
     xoauth2_command: list[str] | None
     helo_name: str | None
+    logfile: str | None
     _auth: AuthTable | None
 
     def __init__(self, path: str = DEFAULT_CONF, *, user_mode: bool | None = None) -> None:
@@ -201,6 +204,7 @@ class Config:
         self.timeout = 300.0
         self.xoauth2_command = None
         self.helo_name = None
+        self.logfile = None
         self._auth = None
 
     def __repr__(self) -> str:

@@ -14,6 +14,7 @@ import time
 
 from . import _native
 from .errors import Fatal
+from .log import Log
 from .routing import is_local
 
 TYPE_CHECKING = False
@@ -106,9 +107,11 @@ class Runner:
         report_failures: bool = False,
         progress: bool = False,
         name: str = "dma",
+        tag: str = "dma",
     ) -> None:
         self.cfg = cfg
         self.name = name
+        self.events = Log(cfg, tag)
         self.verbose = verbose
         self.report_failures = report_failures
         self.progress = progress
@@ -203,7 +206,12 @@ class Runner:
             if claim is not None:
                 entry = claim.entry
                 claim.remove()
-                self.log(f"{entry_id}: delivered to {entry.recipient} (confirmed before a restart)")
+                self.log(
+                    f"{entry_id}: delivered to {entry.recipient} (confirmed before a restart)",
+                    event="delivered",
+                    id=entry_id,
+                    to=entry.recipient,
+                )
 
     def deliver(self, entry_ids: list[str]) -> None:
         """Claim and deliver these entries: local ones one by one, remote ones grouped by route so
@@ -255,7 +263,10 @@ class Runner:
         if not jobs:
             return
         with ThreadPoolExecutor(max_workers=min(self.cfg.concurrency, len(jobs))) as pool:
-            futures = [pool.submit(deliver, self.cfg, key, part, verbose=self.verbose) for key, part in jobs]
+            futures = [
+                pool.submit(deliver, self.cfg, key, part, verbose=self.verbose, events=self.events)
+                for key, part in jobs
+            ]
             for future in as_completed(futures):
                 yield future.result()
 
@@ -292,7 +303,14 @@ class Runner:
                             c.remove()
                         queued += 1
                         self.bounces += 1
-                        self.log(f"{failed[0].message_id}: bounced to <{failed[0].sender}> as {bounce_id}")
+                        self.log(
+                            f"{failed[0].message_id}: bounced to <{failed[0].sender}> as {bounce_id}",
+                            event="bounced",
+                            level="notice",
+                            id=failed[0].message_id,
+                            to=failed[0].sender,
+                            bounce=bounce_id,
+                        )
                         continue
                 for c, entry in zip(held, failed, strict=True):
                     c.record(
@@ -301,7 +319,13 @@ class Runner:
                         last_error=f"{entry.last_error}; held: {reason}",
                         state="held",
                     )
-                self.log(f"{failed[0].message_id}: held for the postmaster: {reason}", failure=True)
+                self.log(
+                    f"{failed[0].message_id}: held for the postmaster: {reason}",
+                    failure=True,
+                    event="held",
+                    level="crit",
+                    id=failed[0].message_id,
+                )
             finally:
                 for c in held:
                     c.release()
@@ -320,7 +344,14 @@ class Runner:
         if outcome.status == "sent":
             claim.remove()
             self.sent += 1
-            self.log(f"{entry.id}: delivered to {entry.recipient}")
+            self.log(
+                f"{entry.id}: delivered to {entry.recipient}",
+                event="delivered",
+                id=entry.id,
+                to=entry.recipient,
+                sender=entry.sender,
+                detail=outcome.text or None,
+            )
             return
         attempts = entry.attempts + 1
         expired = time.time() - entry.created > self.cfg.max_queue_time
@@ -328,12 +359,33 @@ class Runner:
             # Kept, marked failed, until bounces take it over: mail is never dropped silently.
             claim.record(attempts=attempts, next_attempt=0, last_error=outcome.text, state="failed")
             self.failed += 1
-            self.log(f"{entry.id}: delivery to {entry.recipient} failed: {outcome.text}", failure=True)
+            self.log(
+                f"{entry.id}: delivery to {entry.recipient} failed: {outcome.text}",
+                failure=True,
+                event="failed",
+                level="err",
+                id=entry.id,
+                to=entry.recipient,
+                sender=entry.sender,
+                attempts=attempts,
+                detail=outcome.text,
+            )
             return
         next_attempt = int(time.time()) + retry_delay(self.cfg, attempts)
         claim.record(attempts=attempts, next_attempt=next_attempt, last_error=outcome.text, state="")
         self.deferred += 1
-        self.log(f"{entry.id}: delivery to {entry.recipient} deferred: {outcome.text}", failure=True)
+        self.log(
+            f"{entry.id}: delivery to {entry.recipient} deferred: {outcome.text}",
+            failure=True,
+            event="deferred",
+            level="notice",
+            id=entry.id,
+            to=entry.recipient,
+            sender=entry.sender,
+            attempts=attempts,
+            next_attempt=next_attempt,
+            detail=outcome.text,
+        )
 
     def counts(self) -> str:
         return f"{self.sent} sent, {self.deferred} deferred, {self.failed} failed"
@@ -351,7 +403,17 @@ class Runner:
         if self.progress or self.verbose:
             sys.stderr.write(f"{self.name}: {self.counts()}, {self.bounces} bounces queued\n")
 
-    def log(self, text: str, *, failure: bool = False) -> None:
+    def log(
+        self,
+        text: str,
+        *,
+        event: str,
+        level: str = "info",
+        failure: bool = False,
+        **fields: str | int | None,
+    ) -> None:
+        """An outcome: to syslog and LOGFILE always; to stderr with -v, or for failures with -D."""
+        self.events.event(level, event, text.partition(": ")[2] if "id" in fields else text, **fields)
         self.show_progress()
         if self.verbose or (failure and self.report_failures):
             sys.stderr.write(f"{self.name}: {text}\n")

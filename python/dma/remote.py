@@ -15,6 +15,7 @@ from .routing import RouteError, recipient_domain, targets_for
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .config import Config
+    from .log import Log
 
 # Failures that say nothing about the message: another host may well take it.
 _TRY_NEXT_HOST = {"connect", "tls", "greeting", "ehlo", "starttls", "auth"}
@@ -79,9 +80,18 @@ def describe(outcome: _native.Outcome, host: str, address: str | None) -> str:
 
 
 def deliver(
-    cfg: Config, key: str, transactions: list[Transaction], *, verbose: bool = False
+    cfg: Config,
+    key: str,
+    transactions: list[Transaction],
+    *,
+    verbose: bool = False,
+    events: Log | None = None,
 ) -> dict[str, tuple[str, str]]:
-    """Deliver `transactions` (all for route `key`); returns entry id -> (status, text)."""
+    """Deliver `transactions` (all for route `key`); returns entry id -> (status, text).
+
+    Each connection attempt is one `attempt` event: the host, what TLS and AUTH it had, and how
+    many recipients it took.
+    """
     outcomes: dict[str, tuple[str, str]] = {}
     try:
         targets = targets_for(key, cfg)
@@ -115,6 +125,23 @@ def deliver(
             journal=cfg.spooldir,
             journal_ids=[t.entry_ids for t in pending],
         )
+        if events is not None:
+            statuses = [o.status for results in result.results for o in results]
+            events.event(
+                "info",
+                "attempt",
+                f"{target.name} [{result.address or '-'}]:{target.port} tls={result.tls_version or 'none'}"
+                f" auth={result.auth_mechanism or 'none'}: {statuses.count('sent')} sent,"
+                f" {statuses.count('temporary')} deferred, {statuses.count('permanent')} failed",
+                host=target.name,
+                address=result.address,
+                port=target.port,
+                tls=result.tls_version,
+                auth=result.auth_mechanism,
+                sent=statuses.count("sent"),
+                deferred=statuses.count("temporary"),
+                failed=statuses.count("permanent"),
+            )
         retry_elsewhere: list[Transaction] = []
         for transaction, results in zip(pending, result.results, strict=True):
             again = Transaction(transaction.sender, transaction.message_path)

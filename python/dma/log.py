@@ -1,0 +1,96 @@
+"""Logging: one syslog line per event to the `mail` facility (as C dma, with its `-L` tag), and the
+same event as a JSON line to `LOGFILE` (a path, or `-` for standard error) when configured.
+
+Events carry only what an operator needs: ids, addresses, hosts, outcomes and server replies.
+Nothing here ever receives a password or token. The `logging` package is not used: it costs more
+to import than a whole submission.
+"""
+
+from __future__ import annotations
+
+import posix
+import syslog
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .config import Config
+
+_PRIORITIES = {
+    "info": syslog.LOG_INFO,
+    "notice": syslog.LOG_NOTICE,
+    "err": syslog.LOG_ERR,
+    "crit": syslog.LOG_CRIT,
+}
+
+
+def _json_string(value: str) -> str:
+    out = ['"']
+    for ch in value:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch < " " or "\ud800" <= ch <= "\udfff":
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def json_line(fields: dict[str, str | int | None]) -> str:
+    """A flat JSON object on one line, without importing `json` (which imports `re`)."""
+    parts = []
+    for key, value in fields.items():
+        if value is None:
+            text = "null"
+        elif isinstance(value, int):
+            text = str(value)
+        else:
+            text = _json_string(value)
+        parts.append(f"{_json_string(key)}: {text}")
+    return "{" + ", ".join(parts) + "}\n"
+
+
+class Log:
+    """Where this process's events go. `tag` is the syslog identity (`-L`, default `dma`)."""
+
+    def __init__(self, cfg: Config, tag: str = "dma") -> None:
+        self.tag = tag
+        self.logfile = cfg.logfile
+        self.opened = False
+
+    def event(self, level: str, event: str, text: str, **fields: str | int | None) -> None:
+        """`text` is the human line; `fields` are the structured details (also in the JSON)."""
+        if not self.opened:
+            syslog.openlog(self.tag, syslog.LOG_PID, syslog.LOG_MAIL)
+            self.opened = True
+        queue_id = fields.get("id")
+        syslog.syslog(_PRIORITIES.get(level, syslog.LOG_INFO), f"{queue_id}: {text}" if queue_id else text)
+        if self.logfile:
+            record: dict[str, str | int | None] = {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "tag": self.tag,
+                "pid": posix.getpid(),
+                "level": level,
+                "event": event,
+            }
+            record.update(fields)
+            record["text"] = text
+            self.write(json_line(record))
+
+    def write(self, line: str) -> None:
+        data = line.encode("utf-8", "surrogateescape")
+        if self.logfile == "-":
+            posix.write(2, data)
+            return
+        try:
+            fd = posix.open(
+                self.logfile or "", posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC, 0o640
+            )
+        except OSError as e:
+            syslog.syslog(syslog.LOG_ERR, f"can not write LOGFILE {self.logfile}: {e.strerror}")
+            return
+        try:
+            posix.write(fd, data)  # one write with O_APPEND: lines from concurrent processes stay whole
+        finally:
+            posix.close(fd)
