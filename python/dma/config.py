@@ -18,6 +18,10 @@ import pwd
 
 from dma.errors import EX_NOINPUT, ConfigError, Fatal
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .routes import Route
+
 __all__ = [
     "DEFAULT_CONF",
     "AuthTable",
@@ -71,6 +75,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "XOAUTH2_COMMAND": ("argv", "xoauth2_command"),
     "HELO_NAME": ("host", "helo_name"),
     "LOGFILE": ("str", "logfile"),
+    "ROUTE": ("route", "routes"),
 }
 
 
@@ -107,6 +112,7 @@ class Config:
         "port",
         "retry_max",
         "retry_min",
+        "routes",
         "securetransfer",
         "smarthost",
         "spooldir",
@@ -159,6 +165,7 @@ class Config:
     xoauth2_command: list[str] | None
     helo_name: str | None
     logfile: str | None
+    routes: list[Route]
     _auth: AuthTable | None
 
     def __init__(self, path: str = DEFAULT_CONF, *, user_mode: bool | None = None) -> None:
@@ -205,6 +212,7 @@ class Config:
         self.xoauth2_command = None
         self.helo_name = None
         self.logfile = None
+        self.routes = []
         self._auth = None
 
     def __repr__(self) -> str:
@@ -413,6 +421,10 @@ def _parse_conf(cfg: Config, path: str, text: str) -> None:
             mailname_value = _apply_mailname(path, lineno, value)
         elif kind == "masquerade":
             cfg.masquerade_user, cfg.masquerade_host = _split_masquerade(path, lineno, value)
+        elif kind == "route":
+            from .routes import parse_route
+
+            cfg.routes.append(parse_route(path, lineno, value))
         else:
             setattr(cfg, attr, _convert(path, lineno, keyword, kind, value))
 
@@ -510,20 +522,29 @@ def _convert(
 class AuthTable:
     """Credentials from auth.conf, keyed by the exact host name (case-sensitive)."""
 
-    __slots__ = ("_by_host", "path")
+    __slots__ = ("_by_host", "_by_login", "path")
 
     path: str | None
     _by_host: dict[str, tuple[str, str]]
+    _by_login: dict[tuple[str, str], str]
 
     def __init__(self, path: str | None = None, entries: list[tuple[str, str, str]] | None = None) -> None:
         """`entries` are (login, host, password) in file order: a later host replaces an earlier one."""
         self.path = path
         self._by_host = {}
+        self._by_login = {}
         for login, host, password in entries or ():
             self._by_host[host] = (login, password)
+            self._by_login[(host, login)] = password
 
-    def lookup(self, host: str) -> tuple[str, str] | None:
-        """(login, password) for `host` (the SMARTHOST as configured, or the MX name), or None."""
+    def lookup(self, host: str, login: str | None = None) -> tuple[str, str] | None:
+        """(login, password) for `host` (the SMARTHOST as configured, or the MX name), or None.
+
+        `login` picks that login's line for the host (a ROUTE's `auth=`), else the last line wins.
+        """
+        if login is not None:
+            password = self._by_login.get((host, login))
+            return None if password is None else (login, password)
         return self._by_host.get(host)
 
     def __len__(self) -> int:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from typing import TextIO
 
     from .config import Config
-    from .remote import Transaction
+    from .remote import Destination, Transaction
 
 STALE_AGE = 24 * 3600
 # Entries claimed at once: bounds the open files while still sharing connections widely.
@@ -214,12 +214,12 @@ class Runner:
                 )
 
     def deliver(self, entry_ids: list[str]) -> None:
-        """Claim and deliver these entries: local ones one by one, remote ones grouped by route so
-        that every message for the same hosts goes over one connection."""
-        from .remote import Transaction, route_key
+        """Claim and deliver these entries: local ones one by one, remote ones grouped by
+        destination so that every message for the same hosts goes over one connection."""
+        from .remote import Transaction, destination
 
         claims: dict[str, tuple[_native.Claim, _native.QueueEntry]] = {}
-        routes: dict[str, dict[str, Transaction]] = {}
+        groups: dict[str, tuple[Destination, dict[str, Transaction]]] = {}
         try:
             for entry_id in entry_ids:
                 claim = _native.claim(self.cfg.spooldir, entry_id)
@@ -230,7 +230,8 @@ class Runner:
                 if is_local(entry.recipient):
                     self.record(claim, entry, self.deliver_local(entry, str(claim.message_path)))
                     continue
-                by_message = routes.setdefault(route_key(entry.recipient, self.cfg), {})
+                dest = destination(self.cfg, entry.sender, entry.recipient)
+                by_message = groups.setdefault(dest.key, (dest, {}))[1]
                 transaction = by_message.get(entry.message_id)
                 if transaction is None:
                     transaction = by_message[entry.message_id] = Transaction(
@@ -238,7 +239,7 @@ class Runner:
                     )
                 transaction.recipients.append(entry.recipient)
                 transaction.entry_ids.append(entry_id)
-            for results in self.deliver_remote(routes):
+            for results in self.deliver_remote(list(groups.values())):
                 for entry_id, (status, text) in results.items():
                     claim, entry = claims[entry_id]
                     self.record(claim, entry, Outcome(status, text))
@@ -247,28 +248,35 @@ class Runner:
                 claim.release()
 
     def deliver_remote(
-        self, routes: dict[str, dict[str, Transaction]]
+        self, groups: list[tuple[Destination, dict[str, Transaction]]]
     ) -> Iterator[dict[str, tuple[str, str]]]:
-        """Sessions in parallel: up to CONCURRENCY in all and HOST_CONCURRENCY per route, each
-        carrying its share of the route's messages. Yields each session's results as it ends."""
+        """Sessions in parallel: up to CONCURRENCY in all and HOST_CONCURRENCY per destination,
+        each carrying its share of the messages. Yields each session's results as it ends."""
         from concurrent.futures import ThreadPoolExecutor, as_completed
 
-        from .remote import deliver
-
-        jobs: list[tuple[str, list[Transaction]]] = []
-        for key, by_message in routes.items():
+        jobs: list[tuple[Destination, list[Transaction]]] = []
+        for dest, by_message in groups:
             transactions = list(by_message.values())
             share = min(self.cfg.host_concurrency, len(transactions))
-            jobs += [(key, transactions[i::share]) for i in range(share)]
+            jobs += [(dest, transactions[i::share]) for i in range(share)]
         if not jobs:
             return
         with ThreadPoolExecutor(max_workers=min(self.cfg.concurrency, len(jobs))) as pool:
-            futures = [
-                pool.submit(deliver, self.cfg, key, part, verbose=self.verbose, events=self.events)
-                for key, part in jobs
-            ]
+            futures = [pool.submit(self.session, dest, part) for dest, part in jobs]
             for future in as_completed(futures):
                 yield future.result()
+
+    def session(self, dest: Destination, part: list[Transaction]) -> dict[str, tuple[str, str]]:
+        """One job of `deliver_remote`. An unexpected error defers this job's entries (and is
+        logged) instead of ending the whole run."""
+        from .remote import deliver, failed_all
+
+        try:
+            return deliver(self.cfg, dest, part, verbose=self.verbose, events=self.events)
+        except Exception as e:  # the rest of the queue must still be delivered
+            text = f"internal error, will retry: {type(e).__name__}: {e}"
+            self.events.event("crit", "error", text)
+            return failed_all(part, "temporary", text)
 
     def settle(self) -> int:
         """Bounce each message whose remaining recipients have all failed: one bounce per message.

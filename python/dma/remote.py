@@ -10,12 +10,14 @@ from __future__ import annotations
 import subprocess
 
 from . import _native
-from .routing import RouteError, recipient_domain, targets_for
+from .routes import choose
+from .routing import RouteError, Target, recipient_domain, targets_for
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .config import Config
     from .log import Log
+    from .routes import Route
 
 # Failures that say nothing about the message: another host may well take it.
 _TRY_NEXT_HOST = {"connect", "tls", "greeting", "ehlo", "starttls", "auth"}
@@ -33,12 +35,34 @@ class Transaction:
         self.entry_ids: list[str] = []
 
 
-def route_key(recipient: str, cfg: Config) -> str:
-    """Recipients with the same key go to the same hosts and may share a connection."""
-    return "" if cfg.smarthost else recipient_domain(recipient).lower()
+class Destination:
+    """Where a group of recipients goes: a ROUTE, the SMARTHOST, or a domain's MX hosts.
+
+    Recipients with equal keys go to the same hosts with the same settings, so their messages
+    may share connections.
+    """
+
+    __slots__ = ("domain", "key", "route")
+
+    def __init__(self, route: Route | None, domain: str, key: str) -> None:
+        self.route = route
+        self.domain = domain
+        self.key = key
 
 
-def tls_mode(cfg: Config) -> str:
+def destination(cfg: Config, sender: str, recipient: str) -> Destination:
+    domain = recipient_domain(recipient).lower()
+    route = choose(cfg.routes, sender, recipient)
+    if route is not None:
+        return Destination(
+            route, domain, f"route {route.line}" + (f" {domain}" if route.host == "mx" else "")
+        )
+    return Destination(None, domain, "smarthost" if cfg.smarthost else domain)
+
+
+def tls_mode(cfg: Config, route: Route | None = None) -> str:
+    if route is not None and route.tls is not None:
+        return route.tls
     if not cfg.securetransfer:
         return "none"
     if not cfg.starttls:
@@ -59,9 +83,11 @@ def xoauth2_token(cfg: Config) -> str:
     return token
 
 
-def credentials(cfg: Config, host: str) -> tuple[str | None, str | None, list[str] | None]:
+def credentials(
+    cfg: Config, host: str, route: Route | None = None
+) -> tuple[str | None, str | None, list[str] | None]:
     """(login, secret, mechanisms) from auth.conf for `host`; XOAUTH2 when a token command is set."""
-    found = cfg.auth().lookup(host)
+    found = cfg.auth().lookup(host, route.login if route is not None else None)
     if found is None:
         return None, None, None
     login, password = found
@@ -79,82 +105,104 @@ def describe(outcome: _native.Outcome, host: str, address: str | None) -> str:
     return f"{where}: {outcome.stage}: {outcome.text}"
 
 
+def targets(cfg: Config, dest: Destination) -> list[Target]:
+    route = dest.route
+    if route is None or route.host == "mx":
+        return targets_for(dest.domain, cfg, mx=route is not None)
+    return targets_for(dest.domain, cfg, host=route.host, port=route.port)
+
+
+def failed_all(transactions: list[Transaction], status: str, text: str) -> dict[str, tuple[str, str]]:
+    return {eid: (status, text) for t in transactions for eid in t.entry_ids}
+
+
 def deliver(
     cfg: Config,
-    key: str,
+    dest: Destination,
     transactions: list[Transaction],
     *,
     verbose: bool = False,
     events: Log | None = None,
 ) -> dict[str, tuple[str, str]]:
-    """Deliver `transactions` (all for route `key`); returns entry id -> (status, text).
+    """Deliver `transactions` (all for `dest`); returns entry id -> (status, text).
 
-    Each connection attempt is one `attempt` event: the host, what TLS and AUTH it had, and how
-    many recipients it took.
+    Each host, and each of its addresses, is tried in turn while the failure is one another host
+    may not have (refused, 4xx greeting, TLS, AUTH); each try is one `attempt` event.
     """
-    outcomes: dict[str, tuple[str, str]] = {}
     try:
-        targets = targets_for(key, cfg)
+        hosts = targets(cfg, dest)
     except RouteError as e:
-        status = "permanent" if e.permanent else "temporary"
-        return {eid: (status, str(e)) for t in transactions for eid in t.entry_ids}
+        return failed_all(transactions, "permanent" if e.permanent else "temporary", str(e))
+    outcomes: dict[str, tuple[str, str]] = {}
     pending = transactions
-    for target in targets:
+    route = dest.route
+    for target in hosts:
         try:
-            login, secret, mechanisms = credentials(cfg, target.name)
+            login, secret, mechanisms = credentials(cfg, target.name, route)
         except RouteError as e:
-            return {eid: ("temporary", str(e)) for t in pending for eid in t.entry_ids}
-        result = _native.smtp_session(
-            target.name,
-            target.addresses,
-            target.port,
-            cfg.helo_name or cfg.mailname,
-            [(t.sender, t.recipients, t.message_path) for t in pending],
-            tls=tls_mode(cfg),
-            verify_cert=cfg.verifycert,
-            ca_file=cfg.cafile,
-            fingerprint=cfg.fingerprint,
-            client_cert=cfg.certfile,
-            login=login,
-            secret=secret,
-            mechanisms=mechanisms,
-            allow_insecure_auth=cfg.insecure,
-            connect_timeout=cfg.connect_timeout,
-            command_timeout=cfg.timeout,
-            verbose=verbose,
-            journal=cfg.spooldir,
-            journal_ids=[t.entry_ids for t in pending],
-        )
-        if events is not None:
-            statuses = [o.status for results in result.results for o in results]
-            events.event(
-                "info",
-                "attempt",
-                f"{target.name} [{result.address or '-'}]:{target.port} tls={result.tls_version or 'none'}"
-                f" auth={result.auth_mechanism or 'none'}: {statuses.count('sent')} sent,"
-                f" {statuses.count('temporary')} deferred, {statuses.count('permanent')} failed",
-                host=target.name,
-                address=result.address,
-                port=target.port,
-                tls=result.tls_version,
-                auth=result.auth_mechanism,
-                sent=statuses.count("sent"),
-                deferred=statuses.count("temporary"),
-                failed=statuses.count("permanent"),
+            outcomes.update(failed_all(pending, "temporary", str(e)))
+            return outcomes
+        for address in target.addresses:
+            result = _native.smtp_session(
+                target.name,
+                [address],
+                target.port,
+                cfg.helo_name or cfg.mailname,
+                [(t.sender, t.recipients, t.message_path) for t in pending],
+                tls=tls_mode(cfg, route),
+                verify_cert=cfg.verifycert if route is None or route.verify is None else route.verify,
+                ca_file=cfg.cafile,
+                fingerprint=route.fingerprint if route is not None and route.fingerprint else cfg.fingerprint,
+                client_cert=cfg.certfile,
+                login=login,
+                secret=secret,
+                mechanisms=mechanisms,
+                allow_insecure_auth=cfg.insecure,
+                connect_timeout=cfg.connect_timeout,
+                command_timeout=cfg.timeout,
+                verbose=verbose,
+                journal=cfg.spooldir,
+                journal_ids=[t.entry_ids for t in pending],
             )
-        retry_elsewhere: list[Transaction] = []
-        for transaction, results in zip(pending, result.results, strict=True):
-            again = Transaction(transaction.sender, transaction.message_path)
-            for rcpt, eid, outcome in zip(
-                transaction.recipients, transaction.entry_ids, results, strict=True
-            ):
-                outcomes[eid] = (outcome.status, describe(outcome, target.name, result.address))
-                if outcome.status == "temporary" and outcome.stage in _TRY_NEXT_HOST:
-                    again.recipients.append(rcpt)
-                    again.entry_ids.append(eid)
-            if again.recipients:
-                retry_elsewhere.append(again)
-        pending = retry_elsewhere
-        if not pending:
-            break
+            if events is not None:
+                log_attempt(events, target, result)
+            pending = take_results(pending, result, target.name, outcomes)
+            if not pending:
+                return outcomes
     return outcomes
+
+
+def take_results(
+    pending: list[Transaction], result: _native.SessionResult, host: str, outcomes: dict[str, tuple[str, str]]
+) -> list[Transaction]:
+    """Record a session's outcomes; return what another host or address should still try."""
+    retry_elsewhere: list[Transaction] = []
+    for transaction, results in zip(pending, result.results, strict=True):
+        again = Transaction(transaction.sender, transaction.message_path)
+        for rcpt, eid, outcome in zip(transaction.recipients, transaction.entry_ids, results, strict=True):
+            outcomes[eid] = (outcome.status, describe(outcome, host, result.address))
+            if outcome.status == "temporary" and outcome.stage in _TRY_NEXT_HOST:
+                again.recipients.append(rcpt)
+                again.entry_ids.append(eid)
+        if again.recipients:
+            retry_elsewhere.append(again)
+    return retry_elsewhere
+
+
+def log_attempt(events: Log, target: Target, result: _native.SessionResult) -> None:
+    statuses = [o.status for results in result.results for o in results]
+    sent, deferred, failed = (statuses.count(s) for s in ("sent", "temporary", "permanent"))
+    events.event(
+        "info",
+        "attempt",
+        f"{target.name} [{result.address or '-'}]:{target.port} tls={result.tls_version or 'none'}"
+        f" auth={result.auth_mechanism or 'none'}: {sent} sent, {deferred} deferred, {failed} failed",
+        host=target.name,
+        address=result.address,
+        port=target.port,
+        tls=result.tls_version,
+        auth=result.auth_mechanism,
+        sent=sent,
+        deferred=deferred,
+        failed=failed,
+    )

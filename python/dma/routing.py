@@ -95,14 +95,19 @@ def address_literal(domain: str) -> str | None:
     return inner[5:] if inner[:5].lower() == "ipv6:" else inner
 
 
-def targets_for(domain: str, cfg: Config) -> list[Target]:
-    """The hosts to try for `domain`, in order: the smarthost, or the domain's MX hosts.
+def targets_for(
+    domain: str, cfg: Config, *, host: str | None = None, port: int = 25, mx: bool = False
+) -> list[Target]:
+    """The hosts to try for `domain`, in order: `host` (a ROUTE's relay), the smarthost (unless
+    `mx`), or the domain's MX hosts.
 
     MX hosts are sorted by preference and shuffled among equal preferences (RFC 5321 5.1); a
     domain without MX records is its own host. Raises `RouteError`.
     """
-    if cfg.smarthost:
-        return [Target(cfg.smarthost, resolve_host(cfg.smarthost, cfg, cfg.port), cfg.port)]
+    if host is None and cfg.smarthost and not mx:
+        host, port = cfg.smarthost, cfg.port
+    if host is not None:
+        return [Target(host, resolve_host(host, cfg, port), port)]
     literal = address_literal(domain)
     if literal is not None:
         import ipaddress
@@ -143,8 +148,9 @@ def _resolver(cfg: Config) -> dns.resolver.Resolver:
         return dns.resolver.Resolver()
     res = dns.resolver.Resolver(configure=False)
     res.nameservers = [dns.nameserver.Do53Nameserver(host, port) for host, port in cfg.dns_servers]
-    res.timeout = 2.0
-    res.lifetime = 10.0
+    # One server gets at most 2 s; the whole lookup at most CONNECT_TIMEOUT.
+    res.timeout = min(2.0, cfg.connect_timeout)
+    res.lifetime = cfg.connect_timeout
     return res
 
 
@@ -190,13 +196,15 @@ def resolve_host(host: str, cfg: Config, port: int) -> list[str]:
 
     res = _resolver(cfg)
     addresses: list[str] = []
+    failure: str | None = None
     for rdtype in ("AAAA", "A"):
         try:
             addresses += [r.to_text() for r in res.resolve(host, rdtype, search=False)]
         except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
             continue
         except dns.exception.DNSException as e:
-            raise RouteError(f"can not resolve {host}: {e}", permanent=False) from None
+            # One family failing (a resolver that chokes on AAAA) must not hide the other's addresses.
+            failure = f"can not resolve {host}: {e}"
     if not addresses:
-        raise RouteError(f"host {host} not found", permanent=False)
+        raise RouteError(failure or f"host {host} not found", permanent=False)
     return addresses
