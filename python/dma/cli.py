@@ -170,6 +170,7 @@ def run() -> None:
 COMMANDS: dict[str, str] = {
     "doctor": "dma.doctor",
     "queue": "dma.control",
+    "serve": "dma.queue",
 }
 
 

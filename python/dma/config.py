@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 DEFAULT_CONF = "/etc/dma/dma.conf"
+SYSTEM_SPOOL = "/var/spool/dma"
 
 # Characters allowed in a host name taken from the system or from a MAILNAME file (6.4).
 _HOSTCHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
@@ -172,7 +173,10 @@ class Config:
         """All defaults, as if `path` did not exist (`mailname` is the system host name)."""
         self.path = path
         self.file_exists = False
-        self.user_mode = posix.geteuid() != 0 if user_mode is None else user_mode
+        if user_mode is None:
+            # Not root and no system install: everything under the user's own state directory.
+            user_mode = posix.geteuid() != 0 and not _is_system_spool(SYSTEM_SPOOL)
+        self.user_mode = user_mode
         self.state_dir = state_dir()
         self.system_hostname = sanitize_hostname(posix.uname().nodename)
         self.key_lines = {}
@@ -183,7 +187,7 @@ class Config:
             self.spooldir = f"{self.state_dir}/spool"
             self.mboxdir = f"{self.state_dir}/mail"
         else:
-            self.spooldir = "/var/spool/dma"
+            self.spooldir = SYSTEM_SPOOL
             self.mboxdir = "/var/mail"
         self.authpath = None
         self.certfile = None
@@ -369,7 +373,17 @@ def load(path: str | None = None, *, user_mode: bool | None = None) -> Config:
         raise Fatal(EX_NOINPUT, f"can not open config `{path}': {_strerror(e)}") from None
     cfg.file_exists = True
     _parse_conf(cfg, path, text)
+    if user_mode is None and cfg.user_mode and "SPOOLDIR" in cfg.key_lines:
+        cfg.user_mode = not _is_system_spool(cfg.spooldir)
     return cfg
+
+
+def _is_system_spool(spooldir: str) -> bool:
+    """A spool set up by `dma install`: it has a drop directory for unprivileged submitters."""
+    try:
+        return posix.stat(f"{spooldir}/incoming").st_mode & 0o170000 == 0o040000
+    except OSError:
+        return False
 
 
 def _parse_conf(cfg: Config, path: str, text: str) -> None:

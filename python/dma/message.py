@@ -186,10 +186,17 @@ def rfc822_date(when: float | None = None) -> str:
 
 
 def received_header(
-    sender: str, message_id: str, hostname: str, system_hostname: str, user: str, now: float
+    sender: str,
+    message_id: str,
+    hostname: str,
+    system_hostname: str,
+    user: str,
+    now: float,
+    uid: int | None = None,
 ) -> bytes:
+    """Our `Received:` line, C dma's: who submitted (`uid`, default ours), for whom, and when."""
     text = (
-        f"Received: from {user} (uid {posix.getuid()})\n"
+        f"Received: from {user} (uid {posix.getuid() if uid is None else uid})\n"
         f"\t(envelope-from {sender or '<>'})\n"
         f"\tid {message_id}\n"
         f"\tby {hostname} (dma {__version__} on {system_hostname});\n"

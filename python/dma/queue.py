@@ -13,6 +13,7 @@ import sys
 import time
 
 from . import _native
+from .drop import NAME as DROP
 from .errors import Fatal
 from .log import Log
 from .routing import is_local
@@ -112,6 +113,8 @@ class Runner:
         self.cfg = cfg
         self.name = name
         self.events = Log(cfg, tag)
+        # Only the spool's owner may take drops (and only it can read them).
+        self.system_drop = not cfg.user_mode and os.path.isdir(os.path.join(cfg.spooldir, DROP))
         self.verbose = verbose
         self.report_failures = report_failures
         self.progress = progress
@@ -148,9 +151,11 @@ class Runner:
         """
         _native.clean_stale(self.cfg.spooldir, STALE_AGE)
         while True:
+            self.pick_up()
             self.replay_journal()
             flush_seen = self.signal_mtime("flush")
             wake_seen = self.signal_mtime("wake")
+            drop_seen = self.signal_mtime(DROP)
             entries, _ = _native.scan_queue(self.cfg.spooldir)
             now = time.time()
             due = [
@@ -178,6 +183,7 @@ class Runner:
                 time.time() < wake_at
                 and self.signal_mtime("flush") == flush_seen
                 and self.signal_mtime("wake") == wake_seen
+                and self.signal_mtime(DROP) == drop_seen
             ):
                 time.sleep(POLL)
             force = self.signal_mtime("flush") != flush_seen
@@ -198,6 +204,13 @@ class Runner:
             if not self.acquire():
                 return
             force = False
+
+    def pick_up(self) -> None:
+        """System mode: take what unprivileged users left in the drop directory."""
+        if self.system_drop:
+            from .drop import pick_up
+
+            pick_up(self.cfg, self.events)  # its mtime (DROP) also wakes a resident runner
 
     def replay_journal(self) -> None:
         """Remove entries the server confirmed before a crash kept us from recording it."""
@@ -433,3 +446,36 @@ def wake(cfg: Config, *, flush: bool = False) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     os.close(fd)
     os.utime(path)
+
+
+def command(prog: str, name: str, args: list[str]) -> int:
+    """`dma serve [-C FILE] [-L TAG] [-v]`: the runner, in the foreground, until the queue is idle.
+
+    For a service manager: the systemd units of `dma install` start it when mail is dropped or
+    due, and it exits when nothing is left to do. If a runner already holds the spool, it is woken
+    and this one exits at once.
+    """
+    from . import config
+    from .errors import EX_USAGE
+
+    conf: str | None = None
+    tag = "dma"
+    verbose = False
+    words = iter(args)
+    for word in words:
+        if word in ("-C", "-L"):
+            value = next(words, None)
+            if value is None:
+                raise Fatal(EX_USAGE, f"option requires an argument: `{word}'")
+            conf, tag = (value, tag) if word == "-C" else (conf, value)
+        elif word == "-v":
+            verbose = True
+        else:
+            raise Fatal(EX_USAGE, f"usage: {prog} {name} [-C FILE] [-L TAG] [-v]")
+    cfg = config.load(conf)
+    runner = Runner(cfg, verbose=verbose, name=prog, tag=tag)
+    if not runner.acquire():
+        wake(cfg, flush=True)
+        return 0
+    runner.serve()
+    return 0

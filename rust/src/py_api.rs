@@ -127,6 +127,12 @@ impl Incoming {
         Ok(py.detach(move || inner.commit(&sender, &recipients))?)
     }
 
+    /// System mode: publish into the drop directory for the runner (see `commit_drop` in spool.rs).
+    fn commit_drop(&mut self, py: Python<'_>, sender: String, recipients: Vec<String>) -> PyResult<String> {
+        let mut inner = self.inner.take().ok_or_else(finished)?;
+        Ok(py.detach(move || inner.commit_drop(&sender, &recipients))?)
+    }
+
     /// Give up: remove everything written so far.
     fn abort(&mut self) {
         self.inner = None;

@@ -152,6 +152,43 @@ impl Incoming {
         let _ = fs::remove_file(&self.tmp);
         Ok(ids)
     }
+
+    /// System mode, an unprivileged submitter: publish into the drop directory instead of the
+    /// spool, as `D<id>` (the message) and then `E<id>` (its envelope: `Sender:` and `Recipient:`
+    /// lines), which the runner picks up. Returns the id.
+    pub fn commit_drop(&mut self, sender: &str, recipients: &[String]) -> Result<String> {
+        check_field("the sender", sender)?;
+        let mut envelope = format!("Sender: {sender}\n");
+        for r in recipients {
+            check_field("a recipient", r)?;
+            envelope.push_str(&format!("Recipient: {r}\n"));
+        }
+        let data = self.dir.join(format!("D{}", self.id));
+        fs::hard_link(&self.tmp, &data).context(|| format!("can not create `{}'", data.display()))?;
+        self.published.push(data);
+        let tmp = self.dir.join(format!("{TMP_PREFIX}E{}", self.id));
+        let env = self.dir.join(format!("E{}", self.id));
+        let write = || -> std::io::Result<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(envelope.as_bytes())?;
+            f.sync_all()?;
+            fs::rename(&tmp, &env)
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            DmaError::io(format!("can not create `{}'", env.display()), e)
+        })?;
+        // The drop directory is not readable by submitters, so it cannot be synced by them: the
+        // files themselves are, and the runner syncs the spool once it has taken the message.
+        let _ = fsync_dir(&self.dir);
+        self.published.clear();
+        let _ = fs::remove_file(&self.tmp);
+        Ok(self.id.clone())
+    }
 }
 
 impl Drop for Incoming {
@@ -519,6 +556,29 @@ mod tests {
             );
             c.remove().unwrap();
         }
+    }
+
+    #[test]
+    fn a_drop_is_published_as_message_then_envelope() {
+        let dir = tempdir("drop");
+        let mut inc = Incoming::create(&dir, true).unwrap();
+        let opts = IntakeOptions {
+            dot_terminates: false,
+            collect_recipients: false,
+            prefix: b"",
+            add_if_missing: &[],
+        };
+        inc.receive(&b"S: x\n\nhi\n"[..], &opts).unwrap();
+        let id = inc
+            .commit_drop("a@x", &["b@y".to_owned(), "c@z".to_owned()])
+            .unwrap();
+        assert_eq!(names(&dir), [format!("D{id}"), format!("E{id}")]);
+        let envelope = fs::read_to_string(dir.join(format!("E{id}"))).unwrap();
+        assert_eq!(envelope, "Sender: a@x\nRecipient: b@y\nRecipient: c@z\n");
+        assert_eq!(
+            fs::read_to_string(dir.join(format!("D{id}"))).unwrap(),
+            "S: x\n\nhi\n"
+        );
     }
 
     #[test]
