@@ -1,14 +1,14 @@
 """Submission: standard input to a durable queue entry per recipient (the hot path).
 
 Python decides the envelope and the headers to add; Rust streams the message from file descriptor 0
-into the spool and makes it durable. `sendmail` exits 0 only after `commit` has synced the spool.
-Nothing here imports dnspython, ssl, email or logging.
+(or, for `dma.api`, from bytes) into the spool and makes it durable. `sendmail` exits 0 only after
+`commit` has synced the spool. Nothing here imports dnspython, ssl, email or logging.
 """
 
 from __future__ import annotations
 
 import errno
-import os
+import posix
 import time
 
 from . import _native, message
@@ -56,7 +56,9 @@ def os_failure(e: OSError, doing: str) -> Fatal:
 
 def prepare_spool(cfg: Config) -> None:
     """In user mode the spool is ours to create; in system mode it must already exist."""
-    if cfg.user_mode and not os.path.isdir(cfg.spooldir):
+    if cfg.user_mode and not posix.access(cfg.spooldir, posix.F_OK):
+        import os
+
         try:
             os.makedirs(cfg.spooldir, mode=0o700, exist_ok=True)
         except OSError as e:
@@ -65,6 +67,23 @@ def prepare_spool(cfg: Config) -> None:
 
 def submit(cfg: Config, sub: Submission, stdin_fd: int = 0) -> tuple[str, list[str]]:
     """Spool the message on `stdin_fd`; returns the message id and the entry ids."""
+    return spool_message(cfg, sub, stdin_fd)
+
+
+def spool_message(
+    cfg: Config,
+    sub: Submission,
+    source: int | bytes,
+    *,
+    durable: bool = True,
+    resolver: RecipientResolver | None = None,
+) -> tuple[str, list[str]]:
+    """Spool one message from `source` (a file descriptor, left open, or the message's bytes).
+
+    The one submission path of `sendmail` and of `dma.api`. With `durable=False` nothing is synced:
+    the caller makes a whole batch durable with `_native.sync_spool`. `resolver` lets a batch read
+    the aliases file once. Returns the message id and the entry ids.
+    """
     sender = message.envelope_sender(sub.sender, cfg.mailname, cfg.masquerade_user, cfg.masquerade_host)
     given: list[str] = []
     for arg in sub.recipients:
@@ -72,13 +91,14 @@ def submit(cfg: Config, sub: Submission, stdin_fd: int = 0) -> tuple[str, list[s
         given += message.parse_addresses(arg, "recipient")
     if not given and not sub.from_headers:
         raise Fatal(EX_NOINPUT, "no recipients from command line")
-    resolver = RecipientResolver(cfg)
+    if resolver is None:
+        resolver = RecipientResolver(cfg)
     # Command-line recipients are checked before the message is read: a typo fails fast.
     recipients = resolver.resolve(given)
 
     prepare_spool(cfg)
     try:
-        incoming = _native.Incoming(cfg.spooldir)
+        incoming = _native.Incoming(cfg.spooldir, durable)
     except OSError as e:
         raise os_failure(e, f"can not create temp file in `{cfg.spooldir}'") from e
     try:
@@ -89,7 +109,7 @@ def submit(cfg: Config, sub: Submission, stdin_fd: int = 0) -> tuple[str, list[s
         add = message.headers_to_add(sender, incoming.id, cfg.mailname, now, sub.full_name)
         try:
             info = incoming.receive(
-                stdin_fd,
+                source,
                 prefix=prefix,
                 add_if_missing=add,
                 dot_terminates=sub.dot_terminates,
@@ -100,7 +120,8 @@ def submit(cfg: Config, sub: Submission, stdin_fd: int = 0) -> tuple[str, list[s
         except OSError as e:
             raise os_failure(e, "can not read mail") from e
         if info.input_bytes == 0:
-            raise Fatal(EX_NOINPUT, "no message on standard input, nothing queued")
+            where = "given" if isinstance(source, bytes) else "on standard input"
+            raise Fatal(EX_NOINPUT, f"no message {where}, nothing queued")
         if sub.from_headers:
             from_headers: list[str] = []
             for value in info.recipient_headers:

@@ -1,0 +1,76 @@
+"""A logging handler that mails records through dma's spool: `logging.handlers.SMTPHandler` without
+the SMTP connection from the application (no network, no credentials, no waiting on a server).
+
+    handler = MailHandler("app@example.org", ["ops@example.org"], "app error")
+    handler.setLevel(logging.ERROR)
+    logging.getLogger().addHandler(handler)
+
+or in a `logging.config.dictConfig` dictionary::
+
+    "mail": {"class": "dma.logging_handler.MailHandler", "level": "ERROR",
+             "fromaddr": "app@example.org", "toaddrs": ["ops@example.org"], "subject": "app error"}
+
+Each record becomes one message, queued durably by `dma.api.submit` before `emit` returns; the
+queue runner delivers it. Errors (a bad address, a spool that cannot be written) go to
+`handleError`, as for every handler: logging never raises into the application.
+"""
+
+from __future__ import annotations
+
+import logging  # noqa: TID253 - this module is a logging handler: whoever imports it has logging
+from collections.abc import Iterable
+
+from .api import load_config, submit
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import os
+
+    from .config import Config
+
+__all__ = ["MailHandler"]
+
+
+class MailHandler(logging.Handler):
+    """Mail each record to `toaddrs` from `fromaddr` (also the envelope sender) with `subject`.
+
+    `config`: a `dma.config.Config`, or the path of a dma.conf (default `$DMA_CONF`, else
+    /etc/dma/dma.conf); read once, at the first record.
+    """
+
+    def __init__(
+        self,
+        fromaddr: str,
+        toaddrs: str | Iterable[str],
+        subject: str,
+        *,
+        config: Config | str | os.PathLike[str] | None = None,
+        level: int | str = logging.NOTSET,
+    ) -> None:
+        super().__init__(level)
+        self.fromaddr = fromaddr
+        self.toaddrs = [toaddrs] if isinstance(toaddrs, str) else list(toaddrs)
+        self.subject = subject
+        self.config = config
+        self._cfg: Config | None = None
+
+    def getSubject(self, record: logging.LogRecord) -> str:
+        """The subject for `record`; override to vary it (as with SMTPHandler)."""
+        return self.subject
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from email.message import EmailMessage
+
+            msg = EmailMessage()
+            msg["From"] = self.fromaddr
+            msg["To"] = ", ".join(self.toaddrs)
+            msg["Subject"] = self.getSubject(record)
+            msg.set_content(self.format(record))
+            if self._cfg is None:
+                self._cfg = load_config(self.config)
+            submit(msg, sender=self.fromaddr, recipients=self.toaddrs, config=self._cfg)
+        except RecursionError:  # as the standard handlers do: never swallowed
+            raise
+        except Exception:
+            self.handleError(record)
