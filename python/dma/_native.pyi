@@ -91,6 +91,7 @@ class SessionResult:
     peer_cert_sha256: str | None  # lower-case hex of the leaf certificate's SHA-256
     auth_mechanism: str | None  # None: not authenticated (not configured, not offered, or no TLS)
     extensions: list[str]  # EHLO keywords, upper case (after STARTTLS when TLS was started)
+    failure: Outcome | None  # why the connection could not be used (all a probe without transactions gets)
 
 def smtp_session(
     host: str,

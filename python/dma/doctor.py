@@ -30,15 +30,6 @@ if TYPE_CHECKING:
 
 USAGE = "usage: dma doctor [-C FILE] [-v] [-n] [ADDRESS...]"
 
-# The one transaction of a probe session. The transport refuses a sender holding a control
-# character locally, before MAIL is sent (smtp.rs `prepare`), so the session goes through
-# greeting, EHLO, STARTTLS and AUTH, sends no mail, and QUITs. With no transaction at all a
-# session failure would not be reported (SessionResult has outcomes per recipient only).
-PROBE_SENDER = "\x00dma-doctor"
-PROBE_RECIPIENT = "postmaster"
-_PROBE_REFUSAL = ("mail", 0, "5.1.7")
-
-
 class Report:
     """Prints findings and remembers whether anything failed. Never prints a known secret."""
 
@@ -388,7 +379,7 @@ def probe(cfg: Config, target: Target, report: Report, *, verbose: bool) -> None
             target.addresses,
             target.port,
             cfg.helo_name or cfg.mailname,
-            [(PROBE_SENDER, [PROBE_RECIPIENT], os.devnull)],
+            [],  # a probe: greeting, EHLO, STARTTLS, AUTH, QUIT; no mail
             tls=mode,
             verify_cert=cfg.verifycert,
             ca_file=cfg.cafile,
@@ -405,15 +396,15 @@ def probe(cfg: Config, target: Target, report: Report, *, verbose: bool) -> None
     except ValueError as e:
         report.fail("smtp", f"{where}: {e}")
         return
-    outcome = result.results[0][0]
-    ok = (outcome.stage, outcome.code, outcome.enhanced) == _PROBE_REFUSAL
+    outcome = result.failure
+    ok = outcome is None
     if result.address is None:
-        report.fail("connect", f"{where}: {outcome.text}")
+        report.fail("connect", f"{where}: {outcome.text if outcome else 'no connection'}")
         return
     report.passed("connect", f"{target.name} [{result.address}] port {target.port}")
     if result.extensions:
         report.info("ehlo", ", ".join(result.extensions))
-    if not ok:
+    if outcome is not None:
         report.fail(outcome.stage, describe(outcome, target.name, result.address))
         if outcome.stage == "tls" and result.tls_version is None:
             inspect(cfg, target, mode, report)

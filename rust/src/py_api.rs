@@ -336,6 +336,7 @@ struct SessionResult {
     peer_cert_sha256: Option<String>,
     auth_mechanism: Option<&'static str>,
     extensions: Vec<String>,
+    failure: Option<Outcome>,
 }
 
 #[pymethods]
@@ -366,6 +367,7 @@ impl From<crate::smtp::SessionReport> for SessionResult {
             peer_cert_sha256: tls.and_then(|t| t.peer_cert_sha256),
             auth_mechanism: r.auth_mechanism.map(crate::auth::Mechanism::name),
             extensions: r.extensions,
+            failure: r.failure.map(Outcome::from),
         }
     }
 }

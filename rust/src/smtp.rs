@@ -218,6 +218,9 @@ pub struct SessionReport {
     pub auth_mechanism: Option<Mechanism>,
     /// EHLO keywords, upper case (from the last EHLO, i.e. after STARTTLS).
     pub extensions: Vec<String>,
+    /// Why the connection could not be used, if it could not: also what every recipient from
+    /// that point got, and the only report of a session without transactions (a probe).
+    pub failure: Option<Outcome>,
 }
 
 /// Run one whole session. Never fails as a whole: failures are recorded per recipient.
@@ -253,6 +256,7 @@ pub fn run_session(cfg: &SessionConfig, transactions: &[Transaction]) -> Session
 
 /// Give every recipient of the transactions not yet reported the session's failure.
 fn fill_from(report: &mut SessionReport, transactions: &[Transaction], failure: &Outcome) {
+    report.failure = Some(failure.clone());
     for tx in &transactions[report.results.len()..] {
         report.results.push(vec![failure.clone(); tx.recipients.len()]);
     }
