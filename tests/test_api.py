@@ -408,14 +408,17 @@ def runner_gone(env: DmaEnv) -> bool:
     return not api.runner_running(config.load(str(env.conf)))
 
 
-def test_submit_starts_the_runner_which_delivers(tmp_path: Path, smarthost: Smtpd) -> None:
+def test_submit_starts_the_runner_which_delivers(
+    tmp_path: Path, smarthost: Smtpd, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env = delivering_env(tmp_path, smarthost)
+    monkeypatch.chdir(tmp_path)  # a relative config path still names the file for the runner
     msg = EmailMessage()
     msg["To"] = "bob@remote.example"
     msg["Bcc"] = "hidden@remote.example"
     msg["Subject"] = "through the api"
     msg.set_content("hello from a program\n")
-    message_id = api.submit(msg, sender="app@src.example", config=env.conf)
+    message_id = api.submit(msg, sender="app@src.example", config=env.conf.name)
     assert wait_until(lambda: len(smarthost.handler.messages) == 1), env.q_files()
     (got,) = smarthost.handler.messages
     assert got.mail_from == "app@src.example"

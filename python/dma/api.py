@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 from . import _native
 from .errors import EX_NOINPUT, Fatal
@@ -48,6 +49,7 @@ __all__ = ["Batch", "submit", "wake_runner"]
 
 # Runners started by this process: reaped by the next start, so that none lingers as a zombie.
 _started: list[subprocess.Popen[bytes]] = []
+_started_lock = threading.Lock()
 
 
 def submit(
@@ -254,16 +256,15 @@ def start_runner(cfg: Config) -> None:
     """
     import subprocess
 
-    for proc in list(_started):
-        if proc.poll() is not None:
-            _started.remove(proc)
+    with _started_lock:
+        _started[:] = [proc for proc in _started if proc.poll() is None]
     # The child finds this very package, wherever the caller's sys.path found it.
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     devnull = subprocess.DEVNULL
     proc = subprocess.Popen(
-        [python_executable(), "-m", "dma.cli", "-C", cfg.path, "-q"],
+        [python_executable(), "-m", "dma.cli", "-C", os.path.abspath(cfg.path), "-q"],
         stdin=devnull,
         stdout=devnull,
         stderr=devnull,
@@ -272,7 +273,8 @@ def start_runner(cfg: Config) -> None:
         cwd="/",
         env=env,
     )
-    _started.append(proc)
+    with _started_lock:
+        _started.append(proc)
 
 
 def python_executable() -> str:
