@@ -199,7 +199,7 @@ def dispatch(prog: str, args: list[str]) -> int:
         return 0
     if opts.run_queue:
         return run_queue(cfg, opts, prog)
-    from .submit import Submission, submit
+    from .submit import Submission, drops, submit
 
     sub = Submission(
         opts.recipients,
@@ -209,8 +209,8 @@ def dispatch(prog: str, args: list[str]) -> int:
         full_name=opts.full_name,
     )
     message_id, _ = submit(cfg, sub)
-    if opts.queue_only or cfg.defer:
-        return 0
+    if opts.queue_only or cfg.defer or drops(cfg):
+        return 0  # a drop is delivered by the system's runner (`dma serve`), not by us
     return deliver_now(cfg, message_id, opts, prog)
 
 

@@ -65,6 +65,12 @@ def prepare_spool(cfg: Config) -> None:
             raise os_failure(e, f"can not create spool `{cfg.spooldir}'") from e
 
 
+def drops(cfg: Config) -> bool:
+    """System mode, and we are not the runner: the private spool is out of reach, so mail is left
+    in its drop directory; the runner takes it from there (drop.py)."""
+    return not cfg.user_mode and posix.geteuid() != 0
+
+
 def submit(cfg: Config, sub: Submission, stdin_fd: int = 0) -> tuple[str, list[str]]:
     """Spool the message on `stdin_fd`; returns the message id and the entry ids."""
     return spool_message(cfg, sub, stdin_fd)
@@ -97,14 +103,21 @@ def spool_message(
     recipients = resolver.resolve(given)
 
     prepare_spool(cfg)
+    dropping = drops(cfg)
+    where = f"{cfg.spooldir}/incoming" if dropping else cfg.spooldir
     try:
-        incoming = _native.Incoming(cfg.spooldir, durable)
+        incoming = _native.Incoming(where, durable)
     except OSError as e:
-        raise os_failure(e, f"can not create temp file in `{cfg.spooldir}'") from e
+        raise os_failure(e, f"can not create temp file in `{where}'") from e
     try:
         now = time.time()
-        prefix = message.received_header(
-            sender, incoming.id, cfg.mailname, cfg.system_hostname, message.login_name(), now
+        # A drop gets its Received: line from the runner, which knows who really wrote it.
+        prefix = (
+            b""
+            if dropping
+            else message.received_header(
+                sender, incoming.id, cfg.mailname, cfg.system_hostname, message.login_name(), now
+            )
         )
         add = message.headers_to_add(sender, incoming.id, cfg.mailname, now, sub.full_name)
         try:
@@ -132,7 +145,11 @@ def spool_message(
         if not recipients:
             raise Fatal(EX_NOINPUT, "no recipients")
         try:
-            ids = incoming.commit(sender, recipients)
+            ids = (
+                [incoming.commit_drop(sender, recipients)]
+                if dropping
+                else incoming.commit(sender, recipients)
+            )
         except ValueError as e:
             raise Fatal(EX_DATAERR, str(e)) from e
         except OSError as e:
