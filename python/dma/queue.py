@@ -213,8 +213,12 @@ class Runner:
             pick_up(self.cfg, self.events)  # its mtime (DROP) also wakes a resident runner
 
     def replay_journal(self) -> None:
-        """Remove entries the server confirmed before a crash kept us from recording it."""
-        for entry_id in _native.journal_take(self.cfg.spooldir):
+        """Remove entries the server confirmed before a crash kept us from recording it.
+
+        The journal files go only after their entries: a crash in between replays them again.
+        """
+        entry_ids, journals = _native.journal_take(self.cfg.spooldir)
+        for entry_id in entry_ids:
             claim = _native.claim(self.cfg.spooldir, entry_id)
             if claim is not None:
                 entry = claim.entry
@@ -225,6 +229,8 @@ class Runner:
                     id=entry_id,
                     to=entry.recipient,
                 )
+        for journal in journals:
+            os.unlink(journal)
 
     def deliver(self, entry_ids: list[str]) -> None:
         """Claim and deliver these entries: local ones one by one, remote ones grouped by

@@ -245,9 +245,10 @@ fn sync_spool(py: Python<'_>, spooldir: PathBuf) -> PyResult<()> {
     Ok(py.detach(|| spool::sync_spool(&spooldir))?)
 }
 
-/// The entry ids in the spool's delivered journal, which is removed (see spool.rs).
+/// The entry ids in the spool's delivered journals, and the journal files to remove once those
+/// entries are gone (see spool.rs).
 #[pyfunction]
-fn journal_take(py: Python<'_>, spooldir: PathBuf) -> PyResult<Vec<String>> {
+fn journal_take(py: Python<'_>, spooldir: PathBuf) -> PyResult<(Vec<String>, Vec<PathBuf>)> {
     Ok(py.detach(|| spool::journal_take(&spooldir))?)
 }
 

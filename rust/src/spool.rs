@@ -448,22 +448,34 @@ pub fn journal_append(dir: &Path, ids: &[&str]) -> Result<()> {
     write().context(|| format!("can not write `{}'", path.display()))
 }
 
-/// Take the journal: the entry ids it recorded, after which it is gone.
-pub fn journal_take(dir: &Path) -> Result<Vec<String>> {
+/// A journal taken for replay: renamed out of the way of new appends, and removed by the caller
+/// only once the entries it names are removed, so a crash during the replay replays it again.
+const TAKEN: &str = "delivered.taken.";
+
+/// Take the journal for replay: the entry ids recorded in it and in any journal an earlier,
+/// interrupted replay left behind, and the files to remove when those entries are gone.
+pub fn journal_take(dir: &Path) -> Result<(Vec<String>, Vec<PathBuf>)> {
     let path = dir.join(JOURNAL);
-    let taken = dir.join(format!("{TMP_PREFIX}{JOURNAL}.{}", std::process::id()));
-    match fs::rename(&path, &taken) {
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let fresh = dir.join(format!("{TAKEN}{stamp}.{}", std::process::id()));
+    match fs::rename(&path, &fresh) {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(DmaError::io(format!("can not take `{}'", path.display()), e)),
     }
-    let text = fs::read_to_string(&taken).context(|| format!("can not read `{}'", taken.display()))?;
-    let _ = fs::remove_file(&taken);
-    Ok(text
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect())
+    let mut ids = Vec::new();
+    let mut files = Vec::new();
+    let listing = fs::read_dir(dir).context(|| format!("can not read spool `{}'", dir.display()))?;
+    for item in listing.flatten() {
+        if !item.file_name().to_string_lossy().starts_with(TAKEN) {
+            continue;
+        }
+        let taken = item.path();
+        let text = fs::read_to_string(&taken).context(|| format!("can not read `{}'", taken.display()))?;
+        ids.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_owned));
+        files.push(taken);
+    }
+    Ok((ids, files))
 }
 
 /// Remove what crashes leave behind: temporary files and message files without an entry, older
@@ -643,13 +655,24 @@ mod tests {
     }
 
     #[test]
-    fn the_journal_is_taken_once() {
+    fn a_taken_journal_stays_until_its_replay_is_done() {
         let dir = tempdir("journal");
-        assert!(journal_take(&dir).unwrap().is_empty());
+        assert_eq!(journal_take(&dir).unwrap(), (vec![], vec![]));
         journal_append(&dir, &["a.1", "b.2"]).unwrap();
         journal_append(&dir, &["c.1"]).unwrap();
-        assert_eq!(journal_take(&dir).unwrap(), ["a.1", "b.2", "c.1"]);
-        assert!(journal_take(&dir).unwrap().is_empty());
+        let (ids, files) = journal_take(&dir).unwrap();
+        assert_eq!(ids, ["a.1", "b.2", "c.1"]);
+        // A replay that died before removing its files: the next take sees those ids again,
+        // together with what was confirmed since.
+        journal_append(&dir, &["d.1"]).unwrap();
+        let (mut again, files2) = journal_take(&dir).unwrap();
+        again.sort();
+        assert_eq!(again, ["a.1", "b.2", "c.1", "d.1"]);
+        assert_eq!(files2.len(), 2);
+        assert!(files2.contains(&files[0]));
+        for f in files2 {
+            fs::remove_file(f).unwrap();
+        }
         assert!(names(&dir).is_empty());
     }
 
