@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dma_fixtures import DmaEnv
-from smtp_servers import LOGIN, PASSWORD, Certs, Recorder, Smtpd
-
 from dma import config
 from dma.errors import ConfigError
 from dma.routes import choose
+from dma_fixtures import DmaEnv
+from smtp_servers import LOGIN, PASSWORD, Certs, Recorder, Smtpd
 
 MESSAGE = b"Subject: routes\n\nbody\n"
 

@@ -456,7 +456,10 @@ const TAKEN: &str = "delivered.taken.";
 /// interrupted replay left behind, and the files to remove when those entries are gone.
 pub fn journal_take(dir: &Path) -> Result<(Vec<String>, Vec<PathBuf>)> {
     let path = dir.join(JOURNAL);
-    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
     let fresh = dir.join(format!("{TAKEN}{stamp}.{}", std::process::id()));
     match fs::rename(&path, &fresh) {
         Ok(()) => {}
