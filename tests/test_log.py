@@ -34,7 +34,9 @@ def test_json_lines_for_attempts_and_outcomes(dma_env: DmaEnv, certs: Certs) -> 
     assert run.returncode == 69, run.stderr
     records = [json.loads(line) for line in logfile.read_text().splitlines()]
     events = [r["event"] for r in records]
-    assert "attempt" in events and "delivered" in events and "failed" in events, events
+    assert events[0] == "queued" and "attempt" in events and "delivered" in events and "failed" in events, (
+        events
+    )
     attempt = next(r for r in records if r["event"] == "attempt")
     assert attempt["host"] == "127.0.0.1" and attempt["port"] == server.port
     assert attempt["tls"].startswith("TLSv1") and attempt["auth"] in ("PLAIN", "LOGIN", "CRAM-MD5")

@@ -207,6 +207,7 @@ def dispatch(prog: str, args: list[str]) -> int:
         dot_terminates=opts.dot_terminates,
         from_headers=opts.from_headers,
         full_name=opts.full_name,
+        tag=opts.tag,
     )
     message_id, _ = submit(cfg, sub)
     if opts.queue_only or cfg.defer or drops(cfg):

@@ -26,7 +26,7 @@ _TEMPORARY_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.ENOMEM, err
 class Submission:
     """What the command line asks for one message."""
 
-    __slots__ = ("dot_terminates", "from_headers", "full_name", "recipients", "sender")
+    __slots__ = ("dot_terminates", "from_headers", "full_name", "recipients", "sender", "tag")
 
     def __init__(
         self,
@@ -36,8 +36,10 @@ class Submission:
         dot_terminates: bool = True,
         from_headers: bool = False,
         full_name: str | None = None,
+        tag: str = "dma",
     ) -> None:
         self.recipients = recipients
+        self.tag = tag  # the syslog identity (`-L`)
         self.sender = sender
         self.dot_terminates = dot_terminates
         self.from_headers = from_headers
@@ -156,4 +158,17 @@ def spool_message(
             raise os_failure(e, "can not create spools") from e
     finally:
         incoming.abort()
+    from .log import Log
+
+    Log(cfg, sub.tag).event(
+        "info",
+        "queued",
+        f"new mail from user={message.login_name()} uid={posix.getuid()} envelope_from=<{sender}>"
+        f" to {', '.join(recipients)}" + (" (dropped for the runner)" if dropping else ""),
+        id=incoming.id,
+        uid=posix.getuid(),
+        sender=sender,
+        to=", ".join(recipients),
+        size=info.size,
+    )
     return incoming.id, ids
