@@ -8,16 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-django = pytest.importorskip("django")
-
-from django.conf import settings  # noqa: E402
-from django.core import mail  # noqa: E402
-from django.test.utils import override_settings  # noqa: E402
-from dma import _native, api  # noqa: E402
-from dma.errors import EX_DATAERR, Fatal  # noqa: E402
-from dma_fixtures import DmaEnv  # noqa: E402
-from smtp_servers import Smtpd  # noqa: E402
+from django.conf import settings
+from django.core import mail
+from django.test.utils import override_settings
+from dma import _native, api
+from dma.errors import EX_DATAERR, Fatal
+from dma_fixtures import DmaEnv
+from smtp_servers import Smtpd
 
 if not settings.configured:
     settings.configure(
