@@ -581,8 +581,16 @@ def main() -> int:
         "",
     ]
     text = "\n".join(lines)
+    # Keep the sections other scripts own (bench_transport.py, bench_queue.py).
+    from benchlib import marked_sections
+
+    try:
+        with open(RESULTS) as f:
+            kept = marked_sections(f.read())
+    except FileNotFoundError:
+        kept = ""
     with open(RESULTS, "w") as f:
-        f.write(text)
+        f.write(text + ("\n" + kept if kept else ""))
     sys.stdout.write(text)
     log(f"wrote {RESULTS}")
     return 0
