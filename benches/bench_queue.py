@@ -1,4 +1,4 @@
-# ruff: noqa: E501
+# ruff: noqa: E501, RUF001, RUF002, B007, B023
 """Queue flush: N queued messages delivered to a sink on loopback, per agent, in one run.
 
 Run as root:  python benches/bench_queue.py [--no-build] [--quick]

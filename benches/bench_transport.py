@@ -1,4 +1,4 @@
-# ruff: noqa: E501
+# ruff: noqa: E501, RUF001, RUF002
 """SMTP transport: one message on one connection, and 1,000 messages over one connection.
 
 Run as root:  python benches/bench_transport.py [--no-build] [--runs N]
