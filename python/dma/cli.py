@@ -169,6 +169,8 @@ def run() -> None:
 # `command(prog, name, args) -> int`. Only as `dma`: `sendmail install` still mails a user.
 COMMANDS: dict[str, str] = {
     "doctor": "dma.doctor",
+    "install": "dma.install",
+    "uninstall": "dma.install",
     "queue": "dma.control",
     "serve": "dma.queue",
 }

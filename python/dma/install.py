@@ -1,0 +1,459 @@
+"""`dma install` and `dma uninstall`: make this dma the system's sendmail (see docs/install.md).
+
+`dma install [--root DIR] [--systemd | --no-systemd]`, as root:
+
+* the spool (`SPOOLDIR`, /var/spool/dma) root:root 0711 and its drop directory `incoming`
+  root:root 1733; a spool C dma left keeps its files, only the directories' modes change;
+* `MBOXDIR` (/var/mail): created root:mail 2775 when missing, else left as it is;
+* launchers (`launcher.write_launcher`) in /usr/local/libexec/dma/ for `sendmail`, `mailq`,
+  `newaliases` and `dma`, and symlinks to them at /usr/sbin/sendmail, /usr/lib/sendmail,
+  /usr/bin/mailq and /usr/bin/newaliases; whatever was at those paths is renamed
+  `<path>.dma-saved`;
+* /etc/dma/dma.conf, commented, when there is none (an existing one is never touched);
+* systemd units in /etc/systemd/system (`dma.service`, `dma.path`, `dma.timer`), enabled and
+  started when installing into the running system under systemd.
+
+Everything done is recorded in /var/lib/dma/install.manifest (paths as seen inside the root,
+so an image built with `--root` uninstalls from inside), and `dma uninstall` undoes exactly
+that: it removes what was created, puts back what was saved and the directory modes it
+changed, and keeps a spool that still holds mail and a dma.conf edited since. Both commands
+are idempotent and print one line per change.
+"""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+from typing import Any
+
+from . import launcher
+from .errors import EX_CONFIG, EX_NOPERM, EX_SOFTWARE, EX_USAGE, ConfigError, Fatal
+
+LIBEXEC = "/usr/local/libexec/dma"
+PROGRAMS = ("sendmail", "mailq", "newaliases", "dma")
+LINKS = {
+    "/usr/sbin/sendmail": "sendmail",
+    "/usr/lib/sendmail": "sendmail",
+    "/usr/bin/mailq": "mailq",
+    "/usr/bin/newaliases": "newaliases",
+}
+SAVED = ".dma-saved"
+CONF = "/etc/dma/dma.conf"
+MANIFEST = "/var/lib/dma/install.manifest"
+UNIT_DIR = "/etc/systemd/system"
+UNITS = ("dma.service", "dma.path", "dma.timer")
+ENABLE = ("dma.path", "dma.timer")
+SPOOL_MODE = 0o711
+DROP_MODE = 0o1733
+MBOX_MODE = 0o2775
+# What a spool holds when no mail is in it (an empty drop directory aside).
+SPOOL_HOUSEKEEPING = frozenset({"lock", "flush", "wake"})
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+USAGE = {
+    "install": "usage: dma install [--root DIR] [--systemd | --no-systemd]",
+    "uninstall": "usage: dma uninstall [--root DIR]",
+}
+
+
+def command(prog: str, name: str, args: list[str]) -> int:
+    root = "/"
+    systemd: bool | None = None
+    words = iter(args)
+    for word in words:
+        if word == "--root" or word.startswith("--root="):
+            value = word.partition("=")[2] if "=" in word else next(words, None)
+            if not value:
+                raise Fatal(EX_USAGE, USAGE[name])
+            root = os.path.abspath(value)
+        elif word in ("--systemd", "--no-systemd") and name == "install":
+            systemd = word == "--systemd"
+        else:
+            raise Fatal(EX_USAGE, USAGE[name])
+    if os.geteuid() != 0:
+        raise Fatal(EX_NOPERM, f"{name} must run as root")
+    inst = Installer(root, sys.stdout)
+    if name == "install":
+        inst.install(systemd)
+    else:
+        inst.uninstall()
+    return 0
+
+
+def sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def same(a: str, b: str) -> bool:
+    """Two symlinks to the same place, or two plain files with the same contents."""
+    if os.path.islink(a) or os.path.islink(b):
+        return os.path.islink(a) and os.path.islink(b) and os.readlink(a) == os.readlink(b)
+    if not (os.path.isfile(a) and os.path.isfile(b)):
+        return False
+    return sha256(a) == sha256(b)
+
+
+def mail_gid() -> int:
+    try:
+        return grp.getgrnam("mail").gr_gid
+    except KeyError:
+        return 0
+
+
+def describe(st: os.stat_result) -> str:
+    import pwd
+
+    try:
+        user = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        user = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return f"{stat.S_IMODE(st.st_mode):04o} {user}:{group}"
+
+
+class Installer:
+    """One install or uninstall into `root` ("/" for the running system)."""
+
+    def __init__(self, root: str, out: Any) -> None:
+        self.root = root.rstrip("/") or "/"
+        self.out = out
+        self.changes = 0
+        self.manifest: dict[str, Any] = {
+            "version": 1,
+            "dirs": [],  # created by us, in creation order
+            "files": {},  # written by us: path -> sha256 when written
+            "links": {},  # created by us: path -> target
+            "saved": {},  # path -> where what was there went
+            "modes": {},  # directories we changed: path -> [mode, uid, gid] before
+        }
+        self.manifest_text = ""
+
+    # ---- helpers --------------------------------------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        """Installing into the running system (not a `--root` image)."""
+        return self.root == "/"
+
+    def p(self, path: str) -> str:
+        """`path` (as seen inside the root) on this machine."""
+        return path if self.live else self.root + path
+
+    def say(self, verb: str, what: str) -> None:
+        self.out.write(f"{verb:<9}{what}\n")
+        self.out.flush()
+
+    def change(self, verb: str, what: str) -> None:
+        self.changes += 1
+        self.say(verb, what)
+
+    def load_manifest(self) -> bool:
+        try:
+            with open(self.p(MANIFEST)) as f:
+                self.manifest_text = f.read()
+        except FileNotFoundError:
+            return False
+        try:
+            loaded = json.loads(self.manifest_text)
+        except ValueError as e:
+            raise Fatal(EX_SOFTWARE, f"{self.p(MANIFEST)}: unreadable manifest: {e}") from None
+        self.manifest.update(loaded)
+        return True
+
+    def save_manifest(self) -> None:
+        self.makedirs(os.path.dirname(MANIFEST), 0o755)  # recorded in the manifest too
+        text = json.dumps(self.manifest, indent=1, sort_keys=True) + "\n"
+        if text == self.manifest_text:
+            return
+        path = self.p(MANIFEST)
+        tmp = f"{path}.new"
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+        self.manifest_text = text
+
+    def makedirs(self, path: str, mode: int, gid: int = 0) -> bool:
+        """Create `path` and its missing parents (0755 root:root); True if `path` was created."""
+        if os.path.isdir(self.p(path)):
+            return False
+        parent = os.path.dirname(path)
+        if parent != path:
+            self.makedirs(parent, 0o755)
+        real = self.p(path)
+        os.mkdir(real)
+        os.chown(real, 0, gid)
+        os.chmod(real, mode)  # after chown, which clears the set-id bits; and without the umask
+        self.manifest["dirs"].append(path)
+        self.change("created", f"{real} ({describe(os.stat(real))})")
+        return True
+
+    def ensure_dir(self, path: str, mode: int) -> None:
+        """`path` is a root:root directory with `mode`; an existing one is fixed, its files kept."""
+        real = self.p(path)
+        if self.makedirs(path, mode):
+            return
+        st = os.lstat(real)
+        if not stat.S_ISDIR(st.st_mode):
+            raise Fatal(EX_CONFIG, f"{real} is not a directory")
+        if stat.S_IMODE(st.st_mode) == mode and st.st_uid == 0 and st.st_gid == 0:
+            return
+        self.manifest["modes"].setdefault(path, [stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid])
+        os.chown(real, 0, 0)
+        os.chmod(real, mode)
+        self.change("fixed", f"{real}: {describe(st)} -> {describe(os.stat(real))} (files inside kept)")
+
+    def write_file(self, path: str, text: str, mode: int = 0o644) -> None:
+        """Write `text` at `path` (atomically) unless it is there already."""
+        real = self.p(path)
+        try:
+            with open(real) as f:
+                if f.read() == text:
+                    return
+        except (FileNotFoundError, UnicodeDecodeError):
+            pass
+        self.makedirs(os.path.dirname(path), 0o755)
+        tmp = f"{real}.dma-new"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, real)
+        self.manifest["files"][path] = sha256(real)
+        self.change("wrote", real)
+
+    def systemctl(self, *args: str) -> None:
+        self.say("run", "systemctl " + " ".join(args))
+        result = subprocess.run(["systemctl", *args], check=False)
+        if result.returncode:
+            self.say("warning", f"systemctl {args[0]} exited {result.returncode}")
+
+    # ---- install --------------------------------------------------------------------------
+
+    def install(self, systemd: bool | None) -> None:
+        from . import config
+
+        self.load_manifest()
+        try:
+            cfg = config.load(self.p(CONF), user_mode=False)
+        except ConfigError as e:
+            raise Fatal(EX_CONFIG, f"{e} (fix it, then run dma install again)") from None
+        if systemd is None:
+            systemd = os.path.isdir(self.p("/run/systemd/system"))
+        conflicts = [
+            f"{self.p(path)}: both it and {self.p(path)}{SAVED} exist; move one away"
+            for path in LINKS
+            if self.link_conflict(path)
+        ]
+        if conflicts:
+            raise Fatal(EX_CONFIG, "; ".join(conflicts))
+        try:
+            self.ensure_dir(cfg.spooldir, SPOOL_MODE)
+            self.ensure_dir(f"{cfg.spooldir}/incoming", DROP_MODE)
+            self.manifest["spool"] = cfg.spooldir
+            self.makedirs(cfg.mboxdir, MBOX_MODE, mail_gid())  # an existing one is left as it is
+            self.install_launchers()
+            for path, name in LINKS.items():
+                self.install_link(path, f"{LIBEXEC}/{name}")
+            self.install_conf()
+            if systemd:
+                self.install_units(cfg.spooldir)
+        finally:
+            self.save_manifest()
+        if os.path.exists(self.p("/etc/cron.d/dma")):
+            self.say(
+                "note",
+                f"{self.p('/etc/cron.d/dma')} runs C dma's queue runner on the same spool every "
+                "five minutes; remove the C dma package or that file once this install is in use",
+            )
+        if self.changes:
+            self.say("done", f"{self.changes} changes; record in {self.p(MANIFEST)}")
+        else:
+            self.say("done", "nothing to change: dma is installed")
+
+    def link_conflict(self, path: str) -> bool:
+        """Something that is not ours is at `path`, and a different saved file: we would lose one.
+
+        The same thing as the saved one is what a package upgrade puts back: it can go.
+        """
+        real = self.p(path)
+        if not os.path.lexists(real) or not os.path.lexists(real + SAVED):
+            return False
+        if os.path.islink(real) and os.readlink(real) == self.manifest["links"].get(path):
+            return False
+        return not (path in self.manifest["saved"] and same(real, real + SAVED))
+
+    def install_launchers(self) -> None:
+        self.makedirs(LIBEXEC, 0o755)
+        paths = launcher.search_path()
+        for name in PROGRAMS:
+            path = f"{LIBEXEC}/{name}"
+            real = self.p(path)
+            text = launcher.TEMPLATE.format(python=sys.executable, paths=paths, name=name)
+            try:
+                with open(real) as f:
+                    if f.read() == text and os.stat(real).st_mode & 0o777 == 0o755:
+                        continue
+            except FileNotFoundError:
+                pass
+            launcher.write_launcher(real, name)
+            self.manifest["files"][path] = sha256(real)
+            self.change("wrote", f"{real} (runs {sys.executable})")
+
+    def install_link(self, path: str, target: str) -> None:
+        real = self.p(path)
+        if os.path.islink(real) and os.readlink(real) == target:
+            return
+        self.makedirs(os.path.dirname(path), 0o755)
+        if os.path.lexists(real):
+            if os.path.lexists(real + SAVED):
+                # The one we saved is still there (link_conflict checked): this is what a package
+                # upgrade put back. It goes; the saved one stays what uninstall restores.
+                os.unlink(real)
+                self.change("removed", f"{real} (put back since the install; {real}{SAVED} kept)")
+            else:
+                was = f" (-> {os.readlink(real)})" if os.path.islink(real) else ""
+                os.rename(real, real + SAVED)
+                self.manifest["saved"][path] = path + SAVED
+                self.change("saved", f"{real}{was} as {real}{SAVED}")
+        os.symlink(target, real)
+        self.manifest["links"][path] = target
+        self.change("linked", f"{real} -> {target}")
+
+    def install_conf(self) -> None:
+        real = self.p(CONF)
+        if os.path.lexists(real):
+            if CONF not in self.manifest["files"]:
+                self.say("kept", f"{real} (it exists; never overwritten)")
+            return
+        with open(os.path.join(DATA, "dma.conf")) as f:
+            self.write_file(CONF, f.read())
+
+    def install_units(self, spooldir: str) -> None:
+        changed = self.changes
+        for unit in UNITS:
+            with open(os.path.join(DATA, unit)) as f:
+                text = f.read().replace("@LIBEXEC@", LIBEXEC).replace("@SPOOLDIR@", spooldir)
+            self.write_file(f"{UNIT_DIR}/{unit}", text)
+        if not self.live:
+            if self.changes != changed:
+                enable = " ".join(ENABLE)
+                self.say(
+                    "note", f"units not enabled in an image: systemctl --root={self.root} enable {enable}"
+                )
+            return
+        if not os.path.isdir("/run/systemd/system"):
+            if self.changes != changed:
+                self.say("note", "systemd is not running: the units are neither enabled nor started")
+            return
+        if self.changes != changed:
+            self.systemctl("daemon-reload")
+        enabled = subprocess.run(
+            ["systemctl", "--quiet", "is-enabled", *ENABLE], check=False, stdout=subprocess.DEVNULL
+        ).returncode
+        active = subprocess.run(["systemctl", "--quiet", "is-active", *ENABLE], check=False).returncode
+        if self.changes != changed or enabled or active:
+            self.changes += 1
+            self.systemctl("enable", "--now", *ENABLE)
+
+    # ---- uninstall ------------------------------------------------------------------------
+
+    def uninstall(self) -> None:
+        if not self.load_manifest():
+            self.say("done", f"nothing to undo: no {self.p(MANIFEST)}")
+            return
+        m = self.manifest
+        units = [path for path in m["files"] if path.startswith(UNIT_DIR + "/")]
+        if units and self.live and os.path.isdir("/run/systemd/system"):
+            self.systemctl("disable", "--now", *UNITS)
+        # The manifest's directory and its parents go last, with the manifest.
+        manifest_dir = os.path.dirname(MANIFEST)
+        last = [d for d in m["dirs"] if manifest_dir == d or manifest_dir.startswith(d + "/")]
+        try:
+            for path, target in list(m["links"].items()):
+                real = self.p(path)
+                if os.path.islink(real) and os.readlink(real) == target:
+                    os.unlink(real)
+                    self.change("removed", real)
+                elif os.path.lexists(real):
+                    self.say("kept", f"{real} (changed since the install)")
+                del m["links"][path]
+            for path, saved in list(m["saved"].items()):
+                real = self.p(path)
+                if not os.path.lexists(self.p(saved)):
+                    self.say("warning", f"{self.p(saved)} is gone; nothing to put back at {real}")
+                elif os.path.lexists(real):
+                    self.say("kept", f"{self.p(saved)} ({real} is taken)")
+                    continue
+                else:
+                    os.rename(self.p(saved), real)
+                    self.change("restored", real)
+                del m["saved"][path]
+            for path, digest in list(m["files"].items()):
+                real = self.p(path)
+                if path == CONF and os.path.exists(real) and sha256(real) != digest:
+                    self.say("kept", f"{real} (edited since the install)")
+                elif os.path.lexists(real):
+                    os.unlink(real)
+                    self.change("removed", real)
+                del m["files"][path]
+            if units and self.live and os.path.isdir("/run/systemd/system"):
+                self.systemctl("daemon-reload")
+            for path, (mode, uid, gid) in list(m["modes"].items()):
+                real = self.p(path)
+                if os.path.isdir(real) and not os.path.islink(real):
+                    os.chown(real, uid, gid)
+                    os.chmod(real, mode)
+                    self.change("restored", f"{real} ({describe(os.stat(real))})")
+                del m["modes"][path]
+            kept: list[str] = []  # still to remove at the next uninstall: a spool with mail, its parents
+            for path in reversed(list(m["dirs"])):
+                if path in last:
+                    continue
+                if self.remove_dir(path, spool=path == m.get("spool")):
+                    m["dirs"].remove(path)
+                elif path == m.get("spool") or any(k.startswith(path + "/") for k in kept):
+                    kept.append(path)
+                else:
+                    m["dirs"].remove(path)  # it holds what is not ours (an edited dma.conf): the admin's now
+        finally:
+            done = m["dirs"] == last and not (m["links"] or m["saved"] or m["files"] or m["modes"])
+            if done:
+                os.unlink(self.p(MANIFEST))
+                for path in reversed(last):
+                    self.remove_dir(path)
+            else:
+                self.save_manifest()
+        self.say("done", f"{self.changes} changes" if self.changes else "nothing to undo")
+
+    def remove_dir(self, path: str, *, spool: bool = False) -> bool:
+        """Remove a directory we created if nothing else is in it; a spool, if it holds no mail."""
+        real = self.p(path)
+        if not os.path.isdir(real):
+            return True
+        names = os.listdir(real)
+        drop = os.path.join(real, "incoming")
+        if spool and set(names) <= SPOOL_HOUSEKEEPING | {"incoming"}:
+            if "incoming" in names and os.path.isdir(drop) and not os.listdir(drop):
+                os.rmdir(drop)
+                names.remove("incoming")
+            if "incoming" not in names:
+                for name in names:
+                    os.unlink(os.path.join(real, name))
+                names = []
+        if names:
+            self.say("kept", f"{real} (not empty: {len(names)} entries)")
+            return False
+        os.rmdir(real)
+        self.change("removed", real)
+        return True
