@@ -27,8 +27,9 @@ if TYPE_CHECKING:
     from .remote import Destination, Transaction
 
 STALE_AGE = 24 * 3600
-# Entries claimed at once: bounds the open files while still sharing connections widely.
-BATCH = 200
+# Entries claimed at once (each holds its queue file open and locked): a batch's messages share
+# connections, so it should be large; the runner raises its open-file limit to allow it.
+BATCH = 1000
 # "failed": waiting for its bounce; "held": kept for the postmaster, never retried by itself.
 FINAL_STATES = ("failed", "held")
 POLL = 1.0
@@ -113,6 +114,7 @@ class Runner:
         self.cfg = cfg
         self.name = name
         self.events = Log(cfg, tag)
+        self.unsynced = False  # entries removed since the spool directory was last synced
         # Only the spool's owner may take drops (and only it can read them).
         self.system_drop = not cfg.user_mode and os.path.isdir(os.path.join(cfg.spooldir, DROP))
         self.verbose = verbose
@@ -121,6 +123,19 @@ class Runner:
         self.total = self.bounces = 0
         self.lock_fd = -1
         self.sent = self.deferred = self.failed = 0
+
+    @staticmethod
+    def batch_size() -> int:
+        """Raise the soft open-file limit toward the hard one, for BATCH open queue files; returns
+        the batch size the limit allows."""
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = BATCH + 256
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        return BATCH if soft == resource.RLIM_INFINITY else max(16, min(BATCH, soft - 256))
 
     def acquire(self) -> bool:
         fd = os.open(os.path.join(self.cfg.spooldir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -150,6 +165,7 @@ class Runner:
         the next retry or a wake-up, while entries are pending.
         """
         _native.clean_stale(self.cfg.spooldir, STALE_AGE)
+        batch = self.batch_size()
         while True:
             self.pick_up()
             self.replay_journal()
@@ -166,8 +182,8 @@ class Runner:
                 and (force or e.next_attempt <= now)
             ]
             self.total += len(due)
-            for start in range(0, len(due), BATCH):
-                self.deliver(due[start : start + BATCH])
+            for start in range(0, len(due), batch):
+                self.deliver(due[start : start + batch])
             bounces = self.settle()
             force = False
             if bounces:
@@ -222,13 +238,15 @@ class Runner:
             claim = _native.claim(self.cfg.spooldir, entry_id)
             if claim is not None:
                 entry = claim.entry
-                claim.remove()
+                claim.remove(sync=False)
                 self.log(
                     f"{entry_id}: delivered to {entry.recipient} (confirmed before a restart)",
                     event="delivered",
                     id=entry_id,
                     to=entry.recipient,
                 )
+        if journals:
+            _native.sync_dir(self.cfg.spooldir)  # the removals are durable before their record goes
         for journal in journals:
             os.unlink(journal)
 
@@ -265,6 +283,9 @@ class Runner:
         finally:
             for claim, _ in claims.values():
                 claim.release()
+            if self.unsynced:
+                _native.sync_dir(self.cfg.spooldir)
+                self.unsynced = False
 
     def deliver_remote(
         self, groups: list[tuple[Destination, dict[str, Transaction]]]
@@ -369,7 +390,8 @@ class Runner:
 
     def record(self, claim: _native.Claim, entry: _native.QueueEntry, outcome: Outcome) -> None:
         if outcome.status == "sent":
-            claim.remove()
+            claim.remove(sync=False)  # synced once for the batch, in `deliver`
+            self.unsynced = True
             self.sent += 1
             self.log(
                 f"{entry.id}: delivered to {entry.recipient}",
@@ -481,7 +503,7 @@ def command(prog: str, name: str, args: list[str]) -> int:
     cfg = config.load(conf)
     runner = Runner(cfg, verbose=verbose, name=prog, tag=tag)
     if not runner.acquire():
-        wake(cfg, flush=True)
+        wake(cfg)  # new work for the running runner; its retry schedule stays as it is
         return 0
     runner.serve()
     return 0

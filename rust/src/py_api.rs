@@ -228,15 +228,24 @@ impl Claim {
     }
 
     /// The entry is finished: remove it from the spool.
-    fn remove(&mut self, py: Python<'_>) -> PyResult<()> {
+    /// The entry is finished: remove it from the spool. `sync=False` leaves the directory sync to
+    /// a later `sync_dir` (for many removals at once).
+    #[pyo3(signature = (sync=true))]
+    fn remove(&mut self, py: Python<'_>, sync: bool) -> PyResult<()> {
         let claim = self.inner.take().ok_or_else(released)?;
-        Ok(py.detach(move || claim.remove())?)
+        Ok(py.detach(move || claim.remove(sync))?)
     }
 
     /// Let other processes take the entry again.
     fn release(&mut self) {
         self.inner = None;
     }
+}
+
+/// Sync the spool directory itself (after removals made with `sync=False`).
+#[pyfunction]
+fn sync_dir(py: Python<'_>, spooldir: PathBuf) -> PyResult<()> {
+    Ok(py.detach(|| spool::fsync_dir(&spooldir))?)
 }
 
 /// One `syncfs` for the spool's file system: makes a batch of `durable=False` messages durable.
@@ -516,6 +525,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(clean_stale, m)?)?;
     m.add_function(wrap_pyfunction!(journal_take, m)?)?;
     m.add_function(wrap_pyfunction!(sync_spool, m)?)?;
+    m.add_function(wrap_pyfunction!(sync_dir, m)?)?;
     // mailbox registrations
     m.add_function(wrap_pyfunction!(mbox_append, m)?)?;
     m.add_function(wrap_pyfunction!(maildir_deliver, m)?)?;
