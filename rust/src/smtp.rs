@@ -496,6 +496,7 @@ struct Session<'a> {
     dead: bool,
     /// The server may hold state from a failed transaction: RSET before the next one.
     dirty: bool,
+    journal: Option<crate::spool::Journal>,
 }
 
 impl<'a> Session<'a> {
@@ -515,6 +516,7 @@ impl<'a> Session<'a> {
             mechanism: None,
             dead: false,
             dirty: false,
+            journal: cfg.journal.as_deref().map(crate::spool::Journal::new),
         };
         if cfg.tls_mode == TlsMode::Implicit {
             session.start_tls()?;
@@ -535,6 +537,11 @@ impl<'a> Session<'a> {
 
     /// Copy what the caller wants to know into the report.
     fn finish(&mut self, report: &mut SessionReport) {
+        if let Some(journal) = &mut self.journal {
+            if let Err(e) = journal.sync() {
+                self.conn.trace("!!! ", &e.to_string());
+            }
+        }
         report.tls = self.tls_info.take();
         report.auth_mechanism = self.mechanism;
         report.extensions = std::mem::take(&mut self.ext.keywords);
@@ -772,15 +779,15 @@ impl<'a> Session<'a> {
     }
 
     /// Record the recipients the server took, before anything else can go wrong.
-    fn journal(&self, tx: &Transaction, outcomes: &[Outcome]) {
-        let Some(dir) = &self.cfg.journal else { return };
+    fn journal(&mut self, tx: &Transaction, outcomes: &[Outcome]) {
+        let Some(journal) = &mut self.journal else { return };
         let sent: Vec<&str> = outcomes
             .iter()
             .zip(&tx.journal_ids)
             .filter(|(o, id)| o.status == Status::Sent && !id.is_empty())
             .map(|(_, id)| id.as_str())
             .collect();
-        if let Err(e) = crate::spool::journal_append(dir, &sent) {
+        if let Err(e) = journal.record(&sent) {
             // The runner still records the outcome; only a crash right now would repeat these.
             self.conn.trace("!!! ", &e.to_string());
         }

@@ -432,25 +432,67 @@ pub fn sync_spool(dir: &Path) -> Result<()> {
 /// The journal of deliveries the server confirmed but the runner may not have recorded yet.
 const JOURNAL: &str = "delivered";
 
-/// Append entry ids to the delivered journal and sync it: called right after the server's final
-/// reply, so that a crash before the entries are removed does not send them again.
-pub fn journal_append(dir: &Path, ids: &[&str]) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
+/// How long confirmed deliveries may wait for the journal's sync (see `Journal`).
+const JOURNAL_SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// One session's writer of the delivered journal. Each confirmation is written at once, right
+/// after the server's reply, so a process that dies (even by SIGKILL) has always recorded it;
+/// the file is synced at most every `JOURNAL_SYNC_EVERY` and when the session ends, so a power
+/// failure can repeat at most that much, and a busy disk does not stall every message.
+pub struct Journal {
+    path: PathBuf,
+    last_sync: std::time::Instant,
+    unsynced: bool,
+}
+
+impl Journal {
+    pub fn new(dir: &Path) -> Journal {
+        Journal {
+            path: dir.join(JOURNAL),
+            last_sync: std::time::Instant::now(),
+            unsynced: false,
+        }
     }
-    let path = dir.join(JOURNAL);
-    let mut text = ids.join("\n");
-    text.push('\n');
-    let write = || -> std::io::Result<()> {
+
+    /// Append entry ids; sync when the last sync is old enough.
+    pub fn record(&mut self, ids: &[&str]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut text = ids.join("\n");
+        text.push('\n');
+        self.unsynced = true;
+        let due = self.last_sync.elapsed() >= JOURNAL_SYNC_EVERY;
+        self.write(text.as_bytes(), due)
+    }
+
+    /// Sync what was written (the end of a session).
+    pub fn sync(&mut self) -> Result<()> {
+        if self.unsynced {
+            self.write(b"", true)?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, text: &[u8], sync: bool) -> Result<()> {
+        // Opened per write, so that lines always go to the journal in place, not to one a
+        // replay has taken aside meanwhile.
         let mut f = OpenOptions::new()
             .append(true)
             .create(true)
             .mode(0o600)
-            .open(&path)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_data()
-    };
-    write().context(|| format!("can not write `{}'", path.display()))
+            .open(&self.path)
+            .context(|| format!("can not write `{}'", self.path.display()))?;
+        f.write_all(text)
+            .context(|| format!("can not write `{}'", self.path.display()))?;
+        if sync {
+            f.sync_data()
+                .context(|| format!("can not sync `{}'", self.path.display()))?;
+            self.last_sync = std::time::Instant::now();
+            self.unsynced = false;
+        }
+        Ok(())
+    }
 }
 
 /// A journal taken for replay: renamed out of the way of new appends, and removed by the caller
@@ -666,13 +708,15 @@ mod tests {
     fn a_taken_journal_stays_until_its_replay_is_done() {
         let dir = tempdir("journal");
         assert_eq!(journal_take(&dir).unwrap(), (vec![], vec![]));
-        journal_append(&dir, &["a.1", "b.2"]).unwrap();
-        journal_append(&dir, &["c.1"]).unwrap();
+        let mut journal = Journal::new(&dir);
+        journal.record(&["a.1", "b.2"]).unwrap();
+        journal.record(&["c.1"]).unwrap();
+        journal.sync().unwrap();
         let (ids, files) = journal_take(&dir).unwrap();
         assert_eq!(ids, ["a.1", "b.2", "c.1"]);
         // A replay that died before removing its files: the next take sees those ids again,
         // together with what was confirmed since.
-        journal_append(&dir, &["d.1"]).unwrap();
+        journal.record(&["d.1"]).unwrap();
         let (mut again, files2) = journal_take(&dir).unwrap();
         again.sort();
         assert_eq!(again, ["a.1", "b.2", "c.1", "d.1"]);
