@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 USAGE = "usage: dma doctor [-C FILE] [-v] [-n] [ADDRESS...]"
 
+
 class Report:
     """Prints findings and remembers whether anything failed. Never prints a known secret."""
 
@@ -360,8 +361,7 @@ def mailbox_of(cfg: Config, user: str) -> str:
 
 def probe(cfg: Config, target: Target, report: Report, *, verbose: bool) -> None:
     """One SMTP session to `target` that sends no mail; prints what the server offers."""
-    from . import _native
-    from .remote import credentials, describe, tls_mode
+    from .remote import credentials, describe, session, tls_mode
     from .routing import RouteError
 
     where = f"{target.name} port {target.port}"
@@ -374,24 +374,9 @@ def probe(cfg: Config, target: Target, report: Report, *, verbose: bool) -> None
         report.secrets.append(secret)
     mode = tls_mode(cfg)
     try:
-        result = _native.smtp_session(
-            target.name,
-            target.addresses,
-            target.port,
-            cfg.helo_name or cfg.mailname,
-            [],  # a probe: greeting, EHLO, STARTTLS, AUTH, QUIT; no mail
-            tls=mode,
-            verify_cert=cfg.verifycert,
-            ca_file=cfg.cafile,
-            fingerprint=cfg.fingerprint,
-            client_cert=cfg.certfile,
-            login=login,
-            secret=secret,
-            mechanisms=mechanisms,
-            allow_insecure_auth=cfg.insecure,
-            connect_timeout=cfg.connect_timeout,
-            command_timeout=cfg.timeout,
-            verbose=verbose,
+        # A probe: no transactions, so greeting, EHLO, STARTTLS, AUTH and QUIT; no mail.
+        result = session(
+            cfg, target, target.addresses, [], credentials=(login, secret, mechanisms), verbose=verbose
         )
     except ValueError as e:
         report.fail("smtp", f"{where}: {e}")

@@ -143,26 +143,14 @@ def deliver(
             outcomes.update(failed_all(pending, "temporary", str(e)))
             return outcomes
         for address in target.addresses:
-            result = _native.smtp_session(
-                target.name,
+            result = session(
+                cfg,
+                target,
                 [address],
-                target.port,
-                cfg.helo_name or cfg.mailname,
-                [(t.sender, t.recipients, t.message_path) for t in pending],
-                tls=tls_mode(cfg, route),
-                verify_cert=cfg.verifycert if route is None or route.verify is None else route.verify,
-                ca_file=cfg.cafile,
-                fingerprint=route.fingerprint if route is not None and route.fingerprint else cfg.fingerprint,
-                client_cert=cfg.certfile,
-                login=login,
-                secret=secret,
-                mechanisms=mechanisms,
-                allow_insecure_auth=cfg.insecure,
-                connect_timeout=cfg.connect_timeout,
-                command_timeout=cfg.timeout,
+                pending,
+                route=route,
+                credentials=(login, secret, mechanisms),
                 verbose=verbose,
-                journal=cfg.spooldir,
-                journal_ids=[t.entry_ids for t in pending],
             )
             if events is not None:
                 log_attempt(events, target, result)
@@ -170,6 +158,42 @@ def deliver(
             if not pending:
                 return outcomes
     return outcomes
+
+
+def session(
+    cfg: Config,
+    target: Target,
+    addresses: list[str],
+    transactions: list[Transaction],
+    *,
+    route: Route | None = None,
+    credentials: tuple[str | None, str | None, list[str] | None] = (None, None, None),
+    verbose: bool = False,
+) -> _native.SessionResult:
+    """One SMTP connection to `target` with this configuration's (or `route`'s) TLS and AUTH,
+    carrying `transactions`; without any it only probes (connects, EHLO, STARTTLS, AUTH, QUIT)."""
+    login, secret, mechanisms = credentials
+    return _native.smtp_session(
+        target.name,
+        addresses,
+        target.port,
+        cfg.helo_name or cfg.mailname,
+        [(t.sender, t.recipients, t.message_path) for t in transactions],
+        tls=tls_mode(cfg, route),
+        verify_cert=cfg.verifycert if route is None or route.verify is None else route.verify,
+        ca_file=cfg.cafile,
+        fingerprint=route.fingerprint if route is not None and route.fingerprint else cfg.fingerprint,
+        client_cert=cfg.certfile,
+        login=login,
+        secret=secret,
+        mechanisms=mechanisms,
+        allow_insecure_auth=cfg.insecure,
+        connect_timeout=cfg.connect_timeout,
+        command_timeout=cfg.timeout,
+        verbose=verbose,
+        journal=cfg.spooldir if transactions else None,
+        journal_ids=[t.entry_ids for t in transactions],
+    )
 
 
 def take_results(
