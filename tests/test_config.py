@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from dma import config
-from dma.config import AuthTable, Config, load, load_auth, sanitize_hostname
+from dma.authconf import AuthTable, load_auth
+from dma.config import Config, load, sanitize_hostname
 from dma.errors import EX_CONFIG, EX_NOINPUT, ConfigError, Fatal
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -1,9 +1,8 @@
-"""dma.conf and auth.conf, in C dma's formats (see docs/configuration.md).
+"""dma.conf, in C dma's format (see docs/configuration.md).
 
-`load()` reads dma.conf and returns a `Config`; `load_auth()` reads auth.conf and returns an
-`AuthTable`. auth.conf is never read at submission: the delivery code calls `Config.auth()`
-(or `load_auth()`) when it needs a password, so an unreadable auth.conf cannot break
-`sendmail` or `mailq` as it does in C dma.
+`load()` reads dma.conf and returns a `Config`. auth.conf (authconf.py) is never read at
+submission: the delivery code calls `Config.auth()` when it needs a password, so an unreadable
+auth.conf cannot break `sendmail` or `mailq` as it does in C dma.
 
 This module is on the submission hot path: it imports only `posix`, `pwd` and `errors` at module
 level (not `os`, whose import alone costs a seventh of the interpreter's start-up), and parses
@@ -12,7 +11,6 @@ by hand.
 
 from __future__ import annotations
 
-import errno
 import posix
 import pwd
 
@@ -20,14 +18,13 @@ from dma.errors import EX_NOINPUT, ConfigError, Fatal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from .authconf import AuthTable
     from .routes import Route
 
 __all__ = [
     "DEFAULT_CONF",
-    "AuthTable",
     "Config",
     "load",
-    "load_auth",
     "sanitize_hostname",
     "state_dir",
 ]
@@ -225,6 +222,8 @@ class Config:
     def auth(self) -> AuthTable:
         """The auth.conf table named by AUTHPATH (empty when unset), read on first use."""
         if self._auth is None:
+            from .authconf import AuthTable, load_auth
+
             self._auth = AuthTable(self.authpath) if self.authpath is None else load_auth(self.authpath)
         return self._auth
 
@@ -264,14 +263,14 @@ def state_dir() -> str:
     return f"{home.rstrip('/')}/.local/state/dma"
 
 
-def _read_text(path: str) -> str:
+def read_text(path: str) -> str:
     with open(path, "rb") as f:
         data = f.read()
     # surrogateescape keeps any byte: paths and passwords round-trip through `os.fsencode()`.
     return data.decode("utf-8", "surrogateescape")
 
 
-def _strerror(e: OSError) -> str:
+def os_error_text(e: OSError) -> str:
     return e.strerror or str(e)
 
 
@@ -366,11 +365,11 @@ def load(path: str | None = None, *, user_mode: bool | None = None) -> Config:
         path = getenv("DMA_CONF") or DEFAULT_CONF
     cfg = Config(path, user_mode=user_mode)
     try:
-        text = _read_text(path)
+        text = read_text(path)
     except FileNotFoundError:
         return cfg
     except OSError as e:
-        raise Fatal(EX_NOINPUT, f"can not open config `{path}': {_strerror(e)}") from None
+        raise Fatal(EX_NOINPUT, f"can not open config `{path}': {os_error_text(e)}") from None
     cfg.file_exists = True
     _parse_conf(cfg, path, text)
     if user_mode is None and cfg.user_mode and "SPOOLDIR" in cfg.key_lines:
@@ -528,85 +527,3 @@ def _convert(
     if kind == "argv":
         return value.split()
     raise AssertionError(kind)  # pragma: no cover
-
-
-# ---- auth.conf --------------------------------------------------------------------------------
-
-
-class AuthTable:
-    """Credentials from auth.conf, keyed by the exact host name (case-sensitive)."""
-
-    __slots__ = ("_by_host", "_by_login", "path")
-
-    path: str | None
-    _by_host: dict[str, tuple[str, str]]
-    _by_login: dict[tuple[str, str], str]
-
-    def __init__(self, path: str | None = None, entries: list[tuple[str, str, str]] | None = None) -> None:
-        """`entries` are (login, host, password) in file order: a later host replaces an earlier one."""
-        self.path = path
-        self._by_host = {}
-        self._by_login = {}
-        for login, host, password in entries or ():
-            self._by_host[host] = (login, password)
-            self._by_login[(host, login)] = password
-
-    def lookup(self, host: str, login: str | None = None) -> tuple[str, str] | None:
-        """(login, password) for `host` (the SMARTHOST as configured, or the MX name), or None.
-
-        `login` picks that login's line for the host (a ROUTE's `auth=`), else the last line wins.
-        """
-        if login is not None:
-            password = self._by_login.get((host, login))
-            return None if password is None else (login, password)
-        return self._by_host.get(host)
-
-    def __len__(self) -> int:
-        return len(self._by_host)
-
-    def __repr__(self) -> str:
-        return f"<AuthTable {self.path!r} hosts={sorted(self._by_host)!r}>"
-
-
-_AUTH_SEPARATORS = ":| \t"
-
-
-def load_auth(path: str) -> AuthTable:
-    """Parse auth.conf: `login|host<sep>password` lines, `<sep>` one of `:`, `|`, space, TAB.
-
-    The password is the rest of the line verbatim (only the newline is removed; bytes that are
-    not UTF-8 are kept as surrogate escapes). An unreadable or missing file raises `Fatal`
-    (EX_NOINPUT); a malformed line raises `ConfigError` (EX_CONFIG).
-    """
-    try:
-        text = _read_text(path)
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            msg = f"can not open auth file `{path}': {_strerror(e)}"
-        else:
-            msg = f"can not read auth file `{path}': {_strerror(e)}"
-        raise Fatal(EX_NOINPUT, msg) from None
-    entries: list[tuple[str, str, str]] = []
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        login, bar, rest = line.partition("|")
-        if not bar:
-            raise ConfigError(path, lineno, None, "syntax error: expected `login|host:password'")
-        for i, ch in enumerate(rest):
-            if ch in _AUTH_SEPARATORS:
-                host, password = rest[:i], rest[i + 1 :]
-                break
-        else:
-            raise ConfigError(
-                path, lineno, None, "syntax error: no `:', `|', space or TAB between host and password"
-            )
-        if not login:
-            raise ConfigError(path, lineno, None, "syntax error: empty login")
-        if not host:
-            raise ConfigError(path, lineno, None, "syntax error: empty host")
-        entries.append((login, host, password))
-    return AuthTable(path, entries)

@@ -232,7 +232,7 @@ def check_aliases(cfg: Config, report: Report) -> None:
 
 
 def check_auth(cfg: Config, report: Report) -> None:
-    from .config import load_auth
+    from .authconf import load_auth
 
     if not cfg.authpath:
         report.info("auth.conf", "AUTHPATH not set: no SMTP AUTH")
