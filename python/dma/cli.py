@@ -186,7 +186,7 @@ def dispatch(prog: str, args: list[str]) -> int:
     if prog == "mailq":
         if args not in ([], ["--json"]):
             raise Fatal(EX_USAGE, "invalid arguments")
-        from .queue import list_queue
+        from .control import list_queue
 
         list_queue(config.load(), sys.stdout, json=bool(args))
         return 0
@@ -195,7 +195,7 @@ def dispatch(prog: str, args: list[str]) -> int:
     opts = parse_args(args)
     cfg = config.load(opts.config)
     if opts.list_queue:
-        from .queue import list_queue
+        from .control import list_queue
 
         list_queue(cfg, sys.stdout)
         return 0

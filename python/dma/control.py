@@ -29,12 +29,43 @@ from .errors import EX_NOINPUT, EX_TEMPFAIL, EX_USAGE, Fatal
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import TextIO
 
     from . import _native
     from .config import Config
 
 USAGE = "usage: dma queue [-C FILE] list [--json] | show ID | hold|release|delete|bounce ID..."
 BOUNCE_TEXT = "bounced by the administrator"
+
+def list_queue(cfg: Config, out: TextIO, *, json: bool = False) -> None:
+    """Print the queue in C dma's `mailq` format (monitoring scripts parse it), or as JSON."""
+    from . import _native
+
+    entries = _native.scan_queue(cfg.spooldir)[0] if os.path.isdir(cfg.spooldir) else []
+    if json:
+        write_json(entries, out)
+        return
+    if not entries:
+        out.write("Mail queue is empty\n")
+        return
+    blocks = [f"ID\t: {e.id}\nFrom\t: {e.sender}\nTo\t: {e.recipient}\n" for e in entries]
+    out.write("--\n".join(blocks))
+
+
+def write_json(entries: list[_native.QueueEntry], out: TextIO) -> None:
+    """`mailq --json`: one object per entry with its state (the fields of docs/spool.md)."""
+    import json
+
+    fields = ("id", "message_id", "sender", "recipient", "created", "size", "attempts", "next_attempt")
+    rows = []
+    for e in entries:
+        row: dict[str, object] = {name: getattr(e, name) for name in fields}
+        row["last_error"] = e.last_error or None
+        row["state"] = e.state or ("deferred" if e.attempts else "queued")
+        rows.append(row)
+    json.dump(rows, out, indent=1)
+    out.write("\n")
+
 
 SUBCOMMANDS = ("list", "show", "hold", "release", "delete", "bounce")
 
@@ -117,8 +148,6 @@ class Control:
     # ---- read-only ----------------------------------------------------------------------------
 
     def listing(self, args: list[str]) -> int:
-        from .queue import list_queue
-
         if args not in ([], ["--json"]):
             raise Fatal(EX_USAGE, f"list takes only --json ({USAGE})")
         list_queue(self.cfg, sys.stdout, json=bool(args))

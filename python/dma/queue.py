@@ -21,7 +21,6 @@ from .routing import is_local
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from typing import TextIO
 
     from .config import Config
     from .remote import Destination, Transaction
@@ -33,34 +32,6 @@ BATCH = 1000
 # "failed": waiting for its bounce; "held": kept for the postmaster, never retried by itself.
 FINAL_STATES = ("failed", "held")
 POLL = 1.0
-
-
-def list_queue(cfg: Config, out: TextIO, *, json: bool = False) -> None:
-    """Print the queue in C dma's `mailq` format (monitoring scripts parse it), or as JSON."""
-    entries = _native.scan_queue(cfg.spooldir)[0] if os.path.isdir(cfg.spooldir) else []
-    if json:
-        write_json(entries, out)
-        return
-    if not entries:
-        out.write("Mail queue is empty\n")
-        return
-    blocks = [f"ID\t: {e.id}\nFrom\t: {e.sender}\nTo\t: {e.recipient}\n" for e in entries]
-    out.write("--\n".join(blocks))
-
-
-def write_json(entries: list[_native.QueueEntry], out: TextIO) -> None:
-    """`mailq --json`: one object per entry with its state (the fields of docs/spool.md)."""
-    import json
-
-    fields = ("id", "message_id", "sender", "recipient", "created", "size", "attempts", "next_attempt")
-    rows = []
-    for e in entries:
-        row: dict[str, object] = {name: getattr(e, name) for name in fields}
-        row["last_error"] = e.last_error or None
-        row["state"] = e.state or ("deferred" if e.attempts else "queued")
-        rows.append(row)
-    json.dump(rows, out, indent=1)
-    out.write("\n")
 
 
 class Selection:
