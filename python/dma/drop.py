@@ -148,4 +148,11 @@ def pick_up(cfg: Config, events: Log) -> int:
                 os.unlink(f"{base}/{prefix}{ident}")
             except FileNotFoundError:
                 pass
+            except IsADirectoryError:
+                # A submitter's directory under a drop name: removed when empty, else left
+                # (refused again next time); never followed or emptied by us.
+                try:
+                    os.rmdir(f"{base}/{prefix}{ident}")
+                except OSError:
+                    pass
     return taken
