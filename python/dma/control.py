@@ -24,7 +24,7 @@ import os
 import sys
 import time
 
-from .errors import EX_NOINPUT, EX_TEMPFAIL, EX_USAGE, Fatal
+from .errors import EX_NOINPUT, EX_NOPERM, EX_TEMPFAIL, EX_USAGE, Fatal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -41,7 +41,11 @@ def list_queue(cfg: Config, out: TextIO, *, json: bool = False) -> None:
     """Print the queue in C dma's `mailq` format (monitoring scripts parse it), or as JSON."""
     from . import _native
 
-    entries = _native.scan_queue(cfg.spooldir)[0] if os.path.isdir(cfg.spooldir) else []
+    try:
+        entries = _native.scan_queue(cfg.spooldir)[0] if os.path.isdir(cfg.spooldir) else []
+    except PermissionError:
+        # System mode: the spool is the runner's (root's) alone, as is every queued message.
+        raise Fatal(EX_NOPERM, f"the queue in `{cfg.spooldir}' can be listed by root only") from None
     if json:
         write_json(entries, out)
         return
