@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod errors;
 pub mod intake;
+pub mod journal;
 pub mod mailbox;
 pub mod reply;
 pub mod smtp;

@@ -1,10 +1,17 @@
 //! The only file that touches pyo3: converts arguments, releases the GIL around all I/O, and maps
 //! `DmaError` onto Python exceptions. Nothing here calls back into Python.
 
+use std::fs::File;
+use std::mem::ManuallyDrop;
+use std::os::fd::FromRawFd;
+use std::path::PathBuf;
+
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::errors::DmaError;
+use crate::intake::{IntakeOptions, MessageInfo as RustMessageInfo};
+use crate::spool::{self, Entry};
 
 impl From<DmaError> for PyErr {
     fn from(err: DmaError) -> PyErr {
@@ -19,14 +26,6 @@ impl From<DmaError> for PyErr {
 }
 
 // ---- spool ------------------------------------------------------------------------------------
-
-use std::fs::File;
-use std::mem::ManuallyDrop;
-use std::os::fd::FromRawFd;
-use std::path::PathBuf;
-
-use crate::intake::{IntakeOptions, MessageInfo as RustMessageInfo};
-use crate::spool::{self, Entry};
 
 /// A message being received into the spool (see `Incoming` in spool.rs).
 #[pyclass(module = "dma._native")]
@@ -255,10 +254,10 @@ fn sync_spool(py: Python<'_>, spooldir: PathBuf) -> PyResult<()> {
 }
 
 /// The entry ids in the spool's delivered journals, and the journal files to remove once those
-/// entries are gone (see spool.rs).
+/// entries are gone (see journal.rs).
 #[pyfunction]
 fn journal_take(py: Python<'_>, spooldir: PathBuf) -> PyResult<(Vec<String>, Vec<PathBuf>)> {
-    Ok(py.detach(|| spool::journal_take(&spooldir))?)
+    Ok(py.detach(|| crate::journal::journal_take(&spooldir))?)
 }
 
 /// Remove temporary and orphaned message files older than `max_age` seconds.

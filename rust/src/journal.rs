@@ -1,0 +1,155 @@
+//! The delivered journal: the entry ids of deliveries the server confirmed, written by the
+//! SMTP session at once and replayed by the runner, so that a crash between the server's reply
+//! and the runner's record never sends a message twice.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::errors::{DmaError, IoContext, Result};
+
+/// The journal of deliveries the server confirmed but the runner may not have recorded yet.
+const JOURNAL: &str = "delivered";
+
+/// How long confirmed deliveries may wait for the journal's sync (see `Journal`).
+const JOURNAL_SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// One session's writer of the delivered journal. Each confirmation is written at once, right
+/// after the server's reply, so a process that dies (even by SIGKILL) has always recorded it;
+/// the file is synced at most every `JOURNAL_SYNC_EVERY` and when the session ends, so a power
+/// failure can repeat at most that much, and a busy disk does not stall every message.
+pub struct Journal {
+    path: PathBuf,
+    last_sync: std::time::Instant,
+    unsynced: bool,
+}
+
+impl Journal {
+    pub fn new(dir: &Path) -> Journal {
+        Journal {
+            path: dir.join(JOURNAL),
+            last_sync: std::time::Instant::now(),
+            unsynced: false,
+        }
+    }
+
+    /// Append entry ids; sync when the last sync is old enough.
+    pub fn record(&mut self, ids: &[&str]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut text = ids.join("\n");
+        text.push('\n');
+        self.unsynced = true;
+        let due = self.last_sync.elapsed() >= JOURNAL_SYNC_EVERY;
+        self.write(text.as_bytes(), due)
+    }
+
+    /// Sync what was written (the end of a session).
+    pub fn sync(&mut self) -> Result<()> {
+        if self.unsynced {
+            self.write(b"", true)?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, text: &[u8], sync: bool) -> Result<()> {
+        // Opened per write, so that lines always go to the journal in place, not to one a
+        // replay has taken aside meanwhile.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&self.path)
+            .context(|| format!("can not write `{}'", self.path.display()))?;
+        f.write_all(text)
+            .context(|| format!("can not write `{}'", self.path.display()))?;
+        if sync {
+            f.sync_data()
+                .context(|| format!("can not sync `{}'", self.path.display()))?;
+            self.last_sync = std::time::Instant::now();
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+}
+
+/// A journal taken for replay: renamed out of the way of new appends, and removed by the caller
+/// only once the entries it names are removed, so a crash during the replay replays it again.
+const TAKEN: &str = "delivered.taken.";
+
+/// Take the journal for replay: the entry ids recorded in it and in any journal an earlier,
+/// interrupted replay left behind, and the files to remove when those entries are gone.
+pub fn journal_take(dir: &Path) -> Result<(Vec<String>, Vec<PathBuf>)> {
+    let path = dir.join(JOURNAL);
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let fresh = dir.join(format!("{TAKEN}{stamp}.{}", std::process::id()));
+    match fs::rename(&path, &fresh) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(DmaError::io(format!("can not take `{}'", path.display()), e)),
+    }
+    let mut ids = Vec::new();
+    let mut files = Vec::new();
+    let listing = fs::read_dir(dir).context(|| format!("can not read spool `{}'", dir.display()))?;
+    for item in listing.flatten() {
+        if !item.file_name().to_string_lossy().starts_with(TAKEN) {
+            continue;
+        }
+        let taken = item.path();
+        let text = fs::read_to_string(&taken).context(|| format!("can not read `{}'", taken.display()))?;
+        ids.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_owned));
+        files.push(taken);
+    }
+    Ok((ids, files))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("dma-journal-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_taken_journal_stays_until_its_replay_is_done() {
+        let dir = tempdir("journal");
+        assert_eq!(journal_take(&dir).unwrap(), (vec![], vec![]));
+        let mut journal = Journal::new(&dir);
+        journal.record(&["a.1", "b.2"]).unwrap();
+        journal.record(&["c.1"]).unwrap();
+        journal.sync().unwrap();
+        let (ids, files) = journal_take(&dir).unwrap();
+        assert_eq!(ids, ["a.1", "b.2", "c.1"]);
+        // A replay that died before removing its files: the next take sees those ids again,
+        // together with what was confirmed since.
+        journal.record(&["d.1"]).unwrap();
+        let (mut again, files2) = journal_take(&dir).unwrap();
+        again.sort();
+        assert_eq!(again, ["a.1", "b.2", "c.1", "d.1"]);
+        assert_eq!(files2.len(), 2);
+        assert!(files2.contains(&files[0]));
+        for f in files2 {
+            fs::remove_file(f).unwrap();
+        }
+        assert!(names(&dir).is_empty());
+    }
+}

@@ -1,0 +1,217 @@
+//! The message on the wire: the facts MAIL FROM needs (size, 8-bit) and the DATA encoding.
+
+use std::fs::File;
+use std::io::{self, Read, Seek};
+use std::path::Path;
+
+use super::CHUNK;
+
+/// Longest line on the wire, CRLF excluded (RFC 5321 4.5.3.1.6).
+pub const LINE_LIMIT: usize = 998;
+
+/// Facts about a message that MAIL FROM needs before the body is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageFacts {
+    /// Octets on the wire (CRLF line ends, broken long lines), without the final dot line
+    /// or stuffed dots, as RFC 1870 counts them.
+    pub wire_size: u64,
+    /// A byte above 127 somewhere: BODY=8BITMIME.
+    pub eight_bit: bool,
+}
+
+/// Open the message and scan it once (the second read, for DATA, comes from the page
+/// cache). The returned file is rewound.
+pub(super) fn open_message(path: &Path) -> io::Result<(File, MessageFacts)> {
+    let mut file = File::open(path)?;
+    let facts = scan(&mut file)?;
+    file.rewind()?;
+    Ok((file, facts))
+}
+
+pub fn scan(input: &mut impl Read) -> io::Result<MessageFacts> {
+    let mut encoder = DataEncoder::default();
+    let mut chunk = vec![0u8; CHUNK];
+    let mut out = Vec::with_capacity(3 * CHUNK);
+    let mut facts = MessageFacts {
+        wire_size: 0,
+        eight_bit: false,
+    };
+    loop {
+        let n = match input.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        facts.eight_bit |= !chunk[..n].is_ascii();
+        encoder.encode(&chunk[..n], &mut out);
+        facts.wire_size += out.len() as u64;
+        out.clear();
+    }
+    encoder.finish(&mut out);
+    facts.wire_size += out.len() as u64 - 3;
+    facts.wire_size -= encoder.stuffed;
+    Ok(facts)
+}
+
+/// Turns the spool's LF-terminated text into the DATA stream, chunk by chunk: CRLF line
+/// ends (a CR before LF, or a lone CR, also ends a line, so no bare CR reaches the wire),
+/// dot-stuffing, and lines over 998 octets broken by inserting CRLF SP, as Postfix's
+/// `smtp_line_length_limit` does (least harmful to MIME).
+#[derive(Debug, Default)]
+pub struct DataEncoder {
+    /// Octets already on the current wire line.
+    col: usize,
+    /// The previous input byte was a CR whose line end is not written yet.
+    pending_cr: bool,
+    /// Dots added by stuffing, so far.
+    pub stuffed: u64,
+}
+
+impl DataEncoder {
+    pub fn encode(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let mut rest = input;
+        while let Some((&first, tail)) = rest.split_first() {
+            if self.pending_cr {
+                self.pending_cr = false;
+                self.end_line(out);
+                if first == b'\n' {
+                    rest = tail;
+                    continue;
+                }
+            }
+            match first {
+                b'\n' => {
+                    self.end_line(out);
+                    rest = tail;
+                }
+                b'\r' => {
+                    self.pending_cr = true;
+                    rest = tail;
+                }
+                _ => {
+                    let len = rest
+                        .iter()
+                        .position(|&b| b == b'\n' || b == b'\r')
+                        .unwrap_or(rest.len());
+                    self.text(&rest[..len], out);
+                    rest = &rest[len..];
+                }
+            }
+        }
+    }
+
+    /// End the last line if it had no line end, and write the terminating dot.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.pending_cr || self.col > 0 {
+            self.end_line(out);
+        }
+        self.pending_cr = false;
+        out.extend_from_slice(b".\r\n");
+    }
+
+    fn end_line(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"\r\n");
+        self.col = 0;
+    }
+
+    /// Line content without CR or LF.
+    fn text(&mut self, mut run: &[u8], out: &mut Vec<u8>) {
+        while !run.is_empty() {
+            if self.col == 0 && run[0] == b'.' {
+                out.push(b'.');
+                self.col = 1;
+                self.stuffed += 1;
+            }
+            if self.col >= LINE_LIMIT {
+                out.extend_from_slice(b"\r\n ");
+                self.col = 1;
+            }
+            let take = (LINE_LIMIT - self.col).min(run.len());
+            out.extend_from_slice(&run[..take]);
+            self.col += take;
+            run = &run[take..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode_chunks(chunks: &[&[u8]]) -> Vec<u8> {
+        let mut enc = DataEncoder::default();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            enc.encode(chunk, &mut out);
+        }
+        enc.finish(&mut out);
+        out
+    }
+
+    fn encode(input: &[u8]) -> Vec<u8> {
+        encode_chunks(&[input])
+    }
+
+    #[test]
+    fn crlf_and_terminator() {
+        assert_eq!(encode(b"a\nb\n"), b"a\r\nb\r\n.\r\n");
+        assert_eq!(encode(b""), b".\r\n");
+        assert_eq!(encode(b"no newline"), b"no newline\r\n.\r\n");
+        assert_eq!(encode(b"\n\n"), b"\r\n\r\n.\r\n");
+    }
+
+    #[test]
+    fn existing_crlf_and_bare_cr() {
+        assert_eq!(encode(b"a\r\nb\n"), b"a\r\nb\r\n.\r\n");
+        // A lone CR becomes a line end, so "<CR>.<CR><LF>" cannot end DATA early anywhere.
+        assert_eq!(encode(b"a\r.\r\nb\n"), b"a\r\n..\r\nb\r\n.\r\n");
+        assert_eq!(encode(b"x\r"), b"x\r\n.\r\n");
+    }
+
+    #[test]
+    fn dot_stuffing() {
+        assert_eq!(encode(b".\n..x\nx.\n"), b"..\r\n...x\r\nx.\r\n.\r\n");
+    }
+
+    #[test]
+    fn chunk_boundaries_do_not_matter() {
+        let input = b"hello\r\n.dot\nline\r\r\n.\n";
+        let whole = encode(input);
+        for split in 0..input.len() {
+            let (a, b) = input.split_at(split);
+            assert_eq!(encode_chunks(&[a, b]), whole, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn long_lines_are_broken() {
+        let exact = vec![b'x'; LINE_LIMIT];
+        assert_eq!(encode(&exact), [&exact[..], b"\r\n.\r\n"].concat());
+        let long = vec![b'y'; LINE_LIMIT + 1];
+        let expected = [&long[..LINE_LIMIT], b"\r\n y\r\n.\r\n"].concat();
+        assert_eq!(encode(&long), expected);
+        // Continuation lines are also at most 998 octets, the SP included.
+        let very = vec![b'z'; 2500];
+        let out = encode(&very);
+        let lengths: Vec<usize> = out.split(|&b| b == b'\n').map(<[u8]>::len).collect();
+        // 998 + CR, SP + 997 + CR, SP + 505 + CR, ".\r", "".
+        assert_eq!(lengths, [LINE_LIMIT + 1, LINE_LIMIT + 1, 507, 2, 0]);
+        assert!(out[LINE_LIMIT + 2..].starts_with(b" z"));
+        // A stuffed dot counts towards the wire line.
+        let dotted = [&b"."[..], &vec![b'd'; LINE_LIMIT - 1]].concat();
+        let out = encode(&dotted);
+        assert!(out.starts_with(b".."));
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 3);
+    }
+
+    #[test]
+    fn scan_counts_wire_octets() {
+        let input = b"Subject: x\n\n.hi\n\xc3\xa9\n";
+        let facts = scan(&mut &input[..]).unwrap();
+        // CRLF for each LF; the stuffed dot is not counted.
+        assert_eq!(facts.wire_size, input.len() as u64 + 4);
+        assert!(facts.eight_bit);
+        assert!(!scan(&mut &b"plain\n"[..]).unwrap().eight_bit);
+    }
+}

@@ -1,0 +1,314 @@
+//! The SMTP client: one blocking session per call over std sockets, optionally inside rustls.
+//! Connect (trying each address in turn), greeting, EHLO with HELO fallback, STARTTLS or
+//! implicit TLS, AUTH, then whole transactions (MAIL, RCPT..., DATA) over the same
+//! connection, pipelined when the server allows, and QUIT. Every failure becomes a
+//! per-recipient `Outcome`, temporary or permanent; nothing here panics on hostile input or
+//! waits forever.
+//!
+//! One file per concern: `conn` (the buffered socket and reply reading), `session` (connect,
+//! greeting, EHLO, STARTTLS, AUTH, QUIT), `transaction` (MAIL, RCPT, DATA) and `data` (the DATA
+//! encoding).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::auth::Mechanism;
+use crate::reply::Reply;
+use crate::tls::{TlsInfo, TlsPolicy};
+
+mod conn;
+mod data;
+mod session;
+mod transaction;
+
+pub use data::{scan, DataEncoder, MessageFacts, LINE_LIMIT};
+
+use session::Session;
+
+/// Longest reply line we accept (RFC 5321 allows 512; be generous, not unbounded).
+const MAX_LINE: usize = 4096;
+/// Size of one DATA write, and of one read from the message file.
+const CHUNK: usize = 64 * 1024;
+/// Commands per pipelined write: small enough that the server's replies to one batch
+/// always fit its socket buffer, so neither side can block the other.
+const PIPELINE_BATCH: usize = 100;
+/// How long we wait for the reply to QUIT: its outcome changes nothing.
+const QUIT_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    None,
+    /// STARTTLS is required: without it, fail temporarily before any mail is sent.
+    StartTls,
+    /// STARTTLS when offered and accepted, plain text otherwise.
+    Opportunistic,
+    /// TLS from the first byte (port 465).
+    Implicit,
+}
+
+impl FromStr for TlsMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(TlsMode::None),
+            "starttls" => Ok(TlsMode::StartTls),
+            "opportunistic" => Ok(TlsMode::Opportunistic),
+            "implicit" => Ok(TlsMode::Implicit),
+            _ => Err(format!(
+                "invalid tls mode {s:?} (none, starttls, opportunistic or implicit)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    pub sender: String,
+    pub recipients: Vec<String>,
+    /// A spool message file: the whole message with LF line endings.
+    pub message: PathBuf,
+    /// Per recipient: the queue entry to write to the delivered journal once the server has
+    /// taken the message (empty: nothing to write).
+    pub journal_ids: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct Credentials {
+    pub login: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({:?}, <hidden>)", self.login)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Name for SNI, certificate checks and messages.
+    pub host: String,
+    /// Addresses to try, in order.
+    pub addresses: Vec<IpAddr>,
+    pub port: u16,
+    pub helo: String,
+    pub tls_mode: TlsMode,
+    pub tls: TlsPolicy,
+    pub credentials: Option<Credentials>,
+    /// Mechanisms we may use; `None` means CRAM-MD5, PLAIN and LOGIN.
+    pub mechanisms: Option<Vec<Mechanism>>,
+    pub allow_insecure_auth: bool,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub verbose: bool,
+    /// The spool whose delivered journal records confirmed recipients (see `journal::Journal`).
+    pub journal: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Sent,
+    Temporary,
+    Permanent,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Sent => "sent",
+            Status::Temporary => "temporary",
+            Status::Permanent => "permanent",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Connect,
+    Tls,
+    Greeting,
+    Ehlo,
+    StartTls,
+    Auth,
+    Size,
+    Mail,
+    Rcpt,
+    Data,
+    Dot,
+    Quit,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::Tls => "tls",
+            Stage::Greeting => "greeting",
+            Stage::Ehlo => "ehlo",
+            Stage::StartTls => "starttls",
+            Stage::Auth => "auth",
+            Stage::Size => "size",
+            Stage::Mail => "mail",
+            Stage::Rcpt => "rcpt",
+            Stage::Data => "data",
+            Stage::Dot => "dot",
+            Stage::Quit => "quit",
+        }
+    }
+}
+
+/// What happened to one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub status: Status,
+    pub stage: Stage,
+    /// The SMTP reply code, 0 when there was no reply.
+    pub code: u16,
+    pub enhanced: Option<String>,
+    pub text: String,
+}
+
+impl Outcome {
+    fn temporary(stage: Stage, text: impl Into<String>) -> Self {
+        Outcome {
+            status: Status::Temporary,
+            stage,
+            code: 0,
+            enhanced: None,
+            text: text.into(),
+        }
+    }
+
+    fn permanent(stage: Stage, enhanced: &str, text: impl Into<String>) -> Self {
+        Outcome {
+            status: Status::Permanent,
+            stage,
+            code: 0,
+            enhanced: Some(enhanced.to_owned()),
+            text: text.into(),
+        }
+    }
+
+    /// A reply outside the expected class: 5xx is permanent, anything else temporary.
+    fn from_reply(stage: Stage, reply: &Reply) -> Self {
+        let status = match reply.class() {
+            2 => Status::Sent,
+            5 => Status::Permanent,
+            _ => Status::Temporary,
+        };
+        Outcome {
+            status,
+            stage,
+            code: reply.code,
+            enhanced: reply.enhanced.clone(),
+            text: reply.text(),
+        }
+    }
+
+    fn with_text_prefix(mut self, prefix: &str) -> Self {
+        self.text = format!("{prefix}{}", self.text);
+        self
+    }
+}
+
+/// Everything the caller learns from one session.
+#[derive(Debug, Clone, Default)]
+pub struct SessionReport {
+    /// Per transaction, per recipient, in input order.
+    pub results: Vec<Vec<Outcome>>,
+    pub address: Option<IpAddr>,
+    pub tls: Option<TlsInfo>,
+    pub auth_mechanism: Option<Mechanism>,
+    /// EHLO keywords, upper case (from the last EHLO, i.e. after STARTTLS).
+    pub extensions: Vec<String>,
+    /// Why the connection could not be used, if it could not: also what every recipient from
+    /// that point got, and the only report of a session without transactions (a probe).
+    pub failure: Option<Outcome>,
+}
+
+/// Run one whole session. Never fails as a whole: failures are recorded per recipient.
+pub fn run_session(cfg: &SessionConfig, transactions: &[Transaction]) -> SessionReport {
+    let mut report = SessionReport::default();
+    let mut session = match Session::connect(cfg, &mut report) {
+        Ok(session) => session,
+        Err(failure) => {
+            fill_from(&mut report, transactions, &failure);
+            return report;
+        }
+    };
+    if let Err(failure) = session.setup() {
+        session.quit();
+        session.finish(&mut report);
+        fill_from(&mut report, transactions, &failure);
+        return report;
+    }
+    for tx in transactions {
+        let (outcomes, broken) = session.transaction(tx);
+        report.results.push(outcomes);
+        if let Some(failure) = broken {
+            session.quit();
+            session.finish(&mut report);
+            fill_from(&mut report, transactions, &failure);
+            return report;
+        }
+    }
+    session.quit();
+    session.finish(&mut report);
+    report
+}
+
+/// Give every recipient of the transactions not yet reported the session's failure.
+fn fill_from(report: &mut SessionReport, transactions: &[Transaction], failure: &Outcome) {
+    report.failure = Some(failure.clone());
+    for tx in &transactions[report.results.len()..] {
+        report.results.push(vec![failure.clone(); tx.recipients.len()]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_modes_parse() {
+        assert_eq!("implicit".parse::<TlsMode>().unwrap(), TlsMode::Implicit);
+        assert!("tls".parse::<TlsMode>().is_err());
+    }
+
+    #[test]
+    fn unreachable_addresses_fail_temporarily() {
+        // Port 1 on loopback: refused at once.
+        let cfg = SessionConfig {
+            host: "mx.test".into(),
+            addresses: vec!["127.0.0.1".parse().unwrap()],
+            port: 1,
+            helo: "client.test".into(),
+            tls_mode: TlsMode::None,
+            tls: TlsPolicy::default(),
+            credentials: None,
+            mechanisms: None,
+            allow_insecure_auth: false,
+            connect_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(2),
+            verbose: false,
+            journal: None,
+        };
+        let tx = Transaction {
+            sender: "a@b".into(),
+            recipients: vec!["c@d".into(), "e@f".into()],
+            message: "/nonexistent".into(),
+            journal_ids: Vec::new(),
+        };
+        let report = run_session(&cfg, &[tx.clone(), tx]);
+        assert_eq!(report.results.len(), 2);
+        assert!(report
+            .results
+            .iter()
+            .flatten()
+            .all(|o| o.status == Status::Temporary && o.stage == Stage::Connect));
+        assert_eq!(report.address, None);
+    }
+}
