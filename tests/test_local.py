@@ -6,8 +6,10 @@ import errno
 import grp
 import os
 import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from dataclasses import dataclass
@@ -379,6 +381,7 @@ def test_disk_full_truncates_back(tmp_path: Path) -> None:
 # size, not this process's.
 RSS_CHILD = """
 import sys
+import tempfile
 from dma import _native
 def peak_kib():
     with open("/proc/self/status") as f:
@@ -457,10 +460,32 @@ def test_maildir_returns_name_and_refuses_symlinked_new(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(os.getuid() != 0, reason="system mode chowns: needs root")
 def test_maildir_system_mode_owned_by_user(tmp_path: Path) -> None:
+    # System mode delivers into a Maildir as its owner, so the user must be able to reach it:
+    # a world-traversable tree outside pytest's root-only tmp_path, with a directory of theirs.
     nobody = pwd.getpwnam("nobody")
     m = spool(tmp_path, b"x\n")
-    local.deliver("nobody", "a@x", m, Cfg(str(tmp_path), maildir=str(tmp_path / "%u"), user_mode=False))
-    md = tmp_path / "nobody"
+    base = Path(tempfile.mkdtemp(prefix="dma-maildir-"))
+    try:
+        os.chmod(base, 0o755)
+        homes = base / "homes"
+        homes.mkdir()
+        os.chown(homes, nobody.pw_uid, nobody.pw_gid)
+        local.deliver("nobody", "a@x", m, Cfg(str(tmp_path), maildir=str(homes / "%u"), user_mode=False))
+        check_maildir_owner(homes / "nobody", nobody)
+    finally:
+        shutil.rmtree(base)
+
+
+def test_maildir_system_mode_cannot_be_led_outside_the_users_reach(tmp_path: Path) -> None:
+    # The user may point the Maildir path anywhere: root's own directory stays untouched.
+    m = spool(tmp_path, b"x\n")
+    with pytest.raises(DeliveryFailure) as e:
+        local.deliver("nobody", "a@x", m, Cfg(str(tmp_path), maildir=str(tmp_path / "%u"), user_mode=False))
+    assert not e.value.permanent
+    assert not (tmp_path / "nobody").exists()
+
+
+def check_maildir_owner(md: Path, nobody: pwd.struct_passwd) -> None:
     for d in (md, md / "new", md / "cur", md / "tmp"):
         st = os.stat(d)
         assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (nobody.pw_uid, nobody.pw_gid, 0o700)

@@ -66,7 +66,7 @@ def mbox_append(
 ) -> None: ...
 def maildir_deliver(
     maildir: str | PathLike[str],
-    message: str | PathLike[str],
+    message: int | str | PathLike[str],  # the M file's path, or a descriptor open on it
     hostname: str,
     create: tuple[int, int] | None = None,
 ) -> str: ...

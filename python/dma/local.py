@@ -80,8 +80,10 @@ def deliver(
     try:
         if cfg.maildir:
             path = _expand_maildir(cfg.maildir, pw)
-            owner = None if cfg.user_mode else (pw.pw_uid, pw.pw_gid)
-            _native.maildir_deliver(path, message_path, cfg.mailname, owner)
+            if os.geteuid() == 0 and pw.pw_uid != 0:
+                _maildir_as_user(pw, path, message_path, cfg.mailname)
+            else:
+                _native.maildir_deliver(path, message_path, cfg.mailname, None)
         else:
             mbox = os.path.join(cfg.mboxdir, pw.pw_name)
             if cfg.user_mode:
@@ -97,6 +99,49 @@ def deliver(
         raise DeliveryFailure(f"local delivery to {user} failed: {e.strerror or e}", permanent=False) from e
     except ValueError as e:
         raise DeliveryFailure(f"local delivery to {user} failed: {e}", permanent=True) from e
+
+
+def _maildir_as_user(pw: pwd.struct_passwd, path: str, message_path: str, hostname: str) -> None:
+    """Deliver into a Maildir in the user's own tree as that user, never as root: whatever the
+    user did to the directories on the way (a symlink to a root-only place, say), the kernel
+    checks our access as theirs. A forked child opens the spooled message while still root, then
+    gives up root and delivers from the open file."""
+    message_fd = os.open(message_path, os.O_RDONLY | os.O_CLOEXEC)
+    read_end, write_end = os.pipe()
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through the pipe and its exit status
+            status = 0
+            try:
+                os.setgroups([])
+                os.setgid(pw.pw_gid)
+                os.setuid(pw.pw_uid)
+                _native.maildir_deliver(path, message_fd, hostname, None)
+            except OSError as e:
+                os.write(write_end, f"{e.errno}:{e.strerror or e}".encode("utf-8", "replace"))
+                status = 1
+            except ValueError as e:
+                os.write(write_end, f"0:{e}".encode("utf-8", "replace"))
+                status = 2
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        write_end = -1
+        report = os.read(read_end, 4096).decode("utf-8", "replace")
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(message_fd)
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+    code = os.waitstatus_to_exitcode(status)
+    if code == 2:
+        raise ValueError(report.partition(":")[2])
+    if code != 0:
+        errno_text, _, text = report.partition(":")
+        raise OSError(
+            int(errno_text) if errno_text.isdigit() else 0, text or f"delivery process ended with {code}"
+        )
 
 
 def _safe_name(name: str) -> bool:

@@ -342,7 +342,18 @@ pub fn maildir_deliver(
     hostname: &str,
     create: Option<(u32, u32)>,
 ) -> Result<String> {
-    let mut input = File::open(message).context(|| format!("can not open {}", message.display()))?;
+    let input = File::open(message).context(|| format!("can not open {}", message.display()))?;
+    maildir_deliver_from(maildir, input, hostname, create)
+}
+
+/// `maildir_deliver` from a message file opened by the caller: a process that gave up root to
+/// deliver as the mailbox's owner can still read the spool's copy it opened before.
+pub fn maildir_deliver_from(
+    maildir: &Path,
+    mut input: File,
+    hostname: &str,
+    create: Option<(u32, u32)>,
+) -> Result<String> {
     let top = open_or_make_dir(None, maildir, create)?;
     let tmp =
         open_or_make_dir(Some(&top), Path::new("tmp"), create).map_err(|e| rename_ctx(e, maildir, "tmp"))?;

@@ -287,17 +287,38 @@ fn mbox_append(
     Ok(())
 }
 
+/// A spooled message: its path, or a descriptor opened by the caller (left open).
+#[derive(FromPyObject)]
+enum MessageFile {
+    Fd(i32),
+    Path(PathBuf),
+}
+
 /// Deliver a spooled message into a Maildir, GIL released; returns the file name in `new/`.
 #[pyfunction]
 #[pyo3(signature = (maildir, message, hostname, create=None))]
 fn maildir_deliver(
     py: Python<'_>,
-    maildir: std::path::PathBuf,
-    message: std::path::PathBuf,
+    maildir: PathBuf,
+    message: MessageFile,
     hostname: &str,
     create: Option<(u32, u32)>,
 ) -> PyResult<String> {
-    Ok(py.detach(|| crate::mailbox::maildir_deliver(&maildir, &message, hostname, create))?)
+    Ok(py.detach(|| match message {
+        MessageFile::Path(path) => crate::mailbox::maildir_deliver(&maildir, &path, hostname, create),
+        MessageFile::Fd(fd) => {
+            // SAFETY: `fd` is the caller's open descriptor; we read a duplicate and close only that.
+            let dup = unsafe { libc::dup(fd) };
+            if dup < 0 {
+                return Err(crate::errors::DmaError::io(
+                    "reading the message",
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            let input = unsafe { File::from_raw_fd(dup) };
+            crate::mailbox::maildir_deliver_from(&maildir, input, hostname, create)
+        }
+    })?)
 }
 
 // ---- smtp -------------------------------------------------------------------------------------
