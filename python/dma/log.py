@@ -2,26 +2,23 @@
 same event as a JSON line to `LOGFILE` (a path, or `-` for standard error) when configured.
 
 Events carry only what an operator needs: ids, addresses, hosts, outcomes and server replies.
-Nothing here ever receives a password or token. The `logging` package is not used: it costs more
-to import than a whole submission.
+Nothing here ever receives a password or token. Neither `logging` nor the `syslog` module is
+used: syslog goes through the C library from Rust, so a submission's log line costs no import.
 """
 
 from __future__ import annotations
 
 import posix
-import syslog
 import time
+
+from . import _native
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .config import Config
 
-_PRIORITIES = {
-    "info": syslog.LOG_INFO,
-    "notice": syslog.LOG_NOTICE,
-    "err": syslog.LOG_ERR,
-    "crit": syslog.LOG_CRIT,
-}
+# syslog(3) levels.
+_PRIORITIES = {"crit": 2, "err": 3, "notice": 5, "info": 6}
 
 
 def _json_string(value: str) -> str:
@@ -57,15 +54,11 @@ class Log:
     def __init__(self, cfg: Config, tag: str = "dma") -> None:
         self.tag = tag
         self.logfile = cfg.logfile
-        self.opened = False
 
     def event(self, level: str, event: str, text: str, **fields: str | int | None) -> None:
         """`text` is the human line; `fields` are the structured details (also in the JSON)."""
-        if not self.opened:
-            syslog.openlog(self.tag, syslog.LOG_PID, syslog.LOG_MAIL)
-            self.opened = True
         queue_id = fields.get("id")
-        syslog.syslog(_PRIORITIES.get(level, syslog.LOG_INFO), f"{queue_id}: {text}" if queue_id else text)
+        _native.syslog(self.tag, _PRIORITIES.get(level, 6), f"{queue_id}: {text}" if queue_id else text)
         if self.logfile:
             record: dict[str, str | int | None] = {
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -88,7 +81,9 @@ class Log:
                 self.logfile or "", posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC, 0o640
             )
         except OSError as e:
-            syslog.syslog(syslog.LOG_ERR, f"can not write LOGFILE {self.logfile}: {e.strerror}")
+            _native.syslog(
+                self.tag, _PRIORITIES["err"], f"can not write LOGFILE {self.logfile}: {e.strerror}"
+            )
             return
         try:
             posix.write(fd, data)  # one write with O_APPEND: lines from concurrent processes stay whole

@@ -10,6 +10,7 @@ pub mod mailbox;
 pub mod reply;
 pub mod smtp;
 pub mod spool;
+pub mod syslog;
 pub mod tls;
 
 mod py_api;

@@ -321,6 +321,14 @@ fn maildir_deliver(
     })?)
 }
 
+// ---- syslog -----------------------------------------------------------------------------------
+
+/// One line to syslog's mail facility as `ident[pid]` (see syslog.rs).
+#[pyfunction]
+fn syslog(ident: &str, priority: i32, text: &str) {
+    crate::syslog::send(ident, priority, text);
+}
+
 // ---- smtp -------------------------------------------------------------------------------------
 
 /// What happened to one recipient in an SMTP session.
@@ -546,6 +554,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(journal_take, m)?)?;
     m.add_function(wrap_pyfunction!(sync_spool, m)?)?;
     m.add_function(wrap_pyfunction!(sync_dir, m)?)?;
+    m.add_function(wrap_pyfunction!(syslog, m)?)?;
     // mailbox registrations
     m.add_function(wrap_pyfunction!(mbox_append, m)?)?;
     m.add_function(wrap_pyfunction!(maildir_deliver, m)?)?;
