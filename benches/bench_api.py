@@ -1,4 +1,4 @@
-# ruff: noqa: E501
+# ruff: noqa: E501, RUF001
 """Durable messages per second queued from ONE running Python process through `dma.api`, one by one
 and in batches (`dma.api.Batch`, one syncfs per batch), next to the command-line rate of our
 `sendmail -bq` and of C dma's `dma -bq` (one process per message), all in one run.
@@ -145,8 +145,10 @@ class CDma:
     @staticmethod
     def is_default(text: str) -> bool:
         lines = [line.strip() for line in text.splitlines()]
-        return "benches/" not in text and "DEFER" not in lines and not any(
-            line.startswith("SPOOLDIR") for line in lines
+        return (
+            "benches/" not in text
+            and "DEFER" not in lines
+            and not any(line.startswith("SPOOLDIR") for line in lines)
         )
 
     def __enter__(self) -> CDma:
@@ -157,7 +159,9 @@ class CDma:
             if self.is_default(original.decode("utf-8", "replace")):
                 break
             if time.monotonic() > deadline:
-                raise SystemExit(f"{C_CONF} was not Debian's default for {C_WAIT:.0f} s: another benchmark holds it")
+                raise SystemExit(
+                    f"{C_CONF} was not Debian's default for {C_WAIT:.0f} s: another benchmark holds it"
+                )
             log(f"{C_CONF} is in use by another benchmark; waiting")
             time.sleep(5)
         self.original = original
@@ -215,41 +219,62 @@ def facts() -> list[tuple[str, str]]:
     c_version = subprocess.run(
         ["dpkg-query", "-W", "-f", "${Version}", "dma"], capture_output=True, text=True, check=False
     ).stdout
-    fs = subprocess.run(["stat", "-f", "-c", "%T", "/var/tmp"], capture_output=True, text=True, check=False).stdout
+    fs = subprocess.run(
+        ["stat", "-f", "-c", "%T", "/var/tmp"], capture_output=True, text=True, check=False
+    ).stdout
     return [
         ("date", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")),
         ("machine", f"`nproc` = {os.cpu_count()}, {cpu}, {platform.machine()}, Linux {platform.release()}"),
         ("load average at start", load),
-        ("our dma", f"`pip install /work/main` (release), built at git {head}; Python {platform.python_version()}"),
+        (
+            "our dma",
+            f"`pip install /work/main` (release), built at git {head}; Python {platform.python_version()}",
+        ),
         ("C dma", f"Debian `dma` {c_version}"),
         ("spools", f"/var/tmp/… (ours) and {C_SPOOL} (C dma), one file system ({fs.strip()})"),
     ]
 
 
-def report(rounds: list[dict[str, float]], args: argparse.Namespace, started: float, load: list[tuple[str, str]]) -> str:
+def report(
+    rounds: list[dict[str, float]], args: argparse.Namespace, started: float, load: list[tuple[str, str]]
+) -> str:
     med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
     lo = {k: min(r[k] for r in rounds) for k in rounds[0]}
     hi = {k: max(r[k] for r in rounds) for k in rounds[0]}
     c = med["c_cli"]
     rows = [
-        ("single", f"ours `dma.api.submit(bytes)`, one by one (each durable: fsyncs + wake check)", args.single),
+        (
+            "single",
+            "ours `dma.api.submit(bytes)`, one by one (each durable: fsyncs + wake check)",
+            args.single,
+        ),
         ("batch100", "ours `dma.api.Batch`, batches of 100 (one syncfs per batch)", args.total),
         ("batch1000", "ours `dma.api.Batch`, batches of 1000", args.total),
-        ("batch1000obj", "ours `dma.api.Batch`, batches of 1000, `EmailMessage` objects (serialised by `email`)", args.total),
+        (
+            "batch1000obj",
+            "ours `dma.api.Batch`, batches of 1000, `EmailMessage` objects (serialised by `email`)",
+            args.total,
+        ),
         ("our_cli", "ours `sendmail -bq` (pip console script), one process per message", args.cli),
         ("c_cli", "C dma `dma -bq`, one process per message", args.cli),
     ]
     out = [BEGIN, "## Submission from a running program (`bench_api.py`)", ""]
-    out.append("Written by `python benches/bench_api.py`; 1 KB message, one recipient, DEFER, nothing delivered.")
+    out.append(
+        "Written by `python benches/bench_api.py`; 1 KB message, one recipient, DEFER, nothing delivered."
+    )
     out.append("")
     out += [f"- **{k}**: {v}" for k, v in load]
     out.append("")
-    out.append(f"Durable messages per second, median of {len(rounds)} rounds (min – max); one process submits them all.")
+    out.append(
+        f"Durable messages per second, median of {len(rounds)} rounds (min – max); one process submits them all."
+    )
     out.append("")
     out.append("| how | messages per round | msg/s (median) | min – max | ÷ C dma CLI |")
     out.append("|---|---:|---:|---:|---:|")
     for key, label, n in rows:
-        out.append(f"| {label} | {n} | {med[key]:,.0f} | {lo[key]:,.0f} – {hi[key]:,.0f} | {med[key] / c:.1f}× |")
+        out.append(
+            f"| {label} | {n} | {med[key]:,.0f} | {lo[key]:,.0f} – {hi[key]:,.0f} | {med[key] / c:.1f}× |"
+        )
     out.append("")
     best = max(med["batch100"], med["batch1000"])
     verdict = "met" if best >= TARGET else "NOT met"
@@ -297,9 +322,13 @@ def build(skip: bool) -> None:
         subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
     env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(OUT, "target"))
     log("pip install /work/main (maturin release build)")
-    subprocess.run([VPY, "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", ROOT], check=True, env=env)
+    subprocess.run(
+        [VPY, "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", ROOT], check=True, env=env
+    )
     subprocess.run([VPY, "-m", "pip", "install", "-q", ROOT], check=True, env=env)
-    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    head = subprocess.run(
+        ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    )
     dirty = subprocess.run(
         ["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no", "--", "python", "rust"],
         capture_output=True,
@@ -307,7 +336,11 @@ def build(skip: bool) -> None:
         check=False,
     )
     with open(os.path.join(OUT, "build-info.txt"), "w") as f:
-        f.write(head.stdout.strip() + (" (python/ or rust/ had uncommitted changes)" if dirty.stdout else "") + "\n")
+        f.write(
+            head.stdout.strip()
+            + (" (python/ or rust/ had uncommitted changes)" if dirty.stdout else "")
+            + "\n"
+        )
 
 
 def main() -> None:
@@ -346,7 +379,17 @@ def main() -> None:
             for r in range(args.rounds):
                 log(f"round {r + 1}/{args.rounds}: API in {VPY}")
                 p = subprocess.run(
-                    [VPY, os.path.abspath(__file__), "--worker", conf, spool, "--single", str(args.single), "--total", str(args.total)],
+                    [
+                        VPY,
+                        os.path.abspath(__file__),
+                        "--worker",
+                        conf,
+                        spool,
+                        "--single",
+                        str(args.single),
+                        "--total",
+                        str(args.total),
+                    ],
                     capture_output=True,
                     text=True,
                     check=False,
@@ -356,12 +399,14 @@ def main() -> None:
                     raise SystemExit(f"worker failed: {p.stderr}")
                 row: dict[str, float] = json.loads(p.stdout)
                 log(f"round {r + 1}: our sendmail -bq x {args.cli}")
-                row["our_cli"] = cli_rate([os.path.join(VENV, "bin", "sendmail"), "-C", conf, "-bq", RCPT], msg_path, args.cli)
+                row["our_cli"] = cli_rate(
+                    [os.path.join(VENV, "bin", "sendmail"), "-C", conf, "-bq", RCPT], msg_path, args.cli
+                )
                 clean_dir(spool)
                 log(f"round {r + 1}: C dma -bq x {args.cli}")
                 row["c_cli"] = cli_rate([C_DMA, "-bq", RCPT], msg_path, args.cli)
                 CDma.clean()
-                log("round %d: %s" % (r + 1, ", ".join(f"{k} {v:,.0f}/s" for k, v in row.items())))
+                log(f"round {r + 1}: " + ", ".join(f"{k} {v:,.0f}/s" for k, v in row.items()))
                 rounds.append(row)
         section = report(rounds, args, started, load)
     finally:
