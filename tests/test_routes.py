@@ -101,3 +101,18 @@ def test_sender_route_with_its_own_tls_and_login(dma_env: DmaEnv, certs: Certs) 
     assert relay.handler.messages[0].session.ssl is not None, "the route's STARTTLS was used"
     assert relay.handler.auth_seen, "the route's login was used"
     assert [m.rcpt_tos for m in default.handler.messages] == [["y@anywhere.test"]]
+
+
+def test_doctor_shows_the_route_an_address_takes(dma_env: DmaEnv) -> None:
+    with Smtpd() as routed:
+        dma_env.smarthost = f"SMARTHOST 127.0.0.1\nPORT 1\nROUTE to:routed.test 127.0.0.1:{routed.port} plain"
+        dma_env.write_conf()
+        run = dma_env.run(["doctor", "a@routed.test"], prog="dma")
+        out = run.stdout.decode()
+        line = (
+            dma_env.conf.read_text().splitlines().index(f"ROUTE to:routed.test 127.0.0.1:{routed.port} plain")
+            + 1
+        )
+        assert f"a@routed.test -> relay 127.0.0.1 port {routed.port} (ROUTE at line {line})" in out, out
+        assert routed.handler.ehlo_count >= 1, "doctor probed the route's relay"
+        assert routed.handler.mails == [], "and sent nothing"

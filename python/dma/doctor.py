@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from . import _native
     from .config import Config
+    from .routes import Route
     from .routing import Target
 
 USAGE = "usage: dma doctor [-C FILE] [-v] [-n] [ADDRESS...]"
@@ -134,8 +135,8 @@ def run(opts: Options, out: TextIO) -> int:
     check_auth(cfg, report)
     targets = check_routes(cfg, opts.addresses, report)
     if opts.connect:
-        for target in targets:
-            probe(cfg, target, report, verbose=opts.verbose)
+        for target, route in targets:
+            probe(cfg, target, report, verbose=opts.verbose, route=route)
     elif targets:
         report.info("smtp", "not connecting (-n)")
     return report.code
@@ -264,30 +265,35 @@ def check_auth(cfg: Config, report: Report) -> None:
 # ---- routes -------------------------------------------------------------------------------------
 
 
-def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[Target]:
-    """Print where each address goes; returns the remote hosts to probe, without repeats."""
+def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[tuple[Target, Route | None]]:
+    """Print where each address goes; returns the remote hosts to probe (with the ROUTE that
+    leads there, if one does), without repeats."""
+    from .remote import destination, targets
     from .routing import RouteError, targets_for
 
-    targets: dict[tuple[str, int], Target] = {}
+    found_hosts: dict[tuple[str, int], tuple[Target, Route | None]] = {}
 
     def remote(address: str, indent: str) -> None:
-        domain = address.rpartition("@")[2]
+        dest = destination(cfg, "", address)
         try:
-            found = targets_for(domain, cfg)
+            found = targets(cfg, dest)
         except RouteError as e:
             report.fail("route", f"{indent}{address}: {e}")
             return
-        if cfg.smarthost:
+        route = dest.route
+        via = f" (ROUTE at line {route.line})" if route is not None else ""
+        if (route is not None and route.host != "mx") or (route is None and cfg.smarthost):
             t = found[0]
-            report.passed("route", f"{indent}{address} -> smarthost {t.name} port {t.port}", addrs(t))
+            kind = "smarthost" if route is None else "relay"
+            report.passed("route", f"{indent}{address} -> {kind} {t.name} port {t.port}{via}", addrs(t))
         else:
             report.passed(
                 "route",
-                f"{indent}{address} -> {len(found)} host(s) for {domain}, port 25",
+                f"{indent}{address} -> {len(found)} host(s) for {dest.domain}, port 25{via}",
                 *(f"MX {t.preference} {t.name}: {addrs(t)}" for t in found),
             )
         for t in found:
-            targets.setdefault((t.name, t.port), t)
+            found_hosts.setdefault((t.name, t.port), (t, route))
 
     if not addresses:
         if cfg.smarthost:
@@ -297,13 +303,13 @@ def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[Targ
                 report.fail("route", f"smarthost {cfg.smarthost}: {e}")
             else:
                 report.passed("route", f"smarthost {t.name} port {t.port}: {addrs(t)}")
-                targets[(t.name, t.port)] = t
+                found_hosts[(t.name, t.port)] = (t, None)
         else:
             report.info("route", "no SMARTHOST and no ADDRESS given: nothing to connect to")
-        return list(targets.values())
+        return list(found_hosts.values())
     for given in addresses:
         route_one(cfg, given, report, remote)
-    return list(targets.values())
+    return list(found_hosts.values())
 
 
 def addrs(target: Target) -> str:
@@ -359,24 +365,30 @@ def mailbox_of(cfg: Config, user: str) -> str:
 # ---- SMTP ---------------------------------------------------------------------------------------
 
 
-def probe(cfg: Config, target: Target, report: Report, *, verbose: bool) -> None:
+def probe(cfg: Config, target: Target, report: Report, *, verbose: bool, route: Route | None = None) -> None:
     """One SMTP session to `target` that sends no mail; prints what the server offers."""
     from .remote import credentials, describe, session, tls_mode
     from .routing import RouteError
 
     where = f"{target.name} port {target.port}"
     try:
-        login, secret, mechanisms = credentials(cfg, target.name)
+        login, secret, mechanisms = credentials(cfg, target.name, route)
     except (RouteError, Fatal) as e:
         report.fail("auth", f"{where}: {e}")
         login = secret = mechanisms = None
     if secret:
         report.secrets.append(secret)
-    mode = tls_mode(cfg)
+    mode = tls_mode(cfg, route)
     try:
         # A probe: no transactions, so greeting, EHLO, STARTTLS, AUTH and QUIT; no mail.
         result = session(
-            cfg, target, target.addresses, [], credentials=(login, secret, mechanisms), verbose=verbose
+            cfg,
+            target,
+            target.addresses,
+            [],
+            route=route,
+            credentials=(login, secret, mechanisms),
+            verbose=verbose,
         )
     except ValueError as e:
         report.fail("smtp", f"{where}: {e}")
