@@ -114,8 +114,10 @@ impl Incoming {
         let file = out
             .into_inner()
             .map_err(|e| DmaError::io("writing the spool file", e.into_error()))?;
-        file.sync_all()
-            .context(|| format!("syncing `{}'", self.tmp.display()))?;
+        if self.durable {
+            file.sync_all()
+                .context(|| format!("syncing `{}'", self.tmp.display()))?;
+        }
         self.size = info.size;
         Ok(info)
     }
