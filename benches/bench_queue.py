@@ -43,8 +43,17 @@ MIB = 1024 * 1024
 
 
 class Run:
-    def __init__(self, case: str, agent: str, n: int, seconds: float | None, sessions: int, note: str = "") -> None:
-        self.case, self.agent, self.n, self.seconds, self.sessions, self.note = case, agent, n, seconds, sessions, note
+    def __init__(
+        self, case: str, agent: str, n: int, seconds: float | None, sessions: int, note: str = ""
+    ) -> None:
+        self.case, self.agent, self.n, self.seconds, self.sessions, self.note = (
+            case,
+            agent,
+            n,
+            seconds,
+            sessions,
+            note,
+        )
         self.rss: tuple[int, int, int] | None = None
 
     @property
@@ -55,7 +64,9 @@ class Run:
 exit_times: dict[int, float] = {}
 
 
-def flush(sink: b.Sink, n: int, start_cmd, sampler_match=None) -> tuple[float | None, int, tuple[int, int, int] | None, subprocess.Popen | None]:  # type: ignore[no-untyped-def]
+def flush(
+    sink: b.Sink, n: int, start_cmd, sampler_match=None
+) -> tuple[float | None, int, tuple[int, int, int] | None, subprocess.Popen | None]:  # type: ignore[no-untyped-def]
     """Start the flush and time it until the sink has `n` more messages."""
     m0, s0 = sink.count, sink.sessions
     sampler = b.RssSampler(sampler_match) if sampler_match else None
@@ -108,7 +119,10 @@ def main() -> int:
     os.mkdir(spool, 0o700)
     os.mkdir(os.path.join(work, "mail"), 0o700)
     launcher = os.path.join(work, "dma")
-    subprocess.run([b.VPY, "-c", f"from dma.launcher import write_launcher; write_launcher({launcher!r}, 'dma')"], check=True)
+    subprocess.run(
+        [b.VPY, "-c", f"from dma.launcher import write_launcher; write_launcher({launcher!r}, 'dma')"],
+        check=True,
+    )
     msg1k = os.path.join(b.OUT, "msg-1k.eml")
     b.write_message(msg1k, 1024)
     msg1m = os.path.join(b.OUT, "msg-1m.eml")
@@ -132,9 +146,20 @@ def main() -> int:
                     # --- ours
                     for hc, verify in ((2, True), (4, True), (2, False)) if tls else ((2, False), (4, False)):
                         conf = os.path.join(work, "dma.conf")
-                        lines = [f"SPOOLDIR {spool}", f"MBOXDIR {work}/mail", "SMARTHOST 127.0.0.1", f"PORT {sink.port}", f"HOST_CONCURRENCY {hc}"]
+                        lines = [
+                            f"SPOOLDIR {spool}",
+                            f"MBOXDIR {work}/mail",
+                            "SMARTHOST 127.0.0.1",
+                            f"PORT {sink.port}",
+                            f"HOST_CONCURRENCY {hc}",
+                        ]
                         if tls:
-                            lines += ["SECURETRANSFER", "STARTTLS", f"AUTHPATH {auth_conf}", f"CAFILE {work}/ca.pem"]
+                            lines += [
+                                "SECURETRANSFER",
+                                "STARTTLS",
+                                f"AUTHPATH {auth_conf}",
+                                f"CAFILE {work}/ca.pem",
+                            ]
                             lines += ["VERIFYCERT"] if verify else []
                         with open(conf, "w") as f:
                             f.write("\n".join(lines) + "\n")
@@ -146,9 +171,20 @@ def main() -> int:
                         b.log(f"ours HOST_CONCURRENCY {hc}: queueing {n}")
                         with ThreadPoolExecutor(4) as pool:
                             list(pool.map(submit, range(n)))
-                        match = b.Match({"dma"}, exe_prefix=py_exe, cmd_has=conf) if tls and hc == 2 and verify else None
-                        dt, sess, rss, proc = flush(sink, n, lambda conf=conf: subprocess.Popen([launcher, "-C", conf, "-q", "-D"]), match)
-                        label = f"ours, HOST_CONCURRENCY {hc}" + (", VERIFYCERT" if tls and verify else ", no VERIFYCERT" if tls else "")
+                        match = (
+                            b.Match({"dma"}, exe_prefix=py_exe, cmd_has=conf)
+                            if tls and hc == 2 and verify
+                            else None
+                        )
+                        dt, sess, rss, proc = flush(
+                            sink,
+                            n,
+                            lambda conf=conf: subprocess.Popen([launcher, "-C", conf, "-q", "-D"]),
+                            match,
+                        )
+                        label = f"ours, HOST_CONCURRENCY {hc}" + (
+                            ", VERIFYCERT" if tls and verify else ", no VERIFYCERT" if tls else ""
+                        )
                         r = Run(key, label, n, dt, sess)
                         if proc is not None:
                             r.note = f"runner exited after {exit_times[id(proc)]:.2f} s (queue emptied)"
@@ -220,7 +256,14 @@ def main() -> int:
                     # --- msmtp: N invocations in a row
                     margv = [b.MSMTP, "--host=127.0.0.1", f"--port={sink.port}", f"--from={SENDER}"]
                     if tls:
-                        margv += ["--tls=on", "--tls-starttls=on", f"--tls-trust-file={work}/ca.pem", "--auth=on", "--user=bench", "--passwordeval=echo secret"]
+                        margv += [
+                            "--tls=on",
+                            "--tls-starttls=on",
+                            f"--tls-trust-file={work}/ca.pem",
+                            "--auth=on",
+                            "--user=bench",
+                            "--passwordeval=echo secret",
+                        ]
                     margv.append(RCPT)
 
                     def msmtp_loop(margv: list[str] = margv, msg: str = msg, n: int = n) -> None:
@@ -241,10 +284,23 @@ def main() -> int:
 
     # ---------------------------------------------------------------------------------------------
     with open(os.path.join(b.OUT, "queue.json"), "w") as f:
-        json.dump({"cases": [(k, t, n) for k, t, n, _ in cases], "runs": [r.__dict__ for r in runs]}, f, indent=1)
-    lines = ["## Queue flush (`bench_queue.py`)", "", "Written by `python benches/bench_queue.py`; see benches/README.md.", ""]
+        json.dump(
+            {"cases": [(k, t, n) for k, t, n, _ in cases], "runs": [r.__dict__ for r in runs]}, f, indent=1
+        )
+    lines = [
+        "## Queue flush (`bench_queue.py`)",
+        "",
+        "Written by `python benches/bench_queue.py`; see benches/README.md.",
+        "",
+    ]
     lines += [f"- **{k}**: {v}" for k, v in info]
-    lines.append("- **nullmailer**: " + (nm_note or "Debian `nullmailer` 2.2-4, unpacked with `dpkg-deb -x` (not installed); its compiled-in /etc/nullmailer, /var/spool/nullmailer and /usr/lib/nullmailer (symlink) created for the run and removed after"))
+    lines.append(
+        "- **nullmailer**: "
+        + (
+            nm_note
+            or "Debian `nullmailer` 2.2-4, unpacked with `dpkg-deb -x` (not installed); its compiled-in /etc/nullmailer, /var/spool/nullmailer and /usr/lib/nullmailer (symlink) created for the run and removed after"
+        )
+    )
     lines.append("")
     summary = []
     for key, title, n, _ in cases:
@@ -263,17 +319,26 @@ def main() -> int:
             want = 3.0 if key == "tls" else 1.0 if key == "big" else None
             if want:
                 got = ours.rate / c.rate
-                summary.append(f"- {title}: ours (defaults) ÷ C dma = **{got:.2f}×** (target ≥ {want:g}×): {'**met**' if got >= want else '**MISSED**'}")
+                summary.append(
+                    f"- {title}: ours (defaults) ÷ C dma = **{got:.2f}×** (target ≥ {want:g}×): {'**met**' if got >= want else '**MISSED**'}"
+                )
     rss_rows = [r for r in runs if r.rss]
-    lines += [f"### Peak memory during the {n_small}-message STARTTLS + AUTH flush (/proc sampled every 20 ms)", ""]
-    lines.append("| agent | peak RSS summed over its processes (MiB) | largest process (MiB) | most processes at once |")
+    lines += [
+        f"### Peak memory during the {n_small}-message STARTTLS + AUTH flush (/proc sampled every 20 ms)",
+        "",
+    ]
+    lines.append(
+        "| agent | peak RSS summed over its processes (MiB) | largest process (MiB) | most processes at once |"
+    )
     lines.append("|---|---:|---:|---:|")
     for r in rss_rows:
         assert r.rss
         lines.append(f"| {r.agent} | {r.rss[0] / 1024:.1f} | {r.rss[1] / 1024:.1f} | {r.rss[2]} |")
     ours_rss = next((r for r in rss_rows if r.agent.startswith("ours")), None)
     if ours_rss and ours_rss.rss:
-        summary.append(f"- Peak RSS summed, ours: **{ours_rss.rss[0] / 1024:.1f} MiB** (target < 64 MiB): {'**met**' if ours_rss.rss[0] < 64 * 1024 else '**MISSED**'}")
+        summary.append(
+            f"- Peak RSS summed, ours: **{ours_rss.rss[0] / 1024:.1f} MiB** (target < 64 MiB): {'**met**' if ours_rss.rss[0] < 64 * 1024 else '**MISSED**'}"
+        )
     lines += [
         "",
         "### Summary",
@@ -281,7 +346,7 @@ def main() -> int:
         *summary,
         "",
         "Flush time runs from starting the queue run to the sink counting the N-th message (for msmtp: N",
-        "sequential invocations, process starts included; msmtp has no queue). \"connections\" is what the sink",
+        'sequential invocations, process starts included; msmtp has no queue). "connections" is what the sink',
         "counted. Our runner is `dma -C conf -q -D` (foreground); C dma's `dma -q` forks one process (and one",
         "connection) per queued message. Our TLS config: `SECURETRANSFER`, `STARTTLS`, `AUTHPATH`, `CAFILE` and",
         "`VERIFYCERT` (or without it); C dma 0.13 has no certificate verification; nullmailer and msmtp verify",

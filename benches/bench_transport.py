@@ -43,7 +43,9 @@ def time_ours(port: int, msg: str, runs: int) -> list[float]:
     times = []
     for _ in range(runs + 10):
         t = time.perf_counter()
-        r = _native.smtp_session("127.0.0.1", ["127.0.0.1"], port, "bench.example.com", [(SENDER, [RCPT], msg)])
+        r = _native.smtp_session(
+            "127.0.0.1", ["127.0.0.1"], port, "bench.example.com", [(SENDER, [RCPT], msg)]
+        )
         times.append(time.perf_counter() - t)
         assert r.results[0][0].status == "sent", r.results
     return times[10:]
@@ -120,7 +122,9 @@ def ours_many(port: int, msg: str, count: int) -> float:
     from dma import _native
 
     t = time.perf_counter()
-    r = _native.smtp_session("127.0.0.1", ["127.0.0.1"], port, "bench.example.com", [(SENDER, [RCPT], msg)] * count)
+    r = _native.smtp_session(
+        "127.0.0.1", ["127.0.0.1"], port, "bench.example.com", [(SENDER, [RCPT], msg)] * count
+    )
     dt = time.perf_counter() - t
     sent = sum(1 for tx in r.results for o in tx if o.status == "sent")
     assert sent == count, (sent, r.results[:3])
@@ -158,7 +162,9 @@ def main() -> int:
                     b.log(f"(a) against {sname} on port {sink.port}")
                     start = sink.count
                     ours = time_ours(sink.port, msg, runs)
-                    cdma.configure(["SMARTHOST 127.0.0.1", f"PORT {sink.port}", "MAILNAME /etc/mailname", "DEFER"])
+                    cdma.configure(
+                        ["SMARTHOST 127.0.0.1", f"PORT {sink.port}", "MAILNAME /etc/mailname", "DEFER"]
+                    )
 
                     def queue_one() -> None:
                         with open(msg, "rb") as f:
@@ -167,12 +173,20 @@ def main() -> int:
                     c_runs = max(50, runs // 2)
                     c_dma = time_cmd([b.C_DMA, "-D", "-q"], c_runs, before=queue_one)
                     c_bp = time_cmd([b.C_DMA, "-bp"], c_runs)
-                    msmtp_argv = [b.MSMTP, "--host=127.0.0.1", f"--port={sink.port}", f"--from={SENDER}", RCPT]
+                    msmtp_argv = [
+                        b.MSMTP,
+                        "--host=127.0.0.1",
+                        f"--port={sink.port}",
+                        f"--from={SENDER}",
+                        RCPT,
+                    ]
                     msm = time_cmd(msmtp_argv, c_runs, stdin=msg)
                     msm_v = time_cmd([b.MSMTP, "--version"], c_runs)
                     expect = start + (runs + 10) + (c_runs + 5) + (c_runs + 5)
                     if not sink.wait_for(expect, 30):
-                        raise SystemExit(f"{sname}: got {sink.count - start} messages, expected {expect - start}")
+                        raise SystemExit(
+                            f"{sname}: got {sink.count - start} messages, expected {expect - start}"
+                        )
                     cdma.clean_spool()
                     rows_a += [
                         ("ours `_native.smtp_session` (in-process)", sname, ours, None),
@@ -182,8 +196,14 @@ def main() -> int:
             with b.SmtpSink() as sink:
                 b.log(f"(b) {many} messages over one connection to {sink.name}, {reps_b} times each")
                 for label, fn in (
-                    ("minimal client (Python sockets, pipelined, TCP_NODELAY)", lambda: minimal_client(sink.port, body, many)),
-                    ("ours: one `_native.smtp_session` with 1,000 transactions", lambda: ours_many(sink.port, msg, many)),
+                    (
+                        "minimal client (Python sockets, pipelined, TCP_NODELAY)",
+                        lambda: minimal_client(sink.port, body, many),
+                    ),
+                    (
+                        "ours: one `_native.smtp_session` with 1,000 transactions",
+                        lambda: ours_many(sink.port, msg, many),
+                    ),
                 ):
                     s0, m0 = sink.sessions, sink.count
                     times = []
@@ -193,7 +213,7 @@ def main() -> int:
                     time.sleep(0.5)  # smtp-sink counts a session when it ends
                     rows_b.append((label, times))
                     sessions_b[label] = sink.sessions - s0
-                    assert sink.count - m0 == reps_b * many, (sink.count - m0)
+                    assert sink.count - m0 == reps_b * many, sink.count - m0
     finally:
         b.clean_dir(work)
         os.rmdir(work)
@@ -203,7 +223,11 @@ def main() -> int:
     lines.append("Written by `python benches/bench_transport.py`; see benches/README.md.")
     lines.append("")
     lines += [f"- **{k}**: {v}" for k, v in info]
-    lines += ["", f"### (a) One 1 KB message on one new connection, loopback ({runs} runs ours, {max(50, runs // 2)} runs others; medians)", ""]
+    lines += [
+        "",
+        f"### (a) One 1 KB message on one new connection, loopback ({runs} runs ours, {max(50, runs // 2)} runs others; medians)",
+        "",
+    ]
     lines.append("| agent | sink | median (ms) | p10 / p90 (ms) | minus start-up (ms) | ÷ ours |")
     lines.append("|---|---|---:|---:|---:|---:|")
     summary_a = []
@@ -212,7 +236,9 @@ def main() -> int:
         net = med - startup * 1e3 if startup is not None else med
         ratio = net / (ours_med[sname] * 1e3)
         su = f"{net:.2f} (start-up {startup * 1e3:.2f})" if startup is not None else "–"
-        lines.append(f"| {label} | {sname} | {med:.2f} | {percentile(t, 0.1) * 1e3:.2f} / {percentile(t, 0.9) * 1e3:.2f} | {su} | {ratio:.1f}× |")
+        lines.append(
+            f"| {label} | {sname} | {med:.2f} | {percentile(t, 0.1) * 1e3:.2f} / {percentile(t, 0.9) * 1e3:.2f} | {su} | {ratio:.1f}× |"
+        )
         if label.startswith("ours"):
             summary_a.append(f"{med:.2f} ms against {sname}")
     lines += [
@@ -221,7 +247,7 @@ def main() -> int:
         "around one `_native.smtp_session` call. C dma: one message queued with `dma -bq` (DEFER), then `dma -D -q`",
         "timed from fork to exit; start-up = median of `dma -bp` on an empty queue with the same harness. msmtp:",
         "`msmtp --host=127.0.0.1 --port=P --from=... rcpt < msg`; start-up = median of `msmtp --version`.",
-        "The \"÷ ours\" column compares the start-up-corrected times. A ~40 ms median for C dma or msmtp is",
+        'The "÷ ours" column compares the start-up-corrected times. A ~40 ms median for C dma or msmtp is',
         "the Nagle/delayed-ACK stall: they write the body in small writes without TCP_NODELAY.",
         "",
         f"Target: ours < 2 ms: {'**met**' if all(v < 0.002 for v in ours_med.values()) else '**MISSED**'} ({'; '.join(summary_a)}).",
@@ -237,11 +263,13 @@ def main() -> int:
         rate = many / statistics.median(t)
         if label.startswith("ours"):
             ours_rate = rate
-        lines.append(f"| {label} | {statistics.median(t):.3f} | {rate:,.0f} | {many / min(t):,.0f} | {sessions_b[label] // reps_b} per run | {100 * rate / ideal:.0f}% |")
+        lines.append(
+            f"| {label} | {statistics.median(t):.3f} | {rate:,.0f} | {many / min(t):,.0f} | {sessions_b[label] // reps_b} per run | {100 * rate / ideal:.0f}% |"
+        )
     pct = 100 * ours_rate / ideal
     lines += [
         "",
-        "Both do the same round trips per message (MAIL+RCPT+DATA in one write, then body+\".\" in one write).",
+        'Both do the same round trips per message (MAIL+RCPT+DATA in one write, then body+"." in one write).',
         f"Target: ours ≥ 90% of the minimal client: {'**met**' if pct >= 90 else '**MISSED**'} ({pct:.0f}%).",
         "",
         f"Total time: {time.monotonic() - started:.0f} s.",
@@ -252,7 +280,13 @@ def main() -> int:
     with open(os.path.join(b.OUT, "transport.json"), "w") as f:
         import json
 
-        json.dump({"a": [(lbl, s, statistics.median(t), st) for lbl, s, t, st in rows_a], "b": [(lbl, many / statistics.median(t)) for lbl, t in rows_b]}, f)
+        json.dump(
+            {
+                "a": [(lbl, s, statistics.median(t), st) for lbl, s, t, st in rows_a],
+                "b": [(lbl, many / statistics.median(t)) for lbl, t in rows_b],
+            },
+            f,
+        )
     return 0
 
 

@@ -58,7 +58,11 @@ def build_and_reexec(script: str, argv: list[str]) -> None:
     import bench_submit
 
     bench_submit.build("--no-build" in argv)
-    need = [m for m in ("aiosmtpd", "trustme", "matplotlib") if subprocess.run([VPY, "-c", f"import {m}"], capture_output=True).returncode]
+    need = [
+        m
+        for m in ("aiosmtpd", "trustme", "matplotlib")
+        if subprocess.run([VPY, "-c", f"import {m}"], capture_output=True).returncode
+    ]
     if need:
         log(f"pip install {' '.join(need)} into benches/out/venv")
         subprocess.run([VPY, "-m", "pip", "install", "-q", *need], check=True)
@@ -88,7 +92,10 @@ def facts() -> list[tuple[str, str]]:
         ("date", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")),
         ("machine", f"`nproc` = {os.cpu_count()}, {cpu}, {platform.machine()}, Linux {platform.release()}"),
         ("load average at start", load),
-        ("our dma", f"`pip install {ROOT}` (release), built at git {git_head()}; Python {platform.python_version()}"),
+        (
+            "our dma",
+            f"`pip install {ROOT}` (release), built at git {git_head()}; Python {platform.python_version()}",
+        ),
         ("C dma", f"Debian `dma` {c_version}"),
         ("msmtp", msmtp_version),
     ]
@@ -119,7 +126,9 @@ def write_section(name: str, text: str) -> None:
 
 def marked_sections(text: str) -> str:
     """The marked sections in `text` (for bench_submit.py, which rewrites the rest of the file)."""
-    return "".join(m.group(0) + "\n" for m in re.finditer(r"<!-- BEGIN (\S+) -->.*?<!-- END \1 -->", text, re.S))
+    return "".join(
+        m.group(0) + "\n" for m in re.finditer(r"<!-- BEGIN (\S+) -->.*?<!-- END \1 -->", text, re.S)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,7 +207,10 @@ class Sink:
 
     def wait_listening(self) -> None:
         for _ in range(200):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1) as s,
+            ):
                 s.recv(100)
                 return
             time.sleep(0.05)
@@ -251,7 +263,6 @@ class SmtpSink(Sink):
                 pass
             if last:
                 self._update(int(last.group(2)), int(last.group(1)))
-
 
 
 class AioSink(Sink):
@@ -310,7 +321,9 @@ class CDma:
 
     def configure(self, lines: list[str]) -> None:
         """Rewrite the config in place (it keeps owner root:mail and mode 0640)."""
-        text = "# Written by dma's benches/ for the length of a run; restored after.\n" + "\n".join(lines) + "\n"
+        text = (
+            "# Written by dma's benches/ for the length of a run; restored after.\n" + "\n".join(lines) + "\n"
+        )
         with open(C_CONF, "w") as f:
             f.write(text)
 
@@ -512,14 +525,21 @@ class Nullmailer:
 
     def queue(self, msg: bytes, sender: str, rcpt: str) -> None:
         envelope = f"{sender}\n{rcpt}\n\n".encode()
-        subprocess.run([os.path.join(self.root, "usr/sbin/nullmailer-queue")], input=envelope + msg, check=True, capture_output=True)
+        subprocess.run(
+            [os.path.join(self.root, "usr/sbin/nullmailer-queue")],
+            input=envelope + msg,
+            check=True,
+            capture_output=True,
+        )
 
     def queued(self) -> int:
         return len(os.listdir("/var/spool/nullmailer/queue"))
 
     def start_send(self, logfile: str) -> None:
         with open(logfile, "ab") as out:
-            self.send = subprocess.Popen([os.path.join(self.root, "usr/sbin/nullmailer-send")], stdout=out, stderr=out)
+            self.send = subprocess.Popen(
+                [os.path.join(self.root, "usr/sbin/nullmailer-send")], stdout=out, stderr=out
+            )
 
     def stop_send(self) -> None:
         if self.send and self.send.poll() is None:

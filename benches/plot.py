@@ -54,7 +54,15 @@ def main() -> None:
                 ys.append(r["n"] / r["seconds"])
         bars = ax.bar(xs, ys, width, label=agent, color=colors(i))
         for bar, y in zip(bars, ys, strict=True):
-            ax.text(bar.get_x() + bar.get_width() / 2, y, f"{y:,.0f}", ha="center", va="bottom", fontsize=6, rotation=90)
+            ax.text(
+                bar.get_x() + bar.get_width() / 2,
+                y,
+                f"{y:,.0f}",
+                ha="center",
+                va="bottom",
+                fontsize=6,
+                rotation=90,
+            )
     ax.set_xticks(range(len(cases)))
     ax.set_xticklabels([t.replace(", ", "\n", 1) for _, t, _ in cases], fontsize=8)
     ax.set_yscale("log")
@@ -67,7 +75,13 @@ def main() -> None:
     cidx = [agents.index(r["agent"]) for r in rss]
     bars = ax2.barh(names, vals, color=[colors(i) for i in cidx])
     for bar, r in zip(bars, rss, strict=True):
-        ax2.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {bar.get_width():,.0f} MiB, {r['rss'][2]} proc", va="center", fontsize=7)
+        ax2.text(
+            bar.get_width(),
+            bar.get_y() + bar.get_height() / 2,
+            f" {bar.get_width():,.0f} MiB, {r['rss'][2]} proc",
+            va="center",
+            fontsize=7,
+        )
     ax2.set_xscale("log")
     ax2.invert_yaxis()
     ax2.set_xlabel("peak RSS summed over processes, MiB (log scale)")

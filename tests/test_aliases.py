@@ -337,7 +337,7 @@ UNSUPPORTED = (
     "pipe: alice\n"
     "root: |/usr/bin/procmail\n"
     "file: /var/log/mail.copy\n"
-    "quoted: bob, \"|/bin/cat\"\n"
+    'quoted: bob, "|/bin/cat"\n'
     "noalias: \\alice\n"
 )
 
@@ -353,7 +353,7 @@ def test_unsupported_destinations_parse(tmp_path: Path) -> None:
     [
         ("root", "`|/usr/bin/procmail' in {p}:3 (alias root): command destinations are not supported"),
         ("file", "`/var/log/mail.copy' in {p}:4 (alias file): file destinations are not supported"),
-        ("quoted", "`\"|/bin/cat\"' in {p}:5 (alias quoted): command destinations are not supported"),
+        ("quoted", '`"|/bin/cat"\' in {p}:5 (alias quoted): command destinations are not supported'),
         ("noalias", "`\\alice' in {p}:6 (alias noalias): `\\user' destinations are not supported"),
     ],
 )
@@ -414,7 +414,7 @@ def test_parser_only_raises_config_errors(hdir: Path, text: str, raw: bytes) -> 
         a.check()
 
 
-ident = st.text(st.sampled_from("abcXYZ019._-+|/\\*\"@\u00e9"), min_size=1, max_size=8).filter(
+ident = st.text(st.sampled_from('abcXYZ019._-+|/\\*"@\u00e9'), min_size=1, max_size=8).filter(
     lambda s: s != "\\"  # a lone `\` at the end of a line is a continuation, as in C dma
 )
 

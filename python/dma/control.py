@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 USAGE = "usage: dma queue [-C FILE] list [--json] | show ID | hold|release|delete|bounce ID..."
 BOUNCE_TEXT = "bounced by the administrator"
 
+
 def list_queue(cfg: Config, out: TextIO, *, json: bool = False) -> None:
     """Print the queue in C dma's `mailq` format (monitoring scripts parse it), or as JSON."""
     from . import _native
