@@ -1,4 +1,4 @@
-# ruff: noqa: E501, B007
+# ruff: noqa: B007
 """Shared pieces of bench_transport.py and bench_queue.py: build, sinks, C dma's config swap,
 the /proc RSS sampler and the RESULTS.md section writer.
 

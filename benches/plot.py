@@ -1,4 +1,3 @@
-# ruff: noqa: E501
 """benches/queue-flush.png from benches/out/queue.json (written by bench_queue.py).
 
 Run with the benchmark venv:  benches/out/venv/bin/python benches/plot.py
