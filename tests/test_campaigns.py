@@ -1,0 +1,40 @@
+"""The fast variants of the reliability campaigns (tests/campaigns/, docs/campaigns.md), for CI:
+the same code and checks as the full runs, with fewer trials and messages. Each prints its line.
+
+Full size: `python tests/campaigns/<name>.py` (see docs/campaigns.md).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from campaigns import faults, load, runner_crash, submit_crash
+from campaigns.common import Result
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="tmpfs mounts need root")
+
+
+def check(result: Result) -> None:
+    print()
+    print(result.report())
+    assert result.problems == [], result.report()
+
+
+def test_submit_crash_campaign(tmp_path: Path) -> None:
+    check(submit_crash.run(tmp_path, trials=60, inputs=10))
+
+
+def test_runner_crash_campaign(tmp_path: Path) -> None:
+    # tests/test_crash.py runs the same campaign with 100 trials; this is the quick look.
+    check(runner_crash.run(tmp_path, min_trials=25))
+
+
+@needs_root
+def test_fault_campaign(tmp_path: Path) -> None:
+    check(faults.run(tmp_path, quick=True, log=None))
+
+
+def test_load(tmp_path: Path) -> None:
+    check(load.run(tmp_path, messages=1000, processes=4, deadline=120))
