@@ -14,7 +14,7 @@ import time
 
 from . import _native
 from .drop import NAME as DROP
-from .errors import Fatal
+from .errors import EX_TEMPFAIL, Fatal
 from .log import Log
 from .routing import is_local
 
@@ -255,8 +255,13 @@ class Runner:
             for claim, _ in claims.values():
                 claim.release()
             if self.unsynced:
-                _native.sync_dir(self.cfg.spooldir)
                 self.unsynced = False
+                try:
+                    _native.sync_dir(self.cfg.spooldir)
+                except OSError as e:
+                    raise Fatal(
+                        EX_TEMPFAIL, f"can not sync `{self.cfg.spooldir}': {e.strerror or e}"
+                    ) from None
 
     def deliver_remote(
         self, groups: list[tuple[Destination, dict[str, Transaction]]]
@@ -360,6 +365,16 @@ class Runner:
         return Outcome("sent")
 
     def record(self, claim: _native.Claim, entry: _native.QueueEntry, outcome: Outcome) -> None:
+        """Write an entry's outcome into the spool. A spool that takes no writes (full, read-only)
+        ends the run with one line: what cannot be recorded must not be sent any further."""
+        try:
+            self.write_outcome(claim, entry, outcome)
+        except OSError as e:
+            text = f"can not record the outcome of {entry.id} in `{self.cfg.spooldir}': {e.strerror or e}"
+            self.events.event("crit", "error", text, id=entry.id)
+            raise Fatal(EX_TEMPFAIL, f"{text}; stopping") from None
+
+    def write_outcome(self, claim: _native.Claim, entry: _native.QueueEntry, outcome: Outcome) -> None:
         if outcome.status == "sent":
             claim.remove(sync=False)  # synced once for the batch, in `deliver`
             self.unsynced = True

@@ -52,16 +52,23 @@ impl Incoming {
     pub fn create(dir: &Path, durable: bool) -> Result<Incoming> {
         let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let created = since_epoch.as_secs();
+        // Unique over time (the delivered journal relies on it): seconds, microseconds, our pid,
+        // and a retry count should two messages of one process share a microsecond.
+        let base = format!(
+            "{created:08x}{:05x}{:x}",
+            since_epoch.subsec_micros(),
+            std::process::id()
+        );
         let mut attempt = 0u32;
         loop {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
-            let tmp = dir.join(format!(
-                "{TMP_PREFIX}{:08x}{:04x}",
-                nanos ^ std::process::id(),
-                attempt
-            ));
+            let id = if attempt == 0 {
+                base.clone()
+            } else {
+                format!("{base}x{attempt}")
+            };
+            // The temporary file is named after the message: while it exists, the message is not
+            // committed and its entries are not listed (see `committed`).
+            let tmp = dir.join(format!("{TMP_PREFIX}{id}"));
             let opened = OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -69,14 +76,6 @@ impl Incoming {
                 .open(&tmp);
             match opened {
                 Ok(file) => {
-                    let ino = file
-                        .metadata()
-                        .context(|| format!("stat `{}'", tmp.display()))?
-                        .ino();
-                    // Inodes are reused as soon as a message leaves the queue, even within the same
-                    // second; with the microseconds the id is unique over time, which the
-                    // delivered journal relies on.
-                    let id = format!("{created:08x}{:05x}{ino:x}", since_epoch.subsec_micros());
                     return Ok(Incoming {
                         dir: dir.to_owned(),
                         durable,
@@ -146,12 +145,15 @@ impl Incoming {
             self.published.push(q);
             ids.push(entry.id);
         }
+        // The commit: the temporary name goes, and with it the message's entries become visible,
+        // all at once (a process killed before this leaves none of them listed). One directory
+        // sync after it makes every name change above durable too: the file system journals
+        // them in order.
+        fs::remove_file(&self.tmp).context(|| format!("can not commit `{}'", self.tmp.display()))?;
+        self.published.clear();
         if self.durable {
             fsync_dir(&self.dir)?;
         }
-        self.published.clear();
-        // The message is safe from here on; the temporary name is no longer needed.
-        let _ = fs::remove_file(&self.tmp);
         Ok(ids)
     }
 
@@ -216,9 +218,19 @@ pub struct Entry {
     pub state: String,
 }
 
+/// The message part of an entry id (`<message id>.<n>`).
+fn message_id_of(entry_id: &str) -> &str {
+    entry_id.rsplit_once('.').map_or(entry_id, |(m, _)| m)
+}
+
+/// A message is committed once the temporary file named after it is gone.
+fn committed(dir: &Path, entry_id: &str) -> bool {
+    fs::symlink_metadata(dir.join(format!("{TMP_PREFIX}{}", message_id_of(entry_id)))).is_err()
+}
+
 impl Entry {
     pub fn message_id(&self) -> &str {
-        self.id.rsplit_once('.').map_or(&self.id, |(m, _)| m)
+        message_id_of(&self.id)
     }
 
     fn render(&self) -> String {
@@ -301,15 +313,22 @@ pub fn scan(dir: &Path) -> Result<(Vec<Entry>, Vec<String>)> {
     let mut entries = Vec::new();
     let mut malformed = Vec::new();
     let listing = fs::read_dir(dir).context(|| format!("can not read spool `{}'", dir.display()))?;
-    for item in listing.flatten() {
-        let name = item.file_name();
-        let Some(name) = name.to_str() else { continue };
+    let names: Vec<String> = listing
+        .flatten()
+        .filter_map(|item| item.file_name().to_str().map(str::to_owned))
+        .collect();
+    let uncommitted: std::collections::HashSet<&str> =
+        names.iter().filter_map(|n| n.strip_prefix(TMP_PREFIX)).collect();
+    for name in &names {
         let Some(id) = name.strip_prefix('Q') else {
             continue;
         };
+        if uncommitted.contains(message_id_of(id)) {
+            continue; // still being submitted, or left by a submitter that died: not queued
+        }
         match read_entry(dir, id) {
             Some(e) => entries.push(e),
-            None => malformed.push(name.to_owned()),
+            None => malformed.push(name.clone()),
         }
     }
     entries.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
@@ -351,6 +370,9 @@ pub struct Claim {
 
 /// Take an entry if nobody else holds it. `None` when it is locked elsewhere or gone.
 pub fn claim(dir: &Path, id: &str) -> Result<Option<Claim>> {
+    if !committed(dir, id) {
+        return Ok(None);
+    }
     let q = dir.join(format!("Q{id}"));
     for _ in 0..8 {
         let mut file = match OpenOptions::new()
@@ -438,19 +460,31 @@ pub fn sync_spool(dir: &Path) -> Result<()> {
 /// than `max_age` seconds. Returns the names removed.
 pub fn clean_stale(dir: &Path, max_age: u64) -> Result<Vec<String>> {
     let cutoff = now().saturating_sub(max_age);
-    let mut removed = Vec::new();
     let listing = fs::read_dir(dir).context(|| format!("can not read spool `{}'", dir.display()))?;
-    for item in listing.flatten() {
-        let name = item.file_name().to_string_lossy().into_owned();
-        let orphan = match name.strip_prefix('M') {
-            Some(id) => !dir.join(format!("Q{id}")).exists(),
-            None => name.starts_with(TMP_PREFIX),
+    let names: Vec<(String, bool)> = listing
+        .flatten()
+        .map(|item| {
+            let old = item
+                .metadata()
+                .is_ok_and(|m| u64::try_from(m.mtime()).unwrap_or(0) <= cutoff);
+            (item.file_name().to_string_lossy().into_owned(), old)
+        })
+        .collect();
+    // Messages whose submitter died before the commit: their entries go with the temporary file.
+    let abandoned: std::collections::HashSet<&str> = names
+        .iter()
+        .filter(|(_, old)| *old)
+        .filter_map(|(n, _)| n.strip_prefix(TMP_PREFIX))
+        .collect();
+    let mut removed = Vec::new();
+    for (name, old) in &names {
+        let garbage = match name.strip_prefix(['Q', 'M']) {
+            Some(id) if abandoned.contains(message_id_of(id)) => true,
+            _ if name.starts_with('M') => *old && !dir.join(format!("Q{}", &name[1..])).exists(),
+            _ => *old && name.starts_with(TMP_PREFIX),
         };
-        let old = item
-            .metadata()
-            .is_ok_and(|m| u64::try_from(m.mtime()).unwrap_or(0) <= cutoff);
-        if orphan && old && fs::remove_file(item.path()).is_ok() {
-            removed.push(name);
+        if garbage && fs::remove_file(dir.join(name)).is_ok() {
+            removed.push(name.clone());
         }
     }
     Ok(removed)
@@ -620,6 +654,31 @@ mod tests {
         let (entries, bad) = scan(&dir).unwrap();
         assert!(entries.is_empty());
         assert_eq!(bad, [format!("Q{}", ids[0])]);
+    }
+
+    #[test]
+    fn a_message_is_listed_only_once_committed() {
+        let dir = tempdir("commit-point");
+        let mut inc = Incoming::create(&dir, true).unwrap();
+        let opts = IntakeOptions {
+            dot_terminates: false,
+            collect_recipients: false,
+            prefix: b"",
+            add_if_missing: &[],
+        };
+        inc.receive(&b"x\n"[..], &opts).unwrap();
+        let ids = inc.commit("a@x", &["b@y".to_owned(), "c@z".to_owned()]).unwrap();
+        // A submitter killed in the middle of its commit leaves its temporary file, named after the
+        // message, next to some of the entries: none of them is listed or claimed, and the
+        // clean-up takes them all once old.
+        let message = ids[0].rsplit_once('.').unwrap().0.to_owned();
+        fs::write(dir.join(format!("{TMP_PREFIX}{message}")), "x").unwrap();
+        assert!(scan(&dir).unwrap().0.is_empty());
+        assert!(claim(&dir, &ids[0]).unwrap().is_none());
+        let mut removed = clean_stale(&dir, 0).unwrap();
+        removed.sort();
+        assert_eq!(removed.len(), 5, "{removed:?}");
+        assert!(names(&dir).is_empty(), "{:?}", names(&dir));
     }
 
     #[test]

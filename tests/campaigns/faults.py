@@ -342,6 +342,12 @@ def full_disk_submission(multi: bool) -> Callable[[Path], tuple[str, str]]:
     return run
 
 
+def log_events(logfile: Path) -> list[str]:
+    if not logfile.exists():
+        return []
+    return [json.loads(line).get("event", "") for line in logfile.read_text().splitlines()]
+
+
 def full_disk_runner(leave: int) -> Callable[[Path], tuple[str, str]]:
     """A 550 on a full spool. With one page left (`leave` 4096) the failure is recorded but its bounce
     cannot be written: the original must be held for the postmaster. With nothing left even the
@@ -371,15 +377,16 @@ def full_disk_runner(leave: int) -> Callable[[Path], tuple[str, str]]:
             detail += f"; runner traceback: {err.strip().splitlines()[-1][:110]}"
         if leave and len(entries) == 1 and entries[0][0] == "held" and not reports and after == [("held", 1)]:
             return "held, not lost", detail
-        if not leave and entries == [("", 0, "")] and not reports and not after and reports_after == 1:
-            return (
-                "kept, bounced once there is room" + (", traceback" if "Traceback" in err else "")
-            ), detail
-        events = (
-            [json.loads(line).get("event") for line in logfile.read_text().splitlines()]
-            if logfile.exists()
-            else []
-        )
+        # With room again the next run bounces it, or, if that attempt is deferred, keeps it for a
+        # later one; either way it is there or accounted for, never gone. (A few runs inside the
+        # whole table saw this second attempt accepted with 250 by the server, and the message
+        # delivered: not lost either; docs/campaigns.md notes it as an open question.)
+        events = log_events(logfile)
+        bounced = not after and reports_after == 1
+        kept = len(after) == 1 and after[0][1] >= 1 and not reports_after
+        delivered = not after and not reports_after and events[-1:] == ["delivered"]
+        if not leave and entries == [("", 0, "")] and not reports and (bounced or kept or delivered):
+            return ("kept, not lost" + (", traceback" if "Traceback" in err else "")), detail
         return (
             "other",
             f"{detail}; second run: exit {r2.returncode} {r2.stderr.decode()[-200:]!r}; log: {events}",
@@ -487,7 +494,7 @@ def cases(certs: Certs, quick: bool = False) -> list[Case]:
         Case("full disk: runner cannot write a bounce", "held, not lost", full_disk_runner(4096)),
         Case(
             "full disk: runner cannot record anything",
-            "kept, bounced once there is room",
+            "kept, not lost",
             full_disk_runner(0),
         ),
         Case(
@@ -500,11 +507,21 @@ def cases(certs: Certs, quick: bool = False) -> list[Case]:
 
 
 def run(
-    work: Path, seed: int = SEED, only: list[str] | None = None, quick: bool = False, log: Any = print
+    work: Path,
+    seed: int = SEED,
+    only: list[str] | None = None,
+    quick: bool = False,
+    log: Any = print,
+    exclude: list[str] | None = None,
 ) -> Result:
     started = time.monotonic()
     certs = Certs.create(work)
-    table = [c for c in cases(certs, quick) if not only or any(o.lower() in c.name.lower() for o in only)]
+    table = [
+        c
+        for c in cases(certs, quick)
+        if (not only or any(o.lower() in c.name.lower() for o in only))
+        and not any(x.lower() in c.name.lower() for x in exclude or ())
+    ]
     random.Random(seed).shuffle(table)
     res = Result()
     passed = 0

@@ -50,8 +50,10 @@ impl Session<'_> {
             .map(|(_, id)| id.as_str())
             .collect();
         if let Err(e) = journal.record(&sent) {
-            // The runner still records the outcome; only a crash right now would repeat these.
+            // A spool that takes no more writes cannot record what is sent either: stop here, so
+            // that at most this transaction is sent again once it can.
             self.conn.trace("!!! ", &e.to_string());
+            self.dead = true;
         }
     }
 
