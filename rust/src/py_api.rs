@@ -260,7 +260,8 @@ fn journal_take(py: Python<'_>, spooldir: PathBuf) -> PyResult<(Vec<String>, Vec
     Ok(py.detach(|| crate::journal::journal_take(&spooldir))?)
 }
 
-/// Remove temporary and orphaned message files older than `max_age` seconds.
+/// Remove what crashes leave: message files without their entry, and temporary files (with the
+/// entries of their uncommitted message) older than `max_age` seconds.
 #[pyfunction]
 fn clean_stale(py: Python<'_>, spooldir: PathBuf, max_age: u64) -> PyResult<Vec<String>> {
     Ok(py.detach(|| spool::clean_stale(&spooldir, max_age))?)
