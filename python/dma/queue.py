@@ -390,35 +390,31 @@ class Runner:
             return
         attempts = entry.attempts + 1
         expired = time.time() - entry.created > self.cfg.max_queue_time
-        if outcome.status == "permanent" or expired:
-            # Kept, marked failed, until bounces take it over: mail is never dropped silently.
-            claim.record(attempts=attempts, next_attempt=0, last_error=outcome.text, state="failed")
+        # A permanent failure is kept, marked failed, until its bounce takes it over: mail is never
+        # dropped silently. Anything else is retried on the schedule.
+        final = outcome.status == "permanent" or expired
+        next_attempt = 0 if final else int(time.time()) + retry_delay(self.cfg, attempts)
+        claim.record(
+            attempts=attempts,
+            next_attempt=next_attempt,
+            last_error=outcome.text,
+            state="failed" if final else "",
+        )
+        if final:
             self.failed += 1
-            self.log(
-                f"{entry.id}: delivery to {entry.recipient} failed: {outcome.text}",
-                failure=True,
-                event="failed",
-                level="err",
-                id=entry.id,
-                to=entry.recipient,
-                sender=entry.sender,
-                attempts=attempts,
-                detail=outcome.text,
-            )
-            return
-        next_attempt = int(time.time()) + retry_delay(self.cfg, attempts)
-        claim.record(attempts=attempts, next_attempt=next_attempt, last_error=outcome.text, state="")
-        self.deferred += 1
+        else:
+            self.deferred += 1
+        word = "failed" if final else "deferred"
         self.log(
-            f"{entry.id}: delivery to {entry.recipient} deferred: {outcome.text}",
+            f"{entry.id}: delivery to {entry.recipient} {word}: {outcome.text}",
             failure=True,
-            event="deferred",
-            level="notice",
+            event=word,
+            level="err" if final else "notice",
             id=entry.id,
             to=entry.recipient,
             sender=entry.sender,
             attempts=attempts,
-            next_attempt=next_attempt,
+            next_attempt=next_attempt or None,
             detail=outcome.text,
         )
 

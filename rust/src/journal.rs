@@ -112,22 +112,7 @@ pub fn journal_take(dir: &Path) -> Result<(Vec<String>, Vec<PathBuf>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tempdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("dma-journal-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    fn names(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
+    use crate::test_util::{names, tempdir};
 
     #[test]
     fn a_taken_journal_stays_until_its_replay_is_done() {

@@ -13,4 +13,7 @@ pub mod spool;
 pub mod syslog;
 pub mod tls;
 
+#[cfg(test)]
+mod test_util;
+
 mod py_api;

@@ -496,34 +496,14 @@ pub fn clean_stale(dir: &Path, max_age: u64) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tempdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("dma-spool-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
-    }
+    use crate::test_util::{names, tempdir};
 
     fn submit(dir: &Path, body: &[u8], rcpts: &[&str]) -> Vec<String> {
         let mut inc = Incoming::create(dir, true).unwrap();
-        let opts = IntakeOptions {
-            dot_terminates: false,
-            collect_recipients: false,
-            prefix: b"",
-            add_if_missing: &[],
-        };
+        let opts = crate::test_util::VERBATIM;
         inc.receive(body, &opts).unwrap();
         let rcpts: Vec<String> = rcpts.iter().map(|s| (*s).to_owned()).collect();
         inc.commit("a@x", &rcpts).unwrap()
-    }
-
-    fn names(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
     }
 
     #[test]
@@ -567,12 +547,7 @@ mod tests {
     fn a_drop_is_published_as_message_then_envelope() {
         let dir = tempdir("drop");
         let mut inc = Incoming::create(&dir, true).unwrap();
-        let opts = IntakeOptions {
-            dot_terminates: false,
-            collect_recipients: false,
-            prefix: b"",
-            add_if_missing: &[],
-        };
+        let opts = crate::test_util::VERBATIM;
         inc.receive(&b"S: x\n\nhi\n"[..], &opts).unwrap();
         let id = inc
             .commit_drop("a@x", &["b@y".to_owned(), "c@z".to_owned()])
@@ -591,12 +566,7 @@ mod tests {
         let dir = tempdir("abort");
         {
             let mut inc = Incoming::create(&dir, false).unwrap();
-            let opts = IntakeOptions {
-                dot_terminates: false,
-                collect_recipients: false,
-                prefix: b"",
-                add_if_missing: &[],
-            };
+            let opts = crate::test_util::VERBATIM;
             inc.receive(&b"x\n"[..], &opts).unwrap();
             assert!(inc.commit("a@x", &["bad\nrcpt".to_owned()]).is_err());
         }
@@ -663,12 +633,7 @@ mod tests {
     fn a_message_is_listed_only_once_committed() {
         let dir = tempdir("commit-point");
         let mut inc = Incoming::create(&dir, true).unwrap();
-        let opts = IntakeOptions {
-            dot_terminates: false,
-            collect_recipients: false,
-            prefix: b"",
-            add_if_missing: &[],
-        };
+        let opts = crate::test_util::VERBATIM;
         inc.receive(&b"x\n"[..], &opts).unwrap();
         let ids = inc.commit("a@x", &["b@y".to_owned(), "c@z".to_owned()]).unwrap();
         // A submitter killed in the middle of its commit leaves its temporary file, named after the
