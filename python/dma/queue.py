@@ -1,4 +1,4 @@
-"""The queue: `mailq` listing, and the runner that delivers what is due.
+"""The queue runner: delivers what is due (docs/runner.md). `mailq` lives in control.py.
 
 One runner per spool, held by an `flock` on `<spool>/lock`; a second `dma -q` touches
 `<spool>/flush` to wake the running one instead of starting another. Each entry is claimed (locked)
