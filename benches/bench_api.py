@@ -35,18 +35,10 @@ import tempfile
 import time
 from typing import Any
 
-BENCHES = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(BENCHES)
-OUT = os.path.join(BENCHES, "out")
-VENV = os.path.join(OUT, "venv")
-VPY = os.path.join(VENV, "bin", "python")
-RESULTS = os.path.join(BENCHES, "RESULTS.md")
+from benchlib import C_CONF, C_DMA, C_SPOOL, OUT, RESULTS, ROOT, VENV, VPY
+
 BEGIN = "<!-- BEGIN bench_api -->"
 END = "<!-- END bench_api -->"
-
-C_DMA = "/usr/sbin/dma"
-C_CONF = "/etc/dma/dma.conf"
-C_SPOOL = "/var/spool/dma"
 C_WAIT = 600.0
 # This run's own recipient: the only queue files it removes from C dma's shared spool.
 RCPT = f"bench-api-{os.getpid()}@example.com"
