@@ -29,19 +29,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-BENCHES = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(BENCHES)
-OUT = os.path.join(BENCHES, "out")
-VENV = os.path.join(OUT, "venv")
-VPY = os.path.join(VENV, "bin", "python")
-RESULTS = os.path.join(BENCHES, "RESULTS.md")
-BUILD_INFO = os.path.join(OUT, "build-info.txt")
+from benchlib import BUILD_INFO, C_CONF, C_DMA, C_SPOOL, OUT, RESULTS, ROOT, VENV, VPY
 
 HYPERFINE = "/usr/bin/hyperfine"
 TIME = "/usr/bin/time"
-C_DMA = "/usr/sbin/dma"
-C_CONF = "/etc/dma/dma.conf"
-C_SPOOL = "/var/spool/dma"
 RCPT = "root@example.com"
 
 MIB = 1024 * 1024
