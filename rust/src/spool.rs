@@ -45,6 +45,8 @@ pub struct Incoming {
     created: u64,
     size: u64,
     published: Vec<PathBuf>,
+    /// The temporary file is gone (renamed or removed): nothing is left to clean up.
+    finished: bool,
 }
 
 impl Incoming {
@@ -85,6 +87,7 @@ impl Incoming {
                         created,
                         size: 0,
                         published: Vec::new(),
+                        finished: false,
                     });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => attempt += 1,
@@ -127,34 +130,41 @@ impl Incoming {
         for r in recipients {
             check_field("a recipient", r)?;
         }
-        let mut ids = Vec::with_capacity(recipients.len());
+        if recipients.is_empty() {
+            return Err(DmaError::Data("no recipients".into()));
+        }
+        let last = recipients.len() - 1;
+        let entry_id = |n: usize| format!("{}.{}", self.id, n + 1);
+        // The entries are written in place: the temporary file hides them until the commit.
         for (n, recipient) in recipients.iter().enumerate() {
             let entry = Entry {
-                id: format!("{}.{}", self.id, n + 1),
+                id: entry_id(n),
                 sender: sender.to_owned(),
                 recipient: recipient.clone(),
                 created: self.created,
                 size: self.size,
                 ..Entry::default()
             };
-            let m = self.dir.join(format!("M{}", entry.id));
+            self.published
+                .push(create_entry_file(&self.dir, &entry, self.durable)?);
+        }
+        for n in 0..last {
+            let m = self.dir.join(format!("M{}", entry_id(n)));
             fs::hard_link(&self.tmp, &m).context(|| format!("can not create `{}'", m.display()))?;
             self.published.push(m);
-            let q = self.dir.join(format!("Q{}", entry.id));
-            write_entry_file(&self.dir, &entry, self.durable)?;
-            self.published.push(q);
-            ids.push(entry.id);
         }
-        // The commit: the temporary name goes, and with it the message's entries become visible,
-        // all at once (a process killed before this leaves none of them listed). One directory
-        // sync after it makes every name change above durable too: the file system journals
-        // them in order.
-        fs::remove_file(&self.tmp).context(|| format!("can not commit `{}'", self.tmp.display()))?;
+        // The commit: the message file takes its last recipient's name, and with the temporary
+        // name gone every entry of the message becomes visible at once (a process killed before
+        // this leaves none of them listed). One directory sync after it makes every name change
+        // above durable too.
+        let m = self.dir.join(format!("M{}", entry_id(last)));
+        fs::rename(&self.tmp, &m).context(|| format!("can not commit `{}'", m.display()))?;
+        self.finished = true;
         self.published.clear();
         if self.durable {
             fsync_dir(&self.dir)?;
         }
-        Ok(ids)
+        Ok((0..recipients.len()).map(entry_id).collect())
     }
 
     /// System mode, an unprivileged submitter: publish into the drop directory instead of the
@@ -191,6 +201,7 @@ impl Incoming {
         let _ = fsync_dir(&self.dir);
         self.published.clear();
         let _ = fs::remove_file(&self.tmp);
+        self.finished = true;
         Ok(self.id.clone())
     }
 }
@@ -200,7 +211,9 @@ impl Drop for Incoming {
         for path in self.published.iter().rev() {
             let _ = fs::remove_file(path);
         }
-        let _ = fs::remove_file(&self.tmp);
+        if !self.finished {
+            let _ = fs::remove_file(&self.tmp);
+        }
     }
 }
 
@@ -281,9 +294,34 @@ impl Entry {
     }
 }
 
-/// Write `Q<id>` atomically: a locked temporary file, synced (when `sync`), renamed into place.
-/// Returns the new file, still locked.
-fn write_entry_file(dir: &Path, entry: &Entry, sync: bool) -> Result<File> {
+/// Create the `Q` file of a new entry, which its message's temporary file still hides from every
+/// reader; returns its path.
+fn create_entry_file(dir: &Path, entry: &Entry, sync: bool) -> Result<PathBuf> {
+    let q = dir.join(format!("Q{}", entry.id));
+    let write = |f: &mut File| -> std::io::Result<()> {
+        f.write_all(entry.render().as_bytes())?;
+        if sync {
+            f.sync_all()?;
+        }
+        Ok(())
+    };
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&q)
+        .and_then(|mut f| {
+            write(&mut f).inspect_err(|_| {
+                let _ = fs::remove_file(&q);
+            })
+        })
+        .map_err(|e| DmaError::io(format!("can not create `{}'", q.display()), e))?;
+    Ok(q)
+}
+
+/// Replace `Q<id>` atomically: a locked temporary file, synced, renamed into place. Returns the
+/// new file, still locked.
+fn replace_entry_file(dir: &Path, entry: &Entry) -> Result<File> {
     let tmp = dir.join(format!("{TMP_PREFIX}Q{}", entry.id));
     let q = dir.join(format!("Q{}", entry.id));
     let write = || -> std::io::Result<File> {
@@ -295,9 +333,7 @@ fn write_entry_file(dir: &Path, entry: &Entry, sync: bool) -> Result<File> {
             .open(&tmp)?;
         f.lock()?;
         f.write_all(entry.render().as_bytes())?;
-        if sync {
-            f.sync_all()?;
-        }
+        f.sync_all()?;
         fs::rename(&tmp, &q)?;
         Ok(f)
     };
@@ -422,7 +458,7 @@ impl Claim {
         }
         check_field("the error text", &entry.last_error)?;
         check_field("the state", &entry.state)?;
-        self.file = write_entry_file(&self.dir, &entry, true)?;
+        self.file = replace_entry_file(&self.dir, &entry)?;
         fsync_dir(&self.dir)?;
         self.entry = entry;
         Ok(())
@@ -571,6 +607,20 @@ mod tests {
             assert!(inc.commit("a@x", &["bad\nrcpt".to_owned()]).is_err());
         }
         assert!(names(&dir).is_empty(), "{:?}", names(&dir));
+        {
+            let mut inc = Incoming::create(&dir, false).unwrap();
+            inc.receive(&b"x\n"[..], &crate::test_util::VERBATIM).unwrap();
+            assert!(inc.commit("a@x", &[]).is_err(), "a message with no recipient");
+        }
+        assert!(names(&dir).is_empty(), "{:?}", names(&dir));
+        {
+            // A failure half-way (the second entry's name is taken) takes back the first entry.
+            let mut inc = Incoming::create(&dir, false).unwrap();
+            inc.receive(&b"x\n"[..], &crate::test_util::VERBATIM).unwrap();
+            fs::write(dir.join(format!("Q{}.2", inc.id())), "taken").unwrap();
+            assert!(inc.commit("a@x", &["b@y".to_owned(), "c@z".to_owned()]).is_err());
+        }
+        assert_eq!(names(&dir).len(), 1, "{:?}", names(&dir));
     }
 
     #[test]
