@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import stat
+import sys
+from collections.abc import Iterator
+
 import pytest
+from dma import launcher
 from smtp_servers import Certs
 
 
@@ -14,3 +20,30 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 # Command-line test fixtures (dma_env): tests/dma_fixtures.py
 from dma_fixtures import dma_env  # noqa: E402, F401
+
+
+def launcher_paths() -> list[str]:
+    """What `nobody` must reach to run a launcher: the interpreter, its library, dma, dnspython."""
+    python = os.path.realpath(sys.executable)
+    return [sys.executable, python, sys.base_prefix, sys.prefix, *launcher.search_path()]
+
+
+@pytest.fixture
+def traversable() -> Iterator[None]:
+    """Give `o+x` to the directories above the interpreter and dma that lack it; put them back after."""
+    changed: dict[str, int] = {}
+    for path in launcher_paths():
+        d = os.path.dirname(os.path.abspath(path)) if not os.path.isdir(path) else os.path.abspath(path)
+        while True:
+            st = os.stat(d)
+            if not st.st_mode & stat.S_IXOTH and d not in changed:
+                changed[d] = stat.S_IMODE(st.st_mode)
+                os.chmod(d, changed[d] | stat.S_IXOTH)
+            if d == "/":
+                break
+            d = os.path.dirname(d)
+    try:
+        yield
+    finally:
+        for d, m in changed.items():
+            os.chmod(d, m)

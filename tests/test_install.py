@@ -19,11 +19,10 @@ import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dma import config, install, launcher
+from dma import config, install
 from dma.errors import EX_CONFIG, EX_NOPERM, EX_USAGE, Fatal
 
 BIN = Path(sys.executable).parent
@@ -334,33 +333,6 @@ ours = ("/usr/local/libexec/dma", "/var/lib/dma", "/etc/systemd/system/dma.servi
 report["left"] = [os.path.exists(p) for p in ours]
 print(json.dumps(report))
 """
-
-
-def launcher_paths() -> list[str]:
-    """What `nobody` must reach to run a launcher: the interpreter, its library, dma, dnspython."""
-    python = os.path.realpath(sys.executable)
-    return [sys.executable, python, sys.base_prefix, sys.prefix, *launcher.search_path()]
-
-
-@pytest.fixture
-def traversable() -> Iterator[None]:
-    """Give `o+x` to the directories above the interpreter and dma that lack it; put them back after."""
-    changed: dict[str, int] = {}
-    for path in launcher_paths():
-        d = os.path.dirname(os.path.abspath(path)) if not os.path.isdir(path) else os.path.abspath(path)
-        while True:
-            st = os.stat(d)
-            if not st.st_mode & stat.S_IXOTH and d not in changed:
-                changed[d] = stat.S_IMODE(st.st_mode)
-                os.chmod(d, changed[d] | stat.S_IXOTH)
-            if d == "/":
-                break
-            d = os.path.dirname(d)
-    try:
-        yield
-    finally:
-        for d, m in changed.items():
-            os.chmod(d, m)
 
 
 @ROOT_ONLY

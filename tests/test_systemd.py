@@ -1,0 +1,188 @@
+"""The systemd units that `dma install` writes, run by a real systemd.
+
+Inside a private mount and network namespace (overlays over /usr, /etc and /var, tmpfs over /run,
+/tmp, /var/spool, /var/mail and /etc/dma), systemd is started as PID 1 of a new PID namespace, as a
+container manager would start it: /sys read-only, /dev/console a file of ours, `container=` set.
+Its unit directory holds only the distribution's targets and slices (no services, mounts or
+sockets), so nothing but dma's own units ever runs: no tmpfiles cleaning, no sysctl, no udev, no
+remount of the host's file systems. Then, as a user would: `dma install` (which finds systemd
+running, reloads it and enables dma.path and dma.timer), a message from `nobody` through
+/usr/sbin/sendmail, delivered by the dma.service that dma.path starts, and `dma uninstall`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+SYSTEMD = "/lib/systemd/systemd"
+
+INNER = r"""
+import glob, grp, json, os, shutil, subprocess, sys, time
+
+tmp, dma_bin = sys.argv[1], sys.argv[2]
+report = {}
+
+
+def sh(*args, **kw):
+    return subprocess.run(list(args), capture_output=True, text=True, check=False, **kw)
+
+
+def must(*args):
+    r = sh(*args)
+    if r.returncode:
+        print(json.dumps({"skip": f"{' '.join(args)}: {r.stderr.strip()}"}))
+        sys.exit(0)
+
+
+for d in ("usr", "etc", "var"):
+    os.makedirs(f"{tmp}/{d}-up"); os.makedirs(f"{tmp}/{d}-work")
+    must("mount", "-t", "overlay", "overlay", "-o",
+         f"lowerdir=/{d},upperdir={tmp}/{d}-up,workdir={tmp}/{d}-work", f"/{d}")
+# Only targets and slices: what dma's units depend on, and nothing that could act on the host.
+units = "/usr/lib/systemd/system"
+kept = {p: open(p).read() for p in glob.glob(f"{units}/*.target") + glob.glob(f"{units}/*.slice")
+        if os.path.isfile(p)}
+for d in ("/run", "/var/spool", "/var/mail", "/etc/dma", units):
+    os.makedirs(d, exist_ok=True)
+    must("mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", d)
+for p, text in kept.items():
+    with open(p, "w") as f:
+        f.write(text)
+os.chown("/var/mail", 0, grp.getgrnam("mail").gr_gid)
+os.chmod("/var/mail", 0o2775)
+must("mount", "-o", "remount,bind,ro", "/sys")
+open(f"{tmp}/console", "w").close()
+must("mount", "--bind", f"{tmp}/console", "/dev/console")
+with open("/etc/systemd/system/dma-test.target", "w") as f:
+    f.write("[Unit]\nDescription=dma's test: start nothing else\n")
+systemd_out = open(f"{tmp}/systemd.out", "w+")
+# Last, as `tmp` is under it: the service's PrivateTmp, and anything else, stay in here.
+must("mount", "-t", "tmpfs", "-o", "mode=1777", "tmpfs", "/tmp")
+
+hierarchies = [p for p in glob.glob("/sys/fs/cgroup/*") if os.path.isdir(p)]
+cgroups_before = {h: set(os.listdir(h)) for h in hierarchies}
+unshare = subprocess.Popen(
+    ["unshare", "--pid", "--fork", "--mount-proc", "--propagation", "unchanged",
+     "/usr/bin/env", "container=dma-test", "/lib/systemd/systemd", "--system",
+     "--unit=dma-test.target"],
+    stdin=subprocess.DEVNULL, stdout=systemd_out, stderr=subprocess.STDOUT)
+pid = None
+try:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not os.path.exists("/run/systemd/private"):
+        time.sleep(0.1)
+    children = sh("pgrep", "-P", str(unshare.pid)).stdout.split()
+    if not children or not os.path.exists("/run/systemd/private"):
+        systemd_out.seek(0)
+        print(json.dumps({"skip": "systemd did not start: " + systemd_out.read()[-500:]}))
+        sys.exit(0)
+    pid = children[0]
+    inside = ["nsenter", "-t", pid, "-p", "-m"]
+    report["state"] = sh(*inside, "systemctl", "is-system-running", "--wait", timeout=60).stdout.strip()
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+    r = sh(*inside, dma_bin, "install", env=env)
+    report["install"] = [r.returncode, r.stdout, r.stderr]
+    report["enabled"] = sh(*inside, "systemctl", "is-enabled", "dma.path", "dma.timer").stdout.split()
+    report["active"] = sh(*inside, "systemctl", "is-active", "dma.path", "dma.timer").stdout.split()
+    t0 = time.monotonic()
+    r = sh("setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups",
+           "/usr/sbin/sendmail", "nobody", input="Subject: via systemd\n\nhello through dma.path\n",
+           env=env, cwd="/")
+    report["submit"] = [r.returncode, r.stdout, r.stderr]
+    mbox = ""
+    while time.monotonic() < t0 + 60 and "hello through dma.path" not in mbox:
+        time.sleep(0.2)
+        try:
+            mbox = open("/var/mail/nobody").read()
+        except FileNotFoundError:
+            pass
+    report["mbox"] = mbox
+    report["drops_left"] = os.listdir("/var/spool/dma/incoming")
+    # The service ran and exited cleanly once the queue was idle.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        show = dict(line.split("=", 1) for line in sh(
+            *inside, "systemctl", "show", "dma.service",
+            "-p", "Result", "-p", "ActiveState", "-p", "ExecMainStatus",
+            "-p", "ExecMainStartTimestampMonotonic",
+        ).stdout.split())
+        if show.get("ActiveState") in ("inactive", "failed"):
+            break
+        time.sleep(0.2)
+    report["service"] = show
+    report["status"] = sh(*inside, "systemctl", "status", "dma.service", "--no-pager").stdout
+    r = sh(*inside, dma_bin, "uninstall", env=env)
+    report["uninstall"] = [r.returncode, r.stdout, r.stderr]
+    report["after"] = sh(*inside, "systemctl", "list-unit-files", "--no-legend", "dma.*").stdout.strip()
+    report["units_left"] = sorted(n for n in os.listdir("/etc/systemd/system") if n.startswith("dma."))
+finally:
+    if pid:
+        sh("kill", "-KILL", pid)
+    unshare.wait(timeout=30)
+    # systemd made cgroups next to the host's: remove the ones it added, deepest first.
+    for h, before in cgroups_before.items():
+        for name in set(os.listdir(h)) - before:
+            for path, _, _ in sorted(os.walk(f"{h}/{name}"), key=lambda w: -w[0].count("/")):
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    pass
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="starts systemd as PID 1 of a namespace: root only")
+@pytest.mark.skipif(
+    not all(map(shutil.which, ("unshare", "nsenter", "setpriv", "systemctl"))) or not os.path.exists(SYSTEMD),
+    reason="needs systemd, unshare, nsenter and setpriv",
+)
+def test_units_under_a_real_systemd(tmp_path: Path, traversable: None) -> None:
+    tmp_path.chmod(0o755)
+    proc = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--net",
+            sys.executable,
+            "-c",
+            INNER,
+            str(tmp_path),
+            str(BIN / "dma"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.splitlines()[-1])
+    if "skip" in report:
+        pytest.skip(report["skip"])
+    assert report["state"] == "running", report
+    assert report["install"][0] == 0, report["install"]
+    # With systemd running, install reloads it and enables the units (no "not running" note).
+    assert "systemd is not running" not in report["install"][1], report["install"]
+    assert report["enabled"] == ["enabled", "enabled"], report
+    assert report["active"] == ["active", "active"], report
+    assert report["submit"] == [0, "", ""], report["submit"]
+    mbox = report["mbox"]
+    assert "Received: from nobody (uid 65534)" in mbox and "hello through dma.path" in mbox, report
+    assert report["drops_left"] == [], report
+    assert report["service"]["Result"] == "success", report["status"]
+    assert report["service"]["ExecMainStatus"] == "0", report["status"]
+    assert int(report["service"]["ExecMainStartTimestampMonotonic"]) > 0, "dma.path never started dma.service"
+    assert report["uninstall"][0] == 0, report["uninstall"]
+    assert report["units_left"] == [], report
+    assert all(state in ("disabled", "not-found") for state in report["after"]) or report["after"] == [], (
+        report
+    )
