@@ -384,6 +384,43 @@ def test_mailq_as_unprivileged_user(world: World, users: tuple[User, User]) -> N
         assert r.stderr.startswith(b"mailq: ") and r.stderr.count(b"\n") == 1, r.stderr
 
 
+def test_root_mailq_lists_mail_waiting_in_the_drop_directory(world: World, users: tuple[User, User]) -> None:
+    """Without systemd a user's mail waits in the drop directory until the runner comes by: root's
+    `mailq` shows it there (state `incoming`), and then as a spool entry once it is taken."""
+    a, _ = users
+    r = world.submit(
+        a, ["someone@remote.example", "other@remote.example"], message("waiting", f"From: {a.name}")
+    )
+    assert r.returncode == 0, r.stderr
+    ident = next(name[1:] for name in world.drops() if name.startswith("E"))
+
+    def mailq(*args: str) -> str:
+        r = subprocess.run(
+            [program("mailq"), *args], capture_output=True, env=world.env, cwd="/", timeout=30, check=False
+        )
+        assert r.returncode == 0 and r.stderr == b"", r.stderr
+        return r.stdout.decode()
+
+    sender = f"{a.name}@{MAILNAME}"
+    assert mailq() == (
+        f"ID\t: {ident}.1\nFrom\t: {sender}\nTo\t: someone@remote.example\n--\n"
+        f"ID\t: {ident}.2\nFrom\t: {sender}\nTo\t: other@remote.example\n"
+    )
+    rows = json.loads(mailq("--json"))
+    assert [(row["id"], row["state"], row["recipient"]) for row in rows] == [
+        (f"{ident}.1", "incoming", "someone@remote.example"),
+        (f"{ident}.2", "incoming", "other@remote.example"),
+    ]
+    assert rows[0]["size"] == os.lstat(world.incoming / f"D{ident}").st_size
+    world.run_queue()  # the smarthost refuses: taken into the spool, and deferred
+    rows = json.loads(mailq("--json"))
+    assert sorted((row["state"], row["recipient"]) for row in rows) == [
+        ("deferred", "other@remote.example"),
+        ("deferred", "someone@remote.example"),
+    ], rows
+    assert world.drops() == []
+
+
 # ---- identity --------------------------------------------------------------------------------
 
 

@@ -39,37 +39,52 @@ BOUNCE_TEXT = "bounced by the administrator"
 
 
 def list_queue(cfg: Config, out: TextIO, *, json: bool = False) -> None:
-    """Print the queue in C dma's `mailq` format (monitoring scripts parse it), or as JSON."""
-    from . import _native
+    """Print the queue in C dma's `mailq` format (monitoring scripts parse it), or as JSON: the
+    spool's entries, then (system mode) users' mail still waiting in the drop directory."""
+    from . import _native, drop
 
     try:
         entries = _native.scan_queue(cfg.spooldir)[0] if os.path.isdir(cfg.spooldir) else []
     except PermissionError:
         # System mode: the spool is the runner's (root's) alone, as is every queued message.
         raise Fatal(EX_NOPERM, f"the queue in `{cfg.spooldir}' can be listed by root only") from None
+    rows = [entry_row(e) for e in entries]
+    for ident, sender, recipients, st in drop.waiting(cfg):
+        for n, rcpt in enumerate(recipients, 1):
+            rows.append(
+                {
+                    "id": f"{ident}.{n}",
+                    "message_id": ident,
+                    "sender": sender,
+                    "recipient": rcpt,
+                    "created": int(st.st_mtime),
+                    "size": st.st_size,
+                    "attempts": 0,
+                    "next_attempt": 0,
+                    "last_error": None,
+                    "state": "incoming",
+                }
+            )
     if json:
-        write_json(entries, out)
+        import json as json_module
+
+        json_module.dump(rows, out, indent=1)
+        out.write("\n")
         return
-    if not entries:
+    if not rows:
         out.write("Mail queue is empty\n")
         return
-    blocks = [f"ID\t: {e.id}\nFrom\t: {e.sender}\nTo\t: {e.recipient}\n" for e in entries]
+    blocks = [f"ID\t: {r['id']}\nFrom\t: {r['sender']}\nTo\t: {r['recipient']}\n" for r in rows]
     out.write("--\n".join(blocks))
 
 
-def write_json(entries: list[_native.QueueEntry], out: TextIO) -> None:
-    """`mailq --json`: one object per entry with its state (the fields of docs/spool.md)."""
-    import json
-
+def entry_row(e: _native.QueueEntry) -> dict[str, object]:
+    """One entry for `mailq --json`, with its state (the fields of docs/spool.md)."""
     fields = ("id", "message_id", "sender", "recipient", "created", "size", "attempts", "next_attempt")
-    rows = []
-    for e in entries:
-        row: dict[str, object] = {name: getattr(e, name) for name in fields}
-        row["last_error"] = e.last_error or None
-        row["state"] = e.state or ("deferred" if e.attempts else "queued")
-        rows.append(row)
-    json.dump(rows, out, indent=1)
-    out.write("\n")
+    row: dict[str, object] = {name: getattr(e, name) for name in fields}
+    row["last_error"] = e.last_error or None
+    row["state"] = e.state or ("deferred" if e.attempts else "queued")
+    return row
 
 
 SUBCOMMANDS = ("list", "show", "hold", "release", "delete", "bounce")

@@ -72,6 +72,37 @@ def parse_envelope(text: str) -> tuple[str, list[str]]:
     return sender, recipients
 
 
+def read_envelope(fd: int) -> tuple[str, list[str]]:
+    return parse_envelope(os.read(fd, MAX_ENVELOPE + 1).decode("utf-8", "surrogateescape"))
+
+
+def waiting(cfg: Config) -> list[tuple[str, str, list[str], os.stat_result]]:
+    """Drops the runner has not taken yet, oldest first: (id, sender, recipients as given, the
+    message's stat). Only the runner's user can list them; a drop that cannot be read or parsed
+    is left out, as the runner will refuse it (and log why)."""
+    base = path(cfg)
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        if not name.startswith("E"):
+            continue
+        try:
+            efd, _ = open_plain(f"{base}/{name}")
+            try:
+                sender, recipients = read_envelope(efd)
+            finally:
+                os.close(efd)
+            dst = os.lstat(f"{base}/D{name[1:]}")
+        except (OSError, Rejected, Fatal):
+            continue
+        found.append((name[1:], sender, recipients, dst))
+    found.sort(key=lambda drop: (drop[3].st_mtime, drop[0]))
+    return found
+
+
 def take(cfg: Config, ident: str) -> tuple[str, list[str], int]:
     """Move drop `ident` into the spool; returns (message id, recipients, submitter uid)."""
     base = path(cfg)
@@ -87,7 +118,7 @@ def take(cfg: Config, ident: str) -> tuple[str, list[str], int]:
         if est.st_size > MAX_ENVELOPE:
             raise Rejected(f"E{ident} is too large")
         uid = dst.st_uid
-        sender, given = parse_envelope(os.read(efd, MAX_ENVELOPE + 1).decode("utf-8", "surrogateescape"))
+        sender, given = read_envelope(efd)
         recipients = RecipientResolver(cfg).resolve(given)
         try:
             user = pwd.getpwuid(uid).pw_name
