@@ -281,6 +281,14 @@ class RawServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # Stop the accept loop before the descriptor is closed: a thread still blocked in (or about
+        # to enter) accept() on a closed descriptor number takes connections meant for whatever
+        # socket reuses that number next, such as the next test's server.
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.thread.join(timeout=5)
         self.listener.close()
         for peer in self.peers:
             try:

@@ -372,25 +372,20 @@ def full_disk_runner(leave: int) -> Callable[[Path], tuple[str, str]]:
             r2, _ = queue_run(env)  # with room again
             after = [(e.state, e.attempts) for e in env.entries()]
             reports_after = len(bounces(env))
-        detail = f"entries={entries} bounces={reports}, with room: entries={after} bounces={reports_after}"
+            sessions = sum(1 for c in server.commands if c.startswith("EHLO"))
+        detail = (
+            f"entries={entries} bounces={reports}, with room: entries={after} bounces={reports_after}"
+            f", sessions={sessions}"
+        )
         if "Traceback" in err:
             detail += f"; runner traceback: {err.strip().splitlines()[-1][:110]}"
         if leave and len(entries) == 1 and entries[0][0] == "held" and not reports and after == [("held", 1)]:
             return "held, not lost", detail
-        # With room again the next run bounces it, or, if that attempt is deferred, keeps it for a
-        # later one; either way it is there or accounted for, never gone. (A few runs inside the
-        # whole table saw this second attempt accepted with 250 by the server, and the message
-        # delivered: not lost either; docs/campaigns.md notes it as an open question.)
-        events = log_events(logfile)
-        bounced = not after and reports_after == 1
-        kept = len(after) == 1 and after[0][1] >= 1 and not reports_after
-        delivered = not after and not reports_after and events[-1:] == ["delivered"]
-        if not leave and entries == [("", 0, "")] and not reports and (bounced or kept or delivered):
+        # The entry is as it was, and with room again the next run gets the same 550 and bounces it.
+        if not leave and entries == [("", 0, "")] and not reports and not after and reports_after == 1:
             return ("kept, not lost" + (", traceback" if "Traceback" in err else "")), detail
-        return (
-            "other",
-            f"{detail}; second run: exit {r2.returncode} {r2.stderr.decode()[-200:]!r}; log: {events}",
-        )
+        second = f"exit {r2.returncode} {r2.stderr.decode()[-200:]!r}"
+        return "other", f"{detail}; second run: {second}; log: {log_events(logfile)}"
 
     return run
 
