@@ -154,6 +154,23 @@ def test_fresh_install_twice_then_uninstall(tmp_path: Path) -> None:
 
 
 @ROOT_ONLY
+@pytest.mark.parametrize("prefix", ["/opt/dma", "/tmp/ci/.venv", "/var/tmp/venv"])
+def test_private_tmp_unless_the_environment_lives_in_tmp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefix: str
+) -> None:
+    """dma.service has PrivateTmp=yes, which would hide an interpreter or packages under /tmp or
+    /var/tmp from the runner: then the line is left out, and the install says so."""
+    monkeypatch.setattr(install, "environment_paths", lambda: [f"{prefix}/bin/python3", f"{prefix}/lib"])
+    out = run("install", str(tmp_path), "--systemd")
+    service = (tmp_path / "etc/systemd/system/dma.service").read_text()
+    if prefix == "/opt/dma":
+        assert "PrivateTmp=yes\n" in service and "PrivateTmp" not in out
+    else:
+        assert "PrivateTmp" not in service and "ProtectSystem=full\n" in service
+        assert f"note     dma.service runs without PrivateTmp=yes, which would hide {prefix}/" in out, out
+
+
+@ROOT_ONLY
 def test_over_c_dma_keeps_and_restores_everything(tmp_path: Path) -> None:
     c_dma_root(tmp_path)
     original = snapshot(tmp_path)

@@ -85,6 +85,12 @@ def command(prog: str, name: str, args: list[str]) -> int:
     return 0
 
 
+def environment_paths() -> list[str]:
+    """Where the launchers' interpreter and the packages they import live, links resolved."""
+    paths = [sys.executable, sys.prefix, *launcher.search_path()]
+    return [os.path.realpath(p) for p in paths] + [os.path.abspath(p) for p in paths]
+
+
 def sha256(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
@@ -341,10 +347,16 @@ class Installer:
 
     def install_units(self, spooldir: str) -> None:
         changed = self.changes
+        # The service's private /tmp would hide an environment that lives in the shared one.
+        under_tmp = sorted({p for p in environment_paths() if p.startswith(("/tmp/", "/var/tmp/"))})
         for unit in UNITS:
             with open(os.path.join(DATA, unit)) as f:
                 text = f.read().replace("@LIBEXEC@", LIBEXEC).replace("@SPOOLDIR@", spooldir)
+            if under_tmp:
+                text = text.replace("PrivateTmp=yes\n", "")
             self.write_file(f"{UNIT_DIR}/{unit}", text)
+        if under_tmp and self.changes != changed:
+            self.say("note", f"dma.service runs without PrivateTmp=yes, which would hide {under_tmp[0]}")
         if not self.live:
             if self.changes != changed:
                 enable = " ".join(ENABLE)
