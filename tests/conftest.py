@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from dma import launcher
@@ -47,3 +50,24 @@ def traversable() -> Iterator[None]:
     finally:
         for d, m in changed.items():
             os.chmod(d, m)
+
+
+def in_private_namespace(script: str, *args: str, net: bool = False, timeout: float = 120) -> dict[str, Any]:
+    """Run the Python `script` with `args` in a private mount namespace (and network namespace with
+    `net`), and return the JSON object its last line prints. The test is skipped where there are no
+    namespaces, or when the script prints `{"skip": why}`."""
+    unshare = ["unshare", "--mount", "--propagation", "private", *(["--net"] if net else [])]
+    proc = subprocess.run(
+        [*unshare, sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if proc.returncode and "unshare failed" in proc.stderr:
+        pytest.skip(f"no namespaces here: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr
+    report: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    if "skip" in report:
+        pytest.skip(report["skip"])
+    return report

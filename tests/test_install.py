@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import in_private_namespace
 from dma import config, install
 from dma.errors import EX_CONFIG, EX_NOPERM, EX_USAGE, Fatal
 
@@ -358,29 +359,7 @@ print(json.dumps(report))
 )
 def test_live_install_in_a_private_mount_namespace(tmp_path: Path, traversable: None) -> None:
     tmp_path.chmod(0o755)
-    proc = subprocess.run(
-        [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            sys.executable,
-            "-c",
-            INNER,
-            str(tmp_path),
-            str(BIN / "dma"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if proc.returncode and "unshare failed" in proc.stderr:
-        pytest.skip(f"no mount namespace here: {proc.stderr.strip()}")
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout.splitlines()[-1])
-    if "skip" in report:
-        pytest.skip(report["skip"])
+    report = in_private_namespace(INNER, str(tmp_path), str(BIN / "dma"))
     assert report["install"][0] == 0, report["install"]
     assert report["again"][0] == 0, report["again"]
     lines = report["again"][1].splitlines()

@@ -12,14 +12,13 @@ running, reloads it and enables dma.path and dma.timer), a message from `nobody`
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import in_private_namespace
 
 BIN = Path(sys.executable).parent
 SYSTEMD = "/lib/systemd/systemd"
@@ -145,28 +144,7 @@ print(json.dumps(report))
 )
 def test_units_under_a_real_systemd(tmp_path: Path, traversable: None) -> None:
     tmp_path.chmod(0o755)
-    proc = subprocess.run(
-        [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "--net",
-            sys.executable,
-            "-c",
-            INNER,
-            str(tmp_path),
-            str(BIN / "dma"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout.splitlines()[-1])
-    if "skip" in report:
-        pytest.skip(report["skip"])
+    report = in_private_namespace(INNER, str(tmp_path), str(BIN / "dma"), net=True, timeout=240)
     assert report["state"] == "running", report
     assert report["install"][0] == 0, report["install"]
     # With systemd running, install reloads it and enables the units (no "not running" note).
