@@ -86,32 +86,23 @@ class Options:
 
 
 def parse_args(args: list[str]) -> Options:
+    import getopt
+
+    try:
+        pairs, rest = getopt.getopt(args, "hvnC:", ["help"])
+    except getopt.GetoptError as e:
+        raise Fatal(EX_USAGE, f"{e} ({USAGE})") from None
     opts = Options()
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--":
-            i += 1
-            break
-        if arg in ("-h", "--help"):
+    for flag, value in pairs:
+        if flag in ("-h", "--help"):
             raise Fatal(EX_USAGE, USAGE)
-        if arg == "-v":
+        if flag == "-v":
             opts.verbose = True
-        elif arg == "-n":
+        elif flag == "-n":
             opts.connect = False
-        elif arg == "-C":
-            if i + 1 >= len(args):
-                raise Fatal(EX_USAGE, f"option requires an argument: `-C'\n{USAGE}")
-            i += 1
-            opts.config = args[i]
-        elif arg.startswith("-C") and len(arg) > 2:
-            opts.config = arg[2:]
-        elif arg.startswith("-") and arg != "-":
-            raise Fatal(EX_USAGE, f"invalid argument: `{arg}' ({USAGE})")
         else:
-            break
-        i += 1
-    opts.addresses = args[i:]
+            opts.config = value
+    opts.addresses = rest
     return opts
 
 
