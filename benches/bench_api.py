@@ -29,15 +29,15 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
-from benchlib import C_DMA, OUT, VENV, CDma, build_and_reexec, facts, log, write_message, write_section
+from benchlib import C_DMA, OUT, VENV, CDma, facts, log, start, write_message, write_section
 
 RCPT = "bench-api@example.com"
 TARGET = 2000.0
@@ -72,65 +72,61 @@ def queued(conf: str) -> int:
     return sum(1 for name in os.listdir(spool) if name.startswith("Q"))
 
 
+def submit_batches(cfg: Any, n: int, size: int, message: Any) -> None:
+    """`n` messages through `dma.api.Batch`, `size` to a batch."""
+    from dma import api
+
+    for _ in range(n // size):
+        with api.Batch(cfg) as batch:
+            for _ in range(size):
+                batch.submit(message, recipients=[RCPT])
+
+
+def timed(conf: str, n: int, run: Callable[[Any], None]) -> float:
+    """Messages per second of `run(config)`, which must queue `n` messages into `conf`'s spool."""
+    from dma import config
+
+    cfg = config.load(conf)
+    os.sync()
+    t0 = time.perf_counter()
+    run(cfg)
+    rate = n / (time.perf_counter() - t0)
+    assert queued(conf) == n, (conf, queued(conf))
+    return rate
+
+
 def api_rates(base: str, tag: str, args: argparse.Namespace, message: bytes) -> dict[str, float]:
     """Our API's modes, each into its own fresh spool: messages per second."""
     from email import message_from_bytes, policy
 
-    from dma import api, config
+    from dma import api
 
     obj = message_from_bytes(message, policy=policy.default)
-    rates: dict[str, float] = {}
 
-    def batches(cfg: config.Config, n: int, size: int, msg: object) -> None:
-        for _ in range(n // size):
-            with api.Batch(cfg) as batch:
-                for _ in range(size):
-                    batch.submit(msg, recipients=[RCPT])  # type: ignore[arg-type]
-
-    def timed(mode: str, n: int, run: Callable[[config.Config], None], conf: str | None = None) -> None:
-        conf = conf or fresh_spool(base, f"{tag}-{mode}")
-        cfg = config.load(conf)
-        os.sync()
-        t0 = time.perf_counter()
-        run(cfg)
-        rates[mode] = n / (time.perf_counter() - t0)
-        assert queued(conf) == n, (mode, queued(conf))
-
-    def one_by_one(cfg: config.Config) -> None:
+    def one_by_one(cfg: Any) -> None:
         for _ in range(args.single):
             api.submit(message, recipients=[RCPT], config=cfg)
 
-    timed("single", args.single, one_by_one)
-    timed("batch100", args.total, lambda cfg: batches(cfg, args.total, 100, message))
-    timed("batch1000", args.total, lambda cfg: batches(cfg, args.total, 1000, message))
-    timed("batch1000obj", args.total, lambda cfg: batches(cfg, args.total, 1000, obj))
-    return rates
+    runs: dict[str, tuple[int, Callable[[Any], None]]] = {
+        "single": (args.single, one_by_one),
+        "batch100": (args.total, lambda cfg: submit_batches(cfg, args.total, 100, message)),
+        "batch1000": (args.total, lambda cfg: submit_batches(cfg, args.total, 1000, message)),
+        "batch1000obj": (args.total, lambda cfg: submit_batches(cfg, args.total, 1000, obj)),
+    }
+    return {mode: timed(fresh_spool(base, f"{tag}-{mode}"), n, run) for mode, (n, run) in runs.items()}
 
 
 def reused_rate(base: str, tag: str, args: argparse.Namespace, message: bytes) -> float:
     """A busy spool: batches of 100 into a spool whose as many messages were just delivered
     (removed) by a runner."""
-    from dma import api, config
+    from dma import config
 
     conf = fresh_spool(base, f"{tag}-reused")
-    cfg = config.load(conf)
-
-    def batches() -> None:
-        for _ in range(args.total // 100):
-            with api.Batch(cfg) as batch:
-                for _ in range(100):
-                    batch.submit(message, recipients=[RCPT])
-
-    batches()
+    submit_batches(config.load(conf), args.total, 100, message)
     spool = conf.removesuffix(".conf")
     for name in os.listdir(spool):
         os.unlink(os.path.join(spool, name))
-    os.sync()
-    t0 = time.perf_counter()
-    batches()
-    rate = args.total / (time.perf_counter() - t0)
-    assert queued(conf) == args.total
-    return rate
+    return timed(conf, args.total, lambda cfg: submit_batches(cfg, args.total, 100, message))
 
 
 def cli_rate(argv: list[str], msg_path: str, n: int) -> float:
@@ -293,7 +289,7 @@ def report(
 
 
 def main() -> None:
-    build_and_reexec(os.path.abspath(__file__), sys.argv[1:])
+    start(os.path.abspath(__file__), sys.argv[1:])
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
@@ -302,10 +298,7 @@ def main() -> None:
     parser.add_argument("--cli", type=int, default=300, help="command-line submissions, per agent and round")
     parser.add_argument("--no-results", action="store_true", help="print the report, leave RESULTS.md alone")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit("run as root: C dma's configuration is /etc/dma/dma.conf, and the loop mount")
     started = time.monotonic()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     about = facts()
     results: list[tuple[str, list[dict[str, float]]]] = []
     work = tempfile.mkdtemp(prefix="dma-bench-api-", dir="/var/tmp")

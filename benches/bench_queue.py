@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -100,11 +99,7 @@ partial: tuple[int, float] | None = None
 
 def main() -> int:
     argv = sys.argv[1:]
-    if os.geteuid() != 0:
-        sys.stderr.write("run as root: C dma's /etc/dma/dma.conf is swapped for the run\n")
-        return 2
-    b.build_and_reexec(os.path.abspath(__file__), argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    b.start(os.path.abspath(__file__), argv)
     quick = "--quick" in argv
     started = time.monotonic()
     info = b.facts()

@@ -17,7 +17,6 @@ Prints a Markdown table and writes the `bench_transport` section of benches/RESU
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -136,11 +135,7 @@ def ours_many(port: int, msg: str, count: int) -> float:
 
 def main() -> int:
     argv = sys.argv[1:]
-    if os.geteuid() != 0:
-        sys.stderr.write("run as root: C dma's /etc/dma/dma.conf is swapped for the run\n")
-        return 2
-    b.build_and_reexec(os.path.abspath(__file__), argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    b.start(os.path.abspath(__file__), argv)
     runs = int(argv[argv.index("--runs") + 1]) if "--runs" in argv else 200
     many = 1000
     reps_b = 7

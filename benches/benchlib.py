@@ -14,6 +14,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -67,6 +68,16 @@ def build_and_reexec(script: str, argv: list[str]) -> None:
         log(f"pip install {' '.join(need)} into benches/out/venv")
         subprocess.run([VPY, "-m", "pip", "install", "-q", *need], check=True)
     os.execv(VPY, [VPY, script, *argv])
+
+
+def start(script: str, argv: list[str]) -> None:
+    """A benchmark's start: as root (it swaps C dma's /etc/dma/dma.conf for the run, which it
+    restores), inside the venv, and with a SIGTERM that still runs the restoring code."""
+    if os.geteuid() != 0:
+        sys.stderr.write("run as root: C dma's /etc/dma/dma.conf is swapped for the run\n")
+        raise SystemExit(2)
+    build_and_reexec(script, argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def git_head() -> str:
