@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from dma import launcher
+from dma import _native, launcher
 from smtp_servers import Certs
 
 
@@ -71,3 +71,17 @@ def in_private_namespace(script: str, *args: str, net: bool = False, timeout: fl
     if "skip" in report:
         pytest.skip(report["skip"])
     return report
+
+
+@pytest.fixture
+def syncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every `_native.sync_spool` call (the real one still runs)."""
+    calls: list[str] = []
+    real = _native.sync_spool
+
+    def spy(spooldir: str) -> None:
+        calls.append(str(spooldir))
+        real(spooldir)
+
+    monkeypatch.setattr(_native, "sync_spool", spy)
+    return calls

@@ -258,20 +258,6 @@ def test_unwritable_spool_is_fatal(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def syncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every `_native.sync_spool` call (the real one still runs)."""
-    calls: list[str] = []
-    real = _native.sync_spool
-
-    def spy(spooldir: str) -> None:
-        calls.append(str(spooldir))
-        real(spooldir)
-
-    monkeypatch.setattr(_native, "sync_spool", spy)
-    return calls
-
-
-@pytest.fixture
 def wakes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     monkeypatch.setattr(api, "wake_runner", lambda cfg: calls.append(cfg.spooldir))

@@ -11,7 +11,7 @@ import pytest
 from django.conf import settings
 from django.core import mail
 from django.test.utils import override_settings
-from dma import _native, api
+from dma import api
 from dma.errors import EX_DATAERR, Fatal
 from dma_fixtures import DmaEnv
 from smtp_servers import Smtpd
@@ -30,19 +30,6 @@ def denv(tmp_path: Path) -> Iterator[DmaEnv]:
     env.write_conf("DEFER")
     with override_settings(DMA_CONFIG=str(env.conf)):
         yield env
-
-
-@pytest.fixture
-def syncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    real = _native.sync_spool
-
-    def spy(spooldir: str) -> None:
-        calls.append(str(spooldir))
-        real(spooldir)
-
-    monkeypatch.setattr(_native, "sync_spool", spy)
-    return calls
 
 
 def test_send_mail_queues_through_dma(denv: DmaEnv, syncs: list[str]) -> None:
