@@ -43,7 +43,7 @@ def time_ours(port: int, msg: str, runs: int) -> list[float]:
     for _ in range(runs + 10):
         t = time.perf_counter()
         r = _native.smtp_session(
-            "127.0.0.1", ["127.0.0.1"], port, "bench.example.com", [(SENDER, [RCPT], msg)]
+            _native.Settings("127.0.0.1", ["127.0.0.1"], port, "bench.example.com"), [(SENDER, [RCPT], msg)]
         )
         times.append(time.perf_counter() - t)
         assert r.results[0][0].status == "sent", r.results
@@ -122,7 +122,7 @@ def ours_many(port: int, msg: str, count: int) -> float:
 
     t = time.perf_counter()
     r = _native.smtp_session(
-        "127.0.0.1", ["127.0.0.1"], port, "bench.example.com", [(SENDER, [RCPT], msg)] * count
+        _native.Settings("127.0.0.1", ["127.0.0.1"], port, "bench.example.com"), [(SENDER, [RCPT], msg)] * count
     )
     dt = time.perf_counter() - t
     sent = sum(1 for tx in r.results for o in tx if o.status == "sent")

@@ -172,13 +172,10 @@ def test_data_round_trip_over_a_socket(lines: list[bytes], final_newline: bool) 
             f.write(spooled)
         with RawServer(scripted(ext=("8BITMIME", "SIZE 100000000"))) as srv:
             result = _native.smtp_session(
-                "mx.test",
-                ["127.0.0.1"],
-                srv.port,
-                "client.test",
+                _native.Settings(
+                    "mx.test", ["127.0.0.1"], srv.port, "client.test", connect_timeout=5.0, command_timeout=5.0
+                ),
                 [("a@example.com", ["b@example.com"], path)],
-                connect_timeout=5.0,
-                command_timeout=5.0,
             )
             [[outcome]] = result.results
             assert outcome.status == "sent", outcome

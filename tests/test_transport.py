@@ -37,7 +37,7 @@ def msg(tmp_path: Path):
 def send(port: int, transactions, *, host: str = "mx.test", addresses=("127.0.0.1",), **kw):
     kw.setdefault("connect_timeout", 5.0)
     kw.setdefault("command_timeout", 5.0)
-    return _native.smtp_session(host, list(addresses), port, "client.test", transactions, **kw)
+    return _native.smtp_session(_native.Settings(host, list(addresses), port, "client.test", **kw), transactions)
 
 
 def statuses(result) -> list[list[str]]:
@@ -348,9 +348,9 @@ def test_verbose_transcript_hides_secrets(msg, certs: Certs) -> None:
             from dma import _native
             for mech, secret in [("PLAIN", {PASSWORD!r}), ("LOGIN", {PASSWORD!r}), ("CRAM-MD5", {PASSWORD!r}),
                                  ("XOAUTH2", {TOKEN!r})]:
-                r = _native.smtp_session("mx.test", ["127.0.0.1"], {srv.port}, "client.test",
-                                         [("f@c.test", ["a@x.test"], {msg()!r})], tls="starttls",
-                                         login={LOGIN!r}, secret=secret, mechanisms=[mech], verbose=True)
+                r = _native.smtp_session(_native.Settings("mx.test", ["127.0.0.1"], {srv.port}, "client.test",
+                                         tls="starttls", login={LOGIN!r}, secret=secret, mechanisms=[mech],
+                                         verbose=True), [("f@c.test", ["a@x.test"], {msg()!r})])
                 assert r.results[0][0].status == "sent", r.results
             """)
         proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)

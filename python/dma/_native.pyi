@@ -94,29 +94,62 @@ class SessionResult:
     auth_mechanism: str | None  # None: not authenticated (not configured, not offered, or no TLS)
     extensions: list[str]  # EHLO keywords, upper case (after STARTTLS when TLS was started)
     failure: Outcome | None  # why the connection could not be used (all a probe without transactions gets)
+    entries: dict[str, Outcome]  # Connection.send: each entry id's outcome
+
+class Settings:
+    """One destination host's session settings."""
+
+    def __init__(
+        self,
+        host: str,
+        addresses: list[str],
+        port: int,
+        helo: str,
+        *,
+        tls: str = "none",  # "none" | "starttls" | "opportunistic" | "implicit"
+        verify_cert: bool = False,
+        ca_file: str | PathLike[str] | None = None,
+        fingerprint: bytes | None = None,  # SHA-256 of the leaf certificate, 32 bytes
+        client_cert: str | PathLike[str] | None = None,  # one PEM file: chain and private key
+        login: str | None = None,
+        secret: str | None = None,
+        mechanisms: list[str] | None = None,  # default CRAM-MD5, PLAIN, LOGIN; XOAUTH2 only if named
+        allow_insecure_auth: bool = False,
+        connect_timeout: float = 30.0,
+        command_timeout: float = 300.0,  # per reply, and for the whole set-up and each transaction
+        verbose: bool = False,  # dialogue on stderr as "<<< " / ">>> " lines, credentials hidden
+        journal: str | PathLike[str] | None = None,  # spool whose delivered journal records confirmed entries
+    ) -> None: ...
 
 def smtp_session(
-    host: str,
-    addresses: list[str],
-    port: int,
-    helo: str,
+    settings: Settings,
     transactions: list[tuple[str, list[str], str | PathLike[str]]],  # (sender, recipients, M file)
-    *,
-    tls: str = "none",  # "none" | "starttls" | "opportunistic" | "implicit"
-    verify_cert: bool = False,
-    ca_file: str | PathLike[str] | None = None,
-    fingerprint: bytes | None = None,  # SHA-256 of the leaf certificate, 32 bytes
-    client_cert: str | PathLike[str] | None = None,  # one PEM file: chain and private key
-    login: str | None = None,
-    secret: str | None = None,
-    mechanisms: list[str] | None = None,  # default CRAM-MD5, PLAIN, LOGIN; XOAUTH2 only if named
-    allow_insecure_auth: bool = False,
-    connect_timeout: float = 30.0,
-    command_timeout: float = 300.0,
-    verbose: bool = False,  # dialogue on stderr as "<<< " / ">>> " lines, credentials hidden
-    journal: str | PathLike[str] | None = None,  # spool whose delivered journal records confirmed recipients
-    journal_ids: list[list[str]] | None = None,  # per transaction, per recipient: the entry id to record
 ) -> SessionResult: ...
+
+class Connection:
+    """A connection kept open between `send` calls (the runner's connection cache)."""
+
+    def __init__(self, settings: Settings) -> None: ...
+    # One transaction per group of claimed entries (one message's recipients); reconnects when
+    # the server dropped the connection. SessionResult.entries has each entry's outcome.
+    def send(self, spool: Spool, groups: list[list[str]]) -> SessionResult: ...
+    def close(self) -> None: ...
+
+class Spool:
+    """The runner's spool: due entries, claims by id, records, and the wait for new mail."""
+
+    def __init__(self, spooldir: str, drop: str | None = None) -> None: ...
+    # (due entries not claimed here, oldest first; the earliest later retry; messages with a failed entry)
+    def due(self, now: int, force: bool) -> tuple[list[QueueEntry], int | None, list[str]]: ...
+    def message_entries(self, message_id: str) -> list[QueueEntry]: ...
+    def claim(self, ids: list[str]) -> list[QueueEntry]: ...  # the ones now held here
+    def message_path(self, id: str) -> str: ...
+    def record(self, id: str, *, attempts: int, next_attempt: int, last_error: str, state: str) -> None: ...
+    def remove(self, id: str) -> None: ...  # durable after the next sync()
+    def release(self, id: str) -> None: ...
+    def sync(self) -> None: ...
+    def wait(self, timeout: float) -> tuple[bool, bool]: ...  # (work, flush)
+    def notify(self) -> None: ...
 
 # ---- auth ----
 def auth_plain(login: str, password: str) -> str: ...

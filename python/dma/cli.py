@@ -255,8 +255,9 @@ def deliver_now(cfg: Config, message_id: str, opts: Options, prog: str) -> int:
     runner = Runner(cfg, verbose=opts.verbose, report_failures=opts.foreground, name=prog, tag=opts.tag)
     if opts.foreground:
         # -D: deliver this message now, even if a runner is busy, and report the outcome.
-        runner.deliver(entry_ids_of(cfg, message_id))
-        runner.settle()
+        from .queue import Selection
+
+        runner.run(only=Selection(f"I{message_id}"), force=True)
         if runner.failed:
             return EX_UNAVAILABLE
         return EX_TEMPFAIL if runner.deferred else 0
@@ -268,13 +269,6 @@ def deliver_now(cfg: Config, message_id: str, opts: Options, prog: str) -> int:
         return 0
     runner.serve()
     return 0
-
-
-def entry_ids_of(cfg: Config, message_id: str) -> list[str]:
-    from . import _native
-
-    entries, _ = _native.scan_queue(cfg.spooldir)
-    return [e.id for e in entries if e.message_id == message_id]
 
 
 def daemonize() -> bool:

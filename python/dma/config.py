@@ -70,6 +70,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "HOST_CONCURRENCY": ("count", "host_concurrency"),
     "CONNECT_TIMEOUT": ("seconds", "connect_timeout"),
     "TIMEOUT": ("seconds", "timeout"),
+    "LINGER": ("seconds", "linger"),
     "XOAUTH2_COMMAND": ("argv", "xoauth2_command"),
     "HELO_NAME": ("host", "helo_name"),
     "LOGFILE": ("str", "logfile"),
@@ -97,6 +98,7 @@ class Config:
         "host_concurrency",
         "insecure",
         "key_lines",
+        "linger",
         "logfile",
         "maildir",
         "mailname",
@@ -160,6 +162,7 @@ class Config:
     host_concurrency: int
     connect_timeout: float
     timeout: float
+    linger: float
     xoauth2_command: list[str] | None
     helo_name: str | None
     logfile: str | None
@@ -210,6 +213,7 @@ class Config:
         self.host_concurrency = 2
         self.connect_timeout = 30.0
         self.timeout = 300.0
+        self.linger = 2.0
         self.xoauth2_command = None
         self.helo_name = None
         self.logfile = None

@@ -358,7 +358,8 @@ def mailbox_of(cfg: Config, user: str) -> str:
 
 def probe(cfg: Config, target: Target, report: Report, *, verbose: bool, route: Route | None = None) -> None:
     """One SMTP session to `target` that sends no mail; prints what the server offers."""
-    from .remote import credentials, describe, session, tls_mode
+    from . import _native
+    from .remote import credentials, describe, settings, tls_mode
     from .routing import RouteError
 
     where = f"{target.name} port {target.port}"
@@ -372,14 +373,8 @@ def probe(cfg: Config, target: Target, report: Report, *, verbose: bool, route: 
     mode = tls_mode(cfg, route)
     try:
         # A probe: no transactions, so greeting, EHLO, STARTTLS, AUTH and QUIT; no mail.
-        result = session(
-            cfg,
-            target,
-            target.addresses,
-            [],
-            route=route,
-            credentials=(login, secret, mechanisms),
-            verbose=verbose,
+        result = _native.smtp_session(
+            settings(cfg, target, target.addresses, route, (login, secret, mechanisms), verbose), []
         )
     except ValueError as e:
         report.fail("smtp", f"{where}: {e}")
@@ -435,14 +430,16 @@ def inspect(cfg: Config, target: Target, mode: str, report: Report) -> None:
 
     try:
         seen = _native.smtp_session(
-            target.name,
-            target.addresses,
-            target.port,
-            cfg.helo_name or cfg.mailname,
+            _native.Settings(
+                target.name,
+                target.addresses,
+                target.port,
+                cfg.helo_name or cfg.mailname,
+                tls=mode,
+                connect_timeout=cfg.connect_timeout,
+                command_timeout=cfg.timeout,
+            ),
             [],
-            tls=mode,
-            connect_timeout=cfg.connect_timeout,
-            command_timeout=cfg.timeout,
         )
     except ValueError:
         return

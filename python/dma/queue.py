@@ -1,37 +1,44 @@
-"""The queue runner: delivers what is due (docs/runner.md). `mailq` lives in control.py.
+"""The queue runner: delivers what is due, then lingers for more (docs/runner.md). `mailq` lives
+in control.py.
 
 One runner per spool, held by an `flock` on `<spool>/lock`; a second `dma -q` touches
-`<spool>/flush` to wake the running one instead of starting another. Each entry is claimed (locked)
-before delivery and its outcome is recorded durably as soon as it is known.
+`<spool>/flush` to wake the running one instead of starting another. The main thread schedules:
+it claims due entries, hands them to delivery threads (one per SMTP session or local delivery;
+Rust releases the GIL), records each outcome as its thread ends, and sleeps in `Spool.wait`
+(inotify, no polling) until mail comes, a thread ends or a retry is due. Open connections are kept
+for LINGER seconds after the last delivery.
 """
 
 from __future__ import annotations
 
+import _thread
 import fcntl
 import os
 import sys
 import time
 
 from . import _native
-from .drop import NAME as DROP
 from .errors import EX_TEMPFAIL, Fatal
 from .log import Log
 from .routing import is_local
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from .config import Config
-    from .remote import Destination, Transaction
+    from .remote import Destination, Link
 
 STALE_AGE = 24 * 3600
 # Entries claimed at once (each holds its queue file open and locked): a batch's messages share
-# connections, so it should be large; the runner raises its open-file limit to allow it.
+# connections, so it should be large; past SMALL_BATCH the open-file limit is raised to allow it.
 BATCH = 1000
+SMALL_BATCH = 200
 # "failed": waiting for its bounce; "held": kept for the postmaster, never retried by itself.
 FINAL_STATES = ("failed", "held")
-POLL = 1.0
+# A user's mbox lock is waited for this long, then the delivery is retried later (their lock must
+# not hold up anyone's mail).
+LOCK_WAIT = 3.0
+# Longest sleep while sessions run; a retry or new mail wakes the runner before it anyway.
+NAP = 3600.0
 
 
 class Selection:
@@ -69,6 +76,20 @@ def retry_delay(cfg: Config, attempts: int) -> int:
     return max(1, int(base * (0.75 + jitter / 2)))
 
 
+class Job:
+    """Work for one delivery thread: a destination's messages (`groups` of entry ids, one per
+    message) over one connection, or one local entry (`dest` None)."""
+
+    __slots__ = ("dest", "groups", "key", "link", "outcomes")
+
+    def __init__(self, key: str, dest: Destination | None, groups: list[list[str]], link: Link | None) -> None:
+        self.key = key
+        self.dest = dest
+        self.groups = groups
+        self.link = link
+        self.outcomes: dict[str, tuple[str, str]] = {}
+
+
 class Runner:
     """Delivers due entries of one spool; see the module docstring."""
 
@@ -85,15 +106,33 @@ class Runner:
         self.cfg = cfg
         self.name = name
         self.events = Log(cfg, tag)
-        self.unsynced = False  # entries removed since the spool directory was last synced
         # Only the spool's owner may take drops (and only it can read them).
-        self.system_drop = not cfg.user_mode and os.path.isdir(os.path.join(cfg.spooldir, DROP))
+        self.drop_dir = os.path.join(cfg.spooldir, "incoming")  # drop.NAME, without importing drop
+        self.system_drop = not cfg.user_mode and os.path.isdir(self.drop_dir)
         self.verbose = verbose
         self.report_failures = report_failures
         self.progress = progress
         self.total = self.bounces = 0
         self.lock_fd = -1
         self.sent = self.deferred = self.failed = 0
+        self.spool_: _native.Spool | None = None
+        self.entries: dict[str, _native.QueueEntry] = {}  # claimed here, by id
+        self.waiting: dict[str, tuple[Destination, dict[str, list[str]]]] = {}  # key -> (dest, message -> ids)
+        self.local: list[str] = []  # local entries waiting for a thread
+        self.busy: dict[str, int] = {}  # key -> running jobs ("" for local ones)
+        self.running = 0
+        self.finished: list[Job] = []  # appended by delivery threads
+        self.idle: dict[str, list[Link]] = {}  # the connection cache
+        self.finals: set[str] = set()  # messages with an entry newly failed for good
+        self.last_activity = time.time()
+        self.replayed = False
+        self.stopping = False
+
+    @property
+    def spool(self) -> _native.Spool:
+        if self.spool_ is None:
+            self.spool_ = _native.Spool(self.cfg.spooldir, self.drop_dir if self.system_drop else None)
+        return self.spool_
 
     @staticmethod
     def batch_size() -> int:
@@ -123,57 +162,56 @@ class Runner:
             os.close(self.lock_fd)
             self.lock_fd = -1
 
-    def signal_mtime(self, name: str) -> float:
-        try:
-            return os.stat(os.path.join(self.cfg.spooldir, name)).st_mtime
-        except FileNotFoundError:
-            return 0.0
-
     def run(self, *, only: Selection | None = None, force: bool = False, resident: bool = False) -> None:
-        """Deliver due entries (those `only` selects, when given).
+        """Deliver due entries (those `only` selects, when given) until none is left.
 
-        `force` makes deferred entries due now. `resident` keeps the runner alive, sleeping until
-        the next retry or a wake-up, while entries are pending.
+        `force` makes deferred entries due now. `resident` lingers LINGER seconds after the last
+        delivery (keeping connections open), then stays asleep while retries are pending.
         """
+        spool = self.spool
         _native.clean_stale(self.cfg.spooldir, STALE_AGE)
-        batch = self.batch_size()
-        while True:
-            self.pick_up()
-            self.replay_journal()
-            flush_seen = self.signal_mtime("flush")
-            wake_seen = self.signal_mtime("wake")
-            drop_seen = self.signal_mtime(DROP)
-            entries, _ = _native.scan_queue(self.cfg.spooldir)
-            now = time.time()
-            due = [
-                e.id
-                for e in entries
-                if e.state not in FINAL_STATES
-                and (only is None or only.wants(e))
-                and (force or e.next_attempt <= now)
-            ]
-            self.total += len(due)
-            for start in range(0, len(due), batch):
-                self.deliver(due[start : start + batch])
-            bounces = self.settle()
-            force = False
-            if bounces:
-                continue  # deliver the bounces in this run too
-            if not resident:
-                return
-            entries, _ = _native.scan_queue(self.cfg.spooldir)
-            waiting = [e.next_attempt for e in entries if e.state not in FINAL_STATES]
-            if not waiting:
-                return
-            wake_at = min(waiting)
-            while (
-                time.time() < wake_at
-                and self.signal_mtime("flush") == flush_seen
-                and self.signal_mtime("wake") == wake_seen
-                and self.signal_mtime(DROP) == drop_seen
-            ):
-                time.sleep(POLL)
-            force = self.signal_mtime("flush") != flush_seen
+        try:
+            while not self.stopping:
+                self.collect()
+                self.pick_up()
+                if not self.running and not self.replayed:
+                    self.replay_journal()
+                now = time.time()
+                due, next_retry, failing = spool.due(int(now), force)
+                force = False
+                if only is not None:
+                    due = [e for e in due if only.wants(e)]
+                self.dispatch(due)
+                if self.settle(self.finals.union(failing)):
+                    continue  # deliver the bounces too
+                if self.running or self.waiting or self.local:
+                    timeout = NAP
+                elif not resident:
+                    return
+                elif now - self.last_activity < self.cfg.linger:
+                    timeout = self.cfg.linger - (now - self.last_activity)
+                else:
+                    self.close_links()
+                    if next_retry is None:
+                        return
+                    timeout = NAP
+                if next_retry is not None:
+                    timeout = min(timeout, max(0.0, next_retry - now + 0.01))
+                force = spool.wait(timeout)[1]
+        finally:
+            self.close_links()
+            for entry_id in self.waiting_ids():
+                spool.release(entry_id)
+            self.waiting.clear()
+            self.local.clear()
+
+    def waiting_ids(self) -> list[str]:
+        return [i for _, per in self.waiting.values() for ids in per.values() for i in ids] + self.local
+
+    def stop(self, signum: int, frame: object) -> None:
+        """SIGTERM: finish what has been recorded, close connections, and exit."""
+        self.stopping = True
+        self.spool.notify()
 
     def serve(self, *, force: bool = False) -> None:
         """Run resident until the queue is idle, then release the lock.
@@ -181,14 +219,13 @@ class Runner:
         After releasing, look once more: a submission that found the lock held just before we let
         go relies on this look to have its message delivered.
         """
+        import _signal
+
+        _signal.signal(_signal.SIGTERM, self.stop)
         while True:
             self.run(force=force, resident=True)
             self.release()
-            now = time.time()
-            entries, _ = _native.scan_queue(self.cfg.spooldir)
-            if not any(e.state not in FINAL_STATES and e.next_attempt <= now for e in entries):
-                return
-            if not self.acquire():
+            if self.stopping or not self.spool.due(int(time.time()), False)[0] or not self.acquire():
                 return
             force = False
 
@@ -197,187 +234,204 @@ class Runner:
         if self.system_drop:
             from .drop import pick_up
 
-            pick_up(self.cfg, self.events)  # its mtime (DROP) also wakes a resident runner
+            pick_up(self.cfg, self.events)
 
     def replay_journal(self) -> None:
         """Remove entries the server confirmed before a crash kept us from recording it.
 
         The journal files go only after their entries: a crash in between replays them again.
         """
+        self.replayed = True
         entry_ids, journals = _native.journal_take(self.cfg.spooldir)
-        for entry_id in entry_ids:
-            claim = _native.claim(self.cfg.spooldir, entry_id)
-            if claim is not None:
-                entry = claim.entry
-                claim.remove(sync=False)
-                self.log(
-                    f"{entry_id}: delivered to {entry.recipient} (confirmed before a restart)",
-                    event="delivered",
-                    id=entry_id,
-                    to=entry.recipient,
-                )
+        for entry in self.spool.claim(entry_ids) if entry_ids else []:
+            self.spool.remove(entry.id)
+            self.log(
+                f"{entry.id}: delivered to {entry.recipient} (confirmed before a restart)",
+                event="delivered",
+                id=entry.id,
+                to=entry.recipient,
+            )
         if journals:
-            _native.sync_dir(self.cfg.spooldir)  # the removals are durable before their record goes
+            self.sync()  # the removals are durable before their record goes
         for journal in journals:
             os.unlink(journal)
 
-    def deliver(self, entry_ids: list[str]) -> None:
-        """Claim and deliver these entries: local ones one by one, remote ones grouped by
-        destination so that every message for the same hosts goes over one connection."""
-        from .remote import Transaction, destination
+    def dispatch(self, due: list[_native.QueueEntry]) -> None:
+        """Claim due entries and queue them for delivery threads: local ones one by one, remote
+        ones grouped by destination and message, so that a message's recipients there share one
+        transaction and a destination's messages share connections."""
+        from .remote import destination
 
-        claims: dict[str, tuple[_native.Claim, _native.QueueEntry]] = {}
-        groups: dict[str, tuple[Destination, dict[str, Transaction]]] = {}
-        try:
-            for entry_id in entry_ids:
-                claim = _native.claim(self.cfg.spooldir, entry_id)
-                if claim is None:
-                    continue  # another process has it, or it is gone
-                entry = claim.entry
-                claims[entry_id] = (claim, entry)
+        room = (self.batch_size() if len(due) > SMALL_BATCH else SMALL_BATCH) - len(self.entries)
+        if due and room > 0:
+            claimed = self.spool.claim([e.id for e in due[:room]])
+            self.total += len(claimed)
+            for entry in claimed:
+                self.entries[entry.id] = entry
                 if is_local(entry.recipient):
-                    self.record(claim, entry, self.deliver_local(entry, str(claim.message_path)))
+                    self.local.append(entry.id)
                     continue
                 dest = destination(self.cfg, entry.sender, entry.recipient)
-                by_message = groups.setdefault(dest.key, (dest, {}))[1]
-                transaction = by_message.get(entry.message_id)
-                if transaction is None:
-                    transaction = by_message[entry.message_id] = Transaction(
-                        entry.sender, str(claim.message_path)
-                    )
-                transaction.recipients.append(entry.recipient)
-                transaction.entry_ids.append(entry_id)
-            for results in self.deliver_remote(list(groups.values())):
-                for entry_id, (status, text) in results.items():
-                    claim, entry = claims[entry_id]
-                    self.record(claim, entry, Outcome(status, text))
-        finally:
-            for claim, _ in claims.values():
-                claim.release()
-            if self.unsynced:
-                self.unsynced = False
-                try:
-                    _native.sync_dir(self.cfg.spooldir)
-                except OSError as e:
-                    raise Fatal(
-                        EX_TEMPFAIL, f"can not sync `{self.cfg.spooldir}': {e.strerror or e}"
-                    ) from None
+                per = self.waiting.setdefault(dest.key, (dest, {}))[1]
+                per.setdefault(entry.message_id, []).append(entry.id)
+        while self.local and self.busy.get("", 0) < self.cfg.concurrency:
+            self.start(Job("", None, [[self.local.pop(0)]], None))
+        for key in list(self.waiting):
+            slots = min(self.cfg.host_concurrency - self.busy.get(key, 0), self.cfg.concurrency - self.remote_running())
+            if slots <= 0:
+                continue
+            dest, per = self.waiting.pop(key)
+            groups = list(per.values())
+            share = min(slots, len(groups))
+            cached = self.idle.get(key, [])
+            for i in range(share):
+                self.start(Job(key, dest, groups[i::share], cached.pop() if cached else None))
 
-    def deliver_remote(
-        self, groups: list[tuple[Destination, dict[str, Transaction]]]
-    ) -> Iterator[dict[str, tuple[str, str]]]:
-        """Sessions in parallel: up to CONCURRENCY in all and HOST_CONCURRENCY per destination,
-        each carrying its share of the messages. Yields each session's results as it ends."""
-        from concurrent.futures import ThreadPoolExecutor, as_completed
+    def remote_running(self) -> int:
+        return self.running - self.busy.get("", 0)
 
-        jobs: list[tuple[Destination, list[Transaction]]] = []
-        for dest, by_message in groups:
-            transactions = list(by_message.values())
-            share = min(self.cfg.host_concurrency, len(transactions))
-            jobs += [(dest, transactions[i::share]) for i in range(share)]
-        if not jobs:
-            return
-        with ThreadPoolExecutor(max_workers=min(self.cfg.concurrency, len(jobs))) as pool:
-            futures = [pool.submit(self.session, dest, part) for dest, part in jobs]
-            for future in as_completed(futures):
-                yield future.result()
+    def start(self, job: Job) -> None:
+        self.running += 1
+        self.busy[job.key] = self.busy.get(job.key, 0) + 1
+        self.last_activity = time.time()
+        _thread.start_new_thread(self.work, (job,))
 
-    def session(self, dest: Destination, part: list[Transaction]) -> dict[str, tuple[str, str]]:
-        """One job of `deliver_remote`. An unexpected error defers this job's entries (and is
-        logged) instead of ending the whole run."""
-        from .remote import deliver, failed_all
-
+    def work(self, job: Job) -> None:
+        """A delivery thread. An unexpected error defers the job's entries (and is logged) instead
+        of ending the whole run."""
         try:
-            return deliver(self.cfg, dest, part, verbose=self.verbose, events=self.events)
+            if job.dest is None:
+                entry_id = job.groups[0][0]
+                outcome = self.deliver_local(self.entries[entry_id], self.spool.message_path(entry_id))
+                job.outcomes = {entry_id: (outcome.status, outcome.text)}
+            else:
+                from .remote import deliver
+
+                job.outcomes, job.link = deliver(
+                    self.cfg, self.spool, job.dest, job.groups, job.link, verbose=self.verbose, events=self.events
+                )
         except Exception as e:  # the rest of the queue must still be delivered
             text = f"internal error, will retry: {type(e).__name__}: {e}"
             self.events.event("crit", "error", text)
-            return failed_all(part, "temporary", text)
+            job.outcomes = {i: ("temporary", text) for ids in job.groups for i in ids}
+            job.link = None
+        self.finished.append(job)
+        self.spool.notify()
 
-    def settle(self) -> int:
-        """Bounce each message whose remaining recipients have all failed: one bounce per message.
+    def collect(self) -> None:
+        """Record the outcomes of the threads that have ended; keep their open connections."""
+        if not self.finished:
+            return
+        removed = False
+        while self.finished:
+            job = self.finished.pop()
+            self.running -= 1
+            self.busy[job.key] -= 1
+            if job.link is not None:
+                self.idle.setdefault(job.key, []).append(job.link)
+            for entry_id, (status, text) in job.outcomes.items():
+                removed |= status == "sent"
+                self.record(self.entries.pop(entry_id), Outcome(status, text))
+        self.last_activity = time.time()
+        self.replayed = False
+        if removed:
+            self.sync()
+
+    def sync(self) -> None:
+        try:
+            self.spool.sync()
+        except OSError as e:
+            raise Fatal(EX_TEMPFAIL, f"can not sync `{self.cfg.spooldir}': {e.strerror or e}") from None
+
+    def close_links(self) -> None:
+        """QUIT every cached connection."""
+        for links in self.idle.values():
+            for link in links:
+                if link.conn is not None:
+                    link.conn.close()
+        self.idle.clear()
+
+    def settle(self, message_ids: set[str]) -> int:
+        """Bounce each of these messages whose remaining recipients have all failed: one bounce per
+        message.
 
         A failed bounce (null sender), or a bounce that cannot be queued, is held in the queue for
         the postmaster instead. Returns the number of bounces queued.
         """
+        self.finals.clear()
+        queued = 0
+        for message_id in message_ids:
+            group = self.spool.message_entries(message_id)
+            if not group or not all(e.state == "failed" for e in group):
+                continue
+            held = self.spool.claim([e.id for e in group])
+            try:
+                if len(held) == len(group):  # else someone else is working on it
+                    queued += self.bounce(held)
+            finally:
+                for e in held:
+                    self.spool.release(e.id)
+        return queued
+
+    def bounce(self, failed: list[_native.QueueEntry]) -> int:
         from . import bounce
 
-        queued = 0
-        entries, _ = _native.scan_queue(self.cfg.spooldir)
-        by_message: dict[str, list[_native.QueueEntry]] = {}
-        for e in entries:
-            by_message.setdefault(e.message_id, []).append(e)
-        for group in by_message.values():
-            if not all(e.state == "failed" for e in group):
-                continue
-            claims = [_native.claim(self.cfg.spooldir, e.id) for e in group]
-            held = [c for c in claims if c is not None]
+        first = failed[0]
+        reason = "a bounce that could not be delivered" if not first.sender else ""
+        if not reason:
             try:
-                if len(held) != len(group):
-                    continue  # someone else is working on it
-                failed = [c.entry for c in held]
-                reason = "a bounce that could not be delivered" if not failed[0].sender else ""
-                if not reason:
-                    try:
-                        bounce_id = bounce.send(self.cfg, failed, str(held[0].message_path))
-                    except (Fatal, OSError, ValueError) as error:
-                        reason = f"the bounce could not be queued: {error}"
-                    else:
-                        for c in held:
-                            c.remove()
-                        queued += 1
-                        self.bounces += 1
-                        self.log(
-                            f"{failed[0].message_id}: bounced to <{failed[0].sender}> as {bounce_id}",
-                            event="bounced",
-                            level="notice",
-                            id=failed[0].message_id,
-                            to=failed[0].sender,
-                            bounce=bounce_id,
-                        )
-                        continue
-                for c, entry in zip(held, failed, strict=True):
-                    c.record(
-                        attempts=entry.attempts,
-                        next_attempt=0,
-                        last_error=f"{entry.last_error}; held: {reason}",
-                        state="held",
-                    )
+                bounce_id = bounce.send(self.cfg, failed, self.spool.message_path(first.id))
+            except (Fatal, OSError, ValueError) as error:
+                reason = f"the bounce could not be queued: {error}"
+            else:
+                for e in failed:
+                    self.spool.remove(e.id)
+                self.sync()
+                self.bounces += 1
                 self.log(
-                    f"{failed[0].message_id}: held for the postmaster: {reason}",
-                    failure=True,
-                    event="held",
-                    level="crit",
-                    id=failed[0].message_id,
+                    f"{first.message_id}: bounced to <{first.sender}> as {bounce_id}",
+                    event="bounced",
+                    level="notice",
+                    id=first.message_id,
+                    to=first.sender,
+                    bounce=bounce_id,
                 )
-            finally:
-                for c in held:
-                    c.release()
-        return queued
+                return 1
+        for e in failed:
+            self.spool.record(
+                e.id, attempts=e.attempts, next_attempt=0, last_error=f"{e.last_error}; held: {reason}", state="held"
+            )
+        self.log(
+            f"{first.message_id}: held for the postmaster: {reason}",
+            failure=True,
+            event="held",
+            level="crit",
+            id=first.message_id,
+        )
+        return 0
 
     def deliver_local(self, entry: _native.QueueEntry, message_path: str) -> Outcome:
         from .local import DeliveryFailure, deliver
 
         try:
-            deliver(entry.recipient, entry.sender, message_path, self.cfg)
+            deliver(entry.recipient, entry.sender, message_path, self.cfg, lock_timeout=LOCK_WAIT)
         except DeliveryFailure as e:
             return Outcome("permanent" if e.permanent else "temporary", str(e))
         return Outcome("sent")
 
-    def record(self, claim: _native.Claim, entry: _native.QueueEntry, outcome: Outcome) -> None:
+    def record(self, entry: _native.QueueEntry, outcome: Outcome) -> None:
         """Write an entry's outcome into the spool. A spool that takes no writes (full, read-only)
         ends the run with one line: what cannot be recorded must not be sent any further."""
         try:
-            self.write_outcome(claim, entry, outcome)
+            self.write_outcome(entry, outcome)
         except OSError as e:
             text = f"can not record the outcome of {entry.id} in `{self.cfg.spooldir}': {e.strerror or e}"
             self.events.event("crit", "error", text, id=entry.id)
             raise Fatal(EX_TEMPFAIL, f"{text}; stopping") from None
 
-    def write_outcome(self, claim: _native.Claim, entry: _native.QueueEntry, outcome: Outcome) -> None:
+    def write_outcome(self, entry: _native.QueueEntry, outcome: Outcome) -> None:
         if outcome.status == "sent":
-            claim.remove(sync=False)  # synced once for the batch, in `deliver`
-            self.unsynced = True
+            self.spool.remove(entry.id)  # synced once for all the finished jobs, in `collect`
             self.sent += 1
             self.log(
                 f"{entry.id}: delivered to {entry.recipient}",
@@ -394,7 +448,8 @@ class Runner:
         # dropped silently. Anything else is retried on the schedule.
         final = outcome.status == "permanent" or expired
         next_attempt = 0 if final else int(time.time()) + retry_delay(self.cfg, attempts)
-        claim.record(
+        self.spool.record(
+            entry.id,
             attempts=attempts,
             next_attempt=next_attempt,
             last_error=outcome.text,
@@ -402,6 +457,7 @@ class Runner:
         )
         if final:
             self.failed += 1
+            self.finals.add(entry.message_id)
         else:
             self.deferred += 1
         word = "failed" if final else "deferred"

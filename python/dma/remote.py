@@ -1,13 +1,12 @@
 """Remote delivery policy: which host to try next, with which TLS and credentials.
 
-Rust does the SMTP session (one call per connection, several whole transactions in it); this module
-builds the calls from the configuration, moves on to the next MX host when a host cannot be used at
-all, and turns the per-recipient results into outcomes for the queue runner.
+Rust does the SMTP session (a `Connection` carries whole transactions of claimed entries, and
+stays open for the runner's connection cache); this module builds each destination's `Settings`
+from the configuration, moves on to the next MX host when a host cannot be used at all, and turns
+the per-recipient results into outcomes for the queue runner.
 """
 
 from __future__ import annotations
-
-import subprocess
 
 from . import _native
 from .routes import choose
@@ -21,18 +20,6 @@ if TYPE_CHECKING:
 
 # Failures that say nothing about the message: another host may well take it.
 _TRY_NEXT_HOST = {"connect", "tls", "greeting", "ehlo", "starttls", "auth"}
-
-
-class Transaction:
-    """One message to some of its recipients: the entries share the message file."""
-
-    __slots__ = ("entry_ids", "message_path", "recipients", "sender")
-
-    def __init__(self, sender: str, message_path: str) -> None:
-        self.sender = sender
-        self.message_path = message_path
-        self.recipients: list[str] = []
-        self.entry_ids: list[str] = []
 
 
 class Destination:
@@ -72,6 +59,8 @@ def tls_mode(cfg: Config, route: Route | None = None) -> str:
 
 def xoauth2_token(cfg: Config) -> str:
     """Run XOAUTH2_COMMAND (no shell) and return the token it prints."""
+    import subprocess
+
     argv = cfg.xoauth2_command or []
     try:
         done = subprocess.run(argv, capture_output=True, timeout=60, check=False, stdin=subprocess.DEVNULL)
@@ -112,73 +101,105 @@ def targets(cfg: Config, dest: Destination) -> list[Target]:
     return targets_for(dest.domain, cfg, host=route.host, port=route.port)
 
 
-def failed_all(transactions: list[Transaction], status: str, text: str) -> dict[str, tuple[str, str]]:
-    return {eid: (status, text) for t in transactions for eid in t.entry_ids}
+def failed_all(groups: list[list[str]], status: str, text: str) -> dict[str, tuple[str, str]]:
+    return {eid: (status, text) for ids in groups for eid in ids}
+
+
+class Link:
+    """An open connection to one host of a destination, kept between batches (the cache)."""
+
+    __slots__ = ("conn", "target")
+
+    def __init__(self, conn: _native.Connection, target: Target) -> None:
+        self.conn = conn
+        self.target = target
 
 
 def deliver(
     cfg: Config,
+    spool: _native.Spool,
     dest: Destination,
-    transactions: list[Transaction],
+    groups: list[list[str]],
+    link: Link | None = None,
     *,
     verbose: bool = False,
     events: Log | None = None,
-) -> dict[str, tuple[str, str]]:
-    """Deliver `transactions` (all for `dest`); returns entry id -> (status, text).
-
-    Each host, and each of its addresses, is tried in turn while the failure is one another host
-    may not have (refused, 4xx greeting, TLS, AUTH); each try is one `attempt` event.
-    """
+) -> tuple[dict[str, tuple[str, str]], Link | None]:
+    """Deliver `groups` (claimed entry ids, one group per message; all for `dest`): over `link`
+    when given and still good, else to each host, and each of its addresses, in turn while the
+    failure is one another host may not have (refused, 4xx greeting, TLS, AUTH). Returns entry
+    id -> (status, text), and the connection left open for more mail, if any."""
+    outcomes: dict[str, tuple[str, str]] = {}
+    pending = groups
+    if link is not None:
+        pending = attempt(spool, link, pending, outcomes, events)
+        if not pending:
+            return outcomes, link if link.conn is not None else None
     try:
         hosts = targets(cfg, dest)
     except RouteError as e:
-        return failed_all(transactions, "permanent" if e.permanent else "temporary", str(e))
-    outcomes: dict[str, tuple[str, str]] = {}
-    pending = transactions
-    route = dest.route
+        outcomes.update(failed_all(pending, "permanent" if e.permanent else "temporary", str(e)))
+        return outcomes, None
     for target in hosts:
         try:
-            login, secret, mechanisms = credentials(cfg, target.name, route)
+            creds = credentials(cfg, target.name, dest.route)
         except RouteError as e:
             outcomes.update(failed_all(pending, "temporary", str(e)))
-            return outcomes
+            return outcomes, None
         for address in target.addresses:
-            result = session(
-                cfg,
-                target,
-                [address],
-                pending,
-                route=route,
-                credentials=(login, secret, mechanisms),
-                verbose=verbose,
-            )
-            if events is not None:
-                log_attempt(events, target, result)
-            pending = take_results(pending, result, target.name, outcomes)
+            conn = _native.Connection(settings(cfg, target, [address], dest.route, creds, verbose, journal=True))
+            link = Link(conn, target)
+            pending = attempt(spool, link, pending, outcomes, events)
             if not pending:
-                return outcomes
-    return outcomes
+                return outcomes, link if link.conn is not None else None
+    return outcomes, None
 
 
-def session(
+def attempt(
+    spool: _native.Spool,
+    link: Link,
+    groups: list[list[str]],
+    outcomes: dict[str, tuple[str, str]],
+    events: Log | None,
+) -> list[list[str]]:
+    """One `send` over `link`: record its outcomes; return what another host should still try.
+    A connection that broke is dropped from the link."""
+    result = link.conn.send(spool, groups)
+    if result.failure is not None:
+        link.conn = None  # type: ignore[assignment]
+    if events is not None:
+        log_attempt(events, link.target, result)
+    retry_elsewhere: list[list[str]] = []
+    for ids in groups:
+        again = []
+        for eid in ids:
+            outcome = result.entries[eid]
+            outcomes[eid] = (outcome.status, describe(outcome, link.target.name, result.address))
+            if outcome.status == "temporary" and outcome.stage in _TRY_NEXT_HOST:
+                again.append(eid)
+        if again:
+            retry_elsewhere.append(again)
+    return retry_elsewhere
+
+
+def settings(
     cfg: Config,
     target: Target,
     addresses: list[str],
-    transactions: list[Transaction],
-    *,
-    route: Route | None = None,
-    credentials: tuple[str | None, str | None, list[str] | None] = (None, None, None),
+    route: Route | None,
+    creds: tuple[str | None, str | None, list[str] | None] = (None, None, None),
     verbose: bool = False,
-) -> _native.SessionResult:
-    """One SMTP connection to `target` with this configuration's (or `route`'s) TLS and AUTH,
-    carrying `transactions`; without any it only probes (connects, EHLO, STARTTLS, AUTH, QUIT)."""
-    login, secret, mechanisms = credentials
-    return _native.smtp_session(
+    *,
+    journal: bool = False,
+) -> _native.Settings:
+    """The session settings for `target` with this configuration's (or `route`'s) TLS and AUTH;
+    `journal`: confirmed recipients go to the spool's delivered journal."""
+    login, secret, mechanisms = creds
+    return _native.Settings(
         target.name,
         addresses,
         target.port,
         cfg.helo_name or cfg.mailname,
-        [(t.sender, t.recipients, t.message_path) for t in transactions],
         tls=tls_mode(cfg, route),
         verify_cert=cfg.verifycert if route is None or route.verify is None else route.verify,
         ca_file=cfg.cafile,
@@ -191,26 +212,8 @@ def session(
         connect_timeout=cfg.connect_timeout,
         command_timeout=cfg.timeout,
         verbose=verbose,
-        journal=cfg.spooldir if transactions else None,
-        journal_ids=[t.entry_ids for t in transactions],
+        journal=cfg.spooldir if journal else None,
     )
-
-
-def take_results(
-    pending: list[Transaction], result: _native.SessionResult, host: str, outcomes: dict[str, tuple[str, str]]
-) -> list[Transaction]:
-    """Record a session's outcomes; return what another host or address should still try."""
-    retry_elsewhere: list[Transaction] = []
-    for transaction, results in zip(pending, result.results, strict=True):
-        again = Transaction(transaction.sender, transaction.message_path)
-        for rcpt, eid, outcome in zip(transaction.recipients, transaction.entry_ids, results, strict=True):
-            outcomes[eid] = (outcome.status, describe(outcome, host, result.address))
-            if outcome.status == "temporary" and outcome.stage in _TRY_NEXT_HOST:
-                again.recipients.append(rcpt)
-                again.entry_ids.append(eid)
-        if again.recipients:
-            retry_elsewhere.append(again)
-    return retry_elsewhere
 
 
 def log_attempt(events: Log, target: Target, result: _native.SessionResult) -> None:

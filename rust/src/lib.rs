@@ -12,8 +12,10 @@ pub mod smtp;
 pub mod spool;
 pub mod syslog;
 pub mod tls;
+pub mod wake;
 
 #[cfg(test)]
 mod test_util;
 
 mod py_api;
+mod py_delivery;

@@ -139,7 +139,7 @@ impl Incoming {
 }
 
 #[pyclass(module = "dma._native", frozen, get_all)]
-struct QueueEntry {
+pub(crate) struct QueueEntry {
     id: String,
     message_id: String,
     sender: String,
@@ -201,8 +201,8 @@ impl Claim {
     }
 
     #[getter]
-    fn message_path(&self) -> PyResult<PathBuf> {
-        Ok(self.inner.as_ref().ok_or_else(released)?.message_path())
+    fn message_path(&self) -> PyResult<String> {
+        Ok(path_str(&self.inner.as_ref().ok_or_else(released)?.message_path()))
     }
 
     /// Durably record the entry's new state.
@@ -256,8 +256,14 @@ fn sync_spool(py: Python<'_>, spooldir: PathBuf) -> PyResult<()> {
 /// The entry ids in the spool's delivered journals, and the journal files to remove once those
 /// entries are gone (see journal.rs).
 #[pyfunction]
-fn journal_take(py: Python<'_>, spooldir: PathBuf) -> PyResult<(Vec<String>, Vec<PathBuf>)> {
-    Ok(py.detach(|| crate::journal::journal_take(&spooldir))?)
+fn journal_take(py: Python<'_>, spooldir: PathBuf) -> PyResult<(Vec<String>, Vec<String>)> {
+    let (ids, journals) = py.detach(|| crate::journal::journal_take(&spooldir))?;
+    Ok((ids, journals.iter().map(|p| path_str(p)).collect()))
+}
+
+/// Paths go to Python as `str`: a `PathBuf` would import `pathlib`, which the runner never needs.
+pub(crate) fn path_str(path: &std::path::Path) -> String {
+    path.to_string_lossy().into_owned()
 }
 
 /// Remove what crashes leave: message files without their entry, and temporary files (with the
@@ -330,196 +336,6 @@ fn syslog(ident: &str, priority: i32, text: &str) {
     crate::syslog::send(ident, priority, text);
 }
 
-// ---- smtp -------------------------------------------------------------------------------------
-
-/// What happened to one recipient in an SMTP session.
-#[pyclass(module = "dma._native", frozen, get_all, skip_from_py_object)]
-#[derive(Clone)]
-struct Outcome {
-    status: &'static str,
-    stage: &'static str,
-    code: u16,
-    enhanced: Option<String>,
-    text: String,
-}
-
-#[pymethods]
-impl Outcome {
-    fn __repr__(&self) -> String {
-        format!(
-            "Outcome(status={:?}, stage={:?}, code={}, enhanced={:?}, text={:?})",
-            self.status, self.stage, self.code, self.enhanced, self.text
-        )
-    }
-}
-
-impl From<crate::smtp::Outcome> for Outcome {
-    fn from(o: crate::smtp::Outcome) -> Self {
-        Outcome {
-            status: o.status.as_str(),
-            stage: o.stage.as_str(),
-            code: o.code,
-            enhanced: o.enhanced,
-            text: o.text,
-        }
-    }
-}
-
-/// The result of `smtp_session`: per-transaction, per-recipient outcomes and session facts.
-#[pyclass(module = "dma._native", frozen, get_all)]
-struct SessionResult {
-    results: Vec<Vec<Outcome>>,
-    address: Option<String>,
-    tls_version: Option<String>,
-    tls_cipher: Option<String>,
-    peer_cert_sha256: Option<String>,
-    auth_mechanism: Option<&'static str>,
-    extensions: Vec<String>,
-    failure: Option<Outcome>,
-}
-
-#[pymethods]
-impl SessionResult {
-    fn __repr__(&self) -> String {
-        format!(
-            "SessionResult(address={:?}, tls_version={:?}, auth_mechanism={:?}, results={} transactions)",
-            self.address,
-            self.tls_version,
-            self.auth_mechanism,
-            self.results.len()
-        )
-    }
-}
-
-impl From<crate::smtp::SessionReport> for SessionResult {
-    fn from(r: crate::smtp::SessionReport) -> Self {
-        let tls = r.tls;
-        SessionResult {
-            results: r
-                .results
-                .into_iter()
-                .map(|tx| tx.into_iter().map(Outcome::from).collect())
-                .collect(),
-            address: r.address.map(|a| a.to_string()),
-            tls_version: tls.as_ref().map(|t| t.version.clone()),
-            tls_cipher: tls.as_ref().map(|t| t.cipher.clone()),
-            peer_cert_sha256: tls.and_then(|t| t.peer_cert_sha256),
-            auth_mechanism: r.auth_mechanism.map(crate::auth::Mechanism::name),
-            extensions: r.extensions,
-            failure: r.failure.map(Outcome::from),
-        }
-    }
-}
-
-fn smtp_value_error(msg: impl Into<String>) -> PyErr {
-    PyValueError::new_err(msg.into())
-}
-
-fn smtp_duration(name: &str, secs: f64) -> PyResult<std::time::Duration> {
-    if secs.is_nan() || secs <= 0.0 {
-        return Err(smtp_value_error(format!("{name} must be positive, not {secs}")));
-    }
-    std::time::Duration::try_from_secs_f64(secs)
-        .map_err(|_| smtp_value_error(format!("invalid {name} {secs}")))
-}
-
-/// One SMTP connection carrying whole transactions; the GIL is released for all of it.
-#[pyfunction]
-#[pyo3(signature = (
-    host, addresses, port, helo, transactions, *, tls="none", verify_cert=false, ca_file=None,
-    fingerprint=None, client_cert=None, login=None, secret=None, mechanisms=None,
-    allow_insecure_auth=false, connect_timeout=30.0, command_timeout=300.0, verbose=false,
-    journal=None, journal_ids=None
-))]
-#[allow(clippy::too_many_arguments)]
-fn smtp_session(
-    py: Python<'_>,
-    host: String,
-    addresses: Vec<String>,
-    port: u16,
-    helo: String,
-    transactions: Vec<(String, Vec<String>, std::path::PathBuf)>,
-    tls: &str,
-    verify_cert: bool,
-    ca_file: Option<std::path::PathBuf>,
-    fingerprint: Option<Vec<u8>>,
-    client_cert: Option<std::path::PathBuf>,
-    login: Option<String>,
-    secret: Option<String>,
-    mechanisms: Option<Vec<String>>,
-    allow_insecure_auth: bool,
-    connect_timeout: f64,
-    command_timeout: f64,
-    verbose: bool,
-    journal: Option<PathBuf>,
-    journal_ids: Option<Vec<Vec<String>>>,
-) -> PyResult<SessionResult> {
-    let addresses = addresses
-        .iter()
-        .map(|a| {
-            a.trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .map_err(|_| smtp_value_error(format!("not an IP address: {a:?}")))
-        })
-        .collect::<PyResult<Vec<_>>>()?;
-    if helo.is_empty() || helo.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(smtp_value_error(format!("invalid helo name {helo:?}")));
-    }
-    let fingerprint = fingerprint
-        .map(|f| {
-            <[u8; 32]>::try_from(f.as_slice()).map_err(|_| {
-                smtp_value_error(format!("fingerprint must be 32 bytes (SHA-256), not {}", f.len()))
-            })
-        })
-        .transpose()?;
-    let mechanisms = mechanisms
-        .map(|names| {
-            names
-                .iter()
-                .map(|n| n.parse::<crate::auth::Mechanism>().map_err(smtp_value_error))
-                .collect::<PyResult<Vec<_>>>()
-        })
-        .transpose()?;
-    let credentials = match (login, secret) {
-        (Some(login), Some(secret)) => Some(crate::smtp::Credentials { login, secret }),
-        (None, None) => None,
-        _ => return Err(smtp_value_error("login and secret go together")),
-    };
-    let cfg = crate::smtp::SessionConfig {
-        host,
-        addresses,
-        port,
-        helo,
-        tls_mode: tls.parse().map_err(smtp_value_error)?,
-        tls: crate::tls::TlsPolicy {
-            verify: verify_cert,
-            ca_file,
-            fingerprint,
-            client_cert,
-        },
-        credentials,
-        mechanisms,
-        allow_insecure_auth,
-        connect_timeout: smtp_duration("connect_timeout", connect_timeout)?,
-        command_timeout: smtp_duration("command_timeout", command_timeout)?,
-        verbose,
-        journal,
-    };
-    let mut journal_ids = journal_ids.unwrap_or_default().into_iter();
-    let transactions: Vec<crate::smtp::Transaction> = transactions
-        .into_iter()
-        .map(|(sender, recipients, message)| crate::smtp::Transaction {
-            sender,
-            recipients,
-            message,
-            journal_ids: journal_ids.next().unwrap_or_default(),
-        })
-        .collect();
-    let report = py.detach(|| crate::smtp::run_session(&cfg, &transactions));
-    Ok(report.into())
-}
-
 // ---- auth -------------------------------------------------------------------------------------
 
 /// AUTH PLAIN initial response (base64 of `\0login\0password`).
@@ -559,10 +375,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // mailbox registrations
     m.add_function(wrap_pyfunction!(mbox_append, m)?)?;
     m.add_function(wrap_pyfunction!(maildir_deliver, m)?)?;
-    // smtp registrations
-    m.add_class::<Outcome>()?;
-    m.add_class::<SessionResult>()?;
-    m.add_function(wrap_pyfunction!(smtp_session, m)?)?;
+    crate::py_delivery::register(m)?;
     // auth registrations
     m.add_function(wrap_pyfunction!(auth_plain, m)?)?;
     m.add_function(wrap_pyfunction!(auth_cram_md5, m)?)?;

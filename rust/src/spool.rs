@@ -346,6 +346,11 @@ fn replace_entry_file(dir: &Path, entry: &Entry) -> Result<File> {
 /// One pass over the spool: every readable entry whose message file exists, oldest first, and
 /// the names of the queue files that could not be read.
 pub fn scan(dir: &Path) -> Result<(Vec<Entry>, Vec<String>)> {
+    scan_message(dir, "")
+}
+
+/// `scan`, limited to the entries whose id starts with `prefix` (a message id: that message's).
+pub fn scan_message(dir: &Path, prefix: &str) -> Result<(Vec<Entry>, Vec<String>)> {
     let mut entries = Vec::new();
     let mut malformed = Vec::new();
     let listing = fs::read_dir(dir).context(|| format!("can not read spool `{}'", dir.display()))?;
@@ -356,7 +361,7 @@ pub fn scan(dir: &Path) -> Result<(Vec<Entry>, Vec<String>)> {
     let uncommitted: std::collections::HashSet<&str> =
         names.iter().filter_map(|n| n.strip_prefix(TMP_PREFIX)).collect();
     for name in &names {
-        let Some(id) = name.strip_prefix('Q') else {
+        let Some(id) = name.strip_prefix('Q').filter(|id| id.starts_with(prefix)) else {
             continue;
         };
         if uncommitted.contains(message_id_of(id)) {

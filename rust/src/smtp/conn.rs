@@ -37,6 +37,31 @@ impl Stream {
     }
 }
 
+/// A socket whose reads all end by one deadline: a handshake trickled a byte at a time cannot
+/// outlast it (a timeout per read would restart with every byte).
+struct Timed<'a>(&'a mut TcpStream, Instant);
+
+impl Read for Timed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.1.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.0.set_read_timeout(Some(left))?;
+        self.0.read(buf)
+    }
+}
+
+impl Write for Timed<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
 trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
@@ -79,6 +104,8 @@ pub(super) struct Conn {
     rend: usize,
     pub(super) out: Vec<u8>,
     timeout: Duration,
+    /// When set, no read may end later than this, however the server trickles its bytes.
+    pub(super) deadline: Option<Instant>,
     verbose: bool,
 }
 
@@ -91,6 +118,7 @@ impl Conn {
             rend: 0,
             out: Vec::with_capacity(CHUNK),
             timeout,
+            deadline: None,
             verbose,
         }
     }
@@ -137,7 +165,8 @@ impl Conn {
 
     /// One whole reply, which must complete within `wait` however the server trickles it.
     pub(super) fn read_reply_within(&mut self, wait: Duration) -> Result<Reply, ConnError> {
-        let deadline = Instant::now() + wait;
+        let mut deadline = Instant::now() + wait;
+        deadline = self.deadline.map_or(deadline, |d| d.min(deadline));
         let mut parser = ReplyParser::new();
         loop {
             let line = self.read_line(deadline)?;
@@ -192,16 +221,21 @@ impl Conn {
 
     /// Wrap the socket in TLS and finish the handshake. Any bytes read before this point
     /// must already be discarded: they came over the unprotected channel.
-    pub(super) fn start_tls(&mut self, config: Arc<ClientConfig>, host: &str) -> Result<TlsInfo, String> {
+    pub(super) fn start_tls(
+        &mut self,
+        config: Arc<ClientConfig>,
+        host: &str,
+        deadline: Option<Instant>,
+    ) -> Result<TlsInfo, String> {
         let Stream::Plain(mut sock) = std::mem::replace(&mut self.stream, Stream::Gone) else {
             return Err("TLS is already active".to_owned());
         };
         let name = tls::server_name(host)?;
         let mut tls = ClientConnection::new(config, name).map_err(|e| format!("TLS setup: {e}"))?;
-        sock.set_read_timeout(Some(self.timeout))
-            .map_err(|e| format!("TLS setup: {e}"))?;
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + self.timeout);
         while tls.is_handshaking() {
-            if let Err(err) = tls.complete_io(&mut sock) {
+            let mut timed = Timed(&mut sock, deadline);
+            if let Err(err) = tls.complete_io(&mut timed) {
                 // Let the server know why (rustls queues an alert), then give up.
                 let _ = tls.write_tls(&mut sock);
                 return Err(match ConnError::from_io(err) {

@@ -12,6 +12,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::Mechanism;
@@ -229,35 +230,83 @@ pub struct SessionReport {
     pub failure: Option<Outcome>,
 }
 
-/// Run one whole session. Never fails as a whole: failures are recorded per recipient.
+/// One whole session: connect, carry `transactions`, QUIT. Never fails as a whole: failures are
+/// recorded per recipient.
 pub fn run_session(cfg: &SessionConfig, transactions: &[Transaction]) -> SessionReport {
-    let mut report = SessionReport::default();
-    let mut session = match Session::connect(cfg, &mut report) {
-        Ok(session) => session,
-        Err(failure) => {
-            fill_from(&mut report, transactions, &failure);
-            return report;
-        }
-    };
-    if let Err(failure) = session.setup() {
-        session.quit();
-        session.finish(&mut report);
-        fill_from(&mut report, transactions, &failure);
-        return report;
-    }
-    for tx in transactions {
-        let (outcomes, broken) = session.transaction(tx);
-        report.results.push(outcomes);
-        if let Some(failure) = broken {
-            session.quit();
-            session.finish(&mut report);
-            fill_from(&mut report, transactions, &failure);
-            return report;
-        }
-    }
-    session.quit();
-    session.finish(&mut report);
+    let mut client = Client::new(Arc::new(cfg.clone()));
+    let report = client.send(transactions);
+    client.close();
     report
+}
+
+/// A connection kept between calls (the runner's connection cache): `send` opens it when
+/// needed, reuses it while the server keeps it, and reconnects when the server dropped it.
+pub struct Client {
+    cfg: Arc<SessionConfig>,
+    session: Option<Session>,
+}
+
+impl Client {
+    pub fn new(cfg: Arc<SessionConfig>) -> Self {
+        Client { cfg, session: None }
+    }
+
+    /// Carry `transactions` (none: only set up, a probe), on the open connection if it is still
+    /// usable, else on a new one. The connection stays open unless it broke.
+    pub fn send(&mut self, transactions: &[Transaction]) -> SessionReport {
+        let mut report = SessionReport::default();
+        let cached = self.session.take().and_then(|mut s| {
+            if s.still_usable() {
+                Some(s)
+            } else {
+                s.quit();
+                None
+            }
+        });
+        let mut session = match cached.map_or_else(|| self.open(&mut report), Ok) {
+            Ok(s) => s,
+            Err(failure) => {
+                fill_from(&mut report, transactions, &failure);
+                return report;
+            }
+        };
+        for tx in transactions {
+            let (outcomes, broken) = session.transaction(tx);
+            report.results.push(outcomes);
+            if let Some(failure) = broken {
+                session.finish(&mut report);
+                session.quit();
+                fill_from(&mut report, transactions, &failure);
+                return report;
+            }
+        }
+        session.finish(&mut report);
+        self.session = Some(session);
+        report
+    }
+
+    fn open(&self, report: &mut SessionReport) -> Result<Session, Outcome> {
+        let mut session = Session::connect(&self.cfg, report)?;
+        if let Err(failure) = session.setup() {
+            session.finish(report);
+            session.quit();
+            return Err(failure);
+        }
+        Ok(session)
+    }
+
+    /// QUIT, if a connection is open.
+    pub fn close(&mut self) {
+        if let Some(mut s) = self.session.take() {
+            s.quit();
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.close();
+    }
 }
 
 /// Give every recipient of the transactions not yet reported the session's failure.

@@ -14,10 +14,11 @@ use crate::journal::Journal;
 use crate::reply::{Extensions, Reply};
 use crate::tls::{self, TlsInfo};
 
-pub(super) struct Session<'a> {
-    pub(super) cfg: &'a SessionConfig,
+pub(super) struct Session {
+    pub(super) cfg: Arc<SessionConfig>,
     pub(super) conn: Conn,
     tls_config: Option<Arc<ClientConfig>>,
+    pub(super) address: IpAddr,
     pub(super) ext: Extensions,
     tls_info: Option<TlsInfo>,
     mechanism: Option<Mechanism>,
@@ -28,17 +29,22 @@ pub(super) struct Session<'a> {
     pub(super) journal: Option<Journal>,
 }
 
-impl<'a> Session<'a> {
-    pub(super) fn connect(cfg: &'a SessionConfig, report: &mut SessionReport) -> Result<Self, Outcome> {
+impl Session {
+    pub(super) fn connect(cfg: &Arc<SessionConfig>, report: &mut SessionReport) -> Result<Self, Outcome> {
         let tls_config = match cfg.tls_mode {
             TlsMode::None => None,
             _ => Some(tls::client_config(&cfg.tls).map_err(|e| Outcome::temporary(Stage::Tls, e))?),
         };
         let (sock, addr) = connect_any(cfg)?;
         report.address = Some(addr);
+        let mut conn = Conn::new(Stream::Plain(sock), cfg.command_timeout, cfg.verbose);
+        // The whole set-up (TLS handshake, greeting, EHLO, STARTTLS, AUTH) has one deadline: a
+        // server that trickles it byte by byte cannot hold the session longer than that.
+        conn.deadline = Some(std::time::Instant::now() + cfg.command_timeout);
         let mut session = Session {
-            cfg,
-            conn: Conn::new(Stream::Plain(sock), cfg.command_timeout, cfg.verbose),
+            cfg: cfg.clone(),
+            address: addr,
+            conn,
             tls_config,
             ext: Extensions::default(),
             tls_info: None,
@@ -61,20 +67,22 @@ impl<'a> Session<'a> {
             TlsMode::Opportunistic => self.starttls(false)?,
             TlsMode::None | TlsMode::Implicit => {}
         }
-        self.authenticate()
+        self.authenticate()?;
+        self.conn.deadline = None;
+        Ok(())
     }
 
-    /// Copy what the caller wants to know into the report.
+    /// Sync the journal and copy what the caller wants to know into the report.
     pub(super) fn finish(&mut self, report: &mut SessionReport) {
         if let Some(journal) = &mut self.journal {
             if let Err(e) = journal.sync() {
                 self.conn.trace("!!! ", &e.to_string());
             }
         }
-        report.tls = self.tls_info.take();
+        report.address = Some(self.address);
+        report.tls.clone_from(&self.tls_info);
         report.auth_mechanism = self.mechanism;
-        report.extensions = std::mem::take(&mut self.ext.keywords);
-        self.conn.close();
+        report.extensions.clone_from(&self.ext.keywords);
     }
 
     pub(super) fn conn_failure(&mut self, stage: Stage, err: ConnError) -> Outcome {
@@ -117,7 +125,8 @@ impl<'a> Session<'a> {
     fn start_tls(&mut self) -> Result<(), Outcome> {
         let config = self.tls_config.clone().expect("TLS config built for TLS modes");
         let host = &self.cfg.host;
-        let info = self.conn.start_tls(config, host).map_err(|e| {
+        let deadline = self.conn.deadline;
+        let info = self.conn.start_tls(config, host, deadline).map_err(|e| {
             self.dead = true;
             Outcome::temporary(Stage::Tls, format!("{host}: {e}"))
         })?;
@@ -129,7 +138,8 @@ impl<'a> Session<'a> {
 
     /// EHLO; HELO when the server refuses EHLO permanently (an old or minimal server).
     fn hello(&mut self) -> Result<(), Outcome> {
-        let helo = &self.cfg.helo;
+        let cfg = self.cfg.clone();
+        let helo = &cfg.helo;
         let reply = self
             .conn
             .command(&format!("EHLO {helo}"))
@@ -177,7 +187,8 @@ impl<'a> Session<'a> {
     }
 
     fn authenticate(&mut self) -> Result<(), Outcome> {
-        let Some(creds) = &self.cfg.credentials else {
+        let cfg = self.cfg.clone();
+        let Some(creds) = &cfg.credentials else {
             return Ok(());
         };
         if !self.conn.is_tls() && !self.cfg.allow_insecure_auth {
@@ -262,18 +273,31 @@ impl<'a> Session<'a> {
         self.check(Stage::Auth, reply, class)
     }
 
-    /// QUIT and wait a little for its reply, which is only logged.
+    /// QUIT and wait a little for its reply, which is only logged; then close.
     pub(super) fn quit(&mut self) {
+        if !self.dead {
+            self.conn.queue("QUIT");
+            if self.conn.flush().is_ok() {
+                let _ = self
+                    .conn
+                    .read_reply_within(QUIT_WAIT.min(self.cfg.command_timeout));
+            }
+            self.dead = true;
+        }
+        self.conn.close();
+    }
+
+    /// Before a cached connection carries more mail: RSET, which also finds out whether the
+    /// server has dropped it meanwhile.
+    pub(super) fn still_usable(&mut self) -> bool {
         if self.dead {
-            return;
+            return false;
         }
-        self.conn.queue("QUIT");
-        if self.conn.flush().is_ok() {
-            let _ = self
-                .conn
-                .read_reply_within(QUIT_WAIT.min(self.cfg.command_timeout));
-        }
-        self.dead = true;
+        self.conn.deadline = Some(std::time::Instant::now() + self.cfg.command_timeout);
+        let ok = self.expect(Stage::Mail, Some("RSET"), 2).is_ok();
+        self.conn.deadline = None;
+        self.dirty = !ok;
+        ok
     }
 }
 

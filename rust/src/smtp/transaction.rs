@@ -4,18 +4,22 @@
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::time::Instant;
 
 use super::data::{open_message, DataEncoder};
 use super::session::Session;
 use super::{Outcome, Stage, Status, Transaction, CHUNK, PIPELINE_BATCH};
 use crate::reply::Reply;
 
-impl Session<'_> {
+impl Session {
     /// One transaction. Returns the per-recipient outcomes, and the failure to give every
     /// later transaction when the connection can no longer be used.
     pub(super) fn transaction(&mut self, tx: &Transaction) -> (Vec<Outcome>, Option<Outcome>) {
         let mut rcpts: Vec<RcptState> = vec![RcptState::Pending; tx.recipients.len()];
+        // The envelope's replies, and then the final reply, each within one TIMEOUT in all.
+        self.conn.deadline = Some(Instant::now() + self.cfg.command_timeout);
         let result = self.try_transaction(tx, &mut rcpts);
+        self.conn.deadline = None;
         let (final_outcome, broken) = match result {
             Ok(outcome) => (outcome, None),
             Err(TxFailure::Transaction(outcome)) => (outcome, None),
@@ -303,6 +307,7 @@ impl Session<'_> {
         sent += self.conn.out.len() as u64 - 3;
         self.conn.trace(">>> ", &format!("<message body, {sent} octets>"));
         self.conn.trace(">>> ", ".");
+        self.conn.deadline = Some(Instant::now() + self.cfg.command_timeout);
         let reply = self
             .conn
             .flush()
