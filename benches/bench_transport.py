@@ -122,7 +122,8 @@ def ours_many(port: int, msg: str, count: int) -> float:
 
     t = time.perf_counter()
     r = _native.smtp_session(
-        _native.Settings("127.0.0.1", ["127.0.0.1"], port, "bench.example.com"), [(SENDER, [RCPT], msg)] * count
+        _native.Settings("127.0.0.1", ["127.0.0.1"], port, "bench.example.com"),
+        [(SENDER, [RCPT], msg)] * count,
     )
     dt = time.perf_counter() - t
     sent = sum(1 for tx in r.results for o in tx if o.status == "sent")

@@ -16,15 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sink import Sink
 from smtp_servers import Peer, RawServer
 from test_runner import World, wait_until
-from test_runner import sink as sink  # noqa: F401  (the fixture)
-
-from sink import Sink
+from test_runner import sink as sink
 
 
 @pytest.fixture
-def everyday(tmp_path: Path, sink: Sink) -> Iterator[World]:  # noqa: F811
+def everyday(tmp_path: Path, sink: Sink) -> Iterator[World]:
     w = World(tmp_path, sink)
     w.configure("LINGER 3")
     yield w
@@ -50,7 +49,7 @@ def send(world: World, rcpt: str, mid: str) -> float:
     return time.time()
 
 
-def test_a_burst_shares_one_runner_and_one_connection(everyday: World, sink: Sink) -> None:  # noqa: F811
+def test_a_burst_shares_one_runner_and_one_connection(everyday: World, sink: Sink) -> None:
     returned = {}
     for i in range(10):
         returned[f"<b{i}@t>"] = send(everyday, "a@remote.example", f"<b{i}@t>")
@@ -70,7 +69,7 @@ def test_a_burst_shares_one_runner_and_one_connection(everyday: World, sink: Sin
     assert everyday.queue_files() == []
 
 
-def test_sigterm_ends_a_lingering_runner_cleanly(everyday: World, sink: Sink) -> None:  # noqa: F811
+def test_sigterm_ends_a_lingering_runner_cleanly(everyday: World, sink: Sink) -> None:
     everyday.configure("LINGER 60")
     send(everyday, "a@remote.example", "<t1@t>")
     assert sink.wait_for(lambda: len(sink.messages()) == 1, timeout=10)
@@ -132,7 +131,7 @@ def tarpit_handshake(peer: Peer) -> None:
 
 
 @pytest.mark.parametrize("tarpit", [tarpit_greeting, tarpit_handshake])
-def test_a_tarpit_holds_up_nobody(everyday: World, sink: Sink, tarpit) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_a_tarpit_holds_up_nobody(everyday: World, sink: Sink, tarpit) -> None:  # type: ignore[no-untyped-def]
     with RawServer(tarpit) as slow:
         everyday.configure("LINGER 1", "TIMEOUT 4", f"ROUTE to:slow.example 127.0.0.1:{slow.port} starttls")
         start = time.time()
@@ -148,7 +147,7 @@ def test_a_tarpit_holds_up_nobody(everyday: World, sink: Sink, tarpit) -> None: 
         assert all("timeout" in e.last_error for e in everyday.entries())
 
 
-def test_a_locked_mbox_holds_up_nobody(everyday: World, sink: Sink) -> None:  # noqa: F811
+def test_a_locked_mbox_holds_up_nobody(everyday: World, sink: Sink) -> None:
     mbox = everyday.mboxdir / "root"
     fd = os.open(mbox, os.O_RDWR | os.O_CREAT, 0o600)
     try:

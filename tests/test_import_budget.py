@@ -13,6 +13,7 @@ import textwrap
 
 import pytest
 from dma_fixtures import DmaEnv, program
+from sink import Sink
 
 FORBIDDEN = [
     "dns",
@@ -124,3 +125,21 @@ def test_installed_scripts_import_nothing_heavy(
     assert "dma.cli" in imported, r.stderr[-2000:]
     assert heavy(imported) == []
     assert program(prog)
+
+
+# A runner delivering one message over plain SMTP: only what that delivery uses.
+RUNNER_FORBIDDEN = [*FORBIDDEN, "pathlib", "concurrent", "subprocess", "traceback", "threading", "random"]
+
+
+def test_a_runner_delivering_one_message_imports_only_what_it_uses(dma_env: DmaEnv) -> None:
+    sink = Sink().start()
+    try:
+        dma_env.write_conf(f"SMARTHOST 127.0.0.1\nPORT {sink.port}")
+        assert dma_env.run(["-bq", "a@remote.example"], MSG).returncode == 0
+        code, modules, err = modules_after(dma_env, ["dma", "-q", "-D"])
+        assert code == 0, err
+        assert len(sink.messages()) == 1, err
+        assert dma_env.entries() == []
+        assert sorted(m for m in modules if m.split(".")[0] in RUNNER_FORBIDDEN) == []
+    finally:
+        sink.stop()

@@ -173,7 +173,12 @@ def test_data_round_trip_over_a_socket(lines: list[bytes], final_newline: bool) 
         with RawServer(scripted(ext=("8BITMIME", "SIZE 100000000"))) as srv:
             result = _native.smtp_session(
                 _native.Settings(
-                    "mx.test", ["127.0.0.1"], srv.port, "client.test", connect_timeout=5.0, command_timeout=5.0
+                    "mx.test",
+                    ["127.0.0.1"],
+                    srv.port,
+                    "client.test",
+                    connect_timeout=5.0,
+                    command_timeout=5.0,
                 ),
                 [("a@example.com", ["b@example.com"], path)],
             )

@@ -37,7 +37,9 @@ def msg(tmp_path: Path):
 def send(port: int, transactions, *, host: str = "mx.test", addresses=("127.0.0.1",), **kw):
     kw.setdefault("connect_timeout", 5.0)
     kw.setdefault("command_timeout", 5.0)
-    return _native.smtp_session(_native.Settings(host, list(addresses), port, "client.test", **kw), transactions)
+    return _native.smtp_session(
+        _native.Settings(host, list(addresses), port, "client.test", **kw), transactions
+    )
 
 
 def statuses(result) -> list[list[str]]:

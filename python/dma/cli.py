@@ -265,7 +265,6 @@ def deliver_now(cfg: Config, message_id: str, opts: Options, prog: str) -> int:
         wake(cfg)
         return 0
     if daemonize():
-        runner.lock_fd = -1  # the child holds the lock now
         return 0
     runner.serve()
     return 0
@@ -273,19 +272,17 @@ def deliver_now(cfg: Config, message_id: str, opts: Options, prog: str) -> int:
 
 def daemonize() -> bool:
     """Fork into the background. True in the parent (which should return), False in the child."""
-    import os
-
     try:
-        pid = os.fork()
+        pid = posix.fork()
     except OSError as e:
         raise Fatal(EX_OSERR, f"can not fork: {e.strerror}") from e
     if pid:
         return True
-    os.setsid()
-    devnull = os.open(os.devnull, os.O_RDWR)
+    posix.setsid()
+    devnull = posix.open("/dev/null", posix.O_RDWR)
     for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
+        posix.dup2(devnull, fd)
+    posix.close(devnull)
     return False
 
 

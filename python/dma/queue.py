@@ -12,8 +12,7 @@ for LINGER seconds after the last delivery.
 from __future__ import annotations
 
 import _thread
-import fcntl
-import os
+import posix
 import sys
 import time
 
@@ -72,7 +71,7 @@ class Outcome:
 def retry_delay(cfg: Config, attempts: int) -> int:
     """Backoff after `attempts` failed tries: RETRY_MIN doubling to RETRY_MAX, with ±25% jitter."""
     base = min(cfg.retry_max, cfg.retry_min * (2 ** min(attempts - 1, 30)))
-    jitter = int.from_bytes(os.urandom(2), "big") / 65535.0  # 0..1, without importing random
+    jitter = int.from_bytes(posix.urandom(2), "big") / 65535.0  # 0..1, without importing random
     return max(1, int(base * (0.75 + jitter / 2)))
 
 
@@ -82,7 +81,9 @@ class Job:
 
     __slots__ = ("dest", "groups", "key", "link", "outcomes")
 
-    def __init__(self, key: str, dest: Destination | None, groups: list[list[str]], link: Link | None) -> None:
+    def __init__(
+        self, key: str, dest: Destination | None, groups: list[list[str]], link: Link | None
+    ) -> None:
         self.key = key
         self.dest = dest
         self.groups = groups
@@ -107,17 +108,18 @@ class Runner:
         self.name = name
         self.events = Log(cfg, tag)
         # Only the spool's owner may take drops (and only it can read them).
-        self.drop_dir = os.path.join(cfg.spooldir, "incoming")  # drop.NAME, without importing drop
-        self.system_drop = not cfg.user_mode and os.path.isdir(self.drop_dir)
+        self.drop_dir = f"{cfg.spooldir}/incoming"  # drop.NAME, without importing drop
+        self.system_drop = not cfg.user_mode and posix.access(self.drop_dir, posix.F_OK)
         self.verbose = verbose
         self.report_failures = report_failures
         self.progress = progress
         self.total = self.bounces = 0
-        self.lock_fd = -1
         self.sent = self.deferred = self.failed = 0
         self.spool_: _native.Spool | None = None
         self.entries: dict[str, _native.QueueEntry] = {}  # claimed here, by id
-        self.waiting: dict[str, tuple[Destination, dict[str, list[str]]]] = {}  # key -> (dest, message -> ids)
+        self.waiting: dict[
+            str, tuple[Destination, dict[str, list[str]]]
+        ] = {}  # key -> (dest, message -> ids)
         self.local: list[str] = []  # local entries waiting for a thread
         self.busy: dict[str, int] = {}  # key -> running jobs ("" for local ones)
         self.running = 0
@@ -148,19 +150,10 @@ class Runner:
         return BATCH if soft == resource.RLIM_INFINITY else max(16, min(BATCH, soft - 256))
 
     def acquire(self) -> bool:
-        fd = os.open(os.path.join(self.cfg.spooldir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self.lock_fd = fd
-        return True
+        return self.spool.lock()
 
     def release(self) -> None:
-        if self.lock_fd >= 0:
-            os.close(self.lock_fd)
-            self.lock_fd = -1
+        self.spool.unlock()
 
     def run(self, *, only: Selection | None = None, force: bool = False, resident: bool = False) -> None:
         """Deliver due entries (those `only` selects, when given) until none is left.
@@ -219,7 +212,7 @@ class Runner:
         After releasing, look once more: a submission that found the lock held just before we let
         go relies on this look to have its message delivered.
         """
-        import _signal
+        import _signal  # type: ignore[import-not-found]  # `signal`, without the enum it imports
 
         _signal.signal(_signal.SIGTERM, self.stop)
         while True:
@@ -254,7 +247,7 @@ class Runner:
         if journals:
             self.sync()  # the removals are durable before their record goes
         for journal in journals:
-            os.unlink(journal)
+            posix.unlink(journal)
 
     def dispatch(self, due: list[_native.QueueEntry]) -> None:
         """Claim due entries and queue them for delivery threads: local ones one by one, remote
@@ -277,7 +270,10 @@ class Runner:
         while self.local and self.busy.get("", 0) < self.cfg.concurrency:
             self.start(Job("", None, [[self.local.pop(0)]], None))
         for key in list(self.waiting):
-            slots = min(self.cfg.host_concurrency - self.busy.get(key, 0), self.cfg.concurrency - self.remote_running())
+            slots = min(
+                self.cfg.host_concurrency - self.busy.get(key, 0),
+                self.cfg.concurrency - self.remote_running(),
+            )
             if slots <= 0:
                 continue
             dest, per = self.waiting.pop(key)
@@ -308,7 +304,13 @@ class Runner:
                 from .remote import deliver
 
                 job.outcomes, job.link = deliver(
-                    self.cfg, self.spool, job.dest, job.groups, job.link, verbose=self.verbose, events=self.events
+                    self.cfg,
+                    self.spool,
+                    job.dest,
+                    job.groups,
+                    job.link,
+                    verbose=self.verbose,
+                    events=self.events,
                 )
         except Exception as e:  # the rest of the queue must still be delivered
             text = f"internal error, will retry: {type(e).__name__}: {e}"
@@ -399,7 +401,11 @@ class Runner:
                 return 1
         for e in failed:
             self.spool.record(
-                e.id, attempts=e.attempts, next_attempt=0, last_error=f"{e.last_error}; held: {reason}", state="held"
+                e.id,
+                attempts=e.attempts,
+                next_attempt=0,
+                last_error=f"{e.last_error}; held: {reason}",
+                state="held",
             )
         self.log(
             f"{first.message_id}: held for the postmaster: {reason}",
@@ -508,10 +514,9 @@ class Runner:
 
 def wake(cfg: Config, *, flush: bool = False) -> None:
     """Tell a running runner that new mail is queued (`wake`), or to retry everything now (`flush`)."""
-    path = os.path.join(cfg.spooldir, "flush" if flush else "wake")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    os.close(fd)
-    os.utime(path)
+    path = f"{cfg.spooldir}/{'flush' if flush else 'wake'}"
+    posix.close(posix.open(path, posix.O_WRONLY | posix.O_CREAT | posix.O_CLOEXEC, 0o600))
+    posix.utime(path)
 
 
 def command(prog: str, name: str, args: list[str]) -> int:

@@ -111,7 +111,7 @@ class Link:
     __slots__ = ("conn", "target")
 
     def __init__(self, conn: _native.Connection, target: Target) -> None:
-        self.conn = conn
+        self.conn: _native.Connection | None = conn  # None once the connection broke
         self.target = target
 
 
@@ -147,7 +147,9 @@ def deliver(
             outcomes.update(failed_all(pending, "temporary", str(e)))
             return outcomes, None
         for address in target.addresses:
-            conn = _native.Connection(settings(cfg, target, [address], dest.route, creds, verbose, journal=True))
+            conn = _native.Connection(
+                settings(cfg, target, [address], dest.route, creds, verbose, journal=True)
+            )
             link = Link(conn, target)
             pending = attempt(spool, link, pending, outcomes, events)
             if not pending:
@@ -164,9 +166,10 @@ def attempt(
 ) -> list[list[str]]:
     """One `send` over `link`: record its outcomes; return what another host should still try.
     A connection that broke is dropped from the link."""
+    assert link.conn is not None
     result = link.conn.send(spool, groups)
     if result.failure is not None:
-        link.conn = None  # type: ignore[assignment]
+        link.conn = None
     if events is not None:
         log_attempt(events, link.target, result)
     retry_elsewhere: list[list[str]] = []

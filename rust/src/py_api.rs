@@ -202,7 +202,9 @@ impl Claim {
 
     #[getter]
     fn message_path(&self) -> PyResult<String> {
-        Ok(path_str(&self.inner.as_ref().ok_or_else(released)?.message_path()))
+        Ok(path_str(
+            &self.inner.as_ref().ok_or_else(released)?.message_path(),
+        ))
     }
 
     /// Durably record the entry's new state.

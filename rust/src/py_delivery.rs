@@ -3,6 +3,7 @@
 //! Paths cross as `str`; the GIL is released for every wait and all I/O.
 
 use std::collections::HashMap;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -109,7 +110,6 @@ fn smtp_duration(name: &str, secs: f64) -> PyResult<std::time::Duration> {
         .map_err(|_| smtp_value_error(format!("invalid {name} {secs}")))
 }
 
-
 /// Everything a session to one destination needs: one object per destination and host.
 #[pyclass(module = "dma._native", frozen)]
 struct Settings(Arc<SessionConfig>);
@@ -143,58 +143,58 @@ impl Settings {
         verbose: bool,
         journal: Option<PathBuf>,
     ) -> PyResult<Self> {
-    let addresses = addresses
-        .iter()
-        .map(|a| {
-            a.trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .map_err(|_| smtp_value_error(format!("not an IP address: {a:?}")))
-        })
-        .collect::<PyResult<Vec<_>>>()?;
-    if helo.is_empty() || helo.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(smtp_value_error(format!("invalid helo name {helo:?}")));
-    }
-    let fingerprint = fingerprint
-        .map(|f| {
-            <[u8; 32]>::try_from(f.as_slice()).map_err(|_| {
-                smtp_value_error(format!("fingerprint must be 32 bytes (SHA-256), not {}", f.len()))
+        let addresses = addresses
+            .iter()
+            .map(|a| {
+                a.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .map_err(|_| smtp_value_error(format!("not an IP address: {a:?}")))
             })
-        })
-        .transpose()?;
-    let mechanisms = mechanisms
-        .map(|names| {
-            names
-                .iter()
-                .map(|n| n.parse::<crate::auth::Mechanism>().map_err(smtp_value_error))
-                .collect::<PyResult<Vec<_>>>()
-        })
-        .transpose()?;
-    let credentials = match (login, secret) {
-        (Some(login), Some(secret)) => Some(crate::smtp::Credentials { login, secret }),
-        (None, None) => None,
-        _ => return Err(smtp_value_error("login and secret go together")),
-    };
-    Ok(Settings(Arc::new(crate::smtp::SessionConfig {
-        host,
-        addresses,
-        port,
-        helo,
-        tls_mode: tls.parse().map_err(smtp_value_error)?,
-        tls: crate::tls::TlsPolicy {
-            verify: verify_cert,
-            ca_file,
-            fingerprint,
-            client_cert,
-        },
-        credentials,
-        mechanisms,
-        allow_insecure_auth,
-        connect_timeout: smtp_duration("connect_timeout", connect_timeout)?,
-        command_timeout: smtp_duration("command_timeout", command_timeout)?,
-        verbose,
-        journal,
-    })))
+            .collect::<PyResult<Vec<_>>>()?;
+        if helo.is_empty() || helo.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(smtp_value_error(format!("invalid helo name {helo:?}")));
+        }
+        let fingerprint = fingerprint
+            .map(|f| {
+                <[u8; 32]>::try_from(f.as_slice()).map_err(|_| {
+                    smtp_value_error(format!("fingerprint must be 32 bytes (SHA-256), not {}", f.len()))
+                })
+            })
+            .transpose()?;
+        let mechanisms = mechanisms
+            .map(|names| {
+                names
+                    .iter()
+                    .map(|n| n.parse::<crate::auth::Mechanism>().map_err(smtp_value_error))
+                    .collect::<PyResult<Vec<_>>>()
+            })
+            .transpose()?;
+        let credentials = match (login, secret) {
+            (Some(login), Some(secret)) => Some(crate::smtp::Credentials { login, secret }),
+            (None, None) => None,
+            _ => return Err(smtp_value_error("login and secret go together")),
+        };
+        Ok(Settings(Arc::new(crate::smtp::SessionConfig {
+            host,
+            addresses,
+            port,
+            helo,
+            tls_mode: tls.parse().map_err(smtp_value_error)?,
+            tls: crate::tls::TlsPolicy {
+                verify: verify_cert,
+                ca_file,
+                fingerprint,
+                client_cert,
+            },
+            credentials,
+            mechanisms,
+            allow_insecure_auth,
+            connect_timeout: smtp_duration("connect_timeout", connect_timeout)?,
+            command_timeout: smtp_duration("command_timeout", command_timeout)?,
+            verbose,
+            journal,
+        })))
     }
 }
 
@@ -254,7 +254,9 @@ impl Connection {
         let report = py.detach(|| lock(&self.0).send(&transactions));
         let mut result = SessionResult::from(report);
         for (ids, outcomes) in groups.iter().filter(|g| !g.is_empty()).zip(&result.results) {
-            result.entries.extend(ids.iter().cloned().zip(outcomes.iter().cloned()));
+            result
+                .entries
+                .extend(ids.iter().cloned().zip(outcomes.iter().cloned()));
         }
         Ok(result)
     }
@@ -280,6 +282,8 @@ struct Spool {
     dir: PathBuf,
     claims: Mutex<HashMap<String, spool::Claim>>,
     waker: Waker,
+    /// `<spool>/lock`, while this is the spool's one runner.
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 impl Spool {
@@ -306,12 +310,45 @@ impl Spool {
             dir: spooldir,
             claims: Mutex::new(HashMap::new()),
             waker,
+            lock: Mutex::new(None),
         })
+    }
+
+    /// Become the spool's one runner (`flock` on `<spool>/lock`); false if another process is.
+    fn lock(&self) -> PyResult<bool> {
+        let path = self.dir.join("lock");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| crate::errors::DmaError::io(format!("can not open `{}'", path.display()), e))?;
+        match file.try_lock() {
+            Ok(()) => {
+                *lock(&self.lock) = Some(file);
+                Ok(true)
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(crate::errors::DmaError::io(format!("can not lock `{}'", path.display()), e).into())
+            }
+        }
+    }
+
+    fn unlock(&self) {
+        *lock(&self.lock) = None;
     }
 
     /// One scan: the entries due at `now` (all pending ones with `force`) that nobody holds
     /// here, oldest first; the earliest later retry; and the messages with a failed entry.
-    fn due(&self, py: Python<'_>, now: u64, force: bool) -> PyResult<(Vec<QueueEntry>, Option<u64>, Vec<String>)> {
+    fn due(
+        &self,
+        py: Python<'_>,
+        now: u64,
+        force: bool,
+    ) -> PyResult<(Vec<QueueEntry>, Option<u64>, Vec<String>)> {
         let (entries, _) = py.detach(|| spool::scan(&self.dir))?;
         let held = self.claims();
         let (mut due, mut next, mut failed) = (Vec::new(), None::<u64>, Vec::new());
@@ -352,7 +389,9 @@ impl Spool {
 
     fn message_path(&self, id: &str) -> PyResult<String> {
         let claims = self.claims();
-        Ok(path_str(&claims.get(id).ok_or_else(|| not_claimed(id))?.message_path()))
+        Ok(path_str(
+            &claims.get(id).ok_or_else(|| not_claimed(id))?.message_path(),
+        ))
     }
 
     /// Durably record a claimed entry's new state, and let it go.

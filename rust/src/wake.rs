@@ -134,7 +134,8 @@ impl Waker {
                 woken.flush = true;
                 woken.work = true;
             } else {
-                woken.work |= name == b"wake" || (event.mask & libc::IN_MOVED_TO != 0 && name.first() == Some(&b'M'));
+                woken.work |=
+                    name == b"wake" || (event.mask & libc::IN_MOVED_TO != 0 && name.first() == Some(&b'M'));
             }
             events = &events[end..];
         }
