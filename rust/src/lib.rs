@@ -1,6 +1,6 @@
 //! Rust core of dma: spool I/O, local mailboxes, the SMTP transport over rustls and the AUTH
-//! encoders. Plain Rust modules, unit-tested without Python; `py_api` is the only file that
-//! touches pyo3.
+//! encoders. Plain Rust modules, unit-tested without Python; `py_api` and `py_delivery` are the
+//! only files that touch pyo3.
 
 pub mod auth;
 pub mod errors;
@@ -19,4 +19,5 @@ mod test_util;
 
 #[cfg(feature = "python")]
 mod py_api;
+#[cfg(feature = "python")]
 mod py_delivery;
