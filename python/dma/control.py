@@ -104,7 +104,7 @@ def command(prog: str, name: str, args: list[str]) -> int:
         return ctl.show(rest[0])
     if not rest:
         raise Fatal(EX_USAGE, f"{sub} needs at least one ID ({USAGE})")
-    change: Callable[[_native.Claim, _native.QueueEntry], str] = getattr(ctl, sub)
+    change: Callable[[_native.Spool, _native.QueueEntry], str] = getattr(ctl, sub)
     return ctl.apply(rest, change, wake=sub in ("release", "bounce"))
 
 
@@ -196,24 +196,25 @@ class Control:
     # ---- changes, each under the entry's lock ---------------------------------------------------
 
     def apply(
-        self, ids: list[str], change: Callable[[_native.Claim, _native.QueueEntry], str], *, wake: bool
+        self, ids: list[str], change: Callable[[_native.Spool, _native.QueueEntry], str], *, wake: bool
     ) -> int:
         from . import _native
 
         changed = 0
+        spool = _native.Spool(self.cfg.spooldir)
         for e in self.select(ids):
-            claim = _native.claim(self.cfg.spooldir, e.id)
-            if claim is None:
+            claimed = spool.claim([e.id])
+            if not claimed:
                 if os.path.exists(os.path.join(self.cfg.spooldir, "Q" + e.id)):
                     self.error(f"{e.id}: being delivered right now (locked); try again", EX_TEMPFAIL)
                 else:
                     self.error(f"{e.id}: no longer in the queue", EX_NOINPUT)
                 continue
+            entry = claimed[0]  # as it is now, under the lock
             try:
-                entry = claim.entry  # as it is now, under the lock
-                text = change(claim, entry)
+                text = change(spool, entry)
             finally:
-                claim.release()
+                spool.release(entry.id)
             changed += 1
             sys.stdout.write(f"{entry.id}: {text} ({display(entry.sender)} -> {entry.recipient})\n")
         sys.stdout.flush()
@@ -223,22 +224,25 @@ class Control:
             wake_runner(self.cfg)
         return self.code
 
-    def hold(self, claim: _native.Claim, e: _native.QueueEntry) -> str:
+    def hold(self, spool: _native.Spool, e: _native.QueueEntry) -> str:
         if e.state == "held":
             return "already held"
-        claim.record(attempts=e.attempts, next_attempt=e.next_attempt, last_error=e.last_error, state="held")
+        spool.record(
+            e.id, attempts=e.attempts, next_attempt=e.next_attempt, last_error=e.last_error, state="held"
+        )
         return "held"
 
-    def release(self, claim: _native.Claim, e: _native.QueueEntry) -> str:
-        claim.record(attempts=e.attempts, next_attempt=0, last_error=e.last_error, state="")
+    def release(self, spool: _native.Spool, e: _native.QueueEntry) -> str:
+        spool.record(e.id, attempts=e.attempts, next_attempt=0, last_error=e.last_error, state="")
         return "released, due now" if e.state else "due now"
 
-    def delete(self, claim: _native.Claim, e: _native.QueueEntry) -> str:
-        claim.remove()
+    def delete(self, spool: _native.Spool, e: _native.QueueEntry) -> str:
+        spool.remove(e.id)
+        spool.sync()
         return "deleted"
 
-    def bounce(self, claim: _native.Claim, e: _native.QueueEntry) -> str:
-        claim.record(attempts=e.attempts, next_attempt=0, last_error=BOUNCE_TEXT, state="failed")
+    def bounce(self, spool: _native.Spool, e: _native.QueueEntry) -> str:
+        spool.record(e.id, attempts=e.attempts, next_attempt=0, last_error=BOUNCE_TEXT, state="failed")
         if not e.sender:
             return "marked failed; it has no sender, so it will be held for the postmaster"
         return "marked failed, to be bounced on the next queue run"

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import _thread
 import posix
-import sys
 import time
 
 from . import _native
-from .errors import EX_TEMPFAIL, Fatal
+from .errors import Fatal
+from .ledger import Ledger, Outcome
 from .log import Log
 from .routing import is_local
 
@@ -60,21 +60,6 @@ class Selection:
         return self.domain is None or e.recipient.rpartition("@")[2].lower() == self.domain
 
 
-class Outcome:
-    __slots__ = ("status", "text")
-
-    def __init__(self, status: str, text: str = "") -> None:
-        self.status = status  # "sent", "temporary" or "permanent"
-        self.text = text.replace("\n", " ").replace("\r", " ")
-
-
-def retry_delay(cfg: Config, attempts: int) -> int:
-    """Backoff after `attempts` failed tries: RETRY_MIN doubling to RETRY_MAX, with ±25% jitter."""
-    base = min(cfg.retry_max, cfg.retry_min * (2 ** min(attempts - 1, 30)))
-    jitter = int.from_bytes(posix.urandom(2), "big") / 65535.0  # 0..1, without importing random
-    return max(1, int(base * (0.75 + jitter / 2)))
-
-
 class Job:
     """Work for one delivery thread: a destination's messages (`groups` of entry ids, one per
     message) over one connection, or one local entry (`dest` None)."""
@@ -91,7 +76,7 @@ class Job:
         self.outcomes: dict[str, tuple[str, str]] = {}
 
 
-class Runner:
+class Runner(Ledger):
     """Delivers due entries of one spool; see the module docstring."""
 
     def __init__(
@@ -104,6 +89,7 @@ class Runner:
         name: str = "dma",
         tag: str = "dma",
     ) -> None:
+        super().__init__()
         self.cfg = cfg
         self.name = name
         self.events = Log(cfg, tag)
@@ -113,8 +99,6 @@ class Runner:
         self.verbose = verbose
         self.report_failures = report_failures
         self.progress = progress
-        self.total = self.bounces = 0
-        self.sent = self.deferred = self.failed = 0
         self.spool_: _native.Spool | None = None
         self.entries: dict[str, _native.QueueEntry] = {}  # claimed here, by id
         self.waiting: dict[
@@ -125,7 +109,6 @@ class Runner:
         self.running = 0
         self.finished: list[Job] = []  # appended by delivery threads
         self.idle: dict[str, list[Link]] = {}  # the connection cache
-        self.finals: set[str] = set()  # messages with an entry newly failed for good
         self.last_activity = time.time()
         self.replayed = False
         self.stopping = False
@@ -339,12 +322,6 @@ class Runner:
         if removed:
             self.sync()
 
-    def sync(self) -> None:
-        try:
-            self.spool.sync()
-        except OSError as e:
-            raise Fatal(EX_TEMPFAIL, f"can not sync `{self.cfg.spooldir}': {e.strerror or e}") from None
-
     def close_links(self) -> None:
         """QUIT every cached connection."""
         for links in self.idle.values():
@@ -352,69 +329,6 @@ class Runner:
                 if link.conn is not None:
                     link.conn.close()
         self.idle.clear()
-
-    def settle(self, message_ids: set[str]) -> int:
-        """Bounce each of these messages whose remaining recipients have all failed: one bounce per
-        message.
-
-        A failed bounce (null sender), or a bounce that cannot be queued, is held in the queue for
-        the postmaster instead. Returns the number of bounces queued.
-        """
-        self.finals.clear()
-        queued = 0
-        for message_id in message_ids:
-            group = self.spool.message_entries(message_id)
-            if not group or not all(e.state == "failed" for e in group):
-                continue
-            held = self.spool.claim([e.id for e in group])
-            try:
-                if len(held) == len(group):  # else someone else is working on it
-                    queued += self.bounce(held)
-            finally:
-                for e in held:
-                    self.spool.release(e.id)
-        return queued
-
-    def bounce(self, failed: list[_native.QueueEntry]) -> int:
-        from . import bounce
-
-        first = failed[0]
-        reason = "a bounce that could not be delivered" if not first.sender else ""
-        if not reason:
-            try:
-                bounce_id = bounce.send(self.cfg, failed, self.spool.message_path(first.id))
-            except (Fatal, OSError, ValueError) as error:
-                reason = f"the bounce could not be queued: {error}"
-            else:
-                for e in failed:
-                    self.spool.remove(e.id)
-                self.sync()
-                self.bounces += 1
-                self.log(
-                    f"{first.message_id}: bounced to <{first.sender}> as {bounce_id}",
-                    event="bounced",
-                    level="notice",
-                    id=first.message_id,
-                    to=first.sender,
-                    bounce=bounce_id,
-                )
-                return 1
-        for e in failed:
-            self.spool.record(
-                e.id,
-                attempts=e.attempts,
-                next_attempt=0,
-                last_error=f"{e.last_error}; held: {reason}",
-                state="held",
-            )
-        self.log(
-            f"{first.message_id}: held for the postmaster: {reason}",
-            failure=True,
-            event="held",
-            level="crit",
-            id=first.message_id,
-        )
-        return 0
 
     def deliver_local(self, entry: _native.QueueEntry, message_path: str) -> Outcome:
         from .local import DeliveryFailure, deliver
@@ -424,92 +338,6 @@ class Runner:
         except DeliveryFailure as e:
             return Outcome("permanent" if e.permanent else "temporary", str(e))
         return Outcome("sent")
-
-    def record(self, entry: _native.QueueEntry, outcome: Outcome) -> None:
-        """Write an entry's outcome into the spool. A spool that takes no writes (full, read-only)
-        ends the run with one line: what cannot be recorded must not be sent any further."""
-        try:
-            self.write_outcome(entry, outcome)
-        except OSError as e:
-            text = f"can not record the outcome of {entry.id} in `{self.cfg.spooldir}': {e.strerror or e}"
-            self.events.event("crit", "error", text, id=entry.id)
-            raise Fatal(EX_TEMPFAIL, f"{text}; stopping") from None
-
-    def write_outcome(self, entry: _native.QueueEntry, outcome: Outcome) -> None:
-        if outcome.status == "sent":
-            self.spool.remove(entry.id)  # synced once for all the finished jobs, in `collect`
-            self.sent += 1
-            self.log(
-                f"{entry.id}: delivered to {entry.recipient}",
-                event="delivered",
-                id=entry.id,
-                to=entry.recipient,
-                sender=entry.sender,
-                detail=outcome.text or None,
-            )
-            return
-        attempts = entry.attempts + 1
-        expired = time.time() - entry.created > self.cfg.max_queue_time
-        # A permanent failure is kept, marked failed, until its bounce takes it over: mail is never
-        # dropped silently. Anything else is retried on the schedule.
-        final = outcome.status == "permanent" or expired
-        next_attempt = 0 if final else int(time.time()) + retry_delay(self.cfg, attempts)
-        self.spool.record(
-            entry.id,
-            attempts=attempts,
-            next_attempt=next_attempt,
-            last_error=outcome.text,
-            state="failed" if final else "",
-        )
-        if final:
-            self.failed += 1
-            self.finals.add(entry.message_id)
-        else:
-            self.deferred += 1
-        word = "failed" if final else "deferred"
-        self.log(
-            f"{entry.id}: delivery to {entry.recipient} {word}: {outcome.text}",
-            failure=True,
-            event=word,
-            level="err" if final else "notice",
-            id=entry.id,
-            to=entry.recipient,
-            sender=entry.sender,
-            attempts=attempts,
-            next_attempt=next_attempt or None,
-            detail=outcome.text,
-        )
-
-    def counts(self) -> str:
-        return f"{self.sent} sent, {self.deferred} deferred, {self.failed} failed"
-
-    def show_progress(self) -> None:
-        if self.progress:
-            remaining = max(self.total - self.sent - self.deferred - self.failed, 0)
-            sys.stderr.write(f"\r{self.counts()}, {remaining} remaining ")
-            sys.stderr.flush()
-
-    def summary(self) -> None:
-        """The end of a foreground run: the totals, on a terminal or with -v."""
-        if self.progress:
-            sys.stderr.write("\n")
-        if self.progress or self.verbose:
-            sys.stderr.write(f"{self.name}: {self.counts()}, {self.bounces} bounces queued\n")
-
-    def log(
-        self,
-        text: str,
-        *,
-        event: str,
-        level: str = "info",
-        failure: bool = False,
-        **fields: str | int | None,
-    ) -> None:
-        """An outcome: to syslog and LOGFILE always; to stderr with -v, or for failures with -D."""
-        self.events.event(level, event, text.partition(": ")[2] if "id" in fields else text, **fields)
-        self.show_progress()
-        if self.verbose or (failure and self.report_failures):
-            sys.stderr.write(f"{self.name}: {text}\n")
 
 
 def wake(cfg: Config, *, flush: bool = False) -> None:

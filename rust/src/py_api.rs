@@ -176,79 +176,6 @@ fn scan_queue(py: Python<'_>, spooldir: PathBuf) -> PyResult<(Vec<QueueEntry>, V
     Ok((entries.iter().map(QueueEntry::from).collect(), malformed))
 }
 
-/// An entry held by this process (see `Claim` in spool.rs).
-#[pyclass(module = "dma._native")]
-struct Claim {
-    inner: Option<spool::Claim>,
-}
-
-fn released() -> PyErr {
-    PyValueError::new_err("this entry is no longer claimed")
-}
-
-/// Take an entry unless another process holds it; `None` when held elsewhere or gone.
-#[pyfunction]
-fn claim(py: Python<'_>, spooldir: PathBuf, id: String) -> PyResult<Option<Claim>> {
-    let claimed = py.detach(|| spool::claim(&spooldir, &id))?;
-    Ok(claimed.map(|c| Claim { inner: Some(c) }))
-}
-
-#[pymethods]
-impl Claim {
-    #[getter]
-    fn entry(&self) -> PyResult<QueueEntry> {
-        Ok(QueueEntry::from(&self.inner.as_ref().ok_or_else(released)?.entry))
-    }
-
-    #[getter]
-    fn message_path(&self) -> PyResult<String> {
-        Ok(path_str(
-            &self.inner.as_ref().ok_or_else(released)?.message_path(),
-        ))
-    }
-
-    /// Durably record the entry's new state.
-    #[pyo3(signature = (*, attempts, next_attempt, last_error, state))]
-    fn record(
-        &mut self,
-        py: Python<'_>,
-        attempts: u32,
-        next_attempt: u64,
-        last_error: String,
-        state: String,
-    ) -> PyResult<()> {
-        let claim = self.inner.as_mut().ok_or_else(released)?;
-        let entry = Entry {
-            attempts,
-            next_attempt,
-            last_error,
-            state,
-            ..claim.entry.clone()
-        };
-        Ok(py.detach(|| claim.record(entry))?)
-    }
-
-    /// The entry is finished: remove it from the spool.
-    /// The entry is finished: remove it from the spool. `sync=False` leaves the directory sync to
-    /// a later `sync_dir` (for many removals at once).
-    #[pyo3(signature = (sync=true))]
-    fn remove(&mut self, py: Python<'_>, sync: bool) -> PyResult<()> {
-        let claim = self.inner.take().ok_or_else(released)?;
-        Ok(py.detach(move || claim.remove(sync))?)
-    }
-
-    /// Let other processes take the entry again.
-    fn release(&mut self) {
-        self.inner = None;
-    }
-}
-
-/// Sync the spool directory itself (after removals made with `sync=False`).
-#[pyfunction]
-fn sync_dir(py: Python<'_>, spooldir: PathBuf) -> PyResult<()> {
-    Ok(py.detach(|| spool::fsync_dir(&spooldir))?)
-}
-
 /// One `syncfs` for the spool's file system: makes a batch of `durable=False` messages durable.
 #[pyfunction]
 fn sync_spool(py: Python<'_>, spooldir: PathBuf) -> PyResult<()> {
@@ -366,13 +293,10 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Incoming>()?;
     m.add_class::<MessageInfo>()?;
     m.add_class::<QueueEntry>()?;
-    m.add_class::<Claim>()?;
     m.add_function(wrap_pyfunction!(scan_queue, m)?)?;
-    m.add_function(wrap_pyfunction!(claim, m)?)?;
     m.add_function(wrap_pyfunction!(clean_stale, m)?)?;
     m.add_function(wrap_pyfunction!(journal_take, m)?)?;
     m.add_function(wrap_pyfunction!(sync_spool, m)?)?;
-    m.add_function(wrap_pyfunction!(sync_dir, m)?)?;
     m.add_function(wrap_pyfunction!(syslog, m)?)?;
     // mailbox registrations
     m.add_function(wrap_pyfunction!(mbox_append, m)?)?;
