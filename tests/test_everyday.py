@@ -165,3 +165,17 @@ def test_a_locked_mbox_holds_up_nobody(everyday: World, sink: Sink) -> None:
         os.close(fd)
     everyday.dma("-q", "-D")
     assert b"<local@t>" in mbox.read_bytes()
+
+
+def test_a_flood_of_wakes_does_not_keep_the_runner_alive(everyday: World, sink: Sink) -> None:
+    everyday.configure("LINGER 1")
+    send(everyday, "a@remote.example", "<f1@t>")
+    assert sink.wait_for(lambda: len(sink.messages()) == 1, timeout=10)
+    delivered = time.time()
+    wake = everyday.spool / "wake"
+    while time.time() - delivered < 4 and runner_holders(everyday):
+        os.utime(wake)  # what `sendmail` does to wake a runner, without any mail
+        time.sleep(0.005)
+    # Wake-ups without mail do not stretch LINGER: it left about 1 s after its last delivery.
+    assert not runner_holders(everyday)
+    assert time.time() - delivered < 2.5

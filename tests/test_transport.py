@@ -114,6 +114,16 @@ def test_starttls_required_verified(msg, certs: Certs) -> None:
     assert "STARTTLS" not in r.extensions  # the keywords of the second EHLO
 
 
+def test_a_reconnection_resumes_the_tls_session(msg, certs: Certs) -> None:
+    # One client configuration per process: its session cache lets the next connection resume.
+    with Smtpd(tls_context=certs.server_context()) as srv:
+        kw = {"tls": "starttls", "verify_cert": True, "ca_file": certs.ca_file}
+        first = send(srv.port, [("f@c.test", ["a@x.test"], msg())], **kw)
+        second = send(srv.port, [("f@c.test", ["b@x.test"], msg())], **kw)
+    assert [only(r).status for r in (first, second)] == ["sent", "sent"]
+    assert (first.tls_resumed, second.tls_resumed) == (False, True)
+
+
 def test_starttls_required_but_not_offered_sends_nothing(msg) -> None:
     with Smtpd() as srv:
         r = send(srv.port, [("f@c.test", ["a@x.test"], msg())], tls="starttls")

@@ -80,6 +80,7 @@ class SessionResult:
     tls_version: str | None  # "TLSv1.3"
     tls_cipher: str | None
     peer_cert_sha256: str | None  # lower-case hex of the leaf certificate's SHA-256
+    tls_resumed: bool  # the TLS session was resumed (a reconnection within one process)
     auth_mechanism: str | None  # None: not authenticated (not configured, not offered, or no TLS)
     extensions: list[str]  # EHLO keywords, upper case (after STARTTLS when TLS was started)
     failure: Outcome | None  # why the connection could not be used (all a probe without transactions gets)

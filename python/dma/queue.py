@@ -175,6 +175,7 @@ class Runner(Ledger):
                     timeout = min(timeout, max(0.0, next_retry - now + 0.01))
                 force = spool.wait(timeout)[1]
         finally:
+            self.collect()  # a stop (SIGTERM) still records what has finished
             self.close_links()
             for entry_id in self.waiting_ids():
                 spool.release(entry_id)

@@ -35,6 +35,8 @@ pub struct TlsInfo {
     pub version: String,
     pub cipher: String,
     pub peer_cert_sha256: Option<String>,
+    /// The session was resumed (no full handshake): a reconnection within one runner.
+    pub resumed: bool,
 }
 
 /// The name we present in SNI and check the certificate against. IP literals become
@@ -201,6 +203,7 @@ pub fn session_info(conn: &ClientConnection) -> TlsInfo {
         version,
         cipher,
         peer_cert_sha256,
+        resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
     }
 }
 

@@ -128,7 +128,9 @@ impl Waker {
             let end = (header + event.len as usize).min(events.len());
             let name = &events[header..end];
             let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
-            if event.wd == self.drop_wd {
+            if event.mask & libc::IN_Q_OVERFLOW != 0 {
+                woken.work = true; // events were lost: look at everything
+            } else if event.wd == self.drop_wd {
                 woken.work |= name.first() == Some(&b'E');
             } else if name == b"flush" {
                 woken.flush = true;

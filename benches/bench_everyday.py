@@ -1,0 +1,319 @@
+# ruff: noqa: E501, RUF001
+"""The everyday path: N sequential `sendmail` calls, each delivered at once (no DEFER), side by
+side for our dma (pip's installed `sendmail` script), C dma, nullmailer and msmtp, plus 8 programs
+calling `sendmail` at once.
+
+Run as root:  python benches/bench_everyday.py [--no-build] [--quick]
+
+For each agent and case: messages per second until the sink has them all, connections used, CPU
+seconds per 1,000 messages summed over every process of the agent (a cpuacct cgroup that each call,
+and nullmailer-send, is started in: the runner a call forks, and C dma's delivery children, are
+counted, the sink is not), submit latency (median; p99), and the time from `sendmail` returning to
+the sink's 250 for that message (median, p99; 0 when the agent delivers before it returns). Ours
+also runs with `-bq` (queue only), the reference for what delivery adds. Writes the
+`bench_everyday` section of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib as b
+
+SENDER = "bench@example.com"
+RCPT = "someone@example.net"
+CGROUP = "/sys/fs/cgroup/cpuacct"
+PARALLEL = 8
+TIMEOUT = 300.0
+
+
+class Timed(b.AioSink):
+    """The aiosmtpd sink, with the time each message was accepted (it prints after every one)."""
+
+    def __init__(self, **kw: object) -> None:
+        self.accepted: list[float] = []
+        super().__init__(**kw)  # type: ignore[arg-type]
+
+    def _update(self, count: int, sessions: int) -> None:
+        now = time.perf_counter()
+        self.accepted += [now] * (count - len(self.accepted))
+        super()._update(count, sessions)
+
+
+class Cgroup:
+    """A cpuacct cgroup (v1) for one agent's processes: `enter` is a preexec_fn."""
+
+    def __init__(self, name: str) -> None:
+        self.path = os.path.join(CGROUP, f"dma-bench-{os.getpid()}-{name}")
+        os.mkdir(self.path)
+
+    def enter(self) -> None:
+        with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
+            f.write("0")
+
+    def drain(self, timeout: float = 30.0) -> None:
+        """Wait for every process in the group to exit (our runner lingers)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open(os.path.join(self.path, "cgroup.procs")) as f:
+                if not f.read().split():
+                    return
+            time.sleep(0.1)
+
+    def cpu_seconds(self) -> float:
+        with open(os.path.join(self.path, "cpuacct.usage")) as f:
+            return int(f.read()) / 1e9
+
+    def remove(self) -> None:
+        self.drain(10)
+        with contextlib.suppress(OSError):
+            os.rmdir(self.path)
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p * len(xs)))] if xs else float("nan")
+
+
+class Run:
+    def __init__(self, case: str, agent: str) -> None:
+        self.case, self.agent = case, agent
+        self.rate = self.cpu_per_1000 = float("nan")
+        self.sessions = 0
+        self.latency: list[float] = []
+        self.delay: list[float] = []
+        self.note = ""
+
+    def row(self) -> str:
+        def ms(x: float) -> str:
+            return f"{x * 1000:.1f}"
+
+        lat = (
+            f"{ms(statistics.median(self.latency))} / {ms(pct(self.latency, 0.99))}" if self.latency else "–"
+        )
+        delay = f"{ms(statistics.median(self.delay))} / {ms(pct(self.delay, 0.99))}" if self.delay else "–"
+        return (
+            f"| {self.case} | {self.agent} | {self.rate:.0f} | {self.sessions} | {self.cpu_per_1000:.1f} "
+            f"| {lat} | {delay} | {self.note} |"
+        )
+
+
+def measure(
+    run: Run,
+    n: int,
+    sink: Timed,
+    call: list[str],
+    msg: str,
+    env: dict[str, str],
+    group: Cgroup,
+    *,
+    parallel: int = 1,
+    delivered: bool = True,
+) -> None:
+    """`n` calls of `call` (in `parallel` programs at once), each with the message on stdin."""
+    returned: list[float] = [0.0] * n
+    lock = threading.Lock()
+    next_i = [0]
+
+    def program() -> None:
+        while True:
+            with lock:
+                i = next_i[0]
+                next_i[0] += 1
+            if i >= n:
+                return
+            with open(msg, "rb") as f:
+                t0 = time.perf_counter()
+                subprocess.run(call, stdin=f, env=env, check=True, preexec_fn=group.enter)
+                returned[i] = time.perf_counter()
+                run.latency.append(returned[i] - t0)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=program) for _ in range(parallel)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if not delivered:  # queue only: the rate of the calls themselves
+        run.rate = n / (max(returned) - start)
+        run.note = "queued only, nothing delivered"
+        return
+    if not sink.wait_for(n, TIMEOUT):
+        run.note = f"only {sink.count} of {n} within {TIMEOUT:.0f} s"
+    end = sink.accepted[-1] if sink.accepted else time.perf_counter()
+    run.rate = len(sink.accepted) / (end - start)
+    run.sessions = sink.sessions
+    if parallel == 1:
+        # Sequential calls: the k-th message accepted is the k-th submitted.
+        run.delay = [max(0.0, a - r) for a, r in zip(sink.accepted, returned, strict=False)]
+
+
+def main() -> int:
+    b.start(__file__, sys.argv[1:])
+    quick = "--quick" in sys.argv
+    sizes = [200] if quick else [200, 1000]
+    work = tempfile.mkdtemp(prefix="dma-bench-everyday-", dir="/var/tmp")
+    os.chmod(work, 0o755)  # C dma reads auth.conf as user mail
+    b.make_certs(work)
+    auth_conf = os.path.join(work, "auth.conf")
+    with open(auth_conf, "w") as f:
+        f.write("bench|127.0.0.1:secret\n")
+    os.chmod(auth_conf, 0o644)
+    msg = os.path.join(work, "msg")
+    b.write_message(msg, 1024, RCPT)
+    nm_msg = os.path.join(work, "nm_msg")
+    with open(msg, "rb") as f, open(nm_msg, "wb") as out:
+        out.write(f"{SENDER}\n{RCPT}\n\n".encode() + f.read())
+    sendmail = os.path.join(b.VENV, "bin", "sendmail")
+    runs: list[Run] = []
+    cases = [(f"{n} × 1 KB, {mode}", n, mode, 1) for mode in ("plain", "STARTTLS + AUTH") for n in sizes]
+    cases.append((f"{PARALLEL} programs × 25, plain", PARALLEL * 25, "plain", PARALLEL))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DMA_")}
+    try:
+        with b.CDma() if os.path.exists(b.C_DMA) else contextlib.nullcontext() as cdma:
+            for case, n, mode, parallel in cases:
+                tls = mode != "plain"
+
+                agents: list[tuple[str, list[str], dict[str, str], object]] = []
+                # --- ours, immediate delivery, and queue only (-bq)
+                spool = os.path.join(work, "spool")
+                os.makedirs(spool, exist_ok=True)
+                conf = os.path.join(work, "dma.conf")
+                ours_env = dict(env, DMA_CONF=conf)
+                for label, extra in (("ours (pip's `sendmail`)", []), ("ours, `-bq` (queue only)", ["-bq"])):
+                    agents.append((label, [sendmail, *extra, "-f", SENDER, RCPT], ours_env, "ours"))
+                agents.append(("C dma 0.13", [b.C_DMA, "-f", SENDER, RCPT], env, "c"))
+                agents.append(("msmtp 1.8", [b.MSMTP], env, "msmtp"))
+                agents.append(("nullmailer 2.2", [], env, "nullmailer"))
+                for label, call, agent_env, kind in agents:
+                    run = Run(case, label)
+                    missing = {"c": b.C_DMA, "msmtp": b.MSMTP}.get(str(kind))
+                    if missing and not os.path.exists(missing):
+                        run.note = f"not run: {missing} is not installed"
+                        runs.append(run)
+                        continue
+                    group = Cgroup(str(kind).replace(" ", ""))
+                    s = Timed(tls_dir=work if tls else None, auth=tls)
+                    b.log(f"{case}: {label}")
+                    try:
+                        if kind == "ours":
+                            lines = [
+                                f"SPOOLDIR {spool}",
+                                "SMARTHOST 127.0.0.1",
+                                f"PORT {s.port}",
+                                "MAILNAME bench.example.com",
+                            ]
+                            if tls:
+                                lines += [
+                                    "SECURETRANSFER",
+                                    "STARTTLS",
+                                    f"AUTHPATH {auth_conf}",
+                                    f"CAFILE {work}/ca.pem",
+                                    "VERIFYCERT",
+                                ]
+                            with open(conf, "w") as f:
+                                f.write("\n".join(lines) + "\n")
+                            measure(
+                                run,
+                                n,
+                                s,
+                                call,
+                                msg,
+                                agent_env,
+                                group,
+                                parallel=parallel,
+                                delivered="-bq" not in call,
+                            )
+                            group.drain()
+                            b.clean_dir(spool)
+                        elif kind == "c":
+                            c_lines = ["SMARTHOST 127.0.0.1", f"PORT {s.port}", "MAILNAME /etc/mailname"]
+                            if tls:
+                                c_lines += ["SECURETRANSFER", "STARTTLS", f"AUTHPATH {auth_conf}"]
+                            assert cdma is not None
+                            cdma.configure(c_lines)
+                            before = b.c_dma_pids()
+                            measure(run, n, s, call, msg, agent_env, group, parallel=parallel)
+                            group.drain(10)
+                            if b.kill_new_c_dma(before):
+                                run.note += " C dma processes still retrying, killed"
+                            cdma.clean_spool()
+                        elif kind == "msmtp":
+                            margv = [b.MSMTP, "--host=127.0.0.1", f"--port={s.port}", f"--from={SENDER}"]
+                            if tls:
+                                margv += [
+                                    "--tls=on",
+                                    "--tls-starttls=on",
+                                    f"--tls-trust-file={work}/ca.pem",
+                                    "--auth=on",
+                                    "--user=bench",
+                                    "--passwordeval=echo secret",
+                                ]
+                            measure(run, n, s, [*margv, RCPT], msg, agent_env, group, parallel=parallel)
+                        else:
+                            with b.Nullmailer() as nm:
+                                remote = f"127.0.0.1 smtp --port={s.port}"
+                                if tls:
+                                    remote += (
+                                        f" --starttls --x509cafile={work}/ca.pem --user=bench --pass=secret"
+                                    )
+                                nm.configure(remote)
+                                with open(os.path.join(b.OUT, "nullmailer-send.log"), "ab") as out:
+                                    nm.send = subprocess.Popen(
+                                        [os.path.join(nm.root, "usr/sbin/nullmailer-send")],
+                                        stdout=out,
+                                        stderr=out,
+                                        preexec_fn=group.enter,
+                                    )
+                                # Its `sendmail` execs a compiled-in /usr/sbin/nullmailer-queue, absent
+                                # here: call nullmailer-queue itself (envelope lines, blank line, message).
+                                queue = os.path.join(nm.root, "usr/sbin/nullmailer-queue")
+                                measure(run, n, s, [queue], nm_msg, agent_env, group, parallel=parallel)
+                                nm.stop_send()
+                        run.cpu_per_1000 = group.cpu_seconds() / n * 1000
+                    except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
+                        run.note = f"not run: {e}"
+                    finally:
+                        s.stop()
+                        group.remove()
+                    b.log(f"  {run.row()}")
+                    runs.append(run)
+    finally:
+        b.clean_dir(work)
+        os.rmdir(work)
+    try:
+        facts = b.facts()
+    except (OSError, subprocess.CalledProcessError) as e:  # C dma or msmtp missing
+        facts = [("facts", f"incomplete: {e}")]
+    lines = [
+        "## The everyday path: one `sendmail` per message, delivered at once (`bench_everyday.py`)",
+        "",
+        *(f"- {k}: {v}" for k, v in facts),
+        "",
+        "Sink: aiosmtpd on loopback (STARTTLS and AUTH required in the STARTTLS rows). Ours: pip's",
+        "installed `sendmail` script, default `LINGER`, `VERIFYCERT` with STARTTLS. CPU: a cpuacct",
+        "cgroup around every process of the agent (for ours the runner the first call forks; for C dma",
+        "its delivery children; for nullmailer `nullmailer-queue` and `nullmailer-send`). Rate: messages",
+        "÷ time from the first call to the sink's last 250. Delay: from a call returning to the sink's",
+        "250 for that message (0 if the agent delivered before returning).",
+        "",
+        "| case | agent | msg/s | connections | CPU s / 1,000 msgs | submit ms median / p99 | returned → 250 ms median / p99 | note |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+        *(r.row() for r in runs),
+    ]
+    text = "\n".join(lines)
+    print(text)
+    b.write_section("bench_everyday", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
