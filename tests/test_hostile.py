@@ -124,7 +124,7 @@ MESSAGES: list[tuple[str, list[str], int, str, list[Check]]] = [
     ("received-forged.eml", ["root"], EX_OK, "", [our_received_first]),
     ("from-line.eml", ["root"], EX_OK, "", [from_line_dropped]),
     # -t: recipients from headers.
-    ("to-crlf-in-quotes.eml", ["-t"], EX_DATAERR, "invalid recipient", []),
+    ("to-crlf-in-quotes.eml", ["-t"], EX_DATAERR, "invalid address in header", []),
     ("to-nul.eml", ["-t"], EX_DATAERR, "NUL byte", []),
     ("to-unbalanced.eml", ["-t"], EX_NOINPUT, "no recipients from headers", []),
     ("to-garbage.eml", ["-t"], EX_NOINPUT, "no recipients from headers", []),

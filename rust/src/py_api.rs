@@ -241,6 +241,12 @@ impl Claim {
     }
 }
 
+/// Why `address` is not an address (address.rs), or `None`: the check every way in applies.
+#[pyfunction]
+fn check_address(address: &str) -> Option<&'static str> {
+    crate::address::check(address).err()
+}
+
 /// Sync the spool directory itself (after removals made with `sync=False`).
 #[pyfunction]
 fn sync_dir(py: Python<'_>, spooldir: PathBuf) -> PyResult<()> {
@@ -549,6 +555,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<MessageInfo>()?;
     m.add_class::<QueueEntry>()?;
     m.add_class::<Claim>()?;
+    m.add_function(wrap_pyfunction!(check_address, m)?)?;
     m.add_function(wrap_pyfunction!(scan_queue, m)?)?;
     m.add_function(wrap_pyfunction!(claim, m)?)?;
     m.add_function(wrap_pyfunction!(clean_stale, m)?)?;

@@ -32,6 +32,20 @@ fn check_field(what: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// Every address of an envelope passes the one address check (address.rs); the sender may be null.
+fn check_envelope(sender: &str, recipients: &[String]) -> Result<()> {
+    let senders = Some(sender).filter(|s| !s.is_empty());
+    for (what, address) in senders
+        .map(|s| ("the sender", s))
+        .into_iter()
+        .chain(recipients.iter().map(|r| ("a recipient", r.as_str())))
+    {
+        crate::address::check(address)
+            .map_err(|why| DmaError::Data(format!("{what} {address:?} is not a valid address: {why}")))?;
+    }
+    Ok(())
+}
+
 /// A message being received, until it is committed to the queue. Dropping it uncommitted removes
 /// everything it wrote.
 pub struct Incoming {
@@ -126,10 +140,7 @@ impl Incoming {
 
     /// Publish one queue entry per recipient, durably; returns the entry ids.
     pub fn commit(&mut self, sender: &str, recipients: &[String]) -> Result<Vec<String>> {
-        check_field("the sender", sender)?;
-        for r in recipients {
-            check_field("a recipient", r)?;
-        }
+        check_envelope(sender, recipients)?;
         if recipients.is_empty() {
             return Err(DmaError::Data("no recipients".into()));
         }
@@ -171,10 +182,9 @@ impl Incoming {
     /// spool, as `D<id>` (the message) and then `E<id>` (its envelope: `Sender:` and `Recipient:`
     /// lines), which the runner picks up. Returns the id.
     pub fn commit_drop(&mut self, sender: &str, recipients: &[String]) -> Result<String> {
-        check_field("the sender", sender)?;
+        check_envelope(sender, recipients)?;
         let mut envelope = format!("Sender: {sender}\n");
         for r in recipients {
-            check_field("a recipient", r)?;
             envelope.push_str(&format!("Recipient: {r}\n"));
         }
         let data = self.dir.join(format!("D{}", self.id));

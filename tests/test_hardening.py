@@ -1,0 +1,91 @@
+"""Issue 10, findings 2, 4 and 6, against the real programs: a user who stops their own Maildir
+delivery cannot stall the runner; nothing an envelope holds can add an ESMTP parameter, whichever
+way it came in; and the runner's commands end with one line, never a traceback.
+
+System mode reuses test_system_mode.py's real users and root-owned world.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import test_system_mode
+from dma import _native, api
+from dma.errors import EX_DATAERR, Fatal
+from dma_fixtures import DmaEnv, one_line_error
+from smtp_servers import Smtpd
+from test_system_mode import User, World, message
+
+users, world = test_system_mode.users, test_system_mode.world  # its fixtures, used here too
+
+AUTH_SENDER = "rt_a@x> AUTH=<ceo@corp.example"
+NOTIFY_RCPT = "b@remote.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;ceo@corp.example"
+
+
+@pytest.fixture
+def smtpd() -> Iterator[Smtpd]:
+    with Smtpd() as server:
+        yield server
+
+
+def seen_by(server: Smtpd) -> str:
+    """Everything of the envelopes the server took, as one string."""
+    got = [*server.handler.mails]
+    for m in server.handler.messages:
+        got += [m.mail_from, *m.mail_options, *m.rcpt_tos]
+    return " ".join(got)
+
+
+# ---- finding 4: one address check for every way in -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args,env",
+    [
+        (["ok@remote.example"], {"EMAIL": "a@x> AUTH=<ceo@corp.example>"}),
+        (["ok@remote.example"], {"EMAIL": "a@x> AUTH=<ceo@corp.example"}),
+        (["-f", AUTH_SENDER, "ok@remote.example"], {}),
+        ([NOTIFY_RCPT], {}),
+        (["-t"], {}),
+    ],
+    ids=["EMAIL", "EMAIL-open", "-f", "recipient", "-t"],
+)
+def test_no_way_in_adds_an_esmtp_parameter(
+    dma_env: DmaEnv, smtpd: Smtpd, args: list[str], env: dict[str, str]
+) -> None:
+    dma_env.smarthost = f"SMARTHOST 127.0.0.1\nPORT {smtpd.port}"
+    dma_env.write_conf()
+    data = b"To: ok@x\\>\\ NOTIFY=SUCCESS@corp.example\nSubject: x\n\nbody\n"
+    r = dma_env.run(["-D", *args], data, env=env)
+    assert r.returncode == EX_DATAERR, r.stderr
+    assert "invalid" in one_line_error(r)
+    assert dma_env.entries() == [] and seen_by(smtpd) == ""
+
+
+def test_the_python_api_takes_the_same_check(dma_env: DmaEnv) -> None:
+    for kw in ({"sender": AUTH_SENDER, "recipients": "ok@remote.example"}, {"recipients": NOTIFY_RCPT}):
+        with pytest.raises(Fatal) as e:
+            api.submit(b"Subject: x\n\nbody\n", config=str(dma_env.conf), **kw)  # type: ignore[arg-type]
+        assert e.value.code == EX_DATAERR
+    assert dma_env.entries() == []
+
+
+def test_hand_written_drop_cannot_add_an_esmtp_parameter(
+    world: World, users: tuple[User, User], smtpd: Smtpd
+) -> None:
+    a, _ = users
+    world.conf.write_text(world.conf.read_text().replace("PORT ", f"PORT {smtpd.port}\n#", 1))
+    for ident, sender, rcpt in (
+        ("auth", AUTH_SENDER, "ok@remote.example"),
+        ("notify", "a@mail.example", NOTIFY_RCPT),
+        ("good", "a@mail.example", "ok@remote.example"),
+    ):
+        world.drop_pair(a, ident, f"Sender: {sender}\nRecipient: {rcpt}\n".encode(), message(ident))
+    world.run_queue()
+    assert [(m.mail_from, m.rcpt_tos) for m in smtpd.handler.messages] == [
+        ("a@mail.example", ["ok@remote.example"])
+    ]
+    assert "ceo@" not in seen_by(smtpd) and "AUTH=" not in seen_by(smtpd)
+    for e in _native.scan_queue(str(world.spool))[0]:
+        assert "ceo@" not in e.sender + e.recipient, e
