@@ -7,13 +7,15 @@ System mode reuses test_system_mode.py's real users and root-owned world.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 
 import pytest
 import test_system_mode
+from conftest import in_private_namespace
 from dma import _native, api
 from dma.errors import EX_DATAERR, Fatal
-from dma_fixtures import DmaEnv, one_line_error
+from dma_fixtures import DmaEnv, one_line_error, program
 from smtp_servers import Smtpd
 from test_system_mode import User, World, message
 
@@ -89,3 +91,53 @@ def test_hand_written_drop_cannot_add_an_esmtp_parameter(
     assert "ceo@" not in seen_by(smtpd) and "AUTH=" not in seen_by(smtpd)
     for e in _native.scan_queue(str(world.spool))[0]:
         assert "ceo@" not in e.sender + e.recipient, e
+
+
+# ---- finding 6: one line and a sysexits code, never a traceback -------------------------------
+
+
+def run_as(world: World, user: User, *argv: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        user.argv(program(argv[0]), *argv[1:]), capture_output=True, env=world.env, cwd="/", timeout=60
+    )
+
+
+@pytest.mark.parametrize(
+    "argv,code",
+    [
+        (["dma", "queue", "show", "ID"], 77),
+        (["dma", "queue", "delete", "ID"], 77),
+        (["dma", "queue", "hold", "ID"], 77),
+        (["sendmail", "-q"], 73),
+        (["sendmail", "-D", "-q"], 73),
+        (["dma", "serve"], 73),
+    ],
+)
+def test_runner_commands_as_an_unprivileged_user_say_one_line(
+    world: World, users: tuple[User, User], argv: list[str], code: int
+) -> None:
+    a, _ = users
+    assert world.submit(a, ["someone@remote.example"], message("queued")).returncode == 0
+    world.run_queue()
+    [entry] = _native.scan_queue(str(world.spool))[0]
+    r = run_as(world, a, *[entry.id if word == "ID" else word for word in argv])
+    assert (r.returncode, r.stdout) == (code, b""), r.stderr.decode()
+    assert "Traceback" not in one_line_error(r, argv[0])
+    assert [e.id for e in _native.scan_queue(str(world.spool))[0]] == [entry.id]
+
+
+READ_ONLY_SERVE = """
+import json, subprocess, sys
+spool, conf, dma = sys.argv[1:4]
+subprocess.run(["mount", "--bind", spool, spool], check=True)
+subprocess.run(["mount", "-o", "remount,bind,ro", spool], check=True)
+r = subprocess.run([dma, "serve", "-C", conf], capture_output=True, text=True, timeout=60)
+print(json.dumps({"code": r.returncode, "stderr": r.stderr}))
+"""
+
+
+def test_serve_on_a_read_only_spool_says_one_line(dma_env: DmaEnv) -> None:
+    report = in_private_namespace(READ_ONLY_SERVE, str(dma_env.spool), str(dma_env.conf), program("dma"))
+    assert report["code"] == 73, report
+    assert report["stderr"].startswith("dma: ") and report["stderr"].count("\n") == 1, report
+    assert "Read-only file system" in report["stderr"], report
