@@ -7,7 +7,11 @@ System mode reuses test_system_mode.py's real users and root-owned world.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -141,3 +145,69 @@ def test_serve_on_a_read_only_spool_says_one_line(dma_env: DmaEnv) -> None:
     assert report["code"] == 73, report
     assert report["stderr"].startswith("dma: ") and report["stderr"].count("\n") == 1, report
     assert "Read-only file system" in report["stderr"], report
+
+
+# ---- finding 2: a user who stops their own delivery stalls nothing -----------------------------
+
+STOPPER = """
+import os, signal, time
+end = time.monotonic() + 60
+while time.monotonic() < end:  # stop every process of ours (but this one) as soon as it exists
+    try:
+        os.kill(-1, signal.SIGSTOP)
+    except OSError:
+        pass
+"""
+
+
+def processes_of(uid: int) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid == uid:
+                found.append(int(pid))
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def foreground_run(world: World) -> subprocess.CompletedProcess[bytes]:
+    """`sendmail -D -q` as root (World.run_queue's, with a timeout shorter than a hung run)."""
+    return subprocess.run(
+        [program("sendmail"), "-D", "-q"], capture_output=True, env=world.env, cwd="/", timeout=30
+    )
+
+
+def test_a_stopped_maildir_delivery_is_killed_and_deferred(world: World, users: tuple[User, User]) -> None:
+    a, b = users
+    homes = world.root / "homes"
+    homes.mkdir(mode=0o755)
+    for user in users:
+        (homes / user.name).mkdir()
+        os.chown(homes / user.name, user.uid, user.gid)
+    world.write_conf(f"MAILDIR {homes}/%u/Maildir", "TIMEOUT 3")
+    big = message("to a " + "x" * (16 << 20))  # long enough a copy to be caught and stopped
+    assert world.submit(a, [a.name], big).returncode == 0
+    assert world.submit(b, [b.name], message("to b")).returncode == 0
+    stopper = subprocess.Popen(a.argv(sys.executable, "-c", STOPPER), cwd="/")
+    try:
+        t0 = time.monotonic()
+        r = foreground_run(world)
+        elapsed = time.monotonic() - t0
+    finally:
+        stopper.kill()
+        stopper.wait()
+        for pid in processes_of(a.uid):  # what a runner left behind, before this was fixed
+            os.kill(pid, signal.SIGKILL)
+    assert r.returncode == 0 and elapsed < 15, (elapsed, r.stderr.decode())
+    [entry] = _native.scan_queue(str(world.spool))[0]
+    assert entry.recipient == a.name and "(TIMEOUT): killed" in entry.last_error, entry.last_error
+    assert processes_of(a.uid) == []  # the stopped child is gone
+    assert b"to b" in b"".join(p.read_bytes() for p in (homes / b.name / "Maildir/new").iterdir())
+    # The next run is not blocked, and delivers what was deferred.
+    r = subprocess.run(
+        [program("sendmail"), "-D", "-q"], capture_output=True, env=world.env, cwd="/", timeout=30
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    assert _native.scan_queue(str(world.spool))[0] == []
+    assert len(os.listdir(homes / a.name / "Maildir/new")) == 1

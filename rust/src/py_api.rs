@@ -314,8 +314,9 @@ fn maildir_deliver(
     Ok(py.detach(|| match message {
         MessageFile::Path(path) => crate::mailbox::maildir_deliver(&maildir, &path, hostname, create),
         MessageFile::Fd(fd) => {
-            // SAFETY: `fd` is the caller's open descriptor; we read a duplicate and close only that.
-            let dup = unsafe { libc::dup(fd) };
+            // SAFETY: `fd` is the caller's open descriptor; we read a duplicate (close-on-exec,
+            // as every descriptor we open) and close only that.
+            let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
             if dup < 0 {
                 return Err(crate::errors::DmaError::io(
                     "reading the message",
