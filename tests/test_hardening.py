@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import test_system_mode
@@ -171,11 +172,26 @@ def processes_of(uid: int) -> list[int]:
     return found
 
 
-def foreground_run(world: World) -> subprocess.CompletedProcess[bytes]:
-    """`sendmail -D -q` as root (World.run_queue's, with a timeout shorter than a hung run)."""
-    return subprocess.run(
-        [program("sendmail"), "-D", "-q"], capture_output=True, env=world.env, cwd="/", timeout=30
-    )
+def foreground_run(world: World) -> subprocess.Popen[bytes]:
+    """`sendmail -D -q` as root, as World.run_queue does it."""
+    argv = [program("sendmail"), "-D", "-q"]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=world.env, cwd="/")
+
+
+def stopped_child_fds(runner: subprocess.Popen[bytes], user: User, stopper: int) -> list[str]:
+    """What the stopped delivery process of `user` holds open, once it is stopped."""
+    while runner.poll() is None:
+        for pid in processes_of(user.uid):
+            try:
+                if (
+                    pid != stopper
+                    and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+                ):
+                    return sorted(os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+            except FileNotFoundError:
+                pass
+        time.sleep(0.01)
+    return []
 
 
 def test_a_stopped_maildir_delivery_is_killed_and_deferred(world: World, users: tuple[User, User]) -> None:
@@ -192,22 +208,25 @@ def test_a_stopped_maildir_delivery_is_killed_and_deferred(world: World, users: 
     stopper = subprocess.Popen(a.argv(sys.executable, "-c", STOPPER), cwd="/")
     try:
         t0 = time.monotonic()
-        r = foreground_run(world)
+        runner = foreground_run(world)
+        fds = stopped_child_fds(runner, a, stopper.pid)
+        _, err = runner.communicate(timeout=30)
         elapsed = time.monotonic() - t0
     finally:
         stopper.kill()
         stopper.wait()
         for pid in processes_of(a.uid):  # what a runner left behind, before this was fixed
             os.kill(pid, signal.SIGKILL)
-    assert r.returncode == 0 and elapsed < 15, (elapsed, r.stderr.decode())
+    assert runner.returncode == 0 and elapsed < 15, (elapsed, err.decode())
     [entry] = _native.scan_queue(str(world.spool))[0]
     assert entry.recipient == a.name and "(TIMEOUT): killed" in entry.last_error, entry.last_error
+    # Of the runner's files it held the message only: no lock, no queue entry.
+    assert {f for f in fds if f.startswith(f"{world.spool}/")} == {f"{world.spool}/M{entry.id}"}, fds
     assert processes_of(a.uid) == []  # the stopped child is gone
     assert b"to b" in b"".join(p.read_bytes() for p in (homes / b.name / "Maildir/new").iterdir())
     # The next run is not blocked, and delivers what was deferred.
-    r = subprocess.run(
-        [program("sendmail"), "-D", "-q"], capture_output=True, env=world.env, cwd="/", timeout=30
-    )
-    assert r.returncode == 0, r.stderr.decode()
+    second = foreground_run(world)
+    second.communicate(timeout=30)
+    assert second.returncode == 0
     assert _native.scan_queue(str(world.spool))[0] == []
     assert len(os.listdir(homes / a.name / "Maildir/new")) == 1
