@@ -34,14 +34,13 @@ fn check_field(what: &str, value: &str) -> Result<()> {
 
 /// Every address of an envelope passes the one address check (address.rs); the sender may be null.
 fn check_envelope(sender: &str, recipients: &[String]) -> Result<()> {
-    let senders = Some(sender).filter(|s| !s.is_empty());
-    for (what, address) in senders
-        .map(|s| ("the sender", s))
-        .into_iter()
-        .chain(recipients.iter().map(|r| ("a recipient", r.as_str())))
+    let null = sender.is_empty();
+    for address in std::iter::once(sender)
+        .skip(null as usize)
+        .chain(recipients.iter().map(String::as_str))
     {
-        crate::address::check(address)
-            .map_err(|why| DmaError::Data(format!("{what} {address:?} is not a valid address: {why}")))?;
+        let invalid = |why| DmaError::Data(format!("invalid address {address:?}: {why}"));
+        crate::address::check(address).map_err(invalid)?;
     }
     Ok(())
 }
@@ -615,6 +614,10 @@ mod tests {
             let opts = crate::test_util::VERBATIM;
             inc.receive(&b"x\n"[..], &opts).unwrap();
             assert!(inc.commit("a@x", &["bad\nrcpt".to_owned()]).is_err());
+            let injected = "b@x> NOTIFY=SUCCESS ORCPT=rfc822;c@y".to_owned();
+            assert!(inc.commit("a@x", &["ok@x".to_owned(), injected]).is_err());
+            assert!(inc.commit("a@x> AUTH=<c@y", &["ok@x".to_owned()]).is_err());
+            assert!(inc.commit_drop("a@x> AUTH=<c@y", &["ok@x".to_owned()]).is_err());
         }
         assert!(names(&dir).is_empty(), "{:?}", names(&dir));
         {
