@@ -133,7 +133,12 @@ class Runner(Ledger):
         return BATCH if soft == resource.RLIM_INFINITY else max(16, min(BATCH, soft - 256))
 
     def acquire(self) -> bool:
-        return self.spool.lock()
+        try:
+            return self.spool.lock()
+        except OSError as e:
+            from .submit import os_failure
+
+            raise os_failure(e, f"can not lock the queue in `{self.cfg.spooldir}'") from None
 
     def release(self) -> None:
         self.spool.unlock()

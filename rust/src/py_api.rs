@@ -176,6 +176,12 @@ fn scan_queue(py: Python<'_>, spooldir: PathBuf) -> PyResult<(Vec<QueueEntry>, V
     Ok((entries.iter().map(QueueEntry::from).collect(), malformed))
 }
 
+/// Why `address` is not an address (address.rs), or `None`: the check every way in applies.
+#[pyfunction]
+fn check_address(address: &str) -> Option<&'static str> {
+    crate::address::check(address).err()
+}
+
 /// One `syncfs` for the spool's file system: makes a batch of `durable=False` messages durable.
 #[pyfunction]
 fn sync_spool(py: Python<'_>, spooldir: PathBuf) -> PyResult<()> {
@@ -243,8 +249,9 @@ fn maildir_deliver(
     Ok(py.detach(|| match message {
         MessageFile::Path(path) => crate::mailbox::maildir_deliver(&maildir, &path, hostname, create),
         MessageFile::Fd(fd) => {
-            // SAFETY: `fd` is the caller's open descriptor; we read a duplicate and close only that.
-            let dup = unsafe { libc::dup(fd) };
+            // SAFETY: `fd` is the caller's open descriptor; we read a duplicate (close-on-exec,
+            // as every descriptor we open) and close only that.
+            let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
             if dup < 0 {
                 return Err(crate::errors::DmaError::io(
                     "reading the message",
@@ -293,6 +300,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Incoming>()?;
     m.add_class::<MessageInfo>()?;
     m.add_class::<QueueEntry>()?;
+    m.add_function(wrap_pyfunction!(check_address, m)?)?;
     m.add_function(wrap_pyfunction!(scan_queue, m)?)?;
     m.add_function(wrap_pyfunction!(clean_stale, m)?)?;
     m.add_function(wrap_pyfunction!(journal_take, m)?)?;
