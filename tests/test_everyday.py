@@ -174,7 +174,7 @@ def test_a_flood_of_wakes_does_not_keep_the_runner_alive(everyday: World, sink: 
     delivered = time.time()
     wake = everyday.spool / "wake"
     while time.time() - delivered < 4 and runner_holders(everyday):
-        os.utime(wake)  # what `sendmail` does to wake a runner, without any mail
+        wake.touch()  # what `sendmail` does to wake a runner, without any mail
         time.sleep(0.005)
     # Wake-ups without mail do not stretch LINGER: it left about 1 s after its last delivery.
     assert not runner_holders(everyday)
