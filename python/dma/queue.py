@@ -112,6 +112,7 @@ class Runner(Ledger):
         self.last_activity = time.time()
         self.replayed = False
         self.stopping = False
+        self.tried: set[str] | None = None  # a one-pass run: the entries it has tried
 
     @property
     def spool(self) -> _native.Spool:
@@ -150,6 +151,7 @@ class Runner(Ledger):
         delivery (keeping connections open), then stays asleep while retries are pending.
         """
         spool = self.spool
+        self.tried = None if resident else set()
         _native.clean_stale(self.cfg.spooldir, STALE_AGE)
         try:
             while not self.stopping:
@@ -162,6 +164,8 @@ class Runner(Ledger):
                 force = False
                 if only is not None:
                     due = [e for e in due if only.wants(e)]
+                if self.tried is not None:  # one pass: a retry that falls due meanwhile waits
+                    due = [e for e in due if e.id not in self.tried]
                 self.dispatch(due)
                 if self.settle(self.finals.union(failing)):
                     continue  # deliver the bounces too
@@ -173,9 +177,9 @@ class Runner(Ledger):
                     timeout = self.cfg.linger - (now - self.last_activity)
                 else:
                     self.close_links()
-                    if next_retry is None:
+                    if next_retry is None and not due:
                         return
-                    timeout = NAP
+                    timeout = 1.0 if due else NAP  # due but held by another process: look again soon
                 if next_retry is not None:
                     timeout = min(timeout, max(0.0, next_retry - now + 0.01))
                 force = spool.wait(timeout)[1]
@@ -320,6 +324,8 @@ class Runner(Ledger):
             self.busy[job.key] -= 1
             if job.link is not None:
                 self.idle.setdefault(job.key, []).append(job.link)
+            if self.tried is not None:
+                self.tried.update(job.outcomes)
             for entry_id, (status, text) in job.outcomes.items():
                 removed |= status == "sent"
                 self.record(self.entries.pop(entry_id), Outcome(status, text))

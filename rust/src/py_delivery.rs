@@ -65,19 +65,6 @@ struct SessionResult {
     failure: Option<Outcome>,
 }
 
-#[pymethods]
-impl SessionResult {
-    fn __repr__(&self) -> String {
-        format!(
-            "SessionResult(address={:?}, tls_version={:?}, auth_mechanism={:?}, results={} transactions)",
-            self.address,
-            self.tls_version,
-            self.auth_mechanism,
-            self.results.len()
-        )
-    }
-}
-
 impl From<crate::smtp::SessionReport> for SessionResult {
     fn from(r: crate::smtp::SessionReport) -> Self {
         let tls = r.tls;
