@@ -25,7 +25,7 @@ from test_runner import sink as sink
 @pytest.fixture
 def everyday(tmp_path: Path, sink: Sink) -> Iterator[World]:
     w = World(tmp_path, sink)
-    w.configure("LINGER 3")
+    w.configure("LINGER 3", "HOST_CONCURRENCY 1")  # one connection, so that its reuse shows
     yield w
     for pid in runner_holders(w):
         os.kill(pid, signal.SIGKILL)

@@ -199,8 +199,9 @@ class Control:
         from . import _native
 
         changed = 0
+        selected = self.select(ids)  # first: it says so in one line when the queue is not ours
         spool = _native.Spool(self.cfg.spooldir)
-        for e in self.select(ids):
+        for e in selected:
             claimed = spool.claim([e.id])
             if not claimed:
                 if os.path.exists(os.path.join(self.cfg.spooldir, "Q" + e.id)):

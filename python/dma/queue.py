@@ -101,9 +101,8 @@ class Runner(Ledger):
         self.progress = progress
         self.spool_: _native.Spool | None = None
         self.entries: dict[str, _native.QueueEntry] = {}  # claimed here, by id
-        self.waiting: dict[
-            str, tuple[Destination, dict[str, list[str]]]
-        ] = {}  # key -> (dest, message -> ids)
+        # Claimed, waiting for a thread: destination key -> (destination, message id -> entry ids)
+        self.waiting: dict[str, tuple[Destination, dict[str, list[str]]]] = {}
         self.local: list[str] = []  # local entries waiting for a thread
         self.busy: dict[str, int] = {}  # key -> running jobs ("" for local ones)
         self.running = 0
