@@ -185,13 +185,13 @@ class Runner(Ledger):
         finally:
             self.collect()  # a stop (SIGTERM) still records what has finished
             self.close_links()
-            for entry_id in self.waiting_ids():
+            for _, per in self.waiting.values():
+                for entry_id in (i for ids in per.values() for i in ids):
+                    spool.release(entry_id)
+            for entry_id in self.local:
                 spool.release(entry_id)
             self.waiting.clear()
             self.local.clear()
-
-    def waiting_ids(self) -> list[str]:
-        return [i for _, per in self.waiting.values() for ids in per.values() for i in ids] + self.local
 
     def stop(self, signum: int, frame: object) -> None:
         """SIGTERM: finish what has been recorded, close connections, and exit."""

@@ -428,10 +428,8 @@ impl Spool {
         let woken = py
             .detach(|| self.waker.wait(timeout))
             .map_err(|e| crate::errors::DmaError::io("waiting for mail", e))?;
-        if woken.signal {
-            py.check_signals()?;
-        }
-        Ok((woken.work || woken.signal, woken.flush))
+        py.check_signals()?;
+        Ok((woken.work, woken.flush))
     }
 
     /// Wake a `wait` (from a delivery thread whose work is done).

@@ -17,8 +17,6 @@ pub struct Woken {
     pub work: bool,
     /// `flush` was touched (`dma -q`): every deferred entry is due now.
     pub flush: bool,
-    /// The wait was interrupted by a signal.
-    pub signal: bool,
 }
 
 pub struct Waker {
@@ -77,8 +75,9 @@ impl Waker {
         unsafe { libc::write(self.pipe_write.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
     }
 
-    /// Wait until there is work, `timeout` passes, or a signal arrives. Every pending event is
-    /// read at once, so a flood of events costs one wake-up, not one per event.
+    /// Wait until there is work, `timeout` passes, or a signal arrives (reported as work: the
+    /// caller checks its signals). Every pending event is read at once, so a flood of events
+    /// costs one wake-up, not one per event.
     pub fn wait(&self, timeout: Duration) -> io::Result<Woken> {
         let mut fds = [
             libc::pollfd {
@@ -97,8 +96,8 @@ impl Waker {
         if let Err(e) = check(unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) }) {
             if e.kind() == io::ErrorKind::Interrupted {
                 return Ok(Woken {
-                    signal: true,
-                    ..Woken::default()
+                    work: true,
+                    flush: false,
                 });
             }
             return Err(e);

@@ -303,12 +303,6 @@ impl Client {
     }
 }
 
-impl Drop for Client {
-    fn drop(&mut self) {
-        self.close();
-    }
-}
-
 /// Give every recipient of the transactions not yet reported the session's failure.
 fn fill_from(report: &mut SessionReport, transactions: &[Transaction], failure: &Outcome) {
     report.failure = Some(failure.clone());
