@@ -1,10 +1,10 @@
 """Fast entry points for `sendmail`, `mailq`, `newaliases` and `dma`.
 
-pip's console scripts run the interpreter with `site` (which reads every `.pth` file in
-site-packages) and import `re` before our code starts: about a third more than the interpreter's
-own start-up, paid by every cron job's mail. A launcher written here runs the interpreter isolated
-and without `site` (`-I -S`) and puts only the directories dma needs on `sys.path`; `dma install`
-puts these at `/usr/sbin/sendmail` and friends.
+An interpreter started with `site` reads every `.pth` file in site-packages before our code
+starts: about a third more than its own start-up, paid by every cron job's mail. pip installs
+shell scripts (wheel-data/scripts) that avoid it but pay a shell's start; a launcher written here
+runs the interpreter directly, isolated and without `site` (`-I -S`), with only the directories
+dma needs on `sys.path`; `dma install` puts these at `/usr/sbin/sendmail` and friends.
 """
 
 from __future__ import annotations
