@@ -170,6 +170,7 @@ def run() -> None:
 COMMANDS: dict[str, str] = {
     "doctor": "dma.doctor",
     "install": "dma.install",
+    "oauth": "dma.oauth",
     "uninstall": "dma.install",
     "queue": "dma.control",
     "serve": "dma.queue",

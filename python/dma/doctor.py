@@ -251,6 +251,15 @@ def check_auth(cfg: Config, report: Report) -> None:
         report.warn("auth.conf", f"{path} is owned by uid {st.st_uid}, not by the queue runner's uid {euid}")
     if cfg.smarthost and table.lookup(cfg.smarthost) is None:
         report.info("auth.conf", f"no credentials for the smarthost `{cfg.smarthost}' (hosts match exactly)")
+    from .oauth import renew_now
+    from .routing import RouteError
+
+    for login, host, password in table.items():
+        if password.startswith("{oauth2}"):
+            try:
+                report.passed("oauth2", f"{login}|{host}: {renew_now(cfg, password[8:])}")
+            except (RouteError, Fatal) as e:
+                report.fail("oauth2", f"{login}|{host}: {e}")
 
 
 # ---- routes -------------------------------------------------------------------------------------
@@ -378,7 +387,7 @@ def probe(cfg: Config, target: Target, report: Report, *, verbose: bool, route: 
             target.addresses,
             [],
             route=route,
-            credentials=(login, secret, mechanisms),
+            auth=(login, secret, mechanisms),
             verbose=verbose,
         )
     except ValueError as e:
@@ -394,6 +403,12 @@ def probe(cfg: Config, target: Target, report: Report, *, verbose: bool, route: 
         report.info("ehlo", ", ".join(result.extensions))
     if outcome is not None:
         report.fail(outcome.stage, describe(outcome, target.name, result.address))
+        if outcome.stage == "auth" and outcome.code == 535 and "OAUTHBEARER" in (mechanisms or ()):
+            report.info(
+                "auth",
+                "the server refused a freshly issued token: SMTP AUTH is disabled for this mailbox"
+                " (Microsoft 365 default: enable Authenticated SMTP for it), or the scope lacks SMTP",
+            )
         if outcome.stage == "tls" and result.tls_version is None:
             inspect(cfg, target, mode, report)
     tls_lines(cfg, mode, result, report, ok=ok)

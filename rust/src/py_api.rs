@@ -325,6 +325,23 @@ fn maildir_deliver(
 // ---- syslog -----------------------------------------------------------------------------------
 
 /// One line to syslog's mail facility as `ident[pid]` (see syslog.rs).
+/// For a process about to hold OAuth2 tokens: no core file and no ptrace or /proc/PID/mem
+/// access by other processes of the same user (PR_SET_DUMPABLE 0 also stops piped core_pattern).
+#[pyfunction]
+fn no_core_dumps() -> PyResult<()> {
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on this process with valid arguments.
+    if unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &zero) != 0 || libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0
+    } {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
+}
+
 #[pyfunction]
 fn syslog(ident: &str, priority: i32, text: &str) {
     crate::syslog::send(ident, priority, text);
@@ -556,6 +573,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sync_spool, m)?)?;
     m.add_function(wrap_pyfunction!(sync_dir, m)?)?;
     m.add_function(wrap_pyfunction!(syslog, m)?)?;
+    m.add_function(wrap_pyfunction!(no_core_dumps, m)?)?;
     // mailbox registrations
     m.add_function(wrap_pyfunction!(mbox_append, m)?)?;
     m.add_function(wrap_pyfunction!(maildir_deliver, m)?)?;
