@@ -39,8 +39,11 @@ class World:
     def send(self, *flags: str) -> subprocess.CompletedProcess[bytes]:
         return self.env.run(["-D", *flags, RCPT], MSG)
 
+    def cache_file(self) -> str:
+        return oauth.cache_path(config.load(str(self.env.conf)), str(self.cred))
+
     def cache(self) -> dict[str, str]:
-        return oauth.read_cache(oauth.cache_path(config.load(str(self.env.conf)), str(self.cred)))
+        return oauth.read_cache(self.cache_file())
 
     def secrets(self) -> list[str]:
         return [self.refresh_token, CLIENT_SECRET, *self.tokens.grants, *self.tokens.access]
@@ -314,6 +317,9 @@ def test_doctor_refreshes_then_authenticates_and_explains(world: World) -> None:
     assert r.returncode == 0, out
     assert f"PASS  oauth2    {LOGIN}|127.0.0.1: new access token valid for 60 min\n" in out
     assert f"AUTH OAUTHBEARER as {LOGIN} accepted" in out and world.handler.messages == []
+    world.cred.chmod(0o644)
+    r = world.env.run(["doctor"], prog="dma")
+    assert f"WARN  oauth2    {world.cred} has mode 0644: readable by group or others" in r.stdout.decode()
     world.handler.valid = lambda token: False  # SMTP AUTH disabled for the mailbox
     out = world.env.run(["doctor"], prog="dma").stdout.decode()
     assert "SMTP AUTH is disabled for this mailbox (Microsoft 365 default" in out
@@ -436,3 +442,96 @@ def test_install_loads_the_credentials_auth_conf_names(dma_env: DmaEnv, tmp_path
         Installer(str(root), out).install_units("/var/spool/dma", ["grt", "pw"])
     unit = (root / "etc/systemd/system/dma.service").read_text()
     assert "[Service]\nLoadCredential=grt\nLoadCredential=pw\n" in unit
+
+
+# ---- attacks on the token store (SECURITY.md, "OAuth2 token store") ------------------------------
+
+
+def as_nobody(*argv: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv], capture_output=True
+    )
+
+
+@pytest.fixture
+def reachable(world: World) -> Iterator[None]:
+    """o+x on the directories above the spool (pytest's are 0700), as on a real system."""
+    changed = {}
+    for d in world.env.spool.parents:
+        mode = d.stat().st_mode & 0o7777
+        if not mode & 0o001:
+            changed[d] = mode
+            d.chmod(mode | 0o001)
+    try:
+        yield
+    finally:
+        for d, mode in changed.items():
+            d.chmod(mode)
+
+
+def test_token_store_attacks(world: World, reachable: None) -> None:
+    assert world.send().returncode == 0
+    cache = Path(world.cache_file())
+    # The spool as `dma install` makes it (0711): another user can neither read nor plant.
+    world.env.spool.chmod(0o711)
+    r = as_nobody("cat", str(cache))
+    assert r.returncode and b"Permission denied" in r.stderr
+    for target in (cache, Path(f"{cache}.tmp"), Path(f"{cache}.lock")):
+        r = as_nobody("ln", "-sf", "/etc/passwd", str(target))
+        assert r.returncode and b"Permission denied" in r.stderr
+    # A misconfigured spool (1777: anyone may create names) and a planted link or forged cache.
+    world.env.spool.chmod(0o1777)
+    victim = world.env.root / "victim"
+    victim.write_text("root's file\n")
+    world.tokens.expires_in = 60  # every delivery refreshes, so the planted names are used
+    assert as_nobody("ln", "-s", str(victim), f"{cache}.tmp").returncode == 0
+    assert world.send().returncode == 0 and victim.read_text() == "root's file\n"
+    assert as_nobody("rm", "-f", str(cache)).returncode and cache.exists()  # sticky: not theirs
+    cache.unlink()
+    forged = f"origin {world.refresh_token}\nrefresh rt-forged\naccess at-forged\nexpires 9999999999\n"
+    assert as_nobody("sh", "-c", f"umask 077; printf '{forged}' > {cache}").returncode == 0
+    assert cache.stat().st_uid == 65534
+    assert world.send().returncode == 0  # the forged token was ignored, not sent
+    assert cache.stat().st_uid == 0 and "at-forged" not in world.cache()["access"]
+    cache.unlink()
+    assert as_nobody("ln", "-s", str(victim), str(cache)).returncode == 0
+    assert world.send().returncode == 0 and not cache.is_symlink() and victim.read_text() == "root's file\n"
+    Path(f"{cache}.lock").unlink()
+    assert as_nobody("ln", "-s", str(victim), f"{cache}.lock").returncode == 0
+    r = world.send()
+    assert r.returncode == 75 and b"can not lock the OAuth2 token cache" in r.stderr
+    assert victim.read_text() == "root's file\n"
+    world.assert_no_secret(r.stderr, world.log.read_text())
+
+
+FULL_DISK = """
+import json, os, subprocess, sys
+spool, script = sys.argv[1:]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", spool], check=True)
+with open(spool + "/filler", "wb") as f:
+    try:
+        f.write(b"x" * 65536 * 2)
+    except OSError:
+        pass
+full = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+left = sorted(os.listdir(spool))
+os.unlink(spool + "/filler")
+again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+out = {"full": [full.returncode, full.stderr], "left": left, "again": [again.returncode, again.stderr]}
+print(json.dumps(out))
+"""
+
+
+def test_full_disk_during_rotation_keeps_the_old_refresh_token(world: World) -> None:
+    from conftest import in_private_namespace
+
+    world.tokens.expires_in = 60
+    os.environ.update(DMA_CONF=str(world.env.conf))
+    try:
+        report = in_private_namespace(FULL_DISK, str(world.env.spool), REFRESH.format(cred=str(world.cred)))
+    finally:
+        del os.environ["DMA_CONF"]
+    assert report["full"][0] == 1 and "No space left on device" in report["full"][1]
+    assert "can not store the OAuth2 token cache" in report["full"][1]
+    assert [n for n in report["left"] if n.endswith(".tmp")] == []
+    assert report["again"][0] == 0, report["again"][1]  # the rotation was only lost, not the token

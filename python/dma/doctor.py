@@ -238,17 +238,8 @@ def check_auth(cfg: Config, report: Report) -> None:
     except Fatal as e:
         report.fail("auth.conf", str(e))
         return
-    st = os.stat(path)
-    euid = os.geteuid()
     report.passed("auth.conf", f"{path} readable: credentials for {len(table)} host(s)")
-    if st.st_mode & 0o077:
-        report.warn(
-            "auth.conf",
-            f"{path} has mode {stat.S_IMODE(st.st_mode):04o}: readable by group or others",
-            f"fix: chmod 600 {path}",
-        )
-    if st.st_uid != euid:
-        report.warn("auth.conf", f"{path} is owned by uid {st.st_uid}, not by the queue runner's uid {euid}")
+    private(report, "auth.conf", path)
     if cfg.smarthost and table.lookup(cfg.smarthost) is None:
         report.info("auth.conf", f"no credentials for the smarthost `{cfg.smarthost}' (hosts match exactly)")
     from .oauth import renew_now
@@ -256,10 +247,26 @@ def check_auth(cfg: Config, report: Report) -> None:
 
     for login, host, password in table.items():
         if password.startswith("{oauth2}"):
+            if os.path.exists(password[8:]):
+                private(report, "oauth2", password[8:])
             try:
                 report.passed("oauth2", f"{login}|{host}: {renew_now(cfg, password[8:])}")
             except (RouteError, Fatal) as e:
                 report.fail("oauth2", f"{login}|{host}: {e}")
+
+
+def private(report: Report, topic: str, path: str) -> None:
+    """Warn when a file of secrets is readable by others or not owned by the runner's user."""
+    st = os.stat(path)
+    euid = os.geteuid()
+    if st.st_mode & 0o077:
+        report.warn(
+            topic,
+            f"{path} has mode {stat.S_IMODE(st.st_mode):04o}: readable by group or others",
+            f"fix: chmod 600 {path}",
+        )
+    if st.st_uid != euid:
+        report.warn(topic, f"{path} is owned by uid {st.st_uid}, not by the queue runner's uid {euid}")
 
 
 # ---- routes -------------------------------------------------------------------------------------

@@ -210,7 +210,10 @@ def access_token(cfg: Config, credential: str, rejected: str | None = None) -> s
         return entry["access"]
     import fcntl
 
-    lock = os.open(f"{cache}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        lock = os.open(f"{cache}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise OAuthError(f"can not lock the OAuth2 token cache {cache}: {e.strerror}") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         entry = read_cache(cache)  # another process may have renewed it meanwhile
@@ -306,17 +309,15 @@ def post(cfg: Config, url: str, form: dict[str, str]) -> dict[str, str]:
 
 # ---- dma oauth login|status --------------------------------------------------------------------
 
-USAGE = "usage: dma oauth login PROVIDER FILE | dma oauth status [-C FILE]"
+USAGE = "usage: dma oauth [-C FILE] login PROVIDER CREDENTIAL-FILE | dma oauth [-C FILE] status"
 
 
 def command(prog: str, name: str, args: list[str]) -> int:
     from . import config
 
     conf = None
-    if args[1:2] == ["-C"] or args[2:3] == ["-C"]:
-        i = args.index("-C")
-        conf = args[i + 1] if i + 1 < len(args) else None
-        args = args[:i] + args[i + 2 :]
+    if args[:1] == ["-C"] and len(args) > 1:
+        conf, args = args[1], args[2:]
     cfg = config.load(conf)
     if args[:1] == ["status"] and len(args) == 1:
         return status(cfg)
