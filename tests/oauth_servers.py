@@ -105,6 +105,7 @@ class TokenServer:
             "401": (401, '{"error":"invalid_client"}'),
             "500": (500, "Internal Server Error"),
             "json": (200, '{"access_token": "at-'),
+            "token": (200, '{"access_token": "at-1\\r\\nQUIT", "expires_in": "soon"}'),
             "html": (502, "<html><body><h1>502 Bad Gateway</h1></body></html>"),
         }
         if fail in failures:

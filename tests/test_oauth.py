@@ -183,6 +183,7 @@ FAILURES = {
     "html": "answered HTTP 502 without JSON",
     "json": "answered HTTP 200 without JSON",
     "slow": "timed out",
+    "token": "the token endpoint's answer holds no well-formed access_token",
 }
 
 

@@ -247,7 +247,8 @@ def refresh(cfg: Config, cache: str, fields: dict[str, str], entry: dict[str, st
         answer = grant(cfg, fields, grant_type="refresh_token", refresh_token=refresh_token)
     access = answer["access_token"]
     new_refresh = answer.get("refresh_token") or refresh_token
-    expires = int(time.time() + float(answer.get("expires_in") or 3600))
+    lifetime = answer.get("expires_in", "")
+    expires = int(time.time()) + (int(lifetime) if lifetime.isdigit() else 3600)
     text = f"origin {fields['refresh_token']}\nrefresh {new_refresh}\naccess {access}\nexpires {expires}\n"
     try:
         write_atomic(cache, text)
@@ -265,8 +266,9 @@ def grant(cfg: Config, fields: dict[str, str], **form: str) -> dict[str, str]:
     if "scope" in fields and form["grant_type"] == "refresh_token":
         form["scope"] = fields["scope"]
     answer = post(cfg, fields["token_endpoint"], form)
-    if not answer.get("access_token"):
-        raise OAuthError("the token endpoint's answer holds no access_token")
+    tokens = [answer.get("access_token", ""), answer.get("refresh_token", "x")]
+    if not all(t.isprintable() and t.strip() and " " not in t for t in tokens):
+        raise OAuthError("the token endpoint's answer holds no well-formed access_token")
     return answer
 
 
@@ -375,7 +377,7 @@ def login(cfg: Config, provider: str, path: str) -> None:
     if "client_id" not in existing:
         existing["client_id"] = ask("client id: ")
         if provider == "google":
-            existing["client_secret"] = ask("client secret: ")
+            existing["client_secret"] = ask("client secret: ", hidden=True)
     fields = expand(path, dict(existing))
     if "device_endpoint" in fields:
         answer = device_flow(cfg, fields)
@@ -395,12 +397,17 @@ def login(cfg: Config, provider: str, path: str) -> None:
     )
 
 
-def ask(prompt: str) -> str:
+def ask(prompt: str, *, hidden: bool = False) -> str:
     import sys
 
-    sys.stderr.write(prompt)
-    sys.stderr.flush()
-    answer = sys.stdin.readline().strip()
+    if hidden and sys.stdin.isatty():
+        import getpass
+
+        answer = getpass.getpass(prompt).strip()
+    else:
+        sys.stderr.write(prompt)
+        sys.stderr.flush()
+        answer = sys.stdin.readline().strip()
     if not answer:
         raise Fatal(EX_USAGE, f"no answer to `{prompt.rstrip(': ')}'")
     return answer
