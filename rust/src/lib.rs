@@ -16,4 +16,5 @@ pub mod tls;
 #[cfg(test)]
 mod test_util;
 
+#[cfg(feature = "python")]
 mod py_api;
