@@ -351,6 +351,11 @@ def test_status_shows_configuration_and_tests_a_refresh(world: World) -> None:
 
 def test_device_flow_login_writes_the_credential(world: World) -> None:
     world.cred.write_text("\n".join(world.cred.read_text().splitlines()[:-1]) + "\n")  # no token yet
+    world.tokens.fail = "unauthorized_client"
+    r = world.env.run(["oauth", "login", "generic", str(world.cred)], prog="dma")
+    assert r.returncode == 69 and b"check the app registration" in r.stderr
+    assert "refresh_token" not in world.cred.read_text()
+    world.tokens.fail = None
     r = world.env.run(["oauth", "login", "generic", str(world.cred)], prog="dma")
     assert r.returncode == 0, r.stderr
     assert "open https://127.0.0.1/devicelogin and enter the code WDJB-MJHT" in r.stdout.decode()
@@ -394,6 +399,16 @@ def test_code_flow_with_pkce(world: World) -> None:
 
 
 # ---- secrets from commands and systemd credentials ----------------------------------------------
+
+
+def test_xoauth2_command_keeps_working(world: World) -> None:
+    token = oauth.access_token(config.load(str(world.env.conf)), str(world.cred))
+    helper = world.env.root / "token.sh"
+    helper.write_text(f"#!/bin/sh\necho {token}\n")
+    helper.chmod(0o700)
+    world.env.conf.write_text(world.env.conf.read_text() + f"XOAUTH2_COMMAND {helper}\n")
+    assert world.send().returncode == 0
+    assert world.handler.auth_seen == ["XOAUTH2"] and len(world.handler.messages) == 1
 
 
 def test_password_from_a_command_and_from_a_systemd_credential(dma_env: DmaEnv, certs: Certs) -> None:

@@ -1,12 +1,7 @@
-"""OAuth2 for SMTP AUTH: credential files, access tokens the runner refreshes and caches itself,
-provider presets, `dma oauth login|status`, and secrets kept in commands or systemd credentials.
-
-auth.conf names a credential file in the password field: `login|host:{oauth2}/etc/dma/oauth-m365`.
-The file holds `key value` lines (docs/configuration.md). The runner caches the access token, its
-expiry and any rotated refresh token in `SPOOLDIR/oauth-<file>` (0600), replaced atomically, so a
-crash leaves either the old refresh token or the new one, never neither. Nothing here runs at
-submission, and a runner with a good cached token reads one small file: json, ssl and urllib are
-imported only when the token endpoint must be asked.
+"""OAuth2 for SMTP AUTH (docs/configuration.md): credential files named in auth.conf, access
+tokens refreshed and cached by the runner, presets, `dma oauth login|status`, and secrets kept in
+commands or systemd credentials. Nothing here runs at submission; with a good cached token the
+runner reads one small file, and json, ssl and urllib are imported only to ask the endpoint.
 """
 
 from __future__ import annotations
@@ -15,7 +10,7 @@ import os
 import time
 
 from .config import read_text
-from .errors import EX_CONFIG, EX_USAGE, ConfigError, Fatal
+from .errors import EX_CONFIG, EX_UNAVAILABLE, EX_USAGE, ConfigError, Fatal
 from .routing import RouteError
 
 TYPE_CHECKING = False
@@ -48,7 +43,6 @@ HINTS = {
     "invalid_grant": "the refresh token was revoked or has expired: run `dma oauth login` again",
     "unauthorized_client": "this client id may not use this grant: check the app registration",
     "invalid_client": "the provider does not know this client id, or the client secret is wrong",
-    "invalid_scope": "the provider refuses the scope: check `scope` and the app's API permissions",
 }
 
 
@@ -323,10 +317,13 @@ def command(prog: str, name: str, args: list[str]) -> int:
     cfg = config.load(conf)
     if args[:1] == ["status"] and len(args) == 1:
         return status(cfg)
-    if args[:1] == ["login"] and len(args) == 3 and args[1] in PRESETS:
+    if args[:1] != ["login"] or len(args) != 3 or args[1] not in PRESETS:
+        raise Fatal(EX_USAGE, USAGE)
+    try:
         login(cfg, args[1], args[2])
-        return 0
-    raise Fatal(EX_USAGE, USAGE)
+    except OAuthError as e:
+        raise Fatal(EX_UNAVAILABLE, str(e)) from None
+    return 0
 
 
 def status(cfg: Config) -> int:
@@ -390,11 +387,8 @@ def login(cfg: Config, provider: str, path: str) -> None:
     existing["refresh_token"] = answer["refresh_token"]
     text = "".join(f"{k} {v}\n" for k, v in existing.items())
     write_atomic(path, text, os.stat(cfg.spooldir).st_uid if os.geteuid() == 0 else -1)
-    host, _, port = fields.get("smtp", "SMTP-HOST 587").partition(" ")
-    sys.stdout.write(
-        f"{path}: refresh token stored.\n  auth.conf: YOU@EXAMPLE|{host}:{{oauth2}}{path}\n"
-        f"  dma.conf:  SMARTHOST {host}, PORT {port}, SECURETRANSFER, STARTTLS\n"
-    )
+    host = fields.get("smtp", "HOST").split()[0]
+    sys.stdout.write(f"{path}: refresh token stored; auth.conf: LOGIN|{host}:{{oauth2}}{path}\n")
 
 
 def ask(prompt: str, *, hidden: bool = False) -> str:
@@ -427,18 +421,16 @@ def device_flow(cfg: Config, fields: dict[str, str]) -> dict[str, str]:
     while time.time() < deadline:
         time.sleep(interval)
         try:
+            code = device.get("device_code", "")
             return grant(
-                cfg,
-                fields,
-                grant_type="urn:ietf:params:oauth:grant-type:device_code",
-                device_code=device.get("device_code", ""),
+                cfg, fields, grant_type="urn:ietf:params:oauth:grant-type:device_code", device_code=code
             )
         except OAuthError as e:
             if e.error == "slow_down":
                 interval += 5
             elif e.error != "authorization_pending":
-                raise Fatal(EX_CONFIG, str(e)) from None
-    raise Fatal(EX_CONFIG, "the code was not entered in time")
+                raise
+    raise Fatal(EX_UNAVAILABLE, "the code was not entered in time")
 
 
 def code_flow(cfg: Config, fields: dict[str, str]) -> dict[str, str]:
@@ -474,17 +466,10 @@ def code_flow(cfg: Config, fields: dict[str, str]) -> dict[str, str]:
         if "code" not in got:
             raise Fatal(EX_CONFIG, f"the provider refused: {got.get('error', ['?'])[0]}")
         code = got["code"][0]
-    try:
-        return grant(
-            cfg,
-            fields,
-            grant_type="authorization_code",
-            code=code,
-            redirect_uri=query["redirect_uri"],
-            code_verifier=verifier,
-        )
-    except OAuthError as e:
-        raise Fatal(EX_CONFIG, str(e)) from None
+    uri = query["redirect_uri"]
+    return grant(
+        cfg, fields, grant_type="authorization_code", code=code, redirect_uri=uri, code_verifier=verifier
+    )
 
 
 def credential_names(cfg: Config) -> list[str]:
