@@ -201,6 +201,18 @@ def test_token_endpoint_failures_defer_the_mail(world: World, fail: str) -> None
     assert world.env.entries() == [] and len(world.handler.messages) == 1
 
 
+def test_token_endpoint_certificate_and_host_name_are_verified(world: World, certs: Certs) -> None:
+    conf = world.env.conf.read_text()
+    world.env.conf.write_text(conf.replace(f"CAFILE {certs.ca_file}\n", ""))
+    assert world.send().returncode == 75
+    assert "certificate verify failed: unable to get local issuer certificate" in world.log.read_text()
+    world.env.conf.write_text(conf)
+    world.cred.write_text(world.cred.read_text().replace("https://127.0.0.1:", "https://localhost:"))
+    assert world.send().returncode == 75
+    assert "Hostname mismatch, certificate is not valid for 'localhost'" in world.log.read_text()
+    assert refreshes(world) == 0 and world.handler.auth_seen == []
+
+
 def test_revoked_grant_defers_until_max_queue_time_then_bounces(world: World) -> None:
     world.tokens.revoke()
     r = world.send()
