@@ -469,7 +469,7 @@ def test_install_loads_the_credentials_auth_conf_names(dma_env: DmaEnv, tmp_path
     with open(os.devnull, "w") as out:
         Installer(str(root), out).install_units("/var/spool/dma", ["grt", "pw"])
     unit = (root / "etc/systemd/system/dma.service").read_text()
-    assert "[Service]\nLoadCredential=grt\nLoadCredential=pw\n" in unit
+    assert "[Service]\nLoadCredential=grt:/etc/credstore/grt\nLoadCredential=pw:/etc/credstore/pw\n" in unit
 
 
 # ---- attacks on the token store (SECURITY.md, "OAuth2 token store") ------------------------------

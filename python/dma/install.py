@@ -353,8 +353,8 @@ class Installer:
         for unit in UNITS:
             with open(os.path.join(DATA, unit)) as f:
                 text = f.read().replace("@LIBEXEC@", LIBEXEC).replace("@SPOOLDIR@", spooldir)
-            # Secrets auth.conf takes from systemd credentials (searched in /etc/credstore).
-            loads = "".join(f"LoadCredential={c}\n" for c in credentials)
+            # Secrets auth.conf takes from systemd credentials.
+            loads = "".join(f"LoadCredential={c}:/etc/credstore/{c}\n" for c in credentials)
             text = text.replace("[Service]\n", f"[Service]\n{loads}")
             if under_tmp:
                 text = text.replace("PrivateTmp=yes\n", "")
