@@ -1,8 +1,9 @@
 //! Rust core of dma: spool I/O, local mailboxes, the SMTP transport over rustls and the AUTH
-//! encoders. Plain Rust modules, unit-tested without Python; `py_api` is the only file that
-//! touches pyo3.
+//! encoders. Plain Rust modules, unit-tested without Python; `py_api` (and `py_bs`, its `-bs`
+//! reader) are the only files that touch pyo3.
 
 pub mod auth;
+pub mod bs;
 pub mod errors;
 pub mod intake;
 pub mod journal;
@@ -17,3 +18,4 @@ pub mod tls;
 mod test_util;
 
 mod py_api;
+mod py_bs;
