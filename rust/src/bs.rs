@@ -4,6 +4,8 @@
 //! Command lines come back without their line end and bounded in length; `Data` streams one
 //! message body, dot-unstuffed, up to the terminating `.` line, into the same intake as any
 //! submission. A body that ends without its `.` line is an error: nothing of it may be queued.
+//! Lines of the body end in CRLF only (RFC 5321): PHP's mailers send bodies with bare LFs and
+//! stuff dots after CRLF only, so a dot after a bare LF is theirs and must stay.
 
 use std::io::{self, BufRead, BufReader, ErrorKind, Read};
 
@@ -23,6 +25,8 @@ enum Body {
     /// `.` then CR began the line.
     DotCr,
     Middle,
+    /// In a line, just after a CR.
+    MiddleCr,
 }
 
 impl<R: Read> SmtpInput<R> {
@@ -111,16 +115,28 @@ impl<R: Read> Read for Data<'_, R> {
                     // `.` CR and something else: the dot was stuffing, the CR is content.
                     out[n] = b'\r';
                     n += 1;
-                    (0, Body::Middle)
+                    (0, Body::MiddleCr)
                 }
                 (Body::LineStart | Body::Dot, _) => (0, Body::Middle),
-                _ => {
+                (state, _) => {
                     let end = buf.iter().position(|&b| b == b'\n');
                     let take = end.map_or(buf.len(), |e| e + 1).min(out.len() - n);
                     out[n..n + take].copy_from_slice(&buf[..take]);
                     n += take;
-                    let line_ended = end.is_some_and(|e| e < take);
-                    (take, if line_ended { Body::LineStart } else { Body::Middle })
+                    // Only CRLF ends a line: a dot after a bare LF is content, never stuffing.
+                    let cr_before = |e: usize| {
+                        if e == 0 {
+                            state == Body::MiddleCr
+                        } else {
+                            buf[e - 1] == b'\r'
+                        }
+                    };
+                    let next = match end {
+                        Some(e) if e < take && cr_before(e) => Body::LineStart,
+                        _ if buf[take - 1] == b'\r' => Body::MiddleCr,
+                        _ => Body::Middle,
+                    };
+                    (take, next)
                 }
             };
             me.src.consume(used);
@@ -164,11 +180,12 @@ mod tests {
                 Ok(1)
             }
         }
-        let input = b"a\r\n.\rb\r\n..\r\n.x\n.\nNOOP\r\n";
+        let input = b"a\r\n.\rb\r\n..\r\n.x\n.\n..\r\n.\r\nNOOP\r\n";
         let mut s = SmtpInput::new(OneByte(input));
         let mut body = Vec::new();
         s.data().read_to_end(&mut body).unwrap();
-        assert_eq!(body, b"a\r\n\rb\r\n.\r\nx\n");
+        // After a bare LF, dots are content.
+        assert_eq!(body, b"a\r\n\rb\r\n.\r\nx\n.\n..\r\n");
         assert_eq!(s.command(512).unwrap(), Some((b"NOOP".to_vec(), true)));
     }
 
