@@ -331,3 +331,29 @@ def test_closed_stdin_with_bs(dma_env: DmaEnv) -> None:
         check=False,
     )
     assert (r.returncode, r.stdout) == (66, b"")
+
+
+def test_floods_are_answered_in_bounded_memory(dma_env: DmaEnv, tmp_path: Path) -> None:
+    """A 64 MiB command line, 100,000 pipelined commands and a 50 MB body: constant memory, every
+    command answered, the message queued whole."""
+    line = b"x" * 998 + b"\r\n"
+    script = crlf("EHLO c") + b"A" * (64 << 20) + b"\r\n" + crlf("NOOP") * 100_000
+    script += (
+        crlf("MAIL FROM:<s@src.example>", "RCPT TO:<a@x.example>", "DATA") + line * 50_000 + crlf(".", "QUIT")
+    )
+    rss = tmp_path / "rss"
+    sendmail = [program("sendmail"), "-bs", "-bq"]
+    r = subprocess.run(
+        ["/usr/bin/time", "-o", str(rss), "-f", "%M", *sendmail],
+        input=script,
+        capture_output=True,
+        env=dma_env.env,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    replies = r.stdout.decode().split("\r\n")
+    assert replies.count("500 5.5.2 line too long") == 1 and replies.count("250 2.0.0 ok") == 100_000
+    assert replies[-3].startswith("250 2.0.0 queued as ") and replies[-2] == "221 2.0.0 bye"
+    assert list(bodies(dma_env).values()) == [line.replace(b"\r\n", b"\n") * 50_000]
+    assert int(rss.read_text()) < 40_000  # KiB: the submission path's own size, whatever the input
