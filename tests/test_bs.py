@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from dma_fixtures import MAILNAME, ME, DmaEnv, program
 from servers import SmtpSink
 
@@ -286,8 +287,10 @@ def test_an_interactive_client_is_answered_line_by_line(dma_env: DmaEnv) -> None
     assert dma_env.recipients() == ["a@x.example"]
 
 
-def test_delivery_after_quit(dma_env: DmaEnv, tmp_path: Path) -> None:
-    """Without -bq the runner is started once the session ends, and delivers every message once."""
+@pytest.mark.parametrize("flag", ["-i", "-D"])
+def test_delivery_after_quit(dma_env: DmaEnv, flag: str) -> None:
+    """Without -bq the runner is started once the session ends (with -D: this process delivers),
+    and every message arrives once."""
     sink = SmtpSink().start()
     try:
         dma_env.smarthost = f"SMARTHOST 127.0.0.1\nPORT {sink.port}"
@@ -303,12 +306,13 @@ def test_delivery_after_quit(dma_env: DmaEnv, tmp_path: Path) -> None:
                 "..",
                 ".",
             )
-        replies = session(dma_env, script + crlf("QUIT"), "-i")
+        replies = session(dma_env, script + crlf("QUIT"), flag)
         assert replies[-1] == "221 2.0.0 bye"
         deadline = time.monotonic() + 20
         while len(sink.messages) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(0.5)  # a duplicate would arrive now
+        assert dma_env.entries() == []
         got = sorted(
             (m.mail_from, m.rcpt_tos, m.content.replace(b"\r\n", b"\n").split(b"\n\n", 1)[1])
             for m in sink.messages
