@@ -17,5 +17,6 @@ pub mod tls;
 #[cfg(test)]
 mod test_util;
 
+#[cfg(feature = "python")]
 mod py_api;
 mod py_bs;
