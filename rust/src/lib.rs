@@ -19,4 +19,5 @@ mod test_util;
 
 #[cfg(feature = "python")]
 mod py_api;
+#[cfg(feature = "python")]
 mod py_bs;
