@@ -24,8 +24,12 @@ if TYPE_CHECKING:
 MAX_LINE = 2048
 MAX_RECIPIENTS = 1000
 EXTENSIONS = ("PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "SIZE")
-BODIES = {("BODY", "7BIT"), ("BODY", "8BITMIME")}
-HELP = "214 2.0.0 EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT"
+MAIL_PARAMS = {"BODY=7BIT", "BODY=8BITMIME", "SMTPUTF8"}
+FIXED = {
+    "NOOP": "250 2.0.0 ok",
+    "VRFY": "252 2.1.5 will not verify, but will accept the message",
+    "HELP": "214 2.0.0 EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT",
+}
 
 
 class Reply(Exception):
@@ -52,76 +56,58 @@ class Session:
         """Serve until QUIT or the end of input; returns the ids of the messages queued."""
         try:
             self.send(f"220 {self.cfg.mailname} ESMTP dma")
-            while True:
-                got = self.stdin.command(MAX_LINE)
-                if got is None:
-                    break
+            while (got := self.stdin.command(MAX_LINE)) is not None:
                 try:
-                    if self.handle(*got):
-                        break
+                    self.handle(*got)
                 except Reply as r:
                     self.send(str(r))
+                    if str(r).startswith("221 "):
+                        break
         except OSError:
             pass  # the client went away: what it saw acknowledged is queued, nothing else
         return self.queued
 
-    def handle(self, raw: bytes, whole: bool) -> bool:
-        """Answer one command line; True after QUIT."""
+    def handle(self, raw: bytes, whole: bool) -> None:
+        """Answer one command line by raising its `Reply`."""
         if not whole:
             raise Reply("500 5.5.2 line too long")
         if any((b < 32 and b != 9) or b == 127 for b in raw):
             raise Reply("500 5.5.2 control characters in command")
         try:
-            line = raw.decode()
+            verb, _, arg = raw.decode().strip().partition(" ")
         except UnicodeDecodeError:
             raise Reply("500 5.5.2 command is not UTF-8") from None
-        verb, _, arg = line.strip().partition(" ")
-        verb = verb.upper()
-        arg = arg.strip()
-        if verb in ("EHLO", "HELO"):
-            if not arg:
+        verb, arg = verb.upper(), arg.strip()
+        if verb in ("EHLO", "HELO", "RSET"):
+            if not arg and verb != "RSET":
                 raise Reply(f"501 5.5.4 {verb} needs a domain")
-            self.reset()
-            if verb == "HELO":
-                raise Reply(f"250 {self.cfg.mailname}")
-            for keyword in (self.cfg.mailname, *EXTENSIONS[:-1]):
-                self.send(f"250-{keyword}")
-            raise Reply(f"250 {EXTENSIONS[-1]}")
+            self.sender, self.recipients = None, []
+            if verb == "EHLO":
+                for keyword in (self.cfg.mailname, *EXTENSIONS[:-1]):
+                    self.send(f"250-{keyword}")
+                raise Reply(f"250 {EXTENSIONS[-1]}")
+            raise Reply(f"250 {self.cfg.mailname}" if verb == "HELO" else FIXED["NOOP"])
         if verb == "MAIL":
             self.mail(arg)
-        elif verb == "RCPT":
+        if verb == "RCPT":
             self.rcpt(arg)
-        elif verb == "DATA":
+        if verb == "DATA":
             self.data(arg)
-        elif verb == "RSET":
-            self.reset()
-        elif verb == "QUIT":
-            self.send("221 2.0.0 bye")
-            return True
-        elif verb == "VRFY":
-            raise Reply("252 2.1.5 will not verify, but will accept the message")
-        elif verb == "HELP":
-            raise Reply(HELP)
-        elif verb != "NOOP":
-            raise Reply("500 5.5.1 unrecognised command")
-        raise Reply("250 2.0.0 ok")
-
-    def reset(self) -> None:
-        self.sender = None
-        self.recipients = []
+        if verb == "QUIT":
+            raise Reply("221 2.0.0 bye")
+        raise Reply(FIXED.get(verb, "500 5.5.1 unrecognised command"))
 
     def mail(self, arg: str) -> None:
         if self.sender is not None:
             raise Reply("503 5.5.1 MAIL already given")
         path, params = split_path(arg, "FROM:")
         for param in params:
-            key, _, value = param.partition("=")
-            key = key.upper()
+            key, _, value = param.upper().partition("=")
             if key == "SIZE" and value.isdigit():
-                check_room(self.cfg, int(value))
-            elif param.upper() != "SMTPUTF8" and not (
-                key == "BODY" and value.upper() in ("7BIT", "8BITMIME")
-            ):
+                st = posix.statvfs(self.cfg.spooldir) if posix.access(self.cfg.spooldir, posix.F_OK) else None
+                if st and int(value) > st.f_bavail * st.f_frsize:
+                    raise Reply("452 4.3.1 insufficient system storage")
+            elif param.upper() not in MAIL_PARAMS:
                 raise Reply(f"555 5.5.4 unsupported parameter {param}")
         try:  # as `-f`: any sender the command line would take
             message.envelope_sender(
@@ -146,7 +132,7 @@ class Session:
                 raise Fatal(EX_DATAERR, f"invalid recipient `{path}'")
             self.resolver.resolve(addresses)
         except Fatal as e:
-            raise failure(e, "550 5.1.1", "451 4.3.0") from None
+            raise failure(e, "550 5.1.1") from None
         self.recipients.append(addresses[0])
         raise Reply("250 2.1.5 ok")
 
@@ -159,52 +145,34 @@ class Session:
         sub = Submission(
             self.recipients, self.sender, dot_terminates=False, full_name=self.full_name, tag=self.tag
         )
-        self.reset()
+        self.sender, self.recipients = None, []
         try:
             message_id, _ = spool_message(self.cfg, sub, self.stdin, resolver=self.resolver)
         except Fatal as e:
             self.stdin.skip_data()  # raises OSError, ending the session, if the client has gone
-            raise failure(e, "554 5.6.0", "451 4.3.0") from None
+            raise failure(e, "554 5.6.0") from None
         self.queued.append(message_id)
         raise Reply(f"250 2.0.0 queued as {message_id}")
 
 
-def failure(e: Fatal, permanent: str, temporary: str) -> Reply:
+def failure(e: Fatal, permanent: str) -> Reply:
     """The reply for a submission check that failed: bad input is permanent, the rest may pass."""
-    return Reply(f"{permanent if e.code in (EX_DATAERR, EX_NOINPUT) else temporary} {e}")
+    return Reply(f"{permanent if e.code in (EX_DATAERR, EX_NOINPUT) else '451 4.3.0'} {e}")
 
 
 def split_path(arg: str, keyword: str) -> tuple[str, list[str]]:
     """`FROM:<path> PARAM...` -> the path without brackets (and source route), and the parameters."""
-    if not arg[: len(keyword)].upper() == keyword:
-        raise Reply(f"501 5.5.4 syntax: {keyword}<address>")
-    rest = arg[len(keyword) :].lstrip()
-    quoted = False
-    for end, c in enumerate(rest):
-        if c == '"' and (end == 0 or rest[end - 1] != "\\"):
+    rest = arg[len(keyword) :].lstrip() if arg[: len(keyword)].upper() == keyword else ""
+    quoted, end = False, len(rest)
+    for i, c in enumerate(rest):
+        if c == '"' and rest[i - 1 : i] != "\\":
             quoted = not quoted
         elif not quoted and (c == ">" or c.isspace()):
+            end = i
             break
-    else:
-        end = len(rest)
-    if not rest.startswith("<") or end == len(rest) or rest[end] != ">":
+    if not rest.startswith("<") or rest[end : end + 1] != ">":
         raise Reply(f"501 5.5.4 syntax: {keyword}<address>")
     path = rest[1:end]
     if path.startswith("@"):  # an RFC 5321 source route, to be ignored
         path = path.partition(":")[2]
     return path, rest[end + 1 :].split()
-
-
-def check_room(cfg: Config, size: int) -> None:
-    """A declared SIZE that the spool's file system cannot hold now is refused before DATA."""
-    try:
-        st = posix.statvfs(cfg.spooldir)
-    except OSError:
-        return
-    if size > st.f_bavail * st.f_frsize:
-        raise Reply("452 4.3.1 insufficient system storage")
-
-
-def serve(cfg: Config, full_name: str | None, tag: str) -> list[str]:
-    """Run a `-bs` session; returns the ids of the messages queued."""
-    return Session(cfg, full_name, tag).run()

@@ -212,9 +212,9 @@ def dispatch(prog: str, args: list[str]) -> int:
     if sys.stdin is None:  # descriptor 0 was closed when we started: that is no (empty) message
         raise Fatal(EX_NOINPUT, "standard input is closed, nothing queued")
     if opts.smtp:
-        from .bs import serve
+        from .bs import Session
 
-        message_ids = serve(cfg, opts.full_name, opts.tag)
+        message_ids = Session(cfg, opts.full_name, opts.tag).run()
     else:
         sub = Submission(
             opts.recipients,
