@@ -2,6 +2,7 @@
 //! encoders. Plain Rust modules, unit-tested without Python; `py_api` (and `py_bs`, its `-bs`
 //! reader) are the only files that touch pyo3.
 
+pub mod address;
 pub mod auth;
 pub mod bs;
 pub mod errors;
