@@ -1,7 +1,8 @@
 """Symfony Mailer and SwiftMailer, as Debian ships them, sending through `/usr/sbin/sendmail`: a
 private mount namespace puts ours there, and the runner it starts relays to an aiosmtpd server on
-loopback. Their default transport speaks SMTP to `sendmail -bs`; Symfony's other mode pipes the
-message to `sendmail -t -i`. Each test checks the envelope, the headers and the body byte for byte
+loopback. Their default transport speaks SMTP to `sendmail -bs`; Laravel's default command is
+`sendmail -bs -i` (through Symfony Mailer); Symfony's other mode pipes the message to
+`sendmail -t -i`. Each test checks the envelope, the headers and the body byte for byte
 (against the library's own record of what it sent, and against literal values), and that exactly
 one copy arrived.
 """
@@ -90,8 +91,13 @@ def unfold_headers(message: bytes) -> dict[str, bytes]:
 
 @pytest.mark.parametrize(
     ("library", "command"),
-    [("symfony", ""), ("symfony", "/usr/sbin/sendmail -t -i"), ("swift", "")],
-    ids=["symfony-bs", "symfony-t", "swiftmailer-bs"],
+    [
+        ("symfony", ""),
+        ("symfony", "/usr/sbin/sendmail -t -i"),
+        ("symfony", "/usr/sbin/sendmail -bs -i"),
+        ("swift", ""),
+    ],
+    ids=["symfony-bs", "symfony-t", "laravel-bs-i", "swiftmailer-bs"],
 )
 def test_php_mailer_through_usr_sbin_sendmail(
     dma_env: DmaEnv, tmp_path: Path, library: str, command: str
