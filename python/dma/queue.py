@@ -41,21 +41,22 @@ NAP = 3600.0
 
 
 class Selection:
-    """The entries `-qI<id>` (a message or entry id) or `-qR<domain>` (a recipient domain) flush."""
+    """The entries `-qI<id>` (a message or entry id) or `-qR<domain>` (a recipient domain) flush;
+    or `messages` only (`-D`, after their submission)."""
 
-    __slots__ = ("domain", "ident")
+    __slots__ = ("domain", "idents")
 
-    def __init__(self, queue_arg: str) -> None:
+    def __init__(self, queue_arg: str, messages: list[str] | None = None) -> None:
         kind, value = queue_arg[:1], queue_arg[1:]
-        self.ident = value if kind == "I" and value else None
+        self.idents = set(messages or ()) | ({value} if kind == "I" and value else set())
         self.domain = value.lower() if kind == "R" and value else None
 
     @property
     def selective(self) -> bool:
-        return self.ident is not None or self.domain is not None
+        return bool(self.idents) or self.domain is not None
 
     def wants(self, e: _native.QueueEntry) -> bool:
-        if self.ident is not None and self.ident not in (e.id, e.message_id):
+        if self.idents and e.id not in self.idents and e.message_id not in self.idents:
             return False
         return self.domain is None or e.recipient.rpartition("@")[2].lower() == self.domain
 

@@ -73,15 +73,21 @@ def xoauth2_token(cfg: Config) -> str:
 
 
 def credentials(
-    cfg: Config, host: str, route: Route | None = None
+    cfg: Config, host: str, route: Route | None = None, rejected: str | None = None
 ) -> tuple[str | None, str | None, list[str] | None]:
-    """(login, secret, mechanisms) from auth.conf for `host`; XOAUTH2 when a token command is set."""
+    """(login, secret, mechanisms) from auth.conf for `host`; XOAUTH2 when a token command is set,
+    OAuth2 (oauth.py) or a secret kept elsewhere for a `{...}` password. `rejected`: the secret
+    the server just refused, to be renewed."""
     found = cfg.auth().lookup(host, route.login if route is not None else None)
     if found is None:
         return None, None, None
     login, password = found
     if cfg.xoauth2_command:
         return login, xoauth2_token(cfg), ["XOAUTH2"]
+    if password.startswith("{"):
+        from .oauth import resolve
+
+        return (login, *resolve(cfg, password, rejected))
     return login, password, None
 
 
@@ -108,11 +114,12 @@ def failed_all(groups: list[list[str]], status: str, text: str) -> dict[str, tup
 class Link:
     """An open connection to one host of a destination, kept between batches (the cache)."""
 
-    __slots__ = ("conn", "target")
+    __slots__ = ("conn", "failure", "target")
 
     def __init__(self, conn: _native.Connection, target: Target) -> None:
         self.conn: _native.Connection | None = conn  # None once the connection broke
         self.target = target
+        self.failure: _native.Outcome | None = None  # why it broke
 
 
 def deliver(
@@ -147,14 +154,35 @@ def deliver(
             outcomes.update(failed_all(pending, "temporary", str(e)))
             return outcomes, None
         for address in target.addresses:
-            conn = _native.Connection(
-                settings(cfg, target, [address], dest.route, creds, verbose, journal=True)
-            )
-            link = Link(conn, target)
-            pending = attempt(spool, link, pending, outcomes, events)
-            if not pending:
-                return outcomes, link if link.conn is not None else None
+            for renewed in (False, True):
+                setup = settings(cfg, target, [address], dest.route, creds, verbose, journal=True)
+                link = Link(_native.Connection(setup), target)
+                pending = attempt(spool, link, pending, outcomes, events)
+                if not pending:
+                    return outcomes, link if link.conn is not None else None
+                fresh = None if renewed else renew(cfg, target, dest.route, creds, link.failure)
+                if fresh is None:
+                    break
+                creds = fresh
     return outcomes, None
+
+
+def renew(
+    cfg: Config,
+    target: Target,
+    route: Route | None,
+    creds: tuple[str | None, str | None, list[str] | None],
+    failure: _native.Outcome | None,
+) -> tuple[str | None, str | None, list[str] | None] | None:
+    """After the server refused a token at AUTH (expired early, revoked): renewed credentials to
+    try once more, or None."""
+    _, secret, mechanisms = creds
+    if not (mechanisms and secret and failure is not None and failure.stage == "auth" and failure.code):
+        return None
+    try:
+        return credentials(cfg, target.name, route, secret)
+    except RouteError:
+        return None
 
 
 def attempt(
@@ -168,6 +196,7 @@ def attempt(
     A connection that broke is dropped from the link."""
     assert link.conn is not None
     result = link.conn.send(spool, groups)
+    link.failure = result.failure
     if result.failure is not None:
         link.conn = None
     if events is not None:

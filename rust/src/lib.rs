@@ -1,9 +1,10 @@
 //! Rust core of dma: spool I/O, local mailboxes, the SMTP transport over rustls and the AUTH
-//! encoders. Plain Rust modules, unit-tested without Python; `py_api` and `py_delivery` are the
-//! only files that touch pyo3.
+//! encoders. Plain Rust modules, unit-tested without Python; `py_api` (with `py_bs`, its `-bs`
+//! reader, and `py_delivery`, the runner's objects) are the only files that touch pyo3.
 
 pub mod address;
 pub mod auth;
+pub mod bs;
 pub mod errors;
 pub mod intake;
 pub mod journal;
@@ -20,5 +21,7 @@ mod test_util;
 
 #[cfg(feature = "python")]
 mod py_api;
+#[cfg(feature = "python")]
+mod py_bs;
 #[cfg(feature = "python")]
 mod py_delivery;
