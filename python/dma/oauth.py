@@ -399,6 +399,7 @@ def ask(prompt: str, *, hidden: bool = False) -> str:
 
         answer = getpass.getpass(prompt).strip()
     else:
+        sys.stdout.flush()  # what was printed before the question (a pipe does not flush by itself)
         sys.stderr.write(prompt)
         sys.stderr.flush()
         answer = sys.stdin.readline().strip()
