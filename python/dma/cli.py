@@ -156,6 +156,7 @@ def run() -> None:
     The message is durable and the output flushed by then; skipping the interpreter's teardown
     (module and object clean-up) is a measurable part of what every cron job's mail costs.
     """
+    reopen_closed_outputs()
     code = main()
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -163,6 +164,22 @@ def run() -> None:
         except OSError:  # a reader that went away (`mailq | head`) is not our failure
             pass
     posix._exit(code)
+
+
+def reopen_closed_outputs() -> None:
+    """Callers such as GNU mailutils start us with only descriptor 0 open: put /dev/null on closed
+    descriptors 1 and 2 (as daemons do), so that a write or flush can not fail a queued message."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        try:
+            posix.fstat(fd)
+            continue
+        except OSError:
+            pass
+        new = posix.open("/dev/null", posix.O_WRONLY)
+        if new != fd:  # descriptor 0 was closed too: leave it closed (not an empty message)
+            posix.dup2(new, fd)
+            posix.close(new)
+        setattr(sys, name, open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False))
 
 
 # `dma <command> ...`: operations C dma never had, each in its own module with a
@@ -214,7 +231,14 @@ def dispatch(prog: str, args: list[str]) -> int:
     message_id, _ = submit(cfg, sub)
     if opts.queue_only or cfg.defer or drops(cfg):
         return 0  # a drop is delivered by the system's runner (`dma serve`), not by us
-    return deliver_now(cfg, message_id, opts, prog)
+    try:
+        return deliver_now(cfg, message_id, opts, prog)
+    except (Fatal, OSError) as e:
+        if opts.foreground:
+            raise
+        # The message is queued: a caller that saw a failure would send it again.
+        sys.stderr.write(f"{prog}: queued as {message_id}, but {e}\n")
+        return 0
 
 
 def check_aliases(cfg: Config) -> int:

@@ -1,0 +1,67 @@
+"""What callers of sendmail rely on beyond the options: closed descriptors, the Python API at the
+top level, a list of smarthosts, the From rewriting."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from dma_fixtures import DmaEnv, program
+from smtp_servers import Smtpd
+
+MSG = b"Subject: hi\nTo: bob@example.test\n\nhello\n"
+
+
+def settle(server: Smtpd, env: DmaEnv, count: int = 1, timeout: float = 15) -> None:
+    """Wait until `count` messages arrived and the spool is empty, then a little longer for extras."""
+    deadline = time.monotonic() + timeout
+    while (len(server.handler.messages) < count or env.entries()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+
+
+def test_closed_stdout_and_stderr_exit_0_and_deliver_once(dma_env: DmaEnv) -> None:
+    with Smtpd() as server:
+        dma_env.smarthost = f"SMARTHOST 127.0.0.1\nPORT {server.port}"
+        dma_env.write_conf()
+        # GNU mailutils' way: only descriptor 0 open.
+        script = 'exec 1>&- 2>&-; exec "$0" "$@"'
+        proc = subprocess.run(
+            ["sh", "-c", script, program("sendmail"), "bob@example.test"],
+            input=MSG,
+            env=dma_env.env,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        assert proc.returncode == 0, proc
+        settle(server, dma_env)
+    assert [m.rcpt_tos for m in server.handler.messages] == [["bob@example.test"]]
+    assert dma_env.entries() == []
+
+
+def test_closed_stdout_still_reports_an_error_as_exit_code(dma_env: DmaEnv) -> None:
+    proc = subprocess.run(
+        ["sh", "-c", 'exec 1>&- 2>&-; exec "$0" "$@"', program("sendmail"), "-X"],
+        input=MSG,
+        env=dma_env.env,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 64
+    assert dma_env.entries() == []
+
+
+def test_submit_and_batch_at_the_top_level_load_the_api_lazily() -> None:
+    # dma/submit.py exists too: `dma.submit` must be the function whatever was imported before.
+    code = (
+        "import sys, dma\n"
+        "assert 'dma.api' not in sys.modules\n"
+        "import dma.cli, dma.submit\n"  # the submission module loaded first
+        "from dma import api\n"
+        "assert dma.submit is api.submit and dma.Batch is api.Batch\n"
+        "try:\n    dma.nothing\nexcept AttributeError:\n    print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.stdout == "ok\n", done.stderr
