@@ -7,7 +7,9 @@ import subprocess
 import sys
 import time
 
-from dma_fixtures import DmaEnv, program
+import pytest
+from dma.routes import split_hosts
+from dma_fixtures import DmaEnv, closed_port, program
 from smtp_servers import Smtpd
 
 MSG = b"Subject: hi\nTo: bob@example.test\n\nhello\n"
@@ -65,3 +67,31 @@ def test_submit_and_batch_at_the_top_level_load_the_api_lazily() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.stdout == "ok\n", done.stderr
+
+
+def test_a_smarthost_that_fails_hands_over_to_the_next_in_the_same_attempt(dma_env: DmaEnv) -> None:
+    with Smtpd() as server:
+        down = closed_port()
+        dma_env.smarthost = f"SMARTHOST 127.0.0.1:{down} 127.0.0.1\nPORT {server.port}"
+        dma_env.write_conf()
+        done = dma_env.run(["-D", "bob@example.test"], MSG)
+        assert done.returncode == 0, done.stderr
+        assert [m.rcpt_tos for m in server.handler.messages] == [["bob@example.test"]]
+        # The same in a ROUTE: commas join its relays.
+        dma_env.write_conf(f"ROUTE to:example.test [::1]:{down},127.0.0.1:{down},127.0.0.1:{server.port}")
+        done = dma_env.run(["-D", "carol@example.test"], MSG)
+        assert done.returncode == 0, done.stderr
+        assert len(server.handler.messages) == 2
+
+
+def test_smarthost_lists_parse_ports_and_ipv6_literals() -> None:
+    assert split_hosts("a b:2525 [::1]:26 ::1,c", 587) == [
+        ("a", 587),
+        ("b", 2525),
+        ("::1", 26),
+        ("::1", 587),
+        ("c", 587),
+    ]
+    for bad in ("a:0", "b:x", "587", "[::1]:70000"):
+        with pytest.raises(ValueError):
+            split_hosts(bad, 25)

@@ -41,7 +41,7 @@ _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # Keyword -> (kind, attribute). Kinds are handled in `_apply`.
 _KEYS: dict[str, tuple[str, str]] = {
     # C dma
-    "SMARTHOST": ("host", "smarthost"),
+    "SMARTHOST": ("hosts", "smarthost"),
     "PORT": ("port", "port"),
     "ALIASES": ("str", "aliases"),
     "SPOOLDIR": ("str", "spooldir"),
@@ -482,8 +482,15 @@ def _convert(
         return value
     if kind == "host":
         if " " in value or "\t" in value:
-            extra = " (use PORT for the port)" if key == "SMARTHOST" else ""
-            raise ConfigError(path, lineno, key, f"`{value}' is not a single host name{extra}")
+            raise ConfigError(path, lineno, key, f"`{value}' is not a single host name")
+        return value
+    if kind == "hosts":  # `host[:port] ...`, split when used: PORT may come later
+        from .routes import split_hosts
+
+        try:
+            split_hosts(value, 25)
+        except ValueError as e:
+            raise ConfigError(path, lineno, key, str(e)) from None
         return value
     if kind == "port":
         port = _parse_port(value)

@@ -109,7 +109,7 @@ def targets(cfg: Config, dest: Destination) -> list[Target]:
     route = dest.route
     if route is None or route.host == "mx":
         return targets_for(dest.domain, cfg, mx=route is not None)
-    return targets_for(dest.domain, cfg, host=route.host, port=route.port)
+    return targets_for(dest.domain, cfg, hosts=route.hosts)
 
 
 def failed_all(transactions: list[Transaction], status: str, text: str) -> dict[str, tuple[str, str]]:

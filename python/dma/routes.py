@@ -7,8 +7,9 @@ C dma's one-line style). C dma configs have none; then SMARTHOST or MX delivery 
     ROUTE from:alice@gmail.com smtp.gmail.com:465 tls verify auth=alice@gmail.com
     ROUTE from:@example.net    relay.example.net
 
-The first matching line wins. The target is `host[:port]` (port 25 unless given) or `mx` (deliver
-to the recipient domain's MX hosts, e.g. to keep one domain away from the smarthost). Options:
+The first matching line wins. The target is one or more `host[:port]` joined by commas (port 25
+unless given), tried in turn while one fails temporarily, or `mx` (deliver to the recipient domain's MX hosts,
+e.g. to keep one domain away from the smarthost). Options:
 `tls` (implicit TLS), `starttls`, `opportunistic`, `plain`; `verify`, `noverify`;
 `fingerprint=<sha256 hex>`; `auth=<login>` (which auth.conf line for this host). What a route
 does not say comes from the global keys (SECURETRANSFER, STARTTLS, VERIFYCERT, FINGERPRINT).
@@ -21,13 +22,32 @@ from .errors import ConfigError
 TLS_MODES = {"tls": "implicit", "starttls": "starttls", "opportunistic": "opportunistic", "plain": "none"}
 
 
+def split_hosts(text: str, default_port: int) -> list[tuple[str, int]]:
+    """`host[:port]` separated by blanks or commas (SMARTHOST's and a ROUTE's relays, tried in turn):
+    `[v6]:port` or a bare IPv6 address; `default_port` where none is given. Raises ValueError."""
+    hosts: list[tuple[str, int]] = []
+    for word in text.replace(",", " ").split():
+        if word.startswith("["):
+            host, _, rest = word[1:].partition("]")
+            port_text = rest[1:] if rest.startswith(":") else rest
+        else:
+            host, _, port_text = word.rpartition(":") if word.count(":") == 1 else (word, "", "")
+        if port_text and (not port_text.isdigit() or not 0 < int(port_text) < 65536):
+            raise ValueError(f"`{word}': bad port")
+        if not host or host.isdigit():
+            raise ValueError(f"`{word}' is not host[:port] (a port goes after a colon or in PORT)")
+        hosts.append((host, int(port_text) if port_text else default_port))
+    return hosts
+
+
 class Route:
-    __slots__ = ("fingerprint", "host", "kind", "line", "login", "pattern", "port", "tls", "verify")
+    __slots__ = ("fingerprint", "host", "hosts", "kind", "line", "login", "pattern", "port", "tls", "verify")
 
     def __init__(self, kind: str, pattern: str, host: str, port: int, line: int) -> None:
         self.kind = kind  # "to" (recipient domain) or "from" (envelope sender)
         self.pattern = pattern
-        self.host = host  # "mx" for MX delivery
+        self.host = host  # the first relay, or "mx" for MX delivery
+        self.hosts: list[tuple[str, int]] = [] if host == "mx" else [(host, port)]
         self.port = port
         self.line = line
         self.tls: str | None = None
@@ -60,21 +80,17 @@ def parse_route(path: str, lineno: int, value: str) -> Route:
     kind, colon, pattern = words[0].partition(":")
     if not colon or kind not in ("to", "from") or not pattern:
         raise error(f"`{words[0]}' is not to:<domain> or from:<address>")
-    target = words[1]
-    host, port = target, 25
-    if target != "mx":
-        if target.startswith("["):
-            inner, _, rest = target[1:].partition("]")
-            host, port_text = inner, rest.removeprefix(":")
-        else:
-            host, _, port_text = target.rpartition(":") if target.count(":") == 1 else (target, "", "")
-        if port_text:
-            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-                raise error(f"`{target}': bad port")
-            port = int(port_text)
-        if not host:
-            raise error(f"`{target}' is not host[:port] or mx")
+    hosts: list[tuple[str, int]] = []
+    if words[1] != "mx":
+        try:
+            hosts = split_hosts(words[1], 25)
+        except ValueError as e:
+            raise error(str(e)) from None
+        if not hosts:
+            raise error(f"`{words[1]}' is not host[:port] or mx")
+    host, port = hosts[0] if hosts else ("mx", 25)
     route = Route(kind, pattern.lower(), host, port, lineno)
+    route.hosts = hosts
     for option in words[2:]:
         name, eq, arg = option.partition("=")
         if name in TLS_MODES and not eq:
