@@ -95,3 +95,29 @@ def test_smarthost_lists_parse_ports_and_ipv6_literals() -> None:
     for bad in ("a:0", "b:x", "587", "[::1]:70000"):
         with pytest.raises(ValueError):
             split_hosts(bad, 25)
+
+
+CRON = b"From: root (Cron Daemon)\nTo: root\nSubject: Cron <root@vm> true\n\noutput\n"
+
+
+def test_rewritefrom_replaces_the_sender_and_keeps_the_display_name(dma_env: DmaEnv) -> None:
+    dma_env.write_conf("MASQUERADE host.example", "REWRITEFROM alerts@example.org")
+    assert dma_env.run(["-f", "root", "bob@example.test"], CRON).returncode == 0
+    # No From: at all: the added one has the address (and -F's name).
+    assert dma_env.run(["-F", "Jo", "bob@example.test"], b"Subject: x\n\nbody\n").returncode == 0
+    assert sorted(e.sender for e in dma_env.entries()) == ["alerts@example.org"] * 2
+    messages = sorted((dma_env.spool / n).read_bytes() for n in dma_env.files() if n.startswith("M"))
+    assert b'\nFrom: "root (Cron Daemon)" <alerts@example.org>\n' in messages[0]  # queued first
+    assert messages[0].count(b"From:") == 1 and messages[0].endswith(b"\n\noutput\n")
+    assert b'\nFrom: "Jo" <alerts@example.org>\n' in messages[1]
+
+
+def test_a_from_route_rewrites_its_senders_and_still_carries_them(dma_env: DmaEnv) -> None:
+    with Smtpd() as server:
+        route = f"ROUTE from:root@mail.example 127.0.0.1:{server.port} rewritefrom=me@example.org"
+        dma_env.write_conf(route)
+        done = dma_env.run(["-D", "bob@example.test"], b"From: Root <root@mail.example>\n\nhi\n")
+        assert done.returncode == 0, done.stderr
+    [got] = server.handler.messages
+    assert got.mail_from == "me@example.org"
+    assert b"\r\nFrom: Root <me@example.org>\r\n" in got.content

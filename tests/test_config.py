@@ -360,6 +360,8 @@ def test_missing_final_newline(tmp_path: Path) -> None:
         ("NULLCLIENT\n", 1, "NULLCLIENT", "requires SMARTHOST"),
         ("DEFER\nRETRY_MIN 2h\nRETRY_MAX 1h\n", 2, "RETRY_MIN", "larger than RETRY_MAX"),
         ("RETRY_MAX 1m\n", 1, "RETRY_MAX", "larger than RETRY_MAX"),
+        ("REWRITEFROM root\n", 1, "REWRITEFROM", "not an address"),
+        ("SMARTHOST a b:x\n", 1, "SMARTHOST", "bad port"),
     ],
 )
 def test_config_errors(tmp_path: Path, text: str, line: int, key: str, fragment: str) -> None:

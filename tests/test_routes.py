@@ -58,6 +58,9 @@ def test_first_matching_route_wins(tmp_path: Path) -> None:
         "to:x relay bogus",
         "to:x relay fingerprint=zz",
         "to:x relay fingerprint=abcd",
+        "to:x relay rewritefrom=a@b",
+        "from:x relay rewritefrom=nobody",
+        "to:x relay,,:0",
     ],
 )
 def test_bad_routes_are_config_errors_naming_the_line(tmp_path: Path, value: str) -> None:

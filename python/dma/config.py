@@ -74,6 +74,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "HELO_NAME": ("host", "helo_name"),
     "LOGFILE": ("str", "logfile"),
     "ROUTE": ("route", "routes"),
+    "REWRITEFROM": ("address", "rewrite_from"),
 }
 
 
@@ -110,6 +111,7 @@ class Config:
         "port",
         "retry_max",
         "retry_min",
+        "rewrite_from",
         "routes",
         "securetransfer",
         "smarthost",
@@ -164,6 +166,7 @@ class Config:
     helo_name: str | None
     logfile: str | None
     routes: list[Route]
+    rewrite_from: str | None
     _auth: AuthTable | None
 
     def __init__(self, path: str = DEFAULT_CONF, *, user_mode: bool | None = None) -> None:
@@ -214,6 +217,7 @@ class Config:
         self.helo_name = None
         self.logfile = None
         self.routes = []
+        self.rewrite_from = None
         self._auth = None
 
     def __repr__(self) -> str:
@@ -483,6 +487,10 @@ def _convert(
     if kind == "host":
         if " " in value or "\t" in value:
             raise ConfigError(path, lineno, key, f"`{value}' is not a single host name")
+        return value
+    if kind == "address":
+        if value.count("@") != 1 or value.startswith("@") or value.endswith("@") or not value.isprintable():
+            raise ConfigError(path, lineno, key, f"`{value}' is not an address (user@domain)")
         return value
     if kind == "hosts":  # `host[:port] ...`, split when used: PORT may come later
         from .routes import split_hosts

@@ -11,13 +11,18 @@ The first matching line wins. The target is one or more `host[:port]` joined by 
 unless given), tried in turn while one fails temporarily, or `mx` (deliver to the recipient domain's MX hosts,
 e.g. to keep one domain away from the smarthost). Options:
 `tls` (implicit TLS), `starttls`, `opportunistic`, `plain`; `verify`, `noverify`;
-`fingerprint=<sha256 hex>`; `auth=<login>` (which auth.conf line for this host). What a route
+`fingerprint=<sha256 hex>`; `auth=<login>` (which auth.conf line for this host); on a `from:`
+route, `rewritefrom=<address>` (REWRITEFROM for the senders it matches). What a route
 does not say comes from the global keys (SECURETRANSFER, STARTTLS, VERIFYCERT, FINGERPRINT).
 """
 
 from __future__ import annotations
 
 from .errors import ConfigError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .config import Config
 
 TLS_MODES = {"tls": "implicit", "starttls": "starttls", "opportunistic": "opportunistic", "plain": "none"}
 
@@ -41,7 +46,19 @@ def split_hosts(text: str, default_port: int) -> list[tuple[str, int]]:
 
 
 class Route:
-    __slots__ = ("fingerprint", "host", "hosts", "kind", "line", "login", "pattern", "port", "tls", "verify")
+    __slots__ = (
+        "fingerprint",
+        "host",
+        "hosts",
+        "kind",
+        "line",
+        "login",
+        "pattern",
+        "port",
+        "rewrite_from",
+        "tls",
+        "verify",
+    )
 
     def __init__(self, kind: str, pattern: str, host: str, port: int, line: int) -> None:
         self.kind = kind  # "to" (recipient domain) or "from" (envelope sender)
@@ -54,10 +71,13 @@ class Route:
         self.verify: bool | None = None
         self.fingerprint: bytes | None = None
         self.login: str | None = None
+        self.rewrite_from: str | None = None
 
     def matches(self, sender: str, recipient: str) -> bool:
         if self.kind == "from":
             sender = sender.lower()
+            if self.rewrite_from is not None and sender == self.rewrite_from.lower():
+                return True  # a sender this route rewrote when the message was queued
             return sender == self.pattern or (self.pattern.startswith("@") and sender.endswith(self.pattern))
         domain = recipient.rpartition("@")[2].lower()
         if self.pattern.startswith("*."):
@@ -107,9 +127,23 @@ def parse_route(path: str, lineno: int, value: str) -> Route:
                 raise error(f"`{option}': a SHA-256 fingerprint is 64 hex digits")
         elif name == "auth" and arg:
             route.login = arg
+        elif name == "rewritefrom" and arg:
+            # Applied when the message is queued, where only the sender is known.
+            if kind != "from" or arg.count("@") != 1:
+                raise error(f"`{option}': rewritefrom=<address> is for from: routes")
+            route.rewrite_from = arg
         else:
             raise error(f"unknown option `{option}'")
     return route
+
+
+def rewritten_sender(cfg: Config, sender: str) -> str | None:
+    """REWRITEFROM, or the `rewritefrom=` of the first `from:` route for `sender`: the address that
+    becomes the envelope sender and the `From:` header's. The null sender (bounces) stays null."""
+    if not sender:
+        return None
+    route = choose([r for r in cfg.routes if r.kind == "from"], sender, "")
+    return route.rewrite_from if route is not None and route.rewrite_from else cfg.rewrite_from
 
 
 def choose(routes: list[Route], sender: str, recipient: str) -> Route | None:

@@ -13,6 +13,7 @@ import time
 
 from . import _native, message
 from .errors import EX_CANTCREAT, EX_DATAERR, EX_IOERR, EX_NOINPUT, EX_TEMPFAIL, Fatal
+from .routes import rewritten_sender
 from .routing import RecipientResolver
 
 TYPE_CHECKING = False
@@ -93,6 +94,8 @@ def spool_message(
     the aliases file once. Returns the message id and the entry ids.
     """
     sender = message.envelope_sender(sub.sender, cfg.mailname, cfg.masquerade_user, cfg.masquerade_host)
+    rewrite = rewritten_sender(cfg, sender) if cfg.rewrite_from or cfg.routes else None
+    sender = rewrite or sender
     given: list[str] = []
     for arg in sub.recipients:
         message.check_line_safe("a recipient", arg)
@@ -129,6 +132,7 @@ def spool_message(
                 add_if_missing=add,
                 dot_terminates=sub.dot_terminates,
                 collect_recipients=sub.from_headers,
+                rewrite_from=rewrite,
             )
         except ValueError as e:
             raise Fatal(EX_DATAERR, f"bad mail input format: {e}") from e

@@ -84,7 +84,8 @@ impl Incoming {
     }
 
     /// Read the message from `source` (a file descriptor, left open, or bytes) into the spool.
-    #[pyo3(signature = (source, *, prefix, add_if_missing, dot_terminates, collect_recipients))]
+    #[pyo3(signature = (source, *, prefix, add_if_missing, dot_terminates, collect_recipients, rewrite_from=None))]
+    #[allow(clippy::too_many_arguments)]
     fn receive(
         &mut self,
         py: Python<'_>,
@@ -93,6 +94,7 @@ impl Incoming {
         add_if_missing: Vec<(String, Vec<u8>)>,
         dot_terminates: bool,
         collect_recipients: bool,
+        rewrite_from: Option<String>,
     ) -> PyResult<MessageInfo> {
         let mut inner = self.inner.take().ok_or_else(finished)?;
         let (inner, result) = py.detach(move || {
@@ -105,6 +107,7 @@ impl Incoming {
                 collect_recipients,
                 prefix: &prefix,
                 add_if_missing: &add,
+                rewrite_from: rewrite_from.as_deref(),
             };
             let result = match source {
                 Source::Fd(fd) => {
