@@ -7,10 +7,14 @@ import subprocess
 import sys
 import time
 
+from typing import Any
+
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 from dma.routes import split_hosts
 from dma_fixtures import DmaEnv, closed_port, program
-from smtp_servers import Smtpd
+from smtp_servers import Recorder, Smtpd
 
 MSG = b"Subject: hi\nTo: bob@example.test\n\nhello\n"
 
@@ -121,3 +125,86 @@ def test_a_from_route_rewrites_its_senders_and_still_carries_them(dma_env: DmaEn
     [got] = server.handler.messages
     assert got.mail_from == "me@example.org"
     assert b"\r\nFrom: Root <me@example.org>\r\n" in got.content
+
+
+class DsnSMTP(SMTP):
+    """aiosmtpd refuses RFC 3461 parameters: this server takes them aside (into `dsn_seen`)."""
+
+    async def smtp_MAIL(self, arg: str) -> None:
+        await super().smtp_MAIL(self._aside(arg))
+
+    async def smtp_RCPT(self, arg: str) -> None:
+        await super().smtp_RCPT(self._aside(arg))
+
+    def _aside(self, arg: str) -> str:
+        words = (arg or "").split(" ")
+        dsn = [w for w in words if w.partition("=")[0] in ("RET", "ENVID", "NOTIFY", "ORCPT")]
+        self.event_handler.dsn_seen.append(dsn)
+        return " ".join(w for w in words if w not in dsn)
+
+
+class DsnRecorder(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dsn_seen: list[list[str]] = []
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        responses = await super().handle_EHLO(server, session, envelope, hostname, responses)
+        return [*responses[:-1], "250-DSN", responses[-1]]
+
+
+class DsnController(Controller):
+    def factory(self) -> SMTP:
+        return DsnSMTP(self.handler, **self.SMTP_kwargs)
+
+
+DSN_ARGS = ["-N", "failure,delay", "-R", "hdrs", "-V", "id+1=ü x"]
+
+
+def test_dsn_options_reach_a_server_that_offers_dsn_and_are_stored(dma_env: DmaEnv) -> None:
+    with Smtpd(DsnRecorder()) as server:
+        server.controller.stop()
+        server.controller = DsnController(
+            server.handler, hostname="127.0.0.1", port=server.port, decode_data=False
+        )
+        server.controller.start()
+        dma_env.smarthost = f"SMARTHOST 127.0.0.1\nPORT {server.port}"
+        dma_env.write_conf("DEFER")
+        done = dma_env.run([*DSN_ARGS[:4], "-V", "id+1=x", "bob@example.test"], MSG)
+        assert done.returncode == 0, done.stderr
+        assert [q["DSN"] for q in dma_env.q_files().values()] == [
+            "NOTIFY=FAILURE,DELAY RET=HDRS ENVID=id+2B1+3Dx"
+        ]
+        assert dma_env.run(["-q", "-D"]).returncode == 0
+    assert server.handler.dsn_seen == [["RET=HDRS", "ENVID=id+2B1+3Dx"], ["NOTIFY=FAILURE,DELAY"]]
+    assert len(server.handler.messages) == 1
+
+
+def test_dsn_options_are_left_out_when_the_server_does_not_offer_dsn(dma_env: DmaEnv) -> None:
+    with Smtpd() as server:  # aiosmtpd answers 555 to parameters it does not know
+        dma_env.smarthost = f"SMARTHOST 127.0.0.1\nPORT {server.port}"
+        dma_env.write_conf()
+        done = dma_env.run(["-D", "-N", "never", "-R", "full", "bob@example.test"], MSG)
+        assert done.returncode == 0, done.stderr
+    [got] = server.handler.messages
+    assert [o.partition("=")[0] for o in got.mail_options] == ["SIZE"]
+
+
+@pytest.mark.parametrize("bad", [["-N", "sometimes"], ["-R", "half"], ["-V", "a b\x01"]])
+def test_bad_dsn_options_are_usage_errors(dma_env: DmaEnv, bad: list[str]) -> None:
+    assert dma_env.run([*bad, "bob@example.test"], MSG).returncode == 64
+    assert dma_env.entries() == []
+
+
+def test_our_bounces_honour_notify_and_ret(dma_env: DmaEnv) -> None:
+    with Smtpd(Recorder(rcpt_replies={"bob@example.test": "550 5.1.1 no such user"})) as server:
+        dma_env.smarthost = f"SMARTHOST 127.0.0.1\nPORT {server.port}"
+        dma_env.write_conf("FULLBOUNCE")
+        assert dma_env.run(["-D", "-N", "success", "bob@example.test"], MSG).returncode == 69
+        assert dma_env.entries() == [] and not (dma_env.mboxdir / "root").exists()  # no bounce
+        assert dma_env.run(["-D", "-R", "hdrs", "bob@example.test"], MSG).returncode == 69
+    assert [e.sender for e in dma_env.entries()] == [""]  # the bounce, queued
+    bounce = dma_env.message()
+    assert b"Content-Type: text/rfc822-headers" in bounce and b"\nhello\n" not in bounce

@@ -24,7 +24,7 @@ class Incoming:
         collect_recipients: bool,
         rewrite_from: str | None = None,
     ) -> MessageInfo: ...
-    def commit(self, sender: str, recipients: list[str]) -> list[str]: ...
+    def commit(self, sender: str, recipients: list[str], dsn: str = "") -> list[str]: ...
     def commit_drop(self, sender: str, recipients: list[str]) -> str: ...
     def abort(self) -> None: ...
 
@@ -39,6 +39,7 @@ class QueueEntry:
     next_attempt: int
     last_error: str
     state: str
+    dsn: str  # RFC 3461 parameters, or ""
 
 class Claim:
     @property
@@ -117,6 +118,7 @@ def smtp_session(
     verbose: bool = False,  # dialogue on stderr as "<<< " / ">>> " lines, credentials hidden
     journal: str | PathLike[str] | None = None,  # spool whose delivered journal records confirmed recipients
     journal_ids: list[list[str]] | None = None,  # per transaction, per recipient: the entry id to record
+    dsn: list[str] | None = None,  # per transaction: NOTIFY/RET/ENVID, sent when the server offers DSN
 ) -> SessionResult: ...
 
 # ---- auth ----

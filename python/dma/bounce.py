@@ -14,6 +14,7 @@ import threading
 import time
 
 from . import _native, message
+from .dsn import full_content
 from .errors import Fatal
 from .routing import RecipientResolver
 
@@ -134,7 +135,8 @@ def send(cfg: Config, failed: list[_native.QueueEntry], message_path: str) -> st
     try:
         now = time.time()
         boundary = f"{incoming.id}/{cfg.mailname}"
-        before, after = report(cfg, failed, now, boundary, cfg.fullbounce)
+        full = full_content(failed[0].dsn, cfg.fullbounce)
+        before, after = report(cfg, failed, now, boundary, full)
         prefix = message.received_header(
             "", incoming.id, cfg.mailname, cfg.system_hostname, "MAILER-DAEMON", now
         )
@@ -144,7 +146,7 @@ def send(cfg: Config, failed: list[_native.QueueEntry], message_path: str) -> st
         def feed() -> None:
             try:
                 _write_all(write_fd, before)
-                copy_original(message_path, write_fd, cfg.fullbounce)
+                copy_original(message_path, write_fd, full)
                 _write_all(write_fd, after)
             except BaseException as e:  # reported to the caller below
                 errors.append(e)

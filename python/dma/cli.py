@@ -24,6 +24,7 @@ class Options:
     __slots__ = (
         "config",
         "dot_terminates",
+        "dsn",
         "foreground",
         "from_headers",
         "full_name",
@@ -39,6 +40,7 @@ class Options:
 
     def __init__(self) -> None:
         self.config: str | None = None
+        self.dsn: dict[str, str] = {}  # -N, -R, -V by letter
         self.dot_terminates = True
         self.foreground = False
         self.from_headers = False
@@ -135,7 +137,9 @@ def apply_option(opts: Options, letter: str, value: str) -> None:
         opts.queue_arg = value
     elif letter == "C":
         opts.config = value
-    # -B -d -h -N -O -R -V -X take an argument that is ignored.
+    elif letter in "NRV":
+        opts.dsn[letter] = value
+    # -B -d -h -O -X take an argument that is ignored.
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,6 +232,10 @@ def dispatch(prog: str, args: list[str]) -> int:
         full_name=opts.full_name,
         tag=opts.tag,
     )
+    if opts.dsn:
+        from .dsn import parameters
+
+        sub.dsn = parameters(opts.dsn.get("N"), opts.dsn.get("R"), opts.dsn.get("V"))
     message_id, _ = submit(cfg, sub)
     if opts.queue_only or cfg.defer or drops(cfg):
         return 0  # a drop is delivered by the system's runner (`dma serve`), not by us

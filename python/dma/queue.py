@@ -243,7 +243,7 @@ class Runner:
                 transaction = by_message.get(entry.message_id)
                 if transaction is None:
                     transaction = by_message[entry.message_id] = Transaction(
-                        entry.sender, str(claim.message_path)
+                        entry.sender, str(claim.message_path), entry.dsn
                     )
                 transaction.recipients.append(entry.recipient)
                 transaction.entry_ids.append(entry_id)
@@ -301,6 +301,7 @@ class Runner:
         the postmaster instead. Returns the number of bounces queued.
         """
         from . import bounce
+        from .dsn import wants_failure_report
 
         queued = 0
         entries, _ = _native.scan_queue(self.cfg.spooldir)
@@ -316,6 +317,11 @@ class Runner:
                 if len(held) != len(group):
                     continue  # someone else is working on it
                 failed = [c.entry for c in held]
+                if failed[0].sender and not wants_failure_report(failed[0].dsn):
+                    for c in held:
+                        c.remove()
+                    self.log(f"{failed[0].message_id}: failed, not bounced: {failed[0].dsn}", event="failed")
+                    continue
                 reason = "a bounce that could not be delivered" if not failed[0].sender else ""
                 if not reason:
                     try:

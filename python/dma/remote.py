@@ -26,11 +26,12 @@ _TRY_NEXT_HOST = {"connect", "tls", "greeting", "ehlo", "starttls", "auth"}
 class Transaction:
     """One message to some of its recipients: the entries share the message file."""
 
-    __slots__ = ("entry_ids", "message_path", "recipients", "sender")
+    __slots__ = ("dsn", "entry_ids", "message_path", "recipients", "sender")
 
-    def __init__(self, sender: str, message_path: str) -> None:
+    def __init__(self, sender: str, message_path: str, dsn: str = "") -> None:
         self.sender = sender
         self.message_path = message_path
+        self.dsn = dsn
         self.recipients: list[str] = []
         self.entry_ids: list[str] = []
 
@@ -193,6 +194,7 @@ def session(
         verbose=verbose,
         journal=cfg.spooldir if transactions else None,
         journal_ids=[t.entry_ids for t in transactions],
+        dsn=[t.dsn for t in transactions],
     )
 
 
@@ -202,7 +204,7 @@ def take_results(
     """Record a session's outcomes; return what another host or address should still try."""
     retry_elsewhere: list[Transaction] = []
     for transaction, results in zip(pending, result.results, strict=True):
-        again = Transaction(transaction.sender, transaction.message_path)
+        again = Transaction(transaction.sender, transaction.message_path, transaction.dsn)
         for rcpt, eid, outcome in zip(transaction.recipients, transaction.entry_ids, results, strict=True):
             outcomes[eid] = (outcome.status, describe(outcome, host, result.address))
             if outcome.status == "temporary" and outcome.stage in _TRY_NEXT_HOST:

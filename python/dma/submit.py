@@ -27,7 +27,7 @@ _TEMPORARY_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.ENOMEM, err
 class Submission:
     """What the command line asks for one message."""
 
-    __slots__ = ("dot_terminates", "from_headers", "full_name", "recipients", "sender", "tag")
+    __slots__ = ("dot_terminates", "dsn", "from_headers", "full_name", "recipients", "sender", "tag")
 
     def __init__(
         self,
@@ -45,6 +45,7 @@ class Submission:
         self.dot_terminates = dot_terminates
         self.from_headers = from_headers
         self.full_name = full_name
+        self.dsn = ""  # RFC 3461 parameters (dsn.py); not kept for a drop
 
 
 def os_failure(e: OSError, doing: str) -> Fatal:
@@ -154,7 +155,7 @@ def spool_message(
             ids = (
                 [incoming.commit_drop(sender, recipients)]
                 if dropping
-                else incoming.commit(sender, recipients)
+                else incoming.commit(sender, recipients, sub.dsn)
             )
         except ValueError as e:
             raise Fatal(EX_DATAERR, str(e)) from e

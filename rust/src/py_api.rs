@@ -124,8 +124,16 @@ impl Incoming {
     }
 
     /// Publish one queue entry per recipient; returns their ids. Afterwards this object is spent.
-    fn commit(&mut self, py: Python<'_>, sender: String, recipients: Vec<String>) -> PyResult<Vec<String>> {
+    #[pyo3(signature = (sender, recipients, dsn=String::new()))]
+    fn commit(
+        &mut self,
+        py: Python<'_>,
+        sender: String,
+        recipients: Vec<String>,
+        dsn: String,
+    ) -> PyResult<Vec<String>> {
         let mut inner = self.inner.take().ok_or_else(finished)?;
+        inner.dsn = dsn;
         Ok(py.detach(move || inner.commit(&sender, &recipients))?)
     }
 
@@ -153,6 +161,7 @@ struct QueueEntry {
     next_attempt: u64,
     last_error: String,
     state: String,
+    dsn: String,
 }
 
 impl From<&Entry> for QueueEntry {
@@ -168,6 +177,7 @@ impl From<&Entry> for QueueEntry {
             next_attempt: e.next_attempt,
             last_error: e.last_error.clone(),
             state: e.state.clone(),
+            dsn: e.dsn.clone(),
         }
     }
 }
@@ -432,7 +442,7 @@ fn smtp_duration(name: &str, secs: f64) -> PyResult<std::time::Duration> {
     host, addresses, port, helo, transactions, *, tls="none", verify_cert=false, ca_file=None,
     fingerprint=None, client_cert=None, login=None, secret=None, mechanisms=None,
     allow_insecure_auth=false, connect_timeout=30.0, command_timeout=300.0, verbose=false,
-    journal=None, journal_ids=None
+    journal=None, journal_ids=None, dsn=None
 ))]
 #[allow(clippy::too_many_arguments)]
 fn smtp_session(
@@ -456,6 +466,7 @@ fn smtp_session(
     verbose: bool,
     journal: Option<PathBuf>,
     journal_ids: Option<Vec<Vec<String>>>,
+    dsn: Option<Vec<String>>,
 ) -> PyResult<SessionResult> {
     let addresses = addresses
         .iter()
@@ -510,6 +521,7 @@ fn smtp_session(
         journal,
     };
     let mut journal_ids = journal_ids.unwrap_or_default().into_iter();
+    let mut dsn = dsn.unwrap_or_default().into_iter();
     let transactions: Vec<crate::smtp::Transaction> = transactions
         .into_iter()
         .map(|(sender, recipients, message)| crate::smtp::Transaction {
@@ -517,6 +529,7 @@ fn smtp_session(
             recipients,
             message,
             journal_ids: journal_ids.next().unwrap_or_default(),
+            dsn: dsn.next().unwrap_or_default(),
         })
         .collect();
     let report = py.detach(|| crate::smtp::run_session(&cfg, &transactions));

@@ -47,6 +47,8 @@ pub struct Incoming {
     published: Vec<PathBuf>,
     /// The temporary file is gone (renamed or removed): nothing is left to clean up.
     finished: bool,
+    /// Written into each entry (`Entry::dsn`).
+    pub dsn: String,
 }
 
 impl Incoming {
@@ -88,6 +90,7 @@ impl Incoming {
                         size: 0,
                         published: Vec::new(),
                         finished: false,
+                        dsn: String::new(),
                     });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => attempt += 1,
@@ -143,6 +146,7 @@ impl Incoming {
                 recipient: recipient.clone(),
                 created: self.created,
                 size: self.size,
+                dsn: self.dsn.clone(),
                 ..Entry::default()
             };
             self.published
@@ -229,6 +233,8 @@ pub struct Entry {
     pub next_attempt: u64,
     pub last_error: String,
     pub state: String,
+    /// RFC 3461 parameters from `-N`, `-R`, `-V` (`NOTIFY=... RET=... ENVID=...`), or empty.
+    pub dsn: String,
 }
 
 /// The message part of an entry id (`<message id>.<n>`).
@@ -263,6 +269,9 @@ impl Entry {
         if !self.state.is_empty() {
             s.push_str(&format!("State: {}\n", self.state));
         }
+        if !self.dsn.is_empty() {
+            s.push_str(&format!("DSN: {}\n", self.dsn));
+        }
         s
     }
 
@@ -287,6 +296,7 @@ impl Entry {
                 "Next-Attempt" => e.next_attempt = number(),
                 "Last-Error" => e.last_error = value.to_owned(),
                 "State" => e.state = value.to_owned(),
+                "DSN" => e.dsn = value.to_owned(),
                 _ => {}
             }
         }
@@ -621,6 +631,20 @@ mod tests {
             assert!(inc.commit("a@x", &["b@y".to_owned(), "c@z".to_owned()]).is_err());
         }
         assert_eq!(names(&dir).len(), 1, "{:?}", names(&dir));
+    }
+
+    #[test]
+    fn dsn_parameters_round_trip_and_are_optional() {
+        let e = Entry {
+            id: "m.1".into(),
+            recipient: "b@y".into(),
+            dsn: "NOTIFY=NEVER RET=HDRS ENVID=a+2Bb".into(),
+            ..Entry::default()
+        };
+        assert!(e.render().ends_with("\nDSN: NOTIFY=NEVER RET=HDRS ENVID=a+2Bb\n"));
+        assert_eq!(Entry::parse(&e.render(), 0), Some(e));
+        let old = Entry::parse("ID: m.1\nSender: a@x\nRecipient: b@y\n", 7).unwrap();
+        assert_eq!((old.dsn.as_str(), old.created), ("", 7));
     }
 
     #[test]
