@@ -15,6 +15,7 @@ import time
 
 from . import _native, message
 from .dsn import full_content
+from .dsn import wants_failure_report as wants_failure_report  # for the runner
 from .errors import Fatal
 from .routing import RecipientResolver
 
@@ -119,6 +120,14 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def discard(held: list[_native.Claim]) -> str:
+    """The sender asked for no failure report (NOTIFY): remove the failed entries; a line for the log."""
+    entry = held[0].entry
+    for claim in held:
+        claim.remove()
+    return f"{entry.message_id}: failed, not bounced, as asked ({entry.dsn})"
 
 
 def send(cfg: Config, failed: list[_native.QueueEntry], message_path: str) -> str:

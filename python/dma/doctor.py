@@ -281,7 +281,7 @@ def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[tupl
             return
         route = dest.route
         via = f" (ROUTE at line {route.line})" if route is not None else ""
-        if (route is not None and route.host != "mx") or (route is None and cfg.smarthost):
+        if (route is not None and route.hosts) or (route is None and cfg.smarthost):
             t = found[0]
             kind = "smarthost" if route is None else "relay"
             report.passed("route", f"{indent}{address} -> {kind} {t.name} port {t.port}{via}", addrs(t))

@@ -307,7 +307,6 @@ class Runner:
         the postmaster instead. Returns the number of bounces queued.
         """
         from . import bounce
-        from .dsn import wants_failure_report
 
         queued = 0
         entries, _ = _native.scan_queue(self.cfg.spooldir)
@@ -323,10 +322,8 @@ class Runner:
                 if len(held) != len(group):
                     continue  # someone else is working on it
                 failed = [c.entry for c in held]
-                if failed[0].sender and not wants_failure_report(failed[0].dsn):
-                    for c in held:
-                        c.remove()
-                    self.log(f"{failed[0].message_id}: failed, not bounced: {failed[0].dsn}", event="failed")
+                if failed[0].sender and not bounce.wants_failure_report(failed[0].dsn):
+                    self.log(bounce.discard(held), event="failed")
                     continue
                 reason = "a bounce that could not be delivered" if not failed[0].sender else ""
                 if not reason:

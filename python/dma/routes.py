@@ -46,26 +46,12 @@ def split_hosts(text: str, default_port: int) -> list[tuple[str, int]]:
 
 
 class Route:
-    __slots__ = (
-        "fingerprint",
-        "host",
-        "hosts",
-        "kind",
-        "line",
-        "login",
-        "pattern",
-        "port",
-        "rewrite_from",
-        "tls",
-        "verify",
-    )
+    __slots__ = ("fingerprint", "hosts", "kind", "line", "login", "pattern", "rewrite_from", "tls", "verify")
 
-    def __init__(self, kind: str, pattern: str, host: str, port: int, line: int) -> None:
+    def __init__(self, kind: str, pattern: str, hosts: list[tuple[str, int]], line: int) -> None:
         self.kind = kind  # "to" (recipient domain) or "from" (envelope sender)
         self.pattern = pattern
-        self.host = host  # the first relay, or "mx" for MX delivery
-        self.hosts: list[tuple[str, int]] = [] if host == "mx" else [(host, port)]
-        self.port = port
+        self.hosts = hosts  # the relays to try in turn; none for MX delivery
         self.line = line
         self.tls: str | None = None
         self.verify: bool | None = None
@@ -85,7 +71,7 @@ class Route:
         return domain == self.pattern
 
     def __repr__(self) -> str:
-        return f"<Route line {self.line}: {self.kind}:{self.pattern} -> {self.host}:{self.port}>"
+        return f"<Route line {self.line}: {self.kind}:{self.pattern} -> {self.hosts or 'mx'}>"
 
 
 def parse_route(path: str, lineno: int, value: str) -> Route:
@@ -108,9 +94,7 @@ def parse_route(path: str, lineno: int, value: str) -> Route:
             raise error(str(e)) from None
         if not hosts:
             raise error(f"`{words[1]}' is not host[:port] or mx")
-    host, port = hosts[0] if hosts else ("mx", 25)
-    route = Route(kind, pattern.lower(), host, port, lineno)
-    route.hosts = hosts
+    route = Route(kind, pattern.lower(), hosts, lineno)
     for option in words[2:]:
         name, eq, arg = option.partition("=")
         if name in TLS_MODES and not eq:
