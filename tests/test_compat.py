@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
+from dma.drop import Rejected, parse_envelope
 from dma.routes import split_hosts
 from dma_fixtures import DmaEnv, closed_port, program
 from smtp_servers import Recorder, Smtpd
@@ -207,3 +208,13 @@ def test_our_bounces_honour_notify_and_ret(dma_env: DmaEnv) -> None:
     assert [e.sender for e in dma_env.entries()] == [""]  # the bounce, queued
     bounce = dma_env.message()
     assert b"Content-Type: text/rfc822-headers" in bounce and b"\nhello\n" not in bounce
+
+
+def test_a_drop_carries_dsn_only_in_the_shape_sendmail_writes() -> None:
+    envelope = "Sender: a@example.test\nRecipient: b@example.test\nDSN: {}\n"
+    good = "NOTIFY=SUCCESS,DELAY RET=FULL ENVID=x+2By"
+    assert parse_envelope(envelope.format(good)) == ("a@example.test", ["b@example.test"], good)
+    assert parse_envelope(envelope[:-8])[2] == ""
+    for bad in ("NOTIFY=NEVER SIZE=1", "RET=ALL", "ENVID=a=b", "NOTIFY=", "NOTIFY=NEVER  RET=FULL"):
+        with pytest.raises(Rejected):
+            parse_envelope(envelope.format(bad))

@@ -321,6 +321,15 @@ def test_submission_lands_in_drop_dir_then_mbox(world: World, users: tuple[User,
     assert lines[1].startswith(f"Received: from {a.name} (uid {a.uid})".encode()), lines
 
 
+def test_dsn_options_travel_through_the_drop(world: World, users: tuple[User, User]) -> None:
+    a, _ = users
+    r = world.submit(a, ["-N", "never", "-V", "id 1", "bob@remote.example"], message("dsn"))
+    assert r.returncode == 0, r.stderr
+    assert world.run_queue().returncode == 0  # taken; the closed smarthost defers it
+    [q] = [n for n in world.spool_files() if n.startswith("Q")]
+    assert (world.spool / q).read_text().endswith("\nDSN: NOTIFY=NEVER ENVID=id+201\n")
+
+
 def test_other_user_cannot_touch_drop_files(world: World, users: tuple[User, User]) -> None:
     a, b = users
     assert world.submit(a, ["root"], message("secret of a")).returncode == 0

@@ -2,7 +2,8 @@
 
 `<SPOOLDIR>/incoming` has mode 1733 and belongs to the runner (root): any local user can create a
 file there, and nobody can list it, or read, replace or remove anyone else's files. A submitter
-writes the message as `D<id>`, then its envelope as `E<id>` (`Sender:` and `Recipient:` lines);
+writes the message as `D<id>`, then its envelope as `E<id>` (`Sender:` and `Recipient:` lines, and
+`DSN:` for `-N`/`-R`/`-V`);
 the runner takes each pair into the private spool. Everything in the directory is untrusted: the
 files are opened without following links and must be plain files with one link and one owner;
 the submitter's identity in our `Received:` header comes from that owner, never from the contents;
@@ -18,6 +19,7 @@ import stat
 import time
 
 from . import _native, message
+from .dsn import checked
 from .errors import Fatal
 from .routing import RecipientResolver
 
@@ -48,12 +50,14 @@ def open_plain(name: str) -> tuple[int, os.stat_result]:
     return fd, st
 
 
-def parse_envelope(text: str) -> tuple[str, list[str]]:
-    """`Sender: s` once, then `Recipient: r` lines; anything else rejects the drop."""
+def parse_envelope(text: str) -> tuple[str, list[str], str]:
+    """`Sender: s` once, then `Recipient: r` lines, and `DSN: params` at most once (sender,
+    recipients, DSN parameters); anything else rejects the drop."""
     if not text.endswith("\n"):
         raise Rejected("the envelope is incomplete")
     sender: str | None = None
     recipients: list[str] = []
+    dsn: str | None = None
     for line in text[:-1].split("\n"):
         key, sep, value = line.partition(":")
         value = value.removeprefix(" ")
@@ -61,6 +65,8 @@ def parse_envelope(text: str) -> tuple[str, list[str]]:
             sender = value
         elif sep and key == "Recipient" and value:
             recipients.append(value)
+        elif sep and key == "DSN" and dsn is None and checked(value):
+            dsn = value
         else:
             raise Rejected(f"unexpected envelope line {line[:80]!r}")
     if sender is None or not recipients:
@@ -69,10 +75,10 @@ def parse_envelope(text: str) -> tuple[str, list[str]]:
         message.check_line_safe("an envelope address", address)
         if address:
             message.check_address(address, "envelope address")
-    return sender, recipients
+    return sender, recipients, dsn or ""
 
 
-def read_envelope(fd: int) -> tuple[str, list[str]]:
+def read_envelope(fd: int) -> tuple[str, list[str], str]:
     return parse_envelope(os.read(fd, MAX_ENVELOPE + 1).decode("utf-8", "surrogateescape"))
 
 
@@ -92,7 +98,7 @@ def waiting(cfg: Config) -> list[tuple[str, str, list[str], os.stat_result]]:
         try:
             efd, _ = open_plain(f"{base}/{name}")
             try:
-                sender, recipients = read_envelope(efd)
+                sender, recipients, _ = read_envelope(efd)
             finally:
                 os.close(efd)
             dst = os.lstat(f"{base}/D{name[1:]}")
@@ -118,7 +124,7 @@ def take(cfg: Config, ident: str) -> tuple[str, list[str], int]:
         if est.st_size > MAX_ENVELOPE:
             raise Rejected(f"E{ident} is too large")
         uid = dst.st_uid
-        sender, given = read_envelope(efd)
+        sender, given, dsn = read_envelope(efd)
         recipients = RecipientResolver(cfg).resolve(given)
         try:
             user = pwd.getpwuid(uid).pw_name
@@ -137,7 +143,7 @@ def take(cfg: Config, ident: str) -> tuple[str, list[str], int]:
                 dot_terminates=False,
                 collect_recipients=False,
             )
-            incoming.commit(sender, recipients)
+            incoming.commit(sender, recipients, dsn)
         finally:
             incoming.abort()
     finally:

@@ -153,7 +153,7 @@ def spool_message(
             raise Fatal(EX_NOINPUT, "no recipients")
         try:
             ids = (
-                [incoming.commit_drop(sender, recipients)]
+                [incoming.commit_drop(sender, recipients, sub.dsn)]
                 if dropping
                 else incoming.commit(sender, recipients, sub.dsn)
             )

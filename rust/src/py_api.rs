@@ -138,8 +138,16 @@ impl Incoming {
     }
 
     /// System mode: publish into the drop directory for the runner (see `commit_drop` in spool.rs).
-    fn commit_drop(&mut self, py: Python<'_>, sender: String, recipients: Vec<String>) -> PyResult<String> {
+    #[pyo3(signature = (sender, recipients, dsn=String::new()))]
+    fn commit_drop(
+        &mut self,
+        py: Python<'_>,
+        sender: String,
+        recipients: Vec<String>,
+        dsn: String,
+    ) -> PyResult<String> {
         let mut inner = self.inner.take().ok_or_else(finished)?;
+        inner.dsn = dsn;
         Ok(py.detach(move || inner.commit_drop(&sender, &recipients))?)
     }
 

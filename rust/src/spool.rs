@@ -33,7 +33,10 @@ fn check_field(what: &str, value: &str) -> Result<()> {
 }
 
 /// Every address of an envelope passes the one address check (address.rs); the sender may be null.
-fn check_envelope(sender: &str, recipients: &[String]) -> Result<()> {
+fn check_envelope(sender: &str, recipients: &[String], dsn: &str) -> Result<()> {
+    if !dsn.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err(DmaError::Data(format!("invalid DSN parameters {dsn:?}")));
+    }
     let null = sender.is_empty();
     for address in std::iter::once(sender)
         .skip(null as usize)
@@ -142,10 +145,7 @@ impl Incoming {
 
     /// Publish one queue entry per recipient, durably; returns the entry ids.
     pub fn commit(&mut self, sender: &str, recipients: &[String]) -> Result<Vec<String>> {
-        check_envelope(sender, recipients)?;
-        if !self.dsn.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
-            return Err(DmaError::Data(format!("invalid DSN parameters {:?}", self.dsn)));
-        }
+        check_envelope(sender, recipients, &self.dsn)?;
         if recipients.is_empty() {
             return Err(DmaError::Data("no recipients".into()));
         }
@@ -188,10 +188,13 @@ impl Incoming {
     /// spool, as `D<id>` (the message) and then `E<id>` (its envelope: `Sender:` and `Recipient:`
     /// lines), which the runner picks up. Returns the id.
     pub fn commit_drop(&mut self, sender: &str, recipients: &[String]) -> Result<String> {
-        check_envelope(sender, recipients)?;
+        check_envelope(sender, recipients, &self.dsn)?;
         let mut envelope = format!("Sender: {sender}\n");
         for r in recipients {
             envelope.push_str(&format!("Recipient: {r}\n"));
+        }
+        if !self.dsn.is_empty() {
+            envelope.push_str(&format!("DSN: {}\n", self.dsn));
         }
         let data = self.dir.join(format!("D{}", self.id));
         fs::hard_link(&self.tmp, &data).context(|| format!("can not create `{}'", data.display()))?;
@@ -617,6 +620,12 @@ mod tests {
             fs::read_to_string(dir.join(format!("D{id}"))).unwrap(),
             "S: x\n\nhi\n"
         );
+        let mut inc = Incoming::create(&dir, true).unwrap();
+        inc.receive(&b"x\n"[..], &opts).unwrap();
+        inc.dsn = "NOTIFY=NEVER".into();
+        let id = inc.commit_drop("", &["b@y".to_owned()]).unwrap();
+        let envelope = fs::read_to_string(dir.join(format!("E{id}"))).unwrap();
+        assert_eq!(envelope, "Sender: \nRecipient: b@y\nDSN: NOTIFY=NEVER\n");
     }
 
     #[test]
