@@ -18,6 +18,7 @@ import stat
 import sys
 
 from .errors import EX_CONFIG, EX_USAGE, ConfigError, Fatal
+from .routes import split_hosts
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -257,8 +258,9 @@ def check_auth(cfg: Config, report: Report) -> None:
         )
     if st.st_uid != euid:
         report.warn("auth.conf", f"{path} is owned by uid {st.st_uid}, not by the queue runner's uid {euid}")
-    if cfg.smarthost and table.lookup(cfg.smarthost) is None:
-        report.info("auth.conf", f"no credentials for the smarthost `{cfg.smarthost}' (hosts match exactly)")
+    for host, _ in split_hosts(cfg.smarthost or "", cfg.port):
+        if table.lookup(host) is None:
+            report.info("auth.conf", f"no credentials for the smarthost `{host}' (hosts match exactly)")
 
 
 # ---- routes -------------------------------------------------------------------------------------
