@@ -63,7 +63,7 @@ def drive(
     with Smtpd() as server:
         conf = (
             f"SPOOLDIR {tmp_path}/spool\nSMARTHOST 127.0.0.1\nPORT {server.port}\nMAILNAME mail.example\n"
-            f"ALIASES {tmp_path}/aliases\n"
+            f"ALIASES {tmp_path}/aliases\nMBOXDIR {tmp_path}\n"
         )
         (tmp_path / "spool").mkdir()
         (tmp_path / "aliases").write_text("")

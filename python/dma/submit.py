@@ -45,7 +45,7 @@ class Submission:
         self.dot_terminates = dot_terminates
         self.from_headers = from_headers
         self.full_name = full_name
-        self.dsn = ""  # RFC 3461 parameters (dsn.py); not kept for a drop
+        self.dsn = ""  # RFC 3461 parameters (dsn.py)
 
 
 def os_failure(e: OSError, doing: str) -> Fatal:
