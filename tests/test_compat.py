@@ -12,6 +12,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
 from dma.drop import Rejected, parse_envelope
+from dma.dsn import parameters
 from dma.routes import split_hosts
 from dma_fixtures import DmaEnv, closed_port, program
 from smtp_servers import Recorder, Smtpd
@@ -208,6 +209,11 @@ def test_our_bounces_honour_notify_and_ret(dma_env: DmaEnv) -> None:
     assert [e.sender for e in dma_env.entries()] == [""]  # the bounce, queued
     bounce = dma_env.message()
     assert b"Content-Type: text/rfc822-headers" in bounce and b"\nhello\n" not in bounce
+
+
+def test_an_envid_in_xtext_already_is_kept() -> None:
+    assert parameters(None, None, "a+2Bb") == "ENVID=a+2Bb"
+    assert parameters("never", None, "a+b") == "NOTIFY=NEVER ENVID=a+2Bb"
 
 
 def test_a_drop_carries_dsn_only_in_the_shape_sendmail_writes() -> None:

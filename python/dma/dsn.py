@@ -28,7 +28,12 @@ def parameters(notify: str | None, ret: str | None, envid: str | None) -> str:
 
 
 def xtext(text: str) -> str:
-    """RFC 3461 4: `+`, `=` and what is not printable ASCII become `+XX`."""
+    """RFC 3461 4: `+`, `=` and what is not printable ASCII become `+XX`. A value that is xtext
+    already is kept: sendmail takes `-V` in xtext."""
+    escapes = text.split("+")[1:]
+    if all(len(e) >= 2 and set(e[:2]) <= set("0123456789ABCDEF") for e in escapes):
+        if all("!" <= c <= "~" and c != "=" for c in text):
+            return text
     return "".join(c if "!" <= c <= "~" and c not in "+=" else f"+{ord(c):02X}" for c in text)
 
 
