@@ -13,7 +13,6 @@ import time
 
 from . import _native, message
 from .errors import EX_CANTCREAT, EX_DATAERR, EX_IOERR, EX_NOINPUT, EX_TEMPFAIL, Fatal
-from .routes import rewritten_sender
 from .routing import RecipientResolver
 
 TYPE_CHECKING = False
@@ -95,8 +94,12 @@ def spool_message(
     the aliases file once. Returns the message id and the entry ids.
     """
     sender = message.envelope_sender(sub.sender, cfg.mailname, cfg.masquerade_user, cfg.masquerade_host)
-    rewrite = rewritten_sender(cfg, sender) if cfg.rewrite_from or cfg.routes else None
-    sender = rewrite or sender
+    rewrite = None
+    if cfg.rewrite_from or cfg.routes:
+        from .routes import rewritten_sender
+
+        rewrite = rewritten_sender(cfg, sender)
+        sender = rewrite or sender
     given: list[str] = []
     for arg in sub.recipients:
         message.check_line_safe("a recipient", arg)
