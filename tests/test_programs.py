@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -239,12 +240,15 @@ def test_git_send_email(tmp_path: Path) -> None:
         " && git send-email --quiet --confirm=never --to=bob@example.test 0001-*.patch"
     )
     [got] = drive(tmp_path, script, env={"BODY": BODY})
+    version = subprocess.run(["git", "--version"], capture_output=True, text=True, check=True).stdout.split()[
+        2
+    ]
     headers = [
         "From: Alice <alice@example.test>",
         "To: bob@example.test",
         "Cc: Alice <alice@example.test>",
         "Subject: [PATCH] =?UTF-8?q?Gr=C3=BC=C3=9Fe?=",
-        "X-Mailer: git-send-email 2.39.5",
+        f"X-Mailer: git-send-email {version}",
         "MIME-Version: 1.0",
         "Content-Type: text/plain; charset=UTF-8",
         "Content-Transfer-Encoding: 8bit",
@@ -253,6 +257,6 @@ def test_git_send_email(tmp_path: Path) -> None:
     body = (
         f"{BODY}---\n file | 6 ++++++\n 1 file changed, 6 insertions(+)\n create mode 100644 file\n\n"
         "diff --git a/file b/file\nnew file mode 100644\nindex 0000000..30987c9\n--- /dev/null\n+++ b/file\n"
-        f"@@ -0,0 +1,6 @@\n{diff}-- \n2.39.5\n\n"
+        f"@@ -0,0 +1,6 @@\n{diff}-- \n{version}\n\n"
     )
     check(got, "root@mail.example", [BOB, "alice@example.test"], headers, body)
