@@ -43,13 +43,14 @@ write_launcher("/usr/sbin/sendmail", "sendmail")
 for path, text in spec["files"].items():
     with open(path, "w") as f:
         f.write(text)
-env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": tmp, **spec.get("env", {})}
+env = {"PATH": spec["path"], "LANG": "C.UTF-8", "HOME": tmp, **spec.get("env", {})}
 r = subprocess.run(["sh", "-ec", spec["script"]], input=spec.get("input", "").encode(), capture_output=True,
                    env=env, cwd=tmp, timeout=90)
 print(json.dumps({"rc": r.returncode, "out": r.stdout.decode(errors="replace"),
                   "err": r.stderr.decode(errors="replace")}))
 """
 
+PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # the programs' PATH (never a venv's or /usr/local's)
 # What every body carries: a lone dot, a leading dot, a `From ` line and UTF-8.
 BOB = "bob@example.test"
 BODY = "first line\n.\n.leading dot\nFrom the start of a line\nüñïçødé\nlast line\n"
@@ -68,7 +69,12 @@ def drive(
         )
         (tmp_path / "spool").mkdir()
         (tmp_path / "aliases").write_text("")
-        full = {"tmp": str(tmp_path), "script": script, "files": {"/etc/dma/dma.conf": conf, **(files or {})}}
+        full = {
+            "tmp": str(tmp_path),
+            "path": PATH,
+            "script": script,
+            "files": {"/etc/dma/dma.conf": conf, **(files or {})},
+        }
         report = in_private_namespace(INNER, json.dumps({**full, **spec}))
         deadline = time.monotonic() + 30
         while len(server.handler.messages) < count and time.monotonic() < deadline:
@@ -240,9 +246,9 @@ def test_git_send_email(tmp_path: Path) -> None:
         " && git send-email --quiet --confirm=never --to=bob@example.test 0001-*.patch"
     )
     [got] = drive(tmp_path, script, env={"BODY": BODY})
-    version = subprocess.run(["git", "--version"], capture_output=True, text=True, check=True).stdout.split()[
-        2
-    ]
+    version = subprocess.run(
+        [shutil.which("git", path=PATH) or "git", "--version"], capture_output=True, text=True, check=True
+    ).stdout.split()[2]
     headers = [
         "From: Alice <alice@example.test>",
         "To: bob@example.test",
