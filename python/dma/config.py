@@ -223,6 +223,12 @@ class Config:
     def __repr__(self) -> str:
         return f"<Config {self.path!r} exists={self.file_exists} user_mode={self.user_mode}>"
 
+    def smarthosts(self) -> list[tuple[str, int]]:
+        """SMARTHOST's hosts and ports (PORT where a host names none), in the order to try them."""
+        from .routes import split_hosts
+
+        return split_hosts(self.smarthost or "", self.port)
+
     def auth(self) -> AuthTable:
         """The auth.conf table named by AUTHPATH (empty when unset), read on first use."""
         if self._auth is None:

@@ -18,7 +18,6 @@ import stat
 import sys
 
 from .errors import EX_CONFIG, EX_USAGE, ConfigError, Fatal
-from .routes import split_hosts
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -249,9 +248,8 @@ def check_auth(cfg: Config, report: Report) -> None:
             + (" (INSECURE)" if cfg.insecure else ""),
             "fix: VERIFYCERT (and CAFILE for a private CA), or FINGERPRINT; INSECURE takes the risk",
         )
-    for host, _ in split_hosts(cfg.smarthost or "", cfg.port):
-        if table.lookup(host) is None:
-            report.info("auth.conf", f"no credentials for the smarthost `{host}' (hosts match exactly)")
+    for host in [h for h, _ in cfg.smarthosts() if table.lookup(h) is None]:
+        report.info("auth.conf", f"no credentials for the smarthost `{host}' (hosts match exactly)")
     from .oauth import renew_now
     from .routing import RouteError
 

@@ -104,10 +104,8 @@ def targets_for(
     MX hosts are sorted by preference and shuffled among equal preferences (RFC 5321 5.1); a
     domain without MX records is its own host. Raises `RouteError`.
     """
-    if not hosts and cfg.smarthost and not mx:
-        from .routes import split_hosts
-
-        hosts = split_hosts(cfg.smarthost, cfg.port)
+    if not hosts and not mx:
+        hosts = cfg.smarthosts()
     if hosts:
         return resolve_all([(0, name, port) for name, port in hosts], cfg, "no usable smarthost")
     literal = address_literal(domain)
