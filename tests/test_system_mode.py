@@ -23,6 +23,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -64,9 +65,10 @@ def _traversable_paths() -> list[str]:
     ]
 
 
-@pytest.fixture(scope="session")
-def users() -> Iterator[tuple[User, User]]:
-    for name in USERS:
+@contextmanager
+def real_users(*names: str) -> Iterator[list[User]]:
+    """System users `names`, created for the block and removed after it, who can run our programs."""
+    for name in names:
         subprocess.run(["userdel", name], capture_output=True, check=False)  # a leftover of a killed run
         subprocess.run(
             ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
@@ -87,15 +89,21 @@ def users() -> Iterator[tuple[User, User]]:
                 break
             p = p.parent
     try:
-        yield User(USERS[0]), User(USERS[1])
+        yield [User(name) for name in names]
     finally:
         for path, mode in changed.items():
             os.chmod(path, mode)
-        for name in USERS:
+        for name in names:
             for _ in range(50):  # userdel refuses while a process of the user still runs
                 if subprocess.run(["userdel", name], capture_output=True, check=False).returncode in (0, 6):
                     break
                 time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def users() -> Iterator[tuple[User, User]]:
+    with real_users(*USERS) as (a, b):
+        yield a, b
 
 
 class World:

@@ -44,6 +44,9 @@ MODE = 0o1733
 MAX_ENVELOPE = 1 << 20
 STALE = 300  # seconds (by ctime, which a user cannot set back) before a lone half is removed
 QUARANTINE = "quarantine"
+# Drops this process queued but could not remove (an unlink that failed): never queued twice by
+# it. After a crash, the `sid` of their messages in the queue tells the same (see `handle`).
+UNREMOVED: set[str] = set()
 
 
 def path(cfg: Config) -> str:
@@ -227,7 +230,10 @@ def take(cfg: Config, ident: str, est: os.stat_result, sid: str, used: list[int]
                 raise Rejected(str(e)) from None
             raise
         fault("passwd")
-        user = pwd.getpwuid(est.st_uid).pw_name
+        try:
+            user = pwd.getpwuid(est.st_uid).pw_name
+        except KeyError:  # a user removed since: the uid is who wrote it
+            user = f"uid={est.st_uid}"
         if over(cfg, used[0], used[1]):
             raise OSError(errno.EDQUOT, f"uid {est.st_uid} holds {used[0]} queued messages ({used[1]} bytes)")
         incoming = _native.Incoming(cfg.spooldir, name=sid)
@@ -335,7 +341,7 @@ def handle(
 ) -> int:
     """Take (or refuse) the drop whose envelope `st` describes; returns 1 if it was taken."""
     sid = f"{ident}i{st.st_ino:x}u{st.st_uid}"
-    if sid not in queued:  # else taken before a crash kept us from removing it
+    if sid not in queued and sid not in UNREMOVED:  # else taken before, and its removal failed
         try:
             recipients = take(cfg, ident, st, sid, used)
         except Rejected as e:
@@ -351,7 +357,9 @@ def handle(
             uid=st.st_uid,
             to=", ".join(recipients),
         )
+    UNREMOVED.add(sid)
     finish(cfg, ident)
+    UNREMOVED.discard(sid)
     return 1
 
 
