@@ -44,6 +44,7 @@ MODE = 0o1733
 MAX_ENVELOPE = 1 << 20
 STALE = 300  # seconds (by ctime, which a user cannot set back) before a lone half is removed
 QUARANTINE = "quarantine"
+PER_PASS = 16
 # Drops this process queued but could not remove (an unlink that failed): never queued twice by
 # it. After a crash, the `sid` of their messages in the queue tells the same (see `handle`).
 UNREMOVED: set[str] = set()
@@ -290,7 +291,7 @@ def refuse(cfg: Config, ident: str, est: os.stat_result, why: str, events: Log) 
 
 def pick_up(cfg: Config, events: Log) -> tuple[int, int]:
     """Take every published drop into the spool, clear away what is not a drop; returns how
-    many were taken and how many wait for a temporary failure to pass."""
+    many were consumed (taken or refused) and how many wait for a later pass."""
     base = path(cfg)
     try:
         names = os.listdir(base)
@@ -316,16 +317,31 @@ def pick_up(cfg: Config, events: Log) -> tuple[int, int]:
         pass  # bookkeeping: the next pass does it again
     taken = waits = 0
     now = time.time()
-    for name, st in sorted(stats.items(), key=lambda item: (item[0][:1] != "E", item[1].st_mtime)):
+    # Envelopes first, the users in turn (each one's oldest first), at most PER_PASS of a user's
+    # drops a pass: one user's thousand drops do not make everyone else's wait behind them.
+    rank: dict[int, int] = {}
+    order = []
+    for name, st in sorted(stats.items(), key=lambda item: item[1].st_mtime):
+        rank[st.st_uid] = turn = rank.get(st.st_uid, -1) + name.startswith("E")
+        order.append((name[:1] != "E", turn, name, st))
+    for _, turn, name, st in sorted(order, key=lambda item: item[:2]):
         ident = name[1:]
         pair = 0 < len(ident) <= 64 and ident.isascii() and ident.isalnum() and stat.S_ISREG(st.st_mode)
         try:
-            if name.startswith("E") and pair:
+            if name.startswith("E") and pair and turn >= PER_PASS:
+                waits += 1
+            elif name.startswith("E") and pair:
                 taken += handle(cfg, ident, st, queued, per_uid.setdefault(st.st_uid, [0, 0]), events)
             elif name.startswith("D") and pair and f"E{ident}" in stats:
                 continue  # the message of a pair: taken with its envelope
-            elif not (stat.S_ISREG(st.st_mode) and name[:1] in "Dt" and now - st.st_ctime < STALE):
-                # Not a drop (another name or type), or a half whose writer is gone.
+            elif not (
+                stat.S_ISREG(st.st_mode)
+                and name[:1] in "Dt"
+                and now - st.st_ctime < STALE
+                and not over(cfg, *totals[st.st_uid])
+            ):
+                # Not a drop (another name or type), or a half whose writer is gone, or one that
+                # its owner, over the cap, cannot have had accepted.
                 discard(cfg, name)
                 events.event("warning", "rejected", f"{name!r} removed from the drop directory: not a drop")
         except Exception as e:  # whatever it is, the drop waits for the next pass
@@ -339,7 +355,7 @@ def pick_up(cfg: Config, events: Log) -> tuple[int, int]:
 def handle(
     cfg: Config, ident: str, st: os.stat_result, queued: set[str], used: list[int], events: Log
 ) -> int:
-    """Take (or refuse) the drop whose envelope `st` describes; returns 1 if it was taken."""
+    """Take (or refuse) the drop whose envelope `st` describes; returns 1 once it is gone."""
     sid = f"{ident}i{st.st_ino:x}u{st.st_uid}"
     if sid not in queued and sid not in UNREMOVED:  # else taken before, and its removal failed
         try:
@@ -348,7 +364,7 @@ def handle(
             if f"{ident}r{st.st_ino:x}u{st.st_uid}" not in queued:
                 refuse(cfg, ident, st, str(e), events)
             finish(cfg, ident)
-            return 0
+            return 1  # its notice is queued: one more pass
         events.event(
             "info",
             "queued",

@@ -128,15 +128,17 @@ def aliases_mid_edit(w: World, a: User) -> str:
 
 
 def random_kills(trials: int, seed: int) -> Callable[[World, User], str]:
-    """Rounds of three drops, the runner killed at a random time until a run gets through."""
+    """Rounds of three drops, the runner killed at a random time until a run gets through. The
+    drops are for an unreachable host, so each stays queued and is counted in the spool: a kill
+    during a local delivery is the runner crash campaign's business, not pickup's."""
 
     def case(w: World, a: User) -> str:
         rng = random.Random(seed)
         kills = 0
         for t in range(trials):
             for j in range(3):
-                w.submit(a, ["root"], f"Subject: k\n\nKILLED-{t * 3 + j}-\n".encode())
-            while w.drops():
+                w.submit(a, ["x@remote.example"], f"Subject: k\n\nKILLED-{t * 3 + j}-\n".encode())
+            while any(d.startswith("E") for d in w.drops()):  # a kill may leave a lone D: garbage
                 p = subprocess.Popen([program("sendmail"), "-D", "-q"], env=w.env, cwd="/", stderr=subprocess.DEVNULL)
                 time.sleep(rng.uniform(0.05, 0.3))
                 kills += p.poll() is None
@@ -187,9 +189,10 @@ def run(work: Path, seed: int, quick: bool = False, only: tuple[str, ...] = ()) 
                     runner(w)  # the fault is gone: what waited is delivered
                 mbox = w.mbox()
                 got = mbox.count(f"\n{marker}\n".encode())
-                ok = accepted and got >= 1 and w.drops() == []
+                ok = accepted and got >= 1 and not [d for d in w.drops() if d.startswith("E")]
                 if "SIGKILL at random" in name:
-                    each = [mbox.count(f"\nKILLED-{i}-\n".encode()) for i in range(kill_trials * 3)]
+                    queued = b"".join(p.read_bytes() for p in w.spool.glob("M*"))
+                    each = [queued.count(f"\nKILLED-{i}-\n".encode()) for i in range(kill_trials * 3)]
                     detail += f" each={each}"
                     ok = ok and set(each) == {1}
                     duplicates += sum(each) - len(each)
