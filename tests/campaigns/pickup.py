@@ -193,7 +193,7 @@ def run(work: Path, seed: int, quick: bool = False, only: tuple[str, ...] = ()) 
                 if "SIGKILL at random" in name:
                     queued = b"".join(p.read_bytes() for p in w.spool.glob("M*"))
                     each = [queued.count(f"\nKILLED-{i}-\n".encode()) for i in range(kill_trials * 3)]
-                    detail += f" each={each}"
+                    detail += f" messages={len(each)} queued_once={each.count(1)}"
                     ok = ok and set(each) == {1}
                     duplicates += sum(each) - len(each)
                     lost += each.count(0)
