@@ -8,23 +8,50 @@ type; a pickup repeated after a crash does not queue the message twice; halves d
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import in_private_namespace
 from dma_fixtures import program
-from test_system_mode import PY, VALID_ENV, User, World, message, users, world  # noqa: F401
+from test_system_mode import VALID_ENV, User, World, message, real_users
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates users and a system spool")]
 
 
-def runner(w: World, *, env: dict[str, str] | None = None, stale: int | None = None) -> subprocess.CompletedProcess[bytes]:
+@pytest.fixture(scope="module")
+def users() -> Iterator[tuple[User, User]]:
+    with real_users("dmapk-a", "dmapk-b") as (a, b):
+        yield a, b
+
+
+@pytest.fixture
+def world(users: tuple[User, User]) -> Iterator[World]:
+    root = Path(tempfile.mkdtemp(prefix="dma-pickup-", dir="/tmp"))
+    try:
+        yield World(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def runner(
+    w: World, *, env: dict[str, str] | None = None, stale: int | None = None
+) -> subprocess.CompletedProcess[bytes]:
     """`sendmail -D -q` as root; `stale` lowers drop.STALE (a ctime cannot be set back)."""
     setup = f"import dma.drop; dma.drop.STALE = {stale}; " if stale is not None else ""
-    argv = [sys.executable, "-c", f"{setup}import sys; from dma.cli import main; sys.exit(main(['sendmail', '-D', '-q']))"]
-    r = subprocess.run(argv, capture_output=True, env={**w.env, **(env or {})}, cwd="/", timeout=60, check=False)
+    argv = [
+        sys.executable,
+        "-c",
+        f"{setup}import sys; from dma.cli import main; sys.exit(main(['sendmail', '-D', '-q']))",
+    ]
+    r = subprocess.run(
+        argv, capture_output=True, env={**w.env, **(env or {})}, cwd="/", timeout=60, check=False
+    )
     assert b"Traceback" not in r.stderr, r.stderr.decode()
     return r
 
@@ -37,7 +64,7 @@ def deliveries(w: World, marker: bytes, user: str = "root") -> int:
 
 FULL_SPOOL = r"""
 import json, os, subprocess, sys
-spool, conf, sendmail, uid, gid, py = sys.argv[1:7]
+spool, conf, sendmail, uid, gid = sys.argv[1:6]
 env = {"PATH": "/usr/bin:/bin", "DMA_CONF": conf, "LANG": "C.UTF-8"}
 subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=64,mode=0711", "tmpfs", spool], check=True)
 os.mkdir(f"{spool}/incoming"); os.chmod(f"{spool}/incoming", 0o1733)
@@ -61,10 +88,12 @@ print(json.dumps(report))
 """
 
 
-def test_a_drop_waits_while_the_spool_is_full_then_is_delivered(world: World, users: tuple[User, User]) -> None:
+def test_a_drop_waits_while_the_spool_is_full_then_is_delivered(
+    world: World, users: tuple[User, User]
+) -> None:
     a, _ = users
     rep = in_private_namespace(
-        FULL_SPOOL, str(world.spool), str(world.conf), program("sendmail"), str(a.uid), str(a.gid), PY
+        FULL_SPOOL, str(world.spool), str(world.conf), program("sendmail"), str(a.uid), str(a.gid)
     )
     assert rep["submit"] == 0 and rep["fill"] == 28  # ENOSPC
     code, err, left = rep["full"]
@@ -87,7 +116,9 @@ def test_a_fault_at_any_pickup_step_keeps_the_drop(world: World, users: tuple[Us
     assert world.drops() == [] and deliveries(world, b"FAULTY") == 1
 
 
-def test_a_broken_aliases_file_stops_the_runner_and_keeps_the_drop(world: World, users: tuple[User, User]) -> None:
+def test_a_broken_aliases_file_stops_the_runner_and_keeps_the_drop(
+    world: World, users: tuple[User, User]
+) -> None:
     a, _ = users
     assert world.submit(a, ["root"], message("ALIASES-BEING-EDITED")).returncode == 0
     world.aliases.write_text("postmaster: root\nroot\n")  # root mid-edit: no `:' yet
@@ -99,7 +130,9 @@ def test_a_broken_aliases_file_stops_the_runner_and_keeps_the_drop(world: World,
     assert world.drops() == [] and deliveries(world, b"ALIASES-BEING-EDITED") == 1
 
 
-def test_invalid_content_goes_back_to_the_owner_login_or_is_kept(world: World, users: tuple[User, User]) -> None:
+def test_invalid_content_goes_back_to_the_owner_login_or_is_kept(
+    world: World, users: tuple[User, User]
+) -> None:
     a, _ = users
     forged = b"Sender: ceo@corp.example\nRecipient: x@-bad-.example\n"
     world.drop_pair(a, "bad1", forged, message("BAD-CONTENT"))
@@ -154,7 +187,9 @@ open(f"{base}/Ebad.name", "w").write("Sender: a@mail.example\nRecipient: root\n"
 """
 
 
-def test_anything_that_is_not_a_drop_is_removed_whatever_its_type(world: World, users: tuple[User, User]) -> None:
+def test_anything_that_is_not_a_drop_is_removed_whatever_its_type(
+    world: World, users: tuple[User, User]
+) -> None:
     a, b = users
     outside = world.root / "outside"
     outside.mkdir()
@@ -172,7 +207,9 @@ def test_anything_that_is_not_a_drop_is_removed_whatever_its_type(world: World, 
 # ---- finding 5: a pickup killed after its commit does not deliver twice -------------------------
 
 
-def test_pickup_killed_between_commit_and_unlink_delivers_once(world: World, users: tuple[User, User]) -> None:
+def test_pickup_killed_between_commit_and_unlink_delivers_once(
+    world: World, users: tuple[User, User]
+) -> None:
     a, _ = users
     assert world.submit(a, ["root"], message("ONLY-ONCE")).returncode == 0
     r = runner(world, env={"DMA_PICKUP_FAULT": "unlink:KILL"})
@@ -213,4 +250,3 @@ def test_drop_ids_are_unguessable(world: World, users: tuple[User, User]) -> Non
     # 64 random bits at the end, not the submitter's pid.
     assert ids[0][13:] != ids[1][13:] and ids[0][-16:] != ids[1][-16:]
     assert runner(world).returncode == 0 and deliveries(world, b"\n\nid\n") == 2
-

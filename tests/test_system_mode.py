@@ -183,7 +183,9 @@ class World:
         return sorted(os.listdir(self.incoming))
 
     def spool_files(self) -> list[str]:
-        return sorted(n for n in os.listdir(self.spool) if n not in ("incoming", "lock") and "usage." not in n)
+        return sorted(
+            n for n in os.listdir(self.spool) if n not in ("incoming", "lock") and "usage." not in n
+        )
 
     def mbox(self, name: str = "root") -> bytes:
         path = self.mail / name
@@ -594,7 +596,18 @@ def test_hostile_drops_refused_and_valid_ones_delivered(world: World, users: tup
     assert mbox.count(b"\nFrom ") + mbox.startswith(b"From ") == 3
     assert b"Subject: Mail not accepted" in mbox and b"Droothard is not a plain file" in mbox
     notices = world.mbox(a.name)
-    for ident in ("symshadow", "symsecret", "symbfile", "hard", "fifo", "dir", "mixed", "crlf", "nul", "norcpt"):
+    for ident in (
+        "symshadow",
+        "symsecret",
+        "symbfile",
+        "hard",
+        "fifo",
+        "dir",
+        "mixed",
+        "crlf",
+        "nul",
+        "norcpt",
+    ):
         assert f"drop {ident} was not accepted".encode() in notices, ident
     for forbidden in (b"ROOT-ONLY-SECRET", b"root:x", b"BODY", b"valid from b"):
         assert forbidden not in notices, forbidden

@@ -113,12 +113,14 @@ try:
         nobody = ("setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups")
         report["plant"] = sh(*nobody, sys.executable, "-c", plant, cwd="/").stderr
         t0 = time.monotonic()
-        sh(*nobody, "/usr/sbin/sendmail", "nobody", input="Subject: again\n\nafter the junk\n", env=env, cwd="/")
+        again = "Subject: again\n\nafter the junk\n"
+        sh(*nobody, "/usr/sbin/sendmail", "nobody", input=again, env=env, cwd="/")
         while time.monotonic() < t0 + 60 and "after the junk" not in open("/var/mail/nobody").read():
             time.sleep(0.2)
         report["after_junk"] = [time.monotonic() - t0, "after the junk" in open("/var/mail/nobody").read()]
         time.sleep(5)  # long enough for a restart loop to reach the start limit
-        report["path_result"] = sh(*inside, "systemctl", "show", "dma.path", "dma.service", "-p", "Result").stdout.split()
+        show = sh(*inside, "systemctl", "show", "dma.path", "dma.service", "-p", "Result")
+        report["path_result"] = show.stdout.split()
         report["drops_left"] = os.listdir("/var/spool/dma/incoming")
         # The service ran and exited cleanly once the queue was idle.
         deadline = time.monotonic() + 30

@@ -150,7 +150,9 @@ def check_usage(cfg: Config, uid: int) -> None:
     except (OSError, ValueError):
         return
     if over(cfg, msgs, size):
-        raise Fatal(EX_TEMPFAIL, f"you have {msgs} messages ({size} bytes) waiting, the most allowed; try later")
+        raise Fatal(
+            EX_TEMPFAIL, f"you have {msgs} messages ({size} bytes) waiting, the most allowed; try later"
+        )
 
 
 def over(cfg: Config, msgs: int, size: int) -> bool:

@@ -166,7 +166,7 @@ class Runner:
             entries, _ = _native.scan_queue(self.cfg.spooldir)
             waiting = [e.next_attempt for e in entries if e.state not in FINAL_STATES]
             if self.drops_waiting:  # stay up to retry them: no restart loop of the path unit
-                waiting.append(time.time() + DROP_RETRY)
+                waiting.append(int(time.time()) + DROP_RETRY)
             if not waiting:
                 return
             wake_at = min(waiting)

@@ -55,15 +55,15 @@ impl Incoming {
     /// uncommitted leftover under that name is removed first).
     pub fn create(dir: &Path, durable: bool, name: Option<&str>) -> Result<Incoming> {
         let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let created = since_epoch.as_secs();
+        let (created, micros) = (since_epoch.as_secs(), since_epoch.subsec_micros());
         let mut attempt = 0u32;
         loop {
             // Unique over time (the delivered journal relies on it) and unguessable (nobody can
             // take another user's drop name first): seconds, microseconds, 64 random bits.
-            let id = name.map_or_else(
-                || format!("{created:08x}{:05x}{:016x}", since_epoch.subsec_micros(), random_u64()),
-                str::to_owned,
-            );
+            let id = match name {
+                Some(name) => name.to_owned(),
+                None => format!("{created:08x}{micros:05x}{:016x}", random_u64()),
+            };
             // The temporary file is named after the message: while it exists, the message is not
             // committed and its entries are not listed (see `committed`).
             let tmp = dir.join(format!("{TMP_PREFIX}{id}"));
@@ -607,7 +607,15 @@ mod tests {
         let mut first = Incoming::create(&dir, true, Some("drop1")).unwrap();
         first.receive(&b"x\n"[..], &crate::test_util::VERBATIM).unwrap();
         // Killed mid-commit: an entry written, the temporary file still there.
-        create_entry_file(&dir, &Entry { id: "drop1.1".into(), ..Entry::default() }, true).unwrap();
+        create_entry_file(
+            &dir,
+            &Entry {
+                id: "drop1.1".into(),
+                ..Entry::default()
+            },
+            true,
+        )
+        .unwrap();
         std::mem::forget(first);
         let mut again = Incoming::create(&dir, true, Some("drop1")).unwrap();
         again.receive(&b"y\n"[..], &crate::test_util::VERBATIM).unwrap();

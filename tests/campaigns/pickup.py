@@ -8,7 +8,7 @@ prints one line per case, then `pickup fault campaign: cases=N passed=P lost=L d
 (window W)`. Needs root (a user, tmpfs mounts).
 
 Faults:
-- injected at each step (read, parse, alias, passwd, write, sync, unlink) × (ENOSPC, EMFILE, EIO,
+- injected at each step (read, parse, alias, passwd, write, sync, unlink) x (ENOSPC, EMFILE, EIO,
   SIGKILL) through drop.fault, the injection point that only DMA_PICKUP_FAULT=<step>:<what> in
   the runner's environment makes act (there is no device-mapper here for a real EIO);
 - real ones: a tmpfs spool whose blocks, then whose inodes, are used up; RLIMIT_NOFILE from 6 to
@@ -139,7 +139,9 @@ def random_kills(trials: int, seed: int) -> Callable[[World, User], str]:
             for j in range(3):
                 w.submit(a, ["x@remote.example"], f"Subject: k\n\nKILLED-{t * 3 + j}-\n".encode())
             while any(d.startswith("E") for d in w.drops()):  # a kill may leave a lone D: garbage
-                p = subprocess.Popen([program("sendmail"), "-D", "-q"], env=w.env, cwd="/", stderr=subprocess.DEVNULL)
+                p = subprocess.Popen(
+                    [program("sendmail"), "-D", "-q"], env=w.env, cwd="/", stderr=subprocess.DEVNULL
+                )
                 time.sleep(rng.uniform(0.05, 0.3))
                 kills += p.poll() is None
                 p.kill()
