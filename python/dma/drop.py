@@ -173,8 +173,9 @@ def queued_usage(entries: list[_native.QueueEntry]) -> tuple[set[str], dict[int,
 
 
 def write_usage(cfg: Config, totals: dict[int, list[int]]) -> None:
+    keep = {f"usage.{uid}" for uid in totals}
     for name in os.listdir(cfg.spooldir):
-        if name.startswith("usage.") and not any(name == f"usage.{uid}" for uid in totals):
+        if name.startswith("usage.") and name not in keep:
             os.unlink(f"{cfg.spooldir}/{name}")
     for uid, (msgs, size) in totals.items():
         tmp = f"{cfg.spooldir}/.usage.{uid}"
