@@ -32,7 +32,6 @@ BATCH = 1000
 # "failed": waiting for its bounce; "held": kept for the postmaster, never retried by itself.
 FINAL_STATES = ("failed", "held")
 POLL = 1.0
-DROP_RETRY = 10  # seconds between tries of a drop that met a temporary failure
 
 
 class Selection:
@@ -89,7 +88,6 @@ class Runner:
         self.unsynced = False  # entries removed since the spool directory was last synced
         # Only the spool's owner may take drops (and only it can read them).
         self.system_drop = not cfg.user_mode and os.path.isdir(os.path.join(cfg.spooldir, DROP))
-        self.drops_waiting = 0
         self.verbose = verbose
         self.report_failures = report_failures
         self.progress = progress
@@ -165,14 +163,14 @@ class Runner:
                 self.deliver(due[start : start + batch])
             bounces = self.settle()
             force = False
-            if bounces or self.pick_up():
+            taken, waits = self.pick_up()
+            if bounces or taken:
                 continue  # deliver the bounces, and drops that came meanwhile, in this run too
             if not resident:
                 return
             entries, _ = _native.scan_queue(self.cfg.spooldir)
             waiting = [e.next_attempt for e in entries if e.state not in FINAL_STATES]
-            if self.drops_waiting:  # stay up to retry them: no restart loop of the path unit
-                waiting.append(int(time.time()) + DROP_RETRY)
+            waiting += [int(time.time()) + 10] * waits  # a drop waiting: we try again, not dma.path
             if not waiting:
                 return
             wake_at = min(waiting)
@@ -202,15 +200,11 @@ class Runner:
                 return
             force = False
 
-    def pick_up(self) -> int:
-        """System mode: take what unprivileged users left in the drop directory; returns how
-        many drops were taken."""
-        if not self.system_drop:
-            return 0
+    def pick_up(self) -> tuple[int, int]:
+        """System mode: take what users left in the drop directory; (taken, waiting) drops."""
         from .drop import pick_up
 
-        taken, self.drops_waiting = pick_up(self.cfg, self.events)  # its mtime (DROP) also wakes us
-        return taken
+        return pick_up(self.cfg, self.events) if self.system_drop else (0, 0)  # its mtime wakes us
 
     def replay_journal(self) -> None:
         """Remove entries the server confirmed before a crash kept us from recording it.
