@@ -344,7 +344,7 @@ def run(work: Path, seed: int, quick: bool = False, only: tuple[str, ...] = ()) 
             mark = "ok  " if ok else "WAIT" if expected else "FAIL"
             result.details.append(
                 f"{mark} {name}: {what}; victims' worst delay {delay:.1f}s"
-                f"{' after the space came back' if fills else ''}, lost={missing}, twice={twice}"
+                f"{' after the space came back' if fills else ''}, not arrived after {LIMIT + 5:.0f}s={missing}, twice={twice}"
                 + (" (expected to improve with the runner's scheduler)" if expected else "")
             )
             result.check(
