@@ -108,7 +108,7 @@ class Site:
 
     def settle(self, since: float) -> tuple[float, int, int]:
         """Wait for every accepted message; returns the longest delay from `since` (or from its
-        submission if later), how many are missing, and how many arrived twice."""
+        submission if later), how many had not arrived after LIMIT + 5 s, and how many twice."""
         deadline = time.monotonic() + LIMIT + 5
         while self.sent.keys() - self.arrived.keys() and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -344,7 +344,7 @@ def run(work: Path, seed: int, quick: bool = False, only: tuple[str, ...] = ()) 
             mark = "ok  " if ok else "WAIT" if expected else "FAIL"
             result.details.append(
                 f"{mark} {name}: {what}; victims' worst delay {delay:.1f}s"
-                f"{' after the space came back' if fills else ''}, not arrived after {LIMIT + 5:.0f}s={missing}, twice={twice}"
+                f"{' after the space came back' if fills else ''}, late={missing}, twice={twice}"
                 + (" (expected to improve with the runner's scheduler)" if expected else "")
             )
             result.check(
