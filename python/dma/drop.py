@@ -26,7 +26,6 @@ from __future__ import annotations
 import errno
 import os
 import pwd
-import shutil
 import stat
 import time
 
@@ -203,7 +202,14 @@ def discard(cfg: Config, name: str) -> None:
         os.rename(where, moved)
     except OSError:
         moved = where  # another file system: removed in place (rmtree works on descriptors)
-    shutil.rmtree(moved, ignore_errors=True)
+    remove_tree(moved)
+
+
+def remove_tree(where: str) -> None:
+    """shutil's removal works on descriptors and never follows a link (imported here: it pulls in `re`)."""
+    import shutil
+
+    shutil.rmtree(where, ignore_errors=True)
 
 
 def take(cfg: Config, ident: str, est: os.stat_result, sid: str, used: list[int]) -> list[str]:
@@ -315,7 +321,7 @@ def pick_up(cfg: Config, events: Log) -> tuple[int, int]:
         write_usage(cfg, {uid: used for uid, used in totals.items() if used[0] or used[1]})
         for name in os.listdir(f"{cfg.spooldir}/{QUARANTINE}"):
             if name.startswith("x"):  # a directory that could not be removed last time
-                shutil.rmtree(f"{cfg.spooldir}/{QUARANTINE}/{name}", ignore_errors=True)
+                remove_tree(f"{cfg.spooldir}/{QUARANTINE}/{name}")
     except OSError:
         pass  # bookkeeping: the next pass does it again
     taken = waits = 0
