@@ -452,6 +452,20 @@ def test_identity_comes_from_file_owner_via_sendmail(world: World, users: tuple[
     assert forged_at > 1
 
 
+def test_bs_session_gets_the_callers_identity(world: World, users: tuple[User, User]) -> None:
+    """`sendmail -bs` as a, claiming b in MAIL FROM and a forged Received: in DATA: a drop like any."""
+    a, b = users
+    data = message("forged via -bs", FORGED_RECEIVED).replace(b"\n", b"\r\n")
+    smtp = b"EHLO x\r\nMAIL FROM:<%s@%s>\r\nRCPT TO:<root>\r\nDATA\r\n%s.\r\nQUIT\r\n"
+    r = world.submit(a, ["-bs"], smtp % (b.name.encode(), MAILNAME.encode(), data))
+    assert r.returncode == 0 and b"\r\n250 2.0.0 queued as " in r.stdout, (r.stdout, r.stderr)
+    assert all(os.lstat(world.incoming / d).st_uid == a.uid for d in world.drops())
+    world.run_queue()
+    lines = received_lines(world.mbox(), b"forged via -bs")
+    assert lines[1] == f"Received: from {a.name} (uid {a.uid})".encode(), lines
+    assert lines.index(b"Received: from root (uid 0)") > 1
+
+
 @pytest.mark.parametrize("claimed", ["root", "dmatest-b"])
 def test_identity_comes_from_file_owner_hand_written_drop(
     world: World, users: tuple[User, User], claimed: str

@@ -1,8 +1,8 @@
 """The command line: `sendmail`, `mailq`, `newaliases` and `dma`, with C dma's options.
 
-The program name picks the mode. Options are parsed as POSIX getopt does with C dma's option string:
-options come before recipients, parsing stops at `--` or the first non-option, and `-q` takes an
-optional argument. Heavy modules are imported only by the modes that need them.
+The program name picks the mode. Options are parsed as glibc's getopt does with C dma's option
+string: options may come before or after recipients, `--` ends them, and `-q` takes an optional
+argument. Heavy modules are imported only by the modes that need them.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import posix
 import sys
 
-from .errors import EX_CONFIG, EX_OSERR, EX_USAGE, Fatal
+from .errors import EX_CONFIG, EX_NOINPUT, EX_OSERR, EX_USAGE, Fatal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ class Options:
         "recipients",
         "run_queue",
         "sender",
+        "smtp",
         "tag",
         "verbose",
     )
@@ -49,6 +50,7 @@ class Options:
         self.recipients: list[str] = []
         self.run_queue = False
         self.sender: str | None = None
+        self.smtp = False  # -bs
         self.tag = "dma"
         self.verbose = False
 
@@ -58,11 +60,13 @@ def parse_args(args: list[str]) -> Options:
     i = 0
     while i < len(args):
         arg = args[i]
+        i += 1
         if arg == "--":
-            i += 1
+            opts.recipients += args[i:]
             break
         if not arg.startswith("-") or arg == "-":
-            break
+            opts.recipients.append(arg)  # glibc's getopt permutes: options may follow recipients
+            continue
         j = 1
         while j < len(arg):
             letter = arg[j]
@@ -77,22 +81,22 @@ def parse_args(args: list[str]) -> Options:
                 value = rest
             elif letter == "q":
                 # An optional argument: C dma's getopt takes the next word unless it is an option.
-                if i + 1 < len(args) and not args[i + 1].startswith("-"):
-                    i += 1
+                if i < len(args) and not args[i].startswith("-"):
                     value = args[i]
+                    i += 1
                 else:
                     value = ""
-            elif i + 1 < len(args):
-                i += 1
+            elif i < len(args):
                 value = args[i]
+                i += 1
             else:
                 raise Fatal(EX_USAGE, f"option requires an argument: `-{letter}'")
             apply_option(opts, letter, value)
             break
-        i += 1
-    opts.recipients = args[i:]
     if opts.recipients and (opts.list_queue or opts.run_queue):
         raise Fatal(EX_USAGE, "sending mail and queue operations are mutually exclusive")
+    if opts.recipients and opts.smtp:
+        raise Fatal(EX_USAGE, "recipients are given in the SMTP dialogue of -bs, not as arguments")
     if opts.list_queue and opts.run_queue:
         raise Fatal(EX_USAGE, "conflicting queue operations")
     return opts
@@ -118,8 +122,10 @@ def apply_option(opts: Options, letter: str, value: str) -> None:
             opts.list_queue = True
         elif value == "q":
             opts.queue_only = True
+        elif value == "s":
+            opts.smtp = True  # SMTP on stdin and stdout (bs.py); C dma read stdin as the message
         else:
-            # -bm, -bs, -bi, ... carry on as a foreground submission, as in C dma.
+            # -bm, -bi, ... carry on as a foreground submission, as in C dma.
             opts.foreground = True
     elif letter in "fr":
         opts.sender = value
@@ -176,6 +182,7 @@ def run() -> None:
 COMMANDS: dict[str, str] = {
     "doctor": "dma.doctor",
     "install": "dma.install",
+    "oauth": "dma.oauth",
     "uninstall": "dma.install",
     "queue": "dma.control",
     "serve": "dma.queue",
@@ -209,18 +216,25 @@ def dispatch(prog: str, args: list[str]) -> int:
         return run_queue(cfg, opts, prog)
     from .submit import Submission, drops, submit
 
-    sub = Submission(
-        opts.recipients,
-        opts.sender,
-        dot_terminates=opts.dot_terminates,
-        from_headers=opts.from_headers,
-        full_name=opts.full_name,
-        tag=opts.tag,
-    )
-    message_id, _ = submit(cfg, sub)
-    if opts.queue_only or cfg.defer or drops(cfg):
+    if sys.stdin is None:  # descriptor 0 was closed when we started: that is no (empty) message
+        raise Fatal(EX_NOINPUT, "standard input is closed, nothing queued")
+    if opts.smtp:
+        from .bs import Session
+
+        message_ids = Session(cfg, opts.full_name, opts.tag).run()
+    else:
+        sub = Submission(
+            opts.recipients,
+            opts.sender,
+            dot_terminates=opts.dot_terminates,
+            from_headers=opts.from_headers,
+            full_name=opts.full_name,
+            tag=opts.tag,
+        )
+        message_ids = [submit(cfg, sub)[0]]
+    if not message_ids or opts.queue_only or cfg.defer or drops(cfg):
         return 0  # a drop is delivered by the system's runner (`dma serve`), not by us
-    return deliver_now(cfg, message_id, opts, prog)
+    return deliver_now(cfg, message_ids, opts, prog)
 
 
 def check_aliases(cfg: Config) -> int:
@@ -253,7 +267,7 @@ def run_queue(cfg: Config, opts: Options, prog: str) -> int:
     return 0
 
 
-def deliver_now(cfg: Config, message_id: str, opts: Options, prog: str) -> int:
+def deliver_now(cfg: Config, message_ids: list[str], opts: Options, prog: str) -> int:
     """After a submission: deliver in the foreground (`-D`), or wake or start the runner."""
     from .errors import EX_TEMPFAIL, EX_UNAVAILABLE
     from .queue import Runner, wake
@@ -261,7 +275,7 @@ def deliver_now(cfg: Config, message_id: str, opts: Options, prog: str) -> int:
     runner = Runner(cfg, verbose=opts.verbose, report_failures=opts.foreground, name=prog, tag=opts.tag)
     if opts.foreground:
         # -D: deliver this message now, even if a runner is busy, and report the outcome.
-        runner.deliver(entry_ids_of(cfg, message_id))
+        runner.deliver(entry_ids_of(cfg, message_ids))
         runner.settle()
         if runner.failed:
             return EX_UNAVAILABLE
@@ -276,11 +290,11 @@ def deliver_now(cfg: Config, message_id: str, opts: Options, prog: str) -> int:
     return 0
 
 
-def entry_ids_of(cfg: Config, message_id: str) -> list[str]:
+def entry_ids_of(cfg: Config, message_ids: list[str]) -> list[str]:
     from . import _native
 
     entries, _ = _native.scan_queue(cfg.spooldir)
-    return [e.id for e in entries if e.message_id == message_id]
+    return [e.id for e in entries if e.message_id in message_ids]
 
 
 def daemonize() -> bool:

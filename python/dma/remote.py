@@ -84,15 +84,21 @@ def xoauth2_token(cfg: Config) -> str:
 
 
 def credentials(
-    cfg: Config, host: str, route: Route | None = None
+    cfg: Config, host: str, route: Route | None = None, rejected: str | None = None
 ) -> tuple[str | None, str | None, list[str] | None]:
-    """(login, secret, mechanisms) from auth.conf for `host`; XOAUTH2 when a token command is set."""
+    """(login, secret, mechanisms) from auth.conf for `host`; XOAUTH2 when a token command is set,
+    OAuth2 (oauth.py) or a secret kept elsewhere for a `{...}` password. `rejected`: the secret
+    the server just refused, to be renewed."""
     found = cfg.auth().lookup(host, route.login if route is not None else None)
     if found is None:
         return None, None, None
     login, password = found
     if cfg.xoauth2_command:
         return login, xoauth2_token(cfg), ["XOAUTH2"]
+    if password.startswith("{"):
+        from .oauth import resolve
+
+        return (login, *resolve(cfg, password, rejected))
     return login, password, None
 
 
@@ -149,7 +155,7 @@ def deliver(
                 [address],
                 pending,
                 route=route,
-                credentials=(login, secret, mechanisms),
+                auth=(login, secret, mechanisms),
                 verbose=verbose,
             )
             if events is not None:
@@ -167,33 +173,43 @@ def session(
     transactions: list[Transaction],
     *,
     route: Route | None = None,
-    credentials: tuple[str | None, str | None, list[str] | None] = (None, None, None),
+    auth: tuple[str | None, str | None, list[str] | None] = (None, None, None),
     verbose: bool = False,
 ) -> _native.SessionResult:
     """One SMTP connection to `target` with this configuration's (or `route`'s) TLS and AUTH,
     carrying `transactions`; without any it only probes (connects, EHLO, STARTTLS, AUTH, QUIT)."""
-    login, secret, mechanisms = credentials
-    return _native.smtp_session(
-        target.name,
-        addresses,
-        target.port,
-        cfg.helo_name or cfg.mailname,
-        [(t.sender, t.recipients, t.message_path) for t in transactions],
-        tls=tls_mode(cfg, route),
-        verify_cert=cfg.verifycert if route is None or route.verify is None else route.verify,
-        ca_file=cfg.cafile,
-        fingerprint=route.fingerprint if route is not None and route.fingerprint else cfg.fingerprint,
-        client_cert=cfg.certfile,
-        login=login,
-        secret=secret,
-        mechanisms=mechanisms,
-        allow_insecure_auth=cfg.insecure,
-        connect_timeout=cfg.connect_timeout,
-        command_timeout=cfg.timeout,
-        verbose=verbose,
-        journal=cfg.spooldir if transactions else None,
-        journal_ids=[t.entry_ids for t in transactions],
-    )
+    login, secret, mechanisms = auth
+    for renewed in (False, True):
+        result = _native.smtp_session(
+            target.name,
+            addresses,
+            target.port,
+            cfg.helo_name or cfg.mailname,
+            [(t.sender, t.recipients, t.message_path) for t in transactions],
+            tls=tls_mode(cfg, route),
+            verify_cert=cfg.verifycert if route is None or route.verify is None else route.verify,
+            ca_file=cfg.cafile,
+            fingerprint=route.fingerprint if route is not None and route.fingerprint else cfg.fingerprint,
+            client_cert=cfg.certfile,
+            login=login,
+            secret=secret,
+            mechanisms=mechanisms,
+            allow_insecure_auth=cfg.insecure,
+            connect_timeout=cfg.connect_timeout,
+            command_timeout=cfg.timeout,
+            verbose=verbose,
+            journal=cfg.spooldir if transactions else None,
+            journal_ids=[t.entry_ids for t in transactions],
+        )
+        failure = result.failure
+        if renewed or not (mechanisms and secret and failure and failure.stage == "auth" and failure.code):
+            break
+        # A token refused (expired early, revoked): renew it once and try again.
+        try:
+            login, secret, mechanisms = credentials(cfg, target.name, route, secret)
+        except RouteError:
+            break
+    return result
 
 
 def take_results(

@@ -81,12 +81,13 @@ def submit(cfg: Config, sub: Submission, stdin_fd: int = 0) -> tuple[str, list[s
 def spool_message(
     cfg: Config,
     sub: Submission,
-    source: int | bytes,
+    source: int | bytes | _native.SmtpStdin,
     *,
     durable: bool = True,
     resolver: RecipientResolver | None = None,
 ) -> tuple[str, list[str]]:
-    """Spool one message from `source` (a file descriptor, left open, or the message's bytes).
+    """Spool one message from `source` (a file descriptor, left open, the message's bytes, or the
+    body of a `-bs` DATA).
 
     The one submission path of `sendmail` and of `dma.api`. With `durable=False` nothing is synced:
     the caller makes a whole batch durable with `_native.sync_spool`. `resolver` lets a batch read
@@ -138,9 +139,9 @@ def spool_message(
             raise Fatal(EX_DATAERR, f"bad mail input format: {e}") from e
         except OSError as e:
             raise os_failure(e, "can not read mail") from e
-        if info.input_bytes == 0:
-            where = "given" if isinstance(source, bytes) else "on standard input"
-            raise Fatal(EX_NOINPUT, f"no message {where}, nothing queued")
+        if info.input_bytes == 0 and isinstance(source, bytes):
+            # `sendmail` queues an empty standard input as C dma does; `dma.api` calls it a mistake.
+            raise Fatal(EX_NOINPUT, "no message given, nothing queued")
         if sub.from_headers:
             from_headers: list[str] = []
             for value in info.recipient_headers:

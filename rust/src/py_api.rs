@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 
 use crate::errors::DmaError;
 use crate::intake::{IntakeOptions, MessageInfo as RustMessageInfo};
+use crate::py_bs::SmtpStdin;
 use crate::spool::{self, Entry};
 
 impl From<DmaError> for PyErr {
@@ -57,11 +58,20 @@ fn finished() -> PyErr {
     PyValueError::new_err("this message is already committed or aborted")
 }
 
-/// Where a message comes from: a file descriptor (standard input), or bytes in memory.
+/// Where a message comes from: a file descriptor (standard input), bytes in memory, or the body
+/// of a DATA under `sendmail -bs`.
 #[derive(FromPyObject)]
-enum Source {
+enum Source<'py> {
     Fd(i32),
     Bytes(Vec<u8>),
+    Smtp(Bound<'py, SmtpStdin>),
+}
+
+/// `Source` without its Python object, to be read with the GIL released.
+enum Input {
+    Fd(i32),
+    Bytes(Vec<u8>),
+    Smtp(crate::bs::SmtpInput<File>),
 }
 
 #[pymethods]
@@ -84,7 +94,8 @@ impl Incoming {
         &self.id
     }
 
-    /// Read the message from `source` (a file descriptor, left open, or bytes) into the spool.
+    /// Read the message from `source` (a file descriptor, left open, bytes, or the next body of an
+    /// `SmtpStdin`) into the spool.
     #[pyo3(signature = (source, *, prefix, add_if_missing, dot_terminates, collect_recipients))]
     fn receive(
         &mut self,
@@ -96,7 +107,16 @@ impl Incoming {
         collect_recipients: bool,
     ) -> PyResult<MessageInfo> {
         let mut inner = self.inner.take().ok_or_else(finished)?;
-        let (inner, result) = py.detach(move || {
+        // The `-bs` reader leaves its Python object while the GIL is released, and returns after.
+        let (smtp, input) = match source {
+            Source::Fd(fd) => (None, Input::Fd(fd)),
+            Source::Bytes(data) => (None, Input::Bytes(data)),
+            Source::Smtp(s) => {
+                let body = s.borrow_mut().inner.take().ok_or_else(crate::py_bs::busy)?;
+                (Some(s), Input::Smtp(body))
+            }
+        };
+        let (inner, result, body) = py.detach(move || {
             let add: Vec<(&str, &[u8])> = add_if_missing
                 .iter()
                 .map(|(n, l)| (n.as_str(), l.as_slice()))
@@ -107,16 +127,20 @@ impl Incoming {
                 prefix: &prefix,
                 add_if_missing: &add,
             };
-            let result = match source {
-                Source::Fd(fd) => {
+            let (result, body) = match input {
+                Input::Fd(fd) => {
                     // SAFETY: the descriptor belongs to the caller; ManuallyDrop keeps it open.
                     let input = ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
-                    inner.receive(&*input, &opts)
+                    (inner.receive(&*input, &opts), None)
                 }
-                Source::Bytes(data) => inner.receive(data.as_slice(), &opts),
+                Input::Bytes(data) => (inner.receive(data.as_slice(), &opts), None),
+                Input::Smtp(mut body) => (inner.receive(body.data(), &opts), Some(body)),
             };
-            (inner, result)
+            (inner, result, body)
         });
+        if let Some(s) = smtp {
+            s.borrow_mut().inner = body;
+        }
         self.inner = Some(inner);
         Ok(result?.into())
     }
@@ -333,6 +357,23 @@ fn maildir_deliver(
 // ---- syslog -----------------------------------------------------------------------------------
 
 /// One line to syslog's mail facility as `ident[pid]` (see syslog.rs).
+/// For a process about to hold OAuth2 tokens: no core file and no ptrace or /proc/PID/mem
+/// access by other processes of the same user (PR_SET_DUMPABLE 0 also stops piped core_pattern).
+#[pyfunction]
+fn no_core_dumps() -> PyResult<()> {
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on this process with valid arguments.
+    if unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &zero) != 0 || libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0
+    } {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
+}
+
 #[pyfunction]
 fn syslog(ident: &str, priority: i32, text: &str) {
     crate::syslog::send(ident, priority, text);
@@ -557,6 +598,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<MessageInfo>()?;
     m.add_class::<QueueEntry>()?;
     m.add_class::<Claim>()?;
+    m.add_class::<SmtpStdin>()?;
     m.add_function(wrap_pyfunction!(check_address, m)?)?;
     m.add_function(wrap_pyfunction!(scan_queue, m)?)?;
     m.add_function(wrap_pyfunction!(claim, m)?)?;
@@ -565,6 +607,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sync_spool, m)?)?;
     m.add_function(wrap_pyfunction!(sync_dir, m)?)?;
     m.add_function(wrap_pyfunction!(syslog, m)?)?;
+    m.add_function(wrap_pyfunction!(no_core_dumps, m)?)?;
     // mailbox registrations
     m.add_function(wrap_pyfunction!(mbox_append, m)?)?;
     m.add_function(wrap_pyfunction!(maildir_deliver, m)?)?;
