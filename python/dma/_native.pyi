@@ -11,7 +11,9 @@ class MessageInfo:
     recipient_headers: list[str]
 
 class Incoming:
-    def __init__(self, spooldir: str | PathLike[str], durable: bool = True) -> None: ...
+    def __init__(
+        self, spooldir: str | PathLike[str], durable: bool = True, name: str | None = None
+    ) -> None: ...
     @property
     def id(self) -> str: ...
     def receive(

@@ -182,3 +182,28 @@ def send(cfg: Config, failed: list[_native.QueueEntry], message_path: str) -> st
     finally:
         incoming.abort()
     return incoming.id
+
+
+def refusal(cfg: Config, user: str, name: str, what: str, why: str) -> None:
+    """Tell local `user` that `what`, which they left for delivery, was refused, and why: a message
+    from MAILER-DAEMON, queued as `name` (so a second try after a crash finds it queued)."""
+    recipients = RecipientResolver(cfg).resolve([user])
+    incoming = _native.Incoming(cfg.spooldir, name=name)
+    try:
+        now = time.time()
+        text = (
+            f"From: Mail Delivery System <MAILER-DAEMON@{cfg.mailname}>\nTo: <{user}>\n"
+            "Subject: Mail not accepted\nAuto-Submitted: auto-replied\n\n"
+            f"The mail you left for delivery as {what} was not accepted: {why}.\n"
+            "Nothing of it was sent.\n"
+        )
+        incoming.receive(
+            text.encode("utf-8", "surrogateescape"),
+            prefix=message.received_header("", name, cfg.mailname, cfg.system_hostname, "MAILER-DAEMON", now),
+            add_if_missing=message.headers_to_add("", name, cfg.mailname, now),
+            dot_terminates=False,
+            collect_recipients=False,
+        )
+        incoming.commit("", recipients)
+    finally:
+        incoming.abort()

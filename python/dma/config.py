@@ -73,6 +73,8 @@ _KEYS: dict[str, tuple[str, str]] = {
     "XOAUTH2_COMMAND": ("argv", "xoauth2_command"),
     "HELO_NAME": ("host", "helo_name"),
     "LOGFILE": ("str", "logfile"),
+    "MAXUSERMSGS": ("limit", "max_user_msgs"),
+    "MAXUSERBYTES": ("limit", "max_user_bytes"),
     "ROUTE": ("route", "routes"),
     "REWRITEFROM": ("address", "rewrite_from"),
 }
@@ -104,6 +106,8 @@ class Config:
         "masquerade_host",
         "masquerade_user",
         "max_queue_time",
+        "max_user_bytes",
+        "max_user_msgs",
         "mboxdir",
         "nullclient",
         "opportunistic_tls",
@@ -158,6 +162,8 @@ class Config:
     retry_min: int
     retry_max: int
     max_queue_time: int
+    max_user_msgs: int  # system mode: what one user may hold in the drop directory and queue
+    max_user_bytes: int
     concurrency: int
     host_concurrency: int
     connect_timeout: float
@@ -209,6 +215,8 @@ class Config:
         self.retry_min = 300
         self.retry_max = 10800
         self.max_queue_time = 432000
+        self.max_user_msgs = 1000
+        self.max_user_bytes = 1 << 30
         self.concurrency = 8
         self.host_concurrency = 2
         self.connect_timeout = 30.0
@@ -540,6 +548,12 @@ def _convert(
         if not set(value) <= _DIGITS or len(value) > 6 or int(value) < 1:
             raise ConfigError(path, lineno, key, f"`{value}' is not a positive whole number")
         return int(value)
+    if kind == "limit":  # a whole number, K/M/G for binary multiples
+        scale = 1 << 10 * "KMG".find(value[-1:]) + 10 if value[-1:] in ("K", "M", "G") else 1
+        digits = value[:-1] if scale > 1 else value
+        if not digits or not set(digits) <= _DIGITS or len(digits) > 15:
+            raise ConfigError(path, lineno, key, f"`{value}' is not a whole number (K, M or G may follow)")
+        return int(digits) * scale
     if kind == "seconds":
         secs_f = _parse_seconds(value)
         if secs_f is None:

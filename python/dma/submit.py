@@ -114,6 +114,10 @@ def spool_message(
 
     prepare_spool(cfg)
     dropping = drops(cfg)
+    if dropping:
+        from .drop import check_usage
+
+        check_usage(cfg, posix.getuid())
     where = f"{cfg.spooldir}/incoming" if dropping else cfg.spooldir
     try:
         incoming = _native.Incoming(where, durable)

@@ -76,11 +76,12 @@ enum Input {
 
 #[pymethods]
 impl Incoming {
-    /// `durable=False` skips the syncs; the caller ends the batch with `sync_spool`.
+    /// `durable=False` skips the syncs; the caller ends the batch with `sync_spool`. `name`: the
+    /// message id to use instead of a fresh one (see `spool::Incoming::create`).
     #[new]
-    #[pyo3(signature = (spooldir, durable=true))]
-    fn new(py: Python<'_>, spooldir: PathBuf, durable: bool) -> PyResult<Self> {
-        let inner = py.detach(|| spool::Incoming::create(&spooldir, durable))?;
+    #[pyo3(signature = (spooldir, durable=true, name=None))]
+    fn new(py: Python<'_>, spooldir: PathBuf, durable: bool, name: Option<String>) -> PyResult<Self> {
+        let inner = py.detach(|| spool::Incoming::create(&spooldir, durable, name.as_deref()))?;
         let id = inner.id().to_owned();
         Ok(Incoming {
             inner: Some(inner),
