@@ -24,6 +24,7 @@ class Options:
     __slots__ = (
         "config",
         "dot_terminates",
+        "dsn",
         "foreground",
         "from_headers",
         "full_name",
@@ -40,6 +41,7 @@ class Options:
 
     def __init__(self) -> None:
         self.config: str | None = None
+        self.dsn: dict[str, str] = {}  # -N, -R, -V by letter
         self.dot_terminates = True
         self.foreground = False
         self.from_headers = False
@@ -141,7 +143,9 @@ def apply_option(opts: Options, letter: str, value: str) -> None:
         opts.queue_arg = value
     elif letter == "C":
         opts.config = value
-    # -B -d -h -N -O -R -V -X take an argument that is ignored.
+    elif letter in "NRV":
+        opts.dsn[letter] = value
+    # -B -d -h -O -X take an argument that is ignored.
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,6 +172,7 @@ def run() -> None:
     The message is durable and the output flushed by then; skipping the interpreter's teardown
     (module and object clean-up) is a measurable part of what every cron job's mail costs.
     """
+    reopen_closed_outputs()
     code = main()
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -175,6 +180,22 @@ def run() -> None:
         except OSError:  # a reader that went away (`mailq | head`) is not our failure
             pass
     posix._exit(code)
+
+
+def reopen_closed_outputs() -> None:
+    """Callers such as GNU mailutils start us with only descriptor 0 open: put /dev/null on closed
+    descriptors 1 and 2 (as daemons do), so that a write or flush can not fail a queued message."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        try:
+            posix.fstat(fd)
+            continue
+        except OSError:
+            pass
+        new = posix.open("/dev/null", posix.O_WRONLY)
+        if new != fd:  # descriptor 0 was closed too: leave it closed (not an empty message)
+            posix.dup2(new, fd)
+            posix.close(new)
+        setattr(sys, name, open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False))
 
 
 # `dma <command> ...`: operations C dma never had, each in its own module with a
@@ -231,10 +252,21 @@ def dispatch(prog: str, args: list[str]) -> int:
             full_name=opts.full_name,
             tag=opts.tag,
         )
+        if opts.dsn:
+            from .dsn import parameters
+
+            sub.dsn = parameters(opts.dsn.get("N"), opts.dsn.get("R"), opts.dsn.get("V"))
         message_ids = [submit(cfg, sub)[0]]
     if not message_ids or opts.queue_only or cfg.defer or drops(cfg):
         return 0  # a drop is delivered by the system's runner (`dma serve`), not by us
-    return deliver_now(cfg, message_ids, opts, prog)
+    try:
+        return deliver_now(cfg, message_ids, opts, prog)
+    except (Fatal, OSError) as e:
+        if opts.foreground:
+            raise
+        # The mail is queued: a caller that saw a failure would send it again.
+        sys.stderr.write(f"{prog}: queued as {' '.join(message_ids)}, but {e}\n")
+        return 0
 
 
 def check_aliases(cfg: Config) -> int:

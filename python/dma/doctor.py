@@ -248,8 +248,8 @@ def check_auth(cfg: Config, report: Report) -> None:
             + (" (INSECURE)" if cfg.insecure else ""),
             "fix: VERIFYCERT (and CAFILE for a private CA), or FINGERPRINT; INSECURE takes the risk",
         )
-    if cfg.smarthost and table.lookup(cfg.smarthost) is None:
-        report.info("auth.conf", f"no credentials for the smarthost `{cfg.smarthost}' (hosts match exactly)")
+    for host in [h for h, _ in cfg.smarthosts() if table.lookup(h) is None]:
+        report.info("auth.conf", f"no credentials for the smarthost `{host}' (hosts match exactly)")
     from .oauth import renew_now
     from .routing import RouteError
 
@@ -297,7 +297,7 @@ def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[tupl
             return
         route = dest.route
         via = f" (ROUTE at line {route.line})" if route is not None else ""
-        if (route is not None and route.host != "mx") or (route is None and cfg.smarthost):
+        if (route is not None and route.hosts) or (route is None and cfg.smarthost):
             t = found[0]
             kind = "smarthost" if route is None else "relay"
             report.passed("route", f"{indent}{address} -> {kind} {t.name} port {t.port}{via}", addrs(t))

@@ -83,6 +83,9 @@ class Ledger:
         from . import bounce
 
         first = failed[0]
+        if first.sender and not bounce.wants_failure_report(first.dsn):
+            self.log(bounce.discard(self.spool, failed), event="failed")
+            return 0
         reason = "a bounce that could not be delivered" if not first.sender else ""
         if not reason:
             try:

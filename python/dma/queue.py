@@ -156,12 +156,14 @@ class Runner(Ledger):
         try:
             while not self.stopping:
                 self.collect()
-                self.pick_up()
+                waits = self.pick_up()[1]
                 if not self.running and not self.replayed:
                     self.replay_journal()
                 now = time.time()
                 due, next_retry, failing = spool.due(int(now), force)
                 force = False
+                if waits:  # a drop that could not be taken yet: try again in 10 s
+                    next_retry = min(next_retry or int(now) + 10, int(now) + 10)
                 if only is not None:
                     due = [e for e in due if only.wants(e)]
                 if self.tried is not None:  # one pass: a retry that falls due meanwhile waits
@@ -215,12 +217,13 @@ class Runner(Ledger):
                 return
             force = False
 
-    def pick_up(self) -> None:
-        """System mode: take what unprivileged users left in the drop directory."""
-        if self.system_drop:
-            from .drop import pick_up
+    def pick_up(self) -> tuple[int, int]:
+        """System mode: take what users left in the drop directory; (taken, waiting) drops."""
+        if not self.system_drop:
+            return 0, 0
+        from .drop import pick_up
 
-            pick_up(self.cfg, self.events)
+        return pick_up(self.cfg, self.events)
 
     def replay_journal(self) -> None:
         """Remove entries the server confirmed before a crash kept us from recording it.

@@ -41,9 +41,7 @@ def destination(cfg: Config, sender: str, recipient: str) -> Destination:
     domain = recipient_domain(recipient).lower()
     route = choose(cfg.routes, sender, recipient)
     if route is not None:
-        return Destination(
-            route, domain, f"route {route.line}" + (f" {domain}" if route.host == "mx" else "")
-        )
+        return Destination(route, domain, f"route {route.line}" + ("" if route.hosts else f" {domain}"))
     return Destination(None, domain, "smarthost" if cfg.smarthost else domain)
 
 
@@ -102,9 +100,9 @@ def describe(outcome: _native.Outcome, host: str, address: str | None) -> str:
 
 def targets(cfg: Config, dest: Destination) -> list[Target]:
     route = dest.route
-    if route is None or route.host == "mx":
+    if route is None or not route.hosts:
         return targets_for(dest.domain, cfg, mx=route is not None)
-    return targets_for(dest.domain, cfg, host=route.host, port=route.port)
+    return targets_for(dest.domain, cfg, hosts=route.hosts)
 
 
 def failed_all(groups: list[list[str]], status: str, text: str) -> dict[str, tuple[str, str]]:

@@ -76,11 +76,12 @@ enum Input {
 
 #[pymethods]
 impl Incoming {
-    /// `durable=False` skips the syncs; the caller ends the batch with `sync_spool`.
+    /// `durable=False` skips the syncs; the caller ends the batch with `sync_spool`. `name`: the
+    /// message id to use instead of a fresh one (see `spool::Incoming::create`).
     #[new]
-    #[pyo3(signature = (spooldir, durable=true))]
-    fn new(py: Python<'_>, spooldir: PathBuf, durable: bool) -> PyResult<Self> {
-        let inner = py.detach(|| spool::Incoming::create(&spooldir, durable))?;
+    #[pyo3(signature = (spooldir, durable=true, name=None))]
+    fn new(py: Python<'_>, spooldir: PathBuf, durable: bool, name: Option<String>) -> PyResult<Self> {
+        let inner = py.detach(|| spool::Incoming::create(&spooldir, durable, name.as_deref()))?;
         let id = inner.id().to_owned();
         Ok(Incoming {
             inner: Some(inner),
@@ -95,7 +96,8 @@ impl Incoming {
 
     /// Read the message from `source` (a file descriptor, left open, bytes, or the next body of an
     /// `SmtpStdin`) into the spool.
-    #[pyo3(signature = (source, *, prefix, add_if_missing, dot_terminates, collect_recipients))]
+    #[pyo3(signature = (source, *, prefix, add_if_missing, dot_terminates, collect_recipients, rewrite_from=None))]
+    #[allow(clippy::too_many_arguments)]
     fn receive(
         &mut self,
         py: Python<'_>,
@@ -104,6 +106,7 @@ impl Incoming {
         add_if_missing: Vec<(String, Vec<u8>)>,
         dot_terminates: bool,
         collect_recipients: bool,
+        rewrite_from: Option<String>,
     ) -> PyResult<MessageInfo> {
         let mut inner = self.inner.take().ok_or_else(finished)?;
         // The `-bs` reader leaves its Python object while the GIL is released, and returns after.
@@ -125,6 +128,7 @@ impl Incoming {
                 collect_recipients,
                 prefix: &prefix,
                 add_if_missing: &add,
+                rewrite_from: rewrite_from.as_deref(),
             };
             let (result, body) = match input {
                 Input::Fd(fd) => {
@@ -145,14 +149,30 @@ impl Incoming {
     }
 
     /// Publish one queue entry per recipient; returns their ids. Afterwards this object is spent.
-    fn commit(&mut self, py: Python<'_>, sender: String, recipients: Vec<String>) -> PyResult<Vec<String>> {
+    #[pyo3(signature = (sender, recipients, dsn=String::new()))]
+    fn commit(
+        &mut self,
+        py: Python<'_>,
+        sender: String,
+        recipients: Vec<String>,
+        dsn: String,
+    ) -> PyResult<Vec<String>> {
         let mut inner = self.inner.take().ok_or_else(finished)?;
+        inner.dsn = dsn;
         Ok(py.detach(move || inner.commit(&sender, &recipients))?)
     }
 
     /// System mode: publish into the drop directory for the runner (see `commit_drop` in spool.rs).
-    fn commit_drop(&mut self, py: Python<'_>, sender: String, recipients: Vec<String>) -> PyResult<String> {
+    #[pyo3(signature = (sender, recipients, dsn=String::new()))]
+    fn commit_drop(
+        &mut self,
+        py: Python<'_>,
+        sender: String,
+        recipients: Vec<String>,
+        dsn: String,
+    ) -> PyResult<String> {
         let mut inner = self.inner.take().ok_or_else(finished)?;
+        inner.dsn = dsn;
         Ok(py.detach(move || inner.commit_drop(&sender, &recipients))?)
     }
 
@@ -174,6 +194,7 @@ pub(crate) struct QueueEntry {
     next_attempt: u64,
     last_error: String,
     state: String,
+    dsn: String,
 }
 
 impl From<&Entry> for QueueEntry {
@@ -189,6 +210,7 @@ impl From<&Entry> for QueueEntry {
             next_attempt: e.next_attempt,
             last_error: e.last_error.clone(),
             state: e.state.clone(),
+            dsn: e.dsn.clone(),
         }
     }
 }

@@ -202,6 +202,7 @@ fn smtp_session(
             recipients,
             message,
             journal_ids: Vec::new(),
+            dsn: String::new(),
         })
         .collect();
     py.detach(|| crate::smtp::run_session(&settings.0, &transactions))
@@ -236,6 +237,8 @@ impl Connection {
                     recipients: entries.iter().map(|c| c.entry.recipient.clone()).collect(),
                     message: first.message_path(),
                     journal_ids: ids.clone(),
+                    // NOTIFY/RET/ENVID as submitted (`-N`, `-R`, `-V`): one message, one set.
+                    dsn: first.entry.dsn.clone(),
                 });
             }
             transactions
