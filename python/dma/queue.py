@@ -336,7 +336,7 @@ class Runner:
                             bounce=bounce_id,
                         )
                         continue
-                for c, entry in zip(held, failed, strict=True):
+                for c, entry in zip(held, failed):
                     c.record(
                         attempts=entry.attempts,
                         next_attempt=0,

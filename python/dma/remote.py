@@ -201,9 +201,9 @@ def take_results(
 ) -> list[Transaction]:
     """Record a session's outcomes; return what another host or address should still try."""
     retry_elsewhere: list[Transaction] = []
-    for transaction, results in zip(pending, result.results, strict=True):
+    for transaction, results in zip(pending, result.results):
         again = Transaction(transaction.sender, transaction.message_path)
-        for rcpt, eid, outcome in zip(transaction.recipients, transaction.entry_ids, results, strict=True):
+        for rcpt, eid, outcome in zip(transaction.recipients, transaction.entry_ids, results):
             outcomes[eid] = (outcome.status, describe(outcome, host, result.address))
             if outcome.status == "temporary" and outcome.stage in _TRY_NEXT_HOST:
                 again.recipients.append(rcpt)
