@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 from dma_fixtures import DmaEnv
 from servers import DnsServer, Zone
 from smtp_servers import LOGIN, PASSWORD, Certs, RawServer, Smtpd, scripted
@@ -85,7 +86,7 @@ def test_session_commands_are_ehlo_starttls_auth_quit(dma_env: DmaEnv, certs: Ce
         replies={"AUTH": "235 2.7.0 ok"},
     )
     with RawServer(session) as server:
-        relay_to(dma_env, server.port, certs)
+        relay_to(dma_env, server.port, certs, "INSECURE")
         r = doctor(dma_env)
     assert r.returncode == 0, r.stdout.decode()
     verbs = [c.split(" ")[0] for c in server.commands]
@@ -187,7 +188,7 @@ def test_world_readable_auth_conf_warns(dma_env: DmaEnv) -> None:
     auth = dma_env.root / "auth.conf"
     auth.write_text(f"{LOGIN}|relay.test:{PASSWORD}\n")
     auth.chmod(0o644)
-    dma_env.write_conf(f"AUTHPATH {auth}")
+    dma_env.write_conf(f"AUTHPATH {auth}", "VERIFYCERT")
     r = doctor(dma_env, "-n")
     assert lines(r, "PASS", "auth.conf") == [f"{auth} readable: credentials for 1 host(s)"]
     assert lines(r, "WARN", "auth.conf") == [f"{auth} has mode 0644: readable by group or others"]
@@ -195,6 +196,28 @@ def test_world_readable_auth_conf_warns(dma_env: DmaEnv) -> None:
     assert r.returncode == 0  # a warning is not a failure
     auth.chmod(0o600)
     assert lines(doctor(dma_env, "-n"), "WARN", "auth.conf") == []
+
+
+@pytest.mark.parametrize(
+    "extra,status,code",
+    [
+        ((), "FAIL", 1),
+        (("VERIFYCERT",), None, 0),
+        (("FINGERPRINT " + "ab" * 32,), None, 0),
+        (("INSECURE",), "WARN", 0),
+    ],
+)
+def test_auth_without_a_checked_certificate_fails_unless_insecure(
+    dma_env: DmaEnv, extra: tuple[str, ...], status: str | None, code: int
+) -> None:
+    auth = dma_env.root / "auth.conf"
+    auth.write_text(f"{LOGIN}|relay.test:{PASSWORD}\n")
+    auth.chmod(0o600)
+    dma_env.write_conf(f"AUTHPATH {auth}", *extra)
+    r = doctor(dma_env, "-n")
+    found = [s for s in ("FAIL", "WARN") for text in lines(r, s, "auth.conf") if "man in the middle" in text]
+    assert found == ([status] if status else []), r.stdout.decode()
+    assert r.returncode == code
 
 
 def test_auth_conf_owned_by_another_user_warns(dma_env: DmaEnv) -> None:

@@ -274,6 +274,16 @@ def test_sample_config_lists_every_key() -> None:
     assert len(text.splitlines()) < 60
 
 
+def test_sample_config_makes_auth_verify_the_server(tmp_path: Path) -> None:
+    """VERIFYCERT is on in the sample, and the AUTH keys say why and what `dma doctor` does without it."""
+    text = (Path(install.DATA) / "dma.conf").read_text()
+    conf = tmp_path / "dma.conf"
+    conf.write_text(text + f"AUTHPATH {tmp_path / 'auth.conf'}\n")
+    assert config.load(str(conf), user_mode=False).verifycert
+    before_auth = text.partition("#AUTHPATH")[0].rsplit("\n\n", 1)[1]
+    assert "take the password" in before_auth and "`dma doctor` fails unless INSECURE" in before_auth
+
+
 def test_a_broken_config_stops_the_install(tmp_path: Path) -> None:
     (tmp_path / "etc/dma").mkdir(parents=True)
     (tmp_path / "etc/dma/dma.conf").write_text("PORT smtp\n")

@@ -29,6 +29,7 @@ class Cfg:
     maildir: str | None = None
     mailname: str = "vm"
     user_mode: bool = True
+    timeout: float = 300.0
 
 
 def spool(tmp_path: Path, content: bytes, name: str = "Mtest") -> str:

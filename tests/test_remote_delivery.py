@@ -157,6 +157,37 @@ def test_fingerprint_pins_the_certificate(remote: Remote, sinks: list[SmtpSink],
     assert len(remote.entries()) == 1
 
 
+class ClientCertPki(Pki):
+    """A server that asks every client for a certificate from its own CA and refuses without one."""
+
+    def server_context(self) -> object:
+        import ssl
+
+        ctx = super().server_context()
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cafile=str(self.cafile))
+        return ctx
+
+
+def test_client_certificate_from_certfile(remote: Remote, sinks: list[SmtpSink], tmp_path: Path) -> None:
+    (tmp_path / "server").mkdir()
+    pki = ClientCertPki(tmp_path / "server")
+    client = pki.ca.issue_cert("client.test")
+    certfile = tmp_path / "client.pem"  # chain and key in one file, as CERTFILE takes them
+    certfile.write_bytes(b"".join(p.bytes() for p in client.cert_chain_pems) + client.private_key_pem.bytes())
+    s = sink(sinks, remote, tls="implicit", pki=pki)
+    remote.relay_to("localhost", s.port, "SECURETRANSFER", "VERIFYCERT", f"CAFILE {pki.cafile}")
+    r = remote.send("you@remote.test")
+    assert r.returncode == EX_TEMPFAIL, r.stderr  # no client certificate: the handshake fails
+    assert s.messages == []
+    remote.relay_to(
+        "localhost", s.port, "SECURETRANSFER", "VERIFYCERT", f"CAFILE {pki.cafile}", f"CERTFILE {certfile}"
+    )
+    r = remote.send("you@remote.test")
+    assert r.returncode == 0, r.stderr
+    assert len(s.messages) == 1 and s.messages[0].tls
+
+
 def test_starttls_required_but_not_offered_is_temporary(remote: Remote, sinks: list[SmtpSink]) -> None:
     s = sink(sinks, remote, tls=None)
     remote.relay_to("localhost", s.port, "SECURETRANSFER", "STARTTLS")

@@ -127,6 +127,7 @@ def send(cfg: Config, failed: list[_native.QueueEntry], message_path: str) -> st
     """
     sender = failed[0].sender
     try:
+        message.check_address(sender, "sender")  # an entry from elsewhere (C dma's) never passed it
         recipients = RecipientResolver(cfg).resolve([sender])
     except Fatal:
         recipients = RecipientResolver(cfg).resolve(["postmaster"])

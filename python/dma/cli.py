@@ -143,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     prog = argv[0].rpartition("/")[2] if argv else "sendmail"
     try:
         return dispatch(prog, argv[1:])
+    except OSError as e:  # what has no precise message still gets one line and a sysexits code
+        from .submit import os_failure
+
+        fatal = os_failure(e, f"`{e.filename}'" if e.filename else "")
+        sys.stderr.write(f"{prog}: {fatal}\n")
+        return fatal.code
     except Fatal as e:
         sys.stderr.write(f"{prog}: {e}\n")
         return e.code

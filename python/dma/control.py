@@ -38,17 +38,22 @@ USAGE = "usage: dma queue [-C FILE] list [--json] | show ID | hold|release|delet
 BOUNCE_TEXT = "bounced by the administrator"
 
 
+def queue_entries(cfg: Config) -> list[_native.QueueEntry]:
+    from . import _native
+
+    try:
+        return _native.scan_queue(cfg.spooldir)[0] if os.path.isdir(cfg.spooldir) else []
+    except PermissionError:
+        # System mode: the spool is the runner's (root's) alone, as is every queued message.
+        raise Fatal(EX_NOPERM, f"the queue in `{cfg.spooldir}' can be used by root only") from None
+
+
 def list_queue(cfg: Config, out: TextIO, *, json: bool = False) -> None:
     """Print the queue in C dma's `mailq` format (monitoring scripts parse it), or as JSON: the
     spool's entries, then (system mode) users' mail still waiting in the drop directory."""
-    from . import _native, drop
+    from . import drop
 
-    try:
-        entries = _native.scan_queue(cfg.spooldir)[0] if os.path.isdir(cfg.spooldir) else []
-    except PermissionError:
-        # System mode: the spool is the runner's (root's) alone, as is every queued message.
-        raise Fatal(EX_NOPERM, f"the queue in `{cfg.spooldir}' can be listed by root only") from None
-    rows = [entry_row(e) for e in entries]
+    rows = [entry_row(e) for e in queue_entries(cfg)]
     for ident, sender, recipients, st in drop.waiting(cfg):
         for n, rcpt in enumerate(recipients, 1):
             rows.append(
@@ -146,16 +151,9 @@ class Control:
         if code == EX_NOINPUT or self.code == 0:
             self.code = code
 
-    def entries(self) -> list[_native.QueueEntry]:
-        from . import _native
-
-        if not os.path.isdir(self.cfg.spooldir):
-            return []
-        return _native.scan_queue(self.cfg.spooldir)[0]
-
     def select(self, ids: list[str]) -> list[_native.QueueEntry]:
         """The entries named by `ids` (entry or message ids), in queue order, without repeats."""
-        entries = self.entries()
+        entries = queue_entries(self.cfg)
         chosen: dict[str, _native.QueueEntry] = {}
         for ident in ids:
             found = [e for e in entries if ident in (e.id, e.message_id)]

@@ -247,6 +247,14 @@ def check_auth(cfg: Config, report: Report) -> None:
             f"{path} has mode {stat.S_IMODE(st.st_mode):04o}: readable by group or others",
             f"fix: chmod 600 {path}",
         )
+    if table and not (cfg.verifycert or cfg.fingerprint):
+        # C dma's default, but a man in the middle then gets the password: refused unless INSECURE.
+        (report.warn if cfg.insecure else report.fail)(
+            "auth.conf",
+            "AUTH without VERIFYCERT or FINGERPRINT: a man in the middle gets the password"
+            + (" (INSECURE)" if cfg.insecure else ""),
+            "fix: VERIFYCERT (and CAFILE for a private CA), or FINGERPRINT; INSECURE takes the risk",
+        )
     if st.st_uid != euid:
         report.warn("auth.conf", f"{path} is owned by uid {st.st_uid}, not by the queue runner's uid {euid}")
     if cfg.smarthost and table.lookup(cfg.smarthost) is None:

@@ -81,7 +81,7 @@ def deliver(
         if cfg.maildir:
             path = _expand_maildir(cfg.maildir, pw)
             if os.geteuid() == 0 and pw.pw_uid != 0:
-                _maildir_as_user(pw, path, message_path, cfg.mailname)
+                _maildir_as_user(pw, path, message_path, cfg)
             else:
                 _native.maildir_deliver(path, message_path, cfg.mailname, None)
         else:
@@ -101,11 +101,18 @@ def deliver(
         raise DeliveryFailure(f"local delivery to {user} failed: {e}", permanent=True) from e
 
 
-def _maildir_as_user(pw: pwd.struct_passwd, path: str, message_path: str, hostname: str) -> None:
+def _maildir_as_user(pw: pwd.struct_passwd, path: str, message_path: str, cfg: Config) -> None:
     """Deliver into a Maildir in the user's own tree as that user, never as root: whatever the
     user did to the directories on the way (a symlink to a root-only place, say), the kernel
     checks our access as theirs. A forked child opens the spooled message while still root, then
-    gives up root and delivers from the open file."""
+    gives up root and delivers from the open file.
+
+    The user may stop or slow that child: it keeps none of the runner's descriptors (no lock of
+    the queue or of a claimed entry), and is killed once TIMEOUT has passed (a temporary failure).
+    """
+    import select
+    import signal
+
     message_fd = os.open(message_path, os.O_RDONLY | os.O_CLOEXEC)
     read_end, write_end = os.pipe()
     try:
@@ -113,10 +120,11 @@ def _maildir_as_user(pw: pwd.struct_passwd, path: str, message_path: str, hostna
         if pid == 0:  # pragma: no cover - the child reports through the pipe and its exit status
             status = 0
             try:
+                _keep_only(message_fd, write_end)
                 os.setgroups([])
                 os.setgid(pw.pw_gid)
                 os.setuid(pw.pw_uid)
-                _native.maildir_deliver(path, message_fd, hostname, None)
+                _native.maildir_deliver(path, message_fd, cfg.mailname, None)
             except OSError as e:
                 os.write(write_end, f"{e.errno}:{e.strerror or e}".encode("utf-8", "replace"))
                 status = 1
@@ -127,7 +135,20 @@ def _maildir_as_user(pw: pwd.struct_passwd, path: str, message_path: str, hostna
                 os._exit(status)
         os.close(write_end)
         write_end = -1
-        report = os.read(read_end, 4096).decode("utf-8", "replace")
+        report = b""
+        end = time.monotonic() + cfg.timeout
+        poll = select.poll()
+        poll.register(read_end, select.POLLIN)
+        while True:  # the pipe ends when the child does
+            left = end - time.monotonic()
+            if left <= 0 or not poll.poll(left * 1000 + 1):
+                os.kill(pid, signal.SIGKILL)  # stopped or not, it ends here
+                os.waitpid(pid, 0)
+                raise OSError(0, f"delivery as {pw.pw_name} took over {cfg.timeout:g} s (TIMEOUT): killed")
+            chunk = os.read(read_end, 4096)
+            if not chunk:
+                break
+            report += chunk
         _, status = os.waitpid(pid, 0)
     finally:
         os.close(message_fd)
@@ -135,13 +156,26 @@ def _maildir_as_user(pw: pwd.struct_passwd, path: str, message_path: str, hostna
         if write_end >= 0:
             os.close(write_end)
     code = os.waitstatus_to_exitcode(status)
+    text = report.decode("utf-8", "replace")
     if code == 2:
-        raise ValueError(report.partition(":")[2])
+        raise ValueError(text.partition(":")[2])
     if code != 0:
-        errno_text, _, text = report.partition(":")
+        errno_text, _, why = text.partition(":")
         raise OSError(
-            int(errno_text) if errno_text.isdigit() else 0, text or f"delivery process ended with {code}"
+            int(errno_text) if errno_text.isdigit() else 0, why or f"delivery process ended with {code}"
         )
+
+
+def _keep_only(*fds: int) -> None:  # pragma: no cover - runs in the forked child
+    """Close every descriptor but `fds`, and put /dev/null on 0, 1 and 2."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    start = 3
+    for fd in sorted(fds):
+        os.closerange(start, fd)
+        start = fd + 1
+    os.closerange(start, os.sysconf("SC_OPEN_MAX"))
 
 
 def _safe_name(name: str) -> bool:

@@ -109,7 +109,13 @@ class Runner:
         return BATCH if soft == resource.RLIM_INFINITY else max(16, min(BATCH, soft - 256))
 
     def acquire(self) -> bool:
-        fd = os.open(os.path.join(self.cfg.spooldir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        path = os.path.join(self.cfg.spooldir, "lock")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            from .submit import os_failure
+
+            raise os_failure(e, f"can not lock the queue in `{self.cfg.spooldir}'") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

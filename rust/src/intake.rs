@@ -13,6 +13,10 @@ use crate::errors::{DmaError, IoContext, Result};
 /// How much of a line we look at before deciding what it is; the rest of the line streams.
 const LINE_HEAD: usize = 1024;
 const CHUNK: usize = 64 * 1024;
+/// What `-t` keeps of one `To:`/`Cc:`/`Bcc:` field, and of all of them: memory stays bounded
+/// whatever the input (C dma refused any line over 997 bytes).
+const MAX_FIELD: usize = 1 << 20;
+const MAX_COLLECTED: usize = 4 << 20;
 
 pub struct IntakeOptions<'a> {
     /// A line holding only `.` ends the message (no `-i`).
@@ -75,6 +79,8 @@ struct Transformer<'a, W: Write> {
     header_fate: Fate,
     present: Vec<bool>,
     pending_cr: bool,
+    /// Bytes collected for `-t` so far.
+    collected: usize,
 }
 
 impl<'a, W: Write> Transformer<'a, W> {
@@ -90,6 +96,7 @@ impl<'a, W: Write> Transformer<'a, W> {
             header_fate: Fate::Keep,
             present: vec![false; opts.add_if_missing.len()],
             pending_cr: false,
+            collected: 0,
         }
     }
 
@@ -165,13 +172,33 @@ impl<'a, W: Write> Transformer<'a, W> {
     fn stream(&mut self, bytes: &[u8]) -> Result<()> {
         let fate = self.fate.unwrap_or(Fate::Keep);
         if fate.collects() {
-            if let Some(last) = self.info.recipient_headers.last_mut() {
-                last.push_str(&String::from_utf8_lossy(bytes));
-            }
+            self.collect(bytes, false)?;
         }
         if fate.keeps() && !bytes.is_empty() {
             self.write(bytes).context(|| "writing the spool file".into())?;
         }
+        Ok(())
+    }
+
+    /// Keep part of a `To:`/`Cc:`/`Bcc:` value for `-t` (`new`: a field's first part).
+    fn collect(&mut self, bytes: &[u8], new: bool) -> Result<()> {
+        if new {
+            self.info.recipient_headers.push(String::new());
+        }
+        self.collected += bytes.len();
+        let field = self
+            .info
+            .recipient_headers
+            .last_mut()
+            .expect("a field is being collected");
+        if field.len() + bytes.len() > MAX_FIELD || self.collected > MAX_COLLECTED {
+            return Err(DmaError::Data(format!(
+                "To:, Cc: and Bcc: over {} MiB in a field or {} MiB in all, for -t",
+                MAX_FIELD >> 20,
+                MAX_COLLECTED >> 20
+            )));
+        }
+        field.push_str(&String::from_utf8_lossy(bytes));
         Ok(())
     }
 
@@ -211,17 +238,9 @@ impl<'a, W: Write> Transformer<'a, W> {
         };
         self.fate = Some(fate);
         if fate.collects() {
-            if !is_continuation(&head) || self.info.recipient_headers.is_empty() {
-                let value = head
-                    .iter()
-                    .position(|&b| b == b':')
-                    .map_or(&head[..], |p| &head[p + 1..]);
-                self.info
-                    .recipient_headers
-                    .push(String::from_utf8_lossy(value).into_owned());
-            } else if let Some(last) = self.info.recipient_headers.last_mut() {
-                last.push_str(&String::from_utf8_lossy(&head));
-            }
+            let new = !is_continuation(&head) || self.info.recipient_headers.is_empty();
+            let colon = head.iter().position(|&b| b == b':').filter(|_| new);
+            self.collect(&head[colon.map_or(0, |p| p + 1)..], new)?;
         }
         if fate.keeps() {
             self.write(&head).context(|| "writing the spool file".into())?;
@@ -469,6 +488,25 @@ mod tests {
     fn presence_is_case_insensitive_and_allows_blank_before_colon() {
         let (out, _) = run(b"DATE : d\nmessage-ID:m\n\n", false, false);
         assert_eq!(out, "Received: x\nDATE : d\nmessage-ID:m\n\n");
+    }
+
+    #[test]
+    fn what_t_collects_is_bounded() {
+        let opts = |collect| IntakeOptions {
+            collect_recipients: collect,
+            ..crate::test_util::VERBATIM
+        };
+        let field = |n: usize| format!("To: {}\n", "a".repeat(n));
+        let refused = |input: String| copy_message(input.as_bytes(), io::sink(), &opts(true)).is_err();
+        assert!(!refused(field(MAX_FIELD - 1)));
+        assert!(refused(field(MAX_FIELD + 1)));
+        let folded = format!("Cc: a\n{}", format!(" {}\n", "b".repeat(MAX_FIELD / 4)).repeat(4));
+        assert!(refused(folded.clone()));
+        assert!(refused(
+            field(MAX_FIELD - 10).repeat(MAX_COLLECTED / MAX_FIELD + 1)
+        ));
+        // Without -t nothing is kept, and a giant field streams.
+        assert!(copy_message(folded.as_bytes(), io::sink(), &opts(false)).is_ok());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! encoders. Plain Rust modules, unit-tested without Python; `py_api` is the only file that
 //! touches pyo3.
 
+pub mod address;
 pub mod auth;
 pub mod errors;
 pub mod intake;
@@ -16,4 +17,5 @@ pub mod tls;
 #[cfg(test)]
 mod test_util;
 
+#[cfg(feature = "python")]
 mod py_api;

@@ -241,6 +241,12 @@ impl Claim {
     }
 }
 
+/// Why `address` is not an address (address.rs), or `None`: the check every way in applies.
+#[pyfunction]
+fn check_address(address: &str) -> Option<&'static str> {
+    crate::address::check(address).err()
+}
+
 /// Sync the spool directory itself (after removals made with `sync=False`).
 #[pyfunction]
 fn sync_dir(py: Python<'_>, spooldir: PathBuf) -> PyResult<()> {
@@ -308,8 +314,9 @@ fn maildir_deliver(
     Ok(py.detach(|| match message {
         MessageFile::Path(path) => crate::mailbox::maildir_deliver(&maildir, &path, hostname, create),
         MessageFile::Fd(fd) => {
-            // SAFETY: `fd` is the caller's open descriptor; we read a duplicate and close only that.
-            let dup = unsafe { libc::dup(fd) };
+            // SAFETY: `fd` is the caller's open descriptor; we read a duplicate (close-on-exec,
+            // as every descriptor we open) and close only that.
+            let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
             if dup < 0 {
                 return Err(crate::errors::DmaError::io(
                     "reading the message",
@@ -549,6 +556,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<MessageInfo>()?;
     m.add_class::<QueueEntry>()?;
     m.add_class::<Claim>()?;
+    m.add_function(wrap_pyfunction!(check_address, m)?)?;
     m.add_function(wrap_pyfunction!(scan_queue, m)?)?;
     m.add_function(wrap_pyfunction!(claim, m)?)?;
     m.add_function(wrap_pyfunction!(clean_stale, m)?)?;

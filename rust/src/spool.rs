@@ -32,6 +32,19 @@ fn check_field(what: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// Every address of an envelope passes the one address check (address.rs); the sender may be null.
+fn check_envelope(sender: &str, recipients: &[String]) -> Result<()> {
+    let null = sender.is_empty();
+    for address in std::iter::once(sender)
+        .skip(null as usize)
+        .chain(recipients.iter().map(String::as_str))
+    {
+        let invalid = |why| DmaError::Data(format!("invalid address {address:?}: {why}"));
+        crate::address::check(address).map_err(invalid)?;
+    }
+    Ok(())
+}
+
 /// A message being received, until it is committed to the queue. Dropping it uncommitted removes
 /// everything it wrote.
 pub struct Incoming {
@@ -126,10 +139,7 @@ impl Incoming {
 
     /// Publish one queue entry per recipient, durably; returns the entry ids.
     pub fn commit(&mut self, sender: &str, recipients: &[String]) -> Result<Vec<String>> {
-        check_field("the sender", sender)?;
-        for r in recipients {
-            check_field("a recipient", r)?;
-        }
+        check_envelope(sender, recipients)?;
         if recipients.is_empty() {
             return Err(DmaError::Data("no recipients".into()));
         }
@@ -171,10 +181,9 @@ impl Incoming {
     /// spool, as `D<id>` (the message) and then `E<id>` (its envelope: `Sender:` and `Recipient:`
     /// lines), which the runner picks up. Returns the id.
     pub fn commit_drop(&mut self, sender: &str, recipients: &[String]) -> Result<String> {
-        check_field("the sender", sender)?;
+        check_envelope(sender, recipients)?;
         let mut envelope = format!("Sender: {sender}\n");
         for r in recipients {
-            check_field("a recipient", r)?;
             envelope.push_str(&format!("Recipient: {r}\n"));
         }
         let data = self.dir.join(format!("D{}", self.id));
@@ -605,6 +614,10 @@ mod tests {
             let opts = crate::test_util::VERBATIM;
             inc.receive(&b"x\n"[..], &opts).unwrap();
             assert!(inc.commit("a@x", &["bad\nrcpt".to_owned()]).is_err());
+            let injected = "b@x> NOTIFY=SUCCESS ORCPT=rfc822;c@y".to_owned();
+            assert!(inc.commit("a@x", &["ok@x".to_owned(), injected]).is_err());
+            assert!(inc.commit("a@x> AUTH=<c@y", &["ok@x".to_owned()]).is_err());
+            assert!(inc.commit_drop("a@x> AUTH=<c@y", &["ok@x".to_owned()]).is_err());
         }
         assert!(names(&dir).is_empty(), "{:?}", names(&dir));
         {

@@ -3,8 +3,6 @@
 //! verify against roots (`VERIFYCERT`), no verification (the default), and a pinned leaf
 //! fingerprint (`FINGERPRINT`, optionally combined with root verification).
 
-use std::fs::File;
-use std::io::BufReader;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -13,7 +11,8 @@ use std::time::SystemTime;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 
@@ -146,22 +145,15 @@ fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
     Ok(store)
 }
 
-fn open_pem(path: &Path) -> Result<BufReader<File>, String> {
-    File::open(path)
-        .map(BufReader::new)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))
-}
-
 fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    rustls_pemfile::certs(&mut open_pem(path)?)
+    let unreadable = |e| format!("cannot read {}: {e}", path.display());
+    CertificateDer::pem_file_iter(path)
+        .map_err(unreadable)?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        .map_err(unreadable)
 }
 
-type ClientIdentity = (
-    Vec<CertificateDer<'static>>,
-    rustls::pki_types::PrivateKeyDer<'static>,
-);
+type ClientIdentity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 
 fn load_client_cert(path: &Path) -> Result<ClientIdentity, String> {
     let chain = read_pem_certs(path)?;
@@ -171,9 +163,10 @@ fn load_client_cert(path: &Path) -> Result<ClientIdentity, String> {
             path.display()
         ));
     }
-    let key = rustls_pemfile::private_key(&mut open_pem(path)?)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .ok_or_else(|| format!("client certificate {}: no private key found", path.display()))?;
+    let key = PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        pem::Error::NoItemsFound => format!("client certificate {}: no private key found", path.display()),
+        e => format!("cannot read {}: {e}", path.display()),
+    })?;
     Ok((chain, key))
 }
 

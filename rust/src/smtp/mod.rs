@@ -268,6 +268,26 @@ fn fill_from(report: &mut SessionReport, transactions: &[Transaction], failure: 
     }
 }
 
+/// A session without TLS or AUTH to a test server on loopback.
+#[cfg(test)]
+fn plain_config(port: u16) -> SessionConfig {
+    SessionConfig {
+        host: "mx.test".into(),
+        addresses: vec!["127.0.0.1".parse().unwrap()],
+        port,
+        helo: "client.test".into(),
+        tls_mode: TlsMode::None,
+        tls: TlsPolicy::default(),
+        credentials: None,
+        mechanisms: None,
+        allow_insecure_auth: false,
+        connect_timeout: Duration::from_secs(2),
+        command_timeout: Duration::from_secs(2),
+        verbose: false,
+        journal: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,21 +301,7 @@ mod tests {
     #[test]
     fn unreachable_addresses_fail_temporarily() {
         // Port 1 on loopback: refused at once.
-        let cfg = SessionConfig {
-            host: "mx.test".into(),
-            addresses: vec!["127.0.0.1".parse().unwrap()],
-            port: 1,
-            helo: "client.test".into(),
-            tls_mode: TlsMode::None,
-            tls: TlsPolicy::default(),
-            credentials: None,
-            mechanisms: None,
-            allow_insecure_auth: false,
-            connect_timeout: Duration::from_secs(2),
-            command_timeout: Duration::from_secs(2),
-            verbose: false,
-            journal: None,
-        };
+        let cfg = plain_config(1);
         let tx = Transaction {
             sender: "a@b".into(),
             recipients: vec!["c@d".into(), "e@f".into()],

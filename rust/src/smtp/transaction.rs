@@ -8,6 +8,7 @@ use std::io::{self, Read};
 use super::data::{open_message, DataEncoder};
 use super::session::Session;
 use super::{Outcome, Stage, Status, Transaction, CHUNK, PIPELINE_BATCH};
+use crate::address::check;
 use crate::reply::Reply;
 
 impl Session<'_> {
@@ -90,7 +91,9 @@ impl Session<'_> {
     /// Local checks before anything is sent: addresses, message file, SIZE, SMTPUTF8.
     fn prepare(&mut self, tx: &Transaction, rcpts: &mut [RcptState]) -> Result<Prepared, TxFailure> {
         let fail = |o| Err(TxFailure::Transaction(o));
-        if !valid_address(&tx.sender) {
+        // The one address check again, right before the lines are written (spool files from
+        // elsewhere, C dma's among them, never passed it): nothing can add a parameter.
+        if !tx.sender.is_empty() && check(&tx.sender).is_err() {
             return fail(Outcome::permanent(
                 Stage::Mail,
                 "5.1.7",
@@ -98,7 +101,7 @@ impl Session<'_> {
             ));
         }
         for (state, rcpt) in rcpts.iter_mut().zip(&tx.recipients) {
-            if !valid_address(rcpt) || rcpt.is_empty() {
+            if check(rcpt).is_err() {
                 *state = RcptState::Done(Outcome::permanent(
                     Stage::Rcpt,
                     "5.1.3",
@@ -339,19 +342,83 @@ struct Prepared {
 }
 
 /// No control characters in an envelope address: a CR or LF would inject commands.
-fn valid_address(addr: &str) -> bool {
-    !addr.chars().any(|c| c.is_control())
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+
+    use crate::smtp::{plain_config, run_session, Stage, Status, Transaction};
+    use crate::test_util::tempdir;
+
+    /// A server that takes everything and answers 250 (354 to DATA); returns what it was sent.
+    fn sink() -> (u16, std::thread::JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut out = stream.try_clone().unwrap();
+            let (mut seen, mut body) = (Vec::new(), false);
+            out.write_all(b"220 mx.test\r\n").unwrap();
+            for line in BufReader::new(stream).lines().map(Result::unwrap) {
+                let reply: &[u8] = match line.as_str() {
+                    "." if body => b"250 taken\r\n",
+                    _ if body => b"",
+                    l if l.starts_with("EHLO") => b"250-mx.test\r\n250 PIPELINING\r\n",
+                    "DATA" => b"354 go on\r\n",
+                    "QUIT" => b"221 bye\r\n",
+                    _ => b"250 ok\r\n",
+                };
+                out.write_all(reply).unwrap();
+                body = (body && line != ".") || line == "DATA";
+                let quit = line == "QUIT";
+                seen.push(line);
+                if quit {
+                    break;
+                }
+            }
+            seen
+        });
+        (port, server)
+    }
 
     #[test]
-    fn addresses_with_controls_are_refused() {
-        assert!(valid_address("a@b"));
-        assert!(valid_address("ü@b"));
-        assert!(!valid_address("a@b\r\nRCPT TO:<x@y>"));
-        assert!(!valid_address("a\0b"));
+    fn an_address_that_would_add_a_parameter_never_reaches_the_wire() {
+        let dir = tempdir("tx-address");
+        let message = dir.join("M1");
+        std::fs::write(&message, "Subject: x\n\nbody\n").unwrap();
+        let tx = |sender: &str, recipients: &[&str]| Transaction {
+            sender: sender.into(),
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+            message: message.clone(),
+            journal_ids: Vec::new(),
+        };
+        let injected = "b@x> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;ceo@corp.example";
+        let (port, server) = sink();
+        let report = run_session(
+            &plain_config(port),
+            &[
+                tx("a@x", &["ok@x", injected]),
+                tx("rt_a@x> AUTH=<ceo@corp.example", &["ok@x"]),
+            ],
+        );
+        let seen = server.join().unwrap();
+        let statuses: Vec<Vec<_>> = report
+            .results
+            .iter()
+            .map(|r| r.iter().map(|o| (o.status, o.stage)).collect())
+            .collect();
+        assert_eq!(
+            statuses,
+            [
+                vec![(Status::Sent, Stage::Dot), (Status::Permanent, Stage::Rcpt)],
+                vec![(Status::Permanent, Stage::Mail)]
+            ]
+        );
+        let envelope: Vec<&String> = seen
+            .iter()
+            .filter(|l| l.starts_with("MAIL") || l.starts_with("RCPT"))
+            .collect();
+        assert_eq!(envelope, ["MAIL FROM:<a@x>", "RCPT TO:<ok@x>"]);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }
