@@ -215,6 +215,8 @@ def test_every_added_key(tmp_path: Path) -> None:
                 "TIMEOUT 60",
                 "XOAUTH2_COMMAND /usr/bin/oauth-token  --account  me",
                 "HELO_NAME relay.example.org",
+                "MAXUSERMSGS 0",
+                "MAXUSERBYTES 64M",
             ]
         ),
     )
@@ -234,6 +236,7 @@ def test_every_added_key(tmp_path: Path) -> None:
     assert cfg.timeout == 60.0 and isinstance(cfg.timeout, float)
     assert cfg.xoauth2_command == ["/usr/bin/oauth-token", "--account", "me"]
     assert cfg.helo_name == "relay.example.org"
+    assert (cfg.max_user_msgs, cfg.max_user_bytes) == (0, 64 << 20)
 
 
 @pytest.mark.parametrize(
@@ -345,6 +348,8 @@ def test_missing_final_newline(tmp_path: Path) -> None:
         ("MAX_QUEUE_TIME 1.5h\n", 1, "MAX_QUEUE_TIME", "duration"),
         ("CONCURRENCY 0\n", 1, "CONCURRENCY", "positive whole number"),
         ("HOST_CONCURRENCY two\n", 1, "HOST_CONCURRENCY", "positive whole number"),
+        ("MAXUSERBYTES 1T\n", 1, "MAXUSERBYTES", "whole number"),
+        ("MAXUSERMSGS K\n", 1, "MAXUSERMSGS", "whole number"),
         ("CONNECT_TIMEOUT 0\n", 1, "CONNECT_TIMEOUT", "seconds"),
         ("TIMEOUT nan\n", 1, "TIMEOUT", "seconds"),
         ("TIMEOUT inf\n", 1, "TIMEOUT", "seconds"),
@@ -360,6 +365,8 @@ def test_missing_final_newline(tmp_path: Path) -> None:
         ("NULLCLIENT\n", 1, "NULLCLIENT", "requires SMARTHOST"),
         ("DEFER\nRETRY_MIN 2h\nRETRY_MAX 1h\n", 2, "RETRY_MIN", "larger than RETRY_MAX"),
         ("RETRY_MAX 1m\n", 1, "RETRY_MAX", "larger than RETRY_MAX"),
+        ("REWRITEFROM root\n", 1, "REWRITEFROM", "not an address"),
+        ("SMARTHOST a b:x\n", 1, "SMARTHOST", "bad port"),
     ],
 )
 def test_config_errors(tmp_path: Path, text: str, line: int, key: str, fragment: str) -> None:

@@ -319,6 +319,8 @@ for d in ("/var/spool", "/var/mail", "/etc/dma"):
     os.makedirs(d, exist_ok=True)
     r = sh("mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", d)
     assert r.returncode == 0, r.stderr
+# Our own aliases file: the host's may map `nobody: root`, as Debian's does.
+open("/etc/aliases", "w").close()
 import grp
 os.chown("/var/mail", 0, grp.getgrnam("mail").gr_gid)
 os.chmod("/var/mail", 0o2775)

@@ -90,7 +90,7 @@ envelope_line = st.one_of(
 def test_drop_envelope_parser(lines: list[str], end: str) -> None:
     text = "\n".join(lines) + end
     try:
-        sender, recipients = parse_envelope(text)
+        sender, recipients, _ = parse_envelope(text)
     except (Rejected, Fatal):
         return
     assert recipients

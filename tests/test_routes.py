@@ -36,15 +36,14 @@ def test_first_matching_route_wins(tmp_path: Path) -> None:
     assert choose(routes, "carol@example.net", "x@other.test") is routes[3]
     assert choose(routes, "", "x@other.test") is None
     gmail = routes[0]
-    assert (gmail.host, gmail.port, gmail.tls, gmail.verify, gmail.login) == (
-        "smtp.gmail.test",
-        465,
+    assert (gmail.hosts, gmail.tls, gmail.verify, gmail.login) == (
+        [("smtp.gmail.test", 465)],
         "implicit",
         True,
         "alice",
     )
-    assert (routes[1].port, routes[1].tls, routes[1].verify) == (587, "starttls", None)
-    assert routes[3].port == 25
+    assert (routes[1].hosts[0][1], routes[1].tls, routes[1].verify) == (587, "starttls", None)
+    assert routes[3].hosts[0][1] == 25
 
 
 @pytest.mark.parametrize(
@@ -58,6 +57,9 @@ def test_first_matching_route_wins(tmp_path: Path) -> None:
         "to:x relay bogus",
         "to:x relay fingerprint=zz",
         "to:x relay fingerprint=abcd",
+        "to:x relay rewritefrom=a@b",
+        "from:x relay rewritefrom=nobody",
+        "to:x relay,,:0",
     ],
 )
 def test_bad_routes_are_config_errors_naming_the_line(tmp_path: Path, value: str) -> None:

@@ -23,6 +23,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -64,9 +65,10 @@ def _traversable_paths() -> list[str]:
     ]
 
 
-@pytest.fixture(scope="session")
-def users() -> Iterator[tuple[User, User]]:
-    for name in USERS:
+@contextmanager
+def real_users(*names: str) -> Iterator[list[User]]:
+    """System users `names`, created for the block and removed after it, who can run our programs."""
+    for name in names:
         subprocess.run(["userdel", name], capture_output=True, check=False)  # a leftover of a killed run
         subprocess.run(
             ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
@@ -87,15 +89,21 @@ def users() -> Iterator[tuple[User, User]]:
                 break
             p = p.parent
     try:
-        yield User(USERS[0]), User(USERS[1])
+        yield [User(name) for name in names]
     finally:
         for path, mode in changed.items():
             os.chmod(path, mode)
-        for name in USERS:
+        for name in names:
             for _ in range(50):  # userdel refuses while a process of the user still runs
                 if subprocess.run(["userdel", name], capture_output=True, check=False).returncode in (0, 6):
                     break
                 time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def users() -> Iterator[tuple[User, User]]:
+    with real_users(*USERS) as (a, b):
+        yield a, b
 
 
 class World:
@@ -175,7 +183,9 @@ class World:
         return sorted(os.listdir(self.incoming))
 
     def spool_files(self) -> list[str]:
-        return sorted(n for n in os.listdir(self.spool) if n not in ("incoming", "lock"))
+        return sorted(
+            n for n in os.listdir(self.spool) if n not in ("incoming", "lock") and "usage." not in n
+        )
 
     def mbox(self, name: str = "root") -> bytes:
         path = self.mail / name
@@ -321,6 +331,15 @@ def test_submission_lands_in_drop_dir_then_mbox(world: World, users: tuple[User,
     assert lines[1].startswith(f"Received: from {a.name} (uid {a.uid})".encode()), lines
 
 
+def test_dsn_options_travel_through_the_drop(world: World, users: tuple[User, User]) -> None:
+    a, _ = users
+    r = world.submit(a, ["-N", "never", "-V", "id 1", "bob@remote.example"], message("dsn"))
+    assert r.returncode == 0, r.stderr
+    assert world.run_queue().returncode == 0  # taken; the closed smarthost defers it
+    [q] = [n for n in world.spool_files() if n.startswith("Q")]
+    assert (world.spool / q).read_text().endswith("\nDSN: NOTIFY=NEVER ENVID=id+201\n")
+
+
 def test_other_user_cannot_touch_drop_files(world: World, users: tuple[User, User]) -> None:
     a, b = users
     assert world.submit(a, ["root"], message("secret of a")).returncode == 0
@@ -440,6 +459,20 @@ def test_identity_comes_from_file_owner_via_sendmail(world: World, users: tuple[
     # The forged line is kept below ours, never above it.
     forged_at = lines.index(b"Received: from root (uid 0)")
     assert forged_at > 1
+
+
+def test_bs_session_gets_the_callers_identity(world: World, users: tuple[User, User]) -> None:
+    """`sendmail -bs` as a, claiming b in MAIL FROM and a forged Received: in DATA: a drop like any."""
+    a, b = users
+    data = message("forged via -bs", FORGED_RECEIVED).replace(b"\n", b"\r\n")
+    smtp = b"EHLO x\r\nMAIL FROM:<%s@%s>\r\nRCPT TO:<root>\r\nDATA\r\n%s.\r\nQUIT\r\n"
+    r = world.submit(a, ["-bs"], smtp % (b.name.encode(), MAILNAME.encode(), data))
+    assert r.returncode == 0 and b"\r\n250 2.0.0 queued as " in r.stdout, (r.stdout, r.stderr)
+    assert all(os.lstat(world.incoming / d).st_uid == a.uid for d in world.drops())
+    world.run_queue()
+    lines = received_lines(world.mbox(), b"forged via -bs")
+    assert lines[1] == f"Received: from {a.name} (uid {a.uid})".encode(), lines
+    assert lines.index(b"Received: from root (uid 0)") > 1
 
 
 @pytest.mark.parametrize("claimed", ["root", "dmatest-b"])
@@ -575,16 +608,32 @@ def test_hostile_drops_refused_and_valid_ones_delivered(world: World, users: tup
         assert forbidden not in mbox, forbidden
     if shadow_before:
         assert Path("/etc/shadow").read_bytes() == shadow_before
-    # Every envelope was consumed (taken or refused and removed). Only the second name of A's
-    # hard link stays (it is not a drop name) and, with no E file, nothing else is left.
-    left = world.drops()
-    assert [n for n in left if n.startswith("E")] == [], left
-    assert [n for n in left if n.startswith("D")] == [], left
+    # Everything was consumed: taken, or refused and removed; the second name of A's hard link
+    # too (not a drop name). Nothing was followed: the secret keeps its one name.
+    # The messages whose envelope was not a file wait as lone halves, removed after drop.STALE.
+    assert world.drops() == ["Ddirenv", "Denvsym", "Dfifoenv"]
     assert secret.read_text() == "ROOT-ONLY-SECRET\n" and secret.stat().st_nlink == 1
-    assert (world.mail / "root").exists()
-    assert sorted(os.listdir(world.mail)) == ["root"]
-    # Only the two valid messages were delivered.
-    assert mbox.count(b"\nFrom ") + mbox.startswith(b"From ") == 2
+    assert sorted(os.listdir(world.mail)) == ["dmatest-a", "root"]
+    # The two valid messages, and root's notice about its own hard link; A is told of each of its
+    # refused drops (a notice naming it and why), and gets nothing of anyone's content.
+    assert mbox.count(b"\nFrom ") + mbox.startswith(b"From ") == 3
+    assert b"Subject: Mail not accepted" in mbox and b"Droothard is not a plain file" in mbox
+    notices = world.mbox(a.name)
+    for ident in (
+        "symshadow",
+        "symsecret",
+        "symbfile",
+        "hard",
+        "fifo",
+        "dir",
+        "mixed",
+        "crlf",
+        "nul",
+        "norcpt",
+    ):
+        assert f"drop {ident} was not accepted".encode() in notices, ident
+    for forbidden in (b"ROOT-ONLY-SECRET", b"root:x", b"BODY", b"valid from b"):
+        assert forbidden not in notices, forbidden
 
 
 def test_symlink_planted_in_mboxdir_is_not_followed(world: World, users: tuple[User, User]) -> None:
@@ -654,7 +703,9 @@ def test_path_like_recipients_in_hand_written_drop_and_alias(world: World, users
     assert world.drops() == []
     assert b"path ok" in world.mbox()
     assert b"PATH" not in world.mbox()
-    assert sorted(os.listdir(world.mail)) == ["root"]
+    # A is told about each refused drop; nothing reached a path.
+    assert sorted(os.listdir(world.mail)) == ["dmatest-a", "root"]
+    assert world.mbox(a.name).count(b"Subject: Mail not accepted") == 6
     for p in ("/tmp/escape-drop", "/tmp/escape-alias", str(world.root / "escape"), "/escape"):
         assert not os.path.exists(p), p
 

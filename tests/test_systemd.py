@@ -55,6 +55,8 @@ for d in ("/run", "/var/spool", "/var/mail", "/etc/dma", units):
 for p, text in kept.items():
     with open(p, "w") as f:
         f.write(text)
+# Our own aliases file: the host's may map `nobody: root`, as Debian's does.
+open("/etc/aliases", "w").close()
 os.chown("/var/mail", 0, grp.getgrnam("mail").gr_gid)
 os.chmod("/var/mail", 0o2775)
 must("mount", "-o", "remount,bind,ro", "/sys")
@@ -102,6 +104,23 @@ try:
             except FileNotFoundError:
                 pass
         report["mbox"] = mbox
+        # A user plants what is not a drop, of every type, then sends again: dma.path must not
+        # be driven into its start limit, and the mail still arrives.
+        plant = ("import os, socket; b = '/var/spool/dma/incoming'\n"
+                 "os.makedirs(b + '/Ejunk/a/b'); open(b + '/Ejunk/a/b/f', 'w').write('x')\n"
+                 "os.symlink('/etc', b + '/Esym'); os.mkfifo(b + '/Efifo')\n"
+                 "socket.socket(socket.AF_UNIX).bind(b + '/Esock'); os.mkdir(b + '/Edir')")
+        nobody = ("setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups")
+        report["plant"] = sh(*nobody, sys.executable, "-c", plant, cwd="/").stderr
+        t0 = time.monotonic()
+        again = "Subject: again\n\nafter the junk\n"
+        sh(*nobody, "/usr/sbin/sendmail", "nobody", input=again, env=env, cwd="/")
+        while time.monotonic() < t0 + 60 and "after the junk" not in open("/var/mail/nobody").read():
+            time.sleep(0.2)
+        report["after_junk"] = [time.monotonic() - t0, "after the junk" in open("/var/mail/nobody").read()]
+        time.sleep(5)  # long enough for a restart loop to reach the start limit
+        show = sh(*inside, "systemctl", "show", "dma.path", "dma.service", "-p", "Result")
+        report["path_result"] = show.stdout.split()
         report["drops_left"] = os.listdir("/var/spool/dma/incoming")
         # The service ran and exited cleanly once the queue was idle.
         deadline = time.monotonic() + 30
@@ -156,6 +175,8 @@ def test_units_under_a_real_systemd(tmp_path: Path, traversable: None) -> None:
     mbox = report["mbox"]
     assert "Received: from nobody (uid 65534)" in mbox and "hello through dma.path" in mbox, report
     assert report["drops_left"] == [], report
+    assert report["plant"] == "" and report["after_junk"][1], report
+    assert report["path_result"] == ["Result=success", "Result=success"], report["path_result"]
     assert report["service"]["Result"] == "success", report["status"]
     assert report["service"]["ExecMainStatus"] == "0", report["status"]
     assert int(report["service"]["ExecMainStartTimestampMonotonic"]) > 0, "dma.path never started dma.service"

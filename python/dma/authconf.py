@@ -39,6 +39,10 @@ class AuthTable:
             return None if password is None else (login, password)
         return self._by_host.get(host)
 
+    def items(self) -> list[tuple[str, str, str]]:
+        """Every (login, host, password)."""
+        return [(login, host, password) for (host, login), password in self._by_login.items()]
+
     def __len__(self) -> int:
         return len(self._by_host)
 

@@ -14,6 +14,8 @@ import threading
 import time
 
 from . import _native, message
+from .dsn import full_content
+from .dsn import wants_failure_report as wants_failure_report  # for the runner
 from .errors import Fatal
 from .routing import RecipientResolver
 
@@ -120,6 +122,14 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def discard(held: list[_native.Claim]) -> str:
+    """The sender asked for no failure report (NOTIFY): remove the failed entries; a line for the log."""
+    entry = held[0].entry
+    for claim in held:
+        claim.remove()
+    return f"{entry.message_id}: failed, not bounced, as asked ({entry.dsn})"
+
+
 def send(cfg: Config, failed: list[_native.QueueEntry], message_path: str) -> str:
     """Queue a bounce for `failed` (entries of one message, same sender); returns its message id.
 
@@ -135,7 +145,8 @@ def send(cfg: Config, failed: list[_native.QueueEntry], message_path: str) -> st
     try:
         now = time.time()
         boundary = f"{incoming.id}/{cfg.mailname}"
-        before, after = report(cfg, failed, now, boundary, cfg.fullbounce)
+        full = full_content(failed[0].dsn, cfg.fullbounce)
+        before, after = report(cfg, failed, now, boundary, full)
         prefix = message.received_header(
             "", incoming.id, cfg.mailname, cfg.system_hostname, "MAILER-DAEMON", now
         )
@@ -145,7 +156,7 @@ def send(cfg: Config, failed: list[_native.QueueEntry], message_path: str) -> st
         def feed() -> None:
             try:
                 _write_all(write_fd, before)
-                copy_original(message_path, write_fd, cfg.fullbounce)
+                copy_original(message_path, write_fd, full)
                 _write_all(write_fd, after)
             except BaseException as e:  # reported to the caller below
                 errors.append(e)
@@ -171,3 +182,28 @@ def send(cfg: Config, failed: list[_native.QueueEntry], message_path: str) -> st
     finally:
         incoming.abort()
     return incoming.id
+
+
+def refusal(cfg: Config, user: str, name: str, what: str, why: str) -> None:
+    """Tell local `user` that `what`, which they left for delivery, was refused, and why: a message
+    from MAILER-DAEMON, queued as `name` (so a second try after a crash finds it queued)."""
+    recipients = RecipientResolver(cfg).resolve([user])
+    incoming = _native.Incoming(cfg.spooldir, name=name)
+    try:
+        now = time.time()
+        text = (
+            f"From: Mail Delivery System <MAILER-DAEMON@{cfg.mailname}>\nTo: <{user}>\n"
+            "Subject: Mail not accepted\nAuto-Submitted: auto-replied\n\n"
+            f"The mail you left for delivery as {what} was not accepted: {why}.\n"
+            "Nothing of it was sent.\n"
+        )
+        incoming.receive(
+            text.encode("utf-8", "surrogateescape"),
+            prefix=message.received_header("", name, cfg.mailname, cfg.system_hostname, "MAILER-DAEMON", now),
+            add_if_missing=message.headers_to_add("", name, cfg.mailname, now),
+            dot_terminates=False,
+            collect_recipients=False,
+        )
+        incoming.commit("", recipients)
+    finally:
+        incoming.abort()

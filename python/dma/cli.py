@@ -1,8 +1,8 @@
 """The command line: `sendmail`, `mailq`, `newaliases` and `dma`, with C dma's options.
 
-The program name picks the mode. Options are parsed as POSIX getopt does with C dma's option string:
-options come before recipients, parsing stops at `--` or the first non-option, and `-q` takes an
-optional argument. Heavy modules are imported only by the modes that need them.
+The program name picks the mode. Options are parsed as glibc's getopt does with C dma's option
+string: options may come before or after recipients, `--` ends them, and `-q` takes an optional
+argument. Heavy modules are imported only by the modes that need them.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import posix
 import sys
 
-from .errors import EX_CONFIG, EX_OSERR, EX_USAGE, Fatal
+from .errors import EX_CONFIG, EX_NOINPUT, EX_OSERR, EX_USAGE, Fatal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ class Options:
     __slots__ = (
         "config",
         "dot_terminates",
+        "dsn",
         "foreground",
         "from_headers",
         "full_name",
@@ -33,12 +34,14 @@ class Options:
         "recipients",
         "run_queue",
         "sender",
+        "smtp",
         "tag",
         "verbose",
     )
 
     def __init__(self) -> None:
         self.config: str | None = None
+        self.dsn: dict[str, str] = {}  # -N, -R, -V by letter
         self.dot_terminates = True
         self.foreground = False
         self.from_headers = False
@@ -49,6 +52,7 @@ class Options:
         self.recipients: list[str] = []
         self.run_queue = False
         self.sender: str | None = None
+        self.smtp = False  # -bs
         self.tag = "dma"
         self.verbose = False
 
@@ -58,11 +62,13 @@ def parse_args(args: list[str]) -> Options:
     i = 0
     while i < len(args):
         arg = args[i]
+        i += 1
         if arg == "--":
-            i += 1
+            opts.recipients += args[i:]
             break
         if not arg.startswith("-") or arg == "-":
-            break
+            opts.recipients.append(arg)  # glibc's getopt permutes: options may follow recipients
+            continue
         j = 1
         while j < len(arg):
             letter = arg[j]
@@ -77,22 +83,22 @@ def parse_args(args: list[str]) -> Options:
                 value = rest
             elif letter == "q":
                 # An optional argument: C dma's getopt takes the next word unless it is an option.
-                if i + 1 < len(args) and not args[i + 1].startswith("-"):
-                    i += 1
+                if i < len(args) and not args[i].startswith("-"):
                     value = args[i]
+                    i += 1
                 else:
                     value = ""
-            elif i + 1 < len(args):
-                i += 1
+            elif i < len(args):
                 value = args[i]
+                i += 1
             else:
                 raise Fatal(EX_USAGE, f"option requires an argument: `-{letter}'")
             apply_option(opts, letter, value)
             break
-        i += 1
-    opts.recipients = args[i:]
     if opts.recipients and (opts.list_queue or opts.run_queue):
         raise Fatal(EX_USAGE, "sending mail and queue operations are mutually exclusive")
+    if opts.recipients and opts.smtp:
+        raise Fatal(EX_USAGE, "recipients are given in the SMTP dialogue of -bs, not as arguments")
     if opts.list_queue and opts.run_queue:
         raise Fatal(EX_USAGE, "conflicting queue operations")
     return opts
@@ -118,8 +124,10 @@ def apply_option(opts: Options, letter: str, value: str) -> None:
             opts.list_queue = True
         elif value == "q":
             opts.queue_only = True
+        elif value == "s":
+            opts.smtp = True  # SMTP on stdin and stdout (bs.py); C dma read stdin as the message
         else:
-            # -bm, -bs, -bi, ... carry on as a foreground submission, as in C dma.
+            # -bm, -bi, ... carry on as a foreground submission, as in C dma.
             opts.foreground = True
     elif letter in "fr":
         opts.sender = value
@@ -135,7 +143,9 @@ def apply_option(opts: Options, letter: str, value: str) -> None:
         opts.queue_arg = value
     elif letter == "C":
         opts.config = value
-    # -B -d -h -N -O -R -V -X take an argument that is ignored.
+    elif letter in "NRV":
+        opts.dsn[letter] = value
+    # -B -d -h -O -X take an argument that is ignored.
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,6 +172,7 @@ def run() -> None:
     The message is durable and the output flushed by then; skipping the interpreter's teardown
     (module and object clean-up) is a measurable part of what every cron job's mail costs.
     """
+    reopen_closed_outputs()
     code = main()
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -171,11 +182,28 @@ def run() -> None:
     posix._exit(code)
 
 
+def reopen_closed_outputs() -> None:
+    """Callers such as GNU mailutils start us with only descriptor 0 open: put /dev/null on closed
+    descriptors 1 and 2 (as daemons do), so that a write or flush can not fail a queued message."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        try:
+            posix.fstat(fd)
+            continue
+        except OSError:
+            pass
+        new = posix.open("/dev/null", posix.O_WRONLY)
+        if new != fd:  # descriptor 0 was closed too: leave it closed (not an empty message)
+            posix.dup2(new, fd)
+            posix.close(new)
+        setattr(sys, name, open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False))
+
+
 # `dma <command> ...`: operations C dma never had, each in its own module with a
 # `command(prog, name, args) -> int`. Only as `dma`: `sendmail install` still mails a user.
 COMMANDS: dict[str, str] = {
     "doctor": "dma.doctor",
     "install": "dma.install",
+    "oauth": "dma.oauth",
     "uninstall": "dma.install",
     "queue": "dma.control",
     "serve": "dma.queue",
@@ -209,18 +237,36 @@ def dispatch(prog: str, args: list[str]) -> int:
         return run_queue(cfg, opts, prog)
     from .submit import Submission, drops, submit
 
-    sub = Submission(
-        opts.recipients,
-        opts.sender,
-        dot_terminates=opts.dot_terminates,
-        from_headers=opts.from_headers,
-        full_name=opts.full_name,
-        tag=opts.tag,
-    )
-    message_id, _ = submit(cfg, sub)
-    if opts.queue_only or cfg.defer or drops(cfg):
+    if sys.stdin is None:  # descriptor 0 was closed when we started: that is no (empty) message
+        raise Fatal(EX_NOINPUT, "standard input is closed, nothing queued")
+    if opts.smtp:
+        from .bs import Session
+
+        message_ids = Session(cfg, opts.full_name, opts.tag).run()
+    else:
+        sub = Submission(
+            opts.recipients,
+            opts.sender,
+            dot_terminates=opts.dot_terminates,
+            from_headers=opts.from_headers,
+            full_name=opts.full_name,
+            tag=opts.tag,
+        )
+        if opts.dsn:
+            from .dsn import parameters
+
+            sub.dsn = parameters(opts.dsn.get("N"), opts.dsn.get("R"), opts.dsn.get("V"))
+        message_ids = [submit(cfg, sub)[0]]
+    if not message_ids or opts.queue_only or cfg.defer or drops(cfg):
         return 0  # a drop is delivered by the system's runner (`dma serve`), not by us
-    return deliver_now(cfg, message_id, opts, prog)
+    try:
+        return deliver_now(cfg, message_ids, opts, prog)
+    except (Fatal, OSError) as e:
+        if opts.foreground:
+            raise
+        # The mail is queued: a caller that saw a failure would send it again.
+        sys.stderr.write(f"{prog}: queued as {' '.join(message_ids)}, but {e}\n")
+        return 0
 
 
 def check_aliases(cfg: Config) -> int:
@@ -253,7 +299,7 @@ def run_queue(cfg: Config, opts: Options, prog: str) -> int:
     return 0
 
 
-def deliver_now(cfg: Config, message_id: str, opts: Options, prog: str) -> int:
+def deliver_now(cfg: Config, message_ids: list[str], opts: Options, prog: str) -> int:
     """After a submission: deliver in the foreground (`-D`), or wake or start the runner."""
     from .errors import EX_TEMPFAIL, EX_UNAVAILABLE
     from .queue import Runner, wake
@@ -261,7 +307,7 @@ def deliver_now(cfg: Config, message_id: str, opts: Options, prog: str) -> int:
     runner = Runner(cfg, verbose=opts.verbose, report_failures=opts.foreground, name=prog, tag=opts.tag)
     if opts.foreground:
         # -D: deliver this message now, even if a runner is busy, and report the outcome.
-        runner.deliver(entry_ids_of(cfg, message_id))
+        runner.deliver(entry_ids_of(cfg, message_ids))
         runner.settle()
         if runner.failed:
             return EX_UNAVAILABLE
@@ -276,11 +322,11 @@ def deliver_now(cfg: Config, message_id: str, opts: Options, prog: str) -> int:
     return 0
 
 
-def entry_ids_of(cfg: Config, message_id: str) -> list[str]:
+def entry_ids_of(cfg: Config, message_ids: list[str]) -> list[str]:
     from . import _native
 
     entries, _ = _native.scan_queue(cfg.spooldir)
-    return [e.id for e in entries if e.message_id == message_id]
+    return [e.id for e in entries if e.message_id in message_ids]
 
 
 def daemonize() -> bool:

@@ -41,7 +41,7 @@ _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # Keyword -> (kind, attribute). Kinds are handled in `_apply`.
 _KEYS: dict[str, tuple[str, str]] = {
     # C dma
-    "SMARTHOST": ("host", "smarthost"),
+    "SMARTHOST": ("hosts", "smarthost"),
     "PORT": ("port", "port"),
     "ALIASES": ("str", "aliases"),
     "SPOOLDIR": ("str", "spooldir"),
@@ -73,7 +73,10 @@ _KEYS: dict[str, tuple[str, str]] = {
     "XOAUTH2_COMMAND": ("argv", "xoauth2_command"),
     "HELO_NAME": ("host", "helo_name"),
     "LOGFILE": ("str", "logfile"),
+    "MAXUSERMSGS": ("limit", "max_user_msgs"),
+    "MAXUSERBYTES": ("limit", "max_user_bytes"),
     "ROUTE": ("route", "routes"),
+    "REWRITEFROM": ("address", "rewrite_from"),
 }
 
 
@@ -103,6 +106,8 @@ class Config:
         "masquerade_host",
         "masquerade_user",
         "max_queue_time",
+        "max_user_bytes",
+        "max_user_msgs",
         "mboxdir",
         "nullclient",
         "opportunistic_tls",
@@ -110,6 +115,7 @@ class Config:
         "port",
         "retry_max",
         "retry_min",
+        "rewrite_from",
         "routes",
         "securetransfer",
         "smarthost",
@@ -156,6 +162,8 @@ class Config:
     retry_min: int
     retry_max: int
     max_queue_time: int
+    max_user_msgs: int  # system mode: what one user may hold in the drop directory and queue
+    max_user_bytes: int
     concurrency: int
     host_concurrency: int
     connect_timeout: float
@@ -164,6 +172,7 @@ class Config:
     helo_name: str | None
     logfile: str | None
     routes: list[Route]
+    rewrite_from: str | None
     _auth: AuthTable | None
 
     def __init__(self, path: str = DEFAULT_CONF, *, user_mode: bool | None = None) -> None:
@@ -206,6 +215,8 @@ class Config:
         self.retry_min = 300
         self.retry_max = 10800
         self.max_queue_time = 432000
+        self.max_user_msgs = 1000
+        self.max_user_bytes = 1 << 30
         self.concurrency = 8
         self.host_concurrency = 2
         self.connect_timeout = 30.0
@@ -214,10 +225,17 @@ class Config:
         self.helo_name = None
         self.logfile = None
         self.routes = []
+        self.rewrite_from = None
         self._auth = None
 
     def __repr__(self) -> str:
         return f"<Config {self.path!r} exists={self.file_exists} user_mode={self.user_mode}>"
+
+    def smarthosts(self) -> list[tuple[str, int]]:
+        """SMARTHOST's hosts and ports (PORT where a host names none), in the order to try them."""
+        from .routes import split_hosts
+
+        return split_hosts(self.smarthost or "", self.port)
 
     def auth(self) -> AuthTable:
         """The auth.conf table named by AUTHPATH (empty when unset), read on first use."""
@@ -482,8 +500,19 @@ def _convert(
         return value
     if kind == "host":
         if " " in value or "\t" in value:
-            extra = " (use PORT for the port)" if key == "SMARTHOST" else ""
-            raise ConfigError(path, lineno, key, f"`{value}' is not a single host name{extra}")
+            raise ConfigError(path, lineno, key, f"`{value}' is not a single host name")
+        return value
+    if kind == "address":
+        if value.count("@") != 1 or value.startswith("@") or value.endswith("@") or not value.isprintable():
+            raise ConfigError(path, lineno, key, f"`{value}' is not an address (user@domain)")
+        return value
+    if kind == "hosts":  # `host[:port] ...`, split when used: PORT may come later
+        from .routes import split_hosts
+
+        try:
+            split_hosts(value, 25)
+        except ValueError as e:
+            raise ConfigError(path, lineno, key, str(e)) from None
         return value
     if kind == "port":
         port = _parse_port(value)
@@ -519,6 +548,12 @@ def _convert(
         if not set(value) <= _DIGITS or len(value) > 6 or int(value) < 1:
             raise ConfigError(path, lineno, key, f"`{value}' is not a positive whole number")
         return int(value)
+    if kind == "limit":  # a whole number, K/M/G for binary multiples
+        scale = 1 << 10 * "KMG".find(value[-1:]) + 10 if value[-1:] in ("K", "M", "G") else 1
+        digits = value[:-1] if scale > 1 else value
+        if not digits or not set(digits) <= _DIGITS or len(digits) > 15:
+            raise ConfigError(path, lineno, key, f"`{value}' is not a whole number (K, M or G may follow)")
+        return int(digits) * scale
     if kind == "seconds":
         secs_f = _parse_seconds(value)
         if secs_f is None:

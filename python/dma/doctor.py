@@ -238,15 +238,8 @@ def check_auth(cfg: Config, report: Report) -> None:
     except Fatal as e:
         report.fail("auth.conf", str(e))
         return
-    st = os.stat(path)
-    euid = os.geteuid()
     report.passed("auth.conf", f"{path} readable: credentials for {len(table)} host(s)")
-    if st.st_mode & 0o077:
-        report.warn(
-            "auth.conf",
-            f"{path} has mode {stat.S_IMODE(st.st_mode):04o}: readable by group or others",
-            f"fix: chmod 600 {path}",
-        )
+    private(report, "auth.conf", path)
     if table and not (cfg.verifycert or cfg.fingerprint):
         # C dma's default, but a man in the middle then gets the password: refused unless INSECURE.
         (report.warn if cfg.insecure else report.fail)(
@@ -255,10 +248,33 @@ def check_auth(cfg: Config, report: Report) -> None:
             + (" (INSECURE)" if cfg.insecure else ""),
             "fix: VERIFYCERT (and CAFILE for a private CA), or FINGERPRINT; INSECURE takes the risk",
         )
+    for host in [h for h, _ in cfg.smarthosts() if table.lookup(h) is None]:
+        report.info("auth.conf", f"no credentials for the smarthost `{host}' (hosts match exactly)")
+    from .oauth import renew_now
+    from .routing import RouteError
+
+    for login, host, password in table.items():
+        if password.startswith("{oauth2}"):
+            if os.path.exists(password[8:]):
+                private(report, "oauth2", password[8:])
+            try:
+                report.passed("oauth2", f"{login}|{host}: {renew_now(cfg, password[8:])}")
+            except (RouteError, Fatal) as e:
+                report.fail("oauth2", f"{login}|{host}: {e}")
+
+
+def private(report: Report, topic: str, path: str) -> None:
+    """Warn when a file of secrets is readable by others or not owned by the runner's user."""
+    st = os.stat(path)
+    euid = os.geteuid()
+    if st.st_mode & 0o077:
+        report.warn(
+            topic,
+            f"{path} has mode {stat.S_IMODE(st.st_mode):04o}: readable by group or others",
+            f"fix: chmod 600 {path}",
+        )
     if st.st_uid != euid:
-        report.warn("auth.conf", f"{path} is owned by uid {st.st_uid}, not by the queue runner's uid {euid}")
-    if cfg.smarthost and table.lookup(cfg.smarthost) is None:
-        report.info("auth.conf", f"no credentials for the smarthost `{cfg.smarthost}' (hosts match exactly)")
+        report.warn(topic, f"{path} is owned by uid {st.st_uid}, not by the queue runner's uid {euid}")
 
 
 # ---- routes -------------------------------------------------------------------------------------
@@ -281,7 +297,7 @@ def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[tupl
             return
         route = dest.route
         via = f" (ROUTE at line {route.line})" if route is not None else ""
-        if (route is not None and route.host != "mx") or (route is None and cfg.smarthost):
+        if (route is not None and route.hosts) or (route is None and cfg.smarthost):
             t = found[0]
             kind = "smarthost" if route is None else "relay"
             report.passed("route", f"{indent}{address} -> {kind} {t.name} port {t.port}{via}", addrs(t))
@@ -386,7 +402,7 @@ def probe(cfg: Config, target: Target, report: Report, *, verbose: bool, route: 
             target.addresses,
             [],
             route=route,
-            credentials=(login, secret, mechanisms),
+            auth=(login, secret, mechanisms),
             verbose=verbose,
         )
     except ValueError as e:
@@ -402,6 +418,12 @@ def probe(cfg: Config, target: Target, report: Report, *, verbose: bool, route: 
         report.info("ehlo", ", ".join(result.extensions))
     if outcome is not None:
         report.fail(outcome.stage, describe(outcome, target.name, result.address))
+        if outcome.stage == "auth" and outcome.code == 535 and "OAUTHBEARER" in (mechanisms or ()):
+            report.info(
+                "auth",
+                "the server refused a freshly issued token: SMTP AUTH is disabled for this mailbox"
+                " (Microsoft 365 default: enable Authenticated SMTP for it), or the scope lacks SMTP",
+            )
         if outcome.stage == "tls" and result.tls_version is None:
             inspect(cfg, target, mode, report)
     tls_lines(cfg, mode, result, report, ok=ok)

@@ -2,23 +2,37 @@
 
 `<SPOOLDIR>/incoming` has mode 1733 and belongs to the runner (root): any local user can create a
 file there, and nobody can list it, or read, replace or remove anyone else's files. A submitter
-writes the message as `D<id>`, then its envelope as `E<id>` (`Sender:` and `Recipient:` lines);
+writes the message as `D<id>`, then its envelope as `E<id>` (`Sender:` and `Recipient:` lines, and
+`DSN:` for `-N`/`-R`/`-V`);
 the runner takes each pair into the private spool. Everything in the directory is untrusted: the
 files are opened without following links and must be plain files with one link and one owner;
 the submitter's identity in our `Received:` header comes from that owner, never from the contents;
 the envelope is parsed and every address checked again, and the message goes through the same
 spool writer as any other.
+
+A drop accepted with exit 0 is never lost: on a temporary failure (a full or failing disk, no
+descriptors, a passwd lookup that fails, anything unexpected) it waits for the next pass; only
+invalid content is refused, and then its owner's login is told (never an address from the
+content), or, if even that cannot be queued, it is kept in `quarantine` for the postmaster. A
+configuration error stops the runner (exit 78) with the drop untouched. Whatever is not a
+well-formed pair (any other name or type, a half left behind for STALE seconds) is moved out of
+the users' reach and removed, never followed. A drop is queued under an id naming it, so a
+pickup repeated after a crash between the spool commit and the unlinks finds it queued already.
+Per-user caps (MAXUSERMSGS, MAXUSERBYTES) bound what one uid holds; `usage.<uid>` in the spool
+tells its submitters where they stand (see docs/runner.md).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import stat
 import time
 
 from . import _native, message
-from .errors import Fatal
+from .dsn import checked
+from .errors import EX_CONFIG, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, Fatal
 from .routing import RecipientResolver
 
 TYPE_CHECKING = False
@@ -29,6 +43,12 @@ if TYPE_CHECKING:
 NAME = "incoming"
 MODE = 0o1733
 MAX_ENVELOPE = 1 << 20
+STALE = 300  # seconds (by ctime, which a user cannot set back) before a lone half is removed
+QUARANTINE = "quarantine"
+PER_PASS = 16
+# Drops this process queued but could not remove (an unlink that failed): never queued twice by
+# it. After a crash, the `sid` of their messages in the queue tells the same (see `handle`).
+UNREMOVED: set[str] = set()
 
 
 def path(cfg: Config) -> str:
@@ -36,11 +56,16 @@ def path(cfg: Config) -> str:
 
 
 class Rejected(Exception):
-    """A drop that cannot be taken: it is removed, and the reason logged."""
+    """A drop whose content is invalid: refused, and its owner told."""
 
 
 def open_plain(name: str) -> tuple[int, os.stat_result]:
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENXIO):  # a symbolic link, a socket
+            raise Rejected(f"{name} is not a plain file") from None
+        raise
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
         os.close(fd)
@@ -48,12 +73,14 @@ def open_plain(name: str) -> tuple[int, os.stat_result]:
     return fd, st
 
 
-def parse_envelope(text: str) -> tuple[str, list[str]]:
-    """`Sender: s` once, then `Recipient: r` lines; anything else rejects the drop."""
+def parse_envelope(text: str) -> tuple[str, list[str], str]:
+    """`Sender: s` once, then `Recipient: r` lines, and `DSN: params` at most once (sender,
+    recipients, DSN parameters); anything else rejects the drop."""
     if not text.endswith("\n"):
         raise Rejected("the envelope is incomplete")
     sender: str | None = None
     recipients: list[str] = []
+    dsn: str | None = None
     for line in text[:-1].split("\n"):
         key, sep, value = line.partition(":")
         value = value.removeprefix(" ")
@@ -61,6 +88,8 @@ def parse_envelope(text: str) -> tuple[str, list[str]]:
             sender = value
         elif sep and key == "Recipient" and value:
             recipients.append(value)
+        elif sep and key == "DSN" and dsn is None and checked(value):
+            dsn = value
         else:
             raise Rejected(f"unexpected envelope line {line[:80]!r}")
     if sender is None or not recipients:
@@ -69,10 +98,10 @@ def parse_envelope(text: str) -> tuple[str, list[str]]:
         message.check_line_safe("an envelope address", address)
         if address:
             message.check_address(address, "envelope address")
-    return sender, recipients
+    return sender, recipients, dsn or ""
 
 
-def read_envelope(fd: int) -> tuple[str, list[str]]:
+def read_envelope(fd: int) -> tuple[str, list[str], str]:
     return parse_envelope(os.read(fd, MAX_ENVELOPE + 1).decode("utf-8", "surrogateescape"))
 
 
@@ -92,7 +121,7 @@ def waiting(cfg: Config) -> list[tuple[str, str, list[str], os.stat_result]]:
         try:
             efd, _ = open_plain(f"{base}/{name}")
             try:
-                sender, recipients = read_envelope(efd)
+                sender, recipients, _ = read_envelope(efd)
             finally:
                 os.close(efd)
             dst = os.lstat(f"{base}/D{name[1:]}")
@@ -103,87 +132,271 @@ def waiting(cfg: Config) -> list[tuple[str, str, list[str], os.stat_result]]:
     return found
 
 
-def take(cfg: Config, ident: str) -> tuple[str, list[str], int]:
-    """Move drop `ident` into the spool; returns (message id, recipients, submitter uid)."""
-    base = path(cfg)
-    efd, est = open_plain(f"{base}/E{ident}")
+def fault(step: str) -> None:
+    """The pickup fault campaign's injection point (tests/campaigns/pickup.py): inert unless the
+    runner's environment has DMA_PICKUP_FAULT=<step>:<errno name or KILL>."""
+    want = os.environ.get("DMA_PICKUP_FAULT", "").partition(":")
+    if want[0] == step:
+        if want[2] == "KILL":
+            os.kill(os.getpid(), 9)
+        code = getattr(errno, want[2], errno.EIO)
+        raise OSError(code, os.strerror(code))
+
+
+def usage_path(cfg: Config, uid: int) -> str:
+    return f"{cfg.spooldir}/usage.{uid}"
+
+
+def check_usage(cfg: Config, uid: int) -> None:
+    """A submitter over its cap gets EX_TEMPFAIL before anything is written."""
     try:
-        dfd, dst = open_plain(f"{base}/D{ident}")
+        with open(usage_path(cfg, uid), "rb") as f:
+            msgs, size = (int(n) for n in f.read(64).split())
+    except (OSError, ValueError):
+        return
+    if over(cfg, msgs, size):
+        raise Fatal(
+            EX_TEMPFAIL, f"you have {msgs} messages ({size} bytes) waiting, the most allowed; try later"
+        )
+
+
+def over(cfg: Config, msgs: int, size: int) -> bool:
+    return 0 < cfg.max_user_msgs <= msgs or 0 < cfg.max_user_bytes <= size
+
+
+def queued_usage(entries: list[_native.QueueEntry]) -> tuple[set[str], dict[int, list[int]]]:
+    """The queued message ids, and per uid (the `u<uid>` our pickup ends ids with) [msgs, bytes]."""
+    sizes = {e.message_id: e.size for e in entries}
+    per_uid: dict[int, list[int]] = {}
+    for mid, size in sizes.items():
+        tag = mid.rpartition("u")[2]
+        if "u" in mid and tag.isdigit():
+            used = per_uid.setdefault(int(tag), [0, 0])
+            used[0] += 1
+            used[1] += size
+    return set(sizes), per_uid
+
+
+def write_usage(cfg: Config, totals: dict[int, list[int]]) -> None:
+    keep = {f"usage.{uid}" for uid in totals}
+    for name in os.listdir(cfg.spooldir):
+        if name.startswith("usage.") and name not in keep:
+            os.unlink(f"{cfg.spooldir}/{name}")
+    for uid, (msgs, size) in totals.items():
+        tmp = f"{cfg.spooldir}/.usage.{uid}"
+        with open(tmp, "w") as f:
+            f.write(f"{msgs} {size}\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, usage_path(cfg, uid))
+
+
+def discard(cfg: Config, name: str) -> None:
+    """Move `name` out of the drop directory, then remove it, whatever its type, following no link.
+    What cannot be removed now (a directory its owner keeps writing to) waits in quarantine."""
+    where = f"{path(cfg)}/{name}"
+    try:
+        os.unlink(where)  # a file, FIFO, socket or symlink (never followed)
+        return
     except FileNotFoundError:
-        os.close(efd)
-        raise Rejected(f"E{ident} has no message") from None
+        return
+    except IsADirectoryError:
+        pass
+    qdir = f"{cfg.spooldir}/{QUARANTINE}"
+    os.makedirs(qdir, mode=0o700, exist_ok=True)
+    moved = f"{qdir}/x{time.time_ns()}{name}"
     try:
-        if est.st_uid != dst.st_uid:
-            raise Rejected(f"E{ident} and D{ident} belong to different users")
-        if est.st_size > MAX_ENVELOPE:
-            raise Rejected(f"E{ident} is too large")
-        uid = dst.st_uid
-        sender, given = read_envelope(efd)
-        recipients = RecipientResolver(cfg).resolve(given)
+        os.rename(where, moved)
+    except OSError:
+        moved = where  # another file system: removed in place (rmtree works on descriptors)
+    remove_tree(moved)
+
+
+def remove_tree(where: str) -> None:
+    """shutil's removal works on descriptors and never follows a link (imported here: it pulls in `re`)."""
+    import shutil
+
+    shutil.rmtree(where, ignore_errors=True)
+
+
+def take(cfg: Config, ident: str, est: os.stat_result, sid: str, used: list[int]) -> list[str]:
+    """Move drop `ident` into the spool as message `sid`; returns its recipients."""
+    base = path(cfg)
+    efd, est2 = open_plain(f"{base}/E{ident}")
+    dfd = -1
+    try:
+        if (est2.st_dev, est2.st_ino) != (est.st_dev, est.st_ino):
+            raise OSError(errno.EAGAIN, "replaced while being read")
         try:
-            user = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            user = f"uid={uid}"
-        incoming = _native.Incoming(cfg.spooldir)
+            dfd, dst = open_plain(f"{base}/D{ident}")
+        except FileNotFoundError:
+            raise Rejected("the envelope has no message") from None
+        if est.st_uid != dst.st_uid:
+            raise Rejected("the envelope and the message belong to different users")
+        if est.st_size > MAX_ENVELOPE:
+            raise Rejected("the envelope is too large")
+        fault("read")
+        text = os.read(efd, MAX_ENVELOPE + 1).decode("utf-8", "surrogateescape")
+        try:
+            fault("parse")
+            sender, given, dsn = parse_envelope(text)
+            fault("alias")
+            recipients = RecipientResolver(cfg).resolve(given)
+        except Fatal as e:
+            if e.code in (EX_DATAERR, EX_NOUSER):
+                raise Rejected(str(e)) from None
+            raise
+        fault("passwd")
+        try:
+            user = pwd.getpwuid(est.st_uid).pw_name
+        except KeyError:  # a user removed since: the uid is who wrote it
+            user = f"uid={est.st_uid}"
+        if over(cfg, used[0], used[1]):
+            raise OSError(errno.EDQUOT, f"uid {est.st_uid} holds {used[0]} queued messages ({used[1]} bytes)")
+        incoming = _native.Incoming(cfg.spooldir, name=sid)
         try:
             now = time.time()
             prefix = message.received_header(
-                sender, incoming.id, cfg.mailname, cfg.system_hostname, user, now, uid=uid
+                sender, sid, cfg.mailname, cfg.system_hostname, user, now, uid=est.st_uid
             )
-            incoming.receive(
-                dfd,
-                prefix=prefix,
-                add_if_missing=message.headers_to_add(sender, incoming.id, cfg.mailname, now),
-                dot_terminates=False,
-                collect_recipients=False,
-            )
-            incoming.commit(sender, recipients)
+            fault("write")
+            try:
+                info = incoming.receive(
+                    dfd,
+                    prefix=prefix,
+                    add_if_missing=message.headers_to_add(sender, sid, cfg.mailname, now),
+                    dot_terminates=False,
+                    collect_recipients=False,
+                )
+            except ValueError as e:
+                raise Rejected(f"bad mail input format: {e}") from None
+            fault("sync")
+            incoming.commit(sender, recipients, dsn)
         finally:
             incoming.abort()
+        used[0] += 1
+        used[1] += info.size
+        return recipients
     finally:
         os.close(efd)
-        os.close(dfd)
-    return incoming.id, recipients, uid
+        if dfd >= 0:
+            os.close(dfd)
 
 
-def pick_up(cfg: Config, events: Log) -> int:
-    """Take every published drop into the spool; returns how many were taken."""
+def refuse(cfg: Config, ident: str, est: os.stat_result, why: str, events: Log) -> None:
+    """Tell the owner of a drop with invalid content; keep it for the postmaster if we cannot."""
+    from . import bounce
+
+    try:
+        user = pwd.getpwuid(est.st_uid).pw_name
+        bounce.refusal(cfg, user, f"{ident}r{est.st_ino:x}u{est.st_uid}", f"drop {ident}", why)
+    except (KeyError, Fatal) as e:
+        if isinstance(e, Fatal) and e.code == EX_CONFIG:
+            raise
+        qdir = f"{cfg.spooldir}/{QUARANTINE}"
+        os.makedirs(qdir, mode=0o700, exist_ok=True)
+        for part in ("E", "D"):
+            try:
+                os.rename(f"{path(cfg)}/{part}{ident}", f"{qdir}/{part}{ident}")
+            except FileNotFoundError:
+                pass
+        events.event("err", "rejected", f"drop {ident} refused ({why}), kept in {qdir}: {e}", drop=ident)
+        return
+    events.event("err", "rejected", f"drop {ident} refused, uid {est.st_uid} told: {why}", drop=ident)
+
+
+def pick_up(cfg: Config, events: Log) -> tuple[int, int]:
+    """Take every published drop into the spool, clear away what is not a drop; returns how
+    many were consumed (taken or refused) and how many wait for a later pass."""
     base = path(cfg)
     try:
         names = os.listdir(base)
     except FileNotFoundError:
-        return 0
-    taken = 0
+        return 0, 0
+    queued, per_uid = queued_usage(_native.scan_queue(cfg.spooldir)[0])
+    stats: dict[str, os.stat_result] = {}
+    totals = {uid: list(used) for uid, used in per_uid.items()}
     for name in names:
-        if not name.startswith("E"):
-            continue
-        ident = name[1:]
         try:
-            message_id, recipients, uid = take(cfg, ident)
-        except (Rejected, Fatal, ValueError, OSError) as e:
-            events.event("err", "rejected", f"drop {ident} rejected: {e}", drop=ident)
-        else:
-            taken += 1
-            events.event(
-                "info",
-                "queued",
-                f"{message_id}: new mail from uid {uid} to {', '.join(recipients)}",
-                id=message_id,
-                uid=uid,
-                to=", ".join(recipients),
-            )
-        # Taken or refused, the drop is done: the envelope goes first so a crash never
-        # leaves an envelope without its message.
-        for prefix in ("E", "D"):
-            try:
-                os.unlink(f"{base}/{prefix}{ident}")
-            except FileNotFoundError:
-                pass
-            except IsADirectoryError:
-                # A submitter's directory under a drop name: removed when empty, else left
-                # (refused again next time); never followed or emptied by us.
-                try:
-                    os.rmdir(f"{base}/{prefix}{ident}")
-                except OSError:
-                    pass
-    return taken
+            stats[name] = st = os.lstat(f"{base}/{name}")
+        except FileNotFoundError:
+            continue
+        used = totals.setdefault(st.st_uid, [0, 0])
+        used[0] += not name.startswith("E")
+        used[1] += st.st_size
+    try:
+        write_usage(cfg, {uid: used for uid, used in totals.items() if used[0] or used[1]})
+        for name in os.listdir(f"{cfg.spooldir}/{QUARANTINE}"):
+            if name.startswith("x"):  # a directory that could not be removed last time
+                remove_tree(f"{cfg.spooldir}/{QUARANTINE}/{name}")
+    except OSError:
+        pass  # bookkeeping: the next pass does it again
+    taken = waits = 0
+    now = time.time()
+    # Envelopes first, the users in turn (each one's oldest first), at most PER_PASS of a user's
+    # drops a pass: one user's thousand drops do not make everyone else's wait behind them.
+    rank: dict[int, int] = {}
+    order = []
+    for name, st in sorted(stats.items(), key=lambda item: item[1].st_mtime):
+        rank[st.st_uid] = turn = rank.get(st.st_uid, -1) + name.startswith("E")
+        order.append((name[:1] != "E", turn, name, st))
+    for _, turn, name, st in sorted(order, key=lambda item: item[:2]):
+        ident = name[1:]
+        pair = 0 < len(ident) <= 64 and ident.isascii() and ident.isalnum() and stat.S_ISREG(st.st_mode)
+        try:
+            if name.startswith("E") and pair and turn >= PER_PASS:
+                waits += 1
+            elif name.startswith("E") and pair:
+                taken += handle(cfg, ident, st, queued, per_uid.setdefault(st.st_uid, [0, 0]), events)
+            elif name.startswith("D") and pair and f"E{ident}" in stats:
+                continue  # the message of a pair: taken with its envelope
+            elif not (
+                stat.S_ISREG(st.st_mode)
+                and name[:1] in "Dt"
+                and now - st.st_ctime < STALE
+                and not over(cfg, *totals[st.st_uid])
+            ):
+                # Not a drop (another name or type), or a half whose writer is gone, or one that
+                # its owner, over the cap, cannot have had accepted.
+                discard(cfg, name)
+                events.event("warning", "rejected", f"{name!r} removed from the drop directory: not a drop")
+        except Exception as e:  # whatever it is, the drop waits for the next pass
+            if isinstance(e, Fatal) and e.code == EX_CONFIG:
+                raise
+            waits += 1
+            events.event("warning", "deferred", f"drop {ident} waits: {e}", drop=ident)
+    return taken, waits
+
+
+def handle(
+    cfg: Config, ident: str, st: os.stat_result, queued: set[str], used: list[int], events: Log
+) -> int:
+    """Take (or refuse) the drop whose envelope `st` describes; returns 1 once it is gone."""
+    sid = f"{ident}i{st.st_ino:x}u{st.st_uid}"
+    if sid not in queued and sid not in UNREMOVED:  # else taken before, and its removal failed
+        try:
+            recipients = take(cfg, ident, st, sid, used)
+        except Rejected as e:
+            if f"{ident}r{st.st_ino:x}u{st.st_uid}" not in queued:
+                refuse(cfg, ident, st, str(e), events)
+            finish(cfg, ident)
+            return 1  # its notice is queued: one more pass
+        events.event(
+            "info",
+            "queued",
+            f"{sid}: new mail from uid {st.st_uid} to {', '.join(recipients)}",
+            id=sid,
+            uid=st.st_uid,
+            to=", ".join(recipients),
+        )
+    UNREMOVED.add(sid)
+    finish(cfg, ident)
+    UNREMOVED.discard(sid)
+    return 1
+
+
+def finish(cfg: Config, ident: str) -> None:
+    """Remove both halves of a drop that is queued (or refused): the envelope first, so a crash
+    never leaves an envelope without its message."""
+    fault("unlink")
+    for part in ("E", "D"):
+        discard(cfg, f"{part}{ident}")

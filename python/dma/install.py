@@ -33,6 +33,7 @@ from typing import Any
 
 from . import launcher
 from .errors import EX_CONFIG, EX_NOPERM, EX_SOFTWARE, EX_USAGE, ConfigError, Fatal
+from .oauth import credential_names
 
 LIBEXEC = "/usr/local/libexec/dma"
 PROGRAMS = ("sendmail", "mailq", "newaliases", "dma")
@@ -273,7 +274,7 @@ class Installer:
                 self.install_link(path, f"{LIBEXEC}/{name}")
             self.install_conf()
             if systemd:
-                self.install_units(cfg.spooldir)
+                self.install_units(cfg.spooldir, credential_names(cfg))
         finally:
             self.save_manifest()
         if os.path.exists(self.p("/etc/cron.d/dma")):
@@ -345,13 +346,16 @@ class Installer:
         with open(os.path.join(DATA, "dma.conf")) as f:
             self.write_file(CONF, f.read())
 
-    def install_units(self, spooldir: str) -> None:
+    def install_units(self, spooldir: str, credentials: list[str]) -> None:
         changed = self.changes
         # The service's private /tmp would hide an environment that lives in the shared one.
         under_tmp = sorted({p for p in environment_paths() if p.startswith(("/tmp/", "/var/tmp/"))})
         for unit in UNITS:
             with open(os.path.join(DATA, unit)) as f:
                 text = f.read().replace("@LIBEXEC@", LIBEXEC).replace("@SPOOLDIR@", spooldir)
+            # Secrets auth.conf takes from systemd credentials.
+            loads = "".join(f"LoadCredential={c}:/etc/credstore/{c}\n" for c in credentials)
+            text = text.replace("[Service]\n", f"[Service]\n{loads}")
             if under_tmp:
                 text = text.replace("PrivateTmp=yes\n", "")
             self.write_file(f"{UNIT_DIR}/{unit}", text)

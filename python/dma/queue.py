@@ -163,12 +163,14 @@ class Runner:
                 self.deliver(due[start : start + batch])
             bounces = self.settle()
             force = False
-            if bounces:
-                continue  # deliver the bounces in this run too
+            taken, waits = self.pick_up()
+            if bounces or taken:
+                continue  # deliver the bounces, and drops that came meanwhile, in this run too
             if not resident:
                 return
             entries, _ = _native.scan_queue(self.cfg.spooldir)
             waiting = [e.next_attempt for e in entries if e.state not in FINAL_STATES]
+            waiting += [int(time.time()) + 10] * waits  # a drop waiting: we try again, not dma.path
             if not waiting:
                 return
             wake_at = min(waiting)
@@ -198,12 +200,11 @@ class Runner:
                 return
             force = False
 
-    def pick_up(self) -> None:
-        """System mode: take what unprivileged users left in the drop directory."""
-        if self.system_drop:
-            from .drop import pick_up
+    def pick_up(self) -> tuple[int, int]:
+        """System mode: take what users left in the drop directory; (taken, waiting) drops."""
+        from .drop import pick_up
 
-            pick_up(self.cfg, self.events)  # its mtime (DROP) also wakes a resident runner
+        return pick_up(self.cfg, self.events) if self.system_drop else (0, 0)  # its mtime wakes us
 
     def replay_journal(self) -> None:
         """Remove entries the server confirmed before a crash kept us from recording it.
@@ -249,7 +250,7 @@ class Runner:
                 transaction = by_message.get(entry.message_id)
                 if transaction is None:
                     transaction = by_message[entry.message_id] = Transaction(
-                        entry.sender, str(claim.message_path)
+                        entry.sender, str(claim.message_path), entry.dsn
                     )
                 transaction.recipients.append(entry.recipient)
                 transaction.entry_ids.append(entry_id)
@@ -322,6 +323,9 @@ class Runner:
                 if len(held) != len(group):
                     continue  # someone else is working on it
                 failed = [c.entry for c in held]
+                if failed[0].sender and not bounce.wants_failure_report(failed[0].dsn):
+                    self.log(bounce.discard(held), event="failed")
+                    continue
                 reason = "a bounce that could not be delivered" if not failed[0].sender else ""
                 if not reason:
                     try:

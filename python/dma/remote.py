@@ -26,11 +26,12 @@ _TRY_NEXT_HOST = {"connect", "tls", "greeting", "ehlo", "starttls", "auth"}
 class Transaction:
     """One message to some of its recipients: the entries share the message file."""
 
-    __slots__ = ("entry_ids", "message_path", "recipients", "sender")
+    __slots__ = ("dsn", "entry_ids", "message_path", "recipients", "sender")
 
-    def __init__(self, sender: str, message_path: str) -> None:
+    def __init__(self, sender: str, message_path: str, dsn: str = "") -> None:
         self.sender = sender
         self.message_path = message_path
+        self.dsn = dsn
         self.recipients: list[str] = []
         self.entry_ids: list[str] = []
 
@@ -54,9 +55,7 @@ def destination(cfg: Config, sender: str, recipient: str) -> Destination:
     domain = recipient_domain(recipient).lower()
     route = choose(cfg.routes, sender, recipient)
     if route is not None:
-        return Destination(
-            route, domain, f"route {route.line}" + (f" {domain}" if route.host == "mx" else "")
-        )
+        return Destination(route, domain, f"route {route.line}" + ("" if route.hosts else f" {domain}"))
     return Destination(None, domain, "smarthost" if cfg.smarthost else domain)
 
 
@@ -84,15 +83,21 @@ def xoauth2_token(cfg: Config) -> str:
 
 
 def credentials(
-    cfg: Config, host: str, route: Route | None = None
+    cfg: Config, host: str, route: Route | None = None, rejected: str | None = None
 ) -> tuple[str | None, str | None, list[str] | None]:
-    """(login, secret, mechanisms) from auth.conf for `host`; XOAUTH2 when a token command is set."""
+    """(login, secret, mechanisms) from auth.conf for `host`; XOAUTH2 when a token command is set,
+    OAuth2 (oauth.py) or a secret kept elsewhere for a `{...}` password. `rejected`: the secret
+    the server just refused, to be renewed."""
     found = cfg.auth().lookup(host, route.login if route is not None else None)
     if found is None:
         return None, None, None
     login, password = found
     if cfg.xoauth2_command:
         return login, xoauth2_token(cfg), ["XOAUTH2"]
+    if password.startswith("{"):
+        from .oauth import resolve
+
+        return (login, *resolve(cfg, password, rejected))
     return login, password, None
 
 
@@ -107,9 +112,9 @@ def describe(outcome: _native.Outcome, host: str, address: str | None) -> str:
 
 def targets(cfg: Config, dest: Destination) -> list[Target]:
     route = dest.route
-    if route is None or route.host == "mx":
+    if route is None or not route.hosts:
         return targets_for(dest.domain, cfg, mx=route is not None)
-    return targets_for(dest.domain, cfg, host=route.host, port=route.port)
+    return targets_for(dest.domain, cfg, hosts=route.hosts)
 
 
 def failed_all(transactions: list[Transaction], status: str, text: str) -> dict[str, tuple[str, str]]:
@@ -149,7 +154,7 @@ def deliver(
                 [address],
                 pending,
                 route=route,
-                credentials=(login, secret, mechanisms),
+                auth=(login, secret, mechanisms),
                 verbose=verbose,
             )
             if events is not None:
@@ -167,33 +172,44 @@ def session(
     transactions: list[Transaction],
     *,
     route: Route | None = None,
-    credentials: tuple[str | None, str | None, list[str] | None] = (None, None, None),
+    auth: tuple[str | None, str | None, list[str] | None] = (None, None, None),
     verbose: bool = False,
 ) -> _native.SessionResult:
     """One SMTP connection to `target` with this configuration's (or `route`'s) TLS and AUTH,
     carrying `transactions`; without any it only probes (connects, EHLO, STARTTLS, AUTH, QUIT)."""
-    login, secret, mechanisms = credentials
-    return _native.smtp_session(
-        target.name,
-        addresses,
-        target.port,
-        cfg.helo_name or cfg.mailname,
-        [(t.sender, t.recipients, t.message_path) for t in transactions],
-        tls=tls_mode(cfg, route),
-        verify_cert=cfg.verifycert if route is None or route.verify is None else route.verify,
-        ca_file=cfg.cafile,
-        fingerprint=route.fingerprint if route is not None and route.fingerprint else cfg.fingerprint,
-        client_cert=cfg.certfile,
-        login=login,
-        secret=secret,
-        mechanisms=mechanisms,
-        allow_insecure_auth=cfg.insecure,
-        connect_timeout=cfg.connect_timeout,
-        command_timeout=cfg.timeout,
-        verbose=verbose,
-        journal=cfg.spooldir if transactions else None,
-        journal_ids=[t.entry_ids for t in transactions],
-    )
+    login, secret, mechanisms = auth
+    for renewed in (False, True):
+        result = _native.smtp_session(
+            target.name,
+            addresses,
+            target.port,
+            cfg.helo_name or cfg.mailname,
+            [(t.sender, t.recipients, t.message_path) for t in transactions],
+            tls=tls_mode(cfg, route),
+            verify_cert=cfg.verifycert if route is None or route.verify is None else route.verify,
+            ca_file=cfg.cafile,
+            fingerprint=route.fingerprint if route is not None and route.fingerprint else cfg.fingerprint,
+            client_cert=cfg.certfile,
+            login=login,
+            secret=secret,
+            mechanisms=mechanisms,
+            allow_insecure_auth=cfg.insecure,
+            connect_timeout=cfg.connect_timeout,
+            command_timeout=cfg.timeout,
+            verbose=verbose,
+            journal=cfg.spooldir if transactions else None,
+            journal_ids=[t.entry_ids for t in transactions],
+            dsn=[t.dsn for t in transactions],
+        )
+        failure = result.failure
+        if renewed or not (mechanisms and secret and failure and failure.stage == "auth" and failure.code):
+            break
+        # A token refused (expired early, revoked): renew it once and try again.
+        try:
+            login, secret, mechanisms = credentials(cfg, target.name, route, secret)
+        except RouteError:
+            break
+    return result
 
 
 def take_results(
@@ -202,7 +218,7 @@ def take_results(
     """Record a session's outcomes; return what another host or address should still try."""
     retry_elsewhere: list[Transaction] = []
     for transaction, results in zip(pending, result.results):
-        again = Transaction(transaction.sender, transaction.message_path)
+        again = Transaction(transaction.sender, transaction.message_path, transaction.dsn)
         for rcpt, eid, outcome in zip(transaction.recipients, transaction.entry_ids, results):
             outcomes[eid] = (outcome.status, describe(outcome, host, result.address))
             if outcome.status == "temporary" and outcome.stage in _TRY_NEXT_HOST:

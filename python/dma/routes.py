@@ -7,10 +7,12 @@ C dma's one-line style). C dma configs have none; then SMARTHOST or MX delivery 
     ROUTE from:alice@gmail.com smtp.gmail.com:465 tls verify auth=alice@gmail.com
     ROUTE from:@example.net    relay.example.net
 
-The first matching line wins. The target is `host[:port]` (port 25 unless given) or `mx` (deliver
-to the recipient domain's MX hosts, e.g. to keep one domain away from the smarthost). Options:
+The first matching line wins. The target is one or more `host[:port]` joined by commas (port 25
+unless given), tried in turn while one fails temporarily, or `mx` (deliver to the recipient domain's MX hosts,
+e.g. to keep one domain away from the smarthost). Options:
 `tls` (implicit TLS), `starttls`, `opportunistic`, `plain`; `verify`, `noverify`;
-`fingerprint=<sha256 hex>`; `auth=<login>` (which auth.conf line for this host). What a route
+`fingerprint=<sha256 hex>`; `auth=<login>` (which auth.conf line for this host); on a `from:`
+route, `rewritefrom=<address>` (REWRITEFROM for the senders it matches). What a route
 does not say comes from the global keys (SECURETRANSFER, STARTTLS, VERIFYCERT, FINGERPRINT).
 """
 
@@ -18,26 +20,50 @@ from __future__ import annotations
 
 from .errors import ConfigError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .config import Config
+
 TLS_MODES = {"tls": "implicit", "starttls": "starttls", "opportunistic": "opportunistic", "plain": "none"}
 
 
-class Route:
-    __slots__ = ("fingerprint", "host", "kind", "line", "login", "pattern", "port", "tls", "verify")
+def split_hosts(text: str, default_port: int) -> list[tuple[str, int]]:
+    """`host[:port]` separated by blanks or commas (SMARTHOST's and a ROUTE's relays, tried in turn):
+    `[v6]:port` or a bare IPv6 address; `default_port` where none is given. Raises ValueError."""
+    hosts: list[tuple[str, int]] = []
+    for word in text.replace(",", " ").split():
+        if word.startswith("["):
+            host, _, rest = word[1:].partition("]")
+            port_text = rest[1:] if rest.startswith(":") else rest
+        else:
+            host, _, port_text = word.rpartition(":") if word.count(":") == 1 else (word, "", "")
+        if port_text and (not port_text.isdigit() or not 0 < int(port_text) < 65536):
+            raise ValueError(f"`{word}': bad port")
+        if not host or host.isdigit():
+            raise ValueError(f"`{word}' is not host[:port] (a port goes after a colon or in PORT)")
+        hosts.append((host, int(port_text) if port_text else default_port))
+    return hosts
 
-    def __init__(self, kind: str, pattern: str, host: str, port: int, line: int) -> None:
+
+class Route:
+    __slots__ = ("fingerprint", "hosts", "kind", "line", "login", "pattern", "rewrite_from", "tls", "verify")
+
+    def __init__(self, kind: str, pattern: str, hosts: list[tuple[str, int]], line: int) -> None:
         self.kind = kind  # "to" (recipient domain) or "from" (envelope sender)
         self.pattern = pattern
-        self.host = host  # "mx" for MX delivery
-        self.port = port
+        self.hosts = hosts  # the relays to try in turn; none for MX delivery
         self.line = line
         self.tls: str | None = None
         self.verify: bool | None = None
         self.fingerprint: bytes | None = None
         self.login: str | None = None
+        self.rewrite_from: str | None = None
 
     def matches(self, sender: str, recipient: str) -> bool:
         if self.kind == "from":
             sender = sender.lower()
+            if self.rewrite_from is not None and sender == self.rewrite_from.lower():
+                return True  # a sender this route rewrote when the message was queued
             return sender == self.pattern or (self.pattern.startswith("@") and sender.endswith(self.pattern))
         domain = recipient.rpartition("@")[2].lower()
         if self.pattern.startswith("*."):
@@ -45,7 +71,7 @@ class Route:
         return domain == self.pattern
 
     def __repr__(self) -> str:
-        return f"<Route line {self.line}: {self.kind}:{self.pattern} -> {self.host}:{self.port}>"
+        return f"<Route line {self.line}: {self.kind}:{self.pattern} -> {self.hosts or 'mx'}>"
 
 
 def parse_route(path: str, lineno: int, value: str) -> Route:
@@ -60,21 +86,15 @@ def parse_route(path: str, lineno: int, value: str) -> Route:
     kind, colon, pattern = words[0].partition(":")
     if not colon or kind not in ("to", "from") or not pattern:
         raise error(f"`{words[0]}' is not to:<domain> or from:<address>")
-    target = words[1]
-    host, port = target, 25
-    if target != "mx":
-        if target.startswith("["):
-            inner, _, rest = target[1:].partition("]")
-            host, port_text = inner, rest.removeprefix(":")
-        else:
-            host, _, port_text = target.rpartition(":") if target.count(":") == 1 else (target, "", "")
-        if port_text:
-            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-                raise error(f"`{target}': bad port")
-            port = int(port_text)
-        if not host:
-            raise error(f"`{target}' is not host[:port] or mx")
-    route = Route(kind, pattern.lower(), host, port, lineno)
+    hosts: list[tuple[str, int]] = []
+    if words[1] != "mx":
+        try:
+            hosts = split_hosts(words[1], 25)
+        except ValueError as e:
+            raise error(str(e)) from None
+        if not hosts:
+            raise error(f"`{words[1]}' is not host[:port] or mx")
+    route = Route(kind, pattern.lower(), hosts, lineno)
     for option in words[2:]:
         name, eq, arg = option.partition("=")
         if name in TLS_MODES and not eq:
@@ -91,9 +111,23 @@ def parse_route(path: str, lineno: int, value: str) -> Route:
                 raise error(f"`{option}': a SHA-256 fingerprint is 64 hex digits")
         elif name == "auth" and arg:
             route.login = arg
+        elif name == "rewritefrom" and arg:
+            # Applied when the message is queued, where only the sender is known.
+            if kind != "from" or arg.count("@") != 1:
+                raise error(f"`{option}': rewritefrom=<address> is for from: routes")
+            route.rewrite_from = arg
         else:
             raise error(f"unknown option `{option}'")
     return route
+
+
+def rewritten_sender(cfg: Config, sender: str) -> str | None:
+    """REWRITEFROM, or the `rewritefrom=` of the first `from:` route for `sender`: the address that
+    becomes the envelope sender and the `From:` header's. The null sender (bounces) stays null."""
+    if not sender:
+        return None
+    route = choose([r for r in cfg.routes if r.kind == "from"], sender, "")
+    return route.rewrite_from if route is not None and route.rewrite_from else cfg.rewrite_from
 
 
 def choose(routes: list[Route], sender: str, recipient: str) -> Route | None:

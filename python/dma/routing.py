@@ -96,18 +96,18 @@ def address_literal(domain: str) -> str | None:
 
 
 def targets_for(
-    domain: str, cfg: Config, *, host: str | None = None, port: int = 25, mx: bool = False
+    domain: str, cfg: Config, *, hosts: list[tuple[str, int]] | None = None, mx: bool = False
 ) -> list[Target]:
-    """The hosts to try for `domain`, in order: `host` (a ROUTE's relay), the smarthost (unless
+    """The hosts to try for `domain`, in order: `hosts` (a ROUTE's relays), the smarthosts (unless
     `mx`), or the domain's MX hosts.
 
     MX hosts are sorted by preference and shuffled among equal preferences (RFC 5321 5.1); a
     domain without MX records is its own host. Raises `RouteError`.
     """
-    if host is None and cfg.smarthost and not mx:
-        host, port = cfg.smarthost, cfg.port
-    if host is not None:
-        return [Target(host, resolve_host(host, cfg, port), port)]
+    if not hosts and not mx:
+        hosts = cfg.smarthosts()
+    if hosts:
+        return resolve_all([(0, name, port) for name, port in hosts], cfg, "no usable smarthost")
     literal = address_literal(domain)
     if literal is not None:
         import ipaddress
@@ -127,16 +127,21 @@ def targets_for(
     exchanges = mx_hosts(domain, cfg)
     random.shuffle(exchanges)
     exchanges.sort(key=lambda pref_host: pref_host[0])
+    return resolve_all([(pref, host, 25) for pref, host in exchanges], cfg, f"no usable MX host for {domain}")
+
+
+def resolve_all(hosts: list[tuple[int, str, int]], cfg: Config, none: str) -> list[Target]:
+    """Targets for (preference, name, port), skipping names that do not resolve; RouteError if none does."""
     targets: list[Target] = []
     failures: list[str] = []
-    for preference, host in exchanges:
+    for preference, host, port in hosts:
         try:
-            targets.append(Target(host, resolve_host(host, cfg, 25), 25, preference))
+            targets.append(Target(host, resolve_host(host, cfg, port), port, preference))
         except RouteError as e:
             failures.append(str(e))
     if not targets:
-        # Retry: a lame MX host may come back (C dma does the same).
-        raise RouteError("; ".join(failures) or f"no usable MX host for {domain}", permanent=False)
+        # Retry: a lame MX host or smarthost may come back (C dma does the same).
+        raise RouteError("; ".join(failures) or none, permanent=False)
     return targets
 
 

@@ -26,7 +26,7 @@ _TEMPORARY_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.ENOMEM, err
 class Submission:
     """What the command line asks for one message."""
 
-    __slots__ = ("dot_terminates", "from_headers", "full_name", "recipients", "sender", "tag")
+    __slots__ = ("dot_terminates", "dsn", "from_headers", "full_name", "recipients", "sender", "tag")
 
     def __init__(
         self,
@@ -44,6 +44,7 @@ class Submission:
         self.dot_terminates = dot_terminates
         self.from_headers = from_headers
         self.full_name = full_name
+        self.dsn = ""  # RFC 3461 parameters (dsn.py)
 
 
 def os_failure(e: OSError, doing: str) -> Fatal:
@@ -81,18 +82,25 @@ def submit(cfg: Config, sub: Submission, stdin_fd: int = 0) -> tuple[str, list[s
 def spool_message(
     cfg: Config,
     sub: Submission,
-    source: int | bytes,
+    source: int | bytes | _native.SmtpStdin,
     *,
     durable: bool = True,
     resolver: RecipientResolver | None = None,
 ) -> tuple[str, list[str]]:
-    """Spool one message from `source` (a file descriptor, left open, or the message's bytes).
+    """Spool one message from `source` (a file descriptor, left open, the message's bytes, or the
+    body of a `-bs` DATA).
 
     The one submission path of `sendmail` and of `dma.api`. With `durable=False` nothing is synced:
     the caller makes a whole batch durable with `_native.sync_spool`. `resolver` lets a batch read
     the aliases file once. Returns the message id and the entry ids.
     """
     sender = message.envelope_sender(sub.sender, cfg.mailname, cfg.masquerade_user, cfg.masquerade_host)
+    rewrite = None
+    if cfg.rewrite_from or cfg.routes:
+        from .routes import rewritten_sender
+
+        rewrite = rewritten_sender(cfg, sender)
+        sender = rewrite or sender
     given: list[str] = []
     for arg in sub.recipients:
         message.check_line_safe("a recipient", arg)
@@ -106,6 +114,10 @@ def spool_message(
 
     prepare_spool(cfg)
     dropping = drops(cfg)
+    if dropping:
+        from .drop import check_usage
+
+        check_usage(cfg, posix.getuid())
     where = f"{cfg.spooldir}/incoming" if dropping else cfg.spooldir
     try:
         incoming = _native.Incoming(where, durable)
@@ -129,14 +141,15 @@ def spool_message(
                 add_if_missing=add,
                 dot_terminates=sub.dot_terminates,
                 collect_recipients=sub.from_headers,
+                rewrite_from=rewrite,
             )
         except ValueError as e:
             raise Fatal(EX_DATAERR, f"bad mail input format: {e}") from e
         except OSError as e:
             raise os_failure(e, "can not read mail") from e
-        if info.input_bytes == 0:
-            where = "given" if isinstance(source, bytes) else "on standard input"
-            raise Fatal(EX_NOINPUT, f"no message {where}, nothing queued")
+        if info.input_bytes == 0 and isinstance(source, bytes):
+            # `sendmail` queues an empty standard input as C dma does; `dma.api` calls it a mistake.
+            raise Fatal(EX_NOINPUT, "no message given, nothing queued")
         if sub.from_headers:
             from_headers: list[str] = []
             for value in info.recipient_headers:
@@ -148,9 +161,9 @@ def spool_message(
             raise Fatal(EX_NOINPUT, "no recipients")
         try:
             ids = (
-                [incoming.commit_drop(sender, recipients)]
+                [incoming.commit_drop(sender, recipients, sub.dsn)]
                 if dropping
-                else incoming.commit(sender, recipients)
+                else incoming.commit(sender, recipients, sub.dsn)
             )
         except ValueError as e:
             raise Fatal(EX_DATAERR, str(e)) from e

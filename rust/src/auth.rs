@@ -12,7 +12,9 @@ use md5::Md5;
 /// The SASL mechanisms we can speak, in the order we prefer them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Mechanism {
-    /// Only used when the caller asks for it: the secret is then a bearer token.
+    /// Only used when the caller asks for it (as XOAUTH2): the secret is then a bearer token.
+    /// The standard one (RFC 7628) first.
+    OAuthBearer,
     XOAuth2,
     /// The password never crosses the wire, so it beats PLAIN even inside TLS.
     CramMd5,
@@ -21,7 +23,8 @@ pub enum Mechanism {
 }
 
 impl Mechanism {
-    pub const ALL: [Mechanism; 4] = [
+    pub const ALL: [Mechanism; 5] = [
+        Mechanism::OAuthBearer,
         Mechanism::XOAuth2,
         Mechanism::CramMd5,
         Mechanism::Plain,
@@ -33,6 +36,7 @@ impl Mechanism {
 
     pub fn name(self) -> &'static str {
         match self {
+            Mechanism::OAuthBearer => "OAUTHBEARER",
             Mechanism::XOAuth2 => "XOAUTH2",
             Mechanism::CramMd5 => "CRAM-MD5",
             Mechanism::Plain => "PLAIN",
@@ -115,6 +119,13 @@ pub fn xoauth2(login: &str, token: &str) -> String {
     b64_encode(format!("user={login}\x01auth=Bearer {token}\x01\x01").as_bytes())
 }
 
+/// OAUTHBEARER initial response (RFC 7628): a GS2 header naming the user (`,` and `=` escaped
+/// as RFC 5801 says), then the host, port and bearer token as ^A-separated pairs.
+pub fn oauthbearer(login: &str, host: &str, port: u16, token: &str) -> String {
+    let user = login.replace('=', "=3D").replace(',', "=2C");
+    b64_encode(format!("n,a={user},\x01host={host}\x01port={port}\x01auth=Bearer {token}\x01\x01").as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +174,22 @@ mod tests {
     }
 
     #[test]
+    fn oauthbearer_rfc7628_example() {
+        // RFC 7628 section 4.1, with the user name's `,` escaped.
+        let raw = b64_decode(&oauthbearer(
+            "u,ser@example.com",
+            "server.example.com",
+            587,
+            "vF9dft4q",
+        ))
+        .unwrap();
+        assert_eq!(
+            raw,
+            b"n,a=u=2Cser@example.com,\x01host=server.example.com\x01port=587\x01auth=Bearer vF9dft4q\x01\x01"
+        );
+    }
+
+    #[test]
     fn mechanism_choice() {
         let offered = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
         let default = &Mechanism::DEFAULT;
@@ -175,6 +202,15 @@ mod tests {
         assert_eq!(choose(&offered("XOAUTH2 GSSAPI"), default), None);
         assert_eq!(
             choose(&offered("XOAUTH2 PLAIN"), &Mechanism::ALL),
+            Some(Mechanism::XOAuth2)
+        );
+        let oauth = [Mechanism::XOAuth2, Mechanism::OAuthBearer];
+        assert_eq!(
+            choose(&offered("XOAUTH2 OAUTHBEARER"), &oauth),
+            Some(Mechanism::OAuthBearer)
+        );
+        assert_eq!(
+            choose(&offered("PLAIN XOAUTH2"), &oauth),
             Some(Mechanism::XOAuth2)
         );
         assert_eq!(

@@ -27,6 +27,8 @@ pub struct IntakeOptions<'a> {
     pub prefix: &'a [u8],
     /// Headers to add when the message lacks them: (lower-case name, whole line ending in LF).
     pub add_if_missing: &'a [(&'a str, &'a [u8])],
+    /// REWRITEFROM: the first `From:` becomes this address, keeping its display name.
+    pub rewrite_from: Option<&'a str>,
 }
 
 #[derive(Debug, Default)]
@@ -79,6 +81,9 @@ struct Transformer<'a, W: Write> {
     header_fate: Fate,
     present: Vec<bool>,
     pending_cr: bool,
+    /// The first `From:` being rewritten (bounded), while its lines are read.
+    from_value: Option<Vec<u8>>,
+    capturing: bool,
     /// Bytes collected for `-t` so far.
     collected: usize,
 }
@@ -96,6 +101,8 @@ impl<'a, W: Write> Transformer<'a, W> {
             header_fate: Fate::Keep,
             present: vec![false; opts.add_if_missing.len()],
             pending_cr: false,
+            from_value: None,
+            capturing: false,
             collected: 0,
         }
     }
@@ -170,6 +177,7 @@ impl<'a, W: Write> Transformer<'a, W> {
 
     /// Write (or drop, or collect) the rest of an already classified line.
     fn stream(&mut self, bytes: &[u8]) -> Result<()> {
+        self.capture(bytes);
         let fate = self.fate.unwrap_or(Fate::Keep);
         if fate.collects() {
             self.collect(bytes, false)?;
@@ -236,6 +244,7 @@ impl<'a, W: Write> Transformer<'a, W> {
             Part::Done => Fate::Drop,
             Part::Headers => self.classify_header(&head)?,
         };
+        self.capture(&head);
         self.fate = Some(fate);
         if fate.collects() {
             let new = !is_continuation(&head) || self.info.recipient_headers.is_empty();
@@ -273,6 +282,12 @@ impl<'a, W: Write> Transformer<'a, W> {
                 self.present[i] = true;
             }
         }
+        self.capturing = name == b"from" && self.opts.rewrite_from.is_some() && self.from_value.is_none();
+        if self.capturing {
+            self.from_value = Some(Vec::new());
+            self.header_fate = Fate::Drop;
+            return Ok(Fate::Drop);
+        }
         let collect = self.opts.collect_recipients;
         let fate = match &name[..] {
             b"bcc" if collect => Fate::DropAndCollect,
@@ -284,8 +299,20 @@ impl<'a, W: Write> Transformer<'a, W> {
         Ok(fate)
     }
 
+    fn capture(&mut self, bytes: &[u8]) {
+        if let (true, Some(value)) = (self.capturing, self.from_value.as_mut()) {
+            let room = LINE_HEAD.saturating_sub(value.len()).min(bytes.len());
+            value.extend_from_slice(&bytes[..room]);
+        }
+    }
+
     /// End the header block: add what is missing, then the empty line.
     fn close_headers(&mut self) -> Result<()> {
+        self.capturing = false;
+        if let (Some(address), Some(value)) = (self.opts.rewrite_from, self.from_value.take()) {
+            self.write(&rewritten_from(&value, address))
+                .context(|| "writing the spool file".into())?;
+        }
         for (i, (_, line)) in self.opts.add_if_missing.iter().enumerate() {
             if !self.present[i] {
                 self.write(line).context(|| "writing the spool file".into())?;
@@ -322,6 +349,22 @@ impl<'a, W: Write> Transformer<'a, W> {
         }
         Ok((self.info, self.out))
     }
+}
+
+/// `From: <display name> <address>`: the display name of `header` (a whole `From:` field) is the
+/// phrase before its `<`, else the old value itself when it has a comment (cron's
+/// `root (Cron Daemon)`, quoted), else there is none.
+fn rewritten_from(header: &[u8], address: &str) -> Vec<u8> {
+    let value = header.splitn(2, |&b| b == b':').nth(1).unwrap_or_default();
+    let text = String::from_utf8_lossy(value);
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let name = match text.find('<') {
+        Some(i) => text[..i].trim().to_owned(),
+        None if text.contains('(') => format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\"")),
+        None => String::new(),
+    };
+    let space = if name.is_empty() { "" } else { " " };
+    format!("From: {name}{space}<{address}>\n").into_bytes()
 }
 
 fn is_continuation(line: &[u8]) -> bool {
@@ -368,6 +411,7 @@ pub fn copy_message<R: Read, W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::VERBATIM;
 
     const ADD: &[(&str, &[u8])] = &[("date", b"Date: D\n"), ("message-id", b"Message-Id: <M>\n")];
 
@@ -377,6 +421,7 @@ mod tests {
             collect_recipients: collect,
             prefix: b"Received: x\n",
             add_if_missing: ADD,
+            rewrite_from: None,
         };
         let (info, out) = copy_message(input, Vec::new(), &opts).unwrap();
         (String::from_utf8(out).unwrap(), info)
@@ -400,6 +445,7 @@ mod tests {
             collect_recipients: false,
             prefix: b"",
             add_if_missing: ADD,
+            rewrite_from: None,
         };
         String::from_utf8(copy_message(OneByte(input), Vec::new(), &opts).unwrap().1).unwrap()
     }
@@ -454,6 +500,33 @@ mod tests {
         // A final `.` without its line end is content, as in C dma.
         let (out, _) = run(b"S: a\n\nend\n.", true, false);
         assert!(out.ends_with("\n\nend\n.\n"), "{out}");
+    }
+
+    #[test]
+    fn rewrite_from_keeps_the_display_name() {
+        let cases: &[(&[u8], &str)] = &[
+            (
+                b"From: root (Cron Daemon)\nS: a\n\nb\n",
+                "From: \"root (Cron Daemon)\" <n@x>\n",
+            ),
+            (
+                b"S: a\nfrom: \"A, B\"\n <a@b>\nFrom: c@d\n\nb\n",
+                "From: c@d\nFrom: \"A, B\" <n@x>\n",
+            ),
+            (b"From: a@b\nS: a\n\nb\n", "From: <n@x>\n"),
+        ];
+        for (input, want) in cases {
+            let opts = IntakeOptions {
+                rewrite_from: Some("n@x"),
+                ..VERBATIM
+            };
+            let out = String::from_utf8(copy_message(*input, Vec::new(), &opts).unwrap().1).unwrap();
+            assert!(
+                out.contains(&format!("{want}\nb\n"))
+                    && out.matches("From:").count() == want.matches("From:").count(),
+                "{out}"
+            );
+        }
     }
 
     #[test]
@@ -524,12 +597,7 @@ mod tests {
 
     #[test]
     fn nul_is_refused_and_eight_bit_noticed() {
-        let opts = IntakeOptions {
-            dot_terminates: false,
-            collect_recipients: false,
-            prefix: b"",
-            add_if_missing: &[],
-        };
+        let opts = VERBATIM;
         assert!(matches!(
             copy_message(&b"a\0b\n"[..], Vec::new(), &opts),
             Err(DmaError::Data(_))

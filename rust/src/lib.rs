@@ -1,9 +1,10 @@
 //! Rust core of dma: spool I/O, local mailboxes, the SMTP transport over rustls and the AUTH
-//! encoders. Plain Rust modules, unit-tested without Python; `py_api` is the only file that
-//! touches pyo3.
+//! encoders. Plain Rust modules, unit-tested without Python; `py_api` (and `py_bs`, its `-bs`
+//! reader) are the only files that touch pyo3.
 
 pub mod address;
 pub mod auth;
+pub mod bs;
 pub mod errors;
 pub mod intake;
 pub mod journal;
@@ -19,3 +20,5 @@ mod test_util;
 
 #[cfg(feature = "python")]
 mod py_api;
+#[cfg(feature = "python")]
+mod py_bs;

@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 
 use crate::errors::DmaError;
 use crate::intake::{IntakeOptions, MessageInfo as RustMessageInfo};
+use crate::py_bs::SmtpStdin;
 use crate::spool::{self, Entry};
 
 impl From<DmaError> for PyErr {
@@ -57,20 +58,30 @@ fn finished() -> PyErr {
     PyValueError::new_err("this message is already committed or aborted")
 }
 
-/// Where a message comes from: a file descriptor (standard input), or bytes in memory.
+/// Where a message comes from: a file descriptor (standard input), bytes in memory, or the body
+/// of a DATA under `sendmail -bs`.
 #[derive(FromPyObject)]
-enum Source {
+enum Source<'py> {
     Fd(i32),
     Bytes(Vec<u8>),
+    Smtp(Bound<'py, SmtpStdin>),
+}
+
+/// `Source` without its Python object, to be read with the GIL released.
+enum Input {
+    Fd(i32),
+    Bytes(Vec<u8>),
+    Smtp(crate::bs::SmtpInput<File>),
 }
 
 #[pymethods]
 impl Incoming {
-    /// `durable=False` skips the syncs; the caller ends the batch with `sync_spool`.
+    /// `durable=False` skips the syncs; the caller ends the batch with `sync_spool`. `name`: the
+    /// message id to use instead of a fresh one (see `spool::Incoming::create`).
     #[new]
-    #[pyo3(signature = (spooldir, durable=true))]
-    fn new(py: Python<'_>, spooldir: PathBuf, durable: bool) -> PyResult<Self> {
-        let inner = py.detach(|| spool::Incoming::create(&spooldir, durable))?;
+    #[pyo3(signature = (spooldir, durable=true, name=None))]
+    fn new(py: Python<'_>, spooldir: PathBuf, durable: bool, name: Option<String>) -> PyResult<Self> {
+        let inner = py.detach(|| spool::Incoming::create(&spooldir, durable, name.as_deref()))?;
         let id = inner.id().to_owned();
         Ok(Incoming {
             inner: Some(inner),
@@ -83,8 +94,10 @@ impl Incoming {
         &self.id
     }
 
-    /// Read the message from `source` (a file descriptor, left open, or bytes) into the spool.
-    #[pyo3(signature = (source, *, prefix, add_if_missing, dot_terminates, collect_recipients))]
+    /// Read the message from `source` (a file descriptor, left open, bytes, or the next body of an
+    /// `SmtpStdin`) into the spool.
+    #[pyo3(signature = (source, *, prefix, add_if_missing, dot_terminates, collect_recipients, rewrite_from=None))]
+    #[allow(clippy::too_many_arguments)]
     fn receive(
         &mut self,
         py: Python<'_>,
@@ -93,9 +106,19 @@ impl Incoming {
         add_if_missing: Vec<(String, Vec<u8>)>,
         dot_terminates: bool,
         collect_recipients: bool,
+        rewrite_from: Option<String>,
     ) -> PyResult<MessageInfo> {
         let mut inner = self.inner.take().ok_or_else(finished)?;
-        let (inner, result) = py.detach(move || {
+        // The `-bs` reader leaves its Python object while the GIL is released, and returns after.
+        let (smtp, input) = match source {
+            Source::Fd(fd) => (None, Input::Fd(fd)),
+            Source::Bytes(data) => (None, Input::Bytes(data)),
+            Source::Smtp(s) => {
+                let body = s.borrow_mut().inner.take().ok_or_else(crate::py_bs::busy)?;
+                (Some(s), Input::Smtp(body))
+            }
+        };
+        let (inner, result, body) = py.detach(move || {
             let add: Vec<(&str, &[u8])> = add_if_missing
                 .iter()
                 .map(|(n, l)| (n.as_str(), l.as_slice()))
@@ -105,30 +128,51 @@ impl Incoming {
                 collect_recipients,
                 prefix: &prefix,
                 add_if_missing: &add,
+                rewrite_from: rewrite_from.as_deref(),
             };
-            let result = match source {
-                Source::Fd(fd) => {
+            let (result, body) = match input {
+                Input::Fd(fd) => {
                     // SAFETY: the descriptor belongs to the caller; ManuallyDrop keeps it open.
                     let input = ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
-                    inner.receive(&*input, &opts)
+                    (inner.receive(&*input, &opts), None)
                 }
-                Source::Bytes(data) => inner.receive(data.as_slice(), &opts),
+                Input::Bytes(data) => (inner.receive(data.as_slice(), &opts), None),
+                Input::Smtp(mut body) => (inner.receive(body.data(), &opts), Some(body)),
             };
-            (inner, result)
+            (inner, result, body)
         });
+        if let Some(s) = smtp {
+            s.borrow_mut().inner = body;
+        }
         self.inner = Some(inner);
         Ok(result?.into())
     }
 
     /// Publish one queue entry per recipient; returns their ids. Afterwards this object is spent.
-    fn commit(&mut self, py: Python<'_>, sender: String, recipients: Vec<String>) -> PyResult<Vec<String>> {
+    #[pyo3(signature = (sender, recipients, dsn=String::new()))]
+    fn commit(
+        &mut self,
+        py: Python<'_>,
+        sender: String,
+        recipients: Vec<String>,
+        dsn: String,
+    ) -> PyResult<Vec<String>> {
         let mut inner = self.inner.take().ok_or_else(finished)?;
+        inner.dsn = dsn;
         Ok(py.detach(move || inner.commit(&sender, &recipients))?)
     }
 
     /// System mode: publish into the drop directory for the runner (see `commit_drop` in spool.rs).
-    fn commit_drop(&mut self, py: Python<'_>, sender: String, recipients: Vec<String>) -> PyResult<String> {
+    #[pyo3(signature = (sender, recipients, dsn=String::new()))]
+    fn commit_drop(
+        &mut self,
+        py: Python<'_>,
+        sender: String,
+        recipients: Vec<String>,
+        dsn: String,
+    ) -> PyResult<String> {
         let mut inner = self.inner.take().ok_or_else(finished)?;
+        inner.dsn = dsn;
         Ok(py.detach(move || inner.commit_drop(&sender, &recipients))?)
     }
 
@@ -150,6 +194,7 @@ struct QueueEntry {
     next_attempt: u64,
     last_error: String,
     state: String,
+    dsn: String,
 }
 
 impl From<&Entry> for QueueEntry {
@@ -165,6 +210,7 @@ impl From<&Entry> for QueueEntry {
             next_attempt: e.next_attempt,
             last_error: e.last_error.clone(),
             state: e.state.clone(),
+            dsn: e.dsn.clone(),
         }
     }
 }
@@ -332,6 +378,23 @@ fn maildir_deliver(
 // ---- syslog -----------------------------------------------------------------------------------
 
 /// One line to syslog's mail facility as `ident[pid]` (see syslog.rs).
+/// For a process about to hold OAuth2 tokens: no core file and no ptrace or /proc/PID/mem
+/// access by other processes of the same user (PR_SET_DUMPABLE 0 also stops piped core_pattern).
+#[pyfunction]
+fn no_core_dumps() -> PyResult<()> {
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on this process with valid arguments.
+    if unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &zero) != 0 || libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0
+    } {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
+}
+
 #[pyfunction]
 fn syslog(ident: &str, priority: i32, text: &str) {
     crate::syslog::send(ident, priority, text);
@@ -436,7 +499,7 @@ fn smtp_duration(name: &str, secs: f64) -> PyResult<std::time::Duration> {
     host, addresses, port, helo, transactions, *, tls="none", verify_cert=false, ca_file=None,
     fingerprint=None, client_cert=None, login=None, secret=None, mechanisms=None,
     allow_insecure_auth=false, connect_timeout=30.0, command_timeout=300.0, verbose=false,
-    journal=None, journal_ids=None
+    journal=None, journal_ids=None, dsn=None
 ))]
 #[allow(clippy::too_many_arguments)]
 fn smtp_session(
@@ -460,6 +523,7 @@ fn smtp_session(
     verbose: bool,
     journal: Option<PathBuf>,
     journal_ids: Option<Vec<Vec<String>>>,
+    dsn: Option<Vec<String>>,
 ) -> PyResult<SessionResult> {
     let addresses = addresses
         .iter()
@@ -514,6 +578,7 @@ fn smtp_session(
         journal,
     };
     let mut journal_ids = journal_ids.unwrap_or_default().into_iter();
+    let mut dsn = dsn.unwrap_or_default().into_iter();
     let transactions: Vec<crate::smtp::Transaction> = transactions
         .into_iter()
         .map(|(sender, recipients, message)| crate::smtp::Transaction {
@@ -521,6 +586,7 @@ fn smtp_session(
             recipients,
             message,
             journal_ids: journal_ids.next().unwrap_or_default(),
+            dsn: dsn.next().unwrap_or_default(),
         })
         .collect();
     let report = py.detach(|| crate::smtp::run_session(&cfg, &transactions));
@@ -556,6 +622,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<MessageInfo>()?;
     m.add_class::<QueueEntry>()?;
     m.add_class::<Claim>()?;
+    m.add_class::<SmtpStdin>()?;
     m.add_function(wrap_pyfunction!(check_address, m)?)?;
     m.add_function(wrap_pyfunction!(scan_queue, m)?)?;
     m.add_function(wrap_pyfunction!(claim, m)?)?;
@@ -564,6 +631,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sync_spool, m)?)?;
     m.add_function(wrap_pyfunction!(sync_dir, m)?)?;
     m.add_function(wrap_pyfunction!(syslog, m)?)?;
+    m.add_function(wrap_pyfunction!(no_core_dumps, m)?)?;
     // mailbox registrations
     m.add_function(wrap_pyfunction!(mbox_append, m)?)?;
     m.add_function(wrap_pyfunction!(maildir_deliver, m)?)?;

@@ -33,7 +33,10 @@ fn check_field(what: &str, value: &str) -> Result<()> {
 }
 
 /// Every address of an envelope passes the one address check (address.rs); the sender may be null.
-fn check_envelope(sender: &str, recipients: &[String]) -> Result<()> {
+fn check_envelope(sender: &str, recipients: &[String], dsn: &str) -> Result<()> {
+    if !dsn.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err(DmaError::Data(format!("invalid DSN parameters {dsn:?}")));
+    }
     let null = sender.is_empty();
     for address in std::iter::once(sender)
         .skip(null as usize)
@@ -60,26 +63,24 @@ pub struct Incoming {
     published: Vec<PathBuf>,
     /// The temporary file is gone (renamed or removed): nothing is left to clean up.
     finished: bool,
+    /// Written into each entry (`Entry::dsn`).
+    pub dsn: String,
 }
 
 impl Incoming {
-    /// Create the temporary file in `dir`; the message id comes from its inode.
-    pub fn create(dir: &Path, durable: bool) -> Result<Incoming> {
+    /// Create the temporary file in `dir` under a fresh id, or under `name` (the runner's pickup:
+    /// the id names the drop, so a pickup repeated after a crash finds the message it queued; an
+    /// uncommitted leftover under that name is removed first).
+    pub fn create(dir: &Path, durable: bool, name: Option<&str>) -> Result<Incoming> {
         let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let created = since_epoch.as_secs();
-        // Unique over time (the delivered journal relies on it): seconds, microseconds, our pid,
-        // and a retry count should two messages of one process share a microsecond.
-        let base = format!(
-            "{created:08x}{:05x}{:x}",
-            since_epoch.subsec_micros(),
-            std::process::id()
-        );
+        let (created, micros) = (since_epoch.as_secs(), since_epoch.subsec_micros());
         let mut attempt = 0u32;
         loop {
-            let id = if attempt == 0 {
-                base.clone()
-            } else {
-                format!("{base}x{attempt}")
+            // Unique over time (the delivered journal relies on it) and unguessable (nobody can
+            // take another user's drop name first): seconds, microseconds, 64 random bits.
+            let id = match name {
+                Some(name) => name.to_owned(),
+                None => format!("{created:08x}{micros:05x}{:016x}", random_u64()),
             };
             // The temporary file is named after the message: while it exists, the message is not
             // committed and its entries are not listed (see `committed`).
@@ -101,9 +102,15 @@ impl Incoming {
                         size: 0,
                         published: Vec::new(),
                         finished: false,
+                        dsn: String::new(),
                     });
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => attempt += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
+                    attempt += 1;
+                    if name.is_some() {
+                        remove_uncommitted(dir, &id);
+                    }
+                }
                 Err(e) => {
                     return Err(DmaError::io(
                         format!("can not create temp file in `{}'", dir.display()),
@@ -139,7 +146,7 @@ impl Incoming {
 
     /// Publish one queue entry per recipient, durably; returns the entry ids.
     pub fn commit(&mut self, sender: &str, recipients: &[String]) -> Result<Vec<String>> {
-        check_envelope(sender, recipients)?;
+        check_envelope(sender, recipients, &self.dsn)?;
         if recipients.is_empty() {
             return Err(DmaError::Data("no recipients".into()));
         }
@@ -153,6 +160,7 @@ impl Incoming {
                 recipient: recipient.clone(),
                 created: self.created,
                 size: self.size,
+                dsn: self.dsn.clone(),
                 ..Entry::default()
             };
             self.published
@@ -181,10 +189,13 @@ impl Incoming {
     /// spool, as `D<id>` (the message) and then `E<id>` (its envelope: `Sender:` and `Recipient:`
     /// lines), which the runner picks up. Returns the id.
     pub fn commit_drop(&mut self, sender: &str, recipients: &[String]) -> Result<String> {
-        check_envelope(sender, recipients)?;
+        check_envelope(sender, recipients, &self.dsn)?;
         let mut envelope = format!("Sender: {sender}\n");
         for r in recipients {
             envelope.push_str(&format!("Recipient: {r}\n"));
+        }
+        if !self.dsn.is_empty() {
+            envelope.push_str(&format!("DSN: {}\n", self.dsn));
         }
         let data = self.dir.join(format!("D{}", self.id));
         fs::hard_link(&self.tmp, &data).context(|| format!("can not create `{}'", data.display()))?;
@@ -226,6 +237,27 @@ impl Drop for Incoming {
     }
 }
 
+fn random_u64() -> u64 {
+    let mut buf = [0u8; 8];
+    // SAFETY: writes at most buf.len() bytes into buf. Should it fail, the time part still
+    // makes the id unique, and create_new refuses a taken name.
+    unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    u64::from_ne_bytes(buf)
+}
+
+/// What a process killed before its commit left under message `id`: the temporary file and the
+/// entries and message names written before it (hidden while the temporary file exists).
+fn remove_uncommitted(dir: &Path, id: &str) {
+    for n in 1.. {
+        let q = fs::remove_file(dir.join(format!("Q{id}.{n}")));
+        let m = fs::remove_file(dir.join(format!("M{id}.{n}")));
+        if q.is_err() && m.is_err() {
+            break;
+        }
+    }
+    let _ = fs::remove_file(dir.join(format!("{TMP_PREFIX}{id}")));
+}
+
 /// The envelope and state of one recipient of one message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Entry {
@@ -238,6 +270,8 @@ pub struct Entry {
     pub next_attempt: u64,
     pub last_error: String,
     pub state: String,
+    /// RFC 3461 parameters from `-N`, `-R`, `-V` (`NOTIFY=... RET=... ENVID=...`), or empty.
+    pub dsn: String,
 }
 
 /// The message part of an entry id (`<message id>.<n>`).
@@ -272,6 +306,9 @@ impl Entry {
         if !self.state.is_empty() {
             s.push_str(&format!("State: {}\n", self.state));
         }
+        if !self.dsn.is_empty() {
+            s.push_str(&format!("DSN: {}\n", self.dsn));
+        }
         s
     }
 
@@ -296,6 +333,7 @@ impl Entry {
                 "Next-Attempt" => e.next_attempt = number(),
                 "Last-Error" => e.last_error = value.to_owned(),
                 "State" => e.state = value.to_owned(),
+                "DSN" => e.dsn = value.to_owned(),
                 _ => {}
             }
         }
@@ -544,7 +582,7 @@ mod tests {
     use crate::test_util::{names, tempdir};
 
     fn submit(dir: &Path, body: &[u8], rcpts: &[&str]) -> Vec<String> {
-        let mut inc = Incoming::create(dir, true).unwrap();
+        let mut inc = Incoming::create(dir, true, None).unwrap();
         let opts = crate::test_util::VERBATIM;
         inc.receive(body, &opts).unwrap();
         let rcpts: Vec<String> = rcpts.iter().map(|s| (*s).to_owned()).collect();
@@ -589,9 +627,31 @@ mod tests {
     }
 
     #[test]
+    fn a_named_message_replaces_its_uncommitted_leftover() {
+        let dir = tempdir("named");
+        let mut first = Incoming::create(&dir, true, Some("drop1")).unwrap();
+        first.receive(&b"x\n"[..], &crate::test_util::VERBATIM).unwrap();
+        // Killed mid-commit: an entry written, the temporary file still there.
+        create_entry_file(
+            &dir,
+            &Entry {
+                id: "drop1.1".into(),
+                ..Entry::default()
+            },
+            true,
+        )
+        .unwrap();
+        std::mem::forget(first);
+        let mut again = Incoming::create(&dir, true, Some("drop1")).unwrap();
+        again.receive(&b"y\n"[..], &crate::test_util::VERBATIM).unwrap();
+        assert_eq!(again.commit("a@b", &["c@d".into()]).unwrap(), ["drop1.1"]);
+        assert_eq!(names(&dir), ["Mdrop1.1", "Qdrop1.1"]);
+    }
+
+    #[test]
     fn a_drop_is_published_as_message_then_envelope() {
         let dir = tempdir("drop");
-        let mut inc = Incoming::create(&dir, true).unwrap();
+        let mut inc = Incoming::create(&dir, true, None).unwrap();
         let opts = crate::test_util::VERBATIM;
         inc.receive(&b"S: x\n\nhi\n"[..], &opts).unwrap();
         let id = inc
@@ -604,13 +664,19 @@ mod tests {
             fs::read_to_string(dir.join(format!("D{id}"))).unwrap(),
             "S: x\n\nhi\n"
         );
+        let mut inc = Incoming::create(&dir, true).unwrap();
+        inc.receive(&b"x\n"[..], &opts).unwrap();
+        inc.dsn = "NOTIFY=NEVER".into();
+        let id = inc.commit_drop("", &["b@y".to_owned()]).unwrap();
+        let envelope = fs::read_to_string(dir.join(format!("E{id}"))).unwrap();
+        assert_eq!(envelope, "Sender: \nRecipient: b@y\nDSN: NOTIFY=NEVER\n");
     }
 
     #[test]
     fn an_uncommitted_message_leaves_nothing() {
         let dir = tempdir("abort");
         {
-            let mut inc = Incoming::create(&dir, false).unwrap();
+            let mut inc = Incoming::create(&dir, false, None).unwrap();
             let opts = crate::test_util::VERBATIM;
             inc.receive(&b"x\n"[..], &opts).unwrap();
             assert!(inc.commit("a@x", &["bad\nrcpt".to_owned()]).is_err());
@@ -621,19 +687,33 @@ mod tests {
         }
         assert!(names(&dir).is_empty(), "{:?}", names(&dir));
         {
-            let mut inc = Incoming::create(&dir, false).unwrap();
+            let mut inc = Incoming::create(&dir, false, None).unwrap();
             inc.receive(&b"x\n"[..], &crate::test_util::VERBATIM).unwrap();
             assert!(inc.commit("a@x", &[]).is_err(), "a message with no recipient");
         }
         assert!(names(&dir).is_empty(), "{:?}", names(&dir));
         {
             // A failure half-way (the second entry's name is taken) takes back the first entry.
-            let mut inc = Incoming::create(&dir, false).unwrap();
+            let mut inc = Incoming::create(&dir, false, None).unwrap();
             inc.receive(&b"x\n"[..], &crate::test_util::VERBATIM).unwrap();
             fs::write(dir.join(format!("Q{}.2", inc.id())), "taken").unwrap();
             assert!(inc.commit("a@x", &["b@y".to_owned(), "c@z".to_owned()]).is_err());
         }
         assert_eq!(names(&dir).len(), 1, "{:?}", names(&dir));
+    }
+
+    #[test]
+    fn dsn_parameters_round_trip_and_are_optional() {
+        let e = Entry {
+            id: "m.1".into(),
+            recipient: "b@y".into(),
+            dsn: "NOTIFY=NEVER RET=HDRS ENVID=a+2Bb".into(),
+            ..Entry::default()
+        };
+        assert!(e.render().ends_with("\nDSN: NOTIFY=NEVER RET=HDRS ENVID=a+2Bb\n"));
+        assert_eq!(Entry::parse(&e.render(), 0), Some(e));
+        let old = Entry::parse("ID: m.1\nSender: a@x\nRecipient: b@y\n", 7).unwrap();
+        assert_eq!((old.dsn.as_str(), old.created), ("", 7));
     }
 
     #[test]
@@ -695,7 +775,7 @@ mod tests {
     #[test]
     fn a_message_is_listed_only_once_committed() {
         let dir = tempdir("commit-point");
-        let mut inc = Incoming::create(&dir, true).unwrap();
+        let mut inc = Incoming::create(&dir, true, None).unwrap();
         let opts = crate::test_util::VERBATIM;
         inc.receive(&b"x\n"[..], &opts).unwrap();
         let ids = inc.commit("a@x", &["b@y".to_owned(), "c@z".to_owned()]).unwrap();

@@ -29,4 +29,5 @@ pub const VERBATIM: IntakeOptions<'static> = IntakeOptions {
     collect_recipients: false,
     prefix: b"",
     add_if_missing: &[],
+    rewrite_from: None,
 };

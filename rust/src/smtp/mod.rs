@@ -73,6 +73,8 @@ pub struct Transaction {
     /// Per recipient: the queue entry to write to the delivered journal once the server has
     /// taken the message (empty: nothing to write).
     pub journal_ids: Vec<String>,
+    /// RFC 3461 parameters (`NOTIFY=... RET=... ENVID=...`), sent when the server offers DSN.
+    pub dsn: String,
 }
 
 #[derive(Clone)]
@@ -307,6 +309,7 @@ mod tests {
             recipients: vec!["c@d".into(), "e@f".into()],
             message: "/nonexistent".into(),
             journal_ids: Vec::new(),
+            dsn: String::new(),
         };
         let report = run_session(&cfg, &[tx.clone(), tx]);
         assert_eq!(report.results.len(), 2);

@@ -213,17 +213,24 @@ impl<'a> Session<'a> {
                     reply
                 }
             }
-            Mechanism::XOAuth2 => {
-                let payload = auth::xoauth2(login, secret);
+            Mechanism::XOAuth2 | Mechanism::OAuthBearer => {
+                let (payload, cancel) = if mechanism == Mechanism::XOAuth2 {
+                    (auth::xoauth2(login, secret), "")
+                } else {
+                    let cfg = self.cfg;
+                    (auth::oauthbearer(login, &cfg.host, cfg.port, secret), "AQ==")
+                };
                 let reply = self.secret_step(
-                    &format!("AUTH XOAUTH2 {payload}"),
-                    &format!("AUTH XOAUTH2 {HIDDEN}"),
+                    &format!("AUTH {mechanism} {payload}"),
+                    &format!("AUTH {mechanism} {HIDDEN}"),
                 )?;
                 if reply.class() == 3 {
-                    // The server sent an error description; an empty line ends the exchange.
-                    self.expect(Stage::Auth, Some(""), 2)?;
+                    // The server sent an error description (JSON); the client ends the exchange
+                    // (XOAUTH2: an empty line; RFC 7628: a lone ^A) and the server's 5xx follows.
+                    self.expect(Stage::Auth, Some(cancel), 2)?
+                } else {
+                    reply
                 }
-                reply
             }
             Mechanism::Login => {
                 self.expect(Stage::Auth, Some("AUTH LOGIN"), 3)?;

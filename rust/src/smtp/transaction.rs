@@ -149,7 +149,23 @@ impl Session<'_> {
         if utf8 {
             mail.push_str(" SMTPUTF8");
         }
-        Ok(Prepared { mail, file })
+        let mut rcpt_params = String::new();
+        if self.ext.has("DSN") {
+            for param in tx.dsn.split_whitespace() {
+                let to = if param.starts_with("NOTIFY=") {
+                    &mut rcpt_params
+                } else {
+                    &mut mail
+                };
+                to.push(' ');
+                to.push_str(param);
+            }
+        }
+        Ok(Prepared {
+            mail,
+            rcpt_params,
+            file,
+        })
     }
 
     fn reset(&mut self) -> Result<(), TxFailure> {
@@ -180,7 +196,7 @@ impl Session<'_> {
             if matches!(state, RcptState::Pending) {
                 let reply = self
                     .conn
-                    .command(&format!("RCPT TO:<{rcpt}>"))
+                    .command(&format!("RCPT TO:<{rcpt}>{}", p.rcpt_params))
                     .map_err(|e| TxFailure::Broken(self.conn_failure(Stage::Rcpt, e)))?;
                 *state = self.rcpt_state(reply).map_err(|o| self.tx_failure(o))?;
             }
@@ -204,7 +220,11 @@ impl Session<'_> {
         let wanted: Vec<usize> = (0..rcpts.len())
             .filter(|&i| matches!(rcpts[i], RcptState::Pending))
             .collect();
-        commands.extend(wanted.iter().map(|&i| format!("RCPT TO:<{}>", tx.recipients[i])));
+        commands.extend(
+            wanted
+                .iter()
+                .map(|&i| format!("RCPT TO:<{}>{}", tx.recipients[i], p.rcpt_params)),
+        );
         commands.push("DATA".to_owned());
         let mut replies = Vec::with_capacity(commands.len());
         for batch in commands.chunks(PIPELINE_BATCH) {
@@ -338,6 +358,8 @@ enum TxFailure {
 
 struct Prepared {
     mail: String,
+    /// After each `RCPT TO:<...>`: DSN's NOTIFY.
+    rcpt_params: String,
     file: File,
 }
 
@@ -391,6 +413,7 @@ mod tests {
             recipients: recipients.iter().map(|r| r.to_string()).collect(),
             message: message.clone(),
             journal_ids: Vec::new(),
+            dsn: String::new(),
         };
         let injected = "b@x> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;ceo@corp.example";
         let (port, server) = sink();

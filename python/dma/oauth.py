@@ -1,0 +1,484 @@
+"""OAuth2 for SMTP AUTH (docs/configuration.md): credential files named in auth.conf, access
+tokens refreshed and cached by the runner, presets, `dma oauth login|status`, and secrets kept in
+commands or systemd credentials. Nothing here runs at submission; with a good cached token the
+runner reads one small file, and json, ssl and urllib are imported only to ask the endpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .config import read_text
+from .errors import EX_CONFIG, EX_UNAVAILABLE, EX_USAGE, ConfigError, Fatal
+from .routing import RouteError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .config import Config
+
+MECHANISMS = ["OAUTHBEARER", "XOAUTH2"]
+MARGIN = 300  # renew an access token this many seconds before it expires
+MS = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/"
+PRESETS: dict[str, dict[str, str]] = {
+    "google": {
+        "auth_endpoint": "https://accounts.google.com/o/oauth2/v2/auth",
+        "token_endpoint": "https://oauth2.googleapis.com/token",
+        "scope": "https://mail.google.com/",
+        "redirect_uri": "http://localhost",
+        "smtp": "smtp.gmail.com 587",
+    },
+    "microsoft": {
+        "auth_endpoint": MS + "authorize",
+        "token_endpoint": MS + "token",
+        "device_endpoint": MS + "devicecode",
+        "scope": "https://outlook.office.com/SMTP.Send offline_access",
+        "smtp": "smtp.office365.com 587",
+    },
+    "generic": {},
+}
+KEYS = {"provider", "tenant", "client_id", "client_secret", "refresh_token", "redirect_uri"}
+KEYS.update(PRESETS["microsoft"])
+HINTS = {
+    "invalid_grant": "the refresh token was revoked or has expired: run `dma oauth login` again",
+    "unauthorized_client": "this client id may not use this grant: check the app registration",
+    "invalid_client": "the provider does not know this client id, or the client secret is wrong",
+}
+
+
+class OAuthError(RouteError):
+    """A token could not be had: mail waits (a temporary failure) and the text says what to do."""
+
+    def __init__(self, text: str, error: str = "") -> None:
+        hint = HINTS.get(error)
+        super().__init__(f"{text} ({hint})" if hint else text, permanent=False)
+        self.error = error
+
+
+# ---- secrets from files, commands and systemd credentials ---------------------------------------
+
+
+def secret(value: str) -> str:
+    """`{command}ARGV` runs ARGV (split as a shell would, run without one) and takes its stdout;
+    `{credential}NAME` reads `$CREDENTIALS_DIRECTORY/NAME`; anything else is the secret itself."""
+    if value.startswith("{credential}"):
+        name = value[12:]
+        folder = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not folder or "/" in name:
+            raise OAuthError(f"no systemd credential `{name}' (unit without LoadCredential={name}?)")
+        try:
+            return read_text(f"{folder}/{name}").strip()
+        except OSError as e:
+            raise OAuthError(f"can not read credential `{name}': {e.strerror}") from None
+    if not value.startswith("{command}"):
+        return value
+    import shlex
+    import subprocess
+
+    argv = shlex.split(value[9:])
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=30, check=False, stdin=subprocess.DEVNULL)
+    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+        raise OAuthError(f"secret command {argv[:1]} failed: {e}") from None
+    out = done.stdout.decode(errors="replace").strip()
+    if done.returncode or not out or "\n" in out:
+        # Its stderr is the admin's to read; its stdout may hold the secret and is never shown.
+        err = done.stderr.decode(errors="replace").strip().splitlines()
+        raise OAuthError(
+            f"secret command {argv[:1]} exited {done.returncode} without one line of output"
+            + (f": {err[-1]}" if err else "")
+        )
+    return out
+
+
+def resolve(cfg: Config, value: str, rejected: str | None = None) -> tuple[str, list[str] | None]:
+    """An auth.conf password field -> (secret, SASL mechanisms); the hook remote.py calls."""
+    if value.startswith("{oauth2}"):
+        return access_token(cfg, value[8:], rejected), MECHANISMS
+    return secret(value), None
+
+
+# ---- credential files ------------------------------------------------------------------------
+
+
+def read_credential(path: str) -> dict[str, str]:
+    """The file's fields, presets expanded; secrets (`{command}`, `{credential}`) not yet run."""
+    try:
+        return expand(path, read_credential_raw(path))
+    except OSError as e:
+        raise OAuthError(f"can not read OAuth2 credential `{path}': {e.strerror}") from None
+
+
+def read_credential_raw(path: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
+        key, _, value = line.strip().partition(" ")
+        if not key or key.startswith("#"):
+            continue
+        if key not in KEYS or not value.strip():
+            raise ConfigError(path, lineno, key, "unknown key" if key not in KEYS else "missing value")
+        fields[key] = value.strip()
+    return fields
+
+
+def expand(path: str, fields: dict[str, str]) -> dict[str, str]:
+    provider = fields.setdefault("provider", "generic")
+    if provider not in PRESETS:
+        raise ConfigError(path, None, "provider", f"`{provider}' is none of {', '.join(PRESETS)}")
+    out = {**PRESETS[provider], **fields}
+    tenant = out.get("tenant", "common")
+    for key, value in out.items():
+        out[key] = value.replace("{tenant}", tenant)
+        if key.endswith("_endpoint") and not value.startswith("https://"):
+            raise ConfigError(path, None, key, "must be an https:// URL")
+    for key in ("client_id", "token_endpoint"):
+        if key not in out:
+            raise ConfigError(path, None, key, "missing")
+    return out
+
+
+# ---- the token cache ---------------------------------------------------------------------------
+
+
+def cache_path(cfg: Config, credential: str) -> str:
+    return f"{cfg.spooldir}/oauth-{credential.strip('/').replace('/', '_')}"
+
+
+def read_cache(path: str) -> dict[str, str]:
+    """The cache's fields, or {} when it is missing, not ours, or readable by others."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return {}
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o177077 != 0o100000:
+            return {}
+        text = os.read(fd, 65536).decode(errors="replace")
+    finally:
+        os.close(fd)
+    return dict(line.partition(" ")[::2] for line in text.splitlines())
+
+
+def write_atomic(path: str, text: str, uid: int = -1) -> None:
+    """Replace `path` by a 0600 file holding `text`: temporary file, fsync, rename, fsync dir."""
+    folder = os.path.dirname(path) or "."
+    tmp = f"{path}.tmp"
+    try:
+        os.unlink(tmp)  # a crash's leftover
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        if uid >= 0:
+            os.fchown(fd, uid, -1)
+        data = text.encode()
+        while data:
+            data = data[os.write(fd, data) :]
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.rename(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        os.unlink(tmp)
+        raise
+    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def access_token(cfg: Config, credential: str, rejected: str | None = None) -> str:
+    """A valid access token for `credential`: the cached one unless it expires within MARGIN
+    seconds or is `rejected` (the server refused it), else a new one from the token endpoint."""
+    from . import _native
+
+    _native.no_core_dumps()
+    cache = cache_path(cfg, credential)
+    fields = read_credential(credential)
+    entry = read_cache(cache)
+    if fresh(entry, fields, rejected):
+        return entry["access"]
+    import fcntl
+
+    try:
+        lock = os.open(f"{cache}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise OAuthError(f"can not lock the OAuth2 token cache {cache}: {e.strerror}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        entry = read_cache(cache)  # another process may have renewed it meanwhile
+        if fresh(entry, fields, rejected):
+            return entry["access"]
+        return refresh(cfg, cache, fields, entry if entry.get("origin") == fields["refresh_token"] else {})
+    finally:
+        os.close(lock)
+
+
+def fresh(entry: dict[str, str], fields: dict[str, str], rejected: str | None) -> bool:
+    if "refresh_token" not in fields:
+        raise OAuthError("no refresh_token in the OAuth2 credential: run `dma oauth login` first")
+    return (
+        entry.get("origin") == fields["refresh_token"]
+        and entry.get("access", rejected) != rejected
+        and int(entry.get("expires", "0") or 0) - time.time() > MARGIN
+    )
+
+
+def refresh(cfg: Config, cache: str, fields: dict[str, str], entry: dict[str, str]) -> str:
+    """Refresh-token grant; stores the new access token and any rotated refresh token."""
+    refresh_token = entry.get("refresh") or secret(fields["refresh_token"])
+    try:
+        answer = grant(cfg, fields, grant_type="refresh_token", refresh_token=refresh_token)
+    except OAuthError as e:
+        if e.error != "invalid_grant" or not entry:
+            raise
+        # The rotated token we kept is dead; the file's may be a new login's.
+        refresh_token = secret(fields["refresh_token"])
+        answer = grant(cfg, fields, grant_type="refresh_token", refresh_token=refresh_token)
+    access = answer["access_token"]
+    new_refresh = answer.get("refresh_token") or refresh_token
+    lifetime = answer.get("expires_in", "")
+    expires = int(time.time()) + (int(lifetime) if lifetime.isdigit() else 3600)
+    text = f"origin {fields['refresh_token']}\nrefresh {new_refresh}\naccess {access}\nexpires {expires}\n"
+    try:
+        write_atomic(cache, text)
+    except OSError as e:
+        # The refresh token on disk is still the one in use (a provider keeps it valid until the
+        # new one is first used), so the mail waits and the next try asks again.
+        raise OAuthError(f"can not store the OAuth2 token cache {cache}: {e.strerror}") from None
+    return access
+
+
+def grant(cfg: Config, fields: dict[str, str], **form: str) -> dict[str, str]:
+    form["client_id"] = fields["client_id"]
+    if "client_secret" in fields:
+        form["client_secret"] = secret(fields["client_secret"])
+    if "scope" in fields and form["grant_type"] == "refresh_token":
+        form["scope"] = fields["scope"]
+    answer = post(cfg, fields["token_endpoint"], form)
+    tokens = [answer.get("access_token", ""), answer.get("refresh_token", "x")]
+    if not all(t.isprintable() and t.strip() and " " not in t for t in tokens):
+        raise OAuthError("the token endpoint's answer holds no well-formed access_token")
+    return answer
+
+
+def post(cfg: Config, url: str, form: dict[str, str]) -> dict[str, str]:
+    """POST a form over verified HTTPS (system store plus CAFILE); the JSON answer's strings.
+    An error names the endpoint and the OAuth2 error code, never a value that was sent."""
+    import json
+    import ssl
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    ctx = ssl.create_default_context()
+    host = urllib.parse.urlsplit(url).netloc
+    try:
+        if cfg.cafile:
+            ctx.load_verify_locations(cfg.cafile)
+        request = urllib.request.Request(
+            url, urllib.parse.urlencode(form).encode(), {"Accept": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=cfg.timeout, context=ctx) as r:
+                status, body = r.status, r.read(1 << 20)
+        except urllib.error.HTTPError as e:
+            status, body = e.code, e.read(1 << 20)
+    except OSError as e:  # URLError, timeouts, TLS failures
+        reason = getattr(e, "reason", None) or e
+        raise OAuthError(f"token endpoint {host}: {reason}") from None
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise OAuthError(f"token endpoint {host} answered HTTP {status} without JSON")
+    error = str(answer.get("error", ""))
+    if error or status != 200:
+        raise OAuthError(f"token endpoint {host} answered HTTP {status} {error or 'no error code'}", error)
+    return {k: str(v) for k, v in answer.items()}
+
+
+# ---- dma oauth login|status --------------------------------------------------------------------
+
+USAGE = "usage: dma oauth [-C FILE] login PROVIDER CREDENTIAL-FILE | dma oauth [-C FILE] status"
+
+
+def command(prog: str, name: str, args: list[str]) -> int:
+    from . import config
+
+    conf = None
+    if args[:1] == ["-C"] and len(args) > 1:
+        conf, args = args[1], args[2:]
+    cfg = config.load(conf)
+    if args[:1] == ["status"] and len(args) == 1:
+        return status(cfg)
+    if args[:1] != ["login"] or len(args) != 3 or args[1] not in PRESETS:
+        raise Fatal(EX_USAGE, USAGE)
+    try:
+        login(cfg, args[1], args[2])
+    except OAuthError as e:
+        raise Fatal(EX_UNAVAILABLE, str(e)) from None
+    return 0
+
+
+def status(cfg: Config) -> int:
+    import datetime
+
+    failed = 0
+    for login, host, password in cfg.auth().items():
+        if not password.startswith("{oauth2}"):
+            continue
+        path = password[8:]
+        try:
+            fields = read_credential(path)
+            print(f"{login}|{host}: {path}: {fields['provider']}, client id {fields['client_id']}")
+            print(f"  token endpoint {fields['token_endpoint']}")
+            expires = int(read_cache(cache_path(cfg, path)).get("expires", "0") or 0)
+            if expires:
+                when = datetime.datetime.fromtimestamp(expires).isoformat(" ", "seconds")
+                print(f"  access token cached, expires {when}")
+            else:
+                print("  no access token cached")
+            print(f"  refresh: OK, {renew_now(cfg, path)}")
+        except (OAuthError, Fatal) as e:
+            print(f"  refresh: FAILED: {e}")
+            failed = 1
+    return failed
+
+
+def renew_now(cfg: Config, path: str) -> str:
+    """Force a refresh (`status`, doctor) and say what came of it, without a secret."""
+    cache = cache_path(cfg, path)
+    before = read_cache(cache)
+    access_token(cfg, path, before.get("access", ""))
+    after = read_cache(cache)
+    minutes = (int(after["expires"]) - time.time()) / 60
+    rotated = ", refresh token rotated" if before and after["refresh"] != before.get("refresh") else ""
+    return f"new access token valid for {minutes:.0f} min{rotated}"
+
+
+def login(cfg: Config, provider: str, path: str) -> None:
+    """Get a first refresh token (device grant where the provider has one, else the authorization
+    code grant with PKCE) and write it into `path`, 0600, owned by the runner's user."""
+    import sys
+
+    existing: dict[str, str] = {}
+    if os.path.exists(path):
+        existing = {k: v for k, v in read_credential_raw(path).items() if k != "refresh_token"}
+    existing["provider"] = provider
+    if "client_id" not in existing:
+        existing["client_id"] = ask("client id: ")
+        if provider == "google":
+            existing["client_secret"] = ask("client secret: ", hidden=True)
+    fields = expand(path, dict(existing))
+    if "device_endpoint" in fields:
+        answer = device_flow(cfg, fields)
+    elif "auth_endpoint" in fields:
+        answer = code_flow(cfg, fields)
+    else:
+        raise Fatal(EX_CONFIG, f"{path}: neither device_endpoint nor auth_endpoint: no way to log in")
+    if not answer.get("refresh_token"):
+        raise Fatal(EX_CONFIG, "the provider issued no refresh token (is `offline_access' in the scope?)")
+    existing["refresh_token"] = answer["refresh_token"]
+    text = "".join(f"{k} {v}\n" for k, v in existing.items())
+    write_atomic(path, text, os.stat(cfg.spooldir).st_uid if os.geteuid() == 0 else -1)
+    host = fields.get("smtp", "HOST").split()[0]
+    sys.stdout.write(f"{path}: refresh token stored; auth.conf: LOGIN|{host}:{{oauth2}}{path}\n")
+
+
+def ask(prompt: str, *, hidden: bool = False) -> str:
+    import sys
+
+    if hidden and sys.stdin.isatty():
+        import getpass
+
+        answer = getpass.getpass(prompt).strip()
+    else:
+        sys.stderr.write(prompt)
+        sys.stderr.flush()
+        answer = sys.stdin.readline().strip()
+    if not answer:
+        raise Fatal(EX_USAGE, f"no answer to `{prompt.rstrip(': ')}'")
+    return answer
+
+
+def device_flow(cfg: Config, fields: dict[str, str]) -> dict[str, str]:
+    """RFC 8628: show a code to enter on another device, then poll until the admin has."""
+    import sys
+
+    form = {"client_id": fields["client_id"], "scope": fields.get("scope", "")}
+    device = post(cfg, fields["device_endpoint"], form)
+    uri = device.get("verification_uri") or device.get("verification_url", "")
+    sys.stdout.write(f"On any device, open {uri} and enter the code {device.get('user_code')}\n")
+    sys.stdout.flush()
+    interval = float(device.get("interval") or 5)
+    deadline = time.time() + float(device.get("expires_in") or 900)
+    while time.time() < deadline:
+        time.sleep(interval)
+        try:
+            code = device.get("device_code", "")
+            return grant(
+                cfg, fields, grant_type="urn:ietf:params:oauth:grant-type:device_code", device_code=code
+            )
+        except OAuthError as e:
+            if e.error == "slow_down":
+                interval += 5
+            elif e.error != "authorization_pending":
+                raise
+    raise Fatal(EX_UNAVAILABLE, "the code was not entered in time")
+
+
+def code_flow(cfg: Config, fields: dict[str, str]) -> dict[str, str]:
+    """RFC 6749 authorization code with PKCE (RFC 7636): the admin opens the URL in a browser and
+    pastes back the address it was sent to (or just the code)."""
+    import base64
+    import hashlib
+    import secrets
+    import sys
+    import urllib.parse
+
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    state = secrets.token_urlsafe(16)
+    query = {
+        "response_type": "code",
+        "client_id": fields["client_id"],
+        "redirect_uri": fields.get("redirect_uri", "http://localhost"),
+        "scope": fields.get("scope", ""),
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "state": state,
+        "access_type": "offline",
+        "prompt": "consent",
+    }
+    sys.stdout.write(f"Open in a browser:\n{fields['auth_endpoint']}?{urllib.parse.urlencode(query)}\n")
+    pasted = ask("then paste the address the browser was sent to (or the code): ")
+    code = pasted
+    if "?" in pasted:
+        got = urllib.parse.parse_qs(urllib.parse.urlsplit(pasted).query)
+        if got.get("state") != [state]:
+            raise Fatal(EX_USAGE, "that address is not the answer to this login (state differs)")
+        if "code" not in got:
+            raise Fatal(EX_CONFIG, f"the provider refused: {got.get('error', ['?'])[0]}")
+        code = got["code"][0]
+    uri = query["redirect_uri"]
+    return grant(
+        cfg, fields, grant_type="authorization_code", code=code, redirect_uri=uri, code_verifier=verifier
+    )
+
+
+def credential_names(cfg: Config) -> list[str]:
+    """The systemd credentials auth.conf and its OAuth2 files use (for `LoadCredential=`)."""
+    try:
+        values = [p for _, _, p in cfg.auth().items()]
+    except Fatal:
+        return []  # doctor explains it
+    for value in list(values):
+        if value.startswith("{oauth2}") and os.path.exists(value[8:]):
+            values += read_credential_raw(value[8:]).values()
+    return sorted({v[12:] for v in values if v.startswith("{credential}")})

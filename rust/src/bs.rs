@@ -1,0 +1,213 @@
+//! `sendmail -bs`: the client's half of an SMTP session on standard input, read by one buffered
+//! reader so that command lines and message bodies never lose a byte to each other's read-ahead.
+//!
+//! Command lines come back without their line end and bounded in length; `Data` streams one
+//! message body, dot-unstuffed, up to the terminating `.` line, into the same intake as any
+//! submission. A body that ends without its `.` line is an error: nothing of it may be queued.
+//! Lines of the body end in CRLF only (RFC 5321): PHP's mailers send bodies with bare LFs and
+//! stuff dots after CRLF only, so a dot after a bare LF is theirs and must stay.
+
+use std::io::{self, BufRead, BufReader, ErrorKind, Read};
+
+pub struct SmtpInput<R> {
+    src: BufReader<R>,
+    body: Body,
+}
+
+/// Where the body reader stands in the current line.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Body {
+    /// Not in DATA, or its `.` line has been read.
+    Done,
+    LineStart,
+    /// A `.` began the line: either the terminator or a stuffed dot.
+    Dot,
+    /// `.` then CR began the line.
+    DotCr,
+    Middle,
+    /// In a line, just after a CR.
+    MiddleCr,
+}
+
+impl<R: Read> SmtpInput<R> {
+    pub fn new(src: R) -> Self {
+        SmtpInput {
+            src: BufReader::with_capacity(64 * 1024, src),
+            body: Body::Done,
+        }
+    }
+
+    /// The next command line without its CRLF (or bare LF), at most `max` bytes of it, and whether
+    /// it was whole; the rest of a longer line is read and thrown away. `None` at end of input.
+    pub fn command(&mut self, max: usize) -> io::Result<Option<(Vec<u8>, bool)>> {
+        let mut line = Vec::new();
+        let mut whole = true;
+        loop {
+            let buf = match self.src.fill_buf() {
+                Ok(buf) => buf,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if buf.is_empty() {
+                // The client went away; a last line without its end still counts.
+                return Ok((!line.is_empty()).then_some((line, whole)));
+            }
+            let end = buf.iter().position(|&b| b == b'\n');
+            let part = &buf[..end.unwrap_or(buf.len())];
+            // One byte over `max` is kept for the CR of a line that is just long enough.
+            let room = (max + 1).saturating_sub(line.len()).min(part.len());
+            line.extend_from_slice(&part[..room]);
+            whole &= room == part.len();
+            let used = end.map_or(buf.len(), |e| e + 1);
+            self.src.consume(used);
+            if end.is_some() {
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                if line.len() > max {
+                    whole = false;
+                    line.truncate(max);
+                }
+                return Ok(Some((line, whole)));
+            }
+        }
+    }
+
+    /// The message body: a new one (after the 354 reply), or the rest of one under way.
+    pub fn data(&mut self) -> Data<'_, R> {
+        if self.body == Body::Done {
+            self.body = Body::LineStart;
+        }
+        Data(self)
+    }
+
+    /// Whether a body was begun and its `.` line not yet read.
+    pub fn in_data(&self) -> bool {
+        self.body != Body::Done
+    }
+}
+
+/// The body of one DATA, dot-unstuffed; ends (reads 0) after the `.` line, fails if input ends first.
+pub struct Data<'a, R>(&'a mut SmtpInput<R>);
+
+impl<R: Read> Read for Data<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let me = &mut *self.0;
+        let mut n = 0;
+        while n < out.len() && me.body != Body::Done {
+            if n > 0 && me.src.buffer().is_empty() {
+                break; // hand over what we have rather than wait for more
+            }
+            let buf = match me.src.fill_buf() {
+                Ok(buf) => buf,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if buf.is_empty() {
+                let msg = "the client closed the session before the end of the message";
+                return Err(io::Error::new(ErrorKind::UnexpectedEof, msg));
+            }
+            let (used, next) = match (me.body, buf[0]) {
+                (Body::LineStart, b'.') => (1, Body::Dot),
+                (Body::Dot | Body::DotCr, b'\n') => (1, Body::Done),
+                (Body::Dot, b'\r') => (1, Body::DotCr),
+                (Body::DotCr, _) => {
+                    // `.` CR and something else: the dot was stuffing, the CR is content.
+                    out[n] = b'\r';
+                    n += 1;
+                    (0, Body::MiddleCr)
+                }
+                (Body::LineStart | Body::Dot, _) => (0, Body::Middle),
+                (state, _) => {
+                    let end = buf.iter().position(|&b| b == b'\n');
+                    let take = end.map_or(buf.len(), |e| e + 1).min(out.len() - n);
+                    out[n..n + take].copy_from_slice(&buf[..take]);
+                    n += take;
+                    // Only CRLF ends a line: a dot after a bare LF is content, never stuffing.
+                    let cr_before = |e: usize| {
+                        if e == 0 {
+                            state == Body::MiddleCr
+                        } else {
+                            buf[e - 1] == b'\r'
+                        }
+                    };
+                    let next = match end {
+                        Some(e) if e < take && cr_before(e) => Body::LineStart,
+                        _ if buf[take - 1] == b'\r' => Body::MiddleCr,
+                        _ => Body::Middle,
+                    };
+                    (take, next)
+                }
+            };
+            me.src.consume(used);
+            me.body = next;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_and_bodies_share_one_buffer() {
+        let input: &[u8] = b"EHLO x\r\nDATA\r\nSubject: a\r\n\r\n..lead\r\n.\r\n..\r\n.\r\nQUIT\n";
+        let mut s = SmtpInput::new(input);
+        assert_eq!(s.command(512).unwrap(), Some((b"EHLO x".to_vec(), true)));
+        assert_eq!(s.command(512).unwrap(), Some((b"DATA".to_vec(), true)));
+        let mut body = Vec::new();
+        s.data().read_to_end(&mut body).unwrap();
+        assert_eq!(body, b"Subject: a\r\n\r\n.lead\r\n");
+        assert!(!s.in_data());
+        let mut body = Vec::new();
+        s.data().read_to_end(&mut body).unwrap();
+        assert_eq!(body, b".\r\n");
+        assert_eq!(s.command(512).unwrap(), Some((b"QUIT".to_vec(), true)));
+        assert_eq!(s.command(512).unwrap(), None);
+    }
+
+    #[test]
+    fn byte_by_byte_input_gives_the_same_body() {
+        struct OneByte<'a>(&'a [u8]);
+        impl Read for OneByte<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let Some((&b, rest)) = self.0.split_first() else {
+                    return Ok(0);
+                };
+                buf[0] = b;
+                self.0 = rest;
+                Ok(1)
+            }
+        }
+        let input = b"a\r\n.\rb\r\n..\r\n.x\n.\n..\r\n.\r\nNOOP\r\n";
+        let mut s = SmtpInput::new(OneByte(input));
+        let mut body = Vec::new();
+        s.data().read_to_end(&mut body).unwrap();
+        // After a bare LF, dots are content.
+        assert_eq!(body, b"a\r\n\rb\r\n.\r\nx\n.\n..\r\n");
+        assert_eq!(s.command(512).unwrap(), Some((b"NOOP".to_vec(), true)));
+    }
+
+    #[test]
+    fn a_body_without_its_dot_line_fails() {
+        let mut s = SmtpInput::new(&b"Subject: a\r\n\r\nhalf a mess"[..]);
+        let err = s.data().read_to_end(&mut Vec::new()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UnexpectedEof);
+        assert!(s.in_data());
+    }
+
+    #[test]
+    fn long_command_lines_are_cut_and_the_rest_skipped() {
+        let mut input = vec![b'x'; 5000];
+        input.extend_from_slice(b"\r\nRSET\r\nlast");
+        let mut s = SmtpInput::new(&input[..]);
+        let (line, whole) = s.command(512).unwrap().unwrap();
+        assert_eq!((line.len(), whole), (512, false));
+        assert_eq!(s.command(512).unwrap(), Some((b"RSET".to_vec(), true)));
+        assert_eq!(s.command(512).unwrap(), Some((b"last".to_vec(), true)));
+        let exact = [vec![b'y'; 512], b"\r\n".to_vec()].concat();
+        let mut s = SmtpInput::new(&exact[..]);
+        assert_eq!(s.command(512).unwrap(), Some((vec![b'y'; 512], true)));
+    }
+}
