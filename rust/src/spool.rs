@@ -664,7 +664,7 @@ mod tests {
             fs::read_to_string(dir.join(format!("D{id}"))).unwrap(),
             "S: x\n\nhi\n"
         );
-        let mut inc = Incoming::create(&dir, true).unwrap();
+        let mut inc = Incoming::create(&dir, true, None).unwrap();
         inc.receive(&b"x\n"[..], &opts).unwrap();
         inc.dsn = "NOTIFY=NEVER".into();
         let id = inc.commit_drop("", &["b@y".to_owned()]).unwrap();
