@@ -102,7 +102,7 @@ class DnsServer:
         while not self._stop:
             try:
                 data, peer = self.sock.recvfrom(4096)
-            except TimeoutError:
+            except socket.timeout:  # TimeoutError from 3.10 on
                 continue
             except OSError:
                 return
@@ -411,7 +411,7 @@ class ScriptedServer:
         while not self._stopping:
             try:
                 conn, _ = self.sock.accept()
-            except TimeoutError:
+            except socket.timeout:  # TimeoutError from 3.10 on
                 continue
             except OSError:
                 return

@@ -73,7 +73,7 @@ def test_syslog_lines_go_to_the_mail_facility_with_the_tag(dma_env: DmaEnv, tmp_
         try:
             while True:
                 print(s.recv(4096).decode())
-        except TimeoutError:
+        except socket.timeout:
             pass
         """
     )

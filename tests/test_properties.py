@@ -13,7 +13,6 @@ test_config.py (config parser) and test_aliases.py (aliases parser):
 
 from __future__ import annotations
 
-import itertools
 import os
 import tempfile
 
@@ -166,7 +165,7 @@ line_content = st.one_of(
 def ambiguous(lines: list[bytes]) -> bool:
     """A real line of exactly LINE_LIMIT wire octets followed by a line starting with a space reads
     like a broken line: the decoder cannot tell them apart, so such inputs are left out."""
-    for first, second in itertools.pairwise(lines):
+    for first, second in zip(lines, lines[1:]):
         wire = len(first) + first.startswith(b".")
         if wire > 0 and wire % LINE_LIMIT in (0,) and second.startswith(b" "):
             return True

@@ -74,7 +74,7 @@ def report(
         "Your message could not be delivered to one or more recipients.",
         "",
     ]
-    for entry, too_old in zip(failed, expired, strict=True):
+    for entry, too_old in zip(failed, expired):
         why = "gave up after trying for too long: " if too_old else ""
         lines += [f"<{entry.recipient}>: {why}{entry.last_error}", ""]
     lines += [
@@ -85,7 +85,7 @@ def report(
         f"Reporting-MTA: dns; {cfg.mailname}",
         f"Arrival-Date: {message.rfc822_date(first.created)}",
     ]
-    for entry, too_old in zip(failed, expired, strict=True):
+    for entry, too_old in zip(failed, expired):
         rcpt = entry.recipient if "@" in entry.recipient else f"{entry.recipient}@{cfg.mailname}"
         lines += ["", f"Final-Recipient: rfc822; {rcpt}", "Action: failed"]
         lines.append(f"Status: {status_code(entry.last_error, too_old)}")

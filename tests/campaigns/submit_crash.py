@@ -18,7 +18,6 @@ the program's work is the machine's timing.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import random
@@ -155,7 +154,7 @@ def argv(conf: Path, inp: Input) -> list[str]:
 def chunks(rng: random.Random, data: bytes) -> list[bytes]:
     n = rng.randrange(4, 40)
     cuts = sorted({0, len(data), *(rng.randrange(len(data)) for _ in range(n))})
-    return [data[a:b] for a, b in itertools.pairwise(cuts)]
+    return [data[a:b] for a, b in zip(cuts, cuts[1:])]
 
 
 # ---- the campaign -------------------------------------------------------------------------------
@@ -222,7 +221,7 @@ def run(work: Path, seed: int = SEED, trials: int = 200, inputs: int = 16, log: 
         if proc.returncode != 0:
             raise RuntimeError(f"reference submission of input {inp.number} failed: {err!r}")
     views = inspect_fresh([str(ref / f"in{i.number}") for i in pool])
-    for inp, view in zip(pool, views, strict=True):
+    for inp, view in zip(pool, views):
         digests = {e["m"] for e in view["entries"]}
         if len(view["entries"]) != len(inp.recipients) or len(digests) != 1:
             raise RuntimeError(f"reference of input {inp.number}: {view}")
@@ -280,7 +279,7 @@ def run(work: Path, seed: int = SEED, trials: int = 200, inputs: int = 16, log: 
 
     views = inspect_fresh(spools)
     by_number = {i.number: i for i in pool}
-    for trial, view in zip(runs, views, strict=True):
+    for trial, view in zip(runs, views):
         inp = by_number[trial.input]
         q_files = [f for f in view["files"] if f.startswith("Q")]
         problems = []

@@ -1,0 +1,20 @@
+"""The build backend for `pip install` of the sdist: maturin's, except that without cargo it says so
+in one line. (maturin would instead download a Rust toolchain from the network into a temporary
+directory, or fail with a long traceback where it cannot.)"""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from maturin import *  # noqa: F403 - every PEP 517 hook
+from maturin import get_requires_for_build_wheel as _requires
+
+
+def get_requires_for_build_wheel(config_settings: Any = None) -> list[str]:
+    if not shutil.which("cargo"):
+        raise SystemExit(
+            "dma-mta: building from source needs Rust 1.89 or newer (cargo on PATH, e.g. from rustup.rs);"
+            " the prebuilt wheels need no compiler"
+        )
+    return _requires(config_settings)
