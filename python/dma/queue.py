@@ -249,7 +249,8 @@ class Runner(Ledger):
         """Claim due entries and queue them for delivery threads: local ones one by one, remote
         ones grouped by destination and message, so that a message's recipients there share one
         transaction and a destination's messages share connections."""
-        from .remote import destination
+        from . import authconf  # noqa: F401 - here, not first in two threads at once: CPython 3.9 then
+        from .remote import destination  # hands one of them a partly initialised module
 
         room = (self.batch_size() if len(due) > SMALL_BATCH else SMALL_BATCH) - len(self.entries)
         if due and room > 0:
