@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 
-__version__ = "0.1.0"
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
+
+    __version__: str  # Cargo.toml's, from the extension (pyproject.toml takes it from there too)
 else:
     ModuleType = type(sys)  # without importing `types`: `sendmail` starts lean
 
@@ -16,6 +16,12 @@ else:
 class _Package(ModuleType):
     """`dma.submit` and `dma.Batch` load the API on first use (`sendmail` never does). Properties
     win over the `dma/submit.py` submodule that the import system sets as an attribute."""
+
+    @property
+    def __version__(self) -> str:
+        from ._native import __version__
+
+        return __version__
 
     @property
     def submit(self) -> object:
