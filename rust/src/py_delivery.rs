@@ -112,7 +112,7 @@ impl Settings {
         tls: &str,
         verify_cert: bool,
         ca_file: Option<PathBuf>,
-        fingerprint: Option<Vec<u8>>,
+        fingerprint: Option<[u8; 32]>,
         client_cert: Option<PathBuf>,
         login: Option<String>,
         secret: Option<String>,
@@ -134,13 +134,6 @@ impl Settings {
         if helo.is_empty() || helo.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(PyValueError::new_err(format!("invalid helo name {helo:?}")));
         }
-        let fingerprint = fingerprint
-            .map(|f| {
-                <[u8; 32]>::try_from(f.as_slice()).map_err(|_| {
-                    PyValueError::new_err(format!("fingerprint must be 32 bytes (SHA-256), not {}", f.len()))
-                })
-            })
-            .transpose()?;
         let mechanisms = mechanisms
             .map(|names| names.iter().map(|n| n.parse()).collect::<Result<_, _>>())
             .transpose()
@@ -210,25 +203,23 @@ impl Connection {
     /// this connection while the server keeps it, else on a new one. Outcomes by entry id.
     fn send(&self, py: Python<'_>, spool: &Spool, groups: Vec<Vec<String>>) -> PyResult<SessionResult> {
         let groups: Vec<Vec<String>> = groups.into_iter().filter(|g| !g.is_empty()).collect();
-        let transactions = {
-            let claims = lock(&spool.claims);
-            let mut transactions = Vec::with_capacity(groups.len());
-            for ids in &groups {
-                let entries = ids
-                    .iter()
-                    .map(|id| claims.get(id).ok_or_else(|| not_claimed(id)))
-                    .collect::<PyResult<Vec<_>>>()?;
-                transactions.push(Transaction {
-                    sender: entries[0].entry.sender.clone(),
-                    recipients: entries.iter().map(|c| c.entry.recipient.clone()).collect(),
-                    message: entries[0].message_path(),
-                    journal_ids: ids.clone(),
-                    // NOTIFY/RET/ENVID as submitted (`-N`, `-R`, `-V`): one message, one set.
-                    dsn: entries[0].entry.dsn.clone(),
-                });
-            }
-            transactions
-        };
+        let claims = lock(&spool.claims);
+        let mut transactions = Vec::with_capacity(groups.len());
+        for ids in &groups {
+            let entries = ids
+                .iter()
+                .map(|id| claims.get(id).ok_or_else(|| not_claimed(id)))
+                .collect::<PyResult<Vec<_>>>()?;
+            transactions.push(Transaction {
+                sender: entries[0].entry.sender.clone(),
+                recipients: entries.iter().map(|c| c.entry.recipient.clone()).collect(),
+                message: entries[0].message_path(),
+                journal_ids: ids.clone(),
+                // NOTIFY/RET/ENVID as submitted (`-N`, `-R`, `-V`): one message, one set.
+                dsn: entries[0].entry.dsn.clone(),
+            });
+        }
+        drop(claims);
         let mut result = SessionResult::from(py.detach(|| lock(&self.0).send(&transactions)));
         for (ids, outcomes) in groups.into_iter().zip(&result.results) {
             result
