@@ -1,5 +1,5 @@
-# Type stub of the Rust extension (rust/src/py_api.rs declares the module); `./dev lint` checks the
-# two agree. Paths cross as `str`. Each part is owned by the module that uses it.
+# Type stub of the Rust extension (rust/src/py_api.rs declares the module, its docstrings say what
+# each call does); `./dev lint` checks the two agree. Paths cross as `str`.
 from typing import final
 
 __version__: str
@@ -33,8 +33,6 @@ class Incoming:
 
 @final
 class SmtpStdin:
-    """`sendmail -bs`: reads SMTP commands and, through `Incoming.receive`, message bodies."""
-
     def __new__(cls, fd: int) -> SmtpStdin: ...
     def command(self, max: int) -> tuple[bytes, bool] | None: ...
     def skip_data(self) -> None: ...
@@ -79,8 +77,6 @@ def maildir_deliver(
 # ---- smtp ----
 @final
 class Outcome:
-    """What happened to one recipient."""
-
     status: str  # "sent" | "temporary" | "permanent"
     # "connect" "tls" "greeting" "ehlo" "starttls" "auth" "size" "mail" "rcpt" "data" "dot" "quit"
     stage: str
@@ -105,8 +101,6 @@ class SessionResult:
 
 @final
 class Settings:
-    """One destination host's session settings."""
-
     def __new__(
         cls,
         host: str,
@@ -136,22 +130,15 @@ def smtp_session(
 
 @final
 class Connection:
-    """A connection kept open between `send` calls (the runner's connection cache)."""
-
     def __new__(cls, settings: Settings) -> Connection: ...
-    # One transaction per group of claimed entries (one message's recipients); reconnects when
-    # the server dropped the connection. SessionResult.entries has each entry's outcome.
     def send(self, spool: Spool, groups: list[list[str]]) -> SessionResult: ...
     def close(self) -> None: ...
 
 @final
 class Spool:
-    """The runner's spool: due entries, claims by id, records, and the wait for new mail."""
-
     def __new__(cls, spooldir: str, drop: str | None = None) -> Spool: ...
     def lock(self) -> bool: ...  # become the spool's one runner; False if another process is
     def unlock(self) -> None: ...
-    # (due entries not claimed here, oldest first; the earliest later retry; messages with a failed entry)
     def due(self, now: int, force: bool) -> tuple[list[QueueEntry], int | None, list[str]]: ...
     def message_entries(self, message_id: str) -> list[QueueEntry]: ...
     def claim(self, ids: list[str]) -> list[QueueEntry]: ...  # the ones now held here

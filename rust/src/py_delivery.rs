@@ -45,11 +45,10 @@ impl From<crate::smtp::Outcome> for Outcome {
     }
 }
 
-/// The result of `smtp_session`: per-transaction, per-recipient outcomes and session facts.
+/// Per-transaction, per-recipient outcomes and session facts; `entries`: by entry id (`send`).
 #[pyclass(module = "dma._native", frozen, get_all)]
 pub struct SessionResult {
     results: Vec<Vec<Outcome>>,
-    /// For `Connection.send`: each entry id's outcome.
     entries: HashMap<String, Outcome>,
     address: Option<String>,
     tls_version: Option<String>,
