@@ -115,7 +115,7 @@ def main() -> int:
     os.mkdir(os.path.join(work, "mail"), 0o700)
     launcher = os.path.join(work, "dma")
     subprocess.run(
-        [b.VPY, "-c", f"from dma.launcher import write_launcher; write_launcher({launcher!r}, 'dma')"],
+        [b.VPY, "-c", f"from dma.admin.launcher import write_launcher; write_launcher({launcher!r}, 'dma')"],
         check=True,
     )
     msg1k = os.path.join(b.OUT, "msg-1k.eml")

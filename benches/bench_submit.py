@@ -399,7 +399,11 @@ def main() -> int:
             f.write(f"SPOOLDIR {spool}\nMBOXDIR {work}/mail\nDEFER\n")
         launcher = os.path.join(work, "sendmail")
         subprocess.run(
-            [VPY, "-c", f"from dma.launcher import write_launcher; write_launcher({launcher!r}, 'sendmail')"],
+            [
+                VPY,
+                "-c",
+                f"from dma.admin.launcher import write_launcher; write_launcher({launcher!r}, 'sendmail')",
+            ],
             check=True,
         )
         with open(launcher) as f:
@@ -504,7 +508,7 @@ def main() -> int:
     for k, v in info:
         lines.append(f"- **{k}**: {v}")
     lines.append(
-        f"- **launcher** written by `dma.launcher.write_launcher(path, 'sendmail')`: shebang `{shebang}`"
+        f"- **launcher** written by `dma.admin.launcher.write_launcher(path, 'sendmail')`: shebang `{shebang}`"
     )
     lines.append(
         f"- **our config**: `SPOOLDIR <tmp>/spool`, `MBOXDIR <tmp>/mail`, `DEFER` (tmp under /var/tmp, same ext4 file system as {C_SPOOL})"
