@@ -1,43 +1,26 @@
-"""dma: a sendmail-compatible, outbound-only mail agent with a Rust core."""
+"""dma: a sendmail-compatible, outbound-only mail agent with a Rust core.
+
+`cli` is the sendmail command line, `config` and `errors` are shared by all; `mail/` is the path a
+message takes (submission, queue, delivery, bounces); `admin/` holds the tools (install, doctor,
+queue control); `api`, `django_backend` and `logging_handler` are the integrations for programs.
+"""
 
 from __future__ import annotations
 
-import sys
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from types import ModuleType
-
-    __version__: str  # Cargo.toml's, from the extension (pyproject.toml takes it from there too)
-else:
-    ModuleType = type(sys)  # without importing `types`: `sendmail` starts lean
+    __version__: str
 
 
-class _Package(ModuleType):
-    """`dma.submit` and `dma.Batch` load the API on first use (`sendmail` never does). Properties
-    win over the `dma/submit.py` submodule that the import system sets as an attribute."""
-
-    @property
-    def __version__(self) -> str:
+def __getattr__(name: str) -> object:
+    """`dma.submit` and `dma.Batch` load the API on first use (`sendmail` never does);
+    `__version__` is Cargo.toml's (as pyproject.toml's is), from the extension."""
+    if name == "__version__":
         from ._native import __version__
 
         return __version__
+    if name in ("submit", "Batch"):
+        from . import api
 
-    @property
-    def submit(self) -> object:
-        from .api import submit
-
-        return submit
-
-    @submit.setter
-    def submit(self, module: object) -> None:
-        pass  # dma/submit.py stays reachable as sys.modules["dma.submit"]
-
-    @property
-    def Batch(self) -> object:
-        from .api import Batch
-
-        return Batch
-
-
-sys.modules[__name__].__class__ = _Package
+        return getattr(api, name)
+    raise AttributeError(f"module 'dma' has no attribute {name!r}")

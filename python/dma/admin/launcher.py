@@ -17,7 +17,7 @@ TEMPLATE = """#!{python} -IS
 import sys
 sys.path[:0] = {paths!r}
 sys.argv[0] = {name!r}
-from dma.cli import run
+from ..cli import run
 run()
 """
 
