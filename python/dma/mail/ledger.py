@@ -69,8 +69,8 @@ class Ledger:
         if first.sender and not bounce.wants_failure_report(first.dsn):
             self.log(bounce.discard(self.spool, failed), event="failed")
             return 0
-        reason = "a bounce that could not be delivered" if not first.sender else ""
-        if not reason:
+        reason = "a bounce that could not be delivered"
+        if first.sender:
             try:
                 bounce_id = bounce.send(self.cfg, failed, self.spool.message_path(first.id))
             except (Fatal, OSError, ValueError) as error:

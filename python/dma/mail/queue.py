@@ -1,12 +1,8 @@
-"""The queue runner: delivers what is due, then lingers for more (docs/runner.md). `mailq` lives
-in control.py.
-
-One runner per spool, held by an `flock` on `<spool>/lock`; a second `dma -q` touches
-`<spool>/flush` to wake it instead. The main thread claims due entries, hands them to delivery
-threads (one per SMTP session or local delivery; Rust releases the GIL), records each outcome as
-its thread ends, and sleeps in `Spool.wait` (inotify) until mail comes, a thread ends or a retry
-is due. Open connections are kept for LINGER seconds after the last delivery.
-"""
+"""The queue runner (docs/runner.md): one per spool, holding `<spool>/lock`. The main thread
+claims due entries, hands them to delivery threads (one per SMTP session or local delivery),
+records each outcome as its thread ends, and sleeps in `Spool.wait` (inotify) until mail comes, a
+thread ends or a retry is due. Open connections are kept for LINGER seconds after the last
+delivery."""
 
 from __future__ import annotations
 
@@ -28,15 +24,13 @@ if TYPE_CHECKING:
 
     Groups = list[list[_native.QueueEntry]]  # claimed entries, one list per message
 
-STALE_AGE = 24 * 3600
 # Entries claimed at once (each holds its queue file open and locked): a batch's messages share
 # connections, so it should be large; past SMALL_BATCH the open-file limit is raised to allow it.
 BATCH = 1000
 SMALL_BATCH = 200
 # "failed": waiting for its bounce; "held": kept for the postmaster, never retried by itself.
 FINAL_STATES = ("failed", "held")
-# A user's mbox lock is waited for this long, then the delivery is retried later (their lock must
-# not hold up anyone's mail).
+# A user's mbox lock is waited for this long, then retried later: it must not hold up anyone's mail.
 LOCK_WAIT = 3.0
 # Longest sleep while sessions run; a retry or new mail wakes the runner before it anyway.
 NAP = 3600.0
@@ -120,7 +114,7 @@ class Runner(Ledger):
         (keeping connections open), then stays asleep while retries are pending."""
         spool = self.spool
         self.tried = None if resident else set()
-        _native.clean_stale(self.cfg.spooldir, STALE_AGE)
+        _native.clean_stale(self.cfg.spooldir, 24 * 3600)
         try:
             while not self.stopping:
                 self.collect()
@@ -161,10 +155,8 @@ class Runner(Ledger):
         finally:
             self.collect()  # a stop (SIGTERM) still records what has finished
             self.close_links()
-            for entry in [
-                *self.local,
-                *(e for _, per in self.waiting.values() for g in per.values() for e in g),
-            ]:
+            waiting = [e for _, per in self.waiting.values() for group in per.values() for e in group]
+            for entry in self.local + waiting:
                 spool.release(entry.id)
                 self.claimed -= 1
             self.waiting.clear()

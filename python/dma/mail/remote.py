@@ -42,10 +42,8 @@ def destination(cfg: Config, sender: str, recipient: str) -> Destination:
 
 
 def targets(cfg: Config, dest: Destination) -> list[Target]:
-    route = dest.route
-    if route is None or not route.hosts:
-        return targets_for(dest.domain, cfg, mx=route is not None)
-    return targets_for(dest.domain, cfg, hosts=route.hosts)
+    route = dest.route  # a ROUTE's own hosts, else the domain's MX hosts; no route: the smarthosts
+    return targets_for(dest.domain, cfg, hosts=route.hosts if route else None, mx=route is not None)
 
 
 def tls_mode(cfg: Config, route: Route | None = None) -> str:
