@@ -108,13 +108,10 @@ class Ledger:
         text = text.replace("\n", " ").replace("\r", " ")
         attempts = entry.attempts + 1
         final = status == "permanent" or time.time() - entry.created > self.cfg.max_queue_time
-        next_attempt = 0
-        if (
-            status != "sent" and not final
-        ):  # RETRY_MIN doubling up to RETRY_MAX, ±25% (urandom: no `random` import)
-            delay = min(self.cfg.retry_max, self.cfg.retry_min * (2 ** min(attempts - 1, 30)))
-            jitter = int.from_bytes(posix.urandom(2), "big") / 65535.0
-            next_attempt = int(time.time()) + max(1, int(delay * (0.75 + jitter / 2)))
+        # RETRY_MIN doubling up to RETRY_MAX, ±25% (jitter from urandom: no `random` import)
+        delay = min(self.cfg.retry_max, self.cfg.retry_min * (2 ** min(attempts - 1, 30)))
+        jitter = int.from_bytes(posix.urandom(2), "big") / 65535.0
+        next_attempt = 0 if final else int(time.time()) + max(1, int(delay * (0.75 + jitter / 2)))
         try:
             if status == "sent":
                 self.spool.remove(entry.id)  # synced once for all the finished jobs, in `collect`
@@ -129,9 +126,8 @@ class Ledger:
             raise Fatal(EX_TEMPFAIL, f"{text}; stopping") from None
         if status == "sent":
             self.sent += 1
-            line = f"{entry.id}: delivered to {entry.recipient}"
             self.log(
-                line,
+                f"{entry.id}: delivered to {entry.recipient}",
                 event="delivered",
                 id=entry.id,
                 to=entry.recipient,

@@ -185,17 +185,12 @@ def deliver(
                 deferred=deferred,
                 failed=failed,
             )
-        again = []
-        for ids in groups:
-            retry = []
-            for eid in ids:
-                outcome = result.entries[eid]
-                outcomes[eid] = (outcome.status, describe(outcome, target.name, result.address))
-                if outcome.status == "temporary" and outcome.stage in _TRY_NEXT_HOST:
-                    retry.append(eid)
-            if retry:
-                again.append(retry)
-        groups = again
+        elsewhere: set[str] = set()  # what another host should still try
+        for eid, outcome in result.entries.items():
+            outcomes[eid] = (outcome.status, describe(outcome, target.name, result.address))
+            if outcome.status == "temporary" and outcome.stage in _TRY_NEXT_HOST:
+                elsewhere.add(eid)
+        groups = [kept for kept in ([eid for eid in ids if eid in elsewhere] for ids in groups) if kept]
         return result.failure
 
     if link is not None:
