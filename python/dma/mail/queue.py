@@ -114,7 +114,7 @@ class Runner(Ledger):
         (keeping connections open), then stays asleep while retries are pending."""
         spool = self.spool
         self.tried = None if resident else set()
-        _native.clean_stale(self.cfg.spooldir, 24 * 3600)
+        _native.clean_stale(self.cfg.spooldir, 24 * 3600)  # what a crash left, a day on
         try:
             while not self.stopping:
                 self.collect()
