@@ -232,34 +232,10 @@ def _parse_conf(cfg: Config, path: str, text: str) -> None:
             else:
                 hint = _HINTS.get(keyword, "")
             raise ConfigError(path, lineno, keyword, f"unknown keyword{hint}")
-        kind, attr = _KEYS[keyword]
-        if not value.isprintable() and any((ch < " " and ch != "\t") or ch == "\x7f" for ch in value):
-            raise ConfigError(path, lineno, keyword, "control character in value")
-        lines[keyword] = lineno
-        if kind == "bool":
-            if value:
-                raise ConfigError(path, lineno, keyword, f"takes no value (got `{value}')")
-            setattr(cfg, attr, True)
-            continue
-        if not value:
-            raise ConfigError(path, lineno, keyword, "missing value")
         try:
-            if kind == "route":
-                from .mail.routes import parse_route
-
-                cfg.routes.append(parse_route(value, lineno))
-                continue
-            parse, what = _KINDS[kind]
-            result = parse(value)
+            _apply(cfg, keyword, value, lineno)
         except ValueError as e:
             raise ConfigError(path, lineno, keyword, str(e)) from None
-        if result is None:
-            raise ConfigError(path, lineno, keyword, f"`{value}' {what}")
-        if kind == "masquerade":  # `[user@][host]`, split at the last `@`; an empty part is None
-            user, _, host = value.rpartition("@")
-            cfg.masquerade_user, cfg.masquerade_host = user or None, host or None
-        else:
-            setattr(cfg, attr, result)
 
     if cfg.nullclient and cfg.smarthost is None:
         raise ConfigError(path, lines["NULLCLIENT"], "NULLCLIENT", "NULLCLIENT requires SMARTHOST")
@@ -269,6 +245,30 @@ def _parse_conf(cfg: Config, path: str, text: str) -> None:
         raise ConfigError(path, lines[key], key, message)
     if "MAILNAME" in lines and cfg.mailname.startswith("/"):
         cfg.mailname = _mailname_from_file(cfg.mailname) or cfg.system_hostname
+
+
+def _apply(cfg: Config, keyword: str, value: str, lineno: int) -> None:
+    """Set `keyword`'s attribute from `value`; a mistake raises ValueError."""
+    kind, attr = _KEYS[keyword]
+    if not value.isprintable() and any((ch < " " and ch != "\t") or ch == "\x7f" for ch in value):
+        raise ValueError("control character in value")
+    cfg.key_lines[keyword] = lineno
+    if not value and kind != "bool":
+        raise ValueError("missing value")
+    if kind == "route":
+        from .mail.routes import parse_route
+
+        cfg.routes.append(parse_route(value, lineno))
+        return
+    parse, what = _KINDS[kind]
+    result = parse(value)
+    if result is None:
+        raise ValueError(f"`{value}' {what}")
+    if kind == "masquerade":  # `[user@][host]`, split at the last `@`; an empty part is None
+        user, _, host = value.rpartition("@")
+        cfg.masquerade_user, cfg.masquerade_host = user or None, host or None
+    else:
+        setattr(cfg, attr, result)
 
 
 def _mailname_from_file(path: str) -> str | None:
@@ -294,6 +294,12 @@ def _number(text: str, units: str = "", width: int = 6, low: int = 1, high: int 
         return None
     n = int(digits) * scale
     return n if low <= n <= high else None
+
+
+def _flag(value: str) -> bool:
+    if value:
+        raise ValueError(f"takes no value (got `{value}')")
+    return True
 
 
 def _seconds(text: str) -> float | None:
@@ -379,6 +385,7 @@ def _dns_servers(text: str) -> list[tuple[str, int]]:
 
 # Kind -> (parser, what a malformed value is, after the value).
 _KINDS: dict[str, tuple[Callable[[str], object], str]] = {
+    "bool": (_flag, ""),
     "str": (str, ""),
     "argv": (str.split, ""),
     "hosts": (_hosts, ""),

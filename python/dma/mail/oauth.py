@@ -195,6 +195,8 @@ def access_token(cfg: Config, credential: str, rejected: str | None = None) -> s
     _native.no_core_dumps()
     cache = cache_path(cfg, credential)
     fields = read_credential(credential)
+    if "refresh_token" not in fields:
+        raise OAuthError("no refresh_token in the OAuth2 credential: run `dma oauth login` first")
     entry = read_cache(cache)
     if fresh(entry, fields, rejected):
         return entry["access"]
@@ -215,8 +217,6 @@ def access_token(cfg: Config, credential: str, rejected: str | None = None) -> s
 
 
 def fresh(entry: dict[str, str], fields: dict[str, str], rejected: str | None) -> bool:
-    if "refresh_token" not in fields:
-        raise OAuthError("no refresh_token in the OAuth2 credential: run `dma oauth login` first")
     return (
         entry.get("origin") == fields["refresh_token"]
         and entry.get("access", rejected) != rejected
