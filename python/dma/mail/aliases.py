@@ -17,7 +17,7 @@ from .message import strip_local_domain
 # Not `from typing import TYPE_CHECKING`: importing typing costs milliseconds on the hot path.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
 MAX_DEPTH = 64
 _BLANKS = " \t\r\v\f"
@@ -36,35 +36,26 @@ def _unsupported(dest: str) -> str | None:
     return _UNSUPPORTED.get(dest[1:2] if dest.startswith('"') else dest[:1])
 
 
-class Aliases:
+class Aliases(dict[str, list[tuple[str, int]]]):
     """A parsed aliases file: name -> destinations, each remembered with its line number."""
 
-    def __init__(self, path: str, entries: dict[str, list[tuple[str, int]]] | None = None) -> None:
+    def __init__(self, path: str) -> None:
+        super().__init__()
         self.path = path
-        self._entries = entries if entries is not None else {}
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._entries
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
 
     def __repr__(self) -> str:
-        return f"<Aliases {self.path!r} names={len(self._entries)}>"
+        return f"<Aliases {self.path!r} names={len(self)}>"
 
     def lookup(self, name: str) -> list[str] | None:
         """The destinations of alias `name` in file order (exact, case-sensitive), or None."""
-        dests = self._entries.get(name)
+        dests = self.get(name)
         return None if dests is None else [d for d, _ in dests]
 
     def check(self) -> list[ConfigError]:
         """Destinations that parse but cannot be delivered to (for `newaliases`), in file order."""
         problems = [
             ConfigError(self.path, line, name, f"`{dest}': {why}")
-            for name, dests in self._entries.items()
+            for name, dests in self.items()
             for dest, line in dests
             if (why := _unsupported(dest))
         ]
@@ -100,7 +91,7 @@ class Aliases:
                 raise Fatal(
                     EX_DATAERR, f"{invalid}: aliases nested more than {MAX_DEPTH} deep ({nest} -> ...)"
                 )
-            for dest, line in self._entries[name]:
+            for dest, line in self[name]:
                 where = f"{self.path}:{line}"
                 why = _unsupported(dest)
                 if why is not None:
@@ -117,7 +108,7 @@ class Aliases:
                             f"{invalid}: alias loop {loop} ({where}) and `{target}' is not a local user",
                         )
                     out[target] = None
-                elif target in self._entries:
+                elif target in self:
                     walk(target, [*chain, target])
                 elif is_local_user(target):
                     out[target] = None
@@ -125,9 +116,9 @@ class Aliases:
                     why = f"`{target}' (alias {name} in {where}) is neither an alias nor a local user"
                     raise Fatal(EX_DATAERR, f"{invalid}: {why}")
 
-        if recipient in self._entries:
+        if recipient in self:
             walk(recipient, [recipient])
-        elif wildcard and "*" in self._entries:
+        elif wildcard and "*" in self:
             walk("*", [recipient, "*"])
         elif is_local_user(recipient):
             out[recipient] = None
@@ -149,7 +140,7 @@ def parse(path: str) -> Aliases:
 
 def parse_text(text: str, path: str = "<aliases>") -> Aliases:
     """Parse aliases from a string; `path` is only used in error messages."""
-    entries: dict[str, list[tuple[str, int]]] = {}
+    entries = Aliases(path)
     # The logical line being collected: (token, line) pairs, tokens are ":", "," or identifiers.
     tokens: list[tuple[str, int]] = []
     backslash = False  # the previous line ended in a continuation backslash
@@ -172,7 +163,7 @@ def parse_text(text: str, path: str = "<aliases>") -> Aliases:
         tokens += [(word, lineno) for word in body.translate(_TOKENS).split(" ") if word]
     if tokens:
         _entry(tokens, entries, path)
-    return Aliases(path, entries)
+    return entries
 
 
 def _entry(tokens: list[tuple[str, int]], entries: dict[str, list[tuple[str, int]]], path: str) -> None:

@@ -81,8 +81,8 @@ def parse_addresses(text: str, what: str = "address") -> list[str]:
                 depth -= 1
         elif c == "(":
             depth = 1
-        elif c == ")":
-            raise Fatal(EX_DATAERR, f"invalid {what}: unbalanced `)' in {text!r}")
+        elif c in ")>":
+            raise Fatal(EX_DATAERR, f"invalid {what}: unbalanced `{c}' in {text!r}")
         elif c == '"':
             end = i + 1
             while end < n and text[end] != '"':
@@ -98,8 +98,6 @@ def parse_addresses(text: str, what: str = "address") -> list[str]:
                 raise Fatal(EX_DATAERR, f"invalid {what}: unbalanced `<' in {text!r}")
             current = [text[i + 1 : end].strip()]
             i = end
-        elif c == ">":
-            raise Fatal(EX_DATAERR, f"invalid {what}: unbalanced `>' in {text!r}")
         elif c == ":":
             current = []
         elif c in ",;":

@@ -113,7 +113,4 @@ def rewritten_sender(cfg: Config, sender: str) -> str | None:
 
 def choose(routes: list[Route], sender: str, recipient: str) -> Route | None:
     """The first route that matches, or None for the global SMARTHOST or MX delivery."""
-    for route in routes:
-        if route.matches(sender, recipient):
-            return route
-    return None
+    return next((route for route in routes if route.matches(sender, recipient)), None)
