@@ -285,7 +285,9 @@ def _mailname_from_file(path: str) -> str | None:
 # ---- the kinds of value: parsers that return None for a malformed value, or raise ValueError --
 
 
-def _number(text: str, units: str = "", width: int = 6, low: int = 1, high: int = 1 << 62) -> int | None:
+def _number(
+    text: str, units: str = "", width: int = 6, low: int = 1, high: float = float("inf")
+) -> int | None:
     """A whole number from `low` to `high`: at most `width` digits, then maybe one of `units`."""
     digits, scale = text, 1
     if text[-1:] and text[-1] in units:
