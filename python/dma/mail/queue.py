@@ -201,8 +201,7 @@ class Runner(Ledger):
     def dispatch(self, due: list[_native.QueueEntry]) -> None:
         """Claim due entries and start delivery threads: one per local entry; per destination,
         up to HOST_CONCURRENCY sharing its messages, a message's recipients in one transaction."""
-        from . import authconf  # noqa: F401 - here, not first in two threads at once: CPython 3.9 then
-        from .remote import destination  # hands one of them a partly initialised module
+        from .remote import destination
 
         room = SMALL_BATCH
         if len(due) > SMALL_BATCH:  # raise the open-file limit toward the hard one for BATCH files
