@@ -4,21 +4,25 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
+use std::time::Instant;
 
 use rustls::ClientConfig;
 
-use super::conn::{Conn, ConnError, Stream};
+use super::conn::Conn;
 use super::{Credentials, Outcome, SessionConfig, SessionReport, Stage, Status, TlsMode, QUIT_WAIT};
 use crate::auth::{self, Mechanism};
 use crate::journal::Journal;
 use crate::reply::{Extensions, Reply};
 use crate::tls::{self, TlsInfo};
 
+/// What the transcript shows instead of a line holding credentials.
+const HIDDEN: &str = "<authentication data hidden>";
+
 pub(super) struct Session {
     pub(super) cfg: Arc<SessionConfig>,
     pub(super) conn: Conn,
     tls_config: Option<Arc<ClientConfig>>,
-    pub(super) address: IpAddr,
+    address: IpAddr,
     pub(super) ext: Extensions,
     tls_info: Option<TlsInfo>,
     mechanism: Option<Mechanism>,
@@ -30,21 +34,18 @@ pub(super) struct Session {
 }
 
 impl Session {
-    pub(super) fn connect(cfg: &Arc<SessionConfig>, report: &mut SessionReport) -> Result<Self, Outcome> {
+    /// Connect and set the session up; a failure is what every recipient gets.
+    pub(super) fn open(cfg: &Arc<SessionConfig>, report: &mut SessionReport) -> Result<Self, Outcome> {
         let tls_config = match cfg.tls_mode {
             TlsMode::None => None,
             _ => Some(tls::client_config(&cfg.tls).map_err(|e| Outcome::temporary(Stage::Tls, e))?),
         };
-        let (sock, addr) = connect_any(cfg)?;
-        report.address = Some(addr);
-        let mut conn = Conn::new(Stream::Plain(sock), cfg.command_timeout, cfg.verbose);
-        // The whole set-up (TLS handshake, greeting, EHLO, STARTTLS, AUTH) has one deadline: a
-        // server that trickles it byte by byte cannot hold the session longer than that.
-        conn.deadline = Some(std::time::Instant::now() + cfg.command_timeout);
+        let (sock, address) = connect_any(cfg)?;
+        report.address = Some(address);
         let mut session = Session {
             cfg: cfg.clone(),
-            address: addr,
-            conn,
+            address,
+            conn: Conn::new(sock, cfg.command_timeout, cfg.verbose),
             tls_config,
             ext: Extensions::default(),
             tls_info: None,
@@ -53,19 +54,29 @@ impl Session {
             dirty: false,
             journal: cfg.journal.as_deref().map(Journal::new),
         };
-        if cfg.tls_mode == TlsMode::Implicit {
-            session.start_tls()?;
+        if let Err(failure) = session.setup() {
+            session.finish(report);
+            session.quit();
+            return Err(failure);
         }
         Ok(session)
     }
 
-    pub(super) fn setup(&mut self) -> Result<(), Outcome> {
-        self.expect(Stage::Greeting, None, 2)?;
+    /// TLS, greeting, EHLO, STARTTLS and AUTH, all within one deadline: a server that trickles
+    /// them byte by byte cannot hold the session longer than that.
+    fn setup(&mut self) -> Result<(), Outcome> {
+        self.conn.deadline = Some(Instant::now() + self.cfg.command_timeout);
+        if self.cfg.tls_mode == TlsMode::Implicit {
+            self.start_tls()?;
+        }
+        let greeting = self
+            .conn
+            .read_reply()
+            .map_err(|e| self.conn_failure(Stage::Greeting, &e))?;
+        self.check(Stage::Greeting, greeting, 2)?;
         self.hello()?;
-        match self.cfg.tls_mode {
-            TlsMode::StartTls => self.starttls(true)?,
-            TlsMode::Opportunistic => self.starttls(false)?,
-            TlsMode::None | TlsMode::Implicit => {}
+        if matches!(self.cfg.tls_mode, TlsMode::StartTls | TlsMode::Opportunistic) {
+            self.starttls(self.cfg.tls_mode == TlsMode::StartTls)?;
         }
         self.authenticate()?;
         self.conn.deadline = None;
@@ -85,24 +96,25 @@ impl Session {
         report.extensions.clone_from(&self.ext.keywords);
     }
 
-    pub(super) fn conn_failure(&mut self, stage: Stage, err: ConnError) -> Outcome {
+    /// The connection failed (`err` says how): it is dead.
+    pub(super) fn conn_failure(&mut self, stage: Stage, err: &str) -> Outcome {
         self.dead = true;
-        let text = format!(
-            "{}: {} during {}",
-            self.cfg.host,
-            err.describe(self.cfg.command_timeout),
-            stage.as_str()
-        );
-        Outcome::temporary(stage, text)
+        Outcome::temporary(
+            stage,
+            format!("{}: {err} during {}", self.cfg.host, stage.as_str()),
+        )
     }
 
-    /// Send `line` (if any), read the reply and check its class.
-    pub(super) fn expect(&mut self, stage: Stage, line: Option<&str>, class: u16) -> Result<Reply, Outcome> {
-        let result = match line {
-            Some(line) => self.conn.command(line),
-            None => self.conn.read_reply(),
-        };
-        let reply = result.map_err(|e| self.conn_failure(stage, e))?;
+    /// Send `line` (the transcript shows `shown`) and read the reply, whatever it is.
+    pub(super) fn send(&mut self, stage: Stage, line: &str, shown: &str) -> Result<Reply, Outcome> {
+        self.conn.queue(line, shown);
+        let reply = self.conn.write(&[]).and_then(|()| self.conn.read_reply());
+        reply.map_err(|e| self.conn_failure(stage, &e))
+    }
+
+    /// Send `line`; its reply must be of `class`.
+    pub(super) fn expect(&mut self, stage: Stage, line: &str, class: u16) -> Result<Reply, Outcome> {
+        let reply = self.send(stage, line, line)?;
         self.check(stage, reply, class)
     }
 
@@ -114,21 +126,18 @@ impl Session {
         if reply.class() == class {
             return Ok(reply);
         }
-        let mut outcome = Outcome::from_reply(stage, &reply);
+        let outcome = Outcome::from_reply(stage, &reply);
         if outcome.status == Status::Sent {
-            outcome.status = Status::Temporary;
-            outcome = outcome.with_text_prefix("unexpected reply: ");
+            return Err(outcome.temporary_with("unexpected reply: "));
         }
         Err(outcome)
     }
 
     fn start_tls(&mut self) -> Result<(), Outcome> {
         let config = self.tls_config.clone().expect("TLS config built for TLS modes");
-        let host = &self.cfg.host;
-        let deadline = self.conn.deadline;
-        let info = self.conn.start_tls(config, host, deadline).map_err(|e| {
+        let info = self.conn.start_tls(config, &self.cfg.host).map_err(|e| {
             self.dead = true;
-            Outcome::temporary(Stage::Tls, format!("{host}: {e}"))
+            Outcome::temporary(Stage::Tls, format!("{}: {e}", self.cfg.host))
         })?;
         self.conn
             .trace("*** ", &format!("TLS {} {}", info.version, info.cipher));
@@ -138,21 +147,16 @@ impl Session {
 
     /// EHLO; HELO when the server refuses EHLO permanently (an old or minimal server).
     fn hello(&mut self) -> Result<(), Outcome> {
-        let cfg = self.cfg.clone();
-        let helo = &cfg.helo;
-        let reply = self
-            .conn
-            .command(&format!("EHLO {helo}"))
-            .map_err(|e| self.conn_failure(Stage::Ehlo, e))?;
-        if reply.class() == 2 {
-            self.ext = Extensions::parse(&reply);
-            return Ok(());
-        }
-        if reply.class() != 5 {
-            return Err(self.check(Stage::Ehlo, reply, 2).unwrap_err());
-        }
-        self.expect(Stage::Ehlo, Some(&format!("HELO {helo}")), 2)?;
-        self.ext = Extensions::default();
+        let ehlo = format!("EHLO {}", self.cfg.helo);
+        let reply = self.send(Stage::Ehlo, &ehlo, &ehlo)?;
+        self.ext = match reply.class() {
+            2 => Extensions::parse(&reply),
+            5 => {
+                self.expect(Stage::Ehlo, &format!("HELO {}", self.cfg.helo), 2)?;
+                Extensions::default()
+            }
+            _ => return self.check(Stage::Ehlo, reply, 2).map(drop),
+        };
         Ok(())
     }
 
@@ -164,23 +168,10 @@ impl Session {
             }
             return Ok(());
         }
-        match self.expect(Stage::StartTls, Some("STARTTLS"), 2) {
+        match self.expect(Stage::StartTls, "STARTTLS", 2) {
             Ok(_) => {}
-            Err(outcome) if required || self.dead => {
-                let mut outcome = outcome.with_text_prefix("STARTTLS refused: ");
-                outcome.status = Status::Temporary;
-                return Err(outcome);
-            }
+            Err(outcome) if required || self.dead => return Err(outcome.temporary_with("STARTTLS refused: ")),
             Err(_) => return Ok(()),
-        }
-        // Whatever followed the 220 in clear text is not from the TLS peer: an injection
-        // attempt or a broken server. Never read it as a reply.
-        let stray = self.conn.discard_buffered();
-        if stray > 0 {
-            self.conn.trace(
-                "*** ",
-                &format!("discarded {stray} bytes received after the STARTTLS reply"),
-            );
         }
         self.start_tls()?;
         self.hello()
@@ -191,105 +182,71 @@ impl Session {
         let Some(creds) = &cfg.credentials else {
             return Ok(());
         };
-        if !self.conn.is_tls() && !self.cfg.allow_insecure_auth {
-            // Never send credentials in clear; the caller sees auth_mechanism None.
-            return Ok(());
-        }
-        let allowed = self.cfg.mechanisms.as_deref().unwrap_or(&Mechanism::DEFAULT);
-        let Some(mechanism) = auth::choose(&self.ext.auth, allowed) else {
+        // Never send credentials in clear; the caller sees auth_mechanism None.
+        let allowed = cfg.mechanisms.as_deref().unwrap_or(&Mechanism::DEFAULT);
+        let usable = self.conn.is_tls() || cfg.allow_insecure_auth;
+        let Some(mechanism) = auth::choose(&self.ext.auth, allowed).filter(|_| usable) else {
             return Ok(());
         };
-        self.auth_exchange(mechanism, creds).map_err(|outcome| {
-            // A rejected login must not bounce the queue (Postfix's soft bounce): temporary.
-            let mut outcome = outcome.with_text_prefix(&format!("AUTH {mechanism} failed: "));
-            outcome.status = Status::Temporary;
-            outcome
-        })?;
+        // A rejected login must not bounce the queue (Postfix's soft bounce): temporary.
+        self.auth_exchange(mechanism, creds)
+            .map_err(|outcome| outcome.temporary_with(&format!("AUTH {mechanism} failed: ")))?;
         self.mechanism = Some(mechanism);
         Ok(())
     }
 
     fn auth_exchange(&mut self, mechanism: Mechanism, creds: &Credentials) -> Result<(), Outcome> {
-        const HIDDEN: &str = "<authentication data hidden>";
         let (login, secret) = (creds.login.as_str(), creds.secret.as_str());
-        let final_reply = match mechanism {
-            Mechanism::Plain => {
-                let payload = auth::plain(login, secret);
-                let reply =
-                    self.secret_step(&format!("AUTH PLAIN {payload}"), &format!("AUTH PLAIN {HIDDEN}"))?;
-                if reply.class() == 3 && reply.first_text().trim().is_empty() {
-                    // A server that ignores initial responses asks again with an empty 334.
-                    self.secret_step(&payload, HIDDEN)?
-                } else {
-                    reply
-                }
-            }
-            Mechanism::XOAuth2 | Mechanism::OAuthBearer => {
-                let (payload, cancel) = if mechanism == Mechanism::XOAuth2 {
-                    (auth::xoauth2(login, secret), "")
-                } else {
-                    let cfg = &self.cfg;
-                    (auth::oauthbearer(login, &cfg.host, cfg.port, secret), "AQ==")
-                };
-                let reply = self.secret_step(
-                    &format!("AUTH {mechanism} {payload}"),
-                    &format!("AUTH {mechanism} {HIDDEN}"),
-                )?;
-                if reply.class() == 3 {
-                    // The server sent an error description (JSON); the client ends the exchange
-                    // (XOAUTH2: an empty line; RFC 7628: a lone ^A) and the server's 5xx follows.
-                    self.expect(Stage::Auth, Some(cancel), 2)?
-                } else {
-                    reply
-                }
-            }
-            Mechanism::Login => {
-                self.expect(Stage::Auth, Some("AUTH LOGIN"), 3)?;
-                self.expect_secret(&auth::login_step(login), 3)?;
-                self.secret_step(&auth::login_step(secret), HIDDEN)?
-            }
-            Mechanism::CramMd5 => {
-                let challenge = self.expect(Stage::Auth, Some("AUTH CRAM-MD5"), 3)?;
-                match auth::cram_md5(login, secret, challenge.first_text()) {
-                    Ok(response) => self.secret_step(&response, HIDDEN)?,
-                    Err(e) => {
-                        // Cancel the exchange (RFC 4954 "*") and report the bad challenge.
-                        let _ = self.expect(Stage::Auth, Some("*"), 5);
-                        return Err(Outcome::temporary(
-                            Stage::Auth,
-                            format!("bad CRAM-MD5 challenge: {e}"),
-                        ));
-                    }
-                }
-            }
+        let initial = match mechanism {
+            Mechanism::Plain => auth::plain(login, secret),
+            Mechanism::XOAuth2 => auth::xoauth2(login, secret),
+            Mechanism::OAuthBearer => auth::oauthbearer(login, &self.cfg.host, self.cfg.port, secret),
+            Mechanism::Login | Mechanism::CramMd5 => String::new(),
         };
-        self.check(Stage::Auth, final_reply, 2).map(drop)
-    }
-
-    /// Send a line holding credentials and return whatever reply comes.
-    fn secret_step(&mut self, line: &str, shown: &str) -> Result<Reply, Outcome> {
-        self.conn.queue_secret(line, shown);
-        self.conn
-            .flush()
-            .and_then(|()| self.conn.read_reply())
-            .map_err(|e| self.conn_failure(Stage::Auth, e))
-    }
-
-    fn expect_secret(&mut self, line: &str, class: u16) -> Result<Reply, Outcome> {
-        let reply = self.secret_step(line, "<authentication data hidden>")?;
-        self.check(Stage::Auth, reply, class)
+        let reply = if initial.is_empty() {
+            self.expect(Stage::Auth, &format!("AUTH {mechanism}"), 3)?
+        } else {
+            let line = format!("AUTH {mechanism} {initial}");
+            self.send(Stage::Auth, &line, &format!("AUTH {mechanism} {HIDDEN}"))?
+        };
+        let challenged = reply.class() == 3;
+        let reply = match mechanism {
+            // A server that ignores initial responses asks again with an empty 334.
+            Mechanism::Plain if challenged && reply.first_text().trim().is_empty() => {
+                self.send(Stage::Auth, &initial, HIDDEN)?
+            }
+            // The server sent an error description (JSON); the client ends the exchange
+            // (XOAUTH2: an empty line; RFC 7628: a lone ^A) and the server's 5xx follows.
+            Mechanism::XOAuth2 if challenged => self.expect(Stage::Auth, "", 2)?,
+            Mechanism::OAuthBearer if challenged => self.expect(Stage::Auth, "AQ==", 2)?,
+            Mechanism::Login => {
+                let asked = self.send(Stage::Auth, &auth::b64(login), HIDDEN)?;
+                self.check(Stage::Auth, asked, 3)?;
+                self.send(Stage::Auth, &auth::b64(secret), HIDDEN)?
+            }
+            Mechanism::CramMd5 => match auth::cram_md5(login, secret, reply.first_text()) {
+                Ok(response) => self.send(Stage::Auth, &response, HIDDEN)?,
+                Err(e) => {
+                    // Cancel the exchange (RFC 4954 "*") and report the bad challenge.
+                    let _ = self.expect(Stage::Auth, "*", 5);
+                    let text = format!("bad CRAM-MD5 challenge: {e}");
+                    return Err(Outcome::temporary(Stage::Auth, text));
+                }
+            },
+            _ => reply,
+        };
+        self.check(Stage::Auth, reply, 2).map(drop)
     }
 
     /// QUIT and wait a little for its reply, which is only logged; then close.
     pub(super) fn quit(&mut self) {
         if !self.dead {
-            self.conn.queue("QUIT");
-            if self.conn.flush().is_ok() {
-                let _ = self
-                    .conn
-                    .read_reply_within(QUIT_WAIT.min(self.cfg.command_timeout));
-            }
             self.dead = true;
+            self.conn.queue("QUIT", "QUIT");
+            if self.conn.write(&[]).is_ok() {
+                self.conn.deadline = Some(self.conn.until(QUIT_WAIT));
+                let _ = self.conn.read_reply();
+            }
         }
         self.conn.close();
     }
@@ -300,8 +257,8 @@ impl Session {
         if self.dead {
             return false;
         }
-        self.conn.deadline = Some(std::time::Instant::now() + self.cfg.command_timeout);
-        let ok = self.expect(Stage::Mail, Some("RSET"), 2).is_ok();
+        self.conn.deadline = Some(Instant::now() + self.cfg.command_timeout);
+        let ok = self.expect(Stage::Mail, "RSET", 2).is_ok();
         self.conn.deadline = None;
         self.dirty = !ok;
         ok
@@ -313,21 +270,17 @@ fn connect_any(cfg: &SessionConfig) -> Result<(TcpStream, IpAddr), Outcome> {
     let mut errors = Vec::new();
     for &ip in &cfg.addresses {
         let target = SocketAddr::new(ip, cfg.port);
-        match TcpStream::connect_timeout(&target, cfg.connect_timeout) {
-            Ok(sock) => {
-                let setup = sock
-                    .set_nodelay(true)
-                    .and_then(|()| sock.set_write_timeout(Some(cfg.command_timeout)));
-                match setup {
-                    Ok(()) => return Ok((sock, ip)),
-                    Err(e) => errors.push(format!("{target}: {e}")),
-                }
+        let sock = TcpStream::connect_timeout(&target, cfg.connect_timeout).and_then(|sock| {
+            sock.set_nodelay(true)?;
+            sock.set_write_timeout(Some(cfg.command_timeout))?;
+            Ok(sock)
+        });
+        match sock {
+            Ok(sock) => return Ok((sock, ip)),
+            Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => {
+                let wait = cfg.connect_timeout.as_secs_f64();
+                errors.push(format!("{target}: connect timeout ({wait} s)"));
             }
-            Err(e) if e.kind() == io::ErrorKind::TimedOut || e.kind() == io::ErrorKind::WouldBlock => errors
-                .push(format!(
-                    "{target}: connect timeout ({} s)",
-                    cfg.connect_timeout.as_secs_f64()
-                )),
             Err(e) => errors.push(format!("{target}: {e}")),
         }
     }

@@ -1,14 +1,15 @@
 //! Whole transactions over an established session: local checks, MAIL, RCPT and DATA (one
 //! reply at a time or pipelined), the body, and the delivered journal. Another `impl Session`
-//! block, beside the one in session.rs.
+//! block, beside the one in session.rs. A failure that leaves the session `dead` ends the
+//! connection: every later transaction gets it too.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::Seek;
 use std::time::Instant;
 
-use super::data::{open_message, DataEncoder};
+use super::data;
 use super::session::Session;
-use super::{Outcome, Stage, Status, Transaction, CHUNK, PIPELINE_BATCH};
+use super::{Outcome, Stage, Status, Transaction, PIPELINE_BATCH};
 use crate::address::check;
 use crate::reply::Reply;
 
@@ -16,33 +17,31 @@ impl Session {
     /// One transaction. Returns the per-recipient outcomes, and the failure to give every
     /// later transaction when the connection can no longer be used.
     pub(super) fn transaction(&mut self, tx: &Transaction) -> (Vec<Outcome>, Option<Outcome>) {
-        let mut rcpts: Vec<RcptState> = vec![RcptState::Pending; tx.recipients.len()];
+        let mut rcpts: Vec<Rcpt> = vec![Rcpt::Pending; tx.recipients.len()];
         // The envelope's replies, and then the final reply, each within one TIMEOUT in all.
         self.conn.deadline = Some(Instant::now() + self.cfg.command_timeout);
-        let result = self.try_transaction(tx, &mut rcpts);
+        let last = self
+            .try_transaction(tx, &mut rcpts)
+            .unwrap_or_else(|outcome| outcome);
         self.conn.deadline = None;
-        let (final_outcome, broken) = match result {
-            Ok(outcome) => (outcome, None),
-            Err(TxFailure::Transaction(outcome)) => (outcome, None),
-            Err(TxFailure::Broken(outcome)) => (outcome.clone(), Some(outcome)),
-        };
+        let broken = self.dead.then(|| last.clone());
         let outcomes: Vec<Outcome> = rcpts
             .into_iter()
             .map(|state| match state {
-                RcptState::Done(outcome) => outcome,
-                RcptState::Pending | RcptState::Accepted => final_outcome.clone(),
+                Rcpt::Done(outcome) => outcome,
+                Rcpt::Pending | Rcpt::Accepted => last.clone(),
             })
             .collect();
         self.journal(tx, &outcomes);
-        let broken = broken.or_else(|| {
-            self.dead.then(|| {
-                Outcome::temporary(
-                    Stage::Mail,
-                    format!("{}: connection no longer usable", self.cfg.host),
-                )
-            })
-        });
+        let broken = broken.or_else(|| self.dead.then(|| self.unusable()));
         (outcomes, broken)
+    }
+
+    fn unusable(&self) -> Outcome {
+        Outcome::temporary(
+            Stage::Mail,
+            format!("{}: connection no longer usable", self.cfg.host),
+        )
     }
 
     /// Record the recipients the server took, before anything else can go wrong.
@@ -62,30 +61,31 @@ impl Session {
         }
     }
 
-    fn try_transaction(&mut self, tx: &Transaction, rcpts: &mut [RcptState]) -> Result<Outcome, TxFailure> {
+    fn try_transaction(&mut self, tx: &Transaction, rcpts: &mut [Rcpt]) -> Result<Outcome, Outcome> {
         let prepared = self.prepare(tx, rcpts)?;
-        if !rcpts.iter().any(|s| matches!(s, RcptState::Pending)) {
+        if !rcpts.iter().any(|s| matches!(s, Rcpt::Pending)) {
             // Nothing valid to send to; each recipient has its own refusal.
-            return Err(TxFailure::Transaction(Outcome::temporary(
-                Stage::Rcpt,
-                "no valid recipient",
-            )));
+            return Err(Outcome::temporary(Stage::Rcpt, "no valid recipient"));
         }
         if self.dirty {
-            self.reset()?;
+            if let Err(outcome) = self.expect(Stage::Mail, "RSET", 2) {
+                // The server's state is unknown: give up on this connection.
+                self.quit();
+                return Err(outcome.temporary_with("RSET failed: "));
+            }
         }
         self.dirty = true;
-        let accepted = if self.ext.has("PIPELINING") {
-            self.envelope_pipelined(&prepared, tx, rcpts)?
+        if self.ext.has("PIPELINING") {
+            self.envelope_pipelined(&prepared, tx, rcpts)?;
         } else {
-            self.envelope_stepwise(&prepared, tx, rcpts)?
-        };
-        if !accepted {
+            self.envelope_stepwise(&prepared, tx, rcpts)?;
+        }
+        if !rcpts.iter().any(|s| matches!(s, Rcpt::Accepted)) {
             // Every recipient has its own refusal already.
-            return Err(TxFailure::Transaction(Outcome::temporary(
-                Stage::Rcpt,
-                "no recipient accepted",
-            )));
+            if self.dead {
+                return Err(self.unusable());
+            }
+            return Err(Outcome::temporary(Stage::Rcpt, "no recipient accepted"));
         }
         let outcome = self.send_body(prepared.file)?;
         self.dirty = false;
@@ -93,55 +93,44 @@ impl Session {
     }
 
     /// Local checks before anything is sent: addresses, message file, SIZE, SMTPUTF8.
-    fn prepare(&mut self, tx: &Transaction, rcpts: &mut [RcptState]) -> Result<Prepared, TxFailure> {
-        let fail = |o| Err(TxFailure::Transaction(o));
+    fn prepare(&mut self, tx: &Transaction, rcpts: &mut [Rcpt]) -> Result<Prepared, Outcome> {
         // The one address check again, right before the lines are written (spool files from
         // elsewhere, C dma's among them, never passed it): nothing can add a parameter.
         if !tx.sender.is_empty() && check(&tx.sender).is_err() {
-            return fail(Outcome::permanent(
-                Stage::Mail,
-                "5.1.7",
-                format!("invalid sender address {:?}", tx.sender),
-            ));
+            let text = format!("invalid sender address {:?}", tx.sender);
+            return Err(Outcome::permanent(Stage::Mail, "5.1.7", text));
         }
         for (state, rcpt) in rcpts.iter_mut().zip(&tx.recipients) {
             if check(rcpt).is_err() {
-                *state = RcptState::Done(Outcome::permanent(
-                    Stage::Rcpt,
-                    "5.1.3",
-                    format!("invalid recipient address {rcpt:?}"),
-                ));
+                let text = format!("invalid recipient address {rcpt:?}");
+                *state = Rcpt::Done(Outcome::permanent(Stage::Rcpt, "5.1.3", text));
             }
         }
-        let (file, facts) = match open_message(&tx.message) {
-            Ok(x) => x,
-            Err(e) => {
-                return fail(Outcome::temporary(
-                    Stage::Data,
-                    format!("cannot read message file {}: {e}", tx.message.display()),
-                ))
-            }
-        };
+        // One pass for the facts MAIL FROM needs; the second, for DATA, reads the page cache.
+        let opened = File::open(&tx.message).and_then(|mut file| {
+            let facts = data::encode(&mut file, |e| e, |_, _| Ok(()))?;
+            file.rewind()?;
+            Ok((file, facts))
+        });
+        let (file, facts) = opened.map_err(|e| {
+            let text = format!("cannot read message file {}: {e}", tx.message.display());
+            Outcome::temporary(Stage::Data, text)
+        })?;
         if let Some(limit) = self.ext.size_limit.filter(|&l| facts.wire_size > l) {
-            return fail(Outcome::permanent(
-                Stage::Size,
-                "5.3.4",
-                format!(
-                    "message of {} octets exceeds the {limit}-octet limit of {}",
-                    facts.wire_size, self.cfg.host
-                ),
-            ));
+            let host = &self.cfg.host;
+            let text = format!(
+                "message of {} octets exceeds the {limit}-octet limit of {host}",
+                facts.wire_size
+            );
+            return Err(Outcome::permanent(Stage::Size, "5.3.4", text));
         }
         let utf8 = !tx.sender.is_ascii() || tx.recipients.iter().any(|r| !r.is_ascii());
         if utf8 && !self.ext.has("SMTPUTF8") {
-            return fail(Outcome::permanent(
-                Stage::Mail,
-                "5.6.7",
-                format!(
-                    "{} does not offer SMTPUTF8, needed for a non-ASCII address",
-                    self.cfg.host
-                ),
-            ));
+            let text = format!(
+                "{} does not offer SMTPUTF8, needed for a non-ASCII address",
+                self.cfg.host
+            );
+            return Err(Outcome::permanent(Stage::Mail, "5.6.7", text));
         }
         let mut mail = format!("MAIL FROM:<{}>", tx.sender);
         if self.ext.has("SIZE") {
@@ -172,45 +161,25 @@ impl Session {
         })
     }
 
-    fn reset(&mut self) -> Result<(), TxFailure> {
-        match self.expect(Stage::Mail, Some("RSET"), 2) {
-            Ok(_) => {
-                self.dirty = false;
-                Ok(())
-            }
-            Err(outcome) => {
-                // The server's state is unknown: give up on this connection.
-                let mut outcome = outcome.with_text_prefix("RSET failed: ");
-                outcome.status = Status::Temporary;
-                Err(TxFailure::Broken(outcome))
-            }
-        }
-    }
-
-    /// MAIL, each RCPT and DATA, one reply at a time. Returns whether DATA was accepted.
+    /// MAIL, each RCPT and DATA (unless no RCPT was accepted), one reply at a time.
     fn envelope_stepwise(
         &mut self,
         p: &Prepared,
         tx: &Transaction,
-        rcpts: &mut [RcptState],
-    ) -> Result<bool, TxFailure> {
-        self.expect(Stage::Mail, Some(&p.mail), 2)
-            .map_err(|o| self.tx_failure(o))?;
+        rcpts: &mut [Rcpt],
+    ) -> Result<(), Outcome> {
+        self.expect(Stage::Mail, &p.mail, 2)?;
         for (state, rcpt) in rcpts.iter_mut().zip(&tx.recipients) {
-            if matches!(state, RcptState::Pending) {
-                let reply = self
-                    .conn
-                    .command(&format!("RCPT TO:<{rcpt}>{}", p.rcpt_params))
-                    .map_err(|e| TxFailure::Broken(self.conn_failure(Stage::Rcpt, e)))?;
-                *state = self.rcpt_state(reply).map_err(|o| self.tx_failure(o))?;
+            if matches!(state, Rcpt::Pending) {
+                let line = format!("RCPT TO:<{rcpt}>{}", p.rcpt_params);
+                let reply = self.send(Stage::Rcpt, &line, &line)?;
+                *state = self.rcpt(reply)?;
             }
         }
-        if !rcpts.iter().any(|s| matches!(s, RcptState::Accepted)) {
-            return Ok(false);
+        if rcpts.iter().any(|s| matches!(s, Rcpt::Accepted)) {
+            self.expect(Stage::Data, "DATA", 3)?;
         }
-        self.expect(Stage::Data, Some("DATA"), 3)
-            .map_err(|o| self.tx_failure(o))?;
-        Ok(true)
+        Ok(())
     }
 
     /// MAIL, every RCPT and DATA written together (RFC 2920), then the replies read in order.
@@ -218,12 +187,12 @@ impl Session {
         &mut self,
         p: &Prepared,
         tx: &Transaction,
-        rcpts: &mut [RcptState],
-    ) -> Result<bool, TxFailure> {
-        let mut commands = vec![p.mail.clone()];
+        rcpts: &mut [Rcpt],
+    ) -> Result<(), Outcome> {
         let wanted: Vec<usize> = (0..rcpts.len())
-            .filter(|&i| matches!(rcpts[i], RcptState::Pending))
+            .filter(|&i| matches!(rcpts[i], Rcpt::Pending))
             .collect();
+        let mut commands = vec![p.mail.clone()];
         commands.extend(
             wanted
                 .iter()
@@ -233,132 +202,92 @@ impl Session {
         let mut replies = Vec::with_capacity(commands.len());
         for batch in commands.chunks(PIPELINE_BATCH) {
             for command in batch {
-                self.conn.queue(command);
+                self.conn.queue(command, command);
             }
             let stage = if replies.is_empty() {
                 Stage::Mail
             } else {
                 Stage::Rcpt
             };
-            self.conn
-                .flush()
-                .map_err(|e| TxFailure::Broken(self.conn_failure(stage, e)))?;
+            self.conn.write(&[]).map_err(|e| self.conn_failure(stage, &e))?;
             for _ in batch {
                 let stage = match replies.len() {
                     0 => Stage::Mail,
                     n if n > wanted.len() => Stage::Data,
                     _ => Stage::Rcpt,
                 };
-                let reply = self
-                    .conn
-                    .read_reply()
-                    .map_err(|e| TxFailure::Broken(self.conn_failure(stage, e)))?;
+                let reply = self.conn.read_reply().map_err(|e| self.conn_failure(stage, &e))?;
                 replies.push(reply);
             }
         }
         let data_reply = replies.pop().expect("DATA reply");
-        let mail_reply = replies.remove(0);
-        let mail_ok = self.check(Stage::Mail, mail_reply, 2);
+        let mail_ok = self.check(Stage::Mail, replies.remove(0), 2);
         let mut accepted = false;
         if mail_ok.is_ok() {
             for (&i, reply) in wanted.iter().zip(replies) {
-                rcpts[i] = self.rcpt_state(reply).map_err(|o| self.tx_failure(o))?;
-                accepted |= matches!(rcpts[i], RcptState::Accepted);
+                rcpts[i] = self.rcpt(reply)?;
+                accepted |= matches!(rcpts[i], Rcpt::Accepted);
             }
         }
         if !accepted {
             if data_reply.class() == 3 {
                 // The server took DATA anyway: end it with an empty message (RFC 2920 3.1).
-                let _ = self.expect(Stage::Data, Some("."), 2);
+                let _ = self.expect(Stage::Data, ".", 2);
             }
-            mail_ok.map_err(|o| self.tx_failure(o))?;
-            return Ok(false);
+            return mail_ok.map(drop);
         }
-        self.check(Stage::Data, data_reply, 3)
-            .map_err(|o| self.tx_failure(o))?;
-        Ok(true)
+        self.check(Stage::Data, data_reply, 3).map(drop)
     }
 
-    fn rcpt_state(&mut self, reply: Reply) -> Result<RcptState, Outcome> {
-        if reply.code == 421 {
-            self.dead = true;
-            return Err(Outcome::from_reply(Stage::Rcpt, &reply));
-        }
-        Ok(match self.check(Stage::Rcpt, reply, 2) {
-            Ok(_) => RcptState::Accepted,
-            Err(outcome) => RcptState::Done(outcome),
-        })
-    }
-
-    /// A failure reply ends the transaction; after a 421 it ends the session too.
-    fn tx_failure(&self, outcome: Outcome) -> TxFailure {
-        if self.dead {
-            TxFailure::Broken(outcome)
-        } else {
-            TxFailure::Transaction(outcome)
+    /// A RCPT reply: the recipient's own outcome, unless a 421 ends the session.
+    fn rcpt(&mut self, reply: Reply) -> Result<Rcpt, Outcome> {
+        match self.check(Stage::Rcpt, reply, 2) {
+            Ok(_) => Ok(Rcpt::Accepted),
+            Err(outcome) if self.dead => Err(outcome),
+            Err(outcome) => Ok(Rcpt::Done(outcome)),
         }
     }
 
     /// Stream the message after DATA's 354, then the final dot and its reply.
-    fn send_body(&mut self, mut file: File) -> Result<Outcome, TxFailure> {
-        let mut encoder = DataEncoder::default();
-        let mut chunk = vec![0u8; CHUNK];
-        let mut sent: u64 = 0;
-        loop {
-            let n = match file.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // We cannot end DATA without delivering a truncated message: hang up.
-                    self.dead = true;
-                    return Err(TxFailure::Broken(Outcome::temporary(
-                        Stage::Data,
-                        format!("reading the message file: {e}"),
-                    )));
-                }
-            };
-            encoder.encode(&chunk[..n], &mut self.conn.out);
-            if self.conn.out.len() >= CHUNK {
-                sent += self.conn.out.len() as u64;
+    fn send_body(&mut self, mut file: File) -> Result<Outcome, Outcome> {
+        let mut octets = 0;
+        let read_failure = |e| Outcome::temporary(Stage::Data, format!("reading the message file: {e}"));
+        let sent = data::encode(&mut file, read_failure, |chunk, last| {
+            octets += chunk.len();
+            let stage = if last {
                 self.conn
-                    .flush()
-                    .map_err(|e| TxFailure::Broken(self.conn_failure(Stage::Data, e)))?;
-            }
+                    .trace(">>> ", &format!("<message body, {} octets>", octets - 3));
+                self.conn.trace(">>> ", ".");
+                Stage::Dot
+            } else {
+                Stage::Data
+            };
+            self.conn.write(chunk).map_err(|e| self.conn_failure(stage, &e))
+        });
+        if let Err(outcome) = sent {
+            // A DATA cut short cannot be ended without delivering a truncated message: hang up.
+            self.dead = true;
+            return Err(outcome);
         }
-        encoder.finish(&mut self.conn.out);
-        sent += self.conn.out.len() as u64 - 3;
-        self.conn.trace(">>> ", &format!("<message body, {sent} octets>"));
-        self.conn.trace(">>> ", ".");
         self.conn.deadline = Some(Instant::now() + self.cfg.command_timeout);
         let reply = self
             .conn
-            .flush()
-            .and_then(|()| self.conn.read_reply())
-            .map_err(|e| TxFailure::Broken(self.conn_failure(Stage::Dot, e)))?;
+            .read_reply()
+            .map_err(|e| self.conn_failure(Stage::Dot, &e))?;
+        // A refusal here fails only this transaction: the next one needs no RSET.
         let outcome = match self.check(Stage::Dot, reply, 2) {
             Ok(reply) => Outcome::from_reply(Stage::Dot, &reply),
             Err(outcome) => outcome,
         };
-        if self.dead {
-            return Err(TxFailure::Broken(outcome));
-        }
         Ok(outcome)
     }
 }
 
 #[derive(Debug, Clone)]
-enum RcptState {
+enum Rcpt {
     Pending,
     Accepted,
     Done(Outcome),
-}
-
-enum TxFailure {
-    /// This transaction failed; the connection is still good for the next one.
-    Transaction(Outcome),
-    /// The connection is gone: this and every later transaction get the outcome.
-    Broken(Outcome),
 }
 
 struct Prepared {
@@ -415,7 +344,7 @@ mod tests {
         std::fs::write(&message, "Subject: x\n\nbody\n").unwrap();
         let tx = |sender: &str, recipients: &[&str]| Transaction {
             sender: sender.into(),
-            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+            recipients: recipients.iter().map(ToString::to_string).collect(),
             message: message.clone(),
             journal_ids: Vec::new(),
             dsn: String::new(),
