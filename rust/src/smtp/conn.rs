@@ -1,14 +1,15 @@
-//! The connection under a session: the socket, plain or inside rustls, buffered reads of whole
-//! replies within a deadline, and the switch to TLS. Errors are the text the session reports.
+//! The connection under a session: connect, the socket, plain or inside rustls, whole replies
+//! read within a deadline, the switch to TLS, and QUIT. Another `impl Session` block.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::ClientConfig;
+use rustls::{ClientConfig, ClientConnection};
 
-use super::MAX_LINE;
+use super::session::Session;
+use super::{Outcome, SessionConfig, Stage, MAX_LINE, QUIT_WAIT};
 use crate::reply::{clean_text, Reply};
 use crate::tls::{self, TlsInfo};
 
@@ -41,9 +42,9 @@ impl Write for Socket {
 }
 
 /// The socket, and rustls over it once TLS is up.
-struct Stream {
+pub(super) struct Stream {
     sock: Socket,
-    tls: Option<rustls::ClientConnection>,
+    tls: Option<ClientConnection>,
 }
 
 impl Read for Stream {
@@ -71,6 +72,38 @@ impl Write for Stream {
     }
 }
 
+/// Try each address in turn; a connection failure moves on to the next one.
+pub(super) fn connect(cfg: &SessionConfig) -> Result<(BufReader<Stream>, IpAddr), Outcome> {
+    let mut errors = Vec::new();
+    for &ip in &cfg.addresses {
+        let target = SocketAddr::new(ip, cfg.port);
+        let tcp = TcpStream::connect_timeout(&target, cfg.connect_timeout).and_then(|tcp| {
+            tcp.set_nodelay(true)?;
+            tcp.set_write_timeout(Some(cfg.command_timeout))?;
+            Ok(tcp)
+        });
+        match tcp {
+            Ok(tcp) => {
+                let sock = Socket {
+                    tcp,
+                    deadline: Instant::now(),
+                };
+                return Ok((BufReader::new(Stream { sock, tls: None }), ip));
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => {
+                let wait = cfg.connect_timeout.as_secs_f64();
+                errors.push(format!("{target}: connect timeout ({wait} s)"));
+            }
+            Err(e) => errors.push(format!("{target}: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        errors.push("no address to connect to".to_owned());
+    }
+    let text = format!("cannot connect to {}: {}", cfg.host, errors.join("; "));
+    Err(Outcome::temporary(Stage::Connect, text))
+}
+
 /// What an I/O error means to the session; `timeout` is the wait that ran out.
 fn describe(err: &io::Error, timeout: Duration) -> String {
     match err.kind() {
@@ -82,43 +115,48 @@ fn describe(err: &io::Error, timeout: Duration) -> String {
     }
 }
 
-/// A stream behind our read buffer (so the bytes buffered before STARTTLS can be thrown away)
-/// and an output buffer that is written in one go per command group.
-pub(super) struct Conn {
-    reader: BufReader<Stream>,
-    out: Vec<u8>,
-    timeout: Duration,
-    /// When set, no read may end later than this, however the server trickles its bytes.
-    pub(super) deadline: Option<Instant>,
-    verbose: bool,
-}
-
-impl Conn {
-    pub(super) fn new(tcp: TcpStream, timeout: Duration, verbose: bool) -> Self {
-        let sock = Socket {
-            tcp,
-            deadline: Instant::now(),
-        };
-        Conn {
-            reader: BufReader::new(Stream { sock, tls: None }),
-            out: Vec::new(),
-            timeout,
-            deadline: None,
-            verbose,
+/// The TLS handshake over the socket.
+fn handshake(stream: &mut Stream, config: Arc<ClientConfig>, host: &str) -> Result<TlsInfo, String> {
+    let mut tls =
+        ClientConnection::new(config, tls::server_name(host)?).map_err(|e| format!("TLS setup: {e}"))?;
+    while tls.is_handshaking() {
+        if let Err(err) = tls.complete_io(&mut stream.sock) {
+            // Let the server know why (rustls queues an alert), then give up.
+            let _ = tls.write_tls(&mut stream.sock);
+            return Err(match err.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                    "timeout during the TLS handshake".to_owned()
+                }
+                io::ErrorKind::UnexpectedEof => "connection closed during the TLS handshake".to_owned(),
+                _ => format!("TLS handshake failed: {err}"),
+            });
         }
     }
+    let info = tls::session_info(&tls);
+    stream.tls = Some(tls);
+    Ok(info)
+}
 
+impl Session {
     pub(super) fn trace(&self, prefix: &str, text: &str) {
-        if self.verbose {
+        if self.cfg.verbose {
             // Straight to fd 2; a closed stderr must not break delivery.
             let _ = writeln!(io::stderr().lock(), "{prefix}{text}");
         }
     }
 
-    /// The end of a wait of `wait` from now, or the deadline if that comes first.
-    pub(super) fn until(&self, wait: Duration) -> Instant {
-        let end = Instant::now() + wait;
-        self.deadline.map_or(end, |d| d.min(end))
+    /// Every read from now on, until the next call, ends within `wait` in all.
+    pub(super) fn start_clock(&mut self, wait: Duration) {
+        self.reader.get_mut().sock.deadline = Instant::now() + wait;
+    }
+
+    /// The connection failed (`err` says how): it is dead.
+    pub(super) fn conn_failure(&mut self, stage: Stage, err: &str) -> Outcome {
+        self.dead = true;
+        Outcome::temporary(
+            stage,
+            format!("{}: {err} during {}", self.cfg.host, stage.as_str()),
+        )
     }
 
     /// Queue a command line; the transcript shows `shown` (credentials hidden).
@@ -129,18 +167,17 @@ impl Conn {
     }
 
     /// Write what is queued, then `bytes`.
-    pub(super) fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
+    pub(super) fn write(&mut self, stage: Stage, bytes: &[u8]) -> Result<(), Outcome> {
         self.out.extend_from_slice(bytes);
         let stream = self.reader.get_mut();
         let result = stream.write_all(&self.out).and_then(|()| stream.flush());
         self.out.clear();
-        result.map_err(|e| describe(&e, self.timeout))
+        result.map_err(|e| self.conn_failure(stage, &describe(&e, self.cfg.command_timeout)))
     }
 
-    /// One whole reply, within the command timeout (and the deadline, if set).
-    pub(super) fn read_reply(&mut self) -> Result<Reply, String> {
-        self.reader.get_mut().sock.deadline = self.until(self.timeout);
-        Reply::read(|| self.read_line())
+    /// One whole reply, within the clock's deadline.
+    pub(super) fn read_reply(&mut self, stage: Stage) -> Result<Reply, Outcome> {
+        Reply::read(|| self.read_line()).map_err(|e| self.conn_failure(stage, &e))
     }
 
     fn read_line(&mut self) -> Result<Vec<u8>, String> {
@@ -148,7 +185,7 @@ impl Conn {
         let mut limited = (&mut self.reader).take(MAX_LINE as u64);
         limited
             .read_until(b'\n', &mut line)
-            .map_err(|e| describe(&e, self.timeout))?;
+            .map_err(|e| describe(&e, self.cfg.command_timeout))?;
         if !line.ends_with(b"\n") {
             return Err(if line.len() == MAX_LINE {
                 format!("reply line longer than {MAX_LINE} bytes")
@@ -160,10 +197,10 @@ impl Conn {
         Ok(line)
     }
 
-    /// Wrap the connection in TLS and finish the handshake within the command timeout (and the
-    /// deadline). Whatever the server sent before in clear text (after a STARTTLS reply: an
-    /// injection attempt or a broken server) is not from the TLS peer: thrown away unread.
-    pub(super) fn start_tls(&mut self, config: Arc<ClientConfig>, host: &str) -> Result<TlsInfo, String> {
+    /// Wrap the connection in TLS. Whatever the server sent before in clear text (after a
+    /// STARTTLS reply: an injection attempt or a broken server) is not from the TLS peer:
+    /// thrown away unread.
+    pub(super) fn start_tls(&mut self) -> Result<(), Outcome> {
         let stray = self.reader.buffer().len();
         if stray > 0 {
             self.trace(
@@ -172,35 +209,28 @@ impl Conn {
             );
             self.reader.consume(stray);
         }
-        let name = tls::server_name(host)?;
-        let mut tls = rustls::ClientConnection::new(config, name).map_err(|e| format!("TLS setup: {e}"))?;
-        let deadline = self.until(self.timeout);
-        let stream = self.reader.get_mut();
-        stream.sock.deadline = deadline;
-        while tls.is_handshaking() {
-            if let Err(err) = tls.complete_io(&mut stream.sock) {
-                // Let the server know why (rustls queues an alert), then give up.
-                let _ = tls.write_tls(&mut stream.sock);
-                return Err(match err.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                        "timeout during the TLS handshake".to_owned()
-                    }
-                    io::ErrorKind::UnexpectedEof => "connection closed during the TLS handshake".to_owned(),
-                    _ => format!("TLS handshake failed: {err}"),
-                });
+        let config = self.tls_config.clone().expect("TLS config built for TLS modes");
+        let info = handshake(self.reader.get_mut(), config, &self.cfg.host).map_err(|e| {
+            self.dead = true;
+            Outcome::temporary(Stage::Tls, format!("{}: {e}", self.cfg.host))
+        })?;
+        self.trace("*** ", &format!("TLS {} {}", info.version, info.cipher));
+        self.tls_info = Some(info);
+        Ok(())
+    }
+
+    /// QUIT and wait a little for its reply, which is only logged; then `close_notify` when
+    /// TLS is up (the socket closes when the session is dropped).
+    pub(super) fn quit(&mut self) {
+        if !self.dead {
+            self.queue("QUIT", "QUIT");
+            // Failures here are never reported: any stage will do.
+            if self.write(Stage::Mail, &[]).is_ok() {
+                self.start_clock(QUIT_WAIT.min(self.cfg.command_timeout));
+                let _ = self.read_reply(Stage::Mail);
             }
+            self.dead = true;
         }
-        let info = tls::session_info(&tls);
-        stream.tls = Some(tls);
-        Ok(info)
-    }
-
-    pub(super) fn is_tls(&self) -> bool {
-        self.reader.get_ref().tls.is_some()
-    }
-
-    /// Send `close_notify` when TLS is up; the socket closes when the session is dropped.
-    pub(super) fn close(&mut self) {
         let stream = self.reader.get_mut();
         if let Some(tls) = &mut stream.tls {
             tls.send_close_notify();

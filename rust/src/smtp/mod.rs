@@ -118,11 +118,7 @@ pub enum Status {
 
 impl Status {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Sent => "sent",
-            Status::Temporary => "temporary",
-            Status::Permanent => "permanent",
-        }
+        ["sent", "temporary", "permanent"][self as usize]
     }
 }
 
@@ -172,13 +168,12 @@ impl Outcome {
         }
     }
 
-    fn permanent(stage: Stage, enhanced: &str, text: impl Into<String>) -> Self {
+    fn permanent(stage: Stage, enhanced: &str, text: String) -> Self {
+        let enhanced = Some(enhanced.to_owned());
         Outcome {
             status: Status::Permanent,
-            stage,
-            code: 0,
-            enhanced: Some(enhanced.to_owned()),
-            text: text.into(),
+            enhanced,
+            ..Outcome::temporary(stage, text)
         }
     }
 
@@ -261,18 +256,23 @@ impl Client {
                 return report;
             }
         };
+        let mut broken = None;
         for tx in transactions {
-            let (outcomes, broken) = session.transaction(tx);
+            let outcomes;
+            (outcomes, broken) = session.transaction(tx);
             report.results.push(outcomes);
-            if let Some(failure) = broken {
-                session.finish(&mut report);
-                session.quit();
-                fill_from(&mut report, transactions, &failure);
-                return report;
+            if broken.is_some() {
+                break;
             }
         }
         session.finish(&mut report);
-        self.session = Some(session);
+        match broken {
+            None => self.session = Some(session),
+            Some(failure) => {
+                session.quit();
+                fill_from(&mut report, transactions, &failure);
+            }
+        }
         report
     }
 

@@ -1,15 +1,14 @@
-//! One session's connection state and its set-up and tear-down: connect, greeting, EHLO or
-//! HELO, STARTTLS or implicit TLS, AUTH and QUIT. The transactions are in transaction.rs.
+//! One session's state and its set-up: greeting, EHLO or HELO, STARTTLS or implicit TLS, and
+//! AUTH. The connection is in conn.rs, the transactions in transaction.rs.
 
-use std::io;
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::io::BufReader;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use rustls::ClientConfig;
 
-use super::conn::Conn;
-use super::{Credentials, Outcome, SessionConfig, SessionReport, Stage, Status, TlsMode, QUIT_WAIT};
+use super::conn::{connect, Stream};
+use super::{Credentials, Outcome, SessionConfig, SessionReport, Stage, Status, TlsMode};
 use crate::auth::{self, Mechanism};
 use crate::journal::Journal;
 use crate::reply::{Extensions, Reply};
@@ -20,11 +19,15 @@ const HIDDEN: &str = "<authentication data hidden>";
 
 pub(super) struct Session {
     pub(super) cfg: Arc<SessionConfig>,
-    pub(super) conn: Conn,
-    tls_config: Option<Arc<ClientConfig>>,
+    /// The connection, behind our read buffer (so the bytes buffered before STARTTLS can be
+    /// thrown away).
+    pub(super) reader: BufReader<Stream>,
+    /// Commands queued to be written in one go.
+    pub(super) out: Vec<u8>,
+    pub(super) tls_config: Option<Arc<ClientConfig>>,
     address: IpAddr,
     pub(super) ext: Extensions,
-    tls_info: Option<TlsInfo>,
+    pub(super) tls_info: Option<TlsInfo>,
     mechanism: Option<Mechanism>,
     /// The connection can no longer carry commands (error, timeout, 421).
     pub(super) dead: bool,
@@ -40,13 +43,13 @@ impl Session {
             TlsMode::None => None,
             _ => Some(tls::client_config(&cfg.tls).map_err(|e| Outcome::temporary(Stage::Tls, e))?),
         };
-        let (sock, address) = connect_any(cfg)?;
-        report.address = Some(address);
+        let (reader, address) = connect(cfg)?;
         let mut session = Session {
             cfg: cfg.clone(),
-            address,
-            conn: Conn::new(sock, cfg.command_timeout, cfg.verbose),
+            reader,
+            out: Vec::new(),
             tls_config,
+            address,
             ext: Extensions::default(),
             tls_info: None,
             mechanism: None,
@@ -65,29 +68,24 @@ impl Session {
     /// TLS, greeting, EHLO, STARTTLS and AUTH, all within one deadline: a server that trickles
     /// them byte by byte cannot hold the session longer than that.
     fn setup(&mut self) -> Result<(), Outcome> {
-        self.conn.deadline = Some(Instant::now() + self.cfg.command_timeout);
+        self.start_clock(self.cfg.command_timeout);
         if self.cfg.tls_mode == TlsMode::Implicit {
             self.start_tls()?;
         }
-        let greeting = self
-            .conn
-            .read_reply()
-            .map_err(|e| self.conn_failure(Stage::Greeting, &e))?;
+        let greeting = self.read_reply(Stage::Greeting)?;
         self.check(Stage::Greeting, greeting, 2)?;
         self.hello()?;
         if matches!(self.cfg.tls_mode, TlsMode::StartTls | TlsMode::Opportunistic) {
             self.starttls(self.cfg.tls_mode == TlsMode::StartTls)?;
         }
-        self.authenticate()?;
-        self.conn.deadline = None;
-        Ok(())
+        self.authenticate()
     }
 
     /// Sync the journal and copy what the caller wants to know into the report.
     pub(super) fn finish(&mut self, report: &mut SessionReport) {
         if let Some(journal) = &mut self.journal {
             if let Err(e) = journal.sync() {
-                self.conn.trace("!!! ", &e.to_string());
+                self.trace("!!! ", &e.to_string());
             }
         }
         report.address = Some(self.address);
@@ -96,20 +94,11 @@ impl Session {
         report.extensions.clone_from(&self.ext.keywords);
     }
 
-    /// The connection failed (`err` says how): it is dead.
-    pub(super) fn conn_failure(&mut self, stage: Stage, err: &str) -> Outcome {
-        self.dead = true;
-        Outcome::temporary(
-            stage,
-            format!("{}: {err} during {}", self.cfg.host, stage.as_str()),
-        )
-    }
-
     /// Send `line` (the transcript shows `shown`) and read the reply, whatever it is.
     pub(super) fn send(&mut self, stage: Stage, line: &str, shown: &str) -> Result<Reply, Outcome> {
-        self.conn.queue(line, shown);
-        let reply = self.conn.write(&[]).and_then(|()| self.conn.read_reply());
-        reply.map_err(|e| self.conn_failure(stage, &e))
+        self.queue(line, shown);
+        self.write(stage, &[])?;
+        self.read_reply(stage)
     }
 
     /// Send `line`; its reply must be of `class`.
@@ -131,18 +120,6 @@ impl Session {
             return Err(outcome.temporary_with("unexpected reply: "));
         }
         Err(outcome)
-    }
-
-    fn start_tls(&mut self) -> Result<(), Outcome> {
-        let config = self.tls_config.clone().expect("TLS config built for TLS modes");
-        let info = self.conn.start_tls(config, &self.cfg.host).map_err(|e| {
-            self.dead = true;
-            Outcome::temporary(Stage::Tls, format!("{}: {e}", self.cfg.host))
-        })?;
-        self.conn
-            .trace("*** ", &format!("TLS {} {}", info.version, info.cipher));
-        self.tls_info = Some(info);
-        Ok(())
     }
 
     /// EHLO; HELO when the server refuses EHLO permanently (an old or minimal server).
@@ -184,7 +161,7 @@ impl Session {
         };
         // Never send credentials in clear; the caller sees auth_mechanism None.
         let allowed = cfg.mechanisms.as_deref().unwrap_or(&Mechanism::DEFAULT);
-        let usable = self.conn.is_tls() || cfg.allow_insecure_auth;
+        let usable = self.tls_info.is_some() || cfg.allow_insecure_auth;
         let Some(mechanism) = auth::choose(&self.ext.auth, allowed).filter(|_| usable) else {
             return Ok(());
         };
@@ -238,57 +215,15 @@ impl Session {
         self.check(Stage::Auth, reply, 2).map(drop)
     }
 
-    /// QUIT and wait a little for its reply, which is only logged; then close.
-    pub(super) fn quit(&mut self) {
-        if !self.dead {
-            self.dead = true;
-            self.conn.queue("QUIT", "QUIT");
-            if self.conn.write(&[]).is_ok() {
-                self.conn.deadline = Some(self.conn.until(QUIT_WAIT));
-                let _ = self.conn.read_reply();
-            }
-        }
-        self.conn.close();
-    }
-
     /// Before a cached connection carries more mail: RSET, which also finds out whether the
     /// server has dropped it meanwhile.
     pub(super) fn still_usable(&mut self) -> bool {
         if self.dead {
             return false;
         }
-        self.conn.deadline = Some(Instant::now() + self.cfg.command_timeout);
+        self.start_clock(self.cfg.command_timeout);
         let ok = self.expect(Stage::Mail, "RSET", 2).is_ok();
-        self.conn.deadline = None;
         self.dirty = !ok;
         ok
     }
-}
-
-/// Try each address in turn; a connection failure moves on to the next one.
-fn connect_any(cfg: &SessionConfig) -> Result<(TcpStream, IpAddr), Outcome> {
-    let mut errors = Vec::new();
-    for &ip in &cfg.addresses {
-        let target = SocketAddr::new(ip, cfg.port);
-        let sock = TcpStream::connect_timeout(&target, cfg.connect_timeout).and_then(|sock| {
-            sock.set_nodelay(true)?;
-            sock.set_write_timeout(Some(cfg.command_timeout))?;
-            Ok(sock)
-        });
-        match sock {
-            Ok(sock) => return Ok((sock, ip)),
-            Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => {
-                let wait = cfg.connect_timeout.as_secs_f64();
-                errors.push(format!("{target}: connect timeout ({wait} s)"));
-            }
-            Err(e) => errors.push(format!("{target}: {e}")),
-        }
-    }
-    if errors.is_empty() {
-        errors.push("no address to connect to".to_owned());
-    }
-    Err(Outcome::temporary(
-        Stage::Connect,
-        format!("cannot connect to {}: {}", cfg.host, errors.join("; ")),
-    ))
 }

@@ -5,7 +5,6 @@
 
 use std::fs::File;
 use std::io::Seek;
-use std::time::Instant;
 
 use super::data;
 use super::session::Session;
@@ -17,20 +16,17 @@ impl Session {
     /// One transaction. Returns the per-recipient outcomes, and the failure to give every
     /// later transaction when the connection can no longer be used.
     pub(super) fn transaction(&mut self, tx: &Transaction) -> (Vec<Outcome>, Option<Outcome>) {
-        let mut rcpts: Vec<Rcpt> = vec![Rcpt::Pending; tx.recipients.len()];
+        // Per recipient, its refusal (local or by the server); `None`: not refused so far.
+        let mut refused: Vec<Option<Outcome>> = vec![None; tx.recipients.len()];
         // The envelope's replies, and then the final reply, each within one TIMEOUT in all.
-        self.conn.deadline = Some(Instant::now() + self.cfg.command_timeout);
+        self.start_clock(self.cfg.command_timeout);
         let last = self
-            .try_transaction(tx, &mut rcpts)
+            .try_transaction(tx, &mut refused)
             .unwrap_or_else(|outcome| outcome);
-        self.conn.deadline = None;
         let broken = self.dead.then(|| last.clone());
-        let outcomes: Vec<Outcome> = rcpts
+        let outcomes: Vec<Outcome> = refused
             .into_iter()
-            .map(|state| match state {
-                Rcpt::Done(outcome) => outcome,
-                Rcpt::Pending | Rcpt::Accepted => last.clone(),
-            })
+            .map(|r| r.unwrap_or_else(|| last.clone()))
             .collect();
         self.journal(tx, &outcomes);
         let broken = broken.or_else(|| self.dead.then(|| self.unusable()));
@@ -56,14 +52,18 @@ impl Session {
         if let Err(e) = journal.record(&sent) {
             // A spool that takes no more writes cannot record what is sent either: stop here, so
             // that at most this transaction is sent again once it can.
-            self.conn.trace("!!! ", &e.to_string());
+            self.trace("!!! ", &e.to_string());
             self.dead = true;
         }
     }
 
-    fn try_transaction(&mut self, tx: &Transaction, rcpts: &mut [Rcpt]) -> Result<Outcome, Outcome> {
-        let prepared = self.prepare(tx, rcpts)?;
-        if !rcpts.iter().any(|s| matches!(s, Rcpt::Pending)) {
+    fn try_transaction(
+        &mut self,
+        tx: &Transaction,
+        refused: &mut [Option<Outcome>],
+    ) -> Result<Outcome, Outcome> {
+        let prepared = self.prepare(tx, refused)?;
+        if refused.iter().all(Option::is_some) {
             // Nothing valid to send to; each recipient has its own refusal.
             return Err(Outcome::temporary(Stage::Rcpt, "no valid recipient"));
         }
@@ -76,11 +76,12 @@ impl Session {
         }
         self.dirty = true;
         if self.ext.has("PIPELINING") {
-            self.envelope_pipelined(&prepared, tx, rcpts)?;
+            self.envelope_pipelined(&prepared, tx, refused)?;
         } else {
-            self.envelope_stepwise(&prepared, tx, rcpts)?;
+            self.envelope_stepwise(&prepared, tx, refused)?;
         }
-        if !rcpts.iter().any(|s| matches!(s, Rcpt::Accepted)) {
+        // The envelope went through: every recipient not refused was accepted.
+        if refused.iter().all(Option::is_some) {
             // Every recipient has its own refusal already.
             if self.dead {
                 return Err(self.unusable());
@@ -93,17 +94,17 @@ impl Session {
     }
 
     /// Local checks before anything is sent: addresses, message file, SIZE, SMTPUTF8.
-    fn prepare(&mut self, tx: &Transaction, rcpts: &mut [Rcpt]) -> Result<Prepared, Outcome> {
+    fn prepare(&mut self, tx: &Transaction, refused: &mut [Option<Outcome>]) -> Result<Prepared, Outcome> {
         // The one address check again, right before the lines are written (spool files from
         // elsewhere, C dma's among them, never passed it): nothing can add a parameter.
         if !tx.sender.is_empty() && check(&tx.sender).is_err() {
             let text = format!("invalid sender address {:?}", tx.sender);
             return Err(Outcome::permanent(Stage::Mail, "5.1.7", text));
         }
-        for (state, rcpt) in rcpts.iter_mut().zip(&tx.recipients) {
+        for (state, rcpt) in refused.iter_mut().zip(&tx.recipients) {
             if check(rcpt).is_err() {
                 let text = format!("invalid recipient address {rcpt:?}");
-                *state = Rcpt::Done(Outcome::permanent(Stage::Rcpt, "5.1.3", text));
+                *state = Some(Outcome::permanent(Stage::Rcpt, "5.1.3", text));
             }
         }
         // One pass for the facts MAIL FROM needs; the second, for DATA, reads the page cache.
@@ -166,17 +167,17 @@ impl Session {
         &mut self,
         p: &Prepared,
         tx: &Transaction,
-        rcpts: &mut [Rcpt],
+        refused: &mut [Option<Outcome>],
     ) -> Result<(), Outcome> {
         self.expect(Stage::Mail, &p.mail, 2)?;
-        for (state, rcpt) in rcpts.iter_mut().zip(&tx.recipients) {
-            if matches!(state, Rcpt::Pending) {
+        for (state, rcpt) in refused.iter_mut().zip(&tx.recipients) {
+            if state.is_none() {
                 let line = format!("RCPT TO:<{rcpt}>{}", p.rcpt_params);
                 let reply = self.send(Stage::Rcpt, &line, &line)?;
                 *state = self.rcpt(reply)?;
             }
         }
-        if rcpts.iter().any(|s| matches!(s, Rcpt::Accepted)) {
+        if refused.iter().any(Option::is_none) {
             self.expect(Stage::Data, "DATA", 3)?;
         }
         Ok(())
@@ -187,11 +188,9 @@ impl Session {
         &mut self,
         p: &Prepared,
         tx: &Transaction,
-        rcpts: &mut [Rcpt],
+        refused: &mut [Option<Outcome>],
     ) -> Result<(), Outcome> {
-        let wanted: Vec<usize> = (0..rcpts.len())
-            .filter(|&i| matches!(rcpts[i], Rcpt::Pending))
-            .collect();
+        let wanted: Vec<usize> = (0..refused.len()).filter(|&i| refused[i].is_none()).collect();
         let mut commands = vec![p.mail.clone()];
         commands.extend(
             wanted
@@ -202,34 +201,31 @@ impl Session {
         let mut replies = Vec::with_capacity(commands.len());
         for batch in commands.chunks(PIPELINE_BATCH) {
             for command in batch {
-                self.conn.queue(command, command);
+                self.queue(command, command);
             }
             let stage = if replies.is_empty() {
                 Stage::Mail
             } else {
                 Stage::Rcpt
             };
-            self.conn.write(&[]).map_err(|e| self.conn_failure(stage, &e))?;
+            self.write(stage, &[])?;
             for _ in batch {
                 let stage = match replies.len() {
                     0 => Stage::Mail,
                     n if n > wanted.len() => Stage::Data,
                     _ => Stage::Rcpt,
                 };
-                let reply = self.conn.read_reply().map_err(|e| self.conn_failure(stage, &e))?;
-                replies.push(reply);
+                replies.push(self.read_reply(stage)?);
             }
         }
         let data_reply = replies.pop().expect("DATA reply");
         let mail_ok = self.check(Stage::Mail, replies.remove(0), 2);
-        let mut accepted = false;
         if mail_ok.is_ok() {
             for (&i, reply) in wanted.iter().zip(replies) {
-                rcpts[i] = self.rcpt(reply)?;
-                accepted |= matches!(rcpts[i], Rcpt::Accepted);
+                refused[i] = self.rcpt(reply)?;
             }
         }
-        if !accepted {
+        if mail_ok.is_err() || refused.iter().all(Option::is_some) {
             if data_reply.class() == 3 {
                 // The server took DATA anyway: end it with an empty message (RFC 2920 3.1).
                 let _ = self.expect(Stage::Data, ".", 2);
@@ -239,12 +235,12 @@ impl Session {
         self.check(Stage::Data, data_reply, 3).map(drop)
     }
 
-    /// A RCPT reply: the recipient's own outcome, unless a 421 ends the session.
-    fn rcpt(&mut self, reply: Reply) -> Result<Rcpt, Outcome> {
+    /// A RCPT reply: the recipient's refusal if any, unless a 421 ends the session.
+    fn rcpt(&mut self, reply: Reply) -> Result<Option<Outcome>, Outcome> {
         match self.check(Stage::Rcpt, reply, 2) {
-            Ok(_) => Ok(Rcpt::Accepted),
+            Ok(_) => Ok(None),
             Err(outcome) if self.dead => Err(outcome),
-            Err(outcome) => Ok(Rcpt::Done(outcome)),
+            Err(outcome) => Ok(Some(outcome)),
         }
     }
 
@@ -255,25 +251,21 @@ impl Session {
         let sent = data::encode(&mut file, read_failure, |chunk, last| {
             octets += chunk.len();
             let stage = if last {
-                self.conn
-                    .trace(">>> ", &format!("<message body, {} octets>", octets - 3));
-                self.conn.trace(">>> ", ".");
+                self.trace(">>> ", &format!("<message body, {} octets>", octets - 3));
+                self.trace(">>> ", ".");
                 Stage::Dot
             } else {
                 Stage::Data
             };
-            self.conn.write(chunk).map_err(|e| self.conn_failure(stage, &e))
+            self.write(stage, chunk)
         });
         if let Err(outcome) = sent {
             // A DATA cut short cannot be ended without delivering a truncated message: hang up.
             self.dead = true;
             return Err(outcome);
         }
-        self.conn.deadline = Some(Instant::now() + self.cfg.command_timeout);
-        let reply = self
-            .conn
-            .read_reply()
-            .map_err(|e| self.conn_failure(Stage::Dot, &e))?;
+        self.start_clock(self.cfg.command_timeout);
+        let reply = self.read_reply(Stage::Dot)?;
         // A refusal here fails only this transaction: the next one needs no RSET.
         let outcome = match self.check(Stage::Dot, reply, 2) {
             Ok(reply) => Outcome::from_reply(Stage::Dot, &reply),
@@ -283,13 +275,6 @@ impl Session {
     }
 }
 
-#[derive(Debug, Clone)]
-enum Rcpt {
-    Pending,
-    Accepted,
-    Done(Outcome),
-}
-
 struct Prepared {
     mail: String,
     /// After each `RCPT TO:<...>`: DSN's NOTIFY.
@@ -297,7 +282,6 @@ struct Prepared {
     file: File,
 }
 
-/// No control characters in an envelope address: a CR or LF would inject commands.
 #[cfg(test)]
 mod tests {
     use std::io::{BufRead, BufReader, Write};
