@@ -76,19 +76,14 @@ pub struct Transaction {
     pub dsn: String,
 }
 
+/// No `Debug`: the secret must not end up in a log.
 #[derive(Clone)]
 pub struct Credentials {
     pub login: String,
     pub secret: String,
 }
 
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials({:?}, <hidden>)", self.login)
-    }
-}
-
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SessionConfig {
     /// Name for SNI, certificate checks and messages.
     pub host: String,

@@ -75,11 +75,7 @@ impl Session {
             }
         }
         self.dirty = true;
-        if self.ext.has("PIPELINING") {
-            self.envelope_pipelined(&prepared, tx, refused)?;
-        } else {
-            self.envelope_stepwise(&prepared, tx, refused)?;
-        }
+        self.envelope(&prepared, tx, refused)?;
         // The envelope went through: every recipient not refused was accepted.
         if refused.iter().all(Option::is_some) {
             // Every recipient has its own refusal already.
@@ -162,29 +158,9 @@ impl Session {
         })
     }
 
-    /// MAIL, each RCPT and DATA (unless no RCPT was accepted), one reply at a time.
-    fn envelope_stepwise(
-        &mut self,
-        p: &Prepared,
-        tx: &Transaction,
-        refused: &mut [Option<Outcome>],
-    ) -> Result<(), Outcome> {
-        self.expect(Stage::Mail, &p.mail, 2)?;
-        for (state, rcpt) in refused.iter_mut().zip(&tx.recipients) {
-            if state.is_none() {
-                let line = format!("RCPT TO:<{rcpt}>{}", p.rcpt_params);
-                let reply = self.send(Stage::Rcpt, &line, &line)?;
-                *state = self.rcpt(reply)?;
-            }
-        }
-        if refused.iter().any(Option::is_none) {
-            self.expect(Stage::Data, "DATA", 3)?;
-        }
-        Ok(())
-    }
-
-    /// MAIL, every RCPT and DATA written together (RFC 2920), then the replies read in order.
-    fn envelope_pipelined(
+    /// MAIL, each RCPT still wanted and DATA: written together in batches (RFC 2920) when the
+    /// server offers PIPELINING, else one at a time; then the replies taken in order.
+    fn envelope(
         &mut self,
         p: &Prepared,
         tx: &Transaction,
@@ -192,47 +168,54 @@ impl Session {
     ) -> Result<(), Outcome> {
         let wanted: Vec<usize> = (0..refused.len()).filter(|&i| refused[i].is_none()).collect();
         let mut commands = vec![p.mail.clone()];
-        commands.extend(
-            wanted
-                .iter()
-                .map(|&i| format!("RCPT TO:<{}>{}", tx.recipients[i], p.rcpt_params)),
-        );
+        let rcpt = |&i: &usize| format!("RCPT TO:<{}>{}", tx.recipients[i], p.rcpt_params);
+        commands.extend(wanted.iter().map(rcpt));
         commands.push("DATA".to_owned());
-        let mut replies = Vec::with_capacity(commands.len());
-        for batch in commands.chunks(PIPELINE_BATCH) {
+        let stage = |n: usize| match n {
+            0 => Stage::Mail,
+            n if n > wanted.len() => Stage::Data,
+            _ => Stage::Rcpt,
+        };
+        let size = if self.ext.has("PIPELINING") {
+            PIPELINE_BATCH
+        } else {
+            1
+        };
+        let mut replies: Vec<Reply> = Vec::with_capacity(commands.len());
+        for batch in commands.chunks(size) {
+            // One at a time, stop where a reply ends the transaction: a refused MAIL, a 421, or
+            // no recipient accepted before DATA.
+            let mail_refused = replies.first().is_some_and(|r| r.class() != 2);
+            let closing = replies.last().is_some_and(|r| r.code == 421);
+            let nobody = replies.len() > wanted.len() && !replies[1..].iter().any(|r| r.class() == 2);
+            if size == 1 && (mail_refused || closing || nobody) {
+                break;
+            }
             for command in batch {
                 self.queue(command, command);
             }
-            let stage = if replies.is_empty() {
-                Stage::Mail
-            } else {
-                Stage::Rcpt
-            };
-            self.write(stage, &[])?;
+            self.write(stage(replies.len()), &[])?;
             for _ in batch {
-                let stage = match replies.len() {
-                    0 => Stage::Mail,
-                    n if n > wanted.len() => Stage::Data,
-                    _ => Stage::Rcpt,
-                };
-                replies.push(self.read_reply(stage)?);
+                replies.push(self.read_reply(stage(replies.len()))?);
             }
         }
-        let data_reply = replies.pop().expect("DATA reply");
-        let mail_ok = self.check(Stage::Mail, replies.remove(0), 2);
+        let mut replies = replies.into_iter();
+        let mail_ok = self.check(Stage::Mail, replies.next().expect("MAIL reply"), 2);
         if mail_ok.is_ok() {
-            for (&i, reply) in wanted.iter().zip(replies) {
+            for (&i, reply) in wanted.iter().zip(&mut replies) {
                 refused[i] = self.rcpt(reply)?;
             }
         }
+        let data_reply = replies.last();
         if mail_ok.is_err() || refused.iter().all(Option::is_some) {
-            if data_reply.class() == 3 {
+            if data_reply.is_some_and(|r| r.class() == 3) {
                 // The server took DATA anyway: end it with an empty message (RFC 2920 3.1).
                 let _ = self.expect(Stage::Data, ".", 2);
             }
             return mail_ok.map(drop);
         }
-        self.check(Stage::Data, data_reply, 3).map(drop)
+        self.check(Stage::Data, data_reply.expect("DATA reply"), 3)
+            .map(drop)
     }
 
     /// A RCPT reply: the recipient's refusal if any, unless a 421 ends the session.
