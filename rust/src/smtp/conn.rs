@@ -41,7 +41,8 @@ impl Write for Socket {
     }
 }
 
-/// The socket, and rustls over it once TLS is up.
+/// The socket, and rustls over it once TLS is up. Only reads go through `Read` (for the
+/// `BufReader`); `Session::write` writes.
 pub(super) struct Stream {
     sock: Socket,
     tls: Option<ClientConnection>,
@@ -52,22 +53,6 @@ impl Read for Stream {
         match &mut self.tls {
             Some(tls) => rustls::Stream::new(tls, &mut self.sock).read(buf),
             None => self.sock.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match &mut self.tls {
-            Some(tls) => rustls::Stream::new(tls, &mut self.sock).write(buf),
-            None => self.sock.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match &mut self.tls {
-            Some(tls) => rustls::Stream::new(tls, &mut self.sock).flush(),
-            None => self.sock.flush(),
         }
     }
 }
@@ -153,10 +138,8 @@ impl Session {
     /// The connection failed (`err` says how): it is dead.
     pub(super) fn conn_failure(&mut self, stage: Stage, err: &str) -> Outcome {
         self.dead = true;
-        Outcome::temporary(
-            stage,
-            format!("{}: {err} during {}", self.cfg.host, stage.as_str()),
-        )
+        let text = format!("{}: {err} during {}", self.cfg.host, stage.as_str());
+        Outcome::temporary(stage, text)
     }
 
     /// Queue a command line; the transcript shows `shown` (credentials hidden).
@@ -170,7 +153,13 @@ impl Session {
     pub(super) fn write(&mut self, stage: Stage, bytes: &[u8]) -> Result<(), Outcome> {
         self.out.extend_from_slice(bytes);
         let stream = self.reader.get_mut();
-        let result = stream.write_all(&self.out).and_then(|()| stream.flush());
+        let result = match &mut stream.tls {
+            Some(tls) => {
+                let mut tls = rustls::Stream::new(tls, &mut stream.sock);
+                tls.write_all(&self.out).and_then(|()| tls.flush())
+            }
+            None => stream.sock.tcp.write_all(&self.out),
+        };
         self.out.clear();
         result.map_err(|e| self.conn_failure(stage, &describe(&e, self.cfg.command_timeout)))
     }
@@ -203,10 +192,8 @@ impl Session {
     pub(super) fn start_tls(&mut self) -> Result<(), Outcome> {
         let stray = self.reader.buffer().len();
         if stray > 0 {
-            self.trace(
-                "*** ",
-                &format!("discarded {stray} bytes received after the STARTTLS reply"),
-            );
+            let text = format!("discarded {stray} bytes received after the STARTTLS reply");
+            self.trace("*** ", &text);
             self.reader.consume(stray);
         }
         let config = self.tls_config.clone().expect("TLS config built for TLS modes");

@@ -20,9 +20,7 @@ impl Session {
         let mut refused: Vec<Option<Outcome>> = vec![None; tx.recipients.len()];
         // The envelope's replies, and then the final reply, each within one TIMEOUT in all.
         self.start_clock(self.cfg.command_timeout);
-        let last = self
-            .try_transaction(tx, &mut refused)
-            .unwrap_or_else(|outcome| outcome);
+        let last = self.try_transaction(tx, &mut refused).unwrap_or_else(|o| o);
         let broken = self.dead.then(|| last.clone());
         let outcomes: Vec<Outcome> = refused
             .into_iter()
@@ -34,10 +32,8 @@ impl Session {
     }
 
     fn unusable(&self) -> Outcome {
-        Outcome::temporary(
-            Stage::Mail,
-            format!("{}: connection no longer usable", self.cfg.host),
-        )
+        let text = format!("{}: connection no longer usable", self.cfg.host);
+        Outcome::temporary(Stage::Mail, text)
     }
 
     /// Record the recipients the server took, before anything else can go wrong.
@@ -62,7 +58,7 @@ impl Session {
         tx: &Transaction,
         refused: &mut [Option<Outcome>],
     ) -> Result<Outcome, Outcome> {
-        let prepared = self.prepare(tx, refused)?;
+        let (mail, rcpt_params, file) = self.prepare(tx, refused)?;
         if refused.iter().all(Option::is_some) {
             // Nothing valid to send to; each recipient has its own refusal.
             return Err(Outcome::temporary(Stage::Rcpt, "no valid recipient"));
@@ -75,7 +71,7 @@ impl Session {
             }
         }
         self.dirty = true;
-        self.envelope(&prepared, tx, refused)?;
+        self.envelope(mail, &rcpt_params, tx, refused)?;
         // The envelope went through: every recipient not refused was accepted.
         if refused.iter().all(Option::is_some) {
             // Every recipient has its own refusal already.
@@ -84,13 +80,18 @@ impl Session {
             }
             return Err(Outcome::temporary(Stage::Rcpt, "no recipient accepted"));
         }
-        let outcome = self.send_body(prepared.file)?;
+        let outcome = self.send_body(file)?;
         self.dirty = false;
         Ok(outcome)
     }
 
-    /// Local checks before anything is sent: addresses, message file, SIZE, SMTPUTF8.
-    fn prepare(&mut self, tx: &Transaction, refused: &mut [Option<Outcome>]) -> Result<Prepared, Outcome> {
+    /// Local checks before anything is sent (addresses, message file, SIZE, SMTPUTF8), then
+    /// the MAIL line, the parameters after each RCPT (DSN's NOTIFY) and the message file.
+    fn prepare(
+        &mut self,
+        tx: &Transaction,
+        refused: &mut [Option<Outcome>],
+    ) -> Result<(String, String, File), Outcome> {
         // The one address check again, right before the lines are written (spool files from
         // elsewhere, C dma's among them, never passed it): nothing can add a parameter.
         if !tx.sender.is_empty() && check(&tx.sender).is_err() {
@@ -113,25 +114,19 @@ impl Session {
             let text = format!("cannot read message file {}: {e}", tx.message.display());
             Outcome::temporary(Stage::Data, text)
         })?;
-        if let Some(limit) = self.ext.size_limit.filter(|&l| facts.wire_size > l) {
-            let host = &self.cfg.host;
-            let text = format!(
-                "message of {} octets exceeds the {limit}-octet limit of {host}",
-                facts.wire_size
-            );
+        let (host, size) = (&self.cfg.host, facts.wire_size);
+        if let Some(limit) = self.ext.size_limit.filter(|&l| size > l) {
+            let text = format!("message of {size} octets exceeds the {limit}-octet limit of {host}");
             return Err(Outcome::permanent(Stage::Size, "5.3.4", text));
         }
         let utf8 = !tx.sender.is_ascii() || tx.recipients.iter().any(|r| !r.is_ascii());
         if utf8 && !self.ext.has("SMTPUTF8") {
-            let text = format!(
-                "{} does not offer SMTPUTF8, needed for a non-ASCII address",
-                self.cfg.host
-            );
+            let text = format!("{host} does not offer SMTPUTF8, needed for a non-ASCII address");
             return Err(Outcome::permanent(Stage::Mail, "5.6.7", text));
         }
         let mut mail = format!("MAIL FROM:<{}>", tx.sender);
         if self.ext.has("SIZE") {
-            mail.push_str(&format!(" SIZE={}", facts.wire_size));
+            mail.push_str(&format!(" SIZE={size}"));
         }
         if facts.eight_bit && self.ext.has("8BITMIME") {
             mail.push_str(" BODY=8BITMIME");
@@ -151,24 +146,21 @@ impl Session {
                 to.push_str(param);
             }
         }
-        Ok(Prepared {
-            mail,
-            rcpt_params,
-            file,
-        })
+        Ok((mail, rcpt_params, file))
     }
 
     /// MAIL, each RCPT still wanted and DATA: written together in batches (RFC 2920) when the
     /// server offers PIPELINING, else one at a time; then the replies taken in order.
     fn envelope(
         &mut self,
-        p: &Prepared,
+        mail: String,
+        rcpt_params: &str,
         tx: &Transaction,
         refused: &mut [Option<Outcome>],
     ) -> Result<(), Outcome> {
         let wanted: Vec<usize> = (0..refused.len()).filter(|&i| refused[i].is_none()).collect();
-        let mut commands = vec![p.mail.clone()];
-        let rcpt = |&i: &usize| format!("RCPT TO:<{}>{}", tx.recipients[i], p.rcpt_params);
+        let mut commands = vec![mail];
+        let rcpt = |&i: &usize| format!("RCPT TO:<{}>{rcpt_params}", tx.recipients[i]);
         commands.extend(wanted.iter().map(rcpt));
         commands.push("DATA".to_owned());
         let stage = |n: usize| match n {
@@ -256,13 +248,6 @@ impl Session {
         };
         Ok(outcome)
     }
-}
-
-struct Prepared {
-    mail: String,
-    /// After each `RCPT TO:<...>`: DSN's NOTIFY.
-    rcpt_params: String,
-    file: File,
 }
 
 #[cfg(test)]
