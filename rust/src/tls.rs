@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::auth::hex;
 
 /// How the peer's certificate is checked. Signatures over the handshake are always verified.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TlsPolicy {
     /// Check the chain against the system roots (plus `ca_file`) and the host name or IP.
     pub verify: bool,
@@ -186,14 +186,10 @@ impl ServerCertVerifier for PolicyVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Some(expected) = &self.fingerprint {
-            let actual: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-            if actual != *expected {
-                return Err(rustls::Error::General(format!(
-                    "certificate fingerprint mismatch: peer presented sha256 {}",
-                    sha256_hex(end_entity.as_ref())
-                )));
-            }
+        let actual = sha256_hex(end_entity);
+        if self.fingerprint.is_some_and(|expected| hex(&expected) != actual) {
+            let text = format!("certificate fingerprint mismatch: peer presented sha256 {actual}");
+            return Err(rustls::Error::General(text));
         }
         if let Some(roots) = &self.roots {
             roots.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
