@@ -113,22 +113,22 @@ def parse_args(args: list[str]) -> Options:
 
 
 def getopts(
-    args: list[str], usage: str, short: str, long: tuple[str, ...] = ()
+    args: list[str], usage: str, short: str, long: tuple[str, ...] = (), *, operands: bool = True
 ) -> tuple[dict[str, str], list[str]]:
-    """A `dma <command>`'s options as GNU getopt parses them: ({"-x": value}, operands).
+    """A `dma <command>`'s options, as GNU getopt parses them: ({"-x": value}, operands).
 
-    Every mistake, and -h or --help, is the usage error: `usage` and exit 64.
+    Any mistake (operands, unless allowed), -h and --help are the usage error: `usage`, exit 64.
     """
     import getopt
 
     try:
-        pairs, operands = getopt.gnu_getopt(args, "h" + short, ["help", *long])
+        pairs, rest = getopt.gnu_getopt(args, "h" + short, ["help", *long])
     except getopt.GetoptError:
         raise Fatal(EX_USAGE, usage) from None
     opts = dict(pairs)
-    if "-h" in opts or "--help" in opts:
+    if "-h" in opts or "--help" in opts or (rest and not operands):
         raise Fatal(EX_USAGE, usage)
-    return opts, operands
+    return opts, rest
 
 
 def main(argv: list[str] | None = None) -> int:
