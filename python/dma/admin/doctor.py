@@ -321,17 +321,17 @@ def probe(cfg: Config, target: Target, report: Report, *, verbose: bool, route: 
     from dma.mail.routing import RouteError
 
     where = f"{target.name} port {target.port}"
+    creds: tuple[str | None, str | None, list[str] | None] = (None, None, None)
     try:
-        login, secret, mechanisms = credentials(cfg, target.name, route)
+        creds = credentials(cfg, target.name, route)
     except (RouteError, Fatal) as e:
         report("FAIL", "auth", f"{where}: {e}")
-        login = secret = mechanisms = None
+    login, secret, mechanisms = creds
     if secret:
         report.secrets.append(secret)
     mode = tls_mode(cfg, route)
     try:
         # A probe: no transactions, so greeting, EHLO, STARTTLS, AUTH and QUIT; no mail.
-        creds = (login, secret, mechanisms)
         result = _native.smtp_session(settings(cfg, target, target.addresses, route, creds, verbose), [])
         fresh = renew(cfg, target, route, creds, result.failure)
         if fresh is not None:  # a token refused: renewed once, as the runner does

@@ -9,6 +9,7 @@ Both are idempotent and print one line per change.
 
 from __future__ import annotations
 
+import filecmp
 import grp
 import hashlib
 import json
@@ -83,9 +84,7 @@ def same(a: str, b: str) -> bool:
     """Two symlinks to the same place, or two plain files with the same contents."""
     if os.path.islink(a) or os.path.islink(b):
         return os.path.islink(a) and os.path.islink(b) and os.readlink(a) == os.readlink(b)
-    if not (os.path.isfile(a) and os.path.isfile(b)):
-        return False
-    return sha256(a) == sha256(b)
+    return os.path.isfile(a) and os.path.isfile(b) and filecmp.cmp(a, b, shallow=False)
 
 
 def mail_gid() -> int:

@@ -49,4 +49,3 @@ def write_file(path: str, text: str, mode: int) -> None:
         os.fsync(f.fileno())
     os.chmod(tmp, mode)
     os.replace(tmp, path)
-
