@@ -49,3 +49,8 @@ def write_file(path: str, text: str, mode: int) -> None:
         os.fsync(f.fileno())
     os.chmod(tmp, mode)
     os.replace(tmp, path)
+
+
+def write_launcher(path: str, name: str) -> None:
+    """An executable launcher at `path` that runs dma as program `name`."""
+    write_file(path, script(name), 0o755)
