@@ -43,7 +43,7 @@ DROP_MODE = 0o1733
 MBOX_MODE = 0o2775
 # What a spool holds when no mail is in it (an empty drop directory aside).
 SPOOL_HOUSEKEEPING = frozenset({"lock", "flush", "wake"})
-DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 USAGE = {
     "install": "usage: dma install [--root DIR] [--systemd | --no-systemd]",
