@@ -15,46 +15,55 @@ from .errors import EX_CONFIG, EX_NOINPUT, EX_OSERR, EX_USAGE, Fatal
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .config import Config
+    from .mail.queue import Runner
 
 WITH_ARGUMENT = set("AbBCdfFhLNoOqrRVX")
 FLAGS = set("DintUv")
+# An option (with its argument for -b and -o) that sets an attribute; -n -U -B -d -h -O -X do nothing.
+SETS = {
+    "D": ("foreground", True),
+    "i": ("dot_terminates", False),
+    "oi": ("dot_terminates", False),
+    "t": ("from_headers", True),
+    "v": ("verbose", True),
+    "bp": ("list_queue", True),
+    "bq": ("queue_only", True),
+    "bs": ("smtp", True),  # SMTP on stdin and stdout (bs.py); C dma read stdin as the message
+}
+# An option whose argument is the attribute's value.
+TAKES = {"C": "config", "f": "sender", "r": "sender", "F": "full_name", "L": "tag", "q": "queue_arg"}
 
 
 class Options:
-    __slots__ = (
-        "config",
-        "dot_terminates",
-        "dsn",
-        "foreground",
-        "from_headers",
-        "full_name",
-        "list_queue",
-        "queue_arg",
-        "queue_only",
-        "recipients",
-        "run_queue",
-        "sender",
-        "smtp",
-        "tag",
-        "verbose",
-    )
+    config: str | None = None
+    dot_terminates = True
+    foreground = False
+    from_headers = False
+    full_name: str | None = None
+    list_queue = False
+    queue_arg: str | None = None  # -q was given
+    queue_only = False
+    sender: str | None = None
+    smtp = False
+    tag = "dma"
+    verbose = False
 
     def __init__(self) -> None:
-        self.config: str | None = None
-        self.dsn: dict[str, str] = {}  # -N, -R, -V by letter
-        self.dot_terminates = True
-        self.foreground = False
-        self.from_headers = False
-        self.full_name: str | None = None
-        self.list_queue = False
-        self.queue_arg = ""
-        self.queue_only = False
         self.recipients: list[str] = []
-        self.run_queue = False
-        self.sender: str | None = None
-        self.smtp = False  # -bs
-        self.tag = "dma"
-        self.verbose = False
+        self.dsn: dict[str, str] = {}  # -N, -R, -V by letter
+
+    def apply(self, letter: str, value: str) -> None:
+        if letter == "A" and value not in ("c", "m"):
+            letter = "b"
+        key = letter + value if letter in "bo" else letter
+        if key in SETS:
+            setattr(self, *SETS[key])
+        elif letter == "b":
+            self.foreground = True  # -bm, -bi, ... carry on as a foreground submission, as in C dma
+        elif letter in TAKES:
+            setattr(self, TAKES[letter], value)
+        elif letter in "NRV":
+            self.dsn[letter] = value
 
 
 def parse_args(args: list[str]) -> Options:
@@ -72,80 +81,54 @@ def parse_args(args: list[str]) -> Options:
         j = 1
         while j < len(arg):
             letter = arg[j]
-            rest = arg[j + 1 :]
+            j += 1
             if letter in FLAGS:
-                apply_flag(opts, letter)
-                j += 1
+                opts.apply(letter, "")
                 continue
             if letter not in WITH_ARGUMENT:
                 raise Fatal(EX_USAGE, f"invalid argument: `-{letter}'")
-            if rest:
-                value = rest
+            if arg[j:]:
+                value = arg[j:]
             elif letter == "q":
                 # An optional argument: C dma's getopt takes the next word unless it is an option.
+                value = ""
                 if i < len(args) and not args[i].startswith("-"):
                     value = args[i]
                     i += 1
-                else:
-                    value = ""
             elif i < len(args):
                 value = args[i]
                 i += 1
             else:
                 raise Fatal(EX_USAGE, f"option requires an argument: `-{letter}'")
-            apply_option(opts, letter, value)
+            opts.apply(letter, value)
             break
-    if opts.recipients and (opts.list_queue or opts.run_queue):
+    queue = opts.queue_arg is not None
+    if opts.recipients and (opts.list_queue or queue):
         raise Fatal(EX_USAGE, "sending mail and queue operations are mutually exclusive")
     if opts.recipients and opts.smtp:
         raise Fatal(EX_USAGE, "recipients are given in the SMTP dialogue of -bs, not as arguments")
-    if opts.list_queue and opts.run_queue:
+    if opts.list_queue and queue:
         raise Fatal(EX_USAGE, "conflicting queue operations")
     return opts
 
 
-def apply_flag(opts: Options, letter: str) -> None:
-    if letter == "D":
-        opts.foreground = True
-    elif letter == "i":
-        opts.dot_terminates = False
-    elif letter == "t":
-        opts.from_headers = True
-    elif letter == "v":
-        opts.verbose = True
-    # -n and -U are accepted and ignored, as in C dma.
+def getopts(
+    args: list[str], usage: str, short: str, long: tuple[str, ...] = (), *, operands: bool = True
+) -> tuple[dict[str, str], list[str]]:
+    """A `dma <command>`'s options, as GNU getopt parses them: ({"-x": value}, operands).
 
+    Any mistake (operands, unless allowed), -h and --help are the usage error: `usage`, exit 64.
+    """
+    import getopt
 
-def apply_option(opts: Options, letter: str, value: str) -> None:
-    if letter == "A" and value in ("c", "m"):
-        return
-    if letter in "Ab":
-        if value == "p":
-            opts.list_queue = True
-        elif value == "q":
-            opts.queue_only = True
-        elif value == "s":
-            opts.smtp = True  # SMTP on stdin and stdout (bs.py); C dma read stdin as the message
-        else:
-            # -bm, -bi, ... carry on as a foreground submission, as in C dma.
-            opts.foreground = True
-    elif letter in "fr":
-        opts.sender = value
-    elif letter == "F":
-        opts.full_name = value
-    elif letter == "o":
-        if value == "i":
-            opts.dot_terminates = False
-    elif letter == "L":
-        opts.tag = value
-    elif letter == "q":
-        opts.run_queue = True
-        opts.queue_arg = value
-    elif letter == "C":
-        opts.config = value
-    elif letter in "NRV":
-        opts.dsn[letter] = value
-    # -B -d -h -O -X take an argument that is ignored.
+    try:
+        pairs, rest = getopt.gnu_getopt(args, "h" + short, ["help", *long])
+    except getopt.GetoptError:
+        raise Fatal(EX_USAGE, usage) from None
+    opts = dict(pairs)
+    if "-h" in opts or "--help" in opts or (rest and not operands):
+        raise Fatal(EX_USAGE, usage)
+    return opts, rest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,11 +150,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """The programs' entry point: `main`, then exit at once.
-
-    The message is durable and the output flushed by then; skipping the interpreter's teardown
-    (module and object clean-up) is a measurable part of what every cron job's mail costs.
-    """
+    """The programs' entry point: `main`, then exit at once, skipping the interpreter's teardown
+    (the message is durable and the output flushed by then), which every cron job's mail pays."""
     reopen_closed_outputs()
     code = main()
     for stream in (sys.stdout, sys.stderr):
@@ -217,23 +197,27 @@ def dispatch(prog: str, args: list[str]) -> int:
         module = __import__(COMMANDS[args[0]], fromlist=["command"])
         code: int = module.command(prog, args[0], args[1:])
         return code
+    if prog == "newaliases":
+        from .mail.aliases import parse
+
+        problems = parse(config.load().aliases).check()
+        for problem in problems:
+            sys.stderr.write(f"newaliases: {problem}\n")
+        return EX_CONFIG if problems else 0
     if prog == "mailq":
         if args not in ([], ["--json"]):
             raise Fatal(EX_USAGE, "invalid arguments")
-        from .admin.control import list_queue
-
-        list_queue(config.load(), sys.stdout, json=bool(args))
-        return 0
-    if prog == "newaliases":
-        return check_aliases(config.load())
-    opts = parse_args(args)
+        opts = Options()
+        opts.list_queue = True
+    else:
+        opts = parse_args(args)
     cfg = config.load(opts.config)
     if opts.list_queue:
         from .admin.control import list_queue
 
-        list_queue(cfg, sys.stdout)
+        list_queue(cfg, sys.stdout, json=args == ["--json"])
         return 0
-    if opts.run_queue:
+    if opts.queue_arg is not None:
         return run_queue(cfg, opts, prog)
     from .mail.submit import Submission, drops, submit
 
@@ -269,73 +253,55 @@ def dispatch(prog: str, args: list[str]) -> int:
         return 0
 
 
-def check_aliases(cfg: Config) -> int:
-    from .mail.aliases import parse
-
-    problems = parse(cfg.aliases).check()
-    for problem in problems:
-        sys.stderr.write(f"newaliases: {problem}\n")
-    return EX_CONFIG if problems else 0
-
-
 def run_queue(cfg: Config, opts: Options, prog: str) -> int:
     """`-q`: make every deferred entry due now. `-qI<id>` and `-qR<domain>` flush only those."""
-    from .mail.queue import Runner, Selection, wake
+    from .mail.queue import Runner, Selection
 
-    selection = Selection(opts.queue_arg)
+    selection = Selection(opts.queue_arg or "")
     progress = opts.foreground and not opts.verbose and sys.stderr.isatty()
     runner = Runner(cfg, verbose=opts.verbose, progress=progress, name=prog, tag=opts.tag)
-    if opts.foreground or selection.selective:
-        # Delivered here and now, beside a running runner if there is one: entries are locked one by one.
-        runner.run(only=selection if selection.selective else None, force=True)
-        runner.summary()
-        return 0
-    if not runner.acquire():
-        wake(cfg, flush=True)
-        return 0
-    if daemonize():
-        return 0
-    runner.serve(force=True)
+    if not (opts.foreground or selection.selective):
+        return background(cfg, runner, flush=True)
+    # Delivered here and now, beside a running runner if there is one: entries are locked one by one.
+    runner.run(only=selection if selection.selective else None, force=True)
+    runner.summary()
     return 0
 
 
 def deliver_now(cfg: Config, message_ids: list[str], opts: Options, prog: str) -> int:
     """After a submission: deliver in the foreground (`-D`), or wake or start the runner."""
     from .errors import EX_TEMPFAIL, EX_UNAVAILABLE
-    from .mail.queue import Runner, wake
+    from .mail.queue import Runner, Selection
 
     runner = Runner(cfg, verbose=opts.verbose, report_failures=opts.foreground, name=prog, tag=opts.tag)
-    if opts.foreground:
-        # -D: deliver this message now, even if a runner is busy, and report the outcome.
-        from .mail.queue import Selection
+    if not opts.foreground:
+        return background(cfg, runner)
+    # -D: deliver this message now, even if a runner is busy, and report the outcome.
+    runner.run(only=Selection("", message_ids), force=True)
+    if runner.failed:
+        return EX_UNAVAILABLE
+    return EX_TEMPFAIL if runner.deferred else 0
 
-        runner.run(only=Selection("", message_ids), force=True)
-        if runner.failed:
-            return EX_UNAVAILABLE
-        return EX_TEMPFAIL if runner.deferred else 0
+
+def background(cfg: Config, runner: Runner, *, flush: bool = False) -> int:
+    """Wake the runner that holds the spool (`flush`: all is due now), or fork and become it."""
+    from .mail.queue import wake
+
     if not runner.acquire():
-        wake(cfg)
+        wake(cfg, flush=flush)
         return 0
-    if daemonize():
-        return 0
-    runner.serve()
-    return 0
-
-
-def daemonize() -> bool:
-    """Fork into the background. True in the parent (which should return), False in the child."""
     try:
         pid = posix.fork()
     except OSError as e:
         raise Fatal(EX_OSERR, f"can not fork: {e.strerror}") from e
-    if pid:
-        return True
-    posix.setsid()
-    devnull = posix.open("/dev/null", posix.O_RDWR)
-    for fd in (0, 1, 2):
-        posix.dup2(devnull, fd)
-    posix.close(devnull)
-    return False
+    if pid == 0:
+        posix.setsid()
+        devnull = posix.open("/dev/null", posix.O_RDWR)
+        for fd in (0, 1, 2):
+            posix.dup2(devnull, fd)
+        posix.close(devnull)
+        runner.serve(force=flush)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,21 +1,13 @@
-"""`dma queue ...`: look at, hold, release, delete and bounce queue entries by id.
+"""`dma queue`: look at, hold, release, delete and bounce queue entries by id.
 
-    dma queue [-C FILE] list [--json]
-    dma queue [-C FILE] show ID
-    dma queue [-C FILE] hold ID...
-    dma queue [-C FILE] release ID...
-    dma queue [-C FILE] delete ID...
-    dma queue [-C FILE] bounce ID...
-
-An ID is an entry id (`<message id>.<n>`, one recipient) or a message id (all its entries).
-Every change is made under the entry's lock, as the runner makes its own: an entry a runner is
+An ID is an entry id (`<message id>.<n>`, one recipient) or a message id (all its entries). Every
+change is made under the entry's lock, as the runner makes its own: an entry a runner is
 delivering at this moment is reported and left alone (exit 75, EX_TEMPFAIL; nothing waits). An
 unknown id is exit 66 (EX_NOINPUT). Both only for their own ids: the others are still done.
 
-`hold` sets the state `held`, which the runner never retries (it is one of queue.FINAL_STATES);
-`release` makes an entry due now (state cleared, Next-Attempt 0), entries held for the postmaster
-included; `bounce` marks entries `failed`, so the runner's settle() bounces them to their sender on
-its next pass; `delete` removes them without a bounce.
+`hold` sets the state `held`, which the runner never retries (one of queue.FINAL_STATES);
+`release` makes an entry due now, entries held for the postmaster included; `bounce` marks entries
+`failed`, for the runner's settle() to bounce on its next pass; `delete` removes them, no bounce.
 """
 
 from __future__ import annotations
@@ -28,7 +20,6 @@ from dma.errors import EX_NOINPUT, EX_NOPERM, EX_TEMPFAIL, EX_USAGE, Fatal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from typing import TextIO
 
     from dma import _native
@@ -36,6 +27,9 @@ if TYPE_CHECKING:
 
 USAGE = "usage: dma queue [-C FILE] list [--json] | show ID | hold|release|delete|bounce ID..."
 BOUNCE_TEXT = "bounced by the administrator"
+# The fields of an entry in `mailq --json` (docs/spool.md), then last_error and state.
+FIELDS = ("id", "message_id", "sender", "recipient", "created", "size", "attempts", "next_attempt")
+SUBCOMMANDS = ("list", "show", "hold", "release", "delete", "bounce")
 
 
 def queue_entries(cfg: Config) -> list[_native.QueueEntry]:
@@ -56,87 +50,46 @@ def list_queue(cfg: Config, out: TextIO, *, json: bool = False) -> None:
     rows = [entry_row(e) for e in queue_entries(cfg)]
     for ident, sender, recipients, st in drop.waiting(cfg):
         for n, rcpt in enumerate(recipients, 1):
-            rows.append(
-                {
-                    "id": f"{ident}.{n}",
-                    "message_id": ident,
-                    "sender": sender,
-                    "recipient": rcpt,
-                    "created": int(st.st_mtime),
-                    "size": st.st_size,
-                    "attempts": 0,
-                    "next_attempt": 0,
-                    "last_error": None,
-                    "state": "incoming",
-                }
-            )
+            values = (f"{ident}.{n}", ident, sender, rcpt, int(st.st_mtime), st.st_size, 0, 0)
+            rows.append({**dict(zip(FIELDS, values)), "last_error": None, "state": "incoming"})
     if json:
         import json as json_module
 
         json_module.dump(rows, out, indent=1)
         out.write("\n")
-        return
-    if not rows:
+    elif rows:
+        out.write(
+            "--\n".join(f"ID\t: {r['id']}\nFrom\t: {r['sender']}\nTo\t: {r['recipient']}\n" for r in rows)
+        )
+    else:
         out.write("Mail queue is empty\n")
-        return
-    blocks = [f"ID\t: {r['id']}\nFrom\t: {r['sender']}\nTo\t: {r['recipient']}\n" for r in rows]
-    out.write("--\n".join(blocks))
 
 
 def entry_row(e: _native.QueueEntry) -> dict[str, object]:
     """One entry for `mailq --json`, with its state (the fields of docs/spool.md)."""
-    fields = ("id", "message_id", "sender", "recipient", "created", "size", "attempts", "next_attempt")
-    row: dict[str, object] = {name: getattr(e, name) for name in fields}
+    row: dict[str, object] = {name: getattr(e, name) for name in FIELDS}
     row["last_error"] = e.last_error or None
     row["state"] = e.state or ("deferred" if e.attempts else "queued")
     return row
 
 
-SUBCOMMANDS = ("list", "show", "hold", "release", "delete", "bounce")
-
-
 def command(prog: str, name: str, args: list[str]) -> int:
     from dma import config
+    from dma.cli import getopts
 
-    conf_path, sub, rest = parse_args(args)
-    cfg = config.load(conf_path)
-    ctl = Control(cfg, f"{prog} {name}")
+    opts, words = getopts(args, USAGE, "C:", ("json",))
+    sub = words[0] if words else ""
+    ids = words[1:]
+    # list takes no ID (and only it takes --json), show one, the others one or more.
+    ids_ok = {"list": not ids, "show": len(ids) == 1}.get(sub, bool(ids))
+    if sub not in SUBCOMMANDS or not ids_ok or ("--json" in opts and sub != "list"):
+        raise Fatal(EX_USAGE, USAGE)
+    cfg = config.load(opts.get("-C"))
     if sub == "list":
-        return ctl.listing(rest)
-    if sub == "show":
-        if len(rest) != 1:
-            raise Fatal(EX_USAGE, f"show takes one ID ({USAGE})")
-        return ctl.show(rest[0])
-    if not rest:
-        raise Fatal(EX_USAGE, f"{sub} needs at least one ID ({USAGE})")
-    change: Callable[[_native.Spool, _native.QueueEntry], str] = getattr(ctl, sub)
-    return ctl.apply(rest, change, wake=sub in ("release", "bounce"))
-
-
-def parse_args(args: list[str]) -> tuple[str | None, str, list[str]]:
-    """(config path, subcommand, its arguments). `-C FILE` may come before or after the subcommand."""
-    conf_path: str | None = None
-    words: list[str] = []
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "-C":
-            if i + 1 >= len(args):
-                raise Fatal(EX_USAGE, f"option requires an argument: `-C' ({USAGE})")
-            conf_path = args[i + 1]
-            i += 2
-            continue
-        if arg.startswith("-C") and len(arg) > 2:
-            conf_path = arg[2:]
-        elif arg in ("-h", "--help"):
-            raise Fatal(EX_USAGE, USAGE)
-        else:
-            words.append(arg)
-        i += 1
-    if not words or words[0] not in SUBCOMMANDS:
-        what = f"unknown subcommand `{words[0]}'" if words else "missing subcommand"
-        raise Fatal(EX_USAGE, f"{what} ({USAGE})")
-    return conf_path, words[0], words[1:]
+        list_queue(cfg, sys.stdout, json="--json" in opts)
+        return 0
+    ctl = Control(cfg, f"{prog} {name}")
+    return ctl.show(ids[0]) if sub == "show" else ctl.apply(ids, sub)
 
 
 class Control:
@@ -163,39 +116,26 @@ class Control:
                 chosen.setdefault(e.id, e)
         return list(chosen.values())
 
-    # ---- read-only ----------------------------------------------------------------------------
-
-    def listing(self, args: list[str]) -> int:
-        if args not in ([], ["--json"]):
-            raise Fatal(EX_USAGE, f"list takes only --json ({USAGE})")
-        list_queue(self.cfg, sys.stdout, json=bool(args))
-        return 0
-
     def show(self, ident: str) -> int:
         """The envelope of each entry (separated by `--` lines, as in mailq), a blank line, then
         the message as spooled."""
+        import shutil
+
         entries = self.select([ident])
         if not entries:
             return self.code
-        out = sys.stdout
-        out.write("--\n".join(envelope(e) for e in entries))
-        out.write("\n")
-        out.flush()
-        path = os.path.join(self.cfg.spooldir, "M" + entries[0].id)
+        sys.stdout.write("--\n".join(envelope(e) for e in entries) + "\n")
+        sys.stdout.flush()
         try:
-            with open(path, "rb") as f:
-                while chunk := f.read(65536):
-                    sys.stdout.buffer.write(chunk)
+            with open(os.path.join(self.cfg.spooldir, "M" + entries[0].id), "rb") as f:
+                shutil.copyfileobj(f, sys.stdout.buffer)
         except OSError as e:
             self.error(f"{entries[0].id}: can not read the message: {e.strerror or e}", EX_NOINPUT)
         sys.stdout.buffer.flush()
         return self.code
 
-    # ---- changes, each under the entry's lock ---------------------------------------------------
-
-    def apply(
-        self, ids: list[str], change: Callable[[_native.Spool, _native.QueueEntry], str], *, wake: bool
-    ) -> int:
+    def apply(self, ids: list[str], sub: str) -> int:
+        """Make the change `sub` (a method below) to each entry, under its lock."""
         from dma import _native
 
         changed = 0
@@ -211,16 +151,16 @@ class Control:
                 continue
             entry = claimed[0]  # as it is now, under the lock
             try:
-                text = change(spool, entry)
+                text = getattr(self, sub)(spool, entry)
             finally:
                 spool.release(entry.id)
             changed += 1
-            sys.stdout.write(f"{entry.id}: {text} ({display(entry.sender)} -> {entry.recipient})\n")
+            sys.stdout.write(f"{entry.id}: {text} (<{entry.sender}> -> {entry.recipient})\n")
         sys.stdout.flush()
-        if wake and changed:
-            from dma.mail.queue import wake as wake_runner
+        if sub in ("release", "bounce") and changed:
+            from dma.mail.queue import wake
 
-            wake_runner(self.cfg)
+            wake(self.cfg)
         return self.code
 
     def hold(self, spool: _native.Spool, e: _native.QueueEntry) -> str:
@@ -247,21 +187,17 @@ class Control:
         return "marked failed, to be bounced on the next queue run"
 
 
-def display(sender: str) -> str:
-    return f"<{sender}>"
-
-
 def envelope(e: _native.QueueEntry) -> str:
     def when(t: int) -> str:
         return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(t))
 
     lines = [
         f"ID: {e.id}",
-        f"Sender: {display(e.sender)}",
+        f"Sender: <{e.sender}>",
         f"Recipient: {e.recipient}",
         f"Created: {when(e.created)}",
         f"Size: {e.size}",
-        f"State: {e.state or ('deferred' if e.attempts else 'queued')}",
+        f"State: {entry_row(e)['state']}",
         f"Attempts: {e.attempts}",
     ]
     if e.next_attempt:

@@ -1,27 +1,15 @@
-"""`dma install` and `dma uninstall`: make this dma the system's sendmail (see docs/install.md).
+"""`dma install` and `dma uninstall`: make this dma the system's sendmail (docs/install.md).
 
-`dma install [--root DIR] [--systemd | --no-systemd]`, as root:
-
-* the spool (`SPOOLDIR`, /var/spool/dma) root:root 0711 and its drop directory `incoming`
-  root:root 1733; a spool C dma left keeps its files, only the directories' modes change;
-* `MBOXDIR` (/var/mail): created root:mail 2775 when missing, else left as it is;
-* launchers (`launcher.write_launcher`) in /usr/local/libexec/dma/ for `sendmail`, `mailq`,
-  `newaliases` and `dma`, and symlinks to them at /usr/sbin/sendmail, /usr/lib/sendmail,
-  /usr/bin/mailq and /usr/bin/newaliases; whatever was at those paths is renamed
-  `<path>.dma-saved`;
-* /etc/dma/dma.conf, commented, when there is none (an existing one is never touched);
-* systemd units in /etc/systemd/system (`dma.service`, `dma.path`, `dma.timer`), enabled and
-  started when installing into the running system under systemd.
-
-Everything done is recorded in /var/lib/dma/install.manifest (paths as seen inside the root,
-so an image built with `--root` uninstalls from inside), and `dma uninstall` undoes exactly
-that: it removes what was created, puts back what was saved and the directory modes it
-changed, and keeps a spool that still holds mail and a dma.conf edited since. Both commands
-are idempotent and print one line per change.
+`install` sets up the spool and its drop directory, the mailbox directory, the launchers and the
+links to them at /usr/sbin/sendmail and friends (saving what was there), a dma.conf when there is
+none, and the systemd units. Each change is recorded in the manifest (paths as seen inside the
+root), and `uninstall` undoes exactly that, keeping a spool that holds mail and an edited dma.conf.
+Both are idempotent and print one line per change.
 """
 
 from __future__ import annotations
 
+import filecmp
 import grp
 import hashlib
 import json
@@ -64,24 +52,18 @@ USAGE = {
 
 
 def command(prog: str, name: str, args: list[str]) -> int:
-    root = "/"
-    systemd: bool | None = None
-    words = iter(args)
-    for word in words:
-        if word == "--root" or word.startswith("--root="):
-            value = word.partition("=")[2] if "=" in word else next(words, None)
-            if not value:
-                raise Fatal(EX_USAGE, USAGE[name])
-            root = os.path.abspath(value)
-        elif word in ("--systemd", "--no-systemd") and name == "install":
-            systemd = word == "--systemd"
-        else:
-            raise Fatal(EX_USAGE, USAGE[name])
+    from dma.cli import getopts
+
+    long = ("root=", "systemd", "no-systemd") if name == "install" else ("root=",)
+    opts, _ = getopts(args, USAGE[name], "", long, operands=False)
+    systemd = [opt == "--systemd" for opt in opts if opt.endswith("systemd")]
+    if opts.get("--root") == "" or len(systemd) > 1:
+        raise Fatal(EX_USAGE, USAGE[name])
     if os.geteuid() != 0:
         raise Fatal(EX_NOPERM, f"{name} must run as root")
-    inst = Installer(root, sys.stdout)
+    inst = Installer(os.path.abspath(opts.get("--root", "/")), sys.stdout)
     if name == "install":
-        inst.install(systemd)
+        inst.install(systemd[0] if systemd else None)
     else:
         inst.uninstall()
     return 0
@@ -102,9 +84,7 @@ def same(a: str, b: str) -> bool:
     """Two symlinks to the same place, or two plain files with the same contents."""
     if os.path.islink(a) or os.path.islink(b):
         return os.path.islink(a) and os.path.islink(b) and os.readlink(a) == os.readlink(b)
-    if not (os.path.isfile(a) and os.path.isfile(b)):
-        return False
-    return sha256(a) == sha256(b)
+    return os.path.isfile(a) and os.path.isfile(b) and filecmp.cmp(a, b, shallow=False)
 
 
 def mail_gid() -> int:
@@ -152,6 +132,10 @@ class Installer:
         """Installing into the running system (not a `--root` image)."""
         return self.root == "/"
 
+    @property
+    def systemd_running(self) -> bool:
+        return self.live and os.path.isdir("/run/systemd/system")
+
     def p(self, path: str) -> str:
         """`path` (as seen inside the root) on this machine."""
         return path if self.live else self.root + path
@@ -180,17 +164,9 @@ class Installer:
     def save_manifest(self) -> None:
         self.makedirs(os.path.dirname(MANIFEST), 0o755)  # recorded in the manifest too
         text = json.dumps(self.manifest, indent=1, sort_keys=True) + "\n"
-        if text == self.manifest_text:
-            return
-        path = self.p(MANIFEST)
-        tmp = f"{path}.new"
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        self.manifest_text = text
+        if text != self.manifest_text:
+            launcher.write_file(self.p(MANIFEST), text, 0o644)
+            self.manifest_text = text
 
     def makedirs(self, path: str, mode: int, gid: int = 0) -> bool:
         """Create `path` and its missing parents (0755 root:root); True if `path` was created."""
@@ -222,23 +198,19 @@ class Installer:
         os.chmod(real, mode)
         self.change("fixed", f"{real}: {describe(st)} -> {describe(os.stat(real))} (files inside kept)")
 
-    def write_file(self, path: str, text: str, mode: int = 0o644) -> None:
-        """Write `text` at `path` (atomically) unless it is there already."""
+    def write_file(self, path: str, text: str, mode: int = 0o644, note: str = "") -> None:
+        """Write `text` at `path` with `mode` unless it is there already."""
         real = self.p(path)
         try:
             with open(real) as f:
-                if f.read() == text:
+                if f.read() == text and stat.S_IMODE(os.fstat(f.fileno()).st_mode) == mode:
                     return
         except (FileNotFoundError, UnicodeDecodeError):
             pass
         self.makedirs(os.path.dirname(path), 0o755)
-        tmp = f"{real}.dma-new"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, real)
+        launcher.write_file(real, text, mode)
         self.manifest["files"][path] = sha256(real)
-        self.change("wrote", real)
+        self.change("wrote", real + note)
 
     def systemctl(self, *args: str) -> None:
         self.say("run", "systemctl " + " ".join(args))
@@ -270,7 +242,10 @@ class Installer:
             self.ensure_dir(f"{cfg.spooldir}/incoming", DROP_MODE)
             self.manifest["spool"] = cfg.spooldir
             self.makedirs(cfg.mboxdir, MBOX_MODE, mail_gid())  # an existing one is left as it is
-            self.install_launchers()
+            for name in PROGRAMS:
+                self.write_file(
+                    f"{LIBEXEC}/{name}", launcher.script(name), 0o755, f" (runs {sys.executable})"
+                )
             for path, name in LINKS.items():
                 self.install_link(path, f"{LIBEXEC}/{name}")
             self.install_conf()
@@ -300,23 +275,6 @@ class Installer:
         if os.path.islink(real) and os.readlink(real) == self.manifest["links"].get(path):
             return False
         return not (path in self.manifest["saved"] and same(real, real + SAVED))
-
-    def install_launchers(self) -> None:
-        self.makedirs(LIBEXEC, 0o755)
-        paths = launcher.search_path()
-        for name in PROGRAMS:
-            path = f"{LIBEXEC}/{name}"
-            real = self.p(path)
-            text = launcher.TEMPLATE.format(python=sys.executable, paths=paths, name=name)
-            try:
-                with open(real) as f:
-                    if f.read() == text and os.stat(real).st_mode & 0o777 == 0o755:
-                        continue
-            except FileNotFoundError:
-                pass
-            launcher.write_launcher(real, name)
-            self.manifest["files"][path] = sha256(real)
-            self.change("wrote", f"{real} (runs {sys.executable})")
 
     def install_link(self, path: str, target: str) -> None:
         real = self.p(path)
@@ -348,38 +306,35 @@ class Installer:
             self.write_file(CONF, f.read())
 
     def install_units(self, spooldir: str, credentials: list[str]) -> None:
-        changed = self.changes
+        before = self.changes
         # The service's private /tmp would hide an environment that lives in the shared one.
         under_tmp = sorted({p for p in environment_paths() if p.startswith(("/tmp/", "/var/tmp/"))})
+        # Secrets auth.conf takes from systemd credentials.
+        loads = "".join(f"LoadCredential={c}:/etc/credstore/{c}\n" for c in credentials)
         for unit in UNITS:
             with open(os.path.join(DATA, unit)) as f:
                 text = f.read().replace("@LIBEXEC@", LIBEXEC).replace("@SPOOLDIR@", spooldir)
-            # Secrets auth.conf takes from systemd credentials.
-            loads = "".join(f"LoadCredential={c}:/etc/credstore/{c}\n" for c in credentials)
             text = text.replace("[Service]\n", f"[Service]\n{loads}")
-            if under_tmp:
-                text = text.replace("PrivateTmp=yes\n", "")
-            self.write_file(f"{UNIT_DIR}/{unit}", text)
-        if under_tmp and self.changes != changed:
+            self.write_file(f"{UNIT_DIR}/{unit}", text.replace("PrivateTmp=yes\n", "") if under_tmp else text)
+        changed = self.changes != before
+        if under_tmp and changed:
             self.say("note", f"dma.service runs without PrivateTmp=yes, which would hide {under_tmp[0]}")
-        if not self.live:
-            if self.changes != changed:
+        if not self.systemd_running:
+            if changed and self.live:
+                self.say("note", "systemd is not running: the units are neither enabled nor started")
+            elif changed:
                 enable = " ".join(ENABLE)
                 self.say(
                     "note", f"units not enabled in an image: systemctl --root={self.root} enable {enable}"
                 )
             return
-        if not os.path.isdir("/run/systemd/system"):
-            if self.changes != changed:
-                self.say("note", "systemd is not running: the units are neither enabled nor started")
-            return
-        if self.changes != changed:
+        if changed:
             self.systemctl("daemon-reload")
         enabled = subprocess.run(
             ["systemctl", "--quiet", "is-enabled", *ENABLE], check=False, stdout=subprocess.DEVNULL
         ).returncode
         active = subprocess.run(["systemctl", "--quiet", "is-active", *ENABLE], check=False).returncode
-        if self.changes != changed or enabled or active:
+        if changed or enabled or active:
             self.changes += 1
             self.systemctl("enable", "--now", *ENABLE)
 
@@ -391,7 +346,7 @@ class Installer:
             return
         m = self.manifest
         units = [path for path in m["files"] if path.startswith(UNIT_DIR + "/")]
-        if units and self.live and os.path.isdir("/run/systemd/system"):
+        if units and self.systemd_running:
             self.systemctl("disable", "--now", *UNITS)
         # The manifest's directory and its parents go last, with the manifest.
         manifest_dir = os.path.dirname(MANIFEST)
@@ -424,7 +379,7 @@ class Installer:
                     os.unlink(real)
                     self.change("removed", real)
                 del m["files"][path]
-            if units and self.live and os.path.isdir("/run/systemd/system"):
+            if units and self.systemd_running:
                 self.systemctl("daemon-reload")
             for path, (mode, uid, gid) in list(m["modes"].items()):
                 real = self.p(path)

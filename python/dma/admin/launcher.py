@@ -1,10 +1,9 @@
-"""Fast entry points for `sendmail`, `mailq`, `newaliases` and `dma`.
+"""Fast entry points for `sendmail`, `mailq`, `newaliases` and `dma`, which `dma install` puts in place.
 
-An interpreter started with `site` reads every `.pth` file in site-packages before our code
-starts: about a third more than its own start-up, paid by every cron job's mail. pip installs
-shell scripts (wheel-data/scripts) that avoid it but pay a shell's start; a launcher written here
-runs the interpreter directly, isolated and without `site` (`-I -S`), with only the directories
-dma needs on `sys.path`; `dma install` puts these at `/usr/sbin/sendmail` and friends.
+An interpreter started with `site` reads every `.pth` file in site-packages first: a third more
+than its own start-up, paid by every cron job's mail. A launcher runs the interpreter isolated and
+without `site` (`-I -S`), with only the directories dma needs on `sys.path` (and no shell in front,
+as pip's scripts in wheel-data/scripts have).
 """
 
 from __future__ import annotations
@@ -36,11 +35,22 @@ def search_path() -> list[str]:
     return paths
 
 
-def write_launcher(path: str, name: str) -> None:
-    """Write an executable launcher at `path` that runs dma as program `name`, atomically."""
-    text = TEMPLATE.format(python=sys.executable, paths=search_path(), name=name)
+def script(name: str) -> str:
+    """The launcher that runs dma as program `name` with this interpreter."""
+    return TEMPLATE.format(python=sys.executable, paths=search_path(), name=name)
+
+
+def write_file(path: str, text: str, mode: int) -> None:
+    """Write `text` at `path` with `mode`, atomically: a reader finds the old file or the new one."""
     tmp = f"{path}.dma-new"
     with open(tmp, "w") as f:
         f.write(text)
-    os.chmod(tmp, 0o755)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, mode)
     os.replace(tmp, path)
+
+
+def write_launcher(path: str, name: str) -> None:
+    """An executable launcher at `path` that runs dma as program `name`."""
+    write_file(path, script(name), 0o755)

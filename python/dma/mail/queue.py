@@ -11,7 +11,6 @@ import posix
 import time
 
 from dma import _native
-from dma.errors import Fatal
 
 from .ledger import Ledger
 from .log import Log
@@ -314,31 +313,14 @@ def wake(cfg: Config, *, flush: bool = False) -> None:
 
 
 def command(prog: str, name: str, args: list[str]) -> int:
-    """`dma serve [-C FILE] [-L TAG] [-v]`: the runner, in the foreground, until the queue is idle.
-
-    For a service manager: the systemd units of `dma install` start it when mail is dropped or
-    due, and it exits when nothing is left to do. If a runner already holds the spool, it is woken
-    and this one exits at once.
-    """
+    """`dma serve`: the runner in the foreground, for a service manager (the units of `dma
+    install`), until the queue is idle. If a runner holds the spool, it is woken instead."""
     from dma import config
-    from dma.errors import EX_USAGE
+    from dma.cli import getopts
 
-    conf: str | None = None
-    tag = "dma"
-    verbose = False
-    words = iter(args)
-    for word in words:
-        if word in ("-C", "-L"):
-            value = next(words, None)
-            if value is None:
-                raise Fatal(EX_USAGE, f"option requires an argument: `{word}'")
-            conf, tag = (value, tag) if word == "-C" else (conf, value)
-        elif word == "-v":
-            verbose = True
-        else:
-            raise Fatal(EX_USAGE, f"usage: {prog} {name} [-C FILE] [-L TAG] [-v]")
-    cfg = config.load(conf)
-    runner = Runner(cfg, verbose=verbose, name=prog, tag=tag)
+    opts, _ = getopts(args, f"usage: {prog} {name} [-C FILE] [-L TAG] [-v]", "C:L:v", operands=False)
+    cfg = config.load(opts.get("-C"))
+    runner = Runner(cfg, verbose="-v" in opts, name=prog, tag=opts.get("-L", "dma"))
     if not runner.acquire():
         wake(cfg)  # new work for the running runner; its retry schedule stays as it is
         return 0
