@@ -1,8 +1,8 @@
 """Count the project's non-test lines: the budget of the house.
 
 Every line (blank and comment lines too) of python/dma/**/*.py and *.pyi, and of rust/src/**/*.rs
-without `#[cfg(test)]` items and the files only test code declares. Exits 1 when the total passes
-BUDGET or a file passes FILE_LIMIT, naming what is over.
+without `#[cfg(test)]` items and the files only test code declares. Exits 1 when a file passes
+FILE_LIMIT, naming it, and (with --budget) when the total passes BUDGET.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def main() -> int:
         if verbose or name in over:
             print(f"{n:6} {name}{'  (over ' + str(FILE_LIMIT) + ')' if name in over else ''}")
     print(f"{total} non-test lines in {len(sizes)} files (budget {BUDGET}, {FILE_LIMIT} a file)")
-    return 1 if total > BUDGET or over else 0
+    return 1 if over or ("--budget" in sys.argv and total > BUDGET) else 0
 
 
 if __name__ == "__main__":
