@@ -45,3 +45,19 @@ impl<T> IoContext<T> for io::Result<T> {
         self.map_err(|e| DmaError::io(what(), e))
     }
 }
+
+impl<T> IoContext<T> for rustix::io::Result<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| DmaError::io(what(), e.into()))
+    }
+}
+
+/// Run `op` again for as long as a signal interrupts it (`EINTR`).
+pub fn retry<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            done => return done,
+        }
+    }
+}
