@@ -9,6 +9,8 @@
 
 use std::io::{self, BufRead, BufReader, ErrorKind, Read};
 
+use crate::errors::retry;
+
 pub struct SmtpInput<R> {
     src: BufReader<R>,
     body: Body,
@@ -43,11 +45,8 @@ impl<R: Read> SmtpInput<R> {
         let mut line = Vec::new();
         let mut whole = true;
         loop {
-            let buf = match self.src.fill_buf() {
-                Ok(buf) => buf,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
+            retry(|| self.src.fill_buf().map(<[u8]>::len))?;
+            let buf = self.src.buffer();
             if buf.is_empty() {
                 // The client went away; a last line without its end still counts.
                 return Ok((!line.is_empty()).then_some((line, whole)));
@@ -98,11 +97,8 @@ impl<R: Read> Read for Data<'_, R> {
             if n > 0 && me.src.buffer().is_empty() {
                 break; // hand over what we have rather than wait for more
             }
-            let buf = match me.src.fill_buf() {
-                Ok(buf) => buf,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
+            retry(|| me.src.fill_buf().map(<[u8]>::len))?;
+            let buf = me.src.buffer();
             if buf.is_empty() {
                 let msg = "the client closed the session before the end of the message";
                 return Err(io::Error::new(ErrorKind::UnexpectedEof, msg));

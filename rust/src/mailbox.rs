@@ -288,7 +288,7 @@ pub fn maildir_deliver_from(
                 format!("bad Maildir directory {}/{name}", maildir.display()),
                 source,
             ),
-            other => other,
+            other @ DmaError::Data(_) => other,
         })
     };
     let (tmp, new, _) = (sub("tmp")?, sub("new")?, sub("cur")?);

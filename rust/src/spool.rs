@@ -206,13 +206,13 @@ impl Incoming {
     /// lines), which the runner picks up. Returns the id.
     pub fn commit_drop(&mut self, sender: &str, recipients: &[String]) -> Result<String> {
         check_envelope(sender, recipients, &self.dsn)?;
-        let mut envelope = format!("Sender: {sender}\n");
-        for r in recipients {
-            envelope.push_str(&format!("Recipient: {r}\n"));
-        }
-        if !self.dsn.is_empty() {
-            envelope.push_str(&format!("DSN: {}\n", self.dsn));
-        }
+        let recipients: String = recipients.iter().map(|r| format!("Recipient: {r}\n")).collect();
+        let dsn = if self.dsn.is_empty() {
+            String::new()
+        } else {
+            format!("DSN: {}\n", self.dsn)
+        };
+        let envelope = format!("Sender: {sender}\n{recipients}{dsn}");
         let data = self.dir.join(format!("D{}", self.id));
         fs::hard_link(&self.tmp, &data).context(|| format!("can not create `{}'", data.display()))?;
         self.published.push(data);
@@ -294,25 +294,28 @@ impl Entry {
 
     /// The queue file: the optional fields only when set.
     fn render(&self) -> String {
-        let mut s = format!(
-            "ID: {}\nSender: {}\nRecipient: {}\nCreated: {}\nSize: {}\n",
-            self.id, self.sender, self.recipient, self.created, self.size
-        );
-        let number = |n: u64| (n > 0).then(|| n.to_string());
-        let text = |t: &str| (!t.is_empty()).then(|| t.to_owned());
-        let optional = [
-            ("Attempts", number(self.attempts.into())),
-            ("Next-Attempt", number(self.next_attempt)),
-            ("Last-Error", text(&self.last_error)),
-            ("State", text(&self.state)),
-            ("DSN", text(&self.dsn)),
+        let numbers = [
+            ("Attempts", u64::from(self.attempts)),
+            ("Next-Attempt", self.next_attempt),
         ];
-        for (key, value) in optional {
-            if let Some(value) = value {
-                s.push_str(&format!("{key}: {value}\n"));
-            }
-        }
-        s
+        let texts = [
+            ("Last-Error", &self.last_error),
+            ("State", &self.state),
+            ("DSN", &self.dsn),
+        ];
+        let optional: String = (numbers.iter().filter(|(_, n)| *n > 0))
+            .map(|(key, n)| format!("{key}: {n}\n"))
+            .chain(
+                texts
+                    .iter()
+                    .filter(|(_, t)| !t.is_empty())
+                    .map(|(key, t)| format!("{key}: {t}\n")),
+            )
+            .collect();
+        format!(
+            "ID: {}\nSender: {}\nRecipient: {}\nCreated: {}\nSize: {}\n{optional}",
+            self.id, self.sender, self.recipient, self.created, self.size
+        )
     }
 
     /// Parse a queue file as C dma does: `Key: value` lines, unknown keys ignored, a line
@@ -327,16 +330,16 @@ impl Entry {
             let value = value.trim_start();
             let number = || value.trim().parse().unwrap_or(0);
             match key {
-                "ID" => e.id = value.to_owned(),
-                "Sender" => e.sender = value.to_owned(),
-                "Recipient" => e.recipient = value.to_owned(),
+                "ID" => value.clone_into(&mut e.id),
+                "Sender" => value.clone_into(&mut e.sender),
+                "Recipient" => value.clone_into(&mut e.recipient),
                 "Created" => e.created = number(),
                 "Size" => e.size = number(),
                 "Attempts" => e.attempts = u32::try_from(number()).unwrap_or(u32::MAX),
                 "Next-Attempt" => e.next_attempt = number(),
-                "Last-Error" => e.last_error = value.to_owned(),
-                "State" => e.state = value.to_owned(),
-                "DSN" => e.dsn = value.to_owned(),
+                "Last-Error" => value.clone_into(&mut e.last_error),
+                "State" => value.clone_into(&mut e.state),
+                "DSN" => value.clone_into(&mut e.dsn),
                 _ => {}
             }
         }
