@@ -57,8 +57,7 @@ impl<R: Read> SmtpInput<R> {
             let room = (max + 1).saturating_sub(line.len()).min(part.len());
             line.extend_from_slice(&part[..room]);
             whole &= room == part.len();
-            let used = end.map_or(buf.len(), |e| e + 1);
-            self.src.consume(used);
+            self.src.consume(end.map_or(buf.len(), |e| e + 1));
             if end.is_some() {
                 if line.last() == Some(&b'\r') {
                     line.pop();
@@ -121,11 +120,8 @@ impl<R: Read> Read for Data<'_, R> {
                     n += take;
                     // Only CRLF ends a line: a dot after a bare LF is content, never stuffing.
                     let cr_before = |e: usize| {
-                        if e == 0 {
-                            state == Body::MiddleCr
-                        } else {
-                            buf[e - 1] == b'\r'
-                        }
+                        e.checked_sub(1)
+                            .map_or(state == Body::MiddleCr, |p| buf[p] == b'\r')
                     };
                     let next = match end {
                         Some(e) if e < take && cr_before(e) => Body::LineStart,

@@ -19,26 +19,16 @@ use rustix::fs::{AtFlags, Mode, OFlags, CWD};
 
 use crate::errors::{retry, DmaError, IoContext, Result};
 
-/// How long C dma waits for the mbox lock before giving up (temporary failure).
-pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(100);
-
 /// Read and write chunk size. Lines may cross chunk boundaries; the quoting state machine carries
 /// at most the four bytes of a partial `From` over.
 const CHUNK: usize = 64 * 1024;
 
 // ---- mbox ---------------------------------------------------------------------------------------
 
-/// Append `message` (an `M` file, LF line endings) to `mbox`:
-///
-/// * open it write-only, append, `O_NOFOLLOW` (no `O_CREAT`); if it does not exist and `create`
-///   is `Some((uid, gid, mode))`, create it exclusively and give it that owner and mode;
-/// * refuse anything that is not a regular file or has more than one hard link, and, when
-///   `create` names an owner, a file owned by anyone else than that owner or root;
-/// * take an exclusive `flock`, waiting up to `lock_timeout` (`EWOULDBLOCK` after that);
-/// * write `From <sender or MAILER-DAEMON> <when>\n`, the message with mboxrd quoting (every
-///   line matching `^>*From ` gets one more `>`), a final LF if the message lacks one, then one
-///   empty line;
-/// * fsync; on any failure after the first write, truncate back to the size found under the lock.
+/// Append `message` (an `M` file, LF line endings) to `mbox` as C dma does, under an exclusive
+/// `flock` awaited up to `lock_timeout` (`EWOULDBLOCK` after that), and fsync it; a failure after
+/// the first write truncates the mbox back to the size found under the lock. A missing mbox is
+/// created when `create` gives its (uid, gid, mode); see `open_mbox` for what is refused.
 pub fn mbox_append_timeout(
     mbox: &Path,
     message: &Path,
@@ -67,7 +57,7 @@ pub fn mbox_append_timeout(
         .metadata()
         .context(|| format!("can not stat {}", mbox.display()))?
         .len();
-    let result = write_mbox_entry(&out, &mut input, sender, when)
+    let result = write_mbox_entry(&out, &mut input, &format!("From {sender} {when}\n"))
         .and_then(|()| out.sync_data())
         .context(|| format!("error writing {}", mbox.display()));
     if result.is_err() && out.set_len(size).is_ok() {
@@ -78,6 +68,9 @@ pub fn mbox_append_timeout(
     // The lock goes with the descriptor.
 }
 
+/// Open the mbox for appending, `O_NOFOLLOW`, creating it exclusively (with its owner and mode)
+/// only when `create` says so. Refused: anything but a regular file, a file with more than one
+/// hard link, and, when `create` names an owner, one owned by anyone else than that owner or root.
 fn open_mbox(mbox: &Path, create: Option<(u32, u32, u32)>) -> Result<File> {
     // O_NONBLOCK so that a FIFO planted in place of the mbox cannot hang us in open(); O_NOCTTY
     // so that a tty cannot become our controlling terminal. Both are cleared/irrelevant once the
@@ -151,41 +144,41 @@ fn lock_with_timeout(file: &File, timeout: Duration) -> io::Result<()> {
     }
 }
 
-fn write_mbox_entry(mut out: &File, input: &mut impl Read, sender: &str, when: &str) -> io::Result<()> {
-    let mut quoter = MboxQuoter::default();
+/// Write `from_line`, the message from `input` with mboxrd quoting (every line matching
+/// `^>*From ` gets one more `>`), a final LF if the message lacks one, then one empty line.
+fn write_mbox_entry(mut out: impl Write, mut input: impl Read, from_line: &str) -> io::Result<()> {
+    let (mut state, mut last) = (QuoteState::LineStart, b'\n');
     let mut obuf = Vec::with_capacity(CHUNK + CHUNK / 4);
-    obuf.extend_from_slice(format!("From {sender} {when}\n").as_bytes());
+    obuf.extend_from_slice(from_line.as_bytes());
     let mut ibuf = vec![0u8; CHUNK];
     loop {
         let n = retry(|| input.read(&mut ibuf))?;
         if n == 0 {
             break;
         }
-        quoter.push(&ibuf[..n], &mut obuf);
+        quote(&mut state, &ibuf[..n], &mut obuf);
+        last = ibuf[n - 1];
         if obuf.len() >= CHUNK {
             out.write_all(&obuf)?;
             obuf.clear();
         }
     }
-    quoter.finish(&mut obuf);
+    if let QuoteState::Matching(n) = state {
+        obuf.extend_from_slice(&FROM[..n]);
+    }
+    if last != b'\n' {
+        obuf.push(b'\n');
+    }
     obuf.push(b'\n');
     out.write_all(&obuf)
 }
 
-/// Streaming mboxrd quoting. The extra `>` is inserted at the end of a line's leading run of `>`
-/// (which is the same bytes as inserting it in front), so the `>` run can be passed through as it
-/// comes and only a partial `From` (at most four bytes) is ever held back across chunks.
-#[derive(Debug, Default)]
-struct MboxQuoter {
-    state: QuoteState,
-    /// Last byte emitted, to know whether the message ended with LF (`None`: nothing yet).
-    last: Option<u8>,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// Where streaming mboxrd quoting stands. The extra `>` is inserted at the end of a line's leading
+/// run of `>` (which is the same bytes as inserting it in front), so the `>` run can be passed
+/// through as it comes and only a partial `From` (at most four bytes) is ever held back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum QuoteState {
     /// At the start of a line, or inside its leading run of `>`.
-    #[default]
     LineStart,
     /// `FROM[..n]` seen right after the leading `>` run, held back.
     Matching(usize),
@@ -195,63 +188,48 @@ enum QuoteState {
 
 const FROM: &[u8] = b"From ";
 
-impl MboxQuoter {
-    /// Quote `input`, appending to `out`.
-    fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        let mut i = 0;
-        while i < input.len() {
-            match self.state {
-                QuoteState::Middle => {
-                    // Copy through the end of the line (or of the chunk) in one go.
-                    let end = input[i..]
-                        .iter()
-                        .position(|&b| b == b'\n')
-                        .map_or(input.len(), |p| i + p + 1);
-                    out.extend_from_slice(&input[i..end]);
-                    if input[end - 1] == b'\n' {
-                        self.state = QuoteState::LineStart;
-                    }
-                    i = end;
+/// Quote one chunk of the message, appending to `out`.
+fn quote(state: &mut QuoteState, input: &[u8], out: &mut Vec<u8>) {
+    let mut i = 0;
+    while i < input.len() {
+        match *state {
+            QuoteState::Middle => {
+                // Copy through the end of the line (or of the chunk) in one go.
+                let end = input[i..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(input.len(), |p| i + p + 1);
+                out.extend_from_slice(&input[i..end]);
+                if input[end - 1] == b'\n' {
+                    *state = QuoteState::LineStart;
                 }
-                QuoteState::LineStart => {
-                    match input[i] {
-                        b'F' => self.state = QuoteState::Matching(1),
-                        b @ (b'>' | b'\n') => out.push(b),
-                        b => {
-                            out.push(b);
-                            self.state = QuoteState::Middle;
-                        }
-                    }
-                    i += 1;
-                }
-                QuoteState::Matching(n) if input[i] == FROM[n] => {
-                    i += 1;
-                    self.state = QuoteState::Matching(n + 1);
-                    if n + 1 == FROM.len() {
-                        out.extend_from_slice(b">From ");
-                        self.state = QuoteState::Middle;
+                i = end;
+            }
+            QuoteState::LineStart => {
+                match input[i] {
+                    b'F' => *state = QuoteState::Matching(1),
+                    b @ (b'>' | b'\n') => out.push(b),
+                    b => {
+                        out.push(b);
+                        *state = QuoteState::Middle;
                     }
                 }
-                QuoteState::Matching(n) => {
-                    // Not a From_ line: release what was held; the byte is reprocessed mid-line
-                    // (a LF there ends the line as usual).
-                    out.extend_from_slice(&FROM[..n]);
-                    self.state = QuoteState::Middle;
+                i += 1;
+            }
+            QuoteState::Matching(n) if input[i] == FROM[n] => {
+                i += 1;
+                *state = QuoteState::Matching(n + 1);
+                if n + 1 == FROM.len() {
+                    out.extend_from_slice(b">From ");
+                    *state = QuoteState::Middle;
                 }
             }
-        }
-        if let Some(&b) = input.last() {
-            self.last = Some(b);
-        }
-    }
-
-    /// Flush what is held back and make sure the output ends with LF (unless it is empty).
-    fn finish(self, out: &mut Vec<u8>) {
-        if let QuoteState::Matching(n) = self.state {
-            out.extend_from_slice(&FROM[..n]);
-        }
-        if self.last.is_some_and(|b| b != b'\n') {
-            out.push(b'\n');
+            QuoteState::Matching(n) => {
+                // Not a From_ line: release what was held; the byte is reprocessed mid-line (a
+                // LF there ends the line as usual).
+                out.extend_from_slice(&FROM[..n]);
+                *state = QuoteState::Middle;
+            }
         }
     }
 }
@@ -369,16 +347,22 @@ mod tests {
         when: &str,
         create: Option<(u32, u32, u32)>,
     ) -> Result<()> {
-        mbox_append_timeout(mbox, m, sender, when, create, DEFAULT_LOCK_TIMEOUT)
+        mbox_append_timeout(mbox, m, sender, when, create, Duration::from_secs(100))
     }
 
+    /// The quoted message as `write_mbox_entry` writes it when it reads these chunks.
     fn quote(chunks: &[&[u8]]) -> Vec<u8> {
-        let mut q = MboxQuoter::default();
-        let mut out = Vec::new();
-        for c in chunks {
-            q.push(c, &mut out);
+        struct Chunks<'a>(std::slice::Iter<'a, &'a [u8]>);
+        impl Read for Chunks<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let chunk = self.0.find(|c| !c.is_empty()).map_or(&[][..], |c| *c);
+                buf[..chunk.len()].copy_from_slice(chunk);
+                Ok(chunk.len())
+            }
         }
-        q.finish(&mut out);
+        let mut out = Vec::new();
+        write_mbox_entry(&mut out, Chunks(chunks.iter()), "").unwrap();
+        assert_eq!(out.pop(), Some(b'\n'), "the empty line after the message");
         out
     }
 

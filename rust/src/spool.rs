@@ -6,7 +6,7 @@ use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, BufWriter, ErrorKind, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use crate::errors::{DmaError, IoContext, Result};
 use crate::intake::{self, IntakeOptions, MessageInfo};
@@ -45,14 +45,6 @@ fn write_file(path: &Path, text: &str, sync: bool, to: Option<&Path>) -> io::Res
     })
 }
 
-/// A value that goes on one line of a queue file.
-fn check_field(what: &str, value: &str) -> Result<()> {
-    if value.bytes().any(|b| matches!(b, b'\n' | b'\r' | b'\0')) {
-        return Err(DmaError::Data(format!("{what} contains a line break or NUL")));
-    }
-    Ok(())
-}
-
 /// Every address of an envelope passes the one address check (address.rs); the sender may be null.
 fn check_envelope(sender: &str, recipients: &[String], dsn: &str) -> Result<()> {
     if !dsn.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
@@ -78,9 +70,8 @@ pub struct Incoming {
     id: String,
     created: u64,
     size: u64,
+    /// What dropping it uncommitted removes, last first: the temporary file, then the names added.
     published: Vec<PathBuf>,
-    /// The temporary file is gone (renamed or removed): nothing is left to clean up.
-    finished: bool,
     /// Written into each entry (`Entry::dsn`).
     pub dsn: String,
 }
@@ -90,10 +81,10 @@ impl Incoming {
     /// the id names the drop, so a pickup repeated after a crash finds the message it queued; an
     /// uncommitted leftover under that name is removed first).
     pub fn create(dir: &Path, durable: bool, name: Option<&str>) -> Result<Incoming> {
-        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let since_epoch = UNIX_EPOCH.elapsed().unwrap_or_default();
         let (created, micros) = (since_epoch.as_secs(), since_epoch.subsec_micros());
         let mut attempt = 0;
-        loop {
+        let (id, tmp, file) = loop {
             // Unique over time (the delivered journal relies on it) and unguessable (nobody can
             // take another user's drop name first): seconds, microseconds, 64 random bits.
             let id = name.map_or_else(
@@ -104,34 +95,29 @@ impl Incoming {
             // committed and its entries are not listed (see `committed`).
             let tmp = dir.join(format!("{TMP_PREFIX}{id}"));
             match new_file(&tmp) {
-                Ok(file) => {
-                    return Ok(Incoming {
-                        dir: dir.to_owned(),
-                        durable,
-                        tmp,
-                        file: Some(file),
-                        id,
-                        created,
-                        size: 0,
-                        published: Vec::new(),
-                        finished: false,
-                        dsn: String::new(),
-                    });
-                }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists && attempt < 100 => {
                     attempt += 1;
                     if name.is_some() {
                         remove_uncommitted(dir, &id);
                     }
                 }
-                Err(e) => {
-                    return Err(DmaError::io(
-                        format!("can not create temp file in `{}'", dir.display()),
-                        e,
-                    ))
+                opened => {
+                    let ctx = || format!("can not create temp file in `{}'", dir.display());
+                    break (id, tmp, opened.context(ctx)?);
                 }
             }
-        }
+        };
+        Ok(Incoming {
+            dir: dir.to_owned(),
+            durable,
+            published: vec![tmp.clone()],
+            tmp,
+            file: Some(file),
+            id,
+            created,
+            size: 0,
+            dsn: String::new(),
+        })
     }
 
     pub fn id(&self) -> &str {
@@ -193,7 +179,6 @@ impl Incoming {
         // above durable too.
         let m = self.dir.join(format!("M{last}"));
         fs::rename(&self.tmp, &m).context(|| format!("can not commit `{}'", m.display()))?;
-        self.finished = true;
         self.published.clear();
         if self.durable {
             fsync_dir(&self.dir)?;
@@ -225,7 +210,6 @@ impl Incoming {
         let _ = fsync_dir(&self.dir);
         self.published.clear();
         let _ = fs::remove_file(&self.tmp);
-        self.finished = true;
         Ok(self.id.clone())
     }
 }
@@ -234,9 +218,6 @@ impl Drop for Incoming {
     fn drop(&mut self) {
         for path in self.published.iter().rev() {
             let _ = fs::remove_file(path);
-        }
-        if !self.finished {
-            let _ = fs::remove_file(&self.tmp);
         }
     }
 }
@@ -357,11 +338,7 @@ pub fn scan(dir: &Path) -> Result<(Vec<Entry>, Vec<String>)> {
 pub fn scan_message(dir: &Path, prefix: &str) -> Result<(Vec<Entry>, Vec<String>)> {
     let mut entries = Vec::new();
     let mut malformed = Vec::new();
-    let listing = fs::read_dir(dir).context(|| format!("can not read spool `{}'", dir.display()))?;
-    let names: Vec<String> = listing
-        .flatten()
-        .filter_map(|item| item.file_name().to_str().map(str::to_owned))
-        .collect();
+    let names = list(dir)?;
     let uncommitted: HashSet<&str> = names.iter().filter_map(|n| n.strip_prefix(TMP_PREFIX)).collect();
     for name in &names {
         let Some(id) = name.strip_prefix('Q').filter(|id| id.starts_with(prefix)) else {
@@ -380,6 +357,15 @@ pub fn scan_message(dir: &Path, prefix: &str) -> Result<(Vec<Entry>, Vec<String>
     }
     entries.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
     Ok((entries, malformed))
+}
+
+/// The names in the spool (all are UTF-8 but those nobody of ours wrote).
+fn list(dir: &Path) -> Result<Vec<String>> {
+    let listing = fs::read_dir(dir).context(|| format!("can not read spool `{}'", dir.display()))?;
+    Ok(listing
+        .flatten()
+        .filter_map(|item| item.file_name().into_string().ok())
+        .collect())
 }
 
 fn open_entry(q: &Path) -> io::Result<File> {
@@ -425,11 +411,10 @@ pub fn claim(dir: &Path, id: &str) -> Result<Option<Claim>> {
             opened => opened.context(|| format!("can not open `{}'", q.display()))?,
         };
         match file.try_lock() {
-            Ok(()) => {}
             Err(TryLockError::WouldBlock) => return Ok(None),
-            Err(TryLockError::Error(e)) => {
-                return Err(DmaError::io(format!("can not lock `{}'", q.display()), e))
-            }
+            locked => locked
+                .map_err(io::Error::from)
+                .context(|| format!("can not lock `{}'", q.display()))?,
         }
         // The entry may have been rewritten (renamed over) or removed while we waited.
         let locked = file.metadata().context(|| format!("stat `{}'", q.display()))?;
@@ -457,8 +442,12 @@ impl Claim {
         if entry.id != self.entry.id {
             return Err(DmaError::Data("an entry's id cannot change".into()));
         }
-        check_field("the error text", &entry.last_error)?;
-        check_field("the state", &entry.state)?;
+        // Each goes on one line of the queue file.
+        for (what, value) in [("the error text", &entry.last_error), ("the state", &entry.state)] {
+            if value.bytes().any(|b| matches!(b, b'\n' | b'\r' | b'\0')) {
+                return Err(DmaError::Data(format!("{what} contains a line break or NUL")));
+            }
+        }
         let tmp = self.dir.join(format!("{TMP_PREFIX}Q{}", entry.id));
         let q = self.dir.join(format!("Q{}", entry.id));
         let _ = fs::remove_file(&tmp); // what a runner killed in the middle of a record left
@@ -493,27 +482,22 @@ pub fn sync_spool(dir: &Path) -> Result<()> {
 /// Remove what crashes leave behind: temporary files and message files without an entry, older
 /// than `max_age` seconds. Returns the names removed.
 pub fn clean_stale(dir: &Path, max_age: u64) -> Result<Vec<String>> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let cutoff = now.saturating_sub(max_age);
-    let listing = fs::read_dir(dir).context(|| format!("can not read spool `{}'", dir.display()))?;
-    let names: Vec<(String, bool)> = listing
-        .flatten()
-        .map(|item| {
-            let old = item
-                .metadata()
-                .is_ok_and(|m| u64::try_from(m.mtime()).unwrap_or(0) <= cutoff);
-            (item.file_name().to_string_lossy().into_owned(), old)
-        })
-        .collect();
-    // Messages whose submitter died before the commit: their entries go with the temporary file.
+    let cutoff = UNIX_EPOCH
+        .elapsed()
+        .map_or(0, |d| d.as_secs())
+        .saturating_sub(max_age);
+    let old = |name: &str| {
+        fs::symlink_metadata(dir.join(name)).is_ok_and(|m| u64::try_from(m.mtime()).unwrap_or(0) <= cutoff)
+    };
+    let names = list(dir)?;
+    // Messages whose submitter died before the commit (their entries go with the temporary file),
+    // and whether that was long enough ago.
     let uncommitted: HashMap<&str, bool> = names
         .iter()
-        .filter_map(|(n, old)| n.strip_prefix(TMP_PREFIX).map(|id| (id, *old)))
+        .filter_map(|n| Some((n.strip_prefix(TMP_PREFIX)?, old(n))))
         .collect();
     let mut removed = Vec::new();
-    for (name, old) in &names {
+    for name in &names {
         let garbage = match name.strip_prefix(['Q', 'M']) {
             Some(id) => match uncommitted.get(message_id_of(id)) {
                 Some(abandoned) => *abandoned,
@@ -521,7 +505,7 @@ pub fn clean_stale(dir: &Path, max_age: u64) -> Result<Vec<String>> {
                 // removing an entry's Q and its M leaves. Nothing refers to it any more.
                 None => name.starts_with('M') && !dir.join(format!("Q{id}")).exists(),
             },
-            None => *old && name.starts_with(TMP_PREFIX),
+            None => name.strip_prefix(TMP_PREFIX).is_some_and(|id| uncommitted[id]),
         };
         if garbage && fs::remove_file(dir.join(name)).is_ok() {
             removed.push(name.clone());
@@ -529,6 +513,7 @@ pub fn clean_stale(dir: &Path, max_age: u64) -> Result<Vec<String>> {
     }
     Ok(removed)
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
