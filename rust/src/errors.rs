@@ -61,3 +61,30 @@ pub fn retry<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_repeats_only_interrupted_calls() {
+        let mut calls = 0;
+        let got = retry(|| {
+            calls += 1;
+            match calls {
+                1 | 2 => Err(io::ErrorKind::Interrupted.into()),
+                _ => Ok(calls),
+            }
+        });
+        assert_eq!(got.unwrap(), 3);
+        let mut calls = 0;
+        let failed: io::Result<()> = retry(|| {
+            calls += 1;
+            Err(io::ErrorKind::WouldBlock.into())
+        });
+        assert_eq!(
+            (failed.unwrap_err().kind(), calls),
+            (io::ErrorKind::WouldBlock, 1)
+        );
+    }
+}

@@ -259,23 +259,19 @@ pub fn maildir_deliver_from(
     hostname: &str,
     create: Option<(u32, u32)>,
 ) -> Result<String> {
-    let top = open_or_make_dir(CWD, maildir, create)?;
+    let top = open_or_make_dir(CWD, maildir, create, |what| {
+        format!("can not {what} {}", maildir.display())
+    })?;
     let sub = |name: &str| {
-        open_or_make_dir(&top, Path::new(name), create).map_err(|e| match e {
-            DmaError::Io { source, .. } => DmaError::io(
-                format!("bad Maildir directory {}/{name}", maildir.display()),
-                source,
-            ),
-            other @ DmaError::Data(_) => other,
-        })
+        let bad = |_: &str| format!("bad Maildir directory {}/{name}", maildir.display());
+        open_or_make_dir(&top, Path::new(name), create, bad)
     };
     let (tmp, new, _) = (sub("tmp")?, sub("new")?, sub("cur")?);
     let unique = unique_name(hostname);
     let ctx = |what: &str| format!("{what} {}/tmp/{unique}", maildir.display());
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let file =
-        rustix::fs::openat(&tmp, &unique, flags, Mode::from(0o600)).context(|| ctx("can not create"))?;
-    let mut file = File::from(file);
+    let file = rustix::fs::openat(&tmp, &unique, flags, Mode::from(0o600));
+    let mut file = File::from(file.context(|| ctx("can not create"))?);
     let written = (|| -> Result<()> {
         if let Some((uid, gid)) = create {
             fchown(&file, Some(uid), Some(gid)).context(|| ctx("can not chown"))?;
@@ -311,11 +307,15 @@ fn unique_name(hostname: &str) -> String {
 }
 
 /// Open a directory without following a symlink in its last component, creating it (0700, then
-/// chowned to `create`) when missing.
-fn open_or_make_dir(parent: impl AsFd, path: &Path, create: Option<(u32, u32)>) -> Result<OwnedFd> {
+/// chowned to `create`) when missing. `ctx` says what failed ("open directory", "chmod", ...).
+fn open_or_make_dir(
+    parent: impl AsFd,
+    path: &Path,
+    create: Option<(u32, u32)>,
+    ctx: impl Fn(&str) -> String,
+) -> Result<OwnedFd> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let open = || rustix::fs::openat(&parent, path, flags, Mode::empty());
-    let ctx = |what: &str| format!("can not {what} {}", path.display());
     let made = match open() {
         Ok(fd) => return Ok(fd),
         Err(rustix::io::Errno::NOENT) => match rustix::fs::mkdirat(&parent, path, Mode::from(0o700)) {
