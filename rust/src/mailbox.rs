@@ -73,8 +73,8 @@ pub fn mbox_append_timeout(
 /// hard link, and, when `create` names an owner, one owned by anyone else than that owner or root.
 fn open_mbox(mbox: &Path, create: Option<(u32, u32, u32)>) -> Result<File> {
     // O_NONBLOCK so that a FIFO planted in place of the mbox cannot hang us in open(); O_NOCTTY
-    // so that a tty cannot become our controlling terminal. Both are cleared/irrelevant once the
-    // fstat below has shown a regular file.
+    // so that a tty cannot become our controlling terminal. Neither changes anything for the
+    // regular file that the fstat below insists on.
     let open = |new: bool| {
         OpenOptions::new()
             .append(true)
@@ -118,8 +118,6 @@ fn open_mbox(mbox: &Path, create: Option<(u32, u32, u32)>) -> Result<File> {
         }
         _ => {}
     }
-    let flags = rustix::fs::fcntl_getfl(&file).context(|| ctx("fcntl"))?;
-    rustix::fs::fcntl_setfl(&file, flags - OFlags::NONBLOCK).context(|| ctx("fcntl"))?;
     Ok(file)
 }
 
