@@ -84,14 +84,12 @@ fn open_mbox(mbox: &Path, create: Option<(u32, u32, u32)>) -> Result<File> {
             .open(mbox)
     };
     let ctx = |what: &str| format!("can not {what} {}", mbox.display());
-    let mut created = false;
     let file = match (open(false), create) {
         (Err(e), Some((uid, gid, mode))) if e.kind() == ErrorKind::NotFound => match open(true) {
             Ok(f) => {
                 fchown(&f, Some(uid), Some(gid)).context(|| ctx("chown"))?;
                 f.set_permissions(Permissions::from_mode(mode))
                     .context(|| ctx("chmod"))?;
-                created = true;
                 f
             }
             // Somebody else created it between our two opens: use theirs, with all checks.
@@ -111,8 +109,9 @@ fn open_mbox(mbox: &Path, create: Option<(u32, u32, u32)>) -> Result<File> {
     if meta.nlink() > 1 {
         return Err(refuse(libc::EMLINK, "it has more than one hard link"));
     }
+    // (One we created is owned by `uid` by now.)
     match create {
-        Some((uid, _, _)) if !created && meta.uid() != uid && meta.uid() != 0 => {
+        Some((uid, _, _)) if meta.uid() != uid && meta.uid() != 0 => {
             let why = format!("owned by uid {}, expected {uid}", meta.uid());
             return Err(refuse(libc::EPERM, &why));
         }
