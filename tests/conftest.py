@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from dma import _native, launcher
+from dma import _native
+from dma.admin import launcher
 from smtp_servers import Certs
 
 

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from dma.aliases import MAX_DEPTH, Aliases, parse, parse_text
 from dma.errors import EX_CONFIG, EX_DATAERR, EX_NOINPUT, ConfigError, Fatal
-from dma.message import strip_local_domain
+from dma.mail.aliases import MAX_DEPTH, Aliases, parse, parse_text
+from dma.mail.message import strip_local_domain
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
-from dma.drop import Rejected, parse_envelope
-from dma.dsn import parameters
-from dma.routes import split_hosts
+from dma.mail.drop import Rejected, parse_envelope
+from dma.mail.dsn import parameters
+from dma.mail.routes import split_hosts
 from dma_fixtures import DmaEnv, closed_port, program
 from smtp_servers import Recorder, Smtpd
 
@@ -61,11 +61,11 @@ def test_closed_stdout_still_reports_an_error_as_exit_code(dma_env: DmaEnv) -> N
 
 
 def test_submit_and_batch_at_the_top_level_load_the_api_lazily() -> None:
-    # dma/submit.py exists too: `dma.submit` must be the function whatever was imported before.
+    # `dma.submit` must be the function whatever was imported before (dma.mail.submit too).
     code = (
         "import sys, dma\n"
         "assert 'dma.api' not in sys.modules\n"
-        "import dma.cli, dma.submit\n"  # the submission module loaded first
+        "import dma.cli, dma.mail.submit\n"  # the submission module loaded first
         "from dma import api\n"
         "assert dma.submit is api.submit and dma.Batch is api.Batch\n"
         "try:\n    dma.nothing\nexcept AttributeError:\n    print('ok')\n"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from dma import config
-from dma.authconf import AuthTable, load_auth
 from dma.config import Config, load, sanitize_hostname
 from dma.errors import EX_CONFIG, EX_NOINPUT, ConfigError, Fatal
+from dma.mail.authconf import AuthTable, load_auth
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

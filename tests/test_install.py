@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 from conftest import in_private_namespace
-from dma import config, install
+from dma import config
+from dma.admin import install
 from dma.errors import EX_CONFIG, EX_NOPERM, EX_USAGE, Fatal
 
 BIN = Path(sys.executable).parent

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from dma import _native, local
-from dma.local import DeliveryFailure
+from dma import _native
+from dma.mail import local
+from dma.mail.local import DeliveryFailure
 
 WHEN = "Wed Nov 25 12:00:41 2026"
 ME = pwd.getpwuid(os.getuid()).pw_name

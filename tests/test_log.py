@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from dma.log import json_line
+from dma.mail.log import json_line
 from dma_fixtures import DmaEnv
 from smtp_servers import LOGIN, PASSWORD, Certs, Smtpd
 

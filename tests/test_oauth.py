@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from dma import config, oauth
+from dma import config
 from dma.errors import ConfigError
+from dma.mail import oauth
 from dma_fixtures import DmaEnv, program
 from oauth_servers import CLIENT_ID, CLIENT_SECRET, OAuthRecorder, TokenServer
 from smtp_servers import LOGIN, PASSWORD, Certs, Smtpd
@@ -139,7 +140,7 @@ def test_refresh_once_then_cached_token_and_rotation(world: World) -> None:
     code, modules, err = modules_after(world.env, ["sendmail", "-D", RCPT], MSG)
     assert code == 0, err
     heavy = {"ssl", "json", "urllib.request", "http.client", "shlex"} & set(modules)
-    assert "dma.oauth" in modules and not heavy, heavy
+    assert "dma.mail.oauth" in modules and not heavy, heavy
 
 
 def test_token_renewed_shortly_before_expiry(world: World) -> None:
@@ -228,7 +229,7 @@ def test_revoked_grant_defers_until_max_queue_time_then_bounces(world: World) ->
 
 # ---- crash safety of a rotation ------------------------------------------------------------------
 
-REFRESH = "from dma import config, oauth; oauth.access_token(config.load(), {cred!r})"
+REFRESH = "from dma import config; from dma.mail import oauth; oauth.access_token(config.load(), {cred!r})"
 # Each step of a rotation, as the system call the process is killed at (strace injection), or
 # "issued": killed by the token endpoint once it has issued the new token, before it answers.
 STEPS = [
@@ -455,7 +456,7 @@ def test_password_from_a_command_and_from_a_systemd_credential(dma_env: DmaEnv, 
 
 
 def test_install_loads_the_credentials_auth_conf_names(dma_env: DmaEnv, tmp_path: Path) -> None:
-    from dma.install import Installer
+    from dma.admin.install import Installer
 
     cred = tmp_path / "oauth"
     cred.write_text(

@@ -43,7 +43,7 @@ def runner(
     w: World, *, env: dict[str, str] | None = None, stale: int | None = None
 ) -> subprocess.CompletedProcess[bytes]:
     """`sendmail -D -q` as root; `stale` lowers drop.STALE (a ctime cannot be set back)."""
-    setup = f"import dma.drop; dma.drop.STALE = {stale}; " if stale is not None else ""
+    setup = f"import dma.mail.drop; dma.mail.drop.STALE = {stale}; " if stale is not None else ""
     argv = [
         sys.executable,
         "-c",

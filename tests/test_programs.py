@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare")
 
 INNER = r"""
 import json, os, subprocess, sys
-from dma.launcher import write_launcher
+from dma.admin.launcher import write_launcher
 
 spec = json.loads(sys.argv[1])
 tmp = spec["tmp"]

@@ -16,10 +16,11 @@ from __future__ import annotations
 import os
 import tempfile
 
-from dma import _native, message
-from dma.aliases import parse_text
-from dma.drop import Rejected, parse_envelope
+from dma import _native
 from dma.errors import ConfigError, Fatal
+from dma.mail import message
+from dma.mail.aliases import parse_text
+from dma.mail.drop import Rejected, parse_envelope
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from smtp_servers import Peer, RawServer, scripted

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dma import config, routing
-from dma.routing import RouteError
+from dma import config
+from dma.mail import routing
+from dma.mail.routing import RouteError
 from servers import DnsServer, Zone
 
 ZONE = Zone(

@@ -1,37 +1,19 @@
-"""dma: a sendmail-compatible, outbound-only mail agent with a Rust core."""
+"""dma: a sendmail-compatible, outbound-only mail agent with a Rust core.
+
+`cli` is the sendmail command line, `config` and `errors` are shared by all; `mail/` is the path a
+message takes (submission, queue, delivery, bounces); `admin/` holds the tools (install, doctor,
+queue control); `api`, `django_backend` and `logging_handler` are the integrations for programs.
+"""
 
 from __future__ import annotations
 
-import sys
-
 __version__ = "0.1.0"
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from types import ModuleType
-else:
-    ModuleType = type(sys)  # without importing `types`: `sendmail` starts lean
 
+def __getattr__(name: str) -> object:
+    """`dma.submit` and `dma.Batch` load the API on first use (`sendmail` never does)."""
+    if name in ("submit", "Batch"):
+        from . import api
 
-class _Package(ModuleType):
-    """`dma.submit` and `dma.Batch` load the API on first use (`sendmail` never does). Properties
-    win over the `dma/submit.py` submodule that the import system sets as an attribute."""
-
-    @property
-    def submit(self) -> object:
-        from .api import submit
-
-        return submit
-
-    @submit.setter
-    def submit(self, module: object) -> None:
-        pass  # dma/submit.py stays reachable as sys.modules["dma.submit"]
-
-    @property
-    def Batch(self) -> object:
-        from .api import Batch
-
-        return Batch
-
-
-sys.modules[__name__].__class__ = _Package
+        return getattr(api, name)
+    raise AttributeError(f"module 'dma' has no attribute {name!r}")

@@ -2,7 +2,7 @@
 
 import sys
 
-from dma.cli import run
+from .cli import run
 
 sys.argv[0] = "dma"
 run()

@@ -33,8 +33,8 @@ import threading
 
 from . import _native
 from .errors import EX_NOINPUT, Fatal
-from .routing import RecipientResolver
-from .submit import Submission, os_failure, spool_message
+from .mail.routing import RecipientResolver
+from .mail.submit import Submission, os_failure, spool_message
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -236,7 +236,7 @@ def wake_runner(cfg: Config) -> None:
 
     Never raises: the messages are queued whatever happens here, and the next runner sends them.
     """
-    from .queue import wake
+    from .mail.queue import wake
 
     try:
         if runner_running(cfg):

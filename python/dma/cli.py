@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return dispatch(prog, argv[1:])
     except OSError as e:  # what has no precise message still gets one line and a sysexits code
-        from .submit import os_failure
+        from .mail.submit import os_failure
 
         fatal = os_failure(e, f"`{e.filename}'" if e.filename else "")
         sys.stderr.write(f"{prog}: {fatal}\n")
@@ -201,12 +201,12 @@ def reopen_closed_outputs() -> None:
 # `dma <command> ...`: operations C dma never had, each in its own module with a
 # `command(prog, name, args) -> int`. Only as `dma`: `sendmail install` still mails a user.
 COMMANDS: dict[str, str] = {
-    "doctor": "dma.doctor",
-    "install": "dma.install",
-    "oauth": "dma.oauth",
-    "uninstall": "dma.install",
-    "queue": "dma.control",
-    "serve": "dma.queue",
+    "doctor": "dma.admin.doctor",
+    "install": "dma.admin.install",
+    "oauth": "dma.mail.oauth",
+    "uninstall": "dma.admin.install",
+    "queue": "dma.admin.control",
+    "serve": "dma.mail.queue",
 }
 
 
@@ -220,7 +220,7 @@ def dispatch(prog: str, args: list[str]) -> int:
     if prog == "mailq":
         if args not in ([], ["--json"]):
             raise Fatal(EX_USAGE, "invalid arguments")
-        from .control import list_queue
+        from .admin.control import list_queue
 
         list_queue(config.load(), sys.stdout, json=bool(args))
         return 0
@@ -229,18 +229,18 @@ def dispatch(prog: str, args: list[str]) -> int:
     opts = parse_args(args)
     cfg = config.load(opts.config)
     if opts.list_queue:
-        from .control import list_queue
+        from .admin.control import list_queue
 
         list_queue(cfg, sys.stdout)
         return 0
     if opts.run_queue:
         return run_queue(cfg, opts, prog)
-    from .submit import Submission, drops, submit
+    from .mail.submit import Submission, drops, submit
 
     if sys.stdin is None:  # descriptor 0 was closed when we started: that is no (empty) message
         raise Fatal(EX_NOINPUT, "standard input is closed, nothing queued")
     if opts.smtp:
-        from .bs import Session
+        from .mail.bs import Session
 
         message_ids = Session(cfg, opts.full_name, opts.tag).run()
     else:
@@ -253,7 +253,7 @@ def dispatch(prog: str, args: list[str]) -> int:
             tag=opts.tag,
         )
         if opts.dsn:
-            from .dsn import parameters
+            from .mail.dsn import parameters
 
             sub.dsn = parameters(opts.dsn.get("N"), opts.dsn.get("R"), opts.dsn.get("V"))
         message_ids = [submit(cfg, sub)[0]]
@@ -270,7 +270,7 @@ def dispatch(prog: str, args: list[str]) -> int:
 
 
 def check_aliases(cfg: Config) -> int:
-    from .aliases import parse
+    from .mail.aliases import parse
 
     problems = parse(cfg.aliases).check()
     for problem in problems:
@@ -280,7 +280,7 @@ def check_aliases(cfg: Config) -> int:
 
 def run_queue(cfg: Config, opts: Options, prog: str) -> int:
     """`-q`: make every deferred entry due now. `-qI<id>` and `-qR<domain>` flush only those."""
-    from .queue import Runner, Selection, wake
+    from .mail.queue import Runner, Selection, wake
 
     selection = Selection(opts.queue_arg)
     progress = opts.foreground and not opts.verbose and sys.stderr.isatty()
@@ -302,12 +302,12 @@ def run_queue(cfg: Config, opts: Options, prog: str) -> int:
 def deliver_now(cfg: Config, message_ids: list[str], opts: Options, prog: str) -> int:
     """After a submission: deliver in the foreground (`-D`), or wake or start the runner."""
     from .errors import EX_TEMPFAIL, EX_UNAVAILABLE
-    from .queue import Runner, wake
+    from .mail.queue import Runner, wake
 
     runner = Runner(cfg, verbose=opts.verbose, report_failures=opts.foreground, name=prog, tag=opts.tag)
     if opts.foreground:
         # -D: deliver this message now, even if a runner is busy, and report the outcome.
-        from .queue import Selection
+        from .mail.queue import Selection
 
         runner.run(only=Selection("", message_ids), force=True)
         if runner.failed:

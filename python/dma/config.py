@@ -14,12 +14,12 @@ from __future__ import annotations
 import posix
 import pwd
 
-from dma.errors import EX_NOINPUT, ConfigError, Fatal
+from .errors import EX_NOINPUT, ConfigError, Fatal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .authconf import AuthTable
-    from .routes import Route
+    from .mail.authconf import AuthTable
+    from .mail.routes import Route
 
 __all__ = [
     "DEFAULT_CONF",
@@ -237,14 +237,14 @@ class Config:
 
     def smarthosts(self) -> list[tuple[str, int]]:
         """SMARTHOST's hosts and ports (PORT where a host names none), in the order to try them."""
-        from .routes import split_hosts
+        from .mail.routes import split_hosts
 
         return split_hosts(self.smarthost or "", self.port)
 
     def auth(self) -> AuthTable:
         """The auth.conf table named by AUTHPATH (empty when unset), read on first use."""
         if self._auth is None:
-            from .authconf import AuthTable, load_auth
+            from .mail.authconf import AuthTable, load_auth
 
             self._auth = AuthTable(self.authpath) if self.authpath is None else load_auth(self.authpath)
         return self._auth
@@ -457,7 +457,7 @@ def _parse_conf(cfg: Config, path: str, text: str) -> None:
         elif kind == "masquerade":
             cfg.masquerade_user, cfg.masquerade_host = _split_masquerade(path, lineno, value)
         elif kind == "route":
-            from .routes import parse_route
+            from .mail.routes import parse_route
 
             cfg.routes.append(parse_route(path, lineno, value))
         else:
@@ -511,7 +511,7 @@ def _convert(
             raise ConfigError(path, lineno, key, f"`{value}' is not an address (user@domain)")
         return value
     if kind == "hosts":  # `host[:port] ...`, split when used: PORT may come later
-        from .routes import split_hosts
+        from .mail.routes import split_hosts
 
         try:
             split_hosts(value, 25)

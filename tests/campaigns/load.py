@@ -10,7 +10,7 @@ queue must empty before the deadline, and the runner's VmRSS (sampled every 0.25
     .venv/bin/python tests/campaigns/load.py [--messages 10000] [--processes 8] [--seed N] [--workdir DIR]
 
 prints `load test: messages=N delivered=D duplicates=U queued=Q runner_rss_mib=min..max elapsed=S`.
-Submissions go through the fast launcher of `dma install` (dma.launcher.write_launcher).
+Submissions go through the fast launcher of `dma install` (dma.admin.launcher.write_launcher).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def run(
     deadline: float = 900,
     log: Any = None,
 ) -> Result:
-    from dma.launcher import write_launcher
+    from dma.admin.launcher import write_launcher
 
     env = DmaEnv(work)
     sink = FlakySink(seed).start()

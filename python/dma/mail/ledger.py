@@ -7,12 +7,13 @@ import posix
 import sys
 import time
 
-from .errors import EX_TEMPFAIL, Fatal
+from dma.errors import EX_TEMPFAIL, Fatal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from . import _native
-    from .config import Config
+    from dma import _native
+    from dma.config import Config
+
     from .log import Log
 
 

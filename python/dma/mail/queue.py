@@ -15,15 +15,17 @@ import _thread
 import posix
 import time
 
-from . import _native
-from .errors import Fatal
+from dma import _native
+from dma.errors import Fatal
+
 from .ledger import Ledger, Outcome
 from .log import Log
 from .routing import is_local
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .config import Config
+    from dma.config import Config
+
     from .remote import Destination, Link
 
 STALE_AGE = 24 * 3600
@@ -370,8 +372,8 @@ def command(prog: str, name: str, args: list[str]) -> int:
     due, and it exits when nothing is left to do. If a runner already holds the spool, it is woken
     and this one exits at once.
     """
-    from . import config
-    from .errors import EX_USAGE
+    from dma import config
+    from dma.errors import EX_USAGE
 
     conf: str | None = None
     tag = "dma"

@@ -18,11 +18,11 @@ does not say comes from the global keys (SECURETRANSFER, STARTTLS, VERIFYCERT, F
 
 from __future__ import annotations
 
-from .errors import ConfigError
+from dma.errors import ConfigError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .config import Config
+    from dma.config import Config
 
 TLS_MODES = {"tls": "implicit", "starttls": "starttls", "opportunistic": "opportunistic", "plain": "none"}
 

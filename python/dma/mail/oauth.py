@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import time
 
-from .config import read_text
-from .errors import EX_CONFIG, EX_UNAVAILABLE, EX_USAGE, ConfigError, Fatal
+from dma.config import read_text
+from dma.errors import EX_CONFIG, EX_UNAVAILABLE, EX_USAGE, ConfigError, Fatal
+
 from .routing import RouteError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .config import Config
+    from dma.config import Config
 
 MECHANISMS = ["OAUTHBEARER", "XOAUTH2"]
 MARGIN = 300  # renew an access token this many seconds before it expires
@@ -194,7 +195,7 @@ def write_atomic(path: str, text: str, uid: int = -1) -> None:
 def access_token(cfg: Config, credential: str, rejected: str | None = None) -> str:
     """A valid access token for `credential`: the cached one unless it expires within MARGIN
     seconds or is `rejected` (the server refused it), else a new one from the token endpoint."""
-    from . import _native
+    from dma import _native
 
     _native.no_core_dumps()
     cache = cache_path(cfg, credential)
@@ -309,7 +310,7 @@ USAGE = "usage: dma oauth [-C FILE] login PROVIDER CREDENTIAL-FILE | dma oauth [
 
 
 def command(prog: str, name: str, args: list[str]) -> int:
-    from . import config
+    from dma import config
 
     conf = None
     if args[:1] == ["-C"] and len(args) > 1:

@@ -31,9 +31,10 @@ import subprocess
 import sys
 from typing import Any
 
+from dma.errors import EX_CONFIG, EX_NOPERM, EX_SOFTWARE, EX_USAGE, ConfigError, Fatal
+from dma.mail.oauth import credential_names
+
 from . import launcher
-from .errors import EX_CONFIG, EX_NOPERM, EX_SOFTWARE, EX_USAGE, ConfigError, Fatal
-from .oauth import credential_names
 
 LIBEXEC = "/usr/local/libexec/dma"
 PROGRAMS = ("sendmail", "mailq", "newaliases", "dma")
@@ -248,7 +249,7 @@ class Installer:
     # ---- install --------------------------------------------------------------------------
 
     def install(self, systemd: bool | None) -> None:
-        from . import config
+        from dma import config
 
         self.load_manifest()
         try:

@@ -11,13 +11,15 @@ import errno
 import posix
 import time
 
-from . import _native, message
-from .errors import EX_CANTCREAT, EX_DATAERR, EX_IOERR, EX_NOINPUT, EX_TEMPFAIL, Fatal
+from dma import _native
+from dma.errors import EX_CANTCREAT, EX_DATAERR, EX_IOERR, EX_NOINPUT, EX_TEMPFAIL, Fatal
+
+from . import message
 from .routing import RecipientResolver
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .config import Config
+    from dma.config import Config
 
 # Errors that a later attempt may not meet: the caller should retry (sysexits EX_TEMPFAIL).
 _TEMPORARY_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE}

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import posix
 
-from . import _native, message
-from .errors import EX_DATAERR, EX_NOINPUT, Fatal
+from dma import _native
+from dma.errors import EX_DATAERR, EX_NOINPUT, Fatal
+
+from . import message
 from .routing import RecipientResolver
 from .submit import Submission, spool_message
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .config import Config
+    from dma.config import Config
 
 # RFC 5321 asks for 512 octets at least; SMTPUTF8 addresses with parameters need more.
 MAX_LINE = 2048

@@ -17,17 +17,17 @@ import os
 import stat
 import sys
 
-from .errors import EX_CONFIG, EX_USAGE, ConfigError, Fatal
+from dma.errors import EX_CONFIG, EX_USAGE, ConfigError, Fatal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import TextIO
 
-    from . import _native
-    from .config import Config
-    from .routes import Route
-    from .routing import Target
+    from dma import _native
+    from dma.config import Config
+    from dma.mail.routes import Route
+    from dma.mail.routing import Target
 
 USAGE = "usage: dma doctor [-C FILE] [-v] [-n] [ADDRESS...]"
 
@@ -112,7 +112,7 @@ def command(prog: str, name: str, args: list[str]) -> int:
 
 
 def run(opts: Options, out: TextIO) -> int:
-    from . import config
+    from dma import config
 
     report = Report(out)
     try:
@@ -158,7 +158,7 @@ def check_config(cfg: Config, report: Report) -> None:
 
 
 def describe_tls(cfg: Config) -> str:
-    from .remote import tls_mode
+    from dma.mail.remote import tls_mode
 
     mode = tls_mode(cfg)
     text = {
@@ -200,7 +200,7 @@ def check_dir(report: Report, topic: str, path: str, *, creatable: bool) -> None
 
 
 def check_aliases(cfg: Config, report: Report) -> None:
-    from .aliases import parse
+    from dma.mail.aliases import parse
 
     if cfg.nullclient:
         report.info("aliases", "not used (NULLCLIENT)")
@@ -224,7 +224,7 @@ def check_aliases(cfg: Config, report: Report) -> None:
 
 
 def check_auth(cfg: Config, report: Report) -> None:
-    from .authconf import load_auth
+    from dma.mail.authconf import load_auth
 
     if not cfg.authpath:
         report.info("auth.conf", "AUTHPATH not set: no SMTP AUTH")
@@ -250,8 +250,8 @@ def check_auth(cfg: Config, report: Report) -> None:
         )
     for host in [h for h, _ in cfg.smarthosts() if table.lookup(h) is None]:
         report.info("auth.conf", f"no credentials for the smarthost `{host}' (hosts match exactly)")
-    from .oauth import renew_now
-    from .routing import RouteError
+    from dma.mail.oauth import renew_now
+    from dma.mail.routing import RouteError
 
     for login, host, password in table.items():
         if password.startswith("{oauth2}"):
@@ -283,8 +283,8 @@ def private(report: Report, topic: str, path: str) -> None:
 def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[tuple[Target, Route | None]]:
     """Print where each address goes; returns the remote hosts to probe (with the ROUTE that
     leads there, if one does), without repeats."""
-    from .remote import destination, targets
-    from .routing import RouteError, targets_for
+    from dma.mail.remote import destination, targets
+    from dma.mail.routing import RouteError, targets_for
 
     found_hosts: dict[tuple[str, int], tuple[Target, Route | None]] = {}
 
@@ -332,8 +332,8 @@ def addrs(target: Target) -> str:
 
 
 def route_one(cfg: Config, given: str, report: Report, remote: Callable[[str, str], None]) -> None:
-    from .local import is_local_user
-    from .message import strip_local_domain
+    from dma.mail.local import is_local_user
+    from dma.mail.message import strip_local_domain
 
     address = strip_local_domain(given, cfg.mailname)
     if "@" in address:
@@ -343,7 +343,7 @@ def route_one(cfg: Config, given: str, report: Report, remote: Callable[[str, st
         report.info("route", f"{given}: NULLCLIENT sends it to the smarthost as {address}@{cfg.mailname}")
         remote(f"{address}@{cfg.mailname}", "")
         return
-    from .aliases import parse
+    from dma.mail.aliases import parse
 
     try:
         aliases = parse(cfg.aliases)
@@ -382,9 +382,9 @@ def mailbox_of(cfg: Config, user: str) -> str:
 
 def probe(cfg: Config, target: Target, report: Report, *, verbose: bool, route: Route | None = None) -> None:
     """One SMTP session to `target` that sends no mail; prints what the server offers."""
-    from . import _native
-    from .remote import credentials, describe, renew, settings, tls_mode
-    from .routing import RouteError
+    from dma import _native
+    from dma.mail.remote import credentials, describe, renew, settings, tls_mode
+    from dma.mail.routing import RouteError
 
     where = f"{target.name} port {target.port}"
     try:
@@ -458,7 +458,7 @@ def cert_lines(cfg: Config, sha256: str | None, report: Report, *, verified: boo
 def inspect(cfg: Config, target: Target, mode: str, report: Report) -> None:
     """After a TLS failure: handshake again without any check, and no credentials, to show the
     certificate the server presents (as posttls-finger does)."""
-    from . import _native
+    from dma import _native
 
     try:
         seen = _native.smtp_session(

@@ -11,8 +11,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import dns.resolver
 
+    from dma.config import Config
+
     from .aliases import Aliases
-    from .config import Config
 
 
 def is_local(recipient: str) -> bool:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import posix
 import time
 
-from . import _native
+from dma import _native
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .config import Config
+    from dma.config import Config
 
 # syslog(3) levels.
 _PRIORITIES = {"crit": 2, "err": 3, "notice": 5, "info": 6}

@@ -13,15 +13,17 @@ import os
 import threading
 import time
 
-from . import _native, message
+from dma import _native
+from dma.errors import Fatal
+
+from . import message
 from .dsn import full_content
 from .dsn import wants_failure_report as wants_failure_report  # for the runner
-from .errors import Fatal
 from .routing import RecipientResolver
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .config import Config
+    from dma.config import Config
 
 
 def status_code(text: str, expired: bool) -> str:

@@ -30,14 +30,17 @@ import pwd
 import stat
 import time
 
-from . import _native, message
+from dma import _native
+from dma.errors import EX_CONFIG, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, Fatal
+
+from . import message
 from .dsn import checked
-from .errors import EX_CONFIG, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, Fatal
 from .routing import RecipientResolver
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .config import Config
+    from dma.config import Config
+
     from .log import Log
 
 NAME = "incoming"

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import errno
 
-from .config import os_error_text, read_text
-from .errors import EX_NOINPUT, ConfigError, Fatal
+from dma.config import os_error_text, read_text
+from dma.errors import EX_NOINPUT, ConfigError, Fatal
 
 
 class AuthTable:

@@ -10,9 +10,9 @@ import posix
 import pwd
 import time
 
-from . import __version__, _native
-from .config import getenv
-from .errors import EX_DATAERR, EX_SOFTWARE, Fatal
+from dma import __version__, _native
+from dma.config import getenv
+from dma.errors import EX_DATAERR, EX_SOFTWARE, Fatal
 
 _login_name: str | None = None
 

@@ -8,13 +8,15 @@ the per-recipient results into outcomes for the queue runner.
 
 from __future__ import annotations
 
-from . import _native
+from dma import _native
+
 from .routes import choose
 from .routing import RouteError, Target, recipient_domain, targets_for
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .config import Config
+    from dma.config import Config
+
     from .log import Log
     from .routes import Route
 

@@ -6,7 +6,7 @@ queue entry's `DSN:` line, on MAIL and RCPT when the server offers DSN, and read
 
 from __future__ import annotations
 
-from .errors import EX_USAGE, Fatal
+from dma.errors import EX_USAGE, Fatal
 
 
 def parameters(notify: str | None, ret: str | None, envid: str | None) -> str:

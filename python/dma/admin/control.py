@@ -24,22 +24,22 @@ import os
 import sys
 import time
 
-from .errors import EX_NOINPUT, EX_NOPERM, EX_TEMPFAIL, EX_USAGE, Fatal
+from dma.errors import EX_NOINPUT, EX_NOPERM, EX_TEMPFAIL, EX_USAGE, Fatal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import TextIO
 
-    from . import _native
-    from .config import Config
+    from dma import _native
+    from dma.config import Config
 
 USAGE = "usage: dma queue [-C FILE] list [--json] | show ID | hold|release|delete|bounce ID..."
 BOUNCE_TEXT = "bounced by the administrator"
 
 
 def queue_entries(cfg: Config) -> list[_native.QueueEntry]:
-    from . import _native
+    from dma import _native
 
     try:
         return _native.scan_queue(cfg.spooldir)[0] if os.path.isdir(cfg.spooldir) else []
@@ -51,7 +51,7 @@ def queue_entries(cfg: Config) -> list[_native.QueueEntry]:
 def list_queue(cfg: Config, out: TextIO, *, json: bool = False) -> None:
     """Print the queue in C dma's `mailq` format (monitoring scripts parse it), or as JSON: the
     spool's entries, then (system mode) users' mail still waiting in the drop directory."""
-    from . import drop
+    from dma.mail import drop
 
     rows = [entry_row(e) for e in queue_entries(cfg)]
     for ident, sender, recipients, st in drop.waiting(cfg):
@@ -96,7 +96,7 @@ SUBCOMMANDS = ("list", "show", "hold", "release", "delete", "bounce")
 
 
 def command(prog: str, name: str, args: list[str]) -> int:
-    from . import config
+    from dma import config
 
     conf_path, sub, rest = parse_args(args)
     cfg = config.load(conf_path)
@@ -196,7 +196,7 @@ class Control:
     def apply(
         self, ids: list[str], change: Callable[[_native.Spool, _native.QueueEntry], str], *, wake: bool
     ) -> int:
-        from . import _native
+        from dma import _native
 
         changed = 0
         selected = self.select(ids)  # first: it says so in one line when the queue is not ours
@@ -218,7 +218,7 @@ class Control:
             sys.stdout.write(f"{entry.id}: {text} ({display(entry.sender)} -> {entry.recipient})\n")
         sys.stdout.flush()
         if wake and changed:
-            from .queue import wake as wake_runner
+            from dma.mail.queue import wake as wake_runner
 
             wake_runner(self.cfg)
         return self.code

@@ -20,7 +20,8 @@ Imported on the submission hot path: module level imports only `errors`.
 from __future__ import annotations
 
 from dma.errors import EX_DATAERR, EX_NOINPUT, ConfigError, Fatal
-from dma.message import strip_local_domain
+
+from .message import strip_local_domain
 
 # Not `from typing import TYPE_CHECKING`: importing typing costs milliseconds on the hot path.
 # Type checkers treat any name TYPE_CHECKING as true.

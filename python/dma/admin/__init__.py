@@ -1,0 +1,1 @@
+"""The administration tools: install, doctor, queue control, launchers."""

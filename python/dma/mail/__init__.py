@@ -1,0 +1,1 @@
+"""The path a message takes: submission, the queue, delivery (SMTP, local), bounces."""
