@@ -6,7 +6,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::errors::{DmaError, IoContext, Result};
 
@@ -81,7 +81,7 @@ impl Journal {
 /// interrupted replay left behind, and the files to remove when those entries are gone.
 pub fn journal_take(dir: &Path) -> Result<(Vec<String>, Vec<PathBuf>)> {
     let path = dir.join(JOURNAL);
-    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let stamp = UNIX_EPOCH.elapsed().unwrap_or_default();
     let fresh = dir.join(format!("{TAKEN}{}.{}", stamp.as_nanos(), std::process::id()));
     match fs::rename(&path, &fresh) {
         Err(e) if e.kind() != ErrorKind::NotFound => {
@@ -108,6 +108,7 @@ pub fn journal_take(dir: &Path) -> Result<(Vec<String>, Vec<PathBuf>)> {
     }
     Ok((ids, files))
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

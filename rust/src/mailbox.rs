@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{fchown, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use rustix::fs::{AtFlags, Mode, OFlags, CWD};
 
@@ -290,7 +290,7 @@ pub fn maildir_deliver_from(
 /// host name are written `\057` and `\072`.
 fn unique_name(hostname: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = UNIX_EPOCH.elapsed().unwrap_or_default();
     let host: String = hostname.chars().filter(|c| !c.is_control()).collect();
     let host = host.replace('/', "\\057").replace(':', "\\072");
     format!(
@@ -332,6 +332,7 @@ fn open_or_make_dir(
     }
     Ok(fd)
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

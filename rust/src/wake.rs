@@ -90,6 +90,7 @@ impl Waker {
         Ok(woken)
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
