@@ -91,10 +91,10 @@ impl Incoming {
         let (id, tmp, file) = loop {
             // Unique over time (the delivered journal relies on it) and unguessable (nobody can
             // take another user's drop name first): seconds, microseconds, 64 random bits.
-            let id = name.map_or_else(
-                || format!("{created:08x}{micros:05x}{:016x}", random_u64()),
-                str::to_owned,
-            );
+            let id = match name {
+                Some(name) => name.to_owned(),
+                None => format!("{created:08x}{micros:05x}{:016x}", random_u64()),
+            };
             // The temporary file is named after the message: while it exists, the message is not
             // committed and its entries are not listed (see `committed`).
             let tmp = dir.join(format!("{TMP_PREFIX}{id}"));
