@@ -18,12 +18,11 @@ pub fn check(addr: &str) -> Result<(), &'static str> {
     {
         return Err("control characters");
     }
-    let (local_ok, rest) = match addr.strip_prefix('"') {
-        Some(quoted) => quoted_local(quoted),
-        None => {
-            let end = addr.find('@').unwrap_or(addr.len());
-            (dot_atom(&addr[..end]), &addr[end..])
-        }
+    let (local_ok, rest) = if let Some(quoted) = addr.strip_prefix('"') {
+        quoted_local(quoted)
+    } else {
+        let end = addr.find('@').unwrap_or(addr.len());
+        (dot_atom(&addr[..end]), &addr[end..])
     };
     if !local_ok {
         return Err("bad local part");

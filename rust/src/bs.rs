@@ -9,6 +9,8 @@
 
 use std::io::{self, BufRead, BufReader, ErrorKind, Read};
 
+use crate::errors::retry;
+
 pub struct SmtpInput<R> {
     src: BufReader<R>,
     body: Body,
@@ -40,37 +42,28 @@ impl<R: Read> SmtpInput<R> {
     /// The next command line without its CRLF (or bare LF), at most `max` bytes of it, and whether
     /// it was whole; the rest of a longer line is read and thrown away. `None` at end of input.
     pub fn command(&mut self, max: usize) -> io::Result<Option<(Vec<u8>, bool)>> {
+        // Room for the CR and LF of a line that is just long enough.
+        let limit = max + 2;
         let mut line = Vec::new();
+        (&mut self.src).take(limit as u64).read_until(b'\n', &mut line)?;
         let mut whole = true;
-        loop {
-            let buf = match self.src.fill_buf() {
-                Ok(buf) => buf,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            if buf.is_empty() {
-                // The client went away; a last line without its end still counts.
-                return Ok((!line.is_empty()).then_some((line, whole)));
+        if line.last() == Some(&b'\n') {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
             }
-            let end = buf.iter().position(|&b| b == b'\n');
-            let part = &buf[..end.unwrap_or(buf.len())];
-            // One byte over `max` is kept for the CR of a line that is just long enough.
-            let room = (max + 1).saturating_sub(line.len()).min(part.len());
-            line.extend_from_slice(&part[..room]);
-            whole &= room == part.len();
-            let used = end.map_or(buf.len(), |e| e + 1);
-            self.src.consume(used);
-            if end.is_some() {
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                if line.len() > max {
-                    whole = false;
-                    line.truncate(max);
-                }
-                return Ok(Some((line, whole)));
-            }
+        } else if line.len() == limit {
+            self.src.skip_until(b'\n')?;
+            whole = false;
+        } else if line.is_empty() {
+            return Ok(None);
         }
+        // (A last line without its end, the client gone, still counts.)
+        if line.len() > max {
+            line.truncate(max);
+            whole = false;
+        }
+        Ok(Some((line, whole)))
     }
 
     /// The message body: a new one (after the 354 reply), or the rest of one under way.
@@ -98,11 +91,8 @@ impl<R: Read> Read for Data<'_, R> {
             if n > 0 && me.src.buffer().is_empty() {
                 break; // hand over what we have rather than wait for more
             }
-            let buf = match me.src.fill_buf() {
-                Ok(buf) => buf,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
+            retry(|| me.src.fill_buf().map(<[u8]>::len))?;
+            let buf = me.src.buffer();
             if buf.is_empty() {
                 let msg = "the client closed the session before the end of the message";
                 return Err(io::Error::new(ErrorKind::UnexpectedEof, msg));
@@ -125,11 +115,8 @@ impl<R: Read> Read for Data<'_, R> {
                     n += take;
                     // Only CRLF ends a line: a dot after a bare LF is content, never stuffing.
                     let cr_before = |e: usize| {
-                        if e == 0 {
-                            state == Body::MiddleCr
-                        } else {
-                            buf[e - 1] == b'\r'
-                        }
+                        e.checked_sub(1)
+                            .map_or(state == Body::MiddleCr, |p| buf[p] == b'\r')
                     };
                     let next = match end {
                         Some(e) if e < take && cr_before(e) => Body::LineStart,
@@ -209,5 +196,9 @@ mod tests {
         let exact = [vec![b'y'; 512], b"\r\n".to_vec()].concat();
         let mut s = SmtpInput::new(&exact[..]);
         assert_eq!(s.command(512).unwrap(), Some((vec![b'y'; 512], true)));
+        // Cut the same when it is the last one and its end never comes.
+        let mut s = SmtpInput::new(&[b'z'; 513][..]);
+        assert_eq!(s.command(512).unwrap(), Some((vec![b'z'; 512], false)));
+        assert_eq!(s.command(512).unwrap(), None);
     }
 }

@@ -45,3 +45,46 @@ impl<T> IoContext<T> for io::Result<T> {
         self.map_err(|e| DmaError::io(what(), e))
     }
 }
+
+impl<T> IoContext<T> for rustix::io::Result<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| DmaError::io(what(), e.into()))
+    }
+}
+
+/// Run `op` again for as long as a signal interrupts it (`EINTR`).
+pub fn retry<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            done => return done,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_repeats_only_interrupted_calls() {
+        let mut calls = 0;
+        let got = retry(|| {
+            calls += 1;
+            match calls {
+                1 | 2 => Err(io::ErrorKind::Interrupted.into()),
+                _ => Ok(calls),
+            }
+        });
+        assert_eq!(got.unwrap(), 3);
+        let mut calls = 0;
+        let failed: io::Result<()> = retry(|| {
+            calls += 1;
+            Err(io::ErrorKind::WouldBlock.into())
+        });
+        assert_eq!(
+            (failed.unwrap_err().kind(), calls),
+            (io::ErrorKind::WouldBlock, 1)
+        );
+    }
+}

@@ -3,26 +3,30 @@
 //! and the runner's record never sends a message twice.
 
 use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::errors::{DmaError, IoContext, Result};
 
 /// The journal of deliveries the server confirmed but the runner may not have recorded yet.
 const JOURNAL: &str = "delivered";
 
+/// A journal taken for replay: renamed out of the way of new appends, and removed by the caller
+/// only once the entries it names are removed, so a crash during the replay replays it again.
+const TAKEN: &str = "delivered.taken.";
+
 /// How long confirmed deliveries may wait for the journal's sync (see `Journal`).
-const JOURNAL_SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+const SYNC_EVERY: Duration = Duration::from_millis(100);
 
 /// One session's writer of the delivered journal. Each confirmation is written at once, right
 /// after the server's reply, so a process that dies (even by SIGKILL) has always recorded it;
-/// the file is synced at most every `JOURNAL_SYNC_EVERY` and when the session ends, so a power
-/// failure can repeat at most that much, and a busy disk does not stall every message.
+/// the file is synced at most every `SYNC_EVERY` and when the session ends, so a power failure
+/// can repeat at most that much, and a busy disk does not stall every message.
 pub struct Journal {
     path: PathBuf,
-    last_sync: std::time::Instant,
+    last_sync: Instant,
     unsynced: bool,
 }
 
@@ -30,7 +34,7 @@ impl Journal {
     pub fn new(dir: &Path) -> Journal {
         Journal {
             path: dir.join(JOURNAL),
-            last_sync: std::time::Instant::now(),
+            last_sync: Instant::now(),
             unsynced: false,
         }
     }
@@ -40,59 +44,50 @@ impl Journal {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut text = ids.join("\n");
-        text.push('\n');
         self.unsynced = true;
-        let due = self.last_sync.elapsed() >= JOURNAL_SYNC_EVERY;
-        self.write(text.as_bytes(), due)
+        let due = self.last_sync.elapsed() >= SYNC_EVERY;
+        self.write(&format!("{}\n", ids.join("\n")), due)
     }
 
     /// Sync what was written (the end of a session).
     pub fn sync(&mut self) -> Result<()> {
         if self.unsynced {
-            self.write(b"", true)?;
+            self.write("", true)?;
         }
         Ok(())
     }
 
-    fn write(&mut self, text: &[u8], sync: bool) -> Result<()> {
+    fn write(&mut self, text: &str, sync: bool) -> Result<()> {
+        let ctx = |what: &str| format!("can not {what} `{}'", self.path.display());
         // Opened per write, so that lines always go to the journal in place, not to one a
         // replay has taken aside meanwhile.
-        let mut f = OpenOptions::new()
+        let f = OpenOptions::new()
             .append(true)
             .create(true)
             .mode(0o600)
             .open(&self.path)
-            .context(|| format!("can not write `{}'", self.path.display()))?;
-        f.write_all(text)
-            .context(|| format!("can not write `{}'", self.path.display()))?;
+            .and_then(|mut f| f.write_all(text.as_bytes()).map(|()| f))
+            .context(|| ctx("write"))?;
         if sync {
-            f.sync_data()
-                .context(|| format!("can not sync `{}'", self.path.display()))?;
-            self.last_sync = std::time::Instant::now();
+            f.sync_data().context(|| ctx("sync"))?;
+            self.last_sync = Instant::now();
             self.unsynced = false;
         }
         Ok(())
     }
 }
 
-/// A journal taken for replay: renamed out of the way of new appends, and removed by the caller
-/// only once the entries it names are removed, so a crash during the replay replays it again.
-const TAKEN: &str = "delivered.taken.";
-
 /// Take the journal for replay: the entry ids recorded in it and in any journal an earlier,
 /// interrupted replay left behind, and the files to remove when those entries are gone.
 pub fn journal_take(dir: &Path) -> Result<(Vec<String>, Vec<PathBuf>)> {
     let path = dir.join(JOURNAL);
-    let stamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let fresh = dir.join(format!("{TAKEN}{stamp}.{}", std::process::id()));
+    let stamp = UNIX_EPOCH.elapsed().unwrap_or_default();
+    let fresh = dir.join(format!("{TAKEN}{}.{}", stamp.as_nanos(), std::process::id()));
     match fs::rename(&path, &fresh) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(DmaError::io(format!("can not take `{}'", path.display()), e)),
+        Err(e) if e.kind() != ErrorKind::NotFound => {
+            return Err(DmaError::io(format!("can not take `{}'", path.display()), e));
+        }
+        _ => {}
     }
     let mut ids = Vec::new();
     let mut files = Vec::new();
@@ -102,7 +97,12 @@ pub fn journal_take(dir: &Path) -> Result<(Vec<String>, Vec<PathBuf>)> {
             continue;
         }
         let taken = item.path();
-        let text = fs::read_to_string(&taken).context(|| format!("can not read `{}'", taken.display()))?;
+        let text = match fs::read_to_string(&taken) {
+            Ok(text) => text,
+            // Another runner's replay is done with it: the entries it names are gone.
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(DmaError::io(format!("can not read `{}'", taken.display()), e)),
+        };
         ids.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_owned));
         files.push(taken);
     }
@@ -136,5 +136,15 @@ mod tests {
             fs::remove_file(f).unwrap();
         }
         assert!(names(&dir).is_empty());
+    }
+
+    #[test]
+    fn a_journal_another_replay_removed_meanwhile_is_skipped() {
+        let dir = tempdir("journal-gone");
+        Journal::new(&dir).record(&["a.1"]).unwrap();
+        // Listed, then gone before it is read: what a dangling name looks like to the reader.
+        std::os::unix::fs::symlink(dir.join("nowhere"), dir.join(format!("{TAKEN}0.1"))).unwrap();
+        let (ids, files) = journal_take(&dir).unwrap();
+        assert_eq!((ids.len(), files.len()), (1, 1));
     }
 }

@@ -7,20 +7,17 @@
 //! not a regular file or has more than one hard link is refused (the 2016 symlink/hard-link class
 //! of attacks on `/var/mail`).
 
-use std::ffi::CString;
-use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{File, OpenOptions, Permissions, TryLockError};
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{fchown, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use crate::errors::{DmaError, IoContext, Result};
+use rustix::fs::{AtFlags, Mode, OFlags, CWD};
 
-/// How long C dma waits for the mbox lock before giving up (temporary failure).
-pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(100);
+use crate::errors::{retry, DmaError, IoContext, Result};
 
 /// Read and write chunk size. Lines may cross chunk boundaries; the quoting state machine carries
 /// at most the four bytes of a partial `From` over.
@@ -28,29 +25,10 @@ const CHUNK: usize = 64 * 1024;
 
 // ---- mbox ---------------------------------------------------------------------------------------
 
-/// Append `message` (an `M` file, LF line endings) to `mbox` with C dma's framing. See
-/// [`mbox_append_timeout`]; this one waits up to [`DEFAULT_LOCK_TIMEOUT`] for the lock.
-pub fn mbox_append(
-    mbox: &Path,
-    message: &Path,
-    envelope_sender: &str,
-    when: &str,
-    create: Option<(u32, u32, u32)>,
-) -> Result<()> {
-    mbox_append_timeout(mbox, message, envelope_sender, when, create, DEFAULT_LOCK_TIMEOUT)
-}
-
-/// Append `message` to `mbox`:
-///
-/// * open it write-only, append, `O_NOFOLLOW` (no `O_CREAT`); if it does not exist and `create`
-///   is `Some((uid, gid, mode))`, create it exclusively and give it that owner and mode;
-/// * refuse anything that is not a regular file or has more than one hard link, and, when
-///   `create` names an owner, a file owned by anyone else than that owner or root;
-/// * take an exclusive `flock`, waiting up to `lock_timeout` (`EWOULDBLOCK` after that);
-/// * write `From <sender or MAILER-DAEMON> <when>\n`, the message with mboxrd quoting (every
-///   line matching `^>*From ` gets one more `>`), a final LF if the message lacks one, then one
-///   empty line;
-/// * fsync; on any failure after the first write, truncate back to the size found under the lock.
+/// Append `message` (an `M` file, LF line endings) to `mbox` as C dma does, under an exclusive
+/// `flock` awaited up to `lock_timeout` (`EWOULDBLOCK` after that), and fsync it; a failure after
+/// the first write truncates the mbox back to the size found under the lock. A missing mbox is
+/// created when `create` gives its (uid, gid, mode); see `open_mbox` for what is refused.
 pub fn mbox_append_timeout(
     mbox: &Path,
     message: &Path,
@@ -64,12 +42,14 @@ pub fn mbox_append_timeout(
     } else {
         envelope_sender
     };
-    check_header_field("envelope sender", sender)?;
-    check_header_field("date", when)?;
-
+    // The `From ` line is one line: a CR, LF or NUL in its fields would forge mbox structure.
+    for (what, value) in [("envelope sender", sender), ("date", when)] {
+        if value.bytes().any(|b| matches!(b, b'\n' | b'\r' | 0)) {
+            return Err(DmaError::Data(format!("invalid {what} for mbox: {value:?}")));
+        }
+    }
     // Open the message first: a missing M file must not touch the mbox at all.
     let mut input = File::open(message).context(|| format!("can not open {}", message.display()))?;
-
     let out = open_mbox(mbox, create)?;
     lock_with_timeout(&out, lock_timeout).context(|| format!("can not lock {}", mbox.display()))?;
     // Size under the lock: nobody else appends between here and our last write.
@@ -77,75 +57,51 @@ pub fn mbox_append_timeout(
         .metadata()
         .context(|| format!("can not stat {}", mbox.display()))?
         .len();
-
-    let result = write_mbox_entry(&out, &mut input, sender, when)
+    let result = write_mbox_entry(&out, &mut input, &format!("From {sender} {when}\n"))
         .and_then(|()| out.sync_data())
         .context(|| format!("error writing {}", mbox.display()));
-    if let Err(err) = result {
+    if result.is_err() && out.set_len(size).is_ok() {
         // Best effort: leave the mbox exactly as we found it. The write error is what we report.
-        if out.set_len(size).is_ok() {
-            let _ = out.sync_data();
-        }
-        return Err(err);
+        let _ = out.sync_data();
     }
-    Ok(())
+    result
     // The lock goes with the descriptor.
 }
 
-/// The `From ` line is one line: a CR, LF or NUL in its fields would forge mbox structure.
-fn check_header_field(what: &str, value: &str) -> Result<()> {
-    if value.bytes().any(|b| matches!(b, b'\n' | b'\r' | 0)) {
-        return Err(DmaError::Data(format!("invalid {what} for mbox: {value:?}")));
-    }
-    Ok(())
-}
-
+/// Open the mbox for appending, `O_NOFOLLOW`, creating it exclusively (with its owner and mode)
+/// only when `create` says so. Refused: anything but a regular file, a file with more than one
+/// hard link, and, when `create` names an owner, one owned by anyone else than that owner or root.
 fn open_mbox(mbox: &Path, create: Option<(u32, u32, u32)>) -> Result<File> {
     // O_NONBLOCK so that a FIFO planted in place of the mbox cannot hang us in open(); O_NOCTTY
-    // so that a tty cannot become our controlling terminal. Both are cleared/irrelevant once the
-    // fstat below has shown a regular file.
-    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
-    let opened = OpenOptions::new().append(true).custom_flags(flags).open(mbox);
-    let (file, created) = match opened {
-        Ok(f) => (f, false),
-        Err(e) if e.kind() == io::ErrorKind::NotFound && create.is_some() => {
-            let (uid, gid, mode) = create.unwrap_or_default();
-            match OpenOptions::new()
-                .append(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(flags)
-                .open(mbox)
-            {
-                Ok(f) => {
-                    std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
-                        .context(|| format!("can not chown {}", mbox.display()))?;
-                    f.set_permissions(std::fs::Permissions::from_mode(mode))
-                        .context(|| format!("can not chmod {}", mbox.display()))?;
-                    (f, true)
-                }
-                // Somebody else created it between our two opens: use theirs, with all checks.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let f = OpenOptions::new()
-                        .append(true)
-                        .custom_flags(flags)
-                        .open(mbox)
-                        .context(|| format!("can not open {}", mbox.display()))?;
-                    (f, false)
-                }
-                Err(e) => return Err(DmaError::io(format!("can not create {}", mbox.display()), e)),
-            }
-        }
-        Err(e) => return Err(DmaError::io(format!("can not open {}", mbox.display()), e)),
+    // so that a tty cannot become our controlling terminal. Neither changes anything for the
+    // regular file that the fstat below insists on.
+    let open = |new: bool| {
+        OpenOptions::new()
+            .append(true)
+            .create_new(new)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(mbox)
     };
-    let meta = file
-        .metadata()
-        .context(|| format!("can not stat {}", mbox.display()))?;
+    let ctx = |what: &str| format!("can not {what} {}", mbox.display());
+    let file = match (open(false), create) {
+        (Err(e), Some((uid, gid, mode))) if e.kind() == ErrorKind::NotFound => match open(true) {
+            Ok(f) => {
+                fchown(&f, Some(uid), Some(gid)).context(|| ctx("chown"))?;
+                f.set_permissions(Permissions::from_mode(mode))
+                    .context(|| ctx("chmod"))?;
+                f
+            }
+            // Somebody else created it between our two opens: use theirs, with all checks.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => open(false).context(|| ctx("open"))?,
+            Err(e) => return Err(DmaError::io(ctx("create"), e)),
+        },
+        (opened, _) => opened.context(|| ctx("open"))?,
+    };
+    let meta = file.metadata().context(|| ctx("stat"))?;
     let refuse = |errno: i32, why: &str| {
-        DmaError::io(
-            format!("refusing mbox {}: {why}", mbox.display()),
-            io::Error::from_raw_os_error(errno),
-        )
+        let e = io::Error::from_raw_os_error(errno);
+        DmaError::io(format!("refusing mbox {}: {why}", mbox.display()), e)
     };
     if !meta.file_type().is_file() {
         return Err(refuse(libc::EINVAL, "not a regular file"));
@@ -153,29 +109,15 @@ fn open_mbox(mbox: &Path, create: Option<(u32, u32, u32)>) -> Result<File> {
     if meta.nlink() > 1 {
         return Err(refuse(libc::EMLINK, "it has more than one hard link"));
     }
-    if let Some((uid, _, _)) = create {
-        if !created && meta.uid() != uid && meta.uid() != 0 {
-            return Err(refuse(
-                libc::EPERM,
-                &format!("owned by uid {}, expected {uid}", meta.uid()),
-            ));
+    // (One we created is owned by `uid` by now.)
+    match create {
+        Some((uid, _, _)) if meta.uid() != uid && meta.uid() != 0 => {
+            let why = format!("owned by uid {}, expected {uid}", meta.uid());
+            return Err(refuse(libc::EPERM, &why));
         }
+        _ => {}
     }
-    clear_nonblock(file.as_raw_fd()).context(|| format!("can not fcntl {}", mbox.display()))?;
     Ok(file)
-}
-
-fn clear_nonblock(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Exclusive `flock` (std's `try_lock` is `flock` on Linux), polled until `timeout`: C dma blocks
@@ -199,40 +141,38 @@ fn lock_with_timeout(file: &File, timeout: Duration) -> io::Result<()> {
     }
 }
 
-fn write_mbox_entry(out: &File, input: &mut impl Read, sender: &str, when: &str) -> io::Result<()> {
-    let mut out = out;
-    let mut quoter = MboxQuoter::new();
+/// Write `from_line`, the message from `input` with mboxrd quoting (every line matching
+/// `^>*From ` gets one more `>`), a final LF if the message lacks one, then one empty line.
+fn write_mbox_entry(mut out: impl Write, mut input: impl Read, from_line: &str) -> io::Result<()> {
+    let (mut state, mut last) = (QuoteState::LineStart, b'\n');
     let mut obuf = Vec::with_capacity(CHUNK + CHUNK / 4);
-    obuf.extend_from_slice(format!("From {sender} {when}\n").as_bytes());
+    obuf.extend_from_slice(from_line.as_bytes());
     let mut ibuf = vec![0u8; CHUNK];
     loop {
-        let n = match input.read(&mut ibuf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        quoter.push(&ibuf[..n], &mut obuf);
+        let n = retry(|| input.read(&mut ibuf))?;
+        if n == 0 {
+            break;
+        }
+        quote(&mut state, &ibuf[..n], &mut obuf);
+        last = ibuf[n - 1];
         if obuf.len() >= CHUNK {
             out.write_all(&obuf)?;
             obuf.clear();
         }
     }
-    quoter.finish(&mut obuf);
+    if let QuoteState::Matching(n) = state {
+        obuf.extend_from_slice(&FROM[..n]);
+    }
+    if last != b'\n' {
+        obuf.push(b'\n');
+    }
     obuf.push(b'\n');
     out.write_all(&obuf)
 }
 
-/// Streaming mboxrd quoting. The extra `>` is inserted at the end of a line's leading run of `>`
-/// (which is the same bytes as inserting it in front), so the `>` run can be passed through as it
-/// comes and only a partial `From` (at most four bytes) is ever held back across chunks.
-#[derive(Debug)]
-pub struct MboxQuoter {
-    state: QuoteState,
-    /// Last byte emitted, to know whether the message ended with LF (`None`: nothing yet).
-    last: Option<u8>,
-}
-
+/// Where streaming mboxrd quoting stands. The extra `>` is inserted at the end of a line's leading
+/// run of `>` (which is the same bytes as inserting it in front), so the `>` run can be passed
+/// through as it comes and only a partial `From` (at most four bytes) is ever held back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum QuoteState {
     /// At the start of a line, or inside its leading run of `>`.
@@ -245,97 +185,55 @@ enum QuoteState {
 
 const FROM: &[u8] = b"From ";
 
-impl Default for MboxQuoter {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl MboxQuoter {
-    pub fn new() -> Self {
-        MboxQuoter {
-            state: QuoteState::LineStart,
-            last: None,
-        }
-    }
-
-    /// Quote `input`, appending to `out`.
-    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        let mut i = 0;
-        while i < input.len() {
-            match self.state {
-                QuoteState::Middle => {
-                    // Copy through the end of the line (or of the chunk) in one go.
-                    match input[i..].iter().position(|&b| b == b'\n') {
-                        Some(p) => {
-                            out.extend_from_slice(&input[i..=i + p]);
-                            i += p + 1;
-                            self.state = QuoteState::LineStart;
-                        }
-                        None => {
-                            out.extend_from_slice(&input[i..]);
-                            i = input.len();
-                        }
+/// Quote one chunk of the message, appending to `out`.
+fn quote(state: &mut QuoteState, input: &[u8], out: &mut Vec<u8>) {
+    let mut i = 0;
+    while i < input.len() {
+        match *state {
+            QuoteState::Middle => {
+                // Copy through the end of the line (or of the chunk) in one go.
+                let end = input[i..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(input.len(), |p| i + p + 1);
+                out.extend_from_slice(&input[i..end]);
+                if input[end - 1] == b'\n' {
+                    *state = QuoteState::LineStart;
+                }
+                i = end;
+            }
+            QuoteState::LineStart => {
+                match input[i] {
+                    b'F' => *state = QuoteState::Matching(1),
+                    b @ (b'>' | b'\n') => out.push(b),
+                    b => {
+                        out.push(b);
+                        *state = QuoteState::Middle;
                     }
                 }
-                QuoteState::LineStart => {
-                    let b = input[i];
-                    match b {
-                        b'>' => out.push(b),
-                        b'F' => self.state = QuoteState::Matching(1),
-                        b'\n' => out.push(b),
-                        _ => {
-                            out.push(b);
-                            self.state = QuoteState::Middle;
-                        }
-                    }
-                    i += 1;
-                }
-                QuoteState::Matching(n) => {
-                    if input[i] == FROM[n] {
-                        i += 1;
-                        if n + 1 == FROM.len() {
-                            out.push(b'>');
-                            out.extend_from_slice(FROM);
-                            self.state = QuoteState::Middle;
-                        } else {
-                            self.state = QuoteState::Matching(n + 1);
-                        }
-                    } else {
-                        // Not a From_ line: release what was held; the byte is reprocessed
-                        // mid-line (a LF there ends the line as usual).
-                        out.extend_from_slice(&FROM[..n]);
-                        self.state = QuoteState::Middle;
-                    }
+                i += 1;
+            }
+            QuoteState::Matching(n) if input[i] == FROM[n] => {
+                i += 1;
+                *state = QuoteState::Matching(n + 1);
+                if n + 1 == FROM.len() {
+                    out.extend_from_slice(b">From ");
+                    *state = QuoteState::Middle;
                 }
             }
+            QuoteState::Matching(n) => {
+                // Not a From_ line: release what was held; the byte is reprocessed mid-line (a
+                // LF there ends the line as usual).
+                out.extend_from_slice(&FROM[..n]);
+                *state = QuoteState::Middle;
+            }
         }
-        if let Some(&b) = input.last() {
-            self.last = Some(b);
-        }
-    }
-
-    /// Flush what is held back and make sure the output ends with LF (unless it is empty).
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if let QuoteState::Matching(n) = self.state {
-            out.extend_from_slice(&FROM[..n]);
-        }
-        if self.last.is_some_and(|b| b != b'\n') {
-            out.push(b'\n');
-        }
-        self.state = QuoteState::LineStart;
-        self.last = None;
     }
 }
 
 // ---- Maildir ------------------------------------------------------------------------------------
 
-static MAILDIR_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Deliver `message` into the Maildir `maildir`: create it and its `tmp`, `new` and `cur` if
-/// missing (mode 0700; owned by `create`'s uid:gid when given), never through a symlink; write
-/// `tmp/<unique>` (0600, exclusive), fsync, link it to `new/<unique>`, fsync `new`, unlink the tmp
-/// name. Returns `<unique>`. The message goes in as spooled: no `From ` line, no quoting.
+/// Deliver `message` into the Maildir `maildir`: see `maildir_deliver_from`.
 pub fn maildir_deliver(
     maildir: &Path,
     message: &Path,
@@ -346,179 +244,93 @@ pub fn maildir_deliver(
     maildir_deliver_from(maildir, input, hostname, create)
 }
 
-/// `maildir_deliver` from a message file opened by the caller: a process that gave up root to
-/// deliver as the mailbox's owner can still read the spool's copy it opened before.
+/// Deliver a message file opened by the caller (a process that gave up root to deliver as the
+/// mailbox's owner can still read the spool's copy it opened before) into `maildir`: create it
+/// and its `tmp`, `new` and `cur` if missing (mode 0700; owned by `create`'s uid:gid when given),
+/// never through a symlink; write `tmp/<unique>` (0600, exclusive), fsync, link it to
+/// `new/<unique>`, fsync `new`, unlink the tmp name. Returns `<unique>`. The message goes in as
+/// spooled: no `From ` line, no quoting.
 pub fn maildir_deliver_from(
     maildir: &Path,
     mut input: File,
     hostname: &str,
     create: Option<(u32, u32)>,
 ) -> Result<String> {
-    let top = open_or_make_dir(None, maildir, create)?;
-    let tmp =
-        open_or_make_dir(Some(&top), Path::new("tmp"), create).map_err(|e| rename_ctx(e, maildir, "tmp"))?;
-    let new =
-        open_or_make_dir(Some(&top), Path::new("new"), create).map_err(|e| rename_ctx(e, maildir, "new"))?;
-    open_or_make_dir(Some(&top), Path::new("cur"), create).map_err(|e| rename_ctx(e, maildir, "cur"))?;
-
-    let unique = unique_name(hostname);
-    let name = cstring(Path::new(&unique))?;
-    let ctx = |what: &str| format!("{what} {}/tmp/{unique}", maildir.display());
-
-    // SAFETY: openat with a valid directory descriptor and a NUL-terminated name.
-    let fd = unsafe {
-        libc::openat(
-            tmp.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            0o600 as libc::c_uint,
-        )
+    let top = open_or_make_dir(CWD, maildir, create, |what| {
+        format!("can not {what} {}", maildir.display())
+    })?;
+    let sub = |name: &str| {
+        let bad = |_: &str| format!("bad Maildir directory {}/{name}", maildir.display());
+        open_or_make_dir(&top, Path::new(name), create, bad)
     };
-    if fd < 0 {
-        return Err(DmaError::io(ctx("can not create"), io::Error::last_os_error()));
-    }
-    // SAFETY: fd is a fresh descriptor that nothing else owns.
-    let mut file = unsafe { File::from_raw_fd(fd) };
-
+    let (tmp, new, _) = (sub("tmp")?, sub("new")?, sub("cur")?);
+    let unique = unique_name(hostname);
+    let ctx = |what: &str| format!("{what} {}/tmp/{unique}", maildir.display());
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let file = rustix::fs::openat(&tmp, &unique, flags, Mode::from(0o600));
+    let mut file = File::from(file.context(|| ctx("can not create"))?);
     let written = (|| -> Result<()> {
         if let Some((uid, gid)) = create {
-            std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).context(|| ctx("can not chown"))?;
+            fchown(&file, Some(uid), Some(gid)).context(|| ctx("can not chown"))?;
         }
-        copy_stream(&mut input, &mut file).context(|| ctx("error writing"))?;
+        // Constant memory: std's `io::copy` uses `copy_file_range`/`sendfile` between files.
+        io::copy(&mut input, &mut file).context(|| ctx("error writing"))?;
         file.sync_all().context(|| ctx("can not fsync"))?;
-        drop(file);
-        // SAFETY: both descriptors are open directories; names are NUL-terminated.
-        let rc = unsafe { libc::linkat(tmp.as_raw_fd(), name.as_ptr(), new.as_raw_fd(), name.as_ptr(), 0) };
-        if rc != 0 {
-            return Err(DmaError::io(
-                format!("can not link {unique} into {}/new", maildir.display()),
-                io::Error::last_os_error(),
-            ));
-        }
-        fsync_fd(&new).context(|| format!("can not fsync {}/new", maildir.display()))
+        rustix::fs::linkat(&tmp, &unique, &new, &unique, AtFlags::empty())
+            .context(|| format!("can not link {unique} into {}/new", maildir.display()))?;
+        rustix::fs::fsync(&new).context(|| format!("can not fsync {}/new", maildir.display()))
     })();
-    // SAFETY: unlinkat on an open directory descriptor and a NUL-terminated name. Whether the
-    // delivery worked or not, the tmp name has to go; a failure here leaves only a stray tmp file,
-    // which Maildir readers ignore.
-    unsafe { libc::unlinkat(tmp.as_raw_fd(), name.as_ptr(), 0) };
+    // Whether the delivery worked or not, the tmp name has to go; a failure here leaves only a
+    // stray tmp file, which Maildir readers ignore.
+    let _ = rustix::fs::unlinkat(&tmp, &unique, AtFlags::empty());
     written.map(|()| unique)
-}
-
-fn rename_ctx(err: DmaError, maildir: &Path, sub: &str) -> DmaError {
-    match err {
-        DmaError::Io { source, .. } => DmaError::io(
-            format!("bad Maildir directory {}/{sub}", maildir.display()),
-            source,
-        ),
-        other => other,
-    }
 }
 
 /// `<secs>.M<micros>P<pid>Q<counter>.<host>` as in the Maildir convention; `/` and `:` in the
 /// host name are written `\057` and `\072`.
 fn unique_name(hostname: &str) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let counter = MAILDIR_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut host = String::with_capacity(hostname.len());
-    for c in hostname.chars() {
-        match c {
-            '/' => host.push_str("\\057"),
-            ':' => host.push_str("\\072"),
-            c if c.is_control() => {}
-            c => host.push(c),
-        }
-    }
-    if host.is_empty() {
-        host.push_str("localhost");
-    }
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let now = UNIX_EPOCH.elapsed().unwrap_or_default();
+    let host: String = hostname.chars().filter(|c| !c.is_control()).collect();
+    let host = host.replace('/', "\\057").replace(':', "\\072");
     format!(
         "{}.M{}P{}Q{}.{}",
         now.as_secs(),
         now.subsec_micros(),
         std::process::id(),
-        counter,
-        host
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        if host.is_empty() { "localhost" } else { &host },
     )
 }
 
-fn cstring(path: &Path) -> Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| DmaError::Data(format!("NUL byte in path {:?}", path.display())))
-}
-
 /// Open a directory without following a symlink in its last component, creating it (0700, then
-/// chowned to `create`) when missing. `parent` = `None`: `path` is taken as is.
-fn open_or_make_dir(parent: Option<&OwnedFd>, path: &Path, create: Option<(u32, u32)>) -> Result<OwnedFd> {
-    let c = cstring(path)?;
-    let dirfd = parent.map_or(libc::AT_FDCWD, |p| p.as_raw_fd());
-    let open = || {
-        // SAFETY: valid directory descriptor (or AT_FDCWD) and a NUL-terminated name.
-        let fd = unsafe {
-            libc::openat(
-                dirfd,
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            // SAFETY: a fresh descriptor nobody else owns.
-            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-        }
+/// chowned to `create`) when missing. `ctx` says what failed ("open directory", "chmod", ...).
+fn open_or_make_dir(
+    parent: impl AsFd,
+    path: &Path,
+    create: Option<(u32, u32)>,
+    ctx: impl Fn(&str) -> String,
+) -> Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let open = || rustix::fs::openat(&parent, path, flags, Mode::empty());
+    let made = match open() {
+        Ok(fd) => return Ok(fd),
+        Err(rustix::io::Errno::NOENT) => match rustix::fs::mkdirat(&parent, path, Mode::from(0o700)) {
+            Ok(()) => true,
+            Err(rustix::io::Errno::EXIST) => false,
+            Err(e) => return Err(DmaError::io(ctx("create directory"), e.into())),
+        },
+        Err(e) => return Err(DmaError::io(ctx("open directory"), e.into())),
     };
-    let ctx = || format!("can not open directory {}", path.display());
-    match open() {
-        Ok(fd) => Ok(fd),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            // SAFETY: as above.
-            let made = unsafe { libc::mkdirat(dirfd, c.as_ptr(), 0o700) } == 0;
-            if !made {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::AlreadyExists {
-                    return Err(DmaError::io(
-                        format!("can not create directory {}", path.display()),
-                        e,
-                    ));
-                }
-            }
-            let fd = open().context(ctx)?;
-            if made {
-                // mkdir's mode is filtered by the umask; we want exactly 0700.
-                // SAFETY: fchmod/fchown on a descriptor we own.
-                if unsafe { libc::fchmod(fd.as_raw_fd(), 0o700) } != 0 {
-                    return Err(DmaError::io(
-                        format!("can not chmod {}", path.display()),
-                        io::Error::last_os_error(),
-                    ));
-                }
-                if let Some((uid, gid)) = create {
-                    // SAFETY: as above.
-                    if unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) } != 0 {
-                        return Err(DmaError::io(
-                            format!("can not chown {}", path.display()),
-                            io::Error::last_os_error(),
-                        ));
-                    }
-                }
-            }
-            Ok(fd)
+    let fd = open().context(|| ctx("open directory"))?;
+    if made {
+        // mkdir's mode is filtered by the umask; we want exactly 0700.
+        rustix::fs::fchmod(&fd, Mode::from(0o700)).context(|| ctx("chmod"))?;
+        if let Some((uid, gid)) = create {
+            fchown(&fd, Some(uid), Some(gid)).context(|| ctx("chown"))?;
         }
-        Err(e) => Err(DmaError::io(ctx(), e)),
     }
-}
-
-fn fsync_fd(fd: &OwnedFd) -> io::Result<()> {
-    // SAFETY: fsync on a descriptor we own.
-    if unsafe { libc::fsync(fd.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Constant-memory copy (std's `io::copy` may use `copy_file_range`/`sendfile` between files).
-fn copy_stream(input: &mut File, output: &mut File) -> io::Result<u64> {
-    io::copy(input, output)
+    Ok(fd)
 }
 
 #[cfg(test)]
@@ -526,13 +338,29 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
+    fn mbox_append(
+        mbox: &Path,
+        m: &Path,
+        sender: &str,
+        when: &str,
+        create: Option<(u32, u32, u32)>,
+    ) -> Result<()> {
+        mbox_append_timeout(mbox, m, sender, when, create, Duration::from_secs(100))
+    }
+
+    /// The quoted message as `write_mbox_entry` writes it when it reads these chunks.
     fn quote(chunks: &[&[u8]]) -> Vec<u8> {
-        let mut q = MboxQuoter::new();
-        let mut out = Vec::new();
-        for c in chunks {
-            q.push(c, &mut out);
+        struct Chunks<'a>(std::slice::Iter<'a, &'a [u8]>);
+        impl Read for Chunks<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let chunk = self.0.find(|c| !c.is_empty()).map_or(&[][..], |c| *c);
+                buf[..chunk.len()].copy_from_slice(chunk);
+                Ok(chunk.len())
+            }
         }
-        q.finish(&mut out);
+        let mut out = Vec::new();
+        write_mbox_entry(&mut out, Chunks(chunks.iter()), "").unwrap();
+        assert_eq!(out.pop(), Some(b'\n'), "the empty line after the message");
         out
     }
 
@@ -660,8 +488,8 @@ mod tests {
         let mbox = dir.join("mbox");
         let err = mbox_append(&mbox, &m, "a", "now", None).unwrap_err();
         assert!(matches!(&err, DmaError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound));
-        // SAFETY: getuid/getgid cannot fail.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let me = std::fs::metadata(&m).unwrap();
+        let (uid, gid) = (me.uid(), me.gid());
         mbox_append(&mbox, &m, "a", "now", Some((uid, gid, 0o620))).unwrap();
         let meta = std::fs::metadata(&mbox).unwrap();
         assert_eq!(meta.mode() & 0o7777, 0o620);
@@ -697,9 +525,7 @@ mod tests {
         assert_eq!(std::fs::read(&target).unwrap(), b"precious\n");
         // A directory is not even openable for writing; a FIFO must not hang us.
         let fifo = dir.join("fifo");
-        let c = cstring(&fifo).unwrap();
-        // SAFETY: NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        rustix::fs::mkfifoat(CWD, &fifo, Mode::from(0o600)).unwrap();
         assert!(mbox_append(&fifo, &m, "a", "now", None).is_err());
     }
 
