@@ -195,7 +195,10 @@ class Runner(Ledger):
         if journals:
             self.sync()  # the removals are durable before their record goes
         for journal in journals:
-            posix.unlink(journal)
+            try:
+                posix.unlink(journal)
+            except FileNotFoundError:  # a `-D` runner, which holds no lock, replayed it too
+                pass
 
     def dispatch(self, due: list[_native.QueueEntry]) -> None:
         """Claim due entries and start delivery threads: one per local entry; per destination,
