@@ -9,20 +9,17 @@ Mail is never dropped without a trace.
 
 from __future__ import annotations
 
-import os
-import threading
-import time
-
-from dma import _native
 from dma.errors import Fatal
 
 from . import message
 from .dsn import full_content
 from .dsn import wants_failure_report as wants_failure_report  # for the runner
 from .routing import RecipientResolver
+from .submit import Spooling
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from dma import _native
     from dma.config import Config
 
 
@@ -105,25 +102,6 @@ def report(
     return before, after
 
 
-def copy_original(path: str, out: int, full: bool) -> None:
-    """Write the original (its header block, or all of it) to `out`, in bounded memory."""
-    with open(path, "rb") as f:
-        if full:
-            while chunk := f.read(65536):
-                _write_all(out, chunk)
-            return
-        for line in f:
-            if line in (b"\n", b"\r\n"):
-                return
-            _write_all(out, line)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def discard(spool: _native.Spool, failed: list[_native.QueueEntry]) -> str:
     """The sender asked for no failure report (NOTIFY): remove the failed entries (claimed by
     the runner); a line for the log."""
@@ -144,69 +122,24 @@ def send(cfg: Config, failed: list[_native.QueueEntry], message_path: str) -> st
         recipients = RecipientResolver(cfg).resolve([sender])
     except Fatal:
         recipients = RecipientResolver(cfg).resolve(["postmaster"])
-    incoming = _native.Incoming(cfg.spooldir)
-    try:
-        now = time.time()
-        boundary = f"{incoming.id}/{cfg.mailname}"
+    with Spooling(cfg, "") as msg:
         full = full_content(failed[0].dsn, cfg.fullbounce)
-        before, after = report(cfg, failed, now, boundary, full)
-        prefix = message.received_header(
-            "", incoming.id, cfg.mailname, cfg.system_hostname, "MAILER-DAEMON", now
-        )
-        read_fd, write_fd = os.pipe()
-        errors: list[BaseException] = []
-
-        def feed() -> None:
-            try:
-                _write_all(write_fd, before)
-                copy_original(message_path, write_fd, full)
-                _write_all(write_fd, after)
-            except BaseException as e:  # reported to the caller below
-                errors.append(e)
-            finally:
-                os.close(write_fd)
-
-        writer = threading.Thread(target=feed)
-        writer.start()
-        try:
-            incoming.receive(
-                read_fd,
-                prefix=prefix,
-                add_if_missing=message.headers_to_add("", incoming.id, cfg.mailname, now),
-                dot_terminates=False,
-                collect_recipients=False,
-            )
-        finally:
-            os.close(read_fd)
-            writer.join()
-        if errors:
-            raise errors[0]
-        incoming.commit("", recipients)
-    finally:
-        incoming.abort()
-    return incoming.id
+        before, after = report(cfg, failed, msg.now, f"{msg.id}/{cfg.mailname}", full)
+        msg.receive((before, message_path, full, after), "MAILER-DAEMON")  # Rust reads the original
+        msg.incoming.commit("", recipients)
+    return msg.id
 
 
 def refusal(cfg: Config, user: str, name: str, what: str, why: str) -> None:
     """Tell local `user` that `what`, which they left for delivery, was refused, and why: a message
     from MAILER-DAEMON, queued as `name` (so a second try after a crash finds it queued)."""
     recipients = RecipientResolver(cfg).resolve([user])
-    incoming = _native.Incoming(cfg.spooldir, name=name)
-    try:
-        now = time.time()
-        text = (
-            f"From: Mail Delivery System <MAILER-DAEMON@{cfg.mailname}>\nTo: <{user}>\n"
-            "Subject: Mail not accepted\nAuto-Submitted: auto-replied\n\n"
-            f"The mail you left for delivery as {what} was not accepted: {why}.\n"
-            "Nothing of it was sent.\n"
-        )
-        incoming.receive(
-            text.encode("utf-8", "surrogateescape"),
-            prefix=message.received_header("", name, cfg.mailname, cfg.system_hostname, "MAILER-DAEMON", now),
-            add_if_missing=message.headers_to_add("", name, cfg.mailname, now),
-            dot_terminates=False,
-            collect_recipients=False,
-        )
-        incoming.commit("", recipients)
-    finally:
-        incoming.abort()
+    text = (
+        f"From: Mail Delivery System <MAILER-DAEMON@{cfg.mailname}>\nTo: <{user}>\n"
+        "Subject: Mail not accepted\nAuto-Submitted: auto-replied\n\n"
+        f"The mail you left for delivery as {what} was not accepted: {why}.\n"
+        "Nothing of it was sent.\n"
+    )
+    with Spooling(cfg, "", name=name) as msg:
+        msg.receive(text.encode("utf-8", "surrogateescape"), "MAILER-DAEMON")
+        msg.incoming.commit("", recipients)

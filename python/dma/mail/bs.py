@@ -2,7 +2,7 @@
 
 Symfony Mailer, SwiftMailer and Laravel speak SMTP to `sendmail -bs`. The session runs as the
 calling user: MAIL FROM is taken as `-f` is, and each DATA is one submission through
-`submit.spool_message`, with the same envelope, recipient and header handling as the command line.
+`submit.submit`, with the same envelope, recipient and header handling as the command line.
 Rust owns descriptor 0 (`_native.SmtpStdin`): it hands us command lines and streams each body,
 dot-unstuffed, into the spool, so nothing is read ahead or held in memory here.
 """
@@ -16,7 +16,7 @@ from dma.errors import EX_DATAERR, EX_NOINPUT, Fatal
 
 from . import message
 from .routing import RecipientResolver
-from .submit import Submission, spool_message
+from .submit import Submission, submit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ class Session:
         )
         self.sender, self.recipients = None, []
         try:
-            message_id, _ = spool_message(self.cfg, sub, self.stdin, resolver=self.resolver)
+            message_id, _ = submit(self.cfg, sub, self.stdin, resolver=self.resolver)
         except Fatal as e:
             self.stdin.skip_data()  # raises OSError, ending the session, if the client has gone
             raise failure(e, "554 5.6.0") from None
