@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     import subprocess
     from collections.abc import Iterable
     from email.message import Message
-    from types import TracebackType
 
     from .config import Config
 
@@ -49,14 +48,12 @@ def submit(
     recipients: str | Iterable[str] | None = None,
     config: Config | str | os.PathLike[str] | None = None,
 ) -> str:
-    """Queue `message` durably (synced, as when `sendmail` exits 0) and return its message id; then
-    wake or start the queue runner. Safe to call from several threads.
+    """Queue `message` (an `email.message.Message`, or bytes) durably, as when `sendmail` exits 0,
+    and return its message id; then wake or start the queue runner. Thread-safe.
 
-    `message`: an `email.message.Message` or the message's bytes (LF or CRLF). `sender`: the
-    envelope sender as `sendmail -f` takes it (`""` or `"<>"`: null); by default `$EMAIL`, else
-    the login name. `recipients`: address lists (`"a@x, b@y"`), by default the message's.
-    `config`: a `dma.config.Config` or a dma.conf's path; by default `$DMA_CONF`, else
-    /etc/dma/dma.conf.
+    `sender` as `sendmail -f` takes it (`""`: null; default `$EMAIL`, else the login name);
+    `recipients`: address lists, by default the message's; `config`: a `dma.config.Config` or a
+    dma.conf's path (default `$DMA_CONF`, else /etc/dma/dma.conf).
     """
     cfg = load_config(config)
     message_id = _spool(cfg, message, sender, recipients, durable=True, resolver=None)
@@ -89,12 +86,7 @@ class Batch:
     def __enter__(self) -> Batch:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()  # on an exception too: see the class docstring
 
     def submit(
@@ -231,8 +223,7 @@ def start_runner(cfg: Config) -> None:
 
 
 def python_executable() -> str:
-    """This interpreter's program: `sys.executable`, unless an embedding server (uWSGI,
-    mod_wsgi) set it to itself; then the `python3` of this installation."""
+    """`sys.executable`, unless an embedding server (uWSGI, mod_wsgi) set it to itself."""
     exe = sys.executable
     if exe and os.path.basename(exe).startswith("python"):
         return exe
