@@ -21,7 +21,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -160,13 +159,8 @@ def main() -> int:
     b.start(__file__, sys.argv[1:])
     quick = "--quick" in sys.argv
     sizes = [200] if quick else [200, 1000]
-    work = tempfile.mkdtemp(prefix="dma-bench-everyday-", dir="/var/tmp")
-    os.chmod(work, 0o755)  # C dma reads auth.conf as user mail
-    b.make_certs(work)
+    work = b.tls_workdir("everyday")
     auth_conf = os.path.join(work, "auth.conf")
-    with open(auth_conf, "w") as f:
-        f.write("bench|127.0.0.1:secret\n")
-    os.chmod(auth_conf, 0o644)
     msg = os.path.join(work, "msg")
     b.write_message(msg, 1024, RCPT)
     nm_msg = os.path.join(work, "nm_msg")
@@ -247,16 +241,7 @@ def main() -> int:
                                 run.note += " C dma processes still retrying, killed"
                             cdma.clean_spool()
                         elif kind == "msmtp":
-                            margv = [b.MSMTP, "--host=127.0.0.1", f"--port={s.port}", f"--from={SENDER}"]
-                            if tls:
-                                margv += [
-                                    "--tls=on",
-                                    "--tls-starttls=on",
-                                    f"--tls-trust-file={work}/ca.pem",
-                                    "--auth=on",
-                                    "--user=bench",
-                                    "--passwordeval=echo secret",
-                                ]
+                            margv = b.msmtp_argv(s.port, SENDER, tls, f"{work}/ca.pem")
                             measure(run, n, s, [*margv, RCPT], msg, agent_env, group, parallel=parallel)
                         else:
                             with b.Nullmailer() as nm:

@@ -28,7 +28,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -103,13 +102,8 @@ def main() -> int:
     quick = "--quick" in argv
     started = time.monotonic()
     info = b.facts()
-    work = tempfile.mkdtemp(prefix="dma-bench-queue-", dir="/var/tmp")
-    os.chmod(work, 0o755)  # C dma reads auth.conf as user mail
-    b.make_certs(work)
+    work = b.tls_workdir("queue")
     auth_conf = os.path.join(work, "auth.conf")
-    with open(auth_conf, "w") as f:
-        f.write("bench|127.0.0.1:secret\n")
-    os.chmod(auth_conf, 0o644)
     spool = os.path.join(work, "spool")
     os.mkdir(spool, 0o700)
     os.mkdir(os.path.join(work, "mail"), 0o700)
@@ -249,16 +243,7 @@ def main() -> int:
                         b.log(nm_note)
 
                     # --- msmtp: N invocations in a row
-                    margv = [b.MSMTP, "--host=127.0.0.1", f"--port={sink.port}", f"--from={SENDER}"]
-                    if tls:
-                        margv += [
-                            "--tls=on",
-                            "--tls-starttls=on",
-                            f"--tls-trust-file={work}/ca.pem",
-                            "--auth=on",
-                            "--user=bench",
-                            "--passwordeval=echo secret",
-                        ]
+                    margv = b.msmtp_argv(sink.port, SENDER, tls, f"{work}/ca.pem")
                     margv.append(RCPT)
 
                     def msmtp_loop(margv: list[str] = margv, msg: str = msg, n: int = n) -> None:

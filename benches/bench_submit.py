@@ -29,7 +29,23 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchlib import BUILD_INFO, C_CONF, C_DMA, C_SPOOL, OUT, RESULTS, ROOT, VENV, VPY
+from benchlib import (
+    BUILD_INFO,
+    C_CONF,
+    C_DMA,
+    C_SPOOL,
+    OUT,
+    RESULTS,
+    ROOT,
+    VENV,
+    VPY,
+    CDma,
+    build,
+    clean_dir,
+    log,
+    sh,
+    write_message,
+)
 
 HYPERFINE = "/usr/bin/hyperfine"
 TIME = "/usr/bin/time"
@@ -45,61 +61,8 @@ LAUNCHER_TARGET = 1.5
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
-def sh(args: list[str], **kw: object) -> str:
-    return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout.strip()  # type: ignore[call-overload, no-any-return]
-
-
-def log(text: str) -> None:
-    sys.stderr.write(f"[bench] {text}\n")
-    sys.stderr.flush()
-
-
-# ---------------------------------------------------------------------------------------------
-# Build
-
-
-def build(skip: bool) -> None:
-    if skip and os.path.exists(VPY):
-        log("--no-build: using the existing benches/out/venv")
-        return
-    if not os.path.exists(VPY):
-        # The interpreter that runs this script, resolved past pyenv's shims.
-        subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
-    env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(OUT, "target"))
-    log("pip install (maturin release build, .pyc compiled); this takes ~30 s the first time")
-    subprocess.run(
-        [VPY, "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", ROOT],
-        check=True,
-        env=env,
-    )
-    # Dependencies (dnspython) only once; --no-deps above keeps a reinstall quick.
-    subprocess.run([VPY, "-m", "pip", "install", "-q", ROOT], check=True, env=env)
-    with open(BUILD_INFO, "w") as f:
-        f.write(git_state() + "\n")
-
-
-def git_state() -> str:
-    try:
-        head = sh(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
-        paths = ["python", "rust", "Cargo.toml", "Cargo.lock", "pyproject.toml"]
-        dirty = sh(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no", "--", *paths])
-    except (OSError, subprocess.CalledProcessError):
-        return "?"
-    return head + (" (python/ or rust/ had uncommitted changes)" if dirty else "")
-
-
 # ---------------------------------------------------------------------------------------------
 # Inputs
-
-
-def write_1k(path: str) -> None:
-    head = f"From: root\nTo: {RCPT}\nSubject: bench 1 KB\n\n"
-    line = "The quick brown fox jumps over the lazy dog, then queues itself for later.\n"
-    body = (line * 20)[: 1024 - len(head) - 1] + "\n"
-    data = (head + body).encode()
-    assert len(data) == 1024, len(data)
-    with open(path, "wb") as f:
-        f.write(data)
 
 
 def write_big(path: str, long_lines: bool) -> None:
@@ -132,65 +95,6 @@ def write_big(path: str, long_lines: bool) -> None:
             rest -= 80
         f.write(b"z" * (rest - 1) + b"\n")
     os.replace(tmp, path)
-
-
-# ---------------------------------------------------------------------------------------------
-# C dma: /etc/dma/dma.conf swapped for the run, and its spool cleaned afterwards
-
-
-class CDma:
-    CONF_TEXT = (
-        "# Written by dma's benches/bench_submit.py for the length of a run; restored after.\n"
-        f"SPOOLDIR {C_SPOOL}\nDEFER\n"
-    )
-
-    def __init__(self) -> None:
-        self.original: bytes | None = None
-        self.before: set[str] = set()
-
-    def __enter__(self) -> CDma:
-        import grp
-
-        st = os.stat(C_SPOOL)
-        if not (st.st_gid == grp.getgrnam("mail").gr_gid and st.st_mode & 0o020):
-            raise SystemExit(f"{C_SPOOL} is not group-writable by mail: C dma could not queue")
-        self.before = set(os.listdir(C_SPOOL))
-        if self.before:
-            log(f"warning: {C_SPOOL} is not empty ({len(self.before)} files); they are left alone")
-        with open(C_CONF, "rb") as f:
-            self.original = f.read()
-        # Rewritten in place: the file keeps its owner (root:mail) and mode (0640).
-        with open(C_CONF, "wb") as f:
-            f.write(self.CONF_TEXT.encode())
-        return self
-
-    def clean_spool(self) -> int:
-        """Remove what the run created (queue files and C dma's `lock`), never what was there before."""
-        n = 0
-        for name in os.listdir(C_SPOOL):
-            if name not in self.before:
-                try:
-                    os.unlink(os.path.join(C_SPOOL, name))
-                    n += 1
-                except FileNotFoundError:
-                    pass
-        return n
-
-    def __exit__(self, *exc: object) -> None:
-        if self.original is not None:
-            with open(C_CONF, "wb") as f:
-                f.write(self.original)
-        n = self.clean_spool()
-        log(f"restored {C_CONF}; removed {n} files from {C_SPOOL}")
-
-
-def clean_dir(path: str) -> None:
-    for name in os.listdir(path):
-        p = os.path.join(path, name)
-        if os.path.isdir(p):
-            shutil.rmtree(p)
-        else:
-            os.unlink(p)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,7 +315,7 @@ def main() -> int:
         script = os.path.join(VENV, "bin", "sendmail")
 
         msg1k = os.path.join(OUT, "msg-1k.eml")
-        write_1k(msg1k)
+        write_message(msg1k, 1024, RCPT)
         big_long = os.path.join(OUT, "msg-100m-long-lines.eml")
         big_short = os.path.join(OUT, "msg-100m-short-lines.eml")
         write_big(big_long, long_lines=True)
@@ -420,6 +324,7 @@ def main() -> int:
         ours_q = f"-C {conf} -bq {RCPT}"
         ours_p = f"-C {conf} -bp"
         with CDma() as cdma:
+            cdma.configure([f"SPOOLDIR {C_SPOOL}", "DEFER"])
             # 3. mailq on an empty queue first, while both spools are empty.
             mailq_cmds = [
                 ("bare interpreter `python -I -S -c pass`", f"{VPY} -I -S -c pass"),

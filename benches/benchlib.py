@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -50,15 +51,42 @@ def sh(args: list[str]) -> str:
 # Build, and running the rest of a script inside the venv (it imports dma._native, aiosmtpd, trustme)
 
 
+def build(skip: bool) -> None:
+    if skip and os.path.exists(VPY):
+        log("--no-build: using the existing benches/out/venv")
+        return
+    if not os.path.exists(VPY):
+        # The interpreter that runs this script, resolved past pyenv's shims.
+        subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
+    env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(OUT, "target"))
+    log("pip install (maturin release build, .pyc compiled); this takes ~30 s the first time")
+    subprocess.run(
+        [VPY, "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", ROOT],
+        check=True,
+        env=env,
+    )
+    # Dependencies (dnspython) only once; --no-deps above keeps a reinstall quick.
+    subprocess.run([VPY, "-m", "pip", "install", "-q", ROOT], check=True, env=env)
+    with open(BUILD_INFO, "w") as f:
+        f.write(git_state() + "\n")
+
+
+def git_state() -> str:
+    try:
+        head = sh(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
+        paths = ["python", "rust", "Cargo.toml", "Cargo.lock", "pyproject.toml"]
+        dirty = sh(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no", "--", *paths])
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    return head + (" (python/ or rust/ had uncommitted changes)" if dirty else "")
+
+
 def build_and_reexec(script: str, argv: list[str]) -> None:
-    """Outside the venv: build like bench_submit.py does (unless --no-build), install the benchmark's
-    own dependencies, then re-run `script` with the venv's interpreter. Inside the venv: return."""
+    """Outside the venv: build (unless --no-build), install the benchmark's own dependencies, then
+    re-run `script` with the venv's interpreter. Inside the venv: return."""
     if os.path.realpath(sys.prefix) == os.path.realpath(VENV):
         return
-    sys.path.insert(0, BENCHES)
-    import bench_submit
-
-    bench_submit.build("--no-build" in argv)
+    build("--no-build" in argv)
     need = [
         m
         for m in ("aiosmtpd", "trustme", "matplotlib")
@@ -170,20 +198,41 @@ def free_port() -> int:
 # Sinks
 
 
-def postfix_root() -> str:
-    """A tree with Postfix's smtp-sink: /opt/postfix-root if someone unpacked it there, else
-    benches/out/postfix-root, unpacked from `apt-get download postfix` (never installed)."""
-    for root in ("/opt/postfix-root", os.path.join(OUT, "postfix-root")):
-        if os.path.exists(os.path.join(root, "usr/sbin/smtp-sink")):
-            return root
-    root = os.path.join(OUT, "postfix-root")
-    pkgs = os.path.join(OUT, "pkgs")
-    os.makedirs(pkgs, exist_ok=True)
-    log("apt-get download postfix; dpkg-deb -x into benches/out/postfix-root")
-    subprocess.run(["apt-get", "download", "postfix"], cwd=pkgs, check=True, capture_output=True)
-    deb = sorted(glob.glob(os.path.join(pkgs, "postfix_*.deb")))[-1]
-    subprocess.run(["dpkg-deb", "-x", deb, root], check=True)
+def unpacked(package: str, program: str) -> str:
+    """benches/out/PACKAGE-root holding `program`, from `apt-get download` and `dpkg-deb -x`: a
+    package side by side with the others, never installed."""
+    root = os.path.join(OUT, f"{package}-root")
+    if not os.path.exists(os.path.join(root, program)):
+        pkgs = os.path.join(OUT, "pkgs")
+        os.makedirs(pkgs, exist_ok=True)
+        log(f"apt-get download {package}; dpkg-deb -x into benches/out/{package}-root")
+        subprocess.run(["apt-get", "download", package], cwd=pkgs, check=True, capture_output=True)
+        deb = sorted(glob.glob(os.path.join(pkgs, f"{package}_*.deb")))[-1]
+        subprocess.run(["dpkg-deb", "-x", deb, root], check=True)
     return root
+
+
+def postfix_root() -> str:
+    """A tree with Postfix's smtp-sink: /opt/postfix-root if someone unpacked it there (the tests
+    do), else benches/out/postfix-root."""
+    if os.path.exists("/opt/postfix-root/usr/sbin/smtp-sink"):
+        return "/opt/postfix-root"
+    return unpacked("postfix", "usr/sbin/smtp-sink")
+
+
+def msmtp_argv(port: int, sender: str, tls: bool, ca: str) -> list[str]:
+    """msmtp to 127.0.0.1:port; with `tls`, STARTTLS trusting `ca` and AUTH as bench/secret."""
+    argv = [MSMTP, "--host=127.0.0.1", f"--port={port}", f"--from={sender}"]
+    if tls:
+        argv += [
+            "--tls=on",
+            "--tls-starttls=on",
+            f"--tls-trust-file={ca}",
+            "--auth=on",
+            "--user=bench",
+            "--passwordeval=echo secret",
+        ]
+    return argv
 
 
 class Sink:
@@ -315,6 +364,19 @@ def make_certs(directory: str) -> None:
         os.chmod(os.path.join(directory, name), 0o644)
 
 
+def tls_workdir(name: str) -> str:
+    """A fresh directory in /var/tmp with make_certs' files and an auth.conf (bench|127.0.0.1:secret)
+    that C dma, running as user mail, can read."""
+    work = tempfile.mkdtemp(prefix=f"dma-bench-{name}-", dir="/var/tmp")
+    os.chmod(work, 0o755)
+    make_certs(work)
+    auth_conf = os.path.join(work, "auth.conf")
+    with open(auth_conf, "w") as f:
+        f.write("bench|127.0.0.1:secret\n")
+    os.chmod(auth_conf, 0o644)
+    return work
+
+
 # ---------------------------------------------------------------------------------------------
 # C dma: /etc/dma/dma.conf swapped for a run (0.13 reads nothing else), spool cleaned afterwards
 
@@ -325,6 +387,11 @@ class CDma:
         self.before: set[str] = set()
 
     def __enter__(self) -> CDma:
+        import grp
+
+        st = os.stat(C_SPOOL)
+        if not (st.st_gid == grp.getgrnam("mail").gr_gid and st.st_mode & 0o020):
+            raise SystemExit(f"{C_SPOOL} is not group-writable by mail: C dma could not queue")
         self.before = set(os.listdir(C_SPOOL))
         with open(C_CONF, "rb") as f:
             self.original = f.read()
@@ -473,19 +540,7 @@ class Match:
 # nullmailer, unpacked from `apt-get download nullmailer` (the package conflicts with dma)
 
 
-NM_ROOT = os.path.join(OUT, "nullmailer-root")
 NM_PATHS = ("/etc/nullmailer", "/var/spool/nullmailer", "/usr/lib/nullmailer")
-
-
-def nullmailer_root() -> str:
-    if not os.path.exists(os.path.join(NM_ROOT, "usr/sbin/nullmailer-send")):
-        pkgs = os.path.join(OUT, "pkgs")
-        os.makedirs(pkgs, exist_ok=True)
-        log("apt-get download nullmailer; dpkg-deb -x into benches/out/nullmailer-root")
-        subprocess.run(["apt-get", "download", "nullmailer"], cwd=pkgs, check=True, capture_output=True)
-        deb = sorted(glob.glob(os.path.join(pkgs, "nullmailer_*.deb")))[-1]
-        subprocess.run(["dpkg-deb", "-x", deb, NM_ROOT], check=True)
-    return NM_ROOT
 
 
 class Nullmailer:
@@ -498,7 +553,7 @@ class Nullmailer:
     """
 
     def __init__(self) -> None:
-        self.root = nullmailer_root()
+        self.root = unpacked("nullmailer", "usr/sbin/nullmailer-send")
         self.created: list[str] = []
         self.send: subprocess.Popen[bytes] | None = None
 

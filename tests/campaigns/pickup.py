@@ -135,6 +135,7 @@ def random_kills(trials: int, seed: int) -> Callable[[World, User], str]:
     def case(w: World, a: User) -> str:
         rng = random.Random(seed)
         kills = 0
+        runner(w)  # the marker's local delivery first: a kill in the middle of it may deliver it twice
         for t in range(trials):
             for j in range(3):
                 w.submit(a, ["x@remote.example"], f"Subject: k\n\nKILLED-{t * 3 + j}-\n".encode())

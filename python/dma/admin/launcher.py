@@ -17,7 +17,7 @@ TEMPLATE = """#!{python} -IS
 import sys
 sys.path[:0] = {paths!r}
 sys.argv[0] = {name!r}
-from ..cli import run
+from dma.cli import run
 run()
 """
 
