@@ -32,12 +32,6 @@ def status_code(text: str, expired: bool) -> str:
     return "4.4.7" if expired else "5.0.0"
 
 
-def remote_mta(text: str) -> str | None:
-    """The host named at the start of a remote failure text (`host [addr] said ...`)."""
-    first, _, rest = text.partition(" ")
-    return first if rest.startswith("[") or rest.startswith("said") else None
-
-
 def diagnostic(text: str) -> str:
     """The server's reply in a failure text, else the whole text."""
     _, found, reply = text.partition(": ")
@@ -53,7 +47,21 @@ def report(
 ) -> tuple[bytes, bytes]:
     """The bounce before and after the original message's text."""
     first = failed[0]
-    expired = [now - e.created > cfg.max_queue_time for e in failed]
+    notes: list[str] = []
+    status: list[str] = []
+    for entry in failed:
+        too_old = now - entry.created > cfg.max_queue_time
+        why = "gave up after trying for too long: " if too_old else ""
+        notes += [f"<{entry.recipient}>: {why}{entry.last_error}", ""]
+        rcpt = entry.recipient if "@" in entry.recipient else f"{entry.recipient}@{cfg.mailname}"
+        status += ["", f"Final-Recipient: rfc822; {rcpt}", "Action: failed"]
+        status.append(f"Status: {status_code(entry.last_error, too_old)}")
+        host, _, rest = entry.last_error.partition(" ")
+        if host and rest.startswith(("[", "said")):  # a remote failure: `host [addr] said: reply`
+            status.append(f"Remote-MTA: dns; {host}")
+            status.append(f"Diagnostic-Code: smtp; {diagnostic(entry.last_error)}")
+        else:
+            status.append(f"Diagnostic-Code: x-dma; {entry.last_error}")
     lines = [
         f"From: Mail Delivery System <MAILER-DAEMON@{cfg.mailname}>",
         f"To: <{first.sender}>",
@@ -72,28 +80,15 @@ def report(
         "",
         "Your message could not be delivered to one or more recipients.",
         "",
-    ]
-    for entry, too_old in zip(failed, expired):
-        why = "gave up after trying for too long: " if too_old else ""
-        lines += [f"<{entry.recipient}>: {why}{entry.last_error}", ""]
-    lines += [
+        *notes,
         f"--{boundary}",
         "Content-Description: Delivery report",
         "Content-Type: message/delivery-status",
         "",
         f"Reporting-MTA: dns; {cfg.mailname}",
         f"Arrival-Date: {message.rfc822_date(first.created)}",
+        *status,
     ]
-    for entry, too_old in zip(failed, expired):
-        rcpt = entry.recipient if "@" in entry.recipient else f"{entry.recipient}@{cfg.mailname}"
-        lines += ["", f"Final-Recipient: rfc822; {rcpt}", "Action: failed"]
-        lines.append(f"Status: {status_code(entry.last_error, too_old)}")
-        mta = remote_mta(entry.last_error)
-        if mta:
-            lines.append(f"Remote-MTA: dns; {mta}")
-            lines.append(f"Diagnostic-Code: smtp; {diagnostic(entry.last_error)}")
-        else:
-            lines.append(f"Diagnostic-Code: x-dma; {entry.last_error}")
     kind = "message/rfc822" if full else "text/rfc822-headers"
     what = "Undelivered Message" if full else "Undelivered Message Headers"
     lines += ["", f"--{boundary}", f"Content-Description: {what}", f"Content-Type: {kind}", "", ""]

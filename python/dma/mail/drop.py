@@ -91,7 +91,7 @@ def waiting(cfg: Config) -> list[tuple[str, str, list[str], os.stat_result]]:
             finally:
                 os.close(efd)
             dst = os.lstat(f"{base}/D{name[1:]}")
-        except (OSError, Rejected, Fatal):
+        except (OSError, Rejected):
             continue
         found.append((name[1:], sender, recipients, dst))
     found.sort(key=lambda drop: (drop[3].st_mtime, drop[0]))
@@ -278,7 +278,8 @@ def pick_up(cfg: Config, events: Log) -> tuple[int, int]:
             if name.startswith("E") and pair and turn >= PER_PASS:
                 waits += 1
             elif name.startswith("E") and pair:
-                taken += handle(cfg, ident, st, queued, per_uid.setdefault(st.st_uid, [0, 0]), events)
+                handle(cfg, ident, st, queued, per_uid.setdefault(st.st_uid, [0, 0]), events)
+                taken += 1
             elif name.startswith("D") and pair and f"E{ident}" in stats:
                 continue  # the message of a pair: taken with its envelope
             elif not (
@@ -301,8 +302,8 @@ def pick_up(cfg: Config, events: Log) -> tuple[int, int]:
 
 def handle(
     cfg: Config, ident: str, st: os.stat_result, queued: set[str], used: list[int], events: Log
-) -> int:
-    """Take (or refuse) the drop whose envelope `st` describes; returns 1 once it is gone."""
+) -> None:
+    """Take (or refuse) the drop whose envelope `st` describes, then remove it."""
     sid = f"{ident}i{st.st_ino:x}u{st.st_uid}"
     if sid not in queued and sid not in UNREMOVED:  # else taken before, and its removal failed
         try:
@@ -310,8 +311,7 @@ def handle(
         except Rejected as e:
             if f"{ident}r{st.st_ino:x}u{st.st_uid}" not in queued:
                 refuse(cfg, ident, st, str(e), events)
-            finish(cfg, ident)
-            return 1  # its notice is queued: one more pass
+            return finish(cfg, ident)  # its notice is queued
         events.event(
             "info",
             "queued",
@@ -323,7 +323,6 @@ def handle(
     UNREMOVED.add(sid)
     finish(cfg, ident)
     UNREMOVED.discard(sid)
-    return 1
 
 
 def finish(cfg: Config, ident: str) -> None:
