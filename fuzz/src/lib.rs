@@ -50,6 +50,7 @@ pub fn intake(data: &[u8]) {
         collect_recipients: flags & 2 != 0,
         prefix: if flags & 4 != 0 { b"Received: test\n" } else { b"" },
         add_if_missing: if flags & 8 != 0 { &added } else { &[] },
+        rewrite_from: None,
     };
     // A reader that returns small chunks, to exercise the chunk boundaries.
     let step = usize::from(flags >> 4) + 1;

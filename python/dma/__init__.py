@@ -7,11 +7,18 @@ queue control); `api`, `django_backend` and `logging_handler` are the integratio
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    __version__: str
 
 
 def __getattr__(name: str) -> object:
-    """`dma.submit` and `dma.Batch` load the API on first use (`sendmail` never does)."""
+    """`dma.submit` and `dma.Batch` load the API on first use (`sendmail` never does);
+    `__version__` is Cargo.toml's (as pyproject.toml's is), from the extension."""
+    if name == "__version__":
+        from ._native import __version__
+
+        return __version__
     if name in ("submit", "Batch"):
         from . import api
 

@@ -1,13 +1,13 @@
-# Type stub of the Rust extension. Each part is owned by the module that uses it.
-from os import PathLike
+# Type stub of the Rust extension (rust/src/py_api.rs declares the module, its docstrings say what
+# each call does); `./dev lint` checks the two agree. Paths cross as `str`.
+from typing import final
 
 __version__: str
 
 # ---- spool ----
+@final
 class Incoming:
-    def __init__(
-        self, spooldir: str | PathLike[str], durable: bool = True, name: str | None = None
-    ) -> None: ...
+    def __new__(cls, spooldir: str, durable: bool = True, name: str | None = None) -> Incoming: ...
     @property
     def id(self) -> str: ...
     def receive(
@@ -22,18 +22,19 @@ class Incoming:
         collect_recipients: bool = False,
         rewrite_from: str | None = None,
     ) -> tuple[int, list[str]]: ...  # (size in the spool, To:/Cc:/Bcc: values if collected)
-    def commit(self, sender: str, recipients: list[str], dsn: str = "", drop: bool = False) -> list[str]: ...
+    # dsn: ""; drop: into the drop directory, returning [the message id]
+    def commit(self, sender: str, recipients: list[str], dsn: str = ..., drop: bool = False) -> list[str]: ...
     def abort(self) -> None: ...
     @staticmethod
     def drop_envelope(text: bytes) -> tuple[str, list[str], str]: ...  # (sender, recipients, dsn)
 
+@final
 class SmtpStdin:
-    """`sendmail -bs`: reads SMTP commands and, through `Incoming.receive`, message bodies."""
-
-    def __init__(self, fd: int) -> None: ...
+    def __new__(cls, fd: int) -> SmtpStdin: ...
     def command(self, max: int) -> tuple[bytes, bool] | None: ...
     def skip_data(self) -> None: ...
 
+@final
 class QueueEntry:
     id: str
     message_id: str
@@ -48,32 +49,31 @@ class QueueEntry:
     dsn: str  # RFC 3461 parameters, or ""
 
 def check_address(address: str) -> str | None: ...  # why it is not an address, or None
-def scan_queue(spooldir: str | PathLike[str]) -> tuple[list[QueueEntry], list[str]]: ...
-def clean_stale(spooldir: str | PathLike[str], max_age: int) -> list[str]: ...
-def journal_take(spooldir: str | PathLike[str]) -> tuple[list[str], list[str]]: ...
-def sync_spool(spooldir: str | PathLike[str]) -> None: ...
+def scan_queue(spooldir: str) -> tuple[list[QueueEntry], list[str]]: ...
+def clean_stale(spooldir: str, max_age: int) -> list[str]: ...
+def journal_take(spooldir: str) -> tuple[list[str], list[str]]: ...
+def sync_spool(spooldir: str) -> None: ...
 def syslog(ident: str, priority: int, text: str) -> None: ...  # mail facility, `ident[pid]`
 
 # ---- mailbox ----
 def mbox_append(
-    mbox: str | PathLike[str],
-    message: str | PathLike[str],
+    mbox: str,
+    message: str,
     sender: str,
     when: str,
     create: tuple[int, int, int] | None = None,
     lock_timeout: float = 100.0,
 ) -> None: ...
 def maildir_deliver(
-    maildir: str | PathLike[str],
-    message: int | str | PathLike[str],  # the M file's path, or a descriptor open on it
+    maildir: str,
+    message: int | str,  # the M file's path, or a descriptor open on it
     hostname: str,
     create: tuple[int, int] | None = None,
 ) -> str: ...
 
 # ---- smtp ----
+@final
 class Outcome:
-    """What happened to one recipient."""
-
     status: str  # "sent" | "temporary" | "permanent"
     # "connect" "tls" "greeting" "ehlo" "starttls" "auth" "size" "mail" "rcpt" "data" "dot" "quit"
     stage: str
@@ -81,6 +81,7 @@ class Outcome:
     enhanced: str | None  # "5.1.1"
     text: str  # the server's reply text, or our explanation; one line
 
+@final
 class SessionResult:
     # Per transaction, per recipient, in input order. A session failure before transaction k
     # gives every recipient of k and later transactions that failure.
@@ -95,11 +96,10 @@ class SessionResult:
     failure: Outcome | None  # why the connection could not be used (all a probe without transactions gets)
     entries: dict[str, Outcome]  # Connection.send: each entry id's outcome
 
+@final
 class Settings:
-    """One destination host's session settings."""
-
-    def __init__(
-        self,
+    def __new__(
+        cls,
         host: str,
         addresses: list[str],
         port: int,
@@ -107,9 +107,9 @@ class Settings:
         *,
         tls: str = "none",  # "none" | "starttls" | "opportunistic" | "implicit"
         verify_cert: bool = False,
-        ca_file: str | PathLike[str] | None = None,
+        ca_file: str | None = None,
         fingerprint: bytes | None = None,  # SHA-256 of the leaf certificate, 32 bytes
-        client_cert: str | PathLike[str] | None = None,  # one PEM file: chain and private key
+        client_cert: str | None = None,  # one PEM file: chain and private key
         login: str | None = None,
         secret: str | None = None,
         mechanisms: list[str] | None = None,  # default CRAM-MD5, PLAIN, LOGIN; XOAUTH2 only if named
@@ -117,30 +117,25 @@ class Settings:
         connect_timeout: float = 30.0,
         command_timeout: float = 300.0,  # per reply, and for the whole set-up and each transaction
         verbose: bool = False,  # dialogue on stderr as "<<< " / ">>> " lines, credentials hidden
-        journal: str | PathLike[str] | None = None,  # spool whose delivered journal records confirmed entries
-    ) -> None: ...
+        journal: str | None = None,  # spool whose delivered journal records confirmed entries
+    ) -> Settings: ...
 
 def smtp_session(
     settings: Settings,
-    transactions: list[tuple[str, list[str], str | PathLike[str]]],  # (sender, recipients, M file)
+    transactions: list[tuple[str, list[str], str]],  # (sender, recipients, M file)
 ) -> SessionResult: ...
 
+@final
 class Connection:
-    """A connection kept open between `send` calls (the runner's connection cache)."""
-
-    def __init__(self, settings: Settings) -> None: ...
-    # One transaction per group of claimed entries (one message's recipients); reconnects when
-    # the server dropped the connection. SessionResult.entries has each entry's outcome.
+    def __new__(cls, settings: Settings) -> Connection: ...
     def send(self, spool: Spool, groups: list[list[str]]) -> SessionResult: ...
     def close(self) -> None: ...
 
+@final
 class Spool:
-    """The runner's spool: due entries, claims by id, records, and the wait for new mail."""
-
-    def __init__(self, spooldir: str, drop: str | None = None) -> None: ...
+    def __new__(cls, spooldir: str, drop: str | None = None) -> Spool: ...
     def lock(self) -> bool: ...  # become the spool's one runner; False if another process is
     def unlock(self) -> None: ...
-    # (due entries not claimed here, oldest first; the earliest later retry; messages with a failed entry)
     def due(self, now: int, force: bool) -> tuple[list[QueueEntry], int | None, list[str]]: ...
     def message_entries(self, message_id: str) -> list[QueueEntry]: ...
     def claim(self, ids: list[str]) -> list[QueueEntry]: ...  # the ones now held here

@@ -1,12 +1,9 @@
 """dma.conf, in C dma's format (see docs/configuration.md).
 
-`load()` reads dma.conf and returns a `Config`. auth.conf (authconf.py) is never read at
-submission: the delivery code calls `Config.auth()` when it needs a password, so an unreadable
-auth.conf cannot break `sendmail` or `mailq` as it does in C dma.
-
-This module is on the submission hot path: it imports only `posix`, `pwd` and `errors` at module
-level (not `os`, whose import alone costs a seventh of the interpreter's start-up), and parses
-by hand.
+`load()` returns a `Config`. auth.conf is read only by `Config.auth()`, when delivery needs a
+password, so an unreadable auth.conf cannot break `sendmail` or `mailq` as it does in C dma.
+On the submission hot path: module level imports only `posix`, `pwd` and `errors` (not `os`,
+whose import alone costs a seventh of the interpreter's start-up).
 """
 
 from __future__ import annotations
@@ -14,20 +11,14 @@ from __future__ import annotations
 import posix
 import pwd
 
-from .errors import EX_NOINPUT, ConfigError, Fatal
+from .errors import EX_NOINPUT, ConfigError, Fatal, os_error_text, read_text
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .mail.authconf import AuthTable
     from .mail.routes import Route
-
-__all__ = [
-    "DEFAULT_CONF",
-    "Config",
-    "load",
-    "sanitize_hostname",
-    "state_dir",
-]
 
 DEFAULT_CONF = "/etc/dma/dma.conf"
 SYSTEM_SPOOL = "/var/spool/dma"
@@ -36,9 +27,9 @@ SYSTEM_SPOOL = "/var/spool/dma"
 _HOSTCHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 _HEX = frozenset("0123456789abcdefABCDEF")
 _DIGITS = frozenset("0123456789")
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
-# Keyword -> (kind, attribute). Kinds are handled in `_apply`.
+# Keyword -> (kind, attribute). The kinds are parsed by `_KINDS`; the defaults are in `Config`.
 _KEYS: dict[str, tuple[str, str]] = {
     # C dma
     "SMARTHOST": ("hosts", "smarthost"),
@@ -79,104 +70,49 @@ _KEYS: dict[str, tuple[str, str]] = {
     "ROUTE": ("route", "routes"),
     "REWRITEFROM": ("address", "rewrite_from"),
 }
+_HINTS = {"SECURE": " (did you mean INSECURE?)", "SECURETRANS": " (the key is SECURETRANSFER)"}
 
 
 class Config:
     """The settings of one dma.conf, with defaults filled in. Attributes are named after the keys."""
 
-    __slots__ = (
-        "_auth",
-        "aliases",
-        "authpath",
-        "cafile",
-        "certfile",
-        "concurrency",
-        "connect_timeout",
-        "defer",
-        "dns_servers",
-        "file_exists",
-        "fingerprint",
-        "fullbounce",
-        "helo_name",
-        "host_concurrency",
-        "insecure",
-        "key_lines",
-        "linger",
-        "logfile",
-        "maildir",
-        "mailname",
-        "masquerade_host",
-        "masquerade_user",
-        "max_queue_time",
-        "max_user_bytes",
-        "max_user_msgs",
-        "mboxdir",
-        "nullclient",
-        "opportunistic_tls",
-        "path",
-        "port",
-        "retry_max",
-        "retry_min",
-        "rewrite_from",
-        "routes",
-        "securetransfer",
-        "smarthost",
-        "spooldir",
-        "starttls",
-        "state_dir",
-        "system_hostname",
-        "timeout",
-        "user_mode",
-        "verifycert",
-        "xoauth2_command",
-    )
-
-    path: str
-    file_exists: bool
-    user_mode: bool
-    state_dir: str
-    system_hostname: str
-    key_lines: dict[str, int]
     # C dma keys
-    smarthost: str | None
-    port: int
-    aliases: str
-    spooldir: str
-    authpath: str | None
-    certfile: str | None
-    mailname: str
-    masquerade_user: str | None
-    masquerade_host: str | None
-    fingerprint: bytes | None
-    securetransfer: bool
-    starttls: bool
-    opportunistic_tls: bool
-    verifycert: bool
-    insecure: bool
-    defer: bool
-    fullbounce: bool
-    nullclient: bool
-    # our additions
+    smarthost: str | None = None
+    port: int = 25
+    aliases: str = "/etc/aliases"
+    spooldir: str  # these three are set in __init__
     mboxdir: str
-    maildir: str | None
-    cafile: str | None
-    dns_servers: list[tuple[str, int]]
-    retry_min: int
-    retry_max: int
-    max_queue_time: int
-    max_user_msgs: int  # system mode: what one user may hold in the drop directory and queue
-    max_user_bytes: int
-    concurrency: int
-    host_concurrency: int
-    connect_timeout: float
-    timeout: float
-    linger: float
-    xoauth2_command: list[str] | None
-    helo_name: str | None
-    logfile: str | None
-    routes: list[Route]
-    rewrite_from: str | None
-    _auth: AuthTable | None
+    mailname: str
+    authpath: str | None = None
+    certfile: str | None = None
+    masquerade_user: str | None = None
+    masquerade_host: str | None = None
+    fingerprint: bytes | None = None
+    securetransfer: bool = False
+    starttls: bool = False
+    opportunistic_tls: bool = False
+    verifycert: bool = False
+    insecure: bool = False
+    defer: bool = False
+    fullbounce: bool = False
+    nullclient: bool = False
+    # our additions
+    maildir: str | None = None
+    cafile: str | None = None
+    retry_min: int = 300
+    retry_max: int = 10800
+    max_queue_time: int = 432000
+    max_user_msgs: int = 1000  # system mode: what one user may hold in the drop directory and queue
+    max_user_bytes: int = 1 << 30
+    concurrency: int = 8
+    host_concurrency: int = 2
+    connect_timeout: float = 30.0
+    timeout: float = 300.0
+    linger: float = 2.0
+    xoauth2_command: list[str] | None = None
+    helo_name: str | None = None
+    logfile: str | None = None
+    rewrite_from: str | None = None
 
     def __init__(self, path: str = DEFAULT_CONF, *, user_mode: bool | None = None) -> None:
         """All defaults, as if `path` did not exist (`mailname` is the system host name)."""
@@ -187,50 +123,15 @@ class Config:
             user_mode = posix.geteuid() != 0 and not _is_system_spool(SYSTEM_SPOOL)
         self.user_mode = user_mode
         self.state_dir = state_dir()
-        self.system_hostname = sanitize_hostname(posix.uname().nodename)
-        self.key_lines = {}
-        self.smarthost = None
-        self.port = 25
-        self.aliases = "/etc/aliases"
-        if self.user_mode:
-            self.spooldir = f"{self.state_dir}/spool"
-            self.mboxdir = f"{self.state_dir}/mail"
+        self.system_hostname = self.mailname = sanitize_hostname(posix.uname().nodename)
+        self.key_lines: dict[str, int] = {}
+        if user_mode:
+            self.spooldir, self.mboxdir = f"{self.state_dir}/spool", f"{self.state_dir}/mail"
         else:
-            self.spooldir = SYSTEM_SPOOL
-            self.mboxdir = "/var/mail"
-        self.authpath = None
-        self.certfile = None
-        self.mailname = self.system_hostname
-        self.masquerade_user = None
-        self.masquerade_host = None
-        self.fingerprint = None
-        self.securetransfer = False
-        self.starttls = False
-        self.opportunistic_tls = False
-        self.verifycert = False
-        self.insecure = False
-        self.defer = False
-        self.fullbounce = False
-        self.nullclient = False
-        self.maildir = None
-        self.cafile = None
-        self.dns_servers = []
-        self.retry_min = 300
-        self.retry_max = 10800
-        self.max_queue_time = 432000
-        self.max_user_msgs = 1000
-        self.max_user_bytes = 1 << 30
-        self.concurrency = 8
-        self.host_concurrency = 2
-        self.connect_timeout = 30.0
-        self.timeout = 300.0
-        self.linger = 2.0
-        self.xoauth2_command = None
-        self.helo_name = None
-        self.logfile = None
-        self.routes = []
-        self.rewrite_from = None
-        self._auth = None
+            self.spooldir, self.mboxdir = SYSTEM_SPOOL, "/var/mail"
+        self.dns_servers: list[tuple[str, int]] = []
+        self.routes: list[Route] = []
+        self._auth: AuthTable | None = None
 
     def __repr__(self) -> str:
         return f"<Config {self.path!r} exists={self.file_exists} user_mode={self.user_mode}>"
@@ -248,9 +149,6 @@ class Config:
 
             self._auth = AuthTable(self.authpath) if self.authpath is None else load_auth(self.authpath)
         return self._auth
-
-
-# ---- helpers ----------------------------------------------------------------------------------
 
 
 def sanitize_hostname(name: str) -> str:
@@ -285,97 +183,6 @@ def state_dir() -> str:
     return f"{home.rstrip('/')}/.local/state/dma"
 
 
-def read_text(path: str) -> str:
-    with open(path, "rb") as f:
-        data = f.read()
-    # surrogateescape keeps any byte: paths and passwords round-trip through `os.fsencode()`.
-    return data.decode("utf-8", "surrogateescape")
-
-
-def os_error_text(e: OSError) -> str:
-    return e.strerror or str(e)
-
-
-def _mailname_from_file(path: str) -> str | None:
-    """The first line of `path`, cut at the first non-host-name character; None if unusable."""
-    try:
-        with open(path, "rb") as f:
-            first = f.readline(4096)
-    except OSError:
-        return None
-    name = sanitize_hostname(first.decode("ascii", "replace"))
-    return None if name == "unknown-hostname" else name
-
-
-def _parse_port(text: str) -> int | None:
-    if not text or len(text) > 5 or not set(text) <= _DIGITS:
-        return None
-    n = int(text)
-    return n if 1 <= n <= 65535 else None
-
-
-def _parse_duration(text: str) -> int | None:
-    """Seconds: `90`, `90s`, `5m`, `3h`, `5d`; None when malformed or zero."""
-    mult = _DURATION_UNITS.get(text[-1:], 0)
-    digits = text[:-1] if mult else text
-    if not mult:
-        mult = 1
-    if not digits or len(digits) > 12 or not set(digits) <= _DIGITS:
-        return None
-    n = int(digits) * mult
-    return n if n > 0 else None
-
-
-def _parse_dns_servers(text: str) -> list[tuple[str, int]] | str:
-    """`host`, `host:port` or `[v6]:port`, comma-separated; returns an error text on failure."""
-    import socket  # only configs that set DNS_SERVER pay for it
-
-    servers: list[tuple[str, int]] = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            return "empty server in list"
-        port = 53
-        if item.startswith("["):
-            end = item.find("]")
-            if end < 0:
-                return f"`{item}': missing `]'"
-            host, rest = item[1:end], item[end + 1 :]
-            if rest:
-                if not rest.startswith(":") or (p := _parse_port(rest[1:])) is None:
-                    return f"`{item}': bad port"
-                port = p
-            family = socket.AF_INET6
-        elif item.count(":") == 1:
-            host, _, ptext = item.partition(":")
-            if (p := _parse_port(ptext)) is None:
-                return f"`{item}': bad port"
-            port = p
-            family = socket.AF_INET
-        elif ":" in item:  # a bare IPv6 address
-            host, family = item, socket.AF_INET6
-        else:
-            host, family = item, socket.AF_INET
-        try:
-            socket.inet_pton(family, host)
-        except (OSError, ValueError):
-            return f"`{item}': not an IP address"
-        servers.append((host, port))
-    return servers
-
-
-def _parse_seconds(text: str) -> float | None:
-    try:
-        n = float(text)
-    except ValueError:
-        return None
-    # `n == n` rejects NaN; the upper bound rejects infinity.
-    return n if n == n and 0 < n <= 86400 * 365 else None
-
-
-# ---- dma.conf ---------------------------------------------------------------------------------
-
-
 def load(path: str | None = None, *, user_mode: bool | None = None) -> Config:
     """Read dma.conf: `path` (from `-C FILE`), else $DMA_CONF, else /etc/dma/dma.conf.
 
@@ -408,161 +215,195 @@ def _is_system_spool(spooldir: str) -> bool:
 
 
 def _parse_conf(cfg: Config, path: str, text: str) -> None:
-    mailname_value: str | None = None
     lines = cfg.key_lines
     for lineno, raw in enumerate(text.split("\n"), 1):
-        line = raw.partition("#")[0]
+        line = raw.partition("#")[0].rstrip("\r")  # rstrip: CRLF files
         if not line or line[0] in " \t":
             # C dma: a line starting with whitespace has an empty keyword and is ignored.
             continue
-        if line.endswith("\r"):  # CRLF files
-            line = line.rstrip("\r")
-            if not line:
-                continue
-        cut = len(line)
-        for i, ch in enumerate(line):
-            if ch == " " or ch == "\t":
-                cut = i
-                break
-        keyword = line[:cut]
+        keyword = line.partition(" ")[0].partition("\t")[0]
         # Fix: C dma keeps the blanks around the value (`SMARTHOST x # c` gave "x ").
-        value = line[cut + 1 :].strip(" \t\r\v\f")
-        spec = _KEYS.get(keyword)
-        if spec is None:
+        value = line[len(keyword) + 1 :].strip(" \t\r\v\f")
+        if keyword not in _KEYS:
             if not keyword.isprintable():
                 keyword = ascii(keyword)[1:-1]
-            hint = ""
             if keyword.upper() in _KEYS:
                 hint = f" (keywords are case-sensitive: {keyword.upper()})"
-            elif keyword == "SECURE":
-                hint = " (did you mean INSECURE?)"
-            elif keyword == "SECURETRANS":
-                hint = " (the key is SECURETRANSFER)"
+            else:
+                hint = _HINTS.get(keyword, "")
             raise ConfigError(path, lineno, keyword, f"unknown keyword{hint}")
-        kind, attr = spec
-        if not value.isprintable():
-            for ch in value:
-                if (ch < " " and ch != "\t") or ch == "\x7f":
-                    raise ConfigError(path, lineno, keyword, "control character in value")
-        lines[keyword] = lineno
-        if kind == "bool":
-            if value:
-                raise ConfigError(path, lineno, keyword, f"takes no value (got `{value}')")
-            setattr(cfg, attr, True)
-            continue
-        if not value:
-            raise ConfigError(path, lineno, keyword, "missing value")
-        if kind == "mailname":
-            mailname_value = _apply_mailname(path, lineno, value)
-        elif kind == "masquerade":
-            cfg.masquerade_user, cfg.masquerade_host = _split_masquerade(path, lineno, value)
-        elif kind == "route":
-            from .mail.routes import parse_route
-
-            cfg.routes.append(parse_route(path, lineno, value))
-        else:
-            setattr(cfg, attr, _convert(path, lineno, keyword, kind, value))
+        try:
+            _apply(cfg, keyword, value, lineno)
+        except ValueError as e:
+            raise ConfigError(path, lineno, keyword, str(e)) from None
 
     if cfg.nullclient and cfg.smarthost is None:
         raise ConfigError(path, lines["NULLCLIENT"], "NULLCLIENT", "NULLCLIENT requires SMARTHOST")
     if cfg.retry_min > cfg.retry_max:
         key = "RETRY_MIN" if "RETRY_MIN" in lines else "RETRY_MAX"
-        raise ConfigError(
-            path,
-            lines[key],
-            key,
-            f"RETRY_MIN ({cfg.retry_min}s) is larger than RETRY_MAX ({cfg.retry_max}s)",
-        )
-    if mailname_value is not None:
-        if mailname_value.startswith("/"):
-            cfg.mailname = _mailname_from_file(mailname_value) or cfg.system_hostname
-        else:
-            cfg.mailname = mailname_value
+        message = f"RETRY_MIN ({cfg.retry_min}s) is larger than RETRY_MAX ({cfg.retry_max}s)"
+        raise ConfigError(path, lines[key], key, message)
+    if "MAILNAME" in lines and cfg.mailname.startswith("/"):
+        cfg.mailname = _mailname_from_file(cfg.mailname) or cfg.system_hostname
 
 
-def _apply_mailname(path: str, lineno: int, value: str) -> str:
-    if not value.startswith("/"):
-        if " " in value or "\t" in value:
-            raise ConfigError(path, lineno, "MAILNAME", f"`{value}' is not a host name (it has blanks)")
-        if len(value.encode("utf-8", "surrogateescape")) > 255:
-            raise ConfigError(path, lineno, "MAILNAME", "longer than 255 bytes")
+def _apply(cfg: Config, keyword: str, value: str, lineno: int) -> None:
+    """Set `keyword`'s attribute from `value`; a mistake raises ValueError."""
+    kind, attr = _KEYS[keyword]
+    if not value.isprintable() and any((ch < " " and ch != "\t") or ch == "\x7f" for ch in value):
+        raise ValueError("control character in value")
+    cfg.key_lines[keyword] = lineno
+    if not value and kind != "bool":
+        raise ValueError("missing value")
+    if kind == "route":
+        from .mail.routes import parse_route
+
+        cfg.routes.append(parse_route(value, lineno))
+        return
+    parse, what = _KINDS[kind]
+    result = parse(value)
+    if result is None:
+        raise ValueError(f"`{value}' {what}")
+    if kind == "masquerade":  # `[user@][host]`, split at the last `@`; an empty part is None
+        user, _, host = value.rpartition("@")
+        cfg.masquerade_user, cfg.masquerade_host = user or None, host or None
+    else:
+        setattr(cfg, attr, result)
+
+
+def _mailname_from_file(path: str) -> str | None:
+    """The first line of `path`, cut at the first non-host-name character; None if unusable."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(4096)
+    except OSError:
+        return None
+    name = sanitize_hostname(first.decode("ascii", "replace"))
+    return None if name == "unknown-hostname" else name
+
+
+# ---- the kinds of value: parsers that return None for a malformed value, or raise ValueError --
+
+
+def _number(
+    text: str, units: str = "", width: int = 6, low: int = 1, high: float = float("inf")
+) -> int | None:
+    """A whole number from `low` to `high`: at most `width` digits, then maybe one of `units`."""
+    digits, scale = text, 1
+    if text[-1:] and text[-1] in units:
+        digits, scale = text[:-1], _UNITS[text[-1]]
+    if not digits or len(digits) > width or not set(digits) <= _DIGITS:
+        return None
+    n = int(digits) * scale
+    return n if low <= n <= high else None
+
+
+def _flag(value: str) -> bool:
+    if value:
+        raise ValueError(f"takes no value (got `{value}')")
+    return True
+
+
+def _seconds(text: str) -> float | None:
+    try:
+        n = float(text)
+    except ValueError:
+        return None
+    # `n == n` rejects NaN; the upper bound rejects infinity.
+    return n if n == n and 0 < n <= 86400 * 365 else None
+
+
+def _one_word(value: str) -> str | None:
+    return None if " " in value or "\t" in value else value
+
+
+def _mailname(value: str) -> str | None:
+    """A host name, or the file to read it from once the whole config is read."""
+    if value.startswith("/"):
+        return value
+    if _one_word(value) is None:
+        return None
+    if len(value.encode("utf-8", "surrogateescape")) > 255:
+        raise ValueError("longer than 255 bytes")
     return value
 
 
-def _split_masquerade(path: str, lineno: int, value: str) -> tuple[str | None, str | None]:
-    """`[user@][host]`, split at the last `@`; an empty part is None."""
-    if " " in value or "\t" in value:
-        raise ConfigError(path, lineno, "MASQUERADE", f"`{value}' has blanks; expected [user@][host]")
-    user, _, host = value.rpartition("@")
-    return user or None, host or None
+def _address(value: str) -> str | None:
+    if value.count("@") != 1 or value.startswith("@") or value.endswith("@") or not value.isprintable():
+        return None
+    return value
 
 
-def _convert(
-    path: str, lineno: int, key: str, kind: str, value: str
-) -> str | int | float | bytes | list[str] | list[tuple[str, int]]:
-    if kind == "str":
-        return value
-    if kind == "host":
-        if " " in value or "\t" in value:
-            raise ConfigError(path, lineno, key, f"`{value}' is not a single host name")
-        return value
-    if kind == "address":
-        if value.count("@") != 1 or value.startswith("@") or value.endswith("@") or not value.isprintable():
-            raise ConfigError(path, lineno, key, f"`{value}' is not an address (user@domain)")
-        return value
-    if kind == "hosts":  # `host[:port] ...`, split when used: PORT may come later
-        from .mail.routes import split_hosts
+def _hosts(value: str) -> str:
+    """`host[:port] ...`, split when used: PORT may come later."""
+    from .mail.routes import split_hosts
 
+    split_hosts(value, 25)
+    return value
+
+
+def _fingerprint(value: str) -> bytes | None:
+    hexstr = value.replace(":", "")
+    if len(hexstr) != 64:
+        raise ValueError(f"a SHA-256 fingerprint is 64 hex digits, got {len(hexstr)} characters")
+    return bytes.fromhex(hexstr) if set(hexstr) <= _HEX else None
+
+
+def _maildir(value: str) -> str | None:
+    return value if value.startswith(("/", "~/")) or value == "~" else None
+
+
+def _dns_servers(text: str) -> list[tuple[str, int]]:
+    """`host`, `host:port` or `[v6]:port`, comma-separated."""
+    import socket  # only configs that set DNS_SERVER pay for it
+
+    servers: list[tuple[str, int]] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            raise ValueError("empty server in list")
+        host, port, family = item, "53", socket.AF_INET
+        if item.startswith("["):
+            end = item.find("]")
+            if end < 0:
+                raise ValueError(f"`{item}': missing `]'")
+            host, rest, family = item[1:end], item[end + 1 :], socket.AF_INET6
+            if rest:
+                port = rest[1:] if rest.startswith(":") else ""
+        elif item.count(":") == 1:
+            host, _, port = item.partition(":")
+        elif ":" in item:  # a bare IPv6 address
+            family = socket.AF_INET6
+        number = _number(port, "", 5, 1, 65535)
+        if number is None:
+            raise ValueError(f"`{item}': bad port")
         try:
-            split_hosts(value, 25)
-        except ValueError as e:
-            raise ConfigError(path, lineno, key, str(e)) from None
-        return value
-    if kind == "port":
-        port = _parse_port(value)
-        if port is None:
-            raise ConfigError(path, lineno, key, f"`{value}' is not a port number (1-65535)")
-        return port
-    if kind == "fingerprint":
-        hexstr = value.replace(":", "") if ":" in value else value
-        if len(hexstr) != 64:
-            raise ConfigError(
-                path, lineno, key, f"a SHA-256 fingerprint is 64 hex digits, got {len(hexstr)} characters"
-            )
-        if not set(hexstr) <= _HEX:
-            raise ConfigError(path, lineno, key, f"`{value}' is not hexadecimal")
-        return bytes.fromhex(hexstr)
-    if kind == "maildir":
-        if not (value.startswith("/") or value == "~" or value.startswith("~/")):
-            raise ConfigError(path, lineno, key, f"`{value}' must be an absolute path or start with `~/'")
-        return value
-    if kind == "dns":
-        servers = _parse_dns_servers(value)
-        if isinstance(servers, str):
-            raise ConfigError(path, lineno, key, servers)
-        return servers
-    if kind == "duration":
-        secs = _parse_duration(value)
-        if secs is None:
-            raise ConfigError(
-                path, lineno, key, f"`{value}' is not a duration (seconds, or a number with s, m, h or d)"
-            )
-        return secs
-    if kind == "count":
-        if not set(value) <= _DIGITS or len(value) > 6 or int(value) < 1:
-            raise ConfigError(path, lineno, key, f"`{value}' is not a positive whole number")
-        return int(value)
-    if kind == "limit":  # a whole number, K/M/G for binary multiples
-        scale = 1 << 10 * "KMG".find(value[-1:]) + 10 if value[-1:] in ("K", "M", "G") else 1
-        digits = value[:-1] if scale > 1 else value
-        if not digits or not set(digits) <= _DIGITS or len(digits) > 15:
-            raise ConfigError(path, lineno, key, f"`{value}' is not a whole number (K, M or G may follow)")
-        return int(digits) * scale
-    if kind == "seconds":
-        secs_f = _parse_seconds(value)
-        if secs_f is None:
-            raise ConfigError(path, lineno, key, f"`{value}' is not a positive number of seconds")
-        return secs_f
-    if kind == "argv":
-        return value.split()
-    raise AssertionError(kind)  # pragma: no cover
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            raise ValueError(f"`{item}': not an IP address") from None
+        servers.append((host, number))
+    return servers
+
+
+# Kind -> (parser, what a malformed value is, after the value).
+_KINDS: dict[str, tuple[Callable[[str], object], str]] = {
+    "bool": (_flag, ""),
+    "str": (str, ""),
+    "argv": (str.split, ""),
+    "hosts": (_hosts, ""),
+    "dns": (_dns_servers, ""),
+    "host": (_one_word, "is not a single host name"),
+    "mailname": (_mailname, "is not a host name (it has blanks)"),
+    "masquerade": (_one_word, "has blanks; expected [user@][host]"),
+    "address": (_address, "is not an address (user@domain)"),
+    "fingerprint": (_fingerprint, "is not hexadecimal"),
+    "maildir": (_maildir, "must be an absolute path or start with `~/'"),
+    "port": (lambda v: _number(v, "", 5, 1, 65535), "is not a port number (1-65535)"),
+    "duration": (
+        lambda v: _number(v, "smhd", 12),
+        "is not a duration (seconds, or a number with s, m, h or d)",
+    ),
+    "count": (_number, "is not a positive whole number"),
+    "limit": (lambda v: _number(v, "KMG", 15, 0), "is not a whole number (K, M or G may follow)"),
+    "seconds": (_seconds, "is not a positive number of seconds"),
+}

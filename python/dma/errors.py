@@ -1,29 +1,11 @@
-"""Exit codes (sysexits.h) and the exceptions that carry them to the command line.
+"""Exit codes (sysexits.h), the exceptions that carry them to the command line, and the file
+reading every configuration file shares. Imported on the submission hot path: imports nothing.
 
 Anything that should end the program with a one-line message raises `Fatal`; the CLI prints
-``<prog>: <message>`` on stderr and exits with ``code``. This module is imported on the
-submission hot path, so it imports nothing.
+``<prog>: <message>`` on stderr and exits with ``code``.
 """
 
 from __future__ import annotations
-
-__all__ = [
-    "EX_CANTCREAT",
-    "EX_CONFIG",
-    "EX_DATAERR",
-    "EX_IOERR",
-    "EX_NOINPUT",
-    "EX_NOPERM",
-    "EX_NOUSER",
-    "EX_OK",
-    "EX_OSERR",
-    "EX_SOFTWARE",
-    "EX_TEMPFAIL",
-    "EX_UNAVAILABLE",
-    "EX_USAGE",
-    "ConfigError",
-    "Fatal",
-]
 
 EX_OK = 0
 EX_USAGE = 64  # command line usage error
@@ -41,48 +23,42 @@ EX_CONFIG = 78  # configuration error
 
 
 class Fatal(Exception):
-    """An error that ends the program: ``code`` is the exit status, ``message`` one line of text.
-
-    The argument order follows C's ``errx(code, message)``.
-    """
-
-    code: int
-    message: str
+    """An error that ends the program: ``code`` is the exit status, ``message`` one line of text
+    (the argument order follows C's ``errx(code, message)``)."""
 
     def __init__(self, code: int, message: str) -> None:
-        super().__init__(code, message)
-        self.code = code
         # One line, whatever the caller passed: a newline would break the "<prog>: <message>" form.
+        self.code = code
         self.message = message.replace("\r", " ").replace("\n", " ")
+        super().__init__(code, self.message)
 
     def __str__(self) -> str:
         return self.message
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.code!r}, {self.message!r})"
 
 
 class ConfigError(Fatal):
     """A mistake in a configuration file (dma.conf, auth.conf, aliases): exit 78 (EX_CONFIG).
 
-    ``str()`` (and ``message``) is ``"<path>:<line>: <key>: <detail>"``; the line and the key are
-    left out when they do not apply. The parts stay available as attributes.
+    ``str()`` is ``"<path>:<line>: <key>: <detail>"``, without the line or the key where they do
+    not apply; the parts stay available as attributes.
     """
 
-    path: str
-    line: int | None
-    key: str | None
-    detail: str
-
-    def __init__(self, path: str, line: int | None, key: str | None, message: str) -> None:
+    def __init__(self, path: str, line: int | None, key: str | None, detail: str) -> None:
         where = path if line is None else f"{path}:{line}"
-        text = f"{where}: {message}" if key is None else f"{where}: {key}: {message}"
-        super().__init__(EX_CONFIG, text)
-        self.args = (path, line, key, message)
+        super().__init__(EX_CONFIG, f"{where}: {detail}" if key is None else f"{where}: {key}: {detail}")
+        self.args = (path, line, key, detail)
         self.path = path
         self.line = line
         self.key = key
-        self.detail = message
+        self.detail = detail
 
-    def __repr__(self) -> str:
-        return f"ConfigError({self.path!r}, {self.line!r}, {self.key!r}, {self.detail!r})"
+
+def read_text(path: str) -> str:
+    """A whole file; surrogateescape keeps any byte, so paths and passwords round-trip through
+    `os.fsencode()`."""
+    with open(path, "rb") as f:
+        return f.read().decode("utf-8", "surrogateescape")
+
+
+def os_error_text(e: OSError) -> str:
+    return e.strerror or str(e)

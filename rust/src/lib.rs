@@ -1,6 +1,7 @@
 //! Rust core of dma: spool I/O, local mailboxes, the SMTP transport over rustls and the AUTH
-//! encoders. Plain Rust modules, unit-tested without Python; `py_api` (with `py_bs`, its `-bs`
-//! reader, and `py_delivery`, the runner's objects) are the only files that touch pyo3.
+//! encoders. Plain Rust modules, unit-tested without Python (the `python` feature off); `py_api`
+//! (which declares the module), `py_bs` (the `-bs` reader) and `py_delivery` (the runner's objects)
+//! are the pyo3 face.
 
 pub mod address;
 pub mod auth;

@@ -1,11 +1,17 @@
-//! The only file that touches pyo3: converts arguments, releases the GIL around all I/O, and maps
-//! `DmaError` onto Python exceptions. Nothing here calls back into Python.
+//! The module `dma._native` (declared at the end) and its spool, mailbox, syslog and AUTH functions:
+//! converts arguments, releases the GIL around all I/O, and maps `DmaError` onto Python exceptions.
+//! Nothing here calls back into Python.
+#![allow(
+    clippy::needless_pass_by_value,
+    reason = "pyo3 hands arguments over as owned values"
+)]
 
 use std::fs::File;
 use std::io::Read;
 use std::mem::ManuallyDrop;
-use std::os::fd::FromRawFd;
+use std::os::fd::{BorrowedFd, FromRawFd, RawFd};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
@@ -26,8 +32,6 @@ impl From<DmaError> for PyErr {
         }
     }
 }
-
-// ---- spool ------------------------------------------------------------------------------------
 
 /// A message being received into the spool (see `Incoming` in spool.rs): the one way in.
 #[pyclass(module = "dma._native")]
@@ -169,44 +173,19 @@ impl Incoming {
     }
 }
 
-#[pyclass(module = "dma._native", frozen, get_all)]
-pub(crate) struct QueueEntry {
-    id: String,
-    message_id: String,
-    sender: String,
-    recipient: String,
-    created: u64,
-    size: u64,
-    attempts: u32,
-    next_attempt: u64,
-    last_error: String,
-    state: String,
-    dsn: String,
-}
-
-impl From<&Entry> for QueueEntry {
-    fn from(e: &Entry) -> Self {
-        QueueEntry {
-            id: e.id.clone(),
-            message_id: e.message_id().to_owned(),
-            sender: e.sender.clone(),
-            recipient: e.recipient.clone(),
-            created: e.created,
-            size: e.size,
-            attempts: e.attempts,
-            next_attempt: e.next_attempt,
-            last_error: e.last_error.clone(),
-            state: e.state.clone(),
-            dsn: e.dsn.clone(),
-        }
+/// The message part of the entry id: for the runner's grouping and bounces.
+#[pymethods]
+impl Entry {
+    #[getter]
+    fn get_message_id(&self) -> &str {
+        self.message_id()
     }
 }
 
 /// Every readable entry (oldest first) and the names of unreadable queue files.
 #[pyfunction]
-fn scan_queue(py: Python<'_>, spooldir: PathBuf) -> PyResult<(Vec<QueueEntry>, Vec<String>)> {
-    let (entries, malformed) = py.detach(|| spool::scan(&spooldir))?;
-    Ok((entries.iter().map(QueueEntry::from).collect(), malformed))
+fn scan_queue(py: Python<'_>, spooldir: PathBuf) -> PyResult<(Vec<Entry>, Vec<String>)> {
+    Ok(py.detach(|| spool::scan(&spooldir))?)
 }
 
 /// Why `address` is not an address (address.rs), or `None`: the check every way in applies.
@@ -226,12 +205,13 @@ fn sync_spool(py: Python<'_>, spooldir: PathBuf) -> PyResult<()> {
 #[pyfunction]
 fn journal_take(py: Python<'_>, spooldir: PathBuf) -> PyResult<(Vec<String>, Vec<String>)> {
     let (ids, journals) = py.detach(|| crate::journal::journal_take(&spooldir))?;
-    Ok((ids, journals.iter().map(|p| path_str(p)).collect()))
-}
-
-/// Paths go to Python as `str`: a `PathBuf` would import `pathlib`, which the runner never needs.
-pub(crate) fn path_str(path: &std::path::Path) -> String {
-    path.to_string_lossy().into_owned()
+    Ok((
+        ids,
+        journals
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect(),
+    ))
 }
 
 /// Remove what crashes leave: message files without their entry, and temporary files (with the
@@ -241,31 +221,28 @@ fn clean_stale(py: Python<'_>, spooldir: PathBuf, max_age: u64) -> PyResult<Vec<
     Ok(py.detach(|| spool::clean_stale(&spooldir, max_age))?)
 }
 
-// ---- mailbox ----------------------------------------------------------------------------------
-
 /// Append a spooled message to an mbox (C dma framing, mboxrd quoting), GIL released.
 /// `create` = `(uid, gid, mode)` for a missing mbox; `lock_timeout` in seconds (C dma: 100).
 #[pyfunction]
 #[pyo3(signature = (mbox, message, sender, when, create=None, lock_timeout=100.0))]
 fn mbox_append(
     py: Python<'_>,
-    mbox: std::path::PathBuf,
-    message: std::path::PathBuf,
+    mbox: PathBuf,
+    message: PathBuf,
     sender: &str,
     when: &str,
     create: Option<(u32, u32, u32)>,
     lock_timeout: f64,
 ) -> PyResult<()> {
-    let timeout = std::time::Duration::try_from_secs_f64(lock_timeout)
+    let timeout = Duration::try_from_secs_f64(lock_timeout)
         .map_err(|_| PyValueError::new_err(format!("invalid lock_timeout {lock_timeout}")))?;
-    py.detach(|| crate::mailbox::mbox_append_timeout(&mbox, &message, sender, when, create, timeout))?;
-    Ok(())
+    Ok(py.detach(|| crate::mailbox::mbox_append_timeout(&mbox, &message, sender, when, create, timeout))?)
 }
 
 /// A spooled message: its path, or a descriptor opened by the caller (left open).
 #[derive(FromPyObject)]
 enum MessageFile {
-    Fd(i32),
+    Fd(RawFd),
     Path(PathBuf),
 }
 
@@ -282,26 +259,18 @@ fn maildir_deliver(
     Ok(py.detach(|| match message {
         MessageFile::Path(path) => crate::mailbox::maildir_deliver(&maildir, &path, hostname, create),
         MessageFile::Fd(fd) => {
-            // SAFETY: `fd` is the caller's open descriptor; we read a duplicate (close-on-exec,
-            // as every descriptor we open) and close only that.
-            let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-            if dup < 0 {
-                return Err(crate::errors::DmaError::io(
-                    "reading the message",
-                    std::io::Error::last_os_error(),
-                ));
-            }
-            let input = unsafe { File::from_raw_fd(dup) };
-            crate::mailbox::maildir_deliver_from(&maildir, input, hostname, create)
+            // SAFETY: the caller keeps `fd` open for this call; we read a duplicate of our own.
+            let input = unsafe { BorrowedFd::borrow_raw(fd) }
+                .try_clone_to_owned()
+                .map_err(|e| DmaError::io("reading the message", e))?;
+            crate::mailbox::maildir_deliver_from(&maildir, File::from(input), hostname, create)
         }
     })?)
 }
 
-// ---- syslog -----------------------------------------------------------------------------------
-
-/// One line to syslog's mail facility as `ident[pid]` (see syslog.rs).
-/// For a process about to hold OAuth2 tokens: no core file and no ptrace or /proc/PID/mem
-/// access by other processes of the same user (PR_SET_DUMPABLE 0 also stops piped core_pattern).
+/// For a process about to hold `OAuth2` tokens: no core file and no ptrace or `/proc/PID/mem`
+/// access by other processes of the same user (`PR_SET_DUMPABLE` 0 also stops a piped
+/// `core_pattern`).
 #[pyfunction]
 fn no_core_dumps() -> PyResult<()> {
     let zero = libc::rlimit {
@@ -310,19 +279,19 @@ fn no_core_dumps() -> PyResult<()> {
     };
     // SAFETY: plain system calls on this process with valid arguments.
     if unsafe {
-        libc::setrlimit(libc::RLIMIT_CORE, &zero) != 0 || libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0
+        libc::setrlimit(libc::RLIMIT_CORE, &raw const zero) != 0
+            || libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0
     } {
         return Err(std::io::Error::last_os_error().into());
     }
     Ok(())
 }
 
+/// One line to syslog's mail facility as `ident[pid]` (see syslog.rs).
 #[pyfunction]
 fn syslog(ident: &str, priority: i32, text: &str) {
     crate::syslog::send(ident, priority, text);
 }
-
-// ---- auth -------------------------------------------------------------------------------------
 
 /// AUTH PLAIN initial response (base64 of `\0login\0password`).
 #[pyfunction]
@@ -342,28 +311,23 @@ fn auth_xoauth2(login: &str, token: &str) -> String {
     crate::auth::xoauth2(login, token)
 }
 
+/// The extension module `dma._native`: everything it exports, in one place. `_native.pyi` describes
+/// it, and `./dev lint` checks the two agree.
 #[pymodule]
-#[pyo3(name = "_native")]
-fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    // spool registrations
-    m.add_class::<Incoming>()?;
-    m.add_class::<QueueEntry>()?;
-    m.add_class::<SmtpStdin>()?;
-    m.add_function(wrap_pyfunction!(check_address, m)?)?;
-    m.add_function(wrap_pyfunction!(scan_queue, m)?)?;
-    m.add_function(wrap_pyfunction!(clean_stale, m)?)?;
-    m.add_function(wrap_pyfunction!(journal_take, m)?)?;
-    m.add_function(wrap_pyfunction!(sync_spool, m)?)?;
-    m.add_function(wrap_pyfunction!(syslog, m)?)?;
-    m.add_function(wrap_pyfunction!(no_core_dumps, m)?)?;
-    // mailbox registrations
-    m.add_function(wrap_pyfunction!(mbox_append, m)?)?;
-    m.add_function(wrap_pyfunction!(maildir_deliver, m)?)?;
-    crate::py_delivery::register(m)?;
-    // auth registrations
-    m.add_function(wrap_pyfunction!(auth_plain, m)?)?;
-    m.add_function(wrap_pyfunction!(auth_cram_md5, m)?)?;
-    m.add_function(wrap_pyfunction!(auth_xoauth2, m)?)?;
-    Ok(())
+mod _native {
+    #[pymodule_export]
+    use super::{
+        auth_cram_md5, auth_plain, auth_xoauth2, check_address, clean_stale, journal_take, maildir_deliver,
+        mbox_append, no_core_dumps, scan_queue, sync_spool, syslog, Incoming,
+    };
+    #[pymodule_export]
+    use crate::py_bs::SmtpStdin;
+    #[pymodule_export]
+    use crate::py_delivery::{smtp_session, Connection, Outcome, SessionResult, Settings, Spool};
+    #[pymodule_export]
+    use crate::spool::Entry;
+
+    #[pymodule_export]
+    #[allow(non_upper_case_globals, reason = "Python's name for it")]
+    const __version__: &str = env!("CARGO_PKG_VERSION");
 }

@@ -2,7 +2,7 @@
 //! owns standard input during `sendmail -bs`. Bodies go to `Incoming.receive` as a `Source`.
 
 use std::fs::File;
-use std::os::fd::FromRawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
@@ -23,14 +23,11 @@ pub fn busy() -> PyErr {
 impl SmtpStdin {
     /// Read SMTP from a duplicate of descriptor `fd` (closing the duplicate leaves `fd` open).
     #[new]
-    fn new(fd: i32) -> PyResult<Self> {
-        // SAFETY: `dup` gives us a descriptor of our own, which the File then owns.
-        let dup = unsafe { libc::dup(fd) };
-        if dup < 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
+    fn new(fd: RawFd) -> PyResult<Self> {
+        // SAFETY: `fd` is open for this call (standard input); we read a duplicate of our own.
+        let dup = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
         Ok(SmtpStdin {
-            inner: Some(SmtpInput::new(unsafe { File::from_raw_fd(dup) })),
+            inner: Some(SmtpInput::new(File::from(dup))),
         })
     }
 

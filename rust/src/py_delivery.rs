@@ -1,40 +1,36 @@
 //! The delivery half of the Python API: the runner's spool object (due entries, claims, records,
 //! the wake-up wait), per-destination SMTP settings, and connections kept open between batches.
 //! Paths cross as `str`; the GIL is released for every wait and all I/O.
+#![allow(
+    clippy::needless_pass_by_value,
+    reason = "pyo3 hands arguments over as owned values"
+)]
 
 use std::collections::HashMap;
+use std::fs::{File, OpenOptions, TryLockError};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::py_api::{path_str, QueueEntry};
-use crate::smtp::{Client, SessionConfig, Transaction};
-use crate::spool::{self, Entry};
+use crate::errors::DmaError;
+use crate::smtp::{Client, Credentials, SessionConfig, SessionReport, Transaction};
+use crate::spool::{self, Claim, Entry};
+use crate::tls::TlsPolicy;
 use crate::wake::Waker;
 
 /// What happened to one recipient in an SMTP session.
 #[pyclass(module = "dma._native", frozen, get_all, skip_from_py_object)]
 #[derive(Clone)]
-struct Outcome {
+pub struct Outcome {
     status: &'static str,
     stage: &'static str,
     code: u16,
     enhanced: Option<String>,
     text: String,
-}
-
-#[pymethods]
-impl Outcome {
-    fn __repr__(&self) -> String {
-        format!(
-            "Outcome(status={:?}, stage={:?}, code={}, enhanced={:?}, text={:?})",
-            self.status, self.stage, self.code, self.enhanced, self.text
-        )
-    }
 }
 
 impl From<crate::smtp::Outcome> for Outcome {
@@ -49,11 +45,10 @@ impl From<crate::smtp::Outcome> for Outcome {
     }
 }
 
-/// The result of `smtp_session`: per-transaction, per-recipient outcomes and session facts.
+/// Per-transaction, per-recipient outcomes and session facts; `entries`: by entry id (`send`).
 #[pyclass(module = "dma._native", frozen, get_all)]
-struct SessionResult {
+pub struct SessionResult {
     results: Vec<Vec<Outcome>>,
-    /// For `Connection.send`: each entry id's outcome.
     entries: HashMap<String, Outcome>,
     address: Option<String>,
     tls_version: Option<String>,
@@ -65,8 +60,8 @@ struct SessionResult {
     failure: Option<Outcome>,
 }
 
-impl From<crate::smtp::SessionReport> for SessionResult {
-    fn from(r: crate::smtp::SessionReport) -> Self {
+impl From<SessionReport> for SessionResult {
+    fn from(r: SessionReport) -> Self {
         let tls = r.tls;
         SessionResult {
             entries: HashMap::new(),
@@ -75,7 +70,7 @@ impl From<crate::smtp::SessionReport> for SessionResult {
                 .into_iter()
                 .map(|tx| tx.into_iter().map(Outcome::from).collect())
                 .collect(),
-            address: r.address.map(|a| a.to_string()),
+            address: r.address.as_ref().map(ToString::to_string),
             tls_version: tls.as_ref().map(|t| t.version.clone()),
             tls_cipher: tls.as_ref().map(|t| t.cipher.clone()),
             tls_resumed: tls.as_ref().is_some_and(|t| t.resumed),
@@ -87,21 +82,16 @@ impl From<crate::smtp::SessionReport> for SessionResult {
     }
 }
 
-fn smtp_value_error(msg: impl Into<String>) -> PyErr {
-    PyValueError::new_err(msg.into())
-}
-
-fn smtp_duration(name: &str, secs: f64) -> PyResult<std::time::Duration> {
-    if secs.is_nan() || secs <= 0.0 {
-        return Err(smtp_value_error(format!("{name} must be positive, not {secs}")));
-    }
-    std::time::Duration::try_from_secs_f64(secs)
-        .map_err(|_| smtp_value_error(format!("invalid {name} {secs}")))
+fn seconds(name: &str, secs: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| PyValueError::new_err(format!("{name} must be positive, not {secs}")))
 }
 
 /// Everything a session to one destination needs: one object per destination and host.
 #[pyclass(module = "dma._native", frozen)]
-struct Settings(Arc<SessionConfig>);
+pub struct Settings(Arc<SessionConfig>);
 
 #[pymethods]
 impl Settings {
@@ -112,7 +102,7 @@ impl Settings {
         allow_insecure_auth=false, connect_timeout=30.0, command_timeout=300.0, verbose=false,
         journal=None
     ))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, reason = "Python's keyword arguments")]
     fn new(
         host: String,
         addresses: Vec<String>,
@@ -121,7 +111,7 @@ impl Settings {
         tls: &str,
         verify_cert: bool,
         ca_file: Option<PathBuf>,
-        fingerprint: Option<Vec<u8>>,
+        fingerprint: Option<[u8; 32]>,
         client_cert: Option<PathBuf>,
         login: Option<String>,
         secret: Option<String>,
@@ -135,42 +125,30 @@ impl Settings {
         let addresses = addresses
             .iter()
             .map(|a| {
-                a.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<std::net::IpAddr>()
-                    .map_err(|_| smtp_value_error(format!("not an IP address: {a:?}")))
+                let bare = a.trim_start_matches('[').trim_end_matches(']');
+                bare.parse()
+                    .map_err(|_| PyValueError::new_err(format!("not an IP address: {a:?}")))
             })
-            .collect::<PyResult<Vec<_>>>()?;
+            .collect::<PyResult<_>>()?;
         if helo.is_empty() || helo.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(smtp_value_error(format!("invalid helo name {helo:?}")));
+            return Err(PyValueError::new_err(format!("invalid helo name {helo:?}")));
         }
-        let fingerprint = fingerprint
-            .map(|f| {
-                <[u8; 32]>::try_from(f.as_slice()).map_err(|_| {
-                    smtp_value_error(format!("fingerprint must be 32 bytes (SHA-256), not {}", f.len()))
-                })
-            })
-            .transpose()?;
         let mechanisms = mechanisms
-            .map(|names| {
-                names
-                    .iter()
-                    .map(|n| n.parse::<crate::auth::Mechanism>().map_err(smtp_value_error))
-                    .collect::<PyResult<Vec<_>>>()
-            })
-            .transpose()?;
+            .map(|names| names.iter().map(|n| n.parse()).collect::<Result<_, _>>())
+            .transpose()
+            .map_err(PyValueError::new_err)?;
         let credentials = match (login, secret) {
-            (Some(login), Some(secret)) => Some(crate::smtp::Credentials { login, secret }),
+            (Some(login), Some(secret)) => Some(Credentials { login, secret }),
             (None, None) => None,
-            _ => return Err(smtp_value_error("login and secret go together")),
+            _ => return Err(PyValueError::new_err("login and secret go together")),
         };
-        Ok(Settings(Arc::new(crate::smtp::SessionConfig {
+        Ok(Settings(Arc::new(SessionConfig {
             host,
             addresses,
             port,
             helo,
-            tls_mode: tls.parse().map_err(smtp_value_error)?,
-            tls: crate::tls::TlsPolicy {
+            tls_mode: tls.parse().map_err(PyValueError::new_err)?,
+            tls: TlsPolicy {
                 verify: verify_cert,
                 ca_file,
                 fingerprint,
@@ -179,8 +157,8 @@ impl Settings {
             credentials,
             mechanisms,
             allow_insecure_auth,
-            connect_timeout: smtp_duration("connect_timeout", connect_timeout)?,
-            command_timeout: smtp_duration("command_timeout", command_timeout)?,
+            connect_timeout: seconds("connect_timeout", connect_timeout)?,
+            command_timeout: seconds("command_timeout", command_timeout)?,
             verbose,
             journal,
         })))
@@ -190,7 +168,7 @@ impl Settings {
 /// One SMTP connection carrying whole transactions `(sender, recipients, message file)`, then
 /// QUIT; the GIL is released for all of it.
 #[pyfunction]
-fn smtp_session(
+pub fn smtp_session(
     py: Python<'_>,
     settings: &Settings,
     transactions: Vec<(String, Vec<String>, PathBuf)>,
@@ -211,7 +189,7 @@ fn smtp_session(
 
 /// A connection kept open between batches (the runner's connection cache).
 #[pyclass(module = "dma._native", frozen)]
-struct Connection(Mutex<Client>);
+pub struct Connection(Mutex<Client>);
 
 #[pymethods]
 impl Connection {
@@ -223,32 +201,29 @@ impl Connection {
     /// Carry one transaction per group of claimed entries (the recipients of one message), on
     /// this connection while the server keeps it, else on a new one. Outcomes by entry id.
     fn send(&self, py: Python<'_>, spool: &Spool, groups: Vec<Vec<String>>) -> PyResult<SessionResult> {
-        let transactions = {
-            let claims = spool.claims();
-            let mut transactions = Vec::with_capacity(groups.len());
-            for ids in &groups {
-                let entries = ids
-                    .iter()
-                    .map(|id| claims.get(id).ok_or_else(|| not_claimed(id)))
-                    .collect::<PyResult<Vec<_>>>()?;
-                let Some(first) = entries.first() else { continue };
-                transactions.push(Transaction {
-                    sender: first.entry.sender.clone(),
-                    recipients: entries.iter().map(|c| c.entry.recipient.clone()).collect(),
-                    message: first.message_path(),
-                    journal_ids: ids.clone(),
-                    // NOTIFY/RET/ENVID as submitted (`-N`, `-R`, `-V`): one message, one set.
-                    dsn: first.entry.dsn.clone(),
-                });
-            }
-            transactions
-        };
-        let report = py.detach(|| lock(&self.0).send(&transactions));
-        let mut result = SessionResult::from(report);
-        for (ids, outcomes) in groups.iter().filter(|g| !g.is_empty()).zip(&result.results) {
+        let groups: Vec<Vec<String>> = groups.into_iter().filter(|g| !g.is_empty()).collect();
+        let claims = lock(&spool.claims);
+        let mut transactions = Vec::with_capacity(groups.len());
+        for ids in &groups {
+            let entries = ids
+                .iter()
+                .map(|id| claims.get(id).ok_or_else(|| not_claimed(id)))
+                .collect::<PyResult<Vec<_>>>()?;
+            transactions.push(Transaction {
+                sender: entries[0].entry.sender.clone(),
+                recipients: entries.iter().map(|c| c.entry.recipient.clone()).collect(),
+                message: entries[0].message_path(),
+                journal_ids: ids.clone(),
+                // NOTIFY/RET/ENVID as submitted (`-N`, `-R`, `-V`): one message, one set.
+                dsn: entries[0].entry.dsn.clone(),
+            });
+        }
+        drop(claims);
+        let mut result = SessionResult::from(py.detach(|| lock(&self.0).send(&transactions)));
+        for (ids, outcomes) in groups.into_iter().zip(&result.results) {
             result
                 .entries
-                .extend(ids.iter().cloned().zip(outcomes.iter().cloned()));
+                .extend(ids.into_iter().zip(outcomes.iter().cloned()));
         }
         Ok(result)
     }
@@ -260,7 +235,7 @@ impl Connection {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn not_claimed(id: &str) -> PyErr {
@@ -270,25 +245,19 @@ fn not_claimed(id: &str) -> PyErr {
 /// The runner's view of one spool: due entries, the claims it holds (by entry id), their records,
 /// and the wait for new work.
 #[pyclass(module = "dma._native", frozen)]
-struct Spool {
+pub struct Spool {
     dir: PathBuf,
-    claims: Mutex<HashMap<String, spool::Claim>>,
+    claims: Mutex<HashMap<String, Claim>>,
     waker: Waker,
     /// `<spool>/lock`, while this is the spool's one runner.
-    lock: Mutex<Option<std::fs::File>>,
+    lock: Mutex<Option<File>>,
 }
 
 impl Spool {
-    fn claims(&self) -> MutexGuard<'_, HashMap<String, spool::Claim>> {
-        lock(&self.claims)
-    }
-
-    fn take(&self, id: &str) -> PyResult<spool::Claim> {
-        self.claims().remove(id).ok_or_else(|| not_claimed(id))
+    fn take(&self, id: &str) -> PyResult<Claim> {
+        lock(&self.claims).remove(id).ok_or_else(|| not_claimed(id))
     }
 }
-
-const FINAL_STATES: [&str; 2] = ["failed", "held"];
 
 #[pymethods]
 impl Spool {
@@ -297,35 +266,34 @@ impl Spool {
     #[pyo3(signature = (spooldir, drop=None))]
     fn new(spooldir: PathBuf, drop: Option<PathBuf>) -> PyResult<Self> {
         let waker = Waker::new(&spooldir, drop.as_deref())
-            .map_err(|e| crate::errors::DmaError::io(format!("can not watch `{}'", spooldir.display()), e))?;
+            .map_err(|e| DmaError::io(format!("can not watch `{}'", spooldir.display()), e))?;
         Ok(Spool {
             dir: spooldir,
-            claims: Mutex::new(HashMap::new()),
+            claims: Mutex::default(),
             waker,
-            lock: Mutex::new(None),
+            lock: Mutex::default(),
         })
     }
 
     /// Become the spool's one runner (`flock` on `<spool>/lock`); false if another process is.
     fn lock(&self) -> PyResult<bool> {
         let path = self.dir.join("lock");
-        let file = std::fs::OpenOptions::new()
+        let failed = |what: &str, e| DmaError::io(format!("can not {what} `{}'", path.display()), e);
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
             .open(&path)
-            .map_err(|e| crate::errors::DmaError::io(format!("can not open `{}'", path.display()), e))?;
+            .map_err(|e| failed("open", e))?;
         match file.try_lock() {
             Ok(()) => {
                 *lock(&self.lock) = Some(file);
                 Ok(true)
             }
-            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(crate::errors::DmaError::io(format!("can not lock `{}'", path.display()), e).into())
-            }
+            Err(TryLockError::WouldBlock) => Ok(false),
+            Err(TryLockError::Error(e)) => Err(failed("lock", e).into()),
         }
     }
 
@@ -335,24 +303,19 @@ impl Spool {
 
     /// One scan: the entries due at `now` (all pending ones with `force`) that nobody holds
     /// here, oldest first; the earliest later retry; and the messages with a failed entry.
-    fn due(
-        &self,
-        py: Python<'_>,
-        now: u64,
-        force: bool,
-    ) -> PyResult<(Vec<QueueEntry>, Option<u64>, Vec<String>)> {
+    fn due(&self, py: Python<'_>, now: u64, force: bool) -> PyResult<(Vec<Entry>, Option<u64>, Vec<String>)> {
         let (entries, _) = py.detach(|| spool::scan(&self.dir))?;
-        let held = self.claims();
-        let (mut due, mut next, mut failed) = (Vec::new(), None::<u64>, Vec::new());
-        for e in &entries {
-            if e.state == "failed" && !failed.iter().any(|m: &String| m == e.message_id()) {
+        let held = lock(&self.claims);
+        let (mut due, mut next, mut failed) = (Vec::new(), None::<u64>, Vec::<String>::new());
+        for e in entries {
+            if e.state == "failed" && !failed.iter().any(|m| m == e.message_id()) {
                 failed.push(e.message_id().to_owned());
             }
-            if FINAL_STATES.contains(&e.state.as_str()) || held.contains_key(&e.id) {
+            if e.state == "failed" || e.state == "held" || held.contains_key(&e.id) {
                 continue;
             }
             if force || e.next_attempt <= now {
-                due.push(QueueEntry::from(e));
+                due.push(e);
             } else {
                 next = Some(next.map_or(e.next_attempt, |n| n.min(e.next_attempt)));
             }
@@ -361,29 +324,28 @@ impl Spool {
     }
 
     /// Every entry of one message, unclaimed: for deciding on its bounce.
-    fn message_entries(&self, py: Python<'_>, message_id: &str) -> PyResult<Vec<QueueEntry>> {
-        let (entries, _) = py.detach(|| spool::scan_message(&self.dir, &format!("{message_id}.")))?;
-        Ok(entries.iter().map(QueueEntry::from).collect())
+    fn message_entries(&self, py: Python<'_>, message_id: &str) -> PyResult<Vec<Entry>> {
+        Ok(py
+            .detach(|| spool::scan_message(&self.dir, &format!("{message_id}.")))?
+            .0)
     }
 
     /// Claim these entries; returns the ones we now hold (others are held elsewhere, or gone).
-    fn claim(&self, py: Python<'_>, ids: Vec<String>) -> PyResult<Vec<QueueEntry>> {
+    fn claim(&self, py: Python<'_>, ids: Vec<String>) -> PyResult<Vec<Entry>> {
         let claimed = py.detach(|| {
             ids.iter()
                 .filter_map(|id| spool::claim(&self.dir, id).transpose())
                 .collect::<crate::errors::Result<Vec<_>>>()
         })?;
-        let entries = claimed.iter().map(|c| QueueEntry::from(&c.entry)).collect();
-        self.claims()
-            .extend(claimed.into_iter().map(|c| (c.entry.id.clone(), c)));
+        let entries = claimed.iter().map(|c| c.entry.clone()).collect();
+        lock(&self.claims).extend(claimed.into_iter().map(|c| (c.entry.id.clone(), c)));
         Ok(entries)
     }
 
     fn message_path(&self, id: &str) -> PyResult<String> {
-        let claims = self.claims();
-        Ok(path_str(
-            &claims.get(id).ok_or_else(|| not_claimed(id))?.message_path(),
-        ))
+        let claims = lock(&self.claims);
+        let claim = claims.get(id).ok_or_else(|| not_claimed(id))?;
+        Ok(claim.message_path().to_string_lossy().into_owned())
     }
 
     /// Durably record a claimed entry's new state, and let it go.
@@ -416,7 +378,7 @@ impl Spool {
 
     /// Let a claimed entry go unchanged.
     fn release(&self, id: &str) {
-        self.claims().remove(id);
+        lock(&self.claims).remove(id);
     }
 
     /// Sync the spool directory (after removals).
@@ -430,7 +392,7 @@ impl Spool {
         let timeout = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::MAX);
         let woken = py
             .detach(|| self.waker.wait(timeout))
-            .map_err(|e| crate::errors::DmaError::io("waiting for mail", e))?;
+            .map_err(|e| DmaError::io("waiting for mail", e))?;
         py.check_signals()?;
         Ok((woken.work, woken.flush))
     }
@@ -439,14 +401,4 @@ impl Spool {
     fn notify(&self) {
         self.waker.notify();
     }
-}
-
-pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<Outcome>()?;
-    m.add_class::<SessionResult>()?;
-    m.add_class::<Settings>()?;
-    m.add_class::<Connection>()?;
-    m.add_class::<Spool>()?;
-    m.add_function(wrap_pyfunction!(smtp_session, m)?)?;
-    Ok(())
 }

@@ -260,6 +260,16 @@ fn remove_uncommitted(dir: &Path, id: &str) {
 
 /// The envelope and state of one recipient of one message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "python",
+    pyo3::pyclass(
+        name = "QueueEntry",
+        module = "dma._native",
+        frozen,
+        get_all,
+        skip_from_py_object
+    )
+)]
 pub struct Entry {
     pub id: String,
     pub sender: String,

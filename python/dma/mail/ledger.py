@@ -17,23 +17,8 @@ if TYPE_CHECKING:
     from .log import Log
 
 
-class Outcome:
-    __slots__ = ("status", "text")
-
-    def __init__(self, status: str, text: str = "") -> None:
-        self.status = status  # "sent", "temporary" or "permanent"
-        self.text = text.replace("\n", " ").replace("\r", " ")
-
-
-def retry_delay(cfg: Config, attempts: int) -> int:
-    """Backoff after `attempts` failed tries: RETRY_MIN doubling to RETRY_MAX, with ±25% jitter."""
-    base = min(cfg.retry_max, cfg.retry_min * (2 ** min(attempts - 1, 30)))
-    jitter = int.from_bytes(posix.urandom(2), "big") / 65535.0  # 0..1, without importing random
-    return max(1, int(base * (0.75 + jitter / 2)))
-
-
 class Ledger:
-    """The recording half of the runner (queue.Runner): needs `cfg`, `spool` and `events`."""
+    """The recording half of the runner (queue.Runner)."""
 
     cfg: Config
     events: Log
@@ -41,16 +26,15 @@ class Ledger:
     verbose: bool
     report_failures: bool
     progress: bool
+    if TYPE_CHECKING:
+
+        @property
+        def spool(self) -> _native.Spool: ...
 
     def __init__(self) -> None:
         self.total = self.bounces = 0
         self.sent = self.deferred = self.failed = 0
         self.finals: set[str] = set()  # messages with an entry newly failed for good
-
-    if TYPE_CHECKING:
-
-        @property
-        def spool(self) -> _native.Spool: ...
 
     def sync(self) -> None:
         try:
@@ -59,12 +43,8 @@ class Ledger:
             raise Fatal(EX_TEMPFAIL, f"can not sync `{self.cfg.spooldir}': {e.strerror or e}") from None
 
     def settle(self, message_ids: set[str]) -> int:
-        """Bounce each of these messages whose remaining recipients have all failed: one bounce per
-        message.
-
-        A failed bounce (null sender), or a bounce that cannot be queued, is held in the queue for
-        the postmaster instead. Returns the number of bounces queued.
-        """
+        """Bounce each of these messages whose remaining recipients have all failed, once per
+        message; returns the number of bounces queued."""
         self.finals.clear()
         queued = 0
         for message_id in message_ids:
@@ -81,14 +61,16 @@ class Ledger:
         return queued
 
     def bounce(self, failed: list[_native.QueueEntry]) -> int:
+        """Queue one message's bounce, or hold its entries for the postmaster when the bounce
+        itself failed (null sender) or can not be queued."""
         from . import bounce
 
         first = failed[0]
         if first.sender and not bounce.wants_failure_report(first.dsn):
             self.log(bounce.discard(self.spool, failed), event="failed")
             return 0
-        reason = "a bounce that could not be delivered" if not first.sender else ""
-        if not reason:
+        reason = "a bounce that could not be delivered"
+        if first.sender:
             try:
                 bounce_id = bounce.send(self.cfg, failed, self.spool.message_path(first.id))
             except (Fatal, OSError, ValueError) as error:
@@ -108,13 +90,8 @@ class Ledger:
                 )
                 return 1
         for e in failed:
-            self.spool.record(
-                e.id,
-                attempts=e.attempts,
-                next_attempt=0,
-                last_error=f"{e.last_error}; held: {reason}",
-                state="held",
-            )
+            last_error = f"{e.last_error}; held: {reason}"
+            self.spool.record(e.id, attempts=e.attempts, next_attempt=0, last_error=last_error, state="held")
         self.log(
             f"{first.message_id}: held for the postmaster: {reason}",
             failure=True,
@@ -124,19 +101,30 @@ class Ledger:
         )
         return 0
 
-    def record(self, entry: _native.QueueEntry, outcome: Outcome) -> None:
-        """Write an entry's outcome into the spool. A spool that takes no writes (full, read-only)
-        ends the run with one line: what cannot be recorded must not be sent any further."""
+    def record(self, entry: _native.QueueEntry, status: str, text: str) -> None:
+        """Write an entry's outcome ("sent", "temporary" or "permanent") into the spool. A spool that
+        takes no writes (full, read-only) ends the run: what cannot be recorded must not be sent
+        any further. A permanent failure stays, marked failed, until its bounce takes it over."""
+        text = text.replace("\n", " ").replace("\r", " ")
+        attempts = entry.attempts + 1
+        final = status == "permanent" or time.time() - entry.created > self.cfg.max_queue_time
+        # RETRY_MIN doubling up to RETRY_MAX, ±25% (jitter from urandom: no `random` import)
+        delay = min(self.cfg.retry_max, self.cfg.retry_min * (2 ** min(attempts - 1, 30)))
+        jitter = int.from_bytes(posix.urandom(2), "big") / 65535.0
+        next_attempt = 0 if final else int(time.time()) + max(1, int(delay * (0.75 + jitter / 2)))
         try:
-            self.write_outcome(entry, outcome)
+            if status == "sent":
+                self.spool.remove(entry.id)  # synced once for all the finished jobs, in `collect`
+            else:
+                state = "failed" if final else ""
+                self.spool.record(
+                    entry.id, attempts=attempts, next_attempt=next_attempt, last_error=text, state=state
+                )
         except OSError as e:
             text = f"can not record the outcome of {entry.id} in `{self.cfg.spooldir}': {e.strerror or e}"
             self.events.event("crit", "error", text, id=entry.id)
             raise Fatal(EX_TEMPFAIL, f"{text}; stopping") from None
-
-    def write_outcome(self, entry: _native.QueueEntry, outcome: Outcome) -> None:
-        if outcome.status == "sent":
-            self.spool.remove(entry.id)  # synced once for all the finished jobs, in `collect`
+        if status == "sent":
             self.sent += 1
             self.log(
                 f"{entry.id}: delivered to {entry.recipient}",
@@ -144,22 +132,9 @@ class Ledger:
                 id=entry.id,
                 to=entry.recipient,
                 sender=entry.sender,
-                detail=outcome.text or None,
+                detail=text or None,
             )
             return
-        attempts = entry.attempts + 1
-        expired = time.time() - entry.created > self.cfg.max_queue_time
-        # A permanent failure is kept, marked failed, until its bounce takes it over: mail is never
-        # dropped silently. Anything else is retried on the schedule.
-        final = outcome.status == "permanent" or expired
-        next_attempt = 0 if final else int(time.time()) + retry_delay(self.cfg, attempts)
-        self.spool.record(
-            entry.id,
-            attempts=attempts,
-            next_attempt=next_attempt,
-            last_error=outcome.text,
-            state="failed" if final else "",
-        )
         if final:
             self.failed += 1
             self.finals.add(entry.message_id)
@@ -167,7 +142,7 @@ class Ledger:
             self.deferred += 1
         word = "failed" if final else "deferred"
         self.log(
-            f"{entry.id}: delivery to {entry.recipient} {word}: {outcome.text}",
+            f"{entry.id}: delivery to {entry.recipient} {word}: {text}",
             failure=True,
             event=word,
             level="err" if final else "notice",
@@ -176,17 +151,11 @@ class Ledger:
             sender=entry.sender,
             attempts=attempts,
             next_attempt=next_attempt or None,
-            detail=outcome.text,
+            detail=text,
         )
 
     def counts(self) -> str:
         return f"{self.sent} sent, {self.deferred} deferred, {self.failed} failed"
-
-    def show_progress(self) -> None:
-        if self.progress:
-            remaining = max(self.total - self.sent - self.deferred - self.failed, 0)
-            sys.stderr.write(f"\r{self.counts()}, {remaining} remaining ")
-            sys.stderr.flush()
 
     def summary(self) -> None:
         """The end of a foreground run: the totals, on a terminal or with -v."""
@@ -196,16 +165,14 @@ class Ledger:
             sys.stderr.write(f"{self.name}: {self.counts()}, {self.bounces} bounces queued\n")
 
     def log(
-        self,
-        text: str,
-        *,
-        event: str,
-        level: str = "info",
-        failure: bool = False,
-        **fields: str | int | None,
+        self, text: str, *, event: str, level: str = "info", failure: bool = False, **fields: str | int | None
     ) -> None:
-        """An outcome: to syslog and LOGFILE always; to stderr with -v, or for failures with -D."""
+        """An outcome: to syslog and LOGFILE always; to stderr with -v, or for failures with -D;
+        the progress line on a terminal."""
         self.events.event(level, event, text.partition(": ")[2] if "id" in fields else text, **fields)
-        self.show_progress()
+        if self.progress:
+            remaining = max(self.total - self.sent - self.deferred - self.failed, 0)
+            sys.stderr.write(f"\r{self.counts()}, {remaining} remaining ")
+            sys.stderr.flush()
         if self.verbose or (failure and self.report_failures):
             sys.stderr.write(f"{self.name}: {text}\n")

@@ -1,24 +1,14 @@
-"""Local delivery policy: which mailbox, which owner, which failures are final.
+"""Local delivery policy: which mailbox, which owner, which failures are final. Rust moves the
+bytes, streaming the spooled ``M`` file.
 
-The queue runner calls `deliver` for a recipient that routing found local. The bytes are moved by
-Rust (`dma._native.mbox_append` / `maildir_deliver`), streaming the spooled ``M`` file; nothing of
-the message passes through Python.
-
-mbox (the default, as C dma): ``<mboxdir>/<user>``, C dma's ``From `` line and mboxrd quoting, one
-empty line after each message, exclusive ``flock`` waited for up to 100 s. A missing mbox is
-created: in system mode owned by the user, group ``mail`` (the user's group if there is no
-``mail`` group), mode 0620, like C dma's ``dma-mbox-create``; in user mode owned by us, 0600.
-
-Maildir (an addition; C dma has none): when ``cfg.maildir`` is set, a template where a leading
-``~`` is the user's home directory and ``%u`` the user name, e.g. ``~/Maildir``.
-
-Failures raise `DeliveryFailure`; ``permanent`` says whether to bounce now (unknown user, unsafe
-name, bad data) or retry later (any OS error: lock timeout, disk full, a refused symlink...).
+mbox (the default, as C dma): ``<mboxdir>/<user>`` with C dma's ``From `` line and mboxrd quoting.
+A missing mbox is created: in system mode owned by the user, group ``mail``, mode 0620 (C dma's
+``dma-mbox-create``); in user mode owned by us, 0600. Maildir (not in C dma): ``cfg.maildir``, a
+template where a leading ``~`` is the user's home and ``%u`` the user name.
 """
 
 from __future__ import annotations
 
-import grp
 import os
 import pwd
 import time
@@ -29,21 +19,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from dma.config import Config
 
-__all__ = ["DEFAULT_LOCK_TIMEOUT", "DeliveryFailure", "deliver", "is_local_user"]
-
-#: Seconds to wait for an mbox lock (C dma's alarm).
-DEFAULT_LOCK_TIMEOUT = 100.0
-
-#: Mode of an mbox created in system mode: ``rw--w----`` user:mail, as ``dma-mbox-create``.
-SYSTEM_MBOX_MODE = 0o620
-#: Mode of an mbox created in user mode.
-USER_MBOX_MODE = 0o600
-
 
 class DeliveryFailure(Exception):
-    """Local delivery failed: ``permanent`` = bounce now, otherwise retry later."""
-
-    permanent: bool
+    """Local delivery failed: ``permanent`` = bounce now (unknown user, bad data), otherwise retry
+    later (any OS error: lock timeout, disk full, a refused symlink...)."""
 
     def __init__(self, message: str, *, permanent: bool) -> None:
         super().__init__(message)
@@ -52,11 +31,9 @@ class DeliveryFailure(Exception):
 
 def is_local_user(name: str) -> bool:
     """Whether ``name`` is a user of this system that we would deliver to."""
-    if not _safe_name(name):
-        return False
     try:
-        pwd.getpwnam(name)
-    except (KeyError, ValueError):
+        _lookup(name)
+    except DeliveryFailure:
         return False
     return True
 
@@ -68,13 +45,12 @@ def deliver(
     cfg: Config,
     *,
     when: str | None = None,
-    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    lock_timeout: float = 100.0,
 ) -> None:
-    """Deliver the spooled message at ``message_path`` to local ``user``.
+    """Deliver the spooled message at ``message_path`` to local ``user``, or raise `DeliveryFailure`.
 
-    ``sender`` is the envelope sender (empty for a bounce: written ``MAILER-DAEMON``). ``when`` is
-    the ``From `` line's date, ``ctime()`` form; default now, local time.
-    Raises `DeliveryFailure`.
+    ``sender`` empty (a bounce) is written ``MAILER-DAEMON``; ``when``: the ``From `` line's date
+    (``ctime()`` form, default now); ``lock_timeout``: the wait for the mbox lock (C dma's 100 s).
     """
     pw = _lookup(user)
     try:
@@ -84,17 +60,22 @@ def deliver(
                 _maildir_as_user(pw, path, message_path, cfg)
             else:
                 _native.maildir_deliver(path, message_path, cfg.mailname, None)
+            return
+        if cfg.user_mode:  # our own state directory, made on first use (/var/mail is the system's)
+            os.makedirs(cfg.mboxdir, mode=0o700, exist_ok=True)
+            create = (os.getuid(), os.getgid(), 0o600)
         else:
-            mbox = os.path.join(cfg.mboxdir, pw.pw_name)
-            if cfg.user_mode:
-                # Our own state directory: make it on first use. (/var/mail is the system's.)
-                os.makedirs(cfg.mboxdir, mode=0o700, exist_ok=True)
-                create = (os.getuid(), os.getgid(), USER_MBOX_MODE)
-            else:
-                create = (pw.pw_uid, _mail_gid(pw), SYSTEM_MBOX_MODE)
-            if when is None:
-                when = time.strftime("%a %b %e %H:%M:%S %Y")
-            _native.mbox_append(mbox, message_path, sender, when, create, lock_timeout)
+            import grp
+
+            try:
+                gid = grp.getgrnam("mail").gr_gid
+            except KeyError:
+                gid = pw.pw_gid
+            create = (pw.pw_uid, gid, 0o620)
+        when = when or time.strftime("%a %b %e %H:%M:%S %Y")
+        _native.mbox_append(
+            os.path.join(cfg.mboxdir, pw.pw_name), message_path, sender, when, create, lock_timeout
+        )
     except OSError as e:
         raise DeliveryFailure(f"local delivery to {user} failed: {e.strerror or e}", permanent=False) from e
     except ValueError as e:
@@ -102,14 +83,10 @@ def deliver(
 
 
 def _maildir_as_user(pw: pwd.struct_passwd, path: str, message_path: str, cfg: Config) -> None:
-    """Deliver into a Maildir in the user's own tree as that user, never as root: whatever the
-    user did to the directories on the way (a symlink to a root-only place, say), the kernel
-    checks our access as theirs. A forked child opens the spooled message while still root, then
-    gives up root and delivers from the open file.
-
-    The user may stop or slow that child: it keeps none of the runner's descriptors (no lock of
-    the queue or of a claimed entry), and is killed once TIMEOUT has passed (a temporary failure).
-    """
+    """Deliver into a Maildir in the user's own tree as that user, never as root, so the kernel
+    checks our access as theirs whatever they did to the directories. A forked child opens the
+    message as root, then drops to the user. It keeps none of the runner's descriptors and is
+    killed after TIMEOUT: the user may stop or slow it."""
     import select
     import signal
 
@@ -126,10 +103,10 @@ def _maildir_as_user(pw: pwd.struct_passwd, path: str, message_path: str, cfg: C
                 os.setuid(pw.pw_uid)
                 _native.maildir_deliver(path, message_fd, cfg.mailname, None)
             except OSError as e:
-                os.write(write_end, f"{e.errno}:{e.strerror or e}".encode("utf-8", "replace"))
+                os.write(write_end, str(e.strerror or e).encode("utf-8", "replace"))
                 status = 1
             except ValueError as e:
-                os.write(write_end, f"0:{e}".encode("utf-8", "replace"))
+                os.write(write_end, str(e).encode("utf-8", "replace"))
                 status = 2
             finally:
                 os._exit(status)
@@ -149,21 +126,17 @@ def _maildir_as_user(pw: pwd.struct_passwd, path: str, message_path: str, cfg: C
             if not chunk:
                 break
             report += chunk
-        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     finally:
         os.close(message_fd)
         os.close(read_end)
         if write_end >= 0:
             os.close(write_end)
-    code = os.waitstatus_to_exitcode(status)
     text = report.decode("utf-8", "replace")
     if code == 2:
-        raise ValueError(text.partition(":")[2])
+        raise ValueError(text)
     if code != 0:
-        errno_text, _, why = text.partition(":")
-        raise OSError(
-            int(errno_text) if errno_text.isdigit() else 0, why or f"delivery process ended with {code}"
-        )
+        raise OSError(0, text or f"delivery process ended with {code}")
 
 
 def _keep_only(*fds: int) -> None:  # pragma: no cover - runs in the forked child
@@ -178,28 +151,19 @@ def _keep_only(*fds: int) -> None:  # pragma: no cover - runs in the forked chil
     os.closerange(start, os.sysconf("SC_OPEN_MAX"))
 
 
-def _safe_name(name: str) -> bool:
-    return bool(name) and "/" not in name and "\0" not in name and not name.startswith(".")
-
-
 def _lookup(user: str) -> pwd.struct_passwd:
-    if not _safe_name(user):
+    def safe(name: str) -> bool:
+        return bool(name) and "/" not in name and "\0" not in name and not name.startswith(".")
+
+    if not safe(user):
         raise DeliveryFailure(f"invalid local user name {user!r}", permanent=True)
     try:
         pw = pwd.getpwnam(user)
     except (KeyError, ValueError):
         raise DeliveryFailure(f"unknown local user {user!r}", permanent=True) from None
-    # The name from the passwd database names the mbox (NSS may match names loosely).
-    if not _safe_name(pw.pw_name):
+    if not safe(pw.pw_name):  # the passwd database's name names the mbox (NSS may match loosely)
         raise DeliveryFailure(f"invalid local user name {pw.pw_name!r}", permanent=True)
     return pw
-
-
-def _mail_gid(pw: pwd.struct_passwd) -> int:
-    try:
-        return grp.getgrnam("mail").gr_gid
-    except KeyError:
-        return pw.pw_gid
 
 
 def _expand_maildir(template: str, pw: pwd.struct_passwd) -> str:
@@ -207,7 +171,6 @@ def _expand_maildir(template: str, pw: pwd.struct_passwd) -> str:
     if path == "~" or path.startswith("~/"):
         path = pw.pw_dir + path[1:]
     path = path.replace("%u", pw.pw_name)
-    if not os.path.isabs(path):
-        # A configuration mistake, not the message's fault: retry once the admin fixes it.
+    if not os.path.isabs(path):  # a configuration mistake, not the message's: retry once it is fixed
         raise DeliveryFailure(f"Maildir path {path!r} for {pw.pw_name} is not absolute", permanent=False)
     return path

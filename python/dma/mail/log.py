@@ -1,9 +1,8 @@
 """Logging: one syslog line per event to the `mail` facility (as C dma, with its `-L` tag), and the
 same event as a JSON line to `LOGFILE` (a path, or `-` for standard error) when configured.
 
-Events carry only what an operator needs: ids, addresses, hosts, outcomes and server replies.
-Nothing here ever receives a password or token. Neither `logging` nor the `syslog` module is
-used: syslog goes through the C library from Rust, so a submission's log line costs no import.
+Events carry ids, addresses, hosts, outcomes and server replies; never a password or token.
+Syslog goes through the C library from Rust, so a submission's log line imports nothing.
 """
 
 from __future__ import annotations
@@ -19,31 +18,20 @@ if TYPE_CHECKING:
 
 # syslog(3) levels.
 _PRIORITIES = {"crit": 2, "err": 3, "notice": 5, "info": 6}
+_ESCAPES = {c: f"\\u{c:04x}" for c in range(32)}
+_ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\"})
 
 
 def _json_string(value: str) -> str:
-    out = ['"']
-    for ch in value:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch < " " or "\ud800" <= ch <= "\udfff":
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
+    # backslashreplace writes a lone surrogate as its JSON escape, `\udcff`
+    return '"' + value.translate(_ESCAPES).encode("utf-8", "backslashreplace").decode() + '"'
 
 
 def json_line(fields: dict[str, str | int | None]) -> str:
     """A flat JSON object on one line, without importing `json` (which imports `re`)."""
     parts = []
     for key, value in fields.items():
-        if value is None:
-            text = "null"
-        elif isinstance(value, int):
-            text = str(value)
-        else:
-            text = _json_string(value)
+        text = "null" if value is None else str(value) if isinstance(value, int) else _json_string(value)
         parts.append(f"{_json_string(key)}: {text}")
     return "{" + ", ".join(parts) + "}\n"
 
@@ -59,26 +47,24 @@ class Log:
         """`text` is the human line; `fields` are the structured details (also in the JSON)."""
         queue_id = fields.get("id")
         _native.syslog(self.tag, _PRIORITIES.get(level, 6), f"{queue_id}: {text}" if queue_id else text)
-        if self.logfile:
-            record: dict[str, str | int | None] = {
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "tag": self.tag,
-                "pid": posix.getpid(),
-                "level": level,
-                "event": event,
-            }
-            record.update(fields)
-            record["text"] = text
-            self.write(json_line(record))
-
-    def write(self, line: str) -> None:
-        data = line.encode("utf-8", "surrogateescape")
+        if not self.logfile:
+            return
+        record: dict[str, str | int | None] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "tag": self.tag,
+            "pid": posix.getpid(),
+            "level": level,
+            "event": event,
+            **fields,
+            "text": text,
+        }
+        data = json_line(record).encode()
         if self.logfile == "-":
             posix.write(2, data)
             return
         try:
             fd = posix.open(
-                self.logfile or "", posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC, 0o640
+                self.logfile, posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC, 0o640
             )
         except OSError as e:
             _native.syslog(

@@ -27,20 +27,16 @@ def login_name() -> str:
 
 def _find_login_name() -> str:
     uid = posix.getuid()
-    candidates: list[str] = []
     try:
-        candidates.append(posix.getlogin())
+        candidates = [posix.getlogin()]
     except OSError:
-        pass
-    candidates += [getenv("LOGNAME") or "", getenv("USER") or ""]
-    for name in candidates:
-        if not name:
-            continue
+        candidates = []
+    for name in [*candidates, getenv("LOGNAME"), getenv("USER")]:
         try:
-            if pwd.getpwnam(name).pw_uid == uid:
+            if name and pwd.getpwnam(name).pw_uid == uid:
                 return name[:49]
         except KeyError:
-            continue
+            pass
     try:
         return pwd.getpwuid(uid).pw_name[:49]
     except KeyError:
@@ -54,10 +50,8 @@ def check_line_safe(what: str, value: str) -> None:
 
 
 def strip_local_domain(addr: str, mailname: str | None) -> str:
-    """Cut ``@domain`` off `addr` when the domain after the LAST ``@`` is `mailname` or localhost.
-
-    Compared case-insensitively (C dma compared the host name case-sensitively).
-    """
+    """Cut ``@domain`` off `addr` when the domain after the LAST ``@`` is `mailname` or localhost,
+    compared case-insensitively (C dma compared the host name case-sensitively)."""
     local, at, domain = addr.rpartition("@")
     if not at:
         return addr
@@ -68,11 +62,9 @@ def strip_local_domain(addr: str, mailname: str | None) -> str:
 
 
 def parse_addresses(text: str, what: str = "address") -> list[str]:
-    """Addresses in an address-list header value or a command-line argument.
-
-    Comments go, quoted strings and escapes stay verbatim, whitespace outside quotes goes, `<...>`
-    replaces the display name before it, `name:` starts a group, `,` and `;` end an address.
-    """
+    """Addresses in an address-list header value or a command-line argument: comments and blanks
+    outside quotes go, quoted strings and escapes stay, `<...>` replaces the display name before it,
+    `name:` starts a group, `,` and `;` end an address."""
     found: list[str] = []
     current: list[str] = []
     depth = 0
@@ -89,8 +81,8 @@ def parse_addresses(text: str, what: str = "address") -> list[str]:
                 depth -= 1
         elif c == "(":
             depth = 1
-        elif c == ")":
-            raise Fatal(EX_DATAERR, f"invalid {what}: unbalanced `)' in {text!r}")
+        elif c in ")>":
+            raise Fatal(EX_DATAERR, f"invalid {what}: unbalanced `{c}' in {text!r}")
         elif c == '"':
             end = i + 1
             while end < n and text[end] != '"':
@@ -106,8 +98,6 @@ def parse_addresses(text: str, what: str = "address") -> list[str]:
                 raise Fatal(EX_DATAERR, f"invalid {what}: unbalanced `<' in {text!r}")
             current = [text[i + 1 : end].strip()]
             i = end
-        elif c == ">":
-            raise Fatal(EX_DATAERR, f"invalid {what}: unbalanced `>' in {text!r}")
         elif c == ":":
             current = []
         elif c in ",;":
@@ -144,10 +134,7 @@ def envelope_sender(
     given: str | None, mailname: str, masquerade_user: str | None, masquerade_host: str | None
 ) -> str:
     """The envelope sender: `-f`/`-r`, else $EMAIL, else the login name, qualified and masqueraded.
-
-    `-f ''` and `-f '<>'` give the null sender (C dma turned them into `@host`); angle brackets and a
-    display name around an address are removed.
-    """
+    `-f ''` and `-f '<>'` give the null sender (C dma turned them into `@host`)."""
     if given is not None:
         check_line_safe("the sender", given)
         if given.strip() in ("", "<>"):
@@ -169,7 +156,7 @@ def envelope_sender(
     return sender
 
 
-def rfc822_date(when: float | None = None) -> str:
+def rfc822_date(when: float) -> str:
     return time.strftime("%a, %d %b %Y %H:%M:%S %z", time.localtime(when))
 
 
@@ -196,10 +183,8 @@ def received_header(
 def headers_to_add(
     sender: str, message_id: str, hostname: str, now: float, full_name: str | None = None
 ) -> list[tuple[str, bytes]]:
-    """`Date:`, `Message-Id:` and `From:` lines, added by the spool writer only when missing.
-
-    `full_name` (`-F`) becomes the display name of the added `From:`.
-    """
+    """`Date:`, `Message-Id:` and `From:` lines, added by the spool writer only when missing;
+    `full_name` (`-F`) becomes the display name of the added `From:`."""
     token = posix.urandom(4).hex()
     mailbox = f"<{sender or 'MAILER-DAEMON@' + hostname}>"
     if full_name:

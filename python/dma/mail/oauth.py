@@ -7,10 +7,10 @@ runner reads one small file, and json, ssl and urllib are imported only to ask t
 from __future__ import annotations
 
 import os
+import sys
 import time
 
-from dma.config import read_text
-from dma.errors import EX_CONFIG, EX_UNAVAILABLE, EX_USAGE, ConfigError, Fatal
+from dma.errors import EX_CONFIG, EX_UNAVAILABLE, EX_USAGE, ConfigError, Fatal, read_text
 
 from .routing import RouteError
 
@@ -163,7 +163,6 @@ def read_cache(path: str) -> dict[str, str]:
 
 def write_atomic(path: str, text: str, uid: int = -1) -> None:
     """Replace `path` by a 0600 file holding `text`: temporary file, fsync, rename, fsync dir."""
-    folder = os.path.dirname(path) or "."
     tmp = f"{path}.tmp"
     try:
         os.unlink(tmp)  # a crash's leftover
@@ -171,21 +170,17 @@ def write_atomic(path: str, text: str, uid: int = -1) -> None:
         pass
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        if uid >= 0:
-            os.fchown(fd, uid, -1)
-        data = text.encode()
-        while data:
-            data = data[os.write(fd, data) :]
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
+        with open(fd, "w", encoding="utf-8") as f:
+            if uid >= 0:
+                os.fchown(fd, uid, -1)
+            f.write(text)
+            f.flush()
+            os.fsync(fd)
         os.rename(tmp, path)
     except BaseException:
-        if fd >= 0:
-            os.close(fd)
         os.unlink(tmp)
         raise
-    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
     finally:
@@ -200,6 +195,8 @@ def access_token(cfg: Config, credential: str, rejected: str | None = None) -> s
     _native.no_core_dumps()
     cache = cache_path(cfg, credential)
     fields = read_credential(credential)
+    if "refresh_token" not in fields:
+        raise OAuthError("no refresh_token in the OAuth2 credential: run `dma oauth login` first")
     entry = read_cache(cache)
     if fresh(entry, fields, rejected):
         return entry["access"]
@@ -220,8 +217,6 @@ def access_token(cfg: Config, credential: str, rejected: str | None = None) -> s
 
 
 def fresh(entry: dict[str, str], fields: dict[str, str], rejected: str | None) -> bool:
-    if "refresh_token" not in fields:
-        raise OAuthError("no refresh_token in the OAuth2 credential: run `dma oauth login` first")
     return (
         entry.get("origin") == fields["refresh_token"]
         and entry.get("access", rejected) != rejected
@@ -328,8 +323,6 @@ def command(prog: str, name: str, args: list[str]) -> int:
 
 
 def status(cfg: Config) -> int:
-    import datetime
-
     failed = 0
     for login, host, password in cfg.auth().items():
         if not password.startswith("{oauth2}"):
@@ -341,7 +334,7 @@ def status(cfg: Config) -> int:
             print(f"  token endpoint {fields['token_endpoint']}")
             expires = int(read_cache(cache_path(cfg, path)).get("expires", "0") or 0)
             if expires:
-                when = datetime.datetime.fromtimestamp(expires).isoformat(" ", "seconds")
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(expires))
                 print(f"  access token cached, expires {when}")
             else:
                 print("  no access token cached")
@@ -366,8 +359,6 @@ def renew_now(cfg: Config, path: str) -> str:
 def login(cfg: Config, provider: str, path: str) -> None:
     """Get a first refresh token (device grant where the provider has one, else the authorization
     code grant with PKCE) and write it into `path`, 0600, owned by the runner's user."""
-    import sys
-
     existing: dict[str, str] = {}
     if os.path.exists(path):
         existing = {k: v for k, v in read_credential_raw(path).items() if k != "refresh_token"}
@@ -393,8 +384,6 @@ def login(cfg: Config, provider: str, path: str) -> None:
 
 
 def ask(prompt: str, *, hidden: bool = False) -> str:
-    import sys
-
     if hidden and sys.stdin.isatty():
         import getpass
 
@@ -411,8 +400,6 @@ def ask(prompt: str, *, hidden: bool = False) -> str:
 
 def device_flow(cfg: Config, fields: dict[str, str]) -> dict[str, str]:
     """RFC 8628: show a code to enter on another device, then poll until the admin has."""
-    import sys
-
     form = {"client_id": fields["client_id"], "scope": fields.get("scope", "")}
     device = post(cfg, fields["device_endpoint"], form)
     uri = device.get("verification_uri") or device.get("verification_url", "")
@@ -441,7 +428,6 @@ def code_flow(cfg: Config, fields: dict[str, str]) -> dict[str, str]:
     import base64
     import hashlib
     import secrets
-    import sys
     import urllib.parse
 
     verifier = secrets.token_urlsafe(48)

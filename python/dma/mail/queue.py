@@ -1,13 +1,8 @@
-"""The queue runner: delivers what is due, then lingers for more (docs/runner.md). `mailq` lives
-in control.py.
-
-One runner per spool, held by an `flock` on `<spool>/lock`; a second `dma -q` touches
-`<spool>/flush` to wake the running one instead of starting another. The main thread schedules:
-it claims due entries, hands them to delivery threads (one per SMTP session or local delivery;
-Rust releases the GIL), records each outcome as its thread ends, and sleeps in `Spool.wait`
-(inotify, no polling) until mail comes, a thread ends or a retry is due. Open connections are kept
-for LINGER seconds after the last delivery.
-"""
+"""The queue runner (docs/runner.md): one per spool, holding `<spool>/lock`. The main thread
+claims due entries, hands them to delivery threads (one per SMTP session or local delivery),
+records each outcome as its thread ends, and sleeps in `Spool.wait` (inotify) until mail comes, a
+thread ends or a retry is due. Open connections are kept for LINGER seconds after the last
+delivery."""
 
 from __future__ import annotations
 
@@ -18,9 +13,8 @@ import time
 from dma import _native
 from dma.errors import Fatal
 
-from .ledger import Ledger, Outcome
+from .ledger import Ledger
 from .log import Log
-from .routing import is_local
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -28,15 +22,15 @@ if TYPE_CHECKING:
 
     from .remote import Destination, Link
 
-STALE_AGE = 24 * 3600
+    Groups = list[list[_native.QueueEntry]]  # claimed entries, one list per message
+
 # Entries claimed at once (each holds its queue file open and locked): a batch's messages share
 # connections, so it should be large; past SMALL_BATCH the open-file limit is raised to allow it.
 BATCH = 1000
 SMALL_BATCH = 200
 # "failed": waiting for its bounce; "held": kept for the postmaster, never retried by itself.
 FINAL_STATES = ("failed", "held")
-# A user's mbox lock is waited for this long, then the delivery is retried later (their lock must
-# not hold up anyone's mail).
+# A user's mbox lock is waited for this long, then retried later: it must not hold up anyone's mail.
 LOCK_WAIT = 3.0
 # Longest sleep while sessions run; a retry or new mail wakes the runner before it anyway.
 NAP = 3600.0
@@ -63,22 +57,6 @@ class Selection:
         return self.domain is None or e.recipient.rpartition("@")[2].lower() == self.domain
 
 
-class Job:
-    """Work for one delivery thread: a destination's messages (`groups` of entry ids, one per
-    message) over one connection, or one local entry (`dest` None)."""
-
-    __slots__ = ("dest", "groups", "key", "link", "outcomes")
-
-    def __init__(
-        self, key: str, dest: Destination | None, groups: list[list[str]], link: Link | None
-    ) -> None:
-        self.key = key
-        self.dest = dest
-        self.groups = groups
-        self.link = link
-        self.outcomes: dict[str, tuple[str, str]] = {}
-
-
 class Runner(Ledger):
     """Delivers due entries of one spool; see the module docstring."""
 
@@ -103,13 +81,13 @@ class Runner(Ledger):
         self.report_failures = report_failures
         self.progress = progress
         self.spool_: _native.Spool | None = None
-        self.entries: dict[str, _native.QueueEntry] = {}  # claimed here, by id
-        # Claimed, waiting for a thread: destination key -> (destination, message id -> entry ids)
-        self.waiting: dict[str, tuple[Destination, dict[str, list[str]]]] = {}
-        self.local: list[str] = []  # local entries waiting for a thread
+        self.claimed = 0  # entries held here
+        # Claimed, waiting for a thread: destination key -> (destination, message id -> entries)
+        self.waiting: dict[str, tuple[Destination, dict[str, list[_native.QueueEntry]]]] = {}
+        self.local: list[_native.QueueEntry] = []  # local entries waiting for a thread
         self.busy: dict[str, int] = {}  # key -> running jobs ("" for local ones)
-        self.running = 0
-        self.finished: list[Job] = []  # appended by delivery threads
+        # (key, groups, entry id -> (status, text), link): appended by delivery threads
+        self.finished: list[tuple[str, Groups, dict[str, tuple[str, str]], Link | None]] = []
         self.idle: dict[str, list[Link]] = {}  # the connection cache
         self.last_activity = time.time()
         self.replayed = False
@@ -122,19 +100,6 @@ class Runner(Ledger):
             self.spool_ = _native.Spool(self.cfg.spooldir, self.drop_dir if self.system_drop else None)
         return self.spool_
 
-    @staticmethod
-    def batch_size() -> int:
-        """Raise the soft open-file limit toward the hard one, for BATCH open queue files; returns
-        the batch size the limit allows."""
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        wanted = BATCH + 256
-        if soft != resource.RLIM_INFINITY and soft < wanted:
-            soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        return BATCH if soft == resource.RLIM_INFINITY else max(16, min(BATCH, soft - 256))
-
     def acquire(self) -> bool:
         try:
             return self.spool.lock()
@@ -143,23 +108,23 @@ class Runner(Ledger):
 
             raise os_failure(e, f"can not lock the queue in `{self.cfg.spooldir}'") from None
 
-    def release(self) -> None:
-        self.spool.unlock()
-
     def run(self, *, only: Selection | None = None, force: bool = False, resident: bool = False) -> None:
-        """Deliver due entries (those `only` selects, when given) until none is left.
-
-        `force` makes deferred entries due now. `resident` lingers LINGER seconds after the last
-        delivery (keeping connections open), then stays asleep while retries are pending.
-        """
+        """Deliver due entries (those `only` selects, when given) until none is left. `force` makes
+        deferred entries due now. `resident` lingers LINGER seconds after the last delivery
+        (keeping connections open), then stays asleep while retries are pending."""
         spool = self.spool
         self.tried = None if resident else set()
-        _native.clean_stale(self.cfg.spooldir, STALE_AGE)
+        _native.clean_stale(self.cfg.spooldir, 24 * 3600)  # what a crash left, a day on
         try:
             while not self.stopping:
                 self.collect()
-                waits = self.pick_up()[1]
-                if not self.running and not self.replayed:
+                if self.system_drop:  # take what users left in the drop directory
+                    from .drop import pick_up
+
+                    waits = pick_up(self.cfg, self.events)[1]
+                else:
+                    waits = 0
+                if not sum(self.busy.values()) and not self.replayed:
                     self.replay_journal()
                 now = time.time()
                 due, next_retry, failing = spool.due(int(now), force)
@@ -173,7 +138,7 @@ class Runner(Ledger):
                 self.dispatch(due)
                 if self.settle(self.finals.union(failing)):
                     continue  # deliver the bounces too
-                if self.running or self.waiting or self.local:
+                if self.claimed:
                     timeout = NAP
                 elif not resident:
                     return
@@ -190,11 +155,10 @@ class Runner(Ledger):
         finally:
             self.collect()  # a stop (SIGTERM) still records what has finished
             self.close_links()
-            for _, per in self.waiting.values():
-                for entry_id in (i for ids in per.values() for i in ids):
-                    spool.release(entry_id)
-            for entry_id in self.local:
-                spool.release(entry_id)
+            waiting = [e for _, per in self.waiting.values() for group in per.values() for e in group]
+            for entry in self.local + waiting:
+                spool.release(entry.id)
+                self.claimed -= 1
             self.waiting.clear()
             self.local.clear()
 
@@ -204,34 +168,21 @@ class Runner(Ledger):
         self.spool.notify()
 
     def serve(self, *, force: bool = False) -> None:
-        """Run resident until the queue is idle, then release the lock.
-
-        After releasing, look once more: a submission that found the lock held just before we let
-        go relies on this look to have its message delivered.
-        """
+        """Run resident until the queue is idle, then release the lock. After releasing, look once
+        more: a submission that found the lock held just before we let go relies on that look."""
         import _signal  # type: ignore[import-not-found]  # `signal`, without the enum it imports
 
         _signal.signal(_signal.SIGTERM, self.stop)
         while True:
             self.run(force=force, resident=True)
-            self.release()
+            self.spool.unlock()
             if self.stopping or not self.spool.due(int(time.time()), False)[0] or not self.acquire():
                 return
             force = False
 
-    def pick_up(self) -> tuple[int, int]:
-        """System mode: take what users left in the drop directory; (taken, waiting) drops."""
-        if not self.system_drop:
-            return 0, 0
-        from .drop import pick_up
-
-        return pick_up(self.cfg, self.events)
-
     def replay_journal(self) -> None:
-        """Remove entries the server confirmed before a crash kept us from recording it.
-
-        The journal files go only after their entries: a crash in between replays them again.
-        """
+        """Remove entries the server confirmed before a crash kept us from recording it. The
+        journal files go only after their entries: a crash in between replays them again."""
         self.replayed = True
         entry_ids, journals = _native.journal_take(self.cfg.spooldir)
         for entry in self.spool.claim(entry_ids) if entry_ids else []:
@@ -248,30 +199,37 @@ class Runner(Ledger):
             posix.unlink(journal)
 
     def dispatch(self, due: list[_native.QueueEntry]) -> None:
-        """Claim due entries and queue them for delivery threads: local ones one by one, remote
-        ones grouped by destination and message, so that a message's recipients there share one
-        transaction and a destination's messages share connections."""
-        from . import authconf  # noqa: F401 - here, not first in two threads at once: CPython 3.9 then
-        from .remote import destination  # hands one of them a partly initialised module
+        """Claim due entries and start delivery threads: one per local entry; per destination,
+        up to HOST_CONCURRENCY sharing its messages, a message's recipients in one transaction."""
+        from .remote import destination
 
-        room = (self.batch_size() if len(due) > SMALL_BATCH else SMALL_BATCH) - len(self.entries)
-        if due and room > 0:
-            claimed = self.spool.claim([e.id for e in due[:room]])
+        room = SMALL_BATCH
+        if len(due) > SMALL_BATCH:  # raise the open-file limit toward the hard one for BATCH files
+            import resource
+
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            if soft != resource.RLIM_INFINITY and soft < BATCH + 256:
+                soft = BATCH + 256 if hard == resource.RLIM_INFINITY else min(BATCH + 256, hard)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            room = BATCH if soft == resource.RLIM_INFINITY else max(16, min(BATCH, soft - 256))
+        if due and room > self.claimed:
+            claimed = self.spool.claim([e.id for e in due[: room - self.claimed]])
             self.total += len(claimed)
+            self.claimed += len(claimed)
             for entry in claimed:
-                self.entries[entry.id] = entry
-                if is_local(entry.recipient):
-                    self.local.append(entry.id)
+                if "@" not in entry.recipient:  # local: no domain left (as C dma)
+                    self.local.append(entry)
                     continue
                 dest = destination(self.cfg, entry.sender, entry.recipient)
-                per = self.waiting.setdefault(dest.key, (dest, {}))[1]
-                per.setdefault(entry.message_id, []).append(entry.id)
+                self.waiting.setdefault(dest.key, (dest, {}))[1].setdefault(entry.message_id, []).append(
+                    entry
+                )
         while self.local and self.busy.get("", 0) < self.cfg.concurrency:
-            self.start(Job("", None, [[self.local.pop(0)]], None))
+            self.start("", None, [[self.local.pop(0)]], None)
         for key in list(self.waiting):
+            remote_running = sum(self.busy.values()) - self.busy.get("", 0)
             slots = min(
-                self.cfg.host_concurrency - self.busy.get(key, 0),
-                self.cfg.concurrency - self.remote_running(),
+                self.cfg.host_concurrency - self.busy.get(key, 0), self.cfg.concurrency - remote_running
             )
             if slots <= 0:
                 continue
@@ -280,43 +238,42 @@ class Runner(Ledger):
             share = min(slots, len(groups))
             cached = self.idle.get(key, [])
             for i in range(share):
-                self.start(Job(key, dest, groups[i::share], cached.pop() if cached else None))
+                self.start(key, dest, groups[i::share], cached.pop() if cached else None)
 
-    def remote_running(self) -> int:
-        return self.running - self.busy.get("", 0)
-
-    def start(self, job: Job) -> None:
-        self.running += 1
-        self.busy[job.key] = self.busy.get(job.key, 0) + 1
+    def start(self, key: str, dest: Destination | None, groups: Groups, link: Link | None) -> None:
+        self.busy[key] = self.busy.get(key, 0) + 1
         self.last_activity = time.time()
-        _thread.start_new_thread(self.work, (job,))
+        _thread.start_new_thread(self.work, (key, dest, groups, link))
 
-    def work(self, job: Job) -> None:
-        """A delivery thread. An unexpected error defers the job's entries (and is logged) instead
-        of ending the whole run."""
+    def work(self, key: str, dest: Destination | None, groups: Groups, link: Link | None) -> None:
+        """A delivery thread: a destination's messages over one connection, or one local entry
+        (`dest` None). An unexpected error defers the entries (and is logged) instead of ending
+        the whole run."""
+        outcomes: dict[str, tuple[str, str]] = {}
         try:
-            if job.dest is None:
-                entry_id = job.groups[0][0]
-                outcome = self.deliver_local(self.entries[entry_id], self.spool.message_path(entry_id))
-                job.outcomes = {entry_id: (outcome.status, outcome.text)}
-            else:
-                from .remote import deliver
+            if dest is None:
+                from . import local
 
-                job.outcomes, job.link = deliver(
-                    self.cfg,
-                    self.spool,
-                    job.dest,
-                    job.groups,
-                    job.link,
-                    verbose=self.verbose,
-                    events=self.events,
+                entry = groups[0][0]
+                outcomes[entry.id] = ("sent", "")
+                try:
+                    path = self.spool.message_path(entry.id)
+                    local.deliver(entry.recipient, entry.sender, path, self.cfg, lock_timeout=LOCK_WAIT)
+                except local.DeliveryFailure as e:
+                    outcomes[entry.id] = ("permanent" if e.permanent else "temporary", str(e))
+            else:
+                from . import remote
+
+                ids = [[entry.id for entry in group] for group in groups]
+                outcomes, link = remote.deliver(
+                    self.cfg, self.spool, dest, ids, link, verbose=self.verbose, events=self.events
                 )
         except Exception as e:  # the rest of the queue must still be delivered
             text = f"internal error, will retry: {type(e).__name__}: {e}"
             self.events.event("crit", "error", text)
-            job.outcomes = {i: ("temporary", text) for ids in job.groups for i in ids}
-            job.link = None
-        self.finished.append(job)
+            outcomes = {entry.id: ("temporary", text) for group in groups for entry in group}
+            link = None
+        self.finished.append((key, groups, outcomes, link))
         self.spool.notify()
 
     def collect(self) -> None:
@@ -325,16 +282,17 @@ class Runner(Ledger):
             return
         removed = False
         while self.finished:
-            job = self.finished.pop()
-            self.running -= 1
-            self.busy[job.key] -= 1
-            if job.link is not None:
-                self.idle.setdefault(job.key, []).append(job.link)
+            key, groups, outcomes, link = self.finished.pop()
+            self.busy[key] -= 1
+            if link is not None:
+                self.idle.setdefault(key, []).append(link)
             if self.tried is not None:
-                self.tried.update(job.outcomes)
-            for entry_id, (status, text) in job.outcomes.items():
+                self.tried.update(outcomes)
+            for entry in (entry for group in groups for entry in group):
+                status, text = outcomes[entry.id]
                 removed |= status == "sent"
-                self.record(self.entries.pop(entry_id), Outcome(status, text))
+                self.claimed -= 1
+                self.record(entry, status, text)
         self.last_activity = time.time()
         self.replayed = False
         if removed:
@@ -343,19 +301,9 @@ class Runner(Ledger):
     def close_links(self) -> None:
         """QUIT every cached connection."""
         for links in self.idle.values():
-            for link in links:
-                if link.conn is not None:
-                    link.conn.close()
+            for conn, _ in links:
+                conn.close()
         self.idle.clear()
-
-    def deliver_local(self, entry: _native.QueueEntry, message_path: str) -> Outcome:
-        from .local import DeliveryFailure, deliver
-
-        try:
-            deliver(entry.recipient, entry.sender, message_path, self.cfg, lock_timeout=LOCK_WAIT)
-        except DeliveryFailure as e:
-            return Outcome("permanent" if e.permanent else "temporary", str(e))
-        return Outcome("sent")
 
 
 def wake(cfg: Config, *, flush: bool = False) -> None:

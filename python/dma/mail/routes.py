@@ -1,24 +1,13 @@
-"""`ROUTE` lines of dma.conf: a different relay, port, TLS mode and login per recipient domain or
-per envelope sender (msmtp's accounts, Postfix's transport and sender-dependent relay maps, in
-C dma's one-line style). C dma configs have none; then SMARTHOST or MX delivery applies to all.
+"""`ROUTE` lines of dma.conf (docs/configuration.md): a different relay, port, TLS mode and login
+per recipient domain or envelope sender, in C dma's one-line style. The first matching line wins;
+what a route does not say comes from the global keys. Without any, SMARTHOST or MX applies to all.
 
     ROUTE to:example.org       smtp.example.org:587 starttls verify
     ROUTE to:*.corp.example    mx
     ROUTE from:alice@gmail.com smtp.gmail.com:465 tls verify auth=alice@gmail.com
-    ROUTE from:@example.net    relay.example.net
-
-The first matching line wins. The target is one or more `host[:port]` joined by commas (port 25
-unless given), tried in turn while one fails temporarily, or `mx` (deliver to the recipient domain's MX hosts,
-e.g. to keep one domain away from the smarthost). Options:
-`tls` (implicit TLS), `starttls`, `opportunistic`, `plain`; `verify`, `noverify`;
-`fingerprint=<sha256 hex>`; `auth=<login>` (which auth.conf line for this host); on a `from:`
-route, `rewritefrom=<address>` (REWRITEFROM for the senders it matches). What a route
-does not say comes from the global keys (SECURETRANSFER, STARTTLS, VERIFYCERT, FINGERPRINT).
 """
 
 from __future__ import annotations
-
-from dma.errors import ConfigError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -46,18 +35,20 @@ def split_hosts(text: str, default_port: int) -> list[tuple[str, int]]:
 
 
 class Route:
-    __slots__ = ("fingerprint", "hosts", "kind", "line", "login", "pattern", "rewrite_from", "tls", "verify")
+    """One ROUTE line: `kind` "to" (recipient domain) or "from" (envelope sender), `hosts` the
+    relays to try in turn (none for MX delivery); an option the line does not give is None."""
+
+    tls: str | None = None
+    verify: bool | None = None
+    fingerprint: bytes | None = None
+    login: str | None = None
+    rewrite_from: str | None = None
 
     def __init__(self, kind: str, pattern: str, hosts: list[tuple[str, int]], line: int) -> None:
-        self.kind = kind  # "to" (recipient domain) or "from" (envelope sender)
+        self.kind = kind
         self.pattern = pattern
-        self.hosts = hosts  # the relays to try in turn; none for MX delivery
+        self.hosts = hosts
         self.line = line
-        self.tls: str | None = None
-        self.verify: bool | None = None
-        self.fingerprint: bytes | None = None
-        self.login: str | None = None
-        self.rewrite_from: str | None = None
 
     def matches(self, sender: str, recipient: str) -> bool:
         if self.kind == "from":
@@ -74,26 +65,17 @@ class Route:
         return f"<Route line {self.line}: {self.kind}:{self.pattern} -> {self.hosts or 'mx'}>"
 
 
-def parse_route(path: str, lineno: int, value: str) -> Route:
-    """One `ROUTE <selector> <target> [option...]` value; ConfigError names file, line and key."""
-
-    def error(message: str) -> ConfigError:
-        return ConfigError(path, lineno, "ROUTE", message)
-
+def parse_route(value: str, lineno: int) -> Route:
+    """One `ROUTE <selector> <target> [option...]` value; raises ValueError."""
     words = value.split()
     if len(words) < 2:
-        raise error("expected `ROUTE to:<domain>|from:<sender> <host[:port]>|mx [option ...]'")
+        raise ValueError("expected `ROUTE to:<domain>|from:<sender> <host[:port]>|mx [option ...]'")
     kind, colon, pattern = words[0].partition(":")
     if not colon or kind not in ("to", "from") or not pattern:
-        raise error(f"`{words[0]}' is not to:<domain> or from:<address>")
-    hosts: list[tuple[str, int]] = []
-    if words[1] != "mx":
-        try:
-            hosts = split_hosts(words[1], 25)
-        except ValueError as e:
-            raise error(str(e)) from None
-        if not hosts:
-            raise error(f"`{words[1]}' is not host[:port] or mx")
+        raise ValueError(f"`{words[0]}' is not to:<domain> or from:<address>")
+    hosts = [] if words[1] == "mx" else split_hosts(words[1], 25)
+    if words[1] != "mx" and not hosts:
+        raise ValueError(f"`{words[1]}' is not host[:port] or mx")
     route = Route(kind, pattern.lower(), hosts, lineno)
     for option in words[2:]:
         name, eq, arg = option.partition("=")
@@ -102,22 +84,21 @@ def parse_route(path: str, lineno: int, value: str) -> Route:
         elif name in ("verify", "noverify") and not eq:
             route.verify = name == "verify"
         elif name == "fingerprint" and arg:
-            digits = arg.replace(":", "")
             try:
-                route.fingerprint = bytes.fromhex(digits)
+                route.fingerprint = bytes.fromhex(arg.replace(":", ""))
             except ValueError:
-                raise error(f"`{option}': not hexadecimal") from None
+                raise ValueError(f"`{option}': not hexadecimal") from None
             if len(route.fingerprint) != 32:
-                raise error(f"`{option}': a SHA-256 fingerprint is 64 hex digits")
+                raise ValueError(f"`{option}': a SHA-256 fingerprint is 64 hex digits")
         elif name == "auth" and arg:
             route.login = arg
         elif name == "rewritefrom" and arg:
             # Applied when the message is queued, where only the sender is known.
             if kind != "from" or arg.count("@") != 1:
-                raise error(f"`{option}': rewritefrom=<address> is for from: routes")
+                raise ValueError(f"`{option}': rewritefrom=<address> is for from: routes")
             route.rewrite_from = arg
         else:
-            raise error(f"unknown option `{option}'")
+            raise ValueError(f"unknown option `{option}'")
     return route
 
 
@@ -132,7 +113,4 @@ def rewritten_sender(cfg: Config, sender: str) -> str | None:
 
 def choose(routes: list[Route], sender: str, recipient: str) -> Route | None:
     """The first route that matches, or None for the global SMARTHOST or MX delivery."""
-    for route in routes:
-        if route.matches(sender, recipient):
-            return route
-    return None
+    return next((route for route in routes if route.matches(sender, recipient)), None)

@@ -1,9 +1,5 @@
-"""Where each recipient goes: local mailbox (after aliases) or a remote address.
-
-At submission this turns the recipients given on the command line (and by `-t`) into the envelope
-recipients of the queue entries: bare local user names and remote addresses. The aliases file is
-only read when a recipient is local.
-"""
+"""Where each recipient goes: a local mailbox (after aliases) or a remote address, and which hosts
+take mail for a remote domain."""
 
 from __future__ import annotations
 
@@ -16,11 +12,6 @@ if TYPE_CHECKING:
     from .aliases import Aliases
 
 
-def is_local(recipient: str) -> bool:
-    """A queue entry's recipient is local when no domain is left (as C dma)."""
-    return "@" not in recipient
-
-
 class RecipientResolver:
     """Expands recipients into envelope recipients, reading the aliases file at most once."""
 
@@ -28,19 +19,12 @@ class RecipientResolver:
         self.cfg = cfg
         self._aliases: Aliases | None = None
 
-    def aliases(self) -> Aliases:
-        if self._aliases is None:
-            from .aliases import parse
-
-            self._aliases = parse(self.cfg.aliases)
-        return self._aliases
-
     def resolve(self, recipients: list[str]) -> list[str]:
-        """Envelope recipients for `recipients` (command line, `-t` or a bounce), deduplicated."""
+        """Envelope recipients (bare local user names and remote addresses) for `recipients`
+        (command line, `-t` or a bounce), deduplicated."""
         from .message import strip_local_domain
 
-        result: list[str] = []
-        seen: set[str] = set()
+        result: dict[str, None] = {}
         for given in recipients:
             address = strip_local_domain(given, self.cfg.mailname)
             if "@" in address:
@@ -51,14 +35,15 @@ class RecipientResolver:
             else:
                 from .local import is_local_user
 
-                expanded = self.aliases().expand(
+                if self._aliases is None:
+                    from .aliases import parse
+
+                    self._aliases = parse(self.cfg.aliases)
+                expanded = self._aliases.expand(
                     address, is_local_user=is_local_user, wildcard=True, mailname=self.cfg.mailname
                 )
-            for rcpt in expanded:
-                if rcpt not in seen:
-                    seen.add(rcpt)
-                    result.append(rcpt)
-        return result
+            result.update(dict.fromkeys(expanded))
+        return list(result)
 
 
 class RouteError(Exception):
@@ -80,9 +65,6 @@ class Target:
         self.port = port
         self.preference = preference
 
-    def __repr__(self) -> str:
-        return f"Target({self.name!r}, {self.addresses!r}, {self.port}, pref={self.preference})"
-
 
 def recipient_domain(recipient: str) -> str:
     return recipient.rpartition("@")[2]
@@ -99,18 +81,15 @@ def address_literal(domain: str) -> str | None:
 def targets_for(
     domain: str, cfg: Config, *, hosts: list[tuple[str, int]] | None = None, mx: bool = False
 ) -> list[Target]:
-    """The hosts to try for `domain`, in order: `hosts` (a ROUTE's relays), the smarthosts (unless
-    `mx`), or the domain's MX hosts.
-
-    MX hosts are sorted by preference and shuffled among equal preferences (RFC 5321 5.1); a
-    domain without MX records is its own host. Raises `RouteError`.
-    """
+    """The hosts to try for `domain`, in order, skipping names that do not resolve: `hosts` (a
+    ROUTE's relays), the smarthosts (unless `mx`), or the MX hosts by preference, shuffled among
+    equals (RFC 5321 5.1). Raises `RouteError`."""
     if not hosts and not mx:
         hosts = cfg.smarthosts()
-    if hosts:
-        return resolve_all([(0, name, port) for name, port in hosts], cfg, "no usable smarthost")
     literal = address_literal(domain)
-    if literal is not None:
+    if hosts:
+        candidates, none = [(0, name, port) for name, port in hosts], "no usable smarthost"
+    elif literal is not None:
         import ipaddress
 
         version: int = 0
@@ -123,25 +102,21 @@ def targets_for(
         if version != (6 if domain[1:6].lower() == "ipv6:" else 4):
             raise RouteError(f"invalid address literal {domain}", permanent=True)
         return [Target(literal, [literal], 25)]
-    import random
+    else:
+        import random
 
-    exchanges = mx_hosts(domain, cfg)
-    random.shuffle(exchanges)
-    exchanges.sort(key=lambda pref_host: pref_host[0])
-    return resolve_all([(pref, host, 25) for pref, host in exchanges], cfg, f"no usable MX host for {domain}")
-
-
-def resolve_all(hosts: list[tuple[int, str, int]], cfg: Config, none: str) -> list[Target]:
-    """Targets for (preference, name, port), skipping names that do not resolve; RouteError if none does."""
+        exchanges = mx_hosts(domain, cfg)
+        random.shuffle(exchanges)
+        exchanges.sort(key=lambda pref_host: pref_host[0])
+        candidates, none = [(pref, host, 25) for pref, host in exchanges], f"no usable MX host for {domain}"
     targets: list[Target] = []
     failures: list[str] = []
-    for preference, host, port in hosts:
+    for preference, host, port in candidates:
         try:
             targets.append(Target(host, resolve_host(host, cfg, port), port, preference))
         except RouteError as e:
             failures.append(str(e))
-    if not targets:
-        # Retry: a lame MX host or smarthost may come back (C dma does the same).
+    if not targets:  # retry: a lame MX host or smarthost may come back (as C dma)
         raise RouteError("; ".join(failures) or none, permanent=False)
     return targets
 
@@ -176,16 +151,15 @@ def mx_hosts(domain: str, cfg: Config) -> list[tuple[int, str]]:
     except dns.exception.DNSException as e:
         raise RouteError(f"DNS lookup of {domain} failed: {e}", permanent=False) from None
     records = [(int(r.preference), r.exchange.to_text(omit_final_dot=True)) for r in answer]
-    if any(host in ("", ".") for _, host in records):
-        # RFC 7505 null MX: the domain accepts no mail at all.
+    if any(host in ("", ".") for _, host in records):  # RFC 7505 null MX: the domain takes no mail
         raise RouteError(f"domain {domain} does not accept mail (null MX)", permanent=True)
     return records
 
 
 def resolve_host(host: str, cfg: Config, port: int) -> list[str]:
-    """IPv6 and IPv4 addresses of `host`. Through the configured DNS servers when there are any,
-    else the system's resolver (which also reads /etc/hosts). Failures are temporary: an
-    unresolvable smarthost must not bounce mail (C dma #30)."""
+    """IPv6 and IPv4 addresses of `host`, through the configured DNS servers, else the system's
+    resolver (which reads /etc/hosts too). Failures are temporary: an unresolvable smarthost must
+    not bounce mail (C dma #30)."""
     literal = address_literal(f"[{host}]") if ":" in host or host.replace(".", "").isdigit() else None
     if literal is not None:
         return [literal]
