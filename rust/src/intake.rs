@@ -614,4 +614,19 @@ mod tests {
         }
         assert!(parse_envelope(b"Sender: \xff\nRecipient: b@y\n").is_err());
     }
+
+    #[test]
+    fn what_commit_drop_writes_reads_back() {
+        let dir = crate::test_util::tempdir("envelope");
+        let mut incoming = crate::spool::Incoming::create(&dir, true, None).unwrap();
+        incoming.receive(&b"x\n"[..], &VERBATIM).unwrap();
+        incoming.dsn = "NOTIFY=NEVER RET=HDRS".into();
+        let recipients = vec!["b@y".to_owned(), "\"c d\"@z".to_owned()];
+        let id = incoming.commit_drop("", &recipients).unwrap();
+        let text = std::fs::read(dir.join(format!("E{id}"))).unwrap();
+        assert_eq!(
+            parse_envelope(&text).unwrap(),
+            (String::new(), recipients, "NOTIFY=NEVER RET=HDRS".into())
+        );
+    }
 }
