@@ -2,29 +2,26 @@
 //! Each function must never panic, whatever the input; the assertions are the properties.
 
 use _native::intake::{copy_message, IntakeOptions};
-use _native::reply::{clean_text, enhanced_code, Extensions, ReplyParser};
-use _native::smtp::DataEncoder;
+use _native::reply::{clean_text, enhanced_code, Extensions, Reply};
+use _native::smtp::encode;
 use _native::spool::Entry;
 
 const LINE_LIMIT: usize = 998;
 
 /// SMTP replies from a hostile server, line by line (LF-split, as the reader delivers them).
 pub fn reply(data: &[u8]) {
-    let mut parser = ReplyParser::new();
-    for line in data.split_inclusive(|&b| b == b'\n') {
-        match parser.push(line) {
-            Ok(Some(reply)) => {
-                assert!((200..600).contains(&reply.code));
-                let text = reply.text();
-                assert!(!text.contains('\r') && !text.contains('\n') || reply.lines.len() > 1);
-                let _ = reply.first_text();
-                let _ = Extensions::parse(&reply);
-                for l in &reply.lines {
-                    assert!(!l.contains('\r') && !l.contains('\n'), "{l:?}");
-                }
+    let mut lines = data.split_inclusive(|&b| b == b'\n');
+    while lines.clone().next().is_some() {
+        let next = || lines.next().map(<[u8]>::to_vec).ok_or_else(|| "end".to_owned());
+        if let Ok(reply) = Reply::read(next) {
+            assert!((200..600).contains(&reply.code));
+            let text = reply.text();
+            assert!(!text.contains('\r') && !text.contains('\n') || reply.lines.len() > 1);
+            let _ = reply.first_text();
+            let _ = Extensions::parse(&reply);
+            for l in &reply.lines {
+                assert!(!l.contains('\r') && !l.contains('\n'), "{l:?}");
             }
-            Ok(None) => {}
-            Err(_) => parser = ReplyParser::new(),
         }
     }
     let text = clean_text(data);
@@ -83,12 +80,13 @@ impl std::io::Read for Chunked<'_> {
 /// The DATA stream for a spooled message, fed in chunks whose size the first byte picks.
 pub fn data_encoder(data: &[u8]) {
     let (step, input) = data.split_first().map_or((1, data), |(f, rest)| (usize::from(*f) + 1, rest));
-    let mut enc = DataEncoder::default();
     let mut out = Vec::new();
-    for chunk in input.chunks(step) {
-        enc.encode(chunk, &mut out);
-    }
-    enc.finish(&mut out);
+    let emit = |chunk: &[u8], _| {
+        out.extend_from_slice(chunk);
+        Ok(())
+    };
+    let facts = encode(&mut Chunked { data: input, step }, |e| e, emit).expect("reading memory");
+    assert!(facts.wire_size <= out.len() as u64);
     assert!(out.ends_with(b".\r\n"));
     let body = &out[..out.len() - 3];
     assert!(body.is_empty() || body.ends_with(b"\r\n"));

@@ -9,20 +9,20 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use md5::Md5;
 
-/// The SASL mechanisms we can speak, in the order we prefer them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// The SASL mechanisms we can speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mechanism {
     /// Only used when the caller asks for it (as XOAUTH2): the secret is then a bearer token.
-    /// The standard one (RFC 7628) first.
     OAuthBearer,
     XOAuth2,
-    /// The password never crosses the wire, so it beats PLAIN even inside TLS.
     CramMd5,
     Plain,
     Login,
 }
 
 impl Mechanism {
+    /// In the order we prefer them: the standard OAuth one (RFC 7628) first; CRAM-MD5 never
+    /// sends the password, so it beats PLAIN even inside TLS.
     pub const ALL: [Mechanism; 5] = [
         Mechanism::OAuthBearer,
         Mechanism::XOAuth2,
@@ -65,74 +65,62 @@ impl FromStr for Mechanism {
 /// The strongest mechanism in `allowed` that the server offers (`offered` as the EHLO
 /// AUTH keywords; compared case-insensitively).
 pub fn choose(offered: &[String], allowed: &[Mechanism]) -> Option<Mechanism> {
-    let mut candidates: Vec<Mechanism> = allowed
-        .iter()
-        .copied()
-        .filter(|m| offered.iter().any(|o| o.eq_ignore_ascii_case(m.name())))
-        .collect();
-    candidates.sort();
-    candidates.first().copied()
+    let offers = |m: &Mechanism| offered.iter().any(|o| o.eq_ignore_ascii_case(m.name()));
+    Mechanism::ALL
+        .into_iter()
+        .find(|m| allowed.contains(m) && offers(m))
 }
 
-pub fn b64_encode(data: &[u8]) -> String {
+pub fn b64(data: impl AsRef<[u8]>) -> String {
     STANDARD.encode(data)
 }
 
-/// Decode base64 from a server challenge; surrounding blanks are tolerated.
-pub fn b64_decode(text: &str) -> Result<Vec<u8>, String> {
-    STANDARD
-        .decode(text.trim())
-        .map_err(|e| format!("invalid base64 ({e})"))
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// AUTH PLAIN initial response (RFC 4616) with an empty authorization identity.
 pub fn plain(login: &str, password: &str) -> String {
-    let mut raw = Vec::with_capacity(login.len() + password.len() + 2);
-    raw.push(0);
-    raw.extend_from_slice(login.as_bytes());
-    raw.push(0);
-    raw.extend_from_slice(password.as_bytes());
-    b64_encode(&raw)
-}
-
-/// One AUTH LOGIN step: the user name or the password, base64-encoded.
-pub fn login_step(value: &str) -> String {
-    b64_encode(value.as_bytes())
+    b64(format!("\0{login}\0{password}"))
 }
 
 /// CRAM-MD5 response (RFC 2195): base64 of `login SP hex(HMAC-MD5(password, challenge))`.
 pub fn cram_md5(login: &str, password: &str, challenge_b64: &str) -> Result<String, String> {
-    let challenge = b64_decode(challenge_b64)?;
+    let challenge = STANDARD
+        .decode(challenge_b64.trim())
+        .map_err(|e| format!("invalid base64 ({e})"))?;
     // HMAC accepts keys of any length, so this cannot fail.
     let mut mac = Hmac::<Md5>::new_from_slice(password.as_bytes()).expect("any key length");
     mac.update(&challenge);
-    let digest = mac.finalize().into_bytes();
-    let mut response = format!("{login} ");
-    for byte in digest {
-        response.push_str(&format!("{byte:02x}"));
-    }
-    Ok(b64_encode(response.as_bytes()))
+    Ok(b64(format!("{login} {}", hex(&mac.finalize().into_bytes()))))
 }
 
 /// XOAUTH2 initial response (Google's SASL profile for OAuth 2.0 bearer tokens).
 pub fn xoauth2(login: &str, token: &str) -> String {
-    b64_encode(format!("user={login}\x01auth=Bearer {token}\x01\x01").as_bytes())
+    b64(format!("user={login}\x01auth=Bearer {token}\x01\x01"))
 }
 
 /// OAUTHBEARER initial response (RFC 7628): a GS2 header naming the user (`,` and `=` escaped
 /// as RFC 5801 says), then the host, port and bearer token as ^A-separated pairs.
 pub fn oauthbearer(login: &str, host: &str, port: u16, token: &str) -> String {
     let user = login.replace('=', "=3D").replace(',', "=2C");
-    b64_encode(format!("n,a={user},\x01host={host}\x01port={port}\x01auth=Bearer {token}\x01\x01").as_bytes())
+    b64(format!(
+        "n,a={user},\x01host={host}\x01port={port}\x01auth=Bearer {token}\x01\x01"
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn b64_decode(text: &str) -> Vec<u8> {
+        STANDARD.decode(text).unwrap()
+    }
+
     #[test]
     fn cram_md5_rfc2195_example() {
-        let challenge = b64_encode(b"<1896.697170952@postoffice.reston.mci.net>");
+        let challenge = b64(b"<1896.697170952@postoffice.reston.mci.net>");
         assert_eq!(
             cram_md5("tim", "tanstaaftanstaaf", &challenge).unwrap(),
             "dGltIGI5MTNhNjAyYzdlZGE3YTQ5NWI0ZTZlNzMzNGQzODkw"
@@ -148,7 +136,7 @@ mod tests {
     fn plain_rfc4616_examples() {
         // RFC 4616 section 4: "\0tim\0tanstaaftanstaaf" (empty authzid).
         assert_eq!(
-            b64_decode(&plain("tim", "tanstaaftanstaaf")).unwrap(),
+            b64_decode(&plain("tim", "tanstaaftanstaaf")),
             b"\0tim\0tanstaaftanstaaf"
         );
         assert_eq!(plain("tim", "tanstaaftanstaaf"), "AHRpbQB0YW5zdGFhZnRhbnN0YWFm");
@@ -156,8 +144,9 @@ mod tests {
 
     #[test]
     fn login_steps() {
-        assert_eq!(login_step("tim"), "dGlt");
-        assert_eq!(login_step(""), "");
+        assert_eq!(b64("tim"), "dGlt");
+        assert_eq!(b64(""), "");
+        assert_eq!(hex(&[0, 0xab, 0x7f]), "00ab7f");
     }
 
     #[test]
@@ -181,8 +170,7 @@ mod tests {
             "server.example.com",
             587,
             "vF9dft4q",
-        ))
-        .unwrap();
+        ));
         assert_eq!(
             raw,
             b"n,a=u=2Cser@example.com,\x01host=server.example.com\x01port=587\x01auth=Bearer vF9dft4q\x01\x01"

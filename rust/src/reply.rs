@@ -1,9 +1,6 @@
-//! SMTP reply parsing (RFC 5321 section 4.2, RFC 3463 enhanced codes) and the EHLO keyword
-//! list. Pure functions over byte lines: the session in `smtp` does the reading and caps a
-//! single line; this module caps a whole reply, so a server that never ends its greeting
-//! fails cleanly instead of filling memory.
-
-use std::fmt;
+//! SMTP replies (RFC 5321 section 4.2, RFC 3463 enhanced codes) and the EHLO keyword list. The
+//! session in `smtp` reads the lines and caps each one; `Reply::read` caps the whole reply, so
+//! a server that never ends its greeting fails cleanly instead of filling memory.
 
 /// Most lines a reply may have; a real EHLO reply has about 15.
 pub const MAX_REPLY_LINES: usize = 500;
@@ -22,137 +19,83 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Read one whole reply, `next_line` giving each raw line (its CR/LF are stripped). Every
+    /// error is a temporary failure.
+    pub fn read(mut next_line: impl FnMut() -> Result<Vec<u8>, String>) -> Result<Reply, String> {
+        let (mut first, mut lines, mut bytes) = (None, Vec::new(), 0);
+        loop {
+            let raw = next_line()?;
+            let end = raw
+                .iter()
+                .rposition(|b| !b"\r\n".contains(b))
+                .map_or(0, |i| i + 1);
+            let line = &raw[..end];
+            bytes += line.len();
+            if lines.len() >= MAX_REPLY_LINES || bytes > MAX_REPLY_BYTES {
+                return Err(format!(
+                    "reply too long (over {MAX_REPLY_LINES} lines or {MAX_REPLY_BYTES} bytes)"
+                ));
+            }
+            let malformed = || {
+                format!(
+                    "malformed reply line {:?}",
+                    clean_text(&line[..line.len().min(80)])
+                )
+            };
+            let code = parse_code(line).ok_or_else(malformed)?;
+            let last = match line.get(3) {
+                None | Some(b' ') => true,
+                Some(b'-') => false,
+                Some(_) => return Err(malformed()),
+            };
+            if *first.get_or_insert(code) != code {
+                return Err(malformed());
+            }
+            lines.push(clean_text(line.get(4..).unwrap_or_default()));
+            if last {
+                let enhanced = enhanced_code(&lines[0]);
+                return Ok(Reply {
+                    code,
+                    enhanced,
+                    lines,
+                });
+            }
+        }
+    }
+
     pub fn class(&self) -> u16 {
         self.code / 100
     }
 
     /// The text on one line, without the enhanced code, for logs and outcomes.
     pub fn text(&self) -> String {
-        let stripped = self.lines.iter().map(|line| match &self.enhanced {
-            Some(code) => line
-                .strip_prefix(code.as_str())
-                .map(str::trim_start)
-                .unwrap_or(line),
-            None => line,
-        });
-        let parts: Vec<&str> = stripped.map(str::trim).filter(|s| !s.is_empty()).collect();
-        parts.join(" ")
+        let code = self.enhanced.as_deref().unwrap_or_default();
+        let parts = self
+            .lines
+            .iter()
+            .map(|l| l.strip_prefix(code).unwrap_or(l).trim());
+        parts.filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ")
     }
 
     /// The first line's raw text (an AUTH challenge).
     pub fn first_text(&self) -> &str {
-        self.lines.first().map(String::as_str).unwrap_or("")
+        self.lines.first().map_or("", String::as_str)
     }
-}
-
-impl fmt::Display for Reply {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.code)?;
-        if let Some(enhanced) = &self.enhanced {
-            write!(f, " {enhanced}")?;
-        }
-        let text = self.text();
-        if !text.is_empty() {
-            write!(f, " {text}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Why a reply could not be parsed. All of these are temporary failures.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplyError {
-    Malformed(String),
-    TooLong,
-}
-
-impl fmt::Display for ReplyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ReplyError::Malformed(line) => write!(f, "malformed reply line {line:?}"),
-            ReplyError::TooLong => write!(
-                f,
-                "reply too long (over {MAX_REPLY_LINES} lines or {MAX_REPLY_BYTES} bytes)"
-            ),
-        }
-    }
-}
-
-/// Accumulates the lines of one reply.
-#[derive(Debug, Default)]
-pub struct ReplyParser {
-    code: Option<u16>,
-    lines: Vec<String>,
-    bytes: usize,
-}
-
-impl ReplyParser {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Feed one line (CRLF or LF already removed or not: trailing CR/LF are stripped).
-    /// Returns the reply once its last line (`NNN ` or a bare `NNN`) arrives.
-    pub fn push(&mut self, raw: &[u8]) -> Result<Option<Reply>, ReplyError> {
-        let line = trim_eol(raw);
-        self.bytes += line.len();
-        if self.lines.len() >= MAX_REPLY_LINES || self.bytes > MAX_REPLY_BYTES {
-            return Err(ReplyError::TooLong);
-        }
-        let malformed = || ReplyError::Malformed(clean_text(&line[..line.len().min(80)]));
-        let code = parse_code(line).ok_or_else(malformed)?;
-        if self.code.is_some_and(|c| c != code) {
-            return Err(malformed());
-        }
-        self.code = Some(code);
-        let last = match line.get(3) {
-            None | Some(b' ') => true,
-            Some(b'-') => false,
-            Some(_) => return Err(malformed()),
-        };
-        self.lines.push(clean_text(line.get(4..).unwrap_or_default()));
-        if !last {
-            return Ok(None);
-        }
-        let lines = std::mem::take(&mut self.lines);
-        let enhanced = lines.first().and_then(|l| enhanced_code(l));
-        self.code = None;
-        self.bytes = 0;
-        Ok(Some(Reply {
-            code,
-            enhanced,
-            lines,
-        }))
-    }
-}
-
-fn trim_eol(mut line: &[u8]) -> &[u8] {
-    while let [rest @ .., b'\r' | b'\n'] = line {
-        line = rest;
-    }
-    line
 }
 
 /// Three digits, the first 2 to 5 (RFC 5321 4.2: 1yz is not used in SMTP).
 fn parse_code(line: &[u8]) -> Option<u16> {
-    match line.get(..3)? {
-        [a @ b'2'..=b'5', b @ b'0'..=b'9', c @ b'0'..=b'9'] => {
-            Some(u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0'))
-        }
-        _ => None,
-    }
+    let digits = line.get(..3).filter(|d| d.iter().all(u8::is_ascii_digit))?;
+    let code = digits.iter().fold(0, |n, d| n * 10 + u16::from(d - b'0'));
+    (200..600).contains(&code).then_some(code)
 }
 
 /// `class.subject.detail` (RFC 3463) at the start of `text`, followed by a blank or the end.
 pub fn enhanced_code(text: &str) -> Option<String> {
     let word = text.split(' ').next()?;
-    let mut parts = word.split('.');
-    let class = parts.next()?;
-    let subject = parts.next()?;
-    let detail = parts.next()?;
-    let number = |s: &str| !s.is_empty() && s.len() <= 3 && s.bytes().all(|b| b.is_ascii_digit());
-    let valid =
-        matches!(class, "2" | "4" | "5") && number(subject) && number(detail) && parts.next().is_none();
+    let parts: Vec<&str> = word.split('.').collect();
+    let number = |s: &&str| (1..=3).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+    let valid = parts.len() == 3 && matches!(parts[0], "2" | "4" | "5") && parts[1..].iter().all(number);
     valid.then(|| word.to_owned())
 }
 
@@ -182,24 +125,14 @@ impl Extensions {
         for line in reply.lines.iter().skip(1) {
             let mut words = line.split_whitespace();
             let Some(first) = words.next() else { continue };
-            let (keyword, inline) = match first.split_once('=') {
-                Some((k, v)) => (k.to_ascii_uppercase(), Some(v)),
-                None => (first.to_ascii_uppercase(), None),
-            };
-            let params: Vec<&str> = inline.into_iter().chain(words).collect();
+            let (keyword, inline) = first.split_once('=').map_or((first, None), |(k, v)| (k, Some(v)));
+            let keyword = keyword.to_ascii_uppercase();
+            let mut params = inline.into_iter().chain(words);
             match keyword.as_str() {
-                "AUTH" => ext.auth.extend(
-                    params
-                        .iter()
-                        .map(|m| m.to_ascii_uppercase())
-                        .filter(|m| !m.is_empty()),
-                ),
-                "SIZE" => {
-                    ext.size_limit = params
-                        .first()
-                        .and_then(|n| n.parse::<u64>().ok())
-                        .filter(|&n| n > 0);
-                }
+                "AUTH" => ext
+                    .auth
+                    .extend(params.filter(|m| !m.is_empty()).map(str::to_ascii_uppercase)),
+                "SIZE" => ext.size_limit = params.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0),
                 _ => {}
             }
             if !ext.keywords.contains(&keyword) {
@@ -219,13 +152,16 @@ impl Extensions {
 mod tests {
     use super::*;
 
-    fn parse_all(input: &[&[u8]]) -> Result<Vec<Reply>, ReplyError> {
-        let mut parser = ReplyParser::new();
+    fn parse_all(input: &[&[u8]]) -> Result<Vec<Reply>, String> {
+        let mut lines = input.iter();
         let mut replies = Vec::new();
-        for line in input {
-            if let Some(reply) = parser.push(line)? {
-                replies.push(reply);
-            }
+        while lines.len() > 0 {
+            replies.push(Reply::read(|| {
+                lines
+                    .next()
+                    .map(|l| l.to_vec())
+                    .ok_or_else(|| "end of input".to_owned())
+            })?);
         }
         Ok(replies)
     }
@@ -252,7 +188,6 @@ mod tests {
         let r = parse_all(&[b"550-5.1.1 no such user\r\n", b"550 5.1.1 see docs\r\n"]).unwrap();
         assert_eq!(r[0].enhanced.as_deref(), Some("5.1.1"));
         assert_eq!(r[0].text(), "no such user see docs");
-        assert_eq!(r[0].to_string(), "550 5.1.1 no such user see docs");
         assert_eq!(enhanced_code("2.0.0 ok"), Some("2.0.0".into()));
         assert_eq!(enhanced_code("2.0.0"), Some("2.0.0".into()));
         assert_eq!(enhanced_code("3.0.0 x"), None);
@@ -272,10 +207,8 @@ mod tests {
             b"250x\r\n",
             b"\r\n",
         ] {
-            assert!(
-                matches!(parse_all(&[bad]), Err(ReplyError::Malformed(_))),
-                "{bad:?}"
-            );
+            let err = parse_all(&[bad]).unwrap_err();
+            assert!(err.starts_with("malformed reply line"), "{bad:?}: {err}");
         }
         // A continuation line with another code.
         assert!(parse_all(&[b"250-a\r\n", b"251 b\r\n"]).is_err());
@@ -289,19 +222,11 @@ mod tests {
 
     #[test]
     fn endless_reply_is_capped() {
-        let mut parser = ReplyParser::new();
-        let mut result = Ok(None);
-        for _ in 0..=MAX_REPLY_LINES {
-            result = parser.push(b"220-still talking\r\n");
-            if result.is_err() {
-                break;
-            }
-        }
-        assert_eq!(result, Err(ReplyError::TooLong));
-        let mut parser = ReplyParser::new();
+        let err = Reply::read(|| Ok(b"220-still talking\r\n".to_vec())).unwrap_err();
+        assert!(err.starts_with("reply too long"), "{err}");
         let long = [b"220-".as_slice(), &[b'x'; 4000]].concat();
-        let err = (0..20).find_map(|_| parser.push(&long).err());
-        assert_eq!(err, Some(ReplyError::TooLong));
+        let err = Reply::read(|| Ok(long.clone())).unwrap_err();
+        assert!(err.starts_with("reply too long"), "{err}");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! verify against roots (`VERIFYCERT`), no verification (the default), and a pinned leaf
 //! fingerprint (`FINGERPRINT`, optionally combined with root verification).
 
+use std::env::var_os;
+use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -16,8 +18,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 
+use crate::auth::hex;
+
 /// How the peer's certificate is checked. Signatures over the handshake are always verified.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TlsPolicy {
     /// Check the chain against the system roots (plus `ca_file`) and the host name or IP.
     pub verify: bool,
@@ -53,9 +57,15 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
 /// and environment they were read from) so that connections share rustls's session cache and
 /// the system roots are not parsed again for every connection.
 pub fn client_config(policy: &TlsPolicy) -> Result<Arc<ClientConfig>, String> {
-    static CACHE: Mutex<Vec<(CacheKey, Arc<ClientConfig>)>> = Mutex::new(Vec::new());
-    let key = CacheKey::new(policy);
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    type Key = (TlsPolicy, [Option<OsString>; 2], [Option<SystemTime>; 2]);
+    static CACHE: Mutex<Vec<(Key, Arc<ClientConfig>)>> = Mutex::new(Vec::new());
+    let mtime = |p: &Option<PathBuf>| p.as_ref().and_then(|p| p.metadata().ok()?.modified().ok());
+    let key = (
+        policy.clone(),
+        [var_os("SSL_CERT_FILE"), var_os("SSL_CERT_DIR")],
+        [mtime(&policy.ca_file), mtime(&policy.client_cert)],
+    );
+    let mut cache = CACHE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some((_, config)) = cache.iter().find(|(k, _)| *k == key) {
         return Ok(config.clone());
     }
@@ -67,39 +77,12 @@ pub fn client_config(policy: &TlsPolicy) -> Result<Arc<ClientConfig>, String> {
     Ok(config)
 }
 
-#[derive(PartialEq, Eq)]
-struct CacheKey {
-    policy: TlsPolicy,
-    env: [Option<std::ffi::OsString>; 2],
-    mtimes: [Option<SystemTime>; 2],
-}
-
-impl CacheKey {
-    fn new(policy: &TlsPolicy) -> Self {
-        let mtime = |p: &Option<PathBuf>| {
-            p.as_ref()
-                .and_then(|p| std::fs::metadata(p).ok())
-                .and_then(|m| m.modified().ok())
-        };
-        CacheKey {
-            policy: policy.clone(),
-            env: [
-                std::env::var_os("SSL_CERT_FILE"),
-                std::env::var_os("SSL_CERT_DIR"),
-            ],
-            mtimes: [mtime(&policy.ca_file), mtime(&policy.client_cert)],
-        }
-    }
-}
-
 fn build_config(policy: &TlsPolicy) -> Result<ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = if policy.verify {
         let store = Arc::new(root_store(policy.ca_file.as_deref())?);
-        let verifier = WebPkiServerVerifier::builder_with_provider(store, provider.clone())
-            .build()
-            .map_err(|e| format!("cannot build certificate verifier: {e}"))?;
-        Some(verifier)
+        let verifier = WebPkiServerVerifier::builder_with_provider(store, provider.clone()).build();
+        Some(verifier.map_err(|e| format!("cannot build certificate verifier: {e}"))?)
     } else {
         None
     };
@@ -113,18 +96,20 @@ fn build_config(policy: &TlsPolicy) -> Result<ClientConfig, String> {
         .map_err(|e| format!("TLS setup: {e}"))?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
-    match &policy.client_cert {
-        None => Ok(builder.with_no_client_auth()),
-        Some(path) => {
-            let (chain, key) = load_client_cert(path)?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| format!("client certificate {}: {e}", path.display()))
-        }
-    }
+    let Some(path) = &policy.client_cert else {
+        return Ok(builder.with_no_client_auth());
+    };
+    let chain = read_pem_certs(path, "client certificate")?;
+    let key = PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        pem::Error::NoItemsFound => format!("client certificate {}: no private key found", path.display()),
+        e => format!("cannot read {}: {e}", path.display()),
+    })?;
+    builder
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("client certificate {}: {e}", path.display()))
 }
 
-/// System roots (rustls-native-certs honours SSL_CERT_FILE / SSL_CERT_DIR), Mozilla's roots
+/// System roots (rustls-native-certs honours `SSL_CERT_FILE` / `SSL_CERT_DIR`), Mozilla's roots
 /// when the system has none, plus the caller's CA file.
 fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
     let mut store = RootCertStore::empty();
@@ -134,11 +119,7 @@ fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
         store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     }
     if let Some(path) = ca_file {
-        let certs = read_pem_certs(path)?;
-        if certs.is_empty() {
-            return Err(format!("CA file {}: no certificate found", path.display()));
-        }
-        for cert in certs {
+        for cert in read_pem_certs(path, "CA file")? {
             store
                 .add(cert)
                 .map_err(|e| format!("CA file {}: {e}", path.display()))?;
@@ -147,67 +128,46 @@ fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
     Ok(store)
 }
 
-fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// The certificates in a PEM file; none is an error (`what` names the file in it).
+fn read_pem_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let unreadable = |e| format!("cannot read {}: {e}", path.display());
-    CertificateDer::pem_file_iter(path)
+    let certs = CertificateDer::pem_file_iter(path)
         .map_err(unreadable)?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(unreadable)
-}
-
-type ClientIdentity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
-
-fn load_client_cert(path: &Path) -> Result<ClientIdentity, String> {
-    let chain = read_pem_certs(path)?;
-    if chain.is_empty() {
-        return Err(format!(
-            "client certificate {}: no certificate found",
-            path.display()
-        ));
+        .map_err(unreadable)?;
+    if certs.is_empty() {
+        return Err(format!("{what} {}: no certificate found", path.display()));
     }
-    let key = PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
-        pem::Error::NoItemsFound => format!("client certificate {}: no private key found", path.display()),
-        e => format!("cannot read {}: {e}", path.display()),
-    })?;
-    Ok((chain, key))
+    Ok(certs)
 }
 
 /// Lower-case hex SHA-256 of a certificate's DER encoding.
-pub fn sha256_hex(der: &[u8]) -> String {
-    Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect()
+fn sha256_hex(der: &[u8]) -> String {
+    hex(&Sha256::digest(der))
 }
 
 /// Version, cipher suite and leaf fingerprint of an established session.
 pub fn session_info(conn: &ClientConnection) -> TlsInfo {
-    let version = match conn.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
-        Some(other) => format!("{other:?}"),
-        None => "unknown".to_owned(),
-    };
+    // rustls names them `TLSv1_3`, `TLS13_AES_256_GCM_SHA384`...
+    let unknown = || "unknown".to_owned();
+    let version = conn
+        .protocol_version()
+        .map_or_else(unknown, |v| format!("{v:?}").replace('_', "."));
     let cipher = conn
         .negotiated_cipher_suite()
-        .map(|s| {
-            let suite = s.suite();
-            suite
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| format!("{suite:?}"))
-        })
-        .unwrap_or_else(|| "unknown".to_owned());
-    let peer_cert_sha256 = conn
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|leaf| sha256_hex(leaf.as_ref()));
+        .map_or_else(unknown, |s| format!("{:?}", s.suite()));
     TlsInfo {
         version,
         cipher,
-        peer_cert_sha256,
+        peer_cert_sha256: conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| sha256_hex(c)),
         resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
     }
 }
 
-/// Applies `TlsPolicy`: optional WebPKI chain + name check, optional pinned fingerprint, and
+/// Applies `TlsPolicy`: optional `WebPKI` chain + name check, optional pinned fingerprint, and
 /// in every case a real check of the handshake signatures (so "no verification" still means
 /// the peer holds the key of the certificate it showed).
 #[derive(Debug)]
@@ -226,14 +186,10 @@ impl ServerCertVerifier for PolicyVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Some(expected) = &self.fingerprint {
-            let actual: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-            if actual != *expected {
-                return Err(rustls::Error::General(format!(
-                    "certificate fingerprint mismatch: peer presented sha256 {}",
-                    sha256_hex(end_entity.as_ref())
-                )));
-            }
+        let actual = sha256_hex(end_entity);
+        if self.fingerprint.is_some_and(|expected| hex(&expected) != actual) {
+            let text = format!("certificate fingerprint mismatch: peer presented sha256 {actual}");
+            return Err(rustls::Error::General(text));
         }
         if let Some(roots) = &self.roots {
             roots.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;

@@ -1,266 +1,227 @@
-//! The connection under a session: the socket, plain or inside rustls, with our own read
-//! buffer, replies read whole within a deadline, and the switch to TLS.
+//! The connection under a session: connect, the socket, plain or inside rustls, whole replies
+//! read within a deadline, the switch to TLS, and QUIT. Another `impl Session` block.
 
-use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::{ClientConfig, ClientConnection, StreamOwned};
+use rustls::{ClientConfig, ClientConnection};
 
-use super::{CHUNK, MAX_LINE};
-use crate::reply::{clean_text, Reply, ReplyError, ReplyParser};
+use super::session::Session;
+use super::{Outcome, SessionConfig, Stage, MAX_LINE, QUIT_WAIT};
+use crate::reply::{clean_text, Reply};
 use crate::tls::{self, TlsInfo};
 
-pub(super) enum Stream {
-    Plain(TcpStream),
-    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
-    /// Only while switching to TLS.
-    Gone,
+/// The TCP socket, whose reads all end by `deadline`: a handshake or reply trickled a byte at
+/// a time cannot outlast it (a timeout per read would restart with every byte).
+struct Socket {
+    tcp: TcpStream,
+    deadline: Instant,
 }
 
-impl Stream {
-    fn tcp(&self) -> Option<&TcpStream> {
-        match self {
-            Stream::Plain(s) => Some(s),
-            Stream::Tls(s) => Some(s.get_ref()),
-            Stream::Gone => None,
-        }
-    }
-
-    fn io(&mut self) -> io::Result<&mut dyn ReadWrite> {
-        match self {
-            Stream::Plain(s) => Ok(s),
-            Stream::Tls(s) => Ok(s.as_mut()),
-            Stream::Gone => Err(io::ErrorKind::NotConnected.into()),
-        }
-    }
-}
-
-/// A socket whose reads all end by one deadline: a handshake trickled a byte at a time cannot
-/// outlast it (a timeout per read would restart with every byte).
-struct Timed<'a>(&'a mut TcpStream, Instant);
-
-impl Read for Timed<'_> {
+impl Read for Socket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.1.saturating_duration_since(Instant::now());
+        let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
         }
-        self.0.set_read_timeout(Some(left))?;
-        self.0.read(buf)
+        self.tcp.set_read_timeout(Some(left))?;
+        self.tcp.read(buf)
     }
 }
 
-impl Write for Timed<'_> {
+impl Write for Socket {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
+        self.tcp.write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
+        self.tcp.flush()
     }
 }
 
-trait ReadWrite: Read + Write {}
-impl<T: Read + Write> ReadWrite for T {}
-
-/// Why the connection stopped being usable.
-#[derive(Debug)]
-pub(super) enum ConnError {
-    Timeout,
-    Closed,
-    LineTooLong,
-    Reply(ReplyError),
-    Io(io::Error),
+/// The socket, and rustls over it once TLS is up. Only reads go through `Read` (for the
+/// `BufReader`); `Session::write` writes.
+pub(super) struct Stream {
+    sock: Socket,
+    tls: Option<ClientConnection>,
 }
 
-impl ConnError {
-    fn from_io(err: io::Error) -> Self {
-        match err.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ConnError::Timeout,
-            io::ErrorKind::UnexpectedEof => ConnError::Closed,
-            _ => ConnError::Io(err),
-        }
-    }
-
-    pub(super) fn describe(&self, timeout: Duration) -> String {
-        match self {
-            ConnError::Timeout => format!("timeout ({} s) waiting for the server", timeout.as_secs_f64()),
-            ConnError::Closed => "connection closed by the server".to_owned(),
-            ConnError::LineTooLong => format!("reply line longer than {MAX_LINE} bytes"),
-            ConnError::Reply(e) => e.to_string(),
-            ConnError::Io(e) => format!("connection error: {e}"),
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            Some(tls) => rustls::Stream::new(tls, &mut self.sock).read(buf),
+            None => self.sock.read(buf),
         }
     }
 }
 
-/// A socket with our own read buffer (so the bytes buffered before STARTTLS can be thrown
-/// away) and an output buffer that is written in one go per command group.
-pub(super) struct Conn {
-    stream: Stream,
-    rbuf: Box<[u8]>,
-    rstart: usize,
-    rend: usize,
-    pub(super) out: Vec<u8>,
-    timeout: Duration,
-    /// When set, no read may end later than this, however the server trickles its bytes.
-    pub(super) deadline: Option<Instant>,
-    verbose: bool,
-}
-
-impl Conn {
-    pub(super) fn new(stream: Stream, timeout: Duration, verbose: bool) -> Self {
-        Conn {
-            stream,
-            rbuf: vec![0; 4 * MAX_LINE].into_boxed_slice(),
-            rstart: 0,
-            rend: 0,
-            out: Vec::with_capacity(CHUNK),
-            timeout,
-            deadline: None,
-            verbose,
+/// Try each address in turn; a connection failure moves on to the next one.
+pub(super) fn connect(cfg: &SessionConfig) -> Result<(BufReader<Stream>, IpAddr), Outcome> {
+    let mut errors = Vec::new();
+    for &ip in &cfg.addresses {
+        let target = SocketAddr::new(ip, cfg.port);
+        let tcp = TcpStream::connect_timeout(&target, cfg.connect_timeout).and_then(|tcp| {
+            tcp.set_nodelay(true)?;
+            tcp.set_write_timeout(Some(cfg.command_timeout))?;
+            Ok(tcp)
+        });
+        match tcp {
+            Ok(tcp) => {
+                let sock = Socket {
+                    tcp,
+                    deadline: Instant::now(),
+                };
+                return Ok((BufReader::new(Stream { sock, tls: None }), ip));
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => {
+                let wait = cfg.connect_timeout.as_secs_f64();
+                errors.push(format!("{target}: connect timeout ({wait} s)"));
+            }
+            Err(e) => errors.push(format!("{target}: {e}")),
         }
     }
+    if errors.is_empty() {
+        errors.push("no address to connect to".to_owned());
+    }
+    let text = format!("cannot connect to {}: {}", cfg.host, errors.join("; "));
+    Err(Outcome::temporary(Stage::Connect, text))
+}
 
+/// What an I/O error means to the session; `timeout` is the wait that ran out.
+fn describe(err: &io::Error, timeout: Duration) -> String {
+    match err.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            format!("timeout ({} s) waiting for the server", timeout.as_secs_f64())
+        }
+        io::ErrorKind::UnexpectedEof => "connection closed by the server".to_owned(),
+        _ => format!("connection error: {err}"),
+    }
+}
+
+/// The TLS handshake over the socket.
+fn handshake(stream: &mut Stream, config: Arc<ClientConfig>, host: &str) -> Result<TlsInfo, String> {
+    let mut tls =
+        ClientConnection::new(config, tls::server_name(host)?).map_err(|e| format!("TLS setup: {e}"))?;
+    while tls.is_handshaking() {
+        if let Err(err) = tls.complete_io(&mut stream.sock) {
+            // Let the server know why (rustls queues an alert), then give up.
+            let _ = tls.write_tls(&mut stream.sock);
+            return Err(match err.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                    "timeout during the TLS handshake".to_owned()
+                }
+                io::ErrorKind::UnexpectedEof => "connection closed during the TLS handshake".to_owned(),
+                _ => format!("TLS handshake failed: {err}"),
+            });
+        }
+    }
+    let info = tls::session_info(&tls);
+    stream.tls = Some(tls);
+    Ok(info)
+}
+
+impl Session {
     pub(super) fn trace(&self, prefix: &str, text: &str) {
-        if self.verbose {
+        if self.cfg.verbose {
             // Straight to fd 2; a closed stderr must not break delivery.
             let _ = writeln!(io::stderr().lock(), "{prefix}{text}");
         }
     }
 
-    pub(super) fn queue(&mut self, line: &str) {
-        self.trace(">>> ", line);
-        self.queue_raw(line);
+    /// Every read from now on, until the next call, ends within `wait` in all.
+    pub(super) fn start_clock(&mut self, wait: Duration) {
+        self.reader.get_mut().sock.deadline = Instant::now() + wait;
     }
 
-    /// Queue a line carrying credentials; the transcript shows `shown` instead.
-    pub(super) fn queue_secret(&mut self, line: &str, shown: &str) {
+    /// The connection failed (`err` says how): it is dead.
+    pub(super) fn conn_failure(&mut self, stage: Stage, err: &str) -> Outcome {
+        self.dead = true;
+        let text = format!("{}: {err} during {}", self.cfg.host, stage.as_str());
+        Outcome::temporary(stage, text)
+    }
+
+    /// Queue a command line; the transcript shows `shown` (credentials hidden).
+    pub(super) fn queue(&mut self, line: &str, shown: &str) {
         self.trace(">>> ", shown);
-        self.queue_raw(line);
-    }
-
-    fn queue_raw(&mut self, line: &str) {
         self.out.extend_from_slice(line.as_bytes());
         self.out.extend_from_slice(b"\r\n");
     }
 
-    pub(super) fn flush(&mut self) -> Result<(), ConnError> {
-        let io = self.stream.io().map_err(ConnError::Io)?;
-        let result = io.write_all(&self.out).and_then(|()| io.flush());
-        self.out.clear();
-        result.map_err(ConnError::from_io)
-    }
-
-    pub(super) fn command(&mut self, line: &str) -> Result<Reply, ConnError> {
-        self.queue(line);
-        self.flush()?;
-        self.read_reply()
-    }
-
-    pub(super) fn read_reply(&mut self) -> Result<Reply, ConnError> {
-        self.read_reply_within(self.timeout)
-    }
-
-    /// One whole reply, which must complete within `wait` however the server trickles it.
-    pub(super) fn read_reply_within(&mut self, wait: Duration) -> Result<Reply, ConnError> {
-        let mut deadline = Instant::now() + wait;
-        deadline = self.deadline.map_or(deadline, |d| d.min(deadline));
-        let mut parser = ReplyParser::new();
-        loop {
-            let line = self.read_line(deadline)?;
-            self.trace("<<< ", &clean_text(line.trim_ascii_end()));
-            if let Some(reply) = parser.push(&line).map_err(ConnError::Reply)? {
-                return Ok(reply);
+    /// Write what is queued, then `bytes`.
+    pub(super) fn write(&mut self, stage: Stage, bytes: &[u8]) -> Result<(), Outcome> {
+        self.out.extend_from_slice(bytes);
+        let stream = self.reader.get_mut();
+        let result = match &mut stream.tls {
+            Some(tls) => {
+                let mut tls = rustls::Stream::new(tls, &mut stream.sock);
+                tls.write_all(&self.out).and_then(|()| tls.flush())
             }
-        }
-    }
-
-    fn read_line(&mut self, deadline: Instant) -> Result<Vec<u8>, ConnError> {
-        loop {
-            let pending = &self.rbuf[self.rstart..self.rend];
-            if let Some(pos) = pending.iter().position(|&b| b == b'\n') {
-                let line = pending[..=pos].to_vec();
-                self.rstart += pos + 1;
-                return Ok(line);
-            }
-            if pending.len() >= MAX_LINE {
-                return Err(ConnError::LineTooLong);
-            }
-            self.rbuf.copy_within(self.rstart..self.rend, 0);
-            self.rend -= self.rstart;
-            self.rstart = 0;
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ConnError::Timeout);
-            }
-            if let Some(tcp) = self.stream.tcp() {
-                tcp.set_read_timeout(Some(left)).map_err(ConnError::Io)?;
-            }
-            let n = loop {
-                match self.stream.io().and_then(|s| s.read(&mut self.rbuf[self.rend..])) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    other => break other.map_err(ConnError::from_io)?,
-                }
-            };
-            if n == 0 {
-                return Err(ConnError::Closed);
-            }
-            self.rend += n;
-        }
-    }
-
-    /// Bytes the server sent that we have not read as replies yet.
-    pub(super) fn discard_buffered(&mut self) -> usize {
-        let n = self.rend - self.rstart;
-        self.rstart = 0;
-        self.rend = 0;
-        n
-    }
-
-    /// Wrap the socket in TLS and finish the handshake. Any bytes read before this point
-    /// must already be discarded: they came over the unprotected channel.
-    pub(super) fn start_tls(
-        &mut self,
-        config: Arc<ClientConfig>,
-        host: &str,
-        deadline: Option<Instant>,
-    ) -> Result<TlsInfo, String> {
-        let Stream::Plain(mut sock) = std::mem::replace(&mut self.stream, Stream::Gone) else {
-            return Err("TLS is already active".to_owned());
+            None => stream.sock.tcp.write_all(&self.out),
         };
-        let name = tls::server_name(host)?;
-        let mut tls = ClientConnection::new(config, name).map_err(|e| format!("TLS setup: {e}"))?;
-        let deadline = deadline.unwrap_or_else(|| Instant::now() + self.timeout);
-        while tls.is_handshaking() {
-            let mut timed = Timed(&mut sock, deadline);
-            if let Err(err) = tls.complete_io(&mut timed) {
-                // Let the server know why (rustls queues an alert), then give up.
-                let _ = tls.write_tls(&mut sock);
-                return Err(match ConnError::from_io(err) {
-                    ConnError::Timeout => "timeout during the TLS handshake".to_owned(),
-                    ConnError::Closed => "connection closed during the TLS handshake".to_owned(),
-                    ConnError::Io(e) => format!("TLS handshake failed: {e}"),
-                    other => other.describe(self.timeout),
-                });
+        self.out.clear();
+        result.map_err(|e| self.conn_failure(stage, &describe(&e, self.cfg.command_timeout)))
+    }
+
+    /// One whole reply, within the clock's deadline.
+    pub(super) fn read_reply(&mut self, stage: Stage) -> Result<Reply, Outcome> {
+        Reply::read(|| self.read_line()).map_err(|e| self.conn_failure(stage, &e))
+    }
+
+    fn read_line(&mut self) -> Result<Vec<u8>, String> {
+        let mut line = Vec::new();
+        let mut limited = (&mut self.reader).take(MAX_LINE as u64);
+        limited
+            .read_until(b'\n', &mut line)
+            .map_err(|e| describe(&e, self.cfg.command_timeout))?;
+        if !line.ends_with(b"\n") {
+            return Err(if line.len() == MAX_LINE {
+                format!("reply line longer than {MAX_LINE} bytes")
+            } else {
+                "connection closed by the server".to_owned()
+            });
+        }
+        self.trace("<<< ", &clean_text(line.trim_ascii_end()));
+        Ok(line)
+    }
+
+    /// Wrap the connection in TLS. Whatever the server sent before in clear text (after a
+    /// STARTTLS reply: an injection attempt or a broken server) is not from the TLS peer:
+    /// thrown away unread.
+    pub(super) fn start_tls(&mut self) -> Result<(), Outcome> {
+        let stray = self.reader.buffer().len();
+        if stray > 0 {
+            let text = format!("discarded {stray} bytes received after the STARTTLS reply");
+            self.trace("*** ", &text);
+            self.reader.consume(stray);
+        }
+        let config = self.tls_config.clone().expect("TLS config built for TLS modes");
+        let info = handshake(self.reader.get_mut(), config, &self.cfg.host).map_err(|e| {
+            self.dead = true;
+            Outcome::temporary(Stage::Tls, format!("{}: {e}", self.cfg.host))
+        })?;
+        self.trace("*** ", &format!("TLS {} {}", info.version, info.cipher));
+        self.tls_info = Some(info);
+        Ok(())
+    }
+
+    /// QUIT and wait a little for its reply, which is only logged; then `close_notify` when
+    /// TLS is up (the socket closes when the session is dropped).
+    pub(super) fn quit(&mut self) {
+        if !self.dead {
+            self.queue("QUIT", "QUIT");
+            // Failures here are never reported: any stage will do.
+            if self.write(Stage::Mail, &[]).is_ok() {
+                self.start_clock(QUIT_WAIT.min(self.cfg.command_timeout));
+                let _ = self.read_reply(Stage::Mail);
             }
+            self.dead = true;
         }
-        let info = tls::session_info(&tls);
-        self.stream = Stream::Tls(Box::new(StreamOwned::new(tls, sock)));
-        Ok(info)
-    }
-
-    pub(super) fn is_tls(&self) -> bool {
-        matches!(self.stream, Stream::Tls(_))
-    }
-
-    /// Send close_notify when TLS is up, then drop the socket.
-    pub(super) fn close(&mut self) {
-        if let Stream::Tls(s) = &mut self.stream {
-            s.conn.send_close_notify();
-            let _ = s.conn.complete_io(&mut s.sock);
+        let stream = self.reader.get_mut();
+        if let Some(tls) = &mut stream.tls {
+            tls.send_close_notify();
+            let _ = tls.complete_io(&mut stream.sock);
         }
-        self.stream = Stream::Gone;
     }
 }

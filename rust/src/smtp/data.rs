@@ -1,13 +1,11 @@
-//! The message on the wire: the facts MAIL FROM needs (size, 8-bit) and the DATA encoding.
+//! The message on the wire: the DATA encoding, and the facts MAIL FROM needs (size, 8-bit).
 
-use std::fs::File;
-use std::io::{self, Read, Seek};
-use std::path::Path;
+use std::io::{self, Read};
 
 use super::CHUNK;
 
 /// Longest line on the wire, CRLF excluded (RFC 5321 4.5.3.1.6).
-pub const LINE_LIMIT: usize = 998;
+const LINE_LIMIT: usize = 998;
 
 /// Facts about a message that MAIL FROM needs before the body is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,19 +17,15 @@ pub struct MessageFacts {
     pub eight_bit: bool,
 }
 
-/// Open the message and scan it once (the second read, for DATA, comes from the page
-/// cache). The returned file is rewound.
-pub(super) fn open_message(path: &Path) -> io::Result<(File, MessageFacts)> {
-    let mut file = File::open(path)?;
-    let facts = scan(&mut file)?;
-    file.rewind()?;
-    Ok((file, facts))
-}
-
-pub fn scan(input: &mut impl Read) -> io::Result<MessageFacts> {
+/// Run the message through the DATA encoding, handing `emit` each encoded chunk of about
+/// `CHUNK` octets, and then the rest with the final dot (`last`).
+pub fn encode<E>(
+    input: &mut impl Read,
+    read_error: impl FnOnce(io::Error) -> E,
+    mut emit: impl FnMut(&[u8], bool) -> Result<(), E>,
+) -> Result<MessageFacts, E> {
     let mut encoder = DataEncoder::default();
-    let mut chunk = vec![0u8; CHUNK];
-    let mut out = Vec::with_capacity(3 * CHUNK);
+    let (mut chunk, mut out) = (vec![0u8; CHUNK], Vec::with_capacity(3 * CHUNK));
     let mut facts = MessageFacts {
         wire_size: 0,
         eight_bit: false,
@@ -41,16 +35,19 @@ pub fn scan(input: &mut impl Read) -> io::Result<MessageFacts> {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(read_error(e)),
         };
         facts.eight_bit |= !chunk[..n].is_ascii();
         encoder.encode(&chunk[..n], &mut out);
-        facts.wire_size += out.len() as u64;
-        out.clear();
+        if out.len() >= CHUNK {
+            facts.wire_size += out.len() as u64;
+            emit(&out, false)?;
+            out.clear();
+        }
     }
     encoder.finish(&mut out);
-    facts.wire_size += out.len() as u64 - 3;
-    facts.wire_size -= encoder.stuffed;
+    facts.wire_size += out.len() as u64 - 3 - encoder.stuffed;
+    emit(&out, true)?;
     Ok(facts)
 }
 
@@ -59,66 +56,46 @@ pub fn scan(input: &mut impl Read) -> io::Result<MessageFacts> {
 /// dot-stuffing, and lines over 998 octets broken by inserting CRLF SP, as Postfix's
 /// `smtp_line_length_limit` does (least harmful to MIME).
 #[derive(Debug, Default)]
-pub struct DataEncoder {
+struct DataEncoder {
     /// Octets already on the current wire line.
     col: usize,
-    /// The previous input byte was a CR whose line end is not written yet.
-    pending_cr: bool,
+    /// The last byte was a CR, which ended its line already: a LF right after it ends none.
+    after_cr: bool,
     /// Dots added by stuffing, so far.
-    pub stuffed: u64,
+    stuffed: u64,
 }
 
 impl DataEncoder {
-    pub fn encode(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        let mut rest = input;
-        while let Some((&first, tail)) = rest.split_first() {
-            if self.pending_cr {
-                self.pending_cr = false;
-                self.end_line(out);
-                if first == b'\n' {
-                    rest = tail;
-                    continue;
+    fn encode(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        for piece in input.split_inclusive(|&b| b == b'\n' || b == b'\r') {
+            let (text, end) = match piece.split_last() {
+                Some((&end @ (b'\n' | b'\r'), text)) => (text, Some(end)),
+                _ => (piece, None),
+            };
+            self.text(text, out);
+            if let Some(end) = end {
+                if end == b'\r' || !self.after_cr {
+                    out.extend_from_slice(b"\r\n");
+                    self.col = 0;
                 }
-            }
-            match first {
-                b'\n' => {
-                    self.end_line(out);
-                    rest = tail;
-                }
-                b'\r' => {
-                    self.pending_cr = true;
-                    rest = tail;
-                }
-                _ => {
-                    let len = rest
-                        .iter()
-                        .position(|&b| b == b'\n' || b == b'\r')
-                        .unwrap_or(rest.len());
-                    self.text(&rest[..len], out);
-                    rest = &rest[len..];
-                }
+                self.after_cr = end == b'\r';
             }
         }
     }
 
     /// End the last line if it had no line end, and write the terminating dot.
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if self.pending_cr || self.col > 0 {
-            self.end_line(out);
+    fn finish(&self, out: &mut Vec<u8>) {
+        if self.col > 0 {
+            out.extend_from_slice(b"\r\n");
         }
-        self.pending_cr = false;
         out.extend_from_slice(b".\r\n");
-    }
-
-    fn end_line(&mut self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"\r\n");
-        self.col = 0;
     }
 
     /// Line content without CR or LF.
     fn text(&mut self, mut run: &[u8], out: &mut Vec<u8>) {
-        while !run.is_empty() {
-            if self.col == 0 && run[0] == b'.' {
+        while let Some(&first) = run.first() {
+            self.after_cr = false;
+            if self.col == 0 && first == b'.' {
                 out.push(b'.');
                 self.col = 1;
                 self.stuffed += 1;
@@ -202,16 +179,28 @@ mod tests {
         let dotted = [&b"."[..], &vec![b'd'; LINE_LIMIT - 1]].concat();
         let out = encode(&dotted);
         assert!(out.starts_with(b".."));
-        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 3);
+        assert_eq!(out.split(|&b| b == b'\n').count(), 4);
     }
 
     #[test]
-    fn scan_counts_wire_octets() {
+    fn encode_counts_wire_octets() {
+        let facts = |input: &[u8]| {
+            let mut chunks = Vec::new();
+            let facts = super::encode(
+                &mut &input[..],
+                |e| e,
+                |chunk, last| {
+                    chunks.push((chunk.to_vec(), last));
+                    Ok(())
+                },
+            );
+            assert_eq!(chunks, [(encode_chunks(&[input]), true)]);
+            facts.unwrap()
+        };
         let input = b"Subject: x\n\n.hi\n\xc3\xa9\n";
-        let facts = scan(&mut &input[..]).unwrap();
         // CRLF for each LF; the stuffed dot is not counted.
-        assert_eq!(facts.wire_size, input.len() as u64 + 4);
-        assert!(facts.eight_bit);
-        assert!(!scan(&mut &b"plain\n"[..]).unwrap().eight_bit);
+        assert_eq!(facts(input).wire_size, input.len() as u64 + 4);
+        assert!(facts(input).eight_bit);
+        assert!(!facts(b"plain\n").eight_bit);
     }
 }

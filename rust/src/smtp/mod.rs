@@ -1,13 +1,11 @@
 //! The SMTP client: one blocking session per call over std sockets, optionally inside rustls.
 //! Connect (trying each address in turn), greeting, EHLO with HELO fallback, STARTTLS or
-//! implicit TLS, AUTH, then whole transactions (MAIL, RCPT..., DATA) over the same
-//! connection, pipelined when the server allows, and QUIT. Every failure becomes a
-//! per-recipient `Outcome`, temporary or permanent; nothing here panics on hostile input or
-//! waits forever.
+//! implicit TLS, AUTH, then whole transactions over the same connection, pipelined when the
+//! server allows, and QUIT. Every failure becomes a per-recipient `Outcome`, temporary or
+//! permanent; nothing here panics on hostile input or waits forever.
 //!
-//! One file per concern: `conn` (the buffered socket and reply reading), `session` (connect,
-//! greeting, EHLO, STARTTLS, AUTH, QUIT), `transaction` (MAIL, RCPT, DATA) and `data` (the DATA
-//! encoding).
+//! `conn`: the socket and reply reading; `session`: set-up and QUIT; `transaction`: MAIL, RCPT,
+//! DATA; `data`: the DATA encoding.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -24,7 +22,7 @@ mod data;
 mod session;
 mod transaction;
 
-pub use data::{scan, DataEncoder, MessageFacts, LINE_LIMIT};
+pub use data::{encode, MessageFacts};
 
 use session::Session;
 
@@ -78,19 +76,14 @@ pub struct Transaction {
     pub dsn: String,
 }
 
+/// No `Debug`: the secret must not end up in a log.
 #[derive(Clone)]
 pub struct Credentials {
     pub login: String,
     pub secret: String,
 }
 
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials({:?}, <hidden>)", self.login)
-    }
-}
-
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SessionConfig {
     /// Name for SNI, certificate checks and messages.
     pub host: String,
@@ -120,11 +113,7 @@ pub enum Status {
 
 impl Status {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Sent => "sent",
-            Status::Temporary => "temporary",
-            Status::Permanent => "permanent",
-        }
+        ["sent", "temporary", "permanent"][self as usize]
     }
 }
 
@@ -141,25 +130,14 @@ pub enum Stage {
     Rcpt,
     Data,
     Dot,
-    Quit,
 }
 
 impl Stage {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Connect => "connect",
-            Stage::Tls => "tls",
-            Stage::Greeting => "greeting",
-            Stage::Ehlo => "ehlo",
-            Stage::StartTls => "starttls",
-            Stage::Auth => "auth",
-            Stage::Size => "size",
-            Stage::Mail => "mail",
-            Stage::Rcpt => "rcpt",
-            Stage::Data => "data",
-            Stage::Dot => "dot",
-            Stage::Quit => "quit",
-        }
+        const NAMES: [&str; 11] = [
+            "connect", "tls", "greeting", "ehlo", "starttls", "auth", "size", "mail", "rcpt", "data", "dot",
+        ];
+        NAMES[self as usize]
     }
 }
 
@@ -185,13 +163,12 @@ impl Outcome {
         }
     }
 
-    fn permanent(stage: Stage, enhanced: &str, text: impl Into<String>) -> Self {
+    fn permanent(stage: Stage, enhanced: &str, text: String) -> Self {
+        let enhanced = Some(enhanced.to_owned());
         Outcome {
             status: Status::Permanent,
-            stage,
-            code: 0,
-            enhanced: Some(enhanced.to_owned()),
-            text: text.into(),
+            enhanced,
+            ..Outcome::temporary(stage, text)
         }
     }
 
@@ -211,7 +188,9 @@ impl Outcome {
         }
     }
 
-    fn with_text_prefix(mut self, prefix: &str) -> Self {
+    /// The same failure, made temporary, its text after `prefix`.
+    fn temporary_with(mut self, prefix: &str) -> Self {
+        self.status = Status::Temporary;
         self.text = format!("{prefix}{}", self.text);
         self
     }
@@ -265,36 +244,31 @@ impl Client {
                 None
             }
         });
-        let mut session = match cached.map_or_else(|| self.open(&mut report), Ok) {
+        let mut session = match cached.map_or_else(|| Session::open(&self.cfg, &mut report), Ok) {
             Ok(s) => s,
             Err(failure) => {
                 fill_from(&mut report, transactions, &failure);
                 return report;
             }
         };
+        let mut broken = None;
         for tx in transactions {
-            let (outcomes, broken) = session.transaction(tx);
+            let outcomes;
+            (outcomes, broken) = session.transaction(tx);
             report.results.push(outcomes);
-            if let Some(failure) = broken {
-                session.finish(&mut report);
-                session.quit();
-                fill_from(&mut report, transactions, &failure);
-                return report;
+            if broken.is_some() {
+                break;
             }
         }
         session.finish(&mut report);
-        self.session = Some(session);
-        report
-    }
-
-    fn open(&self, report: &mut SessionReport) -> Result<Session, Outcome> {
-        let mut session = Session::connect(&self.cfg, report)?;
-        if let Err(failure) = session.setup() {
-            session.finish(report);
-            session.quit();
-            return Err(failure);
+        match broken {
+            None => self.session = Some(session),
+            Some(failure) => {
+                session.quit();
+                fill_from(&mut report, transactions, &failure);
+            }
         }
-        Ok(session)
+        report
     }
 
     /// QUIT, if a connection is open.

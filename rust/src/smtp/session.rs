@@ -1,26 +1,33 @@
-//! One session's connection state and its set-up and tear-down: connect, greeting, EHLO or
-//! HELO, STARTTLS or implicit TLS, AUTH and QUIT. The transactions are in transaction.rs.
+//! One session's state and its set-up: greeting, EHLO or HELO, STARTTLS or implicit TLS, and
+//! AUTH. The connection is in conn.rs, the transactions in transaction.rs.
 
-use std::io;
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::io::BufReader;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use rustls::ClientConfig;
 
-use super::conn::{Conn, ConnError, Stream};
-use super::{Credentials, Outcome, SessionConfig, SessionReport, Stage, Status, TlsMode, QUIT_WAIT};
+use super::conn::{connect, Stream};
+use super::{Credentials, Outcome, SessionConfig, SessionReport, Stage, Status, TlsMode};
 use crate::auth::{self, Mechanism};
 use crate::journal::Journal;
 use crate::reply::{Extensions, Reply};
 use crate::tls::{self, TlsInfo};
 
+/// What the transcript shows instead of a line holding credentials.
+const HIDDEN: &str = "<authentication data hidden>";
+
 pub(super) struct Session {
     pub(super) cfg: Arc<SessionConfig>,
-    pub(super) conn: Conn,
-    tls_config: Option<Arc<ClientConfig>>,
-    pub(super) address: IpAddr,
+    /// The connection, behind our read buffer (so the bytes buffered before STARTTLS can be
+    /// thrown away).
+    pub(super) reader: BufReader<Stream>,
+    /// Commands queued to be written in one go.
+    pub(super) out: Vec<u8>,
+    pub(super) tls_config: Option<Arc<ClientConfig>>,
+    address: IpAddr,
     pub(super) ext: Extensions,
-    tls_info: Option<TlsInfo>,
+    pub(super) tls_info: Option<TlsInfo>,
     mechanism: Option<Mechanism>,
     /// The connection can no longer carry commands (error, timeout, 421).
     pub(super) dead: bool,
@@ -30,22 +37,19 @@ pub(super) struct Session {
 }
 
 impl Session {
-    pub(super) fn connect(cfg: &Arc<SessionConfig>, report: &mut SessionReport) -> Result<Self, Outcome> {
+    /// Connect and set the session up; a failure is what every recipient gets.
+    pub(super) fn open(cfg: &Arc<SessionConfig>, report: &mut SessionReport) -> Result<Self, Outcome> {
         let tls_config = match cfg.tls_mode {
             TlsMode::None => None,
             _ => Some(tls::client_config(&cfg.tls).map_err(|e| Outcome::temporary(Stage::Tls, e))?),
         };
-        let (sock, addr) = connect_any(cfg)?;
-        report.address = Some(addr);
-        let mut conn = Conn::new(Stream::Plain(sock), cfg.command_timeout, cfg.verbose);
-        // The whole set-up (TLS handshake, greeting, EHLO, STARTTLS, AUTH) has one deadline: a
-        // server that trickles it byte by byte cannot hold the session longer than that.
-        conn.deadline = Some(std::time::Instant::now() + cfg.command_timeout);
+        let (reader, address) = connect(cfg)?;
         let mut session = Session {
             cfg: cfg.clone(),
-            address: addr,
-            conn,
+            reader,
+            out: Vec::new(),
             tls_config,
+            address,
             ext: Extensions::default(),
             tls_info: None,
             mechanism: None,
@@ -53,30 +57,35 @@ impl Session {
             dirty: false,
             journal: cfg.journal.as_deref().map(Journal::new),
         };
-        if cfg.tls_mode == TlsMode::Implicit {
-            session.start_tls()?;
+        if let Err(failure) = session.setup() {
+            session.finish(report);
+            session.quit();
+            return Err(failure);
         }
         Ok(session)
     }
 
-    pub(super) fn setup(&mut self) -> Result<(), Outcome> {
-        self.expect(Stage::Greeting, None, 2)?;
-        self.hello()?;
-        match self.cfg.tls_mode {
-            TlsMode::StartTls => self.starttls(true)?,
-            TlsMode::Opportunistic => self.starttls(false)?,
-            TlsMode::None | TlsMode::Implicit => {}
+    /// TLS, greeting, EHLO, STARTTLS and AUTH, all within one deadline: a server that trickles
+    /// them byte by byte cannot hold the session longer than that.
+    fn setup(&mut self) -> Result<(), Outcome> {
+        self.start_clock(self.cfg.command_timeout);
+        if self.cfg.tls_mode == TlsMode::Implicit {
+            self.start_tls()?;
         }
-        self.authenticate()?;
-        self.conn.deadline = None;
-        Ok(())
+        let greeting = self.read_reply(Stage::Greeting)?;
+        self.check(Stage::Greeting, greeting, 2)?;
+        self.hello()?;
+        if matches!(self.cfg.tls_mode, TlsMode::StartTls | TlsMode::Opportunistic) {
+            self.starttls(self.cfg.tls_mode == TlsMode::StartTls)?;
+        }
+        self.authenticate()
     }
 
     /// Sync the journal and copy what the caller wants to know into the report.
     pub(super) fn finish(&mut self, report: &mut SessionReport) {
         if let Some(journal) = &mut self.journal {
             if let Err(e) = journal.sync() {
-                self.conn.trace("!!! ", &e.to_string());
+                self.trace("!!! ", &e.to_string());
             }
         }
         report.address = Some(self.address);
@@ -85,24 +94,16 @@ impl Session {
         report.extensions.clone_from(&self.ext.keywords);
     }
 
-    pub(super) fn conn_failure(&mut self, stage: Stage, err: ConnError) -> Outcome {
-        self.dead = true;
-        let text = format!(
-            "{}: {} during {}",
-            self.cfg.host,
-            err.describe(self.cfg.command_timeout),
-            stage.as_str()
-        );
-        Outcome::temporary(stage, text)
+    /// Send `line` (the transcript shows `shown`) and read the reply, whatever it is.
+    pub(super) fn send(&mut self, stage: Stage, line: &str, shown: &str) -> Result<Reply, Outcome> {
+        self.queue(line, shown);
+        self.write(stage, &[])?;
+        self.read_reply(stage)
     }
 
-    /// Send `line` (if any), read the reply and check its class.
-    pub(super) fn expect(&mut self, stage: Stage, line: Option<&str>, class: u16) -> Result<Reply, Outcome> {
-        let result = match line {
-            Some(line) => self.conn.command(line),
-            None => self.conn.read_reply(),
-        };
-        let reply = result.map_err(|e| self.conn_failure(stage, e))?;
+    /// Send `line`; its reply must be of `class`.
+    pub(super) fn expect(&mut self, stage: Stage, line: &str, class: u16) -> Result<Reply, Outcome> {
+        let reply = self.send(stage, line, line)?;
         self.check(stage, reply, class)
     }
 
@@ -114,45 +115,25 @@ impl Session {
         if reply.class() == class {
             return Ok(reply);
         }
-        let mut outcome = Outcome::from_reply(stage, &reply);
+        let outcome = Outcome::from_reply(stage, &reply);
         if outcome.status == Status::Sent {
-            outcome.status = Status::Temporary;
-            outcome = outcome.with_text_prefix("unexpected reply: ");
+            return Err(outcome.temporary_with("unexpected reply: "));
         }
         Err(outcome)
     }
 
-    fn start_tls(&mut self) -> Result<(), Outcome> {
-        let config = self.tls_config.clone().expect("TLS config built for TLS modes");
-        let host = &self.cfg.host;
-        let deadline = self.conn.deadline;
-        let info = self.conn.start_tls(config, host, deadline).map_err(|e| {
-            self.dead = true;
-            Outcome::temporary(Stage::Tls, format!("{host}: {e}"))
-        })?;
-        self.conn
-            .trace("*** ", &format!("TLS {} {}", info.version, info.cipher));
-        self.tls_info = Some(info);
-        Ok(())
-    }
-
     /// EHLO; HELO when the server refuses EHLO permanently (an old or minimal server).
     fn hello(&mut self) -> Result<(), Outcome> {
-        let cfg = self.cfg.clone();
-        let helo = &cfg.helo;
-        let reply = self
-            .conn
-            .command(&format!("EHLO {helo}"))
-            .map_err(|e| self.conn_failure(Stage::Ehlo, e))?;
-        if reply.class() == 2 {
-            self.ext = Extensions::parse(&reply);
-            return Ok(());
-        }
-        if reply.class() != 5 {
-            return Err(self.check(Stage::Ehlo, reply, 2).unwrap_err());
-        }
-        self.expect(Stage::Ehlo, Some(&format!("HELO {helo}")), 2)?;
-        self.ext = Extensions::default();
+        let ehlo = format!("EHLO {}", self.cfg.helo);
+        let reply = self.send(Stage::Ehlo, &ehlo, &ehlo)?;
+        self.ext = match reply.class() {
+            2 => Extensions::parse(&reply),
+            5 => {
+                self.expect(Stage::Ehlo, &format!("HELO {}", self.cfg.helo), 2)?;
+                Extensions::default()
+            }
+            _ => return self.check(Stage::Ehlo, reply, 2).map(drop),
+        };
         Ok(())
     }
 
@@ -164,23 +145,10 @@ impl Session {
             }
             return Ok(());
         }
-        match self.expect(Stage::StartTls, Some("STARTTLS"), 2) {
+        match self.expect(Stage::StartTls, "STARTTLS", 2) {
             Ok(_) => {}
-            Err(outcome) if required || self.dead => {
-                let mut outcome = outcome.with_text_prefix("STARTTLS refused: ");
-                outcome.status = Status::Temporary;
-                return Err(outcome);
-            }
+            Err(outcome) if required || self.dead => return Err(outcome.temporary_with("STARTTLS refused: ")),
             Err(_) => return Ok(()),
-        }
-        // Whatever followed the 220 in clear text is not from the TLS peer: an injection
-        // attempt or a broken server. Never read it as a reply.
-        let stray = self.conn.discard_buffered();
-        if stray > 0 {
-            self.conn.trace(
-                "*** ",
-                &format!("discarded {stray} bytes received after the STARTTLS reply"),
-            );
         }
         self.start_tls()?;
         self.hello()
@@ -191,107 +159,60 @@ impl Session {
         let Some(creds) = &cfg.credentials else {
             return Ok(());
         };
-        if !self.conn.is_tls() && !self.cfg.allow_insecure_auth {
-            // Never send credentials in clear; the caller sees auth_mechanism None.
-            return Ok(());
-        }
-        let allowed = self.cfg.mechanisms.as_deref().unwrap_or(&Mechanism::DEFAULT);
-        let Some(mechanism) = auth::choose(&self.ext.auth, allowed) else {
+        // Never send credentials in clear; the caller sees auth_mechanism None.
+        let allowed = cfg.mechanisms.as_deref().unwrap_or(&Mechanism::DEFAULT);
+        let usable = self.tls_info.is_some() || cfg.allow_insecure_auth;
+        let Some(mechanism) = auth::choose(&self.ext.auth, allowed).filter(|_| usable) else {
             return Ok(());
         };
-        self.auth_exchange(mechanism, creds).map_err(|outcome| {
-            // A rejected login must not bounce the queue (Postfix's soft bounce): temporary.
-            let mut outcome = outcome.with_text_prefix(&format!("AUTH {mechanism} failed: "));
-            outcome.status = Status::Temporary;
-            outcome
-        })?;
+        // A rejected login must not bounce the queue (Postfix's soft bounce): temporary.
+        self.auth_exchange(mechanism, creds)
+            .map_err(|outcome| outcome.temporary_with(&format!("AUTH {mechanism} failed: ")))?;
         self.mechanism = Some(mechanism);
         Ok(())
     }
 
     fn auth_exchange(&mut self, mechanism: Mechanism, creds: &Credentials) -> Result<(), Outcome> {
-        const HIDDEN: &str = "<authentication data hidden>";
         let (login, secret) = (creds.login.as_str(), creds.secret.as_str());
-        let final_reply = match mechanism {
-            Mechanism::Plain => {
-                let payload = auth::plain(login, secret);
-                let reply =
-                    self.secret_step(&format!("AUTH PLAIN {payload}"), &format!("AUTH PLAIN {HIDDEN}"))?;
-                if reply.class() == 3 && reply.first_text().trim().is_empty() {
-                    // A server that ignores initial responses asks again with an empty 334.
-                    self.secret_step(&payload, HIDDEN)?
-                } else {
-                    reply
-                }
-            }
-            Mechanism::XOAuth2 | Mechanism::OAuthBearer => {
-                let (payload, cancel) = if mechanism == Mechanism::XOAuth2 {
-                    (auth::xoauth2(login, secret), "")
-                } else {
-                    let cfg = &self.cfg;
-                    (auth::oauthbearer(login, &cfg.host, cfg.port, secret), "AQ==")
-                };
-                let reply = self.secret_step(
-                    &format!("AUTH {mechanism} {payload}"),
-                    &format!("AUTH {mechanism} {HIDDEN}"),
-                )?;
-                if reply.class() == 3 {
-                    // The server sent an error description (JSON); the client ends the exchange
-                    // (XOAUTH2: an empty line; RFC 7628: a lone ^A) and the server's 5xx follows.
-                    self.expect(Stage::Auth, Some(cancel), 2)?
-                } else {
-                    reply
-                }
-            }
-            Mechanism::Login => {
-                self.expect(Stage::Auth, Some("AUTH LOGIN"), 3)?;
-                self.expect_secret(&auth::login_step(login), 3)?;
-                self.secret_step(&auth::login_step(secret), HIDDEN)?
-            }
-            Mechanism::CramMd5 => {
-                let challenge = self.expect(Stage::Auth, Some("AUTH CRAM-MD5"), 3)?;
-                match auth::cram_md5(login, secret, challenge.first_text()) {
-                    Ok(response) => self.secret_step(&response, HIDDEN)?,
-                    Err(e) => {
-                        // Cancel the exchange (RFC 4954 "*") and report the bad challenge.
-                        let _ = self.expect(Stage::Auth, Some("*"), 5);
-                        return Err(Outcome::temporary(
-                            Stage::Auth,
-                            format!("bad CRAM-MD5 challenge: {e}"),
-                        ));
-                    }
-                }
-            }
+        let initial = match mechanism {
+            Mechanism::Plain => auth::plain(login, secret),
+            Mechanism::XOAuth2 => auth::xoauth2(login, secret),
+            Mechanism::OAuthBearer => auth::oauthbearer(login, &self.cfg.host, self.cfg.port, secret),
+            Mechanism::Login | Mechanism::CramMd5 => String::new(),
         };
-        self.check(Stage::Auth, final_reply, 2).map(drop)
-    }
-
-    /// Send a line holding credentials and return whatever reply comes.
-    fn secret_step(&mut self, line: &str, shown: &str) -> Result<Reply, Outcome> {
-        self.conn.queue_secret(line, shown);
-        self.conn
-            .flush()
-            .and_then(|()| self.conn.read_reply())
-            .map_err(|e| self.conn_failure(Stage::Auth, e))
-    }
-
-    fn expect_secret(&mut self, line: &str, class: u16) -> Result<Reply, Outcome> {
-        let reply = self.secret_step(line, "<authentication data hidden>")?;
-        self.check(Stage::Auth, reply, class)
-    }
-
-    /// QUIT and wait a little for its reply, which is only logged; then close.
-    pub(super) fn quit(&mut self) {
-        if !self.dead {
-            self.conn.queue("QUIT");
-            if self.conn.flush().is_ok() {
-                let _ = self
-                    .conn
-                    .read_reply_within(QUIT_WAIT.min(self.cfg.command_timeout));
+        let reply = if initial.is_empty() {
+            self.expect(Stage::Auth, &format!("AUTH {mechanism}"), 3)?
+        } else {
+            let line = format!("AUTH {mechanism} {initial}");
+            self.send(Stage::Auth, &line, &format!("AUTH {mechanism} {HIDDEN}"))?
+        };
+        let challenged = reply.class() == 3;
+        let reply = match mechanism {
+            // A server that ignores initial responses asks again with an empty 334.
+            Mechanism::Plain if challenged && reply.first_text().trim().is_empty() => {
+                self.send(Stage::Auth, &initial, HIDDEN)?
             }
-            self.dead = true;
-        }
-        self.conn.close();
+            // The server sent an error description (JSON); the client ends the exchange
+            // (XOAUTH2: an empty line; RFC 7628: a lone ^A) and the server's 5xx follows.
+            Mechanism::XOAuth2 if challenged => self.expect(Stage::Auth, "", 2)?,
+            Mechanism::OAuthBearer if challenged => self.expect(Stage::Auth, "AQ==", 2)?,
+            Mechanism::Login => {
+                let asked = self.send(Stage::Auth, &auth::b64(login), HIDDEN)?;
+                self.check(Stage::Auth, asked, 3)?;
+                self.send(Stage::Auth, &auth::b64(secret), HIDDEN)?
+            }
+            Mechanism::CramMd5 => match auth::cram_md5(login, secret, reply.first_text()) {
+                Ok(response) => self.send(Stage::Auth, &response, HIDDEN)?,
+                Err(e) => {
+                    // Cancel the exchange (RFC 4954 "*") and report the bad challenge.
+                    let _ = self.expect(Stage::Auth, "*", 5);
+                    let text = format!("bad CRAM-MD5 challenge: {e}");
+                    return Err(Outcome::temporary(Stage::Auth, text));
+                }
+            },
+            _ => reply,
+        };
+        self.check(Stage::Auth, reply, 2).map(drop)
     }
 
     /// Before a cached connection carries more mail: RSET, which also finds out whether the
@@ -300,42 +221,9 @@ impl Session {
         if self.dead {
             return false;
         }
-        self.conn.deadline = Some(std::time::Instant::now() + self.cfg.command_timeout);
-        let ok = self.expect(Stage::Mail, Some("RSET"), 2).is_ok();
-        self.conn.deadline = None;
+        self.start_clock(self.cfg.command_timeout);
+        let ok = self.expect(Stage::Mail, "RSET", 2).is_ok();
         self.dirty = !ok;
         ok
     }
-}
-
-/// Try each address in turn; a connection failure moves on to the next one.
-fn connect_any(cfg: &SessionConfig) -> Result<(TcpStream, IpAddr), Outcome> {
-    let mut errors = Vec::new();
-    for &ip in &cfg.addresses {
-        let target = SocketAddr::new(ip, cfg.port);
-        match TcpStream::connect_timeout(&target, cfg.connect_timeout) {
-            Ok(sock) => {
-                let setup = sock
-                    .set_nodelay(true)
-                    .and_then(|()| sock.set_write_timeout(Some(cfg.command_timeout)));
-                match setup {
-                    Ok(()) => return Ok((sock, ip)),
-                    Err(e) => errors.push(format!("{target}: {e}")),
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::TimedOut || e.kind() == io::ErrorKind::WouldBlock => errors
-                .push(format!(
-                    "{target}: connect timeout ({} s)",
-                    cfg.connect_timeout.as_secs_f64()
-                )),
-            Err(e) => errors.push(format!("{target}: {e}")),
-        }
-    }
-    if errors.is_empty() {
-        errors.push("no address to connect to".to_owned());
-    }
-    Err(Outcome::temporary(
-        Stage::Connect,
-        format!("cannot connect to {}: {}", cfg.host, errors.join("; ")),
-    ))
 }

@@ -1,14 +1,14 @@
 //! Whole transactions over an established session: local checks, MAIL, RCPT and DATA (one
 //! reply at a time or pipelined), the body, and the delivered journal. Another `impl Session`
-//! block, beside the one in session.rs.
+//! block, beside the one in session.rs. A failure that leaves the session `dead` ends the
+//! connection: every later transaction gets it too.
 
 use std::fs::File;
-use std::io::{self, Read};
-use std::time::Instant;
+use std::io::Seek;
 
-use super::data::{open_message, DataEncoder};
+use super::data;
 use super::session::Session;
-use super::{Outcome, Stage, Status, Transaction, CHUNK, PIPELINE_BATCH};
+use super::{Outcome, Stage, Status, Transaction, PIPELINE_BATCH};
 use crate::address::check;
 use crate::reply::Reply;
 
@@ -16,33 +16,24 @@ impl Session {
     /// One transaction. Returns the per-recipient outcomes, and the failure to give every
     /// later transaction when the connection can no longer be used.
     pub(super) fn transaction(&mut self, tx: &Transaction) -> (Vec<Outcome>, Option<Outcome>) {
-        let mut rcpts: Vec<RcptState> = vec![RcptState::Pending; tx.recipients.len()];
+        // Per recipient, its refusal (local or by the server); `None`: not refused so far.
+        let mut refused: Vec<Option<Outcome>> = vec![None; tx.recipients.len()];
         // The envelope's replies, and then the final reply, each within one TIMEOUT in all.
-        self.conn.deadline = Some(Instant::now() + self.cfg.command_timeout);
-        let result = self.try_transaction(tx, &mut rcpts);
-        self.conn.deadline = None;
-        let (final_outcome, broken) = match result {
-            Ok(outcome) => (outcome, None),
-            Err(TxFailure::Transaction(outcome)) => (outcome, None),
-            Err(TxFailure::Broken(outcome)) => (outcome.clone(), Some(outcome)),
-        };
-        let outcomes: Vec<Outcome> = rcpts
+        self.start_clock(self.cfg.command_timeout);
+        let last = self.try_transaction(tx, &mut refused).unwrap_or_else(|o| o);
+        let broken = self.dead.then(|| last.clone());
+        let outcomes: Vec<Outcome> = refused
             .into_iter()
-            .map(|state| match state {
-                RcptState::Done(outcome) => outcome,
-                RcptState::Pending | RcptState::Accepted => final_outcome.clone(),
-            })
+            .map(|r| r.unwrap_or_else(|| last.clone()))
             .collect();
         self.journal(tx, &outcomes);
-        let broken = broken.or_else(|| {
-            self.dead.then(|| {
-                Outcome::temporary(
-                    Stage::Mail,
-                    format!("{}: connection no longer usable", self.cfg.host),
-                )
-            })
-        });
+        let broken = broken.or_else(|| self.dead.then(|| self.unusable()));
         (outcomes, broken)
+    }
+
+    fn unusable(&self) -> Outcome {
+        let text = format!("{}: connection no longer usable", self.cfg.host);
+        Outcome::temporary(Stage::Mail, text)
     }
 
     /// Record the recipients the server took, before anything else can go wrong.
@@ -57,95 +48,85 @@ impl Session {
         if let Err(e) = journal.record(&sent) {
             // A spool that takes no more writes cannot record what is sent either: stop here, so
             // that at most this transaction is sent again once it can.
-            self.conn.trace("!!! ", &e.to_string());
+            self.trace("!!! ", &e.to_string());
             self.dead = true;
         }
     }
 
-    fn try_transaction(&mut self, tx: &Transaction, rcpts: &mut [RcptState]) -> Result<Outcome, TxFailure> {
-        let prepared = self.prepare(tx, rcpts)?;
-        if !rcpts.iter().any(|s| matches!(s, RcptState::Pending)) {
+    fn try_transaction(
+        &mut self,
+        tx: &Transaction,
+        refused: &mut [Option<Outcome>],
+    ) -> Result<Outcome, Outcome> {
+        let (mail, rcpt_params, file) = self.prepare(tx, refused)?;
+        if refused.iter().all(Option::is_some) {
             // Nothing valid to send to; each recipient has its own refusal.
-            return Err(TxFailure::Transaction(Outcome::temporary(
-                Stage::Rcpt,
-                "no valid recipient",
-            )));
+            return Err(Outcome::temporary(Stage::Rcpt, "no valid recipient"));
         }
         if self.dirty {
-            self.reset()?;
+            if let Err(outcome) = self.expect(Stage::Mail, "RSET", 2) {
+                // The server's state is unknown: give up on this connection.
+                self.quit();
+                return Err(outcome.temporary_with("RSET failed: "));
+            }
         }
         self.dirty = true;
-        let accepted = if self.ext.has("PIPELINING") {
-            self.envelope_pipelined(&prepared, tx, rcpts)?
-        } else {
-            self.envelope_stepwise(&prepared, tx, rcpts)?
-        };
-        if !accepted {
+        self.envelope(mail, &rcpt_params, tx, refused)?;
+        // The envelope went through: every recipient not refused was accepted.
+        if refused.iter().all(Option::is_some) {
             // Every recipient has its own refusal already.
-            return Err(TxFailure::Transaction(Outcome::temporary(
-                Stage::Rcpt,
-                "no recipient accepted",
-            )));
+            if self.dead {
+                return Err(self.unusable());
+            }
+            return Err(Outcome::temporary(Stage::Rcpt, "no recipient accepted"));
         }
-        let outcome = self.send_body(prepared.file)?;
+        let outcome = self.send_body(file)?;
         self.dirty = false;
         Ok(outcome)
     }
 
-    /// Local checks before anything is sent: addresses, message file, SIZE, SMTPUTF8.
-    fn prepare(&mut self, tx: &Transaction, rcpts: &mut [RcptState]) -> Result<Prepared, TxFailure> {
-        let fail = |o| Err(TxFailure::Transaction(o));
+    /// Local checks before anything is sent (addresses, message file, SIZE, SMTPUTF8), then
+    /// the MAIL line, the parameters after each RCPT (DSN's NOTIFY) and the message file.
+    fn prepare(
+        &mut self,
+        tx: &Transaction,
+        refused: &mut [Option<Outcome>],
+    ) -> Result<(String, String, File), Outcome> {
         // The one address check again, right before the lines are written (spool files from
         // elsewhere, C dma's among them, never passed it): nothing can add a parameter.
         if !tx.sender.is_empty() && check(&tx.sender).is_err() {
-            return fail(Outcome::permanent(
-                Stage::Mail,
-                "5.1.7",
-                format!("invalid sender address {:?}", tx.sender),
-            ));
+            let text = format!("invalid sender address {:?}", tx.sender);
+            return Err(Outcome::permanent(Stage::Mail, "5.1.7", text));
         }
-        for (state, rcpt) in rcpts.iter_mut().zip(&tx.recipients) {
+        for (state, rcpt) in refused.iter_mut().zip(&tx.recipients) {
             if check(rcpt).is_err() {
-                *state = RcptState::Done(Outcome::permanent(
-                    Stage::Rcpt,
-                    "5.1.3",
-                    format!("invalid recipient address {rcpt:?}"),
-                ));
+                let text = format!("invalid recipient address {rcpt:?}");
+                *state = Some(Outcome::permanent(Stage::Rcpt, "5.1.3", text));
             }
         }
-        let (file, facts) = match open_message(&tx.message) {
-            Ok(x) => x,
-            Err(e) => {
-                return fail(Outcome::temporary(
-                    Stage::Data,
-                    format!("cannot read message file {}: {e}", tx.message.display()),
-                ))
-            }
-        };
-        if let Some(limit) = self.ext.size_limit.filter(|&l| facts.wire_size > l) {
-            return fail(Outcome::permanent(
-                Stage::Size,
-                "5.3.4",
-                format!(
-                    "message of {} octets exceeds the {limit}-octet limit of {}",
-                    facts.wire_size, self.cfg.host
-                ),
-            ));
+        // One pass for the facts MAIL FROM needs; the second, for DATA, reads the page cache.
+        let opened = File::open(&tx.message).and_then(|mut file| {
+            let facts = data::encode(&mut file, |e| e, |_, _| Ok(()))?;
+            file.rewind()?;
+            Ok((file, facts))
+        });
+        let (file, facts) = opened.map_err(|e| {
+            let text = format!("cannot read message file {}: {e}", tx.message.display());
+            Outcome::temporary(Stage::Data, text)
+        })?;
+        let (host, size) = (&self.cfg.host, facts.wire_size);
+        if let Some(limit) = self.ext.size_limit.filter(|&l| size > l) {
+            let text = format!("message of {size} octets exceeds the {limit}-octet limit of {host}");
+            return Err(Outcome::permanent(Stage::Size, "5.3.4", text));
         }
         let utf8 = !tx.sender.is_ascii() || tx.recipients.iter().any(|r| !r.is_ascii());
         if utf8 && !self.ext.has("SMTPUTF8") {
-            return fail(Outcome::permanent(
-                Stage::Mail,
-                "5.6.7",
-                format!(
-                    "{} does not offer SMTPUTF8, needed for a non-ASCII address",
-                    self.cfg.host
-                ),
-            ));
+            let text = format!("{host} does not offer SMTPUTF8, needed for a non-ASCII address");
+            return Err(Outcome::permanent(Stage::Mail, "5.6.7", text));
         }
         let mut mail = format!("MAIL FROM:<{}>", tx.sender);
         if self.ext.has("SIZE") {
-            mail.push_str(&format!(" SIZE={}", facts.wire_size));
+            mail.push_str(&format!(" SIZE={size}"));
         }
         if facts.eight_bit && self.ext.has("8BITMIME") {
             mail.push_str(" BODY=8BITMIME");
@@ -165,210 +146,110 @@ impl Session {
                 to.push_str(param);
             }
         }
-        Ok(Prepared {
-            mail,
-            rcpt_params,
-            file,
-        })
+        Ok((mail, rcpt_params, file))
     }
 
-    fn reset(&mut self) -> Result<(), TxFailure> {
-        match self.expect(Stage::Mail, Some("RSET"), 2) {
-            Ok(_) => {
-                self.dirty = false;
-                Ok(())
-            }
-            Err(outcome) => {
-                // The server's state is unknown: give up on this connection.
-                let mut outcome = outcome.with_text_prefix("RSET failed: ");
-                outcome.status = Status::Temporary;
-                Err(TxFailure::Broken(outcome))
-            }
-        }
-    }
-
-    /// MAIL, each RCPT and DATA, one reply at a time. Returns whether DATA was accepted.
-    fn envelope_stepwise(
+    /// MAIL, each RCPT still wanted and DATA: written together in batches (RFC 2920) when the
+    /// server offers PIPELINING, else one at a time; then the replies taken in order.
+    fn envelope(
         &mut self,
-        p: &Prepared,
+        mail: String,
+        rcpt_params: &str,
         tx: &Transaction,
-        rcpts: &mut [RcptState],
-    ) -> Result<bool, TxFailure> {
-        self.expect(Stage::Mail, Some(&p.mail), 2)
-            .map_err(|o| self.tx_failure(o))?;
-        for (state, rcpt) in rcpts.iter_mut().zip(&tx.recipients) {
-            if matches!(state, RcptState::Pending) {
-                let reply = self
-                    .conn
-                    .command(&format!("RCPT TO:<{rcpt}>{}", p.rcpt_params))
-                    .map_err(|e| TxFailure::Broken(self.conn_failure(Stage::Rcpt, e)))?;
-                *state = self.rcpt_state(reply).map_err(|o| self.tx_failure(o))?;
-            }
-        }
-        if !rcpts.iter().any(|s| matches!(s, RcptState::Accepted)) {
-            return Ok(false);
-        }
-        self.expect(Stage::Data, Some("DATA"), 3)
-            .map_err(|o| self.tx_failure(o))?;
-        Ok(true)
-    }
-
-    /// MAIL, every RCPT and DATA written together (RFC 2920), then the replies read in order.
-    fn envelope_pipelined(
-        &mut self,
-        p: &Prepared,
-        tx: &Transaction,
-        rcpts: &mut [RcptState],
-    ) -> Result<bool, TxFailure> {
-        let mut commands = vec![p.mail.clone()];
-        let wanted: Vec<usize> = (0..rcpts.len())
-            .filter(|&i| matches!(rcpts[i], RcptState::Pending))
-            .collect();
-        commands.extend(
-            wanted
-                .iter()
-                .map(|&i| format!("RCPT TO:<{}>{}", tx.recipients[i], p.rcpt_params)),
-        );
+        refused: &mut [Option<Outcome>],
+    ) -> Result<(), Outcome> {
+        let wanted: Vec<usize> = (0..refused.len()).filter(|&i| refused[i].is_none()).collect();
+        let mut commands = vec![mail];
+        let rcpt = |&i: &usize| format!("RCPT TO:<{}>{rcpt_params}", tx.recipients[i]);
+        commands.extend(wanted.iter().map(rcpt));
         commands.push("DATA".to_owned());
-        let mut replies = Vec::with_capacity(commands.len());
-        for batch in commands.chunks(PIPELINE_BATCH) {
-            for command in batch {
-                self.conn.queue(command);
-            }
-            let stage = if replies.is_empty() {
-                Stage::Mail
-            } else {
-                Stage::Rcpt
-            };
-            self.conn
-                .flush()
-                .map_err(|e| TxFailure::Broken(self.conn_failure(stage, e)))?;
-            for _ in batch {
-                let stage = match replies.len() {
-                    0 => Stage::Mail,
-                    n if n > wanted.len() => Stage::Data,
-                    _ => Stage::Rcpt,
-                };
-                let reply = self
-                    .conn
-                    .read_reply()
-                    .map_err(|e| TxFailure::Broken(self.conn_failure(stage, e)))?;
-                replies.push(reply);
-            }
-        }
-        let data_reply = replies.pop().expect("DATA reply");
-        let mail_reply = replies.remove(0);
-        let mail_ok = self.check(Stage::Mail, mail_reply, 2);
-        let mut accepted = false;
-        if mail_ok.is_ok() {
-            for (&i, reply) in wanted.iter().zip(replies) {
-                rcpts[i] = self.rcpt_state(reply).map_err(|o| self.tx_failure(o))?;
-                accepted |= matches!(rcpts[i], RcptState::Accepted);
-            }
-        }
-        if !accepted {
-            if data_reply.class() == 3 {
-                // The server took DATA anyway: end it with an empty message (RFC 2920 3.1).
-                let _ = self.expect(Stage::Data, Some("."), 2);
-            }
-            mail_ok.map_err(|o| self.tx_failure(o))?;
-            return Ok(false);
-        }
-        self.check(Stage::Data, data_reply, 3)
-            .map_err(|o| self.tx_failure(o))?;
-        Ok(true)
-    }
-
-    fn rcpt_state(&mut self, reply: Reply) -> Result<RcptState, Outcome> {
-        if reply.code == 421 {
-            self.dead = true;
-            return Err(Outcome::from_reply(Stage::Rcpt, &reply));
-        }
-        Ok(match self.check(Stage::Rcpt, reply, 2) {
-            Ok(_) => RcptState::Accepted,
-            Err(outcome) => RcptState::Done(outcome),
-        })
-    }
-
-    /// A failure reply ends the transaction; after a 421 it ends the session too.
-    fn tx_failure(&self, outcome: Outcome) -> TxFailure {
-        if self.dead {
-            TxFailure::Broken(outcome)
+        let stage = |n: usize| match n {
+            0 => Stage::Mail,
+            n if n > wanted.len() => Stage::Data,
+            _ => Stage::Rcpt,
+        };
+        let size = if self.ext.has("PIPELINING") {
+            PIPELINE_BATCH
         } else {
-            TxFailure::Transaction(outcome)
+            1
+        };
+        let mut replies: Vec<Reply> = Vec::with_capacity(commands.len());
+        for batch in commands.chunks(size) {
+            // One at a time, stop where a reply ends the transaction: a refused MAIL, a 421, or
+            // no recipient accepted before DATA.
+            let mail_refused = replies.first().is_some_and(|r| r.class() != 2);
+            let closing = replies.last().is_some_and(|r| r.code == 421);
+            let nobody = replies.len() > wanted.len() && !replies[1..].iter().any(|r| r.class() == 2);
+            if size == 1 && (mail_refused || closing || nobody) {
+                break;
+            }
+            for command in batch {
+                self.queue(command, command);
+            }
+            self.write(stage(replies.len()), &[])?;
+            for _ in batch {
+                replies.push(self.read_reply(stage(replies.len()))?);
+            }
+        }
+        let mut replies = replies.into_iter();
+        let mail_ok = self.check(Stage::Mail, replies.next().expect("MAIL reply"), 2);
+        if mail_ok.is_ok() {
+            for (&i, reply) in wanted.iter().zip(&mut replies) {
+                refused[i] = self.rcpt(reply)?;
+            }
+        }
+        let data_reply = replies.last();
+        if mail_ok.is_err() || refused.iter().all(Option::is_some) {
+            if data_reply.is_some_and(|r| r.class() == 3) {
+                // The server took DATA anyway: end it with an empty message (RFC 2920 3.1).
+                let _ = self.expect(Stage::Data, ".", 2);
+            }
+            return mail_ok.map(drop);
+        }
+        self.check(Stage::Data, data_reply.expect("DATA reply"), 3)
+            .map(drop)
+    }
+
+    /// A RCPT reply: the recipient's refusal if any, unless a 421 ends the session.
+    fn rcpt(&mut self, reply: Reply) -> Result<Option<Outcome>, Outcome> {
+        match self.check(Stage::Rcpt, reply, 2) {
+            Ok(_) => Ok(None),
+            Err(outcome) if self.dead => Err(outcome),
+            Err(outcome) => Ok(Some(outcome)),
         }
     }
 
     /// Stream the message after DATA's 354, then the final dot and its reply.
-    fn send_body(&mut self, mut file: File) -> Result<Outcome, TxFailure> {
-        let mut encoder = DataEncoder::default();
-        let mut chunk = vec![0u8; CHUNK];
-        let mut sent: u64 = 0;
-        loop {
-            let n = match file.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // We cannot end DATA without delivering a truncated message: hang up.
-                    self.dead = true;
-                    return Err(TxFailure::Broken(Outcome::temporary(
-                        Stage::Data,
-                        format!("reading the message file: {e}"),
-                    )));
-                }
+    fn send_body(&mut self, mut file: File) -> Result<Outcome, Outcome> {
+        let mut octets = 0;
+        let read_failure = |e| Outcome::temporary(Stage::Data, format!("reading the message file: {e}"));
+        let sent = data::encode(&mut file, read_failure, |chunk, last| {
+            octets += chunk.len();
+            let stage = if last {
+                self.trace(">>> ", &format!("<message body, {} octets>", octets - 3));
+                self.trace(">>> ", ".");
+                Stage::Dot
+            } else {
+                Stage::Data
             };
-            encoder.encode(&chunk[..n], &mut self.conn.out);
-            if self.conn.out.len() >= CHUNK {
-                sent += self.conn.out.len() as u64;
-                self.conn
-                    .flush()
-                    .map_err(|e| TxFailure::Broken(self.conn_failure(Stage::Data, e)))?;
-            }
+            self.write(stage, chunk)
+        });
+        if let Err(outcome) = sent {
+            // A DATA cut short cannot be ended without delivering a truncated message: hang up.
+            self.dead = true;
+            return Err(outcome);
         }
-        encoder.finish(&mut self.conn.out);
-        sent += self.conn.out.len() as u64 - 3;
-        self.conn.trace(">>> ", &format!("<message body, {sent} octets>"));
-        self.conn.trace(">>> ", ".");
-        self.conn.deadline = Some(Instant::now() + self.cfg.command_timeout);
-        let reply = self
-            .conn
-            .flush()
-            .and_then(|()| self.conn.read_reply())
-            .map_err(|e| TxFailure::Broken(self.conn_failure(Stage::Dot, e)))?;
+        self.start_clock(self.cfg.command_timeout);
+        let reply = self.read_reply(Stage::Dot)?;
+        // A refusal here fails only this transaction: the next one needs no RSET.
         let outcome = match self.check(Stage::Dot, reply, 2) {
             Ok(reply) => Outcome::from_reply(Stage::Dot, &reply),
             Err(outcome) => outcome,
         };
-        if self.dead {
-            return Err(TxFailure::Broken(outcome));
-        }
         Ok(outcome)
     }
 }
 
-#[derive(Debug, Clone)]
-enum RcptState {
-    Pending,
-    Accepted,
-    Done(Outcome),
-}
-
-enum TxFailure {
-    /// This transaction failed; the connection is still good for the next one.
-    Transaction(Outcome),
-    /// The connection is gone: this and every later transaction get the outcome.
-    Broken(Outcome),
-}
-
-struct Prepared {
-    mail: String,
-    /// After each `RCPT TO:<...>`: DSN's NOTIFY.
-    rcpt_params: String,
-    file: File,
-}
-
-/// No control characters in an envelope address: a CR or LF would inject commands.
 #[cfg(test)]
 mod tests {
     use std::io::{BufRead, BufReader, Write};
@@ -415,7 +296,7 @@ mod tests {
         std::fs::write(&message, "Subject: x\n\nbody\n").unwrap();
         let tx = |sender: &str, recipients: &[&str]| Transaction {
             sender: sender.into(),
-            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+            recipients: recipients.iter().map(ToString::to_string).collect(),
             message: message.clone(),
             journal_ids: Vec::new(),
             dsn: String::new(),
