@@ -219,8 +219,8 @@ def test_an_envid_in_xtext_already_is_kept() -> None:
 def test_a_drop_carries_dsn_only_in_the_shape_sendmail_writes() -> None:
     envelope = "Sender: a@example.test\nRecipient: b@example.test\nDSN: {}\n"
     good = "NOTIFY=SUCCESS,DELAY RET=FULL ENVID=x+2By"
-    assert parse_envelope(envelope.format(good)) == ("a@example.test", ["b@example.test"], good)
-    assert parse_envelope(envelope[:-8])[2] == ""
+    assert parse_envelope(envelope.format(good).encode()) == ("a@example.test", ["b@example.test"], good)
+    assert parse_envelope(envelope[:-8].encode())[2] == ""
     for bad in ("NOTIFY=NEVER SIZE=1", "RET=ALL", "ENVID=a=b", "NOTIFY=", "NOTIFY=NEVER  RET=FULL"):
         with pytest.raises(Rejected):
-            parse_envelope(envelope.format(bad))
+            parse_envelope(envelope.format(bad).encode())

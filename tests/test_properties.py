@@ -91,7 +91,7 @@ envelope_line = st.one_of(
 def test_drop_envelope_parser(lines: list[str], end: str) -> None:
     text = "\n".join(lines) + end
     try:
-        sender, recipients, _ = parse_envelope(text)
+        sender, recipients, _ = parse_envelope(text.encode("utf-8", "surrogateescape"))
     except (Rejected, Fatal):
         return
     assert recipients

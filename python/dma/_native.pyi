@@ -6,30 +6,27 @@ __version__: str
 
 # ---- spool ----
 @final
-class MessageInfo:
-    input_bytes: int
-    size: int
-    eight_bit: bool
-    recipient_headers: list[str]
-
-@final
 class Incoming:
     def __new__(cls, spooldir: str, durable: bool = True, name: str | None = None) -> Incoming: ...
     @property
     def id(self) -> str: ...
     def receive(
         self,
-        source: int | bytes | SmtpStdin,  # a file descriptor (left open), the message, or a DATA body
+        # a file descriptor (left open), the message, a DATA body, or a bounce: (text before,
+        # spooled original, whole or its headers, text after)
+        source: int | bytes | SmtpStdin | tuple[bytes, str, bool, bytes],
         *,
         prefix: bytes,
         add_if_missing: list[tuple[str, bytes]],
-        dot_terminates: bool,
-        collect_recipients: bool,
+        dot_terminates: bool = False,
+        collect_recipients: bool = False,
         rewrite_from: str | None = None,
-    ) -> MessageInfo: ...
-    def commit(self, sender: str, recipients: list[str], dsn: str = ...) -> list[str]: ...  # dsn: ""
-    def commit_drop(self, sender: str, recipients: list[str], dsn: str = ...) -> str: ...  # dsn: ""
+    ) -> tuple[int, list[str]]: ...  # (size in the spool, To:/Cc:/Bcc: values if collected)
+    # dsn: ""; drop: into the drop directory, returning [the message id]
+    def commit(self, sender: str, recipients: list[str], dsn: str = ..., drop: bool = False) -> list[str]: ...
     def abort(self) -> None: ...
+    @staticmethod
+    def drop_envelope(text: bytes) -> tuple[str, list[str], str]: ...  # (sender, recipients, dsn)
 
 @final
 class SmtpStdin:

@@ -7,22 +7,12 @@
         for msg in messages:
             batch.submit(msg)
 
-A message goes through the same code as `sendmail -i` (`submit.spool_message`): the same envelope
-rules, the same aliases, the same headers added (`Received`, and `Date`, `Message-Id` and `From`
-when missing), `Bcc:` removed. Two differences from the command line, both what a program wants:
-
-- a line holding a single `.` is part of the message, as with `sendmail -i`: nothing ends a message
-  given as an object;
-- without `recipients`, they come from the `To:`, `Cc:` and `Bcc:` headers, as with `sendmail -t`.
-
-Errors raise `dma.errors.Fatal` with `sendmail`'s exit code in `.code` (65 a bad address, 66 no
-recipients, 73/74/75 the spool could not be written, 78 a configuration error); whatever raised,
-nothing of that message is left in the spool.
-
-After the message is durable, the queue runner is woken, or started when none runs, unless the
-configuration says `DEFER`. The runner is started as `python -m dma.cli -C <config> -q` in a new
-session (never by forking the caller's process); a failure to wake or start it is not an error of
-the submission, which has succeeded by then: the message waits for the next runner (`dma -q`).
+A message is handled as by `sendmail -i` (the same envelope rules, aliases and added headers,
+`Bcc:` removed), with its recipients from `To:`, `Cc:` and `Bcc:` (as `-t`) unless given. Errors
+raise `dma.errors.Fatal` with `sendmail`'s exit code in `.code`, and leave nothing of that message
+in the spool. Once the message is durable the queue runner is woken, or started (`python -m
+dma.cli -C <config> -q`, in a new session), unless the configuration says `DEFER`; failing that is
+not an error: the message waits for the next runner.
 """
 
 from __future__ import annotations
@@ -33,15 +23,14 @@ import threading
 
 from . import _native
 from .errors import EX_NOINPUT, Fatal
+from .mail import submit as submission
 from .mail.routing import RecipientResolver
-from .mail.submit import Submission, os_failure, spool_message
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
     from collections.abc import Iterable
     from email.message import Message
-    from types import TracebackType
 
     from .config import Config
 
@@ -59,17 +48,12 @@ def submit(
     recipients: str | Iterable[str] | None = None,
     config: Config | str | os.PathLike[str] | None = None,
 ) -> str:
-    """Queue `message` durably and return its message id; then wake or start the queue runner.
+    """Queue `message` (an `email.message.Message`, or bytes) durably, as when `sendmail` exits 0,
+    and return its message id; then wake or start the queue runner. Thread-safe.
 
-    `message`: an `email.message.Message` (`EmailMessage`, or a `MIMEText` and friends) or the
-    message's bytes (LF or CRLF line endings). `sender`: the envelope sender, as `sendmail -f`
-    takes it (`""` or `"<>"` is the null sender); by default `$EMAIL`, else the login name, at
-    `MAILNAME`. `recipients`: one address list (`"a@x, b@y"`) or several; by default the addresses
-    in `To:`, `Cc:` and `Bcc:`. `config`: a `dma.config.Config`, or the path of a dma.conf; by
-    default `$DMA_CONF`, else /etc/dma/dma.conf.
-
-    Returns once the message is on disk (file and directory synced), as `sendmail` exits 0.
-    Raises `dma.errors.Fatal` (see the module docstring). Safe to call from several threads.
+    `sender` as `sendmail -f` takes it (`""`: null; default `$EMAIL`, else the login name);
+    `recipients`: address lists, by default the message's; `config`: a `dma.config.Config` or a
+    dma.conf's path (default `$DMA_CONF`, else /etc/dma/dma.conf).
     """
     cfg = load_config(config)
     message_id = _spool(cfg, message, sender, recipients, durable=True, resolver=None)
@@ -80,30 +64,17 @@ def submit(
 
 class Batch:
     """Many messages queued together: each is written without syncing, and leaving the `with`
-    block makes them all durable with ONE `syncfs` of the spool's file system, then wakes (or
-    starts) the runner once.
+    block makes them all durable with ONE `syncfs`, then wakes (or starts) the runner once.
 
-        with dma.api.Batch(config="/etc/dma/dma.conf") as batch:
-            for msg in messages:
-                batch.submit(msg)
-        # every message is durable here
+    `submit` takes the arguments of `dma.api.submit` and returns the message id; a message it
+    refuses leaves nothing and does not end the batch. Without `with`, call `close()`. Not
+    thread-safe: one batch per thread.
 
-    `submit` takes the arguments of `dma.api.submit` and returns the message id. A message that
-    `submit` refuses (it raises `Fatal`) leaves nothing in the spool and does not end the batch.
-
-    **If the body of the `with` raises**, the messages already submitted are KEPT: they are made
-    durable and the runner is woken as on a normal exit, then the exception goes on. A message id
-    returned by `batch.submit` therefore always means "this message will be sent", whatever
-    happens after it in the block: the caller resubmits only what never got an id, and nothing is
-    sent twice. Removing them instead could not be made safe: each entry is visible in the spool
-    from the moment `submit` returns, so a runner woken by someone else may already be delivering
-    it, and a caller that resubmitted a "rolled back" batch would then send those messages twice.
-
-    Before the block ends the messages survive the death of this process (they are complete
-    queue entries, delivered by the next runner) but not a crash of the machine. If the final
-    sync fails, `Fatal` is raised and the messages stay queued, not known to be durable.
-
-    Without `with`, call `close()` when done. A batch is not thread-safe: use one per thread.
+    If the block raises, the messages already submitted are KEPT (synced, the runner woken), so a
+    returned id always means "will be sent": each entry is in the spool from the moment `submit`
+    returns and another runner may already deliver it, so a rollback could send mail twice. Before
+    the end they survive the death of this process, not a crash of the machine; a failed final
+    sync raises `Fatal`, the messages staying queued.
     """
 
     def __init__(self, config: Config | str | os.PathLike[str] | None = None) -> None:
@@ -111,19 +82,12 @@ class Batch:
         self.message_ids: list[str] = []
         self._resolver = RecipientResolver(self.config)
         self._closed = False
-        self._unsynced = 0
 
     def __enter__(self) -> Batch:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        # Kept on an exception too: see the class docstring.
-        self.close()
+    def __exit__(self, *exc: object) -> None:
+        self.close()  # on an exception too: see the class docstring
 
     def submit(
         self,
@@ -137,7 +101,6 @@ class Batch:
             raise RuntimeError("this dma.api.Batch is closed")
         message_id = _spool(self.config, message, sender, recipients, durable=False, resolver=self._resolver)
         self.message_ids.append(message_id)
-        self._unsynced += 1
         return message_id
 
     def close(self) -> None:
@@ -145,13 +108,12 @@ class Batch:
         if self._closed:
             return
         self._closed = True
-        if not self._unsynced:
+        if not self.message_ids:
             return
         try:
             _native.sync_spool(self.config.spooldir)
         except OSError as e:
-            raise os_failure(e, f"can not sync the spool `{self.config.spooldir}'") from e
-        self._unsynced = 0
+            raise submission.os_failure(e, f"can not sync the spool `{self.config.spooldir}'") from e
         if not self.config.defer:
             wake_runner(self.config)
 
@@ -168,27 +130,6 @@ def load_config(config: Config | str | os.PathLike[str] | None) -> Config:
     return load(os.fspath(config) if config is not None else None)
 
 
-def message_bytes(message: Message | bytes | bytearray | memoryview) -> bytes:
-    """The message as bytes with LF line endings (the spool writer normalises CRLF anyway).
-
-    A `Message` is written with its own policy (so a `compat32` MIME object keeps its folding),
-    without `>From` quoting, which is the mailbox writer's business.
-    """
-    if isinstance(message, bytes):
-        return message
-    if isinstance(message, (bytearray, memoryview)):
-        return bytes(message)
-    from email.generator import BytesGenerator
-    from email.message import Message
-    from io import BytesIO
-
-    if not isinstance(message, Message):
-        raise TypeError(f"a message must be an email.message.Message or bytes, not {type(message).__name__}")
-    out = BytesIO()
-    BytesGenerator(out, mangle_from_=False, policy=message.policy.clone(linesep="\n")).flatten(message)
-    return out.getvalue()
-
-
 def _spool(
     cfg: Config,
     message: Message | bytes | bytearray | memoryview,
@@ -198,24 +139,32 @@ def _spool(
     durable: bool,
     resolver: RecipientResolver | None,
 ) -> str:
-    data = message_bytes(message)
-    if recipients is None:
-        given: list[str] = []
-    elif isinstance(recipients, str):
-        given = [recipients]
+    if isinstance(message, (bytes, bytearray, memoryview)):
+        data = bytes(message)
     else:
-        given = list(recipients)
-        if not all(isinstance(r, str) for r in given):
-            raise TypeError("recipients must be strings")
+        from email.generator import BytesGenerator
+        from email.message import Message
+        from io import BytesIO
+
+        if not isinstance(message, Message):
+            raise TypeError(
+                f"a message must be an email.message.Message or bytes, not {type(message).__name__}"
+            )
+        # Its own policy (a `compat32` MIME object keeps its folding), LF, no `>From` quoting.
+        out = BytesIO()
+        BytesGenerator(out, mangle_from_=False, policy=message.policy.clone(linesep="\n")).flatten(message)
+        data = out.getvalue()
+    given = [recipients] if isinstance(recipients, str) else list(recipients or ())
+    if not all(isinstance(r, str) for r in given):
+        raise TypeError("recipients must be strings")
     if recipients is not None and not any(r.strip() for r in given):
         raise Fatal(EX_NOINPUT, "no recipients given")
-    sub = Submission(given, sender, dot_terminates=False, from_headers=recipients is None)
-    message_id, _ = spool_message(cfg, sub, data, durable=durable, resolver=resolver)
-    return message_id
+    sub = submission.Submission(given, sender, dot_terminates=False, from_headers=recipients is None)
+    return submission.submit(cfg, sub, data, durable=durable, resolver=resolver)[0]
 
 
 def runner_running(cfg: Config) -> bool:
-    """Whether a queue runner holds this spool's lock (the test `sendmail` makes)."""
+    """Whether a queue runner holds this spool's lock."""
     import fcntl
 
     try:
@@ -232,10 +181,7 @@ def runner_running(cfg: Config) -> bool:
 
 
 def wake_runner(cfg: Config) -> None:
-    """Have the queue runner look at the spool now: wake the running one, or start one.
-
-    Never raises: the messages are queued whatever happens here, and the next runner sends them.
-    """
+    """Wake the running queue runner, or start one. Never raises: the mail is queued anyway."""
     from .mail.queue import wake
 
     try:
@@ -248,11 +194,10 @@ def wake_runner(cfg: Config) -> None:
 
 
 def start_runner(cfg: Config) -> None:
-    """Start `dma -q` for `cfg` as a detached process (it daemonizes itself and takes the lock).
+    """Start `dma -q` for `cfg` detached (it daemonizes and takes the lock), reaped by the next call.
 
-    `subprocess` with `start_new_session`, not `os.fork()`: forking someone else's program (its
-    threads, locks and open connections) is not ours to do. The short-lived child is reaped by the
-    next call, or when this process exits.
+    `subprocess` in a new session, not `os.fork()`: forking someone else's program (its threads,
+    locks and open connections) is not ours to do.
     """
     import subprocess
 
@@ -278,8 +223,7 @@ def start_runner(cfg: Config) -> None:
 
 
 def python_executable() -> str:
-    """This interpreter's program: `sys.executable`, unless an embedding server (uWSGI,
-    mod_wsgi) set it to itself; then the `python3` of this installation."""
+    """`sys.executable`, unless an embedding server (uWSGI, mod_wsgi) set it to itself."""
     exe = sys.executable
     if exe and os.path.basename(exe).startswith("python"):
         return exe

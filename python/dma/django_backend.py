@@ -5,14 +5,9 @@ web process, no `sendmail` subprocess.
     EMAIL_BACKEND = "dma.django_backend.EmailBackend"
     DMA_CONFIG = "/etc/dma/dma.conf"  # optional: the default is $DMA_CONF, else /etc/dma/dma.conf
 
-Each call of `send_messages` (`send_mail`, `send_mass_mail`, `EmailMessage.send`, ...) queues its
-messages through one `dma.api.Batch`: one `syncfs` makes them all durable, then the queue runner is
-woken once (unless the configuration says `DEFER`). The envelope is Django's: `from_email` is the
-envelope sender and `recipients()` (To, Cc and Bcc) the envelope recipients; the message has no
-`Bcc:` header.
-
-Named `django_backend`, not `django`: a module `dma.django` would be in the way of the real `django`
-for any code that runs with `python/dma` as its working directory or on its path.
+Each `send_messages` call queues its messages in one `dma.api.Batch` (one `syncfs`, the runner
+woken once), with Django's envelope: `from_email` and `recipients()` (To, Cc and Bcc). Not named
+`dma.django`, which would hide the real `django` from code run in or with `python/dma` on its path.
 """
 
 from __future__ import annotations
@@ -38,12 +33,11 @@ __all__ = ["EmailBackend"]
 
 
 class EmailBackend(BaseEmailBackend):  # type: ignore[misc, unused-ignore]
-    """`send_messages` queues every message with a recipient and returns how many were queued.
+    """`send_messages` queues every message with a recipient and returns how many it queued.
 
-    `config` (a `dma.config.Config` or a path) overrides the `DMA_CONFIG` setting. With
-    `fail_silently`, a message dma refuses (a bad address, a spool that cannot be written) is
-    skipped and not counted; without it, the error (`dma.errors.Fatal`) is raised, and the
-    messages queued before it in the same call stay queued (see `dma.api.Batch`).
+    `config` (a `dma.config.Config` or a path) overrides the `DMA_CONFIG` setting. A message dma
+    refuses raises `dma.errors.Fatal` (those queued before it stay queued), or is skipped with
+    `fail_silently`.
     """
 
     def __init__(

@@ -5,13 +5,9 @@ the SMTP connection from the application (no network, no credentials, no waiting
     handler.setLevel(logging.ERROR)
     logging.getLogger().addHandler(handler)
 
-or in a `logging.config.dictConfig` dictionary::
+or in `logging.config.dictConfig` as {"class": "dma.logging_handler.MailHandler", "fromaddr": ...}.
 
-    "mail": {"class": "dma.logging_handler.MailHandler", "level": "ERROR",
-             "fromaddr": "app@example.org", "toaddrs": ["ops@example.org"], "subject": "app error"}
-
-Each record becomes one message, queued durably by `dma.api.submit` before `emit` returns; the
-queue runner delivers it. Errors (a bad address, a spool that cannot be written) go to
+Each record is one message, queued durably by `dma.api.submit` before `emit` returns. Errors go to
 `handleError`, as for every handler: logging never raises into the application.
 """
 
@@ -33,10 +29,7 @@ __all__ = ["MailHandler"]
 
 class MailHandler(logging.Handler):
     """Mail each record to `toaddrs` from `fromaddr` (also the envelope sender) with `subject`.
-
-    `config`: a `dma.config.Config`, or the path of a dma.conf (default `$DMA_CONF`, else
-    /etc/dma/dma.conf); read once, at the first record.
-    """
+    `config`: as `dma.api.submit` takes it, read once, at the first record."""
 
     def __init__(
         self,

@@ -1,12 +1,15 @@
-//! Turning what a submitter pipes into `sendmail` into the message we spool.
+//! What submitters give us, as we spool it: the message piped into `sendmail`, a drop's envelope,
+//! and the original a bounce quotes.
 //!
-//! One pass over the input with constant memory, whatever the size of the message or of a line:
+//! One pass over the message with constant memory, whatever the size of the message or of a line:
 //! CRLF and bare CR become LF, a leading `From ` line is dropped, a lone `.` ends the input unless
 //! `-i`, `Bcc:` is removed, the `To:`/`Cc:`/`Bcc:` values are collected for `-t`, and missing
 //! headers are added at the end of the header block. Long lines are kept whole here: the SMTP
 //! writer breaks them on the wire.
 
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Seek, Write};
+use std::path::Path;
 
 use crate::errors::{DmaError, IoContext, Result};
 
@@ -33,322 +36,185 @@ pub struct IntakeOptions<'a> {
 
 #[derive(Debug, Default)]
 pub struct MessageInfo {
-    /// Bytes read from the submitter.
-    pub input_bytes: u64,
     /// Bytes written to the spool (the message as it will be sent, LF line endings).
     pub size: u64,
-    pub eight_bit: bool,
     /// Unfolded values of `To:`, `Cc:` and `Bcc:`, when asked for.
     pub recipient_headers: Vec<String>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Part {
-    Headers,
-    Body,
-    Done,
+/// What becomes of a line, and of the header lines that continue it.
+#[derive(Clone, Copy)]
+struct Fate {
+    keep: bool,
+    /// A value for `-t`.
+    collect: bool,
+    /// The `From:` being rewritten.
+    capture: bool,
 }
 
-/// What to do with the rest of a line once its head has been classified.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Fate {
-    Keep,
-    KeepAndCollect,
-    Drop,
-    DropAndCollect,
-}
+const KEEP: Fate = Fate {
+    keep: true,
+    collect: false,
+    capture: false,
+};
+const DROP: Fate = Fate { keep: false, ..KEEP };
 
-impl Fate {
-    fn keeps(self) -> bool {
-        matches!(self, Fate::Keep | Fate::KeepAndCollect)
-    }
-    fn collects(self) -> bool {
-        matches!(self, Fate::KeepAndCollect | Fate::DropAndCollect)
-    }
-}
-
-struct Transformer<'a, W: Write> {
+struct Intake<'a, W> {
     out: W,
     opts: &'a IntakeOptions<'a>,
     info: MessageInfo,
-    part: Part,
-    first_line: bool,
-    /// The head of the current line, until it is classified.
-    head: Vec<u8>,
-    /// The fate of the current line once classified; `None` while still reading its head.
-    fate: Option<Fate>,
-    /// The fate of the previous header line, which continuation lines inherit.
-    header_fate: Fate,
+    /// Still in the header block; what became of its last field.
+    headers: bool,
+    field: Fate,
     present: Vec<bool>,
-    pending_cr: bool,
-    /// The first `From:` being rewritten (bounded), while its lines are read.
-    from_value: Option<Vec<u8>>,
-    capturing: bool,
+    /// The first `From:` while it is rewritten (bounded).
+    from: Option<Vec<u8>>,
     /// Bytes collected for `-t` so far.
     collected: usize,
 }
 
-impl<'a, W: Write> Transformer<'a, W> {
-    fn new(out: W, opts: &'a IntakeOptions<'a>) -> Self {
-        Transformer {
-            out,
-            opts,
-            info: MessageInfo::default(),
-            part: Part::Headers,
-            first_line: true,
-            head: Vec::with_capacity(LINE_HEAD),
-            fate: None,
-            header_fate: Fate::Keep,
-            present: vec![false; opts.add_if_missing.len()],
-            pending_cr: false,
-            from_value: None,
-            capturing: false,
-            collected: 0,
-        }
-    }
-
-    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if !self.info.eight_bit && bytes.iter().any(|&b| b >= 0x80) {
-            self.info.eight_bit = true;
-        }
+impl<W: Write> Intake<'_, W> {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
         self.info.size += bytes.len() as u64;
-        self.out.write_all(bytes)
+        self.out
+            .write_all(bytes)
+            .context(|| "writing the spool file".into())
     }
 
-    /// Feed raw input; line endings are normalised here.
-    fn feed(&mut self, raw: &[u8]) -> Result<()> {
-        self.info.input_bytes += raw.len() as u64;
-        if raw.contains(&0) {
-            return Err(DmaError::Data("message contains a NUL byte".into()));
+    /// Decide from its head (without its line end) what a line is.
+    fn fate(&mut self, head: &[u8], first: bool) -> Result<Fate> {
+        if !self.headers {
+            return Ok(KEEP);
         }
-        let mut start = 0;
-        let mut i = 0;
-        while i < raw.len() && self.part != Part::Done {
-            if self.pending_cr {
-                // A CR ended the previous chunk: it is a line end whether or not LF follows.
-                self.pending_cr = false;
-                self.end_line()?;
-                if raw[i] == b'\n' {
-                    i += 1;
+        if first && is_from_line(head) {
+            return Ok(DROP);
+        }
+        if !first && is_continuation(head) {
+            return Ok(self.field);
+        }
+        let Some(name) = field_name(head) else {
+            // The empty line ends the header block (`close_headers` writes it); any other line
+            // that is not a field starts the body of a message without a separator.
+            self.close_headers()?;
+            return Ok(if head.is_empty() { DROP } else { KEEP });
+        };
+        let name = name.to_ascii_lowercase();
+        for (present, (wanted, _)) in self.present.iter_mut().zip(self.opts.add_if_missing) {
+            *present |= name == wanted.as_bytes();
+        }
+        let collect = self.opts.collect_recipients;
+        self.field = match &name[..] {
+            b"from" if self.opts.rewrite_from.is_some() && self.from.is_none() => {
+                self.from = Some(Vec::new());
+                Fate {
+                    capture: true,
+                    ..DROP
                 }
-                start = i;
-                continue;
             }
-            match raw[i] {
-                b'\n' => {
-                    self.push(&raw[start..i])?;
-                    self.end_line()?;
-                    i += 1;
-                    start = i;
-                }
-                b'\r' => {
-                    self.push(&raw[start..i])?;
-                    if i + 1 == raw.len() {
-                        self.pending_cr = true;
-                        i += 1;
-                    } else {
-                        self.end_line()?;
-                        i += if raw[i + 1] == b'\n' { 2 } else { 1 };
-                    }
-                    start = i;
-                }
-                _ => i += 1,
-            }
-        }
-        if self.part != Part::Done && start < i {
-            self.push(&raw[start..i])?;
-        }
-        Ok(())
+            b"bcc" => Fate { collect, ..DROP },
+            b"to" | b"cc" => Fate { collect, ..KEEP },
+            _ => KEEP,
+        };
+        Ok(self.field)
     }
 
-    /// Part of a line (without its end).
-    fn push(&mut self, mut bytes: &[u8]) -> Result<()> {
-        if self.fate.is_none() {
-            let take = bytes.len().min(LINE_HEAD - self.head.len());
-            self.head.extend_from_slice(&bytes[..take]);
-            bytes = &bytes[take..];
-            if self.head.len() < LINE_HEAD {
-                return Ok(());
-            }
-            self.classify()?;
+    /// Write, collect or capture part of a line as its fate says (`head`: the line's first part).
+    fn take(&mut self, fate: Fate, piece: &[u8], head: bool) -> Result<()> {
+        if let (true, Some(from)) = (fate.capture, self.from.as_mut()) {
+            let room = LINE_HEAD.saturating_sub(from.len()).min(piece.len());
+            from.extend_from_slice(&piece[..room]);
         }
-        self.stream(bytes)
-    }
-
-    /// Write (or drop, or collect) the rest of an already classified line.
-    fn stream(&mut self, bytes: &[u8]) -> Result<()> {
-        self.capture(bytes);
-        let fate = self.fate.unwrap_or(Fate::Keep);
-        if fate.collects() {
-            self.collect(bytes, false)?;
+        if fate.keep {
+            self.write(piece)?;
         }
-        if fate.keeps() && !bytes.is_empty() {
-            self.write(bytes).context(|| "writing the spool file".into())?;
+        if !fate.collect {
+            return Ok(());
         }
-        Ok(())
-    }
-
-    /// Keep part of a `To:`/`Cc:`/`Bcc:` value for `-t` (`new`: a field's first part).
-    fn collect(&mut self, bytes: &[u8], new: bool) -> Result<()> {
-        if new {
+        let mut value = piece;
+        if head && !is_continuation(piece) {
+            // A new field: its value starts after the colon.
             self.info.recipient_headers.push(String::new());
+            value = piece.splitn(2, |&b| b == b':').nth(1).unwrap_or_default();
         }
-        self.collected += bytes.len();
+        self.collected += value.len();
         let field = self
             .info
             .recipient_headers
             .last_mut()
             .expect("a field is being collected");
-        if field.len() + bytes.len() > MAX_FIELD || self.collected > MAX_COLLECTED {
+        if field.len() + value.len() > MAX_FIELD || self.collected > MAX_COLLECTED {
             return Err(DmaError::Data(format!(
                 "To:, Cc: and Bcc: over {} MiB in a field or {} MiB in all, for -t",
                 MAX_FIELD >> 20,
                 MAX_COLLECTED >> 20
             )));
         }
-        field.push_str(&String::from_utf8_lossy(bytes));
+        field.push_str(&String::from_utf8_lossy(value));
         Ok(())
     }
 
-    fn end_line(&mut self) -> Result<()> {
-        if self.part == Part::Done {
-            return Ok(());
-        }
-        if self.fate.is_none() {
-            if self.is_terminator() {
-                self.head.clear();
-                return self.finish_part();
-            }
-            self.classify()?;
-            if self.part == Part::Done {
-                return Ok(());
-            }
-        }
-        if self.fate.unwrap_or(Fate::Keep).keeps() {
-            self.write(b"\n").context(|| "writing the spool file".into())?;
-        }
-        self.fate = None;
-        self.first_line = false;
-        Ok(())
-    }
-
-    fn is_terminator(&self) -> bool {
-        self.opts.dot_terminates && self.head == b"."
-    }
-
-    /// Decide what the current line is from its head, and write the head accordingly.
-    fn classify(&mut self) -> Result<()> {
-        let head = std::mem::take(&mut self.head);
-        let fate = match self.part {
-            Part::Body => Fate::Keep,
-            Part::Done => Fate::Drop,
-            Part::Headers => self.classify_header(&head)?,
-        };
-        self.capture(&head);
-        self.fate = Some(fate);
-        if fate.collects() {
-            let new = !is_continuation(&head) || self.info.recipient_headers.is_empty();
-            let colon = head.iter().position(|&b| b == b':').filter(|_| new);
-            self.collect(&head[colon.map_or(0, |p| p + 1)..], new)?;
-        }
-        if fate.keeps() {
-            self.write(&head).context(|| "writing the spool file".into())?;
-        }
-        self.head = head;
-        self.head.clear();
-        Ok(())
-    }
-
-    fn classify_header(&mut self, head: &[u8]) -> Result<Fate> {
-        if self.first_line && is_from_line(head) {
-            return Ok(Fate::Drop);
-        }
-        if head.is_empty() {
-            // The separator: close the header block (this writes the empty line itself).
-            self.close_headers()?;
-            return Ok(Fate::Drop);
-        }
-        if is_continuation(head) && !self.first_line {
-            return Ok(self.header_fate);
-        }
-        let Some(name) = field_name(head) else {
-            // Not a header field: the message has no separator, so its body starts here.
-            self.close_headers()?;
-            return Ok(Fate::Keep);
-        };
-        let name = name.to_ascii_lowercase();
-        for (i, (wanted, _)) in self.opts.add_if_missing.iter().enumerate() {
-            if name == wanted.as_bytes() {
-                self.present[i] = true;
-            }
-        }
-        self.capturing = name == b"from" && self.opts.rewrite_from.is_some() && self.from_value.is_none();
-        if self.capturing {
-            self.from_value = Some(Vec::new());
-            self.header_fate = Fate::Drop;
-            return Ok(Fate::Drop);
-        }
-        let collect = self.opts.collect_recipients;
-        let fate = match &name[..] {
-            b"bcc" if collect => Fate::DropAndCollect,
-            b"bcc" => Fate::Drop,
-            b"to" | b"cc" if collect => Fate::KeepAndCollect,
-            _ => Fate::Keep,
-        };
-        self.header_fate = fate;
-        Ok(fate)
-    }
-
-    fn capture(&mut self, bytes: &[u8]) {
-        if let (true, Some(value)) = (self.capturing, self.from_value.as_mut()) {
-            let room = LINE_HEAD.saturating_sub(value.len()).min(bytes.len());
-            value.extend_from_slice(&bytes[..room]);
-        }
-    }
-
-    /// End the header block: add what is missing, then the empty line.
+    /// End the header block: the rewritten `From:`, what is missing, then the empty line.
     fn close_headers(&mut self) -> Result<()> {
-        self.capturing = false;
-        if let (Some(address), Some(value)) = (self.opts.rewrite_from, self.from_value.take()) {
-            self.write(&rewritten_from(&value, address))
-                .context(|| "writing the spool file".into())?;
+        let opts = self.opts;
+        self.headers = false;
+        if let (Some(address), Some(value)) = (opts.rewrite_from, self.from.take()) {
+            self.write(&rewritten_from(&value, address))?;
         }
-        for (i, (_, line)) in self.opts.add_if_missing.iter().enumerate() {
-            if !self.present[i] {
-                self.write(line).context(|| "writing the spool file".into())?;
+        let present = std::mem::take(&mut self.present);
+        for ((_, line), present) in opts.add_if_missing.iter().zip(present) {
+            if !present {
+                self.write(line)?;
             }
         }
-        self.write(b"\n").context(|| "writing the spool file".into())?;
-        self.part = Part::Body;
-        Ok(())
+        self.write(b"\n")
     }
+}
 
-    /// A terminating `.` line, or the end of the input.
-    fn finish_part(&mut self) -> Result<()> {
-        if self.part == Part::Headers {
-            self.close_headers()?;
-        }
-        self.part = Part::Done;
-        Ok(())
-    }
+/// The input with CRLF and bare CR as LF; a NUL byte is an error.
+struct Lf<R> {
+    inner: R,
+    after_cr: bool,
+}
 
-    fn finish(mut self) -> Result<(MessageInfo, W)> {
-        if self.pending_cr {
-            self.pending_cr = false;
-            self.end_line()?;
-        }
-        if self.part != Part::Done && (self.fate.is_some() || !self.head.is_empty()) {
-            // The last line had no line end: it gets one, and is never a terminating `.`.
-            if self.fate.is_none() {
-                self.classify()?;
+impl<R: Read> Read for Lf<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let n = self.inner.read(buf)?;
+            if buf[..n].contains(&0) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "message contains a NUL byte",
+                ));
             }
-            self.end_line()?;
+            let mut kept = 0;
+            for i in 0..n {
+                let byte = buf[i];
+                if !(self.after_cr && byte == b'\n') {
+                    buf[kept] = if byte == b'\r' { b'\n' } else { byte };
+                    kept += 1;
+                }
+                self.after_cr = byte == b'\r';
+            }
+            // Nothing but the LF of a CRLF: read on (0 would mean the end of the input).
+            if kept > 0 || n == 0 {
+                return Ok(kept);
+            }
         }
-        if self.part != Part::Done {
-            self.finish_part()?;
-        }
-        Ok((self.info, self.out))
     }
+}
+
+/// Up to `limit` bytes of the current line, its LF included, into `buf` (emptied first).
+fn read_piece(input: &mut impl BufRead, limit: usize, buf: &mut Vec<u8>) -> Result<usize> {
+    buf.clear();
+    input
+        .by_ref()
+        .take(limit as u64)
+        .read_until(b'\n', buf)
+        .map_err(|e| match e.kind() {
+            // Only `Lf` says InvalidData (a NUL byte): the system never does.
+            io::ErrorKind::InvalidData => DmaError::Data(e.to_string()),
+            _ => DmaError::io("reading the message", e),
+        })
 }
 
 /// `From: <display name> <address>`: the display name of `header` (a whole `From:` field) is the
@@ -387,25 +253,124 @@ fn field_name(line: &[u8]) -> Option<&[u8]> {
 
 /// Copy a message from `input` to `out`, applying everything described at the top of this file.
 pub fn copy_message<R: Read, W: Write>(
-    mut input: R,
-    mut out: W,
+    input: R,
+    out: W,
     opts: &IntakeOptions<'_>,
 ) -> Result<(MessageInfo, W)> {
-    out.write_all(opts.prefix)
-        .context(|| "writing the spool file".into())?;
-    let mut t = Transformer::new(out, opts);
-    t.info.size = opts.prefix.len() as u64;
-    let mut buf = vec![0u8; CHUNK];
-    while t.part != Part::Done {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(DmaError::io("reading the message", e)),
-        };
-        t.feed(&buf[..n])?;
+    let mut input = BufReader::with_capacity(
+        CHUNK,
+        Lf {
+            inner: input,
+            after_cr: false,
+        },
+    );
+    let mut intake = Intake {
+        out,
+        opts,
+        info: MessageInfo::default(),
+        headers: true,
+        field: KEEP,
+        present: vec![false; opts.add_if_missing.len()],
+        from: None,
+        collected: 0,
+    };
+    intake.write(opts.prefix)?;
+    let mut piece = Vec::with_capacity(CHUNK);
+    let mut first = true;
+    // Each line: its head decides its fate, then the rest of it follows in chunks.
+    while read_piece(&mut input, LINE_HEAD, &mut piece)? > 0 {
+        if opts.dot_terminates && piece == b".\n" {
+            break;
+        }
+        let mut whole = piece.ends_with(b"\n");
+        let head = &piece[..piece.len() - usize::from(whole)];
+        let fate = intake.fate(head, first)?;
+        intake.take(fate, head, true)?;
+        while !whole {
+            whole = read_piece(&mut input, CHUNK, &mut piece)? == 0 || piece.ends_with(b"\n");
+            intake.take(fate, piece.strip_suffix(b"\n").unwrap_or(&piece), false)?;
+        }
+        if fate.keep {
+            intake.write(b"\n")?;
+        }
+        first = false;
     }
-    t.finish()
+    if intake.headers {
+        intake.close_headers()?;
+    }
+    Ok((intake.info, intake.out))
+}
+
+/// A spooled message as a bounce quotes it: whole, or its header block (RET=HDRS).
+pub fn quoted(path: &Path, whole: bool) -> Result<io::Take<File>> {
+    let context = || format!("reading `{}'", path.display());
+    let mut file = File::open(path).context(context)?;
+    let mut len = u64::MAX;
+    if !whole {
+        len = 0;
+        let mut lines = BufReader::new(&file);
+        let mut line = Vec::new();
+        while lines.read_until(b'\n', &mut line).context(context)? > 0
+            && !matches!(&line[..], b"\n" | b"\r\n")
+        {
+            len += line.len() as u64;
+            line.clear();
+        }
+        file.rewind().context(context)?;
+    }
+    Ok(file.take(len))
+}
+
+/// A drop's envelope as `commit_drop` writes it (spool.rs): (sender, recipients, DSN parameters).
+/// `Sender:` once, `Recipient:` lines, `DSN:` at most once, every address valid; a user wrote it,
+/// so anything else refuses the drop.
+pub fn parse_envelope(text: &[u8]) -> Result<(String, Vec<String>, String)> {
+    let refuse = |why: String| DmaError::Data(why);
+    let text = std::str::from_utf8(text).map_err(|_| refuse("the envelope is not UTF-8".into()))?;
+    let text = text
+        .strip_suffix('\n')
+        .ok_or_else(|| refuse("the envelope is incomplete".into()))?;
+    let (mut sender, mut recipients, mut dsn) = (None, Vec::new(), None);
+    for line in text.split('\n') {
+        let (key, value) = line.split_once(':').unwrap_or_default();
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match key {
+            "Sender" if sender.is_none() => sender = Some(value.to_owned()),
+            "Recipient" if !value.is_empty() => recipients.push(value.to_owned()),
+            "DSN" if dsn.is_none() && dsn_valid(value) => dsn = Some(value.to_owned()),
+            _ => {
+                let shown: String = line.chars().take(80).collect();
+                return Err(refuse(format!("unexpected envelope line {shown:?}")));
+            }
+        }
+    }
+    let sender = sender
+        .filter(|_| !recipients.is_empty())
+        .ok_or_else(|| refuse("the envelope lacks a sender or recipients".into()))?;
+    for address in Some(&sender)
+        .filter(|s| !s.is_empty())
+        .into_iter()
+        .chain(&recipients)
+    {
+        crate::address::check(address).map_err(|why| {
+            refuse(format!(
+                "invalid envelope address `{}': {why}",
+                address.escape_debug()
+            ))
+        })?;
+    }
+    Ok((sender, recipients, dsn.unwrap_or_default()))
+}
+
+/// DSN parameters as `sendmail -N/-R/-V` writes them (dsn.py): a drop's `DSN:` line is a user's.
+fn dsn_valid(params: &str) -> bool {
+    let among = |words: &str, allowed: &[&str]| words.split(',').all(|w| allowed.contains(&w));
+    params.split(' ').all(|param| match param.split_once('=') {
+        Some(("NOTIFY", words)) => among(words, &["NEVER", "SUCCESS", "FAILURE", "DELAY"]),
+        Some(("RET", words)) => among(words, &["HDRS", "FULL"]),
+        Some(("ENVID", id)) => !id.is_empty() && id.bytes().all(|b| b.is_ascii_graphic() && b != b'='),
+        _ => false,
+    })
 }
 
 #[cfg(test)]
@@ -458,7 +423,6 @@ mod tests {
             "Received: x\nSubject: hi\nDate: x\nMessage-Id: <M>\n\nbody\n"
         );
         assert_eq!(info.size, out.len() as u64);
-        assert!(!info.eight_bit);
     }
 
     #[test]
@@ -541,9 +505,8 @@ mod tests {
     fn headers_only_empty_and_unterminated_input() {
         let (out, _) = run(b"Subject: only", false, false);
         assert_eq!(out, "Received: x\nSubject: only\nDate: D\nMessage-Id: <M>\n\n");
-        let (out, info) = run(b"", false, false);
+        let (out, _) = run(b"", false, false);
         assert_eq!(out, "Received: x\nDate: D\nMessage-Id: <M>\n\n");
-        assert_eq!(info.input_bytes, 0);
         let (out, _) = run(b"S: a\n\nno newline", false, false);
         assert!(out.ends_with("\n\nno newline\n"));
     }
@@ -596,13 +559,74 @@ mod tests {
     }
 
     #[test]
-    fn nul_is_refused_and_eight_bit_noticed() {
-        let opts = VERBATIM;
+    fn nul_is_refused() {
         assert!(matches!(
-            copy_message(&b"a\0b\n"[..], Vec::new(), &opts),
+            copy_message(&b"a\0b\n"[..], Vec::new(), &VERBATIM),
             Err(DmaError::Data(_))
         ));
-        let (_, info) = run("Subject: café\n\n".as_bytes(), false, false);
-        assert!(info.eight_bit);
+    }
+
+    #[test]
+    fn a_bounce_quotes_the_whole_original_or_its_header_block() {
+        let dir = crate::test_util::tempdir("quoted");
+        let path = dir.join("M1");
+        let read = |whole| {
+            let mut text = String::new();
+            quoted(&path, whole).unwrap().read_to_string(&mut text).unwrap();
+            text
+        };
+        std::fs::write(&path, "A: 1\nB: 2\n\nbody\n\nmore\n").unwrap();
+        assert_eq!(read(false), "A: 1\nB: 2\n");
+        assert_eq!(read(true), "A: 1\nB: 2\n\nbody\n\nmore\n");
+        std::fs::write(&path, "A: 1\r\n\r\nbody\r\n").unwrap();
+        assert_eq!(read(false), "A: 1\r\n");
+        std::fs::write(&path, "A: 1\nno end").unwrap();
+        assert_eq!(read(false), "A: 1\nno end");
+        assert!(quoted(&dir.join("gone"), true).is_err());
+    }
+
+    #[test]
+    fn a_drop_envelope_is_read_as_commit_drop_writes_it() {
+        let parse = |text: &str| parse_envelope(text.as_bytes());
+        let good = "NOTIFY=SUCCESS,DELAY RET=FULL ENVID=x+2By";
+        assert_eq!(
+            parse(&format!(
+                "Sender: a@x\nRecipient: b@y\nRecipient:c@z\nDSN: {good}\n"
+            ))
+            .unwrap(),
+            ("a@x".into(), vec!["b@y".into(), "c@z".into()], good.into())
+        );
+        assert_eq!(parse("Sender: \nRecipient: b@y\n").unwrap().0, "");
+        for bad in [
+            "Sender: a@x\nRecipient: b@y",
+            "Sender: a@x\n",
+            "Recipient: b@y\n",
+            "Sender: a@x\nSender: a@x\nRecipient: b@y\n",
+            "Sender: a@x\nRecipient: b@y\nOther: 1\n",
+            "Sender: a@x\nRecipient: \n",
+            "Sender: a@x\nRecipient: b@y> NOTIFY=NEVER\n",
+            "Sender: a@x\rRecipient: b@y\n",
+            "Sender: a@x\nRecipient: b@y\nDSN: RET=ALL\n",
+            "Sender: a@x\nRecipient: b@y\nDSN: NOTIFY=NEVER  RET=FULL\n",
+            "Sender: a@x\nRecipient: b@y\nDSN: ENVID=a=b\n",
+        ] {
+            assert!(matches!(parse(bad), Err(DmaError::Data(_))), "{bad:?}");
+        }
+        assert!(parse_envelope(b"Sender: \xff\nRecipient: b@y\n").is_err());
+    }
+
+    #[test]
+    fn what_commit_drop_writes_reads_back() {
+        let dir = crate::test_util::tempdir("envelope");
+        let mut incoming = crate::spool::Incoming::create(&dir, true, None).unwrap();
+        incoming.receive(&b"x\n"[..], &VERBATIM).unwrap();
+        incoming.dsn = "NOTIFY=NEVER RET=HDRS".into();
+        let recipients = vec!["b@y".to_owned(), "\"c d\"@z".to_owned()];
+        let id = incoming.commit_drop("", &recipients).unwrap();
+        let text = std::fs::read(dir.join(format!("E{id}"))).unwrap();
+        assert_eq!(
+            parse_envelope(&text).unwrap(),
+            (String::new(), recipients, "NOTIFY=NEVER RET=HDRS".into())
+        );
     }
 }

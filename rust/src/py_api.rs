@@ -7,6 +7,7 @@
 )]
 
 use std::fs::File;
+use std::io::Read;
 use std::mem::ManuallyDrop;
 use std::os::fd::{BorrowedFd, FromRawFd, RawFd};
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::errors::DmaError;
-use crate::intake::{IntakeOptions, MessageInfo as RustMessageInfo};
+use crate::intake::{self, IntakeOptions};
 use crate::py_bs::SmtpStdin;
 use crate::spool::{self, Entry};
 
@@ -32,43 +33,26 @@ impl From<DmaError> for PyErr {
     }
 }
 
-/// A message being received into the spool (see `Incoming` in spool.rs).
+/// A message being received into the spool (see `Incoming` in spool.rs): the one way in.
 #[pyclass(module = "dma._native")]
 struct Incoming {
     inner: Option<spool::Incoming>,
+    #[pyo3(get)]
     id: String,
-}
-
-#[pyclass(module = "dma._native", frozen, get_all)]
-struct MessageInfo {
-    input_bytes: u64,
-    size: u64,
-    eight_bit: bool,
-    recipient_headers: Vec<String>,
-}
-
-impl From<RustMessageInfo> for MessageInfo {
-    fn from(i: RustMessageInfo) -> Self {
-        MessageInfo {
-            input_bytes: i.input_bytes,
-            size: i.size,
-            eight_bit: i.eight_bit,
-            recipient_headers: i.recipient_headers,
-        }
-    }
 }
 
 fn finished() -> PyErr {
     PyValueError::new_err("this message is already committed or aborted")
 }
 
-/// Where a message comes from: a file descriptor (standard input), bytes in memory, or the body
-/// of a DATA under `sendmail -bs`.
+/// Where a message comes from: a file descriptor (standard input), bytes in memory, the body of a
+/// DATA under `sendmail -bs`, or a bounce's text around a spooled original (quoted whole or not).
 #[derive(FromPyObject)]
 enum Source<'py> {
     Fd(i32),
     Bytes(Vec<u8>),
     Smtp(Bound<'py, SmtpStdin>),
+    Bounce(Vec<u8>, PathBuf, bool, Vec<u8>),
 }
 
 /// `Source` without its Python object, to be read with the GIL released.
@@ -76,6 +60,7 @@ enum Input {
     Fd(i32),
     Bytes(Vec<u8>),
     Smtp(crate::bs::SmtpInput<File>),
+    Bounce(Vec<u8>, PathBuf, bool, Vec<u8>),
 }
 
 #[pymethods]
@@ -93,15 +78,10 @@ impl Incoming {
         })
     }
 
-    #[getter]
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// Read the message from `source` (a file descriptor, left open, bytes, or the next body of an
-    /// `SmtpStdin`) into the spool.
-    #[pyo3(signature = (source, *, prefix, add_if_missing, dot_terminates, collect_recipients, rewrite_from=None))]
-    #[allow(clippy::too_many_arguments)]
+    /// Read the message from `source` into the spool; returns its size there and, with
+    /// `collect_recipients`, the values of its `To:`, `Cc:` and `Bcc:`.
+    #[pyo3(signature = (source, *, prefix, add_if_missing, dot_terminates=false, collect_recipients=false, rewrite_from=None))]
+    #[allow(clippy::too_many_arguments)] // the keyword arguments of one Python call
     fn receive(
         &mut self,
         py: Python<'_>,
@@ -111,9 +91,9 @@ impl Incoming {
         dot_terminates: bool,
         collect_recipients: bool,
         rewrite_from: Option<String>,
-    ) -> PyResult<MessageInfo> {
+    ) -> PyResult<(u64, Vec<String>)> {
         let mut inner = self.inner.take().ok_or_else(finished)?;
-        // The `-bs` reader leaves its Python object while the GIL is released, and returns after.
+        // The `-bs` reader lends its input while the GIL is released, and gets it back after.
         let (smtp, input) = match source {
             Source::Fd(fd) => (None, Input::Fd(fd)),
             Source::Bytes(data) => (None, Input::Bytes(data)),
@@ -121,8 +101,9 @@ impl Incoming {
                 let body = s.borrow_mut().inner.take().ok_or_else(crate::py_bs::busy)?;
                 (Some(s), Input::Smtp(body))
             }
+            Source::Bounce(before, path, whole, after) => (None, Input::Bounce(before, path, whole, after)),
         };
-        let (inner, result, body) = py.detach(move || {
+        let (inner, result, input) = py.detach(move || {
             let add: Vec<(&str, &[u8])> = add_if_missing
                 .iter()
                 .map(|(n, l)| (n.as_str(), l.as_slice()))
@@ -134,55 +115,61 @@ impl Incoming {
                 add_if_missing: &add,
                 rewrite_from: rewrite_from.as_deref(),
             };
-            let (result, body) = match input {
+            let mut input = input;
+            let result = match &mut input {
                 Input::Fd(fd) => {
-                    // SAFETY: the descriptor belongs to the caller; ManuallyDrop keeps it open.
-                    let input = ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
-                    (inner.receive(&*input, &opts), None)
+                    // SAFETY: the descriptor is the caller's, open for the call; ManuallyDrop
+                    // leaves it open.
+                    let file = ManuallyDrop::new(unsafe { File::from_raw_fd(*fd) });
+                    inner.receive(&*file, &opts)
                 }
-                Input::Bytes(data) => (inner.receive(data.as_slice(), &opts), None),
-                Input::Smtp(mut body) => (inner.receive(body.data(), &opts), Some(body)),
+                Input::Bytes(data) => inner.receive(data.as_slice(), &opts),
+                Input::Smtp(body) => inner.receive(body.data(), &opts),
+                Input::Bounce(before, path, whole, after) => intake::quoted(path, *whole)
+                    .and_then(|original| inner.receive(before.chain(original).chain(&after[..]), &opts)),
             };
-            (inner, result, body)
+            (inner, result, input)
         });
-        if let Some(s) = smtp {
-            s.borrow_mut().inner = body;
+        if let (Some(s), Input::Smtp(body)) = (smtp, input) {
+            s.borrow_mut().inner = Some(body);
         }
         self.inner = Some(inner);
-        Ok(result?.into())
+        let info = result?;
+        Ok((info.size, info.recipient_headers))
     }
 
-    /// Publish one queue entry per recipient; returns their ids. Afterwards this object is spent.
-    #[pyo3(signature = (sender, recipients, dsn=String::new()))]
+    /// Publish one queue entry per recipient and return their ids; with `drop` (system mode),
+    /// publish into the drop directory for the runner instead (`commit_drop` in spool.rs) and
+    /// return the message id. Afterwards this object is spent.
+    #[pyo3(signature = (sender, recipients, dsn=String::new(), drop=false))]
     fn commit(
         &mut self,
         py: Python<'_>,
         sender: String,
         recipients: Vec<String>,
         dsn: String,
+        drop: bool,
     ) -> PyResult<Vec<String>> {
         let mut inner = self.inner.take().ok_or_else(finished)?;
         inner.dsn = dsn;
-        Ok(py.detach(move || inner.commit(&sender, &recipients))?)
-    }
-
-    /// System mode: publish into the drop directory for the runner (see `commit_drop` in spool.rs).
-    #[pyo3(signature = (sender, recipients, dsn=String::new()))]
-    fn commit_drop(
-        &mut self,
-        py: Python<'_>,
-        sender: String,
-        recipients: Vec<String>,
-        dsn: String,
-    ) -> PyResult<String> {
-        let mut inner = self.inner.take().ok_or_else(finished)?;
-        inner.dsn = dsn;
-        Ok(py.detach(move || inner.commit_drop(&sender, &recipients))?)
+        Ok(py.detach(move || {
+            if drop {
+                inner.commit_drop(&sender, &recipients).map(|id| vec![id])
+            } else {
+                inner.commit(&sender, &recipients)
+            }
+        })?)
     }
 
     /// Give up: remove everything written so far.
     fn abort(&mut self) {
         self.inner = None;
+    }
+
+    /// The (sender, recipients, DSN parameters) of a drop's envelope, as `commit` writes it.
+    #[staticmethod]
+    fn drop_envelope(text: &[u8]) -> PyResult<(String, Vec<String>, String)> {
+        Ok(intake::parse_envelope(text)?)
     }
 }
 
@@ -331,7 +318,7 @@ mod _native {
     #[pymodule_export]
     use super::{
         auth_cram_md5, auth_plain, auth_xoauth2, check_address, clean_stale, journal_take, maildir_deliver,
-        mbox_append, no_core_dumps, scan_queue, sync_spool, syslog, Incoming, MessageInfo,
+        mbox_append, no_core_dumps, scan_queue, sync_spool, syslog, Incoming,
     };
     #[pymodule_export]
     use crate::py_bs::SmtpStdin;

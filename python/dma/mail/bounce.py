@@ -9,20 +9,17 @@ Mail is never dropped without a trace.
 
 from __future__ import annotations
 
-import os
-import threading
-import time
-
-from dma import _native
 from dma.errors import Fatal
 
 from . import message
 from .dsn import full_content
 from .dsn import wants_failure_report as wants_failure_report  # for the runner
 from .routing import RecipientResolver
+from .submit import Spooling
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from dma import _native
     from dma.config import Config
 
 
@@ -33,12 +30,6 @@ def status_code(text: str, expired: bool) -> str:
         if len(parts) == 3 and parts[0] in ("4", "5") and all(p.isdigit() for p in parts):
             return word
     return "4.4.7" if expired else "5.0.0"
-
-
-def remote_mta(text: str) -> str | None:
-    """The host named at the start of a remote failure text (`host [addr] said ...`)."""
-    first, _, rest = text.partition(" ")
-    return first if rest.startswith("[") or rest.startswith("said") else None
 
 
 def diagnostic(text: str) -> str:
@@ -56,7 +47,21 @@ def report(
 ) -> tuple[bytes, bytes]:
     """The bounce before and after the original message's text."""
     first = failed[0]
-    expired = [now - e.created > cfg.max_queue_time for e in failed]
+    notes: list[str] = []
+    status: list[str] = []
+    for entry in failed:
+        too_old = now - entry.created > cfg.max_queue_time
+        why = "gave up after trying for too long: " if too_old else ""
+        notes += [f"<{entry.recipient}>: {why}{entry.last_error}", ""]
+        rcpt = entry.recipient if "@" in entry.recipient else f"{entry.recipient}@{cfg.mailname}"
+        status += ["", f"Final-Recipient: rfc822; {rcpt}", "Action: failed"]
+        status.append(f"Status: {status_code(entry.last_error, too_old)}")
+        host, _, rest = entry.last_error.partition(" ")
+        if host and rest.startswith(("[", "said")):  # a remote failure: `host [addr] said: reply`
+            status.append(f"Remote-MTA: dns; {host}")
+            status.append(f"Diagnostic-Code: smtp; {diagnostic(entry.last_error)}")
+        else:
+            status.append(f"Diagnostic-Code: x-dma; {entry.last_error}")
     lines = [
         f"From: Mail Delivery System <MAILER-DAEMON@{cfg.mailname}>",
         f"To: <{first.sender}>",
@@ -75,53 +80,21 @@ def report(
         "",
         "Your message could not be delivered to one or more recipients.",
         "",
-    ]
-    for entry, too_old in zip(failed, expired):
-        why = "gave up after trying for too long: " if too_old else ""
-        lines += [f"<{entry.recipient}>: {why}{entry.last_error}", ""]
-    lines += [
+        *notes,
         f"--{boundary}",
         "Content-Description: Delivery report",
         "Content-Type: message/delivery-status",
         "",
         f"Reporting-MTA: dns; {cfg.mailname}",
         f"Arrival-Date: {message.rfc822_date(first.created)}",
+        *status,
     ]
-    for entry, too_old in zip(failed, expired):
-        rcpt = entry.recipient if "@" in entry.recipient else f"{entry.recipient}@{cfg.mailname}"
-        lines += ["", f"Final-Recipient: rfc822; {rcpt}", "Action: failed"]
-        lines.append(f"Status: {status_code(entry.last_error, too_old)}")
-        mta = remote_mta(entry.last_error)
-        if mta:
-            lines.append(f"Remote-MTA: dns; {mta}")
-            lines.append(f"Diagnostic-Code: smtp; {diagnostic(entry.last_error)}")
-        else:
-            lines.append(f"Diagnostic-Code: x-dma; {entry.last_error}")
     kind = "message/rfc822" if full else "text/rfc822-headers"
     what = "Undelivered Message" if full else "Undelivered Message Headers"
     lines += ["", f"--{boundary}", f"Content-Description: {what}", f"Content-Type: {kind}", "", ""]
     before = "\n".join(lines).encode("utf-8", "surrogateescape")
     after = f"\n--{boundary}--\n".encode()
     return before, after
-
-
-def copy_original(path: str, out: int, full: bool) -> None:
-    """Write the original (its header block, or all of it) to `out`, in bounded memory."""
-    with open(path, "rb") as f:
-        if full:
-            while chunk := f.read(65536):
-                _write_all(out, chunk)
-            return
-        for line in f:
-            if line in (b"\n", b"\r\n"):
-                return
-            _write_all(out, line)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def discard(spool: _native.Spool, failed: list[_native.QueueEntry]) -> str:
@@ -144,69 +117,24 @@ def send(cfg: Config, failed: list[_native.QueueEntry], message_path: str) -> st
         recipients = RecipientResolver(cfg).resolve([sender])
     except Fatal:
         recipients = RecipientResolver(cfg).resolve(["postmaster"])
-    incoming = _native.Incoming(cfg.spooldir)
-    try:
-        now = time.time()
-        boundary = f"{incoming.id}/{cfg.mailname}"
+    with Spooling(cfg, "") as msg:
         full = full_content(failed[0].dsn, cfg.fullbounce)
-        before, after = report(cfg, failed, now, boundary, full)
-        prefix = message.received_header(
-            "", incoming.id, cfg.mailname, cfg.system_hostname, "MAILER-DAEMON", now
-        )
-        read_fd, write_fd = os.pipe()
-        errors: list[BaseException] = []
-
-        def feed() -> None:
-            try:
-                _write_all(write_fd, before)
-                copy_original(message_path, write_fd, full)
-                _write_all(write_fd, after)
-            except BaseException as e:  # reported to the caller below
-                errors.append(e)
-            finally:
-                os.close(write_fd)
-
-        writer = threading.Thread(target=feed)
-        writer.start()
-        try:
-            incoming.receive(
-                read_fd,
-                prefix=prefix,
-                add_if_missing=message.headers_to_add("", incoming.id, cfg.mailname, now),
-                dot_terminates=False,
-                collect_recipients=False,
-            )
-        finally:
-            os.close(read_fd)
-            writer.join()
-        if errors:
-            raise errors[0]
-        incoming.commit("", recipients)
-    finally:
-        incoming.abort()
-    return incoming.id
+        before, after = report(cfg, failed, msg.now, f"{msg.id}/{cfg.mailname}", full)
+        msg.receive((before, message_path, full, after), "MAILER-DAEMON")  # Rust reads the original
+        msg.incoming.commit("", recipients)
+    return msg.id
 
 
 def refusal(cfg: Config, user: str, name: str, what: str, why: str) -> None:
     """Tell local `user` that `what`, which they left for delivery, was refused, and why: a message
     from MAILER-DAEMON, queued as `name` (so a second try after a crash finds it queued)."""
     recipients = RecipientResolver(cfg).resolve([user])
-    incoming = _native.Incoming(cfg.spooldir, name=name)
-    try:
-        now = time.time()
-        text = (
-            f"From: Mail Delivery System <MAILER-DAEMON@{cfg.mailname}>\nTo: <{user}>\n"
-            "Subject: Mail not accepted\nAuto-Submitted: auto-replied\n\n"
-            f"The mail you left for delivery as {what} was not accepted: {why}.\n"
-            "Nothing of it was sent.\n"
-        )
-        incoming.receive(
-            text.encode("utf-8", "surrogateescape"),
-            prefix=message.received_header("", name, cfg.mailname, cfg.system_hostname, "MAILER-DAEMON", now),
-            add_if_missing=message.headers_to_add("", name, cfg.mailname, now),
-            dot_terminates=False,
-            collect_recipients=False,
-        )
-        incoming.commit("", recipients)
-    finally:
-        incoming.abort()
+    text = (
+        f"From: Mail Delivery System <MAILER-DAEMON@{cfg.mailname}>\nTo: <{user}>\n"
+        "Subject: Mail not accepted\nAuto-Submitted: auto-replied\n\n"
+        f"The mail you left for delivery as {what} was not accepted: {why}.\n"
+        "Nothing of it was sent.\n"
+    )
+    with Spooling(cfg, "", name=name) as msg:
+        msg.receive(text.encode("utf-8", "surrogateescape"), "MAILER-DAEMON")
+        msg.incoming.commit("", recipients)

@@ -1,10 +1,9 @@
 """`sendmail -bs`: the server side of SMTP on standard input and output, never on a network port.
 
 Symfony Mailer, SwiftMailer and Laravel speak SMTP to `sendmail -bs`. The session runs as the
-calling user: MAIL FROM is taken as `-f` is, and each DATA is one submission through
-`submit.spool_message`, with the same envelope, recipient and header handling as the command line.
-Rust owns descriptor 0 (`_native.SmtpStdin`): it hands us command lines and streams each body,
-dot-unstuffed, into the spool, so nothing is read ahead or held in memory here.
+calling user: MAIL FROM is taken as `-f` is, and each DATA is one `submit.submit`, as on the
+command line. Rust owns descriptor 0 (`_native.SmtpStdin`): it hands us command lines and streams
+each body, dot-unstuffed, into the spool.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from dma.errors import EX_DATAERR, EX_NOINPUT, Fatal
 
 from . import message
 from .routing import RecipientResolver
-from .submit import Submission, spool_message
+from .submit import Submission, submit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,6 +30,7 @@ FIXED = {
     "NOOP": "250 2.0.0 ok",
     "VRFY": "252 2.1.5 will not verify, but will accept the message",
     "HELP": "214 2.0.0 EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT",
+    "QUIT": "221 2.0.0 bye",
 }
 
 
@@ -89,14 +89,8 @@ class Session:
                     self.send(f"250-{keyword}")
                 raise Reply(f"250 {EXTENSIONS[-1]}")
             raise Reply(f"250 {self.cfg.mailname}" if verb == "HELO" else FIXED["NOOP"])
-        if verb == "MAIL":
-            self.mail(arg)
-        if verb == "RCPT":
-            self.rcpt(arg)
-        if verb == "DATA":
-            self.data(arg)
-        if verb == "QUIT":
-            raise Reply("221 2.0.0 bye")
+        if verb in ("MAIL", "RCPT", "DATA"):
+            getattr(self, verb.lower())(arg)  # each raises its Reply
         raise Reply(FIXED.get(verb, "500 5.5.1 unrecognised command"))
 
     def mail(self, arg: str) -> None:
@@ -149,7 +143,7 @@ class Session:
         )
         self.sender, self.recipients = None, []
         try:
-            message_id, _ = spool_message(self.cfg, sub, self.stdin, resolver=self.resolver)
+            message_id, _ = submit(self.cfg, sub, self.stdin, resolver=self.resolver)
         except Fatal as e:
             self.stdin.skip_data()  # raises OSError, ending the session, if the client has gone
             raise failure(e, "554 5.6.0") from None

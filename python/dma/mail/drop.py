@@ -1,25 +1,13 @@
-"""System mode: the drop directory where unprivileged users leave mail for the runner.
+"""System mode: the runner's pickup from the drop directory where unprivileged users leave mail.
 
-`<SPOOLDIR>/incoming` has mode 1733 and belongs to the runner (root): any local user can create a
-file there, and nobody can list it, or read, replace or remove anyone else's files. A submitter
-writes the message as `D<id>`, then its envelope as `E<id>` (`Sender:` and `Recipient:` lines, and
-`DSN:` for `-N`/`-R`/`-V`);
-the runner takes each pair into the private spool. Everything in the directory is untrusted: the
-files are opened without following links and must be plain files with one link and one owner;
-the submitter's identity in our `Received:` header comes from that owner, never from the contents;
-the envelope is parsed and every address checked again, and the message goes through the same
-spool writer as any other.
-
-A drop accepted with exit 0 is never lost: on a temporary failure (a full or failing disk, no
-descriptors, a passwd lookup that fails, anything unexpected) it waits for the next pass; only
-invalid content is refused, and then its owner's login is told (never an address from the
-content), or, if even that cannot be queued, it is kept in `quarantine` for the postmaster. A
-configuration error stops the runner (exit 78) with the drop untouched. Whatever is not a
-well-formed pair (any other name or type, a half left behind for STALE seconds) is moved out of
-the users' reach and removed, never followed. A drop is queued under an id naming it, so a
-pickup repeated after a crash between the spool commit and the unlinks finds it queued already.
-Per-user caps (MAXUSERMSGS, MAXUSERBYTES) bound what one uid holds; `usage.<uid>` in the spool
-tells its submitters where they stand (see docs/runner.md).
+`<SPOOLDIR>/incoming` (1733, the runner's) holds each drop as `D<id>`, its message, then `E<id>`,
+its envelope (see `submit`). Everything there is untrusted: files are opened without following
+links and must be plain, with one link and one owner; the `Received:` header names that owner,
+never the contents; the envelope is parsed and every address checked again. A drop accepted with
+exit 0 is never lost: a temporary failure leaves it for the next pass, invalid content is refused
+and its owner's login told (else it is quarantined), what is not a well-formed pair is removed
+without being followed, and a pickup repeated after a crash finds the message queued under an id
+naming the drop. docs/runner.md tells it all, with the per-user caps.
 """
 
 from __future__ import annotations
@@ -31,11 +19,10 @@ import stat
 import time
 
 from dma import _native
-from dma.errors import EX_CONFIG, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, Fatal
+from dma.errors import EX_CONFIG, EX_DATAERR, EX_NOUSER, Fatal
 
-from . import message
-from .dsn import checked
 from .routing import RecipientResolver
+from .submit import Spooling, over, usage_path
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -76,36 +63,12 @@ def open_plain(name: str) -> tuple[int, os.stat_result]:
     return fd, st
 
 
-def parse_envelope(text: str) -> tuple[str, list[str], str]:
-    """`Sender: s` once, then `Recipient: r` lines, and `DSN: params` at most once (sender,
-    recipients, DSN parameters); anything else rejects the drop."""
-    if not text.endswith("\n"):
-        raise Rejected("the envelope is incomplete")
-    sender: str | None = None
-    recipients: list[str] = []
-    dsn: str | None = None
-    for line in text[:-1].split("\n"):
-        key, sep, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if sep and key == "Sender" and sender is None:
-            sender = value
-        elif sep and key == "Recipient" and value:
-            recipients.append(value)
-        elif sep and key == "DSN" and dsn is None and checked(value):
-            dsn = value
-        else:
-            raise Rejected(f"unexpected envelope line {line[:80]!r}")
-    if sender is None or not recipients:
-        raise Rejected("the envelope lacks a sender or recipients")
-    for address in [sender, *recipients]:
-        message.check_line_safe("an envelope address", address)
-        if address:
-            message.check_address(address, "envelope address")
-    return sender, recipients, dsn or ""
-
-
-def read_envelope(fd: int) -> tuple[str, list[str], str]:
-    return parse_envelope(os.read(fd, MAX_ENVELOPE + 1).decode("utf-8", "surrogateescape"))
+def parse_envelope(data: bytes) -> tuple[str, list[str], str]:
+    """(sender, recipients, DSN parameters) of an envelope as `sendmail` writes it, else Rejected."""
+    try:
+        return _native.Incoming.drop_envelope(data)
+    except ValueError as e:
+        raise Rejected(str(e)) from None
 
 
 def waiting(cfg: Config) -> list[tuple[str, str, list[str], os.stat_result]]:
@@ -124,11 +87,11 @@ def waiting(cfg: Config) -> list[tuple[str, str, list[str], os.stat_result]]:
         try:
             efd, _ = open_plain(f"{base}/{name}")
             try:
-                sender, recipients, _ = read_envelope(efd)
+                sender, recipients, _ = parse_envelope(os.read(efd, MAX_ENVELOPE + 1))
             finally:
                 os.close(efd)
             dst = os.lstat(f"{base}/D{name[1:]}")
-        except (OSError, Rejected, Fatal):
+        except (OSError, Rejected):
             continue
         found.append((name[1:], sender, recipients, dst))
     found.sort(key=lambda drop: (drop[3].st_mtime, drop[0]))
@@ -144,27 +107,6 @@ def fault(step: str) -> None:
             os.kill(os.getpid(), 9)
         code = getattr(errno, want[2], errno.EIO)
         raise OSError(code, os.strerror(code))
-
-
-def usage_path(cfg: Config, uid: int) -> str:
-    return f"{cfg.spooldir}/usage.{uid}"
-
-
-def check_usage(cfg: Config, uid: int) -> None:
-    """A submitter over its cap gets EX_TEMPFAIL before anything is written."""
-    try:
-        with open(usage_path(cfg, uid), "rb") as f:
-            msgs, size = (int(n) for n in f.read(64).split())
-    except (OSError, ValueError):
-        return
-    if over(cfg, msgs, size):
-        raise Fatal(
-            EX_TEMPFAIL, f"you have {msgs} messages ({size} bytes) waiting, the most allowed; try later"
-        )
-
-
-def over(cfg: Config, msgs: int, size: int) -> bool:
-    return 0 < cfg.max_user_msgs <= msgs or 0 < cfg.max_user_bytes <= size
 
 
 def queued_usage(entries: list[_native.QueueEntry]) -> tuple[set[str], dict[int, list[int]]]:
@@ -238,10 +180,10 @@ def take(cfg: Config, ident: str, est: os.stat_result, sid: str, used: list[int]
         if est.st_size > MAX_ENVELOPE:
             raise Rejected("the envelope is too large")
         fault("read")
-        text = os.read(efd, MAX_ENVELOPE + 1).decode("utf-8", "surrogateescape")
+        data = os.read(efd, MAX_ENVELOPE + 1)
         try:
             fault("parse")
-            sender, given, dsn = parse_envelope(text)
+            sender, given, dsn = parse_envelope(data)
             fault("alias")
             recipients = RecipientResolver(cfg).resolve(given)
         except Fatal as e:
@@ -255,29 +197,16 @@ def take(cfg: Config, ident: str, est: os.stat_result, sid: str, used: list[int]
             user = f"uid={est.st_uid}"
         if over(cfg, used[0], used[1]):
             raise OSError(errno.EDQUOT, f"uid {est.st_uid} holds {used[0]} queued messages ({used[1]} bytes)")
-        incoming = _native.Incoming(cfg.spooldir, name=sid)
-        try:
-            now = time.time()
-            prefix = message.received_header(
-                sender, sid, cfg.mailname, cfg.system_hostname, user, now, uid=est.st_uid
-            )
+        with Spooling(cfg, sender, name=sid) as msg:
             fault("write")
             try:
-                info = incoming.receive(
-                    dfd,
-                    prefix=prefix,
-                    add_if_missing=message.headers_to_add(sender, sid, cfg.mailname, now),
-                    dot_terminates=False,
-                    collect_recipients=False,
-                )
+                size, _ = msg.receive(dfd, user, uid=est.st_uid)
             except ValueError as e:
                 raise Rejected(f"bad mail input format: {e}") from None
             fault("sync")
-            incoming.commit(sender, recipients, dsn)
-        finally:
-            incoming.abort()
+            msg.incoming.commit(sender, recipients, dsn)
         used[0] += 1
-        used[1] += info.size
+        used[1] += size
         return recipients
     finally:
         os.close(efd)
@@ -349,7 +278,8 @@ def pick_up(cfg: Config, events: Log) -> tuple[int, int]:
             if name.startswith("E") and pair and turn >= PER_PASS:
                 waits += 1
             elif name.startswith("E") and pair:
-                taken += handle(cfg, ident, st, queued, per_uid.setdefault(st.st_uid, [0, 0]), events)
+                handle(cfg, ident, st, queued, per_uid.setdefault(st.st_uid, [0, 0]), events)
+                taken += 1
             elif name.startswith("D") and pair and f"E{ident}" in stats:
                 continue  # the message of a pair: taken with its envelope
             elif not (
@@ -372,8 +302,8 @@ def pick_up(cfg: Config, events: Log) -> tuple[int, int]:
 
 def handle(
     cfg: Config, ident: str, st: os.stat_result, queued: set[str], used: list[int], events: Log
-) -> int:
-    """Take (or refuse) the drop whose envelope `st` describes; returns 1 once it is gone."""
+) -> None:
+    """Take (or refuse) the drop whose envelope `st` describes, then remove it."""
     sid = f"{ident}i{st.st_ino:x}u{st.st_uid}"
     if sid not in queued and sid not in UNREMOVED:  # else taken before, and its removal failed
         try:
@@ -381,8 +311,7 @@ def handle(
         except Rejected as e:
             if f"{ident}r{st.st_ino:x}u{st.st_uid}" not in queued:
                 refuse(cfg, ident, st, str(e), events)
-            finish(cfg, ident)
-            return 1  # its notice is queued: one more pass
+            return finish(cfg, ident)  # its notice is queued
         events.event(
             "info",
             "queued",
@@ -394,7 +323,6 @@ def handle(
     UNREMOVED.add(sid)
     finish(cfg, ident)
     UNREMOVED.discard(sid)
-    return 1
 
 
 def finish(cfg: Config, ident: str) -> None:

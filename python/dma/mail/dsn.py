@@ -37,18 +37,6 @@ def xtext(text: str) -> str:
     return "".join(c if "!" <= c <= "~" and c not in "+=" else f"+{ord(c):02X}" for c in text)
 
 
-def checked(params: str) -> bool:
-    """Parameters as `parameters` writes them (a drop's `DSN:` line is a user's to write)."""
-    allowed = {"NOTIFY": {"NEVER", "SUCCESS", "FAILURE", "DELAY"}, "RET": {"HDRS", "FULL"}}
-    for param in params.split(" "):
-        key, eq, val = param.partition("=")
-        if key == "ENVID" and eq and val and all("!" <= c <= "~" and c != "=" for c in val):
-            continue
-        if key not in allowed or not val or not set(val.split(",")) <= allowed[key]:
-            return False
-    return True
-
-
 def value(params: str, name: str) -> str | None:
     for param in params.split():
         key, _, val = param.partition("=")

@@ -19,6 +19,8 @@ from .routing import RecipientResolver
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from dma.config import Config
 
 # Errors that a later attempt may not meet: the caller should retry (sysexits EX_TEMPFAIL).
@@ -76,25 +78,84 @@ def drops(cfg: Config) -> bool:
     return not cfg.user_mode and posix.geteuid() != 0
 
 
-def submit(cfg: Config, sub: Submission, stdin_fd: int = 0) -> tuple[str, list[str]]:
-    """Spool the message on `stdin_fd`; returns the message id and the entry ids."""
-    return spool_message(cfg, sub, stdin_fd)
+def usage_path(cfg: Config, uid: int) -> str:
+    return f"{cfg.spooldir}/usage.{uid}"
 
 
-def spool_message(
+def over(cfg: Config, msgs: int, size: int) -> bool:
+    return 0 < cfg.max_user_msgs <= msgs or 0 < cfg.max_user_bytes <= size
+
+
+def check_usage(cfg: Config, uid: int) -> None:
+    """A submitter over its cap (what the runner wrote in `usage.<uid>`) gets EX_TEMPFAIL before
+    anything is written."""
+    try:
+        with open(usage_path(cfg, uid), "rb") as f:
+            msgs, size = (int(n) for n in f.read(64).split())
+    except (OSError, ValueError):
+        return
+    if over(cfg, msgs, size):
+        raise Fatal(
+            EX_TEMPFAIL, f"you have {msgs} messages ({size} bytes) waiting, the most allowed; try later"
+        )
+
+
+class Spooling:
+    """One message on its way into the spool, whichever way it comes (`sendmail`, `dma.api`,
+    `-bs`, a drop the runner picks up, a bounce): `_native.Incoming` with the headers we add.
+    Leaving the `with` block removes whatever was not committed."""
+
+    def __init__(
+        self, cfg: Config, sender: str, where: str = "", *, durable: bool = True, name: str | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.sender = sender
+        self.incoming = _native.Incoming(where or cfg.spooldir, durable, name)
+        self.id = self.incoming.id
+        self.now = time.time()
+
+    def __enter__(self) -> Spooling:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.incoming.abort()
+
+    def receive(
+        self,
+        source: int | bytes | _native.SmtpStdin | tuple[bytes, str, bool, bytes],
+        login: str | None,
+        *,
+        uid: int | None = None,
+        full_name: str | None = None,
+        **options: Any,
+    ) -> tuple[int, list[str]]:
+        """Spool the message with our `Received:` line naming `login` (none for a drop: the runner
+        writes it, knowing who really wrote the drop) and the headers it lacks."""
+        cfg, now = self.cfg, self.now
+        prefix = b""
+        if login is not None:
+            prefix = message.received_header(
+                self.sender, self.id, cfg.mailname, cfg.system_hostname, login, now, uid
+            )
+        add = message.headers_to_add(self.sender, self.id, cfg.mailname, now, full_name)
+        return self.incoming.receive(source, prefix=prefix, add_if_missing=add, **options)
+
+
+def submit(
     cfg: Config,
     sub: Submission,
-    source: int | bytes | _native.SmtpStdin,
+    source: int | bytes | _native.SmtpStdin = 0,
     *,
     durable: bool = True,
     resolver: RecipientResolver | None = None,
 ) -> tuple[str, list[str]]:
-    """Spool one message from `source` (a file descriptor, left open, the message's bytes, or the
-    body of a `-bs` DATA).
+    """Spool one message from `source` (a file descriptor, left open: standard input by default;
+    the message's bytes; or the body of a `-bs` DATA): `sendmail`, `dma.api` and `-bs` all come
+    this way.
 
-    The one submission path of `sendmail` and of `dma.api`. With `durable=False` nothing is synced:
-    the caller makes a whole batch durable with `_native.sync_spool`. `resolver` lets a batch read
-    the aliases file once. Returns the message id and the entry ids.
+    With `durable=False` nothing is synced: the caller makes a whole batch durable with
+    `_native.sync_spool`. `resolver` lets a batch read the aliases file once. Returns the message
+    id and the entry ids.
     """
     sender = message.envelope_sender(sub.sender, cfg.mailname, cfg.masquerade_user, cfg.masquerade_host)
     rewrite = None
@@ -117,30 +178,18 @@ def spool_message(
     prepare_spool(cfg)
     dropping = drops(cfg)
     if dropping:
-        from .drop import check_usage
-
         check_usage(cfg, posix.getuid())
     where = f"{cfg.spooldir}/incoming" if dropping else cfg.spooldir
     try:
-        incoming = _native.Incoming(where, durable)
+        msg = Spooling(cfg, sender, where, durable=durable)
     except OSError as e:
         raise os_failure(e, f"can not create temp file in `{where}'") from e
-    try:
-        now = time.time()
-        # A drop gets its Received: line from the runner, which knows who really wrote it.
-        prefix = (
-            b""
-            if dropping
-            else message.received_header(
-                sender, incoming.id, cfg.mailname, cfg.system_hostname, message.login_name(), now
-            )
-        )
-        add = message.headers_to_add(sender, incoming.id, cfg.mailname, now, sub.full_name)
+    with msg:
         try:
-            info = incoming.receive(
+            size, values = msg.receive(
                 source,
-                prefix=prefix,
-                add_if_missing=add,
+                None if dropping else message.login_name(),
+                full_name=sub.full_name,
                 dot_terminates=sub.dot_terminates,
                 collect_recipients=sub.from_headers,
                 rewrite_from=rewrite,
@@ -149,12 +198,12 @@ def spool_message(
             raise Fatal(EX_DATAERR, f"bad mail input format: {e}") from e
         except OSError as e:
             raise os_failure(e, "can not read mail") from e
-        if info.input_bytes == 0 and isinstance(source, bytes):
+        if source == b"":
             # `sendmail` queues an empty standard input as C dma does; `dma.api` calls it a mistake.
             raise Fatal(EX_NOINPUT, "no message given, nothing queued")
         if sub.from_headers:
             from_headers: list[str] = []
-            for value in info.recipient_headers:
+            for value in values:
                 from_headers += message.parse_addresses(value, "address in header")
             if not from_headers and not given:
                 raise Fatal(EX_NOINPUT, "no recipients from headers")
@@ -162,17 +211,11 @@ def spool_message(
         if not recipients:
             raise Fatal(EX_NOINPUT, "no recipients")
         try:
-            ids = (
-                [incoming.commit_drop(sender, recipients, sub.dsn)]
-                if dropping
-                else incoming.commit(sender, recipients, sub.dsn)
-            )
+            ids = msg.incoming.commit(sender, recipients, sub.dsn, dropping)
         except ValueError as e:
             raise Fatal(EX_DATAERR, str(e)) from e
         except OSError as e:
             raise os_failure(e, "can not create spools") from e
-    finally:
-        incoming.abort()
     from .log import Log
 
     Log(cfg, sub.tag).event(
@@ -180,10 +223,10 @@ def spool_message(
         "queued",
         f"new mail from user={message.login_name()} uid={posix.getuid()} envelope_from=<{sender}>"
         f" to {', '.join(recipients)}" + (" (dropped for the runner)" if dropping else ""),
-        id=incoming.id,
+        id=msg.id,
         uid=posix.getuid(),
         sender=sender,
         to=", ".join(recipients),
-        size=info.size,
+        size=size,
     )
-    return incoming.id, ids
+    return msg.id, ids
