@@ -270,7 +270,7 @@ class Runner(Ledger):
                 outcomes, link = remote.deliver(
                     self.cfg, self.spool, dest, ids, link, verbose=self.verbose, events=self.events
                 )
-        except Exception as e:  # the rest of the queue must still be delivered
+        except BaseException as e:  # a Rust panic too: the rest of the queue must still be delivered
             text = f"internal error, will retry: {type(e).__name__}: {e}"
             self.events.event("crit", "error", text)
             outcomes = {entry.id: ("temporary", text) for group in groups for entry in group}

@@ -46,7 +46,9 @@ pub fn encode<E>(
         }
     }
     encoder.finish(&mut out);
-    facts.wire_size += out.len() as u64 - 3 - encoder.stuffed;
+    // RFC 1870 counts neither the final dot nor stuffed dots, wherever in the stream they were.
+    facts.wire_size += out.len() as u64;
+    facts.wire_size -= 3 + encoder.stuffed;
     emit(&out, true)?;
     Ok(facts)
 }
@@ -180,6 +182,25 @@ mod tests {
         let out = encode(&dotted);
         assert!(out.starts_with(b".."));
         assert_eq!(out.split(|&b| b == b'\n').count(), 4);
+    }
+
+    #[test]
+    fn stuffed_dots_in_earlier_chunks_are_not_taken_from_the_last() {
+        // More dot lines than fit in one chunk, then a short tail: the tail is smaller than the
+        // number of dots stuffed before it.
+        let input = [".\n".repeat(CHUNK).as_bytes(), b"end\n"].concat();
+        let mut wire = 0;
+        let facts = super::encode(
+            &mut &input[..],
+            |e| e,
+            |chunk, _| -> io::Result<()> {
+                wire += chunk.len() as u64;
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(facts.wire_size, wire - 3 - CHUNK as u64);
+        assert_eq!(facts.wire_size, (3 * CHUNK + 5) as u64);
     }
 
     #[test]
