@@ -214,12 +214,21 @@ def take(cfg: Config, ident: str, est: os.stat_result, sid: str, used: list[int]
 
 
 def refuse(cfg: Config, ident: str, est: os.stat_result, why: str, events: Log) -> None:
-    """Tell the owner of a drop with invalid content; keep it for the postmaster if we cannot."""
-    from . import bounce
-
+    """Tell the owner of a drop with invalid content, in a notice from MAILER-DAEMON queued under
+    an id naming the drop (a second try after a crash finds it queued); keep the drop for the
+    postmaster if we cannot."""
     try:
         user = pwd.getpwuid(est.st_uid).pw_name
-        bounce.refusal(cfg, user, f"{ident}r{est.st_ino:x}u{est.st_uid}", f"drop {ident}", why)
+        recipients = RecipientResolver(cfg).resolve([user])
+        text = (
+            f"From: Mail Delivery System <MAILER-DAEMON@{cfg.mailname}>\nTo: <{user}>\n"
+            "Subject: Mail not accepted\nAuto-Submitted: auto-replied\n\n"
+            f"The mail you left for delivery as drop {ident} was not accepted: {why}.\n"
+            "Nothing of it was sent.\n"
+        )
+        with Spooling(cfg, "", name=f"{ident}r{est.st_ino:x}u{est.st_uid}") as msg:
+            msg.receive(text.encode("utf-8", "surrogateescape"), "MAILER-DAEMON")
+            msg.incoming.commit("", recipients)
     except (KeyError, Fatal) as e:
         if isinstance(e, Fatal) and e.code == EX_CONFIG:
             raise

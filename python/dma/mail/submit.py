@@ -140,14 +140,9 @@ def submit(
     durable: bool = True,
     resolver: RecipientResolver | None = None,
 ) -> tuple[str, list[str]]:
-    """Spool one message from `source` (a file descriptor, left open: standard input by default;
-    the message's bytes; or the body of a `-bs` DATA): `sendmail`, `dma.api` and `-bs` all come
-    this way.
-
-    With `durable=False` nothing is synced: the caller makes a whole batch durable with
-    `_native.sync_spool`. `resolver` lets a batch read the aliases file once. Returns the message
-    id and the entry ids.
-    """
+    """Spool one message from `source` (standard input by default, left open; bytes; a `-bs` DATA)
+    and return its message id and entry ids. A batch passes `durable=False`, to sync the spool once
+    for all, and its `resolver`, to read the aliases file once."""
     sender = message.envelope_sender(sub.sender, cfg.mailname, cfg.masquerade_user, cfg.masquerade_host)
     rewrite = None
     if cfg.rewrite_from or cfg.routes:
