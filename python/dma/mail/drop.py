@@ -319,13 +319,9 @@ def handle(
             if f"{ident}r{st.st_ino:x}u{st.st_uid}" not in queued:
                 refuse(cfg, ident, st, str(e), events)
             return finish(cfg, ident)  # its notice is queued
+        to = ", ".join(recipients)
         events.event(
-            "info",
-            "queued",
-            f"{sid}: new mail from uid {st.st_uid} to {', '.join(recipients)}",
-            id=sid,
-            uid=st.st_uid,
-            to=", ".join(recipients),
+            "info", "queued", f"{sid}: new mail from uid {st.st_uid} to {to}", id=sid, uid=st.st_uid, to=to
         )
     UNREMOVED.add(sid)
     finish(cfg, ident)

@@ -218,15 +218,9 @@ def submit(
             raise os_failure(e, "can not create spools") from e
     from .log import Log
 
-    Log(cfg, sub.tag).event(
-        "info",
-        "queued",
-        f"new mail from user={message.login_name()} uid={posix.getuid()} envelope_from=<{sender}>"
-        f" to {', '.join(recipients)}" + (" (dropped for the runner)" if dropping else ""),
-        id=msg.id,
-        uid=posix.getuid(),
-        sender=sender,
-        to=", ".join(recipients),
-        size=size,
-    )
+    to = ", ".join(recipients)
+    uid = posix.getuid()
+    text = f"new mail from user={message.login_name()} uid={uid} envelope_from=<{sender}> to {to}"
+    text += " (dropped for the runner)" if dropping else ""
+    Log(cfg, sub.tag).event("info", "queued", text, id=msg.id, uid=uid, sender=sender, to=to, size=size)
     return msg.id, ids
