@@ -123,18 +123,3 @@ def send(cfg: Config, failed: list[_native.QueueEntry], message_path: str) -> st
         msg.receive((before, message_path, full, after), "MAILER-DAEMON")  # Rust reads the original
         msg.incoming.commit("", recipients)
     return msg.id
-
-
-def refusal(cfg: Config, user: str, name: str, what: str, why: str) -> None:
-    """Tell local `user` that `what`, which they left for delivery, was refused, and why: a message
-    from MAILER-DAEMON, queued as `name` (so a second try after a crash finds it queued)."""
-    recipients = RecipientResolver(cfg).resolve([user])
-    text = (
-        f"From: Mail Delivery System <MAILER-DAEMON@{cfg.mailname}>\nTo: <{user}>\n"
-        "Subject: Mail not accepted\nAuto-Submitted: auto-replied\n\n"
-        f"The mail you left for delivery as {what} was not accepted: {why}.\n"
-        "Nothing of it was sent.\n"
-    )
-    with Spooling(cfg, "", name=name) as msg:
-        msg.receive(text.encode("utf-8", "surrogateescape"), "MAILER-DAEMON")
-        msg.incoming.commit("", recipients)

@@ -1,13 +1,8 @@
 """System mode: the runner's pickup from the drop directory where unprivileged users leave mail.
 
-`<SPOOLDIR>/incoming` (1733, the runner's) holds each drop as `D<id>`, its message, then `E<id>`,
-its envelope (see `submit`). Everything there is untrusted: files are opened without following
-links and must be plain, with one link and one owner; the `Received:` header names that owner,
-never the contents; the envelope is parsed and every address checked again. A drop accepted with
-exit 0 is never lost: a temporary failure leaves it for the next pass, invalid content is refused
-and its owner's login told (else it is quarantined), what is not a well-formed pair is removed
-without being followed, and a pickup repeated after a crash finds the message queued under an id
-naming the drop. docs/runner.md tells it all, with the per-user caps.
+`<SPOOLDIR>/incoming` (1733) holds each drop as `D<id>`, its message, then `E<id>`, its envelope
+(see `submit`). Everything there is untrusted; docs/runner.md tells how each check keeps a drop
+accepted with exit 0 from being lost, and a user from reaching what is not theirs.
 """
 
 from __future__ import annotations
@@ -135,6 +130,12 @@ def write_usage(cfg: Config, totals: dict[int, list[int]]) -> None:
         os.replace(tmp, usage_path(cfg, uid))
 
 
+def quarantine(cfg: Config) -> str:
+    qdir = f"{cfg.spooldir}/{QUARANTINE}"
+    os.makedirs(qdir, mode=0o700, exist_ok=True)
+    return qdir
+
+
 def discard(cfg: Config, name: str) -> None:
     """Move `name` out of the drop directory, then remove it, whatever its type, following no link.
     What cannot be removed now (a directory its owner keeps writing to) waits in quarantine."""
@@ -146,9 +147,7 @@ def discard(cfg: Config, name: str) -> None:
         return
     except IsADirectoryError:
         pass
-    qdir = f"{cfg.spooldir}/{QUARANTINE}"
-    os.makedirs(qdir, mode=0o700, exist_ok=True)
-    moved = f"{qdir}/x{time.time_ns()}{name}"
+    moved = f"{quarantine(cfg)}/x{time.time_ns()}{name}"
     try:
         os.rename(where, moved)
     except OSError:
@@ -215,17 +214,25 @@ def take(cfg: Config, ident: str, est: os.stat_result, sid: str, used: list[int]
 
 
 def refuse(cfg: Config, ident: str, est: os.stat_result, why: str, events: Log) -> None:
-    """Tell the owner of a drop with invalid content; keep it for the postmaster if we cannot."""
-    from . import bounce
-
+    """Tell the owner of a drop with invalid content, in a notice from MAILER-DAEMON queued under
+    an id naming the drop (a second try after a crash finds it queued); keep the drop for the
+    postmaster if we cannot."""
     try:
         user = pwd.getpwuid(est.st_uid).pw_name
-        bounce.refusal(cfg, user, f"{ident}r{est.st_ino:x}u{est.st_uid}", f"drop {ident}", why)
+        recipients = RecipientResolver(cfg).resolve([user])
+        text = (
+            f"From: Mail Delivery System <MAILER-DAEMON@{cfg.mailname}>\nTo: <{user}>\n"
+            "Subject: Mail not accepted\nAuto-Submitted: auto-replied\n\n"
+            f"The mail you left for delivery as drop {ident} was not accepted: {why}.\n"
+            "Nothing of it was sent.\n"
+        )
+        with Spooling(cfg, "", name=f"{ident}r{est.st_ino:x}u{est.st_uid}") as msg:
+            msg.receive(text.encode("utf-8", "surrogateescape"), "MAILER-DAEMON")
+            msg.incoming.commit("", recipients)
     except (KeyError, Fatal) as e:
         if isinstance(e, Fatal) and e.code == EX_CONFIG:
             raise
-        qdir = f"{cfg.spooldir}/{QUARANTINE}"
-        os.makedirs(qdir, mode=0o700, exist_ok=True)
+        qdir = quarantine(cfg)
         for part in ("E", "D"):
             try:
                 os.rename(f"{path(cfg)}/{part}{ident}", f"{qdir}/{part}{ident}")
@@ -312,13 +319,9 @@ def handle(
             if f"{ident}r{st.st_ino:x}u{st.st_uid}" not in queued:
                 refuse(cfg, ident, st, str(e), events)
             return finish(cfg, ident)  # its notice is queued
+        to = ", ".join(recipients)
         events.event(
-            "info",
-            "queued",
-            f"{sid}: new mail from uid {st.st_uid} to {', '.join(recipients)}",
-            id=sid,
-            uid=st.st_uid,
-            to=", ".join(recipients),
+            "info", "queued", f"{sid}: new mail from uid {st.st_uid} to {to}", id=sid, uid=st.st_uid, to=to
         )
     UNREMOVED.add(sid)
     finish(cfg, ident)

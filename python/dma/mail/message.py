@@ -1,4 +1,4 @@
-"""The envelope and header block of a submitted message: sender, recipients, and the headers we add.
+"""The envelope of a submitted message: the sender, the recipients, and the checks on every address.
 
 The body itself never passes through here: Rust streams it into the spool. This module is on the
 submission hot path and imports nothing heavy.
@@ -10,7 +10,7 @@ import posix
 import pwd
 import time
 
-from dma import __version__, _native
+from dma import _native
 from dma.config import getenv
 from dma.errors import EX_DATAERR, EX_SOFTWARE, Fatal
 
@@ -158,42 +158,3 @@ def envelope_sender(
 
 def rfc822_date(when: float) -> str:
     return time.strftime("%a, %d %b %Y %H:%M:%S %z", time.localtime(when))
-
-
-def received_header(
-    sender: str,
-    message_id: str,
-    hostname: str,
-    system_hostname: str,
-    user: str,
-    now: float,
-    uid: int | None = None,
-) -> bytes:
-    """Our `Received:` line, C dma's: who submitted (`uid`, default ours), for whom, and when."""
-    text = (
-        f"Received: from {user} (uid {posix.getuid() if uid is None else uid})\n"
-        f"\t(envelope-from {sender or '<>'})\n"
-        f"\tid {message_id}\n"
-        f"\tby {hostname} (dma {__version__} on {system_hostname});\n"
-        f"\t{rfc822_date(now)}\n"
-    )
-    return text.encode("utf-8", "surrogateescape")
-
-
-def headers_to_add(
-    sender: str, message_id: str, hostname: str, now: float, full_name: str | None = None
-) -> list[tuple[str, bytes]]:
-    """`Date:`, `Message-Id:` and `From:` lines, added by the spool writer only when missing;
-    `full_name` (`-F`) becomes the display name of the added `From:`."""
-    token = posix.urandom(4).hex()
-    mailbox = f"<{sender or 'MAILER-DAEMON@' + hostname}>"
-    if full_name:
-        check_line_safe("the full name", full_name)
-        quoted = full_name.replace("\\", "\\\\").replace('"', '\\"')
-        mailbox = f'"{quoted}" {mailbox}'
-    lines = [
-        ("date", f"Date: {rfc822_date(now)}\n"),
-        ("message-id", f"Message-Id: <{message_id}.{token}@{hostname}>\n"),
-        ("from", f"From: {mailbox}\n"),
-    ]
-    return [(name, line.encode("utf-8", "surrogateescape")) for name, line in lines]

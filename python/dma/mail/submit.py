@@ -11,7 +11,7 @@ import errno
 import posix
 import time
 
-from dma import _native
+from dma import __version__, _native
 from dma.errors import EX_CANTCREAT, EX_DATAERR, EX_IOERR, EX_NOINPUT, EX_TEMPFAIL, Fatal
 
 from . import message
@@ -61,17 +61,6 @@ def os_failure(e: OSError, doing: str) -> Fatal:
     return Fatal(EX_CANTCREAT, text)
 
 
-def prepare_spool(cfg: Config) -> None:
-    """In user mode the spool is ours to create; in system mode it must already exist."""
-    if cfg.user_mode and not posix.access(cfg.spooldir, posix.F_OK):
-        import os
-
-        try:
-            os.makedirs(cfg.spooldir, mode=0o700, exist_ok=True)
-        except OSError as e:
-            raise os_failure(e, f"can not create spool `{cfg.spooldir}'") from e
-
-
 def drops(cfg: Config) -> bool:
     """System mode, and we are not the runner: the private spool is out of reach, so mail is left
     in its drop directory; the runner takes it from there (drop.py)."""
@@ -84,20 +73,6 @@ def usage_path(cfg: Config, uid: int) -> str:
 
 def over(cfg: Config, msgs: int, size: int) -> bool:
     return 0 < cfg.max_user_msgs <= msgs or 0 < cfg.max_user_bytes <= size
-
-
-def check_usage(cfg: Config, uid: int) -> None:
-    """A submitter over its cap (what the runner wrote in `usage.<uid>`) gets EX_TEMPFAIL before
-    anything is written."""
-    try:
-        with open(usage_path(cfg, uid), "rb") as f:
-            msgs, size = (int(n) for n in f.read(64).split())
-    except (OSError, ValueError):
-        return
-    if over(cfg, msgs, size):
-        raise Fatal(
-            EX_TEMPFAIL, f"you have {msgs} messages ({size} bytes) waiting, the most allowed; try later"
-        )
 
 
 class Spooling:
@@ -130,15 +105,31 @@ class Spooling:
         **options: Any,
     ) -> tuple[int, list[str]]:
         """Spool the message with our `Received:` line naming `login` (none for a drop: the runner
-        writes it, knowing who really wrote the drop) and the headers it lacks."""
-        cfg, now = self.cfg, self.now
-        prefix = b""
+        writes it, knowing who really wrote the drop) and the `Date:`, `Message-Id:` and `From:` it
+        lacks; `full_name` (`-F`) becomes the display name of that `From:`."""
+        cfg, sender, date = self.cfg, self.sender, message.rfc822_date(self.now)
+        received = ""
         if login is not None:
-            prefix = message.received_header(
-                self.sender, self.id, cfg.mailname, cfg.system_hostname, login, now, uid
+            received = (
+                f"Received: from {login} (uid {posix.getuid() if uid is None else uid})\n"
+                f"\t(envelope-from {sender or '<>'})\n"
+                f"\tid {self.id}\n"
+                f"\tby {cfg.mailname} (dma {__version__} on {cfg.system_hostname});\n"
+                f"\t{date}\n"
             )
-        add = message.headers_to_add(self.sender, self.id, cfg.mailname, now, full_name)
-        return self.incoming.receive(source, prefix=prefix, add_if_missing=add, **options)
+        mailbox = f"<{sender or 'MAILER-DAEMON@' + cfg.mailname}>"
+        if full_name:
+            message.check_line_safe("the full name", full_name)
+            quoted = full_name.replace("\\", "\\\\").replace('"', '\\"')
+            mailbox = f'"{quoted}" {mailbox}'
+        add = [
+            ("date", f"Date: {date}\n"),
+            ("message-id", f"Message-Id: <{self.id}.{posix.urandom(4).hex()}@{cfg.mailname}>\n"),
+            ("from", f"From: {mailbox}\n"),
+        ]
+        prefix = received.encode("utf-8", "surrogateescape")
+        add_if_missing = [(name, line.encode("utf-8", "surrogateescape")) for name, line in add]
+        return self.incoming.receive(source, prefix=prefix, add_if_missing=add_if_missing, **options)
 
 
 def submit(
@@ -149,14 +140,9 @@ def submit(
     durable: bool = True,
     resolver: RecipientResolver | None = None,
 ) -> tuple[str, list[str]]:
-    """Spool one message from `source` (a file descriptor, left open: standard input by default;
-    the message's bytes; or the body of a `-bs` DATA): `sendmail`, `dma.api` and `-bs` all come
-    this way.
-
-    With `durable=False` nothing is synced: the caller makes a whole batch durable with
-    `_native.sync_spool`. `resolver` lets a batch read the aliases file once. Returns the message
-    id and the entry ids.
-    """
+    """Spool one message from `source` (standard input by default, left open; bytes; a `-bs` DATA)
+    and return its message id and entry ids. A batch passes `durable=False`, to sync the spool once
+    for all, and its `resolver`, to read the aliases file once."""
     sender = message.envelope_sender(sub.sender, cfg.mailname, cfg.masquerade_user, cfg.masquerade_host)
     rewrite = None
     if cfg.rewrite_from or cfg.routes:
@@ -175,10 +161,24 @@ def submit(
     # Command-line recipients are checked before the message is read: a typo fails fast.
     recipients = resolver.resolve(given)
 
-    prepare_spool(cfg)
+    if cfg.user_mode and not posix.access(cfg.spooldir, posix.F_OK):  # ours to create in user mode
+        import os
+
+        try:
+            os.makedirs(cfg.spooldir, mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise os_failure(e, f"can not create spool `{cfg.spooldir}'") from e
     dropping = drops(cfg)
-    if dropping:
-        check_usage(cfg, posix.getuid())
+    if dropping:  # over its cap (the runner's `usage.<uid>`), EX_TEMPFAIL before anything is written
+        try:
+            with open(usage_path(cfg, posix.getuid()), "rb") as f:
+                msgs, size = (int(n) for n in f.read(64).split())
+        except (OSError, ValueError):
+            msgs = size = 0
+        if over(cfg, msgs, size):
+            raise Fatal(
+                EX_TEMPFAIL, f"you have {msgs} messages ({size} bytes) waiting, the most allowed; try later"
+            )
     where = f"{cfg.spooldir}/incoming" if dropping else cfg.spooldir
     try:
         msg = Spooling(cfg, sender, where, durable=durable)
@@ -218,15 +218,9 @@ def submit(
             raise os_failure(e, "can not create spools") from e
     from .log import Log
 
-    Log(cfg, sub.tag).event(
-        "info",
-        "queued",
-        f"new mail from user={message.login_name()} uid={posix.getuid()} envelope_from=<{sender}>"
-        f" to {', '.join(recipients)}" + (" (dropped for the runner)" if dropping else ""),
-        id=msg.id,
-        uid=posix.getuid(),
-        sender=sender,
-        to=", ".join(recipients),
-        size=size,
-    )
+    to = ", ".join(recipients)
+    uid = posix.getuid()
+    text = f"new mail from user={message.login_name()} uid={uid} envelope_from=<{sender}> to {to}"
+    text += " (dropped for the runner)" if dropping else ""
+    Log(cfg, sub.tag).event("info", "queued", text, id=msg.id, uid=uid, sender=sender, to=to, size=size)
     return msg.id, ids
