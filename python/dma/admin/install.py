@@ -1,10 +1,6 @@
-"""`dma install` and `dma uninstall`: make this dma the system's sendmail (docs/install.md).
+"""`dma install` and `dma uninstall` (docs/install.md): idempotent, one line printed per change.
 
-`install` sets up the spool and its drop directory, the mailbox directory, the launchers and the
-links to them at /usr/sbin/sendmail and friends (saving what was there), a dma.conf when there is
-none, and the systemd units. Each change is recorded in the manifest (paths as seen inside the
-root), and `uninstall` undoes exactly that, keeping a spool that holds mail and an edited dma.conf.
-Both are idempotent and print one line per change.
+Each change is recorded in the manifest (paths as seen inside the root); `uninstall` undoes that.
 """
 
 from __future__ import annotations
@@ -113,6 +109,7 @@ class Installer:
 
     def __init__(self, root: str, out: Any) -> None:
         self.root = root.rstrip("/") or "/"
+        self.prefix = "" if self.root == "/" else self.root  # a path inside the root, on this machine
         self.out = out
         self.changes = 0
         self.manifest: dict[str, Any] = {
@@ -128,17 +125,11 @@ class Installer:
     # ---- helpers --------------------------------------------------------------------------
 
     @property
-    def live(self) -> bool:
-        """Installing into the running system (not a `--root` image)."""
-        return self.root == "/"
-
-    @property
     def systemd_running(self) -> bool:
-        return self.live and os.path.isdir("/run/systemd/system")
+        return not self.prefix and os.path.isdir("/run/systemd/system")
 
     def p(self, path: str) -> str:
-        """`path` (as seen inside the root) on this machine."""
-        return path if self.live else self.root + path
+        return self.prefix + path
 
     def say(self, verb: str, what: str) -> None:
         self.out.write(f"{verb:<9}{what}\n")
@@ -320,21 +311,19 @@ class Installer:
         if under_tmp and changed:
             self.say("note", f"dma.service runs without PrivateTmp=yes, which would hide {under_tmp[0]}")
         if not self.systemd_running:
-            if changed and self.live:
-                self.say("note", "systemd is not running: the units are neither enabled nor started")
-            elif changed:
+            if changed and self.prefix:
                 enable = " ".join(ENABLE)
-                self.say(
-                    "note", f"units not enabled in an image: systemctl --root={self.root} enable {enable}"
-                )
+                self.say("note", f"units not enabled in an image: systemctl --root={self.root} enable {enable}")
+            elif changed:
+                self.say("note", "systemd is not running: the units are neither enabled nor started")
             return
         if changed:
             self.systemctl("daemon-reload")
-        enabled = subprocess.run(
-            ["systemctl", "--quiet", "is-enabled", *ENABLE], check=False, stdout=subprocess.DEVNULL
-        ).returncode
-        active = subprocess.run(["systemctl", "--quiet", "is-active", *ENABLE], check=False).returncode
-        if changed or enabled or active:
+        off = [
+            subprocess.run(["systemctl", "--quiet", verb, *ENABLE], check=False, stdout=subprocess.DEVNULL)
+            for verb in ("is-enabled", "is-active")
+        ]
+        if changed or any(proc.returncode for proc in off):
             self.changes += 1
             self.systemctl("enable", "--now", *ENABLE)
 
@@ -415,15 +404,13 @@ class Installer:
             return True
         names = os.listdir(real)
         drop = os.path.join(real, "incoming")
-        if spool and set(names) <= SPOOL_HOUSEKEEPING | {"incoming"}:
-            if "incoming" in names and os.path.isdir(drop) and not os.listdir(drop):
+        empty_drop = "incoming" not in names or (os.path.isdir(drop) and not os.listdir(drop))
+        if spool and set(names) <= SPOOL_HOUSEKEEPING | {"incoming"} and empty_drop:
+            if "incoming" in names:
                 os.rmdir(drop)
-                names.remove("incoming")
-            if "incoming" not in names:
-                for name in names:
-                    os.unlink(os.path.join(real, name))
-                names = []
-        if names:
+            for name in SPOOL_HOUSEKEEPING.intersection(names):
+                os.unlink(os.path.join(real, name))
+        elif names:
             self.say("kept", f"{real} (not empty: {len(names)} entries)")
             return False
         os.rmdir(real)
