@@ -87,18 +87,12 @@ def parse_args(args: list[str]) -> Options:
                 continue
             if letter not in WITH_ARGUMENT:
                 raise Fatal(EX_USAGE, f"invalid argument: `-{letter}'")
-            if arg[j:]:
-                value = arg[j:]
-            elif letter == "q":
-                # An optional argument: C dma's getopt takes the next word unless it is an option.
-                value = ""
-                if i < len(args) and not args[i].startswith("-"):
-                    value = args[i]
-                    i += 1
-            elif i < len(args):
+            value = arg[j:]
+            # -q's argument is optional: C dma's getopt takes the next word unless it is an option.
+            if not value and i < len(args) and not (letter == "q" and args[i].startswith("-")):
                 value = args[i]
                 i += 1
-            else:
+            elif not value and letter != "q":
                 raise Fatal(EX_USAGE, f"option requires an argument: `-{letter}'")
             opts.apply(letter, value)
             break
