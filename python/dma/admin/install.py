@@ -312,8 +312,8 @@ class Installer:
             self.say("note", f"dma.service runs without PrivateTmp=yes, which would hide {under_tmp[0]}")
         if not self.systemd_running:
             if changed and self.prefix:
-                enable = " ".join(ENABLE)
-                self.say("note", f"units not enabled in an image: systemctl --root={self.root} enable {enable}")
+                enable = f"systemctl --root={self.root} enable {' '.join(ENABLE)}"
+                self.say("note", f"units not enabled in an image: {enable}")
             elif changed:
                 self.say("note", "systemd is not running: the units are neither enabled nor started")
             return
