@@ -239,7 +239,11 @@ class Installer:
                 )
             for path, name in LINKS.items():
                 self.install_link(path, f"{LIBEXEC}/{name}")
-            self.install_conf()
+            if not os.path.lexists(self.p(CONF)):
+                with open(os.path.join(DATA, "dma.conf")) as f:
+                    self.write_file(CONF, f.read())
+            elif CONF not in self.manifest["files"]:
+                self.say("kept", f"{self.p(CONF)} (it exists; never overwritten)")
             if systemd:
                 self.install_units(cfg.spooldir, credential_names(cfg))
         finally:
@@ -286,15 +290,6 @@ class Installer:
         os.symlink(target, real)
         self.manifest["links"][path] = target
         self.change("linked", f"{real} -> {target}")
-
-    def install_conf(self) -> None:
-        real = self.p(CONF)
-        if os.path.lexists(real):
-            if CONF not in self.manifest["files"]:
-                self.say("kept", f"{real} (it exists; never overwritten)")
-            return
-        with open(os.path.join(DATA, "dma.conf")) as f:
-            self.write_file(CONF, f.read())
 
     def install_units(self, spooldir: str, credentials: list[str]) -> None:
         before = self.changes
