@@ -329,8 +329,8 @@ class Installer:
             self.say("done", f"nothing to undo: no {self.p(MANIFEST)}")
             return
         m = self.manifest
-        units = [path for path in m["files"] if path.startswith(UNIT_DIR + "/")]
-        if units and self.systemd_running:
+        units = self.systemd_running and any(path.startswith(UNIT_DIR + "/") for path in m["files"])
+        if units:
             self.systemctl("disable", "--now", *UNITS)
         # The manifest's directory and its parents go last, with the manifest.
         manifest_dir = os.path.dirname(MANIFEST)
@@ -363,7 +363,7 @@ class Installer:
                     os.unlink(real)
                     self.change("removed", real)
                 del m["files"][path]
-            if units and self.systemd_running:
+            if units:
                 self.systemctl("daemon-reload")
             for path, (mode, uid, gid) in list(m["modes"].items()):
                 real = self.p(path)
