@@ -34,9 +34,6 @@ MANIFEST = "/var/lib/dma/install.manifest"
 UNIT_DIR = "/etc/systemd/system"
 UNITS = ("dma.service", "dma.path", "dma.timer")
 ENABLE = ("dma.path", "dma.timer")
-SPOOL_MODE = 0o711
-DROP_MODE = 0o1733
-MBOX_MODE = 0o2775
 # What a spool holds when no mail is in it (an empty drop directory aside).
 SPOOL_HOUSEKEEPING = frozenset({"lock", "flush", "wake"})
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -229,10 +226,10 @@ class Installer:
         if conflicts:
             raise Fatal(EX_CONFIG, "; ".join(conflicts))
         try:
-            self.ensure_dir(cfg.spooldir, SPOOL_MODE)
-            self.ensure_dir(f"{cfg.spooldir}/incoming", DROP_MODE)
+            self.ensure_dir(cfg.spooldir, 0o711)
+            self.ensure_dir(f"{cfg.spooldir}/incoming", 0o1733)  # the drop directory
             self.manifest["spool"] = cfg.spooldir
-            self.makedirs(cfg.mboxdir, MBOX_MODE, mail_gid())  # an existing one is left as it is
+            self.makedirs(cfg.mboxdir, 0o2775, mail_gid())  # an existing one is left as it is
             for name in PROGRAMS:
                 self.write_file(
                     f"{LIBEXEC}/{name}", launcher.script(name), 0o755, f" (runs {sys.executable})"
