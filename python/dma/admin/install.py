@@ -88,17 +88,16 @@ def mail_gid() -> int:
 
 
 def describe(st: os.stat_result) -> str:
+    """`0755 root:root`: the mode and the owner's names (numbers where there are none)."""
     import pwd
 
-    try:
-        user = pwd.getpwuid(st.st_uid).pw_name
-    except KeyError:
-        user = str(st.st_uid)
-    try:
-        group = grp.getgrgid(st.st_gid).gr_name
-    except KeyError:
-        group = str(st.st_gid)
-    return f"{stat.S_IMODE(st.st_mode):04o} {user}:{group}"
+    def name(lookup: Any, ident: int) -> str:
+        try:
+            return str(lookup(ident)[0])
+        except KeyError:
+            return str(ident)
+
+    return f"{stat.S_IMODE(st.st_mode):04o} {name(pwd.getpwuid, st.st_uid)}:{name(grp.getgrgid, st.st_gid)}"
 
 
 class Installer:
