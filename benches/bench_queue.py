@@ -109,7 +109,11 @@ def main() -> int:
     os.mkdir(os.path.join(work, "mail"), 0o700)
     launcher = os.path.join(work, "dma")
     subprocess.run(
-        [b.VPY, "-c", f"from dma.admin.launcher import write_launcher; write_launcher({launcher!r}, 'dma')"],
+        [
+            b.VPY,
+            "-c",
+            f"from dma.admin.launcher import script, write_file; write_file({launcher!r}, script('dma'), 0o755)",
+        ],
         check=True,
     )
     msg1k = os.path.join(b.OUT, "msg-1k.eml")

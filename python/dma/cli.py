@@ -1,8 +1,5 @@
-"""The command line: `sendmail`, `mailq`, `newaliases` and `dma`, with C dma's options.
-
-The program name picks the mode. Options are parsed as glibc's getopt does with C dma's option
-string: options may come before or after recipients, `--` ends them, and `-q` takes an optional
-argument. Heavy modules are imported only by the modes that need them.
+"""The command line: `sendmail`, `mailq`, `newaliases` and `dma` (the program name picks the mode),
+with C dma's options parsed as its glibc getopt does. Modes import heavy modules only when needed.
 """
 
 from __future__ import annotations
@@ -87,18 +84,12 @@ def parse_args(args: list[str]) -> Options:
                 continue
             if letter not in WITH_ARGUMENT:
                 raise Fatal(EX_USAGE, f"invalid argument: `-{letter}'")
-            if arg[j:]:
-                value = arg[j:]
-            elif letter == "q":
-                # An optional argument: C dma's getopt takes the next word unless it is an option.
-                value = ""
-                if i < len(args) and not args[i].startswith("-"):
-                    value = args[i]
-                    i += 1
-            elif i < len(args):
+            value = arg[j:]
+            # -q's argument is optional: C dma's getopt takes the next word unless it is an option.
+            if not value and i < len(args) and not (letter == "q" and args[i].startswith("-")):
                 value = args[i]
                 i += 1
-            else:
+            elif not value and letter != "q":
                 raise Fatal(EX_USAGE, f"option requires an argument: `-{letter}'")
             opts.apply(letter, value)
             break
@@ -168,14 +159,12 @@ def reopen_closed_outputs() -> None:
     for fd, name in ((1, "stdout"), (2, "stderr")):
         try:
             posix.fstat(fd)
-            continue
         except OSError:
-            pass
-        new = posix.open("/dev/null", posix.O_WRONLY)
-        if new != fd:  # descriptor 0 was closed too: leave it closed (not an empty message)
-            posix.dup2(new, fd)
-            posix.close(new)
-        setattr(sys, name, open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False))
+            new = posix.open("/dev/null", posix.O_WRONLY)
+            if new != fd:  # descriptor 0 was closed too: leave it closed (not an empty message)
+                posix.dup2(new, fd)
+                posix.close(new)
+            setattr(sys, name, open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False))
 
 
 # `dma <command> ...`: operations C dma never had, each in its own module with a

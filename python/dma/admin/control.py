@@ -1,13 +1,8 @@
-"""`dma queue`: look at, hold, release, delete and bounce queue entries by id.
+"""`dma queue` (dma.8): look at, hold, release, delete and bounce queue entries by id.
 
-An ID is an entry id (`<message id>.<n>`, one recipient) or a message id (all its entries). Every
-change is made under the entry's lock, as the runner makes its own: an entry a runner is
-delivering at this moment is reported and left alone (exit 75, EX_TEMPFAIL; nothing waits). An
-unknown id is exit 66 (EX_NOINPUT). Both only for their own ids: the others are still done.
-
-`hold` sets the state `held`, which the runner never retries (one of queue.FINAL_STATES);
-`release` makes an entry due now, entries held for the postmaster included; `bounce` marks entries
-`failed`, for the runner's settle() to bounce on its next pass; `delete` removes them, no bounce.
+An ID is an entry id (`<message id>.<n>`) or a message id (all its entries). Each change is made
+under the entry's lock: an entry being delivered is left alone (exit 75), an unknown id is exit 66,
+and the other ids are still done.
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
-"""`dma install` and `dma uninstall`: make this dma the system's sendmail (docs/install.md).
+"""`dma install` and `dma uninstall` (docs/install.md): idempotent, one line printed per change.
 
-`install` sets up the spool and its drop directory, the mailbox directory, the launchers and the
-links to them at /usr/sbin/sendmail and friends (saving what was there), a dma.conf when there is
-none, and the systemd units. Each change is recorded in the manifest (paths as seen inside the
-root), and `uninstall` undoes exactly that, keeping a spool that holds mail and an edited dma.conf.
-Both are idempotent and print one line per change.
+Each change is recorded in the manifest (paths as seen inside the root); `uninstall` undoes that.
 """
 
 from __future__ import annotations
@@ -38,9 +34,6 @@ MANIFEST = "/var/lib/dma/install.manifest"
 UNIT_DIR = "/etc/systemd/system"
 UNITS = ("dma.service", "dma.path", "dma.timer")
 ENABLE = ("dma.path", "dma.timer")
-SPOOL_MODE = 0o711
-DROP_MODE = 0o1733
-MBOX_MODE = 0o2775
 # What a spool holds when no mail is in it (an empty drop directory aside).
 SPOOL_HOUSEKEEPING = frozenset({"lock", "flush", "wake"})
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -95,17 +88,16 @@ def mail_gid() -> int:
 
 
 def describe(st: os.stat_result) -> str:
+    """`0755 root:root`: the mode and the owner's names (numbers where there are none)."""
     import pwd
 
-    try:
-        user = pwd.getpwuid(st.st_uid).pw_name
-    except KeyError:
-        user = str(st.st_uid)
-    try:
-        group = grp.getgrgid(st.st_gid).gr_name
-    except KeyError:
-        group = str(st.st_gid)
-    return f"{stat.S_IMODE(st.st_mode):04o} {user}:{group}"
+    def name(lookup: Any, ident: int) -> str:
+        try:
+            return str(lookup(ident)[0])
+        except KeyError:
+            return str(ident)
+
+    return f"{stat.S_IMODE(st.st_mode):04o} {name(pwd.getpwuid, st.st_uid)}:{name(grp.getgrgid, st.st_gid)}"
 
 
 class Installer:
@@ -113,6 +105,7 @@ class Installer:
 
     def __init__(self, root: str, out: Any) -> None:
         self.root = root.rstrip("/") or "/"
+        self.prefix = "" if self.root == "/" else self.root  # a path inside the root, on this machine
         self.out = out
         self.changes = 0
         self.manifest: dict[str, Any] = {
@@ -128,17 +121,11 @@ class Installer:
     # ---- helpers --------------------------------------------------------------------------
 
     @property
-    def live(self) -> bool:
-        """Installing into the running system (not a `--root` image)."""
-        return self.root == "/"
-
-    @property
     def systemd_running(self) -> bool:
-        return self.live and os.path.isdir("/run/systemd/system")
+        return not self.prefix and os.path.isdir("/run/systemd/system")
 
     def p(self, path: str) -> str:
-        """`path` (as seen inside the root) on this machine."""
-        return path if self.live else self.root + path
+        return self.prefix + path
 
     def say(self, verb: str, what: str) -> None:
         self.out.write(f"{verb:<9}{what}\n")
@@ -238,17 +225,21 @@ class Installer:
         if conflicts:
             raise Fatal(EX_CONFIG, "; ".join(conflicts))
         try:
-            self.ensure_dir(cfg.spooldir, SPOOL_MODE)
-            self.ensure_dir(f"{cfg.spooldir}/incoming", DROP_MODE)
+            self.ensure_dir(cfg.spooldir, 0o711)
+            self.ensure_dir(f"{cfg.spooldir}/incoming", 0o1733)  # the drop directory
             self.manifest["spool"] = cfg.spooldir
-            self.makedirs(cfg.mboxdir, MBOX_MODE, mail_gid())  # an existing one is left as it is
+            self.makedirs(cfg.mboxdir, 0o2775, mail_gid())  # an existing one is left as it is
             for name in PROGRAMS:
                 self.write_file(
                     f"{LIBEXEC}/{name}", launcher.script(name), 0o755, f" (runs {sys.executable})"
                 )
             for path, name in LINKS.items():
                 self.install_link(path, f"{LIBEXEC}/{name}")
-            self.install_conf()
+            if not os.path.lexists(self.p(CONF)):
+                with open(os.path.join(DATA, "dma.conf")) as f:
+                    self.write_file(CONF, f.read())
+            elif CONF not in self.manifest["files"]:
+                self.say("kept", f"{self.p(CONF)} (it exists; never overwritten)")
             if systemd:
                 self.install_units(cfg.spooldir, credential_names(cfg))
         finally:
@@ -296,15 +287,6 @@ class Installer:
         self.manifest["links"][path] = target
         self.change("linked", f"{real} -> {target}")
 
-    def install_conf(self) -> None:
-        real = self.p(CONF)
-        if os.path.lexists(real):
-            if CONF not in self.manifest["files"]:
-                self.say("kept", f"{real} (it exists; never overwritten)")
-            return
-        with open(os.path.join(DATA, "dma.conf")) as f:
-            self.write_file(CONF, f.read())
-
     def install_units(self, spooldir: str, credentials: list[str]) -> None:
         before = self.changes
         # The service's private /tmp would hide an environment that lives in the shared one.
@@ -320,21 +302,19 @@ class Installer:
         if under_tmp and changed:
             self.say("note", f"dma.service runs without PrivateTmp=yes, which would hide {under_tmp[0]}")
         if not self.systemd_running:
-            if changed and self.live:
-                self.say("note", "systemd is not running: the units are neither enabled nor started")
+            if changed and self.prefix:
+                enable = f"systemctl --root={self.root} enable {' '.join(ENABLE)}"
+                self.say("note", f"units not enabled in an image: {enable}")
             elif changed:
-                enable = " ".join(ENABLE)
-                self.say(
-                    "note", f"units not enabled in an image: systemctl --root={self.root} enable {enable}"
-                )
+                self.say("note", "systemd is not running: the units are neither enabled nor started")
             return
         if changed:
             self.systemctl("daemon-reload")
-        enabled = subprocess.run(
-            ["systemctl", "--quiet", "is-enabled", *ENABLE], check=False, stdout=subprocess.DEVNULL
-        ).returncode
-        active = subprocess.run(["systemctl", "--quiet", "is-active", *ENABLE], check=False).returncode
-        if changed or enabled or active:
+        off = [
+            subprocess.run(["systemctl", "--quiet", verb, *ENABLE], check=False, stdout=subprocess.DEVNULL)
+            for verb in ("is-enabled", "is-active")
+        ]
+        if changed or any(proc.returncode for proc in off):
             self.changes += 1
             self.systemctl("enable", "--now", *ENABLE)
 
@@ -345,8 +325,8 @@ class Installer:
             self.say("done", f"nothing to undo: no {self.p(MANIFEST)}")
             return
         m = self.manifest
-        units = [path for path in m["files"] if path.startswith(UNIT_DIR + "/")]
-        if units and self.systemd_running:
+        units = self.systemd_running and any(path.startswith(UNIT_DIR + "/") for path in m["files"])
+        if units:
             self.systemctl("disable", "--now", *UNITS)
         # The manifest's directory and its parents go last, with the manifest.
         manifest_dir = os.path.dirname(MANIFEST)
@@ -379,7 +359,7 @@ class Installer:
                     os.unlink(real)
                     self.change("removed", real)
                 del m["files"][path]
-            if units and self.systemd_running:
+            if units:
                 self.systemctl("daemon-reload")
             for path, (mode, uid, gid) in list(m["modes"].items()):
                 real = self.p(path)
@@ -415,15 +395,13 @@ class Installer:
             return True
         names = os.listdir(real)
         drop = os.path.join(real, "incoming")
-        if spool and set(names) <= SPOOL_HOUSEKEEPING | {"incoming"}:
-            if "incoming" in names and os.path.isdir(drop) and not os.listdir(drop):
+        empty_drop = "incoming" not in names or (os.path.isdir(drop) and not os.listdir(drop))
+        if spool and set(names) <= SPOOL_HOUSEKEEPING | {"incoming"} and empty_drop:
+            if "incoming" in names:
                 os.rmdir(drop)
-                names.remove("incoming")
-            if "incoming" not in names:
-                for name in names:
-                    os.unlink(os.path.join(real, name))
-                names = []
-        if names:
+            for name in SPOOL_HOUSEKEEPING.intersection(names):
+                os.unlink(os.path.join(real, name))
+        elif names:
             self.say("kept", f"{real} (not empty: {len(names)} entries)")
             return False
         os.rmdir(real)

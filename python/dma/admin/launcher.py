@@ -1,9 +1,5 @@
-"""Fast entry points for `sendmail`, `mailq`, `newaliases` and `dma`, which `dma install` puts in place.
-
-An interpreter started with `site` reads every `.pth` file in site-packages first: a third more
-than its own start-up, paid by every cron job's mail. A launcher runs the interpreter isolated and
-without `site` (`-I -S`), with only the directories dma needs on `sys.path` (and no shell in front,
-as pip's scripts in wheel-data/scripts have).
+"""The fast launchers `dma install` writes (docs/install.md): `python -IS` with only dma's directories
+on `sys.path`, since reading every `.pth` file (`site`) costs a third more than the start-up itself.
 """
 
 from __future__ import annotations
@@ -49,8 +45,3 @@ def write_file(path: str, text: str, mode: int) -> None:
         os.fsync(f.fileno())
     os.chmod(tmp, mode)
     os.replace(tmp, path)
-
-
-def write_launcher(path: str, name: str) -> None:
-    """An executable launcher at `path` that runs dma as program `name`."""
-    write_file(path, script(name), 0o755)
