@@ -12,8 +12,6 @@ class Incoming:
     def id(self) -> str: ...
     def receive(
         self,
-        # a file descriptor (left open), the message, a DATA body, or a bounce: (text before,
-        # spooled original, whole or its headers, text after)
         source: int | bytes | SmtpStdin | tuple[bytes, str, bool, bytes],
         *,
         prefix: bytes,
@@ -21,12 +19,11 @@ class Incoming:
         dot_terminates: bool = False,
         collect_recipients: bool = False,
         rewrite_from: str | None = None,
-    ) -> tuple[int, list[str]]: ...  # (size in the spool, To:/Cc:/Bcc: values if collected)
-    # dsn: ""; drop: into the drop directory, returning [the message id]
+    ) -> tuple[int, list[str]]: ...
     def commit(self, sender: str, recipients: list[str], dsn: str = ..., drop: bool = False) -> list[str]: ...
     def abort(self) -> None: ...
     @staticmethod
-    def drop_envelope(text: bytes) -> tuple[str, list[str], str]: ...  # (sender, recipients, dsn)
+    def drop_envelope(text: bytes) -> tuple[str, list[str], str]: ...
 
 @final
 class SmtpStdin:
@@ -46,14 +43,14 @@ class QueueEntry:
     next_attempt: int
     last_error: str
     state: str
-    dsn: str  # RFC 3461 parameters, or ""
+    dsn: str
 
-def check_address(address: str) -> str | None: ...  # why it is not an address, or None
+def check_address(address: str) -> str | None: ...
 def scan_queue(spooldir: str) -> tuple[list[QueueEntry], list[str]]: ...
 def clean_stale(spooldir: str, max_age: int) -> list[str]: ...
 def journal_take(spooldir: str) -> tuple[list[str], list[str]]: ...
 def sync_spool(spooldir: str) -> None: ...
-def syslog(ident: str, priority: int, text: str) -> None: ...  # mail facility, `ident[pid]`
+def syslog(ident: str, priority: int, text: str) -> None: ...
 
 # ---- mailbox ----
 def mbox_append(
@@ -65,10 +62,7 @@ def mbox_append(
     lock_timeout: float = 100.0,
 ) -> None: ...
 def maildir_deliver(
-    maildir: str,
-    message: int | str,  # the M file's path, or a descriptor open on it
-    hostname: str,
-    create: tuple[int, int] | None = None,
+    maildir: str, message: int | str, hostname: str, create: tuple[int, int] | None = None
 ) -> str: ...
 
 # ---- smtp ----
@@ -83,9 +77,7 @@ class Outcome:
 
 @final
 class SessionResult:
-    # Per transaction, per recipient, in input order. A session failure before transaction k
-    # gives every recipient of k and later transactions that failure.
-    results: list[list[Outcome]]
+    results: list[list[Outcome]]  # a session failure before a transaction is all its recipients get
     address: str | None  # the address we connected to
     tls_version: str | None  # "TLSv1.3"
     tls_cipher: str | None
@@ -93,8 +85,8 @@ class SessionResult:
     tls_resumed: bool  # the TLS session was resumed (a reconnection within one process)
     auth_mechanism: str | None  # None: not authenticated (not configured, not offered, or no TLS)
     extensions: list[str]  # EHLO keywords, upper case (after STARTTLS when TLS was started)
-    failure: Outcome | None  # why the connection could not be used (all a probe without transactions gets)
-    entries: dict[str, Outcome]  # Connection.send: each entry id's outcome
+    failure: Outcome | None  # why the connection could not be used
+    entries: dict[str, Outcome]
 
 @final
 class Settings:
@@ -120,10 +112,7 @@ class Settings:
         journal: str | None = None,  # spool whose delivered journal records confirmed entries
     ) -> Settings: ...
 
-def smtp_session(
-    settings: Settings,
-    transactions: list[tuple[str, list[str], str]],  # (sender, recipients, M file)
-) -> SessionResult: ...
+def smtp_session(settings: Settings, transactions: list[tuple[str, list[str], str]]) -> SessionResult: ...
 
 @final
 class Connection:
@@ -134,21 +123,17 @@ class Connection:
 @final
 class Spool:
     def __new__(cls, spooldir: str, drop: str | None = None) -> Spool: ...
-    def lock(self) -> bool: ...  # become the spool's one runner; False if another process is
+    def lock(self) -> bool: ...
     def unlock(self) -> None: ...
     def due(self, now: int, force: bool) -> tuple[list[QueueEntry], int | None, list[str]]: ...
     def message_entries(self, message_id: str) -> list[QueueEntry]: ...
-    def claim(self, ids: list[str]) -> list[QueueEntry]: ...  # the ones now held here
+    def claim(self, ids: list[str]) -> list[QueueEntry]: ...
     def message_path(self, id: str) -> str: ...
     def record(self, id: str, *, attempts: int, next_attempt: int, last_error: str, state: str) -> None: ...
-    def remove(self, id: str) -> None: ...  # durable after the next sync()
+    def remove(self, id: str) -> None: ...
     def release(self, id: str) -> None: ...
     def sync(self) -> None: ...
-    def wait(self, timeout: float) -> tuple[bool, bool]: ...  # (work, flush)
+    def wait(self, timeout: float) -> tuple[bool, bool]: ...
     def notify(self) -> None: ...
 
-# ---- auth ----
-def auth_plain(login: str, password: str) -> str: ...
-def auth_cram_md5(login: str, password: str, challenge_b64: str) -> str: ...
-def auth_xoauth2(login: str, token: str) -> str: ...
 def no_core_dumps() -> None: ...

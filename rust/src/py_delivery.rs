@@ -130,9 +130,6 @@ impl Settings {
                     .map_err(|_| PyValueError::new_err(format!("not an IP address: {a:?}")))
             })
             .collect::<PyResult<_>>()?;
-        if helo.is_empty() || helo.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(PyValueError::new_err(format!("invalid helo name {helo:?}")));
-        }
         let mechanisms = mechanisms
             .map(|names| names.iter().map(|n| n.parse()).collect::<Result<_, _>>())
             .transpose()
