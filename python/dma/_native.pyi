@@ -86,7 +86,6 @@ class SessionResult:
     auth_mechanism: str | None  # None: not authenticated (not configured, not offered, or no TLS)
     extensions: list[str]  # EHLO keywords, upper case (after STARTTLS when TLS was started)
     failure: Outcome | None  # why the connection could not be used
-    entries: dict[str, Outcome]
 
 @final
 class Settings:

@@ -40,8 +40,7 @@ struct Incoming {
     id: String,
 }
 
-/// A duplicate of descriptor `fd`, which the caller keeps open for the call (closing ours leaves it
-/// open).
+/// A duplicate of the caller's descriptor `fd`: closing ours leaves theirs open.
 fn dup(fd: RawFd) -> crate::errors::Result<File> {
     // SAFETY: `fd` is open for this call, and we own only the duplicate.
     let owned = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned();
@@ -52,9 +51,8 @@ fn finished() -> PyErr {
     PyValueError::new_err("this message is already committed or aborted")
 }
 
-/// Where a message comes from: a file descriptor (standard input), bytes in memory, the body of a
-/// DATA under `sendmail -bs` (`S`: the reader, then its input lent for reading with the GIL
-/// released), or a bounce's text around a spooled original (quoted whole or not).
+/// Where a message comes from: a descriptor, bytes, a `-bs` DATA body (`S`: the reader, then the
+/// input it lends while the GIL is released), or a bounce's text around a spooled original.
 #[derive(FromPyObject)]
 enum Source<S> {
     Fd(RawFd),
@@ -233,8 +231,7 @@ fn sync_spool(py: Python<'_>, spooldir: PathBuf) -> PyResult<()> {
     Ok(py.detach(|| spool::sync_spool(&spooldir))?)
 }
 
-/// The entry ids in the spool's delivered journals, and the journal files to remove once those
-/// entries are gone (see journal.rs).
+/// The entry ids in the delivered journals, and the journals to remove after them (journal.rs).
 #[pyfunction]
 fn journal_take(py: Python<'_>, spooldir: PathBuf) -> PyResult<(Vec<String>, Vec<String>)> {
     let (ids, journals) = py.detach(|| crate::journal::journal_take(&spooldir))?;
@@ -297,9 +294,8 @@ fn maildir_deliver(
     })?)
 }
 
-/// For a process about to hold `OAuth2` tokens: no core file and no ptrace or `/proc/PID/mem`
-/// access by other processes of the same user (`PR_SET_DUMPABLE` 0 also stops a piped
-/// `core_pattern`).
+/// For a process about to hold `OAuth2` tokens: no core file (not even to a piped `core_pattern`),
+/// no ptrace or `/proc/PID/mem` access by other processes of the same user.
 #[pyfunction]
 fn no_core_dumps() -> PyResult<()> {
     let zero = libc::rlimit {
@@ -322,8 +318,7 @@ fn syslog(ident: &str, priority: i32, text: &str) {
     crate::syslog::send(ident, priority, text);
 }
 
-/// The extension module `dma._native`: everything it exports, in one place. `_native.pyi` describes
-/// it, and `./dev lint` checks the two agree.
+/// Everything `dma._native` exports; `./dev lint` checks that `_native.pyi` agrees.
 #[pymodule]
 mod _native {
     #[pymodule_export]

@@ -45,11 +45,10 @@ impl From<crate::smtp::Outcome> for Outcome {
     }
 }
 
-/// Per-transaction, per-recipient outcomes and session facts; `entries`: by entry id (`send`).
+/// Per-transaction, per-recipient outcomes and session facts.
 #[pyclass(module = "dma._native", frozen, get_all)]
 pub struct SessionResult {
     results: Vec<Vec<Outcome>>,
-    entries: HashMap<String, Outcome>,
     address: Option<String>,
     tls_version: Option<String>,
     tls_cipher: Option<String>,
@@ -64,7 +63,6 @@ impl From<SessionReport> for SessionResult {
     fn from(r: SessionReport) -> Self {
         let tls = r.tls;
         SessionResult {
-            entries: HashMap::new(),
             results: r
                 .results
                 .into_iter()
@@ -196,12 +194,11 @@ impl Connection {
     }
 
     /// Carry one transaction per group of claimed entries (the recipients of one message), on
-    /// this connection while the server keeps it, else on a new one. Outcomes by entry id.
+    /// this connection while the server keeps it, else on a new one. Empty groups are skipped.
     fn send(&self, py: Python<'_>, spool: &Spool, groups: Vec<Vec<String>>) -> PyResult<SessionResult> {
-        let groups: Vec<Vec<String>> = groups.into_iter().filter(|g| !g.is_empty()).collect();
         let claims = lock(&spool.claims);
         let mut transactions = Vec::with_capacity(groups.len());
-        for ids in &groups {
+        for ids in groups.into_iter().filter(|g| !g.is_empty()) {
             let entries = ids
                 .iter()
                 .map(|id| claims.get(id).ok_or_else(|| not_claimed(id)))
@@ -210,19 +207,13 @@ impl Connection {
                 sender: entries[0].entry.sender.clone(),
                 recipients: entries.iter().map(|c| c.entry.recipient.clone()).collect(),
                 message: entries[0].message_path(),
-                journal_ids: ids.clone(),
+                journal_ids: ids,
                 // NOTIFY/RET/ENVID as submitted (`-N`, `-R`, `-V`): one message, one set.
                 dsn: entries[0].entry.dsn.clone(),
             });
         }
         drop(claims);
-        let mut result = SessionResult::from(py.detach(|| lock(&self.0).send(&transactions)));
-        for (ids, outcomes) in groups.into_iter().zip(&result.results) {
-            result
-                .entries
-                .extend(ids.into_iter().zip(outcomes.iter().cloned()));
-        }
-        Ok(result)
+        Ok(py.detach(|| lock(&self.0).send(&transactions)).into())
     }
 
     /// QUIT, if open.

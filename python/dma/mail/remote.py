@@ -186,7 +186,7 @@ def deliver(
                 failed=failed,
             )
         elsewhere: set[str] = set()  # what another host should still try
-        for eid, outcome in result.entries.items():
+        for eid, outcome in zip([e for ids in groups for e in ids], [o for tx in result.results for o in tx]):
             outcomes[eid] = (outcome.status, describe(outcome, target.name, result.address))
             if outcome.status == "temporary" and outcome.stage in _TRY_NEXT_HOST:
                 elsewhere.add(eid)
