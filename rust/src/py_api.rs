@@ -6,6 +6,7 @@
     reason = "pyo3 hands arguments over as owned values"
 )]
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{BorrowedFd, RawFd};
@@ -90,9 +91,9 @@ impl Incoming {
         collect_recipients: bool,
         rewrite_from: Option<String>,
     ) -> PyResult<(u64, Vec<String>)> {
-        let mut inner = self.inner.take().ok_or_else(finished)?;
+        let inner = self.inner.as_mut().ok_or_else(finished)?;
         // The `-bs` reader lends its input while the GIL is released, and gets it back after.
-        let (smtp, input) = match source {
+        let (smtp, mut input) = match source {
             Source::Fd(fd) => (None, Source::Fd(fd)),
             Source::Bytes(data) => (None, Source::Bytes(data)),
             Source::Smtp(s) => {
@@ -101,7 +102,7 @@ impl Incoming {
             }
             Source::Bounce(before, path, whole, after) => (None, Source::Bounce(before, path, whole, after)),
         };
-        let (inner, result, input) = py.detach(move || {
+        let result = py.detach(|| {
             let add: Vec<(&str, &[u8])> = add_if_missing
                 .iter()
                 .map(|(n, l)| (n.as_str(), l.as_slice()))
@@ -113,20 +114,17 @@ impl Incoming {
                 add_if_missing: &add,
                 rewrite_from: rewrite_from.as_deref(),
             };
-            let mut input = input;
-            let result = match &mut input {
+            match &mut input {
                 Source::Fd(fd) => dup(*fd).and_then(|file| inner.receive(file, &opts)),
                 Source::Bytes(data) => inner.receive(data.as_slice(), &opts),
                 Source::Smtp(body) => inner.receive(body.data(), &opts),
                 Source::Bounce(before, path, whole, after) => intake::quoted(path, *whole)
                     .and_then(|original| inner.receive(before.chain(original).chain(&after[..]), &opts)),
-            };
-            (inner, result, input)
+            }
         });
         if let (Some(s), Source::Smtp(body)) = (smtp, input) {
             s.borrow_mut().inner = Some(body);
         }
-        self.inner = Some(inner);
         let info = result?;
         Ok((info.size, info.recipient_headers))
     }
@@ -233,15 +231,9 @@ fn sync_spool(py: Python<'_>, spooldir: PathBuf) -> PyResult<()> {
 
 /// The entry ids in the delivered journals, and the journals to remove after them (journal.rs).
 #[pyfunction]
-fn journal_take(py: Python<'_>, spooldir: PathBuf) -> PyResult<(Vec<String>, Vec<String>)> {
+fn journal_take(py: Python<'_>, spooldir: PathBuf) -> PyResult<(Vec<String>, Vec<OsString>)> {
     let (ids, journals) = py.detach(|| crate::journal::journal_take(&spooldir))?;
-    Ok((
-        ids,
-        journals
-            .iter()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect(),
-    ))
+    Ok((ids, journals.into_iter().map(PathBuf::into_os_string).collect()))
 }
 
 /// Remove what crashes leave: message files without their entry, and temporary files (with the

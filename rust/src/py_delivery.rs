@@ -1,10 +1,6 @@
 //! The delivery half of the Python API: the runner's spool object (due entries, claims, records,
 //! the wake-up wait), per-destination SMTP settings, and connections kept open between batches.
 //! Paths cross as `str`; the GIL is released for every wait and all I/O.
-#![allow(
-    clippy::needless_pass_by_value,
-    reason = "pyo3 hands arguments over as owned values"
-)]
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -121,7 +117,7 @@ impl Settings {
         journal: Option<PathBuf>,
     ) -> PyResult<Self> {
         let addresses = addresses
-            .iter()
+            .into_iter()
             .map(|a| {
                 let bare = a.trim_start_matches('[').trim_end_matches(']');
                 bare.parse()
@@ -252,6 +248,7 @@ impl Spool {
     /// `drop`: the drop directory, whose new envelopes also wake `wait`.
     #[new]
     #[pyo3(signature = (spooldir, drop=None))]
+    #[allow(clippy::needless_pass_by_value)] // pyo3 extracts arguments by value
     fn new(spooldir: PathBuf, drop: Option<PathBuf>) -> PyResult<Self> {
         let waker = Waker::new(&spooldir, drop.as_deref())
             .map_err(|e| DmaError::io(format!("can not watch `{}'", spooldir.display()), e))?;
@@ -321,8 +318,8 @@ impl Spool {
     /// Claim these entries; returns the ones we now hold (others are held elsewhere, or gone).
     fn claim(&self, py: Python<'_>, ids: Vec<String>) -> PyResult<Vec<Entry>> {
         let claimed = py.detach(|| {
-            ids.iter()
-                .filter_map(|id| spool::claim(&self.dir, id).transpose())
+            ids.into_iter()
+                .filter_map(|id| spool::claim(&self.dir, &id).transpose())
                 .collect::<crate::errors::Result<Vec<_>>>()
         })?;
         let entries = claimed.iter().map(|c| c.entry.clone()).collect();
