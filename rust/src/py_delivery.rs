@@ -57,7 +57,6 @@ pub struct SessionResult {
 
 impl From<SessionReport> for SessionResult {
     fn from(r: SessionReport) -> Self {
-        let tls = r.tls;
         SessionResult {
             results: r
                 .results
@@ -65,10 +64,10 @@ impl From<SessionReport> for SessionResult {
                 .map(|tx| tx.into_iter().map(Outcome::from).collect())
                 .collect(),
             address: r.address.as_ref().map(ToString::to_string),
-            tls_version: tls.as_ref().map(|t| t.version.clone()),
-            tls_cipher: tls.as_ref().map(|t| t.cipher.clone()),
-            tls_resumed: tls.as_ref().is_some_and(|t| t.resumed),
-            peer_cert_sha256: tls.and_then(|t| t.peer_cert_sha256),
+            tls_version: r.tls.as_ref().map(|t| t.version.clone()),
+            tls_cipher: r.tls.as_ref().map(|t| t.cipher.clone()),
+            tls_resumed: r.tls.as_ref().is_some_and(|t| t.resumed),
+            peer_cert_sha256: r.tls.and_then(|t| t.peer_cert_sha256),
             auth_mechanism: r.auth_mechanism.map(crate::auth::Mechanism::name),
             extensions: r.extensions,
             failure: r.failure.map(Outcome::from),
@@ -119,8 +118,7 @@ impl Settings {
         let addresses = addresses
             .into_iter()
             .map(|a| {
-                let bare = a.trim_start_matches('[').trim_end_matches(']');
-                bare.parse()
+                a.parse()
                     .map_err(|_| PyValueError::new_err(format!("not an IP address: {a:?}")))
             })
             .collect::<PyResult<_>>()?;
