@@ -1,4 +1,4 @@
-"""The SMTP transport (`dma._native.smtp_session`) against real servers on loopback: aiosmtpd
+"""The SMTP transport (`dma._native.Connection.session`) against real servers on loopback: aiosmtpd
 with trustme certificates, and raw-socket servers for exact bytes and hostile behaviour."""
 
 from __future__ import annotations
@@ -37,9 +37,7 @@ def msg(tmp_path: Path):
 def send(port: int, transactions, *, host: str = "mx.test", addresses=("127.0.0.1",), **kw):
     kw.setdefault("connect_timeout", 5.0)
     kw.setdefault("command_timeout", 5.0)
-    return _native.smtp_session(
-        _native.Settings(host, list(addresses), port, "client.test", **kw), transactions
-    )
+    return _native.Connection(host, list(addresses), port, "client.test", **kw).session(transactions)
 
 
 def statuses(result) -> list[list[str]]:
@@ -360,9 +358,9 @@ def test_verbose_transcript_hides_secrets(msg, certs: Certs) -> None:
             from dma import _native
             for mech, secret in [("PLAIN", {PASSWORD!r}), ("LOGIN", {PASSWORD!r}), ("CRAM-MD5", {PASSWORD!r}),
                                  ("XOAUTH2", {TOKEN!r})]:
-                r = _native.smtp_session(_native.Settings("mx.test", ["127.0.0.1"], {srv.port}, "client.test",
-                                         tls="starttls", login={LOGIN!r}, secret=secret, mechanisms=[mech],
-                                         verbose=True), [("f@c.test", ["a@x.test"], {msg()!r})])
+                r = _native.Connection("mx.test", ["127.0.0.1"], {srv.port}, "client.test",
+                                       tls="starttls", login={LOGIN!r}, secret=secret, mechanisms=[mech],
+                                       verbose=True).session([("f@c.test", ["a@x.test"], {msg()!r})])
                 assert r.results[0][0].status == "sent", r.results
             """)
         proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)

@@ -88,7 +88,7 @@ class SessionResult:
     failure: Outcome | None  # why the connection could not be used
 
 @final
-class Settings:
+class Connection:
     def __new__(
         cls,
         host: str,
@@ -109,13 +109,8 @@ class Settings:
         command_timeout: float = 300.0,  # per reply, and for the whole set-up and each transaction
         verbose: bool = False,  # dialogue on stderr as "<<< " / ">>> " lines, credentials hidden
         journal: str | None = None,  # spool whose delivered journal records confirmed entries
-    ) -> Settings: ...
-
-def smtp_session(settings: Settings, transactions: list[tuple[str, list[str], str]]) -> SessionResult: ...
-
-@final
-class Connection:
-    def __new__(cls, settings: Settings) -> Connection: ...
+    ) -> Connection: ...
+    def session(self, transactions: list[tuple[str, list[str], str]]) -> SessionResult: ...
     def send(self, spool: Spool, groups: list[list[str]]) -> SessionResult: ...
     def close(self) -> None: ...
 

@@ -319,7 +319,7 @@ mod _native {
         sync_spool, syslog, Incoming, SmtpStdin,
     };
     #[pymodule_export]
-    use crate::py_delivery::{smtp_session, Connection, Outcome, SessionResult, Settings, Spool};
+    use crate::py_delivery::{Connection, Outcome, SessionResult, Spool};
     #[pymodule_export]
     use crate::spool::Entry;
 

@@ -82,12 +82,16 @@ fn seconds(name: &str, secs: f64) -> PyResult<Duration> {
         .ok_or_else(|| PyValueError::new_err(format!("{name} must be positive, not {secs}")))
 }
 
-/// Everything a session to one destination needs: one object per destination and host.
+/// Everything a session to one destination needs, and the connection kept open between batches
+/// (the runner's connection cache): one object per destination and host.
 #[pyclass(module = "dma._native", frozen)]
-pub struct Settings(Arc<SessionConfig>);
+pub struct Connection {
+    cfg: Arc<SessionConfig>,
+    client: Mutex<Client>,
+}
 
 #[pymethods]
-impl Settings {
+impl Connection {
     #[new]
     #[pyo3(signature = (
         host, addresses, port, helo, *, tls="none", verify_cert=false, ca_file=None,
@@ -131,7 +135,7 @@ impl Settings {
             (None, None) => None,
             _ => return Err(PyValueError::new_err("login and secret go together")),
         };
-        Ok(Settings(Arc::new(SessionConfig {
+        let cfg = Arc::new(SessionConfig {
             host,
             addresses,
             port,
@@ -150,41 +154,28 @@ impl Settings {
             command_timeout: seconds("command_timeout", command_timeout)?,
             verbose,
             journal,
-        })))
-    }
-}
-
-/// One SMTP connection carrying whole transactions `(sender, recipients, message file)`, then
-/// QUIT; the GIL is released for all of it.
-#[pyfunction]
-pub fn smtp_session(
-    py: Python<'_>,
-    settings: &Settings,
-    transactions: Vec<(String, Vec<String>, PathBuf)>,
-) -> SessionResult {
-    let transactions: Vec<Transaction> = transactions
-        .into_iter()
-        .map(|(sender, recipients, message)| Transaction {
-            sender,
-            recipients,
-            message,
-            journal_ids: Vec::new(),
-            dsn: String::new(),
+        });
+        Ok(Connection {
+            client: Mutex::new(Client::new(cfg.clone())),
+            cfg,
         })
-        .collect();
-    py.detach(|| crate::smtp::run_session(&settings.0, &transactions))
-        .into()
-}
+    }
 
-/// A connection kept open between batches (the runner's connection cache).
-#[pyclass(module = "dma._native", frozen)]
-pub struct Connection(Mutex<Client>);
-
-#[pymethods]
-impl Connection {
-    #[new]
-    fn new(settings: &Settings) -> Self {
-        Connection(Mutex::new(Client::new(settings.0.clone())))
+    /// A session of its own, not this cached connection, carrying whole transactions `(sender,
+    /// recipients, message file)`, then QUIT; the GIL is released for all of it.
+    fn session(&self, py: Python<'_>, transactions: Vec<(String, Vec<String>, PathBuf)>) -> SessionResult {
+        let transactions: Vec<Transaction> = transactions
+            .into_iter()
+            .map(|(sender, recipients, message)| Transaction {
+                sender,
+                recipients,
+                message,
+                journal_ids: Vec::new(),
+                dsn: String::new(),
+            })
+            .collect();
+        py.detach(|| crate::smtp::run_session(&self.cfg, &transactions))
+            .into()
     }
 
     /// Carry one transaction per group of claimed entries (the recipients of one message), on
@@ -207,12 +198,12 @@ impl Connection {
             });
         }
         drop(claims);
-        Ok(py.detach(|| lock(&self.0).send(&transactions)).into())
+        Ok(py.detach(|| lock(&self.client).send(&transactions)).into())
     }
 
     /// QUIT, if open.
     fn close(&self, py: Python<'_>) {
-        py.detach(|| lock(&self.0).close());
+        py.detach(|| lock(&self.client).close());
     }
 }
 
