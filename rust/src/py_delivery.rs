@@ -1,5 +1,5 @@
 //! The delivery half of the Python API: the runner's spool object (due entries, claims, records,
-//! the wake-up wait), per-destination SMTP settings, and connections kept open between batches.
+//! the wake-up wait), and one SMTP connection per destination, kept open between batches.
 //! Paths cross as `str`; the GIL is released for every wait and all I/O.
 
 use std::collections::HashMap;
