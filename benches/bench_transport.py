@@ -3,11 +3,11 @@
 
 Run as root:  python benches/bench_transport.py [--no-build] [--runs N]
 
-(a) One 1 KB message, one fresh connection each time, on loopback: ours (`_native.smtp_session`
+(a) One 1 KB message, one fresh connection each time, on loopback: ours (`_native.Connection.session`
     called in a loop from Python, no process start), C dma (`dma -D -q` delivering one queued
     message, process start included; also shown minus the median of `dma -bp`), msmtp (minus the
     median of `msmtp --version`). Against Postfix's smtp-sink and against a plain aiosmtpd sink.
-(b) 1,000 × 1 KB over ONE connection to smtp-sink: ours (one `smtp_session` call carrying 1,000
+(b) 1,000 × 1 KB over ONE connection to smtp-sink: ours (one `Connection.session` call carrying 1,000
     transactions) against `minimal_client` below (plain sockets, TCP_NODELAY, MAIL+RCPT+DATA in one
     write, the dot-stuffed body and "." in one write): the ideal to compare to.
 
@@ -42,8 +42,8 @@ def time_ours(port: int, msg: str, runs: int) -> list[float]:
     times = []
     for _ in range(runs + 10):
         t = time.perf_counter()
-        r = _native.smtp_session(
-            _native.Settings("127.0.0.1", ["127.0.0.1"], port, "bench.example.com"), [(SENDER, [RCPT], msg)]
+        r = _native.Connection("127.0.0.1", ["127.0.0.1"], port, "bench.example.com").session(
+            [(SENDER, [RCPT], msg)]
         )
         times.append(time.perf_counter() - t)
         assert r.results[0][0].status == "sent", r.results
@@ -121,9 +121,8 @@ def ours_many(port: int, msg: str, count: int) -> float:
     from dma import _native
 
     t = time.perf_counter()
-    r = _native.smtp_session(
-        _native.Settings("127.0.0.1", ["127.0.0.1"], port, "bench.example.com"),
-        [(SENDER, [RCPT], msg)] * count,
+    r = _native.Connection("127.0.0.1", ["127.0.0.1"], port, "bench.example.com").session(
+        [(SENDER, [RCPT], msg)] * count
     )
     dt = time.perf_counter() - t
     sent = sum(1 for tx in r.results for o in tx if o.status == "sent")

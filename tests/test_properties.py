@@ -7,7 +7,7 @@ test_config.py (config parser) and test_aliases.py (aliases parser):
 * `drop.parse_envelope` (the system runner's reader of a user's hand-written envelope) raises only
   `Rejected`/`Fatal`, and returns only such addresses;
 * alias expansion on arbitrary alias text terminates and raises only `Fatal`/`ConfigError`;
-* the DATA round trip: what `_native.smtp_session` puts on the wire to a real local socket server,
+* the DATA round trip: what `_native.Connection.session` puts on the wire to a real local socket server,
   un-dot-stuffed, CRLF -> LF and the inserted `CRLF SP` breaks undone, equals the spooled message.
 """
 
@@ -185,17 +185,14 @@ def test_data_round_trip_over_a_socket(lines: list[bytes], final_newline: bool) 
         with open(path, "wb") as f:
             f.write(spooled)
         with RawServer(scripted(ext=("8BITMIME", "SIZE 100000000"))) as srv:
-            result = _native.smtp_session(
-                _native.Settings(
-                    "mx.test",
-                    ["127.0.0.1"],
-                    srv.port,
-                    "client.test",
-                    connect_timeout=5.0,
-                    command_timeout=5.0,
-                ),
-                [("a@example.com", ["b@example.com"], path)],
-            )
+            result = _native.Connection(
+                "mx.test",
+                ["127.0.0.1"],
+                srv.port,
+                "client.test",
+                connect_timeout=5.0,
+                command_timeout=5.0,
+            ).session([("a@example.com", ["b@example.com"], path)])
             [[outcome]] = result.results
             assert outcome.status == "sent", outcome
             peers: list[Peer] = srv.peers

@@ -1,7 +1,6 @@
 //! Rust core of dma: spool I/O, local mailboxes, the SMTP transport over rustls and the AUTH
 //! encoders. Plain Rust modules, unit-tested without Python (the `python` feature off); `py_api`
-//! (which declares the module), `py_bs` (the `-bs` reader) and `py_delivery` (the runner's objects)
-//! are the pyo3 face.
+//! (which declares the module) and `py_delivery` (the runner's objects) are the pyo3 face.
 
 pub mod address;
 pub mod auth;
@@ -22,7 +21,5 @@ mod test_util;
 
 #[cfg(feature = "python")]
 mod py_api;
-#[cfg(feature = "python")]
-mod py_bs;
 #[cfg(feature = "python")]
 mod py_delivery;

@@ -1,4 +1,4 @@
-//! The module `dma._native` (declared at the end) and its spool, mailbox, syslog and AUTH functions:
+//! The module `dma._native` (declared at the end) and its spool, mailbox, syslog and `-bs` reader:
 //! converts arguments, releases the GIL around all I/O, and maps `DmaError` onto Python exceptions.
 //! Nothing here calls back into Python.
 #![allow(
@@ -6,19 +6,19 @@
     reason = "pyo3 hands arguments over as owned values"
 )]
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::Read;
-use std::mem::ManuallyDrop;
-use std::os::fd::{BorrowedFd, FromRawFd, RawFd};
+use std::os::fd::{BorrowedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
+use crate::bs::SmtpInput;
 use crate::errors::DmaError;
 use crate::intake::{self, IntakeOptions};
-use crate::py_bs::SmtpStdin;
 use crate::spool::{self, Entry};
 
 impl From<DmaError> for PyErr {
@@ -41,25 +41,24 @@ struct Incoming {
     id: String,
 }
 
+/// A duplicate of the caller's descriptor `fd`: closing ours leaves theirs open.
+fn dup(fd: RawFd) -> crate::errors::Result<File> {
+    // SAFETY: `fd` is open for this call, and we own only the duplicate.
+    let owned = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned();
+    Ok(owned.map_err(|e| DmaError::io("reading the message", e))?.into())
+}
+
 fn finished() -> PyErr {
     PyValueError::new_err("this message is already committed or aborted")
 }
 
-/// Where a message comes from: a file descriptor (standard input), bytes in memory, the body of a
-/// DATA under `sendmail -bs`, or a bounce's text around a spooled original (quoted whole or not).
+/// Where a message comes from: a descriptor, bytes, a `-bs` DATA body (`S`: the reader, then the
+/// input it lends while the GIL is released), or a bounce's text around a spooled original.
 #[derive(FromPyObject)]
-enum Source<'py> {
-    Fd(i32),
+enum Source<S> {
+    Fd(RawFd),
     Bytes(Vec<u8>),
-    Smtp(Bound<'py, SmtpStdin>),
-    Bounce(Vec<u8>, PathBuf, bool, Vec<u8>),
-}
-
-/// `Source` without its Python object, to be read with the GIL released.
-enum Input {
-    Fd(i32),
-    Bytes(Vec<u8>),
-    Smtp(crate::bs::SmtpInput<File>),
+    Smtp(S),
     Bounce(Vec<u8>, PathBuf, bool, Vec<u8>),
 }
 
@@ -85,25 +84,25 @@ impl Incoming {
     fn receive(
         &mut self,
         py: Python<'_>,
-        source: Source,
+        source: Source<Bound<'_, SmtpStdin>>,
         prefix: Vec<u8>,
         add_if_missing: Vec<(String, Vec<u8>)>,
         dot_terminates: bool,
         collect_recipients: bool,
         rewrite_from: Option<String>,
     ) -> PyResult<(u64, Vec<String>)> {
-        let mut inner = self.inner.take().ok_or_else(finished)?;
+        let inner = self.inner.as_mut().ok_or_else(finished)?;
         // The `-bs` reader lends its input while the GIL is released, and gets it back after.
-        let (smtp, input) = match source {
-            Source::Fd(fd) => (None, Input::Fd(fd)),
-            Source::Bytes(data) => (None, Input::Bytes(data)),
+        let (smtp, mut input) = match source {
+            Source::Fd(fd) => (None, Source::Fd(fd)),
+            Source::Bytes(data) => (None, Source::Bytes(data)),
             Source::Smtp(s) => {
-                let body = s.borrow_mut().inner.take().ok_or_else(crate::py_bs::busy)?;
-                (Some(s), Input::Smtp(body))
+                let body = s.borrow_mut().inner.take().ok_or_else(busy)?;
+                (Some(s), Source::Smtp(body))
             }
-            Source::Bounce(before, path, whole, after) => (None, Input::Bounce(before, path, whole, after)),
+            Source::Bounce(before, path, whole, after) => (None, Source::Bounce(before, path, whole, after)),
         };
-        let (inner, result, input) = py.detach(move || {
+        let result = py.detach(|| {
             let add: Vec<(&str, &[u8])> = add_if_missing
                 .iter()
                 .map(|(n, l)| (n.as_str(), l.as_slice()))
@@ -115,25 +114,17 @@ impl Incoming {
                 add_if_missing: &add,
                 rewrite_from: rewrite_from.as_deref(),
             };
-            let mut input = input;
-            let result = match &mut input {
-                Input::Fd(fd) => {
-                    // SAFETY: the descriptor is the caller's, open for the call; ManuallyDrop
-                    // leaves it open.
-                    let file = ManuallyDrop::new(unsafe { File::from_raw_fd(*fd) });
-                    inner.receive(&*file, &opts)
-                }
-                Input::Bytes(data) => inner.receive(data.as_slice(), &opts),
-                Input::Smtp(body) => inner.receive(body.data(), &opts),
-                Input::Bounce(before, path, whole, after) => intake::quoted(path, *whole)
+            match &mut input {
+                Source::Fd(fd) => dup(*fd).and_then(|file| inner.receive(file, &opts)),
+                Source::Bytes(data) => inner.receive(data.as_slice(), &opts),
+                Source::Smtp(body) => inner.receive(body.data(), &opts),
+                Source::Bounce(before, path, whole, after) => intake::quoted(path, *whole)
                     .and_then(|original| inner.receive(before.chain(original).chain(&after[..]), &opts)),
-            };
-            (inner, result, input)
+            }
         });
-        if let (Some(s), Input::Smtp(body)) = (smtp, input) {
+        if let (Some(s), Source::Smtp(body)) = (smtp, input) {
             s.borrow_mut().inner = Some(body);
         }
-        self.inner = Some(inner);
         let info = result?;
         Ok((info.size, info.recipient_headers))
     }
@@ -173,6 +164,44 @@ impl Incoming {
     }
 }
 
+/// The reader that owns standard input during `sendmail -bs`; bodies go to `Incoming.receive`.
+#[pyclass(module = "dma._native")]
+struct SmtpStdin {
+    /// `None` only while a body is being spooled with the GIL released.
+    inner: Option<SmtpInput<File>>,
+}
+
+fn busy() -> PyErr {
+    PyOSError::new_err("standard input is being read")
+}
+
+#[pymethods]
+impl SmtpStdin {
+    /// Read SMTP from a duplicate of descriptor `fd` (closing the duplicate leaves `fd` open).
+    #[new]
+    fn new(fd: RawFd) -> PyResult<Self> {
+        Ok(SmtpStdin {
+            inner: Some(SmtpInput::new(dup(fd)?)),
+        })
+    }
+
+    /// The next command line (without CRLF, at most `max` bytes) and whether it was whole, or
+    /// `None` at the end of input.
+    fn command(&mut self, py: Python<'_>, max: usize) -> PyResult<Option<(Vec<u8>, bool)>> {
+        let inner = self.inner.as_mut().ok_or_else(busy)?;
+        Ok(py.detach(|| inner.command(max))?)
+    }
+
+    /// Read and discard the rest of a body whose spooling failed, so the session can go on.
+    fn skip_data(&mut self, py: Python<'_>) -> PyResult<()> {
+        let inner = self.inner.as_mut().ok_or_else(busy)?;
+        if inner.in_data() {
+            py.detach(|| std::io::copy(&mut inner.data(), &mut std::io::sink()))?;
+        }
+        Ok(())
+    }
+}
+
 /// The message part of the entry id: for the runner's grouping and bounces.
 #[pymethods]
 impl Entry {
@@ -200,18 +229,11 @@ fn sync_spool(py: Python<'_>, spooldir: PathBuf) -> PyResult<()> {
     Ok(py.detach(|| spool::sync_spool(&spooldir))?)
 }
 
-/// The entry ids in the spool's delivered journals, and the journal files to remove once those
-/// entries are gone (see journal.rs).
+/// The entry ids in the delivered journals, and the journals to remove after them (journal.rs).
 #[pyfunction]
-fn journal_take(py: Python<'_>, spooldir: PathBuf) -> PyResult<(Vec<String>, Vec<String>)> {
+fn journal_take(py: Python<'_>, spooldir: PathBuf) -> PyResult<(Vec<String>, Vec<OsString>)> {
     let (ids, journals) = py.detach(|| crate::journal::journal_take(&spooldir))?;
-    Ok((
-        ids,
-        journals
-            .iter()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect(),
-    ))
+    Ok((ids, journals.into_iter().map(PathBuf::into_os_string).collect()))
 }
 
 /// Remove what crashes leave: message files without their entry, and temporary files (with the
@@ -259,18 +281,13 @@ fn maildir_deliver(
     Ok(py.detach(|| match message {
         MessageFile::Path(path) => crate::mailbox::maildir_deliver(&maildir, &path, hostname, create),
         MessageFile::Fd(fd) => {
-            // SAFETY: the caller keeps `fd` open for this call; we read a duplicate of our own.
-            let input = unsafe { BorrowedFd::borrow_raw(fd) }
-                .try_clone_to_owned()
-                .map_err(|e| DmaError::io("reading the message", e))?;
-            crate::mailbox::maildir_deliver_from(&maildir, File::from(input), hostname, create)
+            dup(fd).and_then(|input| crate::mailbox::maildir_deliver_from(&maildir, input, hostname, create))
         }
     })?)
 }
 
-/// For a process about to hold `OAuth2` tokens: no core file and no ptrace or `/proc/PID/mem`
-/// access by other processes of the same user (`PR_SET_DUMPABLE` 0 also stops a piped
-/// `core_pattern`).
+/// For a process about to hold `OAuth2` tokens: no core file (not even to a piped `core_pattern`),
+/// no ptrace or `/proc/PID/mem` access by other processes of the same user.
 #[pyfunction]
 fn no_core_dumps() -> PyResult<()> {
     let zero = libc::rlimit {
@@ -293,37 +310,16 @@ fn syslog(ident: &str, priority: i32, text: &str) {
     crate::syslog::send(ident, priority, text);
 }
 
-/// AUTH PLAIN initial response (base64 of `\0login\0password`).
-#[pyfunction]
-fn auth_plain(login: &str, password: &str) -> String {
-    crate::auth::plain(login, password)
-}
-
-/// CRAM-MD5 response to a base64 challenge (base64 of `login SP hex-digest`).
-#[pyfunction]
-fn auth_cram_md5(login: &str, password: &str, challenge_b64: &str) -> PyResult<String> {
-    crate::auth::cram_md5(login, password, challenge_b64).map_err(PyValueError::new_err)
-}
-
-/// XOAUTH2 initial response (base64).
-#[pyfunction]
-fn auth_xoauth2(login: &str, token: &str) -> String {
-    crate::auth::xoauth2(login, token)
-}
-
-/// The extension module `dma._native`: everything it exports, in one place. `_native.pyi` describes
-/// it, and `./dev lint` checks the two agree.
+/// Everything `dma._native` exports; `./dev lint` checks that `_native.pyi` agrees.
 #[pymodule]
 mod _native {
     #[pymodule_export]
     use super::{
-        auth_cram_md5, auth_plain, auth_xoauth2, check_address, clean_stale, journal_take, maildir_deliver,
-        mbox_append, no_core_dumps, scan_queue, sync_spool, syslog, Incoming,
+        check_address, clean_stale, journal_take, maildir_deliver, mbox_append, no_core_dumps, scan_queue,
+        sync_spool, syslog, Incoming, SmtpStdin,
     };
     #[pymodule_export]
-    use crate::py_bs::SmtpStdin;
-    #[pymodule_export]
-    use crate::py_delivery::{smtp_session, Connection, Outcome, SessionResult, Settings, Spool};
+    use crate::py_delivery::{Connection, Outcome, SessionResult, Spool};
     #[pymodule_export]
     use crate::spool::Entry;
 

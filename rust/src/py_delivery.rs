@@ -1,10 +1,6 @@
 //! The delivery half of the Python API: the runner's spool object (due entries, claims, records,
-//! the wake-up wait), per-destination SMTP settings, and connections kept open between batches.
+//! the wake-up wait), and one SMTP connection per destination, kept open between batches.
 //! Paths cross as `str`; the GIL is released for every wait and all I/O.
-#![allow(
-    clippy::needless_pass_by_value,
-    reason = "pyo3 hands arguments over as owned values"
-)]
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -45,11 +41,10 @@ impl From<crate::smtp::Outcome> for Outcome {
     }
 }
 
-/// Per-transaction, per-recipient outcomes and session facts; `entries`: by entry id (`send`).
+/// Per-transaction, per-recipient outcomes and session facts.
 #[pyclass(module = "dma._native", frozen, get_all)]
 pub struct SessionResult {
     results: Vec<Vec<Outcome>>,
-    entries: HashMap<String, Outcome>,
     address: Option<String>,
     tls_version: Option<String>,
     tls_cipher: Option<String>,
@@ -62,19 +57,17 @@ pub struct SessionResult {
 
 impl From<SessionReport> for SessionResult {
     fn from(r: SessionReport) -> Self {
-        let tls = r.tls;
         SessionResult {
-            entries: HashMap::new(),
             results: r
                 .results
                 .into_iter()
                 .map(|tx| tx.into_iter().map(Outcome::from).collect())
                 .collect(),
             address: r.address.as_ref().map(ToString::to_string),
-            tls_version: tls.as_ref().map(|t| t.version.clone()),
-            tls_cipher: tls.as_ref().map(|t| t.cipher.clone()),
-            tls_resumed: tls.as_ref().is_some_and(|t| t.resumed),
-            peer_cert_sha256: tls.and_then(|t| t.peer_cert_sha256),
+            tls_version: r.tls.as_ref().map(|t| t.version.clone()),
+            tls_cipher: r.tls.as_ref().map(|t| t.cipher.clone()),
+            tls_resumed: r.tls.as_ref().is_some_and(|t| t.resumed),
+            peer_cert_sha256: r.tls.and_then(|t| t.peer_cert_sha256),
             auth_mechanism: r.auth_mechanism.map(crate::auth::Mechanism::name),
             extensions: r.extensions,
             failure: r.failure.map(Outcome::from),
@@ -89,12 +82,16 @@ fn seconds(name: &str, secs: f64) -> PyResult<Duration> {
         .ok_or_else(|| PyValueError::new_err(format!("{name} must be positive, not {secs}")))
 }
 
-/// Everything a session to one destination needs: one object per destination and host.
+/// Everything a session to one destination needs, and the connection kept open between batches
+/// (the runner's connection cache): one object per destination and host.
 #[pyclass(module = "dma._native", frozen)]
-pub struct Settings(Arc<SessionConfig>);
+pub struct Connection {
+    cfg: Arc<SessionConfig>,
+    client: Mutex<Client>,
+}
 
 #[pymethods]
-impl Settings {
+impl Connection {
     #[new]
     #[pyo3(signature = (
         host, addresses, port, helo, *, tls="none", verify_cert=false, ca_file=None,
@@ -123,16 +120,12 @@ impl Settings {
         journal: Option<PathBuf>,
     ) -> PyResult<Self> {
         let addresses = addresses
-            .iter()
+            .into_iter()
             .map(|a| {
-                let bare = a.trim_start_matches('[').trim_end_matches(']');
-                bare.parse()
+                a.parse()
                     .map_err(|_| PyValueError::new_err(format!("not an IP address: {a:?}")))
             })
             .collect::<PyResult<_>>()?;
-        if helo.is_empty() || helo.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(PyValueError::new_err(format!("invalid helo name {helo:?}")));
-        }
         let mechanisms = mechanisms
             .map(|names| names.iter().map(|n| n.parse()).collect::<Result<_, _>>())
             .transpose()
@@ -142,7 +135,7 @@ impl Settings {
             (None, None) => None,
             _ => return Err(PyValueError::new_err("login and secret go together")),
         };
-        Ok(Settings(Arc::new(SessionConfig {
+        let cfg = Arc::new(SessionConfig {
             host,
             addresses,
             port,
@@ -161,50 +154,36 @@ impl Settings {
             command_timeout: seconds("command_timeout", command_timeout)?,
             verbose,
             journal,
-        })))
-    }
-}
-
-/// One SMTP connection carrying whole transactions `(sender, recipients, message file)`, then
-/// QUIT; the GIL is released for all of it.
-#[pyfunction]
-pub fn smtp_session(
-    py: Python<'_>,
-    settings: &Settings,
-    transactions: Vec<(String, Vec<String>, PathBuf)>,
-) -> SessionResult {
-    let transactions: Vec<Transaction> = transactions
-        .into_iter()
-        .map(|(sender, recipients, message)| Transaction {
-            sender,
-            recipients,
-            message,
-            journal_ids: Vec::new(),
-            dsn: String::new(),
+        });
+        Ok(Connection {
+            client: Mutex::new(Client::new(cfg.clone())),
+            cfg,
         })
-        .collect();
-    py.detach(|| crate::smtp::run_session(&settings.0, &transactions))
-        .into()
-}
+    }
 
-/// A connection kept open between batches (the runner's connection cache).
-#[pyclass(module = "dma._native", frozen)]
-pub struct Connection(Mutex<Client>);
-
-#[pymethods]
-impl Connection {
-    #[new]
-    fn new(settings: &Settings) -> Self {
-        Connection(Mutex::new(Client::new(settings.0.clone())))
+    /// A session of its own, not this cached connection, carrying whole transactions `(sender,
+    /// recipients, message file)`, then QUIT; the GIL is released for all of it.
+    fn session(&self, py: Python<'_>, transactions: Vec<(String, Vec<String>, PathBuf)>) -> SessionResult {
+        let transactions: Vec<Transaction> = transactions
+            .into_iter()
+            .map(|(sender, recipients, message)| Transaction {
+                sender,
+                recipients,
+                message,
+                journal_ids: Vec::new(),
+                dsn: String::new(),
+            })
+            .collect();
+        py.detach(|| crate::smtp::run_session(&self.cfg, &transactions))
+            .into()
     }
 
     /// Carry one transaction per group of claimed entries (the recipients of one message), on
-    /// this connection while the server keeps it, else on a new one. Outcomes by entry id.
+    /// this connection while the server keeps it, else on a new one. Empty groups are skipped.
     fn send(&self, py: Python<'_>, spool: &Spool, groups: Vec<Vec<String>>) -> PyResult<SessionResult> {
-        let groups: Vec<Vec<String>> = groups.into_iter().filter(|g| !g.is_empty()).collect();
         let claims = lock(&spool.claims);
         let mut transactions = Vec::with_capacity(groups.len());
-        for ids in &groups {
+        for ids in groups.into_iter().filter(|g| !g.is_empty()) {
             let entries = ids
                 .iter()
                 .map(|id| claims.get(id).ok_or_else(|| not_claimed(id)))
@@ -213,24 +192,18 @@ impl Connection {
                 sender: entries[0].entry.sender.clone(),
                 recipients: entries.iter().map(|c| c.entry.recipient.clone()).collect(),
                 message: entries[0].message_path(),
-                journal_ids: ids.clone(),
+                journal_ids: ids,
                 // NOTIFY/RET/ENVID as submitted (`-N`, `-R`, `-V`): one message, one set.
                 dsn: entries[0].entry.dsn.clone(),
             });
         }
         drop(claims);
-        let mut result = SessionResult::from(py.detach(|| lock(&self.0).send(&transactions)));
-        for (ids, outcomes) in groups.into_iter().zip(&result.results) {
-            result
-                .entries
-                .extend(ids.into_iter().zip(outcomes.iter().cloned()));
-        }
-        Ok(result)
+        Ok(py.detach(|| lock(&self.client).send(&transactions)).into())
     }
 
     /// QUIT, if open.
     fn close(&self, py: Python<'_>) {
-        py.detach(|| lock(&self.0).close());
+        py.detach(|| lock(&self.client).close());
     }
 }
 
@@ -264,6 +237,7 @@ impl Spool {
     /// `drop`: the drop directory, whose new envelopes also wake `wait`.
     #[new]
     #[pyo3(signature = (spooldir, drop=None))]
+    #[allow(clippy::needless_pass_by_value)] // pyo3 extracts arguments by value
     fn new(spooldir: PathBuf, drop: Option<PathBuf>) -> PyResult<Self> {
         let waker = Waker::new(&spooldir, drop.as_deref())
             .map_err(|e| DmaError::io(format!("can not watch `{}'", spooldir.display()), e))?;
@@ -333,8 +307,8 @@ impl Spool {
     /// Claim these entries; returns the ones we now hold (others are held elsewhere, or gone).
     fn claim(&self, py: Python<'_>, ids: Vec<String>) -> PyResult<Vec<Entry>> {
         let claimed = py.detach(|| {
-            ids.iter()
-                .filter_map(|id| spool::claim(&self.dir, id).transpose())
+            ids.into_iter()
+                .filter_map(|id| spool::claim(&self.dir, &id).transpose())
                 .collect::<crate::errors::Result<Vec<_>>>()
         })?;
         let entries = claimed.iter().map(|c| c.entry.clone()).collect();

@@ -303,7 +303,6 @@ def mailbox_of(cfg: Config, user: str) -> str:
 
 def probe(cfg: Config, target: Target, report: Report, *, verbose: bool, route: Route | None = None) -> None:
     """One SMTP session to `target` that sends no mail; prints what the server offers."""
-    from dma import _native
     from dma.mail.remote import credentials, describe, renew, settings, tls_mode
     from dma.mail.routing import RouteError
 
@@ -319,10 +318,10 @@ def probe(cfg: Config, target: Target, report: Report, *, verbose: bool, route: 
     mode = tls_mode(cfg, route)
     try:
         # A probe: no transactions, so greeting, EHLO, STARTTLS, AUTH and QUIT; no mail.
-        result = _native.smtp_session(settings(cfg, target, target.addresses, route, creds, verbose), [])
+        result = settings(cfg, target, target.addresses, route, creds, verbose).session([])
         fresh = renew(cfg, target, route, creds, result.failure)
         if fresh is not None:  # a token refused: renewed once, as the runner does
-            result = _native.smtp_session(settings(cfg, target, target.addresses, route, fresh, verbose), [])
+            result = settings(cfg, target, target.addresses, route, fresh, verbose).session([])
     except ValueError as e:
         report("FAIL", "smtp", f"{where}: {e}")
         return
@@ -383,18 +382,15 @@ def inspect(cfg: Config, target: Target, mode: str, report: Report) -> None:
     from dma import _native
 
     try:
-        seen = _native.smtp_session(
-            _native.Settings(
-                target.name,
-                target.addresses,
-                target.port,
-                cfg.helo_name or cfg.mailname,
-                tls=mode,
-                connect_timeout=cfg.connect_timeout,
-                command_timeout=cfg.timeout,
-            ),
-            [],
-        )
+        seen = _native.Connection(
+            target.name,
+            target.addresses,
+            target.port,
+            cfg.helo_name or cfg.mailname,
+            tls=mode,
+            connect_timeout=cfg.connect_timeout,
+            command_timeout=cfg.timeout,
+        ).session([])
     except ValueError:
         return
     if seen.tls_version is not None:

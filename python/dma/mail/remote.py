@@ -122,11 +122,11 @@ def settings(
     verbose: bool = False,
     *,
     journal: bool = False,
-) -> _native.Settings:
-    """The session settings for `target` with this configuration's (or `route`'s) TLS and AUTH;
+) -> _native.Connection:
+    """The connection (not yet open) to `target` with this configuration's (or `route`'s) TLS and AUTH;
     `journal`: confirmed recipients go to the spool's delivered journal."""
     login, secret, mechanisms = creds
-    return _native.Settings(
+    return _native.Connection(
         target.name,
         addresses,
         target.port,
@@ -186,7 +186,7 @@ def deliver(
                 failed=failed,
             )
         elsewhere: set[str] = set()  # what another host should still try
-        for eid, outcome in result.entries.items():
+        for eid, outcome in zip([e for ids in groups for e in ids], [o for tx in result.results for o in tx]):
             outcomes[eid] = (outcome.status, describe(outcome, target.name, result.address))
             if outcome.status == "temporary" and outcome.stage in _TRY_NEXT_HOST:
                 elsewhere.add(eid)
@@ -202,9 +202,7 @@ def deliver(
             creds = credentials(cfg, target.name, dest.route)
             for address in target.addresses:
                 for renewed in (False, True):
-                    conn = _native.Connection(
-                        settings(cfg, target, [address], dest.route, creds, verbose, journal=True)
-                    )
+                    conn = settings(cfg, target, [address], dest.route, creds, verbose, journal=True)
                     failure = attempt(conn, target)
                     if not groups:
                         return outcomes, None if failure else (conn, target)
