@@ -1,11 +1,7 @@
-"""Local delivery policy: which mailbox, which owner, which failures are final. Rust moves the
-bytes, streaming the spooled ``M`` file.
-
-mbox (the default, as C dma): ``<mboxdir>/<user>`` with C dma's ``From `` line and mboxrd quoting.
-A missing mbox is created: in system mode owned by the user, group ``mail``, mode 0620 (C dma's
-``dma-mbox-create``); in user mode owned by us, 0600. Maildir (not in C dma): ``cfg.maildir``, a
-template where a leading ``~`` is the user's home and ``%u`` the user name.
-"""
+"""Local delivery policy: which mailbox (MBOXDIR or MAILDIR, docs/configuration.md), which owner,
+which failures are final. Rust moves the bytes, streaming the spooled ``M`` file. A missing mbox
+is created as C dma's ``dma-mbox-create`` does: owned by the user, group ``mail``, mode 0620 (in
+user mode owned by us, 0600)."""
 
 from __future__ import annotations
 

@@ -58,20 +58,14 @@ class Log:
             **fields,
             "text": text,
         }
-        data = json_line(record).encode()
-        if self.logfile == "-":
-            posix.write(2, data)
-            return
+        flags = posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC
         try:
-            fd = posix.open(
-                self.logfile, posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC, 0o640
-            )
+            fd = 2 if self.logfile == "-" else posix.open(self.logfile, flags, 0o640)
         except OSError as e:
-            _native.syslog(
-                self.tag, _PRIORITIES["err"], f"can not write LOGFILE {self.logfile}: {e.strerror}"
-            )
+            _native.syslog(self.tag, 3, f"can not write LOGFILE {self.logfile}: {e.strerror}")  # err
             return
         try:
-            posix.write(fd, data)  # one write with O_APPEND: lines from concurrent processes stay whole
+            posix.write(fd, json_line(record).encode())  # one O_APPEND write: concurrent lines stay whole
         finally:
-            posix.close(fd)
+            if fd != 2:
+                posix.close(fd)
