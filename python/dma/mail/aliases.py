@@ -81,19 +81,14 @@ class Aliases(dict[str, list[tuple[str, int]]]):
                 target = strip_local_domain(dest, mailname)
                 if "@" in target:
                     out[target] = None
-                elif target in chain:
-                    # Back to a name being expanded: deliver to that user rather than loop.
-                    if not is_local_user(target):
-                        loop = " -> ".join([*chain, target])
-                        raise Fatal(
-                            EX_DATAERR,
-                            f"{invalid}: alias loop {loop} ({where}) and `{target}' is not a local user",
-                        )
-                    out[target] = None
-                elif target in self:
+                elif target in self and target not in chain:
                     walk(target, [*chain, target])
-                elif is_local_user(target):
+                elif is_local_user(target):  # also a name back in its own chain: that user, not a loop
                     out[target] = None
+                elif target in chain:
+                    loop = " -> ".join([*chain, target])
+                    why = f"alias loop {loop} ({where}) and `{target}' is not a local user"
+                    raise Fatal(EX_DATAERR, f"{invalid}: {why}")
                 else:
                     why = f"`{target}' (alias {name} in {where}) is neither an alias nor a local user"
                     raise Fatal(EX_DATAERR, f"{invalid}: {why}")

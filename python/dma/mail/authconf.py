@@ -1,7 +1,5 @@
-"""auth.conf, in C dma's format: `login|host<sep>password` lines (see docs/configuration.md).
-
-Read only when a password is needed, never at submission.
-"""
+"""auth.conf, in C dma's format (docs/configuration.md); read only when a password is needed,
+never at submission."""
 
 from __future__ import annotations
 

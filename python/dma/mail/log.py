@@ -1,9 +1,6 @@
-"""Logging: one syslog line per event to the `mail` facility (as C dma, with its `-L` tag), and the
-same event as a JSON line to `LOGFILE` (a path, or `-` for standard error) when configured.
-
-Events carry ids, addresses, hosts, outcomes and server replies; never a password or token.
-Syslog goes through the C library from Rust, so a submission's log line imports nothing.
-"""
+"""Logging: one syslog line per event (facility `mail`, the `-L` tag; through Rust, so a
+submission's log line imports nothing), and the same event as a JSON line to `LOGFILE` when set.
+Events never carry a password or token."""
 
 from __future__ import annotations
 

@@ -105,9 +105,8 @@ class Runner:
             raise os_failure(e, f"can not lock the queue in `{self.cfg.spooldir}'") from None
 
     def run(self, *, only: Selection | None = None, force: bool = False, resident: bool = False) -> None:
-        """Deliver due entries (those `only` selects, when given) until none is left. `force` makes
-        deferred entries due now. `resident` lingers LINGER seconds after the last delivery
-        (keeping connections open), then stays asleep while retries are pending."""
+        """Deliver due entries (those `only` selects) until none is left; `force`: deferred ones are
+        due now; `resident`: linger LINGER seconds, then sleep while retries are pending."""
         spool = self.spool
         self.tried = None if resident else set()
         _native.clean_stale(self.cfg.spooldir, 24 * 3600)  # what a crash left, a day on
@@ -220,9 +219,8 @@ class Runner:
                     self.local.append(entry)
                     continue
                 dest = Destination(self.cfg, entry.sender, entry.recipient)
-                self.waiting.setdefault(dest.key, (dest, {}))[1].setdefault(entry.message_id, []).append(
-                    entry
-                )
+                per_message = self.waiting.setdefault(dest.key, (dest, {}))[1]
+                per_message.setdefault(entry.message_id, []).append(entry)
         while self.local and self.busy.get("", 0) < self.cfg.concurrency:
             self.start("", None, [[self.local.pop(0)]], None)
         for key in list(self.waiting):
@@ -246,8 +244,7 @@ class Runner:
 
     def work(self, key: str, dest: Destination | None, groups: Groups, link: Link | None) -> None:
         """A delivery thread: a destination's messages over one connection, or one local entry
-        (`dest` None). An unexpected error defers the entries (and is logged) instead of ending
-        the whole run."""
+        (`dest` None). Any error defers the entries (and is logged) instead of ending the run."""
         outcomes: dict[str, tuple[str, str]] = {}
         try:
             if dest is None:
@@ -265,7 +262,7 @@ class Runner:
 
                 ids = [[entry.id for entry in group] for group in groups]
                 outcomes, link = remote.deliver(
-                    self.cfg, self.spool, dest, ids, link, verbose=self.verbose, events=self.events
+                    self.cfg, self.spool, dest, ids, link, self.events, verbose=self.verbose
                 )
         except BaseException as e:  # a Rust panic too: the rest of the queue must still be delivered
             text = f"internal error, will retry: {type(e).__name__}: {e}"

@@ -139,15 +139,14 @@ def deliver(
     spool: _native.Spool,
     dest: Destination,
     groups: list[list[str]],
-    link: Link | None = None,
+    link: Link | None,
+    events: Log,
     *,
     verbose: bool = False,
-    events: Log | None = None,
 ) -> tuple[dict[str, tuple[str, str]], Link | None]:
-    """Deliver `groups` (claimed entry ids, one group per message; all for `dest`): over `link`
-    when given, else to each host, and each of its addresses, in turn while the failure is one
-    another host may not have (refused, 4xx greeting, TLS, AUTH). Returns entry id -> (status,
-    text), and the connection left open for more mail, if any."""
+    """Deliver `groups` (claimed entry ids, one group per message) over `link`, else to each host
+    and address of `dest` in turn while the failure is one another host may not have (refused,
+    4xx greeting, TLS, AUTH). Returns entry id -> (status, text), and the connection left open."""
     outcomes: dict[str, tuple[str, str]] = {}
 
     def attempt(conn: _native.Connection, target: Target) -> _native.Outcome | None:
@@ -155,23 +154,22 @@ def deliver(
         returns why the connection broke, if it did."""
         nonlocal groups
         result = conn.send(spool, groups)
-        if events is not None:
-            statuses = [o.status for results in result.results for o in results]
-            sent, deferred, failed = (statuses.count(s) for s in ("sent", "temporary", "permanent"))
-            events.event(
-                "info",
-                "attempt",
-                f"{target.name} [{result.address or '-'}]:{target.port} tls={result.tls_version or 'none'}"
-                f" auth={result.auth_mechanism or 'none'}: {sent} sent, {deferred} deferred, {failed} failed",
-                host=target.name,
-                address=result.address,
-                port=target.port,
-                tls=result.tls_version,
-                auth=result.auth_mechanism,
-                sent=sent,
-                deferred=deferred,
-                failed=failed,
-            )
+        statuses = [o.status for results in result.results for o in results]
+        sent, deferred, failed = (statuses.count(s) for s in ("sent", "temporary", "permanent"))
+        events.event(
+            "info",
+            "attempt",
+            f"{target.name} [{result.address or '-'}]:{target.port} tls={result.tls_version or 'none'}"
+            f" auth={result.auth_mechanism or 'none'}: {sent} sent, {deferred} deferred, {failed} failed",
+            host=target.name,
+            address=result.address,
+            port=target.port,
+            tls=result.tls_version,
+            auth=result.auth_mechanism,
+            sent=sent,
+            deferred=deferred,
+            failed=failed,
+        )
         elsewhere: set[str] = set()  # what another host should still try
         for eid, outcome in result.entries.items():
             outcomes[eid] = (outcome.status, describe(outcome, target.name, result.address))

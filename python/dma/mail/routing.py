@@ -48,7 +48,8 @@ class RecipientResolver:
 
 
 class RouteError(Exception):
-    """No host to deliver to: `permanent` when retrying cannot help (NXDOMAIN, null MX)."""
+    """Nowhere to deliver to (no host; for local mail, `local.DeliveryFailure`, no mailbox):
+    `permanent` when retrying cannot help (NXDOMAIN, null MX, an unknown user)."""
 
     def __init__(self, text: str, *, permanent: bool) -> None:
         super().__init__(text)
