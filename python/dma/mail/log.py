@@ -19,18 +19,16 @@ _ESCAPES = {c: f"\\u{c:04x}" for c in range(32)}
 _ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\"})
 
 
-def _json_string(value: str) -> str:
+def _json(value: str | int | None) -> str:
+    if value is None or isinstance(value, int):
+        return "null" if value is None else str(value)
     # backslashreplace writes a lone surrogate as its JSON escape, `\udcff`
     return '"' + value.translate(_ESCAPES).encode("utf-8", "backslashreplace").decode() + '"'
 
 
 def json_line(fields: dict[str, str | int | None]) -> str:
     """A flat JSON object on one line, without importing `json` (which imports `re`)."""
-    parts = []
-    for key, value in fields.items():
-        text = "null" if value is None else str(value) if isinstance(value, int) else _json_string(value)
-        parts.append(f"{_json_string(key)}: {text}")
-    return "{" + ", ".join(parts) + "}\n"
+    return "{" + ", ".join(f"{_json(key)}: {_json(value)}" for key, value in fields.items()) + "}\n"
 
 
 class Log:

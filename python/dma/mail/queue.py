@@ -35,16 +35,13 @@ class Selection:
     """The entries `-qI<id>` (a message or entry id) or `-qR<domain>` (a recipient domain) flush;
     or `messages` only (`-D`, after their submission)."""
 
-    __slots__ = ("domain", "idents")
+    __slots__ = ("domain", "idents", "selective")
 
     def __init__(self, queue_arg: str, messages: list[str] | None = None) -> None:
         kind, value = queue_arg[:1], queue_arg[1:]
         self.idents = set(messages or ()) | ({value} if kind == "I" and value else set())
         self.domain = value.lower() if kind == "R" and value else None
-
-    @property
-    def selective(self) -> bool:
-        return bool(self.idents) or self.domain is not None
+        self.selective = bool(self.idents) or self.domain is not None
 
     def wants(self, e: _native.QueueEntry) -> bool:
         if self.idents and e.id not in self.idents and e.message_id not in self.idents:
