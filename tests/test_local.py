@@ -497,7 +497,7 @@ def check_maildir_owner(md: Path, nobody: pwd.struct_passwd) -> None:
 
 def test_maildir_template_expansion() -> None:
     pw = pwd.getpwnam(ME)
-    assert local._expand_maildir("~/Maildir", pw) == pw.pw_dir + "/Maildir"
-    assert local._expand_maildir("/var/mail/%u/", pw) == f"/var/mail/{ME}/"
+    assert local.expand_maildir("~/Maildir", pw) == pw.pw_dir + "/Maildir"
+    assert local.expand_maildir("/var/mail/%u/", pw) == f"/var/mail/{ME}/"
     with pytest.raises(DeliveryFailure):
-        local._expand_maildir("Maildir", pw)
+        local.expand_maildir("Maildir", pw)

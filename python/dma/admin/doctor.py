@@ -1,11 +1,4 @@
-"""`dma doctor [-C FILE] [-v] [-n] [ADDRESS...]`: check the configuration and the way out.
-
-One finding a line (PASS, WARN, FAIL or INFO, then indented details): dma.conf and its directories,
-the aliases file, auth.conf, the route of each ADDRESS (or of the smarthost), then for each remote
-host a real SMTP session that sends no mail (`-v` shows it on stderr, credentials hidden; `-n`
-skips it). Exit 0 when nothing failed, 78 (EX_CONFIG) for a broken configuration file, 1 for any
-other failure (a host that cannot be used, an address without a route).
-"""
+"""`dma doctor`: check the configuration and the way out, one finding a line (docs/dma.8)."""
 
 from __future__ import annotations
 
@@ -17,8 +10,6 @@ from dma.errors import EX_CONFIG, ConfigError, Fatal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import TextIO
-
     from dma import _native
     from dma.config import Config
     from dma.mail.routes import Route
@@ -30,8 +21,7 @@ USAGE = "usage: dma doctor [-C FILE] [-v] [-n] [ADDRESS...]"
 class Report:
     """Called with each finding: prints it (never a known secret) and keeps the exit status."""
 
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
+    def __init__(self) -> None:
         self.code = 0
         self.secrets: list[str] = []
 
@@ -42,8 +32,8 @@ class Report:
             for secret in self.secrets:
                 if len(secret) >= 3:
                     line = line.replace(secret, "<hidden>")
-            self.out.write(line + "\n")
-        self.out.flush()
+            sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 def command(prog: str, name: str, args: list[str]) -> int:
@@ -51,7 +41,7 @@ def command(prog: str, name: str, args: list[str]) -> int:
     from dma.cli import getopts
 
     opts, addresses = getopts(args, USAGE, "vnC:")
-    report = Report(sys.stdout)
+    report = Report()
     try:
         cfg = config.load(opts.get("-C"))
     except Fatal as e:
@@ -161,14 +151,13 @@ def check_auth(cfg: Config, report: Report) -> None:
     if not cfg.authpath:
         report("INFO", "auth.conf", "AUTHPATH not set: no SMTP AUTH")
         return
-    path = cfg.authpath
     try:
-        table = load_auth(path)
+        table = load_auth(cfg.authpath)
     except Fatal as e:
         report("FAIL", "auth.conf", str(e), config=isinstance(e, ConfigError))
         return
-    report("PASS", "auth.conf", f"{path} readable: credentials for {len(table)} host(s)")
-    private(report, "auth.conf", path)
+    report("PASS", "auth.conf", f"{cfg.authpath} readable: credentials for {len(table)} host(s)")
+    private(report, "auth.conf", cfg.authpath)
     if table and not (cfg.verifycert or cfg.fingerprint):
         # C dma's default, but a man in the middle then gets the password: refused unless INSECURE.
         report(
@@ -299,16 +288,14 @@ def addrs(target: Target) -> str:
 def mailbox_of(cfg: Config, user: str) -> str:
     import pwd
 
-    if cfg.maildir:
-        try:
-            pw = pwd.getpwnam(user)
-        except KeyError:
-            return f"Maildir {cfg.maildir}"
-        path = cfg.maildir
-        if path == "~" or path.startswith("~/"):
-            path = pw.pw_dir + path[1:]
-        return "Maildir " + path.replace("%u", pw.pw_name)
-    return "mbox " + os.path.join(cfg.mboxdir, user)
+    from dma.mail.local import DeliveryFailure, expand_maildir
+
+    if not cfg.maildir:
+        return "mbox " + os.path.join(cfg.mboxdir, user)
+    try:
+        return "Maildir " + expand_maildir(cfg.maildir, pwd.getpwnam(user))
+    except (KeyError, DeliveryFailure):
+        return f"Maildir {cfg.maildir}"
 
 
 # ---- SMTP ---------------------------------------------------------------------------------------

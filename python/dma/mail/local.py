@@ -46,7 +46,7 @@ def deliver(
     pw = _lookup(user)
     try:
         if cfg.maildir:
-            path = _expand_maildir(cfg.maildir, pw)
+            path = expand_maildir(cfg.maildir, pw)
             if os.geteuid() == 0 and pw.pw_uid != 0:
                 _maildir_as_user(pw, path, message_path, cfg)
             else:
@@ -156,7 +156,7 @@ def _lookup(user: str) -> pwd.struct_passwd:
     return pw
 
 
-def _expand_maildir(template: str, pw: pwd.struct_passwd) -> str:
+def expand_maildir(template: str, pw: pwd.struct_passwd) -> str:
     path = template
     if path == "~" or path.startswith("~/"):
         path = pw.pw_dir + path[1:]

@@ -1,8 +1,5 @@
-"""OAuth2 for SMTP AUTH (docs/configuration.md): credential files named in auth.conf, access
-tokens refreshed and cached by the runner, presets, `dma oauth login|status`, and secrets kept in
-commands or systemd credentials. Nothing here runs at submission; with a good cached token the
-runner reads one small file, and json, ssl and urllib are imported only to ask the endpoint.
-"""
+"""OAuth2 for SMTP AUTH and secrets kept elsewhere (docs/configuration.md). With a good cached
+token the runner reads one small file: json, ssl and urllib are imported only to ask the endpoint."""
 
 from __future__ import annotations
 
@@ -60,8 +57,7 @@ class OAuthError(RouteError):
 
 
 def secret(value: str) -> str:
-    """`{command}ARGV` runs ARGV (split as a shell would, run without one) and takes its stdout;
-    `{credential}NAME` reads `$CREDENTIALS_DIRECTORY/NAME`; anything else is the secret itself."""
+    """`{command}ARGV`'s one line of output, `{credential}NAME`'s file, or `value` itself."""
     if value.startswith("{credential}"):
         name = value[12:]
         folder = os.environ.get("CREDENTIALS_DIRECTORY")
@@ -111,7 +107,7 @@ def read_credential(path: str) -> dict[str, str]:
 
 
 def read_credential_raw(path: str) -> dict[str, str]:
-    fields: dict[str, str] = {}
+    fields = {}
     for lineno, line in enumerate(read_text(path).splitlines(), 1):
         key, _, value = line.strip().partition(" ")
         if not key or key.startswith("#"):
@@ -306,12 +302,11 @@ USAGE = "usage: dma oauth [-C FILE] login PROVIDER CREDENTIAL-FILE | dma oauth [
 
 def command(prog: str, name: str, args: list[str]) -> int:
     from dma import config
+    from dma.cli import getopts
 
-    conf = None
-    if args[:1] == ["-C"] and len(args) > 1:
-        conf, args = args[1], args[2:]
-    cfg = config.load(conf)
-    if args[:1] == ["status"] and len(args) == 1:
+    opts, args = getopts(args, USAGE, "C:")
+    cfg = config.load(opts.get("-C"))
+    if args == ["status"]:
         return status(cfg)
     if args[:1] != ["login"] or len(args) != 3 or args[1] not in PRESETS:
         raise Fatal(EX_USAGE, USAGE)
@@ -407,13 +402,11 @@ def device_flow(cfg: Config, fields: dict[str, str]) -> dict[str, str]:
     sys.stdout.flush()
     interval = float(device.get("interval") or 5)
     deadline = time.time() + float(device.get("expires_in") or 900)
+    device_grant = "urn:ietf:params:oauth:grant-type:device_code"
     while time.time() < deadline:
         time.sleep(interval)
         try:
-            code = device.get("device_code", "")
-            return grant(
-                cfg, fields, grant_type="urn:ietf:params:oauth:grant-type:device_code", device_code=code
-            )
+            return grant(cfg, fields, grant_type=device_grant, device_code=device.get("device_code", ""))
         except OAuthError as e:
             if e.error == "slow_down":
                 interval += 5
