@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from dma import config
 from dma.mail import routing
+from dma.mail.remote import Destination
 from dma.mail.routing import RouteError
 from servers import DnsServer, Zone
 
@@ -271,8 +272,8 @@ def test_address_literal_domains(cfg: config.Config, dns: DnsServer, domain: str
 
 
 def test_address_literal_route_key_keeps_the_brackets(cfg: config.Config) -> None:
-    assert routing.recipient_domain("user@[127.0.0.1]") == "[127.0.0.1]"
-    assert routing.recipient_domain("a@b@example.test") == "example.test"
+    assert Destination(cfg, "", "user@[127.0.0.1]").domain == "[127.0.0.1]"
+    assert Destination(cfg, "", "a@b@example.test").domain == "example.test"
 
 
 @pytest.mark.parametrize("domain", ["[not-an-ip]", "[300.1.1.1]", "[IPv6:zz::zz]", "[]"])

@@ -255,12 +255,12 @@ def check_remote(
     found: dict[tuple[str, int], tuple[Target, Route | None]],
 ) -> None:
     """Print the hosts mail to a remote `address` goes to, and add them to `found`."""
-    from dma.mail.remote import destination, targets
-    from dma.mail.routing import RouteError
+    from dma.mail.remote import Destination
+    from dma.mail.routing import RouteError, targets_for
 
-    dest = destination(cfg, "", address)
+    dest = Destination(cfg, "", address)
     try:
-        hosts = targets(cfg, dest)
+        hosts = targets_for(dest.domain, cfg, dest.route)
     except RouteError as e:
         report("FAIL", "route", f"{indent}{address}: {e}")
         return

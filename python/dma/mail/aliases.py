@@ -1,12 +1,5 @@
-"""The aliases file (C dma's grammar, dma-behaviour.md 2.5) and alias expansion.
-
-An entry is ``name: dest[, dest]*``; an identifier is any run of characters but ``:``, ``,``,
-``#``, blanks and controls; ``#`` starts a comment; a line starting with a blank continues the
-entry, and so does a line after one ending in a ``\\`` on its own (after a blank, ``:`` or ``,``);
-entries with the same name are concatenated. Fixed against C dma: the last entry needs no newline;
-blank and comment lines inside a continued entry are skipped; errors name the right line and are
-`ConfigError` (exit 78, not 70). On the submission hot path: module level imports only `errors`.
-"""
+"""The aliases file and alias expansion (docs/configuration.md, "The aliases file"), in C dma's
+grammar with its bugs fixed. On the submission hot path: module level imports only `errors`."""
 
 from __future__ import annotations
 
@@ -43,9 +36,6 @@ class Aliases(dict[str, list[tuple[str, int]]]):
         super().__init__()
         self.path = path
 
-    def __repr__(self) -> str:
-        return f"<Aliases {self.path!r} names={len(self)}>"
-
     def lookup(self, name: str) -> list[str] | None:
         """The destinations of alias `name` in file order (exact, case-sensitive), or None."""
         dests = self.get(name)
@@ -70,16 +60,8 @@ class Aliases(dict[str, list[tuple[str, int]]]):
         mailname: str | None = None,
     ) -> list[str]:
         """The remote addresses and local user names local name `recipient` goes to, without
-        duplicates (a recipient holding an ``@`` is returned as it is).
-
-        Destinations lose ``@localhost`` and ``@<mailname>``; those still holding an ``@`` are
-        remote, the rest are expanded again. The ``*`` alias applies only with `wildcard` (the
-        callers' recipients) and when `recipient` has no alias of its own, even if a local user.
-        A name met again in its own chain goes to that local user (``root: root, admin@x`` keeps a
-        local copy). Raises `Fatal` (EX_DATAERR) for a name that is neither an alias nor a local
-        user, a loop with no local user to end it, nesting deeper than `MAX_DEPTH`, or an
-        unsupported destination.
-        """
+        duplicates (docs/configuration.md, "Expansion"); `wildcard`: the `*` alias applies (the
+        callers' recipients, not names expansion produced). Raises `Fatal` (EX_DATAERR)."""
         if "@" in recipient:
             return [recipient]
         out: dict[str, None] = {}
@@ -99,19 +81,14 @@ class Aliases(dict[str, list[tuple[str, int]]]):
                 target = strip_local_domain(dest, mailname)
                 if "@" in target:
                     out[target] = None
-                elif target in chain:
-                    # Back to a name being expanded: deliver to that user rather than loop.
-                    if not is_local_user(target):
-                        loop = " -> ".join([*chain, target])
-                        raise Fatal(
-                            EX_DATAERR,
-                            f"{invalid}: alias loop {loop} ({where}) and `{target}' is not a local user",
-                        )
-                    out[target] = None
-                elif target in self:
+                elif target in self and target not in chain:
                     walk(target, [*chain, target])
-                elif is_local_user(target):
+                elif is_local_user(target):  # also a name back in its own chain: that user, not a loop
                     out[target] = None
+                elif target in chain:
+                    loop = " -> ".join([*chain, target])
+                    why = f"alias loop {loop} ({where}) and `{target}' is not a local user"
+                    raise Fatal(EX_DATAERR, f"{invalid}: {why}")
                 else:
                     why = f"`{target}' (alias {name} in {where}) is neither an alias nor a local user"
                     raise Fatal(EX_DATAERR, f"{invalid}: {why}")

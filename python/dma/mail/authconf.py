@@ -1,7 +1,5 @@
-"""auth.conf, in C dma's format: `login|host<sep>password` lines (see docs/configuration.md).
-
-Read only when a password is needed, never at submission.
-"""
+"""auth.conf, in C dma's format (docs/configuration.md); read only when a password is needed,
+never at submission."""
 
 from __future__ import annotations
 
@@ -9,34 +7,26 @@ from dma.errors import EX_NOINPUT, ConfigError, Fatal, os_error_text, read_text
 
 
 class AuthTable:
-    """Credentials from auth.conf, keyed by the exact host name (case-sensitive)."""
+    """Credentials from auth.conf: (login, host, password) in file order. Hosts match exactly
+    (case-sensitive); a later line for a host replaces an earlier one."""
 
     def __init__(self, path: str | None = None, entries: list[tuple[str, str, str]] | None = None) -> None:
-        """`entries` are (login, host, password) in file order: a later host replaces an earlier one."""
         self.path = path
-        self._by_host: dict[str, tuple[str, str]] = {}
-        self._by_login: dict[tuple[str, str], str] = {}
-        for login, host, password in entries or ():
-            self._by_host[host] = (login, password)
-            self._by_login[(host, login)] = password
+        self.entries = entries or []
 
     def lookup(self, host: str, login: str | None = None) -> tuple[str, str] | None:
         """(login, password) for `host` (the SMARTHOST as configured, or the MX name), or None;
         `login` picks that login's line for the host (a ROUTE's `auth=`), else the last line wins."""
-        if login is None:
-            return self._by_host.get(host)
-        password = self._by_login.get((host, login))
-        return None if password is None else (login, password)
+        found = (e for e in reversed(self.entries) if e[1] == host and login in (None, e[0]))
+        return next(((e[0], e[2]) for e in found), None)
 
     def items(self) -> list[tuple[str, str, str]]:
-        """Every (login, host, password)."""
-        return [(login, host, password) for (host, login), password in self._by_login.items()]
+        """Every (login, host, password), one per login and host."""
+        latest = {(host, login): password for login, host, password in self.entries}
+        return [(login, host, password) for (host, login), password in latest.items()]
 
     def __len__(self) -> int:
-        return len(self._by_host)
-
-    def __repr__(self) -> str:
-        return f"<AuthTable {self.path!r} hosts={sorted(self._by_host)!r}>"
+        return len({host for _, host, _ in self.entries})
 
 
 def load_auth(path: str) -> AuthTable:

@@ -1,11 +1,7 @@
-"""Local delivery policy: which mailbox, which owner, which failures are final. Rust moves the
-bytes, streaming the spooled ``M`` file.
-
-mbox (the default, as C dma): ``<mboxdir>/<user>`` with C dma's ``From `` line and mboxrd quoting.
-A missing mbox is created: in system mode owned by the user, group ``mail``, mode 0620 (C dma's
-``dma-mbox-create``); in user mode owned by us, 0600. Maildir (not in C dma): ``cfg.maildir``, a
-template where a leading ``~`` is the user's home and ``%u`` the user name.
-"""
+"""Local delivery policy: which mailbox (MBOXDIR or MAILDIR, docs/configuration.md), which owner,
+which failures are final. Rust moves the bytes, streaming the spooled ``M`` file. A missing mbox
+is created as C dma's ``dma-mbox-create`` does: owned by the user, group ``mail``, mode 0620 (in
+user mode owned by us, 0600)."""
 
 from __future__ import annotations
 
@@ -15,18 +11,15 @@ import time
 
 from dma import _native
 
+from .routing import RouteError
+
+# Local delivery failed: `permanent` = bounce now (unknown user, bad data), otherwise retry later
+# (any OS error: lock timeout, disk full, a refused symlink...).
+DeliveryFailure = RouteError
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from dma.config import Config
-
-
-class DeliveryFailure(Exception):
-    """Local delivery failed: ``permanent`` = bounce now (unknown user, bad data), otherwise retry
-    later (any OS error: lock timeout, disk full, a refused symlink...)."""
-
-    def __init__(self, message: str, *, permanent: bool) -> None:
-        super().__init__(message)
-        self.permanent = permanent
 
 
 def is_local_user(name: str) -> bool:
@@ -48,10 +41,8 @@ def deliver(
     lock_timeout: float = 100.0,
 ) -> None:
     """Deliver the spooled message at ``message_path`` to local ``user``, or raise `DeliveryFailure`.
-
-    ``sender`` empty (a bounce) is written ``MAILER-DAEMON``; ``when``: the ``From `` line's date
-    (``ctime()`` form, default now); ``lock_timeout``: the wait for the mbox lock (C dma's 100 s).
-    """
+    ``when``: the ``From `` line's date (``ctime()`` form, default now); ``lock_timeout``: the wait
+    for the mbox lock (C dma's 100 s)."""
     pw = _lookup(user)
     try:
         if cfg.maildir:
@@ -83,10 +74,9 @@ def deliver(
 
 
 def _maildir_as_user(pw: pwd.struct_passwd, path: str, message_path: str, cfg: Config) -> None:
-    """Deliver into a Maildir in the user's own tree as that user, never as root, so the kernel
-    checks our access as theirs whatever they did to the directories. A forked child opens the
-    message as root, then drops to the user. It keeps none of the runner's descriptors and is
-    killed after TIMEOUT: the user may stop or slow it."""
+    """Deliver into a Maildir in the user's own tree as that user (a forked child that opens the
+    message as root, then drops to the user), so the kernel checks our access as theirs whatever
+    they did to the directories. It keeps no descriptor of ours and is killed after TIMEOUT."""
     import select
     import signal
 

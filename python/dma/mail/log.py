@@ -1,9 +1,6 @@
-"""Logging: one syslog line per event to the `mail` facility (as C dma, with its `-L` tag), and the
-same event as a JSON line to `LOGFILE` (a path, or `-` for standard error) when configured.
-
-Events carry ids, addresses, hosts, outcomes and server replies; never a password or token.
-Syslog goes through the C library from Rust, so a submission's log line imports nothing.
-"""
+"""Logging: one syslog line per event (facility `mail`, the `-L` tag; through Rust, so a
+submission's log line imports nothing), and the same event as a JSON line to `LOGFILE` when set.
+Events never carry a password or token."""
 
 from __future__ import annotations
 
@@ -22,18 +19,16 @@ _ESCAPES = {c: f"\\u{c:04x}" for c in range(32)}
 _ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\"})
 
 
-def _json_string(value: str) -> str:
+def _json(value: str | int | None) -> str:
+    if value is None or isinstance(value, int):
+        return "null" if value is None else str(value)
     # backslashreplace writes a lone surrogate as its JSON escape, `\udcff`
     return '"' + value.translate(_ESCAPES).encode("utf-8", "backslashreplace").decode() + '"'
 
 
 def json_line(fields: dict[str, str | int | None]) -> str:
     """A flat JSON object on one line, without importing `json` (which imports `re`)."""
-    parts = []
-    for key, value in fields.items():
-        text = "null" if value is None else str(value) if isinstance(value, int) else _json_string(value)
-        parts.append(f"{_json_string(key)}: {text}")
-    return "{" + ", ".join(parts) + "}\n"
+    return "{" + ", ".join(f"{_json(key)}: {_json(value)}" for key, value in fields.items()) + "}\n"
 
 
 class Log:
@@ -58,20 +53,14 @@ class Log:
             **fields,
             "text": text,
         }
-        data = json_line(record).encode()
-        if self.logfile == "-":
-            posix.write(2, data)
-            return
+        flags = posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC
         try:
-            fd = posix.open(
-                self.logfile, posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC, 0o640
-            )
+            fd = 2 if self.logfile == "-" else posix.open(self.logfile, flags, 0o640)
         except OSError as e:
-            _native.syslog(
-                self.tag, _PRIORITIES["err"], f"can not write LOGFILE {self.logfile}: {e.strerror}"
-            )
+            _native.syslog(self.tag, 3, f"can not write LOGFILE {self.logfile}: {e.strerror}")  # err
             return
         try:
-            posix.write(fd, data)  # one write with O_APPEND: lines from concurrent processes stay whole
+            posix.write(fd, json_line(record).encode())  # one O_APPEND write: concurrent lines stay whole
         finally:
-            posix.close(fd)
+            if fd != 2:
+                posix.close(fd)

@@ -1,18 +1,16 @@
-"""The queue runner (docs/runner.md): one per spool, holding `<spool>/lock`. The main thread
-claims due entries, hands them to delivery threads (one per SMTP session or local delivery),
-records each outcome as its thread ends, and sleeps in `Spool.wait` (inotify) until mail comes, a
-thread ends or a retry is due. Open connections are kept for LINGER seconds after the last
-delivery."""
+"""The queue runner (docs/runner.md): one per spool, holding `<spool>/lock`, it hands due entries
+to delivery threads and records each outcome, bounce and log line as its thread ends."""
 
 from __future__ import annotations
 
 import _thread
 import posix
+import sys
 import time
 
 from dma import _native
+from dma.errors import EX_TEMPFAIL, Fatal
 
-from .ledger import Ledger
 from .log import Log
 
 TYPE_CHECKING = False
@@ -27,8 +25,6 @@ if TYPE_CHECKING:
 # connections, so it should be large; past SMALL_BATCH the open-file limit is raised to allow it.
 BATCH = 1000
 SMALL_BATCH = 200
-# "failed": waiting for its bounce; "held": kept for the postmaster, never retried by itself.
-FINAL_STATES = ("failed", "held")
 # A user's mbox lock is waited for this long, then retried later: it must not hold up anyone's mail.
 LOCK_WAIT = 3.0
 # Longest sleep while sessions run; a retry or new mail wakes the runner before it anyway.
@@ -39,16 +35,13 @@ class Selection:
     """The entries `-qI<id>` (a message or entry id) or `-qR<domain>` (a recipient domain) flush;
     or `messages` only (`-D`, after their submission)."""
 
-    __slots__ = ("domain", "idents")
+    __slots__ = ("domain", "idents", "selective")
 
     def __init__(self, queue_arg: str, messages: list[str] | None = None) -> None:
         kind, value = queue_arg[:1], queue_arg[1:]
         self.idents = set(messages or ()) | ({value} if kind == "I" and value else set())
         self.domain = value.lower() if kind == "R" and value else None
-
-    @property
-    def selective(self) -> bool:
-        return bool(self.idents) or self.domain is not None
+        self.selective = bool(self.idents) or self.domain is not None
 
     def wants(self, e: _native.QueueEntry) -> bool:
         if self.idents and e.id not in self.idents and e.message_id not in self.idents:
@@ -56,8 +49,8 @@ class Selection:
         return self.domain is None or e.recipient.rpartition("@")[2].lower() == self.domain
 
 
-class Runner(Ledger):
-    """Delivers due entries of one spool; see the module docstring."""
+class Runner:
+    """Delivers due entries of one spool and records their outcomes; see the module docstring."""
 
     def __init__(
         self,
@@ -69,7 +62,6 @@ class Runner(Ledger):
         name: str = "dma",
         tag: str = "dma",
     ) -> None:
-        super().__init__()
         self.cfg = cfg
         self.name = name
         self.events = Log(cfg, tag)
@@ -92,6 +84,8 @@ class Runner(Ledger):
         self.replayed = False
         self.stopping = False
         self.tried: set[str] | None = None  # a one-pass run: the entries it has tried
+        self.total = self.bounces = 0
+        self.sent = self.deferred = self.failed = 0
 
     @property
     def spool(self) -> _native.Spool:
@@ -108,9 +102,8 @@ class Runner(Ledger):
             raise os_failure(e, f"can not lock the queue in `{self.cfg.spooldir}'") from None
 
     def run(self, *, only: Selection | None = None, force: bool = False, resident: bool = False) -> None:
-        """Deliver due entries (those `only` selects, when given) until none is left. `force` makes
-        deferred entries due now. `resident` lingers LINGER seconds after the last delivery
-        (keeping connections open), then stays asleep while retries are pending."""
+        """Deliver due entries (those `only` selects) until none is left; `force`: deferred ones are
+        due now; `resident`: linger LINGER seconds, then sleep while retries are pending."""
         spool = self.spool
         self.tried = None if resident else set()
         _native.clean_stale(self.cfg.spooldir, 24 * 3600)  # what a crash left, a day on
@@ -135,7 +128,7 @@ class Runner(Ledger):
                 if self.tried is not None:  # one pass: a retry that falls due meanwhile waits
                     due = [e for e in due if e.id not in self.tried]
                 self.dispatch(due)
-                if self.settle(self.finals.union(failing)):
+                if self.settle(failing):
                     continue  # deliver the bounces too
                 if self.claimed:
                     timeout = NAP
@@ -203,7 +196,7 @@ class Runner(Ledger):
     def dispatch(self, due: list[_native.QueueEntry]) -> None:
         """Claim due entries and start delivery threads: one per local entry; per destination,
         up to HOST_CONCURRENCY sharing its messages, a message's recipients in one transaction."""
-        from .remote import destination
+        from .remote import Destination
 
         room = SMALL_BATCH
         if len(due) > SMALL_BATCH:  # raise the open-file limit toward the hard one for BATCH files
@@ -222,10 +215,9 @@ class Runner(Ledger):
                 if "@" not in entry.recipient:  # local: no domain left (as C dma)
                     self.local.append(entry)
                     continue
-                dest = destination(self.cfg, entry.sender, entry.recipient)
-                self.waiting.setdefault(dest.key, (dest, {}))[1].setdefault(entry.message_id, []).append(
-                    entry
-                )
+                dest = Destination(self.cfg, entry.sender, entry.recipient)
+                per_message = self.waiting.setdefault(dest.key, (dest, {}))[1]
+                per_message.setdefault(entry.message_id, []).append(entry)
         while self.local and self.busy.get("", 0) < self.cfg.concurrency:
             self.start("", None, [[self.local.pop(0)]], None)
         for key in list(self.waiting):
@@ -249,8 +241,7 @@ class Runner(Ledger):
 
     def work(self, key: str, dest: Destination | None, groups: Groups, link: Link | None) -> None:
         """A delivery thread: a destination's messages over one connection, or one local entry
-        (`dest` None). An unexpected error defers the entries (and is logged) instead of ending
-        the whole run."""
+        (`dest` None). Any error defers the entries (and is logged) instead of ending the run."""
         outcomes: dict[str, tuple[str, str]] = {}
         try:
             if dest is None:
@@ -268,7 +259,7 @@ class Runner(Ledger):
 
                 ids = [[entry.id for entry in group] for group in groups]
                 outcomes, link = remote.deliver(
-                    self.cfg, self.spool, dest, ids, link, verbose=self.verbose, events=self.events
+                    self.cfg, self.spool, dest, ids, link, self.events, verbose=self.verbose
                 )
         except BaseException as e:  # a Rust panic too: the rest of the queue must still be delivered
             text = f"internal error, will retry: {type(e).__name__}: {e}"
@@ -306,6 +297,145 @@ class Runner(Ledger):
             for conn, _ in links:
                 conn.close()
         self.idle.clear()
+
+    def sync(self) -> None:
+        try:
+            self.spool.sync()
+        except OSError as e:
+            raise Fatal(EX_TEMPFAIL, f"can not sync `{self.cfg.spooldir}': {e.strerror or e}") from None
+
+    def settle(self, message_ids: list[str]) -> int:
+        """Bounce each of these messages whose remaining recipients have all failed, once per
+        message; returns the number of bounces queued."""
+        queued = 0
+        for message_id in message_ids:
+            group = self.spool.message_entries(message_id)
+            if not group or not all(e.state == "failed" for e in group):
+                continue
+            held = self.spool.claim([e.id for e in group])
+            try:
+                if len(held) == len(group):  # else someone else is working on it
+                    queued += self.bounce(held)
+            finally:
+                for e in held:
+                    self.spool.release(e.id)
+        return queued
+
+    def bounce(self, failed: list[_native.QueueEntry]) -> int:
+        """Queue one message's bounce, or hold its entries for the postmaster when the bounce
+        itself failed (null sender) or can not be queued."""
+        from . import bounce
+
+        first = failed[0]
+        if first.sender and not bounce.wants_failure_report(first.dsn):
+            self.log(bounce.discard(self.spool, failed), event="failed")
+            return 0
+        reason = "a bounce that could not be delivered"
+        if first.sender:
+            try:
+                bounce_id = bounce.send(self.cfg, failed, self.spool.message_path(first.id))
+            except (Fatal, OSError, ValueError) as error:
+                reason = f"the bounce could not be queued: {error}"
+            else:
+                for e in failed:
+                    self.spool.remove(e.id)
+                self.sync()
+                self.bounces += 1
+                self.log(
+                    f"{first.message_id}: bounced to <{first.sender}> as {bounce_id}",
+                    event="bounced",
+                    level="notice",
+                    id=first.message_id,
+                    to=first.sender,
+                    bounce=bounce_id,
+                )
+                return 1
+        for e in failed:
+            last_error = f"{e.last_error}; held: {reason}"
+            self.spool.record(e.id, attempts=e.attempts, next_attempt=0, last_error=last_error, state="held")
+        self.log(
+            f"{first.message_id}: held for the postmaster: {reason}",
+            failure=True,
+            event="held",
+            level="crit",
+            id=first.message_id,
+        )
+        return 0
+
+    def record(self, entry: _native.QueueEntry, status: str, text: str) -> None:
+        """Write an entry's outcome ("sent", "temporary" or "permanent") into the spool. A spool that
+        takes no writes (full, read-only) ends the run: what cannot be recorded must not be sent
+        any further. A permanent failure stays, marked failed, until its bounce takes it over."""
+        text = text.replace("\n", " ").replace("\r", " ")
+        attempts = entry.attempts + 1
+        final = status == "permanent" or time.time() - entry.created > self.cfg.max_queue_time
+        # RETRY_MIN doubling up to RETRY_MAX, ±25% (jitter from urandom: no `random` import)
+        delay = min(self.cfg.retry_max, self.cfg.retry_min * (2 ** min(attempts - 1, 30)))
+        jitter = int.from_bytes(posix.urandom(2), "big") / 65535.0
+        next_attempt = 0 if final else int(time.time()) + max(1, int(delay * (0.75 + jitter / 2)))
+        try:
+            if status == "sent":
+                self.spool.remove(entry.id)  # synced once for all the finished jobs, in `collect`
+            else:
+                state = "failed" if final else ""
+                self.spool.record(
+                    entry.id, attempts=attempts, next_attempt=next_attempt, last_error=text, state=state
+                )
+        except OSError as e:
+            text = f"can not record the outcome of {entry.id} in `{self.cfg.spooldir}': {e.strerror or e}"
+            self.events.event("crit", "error", text, id=entry.id)
+            raise Fatal(EX_TEMPFAIL, f"{text}; stopping") from None
+        if status == "sent":
+            self.sent += 1
+            self.log(
+                f"{entry.id}: delivered to {entry.recipient}",
+                event="delivered",
+                id=entry.id,
+                to=entry.recipient,
+                sender=entry.sender,
+                detail=text or None,
+            )
+            return
+        if final:
+            self.failed += 1
+        else:
+            self.deferred += 1
+        word = "failed" if final else "deferred"
+        self.log(
+            f"{entry.id}: delivery to {entry.recipient} {word}: {text}",
+            failure=True,
+            event=word,
+            level="err" if final else "notice",
+            id=entry.id,
+            to=entry.recipient,
+            sender=entry.sender,
+            attempts=attempts,
+            next_attempt=next_attempt or None,
+            detail=text,
+        )
+
+    def counts(self) -> str:
+        return f"{self.sent} sent, {self.deferred} deferred, {self.failed} failed"
+
+    def summary(self) -> None:
+        """The end of a foreground run: the totals, on a terminal or with -v."""
+        if self.progress:
+            sys.stderr.write("\n")
+        if self.progress or self.verbose:
+            sys.stderr.write(f"{self.name}: {self.counts()}, {self.bounces} bounces queued\n")
+
+    def log(
+        self, text: str, *, event: str, level: str = "info", failure: bool = False, **fields: str | int | None
+    ) -> None:
+        """An outcome: to syslog and LOGFILE always; to stderr with -v, or for failures with -D;
+        the progress line on a terminal."""
+        self.events.event(level, event, text.partition(": ")[2] if "id" in fields else text, **fields)
+        if self.progress:
+            remaining = max(self.total - self.sent - self.deferred - self.failed, 0)
+            sys.stderr.write(f"\r{self.counts()}, {remaining} remaining ")
+            sys.stderr.flush()
+        if self.verbose or (failure and self.report_failures):
+            sys.stderr.write(f"{self.name}: {text}\n")
 
 
 def wake(cfg: Config, *, flush: bool = False) -> None:

@@ -6,16 +6,19 @@ from __future__ import annotations
 from dma import _native
 
 from .routes import choose
-from .routing import RouteError, Target, recipient_domain, targets_for
+from .routing import RouteError, Target, targets_for
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Optional
+
     from dma.config import Config
 
     from .log import Log
     from .routes import Route
 
     Link = tuple[_native.Connection, Target]  # an open connection to one host of a destination
+    Creds = tuple[Optional[str], Optional[str], Optional[list[str]]]  # (login, secret, mechanisms)
 
 # Failures that say nothing about the message: another host may well take it.
 _TRY_NEXT_HOST = {"connect", "tls", "greeting", "ehlo", "starttls", "auth"}
@@ -27,23 +30,13 @@ class Destination:
 
     __slots__ = ("domain", "key", "route")
 
-    def __init__(self, route: Route | None, domain: str, key: str) -> None:
-        self.route = route
-        self.domain = domain
-        self.key = key
-
-
-def destination(cfg: Config, sender: str, recipient: str) -> Destination:
-    domain = recipient_domain(recipient).lower()
-    route = choose(cfg.routes, sender, recipient)
-    if route is not None:
-        return Destination(route, domain, f"route {route.line}" + ("" if route.hosts else f" {domain}"))
-    return Destination(None, domain, "smarthost" if cfg.smarthost else domain)
-
-
-def targets(cfg: Config, dest: Destination) -> list[Target]:
-    route = dest.route  # a ROUTE's own hosts, else the domain's MX hosts; no route: the smarthosts
-    return targets_for(dest.domain, cfg, hosts=route.hosts if route else None, mx=route is not None)
+    def __init__(self, cfg: Config, sender: str, recipient: str) -> None:
+        self.domain = recipient.rpartition("@")[2].lower()
+        self.route = route = choose(cfg.routes, sender, recipient)
+        if route is not None:
+            self.key = f"route {route.line}" + ("" if route.hosts else f" {self.domain}")
+        else:
+            self.key = "smarthost" if cfg.smarthost else self.domain
 
 
 def tls_mode(cfg: Config, route: Route | None = None) -> str:
@@ -56,9 +49,7 @@ def tls_mode(cfg: Config, route: Route | None = None) -> str:
     return "opportunistic" if cfg.opportunistic_tls else "starttls"
 
 
-def credentials(
-    cfg: Config, host: str, route: Route | None = None, rejected: str | None = None
-) -> tuple[str | None, str | None, list[str] | None]:
+def credentials(cfg: Config, host: str, route: Route | None = None, rejected: str | None = None) -> Creds:
     """(login, secret, mechanisms) from auth.conf for `host`: XOAUTH2 with the token XOAUTH2_COMMAND
     prints, OAuth2 (oauth.py) or a secret kept elsewhere for a `{...}` password. `rejected`: the
     secret the server just refused, to be renewed."""
@@ -87,12 +78,8 @@ def credentials(
 
 
 def renew(
-    cfg: Config,
-    target: Target,
-    route: Route | None,
-    creds: tuple[str | None, str | None, list[str] | None],
-    failure: _native.Outcome | None,
-) -> tuple[str | None, str | None, list[str] | None] | None:
+    cfg: Config, target: Target, route: Route | None, creds: Creds, failure: _native.Outcome | None
+) -> Creds | None:
     """After the server refused a token at AUTH (expired early, revoked): renewed credentials to
     try once more, or None."""
     _, secret, mechanisms = creds
@@ -118,7 +105,7 @@ def settings(
     target: Target,
     addresses: list[str],
     route: Route | None,
-    creds: tuple[str | None, str | None, list[str] | None] = (None, None, None),
+    creds: Creds = (None, None, None),
     verbose: bool = False,
     *,
     journal: bool = False,
@@ -152,15 +139,14 @@ def deliver(
     spool: _native.Spool,
     dest: Destination,
     groups: list[list[str]],
-    link: Link | None = None,
+    link: Link | None,
+    events: Log,
     *,
     verbose: bool = False,
-    events: Log | None = None,
 ) -> tuple[dict[str, tuple[str, str]], Link | None]:
-    """Deliver `groups` (claimed entry ids, one group per message; all for `dest`): over `link`
-    when given, else to each host, and each of its addresses, in turn while the failure is one
-    another host may not have (refused, 4xx greeting, TLS, AUTH). Returns entry id -> (status,
-    text), and the connection left open for more mail, if any."""
+    """Deliver `groups` (claimed entry ids, one group per message) over `link`, else to each host
+    and address of `dest` in turn while the failure is one another host may not have (refused,
+    4xx greeting, TLS, AUTH). Returns entry id -> (status, text), and the connection left open."""
     outcomes: dict[str, tuple[str, str]] = {}
 
     def attempt(conn: _native.Connection, target: Target) -> _native.Outcome | None:
@@ -168,23 +154,22 @@ def deliver(
         returns why the connection broke, if it did."""
         nonlocal groups
         result = conn.send(spool, groups)
-        if events is not None:
-            statuses = [o.status for results in result.results for o in results]
-            sent, deferred, failed = (statuses.count(s) for s in ("sent", "temporary", "permanent"))
-            events.event(
-                "info",
-                "attempt",
-                f"{target.name} [{result.address or '-'}]:{target.port} tls={result.tls_version or 'none'}"
-                f" auth={result.auth_mechanism or 'none'}: {sent} sent, {deferred} deferred, {failed} failed",
-                host=target.name,
-                address=result.address,
-                port=target.port,
-                tls=result.tls_version,
-                auth=result.auth_mechanism,
-                sent=sent,
-                deferred=deferred,
-                failed=failed,
-            )
+        statuses = [o.status for results in result.results for o in results]
+        sent, deferred, failed = (statuses.count(s) for s in ("sent", "temporary", "permanent"))
+        events.event(
+            "info",
+            "attempt",
+            f"{target.name} [{result.address or '-'}]:{target.port} tls={result.tls_version or 'none'}"
+            f" auth={result.auth_mechanism or 'none'}: {sent} sent, {deferred} deferred, {failed} failed",
+            host=target.name,
+            address=result.address,
+            port=target.port,
+            tls=result.tls_version,
+            auth=result.auth_mechanism,
+            sent=sent,
+            deferred=deferred,
+            failed=failed,
+        )
         elsewhere: set[str] = set()  # what another host should still try
         for eid, outcome in zip([e for ids in groups for e in ids], [o for tx in result.results for o in tx]):
             outcomes[eid] = (outcome.status, describe(outcome, target.name, result.address))
@@ -198,7 +183,7 @@ def deliver(
         if not groups:
             return outcomes, None if failure else link
     try:
-        for target in targets(cfg, dest):
+        for target in targets_for(dest.domain, cfg, dest.route):
             creds = credentials(cfg, target.name, dest.route)
             for address in target.addresses:
                 for renewed in (False, True):

@@ -1,11 +1,6 @@
 """`ROUTE` lines of dma.conf (docs/configuration.md): a different relay, port, TLS mode and login
-per recipient domain or envelope sender, in C dma's one-line style. The first matching line wins;
-what a route does not say comes from the global keys. Without any, SMARTHOST or MX applies to all.
-
-    ROUTE to:example.org       smtp.example.org:587 starttls verify
-    ROUTE to:*.corp.example    mx
-    ROUTE from:alice@gmail.com smtp.gmail.com:465 tls verify auth=alice@gmail.com
-"""
+per recipient domain or envelope sender. The first matching line wins; what a route does not say
+comes from the global keys."""
 
 from __future__ import annotations
 
@@ -60,9 +55,6 @@ class Route:
         if self.pattern.startswith("*."):
             return domain.endswith(self.pattern[1:])
         return domain == self.pattern
-
-    def __repr__(self) -> str:
-        return f"<Route line {self.line}: {self.kind}:{self.pattern} -> {self.hosts or 'mx'}>"
 
 
 def parse_route(value: str, lineno: int) -> Route:

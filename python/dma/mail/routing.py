@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from dma.config import Config
 
     from .aliases import Aliases
+    from .routes import Route
 
 
 class RecipientResolver:
@@ -47,7 +48,8 @@ class RecipientResolver:
 
 
 class RouteError(Exception):
-    """No host to deliver to: `permanent` when retrying cannot help (NXDOMAIN, null MX)."""
+    """Nowhere to deliver to (no host; for local mail, `local.DeliveryFailure`, no mailbox):
+    `permanent` when retrying cannot help (NXDOMAIN, null MX, an unknown user)."""
 
     def __init__(self, text: str, *, permanent: bool) -> None:
         super().__init__(text)
@@ -66,10 +68,6 @@ class Target:
         self.preference = preference
 
 
-def recipient_domain(recipient: str) -> str:
-    return recipient.rpartition("@")[2]
-
-
 def address_literal(domain: str) -> str | None:
     """The IP address of an address literal domain (`[192.0.2.1]`, `[IPv6:2001:db8::1]`)."""
     if not (domain.startswith("[") and domain.endswith("]")):
@@ -78,14 +76,11 @@ def address_literal(domain: str) -> str | None:
     return inner[5:] if inner[:5].lower() == "ipv6:" else inner
 
 
-def targets_for(
-    domain: str, cfg: Config, *, hosts: list[tuple[str, int]] | None = None, mx: bool = False
-) -> list[Target]:
-    """The hosts to try for `domain`, in order, skipping names that do not resolve: `hosts` (a
-    ROUTE's relays), the smarthosts (unless `mx`), or the MX hosts by preference, shuffled among
-    equals (RFC 5321 5.1). Raises `RouteError`."""
-    if not hosts and not mx:
-        hosts = cfg.smarthosts()
+def targets_for(domain: str, cfg: Config, route: Route | None = None) -> list[Target]:
+    """The hosts to try for `domain`, in order, skipping names that do not resolve: `route`'s relays
+    (else the smarthosts), or the MX hosts by preference, shuffled among equals (RFC 5321 5.1).
+    Raises `RouteError`."""
+    hosts = cfg.smarthosts() if route is None else route.hosts
     literal = address_literal(domain)
     if hosts:
         candidates, none = [(0, name, port) for name, port in hosts], "no usable smarthost"
