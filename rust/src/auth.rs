@@ -1,5 +1,4 @@
-//! SMTP AUTH (RFC 4954) payload encoders: small pure functions, no I/O. The session in
-//! `smtp` drives the exchange; these only build what goes on the wire.
+//! SMTP AUTH (RFC 4954) payload encoders, no I/O: the session in `smtp` drives the exchange.
 
 use std::fmt;
 use std::str::FromStr;
@@ -9,7 +8,8 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use md5::Md5;
 
-/// The SASL mechanisms we can speak.
+/// The SASL mechanisms we can speak, in the order we prefer them: the standard OAuth one
+/// (RFC 7628) first; CRAM-MD5 never sends the password, so it beats PLAIN even inside TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mechanism {
     /// Only used when the caller asks for it (as XOAUTH2): the secret is then a bearer token.
@@ -21,8 +21,6 @@ pub enum Mechanism {
 }
 
 impl Mechanism {
-    /// In the order we prefer them: the standard OAuth one (RFC 7628) first; CRAM-MD5 never
-    /// sends the password, so it beats PLAIN even inside TLS.
     pub const ALL: [Mechanism; 5] = [
         Mechanism::OAuthBearer,
         Mechanism::XOAuth2,
@@ -35,13 +33,7 @@ impl Mechanism {
     pub const DEFAULT: [Mechanism; 3] = [Mechanism::CramMd5, Mechanism::Plain, Mechanism::Login];
 
     pub fn name(self) -> &'static str {
-        match self {
-            Mechanism::OAuthBearer => "OAUTHBEARER",
-            Mechanism::XOAuth2 => "XOAUTH2",
-            Mechanism::CramMd5 => "CRAM-MD5",
-            Mechanism::Plain => "PLAIN",
-            Mechanism::Login => "LOGIN",
-        }
+        ["OAUTHBEARER", "XOAUTH2", "CRAM-MD5", "PLAIN", "LOGIN"][self as usize]
     }
 }
 
@@ -62,8 +54,7 @@ impl FromStr for Mechanism {
     }
 }
 
-/// The strongest mechanism in `allowed` that the server offers (`offered` as the EHLO
-/// AUTH keywords; compared case-insensitively).
+/// The strongest mechanism in `allowed` that the server offers (EHLO's AUTH, any case).
 pub fn choose(offered: &[String], allowed: &[Mechanism]) -> Option<Mechanism> {
     let offers = |m: &Mechanism| offered.iter().any(|o| o.eq_ignore_ascii_case(m.name()));
     Mechanism::ALL
@@ -85,12 +76,11 @@ pub fn plain(login: &str, password: &str) -> String {
     b64(format!("\0{login}\0{password}"))
 }
 
-/// CRAM-MD5 response (RFC 2195): base64 of `login SP hex(HMAC-MD5(password, challenge))`.
+/// CRAM-MD5 response (RFC 2195).
 pub fn cram_md5(login: &str, password: &str, challenge_b64: &str) -> Result<String, String> {
     let challenge = STANDARD
         .decode(challenge_b64.trim())
         .map_err(|e| format!("invalid base64 ({e})"))?;
-    // HMAC accepts keys of any length, so this cannot fail.
     let mut mac = Hmac::<Md5>::new_from_slice(password.as_bytes()).expect("any key length");
     mac.update(&challenge);
     Ok(b64(format!("{login} {}", hex(&mac.finalize().into_bytes()))))

@@ -3,7 +3,9 @@
 //! Paths cross as `str`; the GIL is released for every wait and all I/O.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::fs::{File, OpenOptions, TryLockError};
+use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -11,35 +13,31 @@ use std::time::Duration;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyString;
 
 use crate::errors::DmaError;
-use crate::smtp::{Client, Credentials, SessionConfig, SessionReport, Transaction};
+pub use crate::smtp::Outcome;
+use crate::smtp::{Client, SessionConfig, SessionReport, Stage, Status, Transaction};
 use crate::spool::{self, Claim, Entry};
 use crate::tls::TlsPolicy;
 use crate::wake::Waker;
 
-/// What happened to one recipient in an SMTP session.
-#[pyclass(module = "dma._native", frozen, get_all, skip_from_py_object)]
-#[derive(Clone)]
-pub struct Outcome {
-    status: &'static str,
-    stage: &'static str,
-    code: u16,
-    enhanced: Option<String>,
-    text: String,
+/// Python reads an `Outcome`'s status and stage as their names.
+macro_rules! as_py_str {
+    ($($t:ty),*) => {$(
+        impl<'py> IntoPyObject<'py> for $t {
+            type Target = PyString;
+            type Output = Bound<'py, PyString>;
+            type Error = Infallible;
+
+            fn into_pyobject(self, py: Python<'py>) -> Result<Self::Output, Self::Error> {
+                Ok(PyString::new(py, self.as_str()))
+            }
+        }
+    )*};
 }
 
-impl From<crate::smtp::Outcome> for Outcome {
-    fn from(o: crate::smtp::Outcome) -> Self {
-        Outcome {
-            status: o.status.as_str(),
-            stage: o.stage.as_str(),
-            code: o.code,
-            enhanced: o.enhanced,
-            text: o.text,
-        }
-    }
-}
+as_py_str!(Stage, Status);
 
 /// Per-transaction, per-recipient outcomes and session facts.
 #[pyclass(module = "dma._native", frozen, get_all)]
@@ -58,11 +56,7 @@ pub struct SessionResult {
 impl From<SessionReport> for SessionResult {
     fn from(r: SessionReport) -> Self {
         SessionResult {
-            results: r
-                .results
-                .into_iter()
-                .map(|tx| tx.into_iter().map(Outcome::from).collect())
-                .collect(),
+            results: r.results,
             address: r.address.as_ref().map(ToString::to_string),
             tls_version: r.tls.as_ref().map(|t| t.version.clone()),
             tls_cipher: r.tls.as_ref().map(|t| t.cipher.clone()),
@@ -70,7 +64,7 @@ impl From<SessionReport> for SessionResult {
             peer_cert_sha256: r.tls.and_then(|t| t.peer_cert_sha256),
             auth_mechanism: r.auth_mechanism.map(crate::auth::Mechanism::name),
             extensions: r.extensions,
-            failure: r.failure.map(Outcome::from),
+            failure: r.failure,
         }
     }
 }
@@ -102,7 +96,7 @@ impl Connection {
     #[allow(clippy::too_many_arguments, reason = "Python's keyword arguments")]
     fn new(
         host: String,
-        addresses: Vec<String>,
+        addresses: Vec<IpAddr>,
         port: u16,
         helo: String,
         tls: &str,
@@ -119,19 +113,12 @@ impl Connection {
         verbose: bool,
         journal: Option<PathBuf>,
     ) -> PyResult<Self> {
-        let addresses = addresses
-            .into_iter()
-            .map(|a| {
-                a.parse()
-                    .map_err(|_| PyValueError::new_err(format!("not an IP address: {a:?}")))
-            })
-            .collect::<PyResult<_>>()?;
         let mechanisms = mechanisms
             .map(|names| names.iter().map(|n| n.parse()).collect::<Result<_, _>>())
             .transpose()
             .map_err(PyValueError::new_err)?;
         let credentials = match (login, secret) {
-            (Some(login), Some(secret)) => Some(Credentials { login, secret }),
+            (Some(login), Some(secret)) => Some((login, secret)),
             (None, None) => None,
             _ => return Err(PyValueError::new_err("login and secret go together")),
         };

@@ -1,11 +1,9 @@
-//! SMTP replies (RFC 5321 section 4.2, RFC 3463 enhanced codes) and the EHLO keyword list. The
-//! session in `smtp` reads the lines and caps each one; `Reply::read` caps the whole reply, so
-//! a server that never ends its greeting fails cleanly instead of filling memory.
+//! SMTP replies (RFC 5321 4.2, RFC 3463 enhanced codes) and the EHLO keyword list. `Reply::read`
+//! caps the whole reply, so a server that never ends its greeting cannot fill memory.
 
-/// Most lines a reply may have; a real EHLO reply has about 15.
-pub const MAX_REPLY_LINES: usize = 500;
-/// Most bytes a reply may have, summed over its lines.
-pub const MAX_REPLY_BYTES: usize = 64 * 1024;
+/// Most lines a reply may have (a real EHLO reply has about 15), and bytes over all its lines.
+const MAX_REPLY_LINES: usize = 500;
+const MAX_REPLY_BYTES: usize = 64 * 1024;
 
 /// One complete reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,17 +17,12 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// Read one whole reply, `next_line` giving each raw line (its CR/LF are stripped). Every
-    /// error is a temporary failure.
+    /// Read one whole reply, `next_line` giving each raw line.
     pub fn read(mut next_line: impl FnMut() -> Result<Vec<u8>, String>) -> Result<Reply, String> {
         let (mut first, mut lines, mut bytes) = (None, Vec::new(), 0);
         loop {
             let raw = next_line()?;
-            let end = raw
-                .iter()
-                .rposition(|b| !b"\r\n".contains(b))
-                .map_or(0, |i| i + 1);
-            let line = &raw[..end];
+            let line = raw.trim_ascii_end();
             bytes += line.len();
             if lines.len() >= MAX_REPLY_LINES || bytes > MAX_REPLY_BYTES {
                 return Err(format!(
@@ -77,7 +70,7 @@ impl Reply {
         parts.filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ")
     }
 
-    /// The first line's raw text (an AUTH challenge).
+    /// The first line's text (an AUTH challenge).
     pub fn first_text(&self) -> &str {
         self.lines.first().map_or("", String::as_str)
     }
@@ -91,7 +84,7 @@ fn parse_code(line: &[u8]) -> Option<u16> {
 }
 
 /// `class.subject.detail` (RFC 3463) at the start of `text`, followed by a blank or the end.
-pub fn enhanced_code(text: &str) -> Option<String> {
+fn enhanced_code(text: &str) -> Option<String> {
     let word = text.split(' ').next()?;
     let parts: Vec<&str> = word.split('.').collect();
     let number = |s: &&str| (1..=3).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());

@@ -1,7 +1,4 @@
-//! TLS client configuration over rustls (ring provider) and the facts we report about a
-//! negotiated session. Three verification policies, as C dma's config keys imply:
-//! verify against roots (`VERIFYCERT`), no verification (the default), and a pinned leaf
-//! fingerprint (`FINGERPRINT`, optionally combined with root verification).
+//! TLS client configuration over rustls (ring) and what we report of a negotiated session.
 
 use std::env::var_os;
 use std::ffi::OsString;
@@ -20,7 +17,8 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::hex;
 
-/// How the peer's certificate is checked. Signatures over the handshake are always verified.
+/// How the peer's certificate is checked (C dma's `VERIFYCERT`, `FINGERPRINT`, `CERTFILE`); the
+/// handshake's signatures are always verified.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TlsPolicy {
     /// Check the chain against the system roots (plus `ca_file`) and the host name or IP.
@@ -33,18 +31,16 @@ pub struct TlsPolicy {
     pub client_cert: Option<PathBuf>,
 }
 
-/// What we tell the caller about a negotiated session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsInfo {
     pub version: String,
     pub cipher: String,
     pub peer_cert_sha256: Option<String>,
-    /// The session was resumed (no full handshake): a reconnection within one runner.
+    /// No full handshake: a reconnection within one runner.
     pub resumed: bool,
 }
 
-/// The name we present in SNI and check the certificate against. IP literals become
-/// `ServerName::IpAddress`, which rustls never sends as SNI.
+/// The name for SNI and the certificate check; rustls sends no SNI for an IP literal.
 pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = bare.parse::<IpAddr>() {
@@ -53,9 +49,9 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_owned()).map_err(|_| format!("invalid TLS server name {host:?}"))
 }
 
-/// A client config for `policy`. Configs are cached per policy (and per state of the files
-/// and environment they were read from) so that connections share rustls's session cache and
-/// the system roots are not parsed again for every connection.
+/// The client config for `policy`, cached per policy and state of the files and environment it
+/// was read from, so that connections share rustls's session cache (resumption) and the system
+/// roots are parsed once.
 pub fn client_config(policy: &TlsPolicy) -> Result<Arc<ClientConfig>, String> {
     type Key = (TlsPolicy, [Option<OsString>; 2], [Option<SystemTime>; 2]);
     static CACHE: Mutex<Vec<(Key, Arc<ClientConfig>)>> = Mutex::new(Vec::new());
@@ -128,7 +124,7 @@ fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
     Ok(store)
 }
 
-/// The certificates in a PEM file; none is an error (`what` names the file in it).
+/// The certificates in a PEM file; none is an error.
 fn read_pem_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let unreadable = |e| format!("cannot read {}: {e}", path.display());
     let certs = CertificateDer::pem_file_iter(path)
@@ -141,12 +137,10 @@ fn read_pem_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>
     Ok(certs)
 }
 
-/// Lower-case hex SHA-256 of a certificate's DER encoding.
 fn sha256_hex(der: &[u8]) -> String {
     hex(&Sha256::digest(der))
 }
 
-/// Version, cipher suite and leaf fingerprint of an established session.
 pub fn session_info(conn: &ClientConnection) -> TlsInfo {
     // rustls names them `TLSv1_3`, `TLS13_AES_256_GCM_SHA384`...
     let unknown = || "unknown".to_owned();
@@ -167,9 +161,8 @@ pub fn session_info(conn: &ClientConnection) -> TlsInfo {
     }
 }
 
-/// Applies `TlsPolicy`: optional `WebPKI` chain + name check, optional pinned fingerprint, and
-/// in every case a real check of the handshake signatures (so "no verification" still means
-/// the peer holds the key of the certificate it showed).
+/// Applies `TlsPolicy`, and always checks the handshake signatures: "no verification" still
+/// means the peer holds the key of the certificate it showed.
 #[derive(Debug)]
 struct PolicyVerifier {
     roots: Option<Arc<WebPkiServerVerifier>>,

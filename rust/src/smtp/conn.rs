@@ -1,5 +1,5 @@
-//! The connection under a session: connect, the socket, plain or inside rustls, whole replies
-//! read within a deadline, the switch to TLS, and QUIT. Another `impl Session` block.
+//! The connection under a session: connect, the socket (plain or in rustls), replies read within
+//! a deadline, the switch to TLS, and QUIT. Another `impl Session` block.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -41,8 +41,7 @@ impl Write for Socket {
     }
 }
 
-/// The socket, and rustls over it once TLS is up. Only reads go through `Read` (for the
-/// `BufReader`); `Session::write` writes.
+/// The socket, and rustls over it once TLS is up. `Session::write` writes.
 pub(super) struct Stream {
     sock: Socket,
     tls: Option<ClientConnection>,
@@ -57,7 +56,7 @@ impl Read for Stream {
     }
 }
 
-/// Try each address in turn; a connection failure moves on to the next one.
+/// Try each address in turn.
 pub(super) fn connect(cfg: &SessionConfig) -> Result<(BufReader<Stream>, IpAddr), Outcome> {
     let mut errors = Vec::new();
     for &ip in &cfg.addresses {
@@ -100,7 +99,6 @@ fn describe(err: &io::Error, timeout: Duration) -> String {
     }
 }
 
-/// The TLS handshake over the socket.
 fn handshake(stream: &mut Stream, config: Arc<ClientConfig>, host: &str) -> Result<TlsInfo, String> {
     let mut tls =
         ClientConnection::new(config, tls::server_name(host)?).map_err(|e| format!("TLS setup: {e}"))?;
@@ -130,19 +128,18 @@ impl Session {
         }
     }
 
-    /// Every read from now on, until the next call, ends within `wait` in all.
+    /// Every read from now on ends within `wait` in all.
     pub(super) fn start_clock(&mut self, wait: Duration) {
         self.reader.get_mut().sock.deadline = Instant::now() + wait;
     }
 
-    /// The connection failed (`err` says how): it is dead.
     pub(super) fn conn_failure(&mut self, stage: Stage, err: &str) -> Outcome {
         self.dead = true;
         let text = format!("{}: {err} during {}", self.cfg.host, stage.as_str());
         Outcome::temporary(stage, text)
     }
 
-    /// Queue a command line; the transcript shows `shown` (credentials hidden).
+    /// Queue a command line; the transcript shows `shown`.
     pub(super) fn queue(&mut self, line: &str, shown: &str) {
         self.trace(">>> ", shown);
         self.out.extend_from_slice(line.as_bytes());
@@ -186,9 +183,8 @@ impl Session {
         Ok(line)
     }
 
-    /// Wrap the connection in TLS. Whatever the server sent before in clear text (after a
-    /// STARTTLS reply: an injection attempt or a broken server) is not from the TLS peer:
-    /// thrown away unread.
+    /// Wrap the connection in TLS. Clear text the server sent before (after a STARTTLS reply: an
+    /// injection attempt or a broken server) is not from the TLS peer: thrown away unread.
     pub(super) fn start_tls(&mut self) -> Result<(), Outcome> {
         let stray = self.reader.buffer().len();
         if stray > 0 {
@@ -206,8 +202,7 @@ impl Session {
         Ok(())
     }
 
-    /// QUIT and wait a little for its reply, which is only logged; then `close_notify` when
-    /// TLS is up (the socket closes when the session is dropped).
+    /// QUIT, and a short wait for its reply (only logged); then `close_notify` when TLS is up.
     pub(super) fn quit(&mut self) {
         if !self.dead {
             self.queue("QUIT", "QUIT");

@@ -7,18 +7,16 @@ use super::CHUNK;
 /// Longest line on the wire, CRLF excluded (RFC 5321 4.5.3.1.6).
 const LINE_LIMIT: usize = 998;
 
-/// Facts about a message that MAIL FROM needs before the body is sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MessageFacts {
-    /// Octets on the wire (CRLF line ends, broken long lines), without the final dot line
-    /// or stuffed dots, as RFC 1870 counts them.
+    /// Octets on the wire without the final dot or stuffed dots, as RFC 1870 counts them.
     pub wire_size: u64,
-    /// A byte above 127 somewhere: BODY=8BITMIME.
+    /// BODY=8BITMIME.
     pub eight_bit: bool,
 }
 
-/// Run the message through the DATA encoding, handing `emit` each encoded chunk of about
-/// `CHUNK` octets, and then the rest with the final dot (`last`).
+/// The DATA encoding of `input`: `emit` gets each chunk of about `CHUNK` octets, and the rest with
+/// the final dot (`last`).
 pub fn encode<E>(
     input: &mut impl Read,
     read_error: impl FnOnce(io::Error) -> E,
@@ -26,10 +24,7 @@ pub fn encode<E>(
 ) -> Result<MessageFacts, E> {
     let mut encoder = DataEncoder::default();
     let (mut chunk, mut out) = (vec![0u8; CHUNK], Vec::with_capacity(3 * CHUNK));
-    let mut facts = MessageFacts {
-        wire_size: 0,
-        eight_bit: false,
-    };
+    let mut facts = MessageFacts::default();
     loop {
         let n = match input.read(&mut chunk) {
             Ok(0) => break,
@@ -46,24 +41,22 @@ pub fn encode<E>(
         }
     }
     encoder.finish(&mut out);
-    // RFC 1870 counts neither the final dot nor stuffed dots, wherever in the stream they were.
     facts.wire_size += out.len() as u64;
     facts.wire_size -= 3 + encoder.stuffed;
     emit(&out, true)?;
     Ok(facts)
 }
 
-/// Turns the spool's LF-terminated text into the DATA stream, chunk by chunk: CRLF line
-/// ends (a CR before LF, or a lone CR, also ends a line, so no bare CR reaches the wire),
-/// dot-stuffing, and lines over 998 octets broken by inserting CRLF SP, as Postfix's
-/// `smtp_line_length_limit` does (least harmful to MIME).
+/// The spool's LF-terminated text as the DATA stream: CRLF line ends (a lone CR also ends a line:
+/// no bare CR reaches the wire), dot-stuffing, and lines over 998 octets broken by CRLF SP, as
+/// Postfix's `smtp_line_length_limit` does (least harmful to MIME).
 #[derive(Debug, Default)]
 struct DataEncoder {
     /// Octets already on the current wire line.
     col: usize,
-    /// The last byte was a CR, which ended its line already: a LF right after it ends none.
+    /// The last byte was a CR, which ended its line: a LF right after it ends none.
     after_cr: bool,
-    /// Dots added by stuffing, so far.
+    /// Dots added by stuffing.
     stuffed: u64,
 }
 
@@ -85,7 +78,7 @@ impl DataEncoder {
         }
     }
 
-    /// End the last line if it had no line end, and write the terminating dot.
+    /// End the last line, and write the terminating dot.
     fn finish(&self, out: &mut Vec<u8>) {
         if self.col > 0 {
             out.extend_from_slice(b"\r\n");

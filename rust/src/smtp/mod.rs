@@ -1,11 +1,6 @@
-//! The SMTP client: one blocking session per call over std sockets, optionally inside rustls.
-//! Connect (trying each address in turn), greeting, EHLO with HELO fallback, STARTTLS or
-//! implicit TLS, AUTH, then whole transactions over the same connection, pipelined when the
-//! server allows, and QUIT. Every failure becomes a per-recipient `Outcome`, temporary or
-//! permanent; nothing here panics on hostile input or waits forever.
-//!
-//! `conn`: the socket and reply reading; `session`: set-up and QUIT; `transaction`: MAIL, RCPT,
-//! DATA; `data`: the DATA encoding.
+//! The blocking SMTP client, over std sockets and rustls. Every failure becomes a per-recipient
+//! `Outcome`; nothing here panics on hostile input or waits forever. `conn`: socket, replies,
+//! TLS, QUIT; `session`: set-up and AUTH; `transaction`: MAIL, RCPT, DATA; `data`: the encoding.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -78,12 +73,6 @@ pub struct Transaction {
 
 /// No `Debug`: the secret must not end up in a log.
 #[derive(Clone)]
-pub struct Credentials {
-    pub login: String,
-    pub secret: String,
-}
-
-#[derive(Clone)]
 pub struct SessionConfig {
     /// Name for SNI, certificate checks and messages.
     pub host: String,
@@ -93,7 +82,8 @@ pub struct SessionConfig {
     pub helo: String,
     pub tls_mode: TlsMode,
     pub tls: TlsPolicy,
-    pub credentials: Option<Credentials>,
+    /// Login and secret (a password or an OAuth token).
+    pub credentials: Option<(String, String)>,
     /// Mechanisms we may use; `None` means CRAM-MD5, PLAIN and LOGIN.
     pub mechanisms: Option<Vec<Mechanism>>,
     pub allow_insecure_auth: bool,
@@ -143,6 +133,10 @@ impl Stage {
 
 /// What happened to one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "python",
+    pyo3::pyclass(module = "dma._native", frozen, get_all, skip_from_py_object)
+)]
 pub struct Outcome {
     pub status: Status,
     pub stage: Stage,
@@ -211,8 +205,7 @@ pub struct SessionReport {
     pub failure: Option<Outcome>,
 }
 
-/// One whole session: connect, carry `transactions`, QUIT. Never fails as a whole: failures are
-/// recorded per recipient.
+/// One whole session: connect, carry `transactions`, QUIT.
 pub fn run_session(cfg: &SessionConfig, transactions: &[Transaction]) -> SessionReport {
     let mut client = Client::new(Arc::new(cfg.clone()));
     let report = client.send(transactions);
@@ -236,30 +229,22 @@ impl Client {
     /// usable, else on a new one. The connection stays open unless it broke.
     pub fn send(&mut self, transactions: &[Transaction]) -> SessionReport {
         let mut report = SessionReport::default();
-        let cached = self.session.take().and_then(|mut s| {
-            if s.still_usable() {
-                Some(s)
-            } else {
-                s.quit();
-                None
-            }
-        });
-        let mut session = match cached.map_or_else(|| Session::open(&self.cfg, &mut report), Ok) {
+        let opened = match self.session.take().and_then(Session::reusable) {
+            Some(s) => Ok(s),
+            None => Session::open(&self.cfg, &mut report),
+        };
+        let mut session = match opened {
             Ok(s) => s,
             Err(failure) => {
                 fill_from(&mut report, transactions, &failure);
                 return report;
             }
         };
-        let mut broken = None;
-        for tx in transactions {
-            let outcomes;
-            (outcomes, broken) = session.transaction(tx);
+        let broken = transactions.iter().find_map(|tx| {
+            let (outcomes, broken) = session.transaction(tx);
             report.results.push(outcomes);
-            if broken.is_some() {
-                break;
-            }
-        }
+            broken
+        });
         session.finish(&mut report);
         match broken {
             None => self.session = Some(session),

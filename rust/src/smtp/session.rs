@@ -1,5 +1,4 @@
-//! One session's state and its set-up: greeting, EHLO or HELO, STARTTLS or implicit TLS, and
-//! AUTH. The connection is in conn.rs, the transactions in transaction.rs.
+//! One session's state and its set-up: greeting, EHLO or HELO, STARTTLS or implicit TLS, AUTH.
 
 use std::io::BufReader;
 use std::net::IpAddr;
@@ -8,7 +7,7 @@ use std::sync::Arc;
 use rustls::ClientConfig;
 
 use super::conn::{connect, Stream};
-use super::{Credentials, Outcome, SessionConfig, SessionReport, Stage, Status, TlsMode};
+use super::{Outcome, SessionConfig, SessionReport, Stage, Status, TlsMode};
 use crate::auth::{self, Mechanism};
 use crate::journal::Journal;
 use crate::reply::{Extensions, Reply};
@@ -19,8 +18,7 @@ const HIDDEN: &str = "<authentication data hidden>";
 
 pub(super) struct Session {
     pub(super) cfg: Arc<SessionConfig>,
-    /// The connection, behind our read buffer (so the bytes buffered before STARTTLS can be
-    /// thrown away).
+    /// Our read buffer, so that what is buffered before STARTTLS can be thrown away.
     pub(super) reader: BufReader<Stream>,
     /// Commands queued to be written in one go.
     pub(super) out: Vec<u8>,
@@ -81,7 +79,7 @@ impl Session {
         self.authenticate()
     }
 
-    /// Sync the journal and copy what the caller wants to know into the report.
+    /// Sync the journal; tell the caller what the session found.
     pub(super) fn finish(&mut self, report: &mut SessionReport) {
         if let Some(journal) = &mut self.journal {
             if let Err(e) = journal.sync() {
@@ -94,7 +92,7 @@ impl Session {
         report.extensions.clone_from(&self.ext.keywords);
     }
 
-    /// Send `line` (the transcript shows `shown`) and read the reply, whatever it is.
+    /// Send `line` (the transcript shows `shown`) and read its reply.
     pub(super) fn send(&mut self, stage: Stage, line: &str, shown: &str) -> Result<Reply, Outcome> {
         self.queue(line, shown);
         self.write(stage, &[])?;
@@ -107,11 +105,9 @@ impl Session {
         self.check(stage, reply, class)
     }
 
+    /// The reply if of `class`, else its failure. A 421: the server is closing the channel.
     pub(super) fn check(&mut self, stage: Stage, reply: Reply, class: u16) -> Result<Reply, Outcome> {
-        if reply.code == 421 {
-            // The server is closing the channel.
-            self.dead = true;
-        }
+        self.dead |= reply.code == 421;
         if reply.class() == class {
             return Ok(reply);
         }
@@ -156,7 +152,7 @@ impl Session {
 
     fn authenticate(&mut self) -> Result<(), Outcome> {
         let cfg = self.cfg.clone();
-        let Some(creds) = &cfg.credentials else {
+        let Some((login, secret)) = &cfg.credentials else {
             return Ok(());
         };
         // Never send credentials in clear; the caller sees auth_mechanism None.
@@ -166,14 +162,13 @@ impl Session {
             return Ok(());
         };
         // A rejected login must not bounce the queue (Postfix's soft bounce): temporary.
-        self.auth_exchange(mechanism, creds)
+        self.auth_exchange(mechanism, login, secret)
             .map_err(|outcome| outcome.temporary_with(&format!("AUTH {mechanism} failed: ")))?;
         self.mechanism = Some(mechanism);
         Ok(())
     }
 
-    fn auth_exchange(&mut self, mechanism: Mechanism, creds: &Credentials) -> Result<(), Outcome> {
-        let (login, secret) = (creds.login.as_str(), creds.secret.as_str());
+    fn auth_exchange(&mut self, mechanism: Mechanism, login: &str, secret: &str) -> Result<(), Outcome> {
         let initial = match mechanism {
             Mechanism::Plain => auth::plain(login, secret),
             Mechanism::XOAuth2 => auth::xoauth2(login, secret),
@@ -215,15 +210,17 @@ impl Session {
         self.check(Stage::Auth, reply, 2).map(drop)
     }
 
-    /// Before a cached connection carries more mail: RSET, which also finds out whether the
-    /// server has dropped it meanwhile.
-    pub(super) fn still_usable(&mut self) -> bool {
-        if self.dead {
-            return false;
+    /// A cached connection, if RSET (which also clears a failed transaction) finds the server
+    /// still keeps it; else QUIT.
+    pub(super) fn reusable(mut self) -> Option<Self> {
+        if !self.dead {
+            self.start_clock(self.cfg.command_timeout);
+            if self.expect(Stage::Mail, "RSET", 2).is_ok() {
+                self.dirty = false;
+                return Some(self);
+            }
         }
-        self.start_clock(self.cfg.command_timeout);
-        let ok = self.expect(Stage::Mail, "RSET", 2).is_ok();
-        self.dirty = !ok;
-        ok
+        self.quit();
+        None
     }
 }

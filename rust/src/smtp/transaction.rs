@@ -1,7 +1,5 @@
-//! Whole transactions over an established session: local checks, MAIL, RCPT and DATA (one
-//! reply at a time or pipelined), the body, and the delivered journal. Another `impl Session`
-//! block, beside the one in session.rs. A failure that leaves the session `dead` ends the
-//! connection: every later transaction gets it too.
+//! Whole transactions over an established session: local checks, MAIL, RCPT and DATA (pipelined
+//! when offered), the body, and the delivered journal. Another `impl Session` block.
 
 use std::fs::File;
 use std::io::Seek;
@@ -13,12 +11,12 @@ use crate::address::check;
 use crate::reply::Reply;
 
 impl Session {
-    /// One transaction. Returns the per-recipient outcomes, and the failure to give every
-    /// later transaction when the connection can no longer be used.
+    /// One transaction's per-recipient outcomes, and the failure to give every later one when
+    /// the connection can no longer be used.
     pub(super) fn transaction(&mut self, tx: &Transaction) -> (Vec<Outcome>, Option<Outcome>) {
-        // Per recipient, its refusal (local or by the server); `None`: not refused so far.
+        // Per recipient, its refusal (local or by the server), if any so far.
         let mut refused: Vec<Option<Outcome>> = vec![None; tx.recipients.len()];
-        // The envelope's replies, and then the final reply, each within one TIMEOUT in all.
+        // The envelope's replies within one TIMEOUT in all (the final reply has its own).
         self.start_clock(self.cfg.command_timeout);
         let last = self.try_transaction(tx, &mut refused).unwrap_or_else(|o| o);
         let broken = self.dead.then(|| last.clone());
@@ -46,8 +44,7 @@ impl Session {
             .map(|(_, id)| id.as_str())
             .collect();
         if let Err(e) = journal.record(&sent) {
-            // A spool that takes no more writes cannot record what is sent either: stop here, so
-            // that at most this transaction is sent again once it can.
+            // Stop here: at most this transaction is sent again once the spool takes writes.
             self.trace("!!! ", &e.to_string());
             self.dead = true;
         }
@@ -60,7 +57,6 @@ impl Session {
     ) -> Result<Outcome, Outcome> {
         let (mail, rcpt_params, file) = self.prepare(tx, refused)?;
         if refused.iter().all(Option::is_some) {
-            // Nothing valid to send to; each recipient has its own refusal.
             return Err(Outcome::temporary(Stage::Rcpt, "no valid recipient"));
         }
         if self.dirty {
@@ -72,9 +68,7 @@ impl Session {
         }
         self.dirty = true;
         self.envelope(mail, &rcpt_params, tx, refused)?;
-        // The envelope went through: every recipient not refused was accepted.
         if refused.iter().all(Option::is_some) {
-            // Every recipient has its own refusal already.
             if self.dead {
                 return Err(self.unusable());
             }
@@ -85,15 +79,15 @@ impl Session {
         Ok(outcome)
     }
 
-    /// Local checks before anything is sent (addresses, message file, SIZE, SMTPUTF8), then
-    /// the MAIL line, the parameters after each RCPT (DSN's NOTIFY) and the message file.
+    /// Local checks (addresses, message file, SIZE, SMTPUTF8); the MAIL line, the parameters
+    /// after each RCPT (DSN's NOTIFY) and the open message file.
     fn prepare(
         &mut self,
         tx: &Transaction,
         refused: &mut [Option<Outcome>],
     ) -> Result<(String, String, File), Outcome> {
-        // The one address check again, right before the lines are written (spool files from
-        // elsewhere, C dma's among them, never passed it): nothing can add a parameter.
+        // Checked again right before the lines are written (C dma's spool files never were):
+        // no address can add a parameter.
         if !tx.sender.is_empty() && check(&tx.sender).is_err() {
             let text = format!("invalid sender address {:?}", tx.sender);
             return Err(Outcome::permanent(Stage::Mail, "5.1.7", text));
@@ -149,8 +143,8 @@ impl Session {
         Ok((mail, rcpt_params, file))
     }
 
-    /// MAIL, each RCPT still wanted and DATA: written together in batches (RFC 2920) when the
-    /// server offers PIPELINING, else one at a time; then the replies taken in order.
+    /// MAIL, each RCPT still wanted and DATA: in batches when the server offers PIPELINING
+    /// (RFC 2920), else one at a time.
     fn envelope(
         &mut self,
         mail: String,
@@ -195,7 +189,11 @@ impl Session {
         let mail_ok = self.check(Stage::Mail, replies.next().expect("MAIL reply"), 2);
         if mail_ok.is_ok() {
             for (&i, reply) in wanted.iter().zip(&mut replies) {
-                refused[i] = self.rcpt(reply)?;
+                // The recipient's refusal, unless a 421 ends the session.
+                match self.check(Stage::Rcpt, reply, 2) {
+                    Err(outcome) if self.dead => return Err(outcome),
+                    result => refused[i] = result.err(),
+                }
             }
         }
         let data_reply = replies.last();
@@ -210,16 +208,7 @@ impl Session {
             .map(drop)
     }
 
-    /// A RCPT reply: the recipient's refusal if any, unless a 421 ends the session.
-    fn rcpt(&mut self, reply: Reply) -> Result<Option<Outcome>, Outcome> {
-        match self.check(Stage::Rcpt, reply, 2) {
-            Ok(_) => Ok(None),
-            Err(outcome) if self.dead => Err(outcome),
-            Err(outcome) => Ok(Some(outcome)),
-        }
-    }
-
-    /// Stream the message after DATA's 354, then the final dot and its reply.
+    /// The message after DATA's 354, and the final dot's reply.
     fn send_body(&mut self, mut file: File) -> Result<Outcome, Outcome> {
         let mut octets = 0;
         let read_failure = |e| Outcome::temporary(Stage::Data, format!("reading the message file: {e}"));
