@@ -32,7 +32,7 @@ impl Reply {
             let malformed = || {
                 format!(
                     "malformed reply line {:?}",
-                    clean_text(&line[..line.len().min(80)])
+                    clean_text(line.get(..80).unwrap_or(line))
                 )
             };
             let code = parse_code(line).ok_or_else(malformed)?;

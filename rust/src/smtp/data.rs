@@ -3,6 +3,7 @@
 use std::io::{self, Read};
 
 use super::CHUNK;
+use crate::errors::retry;
 
 /// Longest line on the wire, CRLF excluded (RFC 5321 4.5.3.1.6).
 const LINE_LIMIT: usize = 998;
@@ -26,10 +27,9 @@ pub fn encode<E>(
     let (mut chunk, mut out) = (vec![0u8; CHUNK], Vec::with_capacity(3 * CHUNK));
     let mut facts = MessageFacts::default();
     loop {
-        let n = match input.read(&mut chunk) {
+        let n = match retry(|| input.read(&mut chunk)) {
             Ok(0) => break,
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(read_error(e)),
         };
         facts.eight_bit |= !chunk[..n].is_ascii();
