@@ -15,59 +15,30 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
+use crate::auth::Mechanism;
 use crate::errors::DmaError;
-pub use crate::smtp::Outcome;
-use crate::smtp::{Client, SessionConfig, SessionReport, Stage, Status, Transaction};
+use crate::smtp::{Client, SessionConfig, Stage, Status, Transaction};
+pub use crate::smtp::{Outcome, SessionResult};
 use crate::spool::{self, Claim, Entry};
 use crate::tls::TlsPolicy;
 use crate::wake::Waker;
 
-/// Python reads an `Outcome`'s status and stage as their names.
+/// Python reads a status, a stage or a mechanism as its name.
 macro_rules! as_py_str {
-    ($($t:ty),*) => {$(
+    ($($t:ident::$name:ident),*) => {$(
         impl<'py> IntoPyObject<'py> for $t {
             type Target = PyString;
             type Output = Bound<'py, PyString>;
             type Error = Infallible;
 
             fn into_pyobject(self, py: Python<'py>) -> Result<Self::Output, Self::Error> {
-                Ok(PyString::new(py, self.as_str()))
+                Ok(PyString::new(py, $t::$name(self)))
             }
         }
     )*};
 }
 
-as_py_str!(Stage, Status);
-
-/// Per-transaction, per-recipient outcomes and session facts.
-#[pyclass(module = "dma._native", frozen, get_all)]
-pub struct SessionResult {
-    results: Vec<Vec<Outcome>>,
-    address: Option<String>,
-    tls_version: Option<String>,
-    tls_cipher: Option<String>,
-    peer_cert_sha256: Option<String>,
-    tls_resumed: bool,
-    auth_mechanism: Option<&'static str>,
-    extensions: Vec<String>,
-    failure: Option<Outcome>,
-}
-
-impl From<SessionReport> for SessionResult {
-    fn from(r: SessionReport) -> Self {
-        SessionResult {
-            results: r.results,
-            address: r.address.as_ref().map(ToString::to_string),
-            tls_version: r.tls.as_ref().map(|t| t.version.clone()),
-            tls_cipher: r.tls.as_ref().map(|t| t.cipher.clone()),
-            tls_resumed: r.tls.as_ref().is_some_and(|t| t.resumed),
-            peer_cert_sha256: r.tls.and_then(|t| t.peer_cert_sha256),
-            auth_mechanism: r.auth_mechanism.map(crate::auth::Mechanism::name),
-            extensions: r.extensions,
-            failure: r.failure,
-        }
-    }
-}
+as_py_str!(Stage::as_str, Status::as_str, Mechanism::name);
 
 fn seconds(name: &str, secs: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(secs)
@@ -162,7 +133,6 @@ impl Connection {
             })
             .collect();
         py.detach(|| crate::smtp::run_session(&self.cfg, &transactions))
-            .into()
     }
 
     /// Carry one transaction per group of claimed entries (the recipients of one message), on
@@ -185,7 +155,7 @@ impl Connection {
             });
         }
         drop(claims);
-        Ok(py.detach(|| lock(&self.client).send(&transactions)).into())
+        Ok(py.detach(|| lock(&self.client).send(&transactions)))
     }
 
     /// QUIT, if open.

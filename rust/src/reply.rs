@@ -84,7 +84,7 @@ fn parse_code(line: &[u8]) -> Option<u16> {
 }
 
 /// `class.subject.detail` (RFC 3463) at the start of `text`, followed by a blank or the end.
-fn enhanced_code(text: &str) -> Option<String> {
+pub fn enhanced_code(text: &str) -> Option<String> {
     let word = text.split(' ').next()?;
     let parts: Vec<&str> = word.split('.').collect();
     let number = |s: &&str| (1..=3).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());

@@ -12,7 +12,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 
 use crate::auth::hex;
@@ -29,15 +29,6 @@ pub struct TlsPolicy {
     pub fingerprint: Option<[u8; 32]>,
     /// One PEM file holding our certificate chain and its private key.
     pub client_cert: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsInfo {
-    pub version: String,
-    pub cipher: String,
-    pub peer_cert_sha256: Option<String>,
-    /// No full handshake: a reconnection within one runner.
-    pub resumed: bool,
 }
 
 /// The name for SNI and the certificate check; rustls sends no SNI for an IP literal.
@@ -137,28 +128,8 @@ fn read_pem_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>
     Ok(certs)
 }
 
-fn sha256_hex(der: &[u8]) -> String {
+pub(crate) fn sha256_hex(der: &[u8]) -> String {
     hex(&Sha256::digest(der))
-}
-
-pub fn session_info(conn: &ClientConnection) -> TlsInfo {
-    // rustls names them `TLSv1_3`, `TLS13_AES_256_GCM_SHA384`...
-    let unknown = || "unknown".to_owned();
-    let version = conn
-        .protocol_version()
-        .map_or_else(unknown, |v| format!("{v:?}").replace('_', "."));
-    let cipher = conn
-        .negotiated_cipher_suite()
-        .map_or_else(unknown, |s| format!("{:?}", s.suite()));
-    TlsInfo {
-        version,
-        cipher,
-        peer_cert_sha256: conn
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|c| sha256_hex(c)),
-        resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
-    }
 }
 
 /// Applies `TlsPolicy`, and always checks the handshake signatures: "no verification" still

@@ -11,7 +11,7 @@ use rustls::{ClientConfig, ClientConnection};
 use super::session::Session;
 use super::{Outcome, SessionConfig, Stage, MAX_LINE, QUIT_WAIT};
 use crate::reply::{clean_text, Reply};
-use crate::tls::{self, TlsInfo};
+use crate::tls;
 
 /// The TCP socket, whose reads all end by `deadline`: a handshake or reply trickled a byte at
 /// a time cannot outlast it (a timeout per read would restart with every byte).
@@ -99,13 +99,13 @@ fn describe(err: &io::Error, timeout: Duration) -> String {
     }
 }
 
-fn handshake(stream: &mut Stream, config: Arc<ClientConfig>, host: &str) -> Result<TlsInfo, String> {
+fn handshake(sock: &mut Socket, config: Arc<ClientConfig>, host: &str) -> Result<ClientConnection, String> {
     let mut tls =
         ClientConnection::new(config, tls::server_name(host)?).map_err(|e| format!("TLS setup: {e}"))?;
     while tls.is_handshaking() {
-        if let Err(err) = tls.complete_io(&mut stream.sock) {
+        if let Err(err) = tls.complete_io(sock) {
             // Let the server know why (rustls queues an alert), then give up.
-            let _ = tls.write_tls(&mut stream.sock);
+            let _ = tls.write_tls(sock);
             return Err(match err.kind() {
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
                     "timeout during the TLS handshake".to_owned()
@@ -115,9 +115,7 @@ fn handshake(stream: &mut Stream, config: Arc<ClientConfig>, host: &str) -> Resu
             });
         }
     }
-    let info = tls::session_info(&tls);
-    stream.tls = Some(tls);
-    Ok(info)
+    Ok(tls)
 }
 
 impl Session {
@@ -193,12 +191,25 @@ impl Session {
             self.reader.consume(stray);
         }
         let config = self.tls_config.clone().expect("TLS config built for TLS modes");
-        let info = handshake(self.reader.get_mut(), config, &self.cfg.host).map_err(|e| {
+        let conn = handshake(&mut self.reader.get_mut().sock, config, &self.cfg.host).map_err(|e| {
             self.dead = true;
             Outcome::temporary(Stage::Tls, format!("{}: {e}", self.cfg.host))
         })?;
-        self.trace("*** ", &format!("TLS {} {}", info.version, info.cipher));
-        self.tls_info = Some(info);
+        // rustls names them `TLSv1_3`, `TLS13_AES_256_GCM_SHA384`...
+        let unknown = || "unknown".to_owned();
+        let version = conn
+            .protocol_version()
+            .map_or_else(unknown, |v| format!("{v:?}").replace('_', "."));
+        let cipher = conn
+            .negotiated_cipher_suite()
+            .map_or_else(unknown, |s| format!("{:?}", s.suite()));
+        self.trace("*** ", &format!("TLS {version} {cipher}"));
+        let facts = &mut self.facts;
+        (facts.tls_version, facts.tls_cipher) = (Some(version), Some(cipher));
+        let leaf = conn.peer_certificates().and_then(|c| c.first());
+        facts.peer_cert_sha256 = leaf.map(|c| tls::sha256_hex(c));
+        facts.tls_resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        self.reader.get_mut().tls = Some(conn);
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::auth::Mechanism;
 use crate::reply::Reply;
-use crate::tls::{TlsInfo, TlsPolicy};
+use crate::tls::TlsPolicy;
 
 mod conn;
 mod data;
@@ -192,11 +192,20 @@ impl Outcome {
 
 /// Everything the caller learns from one session.
 #[derive(Debug, Clone, Default)]
-pub struct SessionReport {
+#[cfg_attr(
+    feature = "python",
+    pyo3::pyclass(module = "dma._native", frozen, get_all, skip_from_py_object)
+)]
+pub struct SessionResult {
     /// Per transaction, per recipient, in input order.
     pub results: Vec<Vec<Outcome>>,
-    pub address: Option<IpAddr>,
-    pub tls: Option<TlsInfo>,
+    pub address: Option<String>,
+    pub tls_version: Option<String>,
+    pub tls_cipher: Option<String>,
+    /// Lower-case hex SHA-256 of the leaf certificate.
+    pub peer_cert_sha256: Option<String>,
+    /// No full handshake: a reconnection within one runner.
+    pub tls_resumed: bool,
     pub auth_mechanism: Option<Mechanism>,
     /// EHLO keywords, upper case (from the last EHLO, i.e. after STARTTLS).
     pub extensions: Vec<String>,
@@ -206,7 +215,7 @@ pub struct SessionReport {
 }
 
 /// One whole session: connect, carry `transactions`, QUIT.
-pub fn run_session(cfg: &SessionConfig, transactions: &[Transaction]) -> SessionReport {
+pub fn run_session(cfg: &SessionConfig, transactions: &[Transaction]) -> SessionResult {
     let mut client = Client::new(Arc::new(cfg.clone()));
     let report = client.send(transactions);
     client.close();
@@ -227,8 +236,8 @@ impl Client {
 
     /// Carry `transactions` (none: only set up, a probe), on the open connection if it is still
     /// usable, else on a new one. The connection stays open unless it broke.
-    pub fn send(&mut self, transactions: &[Transaction]) -> SessionReport {
-        let mut report = SessionReport::default();
+    pub fn send(&mut self, transactions: &[Transaction]) -> SessionResult {
+        let mut report = SessionResult::default();
         let opened = match self.session.take().and_then(Session::reusable) {
             Some(s) => Ok(s),
             None => Session::open(&self.cfg, &mut report),
@@ -265,7 +274,7 @@ impl Client {
 }
 
 /// Give every recipient of the transactions not yet reported the session's failure.
-fn fill_from(report: &mut SessionReport, transactions: &[Transaction], failure: &Outcome) {
+fn fill_from(report: &mut SessionResult, transactions: &[Transaction], failure: &Outcome) {
     report.failure = Some(failure.clone());
     for tx in &transactions[report.results.len()..] {
         report.results.push(vec![failure.clone(); tx.recipients.len()]);

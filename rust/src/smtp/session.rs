@@ -1,17 +1,16 @@
 //! One session's state and its set-up: greeting, EHLO or HELO, STARTTLS or implicit TLS, AUTH.
 
 use std::io::BufReader;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use rustls::ClientConfig;
 
 use super::conn::{connect, Stream};
-use super::{Outcome, SessionConfig, SessionReport, Stage, Status, TlsMode};
+use super::{Outcome, SessionConfig, SessionResult, Stage, Status, TlsMode};
 use crate::auth::{self, Mechanism};
 use crate::journal::Journal;
 use crate::reply::{Extensions, Reply};
-use crate::tls::{self, TlsInfo};
+use crate::tls;
 
 /// What the transcript shows instead of a line holding credentials.
 const HIDDEN: &str = "<authentication data hidden>";
@@ -23,10 +22,9 @@ pub(super) struct Session {
     /// Commands queued to be written in one go.
     pub(super) out: Vec<u8>,
     pub(super) tls_config: Option<Arc<ClientConfig>>,
-    address: IpAddr,
     pub(super) ext: Extensions,
-    pub(super) tls_info: Option<TlsInfo>,
-    mechanism: Option<Mechanism>,
+    /// What the caller learns of the session (without results).
+    pub(super) facts: SessionResult,
     /// The connection can no longer carry commands (error, timeout, 421).
     pub(super) dead: bool,
     /// The server may hold state from a failed transaction: RSET before the next one.
@@ -36,7 +34,7 @@ pub(super) struct Session {
 
 impl Session {
     /// Connect and set the session up; a failure is what every recipient gets.
-    pub(super) fn open(cfg: &Arc<SessionConfig>, report: &mut SessionReport) -> Result<Self, Outcome> {
+    pub(super) fn open(cfg: &Arc<SessionConfig>, report: &mut SessionResult) -> Result<Self, Outcome> {
         let tls_config = match cfg.tls_mode {
             TlsMode::None => None,
             _ => Some(tls::client_config(&cfg.tls).map_err(|e| Outcome::temporary(Stage::Tls, e))?),
@@ -47,10 +45,11 @@ impl Session {
             reader,
             out: Vec::new(),
             tls_config,
-            address,
             ext: Extensions::default(),
-            tls_info: None,
-            mechanism: None,
+            facts: SessionResult {
+                address: Some(address.to_string()),
+                ..SessionResult::default()
+            },
             dead: false,
             dirty: false,
             journal: cfg.journal.as_deref().map(Journal::new),
@@ -80,16 +79,17 @@ impl Session {
     }
 
     /// Sync the journal; tell the caller what the session found.
-    pub(super) fn finish(&mut self, report: &mut SessionReport) {
+    pub(super) fn finish(&mut self, report: &mut SessionResult) {
         if let Some(journal) = &mut self.journal {
             if let Err(e) = journal.sync() {
                 self.trace("!!! ", &e.to_string());
             }
         }
-        report.address = Some(self.address);
-        report.tls.clone_from(&self.tls_info);
-        report.auth_mechanism = self.mechanism;
-        report.extensions.clone_from(&self.ext.keywords);
+        *report = SessionResult {
+            results: std::mem::take(&mut report.results),
+            extensions: self.ext.keywords.clone(),
+            ..self.facts.clone()
+        };
     }
 
     /// Send `line` (the transcript shows `shown`) and read its reply.
@@ -157,14 +157,14 @@ impl Session {
         };
         // Never send credentials in clear; the caller sees auth_mechanism None.
         let allowed = cfg.mechanisms.as_deref().unwrap_or(&Mechanism::DEFAULT);
-        let usable = self.tls_info.is_some() || cfg.allow_insecure_auth;
+        let usable = self.facts.tls_version.is_some() || cfg.allow_insecure_auth;
         let Some(mechanism) = auth::choose(&self.ext.auth, allowed).filter(|_| usable) else {
             return Ok(());
         };
         // A rejected login must not bounce the queue (Postfix's soft bounce): temporary.
         self.auth_exchange(mechanism, login, secret)
             .map_err(|outcome| outcome.temporary_with(&format!("AUTH {mechanism} failed: ")))?;
-        self.mechanism = Some(mechanism);
+        self.facts.auth_mechanism = Some(mechanism);
         Ok(())
     }
 
