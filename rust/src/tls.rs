@@ -1,4 +1,4 @@
-//! TLS client configuration over rustls (ring) and what we report of a negotiated session.
+//! TLS client configuration over rustls (ring): the certificate policies, one cached config each.
 
 use std::env::var_os;
 use std::ffi::OsString;

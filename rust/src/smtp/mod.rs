@@ -238,11 +238,8 @@ impl Client {
     /// usable, else on a new one. The connection stays open unless it broke.
     pub fn send(&mut self, transactions: &[Transaction]) -> SessionResult {
         let mut report = SessionResult::default();
-        let opened = match self.session.take().and_then(Session::reusable) {
-            Some(s) => Ok(s),
-            None => Session::open(&self.cfg, &mut report),
-        };
-        let mut session = match opened {
+        let reused = self.session.take().and_then(Session::reusable);
+        let mut session = match reused.map_or_else(|| Session::open(&self.cfg, &mut report), Ok) {
             Ok(s) => s,
             Err(failure) => {
                 fill_from(&mut report, transactions, &failure);

@@ -231,11 +231,8 @@ impl Session {
         self.start_clock(self.cfg.command_timeout);
         let reply = self.read_reply(Stage::Dot)?;
         // A refusal here fails only this transaction: the next one needs no RSET.
-        let outcome = match self.check(Stage::Dot, reply, 2) {
-            Ok(reply) => Outcome::from_reply(Stage::Dot, &reply),
-            Err(outcome) => outcome,
-        };
-        Ok(outcome)
+        let checked = self.check(Stage::Dot, reply, 2);
+        Ok(checked.map_or_else(|o| o, |r| Outcome::from_reply(Stage::Dot, &r)))
     }
 }
 
