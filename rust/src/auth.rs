@@ -1,6 +1,5 @@
 //! SMTP AUTH (RFC 4954) payload encoders, no I/O: the session in `smtp` drives the exchange.
 
-use std::fmt;
 use std::str::FromStr;
 
 use base64::engine::general_purpose::STANDARD;
@@ -34,12 +33,6 @@ impl Mechanism {
 
     pub fn name(self) -> &'static str {
         ["OAUTHBEARER", "XOAUTH2", "CRAM-MD5", "PLAIN", "LOGIN"][self as usize]
-    }
-}
-
-impl fmt::Display for Mechanism {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 

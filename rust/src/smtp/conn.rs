@@ -216,12 +216,9 @@ impl Session {
     /// QUIT, and a short wait for its reply (only logged); then `close_notify` when TLS is up.
     pub(super) fn quit(&mut self) {
         if !self.dead {
-            self.queue("QUIT", "QUIT");
+            self.start_clock(QUIT_WAIT.min(self.cfg.command_timeout));
             // Failures here are never reported: any stage will do.
-            if self.write(Stage::Mail, &[]).is_ok() {
-                self.start_clock(QUIT_WAIT.min(self.cfg.command_timeout));
-                let _ = self.read_reply(Stage::Mail);
-            }
+            let _ = self.send(Stage::Mail, "QUIT", "QUIT");
             self.dead = true;
         }
         let stream = self.reader.get_mut();

@@ -163,12 +163,13 @@ impl Session {
         };
         // A rejected login must not bounce the queue (Postfix's soft bounce): temporary.
         self.auth_exchange(mechanism, login, secret)
-            .map_err(|outcome| outcome.temporary_with(&format!("AUTH {mechanism} failed: ")))?;
+            .map_err(|outcome| outcome.temporary_with(&format!("AUTH {} failed: ", mechanism.name())))?;
         self.facts.auth_mechanism = Some(mechanism);
         Ok(())
     }
 
     fn auth_exchange(&mut self, mechanism: Mechanism, login: &str, secret: &str) -> Result<(), Outcome> {
+        let name = mechanism.name();
         let initial = match mechanism {
             Mechanism::Plain => auth::plain(login, secret),
             Mechanism::XOAuth2 => auth::xoauth2(login, secret),
@@ -176,10 +177,10 @@ impl Session {
             Mechanism::Login | Mechanism::CramMd5 => String::new(),
         };
         let reply = if initial.is_empty() {
-            self.expect(Stage::Auth, &format!("AUTH {mechanism}"), 3)?
+            self.expect(Stage::Auth, &format!("AUTH {name}"), 3)?
         } else {
-            let line = format!("AUTH {mechanism} {initial}");
-            self.send(Stage::Auth, &line, &format!("AUTH {mechanism} {HIDDEN}"))?
+            let line = format!("AUTH {name} {initial}");
+            self.send(Stage::Auth, &line, &format!("AUTH {name} {HIDDEN}"))?
         };
         let challenged = reply.class() == 3;
         let reply = match mechanism {
