@@ -211,10 +211,8 @@ impl Spool {
         let path = self.dir.join("lock");
         let failed = |what: &str, e| DmaError::io(format!("can not {what} `{}'", path.display()), e);
         let file = OpenOptions::new()
-            .read(true)
-            .write(true)
+            .append(true)
             .create(true)
-            .truncate(false)
             .mode(0o600)
             .open(&path)
             .map_err(|e| failed("open", e))?;
