@@ -34,6 +34,13 @@ pub fn check(addr: &str) -> Result<(), &'static str> {
     }
 }
 
+/// The first address of an envelope that fails `check`, and why; the sender may be null.
+pub fn check_envelope<'a>(sender: &'a str, recipients: &'a [String]) -> Result<(), (&'a str, &'static str)> {
+    let sender = Some(sender).filter(|s| !s.is_empty());
+    let mut addresses = sender.into_iter().chain(recipients.iter().map(String::as_str));
+    addresses.try_for_each(|address| check(address).map_err(|why| (address, why)))
+}
+
 /// A quoted local part (after its opening quote): whether it is well formed, and what follows it.
 fn quoted_local(text: &str) -> (bool, &str) {
     let mut chars = text.char_indices();

@@ -1,11 +1,11 @@
-//! What submitters give us, as we spool it: the message piped into `sendmail`, a drop's envelope,
-//! and the original a bounce quotes.
+//! What submitters give us, as we spool it: the message, a drop's envelope, and the original a
+//! bounce quotes.
 //!
 //! One pass over the message with constant memory, whatever the size of the message or of a line:
 //! CRLF and bare CR become LF, a leading `From ` line is dropped, a lone `.` ends the input unless
 //! `-i`, `Bcc:` is removed, the `To:`/`Cc:`/`Bcc:` values are collected for `-t`, and missing
-//! headers are added at the end of the header block. Long lines are kept whole here: the SMTP
-//! writer breaks them on the wire.
+//! headers are added at the end of the header block. Long lines are kept whole: the SMTP writer
+//! breaks them on the wire.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, Write};
@@ -36,19 +36,18 @@ pub struct IntakeOptions<'a> {
 
 #[derive(Debug, Default)]
 pub struct MessageInfo {
-    /// Bytes written to the spool (the message as it will be sent, LF line endings).
+    /// Bytes written to the spool.
     pub size: u64,
     /// Unfolded values of `To:`, `Cc:` and `Bcc:`, when asked for.
     pub recipient_headers: Vec<String>,
 }
 
-/// What becomes of a line, and of the header lines that continue it.
+/// What becomes of a line, and of the header lines that continue it: kept, collected for `-t`,
+/// captured (the `From:` being rewritten).
 #[derive(Clone, Copy)]
 struct Fate {
     keep: bool,
-    /// A value for `-t`.
     collect: bool,
-    /// The `From:` being rewritten.
     capture: bool,
 }
 
@@ -69,7 +68,6 @@ struct Intake<'a, W> {
     present: Vec<bool>,
     /// The first `From:` while it is rewritten (bounded).
     from: Option<Vec<u8>>,
-    /// Bytes collected for `-t` so far.
     collected: usize,
 }
 
@@ -251,7 +249,7 @@ fn field_name(line: &[u8]) -> Option<&[u8]> {
     (!name.is_empty() && name.iter().all(printable)).then_some(name)
 }
 
-/// Copy a message from `input` to `out`, applying everything described at the top of this file.
+/// Copy a message from `input` to `out` as the top of this file says.
 pub fn copy_message<R: Read, W: Write>(
     input: R,
     out: W,
@@ -321,9 +319,9 @@ pub fn quoted(path: &Path, whole: bool) -> Result<io::Take<File>> {
     Ok(file.take(len))
 }
 
-/// A drop's envelope as `commit_drop` writes it (spool.rs): (sender, recipients, DSN parameters).
-/// `Sender:` once, `Recipient:` lines, `DSN:` at most once, every address valid; a user wrote it,
-/// so anything else refuses the drop.
+/// A drop's (sender, recipients, DSN parameters) as `commit_drop` writes them: `Sender:` once,
+/// `Recipient:` lines, `DSN:` at most once, every address valid; a user wrote it, so anything else
+/// refuses the drop.
 pub fn parse_envelope(text: &[u8]) -> Result<(String, Vec<String>, String)> {
     let refuse = |why: String| DmaError::Data(why);
     let text = std::str::from_utf8(text).map_err(|_| refuse("the envelope is not UTF-8".into()))?;
@@ -347,18 +345,12 @@ pub fn parse_envelope(text: &[u8]) -> Result<(String, Vec<String>, String)> {
     let sender = sender
         .filter(|_| !recipients.is_empty())
         .ok_or_else(|| refuse("the envelope lacks a sender or recipients".into()))?;
-    for address in Some(&sender)
-        .filter(|s| !s.is_empty())
-        .into_iter()
-        .chain(&recipients)
-    {
-        crate::address::check(address).map_err(|why| {
-            refuse(format!(
-                "invalid envelope address `{}': {why}",
-                address.escape_debug()
-            ))
-        })?;
-    }
+    crate::address::check_envelope(&sender, &recipients).map_err(|(address, why)| {
+        refuse(format!(
+            "invalid envelope address `{}': {why}",
+            address.escape_debug()
+        ))
+    })?;
     Ok((sender, recipients, dsn.unwrap_or_default()))
 }
 

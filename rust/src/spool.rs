@@ -1,5 +1,6 @@
 //! The spool directory: durable submission, queue entries with per-recipient state, locks and
-//! listing. The format, shared with C dma 0.13/0.14, is described in docs/spool.md.
+//! listing. The format, shared with C dma 0.13/0.14, and the order of every step (which is what
+//! makes a crash at any point safe) are described in docs/spool.md.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions, TryLockError};
@@ -15,6 +16,8 @@ mod entry;
 use entry::message_id_of;
 pub use entry::Entry;
 
+/// Names a message being received (`tmp_<message id>`): while it exists, the message's entries
+/// are not committed, so neither listed nor claimed. Also the prefix of an entry being rewritten.
 const TMP_PREFIX: &str = "tmp_";
 
 pub fn fsync_dir(dir: &Path) -> Result<()> {
@@ -49,32 +52,26 @@ fn write_file(path: &Path, text: &str, sync: bool, to: Option<&Path>) -> io::Res
     })
 }
 
-/// Every address of an envelope passes the one address check (address.rs); the sender may be null.
 fn check_envelope(sender: &str, recipients: &[String], dsn: &str) -> Result<()> {
     if !dsn.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
         return Err(DmaError::Data(format!("invalid DSN parameters {dsn:?}")));
     }
-    let sender = (!sender.is_empty()).then_some(sender);
-    for address in sender.into_iter().chain(recipients.iter().map(String::as_str)) {
-        let invalid = |why| DmaError::Data(format!("invalid address {address:?}: {why}"));
-        crate::address::check(address).map_err(invalid)?;
-    }
-    Ok(())
+    crate::address::check_envelope(sender, recipients)
+        .map_err(|(address, why)| DmaError::Data(format!("invalid address {address:?}: {why}")))
 }
 
 /// A message being received, until it is committed to the queue. Dropping it uncommitted removes
 /// everything it wrote.
 pub struct Incoming {
     dir: PathBuf,
-    /// Sync every file and the directory before returning (off for a batch, which ends with one
-    /// `sync_spool`).
+    /// Sync every file and the directory (off for a batch, which ends with one `sync_spool`).
     durable: bool,
     tmp: PathBuf,
     file: Option<File>,
     id: String,
     created: u64,
     size: u64,
-    /// What dropping it uncommitted removes, last first: the temporary file, then the names added.
+    /// What dropping it uncommitted removes, last first.
     published: Vec<PathBuf>,
     /// Written into each entry (`Entry::dsn`).
     pub dsn: String,
@@ -82,21 +79,19 @@ pub struct Incoming {
 
 impl Incoming {
     /// Create the temporary file in `dir` under a fresh id, or under `name` (the runner's pickup:
-    /// the id names the drop, so a pickup repeated after a crash finds the message it queued; an
-    /// uncommitted leftover under that name is removed first).
+    /// a pickup repeated after a crash finds the message it queued; an uncommitted leftover under
+    /// that name is removed first).
     pub fn create(dir: &Path, durable: bool, name: Option<&str>) -> Result<Incoming> {
         let since_epoch = UNIX_EPOCH.elapsed().unwrap_or_default();
         let (created, micros) = (since_epoch.as_secs(), since_epoch.subsec_micros());
         let mut attempt = 0;
         let (id, tmp, file) = loop {
             // Unique over time (the delivered journal relies on it) and unguessable (nobody can
-            // take another user's drop name first): seconds, microseconds, 64 random bits.
+            // take another user's drop name first).
             let id = match name {
                 Some(name) => name.to_owned(),
                 None => format!("{created:08x}{micros:05x}{:016x}", random_u64()),
             };
-            // The temporary file is named after the message: while it exists, the message is not
-            // committed and its entries are not listed (see `committed`).
             let tmp = dir.join(format!("{TMP_PREFIX}{id}"));
             match new_file(&tmp) {
                 Err(e) if e.kind() == ErrorKind::AlreadyExists && attempt < 100 => {
@@ -136,9 +131,7 @@ impl Incoming {
             .ok_or_else(|| DmaError::Data("message already received".into()))?;
         let out = BufWriter::with_capacity(64 * 1024, file);
         let (info, out) = intake::copy_message(input, out, opts)?;
-        let file = out
-            .into_inner()
-            .map_err(|e| DmaError::io("writing the spool file", e.into_error()))?;
+        let file = out.into_inner().context(|| "writing the spool file".into())?;
         if self.durable {
             file.sync_all()
                 .context(|| format!("syncing `{}'", self.tmp.display()))?;
@@ -147,7 +140,7 @@ impl Incoming {
         Ok(info)
     }
 
-    /// Publish one queue entry per recipient, durably; returns the entry ids.
+    /// Publish one queue entry per recipient; returns the entry ids.
     pub fn commit(&mut self, sender: &str, recipients: &[String]) -> Result<Vec<String>> {
         check_envelope(sender, recipients, &self.dsn)?;
         let ids: Vec<String> = (1..=recipients.len())
@@ -156,7 +149,6 @@ impl Incoming {
         let Some((last, others)) = ids.split_last() else {
             return Err(DmaError::Data("no recipients".into()));
         };
-        // The entries are written in place: the temporary file hides them until the commit.
         for (id, recipient) in ids.iter().zip(recipients) {
             let entry = Entry {
                 id: id.clone(),
@@ -177,10 +169,8 @@ impl Incoming {
             fs::hard_link(&self.tmp, &m).context(|| format!("can not create `{}'", m.display()))?;
             self.published.push(m);
         }
-        // The commit: the message file takes its last recipient's name, and with the temporary
-        // name gone every entry of the message becomes visible at once (a process killed before
-        // this leaves none of them listed). One directory sync after it makes every name change
-        // above durable too.
+        // The commit: with the temporary name gone, every entry becomes visible at once. One
+        // directory sync after it makes every name change above durable too.
         let m = self.dir.join(format!("M{last}"));
         fs::rename(&self.tmp, &m).context(|| format!("can not commit `{}'", m.display()))?;
         self.published.clear();
@@ -190,18 +180,18 @@ impl Incoming {
         Ok(ids)
     }
 
-    /// System mode, an unprivileged submitter: publish into the drop directory instead of the
-    /// spool, as `D<id>` (the message) and then `E<id>` (its envelope: `Sender:` and `Recipient:`
-    /// lines), which the runner picks up. Returns the id.
+    /// System mode, an unprivileged submitter: publish into the drop directory instead, as
+    /// `D<id>` (the message) and then `E<id>` (its envelope), which the runner picks up. Returns
+    /// the id.
     pub fn commit_drop(&mut self, sender: &str, recipients: &[String]) -> Result<String> {
         check_envelope(sender, recipients, &self.dsn)?;
-        let recipients: String = recipients.iter().map(|r| format!("Recipient: {r}\n")).collect();
-        let dsn = if self.dsn.is_empty() {
-            String::new()
-        } else {
-            format!("DSN: {}\n", self.dsn)
-        };
-        let envelope = format!("Sender: {sender}\n{recipients}{dsn}");
+        let mut envelope = format!("Sender: {sender}\n");
+        for recipient in recipients {
+            envelope += &format!("Recipient: {recipient}\n");
+        }
+        if !self.dsn.is_empty() {
+            envelope += &format!("DSN: {}\n", self.dsn);
+        }
         let data = self.dir.join(format!("D{}", self.id));
         fs::hard_link(&self.tmp, &data).context(|| format!("can not create `{}'", data.display()))?;
         self.published.push(data);
@@ -209,8 +199,8 @@ impl Incoming {
         let tmp = self.dir.join(format!("{TMP_PREFIX}E{}", self.id));
         write_file(&tmp, &envelope, true, Some(&env))
             .context(|| format!("can not create `{}'", env.display()))?;
-        // The drop directory is not readable by submitters, so it cannot be synced by them: the
-        // files themselves are, and the runner syncs the spool once it has taken the message.
+        // Submitters cannot read the drop directory, so cannot sync it: the files themselves are
+        // synced, and the runner syncs the spool once it has taken the message.
         let _ = fsync_dir(&self.dir);
         self.published.clear();
         let _ = fs::remove_file(&self.tmp);
@@ -233,8 +223,7 @@ fn random_u64() -> u64 {
     u64::from_ne_bytes(buf)
 }
 
-/// What a process killed before its commit left under message `id`: the temporary file and the
-/// entries and message names written before it (hidden while the temporary file exists).
+/// What a process killed before its commit left under message `id`.
 fn remove_uncommitted(dir: &Path, id: &str) {
     for n in 1.. {
         let q = fs::remove_file(dir.join(format!("Q{id}.{n}")));
@@ -246,18 +235,13 @@ fn remove_uncommitted(dir: &Path, id: &str) {
     let _ = fs::remove_file(dir.join(format!("{TMP_PREFIX}{id}")));
 }
 
-/// A message is committed once the temporary file named after it is gone.
-fn committed(dir: &Path, entry_id: &str) -> bool {
-    fs::symlink_metadata(dir.join(format!("{TMP_PREFIX}{}", message_id_of(entry_id)))).is_err()
-}
-
 /// One pass over the spool: every readable entry whose message file exists, oldest first, and
 /// the names of the queue files that could not be read.
 pub fn scan(dir: &Path) -> Result<(Vec<Entry>, Vec<String>)> {
     scan_message(dir, "")
 }
 
-/// `scan`, limited to the entries whose id starts with `prefix` (a message id: that message's).
+/// `scan`, limited to the entries whose id starts with `prefix`.
 pub fn scan_message(dir: &Path, prefix: &str) -> Result<(Vec<Entry>, Vec<String>)> {
     let mut entries = Vec::new();
     let mut malformed = Vec::new();
@@ -268,7 +252,7 @@ pub fn scan_message(dir: &Path, prefix: &str) -> Result<(Vec<Entry>, Vec<String>
             continue;
         };
         if uncommitted.contains(message_id_of(id)) {
-            continue; // still being submitted, or left by a submitter that died: not queued
+            continue;
         }
         match open_entry(&dir.join(name))
             .ok()
@@ -283,7 +267,7 @@ pub fn scan_message(dir: &Path, prefix: &str) -> Result<(Vec<Entry>, Vec<String>
 }
 
 /// The names in the spool (all are UTF-8 but those nobody of ours wrote).
-fn list(dir: &Path) -> Result<Vec<String>> {
+pub(crate) fn list(dir: &Path) -> Result<Vec<String>> {
     let listing = fs::read_dir(dir).context(|| format!("can not read spool `{}'", dir.display()))?;
     Ok(listing
         .flatten()
@@ -309,22 +293,22 @@ fn read_entry(dir: &Path, id: &str, f: &mut File) -> Option<Entry> {
     // The name is what a runner locks and removes; a file claiming another id is not trusted.
     let m = fs::symlink_metadata(dir.join(format!("M{id}"))).ok()?;
     // A message shorter than recorded never reached the disk whole (a batch cut short by a power
-    // failure before its sync): it is not delivered. C dma's entries record no size.
+    // failure before its sync). C dma's entries record no size.
     let complete = entry.size == 0 || m.len() == entry.size;
     (entry.id == id && m.is_file() && complete).then_some(entry)
 }
 
-/// An entry taken by this process: nobody else delivers it while the claim lives.
+/// An entry taken by this process: nobody else delivers it while the claim (its lock) lives.
 pub struct Claim {
     dir: PathBuf,
-    /// Holds the lock.
     file: File,
     pub entry: Entry,
 }
 
 /// Take an entry if nobody else holds it. `None` when it is locked elsewhere or gone.
 pub fn claim(dir: &Path, id: &str) -> Result<Option<Claim>> {
-    if !committed(dir, id) {
+    let uncommitted = dir.join(format!("{TMP_PREFIX}{}", message_id_of(id)));
+    if fs::symlink_metadata(uncommitted).is_ok() {
         return Ok(None);
     }
     let q = dir.join(format!("Q{id}"));
@@ -335,9 +319,7 @@ pub fn claim(dir: &Path, id: &str) -> Result<Option<Claim>> {
         };
         match file.try_lock() {
             Err(TryLockError::WouldBlock) => return Ok(None),
-            locked => locked
-                .map_err(io::Error::from)
-                .context(|| format!("can not lock `{}'", q.display()))?,
+            locked => locked.context(|| format!("can not lock `{}'", q.display()))?,
         }
         // The entry may have been rewritten (renamed over) or removed while we waited.
         let locked = file.metadata().context(|| format!("stat `{}'", q.display()))?;
@@ -359,8 +341,7 @@ impl Claim {
         self.dir.join(format!("M{}", self.entry.id))
     }
 
-    /// Durably replace the entry's state with `entry` (same id): a locked temporary file, synced,
-    /// renamed over `Q<id>`.
+    /// Durably replace the entry's state with `entry` (same id), keeping the lock.
     pub fn record(&mut self, entry: Entry) -> Result<()> {
         if entry.id != self.entry.id {
             return Err(DmaError::Data("an entry's id cannot change".into()));
@@ -381,9 +362,8 @@ impl Claim {
         Ok(())
     }
 
-    /// The entry is finished (delivered, or bounced): remove `Q`, then `M`.
-    /// `sync` makes the removal durable at once; a runner removing many delivered entries
-    /// (already recorded in the delivered journal) syncs the directory once with `sync_dir`.
+    /// The entry is finished: remove `Q`, then `M`. Without `sync`, the caller syncs the
+    /// directory once for many removals (already recorded in the delivered journal).
     pub fn remove(self, sync: bool) -> Result<()> {
         let q = self.dir.join(format!("Q{}", self.entry.id));
         fs::remove_file(&q).context(|| format!("can not remove `{}'", q.display()))?;
@@ -413,8 +393,7 @@ pub fn clean_stale(dir: &Path, max_age: u64) -> Result<Vec<String>> {
         fs::symlink_metadata(dir.join(name)).is_ok_and(|m| u64::try_from(m.mtime()).unwrap_or(0) <= cutoff)
     };
     let names = list(dir)?;
-    // Messages whose submitter died before the commit (their entries go with the temporary file),
-    // and whether that was long enough ago.
+    // Messages whose submitter died before the commit, and whether that was long enough ago.
     let uncommitted: HashMap<&str, bool> = names
         .iter()
         .filter_map(|n| Some((n.strip_prefix(TMP_PREFIX)?, old(n))))
@@ -424,8 +403,7 @@ pub fn clean_stale(dir: &Path, max_age: u64) -> Result<Vec<String>> {
         let garbage = match name.strip_prefix(['Q', 'M']) {
             Some(id) => match uncommitted.get(message_id_of(id)) {
                 Some(abandoned) => *abandoned,
-                // A committed message file without its entry: what a runner killed between
-                // removing an entry's Q and its M leaves. Nothing refers to it any more.
+                // What a runner killed between removing an entry's Q and its M leaves.
                 None => name.starts_with('M') && !dir.join(format!("Q{id}")).exists(),
             },
             None => name.strip_prefix(TMP_PREFIX).is_some_and(|id| uncommitted[id]),
