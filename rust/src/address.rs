@@ -4,12 +4,10 @@
 //! domain of labels or an address literal. Nothing that passes can end the `<path>` early or add
 //! an ESMTP parameter or a command.
 
-/// The longest address taken (C dma refused 1000 bytes and more).
-pub const MAX_ADDRESS: usize = 998;
-
 /// Why `addr` is not an address, or `Ok`.
 pub fn check(addr: &str) -> Result<(), &'static str> {
-    if addr.len() > MAX_ADDRESS {
+    if addr.len() > 998 {
+        // C dma refused 1000 bytes and more.
         return Err("longer than 998 bytes");
     }
     if addr

@@ -1,6 +1,4 @@
-//! The crate's error type. `py_api` maps it onto Python exceptions: I/O failures become the
-//! matching `OSError` subclass (the CLI turns errno into a sysexits code), bad input becomes
-//! `ValueError` (exit 65).
+//! The crate's error type (`py_api` maps it onto Python exceptions).
 
 use std::fmt;
 use std::io;

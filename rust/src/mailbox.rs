@@ -19,10 +19,9 @@ use crate::errors::{retry, DmaError, IoContext, Result};
 
 const CHUNK: usize = 64 * 1024;
 
-/// Append `message` (an `M` file) to `mbox` under an exclusive `flock` awaited up to
-/// `lock_timeout` (`EWOULDBLOCK` after that), and fsync it; a failure after the first write
-/// truncates the mbox back to the size found under the lock. `create`: the (uid, gid, mode) of a
-/// missing mbox.
+/// Append `message` to `mbox` under an exclusive `flock` awaited up to `lock_timeout` (then
+/// `EWOULDBLOCK`), and fsync it; a failure truncates the mbox back to the size found under the
+/// lock. `create`: the (uid, gid, mode) of a missing mbox.
 pub fn mbox_append_timeout(
     mbox: &Path,
     message: &Path,
@@ -177,11 +176,9 @@ fn write_mbox_entry(out: impl Write, input: impl Read, from_line: &str) -> io::R
     out.flush()
 }
 
-/// Deliver the message file `input` into `maildir` as spooled (the caller opened it: a process that
-/// gave up root to deliver as the mailbox's owner can still read the spool's copy). The Maildir and
-/// its `tmp`, `new` and `cur` are made (0700) if missing, never through a symlink; the message goes
-/// to `tmp/<unique>` (0600, exclusive), is fsynced, linked to `new/<unique>`, `new` fsynced, the
-/// tmp name unlinked. Returns `<unique>`.
+/// Deliver `input` into `maildir` as spooled, making it and its `tmp`, `new` and `cur` (0700) if
+/// missing; returns the file name in `new/`. The caller opened `input`: a process that gave up root
+/// to deliver as the mailbox's owner can still read the spool's copy.
 pub fn maildir_deliver(maildir: &Path, mut input: File, hostname: &str) -> Result<String> {
     let top = open_or_make_dir(CWD, maildir, |what| {
         format!("can not {what} {}", maildir.display())
@@ -204,8 +201,7 @@ pub fn maildir_deliver(maildir: &Path, mut input: File, hostname: &str) -> Resul
             .context(|| format!("can not link {unique} into {}/new", maildir.display()))?;
         rustix::fs::fsync(&new).context(|| format!("can not fsync {}/new", maildir.display()))
     })();
-    // Whether the delivery worked or not, the tmp name has to go; a failure here leaves only a
-    // stray tmp file, which Maildir readers ignore.
+    // Delivered or not, the tmp name goes (a stray one is ignored by Maildir readers).
     let _ = rustix::fs::unlinkat(&tmp, &unique, AtFlags::empty());
     written.map(|()| unique)
 }
@@ -228,7 +224,6 @@ fn unique_name(hostname: &str) -> String {
 }
 
 /// Open a directory without following a symlink in its last component, made (0700) when missing.
-/// `ctx` says what failed ("open directory", "chmod", ...).
 fn open_or_make_dir(parent: impl AsFd, path: &Path, ctx: impl Fn(&str) -> String) -> Result<OwnedFd> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let open = || rustix::fs::openat(&parent, path, flags, Mode::empty());

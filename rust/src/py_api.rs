@@ -207,7 +207,7 @@ impl Entry {
 /// Every readable entry (oldest first) and the names of unreadable queue files.
 #[pyfunction]
 fn scan_queue(py: Python<'_>, spooldir: PathBuf) -> PyResult<(Vec<Entry>, Vec<String>)> {
-    Ok(py.detach(|| spool::scan(&spooldir))?)
+    Ok(py.detach(|| spool::scan(&spooldir, ""))?)
 }
 
 /// Why `address` is not an address, or `None`: the check every way in applies.
@@ -283,18 +283,14 @@ fn maildir_deliver(
 /// no ptrace or `/proc/PID/mem` access by other processes of the same user.
 #[pyfunction]
 fn no_core_dumps() -> PyResult<()> {
-    let zero = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use rustix::process::{set_dumpable_behavior, setrlimit, DumpableBehavior, Resource, Rlimit};
+    let zero = Rlimit {
+        current: Some(0),
+        maximum: Some(0),
     };
-    // SAFETY: plain system calls on this process with valid arguments.
-    if unsafe {
-        libc::setrlimit(libc::RLIMIT_CORE, &raw const zero) != 0
-            || libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0
-    } {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    Ok(())
+    setrlimit(Resource::Core, zero)
+        .and_then(|()| set_dumpable_behavior(DumpableBehavior::NotDumpable))
+        .map_err(|e| std::io::Error::from(e).into())
 }
 
 /// One line to syslog's mail facility as `ident[pid]`.

@@ -84,28 +84,19 @@ impl Incoming {
     pub fn create(dir: &Path, durable: bool, name: Option<&str>) -> Result<Incoming> {
         let since_epoch = UNIX_EPOCH.elapsed().unwrap_or_default();
         let (created, micros) = (since_epoch.as_secs(), since_epoch.subsec_micros());
-        let mut attempt = 0;
-        let (id, tmp, file) = loop {
-            // Unique over time (the delivered journal relies on it) and unguessable (nobody can
-            // take another user's drop name first).
-            let id = match name {
-                Some(name) => name.to_owned(),
-                None => format!("{created:08x}{micros:05x}{:016x}", random_u64()),
-            };
-            let tmp = dir.join(format!("{TMP_PREFIX}{id}"));
-            match new_file(&tmp) {
-                Err(e) if e.kind() == ErrorKind::AlreadyExists && attempt < 100 => {
-                    attempt += 1;
-                    if name.is_some() {
-                        remove_uncommitted(dir, &id);
-                    }
-                }
-                opened => {
-                    let ctx = || format!("can not create temp file in `{}'", dir.display());
-                    break (id, tmp, opened.context(ctx)?);
-                }
-            }
-        };
+        // Unique over time (the delivered journal relies on it) and unguessable (nobody can take
+        // another user's drop name first).
+        let id = name.map_or_else(
+            || format!("{created:08x}{micros:05x}{:016x}", random_u64()),
+            str::to_owned,
+        );
+        let tmp = dir.join(format!("{TMP_PREFIX}{id}"));
+        let mut opened = new_file(&tmp);
+        if matches!(&opened, Err(e) if e.kind() == ErrorKind::AlreadyExists) && name.is_some() {
+            remove_uncommitted(dir, &id);
+            opened = new_file(&tmp);
+        }
+        let file = opened.context(|| format!("can not create temp file in `{}'", dir.display()))?;
         Ok(Incoming {
             dir: dir.to_owned(),
             durable,
@@ -235,14 +226,9 @@ fn remove_uncommitted(dir: &Path, id: &str) {
     let _ = fs::remove_file(dir.join(format!("{TMP_PREFIX}{id}")));
 }
 
-/// One pass over the spool: every readable entry whose message file exists, oldest first, and
-/// the names of the queue files that could not be read.
-pub fn scan(dir: &Path) -> Result<(Vec<Entry>, Vec<String>)> {
-    scan_message(dir, "")
-}
-
-/// `scan`, limited to the entries whose id starts with `prefix`.
-pub fn scan_message(dir: &Path, prefix: &str) -> Result<(Vec<Entry>, Vec<String>)> {
+/// One pass over the spool: every readable entry whose id starts with `prefix` and whose message
+/// file exists, oldest first, and the names of the queue files that could not be read.
+pub fn scan(dir: &Path, prefix: &str) -> Result<(Vec<Entry>, Vec<String>)> {
     let mut entries = Vec::new();
     let mut malformed = Vec::new();
     let names = list(dir)?;
@@ -362,15 +348,12 @@ impl Claim {
         Ok(())
     }
 
-    /// The entry is finished: remove `Q`, then `M`. Without `sync`, the caller syncs the
-    /// directory once for many removals (already recorded in the delivered journal).
-    pub fn remove(self, sync: bool) -> Result<()> {
+    /// The entry is finished: remove `Q`, then `M`. The caller syncs the directory once for many
+    /// removals (already recorded in the delivered journal).
+    pub fn remove(self) -> Result<()> {
         let q = self.dir.join(format!("Q{}", self.entry.id));
         fs::remove_file(&q).context(|| format!("can not remove `{}'", q.display()))?;
         let _ = fs::remove_file(self.message_path());
-        if sync {
-            fsync_dir(&self.dir)?;
-        }
         Ok(())
     }
 }
@@ -433,7 +416,7 @@ mod tests {
         let dir = tempdir("commit");
         let ids = submit(&dir, b"S: x\n\nhello\n", &["b@y", "c@z"]);
         assert_eq!(ids.len(), 2);
-        let (entries, bad) = scan(&dir).unwrap();
+        let (entries, bad) = scan(&dir, "").unwrap();
         assert!(bad.is_empty());
         assert_eq!(
             entries.iter().map(|e| e.recipient.as_str()).collect::<Vec<_>>(),
@@ -461,7 +444,7 @@ mod tests {
                 "id reused: {}",
                 ids[0]
             );
-            c.remove(true).unwrap();
+            c.remove().unwrap();
         }
     }
 
@@ -544,7 +527,7 @@ mod tests {
         fs::write(dir.join("M20c096.5622a4e04090"), "Received: x\n\nbody\n").unwrap();
         fs::write(dir.join("Qbroken"), "no colon here\n").unwrap();
         fs::write(dir.join("Qnomsg.1"), "ID: nomsg.1\nRecipient: u@h\n").unwrap();
-        let (entries, bad) = scan(&dir).unwrap();
+        let (entries, bad) = scan(&dir, "").unwrap();
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].sender, "");
         assert_eq!(entries[0].message_id(), "20c096");
@@ -575,7 +558,7 @@ mod tests {
         let c = claim(&dir, &ids[0]).unwrap().unwrap();
         assert_eq!(c.entry.attempts, 3);
         assert_eq!(c.entry.last_error, "451 later");
-        c.remove(true).unwrap();
+        c.remove().unwrap();
         assert!(names(&dir).is_empty());
     }
 
@@ -586,7 +569,7 @@ mod tests {
         let m = dir.join(format!("M{}", ids[0]));
         let full = fs::read(&m).unwrap();
         fs::write(&m, &full[..full.len() - 3]).unwrap();
-        let (entries, bad) = scan(&dir).unwrap();
+        let (entries, bad) = scan(&dir, "").unwrap();
         assert!(entries.is_empty());
         assert_eq!(bad, [format!("Q{}", ids[0])]);
     }
@@ -603,7 +586,7 @@ mod tests {
         // clean-up takes them all once old.
         let message = ids[0].rsplit_once('.').unwrap().0.to_owned();
         fs::write(dir.join(format!("{TMP_PREFIX}{message}")), "x").unwrap();
-        assert!(scan(&dir).unwrap().0.is_empty());
+        assert!(scan(&dir, "").unwrap().0.is_empty());
         assert!(claim(&dir, &ids[0]).unwrap().is_none());
         let mut removed = clean_stale(&dir, 0).unwrap();
         removed.sort();
