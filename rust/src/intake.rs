@@ -29,7 +29,7 @@ pub struct IntakeOptions<'a> {
     /// Written before the message (our `Received:` header).
     pub prefix: &'a [u8],
     /// Headers to add when the message lacks them: (lower-case name, whole line ending in LF).
-    pub add_if_missing: &'a [(&'a str, &'a [u8])],
+    pub add_if_missing: &'a [(String, Vec<u8>)],
     /// REWRITEFROM: the first `From:` becomes this address, keeping its display name.
     pub rewrite_from: Option<&'a str>,
 }
@@ -323,11 +323,10 @@ pub fn quoted(path: &Path, whole: bool) -> Result<io::Take<File>> {
 /// `Recipient:` lines, `DSN:` at most once, every address valid; a user wrote it, so anything else
 /// refuses the drop.
 pub fn parse_envelope(text: &[u8]) -> Result<(String, Vec<String>, String)> {
-    let refuse = |why: String| DmaError::Data(why);
-    let text = std::str::from_utf8(text).map_err(|_| refuse("the envelope is not UTF-8".into()))?;
+    let text = std::str::from_utf8(text).map_err(|_| DmaError::Data("the envelope is not UTF-8".into()))?;
     let text = text
         .strip_suffix('\n')
-        .ok_or_else(|| refuse("the envelope is incomplete".into()))?;
+        .ok_or_else(|| DmaError::Data("the envelope is incomplete".into()))?;
     let (mut sender, mut recipients, mut dsn) = (None, Vec::new(), None);
     for line in text.split('\n') {
         let (key, value) = line.split_once(':').unwrap_or_default();
@@ -338,18 +337,16 @@ pub fn parse_envelope(text: &[u8]) -> Result<(String, Vec<String>, String)> {
             "DSN" if dsn.is_none() && dsn_valid(value) => dsn = Some(value.to_owned()),
             _ => {
                 let shown: String = line.chars().take(80).collect();
-                return Err(refuse(format!("unexpected envelope line {shown:?}")));
+                return Err(DmaError::Data(format!("unexpected envelope line {shown:?}")));
             }
         }
     }
     let sender = sender
         .filter(|_| !recipients.is_empty())
-        .ok_or_else(|| refuse("the envelope lacks a sender or recipients".into()))?;
+        .ok_or_else(|| DmaError::Data("the envelope lacks a sender or recipients".into()))?;
     crate::address::check_envelope(&sender, &recipients).map_err(|(address, why)| {
-        refuse(format!(
-            "invalid envelope address `{}': {why}",
-            address.escape_debug()
-        ))
+        let address = address.escape_debug();
+        DmaError::Data(format!("invalid envelope address `{address}': {why}"))
     })?;
     Ok((sender, recipients, dsn.unwrap_or_default()))
 }
@@ -370,14 +367,20 @@ mod tests {
     use super::*;
     use crate::test_util::VERBATIM;
 
-    const ADD: &[(&str, &[u8])] = &[("date", b"Date: D\n"), ("message-id", b"Message-Id: <M>\n")];
+    fn add() -> Vec<(String, Vec<u8>)> {
+        vec![
+            ("date".into(), b"Date: D\n".to_vec()),
+            ("message-id".into(), b"Message-Id: <M>\n".to_vec()),
+        ]
+    }
 
     fn run(input: &[u8], dot: bool, collect: bool) -> (String, MessageInfo) {
+        let add = add();
         let opts = IntakeOptions {
             dot_terminates: dot,
             collect_recipients: collect,
             prefix: b"Received: x\n",
-            add_if_missing: ADD,
+            add_if_missing: &add,
             rewrite_from: None,
         };
         let (info, out) = copy_message(input, Vec::new(), &opts).unwrap();
@@ -397,11 +400,12 @@ mod tests {
                 Ok(1)
             }
         }
+        let add = add();
         let opts = IntakeOptions {
             dot_terminates: dot,
             collect_recipients: false,
             prefix: b"",
-            add_if_missing: ADD,
+            add_if_missing: &add,
             rewrite_from: None,
         };
         String::from_utf8(copy_message(OneByte(input), Vec::new(), &opts).unwrap().1).unwrap()

@@ -98,15 +98,11 @@ impl Incoming {
         rewrite_from: Option<String>,
     ) -> PyResult<(u64, Vec<String>)> {
         let inner = self.inner.as_mut().ok_or_else(finished)?;
-        let add: Vec<(&str, &[u8])> = add_if_missing
-            .iter()
-            .map(|(n, l)| (n.as_str(), l.as_slice()))
-            .collect();
         let opts = IntakeOptions {
             dot_terminates,
             collect_recipients,
             prefix: &prefix,
-            add_if_missing: &add,
+            add_if_missing: &add_if_missing,
             rewrite_from: rewrite_from.as_deref(),
         };
         let info = match source {
