@@ -7,11 +7,12 @@
     reason = "pyo3 hands arguments over as owned values"
 )]
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use pyo3::exceptions::{PyOSError, PyValueError};
@@ -289,10 +290,23 @@ fn no_core_dumps() -> PyResult<()> {
         .map_err(|e| std::io::Error::from(e).into())
 }
 
-/// One line to syslog's mail facility as `ident[pid]`.
+/// One line at `priority` (a `LOG_*` level) to the mail facility as `ident[pid]`, through the C
+/// library: logging costs Python no module import on the submission path.
 #[pyfunction]
 fn syslog(ident: &str, priority: i32, text: &str) {
-    crate::syslog::send(ident, priority, text);
+    /// The ident given to `openlog` must outlive every later `syslog` call: it is kept here, set
+    /// once per process (one program, one `-L` tag).
+    static IDENT: OnceLock<CString> = OnceLock::new();
+    let ident = IDENT.get_or_init(|| CString::new(ident.replace('\0', "")).unwrap_or_default());
+    let Ok(text) = CString::new(text.replace('\0', " ")) else {
+        return;
+    };
+    // SAFETY: NUL-terminated strings; `ident` is static, as openlog requires; the format
+    // consumes exactly the one argument given.
+    unsafe {
+        libc::openlog(ident.as_ptr(), libc::LOG_PID, libc::LOG_MAIL);
+        libc::syslog(libc::LOG_MAIL | (priority & 7), c"%s".as_ptr(), text.as_ptr());
+    }
 }
 
 /// Everything `dma._native` exports; `./dev lint` checks that `_native.pyi` agrees.
