@@ -79,7 +79,7 @@ impl<W: Write> Intake<'_, W> {
             .context(|| "writing the spool file".into())
     }
 
-    /// Decide from its head (without its line end) what a line is.
+    /// A line's fate, from its head (without its line end).
     fn fate(&mut self, head: &[u8], first: bool) -> Result<Fate> {
         if !self.headers {
             return Ok(KEEP);
@@ -249,7 +249,6 @@ fn field_name(line: &[u8]) -> Option<&[u8]> {
     (!name.is_empty() && name.iter().all(printable)).then_some(name)
 }
 
-/// Copy a message from `input` to `out` as the top of this file says.
 pub fn copy_message<R: Read, W: Write>(
     input: R,
     out: W,

@@ -46,7 +46,6 @@ impl Journal {
         self.write(&format!("{}\n", ids.join("\n")), due)
     }
 
-    /// Sync what was written (the end of a session).
     pub fn sync(&mut self) -> Result<()> {
         if self.unsynced {
             self.write("", true)?;

@@ -16,8 +16,8 @@ mod entry;
 use entry::message_id_of;
 pub use entry::Entry;
 
-/// Names a message being received (`tmp_<message id>`): while it exists, the message's entries
-/// are not committed, so neither listed nor claimed. Also the prefix of an entry being rewritten.
+/// While `tmp_<message id>` exists, its message is uncommitted: its entries are neither listed nor
+/// claimed. Also the prefix of an entry being rewritten.
 const TMP_PREFIX: &str = "tmp_";
 
 pub fn fsync_dir(dir: &Path) -> Result<()> {
@@ -78,9 +78,8 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    /// Create the temporary file in `dir` under a fresh id, or under `name` (the runner's pickup:
-    /// a pickup repeated after a crash finds the message it queued; an uncommitted leftover under
-    /// that name is removed first).
+    /// `name` replaces a fresh id for the runner's pickup, so a pickup repeated after a crash finds
+    /// the message it queued; an uncommitted leftover under that name is removed first.
     pub fn create(dir: &Path, durable: bool, name: Option<&str>) -> Result<Incoming> {
         let since_epoch = UNIX_EPOCH.elapsed().unwrap_or_default();
         let (created, micros) = (since_epoch.as_secs(), since_epoch.subsec_micros());
@@ -171,9 +170,8 @@ impl Incoming {
         Ok(ids)
     }
 
-    /// System mode, an unprivileged submitter: publish into the drop directory instead, as
-    /// `D<id>` (the message) and then `E<id>` (its envelope), which the runner picks up. Returns
-    /// the id.
+    /// System mode: publish into the drop directory `D<id>` (the message), then `E<id>` (its
+    /// envelope), for the runner to pick up.
     pub fn commit_drop(&mut self, sender: &str, recipients: &[String]) -> Result<String> {
         check_envelope(sender, recipients, &self.dsn)?;
         let mut envelope = format!("Sender: {sender}\n");
@@ -348,8 +346,7 @@ impl Claim {
         Ok(())
     }
 
-    /// The entry is finished: remove `Q`, then `M`. The caller syncs the directory once for many
-    /// removals (already recorded in the delivered journal).
+    /// Remove `Q`, then `M`; the caller syncs the directory once for many removals.
     pub fn remove(self) -> Result<()> {
         let q = self.dir.join(format!("Q{}", self.entry.id));
         fs::remove_file(&q).context(|| format!("can not remove `{}'", q.display()))?;
@@ -358,15 +355,14 @@ impl Claim {
     }
 }
 
-/// Make everything written to the spool's file system durable with one `syncfs`: the end of a
-/// batch of non-durable submissions.
+/// One `syncfs`: the end of a batch of non-durable submissions.
 pub fn sync_spool(dir: &Path) -> Result<()> {
     let d = File::open(dir).context(|| format!("can not open `{}'", dir.display()))?;
     rustix::fs::syncfs(&d).context(|| format!("syncing `{}'", dir.display()))
 }
 
-/// Remove what crashes leave behind: temporary files and message files without an entry, older
-/// than `max_age` seconds. Returns the names removed.
+/// Remove what crashes leave behind (message files without an entry, and uncommitted messages
+/// older than `max_age` seconds); returns the names removed.
 pub fn clean_stale(dir: &Path, max_age: u64) -> Result<Vec<String>> {
     let cutoff = UNIX_EPOCH
         .elapsed()

@@ -44,7 +44,6 @@ impl Waker {
         })
     }
 
-    /// Wake a `wait` in another thread.
     pub fn notify(&self) {
         let _ = rustix::io::write(&self.notified, &1u64.to_ne_bytes());
     }
