@@ -77,7 +77,7 @@ impl Incoming {
     #[pyo3(signature = (spooldir, durable=true, name=None))]
     fn new(py: Python<'_>, spooldir: PathBuf, durable: bool, name: Option<String>) -> PyResult<Self> {
         let inner = py.detach(|| spool::Incoming::create(&spooldir, durable, name.as_deref()))?;
-        let id = inner.id().to_owned();
+        let id = inner.id.clone();
         Ok(Incoming {
             inner: Some(inner),
             id,

@@ -68,7 +68,7 @@ pub struct Incoming {
     durable: bool,
     tmp: PathBuf,
     file: Option<File>,
-    id: String,
+    pub id: String,
     created: u64,
     size: u64,
     /// What dropping it uncommitted removes, last first.
@@ -107,10 +107,6 @@ impl Incoming {
             size: 0,
             dsn: String::new(),
         })
-    }
-
-    pub fn id(&self) -> &str {
-        &self.id
     }
 
     /// Stream the message from `input` into the temporary file and make it durable.
@@ -506,7 +502,7 @@ mod tests {
             // A failure half-way (the second entry's name is taken) takes back the first entry.
             let mut inc = Incoming::create(&dir, false, None).unwrap();
             inc.receive(&b"x\n"[..], &crate::test_util::VERBATIM).unwrap();
-            fs::write(dir.join(format!("Q{}.2", inc.id())), "taken").unwrap();
+            fs::write(dir.join(format!("Q{}.2", inc.id)), "taken").unwrap();
             assert!(inc.commit("a@x", &["b@y".to_owned(), "c@z".to_owned()]).is_err());
         }
         assert_eq!(names(&dir).len(), 1, "{:?}", names(&dir));
