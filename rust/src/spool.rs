@@ -360,12 +360,9 @@ pub fn sync_spool(dir: &Path) -> Result<()> {
 /// Remove what crashes leave behind (message files without an entry, and uncommitted messages
 /// older than `max_age` seconds); returns the names removed.
 pub fn clean_stale(dir: &Path, max_age: u64) -> Result<Vec<String>> {
-    let cutoff = UNIX_EPOCH
-        .elapsed()
-        .map_or(0, |d| d.as_secs())
-        .saturating_sub(max_age);
     let old = |name: &str| {
-        fs::symlink_metadata(dir.join(name)).is_ok_and(|m| u64::try_from(m.mtime()).unwrap_or(0) <= cutoff)
+        let modified = fs::symlink_metadata(dir.join(name)).and_then(|m| m.modified());
+        modified.is_ok_and(|t| t.elapsed().unwrap_or_default().as_secs() >= max_age)
     };
     let names = list(dir)?;
     // Messages whose submitter died before the commit, and whether that was long enough ago.
