@@ -30,11 +30,9 @@ pub fn mbox_append_timeout(
     create: Option<(u32, u32, u32)>,
     lock_timeout: Duration,
 ) -> Result<()> {
-    let sender = if envelope_sender.is_empty() {
-        "MAILER-DAEMON"
-    } else {
-        envelope_sender
-    };
+    let sender = Some(envelope_sender)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("MAILER-DAEMON");
     // The `From ` line is one line: a CR, LF or NUL in its fields would forge mbox structure.
     for (what, value) in [("envelope sender", sender), ("date", when)] {
         if value.bytes().any(|b| matches!(b, b'\n' | b'\r' | 0)) {
@@ -101,12 +99,11 @@ fn open_mbox(mbox: &Path, create: Option<(u32, u32, u32)>) -> Result<File> {
     if meta.nlink() > 1 {
         return Err(refuse(libc::EMLINK, "it has more than one hard link"));
     }
-    match create {
-        Some((uid, _, _)) if meta.uid() != uid && meta.uid() != 0 => {
-            let why = format!("owned by uid {}, expected {uid}", meta.uid());
-            return Err(refuse(libc::EPERM, &why));
-        }
-        _ => {}
+    if let Some((uid, ..)) = create.filter(|&(uid, ..)| meta.uid() != uid && meta.uid() != 0) {
+        return Err(refuse(
+            libc::EPERM,
+            &format!("owned by uid {}, expected {uid}", meta.uid()),
+        ));
     }
     Ok(file)
 }
