@@ -1,11 +1,8 @@
-//! What submitters give us, as we spool it: the message, a drop's envelope, and the original a
-//! bounce quotes.
-//!
-//! One pass over the message with constant memory, whatever the size of the message or of a line:
-//! CRLF and bare CR become LF, a leading `From ` line is dropped, a lone `.` ends the input unless
-//! `-i`, `Bcc:` is removed, the `To:`/`Cc:`/`Bcc:` values are collected for `-t`, and missing
-//! headers are added at the end of the header block. Long lines are kept whole: the SMTP writer
-//! breaks them on the wire.
+//! What submitters give us, as we spool it. The message goes in one pass with constant memory,
+//! whatever the size of the message or of a line: CRLF and bare CR become LF, a leading `From `
+//! line is dropped, a lone `.` ends the input unless `-i`, `Bcc:` is removed, the `To:`/`Cc:`/`Bcc:`
+//! values are collected for `-t`, and missing headers are added at the end of the header block.
+//! Long lines are kept whole: the SMTP writer breaks them on the wire.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, Write};
@@ -318,9 +315,8 @@ pub fn quoted(path: &Path, whole: bool) -> Result<io::Take<File>> {
     Ok(file.take(len))
 }
 
-/// A drop's (sender, recipients, DSN parameters) as `commit_drop` writes them: `Sender:` once,
-/// `Recipient:` lines, `DSN:` at most once, every address valid; a user wrote it, so anything else
-/// refuses the drop.
+/// A drop's (sender, recipients, DSN parameters) in the one shape `commit_drop` writes: a user
+/// wrote it, so anything else refuses the drop.
 pub fn parse_envelope(text: &[u8]) -> Result<(String, Vec<String>, String)> {
     let text = std::str::from_utf8(text).map_err(|_| DmaError::Data("the envelope is not UTF-8".into()))?;
     let text = text

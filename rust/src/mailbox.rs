@@ -203,8 +203,7 @@ pub fn maildir_deliver(maildir: &Path, mut input: File, hostname: &str) -> Resul
     written.map(|()| unique)
 }
 
-/// `<secs>.M<micros>P<pid>Q<counter>.<host>` as in the Maildir convention; `/` and `:` in the
-/// host name are written `\057` and `\072`.
+/// The Maildir convention's unique name; `/` and `:` in the host name are written `\057` and `\072`.
 fn unique_name(hostname: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let now = UNIX_EPOCH.elapsed().unwrap_or_default();

@@ -59,8 +59,7 @@ struct Incoming {
     id: String,
 }
 
-/// Where a message comes from: a descriptor, bytes, a `-bs` DATA body, or a bounce's text around
-/// a spooled original (whole, or its header block).
+/// A descriptor, bytes, a `-bs` DATA body, or a bounce's text around a spooled original.
 #[derive(FromPyObject)]
 enum Source<'py> {
     Fd(RawFd),
@@ -226,8 +225,7 @@ fn journal_take(py: Python<'_>, spooldir: PathBuf) -> PyResult<(Vec<String>, Vec
     Ok((ids, journals.into_iter().map(PathBuf::into_os_string).collect()))
 }
 
-/// Remove message files without their entry, and what uncommitted messages older than
-/// `max_age` seconds left.
+/// Remove what crashes leave behind, uncommitted messages once `max_age` seconds old.
 #[pyfunction]
 fn clean_stale(py: Python<'_>, spooldir: PathBuf, max_age: u64) -> PyResult<Vec<String>> {
     Ok(py.detach(|| spool::clean_stale(&spooldir, max_age))?)

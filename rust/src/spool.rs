@@ -220,8 +220,7 @@ fn remove_uncommitted(dir: &Path, id: &str) {
     let _ = fs::remove_file(dir.join(format!("{TMP_PREFIX}{id}")));
 }
 
-/// One pass over the spool: every readable entry whose id starts with `prefix` and whose message
-/// file exists, oldest first, and the names of the queue files that could not be read.
+/// The readable entries whose id starts with `prefix`, oldest first, and the unreadable Q files.
 pub fn scan(dir: &Path, prefix: &str) -> Result<(Vec<Entry>, Vec<String>)> {
     let mut entries = Vec::new();
     let mut malformed = Vec::new();
@@ -357,8 +356,7 @@ pub fn sync_spool(dir: &Path) -> Result<()> {
     rustix::fs::syncfs(&d).context(|| format!("syncing `{}'", dir.display()))
 }
 
-/// Remove what crashes leave behind (message files without an entry, and uncommitted messages
-/// older than `max_age` seconds); returns the names removed.
+/// Remove what crashes leave behind, uncommitted messages once `max_age` seconds old.
 pub fn clean_stale(dir: &Path, max_age: u64) -> Result<Vec<String>> {
     let old = |name: &str| {
         let modified = fs::symlink_metadata(dir.join(name)).and_then(|m| m.modified());
