@@ -61,9 +61,7 @@ def mbox_append(
     create: tuple[int, int, int] | None = None,
     lock_timeout: float = 100.0,
 ) -> None: ...
-def maildir_deliver(
-    maildir: str, message: int | str, hostname: str, create: tuple[int, int] | None = None
-) -> str: ...
+def maildir_deliver(maildir: str, message: int | str, hostname: str) -> str: ...
 
 # ---- smtp ----
 @final

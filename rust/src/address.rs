@@ -4,12 +4,10 @@
 //! domain of labels or an address literal. Nothing that passes can end the `<path>` early or add
 //! an ESMTP parameter or a command.
 
-/// The longest address taken (C dma refused 1000 bytes and more).
-pub const MAX_ADDRESS: usize = 998;
-
 /// Why `addr` is not an address, or `Ok`.
 pub fn check(addr: &str) -> Result<(), &'static str> {
-    if addr.len() > MAX_ADDRESS {
+    if addr.len() > 998 {
+        // C dma refused 1000 bytes and more.
         return Err("longer than 998 bytes");
     }
     if addr
@@ -32,6 +30,13 @@ pub fn check(addr: &str) -> Result<(), &'static str> {
         Some(domain) if valid_domain(domain) => Ok(()),
         _ => Err("bad domain"),
     }
+}
+
+/// The first address of an envelope that fails `check`, and why; the sender may be null.
+pub fn check_envelope<'a>(sender: &'a str, recipients: &'a [String]) -> Result<(), (&'a str, &'static str)> {
+    let sender = Some(sender).filter(|s| !s.is_empty());
+    let mut addresses = sender.into_iter().chain(recipients.iter().map(String::as_str));
+    addresses.try_for_each(|address| check(address).map_err(|why| (address, why)))
 }
 
 /// A quoted local part (after its opening quote): whether it is well formed, and what follows it.

@@ -1,11 +1,8 @@
 //! `sendmail -bs`: the client's half of an SMTP session on standard input, read by one buffered
 //! reader so that command lines and message bodies never lose a byte to each other's read-ahead.
-//!
-//! Command lines come back without their line end and bounded in length; `Data` streams one
-//! message body, dot-unstuffed, up to the terminating `.` line, into the same intake as any
-//! submission. A body that ends without its `.` line is an error: nothing of it may be queued.
-//! Lines of the body end in CRLF only (RFC 5321): PHP's mailers send bodies with bare LFs and
-//! stuff dots after CRLF only, so a dot after a bare LF is theirs and must stay.
+//! A body that ends without its `.` line is an error: nothing of it may be queued. Lines of the
+//! body end in CRLF only (RFC 5321): PHP's mailers send bodies with bare LFs and stuff dots after
+//! CRLF only, so a dot after a bare LF is theirs and must stay.
 
 use std::io::{self, BufRead, BufReader, ErrorKind, Read};
 

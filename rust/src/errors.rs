@@ -1,6 +1,4 @@
-//! The crate's error type. `py_api` maps it onto Python exceptions: I/O failures become the
-//! matching `OSError` subclass (the CLI turns errno into a sysexits code), bad input becomes
-//! `ValueError` (exit 65).
+//! The crate's error type (`py_api` maps it onto Python exceptions).
 
 use std::fmt;
 use std::io;
@@ -35,18 +33,12 @@ impl fmt::Display for DmaError {
 
 impl std::error::Error for DmaError {}
 
-/// Attach a context string to an `io::Result`.
+/// Attach a context string to an I/O result (std's or rustix's).
 pub trait IoContext<T> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T>;
 }
 
-impl<T> IoContext<T> for io::Result<T> {
-    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|e| DmaError::io(what(), e))
-    }
-}
-
-impl<T> IoContext<T> for rustix::io::Result<T> {
+impl<T, E: Into<io::Error>> IoContext<T> for std::result::Result<T, E> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|e| DmaError::io(what(), e.into()))
     }

@@ -1,11 +1,8 @@
-//! What submitters give us, as we spool it: the message piped into `sendmail`, a drop's envelope,
-//! and the original a bounce quotes.
-//!
-//! One pass over the message with constant memory, whatever the size of the message or of a line:
-//! CRLF and bare CR become LF, a leading `From ` line is dropped, a lone `.` ends the input unless
-//! `-i`, `Bcc:` is removed, the `To:`/`Cc:`/`Bcc:` values are collected for `-t`, and missing
-//! headers are added at the end of the header block. Long lines are kept whole here: the SMTP
-//! writer breaks them on the wire.
+//! What submitters give us, as we spool it. The message goes in one pass with constant memory,
+//! whatever the size of the message or of a line: CRLF and bare CR become LF, a leading `From `
+//! line is dropped, a lone `.` ends the input unless `-i`, `Bcc:` is removed, the `To:`/`Cc:`/`Bcc:`
+//! values are collected for `-t`, and missing headers are added at the end of the header block.
+//! Long lines are kept whole: the SMTP writer breaks them on the wire.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, Write};
@@ -29,26 +26,25 @@ pub struct IntakeOptions<'a> {
     /// Written before the message (our `Received:` header).
     pub prefix: &'a [u8],
     /// Headers to add when the message lacks them: (lower-case name, whole line ending in LF).
-    pub add_if_missing: &'a [(&'a str, &'a [u8])],
+    pub add_if_missing: &'a [(String, Vec<u8>)],
     /// REWRITEFROM: the first `From:` becomes this address, keeping its display name.
     pub rewrite_from: Option<&'a str>,
 }
 
 #[derive(Debug, Default)]
 pub struct MessageInfo {
-    /// Bytes written to the spool (the message as it will be sent, LF line endings).
+    /// Bytes written to the spool.
     pub size: u64,
     /// Unfolded values of `To:`, `Cc:` and `Bcc:`, when asked for.
     pub recipient_headers: Vec<String>,
 }
 
-/// What becomes of a line, and of the header lines that continue it.
+/// What becomes of a line, and of the header lines that continue it: kept, collected for `-t`,
+/// captured (the `From:` being rewritten).
 #[derive(Clone, Copy)]
 struct Fate {
     keep: bool,
-    /// A value for `-t`.
     collect: bool,
-    /// The `From:` being rewritten.
     capture: bool,
 }
 
@@ -69,7 +65,6 @@ struct Intake<'a, W> {
     present: Vec<bool>,
     /// The first `From:` while it is rewritten (bounded).
     from: Option<Vec<u8>>,
-    /// Bytes collected for `-t` so far.
     collected: usize,
 }
 
@@ -81,7 +76,7 @@ impl<W: Write> Intake<'_, W> {
             .context(|| "writing the spool file".into())
     }
 
-    /// Decide from its head (without its line end) what a line is.
+    /// A line's fate, from its head (without its line end).
     fn fate(&mut self, head: &[u8], first: bool) -> Result<Fate> {
         if !self.headers {
             return Ok(KEEP);
@@ -251,7 +246,6 @@ fn field_name(line: &[u8]) -> Option<&[u8]> {
     (!name.is_empty() && name.iter().all(printable)).then_some(name)
 }
 
-/// Copy a message from `input` to `out`, applying everything described at the top of this file.
 pub fn copy_message<R: Read, W: Write>(
     input: R,
     out: W,
@@ -321,15 +315,13 @@ pub fn quoted(path: &Path, whole: bool) -> Result<io::Take<File>> {
     Ok(file.take(len))
 }
 
-/// A drop's envelope as `commit_drop` writes it (spool.rs): (sender, recipients, DSN parameters).
-/// `Sender:` once, `Recipient:` lines, `DSN:` at most once, every address valid; a user wrote it,
-/// so anything else refuses the drop.
+/// A drop's (sender, recipients, DSN parameters) in the one shape `commit_drop` writes: a user
+/// wrote it, so anything else refuses the drop.
 pub fn parse_envelope(text: &[u8]) -> Result<(String, Vec<String>, String)> {
-    let refuse = |why: String| DmaError::Data(why);
-    let text = std::str::from_utf8(text).map_err(|_| refuse("the envelope is not UTF-8".into()))?;
+    let text = std::str::from_utf8(text).map_err(|_| DmaError::Data("the envelope is not UTF-8".into()))?;
     let text = text
         .strip_suffix('\n')
-        .ok_or_else(|| refuse("the envelope is incomplete".into()))?;
+        .ok_or_else(|| DmaError::Data("the envelope is incomplete".into()))?;
     let (mut sender, mut recipients, mut dsn) = (None, Vec::new(), None);
     for line in text.split('\n') {
         let (key, value) = line.split_once(':').unwrap_or_default();
@@ -340,25 +332,17 @@ pub fn parse_envelope(text: &[u8]) -> Result<(String, Vec<String>, String)> {
             "DSN" if dsn.is_none() && dsn_valid(value) => dsn = Some(value.to_owned()),
             _ => {
                 let shown: String = line.chars().take(80).collect();
-                return Err(refuse(format!("unexpected envelope line {shown:?}")));
+                return Err(DmaError::Data(format!("unexpected envelope line {shown:?}")));
             }
         }
     }
     let sender = sender
         .filter(|_| !recipients.is_empty())
-        .ok_or_else(|| refuse("the envelope lacks a sender or recipients".into()))?;
-    for address in Some(&sender)
-        .filter(|s| !s.is_empty())
-        .into_iter()
-        .chain(&recipients)
-    {
-        crate::address::check(address).map_err(|why| {
-            refuse(format!(
-                "invalid envelope address `{}': {why}",
-                address.escape_debug()
-            ))
-        })?;
-    }
+        .ok_or_else(|| DmaError::Data("the envelope lacks a sender or recipients".into()))?;
+    crate::address::check_envelope(&sender, &recipients).map_err(|(address, why)| {
+        let address = address.escape_debug();
+        DmaError::Data(format!("invalid envelope address `{address}': {why}"))
+    })?;
     Ok((sender, recipients, dsn.unwrap_or_default()))
 }
 
@@ -378,14 +362,20 @@ mod tests {
     use super::*;
     use crate::test_util::VERBATIM;
 
-    const ADD: &[(&str, &[u8])] = &[("date", b"Date: D\n"), ("message-id", b"Message-Id: <M>\n")];
+    fn add() -> Vec<(String, Vec<u8>)> {
+        vec![
+            ("date".into(), b"Date: D\n".to_vec()),
+            ("message-id".into(), b"Message-Id: <M>\n".to_vec()),
+        ]
+    }
 
     fn run(input: &[u8], dot: bool, collect: bool) -> (String, MessageInfo) {
+        let add = add();
         let opts = IntakeOptions {
             dot_terminates: dot,
             collect_recipients: collect,
             prefix: b"Received: x\n",
-            add_if_missing: ADD,
+            add_if_missing: &add,
             rewrite_from: None,
         };
         let (info, out) = copy_message(input, Vec::new(), &opts).unwrap();
@@ -405,11 +395,12 @@ mod tests {
                 Ok(1)
             }
         }
+        let add = add();
         let opts = IntakeOptions {
             dot_terminates: dot,
             collect_recipients: false,
             prefix: b"",
-            add_if_missing: ADD,
+            add_if_missing: &add,
             rewrite_from: None,
         };
         String::from_utf8(copy_message(OneByte(input), Vec::new(), &opts).unwrap().1).unwrap()

@@ -8,22 +8,20 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use crate::errors::{DmaError, IoContext, Result};
+use crate::errors::{IoContext, Result};
 
-/// The journal of deliveries the server confirmed but the runner may not have recorded yet.
 const JOURNAL: &str = "delivered";
 
 /// A journal taken for replay: renamed out of the way of new appends, and removed by the caller
 /// only once the entries it names are removed, so a crash during the replay replays it again.
 const TAKEN: &str = "delivered.taken.";
 
-/// How long confirmed deliveries may wait for the journal's sync (see `Journal`).
 const SYNC_EVERY: Duration = Duration::from_millis(100);
 
-/// One session's writer of the delivered journal. Each confirmation is written at once, right
-/// after the server's reply, so a process that dies (even by SIGKILL) has always recorded it;
-/// the file is synced at most every `SYNC_EVERY` and when the session ends, so a power failure
-/// can repeat at most that much, and a busy disk does not stall every message.
+/// One session's writer of the journal. Each confirmation is written at once, right after the
+/// server's reply, so a process that dies (even by SIGKILL) has always recorded it; the file is
+/// synced at most every `SYNC_EVERY` and when the session ends, so a power failure can repeat at
+/// most that much, and a busy disk does not stall every message.
 pub struct Journal {
     path: PathBuf,
     last_sync: Instant,
@@ -39,7 +37,6 @@ impl Journal {
         }
     }
 
-    /// Append entry ids; sync when the last sync is old enough.
     pub fn record(&mut self, ids: &[&str]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
@@ -49,7 +46,6 @@ impl Journal {
         self.write(&format!("{}\n", ids.join("\n")), due)
     }
 
-    /// Sync what was written (the end of a session).
     pub fn sync(&mut self) -> Result<()> {
         if self.unsynced {
             self.write("", true)?;
@@ -84,24 +80,20 @@ pub fn journal_take(dir: &Path) -> Result<(Vec<String>, Vec<PathBuf>)> {
     let stamp = UNIX_EPOCH.elapsed().unwrap_or_default();
     let fresh = dir.join(format!("{TAKEN}{}.{}", stamp.as_nanos(), std::process::id()));
     match fs::rename(&path, &fresh) {
-        Err(e) if e.kind() != ErrorKind::NotFound => {
-            return Err(DmaError::io(format!("can not take `{}'", path.display()), e));
-        }
-        _ => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        taken => taken.context(|| format!("can not take `{}'", path.display()))?,
     }
     let mut ids = Vec::new();
     let mut files = Vec::new();
-    let listing = fs::read_dir(dir).context(|| format!("can not read spool `{}'", dir.display()))?;
-    for item in listing.flatten() {
-        if !item.file_name().to_string_lossy().starts_with(TAKEN) {
+    for name in crate::spool::list(dir)? {
+        if !name.starts_with(TAKEN) {
             continue;
         }
-        let taken = item.path();
+        let taken = dir.join(name);
         let text = match fs::read_to_string(&taken) {
-            Ok(text) => text,
             // Another runner's replay is done with it: the entries it names are gone.
             Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(e) => return Err(DmaError::io(format!("can not read `{}'", taken.display()), e)),
+            read => read.context(|| format!("can not read `{}'", taken.display()))?,
         };
         ids.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_owned));
         files.push(taken);

@@ -12,7 +12,6 @@ pub mod mailbox;
 pub mod reply;
 pub mod smtp;
 pub mod spool;
-pub mod syslog;
 pub mod tls;
 pub mod wake;
 

@@ -1,14 +1,12 @@
 //! Local mailboxes: append to an mbox (C dma's `From ` line, mboxrd quoting, one empty line after
-//! each message) and deliver into a Maildir. Plain Rust, no pyo3; the policy (who, where, which
-//! owner) lives in `python/dma/local.py`.
+//! each message) or deliver into a Maildir; the policy (who, where, which owner) is local.py's.
 //!
-//! Both deliveries stream the spooled `M` file in fixed-size chunks: memory does not grow with
-//! the message size. Neither follows a symlink in the last path component, and an mbox that is
-//! not a regular file or has more than one hard link is refused (the 2016 symlink/hard-link class
-//! of attacks on `/var/mail`).
+//! Both stream the spooled `M` file in constant memory and never follow a symlink in the last path
+//! component; an mbox that is not a regular file or has more than one hard link is refused (the
+//! 2016 symlink/hard-link class of attacks on `/var/mail`).
 
 use std::fs::{File, OpenOptions, Permissions, TryLockError};
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{fchown, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -19,16 +17,11 @@ use rustix::fs::{AtFlags, Mode, OFlags, CWD};
 
 use crate::errors::{retry, DmaError, IoContext, Result};
 
-/// Read and write chunk size. Lines may cross chunk boundaries; the quoting state machine carries
-/// at most the four bytes of a partial `From` over.
 const CHUNK: usize = 64 * 1024;
 
-// ---- mbox ---------------------------------------------------------------------------------------
-
-/// Append `message` (an `M` file, LF line endings) to `mbox` as C dma does, under an exclusive
-/// `flock` awaited up to `lock_timeout` (`EWOULDBLOCK` after that), and fsync it; a failure after
-/// the first write truncates the mbox back to the size found under the lock. A missing mbox is
-/// created when `create` gives its (uid, gid, mode); see `open_mbox` for what is refused.
+/// Append `message` to `mbox` under an exclusive `flock` awaited up to `lock_timeout` (then
+/// `EWOULDBLOCK`), and fsync it; a failure truncates the mbox back to the size found under the
+/// lock. `create`: the (uid, gid, mode) of a missing mbox.
 pub fn mbox_append_timeout(
     mbox: &Path,
     message: &Path,
@@ -37,11 +30,9 @@ pub fn mbox_append_timeout(
     create: Option<(u32, u32, u32)>,
     lock_timeout: Duration,
 ) -> Result<()> {
-    let sender = if envelope_sender.is_empty() {
-        "MAILER-DAEMON"
-    } else {
-        envelope_sender
-    };
+    let sender = Some(envelope_sender)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("MAILER-DAEMON");
     // The `From ` line is one line: a CR, LF or NUL in its fields would forge mbox structure.
     for (what, value) in [("envelope sender", sender), ("date", when)] {
         if value.bytes().any(|b| matches!(b, b'\n' | b'\r' | 0)) {
@@ -49,7 +40,7 @@ pub fn mbox_append_timeout(
         }
     }
     // Open the message first: a missing M file must not touch the mbox at all.
-    let mut input = File::open(message).context(|| format!("can not open {}", message.display()))?;
+    let input = File::open(message).context(|| format!("can not open {}", message.display()))?;
     let out = open_mbox(mbox, create)?;
     lock_with_timeout(&out, lock_timeout).context(|| format!("can not lock {}", mbox.display()))?;
     // Size under the lock: nobody else appends between here and our last write.
@@ -57,7 +48,7 @@ pub fn mbox_append_timeout(
         .metadata()
         .context(|| format!("can not stat {}", mbox.display()))?
         .len();
-    let result = write_mbox_entry(&out, &mut input, &format!("From {sender} {when}\n"))
+    let result = write_mbox_entry(&out, input, &format!("From {sender} {when}\n"))
         .and_then(|()| out.sync_data())
         .context(|| format!("error writing {}", mbox.display()));
     if result.is_err() && out.set_len(size).is_ok() {
@@ -65,12 +56,11 @@ pub fn mbox_append_timeout(
         let _ = out.sync_data();
     }
     result
-    // The lock goes with the descriptor.
 }
 
-/// Open the mbox for appending, `O_NOFOLLOW`, creating it exclusively (with its owner and mode)
-/// only when `create` says so. Refused: anything but a regular file, a file with more than one
-/// hard link, and, when `create` names an owner, one owned by anyone else than that owner or root.
+/// Open the mbox for appending, creating it exclusively with `create`'s owner and mode. Refused:
+/// anything but a regular file, more than one hard link, and (with `create`) another owner than
+/// that one or root.
 fn open_mbox(mbox: &Path, create: Option<(u32, u32, u32)>) -> Result<File> {
     // O_NONBLOCK so that a FIFO planted in place of the mbox cannot hang us in open(); O_NOCTTY
     // so that a tty cannot become our controlling terminal. Neither changes anything for the
@@ -109,13 +99,11 @@ fn open_mbox(mbox: &Path, create: Option<(u32, u32, u32)>) -> Result<File> {
     if meta.nlink() > 1 {
         return Err(refuse(libc::EMLINK, "it has more than one hard link"));
     }
-    // (One we created is owned by `uid` by now.)
-    match create {
-        Some((uid, _, _)) if meta.uid() != uid && meta.uid() != 0 => {
-            let why = format!("owned by uid {}, expected {uid}", meta.uid());
-            return Err(refuse(libc::EPERM, &why));
-        }
-        _ => {}
+    if let Some((uid, ..)) = create.filter(|&(uid, ..)| meta.uid() != uid && meta.uid() != 0) {
+        return Err(refuse(
+            libc::EPERM,
+            &format!("owned by uid {}, expected {uid}", meta.uid()),
+        ));
     }
     Ok(file)
 }
@@ -141,127 +129,60 @@ fn lock_with_timeout(file: &File, timeout: Duration) -> io::Result<()> {
     }
 }
 
-/// Write `from_line`, the message from `input` with mboxrd quoting (every line matching
-/// `^>*From ` gets one more `>`), a final LF if the message lacks one, then one empty line.
-fn write_mbox_entry(mut out: impl Write, mut input: impl Read, from_line: &str) -> io::Result<()> {
-    let (mut state, mut last) = (QuoteState::LineStart, b'\n');
-    let mut obuf = Vec::with_capacity(CHUNK + CHUNK / 4);
-    obuf.extend_from_slice(from_line.as_bytes());
-    let mut ibuf = vec![0u8; CHUNK];
+/// Write `from_line`, the message with mboxrd quoting (a line matching `^>*From ` gets one more
+/// `>`), a final LF if the message lacks one, then one empty line.
+fn write_mbox_entry(out: impl Write, input: impl Read, from_line: &str) -> io::Result<()> {
+    let mut input = BufReader::with_capacity(CHUNK, input);
+    let mut out = BufWriter::with_capacity(CHUNK, out);
+    out.write_all(from_line.as_bytes())?;
+    let mut piece = Vec::with_capacity(CHUNK);
+    let (mut line_start, mut last) = (true, b'\n');
     loop {
-        let n = retry(|| input.read(&mut ibuf))?;
-        if n == 0 {
+        let mut limit = CHUNK;
+        if line_start {
+            // The extra `>` may as well go after the line's run of `>` as before it: so the run
+            // passes through as it comes, and the five bytes after it decide, whatever the size
+            // of the line or of the reads.
+            let buffered = retry(|| input.fill_buf().map(<[u8]>::len))?;
+            let run = input.buffer().iter().take_while(|&&b| b == b'>').count();
+            out.write_all(&input.buffer()[..run])?;
+            input.consume(run);
+            if run > 0 {
+                last = b'>';
+                if run == buffered {
+                    continue;
+                }
+            }
+            limit = b"From ".len();
+        }
+        piece.clear();
+        if input.by_ref().take(limit as u64).read_until(b'\n', &mut piece)? == 0 {
             break;
         }
-        quote(&mut state, &ibuf[..n], &mut obuf);
-        last = ibuf[n - 1];
-        if obuf.len() >= CHUNK {
-            out.write_all(&obuf)?;
-            obuf.clear();
+        if line_start && piece == b"From " {
+            out.write_all(b">")?;
         }
-    }
-    if let QuoteState::Matching(n) = state {
-        obuf.extend_from_slice(&FROM[..n]);
+        out.write_all(&piece)?;
+        last = piece[piece.len() - 1];
+        line_start = last == b'\n';
     }
     if last != b'\n' {
-        obuf.push(b'\n');
+        out.write_all(b"\n")?;
     }
-    obuf.push(b'\n');
-    out.write_all(&obuf)
+    out.write_all(b"\n")?;
+    out.flush()
 }
 
-/// Where streaming mboxrd quoting stands. The extra `>` is inserted at the end of a line's leading
-/// run of `>` (which is the same bytes as inserting it in front), so the `>` run can be passed
-/// through as it comes and only a partial `From` (at most four bytes) is ever held back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum QuoteState {
-    /// At the start of a line, or inside its leading run of `>`.
-    LineStart,
-    /// `FROM[..n]` seen right after the leading `>` run, held back.
-    Matching(usize),
-    /// Anywhere else in a line.
-    Middle,
-}
-
-const FROM: &[u8] = b"From ";
-
-/// Quote one chunk of the message, appending to `out`.
-fn quote(state: &mut QuoteState, input: &[u8], out: &mut Vec<u8>) {
-    let mut i = 0;
-    while i < input.len() {
-        match *state {
-            QuoteState::Middle => {
-                // Copy through the end of the line (or of the chunk) in one go.
-                let end = input[i..]
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .map_or(input.len(), |p| i + p + 1);
-                out.extend_from_slice(&input[i..end]);
-                if input[end - 1] == b'\n' {
-                    *state = QuoteState::LineStart;
-                }
-                i = end;
-            }
-            QuoteState::LineStart => {
-                match input[i] {
-                    b'F' => *state = QuoteState::Matching(1),
-                    b @ (b'>' | b'\n') => out.push(b),
-                    b => {
-                        out.push(b);
-                        *state = QuoteState::Middle;
-                    }
-                }
-                i += 1;
-            }
-            QuoteState::Matching(n) if input[i] == FROM[n] => {
-                i += 1;
-                *state = QuoteState::Matching(n + 1);
-                if n + 1 == FROM.len() {
-                    out.extend_from_slice(b">From ");
-                    *state = QuoteState::Middle;
-                }
-            }
-            QuoteState::Matching(n) => {
-                // Not a From_ line: release what was held; the byte is reprocessed mid-line (a
-                // LF there ends the line as usual).
-                out.extend_from_slice(&FROM[..n]);
-                *state = QuoteState::Middle;
-            }
-        }
-    }
-}
-
-// ---- Maildir ------------------------------------------------------------------------------------
-
-/// Deliver `message` into the Maildir `maildir`: see `maildir_deliver_from`.
-pub fn maildir_deliver(
-    maildir: &Path,
-    message: &Path,
-    hostname: &str,
-    create: Option<(u32, u32)>,
-) -> Result<String> {
-    let input = File::open(message).context(|| format!("can not open {}", message.display()))?;
-    maildir_deliver_from(maildir, input, hostname, create)
-}
-
-/// Deliver a message file opened by the caller (a process that gave up root to deliver as the
-/// mailbox's owner can still read the spool's copy it opened before) into `maildir`: create it
-/// and its `tmp`, `new` and `cur` if missing (mode 0700; owned by `create`'s uid:gid when given),
-/// never through a symlink; write `tmp/<unique>` (0600, exclusive), fsync, link it to
-/// `new/<unique>`, fsync `new`, unlink the tmp name. Returns `<unique>`. The message goes in as
-/// spooled: no `From ` line, no quoting.
-pub fn maildir_deliver_from(
-    maildir: &Path,
-    mut input: File,
-    hostname: &str,
-    create: Option<(u32, u32)>,
-) -> Result<String> {
-    let top = open_or_make_dir(CWD, maildir, create, |what| {
+/// Deliver `input` into `maildir` as spooled, making it and its `tmp`, `new` and `cur` (0700) if
+/// missing; returns the file name in `new/`. The caller opened `input`: a process that gave up root
+/// to deliver as the mailbox's owner can still read the spool's copy.
+pub fn maildir_deliver(maildir: &Path, mut input: File, hostname: &str) -> Result<String> {
+    let top = open_or_make_dir(CWD, maildir, |what| {
         format!("can not {what} {}", maildir.display())
     })?;
     let sub = |name: &str| {
         let bad = |_: &str| format!("bad Maildir directory {}/{name}", maildir.display());
-        open_or_make_dir(&top, Path::new(name), create, bad)
+        open_or_make_dir(&top, Path::new(name), bad)
     };
     let (tmp, new, _) = (sub("tmp")?, sub("new")?, sub("cur")?);
     let unique = unique_name(hostname);
@@ -270,24 +191,19 @@ pub fn maildir_deliver_from(
     let file = rustix::fs::openat(&tmp, &unique, flags, Mode::from(0o600));
     let mut file = File::from(file.context(|| ctx("can not create"))?);
     let written = (|| -> Result<()> {
-        if let Some((uid, gid)) = create {
-            fchown(&file, Some(uid), Some(gid)).context(|| ctx("can not chown"))?;
-        }
-        // Constant memory: std's `io::copy` uses `copy_file_range`/`sendfile` between files.
+        // std's `io::copy` uses `copy_file_range`/`sendfile` between files.
         io::copy(&mut input, &mut file).context(|| ctx("error writing"))?;
         file.sync_all().context(|| ctx("can not fsync"))?;
         rustix::fs::linkat(&tmp, &unique, &new, &unique, AtFlags::empty())
             .context(|| format!("can not link {unique} into {}/new", maildir.display()))?;
         rustix::fs::fsync(&new).context(|| format!("can not fsync {}/new", maildir.display()))
     })();
-    // Whether the delivery worked or not, the tmp name has to go; a failure here leaves only a
-    // stray tmp file, which Maildir readers ignore.
+    // Delivered or not, the tmp name goes (a stray one is ignored by Maildir readers).
     let _ = rustix::fs::unlinkat(&tmp, &unique, AtFlags::empty());
     written.map(|()| unique)
 }
 
-/// `<secs>.M<micros>P<pid>Q<counter>.<host>` as in the Maildir convention; `/` and `:` in the
-/// host name are written `\057` and `\072`.
+/// The Maildir convention's unique name; `/` and `:` in the host name are written `\057` and `\072`.
 fn unique_name(hostname: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let now = UNIX_EPOCH.elapsed().unwrap_or_default();
@@ -303,32 +219,23 @@ fn unique_name(hostname: &str) -> String {
     )
 }
 
-/// Open a directory without following a symlink in its last component, creating it (0700, then
-/// chowned to `create`) when missing. `ctx` says what failed ("open directory", "chmod", ...).
-fn open_or_make_dir(
-    parent: impl AsFd,
-    path: &Path,
-    create: Option<(u32, u32)>,
-    ctx: impl Fn(&str) -> String,
-) -> Result<OwnedFd> {
+/// Open a directory without following a symlink in its last component, made (0700) when missing.
+fn open_or_make_dir(parent: impl AsFd, path: &Path, ctx: impl Fn(&str) -> String) -> Result<OwnedFd> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let open = || rustix::fs::openat(&parent, path, flags, Mode::empty());
-    let made = match open() {
-        Ok(fd) => return Ok(fd),
-        Err(rustix::io::Errno::NOENT) => match rustix::fs::mkdirat(&parent, path, Mode::from(0o700)) {
-            Ok(()) => true,
-            Err(rustix::io::Errno::EXIST) => false,
-            Err(e) => return Err(DmaError::io(ctx("create directory"), e.into())),
-        },
-        Err(e) => return Err(DmaError::io(ctx("open directory"), e.into())),
+    match open() {
+        Err(rustix::io::Errno::NOENT) => {}
+        opened => return opened.context(|| ctx("open directory")),
+    }
+    let made = match rustix::fs::mkdirat(&parent, path, Mode::from(0o700)) {
+        Ok(()) => true,
+        Err(rustix::io::Errno::EXIST) => false,
+        Err(e) => return Err(DmaError::io(ctx("create directory"), e.into())),
     };
     let fd = open().context(|| ctx("open directory"))?;
     if made {
         // mkdir's mode is filtered by the umask; we want exactly 0700.
         rustix::fs::fchmod(&fd, Mode::from(0o700)).context(|| ctx("chmod"))?;
-        if let Some((uid, gid)) = create {
-            fchown(&fd, Some(uid), Some(gid)).context(|| ctx("chown"))?;
-        }
     }
     Ok(fd)
 }
@@ -566,8 +473,8 @@ mod tests {
         let content = b"From x\nSubject: y\n\nbody without newline";
         let m = write(&dir, "M", content);
         let md = dir.join("Maildir");
-        let a = maildir_deliver(&md, &m, "host/with:odd", None).unwrap();
-        let b = maildir_deliver(&md, &m, "host/with:odd", None).unwrap();
+        let a = maildir_deliver(&md, File::open(&m).unwrap(), "host/with:odd").unwrap();
+        let b = maildir_deliver(&md, File::open(&m).unwrap(), "host/with:odd").unwrap();
         assert_ne!(a, b);
         assert!(a.ends_with(".host\\057with\\072odd"), "{a}");
         assert!(a.contains(&format!("P{}Q", std::process::id())));
@@ -592,10 +499,10 @@ mod tests {
         std::fs::create_dir_all(&md).unwrap();
         std::fs::create_dir_all(&elsewhere).unwrap();
         symlink(&elsewhere, md.join("new")).unwrap();
-        assert!(maildir_deliver(&md, &m, "h", None).is_err());
+        assert!(maildir_deliver(&md, File::open(&m).unwrap(), "h").is_err());
         assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
         let linked = dir.join("linked");
         symlink(&md, &linked).unwrap();
-        assert!(maildir_deliver(&linked, &m, "h", None).is_err());
+        assert!(maildir_deliver(&linked, File::open(&m).unwrap(), "h").is_err());
     }
 }

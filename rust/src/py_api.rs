@@ -1,24 +1,27 @@
 //! The module `dma._native` (declared at the end) and its spool, mailbox, syslog and `-bs` reader:
-//! converts arguments, releases the GIL around all I/O, and maps `DmaError` onto Python exceptions.
-//! Nothing here calls back into Python.
+//! converts arguments, releases the GIL around all I/O, and maps `DmaError` onto Python exceptions
+//! (an I/O failure becomes the `OSError` of its errno, which the CLI turns into a sysexits code;
+//! bad input becomes `ValueError`, exit 65). Nothing here calls back into Python.
 #![allow(
     clippy::needless_pass_by_value,
     reason = "pyo3 hands arguments over as owned values"
 )]
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::bs::SmtpInput;
-use crate::errors::DmaError;
+use crate::errors::{DmaError, IoContext};
 use crate::intake::{self, IntakeOptions};
+use crate::mailbox;
 use crate::spool::{self, Entry};
 
 impl From<DmaError> for PyErr {
@@ -33,7 +36,22 @@ impl From<DmaError> for PyErr {
     }
 }
 
-/// A message being received into the spool (see `Incoming` in spool.rs): the one way in.
+/// A duplicate of the caller's descriptor `fd`: closing ours leaves theirs open.
+fn dup(fd: RawFd) -> crate::errors::Result<File> {
+    // SAFETY: `fd` is open for this call, and we own only the duplicate.
+    let owned = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned();
+    Ok(owned.context(|| "reading the message".into())?.into())
+}
+
+fn finished() -> PyErr {
+    PyValueError::new_err("this message is already committed or aborted")
+}
+
+fn busy() -> PyErr {
+    PyOSError::new_err("standard input is being read")
+}
+
+/// A message being received into the spool (`spool::Incoming`): the one way in.
 #[pyclass(module = "dma._native")]
 struct Incoming {
     inner: Option<spool::Incoming>,
@@ -41,50 +59,38 @@ struct Incoming {
     id: String,
 }
 
-/// A duplicate of the caller's descriptor `fd`: closing ours leaves theirs open.
-fn dup(fd: RawFd) -> crate::errors::Result<File> {
-    // SAFETY: `fd` is open for this call, and we own only the duplicate.
-    let owned = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned();
-    Ok(owned.map_err(|e| DmaError::io("reading the message", e))?.into())
-}
-
-fn finished() -> PyErr {
-    PyValueError::new_err("this message is already committed or aborted")
-}
-
-/// Where a message comes from: a descriptor, bytes, a `-bs` DATA body (`S`: the reader, then the
-/// input it lends while the GIL is released), or a bounce's text around a spooled original.
+/// A descriptor, bytes, a `-bs` DATA body, or a bounce's text around a spooled original.
 #[derive(FromPyObject)]
-enum Source<S> {
+enum Source<'py> {
     Fd(RawFd),
     Bytes(Vec<u8>),
-    Smtp(S),
+    Smtp(Bound<'py, SmtpStdin>),
     Bounce(Vec<u8>, PathBuf, bool, Vec<u8>),
 }
 
 #[pymethods]
 impl Incoming {
-    /// `durable=False` skips the syncs; the caller ends the batch with `sync_spool`. `name`: the
-    /// message id to use instead of a fresh one (see `spool::Incoming::create`).
+    /// `durable=False` skips the syncs (the caller ends the batch with `sync_spool`); `name`
+    /// replaces the fresh message id.
     #[new]
     #[pyo3(signature = (spooldir, durable=true, name=None))]
     fn new(py: Python<'_>, spooldir: PathBuf, durable: bool, name: Option<String>) -> PyResult<Self> {
         let inner = py.detach(|| spool::Incoming::create(&spooldir, durable, name.as_deref()))?;
-        let id = inner.id().to_owned();
+        let id = inner.id.clone();
         Ok(Incoming {
             inner: Some(inner),
             id,
         })
     }
 
-    /// Read the message from `source` into the spool; returns its size there and, with
-    /// `collect_recipients`, the values of its `To:`, `Cc:` and `Bcc:`.
+    /// Read the message into the spool; returns its size there and, with `collect_recipients`,
+    /// the values of its `To:`, `Cc:` and `Bcc:`.
     #[pyo3(signature = (source, *, prefix, add_if_missing, dot_terminates=false, collect_recipients=false, rewrite_from=None))]
     #[allow(clippy::too_many_arguments)] // the keyword arguments of one Python call
     fn receive(
         &mut self,
         py: Python<'_>,
-        source: Source<Bound<'_, SmtpStdin>>,
+        source: Source<'_>,
         prefix: Vec<u8>,
         add_if_missing: Vec<(String, Vec<u8>)>,
         dot_terminates: bool,
@@ -92,46 +98,34 @@ impl Incoming {
         rewrite_from: Option<String>,
     ) -> PyResult<(u64, Vec<String>)> {
         let inner = self.inner.as_mut().ok_or_else(finished)?;
-        // The `-bs` reader lends its input while the GIL is released, and gets it back after.
-        let (smtp, mut input) = match source {
-            Source::Fd(fd) => (None, Source::Fd(fd)),
-            Source::Bytes(data) => (None, Source::Bytes(data)),
-            Source::Smtp(s) => {
-                let body = s.borrow_mut().inner.take().ok_or_else(busy)?;
-                (Some(s), Source::Smtp(body))
-            }
-            Source::Bounce(before, path, whole, after) => (None, Source::Bounce(before, path, whole, after)),
+        let opts = IntakeOptions {
+            dot_terminates,
+            collect_recipients,
+            prefix: &prefix,
+            add_if_missing: &add_if_missing,
+            rewrite_from: rewrite_from.as_deref(),
         };
-        let result = py.detach(|| {
-            let add: Vec<(&str, &[u8])> = add_if_missing
-                .iter()
-                .map(|(n, l)| (n.as_str(), l.as_slice()))
-                .collect();
-            let opts = IntakeOptions {
-                dot_terminates,
-                collect_recipients,
-                prefix: &prefix,
-                add_if_missing: &add,
-                rewrite_from: rewrite_from.as_deref(),
-            };
-            match &mut input {
-                Source::Fd(fd) => dup(*fd).and_then(|file| inner.receive(file, &opts)),
-                Source::Bytes(data) => inner.receive(data.as_slice(), &opts),
-                Source::Smtp(body) => inner.receive(body.data(), &opts),
-                Source::Bounce(before, path, whole, after) => intake::quoted(path, *whole)
-                    .and_then(|original| inner.receive(before.chain(original).chain(&after[..]), &opts)),
+        let info = match source {
+            Source::Fd(fd) => py.detach(|| inner.receive(dup(fd)?, &opts)),
+            Source::Bytes(data) => py.detach(|| inner.receive(&data[..], &opts)),
+            Source::Bounce(before, path, whole, after) => py.detach(|| {
+                let original = intake::quoted(&path, whole)?;
+                inner.receive(before.chain(original).chain(&after[..]), &opts)
+            }),
+            Source::Smtp(stdin) => {
+                // The `-bs` reader lends its input while the GIL is released, and gets it back.
+                let mut body = stdin.borrow_mut().inner.take().ok_or_else(busy)?;
+                let got = py.detach(|| inner.receive(body.data(), &opts));
+                stdin.borrow_mut().inner = Some(body);
+                got
             }
-        });
-        if let (Some(s), Source::Smtp(body)) = (smtp, input) {
-            s.borrow_mut().inner = Some(body);
-        }
-        let info = result?;
+        }?;
         Ok((info.size, info.recipient_headers))
     }
 
     /// Publish one queue entry per recipient and return their ids; with `drop` (system mode),
-    /// publish into the drop directory for the runner instead (`commit_drop` in spool.rs) and
-    /// return the message id. Afterwards this object is spent.
+    /// publish into the drop directory for the runner instead and return the message id.
+    /// Afterwards this object is spent.
     #[pyo3(signature = (sender, recipients, dsn=String::new(), drop=false))]
     fn commit(
         &mut self,
@@ -171,13 +165,8 @@ struct SmtpStdin {
     inner: Option<SmtpInput<File>>,
 }
 
-fn busy() -> PyErr {
-    PyOSError::new_err("standard input is being read")
-}
-
 #[pymethods]
 impl SmtpStdin {
-    /// Read SMTP from a duplicate of descriptor `fd` (closing the duplicate leaves `fd` open).
     #[new]
     fn new(fd: RawFd) -> PyResult<Self> {
         Ok(SmtpStdin {
@@ -202,9 +191,9 @@ impl SmtpStdin {
     }
 }
 
-/// The message part of the entry id: for the runner's grouping and bounces.
 #[pymethods]
 impl Entry {
+    /// For the runner's grouping and bounces.
     #[getter]
     fn get_message_id(&self) -> &str {
         self.message_id()
@@ -214,10 +203,10 @@ impl Entry {
 /// Every readable entry (oldest first) and the names of unreadable queue files.
 #[pyfunction]
 fn scan_queue(py: Python<'_>, spooldir: PathBuf) -> PyResult<(Vec<Entry>, Vec<String>)> {
-    Ok(py.detach(|| spool::scan(&spooldir))?)
+    Ok(py.detach(|| spool::scan(&spooldir, ""))?)
 }
 
-/// Why `address` is not an address (address.rs), or `None`: the check every way in applies.
+/// Why `address` is not an address, or `None`: the check every way in applies.
 #[pyfunction]
 fn check_address(address: &str) -> Option<&'static str> {
     crate::address::check(address).err()
@@ -229,21 +218,19 @@ fn sync_spool(py: Python<'_>, spooldir: PathBuf) -> PyResult<()> {
     Ok(py.detach(|| spool::sync_spool(&spooldir))?)
 }
 
-/// The entry ids in the delivered journals, and the journals to remove after them (journal.rs).
+/// The entry ids in the delivered journals, and the journals to remove after them.
 #[pyfunction]
 fn journal_take(py: Python<'_>, spooldir: PathBuf) -> PyResult<(Vec<String>, Vec<OsString>)> {
     let (ids, journals) = py.detach(|| crate::journal::journal_take(&spooldir))?;
     Ok((ids, journals.into_iter().map(PathBuf::into_os_string).collect()))
 }
 
-/// Remove what crashes leave: message files without their entry, and temporary files (with the
-/// entries of their uncommitted message) older than `max_age` seconds.
+/// Remove what crashes leave behind, uncommitted messages once `max_age` seconds old.
 #[pyfunction]
 fn clean_stale(py: Python<'_>, spooldir: PathBuf, max_age: u64) -> PyResult<Vec<String>> {
     Ok(py.detach(|| spool::clean_stale(&spooldir, max_age))?)
 }
 
-/// Append a spooled message to an mbox (C dma framing, mboxrd quoting), GIL released.
 /// `create` = `(uid, gid, mode)` for a missing mbox; `lock_timeout` in seconds (C dma: 100).
 #[pyfunction]
 #[pyo3(signature = (mbox, message, sender, when, create=None, lock_timeout=100.0))]
@@ -258,7 +245,7 @@ fn mbox_append(
 ) -> PyResult<()> {
     let timeout = Duration::try_from_secs_f64(lock_timeout)
         .map_err(|_| PyValueError::new_err(format!("invalid lock_timeout {lock_timeout}")))?;
-    Ok(py.detach(|| crate::mailbox::mbox_append_timeout(&mbox, &message, sender, when, create, timeout))?)
+    Ok(py.detach(|| mailbox::mbox_append_timeout(&mbox, &message, sender, when, create, timeout))?)
 }
 
 /// A spooled message: its path, or a descriptor opened by the caller (left open).
@@ -268,21 +255,22 @@ enum MessageFile {
     Path(PathBuf),
 }
 
-/// Deliver a spooled message into a Maildir, GIL released; returns the file name in `new/`.
+/// Returns the file name in `new/`.
 #[pyfunction]
-#[pyo3(signature = (maildir, message, hostname, create=None))]
 fn maildir_deliver(
     py: Python<'_>,
     maildir: PathBuf,
     message: MessageFile,
     hostname: &str,
-    create: Option<(u32, u32)>,
 ) -> PyResult<String> {
-    Ok(py.detach(|| match message {
-        MessageFile::Path(path) => crate::mailbox::maildir_deliver(&maildir, &path, hostname, create),
-        MessageFile::Fd(fd) => {
-            dup(fd).and_then(|input| crate::mailbox::maildir_deliver_from(&maildir, input, hostname, create))
-        }
+    Ok(py.detach(|| {
+        let input = match message {
+            MessageFile::Fd(fd) => dup(fd)?,
+            MessageFile::Path(path) => {
+                File::open(&path).context(|| format!("can not open {}", path.display()))?
+            }
+        };
+        mailbox::maildir_deliver(&maildir, input, hostname)
     })?)
 }
 
@@ -290,24 +278,33 @@ fn maildir_deliver(
 /// no ptrace or `/proc/PID/mem` access by other processes of the same user.
 #[pyfunction]
 fn no_core_dumps() -> PyResult<()> {
-    let zero = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use rustix::process::{set_dumpable_behavior, setrlimit, DumpableBehavior, Resource, Rlimit};
+    let zero = Rlimit {
+        current: Some(0),
+        maximum: Some(0),
     };
-    // SAFETY: plain system calls on this process with valid arguments.
-    if unsafe {
-        libc::setrlimit(libc::RLIMIT_CORE, &raw const zero) != 0
-            || libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0
-    } {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    Ok(())
+    setrlimit(Resource::Core, zero)
+        .and_then(|()| set_dumpable_behavior(DumpableBehavior::NotDumpable))
+        .map_err(|e| std::io::Error::from(e).into())
 }
 
-/// One line to syslog's mail facility as `ident[pid]` (see syslog.rs).
+/// One line at `priority` (a `LOG_*` level) to the mail facility as `ident[pid]`, through the C
+/// library: logging costs Python no module import on the submission path.
 #[pyfunction]
 fn syslog(ident: &str, priority: i32, text: &str) {
-    crate::syslog::send(ident, priority, text);
+    /// The ident given to `openlog` must outlive every later `syslog` call: it is kept here, set
+    /// once per process (one program, one `-L` tag).
+    static IDENT: OnceLock<CString> = OnceLock::new();
+    let ident = IDENT.get_or_init(|| CString::new(ident.replace('\0', "")).unwrap_or_default());
+    let Ok(text) = CString::new(text.replace('\0', " ")) else {
+        return;
+    };
+    // SAFETY: NUL-terminated strings; `ident` is static, as openlog requires; the format
+    // consumes exactly the one argument given.
+    unsafe {
+        libc::openlog(ident.as_ptr(), libc::LOG_PID, libc::LOG_MAIL);
+        libc::syslog(libc::LOG_MAIL | (priority & 7), c"%s".as_ptr(), text.as_ptr());
+    }
 }
 
 /// Everything `dma._native` exports; `./dev lint` checks that `_native.pyi` agrees.

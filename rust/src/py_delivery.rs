@@ -233,7 +233,7 @@ impl Spool {
     /// One scan: the entries due at `now` (all pending ones with `force`) that nobody holds
     /// here, oldest first; the earliest later retry; and the messages with a failed entry.
     fn due(&self, py: Python<'_>, now: u64, force: bool) -> PyResult<(Vec<Entry>, Option<u64>, Vec<String>)> {
-        let (entries, _) = py.detach(|| spool::scan(&self.dir))?;
+        let (entries, _) = py.detach(|| spool::scan(&self.dir, ""))?;
         let held = lock(&self.claims);
         let (mut due, mut next, mut failed) = (Vec::new(), None::<u64>, Vec::<String>::new());
         for e in entries {
@@ -254,9 +254,7 @@ impl Spool {
 
     /// Every entry of one message, unclaimed: for deciding on its bounce.
     fn message_entries(&self, py: Python<'_>, message_id: &str) -> PyResult<Vec<Entry>> {
-        Ok(py
-            .detach(|| spool::scan_message(&self.dir, &format!("{message_id}.")))?
-            .0)
+        Ok(py.detach(|| spool::scan(&self.dir, &format!("{message_id}.")))?.0)
     }
 
     /// Claim these entries; returns the ones we now hold (others are held elsewhere, or gone).
@@ -302,7 +300,7 @@ impl Spool {
     /// A claimed entry is finished: remove it (made durable by the next `sync`).
     fn remove(&self, py: Python<'_>, id: &str) -> PyResult<()> {
         let claim = self.take(id)?;
-        Ok(py.detach(|| claim.remove(false))?)
+        Ok(py.detach(|| claim.remove())?)
     }
 
     /// Let a claimed entry go unchanged.

@@ -1,5 +1,6 @@
 //! The spool directory: durable submission, queue entries with per-recipient state, locks and
-//! listing. The format, shared with C dma 0.13/0.14, is described in docs/spool.md.
+//! listing. The format, shared with C dma 0.13/0.14, and the order of every step (which is what
+//! makes a crash at any point safe) are described in docs/spool.md.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions, TryLockError};
@@ -15,6 +16,8 @@ mod entry;
 use entry::message_id_of;
 pub use entry::Entry;
 
+/// While `tmp_<message id>` exists, its message is uncommitted: its entries are neither listed nor
+/// claimed. Also the prefix of an entry being rewritten.
 const TMP_PREFIX: &str = "tmp_";
 
 pub fn fsync_dir(dir: &Path) -> Result<()> {
@@ -49,68 +52,50 @@ fn write_file(path: &Path, text: &str, sync: bool, to: Option<&Path>) -> io::Res
     })
 }
 
-/// Every address of an envelope passes the one address check (address.rs); the sender may be null.
 fn check_envelope(sender: &str, recipients: &[String], dsn: &str) -> Result<()> {
     if !dsn.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
         return Err(DmaError::Data(format!("invalid DSN parameters {dsn:?}")));
     }
-    let sender = (!sender.is_empty()).then_some(sender);
-    for address in sender.into_iter().chain(recipients.iter().map(String::as_str)) {
-        let invalid = |why| DmaError::Data(format!("invalid address {address:?}: {why}"));
-        crate::address::check(address).map_err(invalid)?;
-    }
-    Ok(())
+    crate::address::check_envelope(sender, recipients)
+        .map_err(|(address, why)| DmaError::Data(format!("invalid address {address:?}: {why}")))
 }
 
 /// A message being received, until it is committed to the queue. Dropping it uncommitted removes
 /// everything it wrote.
 pub struct Incoming {
     dir: PathBuf,
-    /// Sync every file and the directory before returning (off for a batch, which ends with one
-    /// `sync_spool`).
+    /// Sync every file and the directory (off for a batch, which ends with one `sync_spool`).
     durable: bool,
     tmp: PathBuf,
     file: Option<File>,
-    id: String,
+    pub id: String,
     created: u64,
     size: u64,
-    /// What dropping it uncommitted removes, last first: the temporary file, then the names added.
+    /// What dropping it uncommitted removes, last first.
     published: Vec<PathBuf>,
     /// Written into each entry (`Entry::dsn`).
     pub dsn: String,
 }
 
 impl Incoming {
-    /// Create the temporary file in `dir` under a fresh id, or under `name` (the runner's pickup:
-    /// the id names the drop, so a pickup repeated after a crash finds the message it queued; an
-    /// uncommitted leftover under that name is removed first).
+    /// `name` replaces a fresh id for the runner's pickup, so a pickup repeated after a crash finds
+    /// the message it queued; an uncommitted leftover under that name is removed first.
     pub fn create(dir: &Path, durable: bool, name: Option<&str>) -> Result<Incoming> {
         let since_epoch = UNIX_EPOCH.elapsed().unwrap_or_default();
         let (created, micros) = (since_epoch.as_secs(), since_epoch.subsec_micros());
-        let mut attempt = 0;
-        let (id, tmp, file) = loop {
-            // Unique over time (the delivered journal relies on it) and unguessable (nobody can
-            // take another user's drop name first): seconds, microseconds, 64 random bits.
-            let id = match name {
-                Some(name) => name.to_owned(),
-                None => format!("{created:08x}{micros:05x}{:016x}", random_u64()),
-            };
-            // The temporary file is named after the message: while it exists, the message is not
-            // committed and its entries are not listed (see `committed`).
-            let tmp = dir.join(format!("{TMP_PREFIX}{id}"));
-            match new_file(&tmp) {
-                Err(e) if e.kind() == ErrorKind::AlreadyExists && attempt < 100 => {
-                    attempt += 1;
-                    if name.is_some() {
-                        remove_uncommitted(dir, &id);
-                    }
-                }
-                opened => {
-                    let ctx = || format!("can not create temp file in `{}'", dir.display());
-                    break (id, tmp, opened.context(ctx)?);
-                }
-            }
-        };
+        // Unique over time (the delivered journal relies on it) and unguessable (nobody can take
+        // another user's drop name first).
+        let id = name.map_or_else(
+            || format!("{created:08x}{micros:05x}{:016x}", random_u64()),
+            str::to_owned,
+        );
+        let tmp = dir.join(format!("{TMP_PREFIX}{id}"));
+        let mut opened = new_file(&tmp);
+        if matches!(&opened, Err(e) if e.kind() == ErrorKind::AlreadyExists) && name.is_some() {
+            remove_uncommitted(dir, &id);
+            opened = new_file(&tmp);
+        }
+        let file = opened.context(|| format!("can not create temp file in `{}'", dir.display()))?;
         Ok(Incoming {
             dir: dir.to_owned(),
             durable,
@@ -124,10 +109,6 @@ impl Incoming {
         })
     }
 
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
     /// Stream the message from `input` into the temporary file and make it durable.
     pub fn receive(&mut self, input: impl Read, opts: &IntakeOptions<'_>) -> Result<MessageInfo> {
         let file = self
@@ -136,9 +117,7 @@ impl Incoming {
             .ok_or_else(|| DmaError::Data("message already received".into()))?;
         let out = BufWriter::with_capacity(64 * 1024, file);
         let (info, out) = intake::copy_message(input, out, opts)?;
-        let file = out
-            .into_inner()
-            .map_err(|e| DmaError::io("writing the spool file", e.into_error()))?;
+        let file = out.into_inner().context(|| "writing the spool file".into())?;
         if self.durable {
             file.sync_all()
                 .context(|| format!("syncing `{}'", self.tmp.display()))?;
@@ -147,7 +126,7 @@ impl Incoming {
         Ok(info)
     }
 
-    /// Publish one queue entry per recipient, durably; returns the entry ids.
+    /// Publish one queue entry per recipient; returns the entry ids.
     pub fn commit(&mut self, sender: &str, recipients: &[String]) -> Result<Vec<String>> {
         check_envelope(sender, recipients, &self.dsn)?;
         let ids: Vec<String> = (1..=recipients.len())
@@ -156,7 +135,6 @@ impl Incoming {
         let Some((last, others)) = ids.split_last() else {
             return Err(DmaError::Data("no recipients".into()));
         };
-        // The entries are written in place: the temporary file hides them until the commit.
         for (id, recipient) in ids.iter().zip(recipients) {
             let entry = Entry {
                 id: id.clone(),
@@ -177,10 +155,8 @@ impl Incoming {
             fs::hard_link(&self.tmp, &m).context(|| format!("can not create `{}'", m.display()))?;
             self.published.push(m);
         }
-        // The commit: the message file takes its last recipient's name, and with the temporary
-        // name gone every entry of the message becomes visible at once (a process killed before
-        // this leaves none of them listed). One directory sync after it makes every name change
-        // above durable too.
+        // The commit: with the temporary name gone, every entry becomes visible at once. One
+        // directory sync after it makes every name change above durable too.
         let m = self.dir.join(format!("M{last}"));
         fs::rename(&self.tmp, &m).context(|| format!("can not commit `{}'", m.display()))?;
         self.published.clear();
@@ -190,18 +166,17 @@ impl Incoming {
         Ok(ids)
     }
 
-    /// System mode, an unprivileged submitter: publish into the drop directory instead of the
-    /// spool, as `D<id>` (the message) and then `E<id>` (its envelope: `Sender:` and `Recipient:`
-    /// lines), which the runner picks up. Returns the id.
+    /// System mode: publish into the drop directory `D<id>` (the message), then `E<id>` (its
+    /// envelope), for the runner to pick up.
     pub fn commit_drop(&mut self, sender: &str, recipients: &[String]) -> Result<String> {
         check_envelope(sender, recipients, &self.dsn)?;
-        let recipients: String = recipients.iter().map(|r| format!("Recipient: {r}\n")).collect();
-        let dsn = if self.dsn.is_empty() {
-            String::new()
-        } else {
-            format!("DSN: {}\n", self.dsn)
-        };
-        let envelope = format!("Sender: {sender}\n{recipients}{dsn}");
+        let mut envelope = format!("Sender: {sender}\n");
+        for recipient in recipients {
+            envelope += &format!("Recipient: {recipient}\n");
+        }
+        if !self.dsn.is_empty() {
+            envelope += &format!("DSN: {}\n", self.dsn);
+        }
         let data = self.dir.join(format!("D{}", self.id));
         fs::hard_link(&self.tmp, &data).context(|| format!("can not create `{}'", data.display()))?;
         self.published.push(data);
@@ -209,8 +184,8 @@ impl Incoming {
         let tmp = self.dir.join(format!("{TMP_PREFIX}E{}", self.id));
         write_file(&tmp, &envelope, true, Some(&env))
             .context(|| format!("can not create `{}'", env.display()))?;
-        // The drop directory is not readable by submitters, so it cannot be synced by them: the
-        // files themselves are, and the runner syncs the spool once it has taken the message.
+        // Submitters cannot read the drop directory, so cannot sync it: the files themselves are
+        // synced, and the runner syncs the spool once it has taken the message.
         let _ = fsync_dir(&self.dir);
         self.published.clear();
         let _ = fs::remove_file(&self.tmp);
@@ -233,8 +208,7 @@ fn random_u64() -> u64 {
     u64::from_ne_bytes(buf)
 }
 
-/// What a process killed before its commit left under message `id`: the temporary file and the
-/// entries and message names written before it (hidden while the temporary file exists).
+/// What a process killed before its commit left under message `id`.
 fn remove_uncommitted(dir: &Path, id: &str) {
     for n in 1.. {
         let q = fs::remove_file(dir.join(format!("Q{id}.{n}")));
@@ -246,19 +220,8 @@ fn remove_uncommitted(dir: &Path, id: &str) {
     let _ = fs::remove_file(dir.join(format!("{TMP_PREFIX}{id}")));
 }
 
-/// A message is committed once the temporary file named after it is gone.
-fn committed(dir: &Path, entry_id: &str) -> bool {
-    fs::symlink_metadata(dir.join(format!("{TMP_PREFIX}{}", message_id_of(entry_id)))).is_err()
-}
-
-/// One pass over the spool: every readable entry whose message file exists, oldest first, and
-/// the names of the queue files that could not be read.
-pub fn scan(dir: &Path) -> Result<(Vec<Entry>, Vec<String>)> {
-    scan_message(dir, "")
-}
-
-/// `scan`, limited to the entries whose id starts with `prefix` (a message id: that message's).
-pub fn scan_message(dir: &Path, prefix: &str) -> Result<(Vec<Entry>, Vec<String>)> {
+/// The readable entries whose id starts with `prefix`, oldest first, and the unreadable Q files.
+pub fn scan(dir: &Path, prefix: &str) -> Result<(Vec<Entry>, Vec<String>)> {
     let mut entries = Vec::new();
     let mut malformed = Vec::new();
     let names = list(dir)?;
@@ -268,7 +231,7 @@ pub fn scan_message(dir: &Path, prefix: &str) -> Result<(Vec<Entry>, Vec<String>
             continue;
         };
         if uncommitted.contains(message_id_of(id)) {
-            continue; // still being submitted, or left by a submitter that died: not queued
+            continue;
         }
         match open_entry(&dir.join(name))
             .ok()
@@ -283,7 +246,7 @@ pub fn scan_message(dir: &Path, prefix: &str) -> Result<(Vec<Entry>, Vec<String>
 }
 
 /// The names in the spool (all are UTF-8 but those nobody of ours wrote).
-fn list(dir: &Path) -> Result<Vec<String>> {
+pub(crate) fn list(dir: &Path) -> Result<Vec<String>> {
     let listing = fs::read_dir(dir).context(|| format!("can not read spool `{}'", dir.display()))?;
     Ok(listing
         .flatten()
@@ -309,22 +272,22 @@ fn read_entry(dir: &Path, id: &str, f: &mut File) -> Option<Entry> {
     // The name is what a runner locks and removes; a file claiming another id is not trusted.
     let m = fs::symlink_metadata(dir.join(format!("M{id}"))).ok()?;
     // A message shorter than recorded never reached the disk whole (a batch cut short by a power
-    // failure before its sync): it is not delivered. C dma's entries record no size.
+    // failure before its sync). C dma's entries record no size.
     let complete = entry.size == 0 || m.len() == entry.size;
     (entry.id == id && m.is_file() && complete).then_some(entry)
 }
 
-/// An entry taken by this process: nobody else delivers it while the claim lives.
+/// An entry taken by this process: nobody else delivers it while the claim (its lock) lives.
 pub struct Claim {
     dir: PathBuf,
-    /// Holds the lock.
     file: File,
     pub entry: Entry,
 }
 
 /// Take an entry if nobody else holds it. `None` when it is locked elsewhere or gone.
 pub fn claim(dir: &Path, id: &str) -> Result<Option<Claim>> {
-    if !committed(dir, id) {
+    let uncommitted = dir.join(format!("{TMP_PREFIX}{}", message_id_of(id)));
+    if fs::symlink_metadata(uncommitted).is_ok() {
         return Ok(None);
     }
     let q = dir.join(format!("Q{id}"));
@@ -335,9 +298,7 @@ pub fn claim(dir: &Path, id: &str) -> Result<Option<Claim>> {
         };
         match file.try_lock() {
             Err(TryLockError::WouldBlock) => return Ok(None),
-            locked => locked
-                .map_err(io::Error::from)
-                .context(|| format!("can not lock `{}'", q.display()))?,
+            locked => locked.context(|| format!("can not lock `{}'", q.display()))?,
         }
         // The entry may have been rewritten (renamed over) or removed while we waited.
         let locked = file.metadata().context(|| format!("stat `{}'", q.display()))?;
@@ -359,8 +320,7 @@ impl Claim {
         self.dir.join(format!("M{}", self.entry.id))
     }
 
-    /// Durably replace the entry's state with `entry` (same id): a locked temporary file, synced,
-    /// renamed over `Q<id>`.
+    /// Durably replace the entry's state with `entry` (same id), keeping the lock.
     pub fn record(&mut self, entry: Entry) -> Result<()> {
         if entry.id != self.entry.id {
             return Err(DmaError::Data("an entry's id cannot change".into()));
@@ -381,40 +341,29 @@ impl Claim {
         Ok(())
     }
 
-    /// The entry is finished (delivered, or bounced): remove `Q`, then `M`.
-    /// `sync` makes the removal durable at once; a runner removing many delivered entries
-    /// (already recorded in the delivered journal) syncs the directory once with `sync_dir`.
-    pub fn remove(self, sync: bool) -> Result<()> {
+    /// Remove `Q`, then `M`; the caller syncs the directory once for many removals.
+    pub fn remove(self) -> Result<()> {
         let q = self.dir.join(format!("Q{}", self.entry.id));
         fs::remove_file(&q).context(|| format!("can not remove `{}'", q.display()))?;
         let _ = fs::remove_file(self.message_path());
-        if sync {
-            fsync_dir(&self.dir)?;
-        }
         Ok(())
     }
 }
 
-/// Make everything written to the spool's file system durable with one `syncfs`: the end of a
-/// batch of non-durable submissions.
+/// One `syncfs`: the end of a batch of non-durable submissions.
 pub fn sync_spool(dir: &Path) -> Result<()> {
     let d = File::open(dir).context(|| format!("can not open `{}'", dir.display()))?;
     rustix::fs::syncfs(&d).context(|| format!("syncing `{}'", dir.display()))
 }
 
-/// Remove what crashes leave behind: temporary files and message files without an entry, older
-/// than `max_age` seconds. Returns the names removed.
+/// Remove what crashes leave behind, uncommitted messages once `max_age` seconds old.
 pub fn clean_stale(dir: &Path, max_age: u64) -> Result<Vec<String>> {
-    let cutoff = UNIX_EPOCH
-        .elapsed()
-        .map_or(0, |d| d.as_secs())
-        .saturating_sub(max_age);
     let old = |name: &str| {
-        fs::symlink_metadata(dir.join(name)).is_ok_and(|m| u64::try_from(m.mtime()).unwrap_or(0) <= cutoff)
+        let modified = fs::symlink_metadata(dir.join(name)).and_then(|m| m.modified());
+        modified.is_ok_and(|t| t.elapsed().unwrap_or_default().as_secs() >= max_age)
     };
     let names = list(dir)?;
-    // Messages whose submitter died before the commit (their entries go with the temporary file),
-    // and whether that was long enough ago.
+    // Messages whose submitter died before the commit, and whether that was long enough ago.
     let uncommitted: HashMap<&str, bool> = names
         .iter()
         .filter_map(|n| Some((n.strip_prefix(TMP_PREFIX)?, old(n))))
@@ -424,8 +373,7 @@ pub fn clean_stale(dir: &Path, max_age: u64) -> Result<Vec<String>> {
         let garbage = match name.strip_prefix(['Q', 'M']) {
             Some(id) => match uncommitted.get(message_id_of(id)) {
                 Some(abandoned) => *abandoned,
-                // A committed message file without its entry: what a runner killed between
-                // removing an entry's Q and its M leaves. Nothing refers to it any more.
+                // What a runner killed between removing an entry's Q and its M leaves.
                 None => name.starts_with('M') && !dir.join(format!("Q{id}")).exists(),
             },
             None => name.strip_prefix(TMP_PREFIX).is_some_and(|id| uncommitted[id]),
@@ -455,7 +403,7 @@ mod tests {
         let dir = tempdir("commit");
         let ids = submit(&dir, b"S: x\n\nhello\n", &["b@y", "c@z"]);
         assert_eq!(ids.len(), 2);
-        let (entries, bad) = scan(&dir).unwrap();
+        let (entries, bad) = scan(&dir, "").unwrap();
         assert!(bad.is_empty());
         assert_eq!(
             entries.iter().map(|e| e.recipient.as_str()).collect::<Vec<_>>(),
@@ -483,7 +431,7 @@ mod tests {
                 "id reused: {}",
                 ids[0]
             );
-            c.remove(true).unwrap();
+            c.remove().unwrap();
         }
     }
 
@@ -549,7 +497,7 @@ mod tests {
             // A failure half-way (the second entry's name is taken) takes back the first entry.
             let mut inc = Incoming::create(&dir, false, None).unwrap();
             inc.receive(&b"x\n"[..], &crate::test_util::VERBATIM).unwrap();
-            fs::write(dir.join(format!("Q{}.2", inc.id())), "taken").unwrap();
+            fs::write(dir.join(format!("Q{}.2", inc.id)), "taken").unwrap();
             assert!(inc.commit("a@x", &["b@y".to_owned(), "c@z".to_owned()]).is_err());
         }
         assert_eq!(names(&dir).len(), 1, "{:?}", names(&dir));
@@ -566,7 +514,7 @@ mod tests {
         fs::write(dir.join("M20c096.5622a4e04090"), "Received: x\n\nbody\n").unwrap();
         fs::write(dir.join("Qbroken"), "no colon here\n").unwrap();
         fs::write(dir.join("Qnomsg.1"), "ID: nomsg.1\nRecipient: u@h\n").unwrap();
-        let (entries, bad) = scan(&dir).unwrap();
+        let (entries, bad) = scan(&dir, "").unwrap();
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].sender, "");
         assert_eq!(entries[0].message_id(), "20c096");
@@ -597,7 +545,7 @@ mod tests {
         let c = claim(&dir, &ids[0]).unwrap().unwrap();
         assert_eq!(c.entry.attempts, 3);
         assert_eq!(c.entry.last_error, "451 later");
-        c.remove(true).unwrap();
+        c.remove().unwrap();
         assert!(names(&dir).is_empty());
     }
 
@@ -608,7 +556,7 @@ mod tests {
         let m = dir.join(format!("M{}", ids[0]));
         let full = fs::read(&m).unwrap();
         fs::write(&m, &full[..full.len() - 3]).unwrap();
-        let (entries, bad) = scan(&dir).unwrap();
+        let (entries, bad) = scan(&dir, "").unwrap();
         assert!(entries.is_empty());
         assert_eq!(bad, [format!("Q{}", ids[0])]);
     }
@@ -625,7 +573,7 @@ mod tests {
         // clean-up takes them all once old.
         let message = ids[0].rsplit_once('.').unwrap().0.to_owned();
         fs::write(dir.join(format!("{TMP_PREFIX}{message}")), "x").unwrap();
-        assert!(scan(&dir).unwrap().0.is_empty());
+        assert!(scan(&dir, "").unwrap().0.is_empty());
         assert!(claim(&dir, &ids[0]).unwrap().is_none());
         let mut removed = clean_stale(&dir, 0).unwrap();
         removed.sort();

@@ -24,7 +24,7 @@ pub struct Woken {
 
 pub struct Waker {
     inotify: OwnedFd,
-    /// Watch descriptor of the drop directory, whose `E` files count as new mail.
+    /// Watch descriptor of the drop directory.
     drop_wd: Option<i32>,
     /// Counts the `notify` calls not yet seen by a `wait`.
     notified: OwnedFd,
@@ -44,7 +44,6 @@ impl Waker {
         })
     }
 
-    /// Wake a `wait` in another thread.
     pub fn notify(&self) {
         let _ = rustix::io::write(&self.notified, &1u64.to_ne_bytes());
     }
@@ -57,20 +56,16 @@ impl Waker {
             PollFd::new(&self.inotify, PollFlags::IN),
             PollFd::new(&self.notified, PollFlags::IN),
         ];
+        let mut woken = Woken::default();
         match rustix::event::poll(&mut fds, Timespec::try_from(timeout).ok().as_ref()) {
-            Err(rustix::io::Errno::INTR) => {
-                return Ok(Woken {
-                    work: true,
-                    flush: false,
-                })
-            }
-            polled => polled?,
-        };
-        let mut count = [0u8; 8];
-        let mut woken = Woken {
-            work: rustix::io::read(&self.notified, &mut count).is_ok(),
-            flush: false,
-        };
+            // A signal: the caller checks it, the events wait for the next call.
+            Err(rustix::io::Errno::INTR) => woken.work = true,
+            polled => _ = polled?,
+        }
+        if woken.work {
+            return Ok(woken);
+        }
+        woken.work = rustix::io::read(&self.notified, &mut [0u8; 8]).is_ok();
         let mut buf = [MaybeUninit::uninit(); 4096];
         let mut events = inotify::Reader::new(&self.inotify, &mut buf);
         while let Ok(event) = events.next() {

@@ -50,7 +50,7 @@ def deliver(
             if os.geteuid() == 0 and pw.pw_uid != 0:
                 _maildir_as_user(pw, path, message_path, cfg)
             else:
-                _native.maildir_deliver(path, message_path, cfg.mailname, None)
+                _native.maildir_deliver(path, message_path, cfg.mailname)
             return
         if cfg.user_mode:  # our own state directory, made on first use (/var/mail is the system's)
             os.makedirs(cfg.mboxdir, mode=0o700, exist_ok=True)
@@ -91,7 +91,7 @@ def _maildir_as_user(pw: pwd.struct_passwd, path: str, message_path: str, cfg: C
                 os.setgroups([])
                 os.setgid(pw.pw_gid)
                 os.setuid(pw.pw_uid)
-                _native.maildir_deliver(path, message_fd, cfg.mailname, None)
+                _native.maildir_deliver(path, message_fd, cfg.mailname)
             except OSError as e:
                 os.write(write_end, str(e.strerror or e).encode("utf-8", "replace"))
                 status = 1

@@ -1,5 +1,6 @@
-//! One queue entry: the envelope and state of one recipient of one message, and its file, C dma's
-//! format (docs/spool.md).
+//! One queue entry and its file, in C dma's format (docs/spool.md).
+
+use std::fmt::Display;
 
 /// The envelope and state of one recipient of one message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,28 +40,22 @@ impl Entry {
 
     /// The queue file: the optional fields only when set.
     pub(super) fn render(&self) -> String {
-        let numbers = [
-            ("Attempts", u64::from(self.attempts)),
-            ("Next-Attempt", self.next_attempt),
-        ];
-        let texts = [
-            ("Last-Error", &self.last_error),
-            ("State", &self.state),
-            ("DSN", &self.dsn),
-        ];
-        let optional: String = (numbers.iter().filter(|(_, n)| *n > 0))
-            .map(|(key, n)| format!("{key}: {n}\n"))
-            .chain(
-                texts
-                    .iter()
-                    .filter(|(_, t)| !t.is_empty())
-                    .map(|(key, t)| format!("{key}: {t}\n")),
-            )
-            .collect();
-        format!(
-            "ID: {}\nSender: {}\nRecipient: {}\nCreated: {}\nSize: {}\n{optional}",
-            self.id, self.sender, self.recipient, self.created, self.size
-        )
+        let field = |key: &str, value: &dyn Display, set: bool| set.then(|| format!("{key}: {value}\n"));
+        [
+            field("ID", &self.id, true),
+            field("Sender", &self.sender, true),
+            field("Recipient", &self.recipient, true),
+            field("Created", &self.created, true),
+            field("Size", &self.size, true),
+            field("Attempts", &self.attempts, self.attempts > 0),
+            field("Next-Attempt", &self.next_attempt, self.next_attempt > 0),
+            field("Last-Error", &self.last_error, !self.last_error.is_empty()),
+            field("State", &self.state, !self.state.is_empty()),
+            field("DSN", &self.dsn, !self.dsn.is_empty()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     /// Parse a queue file as C dma does: `Key: value` lines, unknown keys ignored, a line
