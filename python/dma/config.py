@@ -1,10 +1,6 @@
-"""dma.conf, in C dma's format (see docs/configuration.md).
-
-`load()` returns a `Config`. auth.conf is read only by `Config.auth()`, when delivery needs a
-password, so an unreadable auth.conf cannot break `sendmail` or `mailq` as it does in C dma.
-On the submission hot path: module level imports only `posix`, `pwd` and `errors` (not `os`,
-whose import alone costs a seventh of the interpreter's start-up).
-"""
+"""dma.conf, in C dma's format (docs/configuration.md). auth.conf is read only when delivery needs
+a password, so an unreadable one cannot break `sendmail` or `mailq` (as it does in C dma).
+On the submission hot path: imports `posix`, not `os` (a seventh of the interpreter's start-up)."""
 
 from __future__ import annotations
 
@@ -26,7 +22,6 @@ SYSTEM_SPOOL = "/var/spool/dma"
 # Characters allowed in a host name taken from the system or from a MAILNAME file (6.4).
 _HOSTCHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 _HEX = frozenset("0123456789abcdefABCDEF")
-_DIGITS = frozenset("0123456789")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 # Keyword -> (kind, attribute). The kinds are parsed by `_KINDS`; the defaults are in `Config`.
@@ -133,9 +128,6 @@ class Config:
         self.routes: list[Route] = []
         self._auth: AuthTable | None = None
 
-    def __repr__(self) -> str:
-        return f"<Config {self.path!r} exists={self.file_exists} user_mode={self.user_mode}>"
-
     def smarthosts(self) -> list[tuple[str, int]]:
         """SMARTHOST's hosts and ports (PORT where a host names none), in the order to try them."""
         from .mail.routes import split_hosts
@@ -184,12 +176,8 @@ def state_dir() -> str:
 
 
 def load(path: str | None = None, *, user_mode: bool | None = None) -> Config:
-    """Read dma.conf: `path` (from `-C FILE`), else $DMA_CONF, else /etc/dma/dma.conf.
-
-    A missing file gives all defaults; an unreadable one raises `Fatal` (EX_NOINPUT); a mistake
-    in it raises `ConfigError` (EX_CONFIG) naming the file, the line and the key. `user_mode`
-    overrides the mode normally taken from the effective uid (for tests and tools).
-    """
+    """Read dma.conf: `path` (`-C FILE`), else $DMA_CONF, else /etc/dma/dma.conf; a missing file
+    gives all defaults. `user_mode` overrides the mode taken from the effective uid."""
     if not path:
         path = getenv("DMA_CONF") or DEFAULT_CONF
     cfg = Config(path, user_mode=user_mode)
@@ -243,8 +231,13 @@ def _parse_conf(cfg: Config, path: str, text: str) -> None:
         key = "RETRY_MIN" if "RETRY_MIN" in lines else "RETRY_MAX"
         message = f"RETRY_MIN ({cfg.retry_min}s) is larger than RETRY_MAX ({cfg.retry_max}s)"
         raise ConfigError(path, lines[key], key, message)
-    if "MAILNAME" in lines and cfg.mailname.startswith("/"):
-        cfg.mailname = _mailname_from_file(cfg.mailname) or cfg.system_hostname
+    if "MAILNAME" in lines and cfg.mailname.startswith("/"):  # its first line, else the system's
+        try:
+            with open(cfg.mailname, "rb") as f:
+                name = sanitize_hostname(f.readline(4096).decode("ascii", "replace"))
+        except OSError:
+            name = "unknown-hostname"
+        cfg.mailname = cfg.system_hostname if name == "unknown-hostname" else name
 
 
 def _apply(cfg: Config, keyword: str, value: str, lineno: int) -> None:
@@ -271,17 +264,6 @@ def _apply(cfg: Config, keyword: str, value: str, lineno: int) -> None:
         setattr(cfg, attr, result)
 
 
-def _mailname_from_file(path: str) -> str | None:
-    """The first line of `path`, cut at the first non-host-name character; None if unusable."""
-    try:
-        with open(path, "rb") as f:
-            first = f.readline(4096)
-    except OSError:
-        return None
-    name = sanitize_hostname(first.decode("ascii", "replace"))
-    return None if name == "unknown-hostname" else name
-
-
 # ---- the kinds of value: parsers that return None for a malformed value, or raise ValueError --
 
 
@@ -292,7 +274,7 @@ def _number(
     digits, scale = text, 1
     if text[-1:] and text[-1] in units:
         digits, scale = text[:-1], _UNITS[text[-1]]
-    if not digits or len(digits) > width or not set(digits) <= _DIGITS:
+    if not digits or len(digits) > width or not (digits.isascii() and digits.isdigit()):
         return None
     n = int(digits) * scale
     return n if low <= n <= high else None

@@ -36,11 +36,6 @@ class Aliases(dict[str, list[tuple[str, int]]]):
         super().__init__()
         self.path = path
 
-    def lookup(self, name: str) -> list[str] | None:
-        """The destinations of alias `name` in file order (exact, case-sensitive), or None."""
-        dests = self.get(name)
-        return None if dests is None else [d for d, _ in dests]
-
     def check(self) -> list[ConfigError]:
         """Destinations that parse but cannot be delivered to (for `newaliases`), in file order."""
         problems = [

@@ -87,15 +87,12 @@ def targets_for(domain: str, cfg: Config, route: Route | None = None) -> list[Ta
     elif literal is not None:
         import ipaddress
 
-        version: int = 0
-        try:
-            version = ipaddress.ip_address(literal).version
-        except ValueError:
-            pass
         # RFC 5321 4.1.3: `[192.0.2.1]` is IPv4, `[IPv6:2001:db8::1]` IPv6; anything else cannot
         # be delivered to (and must not reach the SMTP session, which refuses it).
-        if version != (6 if domain[1:6].lower() == "ipv6:" else 4):
-            raise RouteError(f"invalid address literal {domain}", permanent=True)
+        try:
+            (ipaddress.IPv6Address if domain[1:6].lower() == "ipv6:" else ipaddress.IPv4Address)(literal)
+        except ValueError:
+            raise RouteError(f"invalid address literal {domain}", permanent=True) from None
         return [Target(literal, [literal], 25)]
     else:
         import random
