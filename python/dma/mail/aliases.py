@@ -54,9 +54,8 @@ class Aliases(dict[str, list[tuple[str, int]]]):
         wildcard: bool,
         mailname: str | None = None,
     ) -> list[str]:
-        """The remote addresses and local user names local name `recipient` goes to, without
-        duplicates (docs/configuration.md, "Expansion"); `wildcard`: the `*` alias applies (the
-        callers' recipients, not names expansion produced). Raises `Fatal` (EX_DATAERR)."""
+        """The remote addresses and local user names `recipient` goes to, deduplicated
+        (docs/configuration.md, "Expansion"); `wildcard`: the `*` alias applies. Raises `Fatal`."""
         if "@" in recipient:
             return [recipient]
         out: dict[str, None] = {}

@@ -1,8 +1,5 @@
-"""The envelope of a submitted message: the sender, the recipients, and the checks on every address.
-
-The body itself never passes through here: Rust streams it into the spool. This module is on the
-submission hot path and imports nothing heavy.
-"""
+"""The envelope of a submitted message: the sender, the recipients, and the checks on every address
+(the body never passes through here). On the submission hot path: imports nothing heavy."""
 
 from __future__ import annotations
 
@@ -119,8 +116,7 @@ def _flush(current: list[str], found: list[str], what: str) -> None:
 
 
 def check_address(address: str, what: str = "address") -> None:
-    """The one address check (rust/src/address.rs), for every way in: an RFC 5321 mailbox, UTF-8
-    allowed, that cannot end its `<path>` early or add an SMTP parameter."""
+    """The one address check (rust/src/address.rs), for every way in."""
     try:
         why = _native.check_address(address)
     except UnicodeEncodeError:  # an argument's undecodable bytes, kept as surrogates

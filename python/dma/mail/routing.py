@@ -21,8 +21,7 @@ class RecipientResolver:
         self._aliases: Aliases | None = None
 
     def resolve(self, recipients: list[str]) -> list[str]:
-        """Envelope recipients (bare local user names and remote addresses) for `recipients`
-        (command line, `-t` or a bounce), deduplicated."""
+        """Local user names and remote addresses for `recipients`, deduplicated."""
         from .message import strip_local_domain
 
         result: dict[str, None] = {}
@@ -152,9 +151,8 @@ def resolve_host(host: str, cfg: Config, port: int) -> list[str]:
     """IPv6 and IPv4 addresses of `host`, through the configured DNS servers, else the system's
     resolver (which reads /etc/hosts too). Failures are temporary: an unresolvable smarthost must
     not bounce mail (C dma #30)."""
-    literal = address_literal(f"[{host}]") if ":" in host or host.replace(".", "").isdigit() else None
-    if literal is not None:
-        return [literal]
+    if ":" in host or host.replace(".", "").isdigit():  # an IP address: nothing to look up
+        return [address_literal(f"[{host}]") or host]
     if not cfg.dns_servers:
         import socket
 
