@@ -249,9 +249,9 @@ def _apply(cfg: Config, keyword: str, value: str, lineno: int) -> None:
     if not value and kind != "bool":
         raise ValueError("missing value")
     if kind == "route":
-        from .mail.routes import parse_route
+        from .mail.routes import Route
 
-        cfg.routes.append(parse_route(value, lineno))
+        cfg.routes.append(Route(value, lineno))
         return
     parse, what = _KINDS[kind]
     result = parse(value)
