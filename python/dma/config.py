@@ -246,7 +246,9 @@ def _apply(cfg: Config, keyword: str, value: str, lineno: int) -> None:
     if not value.isprintable() and any((ch < " " and ch != "\t") or ch == "\x7f" for ch in value):
         raise ValueError("control character in value")
     cfg.key_lines[keyword] = lineno
-    if not value and kind != "bool":
+    if kind == "bool" and value:
+        raise ValueError(f"takes no value (got `{value}')")
+    if kind != "bool" and not value:
         raise ValueError("missing value")
     if kind == "route":
         from .mail.routes import Route
@@ -278,12 +280,6 @@ def _number(
         return None
     n = int(digits) * scale
     return n if low <= n <= high else None
-
-
-def _flag(value: str) -> bool:
-    if value:
-        raise ValueError(f"takes no value (got `{value}')")
-    return True
 
 
 def _seconds(text: str) -> float | None:
@@ -369,7 +365,7 @@ def _dns_servers(text: str) -> list[tuple[str, int]]:
 
 # Kind -> (parser, what a malformed value is, after the value).
 _KINDS: dict[str, tuple[Callable[[str], object], str]] = {
-    "bool": (_flag, ""),
+    "bool": (lambda v: True, ""),
     "str": (str, ""),
     "argv": (str.split, ""),
     "hosts": (_hosts, ""),
