@@ -340,23 +340,20 @@ def _dns_servers(text: str) -> list[tuple[str, int]]:
         item = item.strip()
         if not item:
             raise ValueError("empty server in list")
-        host, port, family = item, "53", socket.AF_INET
+        host, port = item, "53"
         if item.startswith("["):
-            end = item.find("]")
-            if end < 0:
+            host, bracket, rest = item[1:].partition("]")
+            if not bracket:
                 raise ValueError(f"`{item}': missing `]'")
-            host, rest, family = item[1:end], item[end + 1 :], socket.AF_INET6
             if rest:
                 port = rest[1:] if rest.startswith(":") else ""
         elif item.count(":") == 1:
             host, _, port = item.partition(":")
-        elif ":" in item:  # a bare IPv6 address
-            family = socket.AF_INET6
         number = _number(port, "", 5, 1, 65535)
         if number is None:
             raise ValueError(f"`{item}': bad port")
-        try:
-            socket.inet_pton(family, host)
+        try:  # a bracketed or bare IPv6 address, else IPv4
+            socket.inet_pton(socket.AF_INET6 if item.startswith("[") or ":" in host else socket.AF_INET, host)
         except (OSError, ValueError):
             raise ValueError(f"`{item}': not an IP address") from None
         servers.append((host, number))
