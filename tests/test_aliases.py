@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from dma.errors import EX_CONFIG, EX_DATAERR, EX_NOINPUT, ConfigError, Fatal
-from dma.mail.aliases import MAX_DEPTH, Aliases, parse, parse_text
+from dma.mail.aliases import MAX_DEPTH, Aliases, parse
 from dma.mail.message import strip_local_domain
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -122,7 +122,7 @@ def test_unreadable_file_is_fatal(tmp_path: Path) -> None:
 
 
 def test_parse_text() -> None:
-    a = parse_text("a: b\n", "/x/aliases")
+    a = Aliases("/x/aliases", "a: b\n")
     assert a.path == "/x/aliases" and table(a)["a"] == ["b"]
 
 
