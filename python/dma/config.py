@@ -20,7 +20,7 @@ DEFAULT_CONF = "/etc/dma/dma.conf"
 SYSTEM_SPOOL = "/var/spool/dma"
 
 # Characters allowed in a host name taken from the system or from a MAILNAME file (6.4).
-_HOSTCHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+_HOSTCHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
 _HEX = frozenset("0123456789abcdefABCDEF")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -145,11 +145,7 @@ class Config:
 
 def sanitize_hostname(name: str) -> str:
     """Cut `name` at the first character that is not ASCII alphanumeric or `_.-` (6.4)."""
-    for i, ch in enumerate(name):
-        if ch not in _HOSTCHARS:
-            name = name[:i]
-            break
-    return name or "unknown-hostname"
+    return name[: len(name) - len(name.lstrip(_HOSTCHARS))] or "unknown-hostname"
 
 
 def getenv(name: str) -> str | None:

@@ -50,12 +50,7 @@ def strip_local_domain(addr: str, mailname: str | None) -> str:
     """Cut ``@domain`` off `addr` when the domain after the LAST ``@`` is `mailname` or localhost,
     compared case-insensitively (C dma compared the host name case-sensitively)."""
     local, at, domain = addr.rpartition("@")
-    if not at:
-        return addr
-    d = domain.lower()
-    if d == "localhost" or (mailname is not None and d == mailname.lower()):
-        return local
-    return addr
+    return local if at and domain.lower() in ("localhost", (mailname or "localhost").lower()) else addr
 
 
 def parse_addresses(text: str, what: str = "address") -> list[str]:
