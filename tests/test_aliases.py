@@ -6,9 +6,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from dma.config import Config
 from dma.errors import EX_CONFIG, EX_DATAERR, EX_NOINPUT, ConfigError, Fatal
 from dma.mail.aliases import MAX_DEPTH, Aliases, parse
 from dma.mail.message import strip_local_domain
+from dma.mail.routing import RecipientResolver
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -201,8 +203,11 @@ def test_unknown_recipient_is_dataerr(tmp_path: Path) -> None:
 
 
 def test_remote_recipient_passes_through(tmp_path: Path) -> None:
-    a = aliases(tmp_path, "*: root\n")
-    assert expand(a, "someone@example.org") == ["someone@example.org"]
+    # The resolver never hands a remote address to the aliases, not even to `*`.
+    cfg = Config(str(tmp_path / "dma.conf"), user_mode=True)
+    cfg.aliases = str(tmp_path / "aliases")
+    (tmp_path / "aliases").write_text("*: root\n")
+    assert RecipientResolver(cfg).resolve(["someone@example.org"]) == ["someone@example.org"]
 
 
 def test_recursive_expansion(tmp_path: Path) -> None:

@@ -105,10 +105,8 @@ class Aliases(dict[str, list[tuple[str, int]]]):
         wildcard: bool,
         mailname: str | None = None,
     ) -> list[str]:
-        """The remote addresses and local user names `recipient` goes to, deduplicated
+        """The remote addresses and local user names local name `recipient` goes to, deduplicated
         (docs/configuration.md, "Expansion"); `wildcard`: the `*` alias applies. Raises `Fatal`."""
-        if "@" in recipient:
-            return [recipient]
         out: dict[str, None] = {}
         invalid = f"invalid recipient `{recipient}'"
 
