@@ -80,10 +80,9 @@ def targets_for(domain: str, cfg: Config, route: Route | None = None) -> list[Ta
     (else the smarthosts), or the MX hosts by preference, shuffled among equals (RFC 5321 5.1).
     Raises `RouteError`."""
     hosts = cfg.smarthosts() if route is None else route.hosts
-    literal = address_literal(domain)
     if hosts:
         candidates, none = [(0, name, port) for name, port in hosts], "no usable smarthost"
-    elif literal is not None:
+    elif (literal := address_literal(domain)) is not None:
         import ipaddress
 
         # RFC 5321 4.1.3: `[192.0.2.1]` is IPv4, `[IPv6:2001:db8::1]` IPv6; anything else cannot
@@ -96,9 +95,7 @@ def targets_for(domain: str, cfg: Config, route: Route | None = None) -> list[Ta
     else:
         import random
 
-        exchanges = mx_hosts(domain, cfg)
-        random.shuffle(exchanges)
-        exchanges.sort(key=lambda pref_host: pref_host[0])
+        exchanges = sorted(mx_hosts(domain, cfg), key=lambda pref_host: (pref_host[0], random.random()))
         candidates, none = [(pref, host, 25) for pref, host in exchanges], f"no usable MX host for {domain}"
     targets: list[Target] = []
     failures: list[str] = []
