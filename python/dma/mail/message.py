@@ -8,7 +8,7 @@ import pwd
 import time
 
 from dma import _native
-from dma.config import getenv
+from dma.config import Config, getenv
 from dma.errors import EX_DATAERR, EX_SOFTWARE, Fatal
 
 _login_name: str | None = None
@@ -121,9 +121,7 @@ def check_address(address: str, what: str = "address") -> None:
         raise Fatal(EX_DATAERR, f"invalid {what} `{shown}': {why}")
 
 
-def envelope_sender(
-    given: str | None, mailname: str, masquerade_user: str | None, masquerade_host: str | None
-) -> str:
+def envelope_sender(given: str | None, cfg: Config) -> str:
     """The envelope sender: `-f`/`-r`, else $EMAIL, else the login name, qualified and masqueraded.
     `-f ''` and `-f '<>'` give the null sender (C dma turned them into `@host`)."""
     if given is not None:
@@ -138,8 +136,8 @@ def envelope_sender(
         source = getenv("EMAIL") or ""
         check_line_safe("$EMAIL", source)
     user, _, host = source.partition("@")
-    user = masquerade_user or user or login_name()
-    host = masquerade_host or host or mailname
+    user = cfg.masquerade_user or user or login_name()
+    host = cfg.masquerade_host or host or cfg.mailname
     sender = f"{user}@{host}"
     if "\n" in sender:
         raise Fatal(EX_SOFTWARE, "can not build the sender address")
