@@ -184,21 +184,6 @@ def load(path: str | None = None, *, user_mode: bool | None = None) -> Config:
     except OSError as e:
         raise Fatal(EX_NOINPUT, f"can not open config `{path}': {os_error_text(e)}") from None
     cfg.file_exists = True
-    _parse_conf(cfg, path, text)
-    if user_mode is None and cfg.user_mode and "SPOOLDIR" in cfg.key_lines:
-        cfg.user_mode = not _is_system_spool(cfg.spooldir)
-    return cfg
-
-
-def _is_system_spool(spooldir: str) -> bool:
-    """A spool set up by `dma install`: it has a drop directory for unprivileged submitters."""
-    try:
-        return posix.stat(f"{spooldir}/incoming").st_mode & 0o170000 == 0o040000
-    except OSError:
-        return False
-
-
-def _parse_conf(cfg: Config, path: str, text: str) -> None:
     lines = cfg.key_lines
     for lineno, raw in enumerate(text.split("\n"), 1):
         line = raw.partition("#")[0].rstrip("\r")  # rstrip: CRLF files
@@ -211,10 +196,9 @@ def _parse_conf(cfg: Config, path: str, text: str) -> None:
         if keyword not in _KEYS:
             if not keyword.isprintable():
                 keyword = ascii(keyword)[1:-1]
+            hint = _HINTS.get(keyword, "")
             if keyword.upper() in _KEYS:
                 hint = f" (keywords are case-sensitive: {keyword.upper()})"
-            else:
-                hint = _HINTS.get(keyword, "")
             raise ConfigError(path, lineno, keyword, f"unknown keyword{hint}")
         try:
             _apply(cfg, keyword, value, lineno)
@@ -234,6 +218,17 @@ def _parse_conf(cfg: Config, path: str, text: str) -> None:
         except OSError:
             name = "unknown-hostname"
         cfg.mailname = cfg.system_hostname if name == "unknown-hostname" else name
+    if user_mode is None and cfg.user_mode and "SPOOLDIR" in lines:
+        cfg.user_mode = not _is_system_spool(cfg.spooldir)
+    return cfg
+
+
+def _is_system_spool(spooldir: str) -> bool:
+    """A spool set up by `dma install`: it has a drop directory for unprivileged submitters."""
+    try:
+        return posix.stat(f"{spooldir}/incoming").st_mode & 0o170000 == 0o040000
+    except OSError:
+        return False
 
 
 def _apply(cfg: Config, keyword: str, value: str, lineno: int) -> None:
