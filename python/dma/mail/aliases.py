@@ -1,5 +1,5 @@
 """The aliases file and alias expansion (docs/configuration.md, "The aliases file"), in C dma's
-grammar with its bugs fixed. On the submission hot path: module level imports only `errors`."""
+grammar with its bugs fixed. On the submission hot path: module level imports only `errors` and `message`."""
 
 from __future__ import annotations
 
