@@ -19,7 +19,7 @@ import tempfile
 from dma import _native
 from dma.errors import ConfigError, Fatal
 from dma.mail import message
-from dma.mail.aliases import parse_text
+from dma.mail.aliases import Aliases
 from dma.mail.drop import Rejected, parse_envelope
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -115,7 +115,7 @@ def test_alias_expansion_terminates_and_raises_only_fatal(
 ) -> None:
     text = "".join(f"{name}: {', '.join(dests)}\n" for name, dests in entries) + junk
     try:
-        aliases = parse_text(text)
+        aliases = Aliases("<aliases>", text)
     except (ConfigError, Fatal):
         return
     try:

@@ -1,10 +1,6 @@
-"""dma.conf, in C dma's format (see docs/configuration.md).
-
-`load()` returns a `Config`. auth.conf is read only by `Config.auth()`, when delivery needs a
-password, so an unreadable auth.conf cannot break `sendmail` or `mailq` as it does in C dma.
-On the submission hot path: module level imports only `posix`, `pwd` and `errors` (not `os`,
-whose import alone costs a seventh of the interpreter's start-up).
-"""
+"""dma.conf, in C dma's format (docs/configuration.md). auth.conf is read only when delivery needs
+a password, so an unreadable one cannot break `sendmail` or `mailq` (as it does in C dma).
+On the submission hot path: imports `posix`, not `os` (a seventh of the interpreter's start-up)."""
 
 from __future__ import annotations
 
@@ -24,9 +20,8 @@ DEFAULT_CONF = "/etc/dma/dma.conf"
 SYSTEM_SPOOL = "/var/spool/dma"
 
 # Characters allowed in a host name taken from the system or from a MAILNAME file (6.4).
-_HOSTCHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+_HOSTCHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
 _HEX = frozenset("0123456789abcdefABCDEF")
-_DIGITS = frozenset("0123456789")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 # Keyword -> (kind, attribute). The kinds are parsed by `_KINDS`; the defaults are in `Config`.
@@ -133,9 +128,6 @@ class Config:
         self.routes: list[Route] = []
         self._auth: AuthTable | None = None
 
-    def __repr__(self) -> str:
-        return f"<Config {self.path!r} exists={self.file_exists} user_mode={self.user_mode}>"
-
     def smarthosts(self) -> list[tuple[str, int]]:
         """SMARTHOST's hosts and ports (PORT where a host names none), in the order to try them."""
         from .mail.routes import split_hosts
@@ -153,11 +145,7 @@ class Config:
 
 def sanitize_hostname(name: str) -> str:
     """Cut `name` at the first character that is not ASCII alphanumeric or `_.-` (6.4)."""
-    for i, ch in enumerate(name):
-        if ch not in _HOSTCHARS:
-            name = name[:i]
-            break
-    return name or "unknown-hostname"
+    return name[: len(name) - len(name.lstrip(_HOSTCHARS))] or "unknown-hostname"
 
 
 def getenv(name: str) -> str | None:
@@ -184,12 +172,8 @@ def state_dir() -> str:
 
 
 def load(path: str | None = None, *, user_mode: bool | None = None) -> Config:
-    """Read dma.conf: `path` (from `-C FILE`), else $DMA_CONF, else /etc/dma/dma.conf.
-
-    A missing file gives all defaults; an unreadable one raises `Fatal` (EX_NOINPUT); a mistake
-    in it raises `ConfigError` (EX_CONFIG) naming the file, the line and the key. `user_mode`
-    overrides the mode normally taken from the effective uid (for tests and tools).
-    """
+    """Read dma.conf: `path` (`-C FILE`), else $DMA_CONF, else /etc/dma/dma.conf; a missing file
+    gives all defaults. `user_mode` overrides the mode taken from the effective uid."""
     if not path:
         path = getenv("DMA_CONF") or DEFAULT_CONF
     cfg = Config(path, user_mode=user_mode)
@@ -200,21 +184,6 @@ def load(path: str | None = None, *, user_mode: bool | None = None) -> Config:
     except OSError as e:
         raise Fatal(EX_NOINPUT, f"can not open config `{path}': {os_error_text(e)}") from None
     cfg.file_exists = True
-    _parse_conf(cfg, path, text)
-    if user_mode is None and cfg.user_mode and "SPOOLDIR" in cfg.key_lines:
-        cfg.user_mode = not _is_system_spool(cfg.spooldir)
-    return cfg
-
-
-def _is_system_spool(spooldir: str) -> bool:
-    """A spool set up by `dma install`: it has a drop directory for unprivileged submitters."""
-    try:
-        return posix.stat(f"{spooldir}/incoming").st_mode & 0o170000 == 0o040000
-    except OSError:
-        return False
-
-
-def _parse_conf(cfg: Config, path: str, text: str) -> None:
     lines = cfg.key_lines
     for lineno, raw in enumerate(text.split("\n"), 1):
         line = raw.partition("#")[0].rstrip("\r")  # rstrip: CRLF files
@@ -227,10 +196,9 @@ def _parse_conf(cfg: Config, path: str, text: str) -> None:
         if keyword not in _KEYS:
             if not keyword.isprintable():
                 keyword = ascii(keyword)[1:-1]
+            hint = _HINTS.get(keyword, "")
             if keyword.upper() in _KEYS:
                 hint = f" (keywords are case-sensitive: {keyword.upper()})"
-            else:
-                hint = _HINTS.get(keyword, "")
             raise ConfigError(path, lineno, keyword, f"unknown keyword{hint}")
         try:
             _apply(cfg, keyword, value, lineno)
@@ -243,8 +211,24 @@ def _parse_conf(cfg: Config, path: str, text: str) -> None:
         key = "RETRY_MIN" if "RETRY_MIN" in lines else "RETRY_MAX"
         message = f"RETRY_MIN ({cfg.retry_min}s) is larger than RETRY_MAX ({cfg.retry_max}s)"
         raise ConfigError(path, lines[key], key, message)
-    if "MAILNAME" in lines and cfg.mailname.startswith("/"):
-        cfg.mailname = _mailname_from_file(cfg.mailname) or cfg.system_hostname
+    if "MAILNAME" in lines and cfg.mailname.startswith("/"):  # its first line, else the system's
+        try:
+            with open(cfg.mailname, "rb") as f:
+                name = sanitize_hostname(f.readline(4096).decode("ascii", "replace"))
+        except OSError:
+            name = "unknown-hostname"
+        cfg.mailname = cfg.system_hostname if name == "unknown-hostname" else name
+    if user_mode is None and cfg.user_mode and "SPOOLDIR" in lines:
+        cfg.user_mode = not _is_system_spool(cfg.spooldir)
+    return cfg
+
+
+def _is_system_spool(spooldir: str) -> bool:
+    """A spool set up by `dma install`: it has a drop directory for unprivileged submitters."""
+    try:
+        return posix.stat(f"{spooldir}/incoming").st_mode & 0o170000 == 0o040000
+    except OSError:
+        return False
 
 
 def _apply(cfg: Config, keyword: str, value: str, lineno: int) -> None:
@@ -253,12 +237,14 @@ def _apply(cfg: Config, keyword: str, value: str, lineno: int) -> None:
     if not value.isprintable() and any((ch < " " and ch != "\t") or ch == "\x7f" for ch in value):
         raise ValueError("control character in value")
     cfg.key_lines[keyword] = lineno
-    if not value and kind != "bool":
+    if kind == "bool" and value:
+        raise ValueError(f"takes no value (got `{value}')")
+    if kind != "bool" and not value:
         raise ValueError("missing value")
     if kind == "route":
-        from .mail.routes import parse_route
+        from .mail.routes import Route
 
-        cfg.routes.append(parse_route(value, lineno))
+        cfg.routes.append(Route(value, lineno))
         return
     parse, what = _KINDS[kind]
     result = parse(value)
@@ -271,17 +257,6 @@ def _apply(cfg: Config, keyword: str, value: str, lineno: int) -> None:
         setattr(cfg, attr, result)
 
 
-def _mailname_from_file(path: str) -> str | None:
-    """The first line of `path`, cut at the first non-host-name character; None if unusable."""
-    try:
-        with open(path, "rb") as f:
-            first = f.readline(4096)
-    except OSError:
-        return None
-    name = sanitize_hostname(first.decode("ascii", "replace"))
-    return None if name == "unknown-hostname" else name
-
-
 # ---- the kinds of value: parsers that return None for a malformed value, or raise ValueError --
 
 
@@ -292,16 +267,10 @@ def _number(
     digits, scale = text, 1
     if text[-1:] and text[-1] in units:
         digits, scale = text[:-1], _UNITS[text[-1]]
-    if not digits or len(digits) > width or not set(digits) <= _DIGITS:
+    if not digits or len(digits) > width or not (digits.isascii() and digits.isdigit()):
         return None
     n = int(digits) * scale
     return n if low <= n <= high else None
-
-
-def _flag(value: str) -> bool:
-    if value:
-        raise ValueError(f"takes no value (got `{value}')")
-    return True
 
 
 def _seconds(text: str) -> float | None:
@@ -362,23 +331,20 @@ def _dns_servers(text: str) -> list[tuple[str, int]]:
         item = item.strip()
         if not item:
             raise ValueError("empty server in list")
-        host, port, family = item, "53", socket.AF_INET
+        host, port = item, "53"
         if item.startswith("["):
-            end = item.find("]")
-            if end < 0:
+            host, bracket, rest = item[1:].partition("]")
+            if not bracket:
                 raise ValueError(f"`{item}': missing `]'")
-            host, rest, family = item[1:end], item[end + 1 :], socket.AF_INET6
             if rest:
                 port = rest[1:] if rest.startswith(":") else ""
         elif item.count(":") == 1:
             host, _, port = item.partition(":")
-        elif ":" in item:  # a bare IPv6 address
-            family = socket.AF_INET6
         number = _number(port, "", 5, 1, 65535)
         if number is None:
             raise ValueError(f"`{item}': bad port")
-        try:
-            socket.inet_pton(family, host)
+        try:  # a bracketed or bare IPv6 address, else IPv4
+            socket.inet_pton(socket.AF_INET6 if item.startswith("[") or ":" in host else socket.AF_INET, host)
         except (OSError, ValueError):
             raise ValueError(f"`{item}': not an IP address") from None
         servers.append((host, number))
@@ -387,7 +353,7 @@ def _dns_servers(text: str) -> list[tuple[str, int]]:
 
 # Kind -> (parser, what a malformed value is, after the value).
 _KINDS: dict[str, tuple[Callable[[str], object], str]] = {
-    "bool": (_flag, ""),
+    "bool": (lambda v: True, ""),
     "str": (str, ""),
     "argv": (str.split, ""),
     "hosts": (_hosts, ""),

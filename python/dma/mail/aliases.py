@@ -1,5 +1,5 @@
 """The aliases file and alias expansion (docs/configuration.md, "The aliases file"), in C dma's
-grammar with its bugs fixed. On the submission hot path: module level imports only `errors`."""
+grammar with its bugs fixed. On the submission hot path: module level imports only `errors` and `message`."""
 
 from __future__ import annotations
 
@@ -30,16 +30,62 @@ def _unsupported(dest: str) -> str | None:
 
 
 class Aliases(dict[str, list[tuple[str, int]]]):
-    """A parsed aliases file: name -> destinations, each remembered with its line number."""
+    """The aliases in `text`: name -> destinations, each with its line number; `path` names the file
+    in messages."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, text: str = "") -> None:
         super().__init__()
         self.path = path
+        # The logical line being collected: (token, line) pairs, tokens are ":", "," or identifiers.
+        tokens: list[tuple[str, int]] = []
+        backslash = False  # the previous line ended in a continuation backslash
+        for lineno, raw in enumerate(text.split("\n"), 1):
+            line = raw.partition("#")[0]
+            if not line.isprintable():
+                for ch in line:
+                    if (ch < " " and ch not in _BLANKS) or ch == "\x7f":
+                        raise ConfigError(path, lineno, None, f"syntax error: control character {ch!r}")
+            continues = backslash or (line[:1] in (" ", "\t"))
+            body = line.rstrip(_BLANKS)
+            backslash = body.endswith("\\") and (len(body) == 1 or body[-2] in _BLANKS + ":,")
+            if backslash:
+                body = body[:-1]
+            if not body.strip(_BLANKS):
+                continue  # blank or comment-only: neither starts nor ends an entry
+            if not continues and tokens:
+                self._add(tokens)
+                tokens = []
+            tokens += [(word, lineno) for word in body.translate(_TOKENS).split(" ") if word]
+        if tokens:
+            self._add(tokens)
 
-    def lookup(self, name: str) -> list[str] | None:
-        """The destinations of alias `name` in file order (exact, case-sensitive), or None."""
-        dests = self.get(name)
-        return None if dests is None else [d for d, _ in dests]
+    def _add(self, tokens: list[tuple[str, int]]) -> None:
+        """Check one logical line against ``name ':' dest (',' dest)*`` and record it."""
+        path, (name, line), rest = self.path, tokens[0], tokens[1:]
+        if name in (":", ","):
+            raise ConfigError(path, line, None, f"syntax error: expected an alias name before `{name}'")
+        if not rest or rest[0][0] != ":":
+            raise ConfigError(
+                path, rest[0][1] if rest else line, name, "syntax error: expected `:' after the alias name"
+            )
+        if len(rest) < 2:
+            raise ConfigError(path, rest[0][1], name, "syntax error: no destination")
+        dests: list[tuple[str, int]] = []
+        for i, (tok, tline) in enumerate(rest[1:]):  # even i: a destination, odd i: a comma
+            if tok == ":":
+                include = i % 2 == 0 and i + 2 < len(rest) and rest[i + 2][0] == "include"
+                why = ":include: is not supported" if include else "syntax error: unexpected `:'"
+                raise ConfigError(path, tline, name, why)
+            if i % 2 == 0 and tok == ",":
+                raise ConfigError(path, tline, name, "syntax error: empty destination")
+            if i % 2 == 0:
+                dests.append((tok, tline))
+            elif tok != ",":
+                why = f"syntax error: destinations are separated by commas (before `{tok}')"
+                raise ConfigError(path, tline, name, why)
+        if len(rest) % 2:
+            raise ConfigError(path, tokens[-1][1], name, "syntax error: missing destination after `,'")
+        self.setdefault(name, []).extend(dests)
 
     def check(self) -> list[ConfigError]:
         """Destinations that parse but cannot be delivered to (for `newaliases`), in file order."""
@@ -59,11 +105,8 @@ class Aliases(dict[str, list[tuple[str, int]]]):
         wildcard: bool,
         mailname: str | None = None,
     ) -> list[str]:
-        """The remote addresses and local user names local name `recipient` goes to, without
-        duplicates (docs/configuration.md, "Expansion"); `wildcard`: the `*` alias applies (the
-        callers' recipients, not names expansion produced). Raises `Fatal` (EX_DATAERR)."""
-        if "@" in recipient:
-            return [recipient]
+        """The remote addresses and local user names local name `recipient` goes to, deduplicated
+        (docs/configuration.md, "Expansion"); `wildcard`: the `*` alias applies. Raises `Fatal`."""
         out: dict[str, None] = {}
         invalid = f"invalid recipient `{recipient}'"
 
@@ -109,64 +152,7 @@ def parse(path: str) -> Aliases:
     try:
         text = read_text(path)
     except FileNotFoundError:
-        return Aliases(path)
+        text = ""
     except OSError as e:
         raise Fatal(EX_NOINPUT, f"can not read aliases file `{path}': {os_error_text(e)}") from None
-    return parse_text(text, path)
-
-
-def parse_text(text: str, path: str = "<aliases>") -> Aliases:
-    """Parse aliases from a string; `path` is only used in error messages."""
-    entries = Aliases(path)
-    # The logical line being collected: (token, line) pairs, tokens are ":", "," or identifiers.
-    tokens: list[tuple[str, int]] = []
-    backslash = False  # the previous line ended in a continuation backslash
-    for lineno, raw in enumerate(text.split("\n"), 1):
-        line = raw.partition("#")[0]
-        if not line.isprintable():
-            for ch in line:
-                if (ch < " " and ch not in _BLANKS) or ch == "\x7f":
-                    raise ConfigError(path, lineno, None, f"syntax error: control character {ch!r}")
-        continues = backslash or (line[:1] in (" ", "\t"))
-        body = line.rstrip(_BLANKS)
-        backslash = body.endswith("\\") and (len(body) == 1 or body[-2] in _BLANKS + ":,")
-        if backslash:
-            body = body[:-1]
-        if not body.strip(_BLANKS):
-            continue  # blank or comment-only: neither starts nor ends an entry
-        if not continues and tokens:
-            _entry(tokens, entries, path)
-            tokens = []
-        tokens += [(word, lineno) for word in body.translate(_TOKENS).split(" ") if word]
-    if tokens:
-        _entry(tokens, entries, path)
-    return entries
-
-
-def _entry(tokens: list[tuple[str, int]], entries: dict[str, list[tuple[str, int]]], path: str) -> None:
-    """Check one logical line against ``name ':' dest (',' dest)*`` and record it."""
-    (name, line), rest = tokens[0], tokens[1:]
-    if name in (":", ","):
-        raise ConfigError(path, line, None, f"syntax error: expected an alias name before `{name}'")
-    if not rest or rest[0][0] != ":":
-        raise ConfigError(
-            path, rest[0][1] if rest else line, name, "syntax error: expected `:' after the alias name"
-        )
-    if len(rest) < 2:
-        raise ConfigError(path, rest[0][1], name, "syntax error: no destination")
-    dests: list[tuple[str, int]] = []
-    for i, (tok, tline) in enumerate(rest[1:]):  # even i: a destination, odd i: a comma
-        if tok == ":":
-            include = i % 2 == 0 and i + 2 < len(rest) and rest[i + 2][0] == "include"
-            why = ":include: is not supported" if include else "syntax error: unexpected `:'"
-            raise ConfigError(path, tline, name, why)
-        if i % 2 == 0 and tok == ",":
-            raise ConfigError(path, tline, name, "syntax error: empty destination")
-        if i % 2 == 0:
-            dests.append((tok, tline))
-        elif tok != ",":
-            why = f"syntax error: destinations are separated by commas (before `{tok}')"
-            raise ConfigError(path, tline, name, why)
-    if len(rest) % 2:
-        raise ConfigError(path, tokens[-1][1], name, "syntax error: missing destination after `,'")
-    entries.setdefault(name, []).extend(dests)
+    return Aliases(path, text)

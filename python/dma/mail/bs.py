@@ -106,9 +106,7 @@ class Session:
             elif param.upper() not in MAIL_PARAMS:
                 raise Reply(f"555 5.5.4 unsupported parameter {param}")
         try:  # as `-f`: any sender the command line would take
-            message.envelope_sender(
-                path, self.cfg.mailname, self.cfg.masquerade_user, self.cfg.masquerade_host
-            )
+            message.envelope_sender(path, self.cfg)
         except Fatal as e:
             raise Reply(f"553 5.1.7 {e}") from None
         self.sender = path

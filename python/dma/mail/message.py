@@ -1,8 +1,5 @@
-"""The envelope of a submitted message: the sender, the recipients, and the checks on every address.
-
-The body itself never passes through here: Rust streams it into the spool. This module is on the
-submission hot path and imports nothing heavy.
-"""
+"""The envelope of a submitted message: the sender, the recipients, and the checks on every address
+(the body never passes through here). On the submission hot path: imports nothing heavy."""
 
 from __future__ import annotations
 
@@ -11,7 +8,7 @@ import pwd
 import time
 
 from dma import _native
-from dma.config import getenv
+from dma.config import Config, getenv
 from dma.errors import EX_DATAERR, EX_SOFTWARE, Fatal
 
 _login_name: str | None = None
@@ -53,12 +50,7 @@ def strip_local_domain(addr: str, mailname: str | None) -> str:
     """Cut ``@domain`` off `addr` when the domain after the LAST ``@`` is `mailname` or localhost,
     compared case-insensitively (C dma compared the host name case-sensitively)."""
     local, at, domain = addr.rpartition("@")
-    if not at:
-        return addr
-    d = domain.lower()
-    if d == "localhost" or (mailname is not None and d == mailname.lower()):
-        return local
-    return addr
+    return local if at and domain.lower() in ("localhost", (mailname or "localhost").lower()) else addr
 
 
 def parse_addresses(text: str, what: str = "address") -> list[str]:
@@ -119,8 +111,7 @@ def _flush(current: list[str], found: list[str], what: str) -> None:
 
 
 def check_address(address: str, what: str = "address") -> None:
-    """The one address check (rust/src/address.rs), for every way in: an RFC 5321 mailbox, UTF-8
-    allowed, that cannot end its `<path>` early or add an SMTP parameter."""
+    """The one address check (rust/src/address.rs), for every way in."""
     try:
         why = _native.check_address(address)
     except UnicodeEncodeError:  # an argument's undecodable bytes, kept as surrogates
@@ -130,9 +121,7 @@ def check_address(address: str, what: str = "address") -> None:
         raise Fatal(EX_DATAERR, f"invalid {what} `{shown}': {why}")
 
 
-def envelope_sender(
-    given: str | None, mailname: str, masquerade_user: str | None, masquerade_host: str | None
-) -> str:
+def envelope_sender(given: str | None, cfg: Config) -> str:
     """The envelope sender: `-f`/`-r`, else $EMAIL, else the login name, qualified and masqueraded.
     `-f ''` and `-f '<>'` give the null sender (C dma turned them into `@host`)."""
     if given is not None:
@@ -147,8 +136,8 @@ def envelope_sender(
         source = getenv("EMAIL") or ""
         check_line_safe("$EMAIL", source)
     user, _, host = source.partition("@")
-    user = masquerade_user or user or login_name()
-    host = masquerade_host or host or mailname
+    user = cfg.masquerade_user or user or login_name()
+    host = cfg.masquerade_host or host or cfg.mailname
     sender = f"{user}@{host}"
     if "\n" in sender:
         raise Fatal(EX_SOFTWARE, "can not build the sender address")

@@ -30,8 +30,9 @@ def split_hosts(text: str, default_port: int) -> list[tuple[str, int]]:
 
 
 class Route:
-    """One ROUTE line: `kind` "to" (recipient domain) or "from" (envelope sender), `hosts` the
-    relays to try in turn (none for MX delivery); an option the line does not give is None."""
+    """One `ROUTE <selector> <target> [option...]` line: `kind` "to" (recipient domain) or "from"
+    (envelope sender), `hosts` the relays to try in turn (none for MX delivery); an option the line
+    does not give is None. A mistake raises ValueError."""
 
     tls: str | None = None
     verify: bool | None = None
@@ -39,11 +40,39 @@ class Route:
     login: str | None = None
     rewrite_from: str | None = None
 
-    def __init__(self, kind: str, pattern: str, hosts: list[tuple[str, int]], line: int) -> None:
-        self.kind = kind
-        self.pattern = pattern
-        self.hosts = hosts
-        self.line = line
+    def __init__(self, value: str, line: int) -> None:
+        words = value.split()
+        if len(words) < 2:
+            raise ValueError("expected `ROUTE to:<domain>|from:<sender> <host[:port]>|mx [option ...]'")
+        kind, colon, pattern = words[0].partition(":")
+        if not colon or kind not in ("to", "from") or not pattern:
+            raise ValueError(f"`{words[0]}' is not to:<domain> or from:<address>")
+        self.kind, self.pattern, self.line = kind, pattern.lower(), line
+        self.hosts = [] if words[1] == "mx" else split_hosts(words[1], 25)
+        if words[1] != "mx" and not self.hosts:
+            raise ValueError(f"`{words[1]}' is not host[:port] or mx")
+        for option in words[2:]:
+            name, eq, arg = option.partition("=")
+            if name in TLS_MODES and not eq:
+                self.tls = TLS_MODES[name]
+            elif name in ("verify", "noverify") and not eq:
+                self.verify = name == "verify"
+            elif name == "fingerprint" and arg:
+                try:
+                    self.fingerprint = bytes.fromhex(arg.replace(":", ""))
+                except ValueError:
+                    raise ValueError(f"`{option}': not hexadecimal") from None
+                if len(self.fingerprint) != 32:
+                    raise ValueError(f"`{option}': a SHA-256 fingerprint is 64 hex digits")
+            elif name == "auth" and arg:
+                self.login = arg
+            elif name == "rewritefrom" and arg:
+                # Applied when the message is queued, where only the sender is known.
+                if kind != "from" or arg.count("@") != 1:
+                    raise ValueError(f"`{option}': rewritefrom=<address> is for from: routes")
+                self.rewrite_from = arg
+            else:
+                raise ValueError(f"unknown option `{option}'")
 
     def matches(self, sender: str, recipient: str) -> bool:
         if self.kind == "from":
@@ -55,43 +84,6 @@ class Route:
         if self.pattern.startswith("*."):
             return domain.endswith(self.pattern[1:])
         return domain == self.pattern
-
-
-def parse_route(value: str, lineno: int) -> Route:
-    """One `ROUTE <selector> <target> [option...]` value; raises ValueError."""
-    words = value.split()
-    if len(words) < 2:
-        raise ValueError("expected `ROUTE to:<domain>|from:<sender> <host[:port]>|mx [option ...]'")
-    kind, colon, pattern = words[0].partition(":")
-    if not colon or kind not in ("to", "from") or not pattern:
-        raise ValueError(f"`{words[0]}' is not to:<domain> or from:<address>")
-    hosts = [] if words[1] == "mx" else split_hosts(words[1], 25)
-    if words[1] != "mx" and not hosts:
-        raise ValueError(f"`{words[1]}' is not host[:port] or mx")
-    route = Route(kind, pattern.lower(), hosts, lineno)
-    for option in words[2:]:
-        name, eq, arg = option.partition("=")
-        if name in TLS_MODES and not eq:
-            route.tls = TLS_MODES[name]
-        elif name in ("verify", "noverify") and not eq:
-            route.verify = name == "verify"
-        elif name == "fingerprint" and arg:
-            try:
-                route.fingerprint = bytes.fromhex(arg.replace(":", ""))
-            except ValueError:
-                raise ValueError(f"`{option}': not hexadecimal") from None
-            if len(route.fingerprint) != 32:
-                raise ValueError(f"`{option}': a SHA-256 fingerprint is 64 hex digits")
-        elif name == "auth" and arg:
-            route.login = arg
-        elif name == "rewritefrom" and arg:
-            # Applied when the message is queued, where only the sender is known.
-            if kind != "from" or arg.count("@") != 1:
-                raise ValueError(f"`{option}': rewritefrom=<address> is for from: routes")
-            route.rewrite_from = arg
-        else:
-            raise ValueError(f"unknown option `{option}'")
-    return route
 
 
 def rewritten_sender(cfg: Config, sender: str) -> str | None:

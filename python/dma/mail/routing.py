@@ -21,8 +21,7 @@ class RecipientResolver:
         self._aliases: Aliases | None = None
 
     def resolve(self, recipients: list[str]) -> list[str]:
-        """Envelope recipients (bare local user names and remote addresses) for `recipients`
-        (command line, `-t` or a bounce), deduplicated."""
+        """Local user names and remote addresses for `recipients`, deduplicated."""
         from .message import strip_local_domain
 
         result: dict[str, None] = {}
@@ -81,28 +80,22 @@ def targets_for(domain: str, cfg: Config, route: Route | None = None) -> list[Ta
     (else the smarthosts), or the MX hosts by preference, shuffled among equals (RFC 5321 5.1).
     Raises `RouteError`."""
     hosts = cfg.smarthosts() if route is None else route.hosts
-    literal = address_literal(domain)
     if hosts:
         candidates, none = [(0, name, port) for name, port in hosts], "no usable smarthost"
-    elif literal is not None:
+    elif (literal := address_literal(domain)) is not None:
         import ipaddress
 
-        version: int = 0
-        try:
-            version = ipaddress.ip_address(literal).version
-        except ValueError:
-            pass
         # RFC 5321 4.1.3: `[192.0.2.1]` is IPv4, `[IPv6:2001:db8::1]` IPv6; anything else cannot
         # be delivered to (and must not reach the SMTP session, which refuses it).
-        if version != (6 if domain[1:6].lower() == "ipv6:" else 4):
-            raise RouteError(f"invalid address literal {domain}", permanent=True)
+        try:
+            (ipaddress.IPv6Address if domain[1:6].lower() == "ipv6:" else ipaddress.IPv4Address)(literal)
+        except ValueError:
+            raise RouteError(f"invalid address literal {domain}", permanent=True) from None
         return [Target(literal, [literal], 25)]
     else:
         import random
 
-        exchanges = mx_hosts(domain, cfg)
-        random.shuffle(exchanges)
-        exchanges.sort(key=lambda pref_host: pref_host[0])
+        exchanges = sorted(mx_hosts(domain, cfg), key=lambda pref_host: (pref_host[0], random.random()))
         candidates, none = [(pref, host, 25) for pref, host in exchanges], f"no usable MX host for {domain}"
     targets: list[Target] = []
     failures: list[str] = []
@@ -155,9 +148,8 @@ def resolve_host(host: str, cfg: Config, port: int) -> list[str]:
     """IPv6 and IPv4 addresses of `host`, through the configured DNS servers, else the system's
     resolver (which reads /etc/hosts too). Failures are temporary: an unresolvable smarthost must
     not bounce mail (C dma #30)."""
-    literal = address_literal(f"[{host}]") if ":" in host or host.replace(".", "").isdigit() else None
-    if literal is not None:
-        return [literal]
+    if ":" in host or host.replace(".", "").isdigit():  # an IP address: nothing to look up
+        return [address_literal(f"[{host}]") or host]
     if not cfg.dns_servers:
         import socket
 

@@ -143,7 +143,7 @@ def submit(
     """Spool one message from `source` (standard input by default, left open; bytes; a `-bs` DATA)
     and return its message id and entry ids. A batch passes `durable=False`, to sync the spool once
     for all, and its `resolver`, to read the aliases file once."""
-    sender = message.envelope_sender(sub.sender, cfg.mailname, cfg.masquerade_user, cfg.masquerade_host)
+    sender = message.envelope_sender(sub.sender, cfg)
     rewrite = None
     if cfg.rewrite_from or cfg.routes:
         from .routes import rewritten_sender
