@@ -7,12 +7,11 @@ from __future__ import annotations
 import posix
 import sys
 
-from .errors import EX_CONFIG, EX_NOINPUT, EX_OSERR, EX_USAGE, Fatal
+from .errors import EX_CONFIG, EX_NOINPUT, EX_USAGE, Fatal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .config import Config
-    from .mail.queue import Runner
 
 WITH_ARGUMENT = set("AbBCdfFhLNoOqrRVX")
 FLAGS = set("DintUv")
@@ -244,15 +243,15 @@ def dispatch(prog: str, args: list[str]) -> int:
 
 def run_queue(cfg: Config, opts: Options, prog: str) -> int:
     """`-q`: make every deferred entry due now. `-qI<id>` and `-qR<domain>` flush only those."""
-    from .mail.queue import Runner, Selection
+    from .mail.queue import Runner, selection, take_over
 
-    selection = Selection(opts.queue_arg or "")
+    only = selection(opts.queue_arg or "")
     progress = opts.foreground and not opts.verbose and sys.stderr.isatty()
     runner = Runner(cfg, verbose=opts.verbose, progress=progress, name=prog, tag=opts.tag)
-    if not (opts.foreground or selection.selective):
-        return background(cfg, runner, flush=True)
+    if not (opts.foreground or only):
+        return take_over(runner, flush=True)
     # Delivered here and now, beside a running runner if there is one: entries are locked one by one.
-    runner.run(only=selection if selection.selective else None, force=True)
+    runner.run(only=only, force=True)
     runner.summary()
     return 0
 
@@ -260,37 +259,16 @@ def run_queue(cfg: Config, opts: Options, prog: str) -> int:
 def deliver_now(cfg: Config, message_ids: list[str], opts: Options, prog: str) -> int:
     """After a submission: deliver in the foreground (`-D`), or wake or start the runner."""
     from .errors import EX_TEMPFAIL, EX_UNAVAILABLE
-    from .mail.queue import Runner, Selection
+    from .mail.queue import Runner, selection, take_over
 
     runner = Runner(cfg, verbose=opts.verbose, report_failures=opts.foreground, name=prog, tag=opts.tag)
     if not opts.foreground:
-        return background(cfg, runner)
+        return take_over(runner)
     # -D: deliver this message now, even if a runner is busy, and report the outcome.
-    runner.run(only=Selection("", message_ids), force=True)
-    if runner.failed:
+    runner.run(only=selection("", message_ids), force=True)
+    if runner.done["failed"]:
         return EX_UNAVAILABLE
-    return EX_TEMPFAIL if runner.deferred else 0
-
-
-def background(cfg: Config, runner: Runner, *, flush: bool = False) -> int:
-    """Wake the runner that holds the spool (`flush`: all is due now), or fork and become it."""
-    from .mail.queue import wake
-
-    if not runner.acquire():
-        wake(cfg, flush=flush)
-        return 0
-    try:
-        pid = posix.fork()
-    except OSError as e:
-        raise Fatal(EX_OSERR, f"can not fork: {e.strerror}") from e
-    if pid == 0:
-        posix.setsid()
-        devnull = posix.open("/dev/null", posix.O_RDWR)
-        for fd in (0, 1, 2):
-            posix.dup2(devnull, fd)
-        posix.close(devnull)
-        runner.serve(force=flush)
-    return 0
+    return EX_TEMPFAIL if runner.done["deferred"] else 0
 
 
 if __name__ == "__main__":
