@@ -26,17 +26,12 @@ from .mail.routing import RecipientResolver
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import subprocess
     from collections.abc import Iterable
     from email.message import Message
 
     from .config import Config
 
 __all__ = ["Batch", "submit", "wake_runner"]
-
-# Runners started by this process: reaped by the next start, so that none lingers as a zombie.
-_started: list[subprocess.Popen[bytes]] = []
-_started_lock = threading.Lock()
 
 
 def submit(
@@ -179,16 +174,13 @@ def wake_runner(cfg: Config) -> None:
 
 
 def start_runner(cfg: Config) -> None:
-    """Start `dma -q` for `cfg` in a new session, reaped by the next call. Not `os.fork()`: forking
-    someone else's program (its threads, locks and connections) is not ours to do."""
+    """Start `dma -q` for `cfg` in a new session. Not `os.fork()`: forking someone else's program
+    (its threads, locks and connections) is not ours to do."""
     import subprocess
 
-    with _started_lock:
-        _started[:] = [proc for proc in _started if proc.poll() is None]
     # The child finds this very package, wherever the caller's sys.path found it.
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
     devnull = subprocess.DEVNULL
     proc = subprocess.Popen(
         [python_executable(), "-m", "dma.cli", "-C", os.path.abspath(cfg.path), "-q"],
@@ -198,10 +190,10 @@ def start_runner(cfg: Config) -> None:
         close_fds=True,
         start_new_session=True,
         cwd="/",
-        env=env,
+        env={**os.environ, "PYTHONPATH": path},
     )
-    with _started_lock:
-        _started.append(proc)
+    # It exits as soon as its daemon is started: reaped by a thread, it lingers as no zombie.
+    threading.Thread(target=proc.wait, daemon=True).start()
 
 
 def python_executable() -> str:
