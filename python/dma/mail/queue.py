@@ -127,7 +127,9 @@ class Runner:
                 if self.tried is not None:  # one pass: a retry that falls due meanwhile waits
                     due = [e for e in due if e.id not in self.tried]
                 self.dispatch(due)
-                if self.settle(failing):
+                bounces = self.bounces
+                self.settle(failing)
+                if self.bounces > bounces:
                     continue  # deliver the bounces too
                 if self.claimed:
                     timeout = NAP
@@ -157,19 +159,6 @@ class Runner:
         """SIGTERM: finish what has been recorded, close connections, and exit."""
         self.stopping = True
         self.spool.notify()
-
-    def serve(self, *, force: bool = False) -> None:
-        """Run resident until the queue is idle, then release the lock. After releasing, look once
-        more: a submission that found the lock held just before we let go relies on that look."""
-        import _signal  # type: ignore[import-not-found]  # `signal`, without the enum it imports
-
-        _signal.signal(_signal.SIGTERM, self.stop)
-        while True:
-            self.run(force=force, resident=True)
-            self.spool.unlock()
-            if self.stopping or not self.spool.due(int(time.time()), False)[0] or not self.acquire():
-                return
-            force = False
 
     def replay_journal(self) -> None:
         """Remove entries the server confirmed before a crash kept us from recording it. The
@@ -302,10 +291,8 @@ class Runner:
         except OSError as e:
             raise Fatal(EX_TEMPFAIL, f"can not sync `{self.cfg.spooldir}': {e.strerror or e}") from None
 
-    def settle(self, message_ids: list[str]) -> int:
-        """Bounce each of these messages whose remaining recipients have all failed, once per
-        message; returns the number of bounces queued."""
-        queued = 0
+    def settle(self, message_ids: list[str]) -> None:
+        """Bounce each of these messages whose remaining recipients have all failed, once per message."""
         for message_id in message_ids:
             group = self.spool.message_entries(message_id)
             if not group or not all(e.state == "failed" for e in group):
@@ -313,13 +300,12 @@ class Runner:
             held = self.spool.claim([e.id for e in group])
             try:
                 if len(held) == len(group):  # else someone else is working on it
-                    queued += self.bounce(held)
+                    self.bounce(held)
             finally:
                 for e in held:
                     self.spool.release(e.id)
-        return queued
 
-    def bounce(self, failed: list[_native.QueueEntry]) -> int:
+    def bounce(self, failed: list[_native.QueueEntry]) -> None:
         """Queue one message's bounce, or hold its entries for the postmaster when the bounce
         itself failed (null sender) or can not be queued."""
         from . import bounce
@@ -327,7 +313,7 @@ class Runner:
         first = failed[0]
         if first.sender and not bounce.wants_failure_report(first.dsn):
             self.log(bounce.discard(self.spool, failed), event="failed")
-            return 0
+            return
         reason = "a bounce that could not be delivered"
         if first.sender:
             try:
@@ -347,7 +333,7 @@ class Runner:
                     to=first.sender,
                     bounce=bounce_id,
                 )
-                return 1
+                return
         for e in failed:
             last_error = f"{e.last_error}; held: {reason}"
             self.spool.record(e.id, attempts=e.attempts, next_attempt=0, last_error=last_error, state="held")
@@ -358,7 +344,6 @@ class Runner:
             level="crit",
             id=first.message_id,
         )
-        return 0
 
     def record(self, entry: _native.QueueEntry, status: str, text: str) -> None:
         """Write an entry's outcome ("sent", "temporary" or "permanent") into the spool. A spool that
@@ -439,8 +424,8 @@ def wake(cfg: Config, *, flush: bool = False) -> None:
 
 
 def take_over(runner: Runner, *, flush: bool = False, detach: bool = True) -> int:
-    """Become the spool's runner until the queue is idle (`detach`: in a daemon), or wake the one
-    that holds it (`flush`: everything is due now; else its retry schedule stays as it is)."""
+    """Become the spool's runner (`detach`: in a daemon), resident until the queue is idle, or wake
+    the one that holds it (`flush`: everything is due now; else its retry schedule stays as it is)."""
     if not runner.acquire():
         wake(runner.cfg, flush=flush)
         return 0
@@ -456,8 +441,16 @@ def take_over(runner: Runner, *, flush: bool = False, detach: bool = True) -> in
         for fd in (0, 1, 2):
             posix.dup2(devnull, fd)
         posix.close(devnull)
-    runner.serve(force=flush)
-    return 0
+    import _signal  # type: ignore[import-not-found]  # `signal`, without the enum it imports
+
+    _signal.signal(_signal.SIGTERM, runner.stop)
+    while True:
+        runner.run(force=flush, resident=True)
+        runner.spool.unlock()
+        # Look once more: a submission that found the lock held just before we let go relies on it.
+        if runner.stopping or not runner.spool.due(int(time.time()), False)[0] or not runner.acquire():
+            return 0
+        flush = False
 
 
 def command(prog: str, name: str, args: list[str]) -> int:
