@@ -145,19 +145,11 @@ def load_config(config: Config | str | os.PathLike[str] | None) -> Config:
 
 def runner_running(cfg: Config) -> bool:
     """Whether a queue runner holds this spool's lock."""
-    import fcntl
-
-    try:
-        fd = os.open(os.path.join(cfg.spooldir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError:
+    spool = _native.Spool(cfg.spooldir)
+    if spool.lock():
+        spool.unlock()
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops our lock, if we got it
-    return False
+    return True
 
 
 def wake_runner(cfg: Config) -> None:

@@ -48,19 +48,6 @@ class Options:
         self.recipients: list[str] = []
         self.dsn: dict[str, str] = {}  # -N, -R, -V by letter
 
-    def apply(self, letter: str, value: str) -> None:
-        if letter == "A" and value not in ("c", "m"):
-            letter = "b"
-        key = letter + value if letter in "bo" else letter
-        if key in SETS:
-            setattr(self, *SETS[key])
-        elif letter == "b":
-            self.foreground = True  # -bm, -bi, ... carry on as a foreground submission, as in C dma
-        elif letter in TAKES:
-            setattr(self, TAKES[letter], value)
-        elif letter in "NRV":
-            self.dsn[letter] = value
-
 
 def parse_args(args: list[str]) -> Options:
     opts = Options()
@@ -76,22 +63,29 @@ def parse_args(args: list[str]) -> Options:
             continue
         j = 1
         while j < len(arg):
-            letter = arg[j]
+            letter, value = arg[j], ""
             j += 1
-            if letter in FLAGS:
-                opts.apply(letter, "")
-                continue
-            if letter not in WITH_ARGUMENT:
+            if letter in WITH_ARGUMENT:
+                value, j = arg[j:], len(arg)
+                # -q's argument is optional: C dma's getopt takes the next word unless it is an option.
+                if not value and i < len(args) and not (letter == "q" and args[i].startswith("-")):
+                    value = args[i]
+                    i += 1
+                elif not value and letter != "q":
+                    raise Fatal(EX_USAGE, f"option requires an argument: `-{letter}'")
+            elif letter not in FLAGS:
                 raise Fatal(EX_USAGE, f"invalid argument: `-{letter}'")
-            value = arg[j:]
-            # -q's argument is optional: C dma's getopt takes the next word unless it is an option.
-            if not value and i < len(args) and not (letter == "q" and args[i].startswith("-")):
-                value = args[i]
-                i += 1
-            elif not value and letter != "q":
-                raise Fatal(EX_USAGE, f"option requires an argument: `-{letter}'")
-            opts.apply(letter, value)
-            break
+            if letter == "A" and value not in ("c", "m"):
+                letter = "b"
+            key = letter + value if letter in "bo" else letter
+            if key in SETS:
+                setattr(opts, *SETS[key])
+            elif letter == "b":
+                opts.foreground = True  # -bm, -bi, ... carry on as a foreground submission, as in C dma
+            elif letter in TAKES:
+                setattr(opts, TAKES[letter], value)
+            elif letter in "NRV":
+                opts.dsn[letter] = value
     queue = opts.queue_arg is not None
     if opts.recipients and (opts.list_queue or queue):
         raise Fatal(EX_USAGE, "sending mail and queue operations are mutually exclusive")
@@ -192,13 +186,9 @@ def dispatch(prog: str, args: list[str]) -> int:
         for problem in problems:
             sys.stderr.write(f"newaliases: {problem}\n")
         return EX_CONFIG if problems else 0
-    if prog == "mailq":
-        if args not in ([], ["--json"]):
-            raise Fatal(EX_USAGE, "invalid arguments")
-        opts = Options()
-        opts.list_queue = True
-    else:
-        opts = parse_args(args)
+    if prog == "mailq" and args not in ([], ["--json"]):
+        raise Fatal(EX_USAGE, "invalid arguments")
+    opts = parse_args(["-bp"] if prog == "mailq" else args)
     cfg = config.load(opts.config)
     if opts.list_queue:
         from .admin.control import list_queue
