@@ -1,6 +1,5 @@
 """The command line: `sendmail`, `mailq`, `newaliases` and `dma` (the program name picks the mode),
-with C dma's options parsed as its glibc getopt does. Modes import heavy modules only when needed.
-"""
+with C dma's options parsed as its glibc getopt does. Modes import heavy modules only when needed."""
 
 from __future__ import annotations
 
@@ -99,10 +98,8 @@ def parse_args(args: list[str]) -> Options:
 def getopts(
     args: list[str], usage: str, short: str, long: tuple[str, ...] = (), *, operands: bool = True
 ) -> tuple[dict[str, str], list[str]]:
-    """A `dma <command>`'s options, as GNU getopt parses them: ({"-x": value}, operands).
-
-    Any mistake (operands, unless allowed), -h and --help are the usage error: `usage`, exit 64.
-    """
+    """A `dma <command>`'s options, as GNU getopt parses them: ({"-x": value}, operands). Any
+    mistake (operands, unless allowed), -h and --help are the usage error: `usage`, exit 64."""
     import getopt
 
     try:

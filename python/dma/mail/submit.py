@@ -1,9 +1,6 @@
-"""Submission: standard input to a durable queue entry per recipient (the hot path).
-
-Python decides the envelope and the headers to add; Rust streams the message from file descriptor 0
-(or, for `dma.api`, from bytes) into the spool and makes it durable. `sendmail` exits 0 only after
-`commit` has synced the spool. Nothing here imports dnspython, ssl, email or logging.
-"""
+"""Submission, the hot path: Python decides the envelope and the headers to add; Rust streams the
+message (standard input, `dma.api`'s bytes, `-bs` DATA) into the spool and makes it durable before
+`sendmail` exits 0. Nothing here imports dnspython, ssl, email or logging."""
 
 from __future__ import annotations
 
