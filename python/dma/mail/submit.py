@@ -22,17 +22,14 @@ if TYPE_CHECKING:
     from dma.config import Config
 
 # Errors that a later attempt may not meet: the caller should retry (sysexits EX_TEMPFAIL).
-_TEMPORARY_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
+_TEMPORARY_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE)
+_EXIT_CODES: dict[int | None, int] = {**dict.fromkeys(_TEMPORARY_ERRNOS, EX_TEMPFAIL), errno.EIO: EX_IOERR}
 
 
 def os_failure(e: OSError, doing: str) -> Fatal:
     """Map an OS error while spooling onto a sysexits code, with one line of text."""
     text = f"{doing}: {e.strerror or e}" if e.strerror and doing not in e.strerror else str(e.strerror or e)
-    if e.errno in _TEMPORARY_ERRNOS:
-        return Fatal(EX_TEMPFAIL, text)
-    if e.errno == errno.EIO:
-        return Fatal(EX_IOERR, text)
-    return Fatal(EX_CANTCREAT, text)
+    return Fatal(_EXIT_CODES.get(e.errno, EX_CANTCREAT), text)
 
 
 def drops(cfg: Config) -> bool:
