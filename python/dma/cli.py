@@ -250,7 +250,10 @@ def run_queue(cfg: Config, opts: Options, prog: str) -> int:
         return take_over(runner, flush=True)
     # Delivered here and now, beside a running runner if there is one: entries are locked one by one.
     runner.run(only=only, force=True)
-    runner.summary()
+    if progress:
+        sys.stderr.write("\n")
+    if progress or opts.verbose:  # the totals, on a terminal or with -v
+        sys.stderr.write(f"{prog}: {runner.counts()}, {runner.bounces} bounces queued\n")
     return 0
 
 

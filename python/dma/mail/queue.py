@@ -396,13 +396,6 @@ class Runner:
     def counts(self) -> str:
         return ", ".join(f"{n} {word}" for word, n in self.done.items())
 
-    def summary(self) -> None:
-        """The end of a foreground run: the totals, on a terminal or with -v."""
-        if self.progress:
-            sys.stderr.write("\n")
-        if self.progress or self.verbose:
-            sys.stderr.write(f"{self.name}: {self.counts()}, {self.bounces} bounces queued\n")
-
     def log(
         self, text: str, *, event: str, level: str = "info", failure: bool = False, **fields: str | int | None
     ) -> None:
