@@ -1,9 +1,4 @@
-"""dma: a sendmail-compatible, outbound-only mail agent with a Rust core.
-
-`cli` is the sendmail command line, `config` and `errors` are shared by all; `mail/` is the path a
-message takes (submission, queue, delivery, bounces); `admin/` holds the tools (install, doctor,
-queue control); `api`, `django_backend` and `logging_handler` are the integrations for programs.
-"""
+"""dma: a sendmail-compatible, outbound-only mail agent with a Rust core (the layout: README.md)."""
 
 from __future__ import annotations
 

@@ -7,12 +7,10 @@
         for msg in messages:
             batch.submit(msg)
 
-A message is handled as by `sendmail -i` (the same envelope rules, aliases and added headers,
-`Bcc:` removed), with its recipients from `To:`, `Cc:` and `Bcc:` (as `-t`) unless given. Errors
-raise `dma.errors.Fatal` with `sendmail`'s exit code in `.code`, and leave nothing of that message
-in the spool. Once the message is durable the queue runner is woken, or started (`python -m
-dma.cli -C <config> -q`, in a new session), unless the configuration says `DEFER`; failing that is
-not an error: the message waits for the next runner.
+A message is handled as by `sendmail -i`, its recipients from its headers (`-t`) unless given.
+Errors raise `dma.errors.Fatal` with `sendmail`'s exit code and leave nothing of that message in
+the spool. Once it is durable the runner is woken, or started, unless the configuration says
+`DEFER`; failing that is not an error: the message waits for the next runner.
 """
 
 from __future__ import annotations
@@ -22,23 +20,19 @@ import sys
 import threading
 
 from . import _native
+from .cli import Submission
 from .errors import EX_NOINPUT, Fatal
 from .mail import submit as submission
 from .mail.routing import RecipientResolver
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import subprocess
     from collections.abc import Iterable
     from email.message import Message
 
     from .config import Config
 
 __all__ = ["Batch", "submit", "wake_runner"]
-
-# Runners started by this process: reaped by the next start, so that none lingers as a zombie.
-_started: list[subprocess.Popen[bytes]] = []
-_started_lock = threading.Lock()
 
 
 def submit(
@@ -55,30 +49,24 @@ def submit(
     `recipients`: address lists, by default the message's; `config`: a `dma.config.Config` or a
     dma.conf's path (default `$DMA_CONF`, else /etc/dma/dma.conf).
     """
-    cfg = load_config(config)
-    message_id = _spool(cfg, message, sender, recipients, durable=True, resolver=None)
-    if not cfg.defer:
-        wake_runner(cfg)
-    return message_id
+    with Batch(config, durable=True) as batch:
+        return batch.submit(message, sender=sender, recipients=recipients)
 
 
 class Batch:
-    """Many messages queued together: each is written without syncing, and leaving the `with`
-    block makes them all durable with ONE `syncfs`, then wakes (or starts) the runner once.
+    """Many messages written without syncing, made durable by ONE `syncfs` when the `with` block
+    (or `close()`) ends, which then wakes the runner once. Not thread-safe: one batch per thread.
 
-    `submit` takes the arguments of `dma.api.submit` and returns the message id; a message it
-    refuses leaves nothing and does not end the batch. Without `with`, call `close()`. Not
-    thread-safe: one batch per thread.
-
-    If the block raises, the messages already submitted are KEPT (synced, the runner woken), so a
-    returned id always means "will be sent": each entry is in the spool from the moment `submit`
-    returns and another runner may already deliver it, so a rollback could send mail twice. Before
-    the end they survive the death of this process, not a crash of the machine; a failed final
-    sync raises `Fatal`, the messages staying queued.
+    A refused message leaves nothing and does not end the batch. If the block raises, what was
+    submitted is KEPT (synced, the runner woken): it is in the spool as soon as `submit` returns
+    and a runner may already be sending it, so a rollback could send mail twice.
     """
 
-    def __init__(self, config: Config | str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, config: Config | str | os.PathLike[str] | None = None, *, durable: bool = False
+    ) -> None:
         self.config = load_config(config)
+        self.durable = durable  # each message synced on its own (`submit`): no syncfs at the end
         self.message_ids: list[str] = []
         self._resolver = RecipientResolver(self.config)
         self._closed = False
@@ -96,10 +84,35 @@ class Batch:
         sender: str | None = None,
         recipients: str | Iterable[str] | None = None,
     ) -> str:
-        """Queue `message` in this batch (not yet durable); returns its message id."""
+        """Queue `message` as `dma.api.submit` does, in this batch; returns its message id."""
         if self._closed:
             raise RuntimeError("this dma.api.Batch is closed")
-        message_id = _spool(self.config, message, sender, recipients, durable=False, resolver=self._resolver)
+        if isinstance(message, (bytes, bytearray, memoryview)):
+            data = bytes(message)
+        else:
+            from email.generator import BytesGenerator
+            from email.message import Message
+            from io import BytesIO
+
+            if not isinstance(message, Message):
+                raise TypeError(
+                    f"a message must be an email.message.Message or bytes, not {type(message).__name__}"
+                )
+            # Its own policy (a `compat32` MIME object keeps its folding), LF, no `>From` quoting;
+            # not `as_bytes`, which Django's messages override without a `policy`.
+            out = BytesIO()
+            policy = message.policy.clone(linesep="\n")
+            BytesGenerator(out, mangle_from_=False, policy=policy).flatten(message)
+            data = out.getvalue()
+        given = [recipients] if isinstance(recipients, str) else list(recipients or ())
+        if not all(isinstance(r, str) for r in given):
+            raise TypeError("recipients must be strings")
+        if recipients is not None and not any(r.strip() for r in given):
+            raise Fatal(EX_NOINPUT, "no recipients given")
+        sub = Submission(given, sender, dot_terminates=False, from_headers=recipients is None)
+        message_id, _ = submission.submit(
+            self.config, sub, data, durable=self.durable, resolver=self._resolver
+        )
         self.message_ids.append(message_id)
         return message_id
 
@@ -110,10 +123,11 @@ class Batch:
         self._closed = True
         if not self.message_ids:
             return
-        try:
-            _native.sync_spool(self.config.spooldir)
-        except OSError as e:
-            raise submission.os_failure(e, f"can not sync the spool `{self.config.spooldir}'") from e
+        if not self.durable:
+            try:
+                _native.sync_spool(self.config.spooldir)
+            except OSError as e:
+                raise submission.os_failure(e, f"can not sync the spool `{self.config.spooldir}'") from e
         if not self.config.defer:
             wake_runner(self.config)
 
@@ -130,54 +144,13 @@ def load_config(config: Config | str | os.PathLike[str] | None) -> Config:
     return load(os.fspath(config) if config is not None else None)
 
 
-def _spool(
-    cfg: Config,
-    message: Message | bytes | bytearray | memoryview,
-    sender: str | None,
-    recipients: str | Iterable[str] | None,
-    *,
-    durable: bool,
-    resolver: RecipientResolver | None,
-) -> str:
-    if isinstance(message, (bytes, bytearray, memoryview)):
-        data = bytes(message)
-    else:
-        from email.generator import BytesGenerator
-        from email.message import Message
-        from io import BytesIO
-
-        if not isinstance(message, Message):
-            raise TypeError(
-                f"a message must be an email.message.Message or bytes, not {type(message).__name__}"
-            )
-        # Its own policy (a `compat32` MIME object keeps its folding), LF, no `>From` quoting.
-        out = BytesIO()
-        BytesGenerator(out, mangle_from_=False, policy=message.policy.clone(linesep="\n")).flatten(message)
-        data = out.getvalue()
-    given = [recipients] if isinstance(recipients, str) else list(recipients or ())
-    if not all(isinstance(r, str) for r in given):
-        raise TypeError("recipients must be strings")
-    if recipients is not None and not any(r.strip() for r in given):
-        raise Fatal(EX_NOINPUT, "no recipients given")
-    sub = submission.Submission(given, sender, dot_terminates=False, from_headers=recipients is None)
-    return submission.submit(cfg, sub, data, durable=durable, resolver=resolver)[0]
-
-
 def runner_running(cfg: Config) -> bool:
     """Whether a queue runner holds this spool's lock."""
-    import fcntl
-
-    try:
-        fd = os.open(os.path.join(cfg.spooldir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError:
+    spool = _native.Spool(cfg.spooldir)
+    if spool.lock():
+        spool.unlock()
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops our lock, if we got it
-    return False
+    return True
 
 
 def wake_runner(cfg: Config) -> None:
@@ -194,19 +167,13 @@ def wake_runner(cfg: Config) -> None:
 
 
 def start_runner(cfg: Config) -> None:
-    """Start `dma -q` for `cfg` detached (it daemonizes and takes the lock), reaped by the next call.
-
-    `subprocess` in a new session, not `os.fork()`: forking someone else's program (its threads,
-    locks and open connections) is not ours to do.
-    """
+    """Start `dma -q` for `cfg` in a new session. Not `os.fork()`: forking someone else's program
+    (its threads, locks and connections) is not ours to do."""
     import subprocess
 
-    with _started_lock:
-        _started[:] = [proc for proc in _started if proc.poll() is None]
     # The child finds this very package, wherever the caller's sys.path found it.
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
     devnull = subprocess.DEVNULL
     proc = subprocess.Popen(
         [python_executable(), "-m", "dma.cli", "-C", os.path.abspath(cfg.path), "-q"],
@@ -216,10 +183,10 @@ def start_runner(cfg: Config) -> None:
         close_fds=True,
         start_new_session=True,
         cwd="/",
-        env=env,
+        env={**os.environ, "PYTHONPATH": path},
     )
-    with _started_lock:
-        _started.append(proc)
+    # It exits as soon as its daemon is started: reaped by a thread, it lingers as no zombie.
+    threading.Thread(target=proc.wait, daemon=True).start()
 
 
 def python_executable() -> str:

@@ -1,18 +1,16 @@
 """The command line: `sendmail`, `mailq`, `newaliases` and `dma` (the program name picks the mode),
-with C dma's options parsed as its glibc getopt does. Modes import heavy modules only when needed.
-"""
+with C dma's options parsed as its glibc getopt does. Modes import heavy modules only when needed."""
 
 from __future__ import annotations
 
 import posix
 import sys
 
-from .errors import EX_CONFIG, EX_NOINPUT, EX_OSERR, EX_USAGE, Fatal
+from .errors import EX_CONFIG, EX_NOINPUT, EX_USAGE, Fatal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .config import Config
-    from .mail.queue import Runner
 
 WITH_ARGUMENT = set("AbBCdfFhLNoOqrRVX")
 FLAGS = set("DintUv")
@@ -31,36 +29,42 @@ SETS = {
 TAKES = {"C": "config", "f": "sender", "r": "sender", "F": "full_name", "L": "tag", "q": "queue_arg"}
 
 
-class Options:
+class Submission:
+    """What the command line asks for one message (`-bs` and `dma.api` ask the same)."""
+
+    def __init__(
+        self,
+        recipients: list[str],
+        sender: str | None = None,
+        *,
+        dot_terminates: bool = True,
+        from_headers: bool = False,
+        full_name: str | None = None,
+        tag: str = "dma",
+    ) -> None:
+        self.recipients = recipients
+        self.tag = tag  # the syslog identity (`-L`)
+        self.sender = sender
+        self.dot_terminates = dot_terminates
+        self.from_headers = from_headers
+        self.full_name = full_name
+        self.dsn = ""  # RFC 3461 parameters (dsn.py)
+
+
+class Options(Submission):
+    """The whole command line: its submission, and the mode it asks for."""
+
     config: str | None = None
-    dot_terminates = True
     foreground = False
-    from_headers = False
-    full_name: str | None = None
     list_queue = False
     queue_arg: str | None = None  # -q was given
     queue_only = False
-    sender: str | None = None
     smtp = False
-    tag = "dma"
     verbose = False
 
     def __init__(self) -> None:
-        self.recipients: list[str] = []
-        self.dsn: dict[str, str] = {}  # -N, -R, -V by letter
-
-    def apply(self, letter: str, value: str) -> None:
-        if letter == "A" and value not in ("c", "m"):
-            letter = "b"
-        key = letter + value if letter in "bo" else letter
-        if key in SETS:
-            setattr(self, *SETS[key])
-        elif letter == "b":
-            self.foreground = True  # -bm, -bi, ... carry on as a foreground submission, as in C dma
-        elif letter in TAKES:
-            setattr(self, TAKES[letter], value)
-        elif letter in "NRV":
-            self.dsn[letter] = value
+        super().__init__([])
+        self.dsn_args: dict[str, str] = {}  # -N, -R, -V by letter
 
 
 def parse_args(args: list[str]) -> Options:
@@ -77,22 +81,29 @@ def parse_args(args: list[str]) -> Options:
             continue
         j = 1
         while j < len(arg):
-            letter = arg[j]
+            letter, value = arg[j], ""
             j += 1
-            if letter in FLAGS:
-                opts.apply(letter, "")
-                continue
-            if letter not in WITH_ARGUMENT:
+            if letter in WITH_ARGUMENT:
+                value, j = arg[j:], len(arg)
+                # -q's argument is optional: C dma's getopt takes the next word unless it is an option.
+                if not value and i < len(args) and not (letter == "q" and args[i].startswith("-")):
+                    value = args[i]
+                    i += 1
+                elif not value and letter != "q":
+                    raise Fatal(EX_USAGE, f"option requires an argument: `-{letter}'")
+            elif letter not in FLAGS:
                 raise Fatal(EX_USAGE, f"invalid argument: `-{letter}'")
-            value = arg[j:]
-            # -q's argument is optional: C dma's getopt takes the next word unless it is an option.
-            if not value and i < len(args) and not (letter == "q" and args[i].startswith("-")):
-                value = args[i]
-                i += 1
-            elif not value and letter != "q":
-                raise Fatal(EX_USAGE, f"option requires an argument: `-{letter}'")
-            opts.apply(letter, value)
-            break
+            if letter == "A" and value not in ("c", "m"):
+                letter = "b"
+            key = letter + value if letter in "bo" else letter
+            if key in SETS:
+                setattr(opts, *SETS[key])
+            elif letter == "b":
+                opts.foreground = True  # -bm, -bi, ... carry on as a foreground submission, as in C dma
+            elif letter in TAKES:
+                setattr(opts, TAKES[letter], value)
+            elif letter in "NRV":
+                opts.dsn_args[letter] = value
     queue = opts.queue_arg is not None
     if opts.recipients and (opts.list_queue or queue):
         raise Fatal(EX_USAGE, "sending mail and queue operations are mutually exclusive")
@@ -106,10 +117,8 @@ def parse_args(args: list[str]) -> Options:
 def getopts(
     args: list[str], usage: str, short: str, long: tuple[str, ...] = (), *, operands: bool = True
 ) -> tuple[dict[str, str], list[str]]:
-    """A `dma <command>`'s options, as GNU getopt parses them: ({"-x": value}, operands).
-
-    Any mistake (operands, unless allowed), -h and --help are the usage error: `usage`, exit 64.
-    """
+    """A `dma <command>`'s options, as GNU getopt parses them: ({"-x": value}, operands). Any
+    mistake (operands, unless allowed), -h and --help are the usage error: `usage`, exit 64."""
     import getopt
 
     try:
@@ -193,13 +202,9 @@ def dispatch(prog: str, args: list[str]) -> int:
         for problem in problems:
             sys.stderr.write(f"newaliases: {problem}\n")
         return EX_CONFIG if problems else 0
-    if prog == "mailq":
-        if args not in ([], ["--json"]):
-            raise Fatal(EX_USAGE, "invalid arguments")
-        opts = Options()
-        opts.list_queue = True
-    else:
-        opts = parse_args(args)
+    if prog == "mailq" and args not in ([], ["--json"]):
+        raise Fatal(EX_USAGE, "invalid arguments")
+    opts = parse_args(["-bp"] if prog == "mailq" else args)
     cfg = config.load(opts.config)
     if opts.list_queue:
         from .admin.control import list_queue
@@ -208,7 +213,7 @@ def dispatch(prog: str, args: list[str]) -> int:
         return 0
     if opts.queue_arg is not None:
         return run_queue(cfg, opts, prog)
-    from .mail.submit import Submission, drops, submit
+    from .mail.submit import drops, submit
 
     if sys.stdin is None:  # descriptor 0 was closed when we started: that is no (empty) message
         raise Fatal(EX_NOINPUT, "standard input is closed, nothing queued")
@@ -217,19 +222,11 @@ def dispatch(prog: str, args: list[str]) -> int:
 
         message_ids = Session(cfg, opts.full_name, opts.tag).run()
     else:
-        sub = Submission(
-            opts.recipients,
-            opts.sender,
-            dot_terminates=opts.dot_terminates,
-            from_headers=opts.from_headers,
-            full_name=opts.full_name,
-            tag=opts.tag,
-        )
-        if opts.dsn:
+        if opts.dsn_args:
             from .mail.dsn import parameters
 
-            sub.dsn = parameters(opts.dsn.get("N"), opts.dsn.get("R"), opts.dsn.get("V"))
-        message_ids = [submit(cfg, sub)[0]]
+            opts.dsn = parameters(opts.dsn_args.get("N"), opts.dsn_args.get("R"), opts.dsn_args.get("V"))
+        message_ids = [submit(cfg, opts)[0]]
     if not message_ids or opts.queue_only or cfg.defer or drops(cfg):
         return 0  # a drop is delivered by the system's runner (`dma serve`), not by us
     try:
@@ -244,53 +241,35 @@ def dispatch(prog: str, args: list[str]) -> int:
 
 def run_queue(cfg: Config, opts: Options, prog: str) -> int:
     """`-q`: make every deferred entry due now. `-qI<id>` and `-qR<domain>` flush only those."""
-    from .mail.queue import Runner, Selection
+    from .mail.queue import Runner, selection, take_over
 
-    selection = Selection(opts.queue_arg or "")
+    only = selection(opts.queue_arg or "")
     progress = opts.foreground and not opts.verbose and sys.stderr.isatty()
     runner = Runner(cfg, verbose=opts.verbose, progress=progress, name=prog, tag=opts.tag)
-    if not (opts.foreground or selection.selective):
-        return background(cfg, runner, flush=True)
+    if not (opts.foreground or only):
+        return take_over(runner, flush=True)
     # Delivered here and now, beside a running runner if there is one: entries are locked one by one.
-    runner.run(only=selection if selection.selective else None, force=True)
-    runner.summary()
+    runner.run(only=only, force=True)
+    if progress:
+        sys.stderr.write("\n")
+    if progress or opts.verbose:  # the totals, on a terminal or with -v
+        sys.stderr.write(f"{prog}: {runner.counts()}, {runner.bounces} bounces queued\n")
     return 0
 
 
 def deliver_now(cfg: Config, message_ids: list[str], opts: Options, prog: str) -> int:
     """After a submission: deliver in the foreground (`-D`), or wake or start the runner."""
     from .errors import EX_TEMPFAIL, EX_UNAVAILABLE
-    from .mail.queue import Runner, Selection
+    from .mail.queue import Runner, selection, take_over
 
     runner = Runner(cfg, verbose=opts.verbose, report_failures=opts.foreground, name=prog, tag=opts.tag)
     if not opts.foreground:
-        return background(cfg, runner)
+        return take_over(runner)
     # -D: deliver this message now, even if a runner is busy, and report the outcome.
-    runner.run(only=Selection("", message_ids), force=True)
-    if runner.failed:
+    runner.run(only=selection("", message_ids), force=True)
+    if runner.done["failed"]:
         return EX_UNAVAILABLE
-    return EX_TEMPFAIL if runner.deferred else 0
-
-
-def background(cfg: Config, runner: Runner, *, flush: bool = False) -> int:
-    """Wake the runner that holds the spool (`flush`: all is due now), or fork and become it."""
-    from .mail.queue import wake
-
-    if not runner.acquire():
-        wake(cfg, flush=flush)
-        return 0
-    try:
-        pid = posix.fork()
-    except OSError as e:
-        raise Fatal(EX_OSERR, f"can not fork: {e.strerror}") from e
-    if pid == 0:
-        posix.setsid()
-        devnull = posix.open("/dev/null", posix.O_RDWR)
-        for fd in (0, 1, 2):
-            posix.dup2(devnull, fd)
-        posix.close(devnull)
-        runner.serve(force=flush)
-    return 0
+    return EX_TEMPFAIL if runner.done["deferred"] else 0
 
 
 if __name__ == "__main__":

@@ -1,13 +1,9 @@
-"""A Django email backend that queues mail straight into dma's spool: no SMTP connection from the
-web process, no `sendmail` subprocess.
+"""A Django email backend that queues mail straight into dma's spool, one `dma.api.Batch` per
+`send_messages`, with Django's envelope (`from_email`; To, Cc and Bcc). Not named `dma.django`,
+which would hide the real `django` from code run with `python/dma` on its path.
 
-    # settings.py
     EMAIL_BACKEND = "dma.django_backend.EmailBackend"
     DMA_CONFIG = "/etc/dma/dma.conf"  # optional: the default is $DMA_CONF, else /etc/dma/dma.conf
-
-Each `send_messages` call queues its messages in one `dma.api.Batch` (one `syncfs`, the runner
-woken once), with Django's envelope: `from_email` and `recipients()` (To, Cc and Bcc). Not named
-`dma.django`, which would hide the real `django` from code run in or with `python/dma` on its path.
 """
 
 from __future__ import annotations
@@ -33,12 +29,9 @@ __all__ = ["EmailBackend"]
 
 
 class EmailBackend(BaseEmailBackend):  # type: ignore[misc, unused-ignore]
-    """`send_messages` queues every message with a recipient and returns how many it queued.
-
-    `config` (a `dma.config.Config` or a path) overrides the `DMA_CONFIG` setting. A message dma
-    refuses raises `dma.errors.Fatal` (those queued before it stay queued), or is skipped with
-    `fail_silently`.
-    """
+    """`send_messages` queues every message with a recipient and returns how many it queued; one
+    that dma refuses raises `Fatal` (those before it stay queued), or is skipped with `fail_silently`.
+    `config` (a `dma.config.Config` or a path) overrides the `DMA_CONFIG` setting."""
 
     def __init__(
         self,
@@ -62,15 +55,12 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc, unused-ignore]
                         continue
                     try:
                         batch.submit(
-                            email_message.message(),
-                            sender=email_message.from_email,
-                            recipients=recipients,
+                            email_message.message(), sender=email_message.from_email, recipients=recipients
                         )
+                        sent += 1
                     except (Fatal, OSError, ValueError):
                         if not self.fail_silently:
                             raise
-                        continue
-                    sent += 1
         except (Fatal, OSError, ValueError):
             # A configuration that cannot be read, or a final sync that failed: what was queued
             # stays queued (and is counted); the rest is not.

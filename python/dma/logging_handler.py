@@ -1,14 +1,9 @@
-"""A logging handler that mails records through dma's spool: `logging.handlers.SMTPHandler` without
-the SMTP connection from the application (no network, no credentials, no waiting on a server).
+"""`logging.handlers.SMTPHandler` without the SMTP connection: each record is one message,
+queued durably by `dma.api.submit` before `emit` returns; errors go to `handleError`.
 
     handler = MailHandler("app@example.org", ["ops@example.org"], "app error")
-    handler.setLevel(logging.ERROR)
-    logging.getLogger().addHandler(handler)
 
 or in `logging.config.dictConfig` as {"class": "dma.logging_handler.MailHandler", "fromaddr": ...}.
-
-Each record is one message, queued durably by `dma.api.submit` before `emit` returns. Errors go to
-`handleError`, as for every handler: logging never raises into the application.
 """
 
 from __future__ import annotations

@@ -11,11 +11,12 @@ from __future__ import annotations
 import posix
 
 from dma import _native
+from dma.cli import Submission
 from dma.errors import EX_DATAERR, EX_NOINPUT, Fatal
 
 from . import message
 from .routing import RecipientResolver
-from .submit import Submission, submit
+from .submit import submit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -9,17 +9,20 @@ import sys
 import time
 
 from dma import _native
-from dma.errors import EX_TEMPFAIL, Fatal
+from dma.errors import EX_OSERR, EX_TEMPFAIL, Fatal
 
 from .log import Log
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from dma.config import Config
 
     from .remote import Destination, Link
 
     Groups = list[list[_native.QueueEntry]]  # claimed entries, one list per message
+    Selection = Callable[[_native.QueueEntry], bool]
 
 # Entries claimed at once (each holds its queue file open and locked): a batch's messages share
 # connections, so it should be large; past SMALL_BATCH the open-file limit is raised to allow it.
@@ -31,22 +34,18 @@ LOCK_WAIT = 3.0
 NAP = 3600.0
 
 
-class Selection:
-    """The entries `-qI<id>` (a message or entry id) or `-qR<domain>` (a recipient domain) flush;
-    or `messages` only (`-D`, after their submission)."""
-
-    __slots__ = ("domain", "idents", "selective")
-
-    def __init__(self, queue_arg: str, messages: list[str] | None = None) -> None:
-        kind, value = queue_arg[:1], queue_arg[1:]
-        self.idents = set(messages or ()) | ({value} if kind == "I" and value else set())
-        self.domain = value.lower() if kind == "R" and value else None
-        self.selective = bool(self.idents) or self.domain is not None
-
-    def wants(self, e: _native.QueueEntry) -> bool:
-        if self.idents and e.id not in self.idents and e.message_id not in self.idents:
-            return False
-        return self.domain is None or e.recipient.rpartition("@")[2].lower() == self.domain
+def selection(queue_arg: str, messages: list[str] | None = None) -> Selection | None:
+    """Whether an entry is one `-qI<id>` (a message or entry id) or `-qR<domain>` (a recipient
+    domain) flushes, or of `messages` (`-D`, after their submission); None: every entry is."""
+    kind, value = queue_arg[:1], queue_arg[1:]
+    idents = set(messages or ()) | ({value} if kind == "I" and value else set())
+    domain = value.lower() if kind == "R" and value else None
+    if not idents and domain is None:
+        return None
+    return lambda e: (
+        (not idents or e.id in idents or e.message_id in idents)
+        and (domain is None or e.recipient.rpartition("@")[2].lower() == domain)
+    )
 
 
 class Runner:
@@ -84,8 +83,8 @@ class Runner:
         self.replayed = False
         self.stopping = False
         self.tried: set[str] | None = None  # a one-pass run: the entries it has tried
-        self.total = self.bounces = 0
-        self.sent = self.deferred = self.failed = 0
+        self.bounces = 0
+        self.done = {"sent": 0, "deferred": 0, "failed": 0}  # entries by outcome
 
     @property
     def spool(self) -> _native.Spool:
@@ -124,11 +123,13 @@ class Runner:
                 if waits:  # a drop that could not be taken yet: try again in 10 s
                     next_retry = min(next_retry or int(now) + 10, int(now) + 10)
                 if only is not None:
-                    due = [e for e in due if only.wants(e)]
+                    due = [e for e in due if only(e)]
                 if self.tried is not None:  # one pass: a retry that falls due meanwhile waits
                     due = [e for e in due if e.id not in self.tried]
                 self.dispatch(due)
-                if self.settle(failing):
+                bounces = self.bounces
+                self.settle(failing)
+                if self.bounces > bounces:
                     continue  # deliver the bounces too
                 if self.claimed:
                     timeout = NAP
@@ -158,19 +159,6 @@ class Runner:
         """SIGTERM: finish what has been recorded, close connections, and exit."""
         self.stopping = True
         self.spool.notify()
-
-    def serve(self, *, force: bool = False) -> None:
-        """Run resident until the queue is idle, then release the lock. After releasing, look once
-        more: a submission that found the lock held just before we let go relies on that look."""
-        import _signal  # type: ignore[import-not-found]  # `signal`, without the enum it imports
-
-        _signal.signal(_signal.SIGTERM, self.stop)
-        while True:
-            self.run(force=force, resident=True)
-            self.spool.unlock()
-            if self.stopping or not self.spool.due(int(time.time()), False)[0] or not self.acquire():
-                return
-            force = False
 
     def replay_journal(self) -> None:
         """Remove entries the server confirmed before a crash kept us from recording it. The
@@ -209,7 +197,6 @@ class Runner:
             room = BATCH if soft == resource.RLIM_INFINITY else max(16, min(BATCH, soft - 256))
         if due and room > self.claimed:
             claimed = self.spool.claim([e.id for e in due[: room - self.claimed]])
-            self.total += len(claimed)
             self.claimed += len(claimed)
             for entry in claimed:
                 if "@" not in entry.recipient:  # local: no domain left (as C dma)
@@ -304,10 +291,8 @@ class Runner:
         except OSError as e:
             raise Fatal(EX_TEMPFAIL, f"can not sync `{self.cfg.spooldir}': {e.strerror or e}") from None
 
-    def settle(self, message_ids: list[str]) -> int:
-        """Bounce each of these messages whose remaining recipients have all failed, once per
-        message; returns the number of bounces queued."""
-        queued = 0
+    def settle(self, message_ids: list[str]) -> None:
+        """Bounce each of these messages whose remaining recipients have all failed, once per message."""
         for message_id in message_ids:
             group = self.spool.message_entries(message_id)
             if not group or not all(e.state == "failed" for e in group):
@@ -315,13 +300,12 @@ class Runner:
             held = self.spool.claim([e.id for e in group])
             try:
                 if len(held) == len(group):  # else someone else is working on it
-                    queued += self.bounce(held)
+                    self.bounce(held)
             finally:
                 for e in held:
                     self.spool.release(e.id)
-        return queued
 
-    def bounce(self, failed: list[_native.QueueEntry]) -> int:
+    def bounce(self, failed: list[_native.QueueEntry]) -> None:
         """Queue one message's bounce, or hold its entries for the postmaster when the bounce
         itself failed (null sender) or can not be queued."""
         from . import bounce
@@ -329,7 +313,7 @@ class Runner:
         first = failed[0]
         if first.sender and not bounce.wants_failure_report(first.dsn):
             self.log(bounce.discard(self.spool, failed), event="failed")
-            return 0
+            return
         reason = "a bounce that could not be delivered"
         if first.sender:
             try:
@@ -349,7 +333,7 @@ class Runner:
                     to=first.sender,
                     bounce=bounce_id,
                 )
-                return 1
+                return
         for e in failed:
             last_error = f"{e.last_error}; held: {reason}"
             self.spool.record(e.id, attempts=e.attempts, next_attempt=0, last_error=last_error, state="held")
@@ -360,7 +344,6 @@ class Runner:
             level="crit",
             id=first.message_id,
         )
-        return 0
 
     def record(self, entry: _native.QueueEntry, status: str, text: str) -> None:
         """Write an entry's outcome ("sent", "temporary" or "permanent") into the spool. A spool that
@@ -385,8 +368,9 @@ class Runner:
             text = f"can not record the outcome of {entry.id} in `{self.cfg.spooldir}': {e.strerror or e}"
             self.events.event("crit", "error", text, id=entry.id)
             raise Fatal(EX_TEMPFAIL, f"{text}; stopping") from None
+        word = "sent" if status == "sent" else "failed" if final else "deferred"
+        self.done[word] += 1
         if status == "sent":
-            self.sent += 1
             self.log(
                 f"{entry.id}: delivered to {entry.recipient}",
                 event="delivered",
@@ -396,11 +380,6 @@ class Runner:
                 detail=text or None,
             )
             return
-        if final:
-            self.failed += 1
-        else:
-            self.deferred += 1
-        word = "failed" if final else "deferred"
         self.log(
             f"{entry.id}: delivery to {entry.recipient} {word}: {text}",
             failure=True,
@@ -415,14 +394,7 @@ class Runner:
         )
 
     def counts(self) -> str:
-        return f"{self.sent} sent, {self.deferred} deferred, {self.failed} failed"
-
-    def summary(self) -> None:
-        """The end of a foreground run: the totals, on a terminal or with -v."""
-        if self.progress:
-            sys.stderr.write("\n")
-        if self.progress or self.verbose:
-            sys.stderr.write(f"{self.name}: {self.counts()}, {self.bounces} bounces queued\n")
+        return ", ".join(f"{n} {word}" for word, n in self.done.items())
 
     def log(
         self, text: str, *, event: str, level: str = "info", failure: bool = False, **fields: str | int | None
@@ -431,8 +403,7 @@ class Runner:
         the progress line on a terminal."""
         self.events.event(level, event, text.partition(": ")[2] if "id" in fields else text, **fields)
         if self.progress:
-            remaining = max(self.total - self.sent - self.deferred - self.failed, 0)
-            sys.stderr.write(f"\r{self.counts()}, {remaining} remaining ")
+            sys.stderr.write(f"\r{self.counts()}, {self.claimed} remaining ")
             sys.stderr.flush()
         if self.verbose or (failure and self.report_failures):
             sys.stderr.write(f"{self.name}: {text}\n")
@@ -445,6 +416,36 @@ def wake(cfg: Config, *, flush: bool = False) -> None:
     posix.utime(path)
 
 
+def take_over(runner: Runner, *, flush: bool = False, detach: bool = True) -> int:
+    """Become the spool's runner (`detach`: in a daemon), resident until the queue is idle, or wake
+    the one that holds it (`flush`: everything is due now; else its retry schedule stays as it is)."""
+    if not runner.acquire():
+        wake(runner.cfg, flush=flush)
+        return 0
+    if detach:
+        try:
+            pid = posix.fork()
+        except OSError as e:
+            raise Fatal(EX_OSERR, f"can not fork: {e.strerror}") from e
+        if pid:
+            return 0
+        posix.setsid()
+        devnull = posix.open("/dev/null", posix.O_RDWR)
+        for fd in (0, 1, 2):
+            posix.dup2(devnull, fd)
+        posix.close(devnull)
+    import _signal  # type: ignore[import-not-found]  # `signal`, without the enum it imports
+
+    _signal.signal(_signal.SIGTERM, runner.stop)
+    while True:
+        runner.run(force=flush, resident=True)
+        runner.spool.unlock()
+        # Look once more: a submission that found the lock held just before we let go relies on it.
+        if runner.stopping or not runner.spool.due(int(time.time()), False)[0] or not runner.acquire():
+            return 0
+        flush = False
+
+
 def command(prog: str, name: str, args: list[str]) -> int:
     """`dma serve`: the runner in the foreground, for a service manager (the units of `dma
     install`), until the queue is idle. If a runner holds the spool, it is woken instead."""
@@ -452,10 +453,5 @@ def command(prog: str, name: str, args: list[str]) -> int:
     from dma.cli import getopts
 
     opts, _ = getopts(args, f"usage: {prog} {name} [-C FILE] [-L TAG] [-v]", "C:L:v", operands=False)
-    cfg = config.load(opts.get("-C"))
-    runner = Runner(cfg, verbose="-v" in opts, name=prog, tag=opts.get("-L", "dma"))
-    if not runner.acquire():
-        wake(cfg)  # new work for the running runner; its retry schedule stays as it is
-        return 0
-    runner.serve()
-    return 0
+    runner = Runner(config.load(opts.get("-C")), verbose="-v" in opts, name=prog, tag=opts.get("-L", "dma"))
+    return take_over(runner, detach=False)

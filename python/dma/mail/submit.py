@@ -1,9 +1,6 @@
-"""Submission: standard input to a durable queue entry per recipient (the hot path).
-
-Python decides the envelope and the headers to add; Rust streams the message from file descriptor 0
-(or, for `dma.api`, from bytes) into the spool and makes it durable. `sendmail` exits 0 only after
-`commit` has synced the spool. Nothing here imports dnspython, ssl, email or logging.
-"""
+"""Submission, the hot path: Python decides the envelope and the headers to add; Rust streams the
+message (standard input, `dma.api`'s bytes, `-bs` DATA) into the spool and makes it durable before
+`sendmail` exits 0. Nothing here imports dnspython, ssl, email or logging."""
 
 from __future__ import annotations
 
@@ -21,44 +18,18 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from dma.cli import Submission
     from dma.config import Config
 
 # Errors that a later attempt may not meet: the caller should retry (sysexits EX_TEMPFAIL).
-_TEMPORARY_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
-
-
-class Submission:
-    """What the command line asks for one message."""
-
-    __slots__ = ("dot_terminates", "dsn", "from_headers", "full_name", "recipients", "sender", "tag")
-
-    def __init__(
-        self,
-        recipients: list[str],
-        sender: str | None = None,
-        *,
-        dot_terminates: bool = True,
-        from_headers: bool = False,
-        full_name: str | None = None,
-        tag: str = "dma",
-    ) -> None:
-        self.recipients = recipients
-        self.tag = tag  # the syslog identity (`-L`)
-        self.sender = sender
-        self.dot_terminates = dot_terminates
-        self.from_headers = from_headers
-        self.full_name = full_name
-        self.dsn = ""  # RFC 3461 parameters (dsn.py)
+_TEMPORARY_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE)
+_EXIT_CODES: dict[int | None, int] = {**dict.fromkeys(_TEMPORARY_ERRNOS, EX_TEMPFAIL), errno.EIO: EX_IOERR}
 
 
 def os_failure(e: OSError, doing: str) -> Fatal:
     """Map an OS error while spooling onto a sysexits code, with one line of text."""
     text = f"{doing}: {e.strerror or e}" if e.strerror and doing not in e.strerror else str(e.strerror or e)
-    if e.errno in _TEMPORARY_ERRNOS:
-        return Fatal(EX_TEMPFAIL, text)
-    if e.errno == errno.EIO:
-        return Fatal(EX_IOERR, text)
-    return Fatal(EX_CANTCREAT, text)
+    return Fatal(_EXIT_CODES.get(e.errno, EX_CANTCREAT), text)
 
 
 def drops(cfg: Config) -> bool:
