@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
+from dma.mail.bounce import parameters
 from dma.mail.drop import Rejected, parse_envelope
-from dma.mail.dsn import parameters
 from dma.mail.routes import split_hosts
 from dma_fixtures import DmaEnv, closed_port, program
 from smtp_servers import Recorder, Smtpd

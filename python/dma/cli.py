@@ -226,7 +226,7 @@ def dispatch(prog: str, args: list[str]) -> int:
             tag=opts.tag,
         )
         if opts.dsn:
-            from .mail.dsn import parameters
+            from .mail.bounce import parameters
 
             sub.dsn = parameters(opts.dsn.get("N"), opts.dsn.get("R"), opts.dsn.get("V"))
         message_ids = [submit(cfg, sub)[0]]
