@@ -1,9 +1,6 @@
-"""Delivery status notifications: the RFC 3461 requests of sendmail's `-N`, `-R` and `-V`, and
-the RFC 3464 bounce for mail that cannot be delivered (docs/runner.md).
-
-The requests are kept as the ESMTP parameters themselves (`NOTIFY=FAILURE,DELAY RET=HDRS ENVID=x`):
-in the queue entry's `DSN:` line, on MAIL and RCPT when the server offers DSN, and read here. A
-bounce comes from MAILER-DAEMON with the null sender and goes back in through the spool writer.
+"""Delivery status notifications: the RFC 3461 requests of `-N`, `-R` and `-V`, kept as the ESMTP
+parameters themselves (`NOTIFY=FAILURE,DELAY RET=HDRS ENVID=x`) in the queue entry's `DSN:` line,
+and the RFC 3464 bounce, from MAILER-DAEMON with the null sender, for mail that cannot be delivered.
 """
 
 from __future__ import annotations

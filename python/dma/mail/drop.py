@@ -1,9 +1,7 @@
-"""System mode: the runner's pickup from the drop directory where unprivileged users leave mail.
-
-`<SPOOLDIR>/incoming` (1733) holds each drop as `D<id>`, its message, then `E<id>`, its envelope
-(see `submit`). Everything there is untrusted; docs/runner.md tells how each check keeps a drop
-accepted with exit 0 from being lost, and a user from reaching what is not theirs.
-"""
+"""System mode: the runner's pickup from `<SPOOLDIR>/incoming` (1733), where unprivileged users
+leave each drop as `D<id>`, its message, then `E<id>`, its envelope. All of it is untrusted:
+docs/runner.md tells how each check keeps a drop accepted with exit 0 from being lost, and a user
+from reaching what is not theirs."""
 
 from __future__ import annotations
 
