@@ -55,14 +55,6 @@ def open_plain(name: str) -> tuple[int, os.stat_result]:
     return fd, st
 
 
-def parse_envelope(data: bytes) -> tuple[str, list[str], str]:
-    """(sender, recipients, DSN parameters) of an envelope as `sendmail` writes it, else Rejected."""
-    try:
-        return _native.Incoming.drop_envelope(data)
-    except ValueError as e:
-        raise Rejected(str(e)) from None
-
-
 def envelope(name: str) -> tuple[os.stat_result, str, list[str], str]:
     """The stat and the (sender, recipients, DSN parameters) of envelope `name`, else Rejected."""
     fd, st = open_plain(name)
@@ -74,7 +66,10 @@ def envelope(name: str) -> tuple[os.stat_result, str, list[str], str]:
     finally:
         os.close(fd)
     fault("parse")
-    return (st, *parse_envelope(data))
+    try:
+        return (st, *_native.Incoming.drop_envelope(data))
+    except ValueError as e:
+        raise Rejected(str(e)) from None
 
 
 def waiting(cfg: Config) -> list[tuple[str, str, list[str], os.stat_result]]:
