@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
-from dma.mail.drop import Rejected, parse_envelope
-from dma.mail.dsn import parameters
+from dma import _native
+from dma.mail.bounce import parameters
 from dma.mail.routes import split_hosts
 from dma_fixtures import DmaEnv, closed_port, program
 from smtp_servers import Recorder, Smtpd
@@ -219,8 +219,9 @@ def test_an_envid_in_xtext_already_is_kept() -> None:
 def test_a_drop_carries_dsn_only_in_the_shape_sendmail_writes() -> None:
     envelope = "Sender: a@example.test\nRecipient: b@example.test\nDSN: {}\n"
     good = "NOTIFY=SUCCESS,DELAY RET=FULL ENVID=x+2By"
-    assert parse_envelope(envelope.format(good).encode()) == ("a@example.test", ["b@example.test"], good)
-    assert parse_envelope(envelope[:-8].encode())[2] == ""
+    parse = _native.Incoming.drop_envelope  # as the runner reads a drop's envelope (drop.envelope)
+    assert parse(envelope.format(good).encode()) == ("a@example.test", ["b@example.test"], good)
+    assert parse(envelope[:-8].encode())[2] == ""
     for bad in ("NOTIFY=NEVER SIZE=1", "RET=ALL", "ENVID=a=b", "NOTIFY=", "NOTIFY=NEVER  RET=FULL"):
-        with pytest.raises(Rejected):
-            parse_envelope(envelope.format(bad).encode())
+        with pytest.raises(ValueError):
+            parse(envelope.format(bad).encode())

@@ -4,8 +4,8 @@ test_config.py (config parser) and test_aliases.py (aliases parser):
 * `message.parse_addresses` raises nothing but `Fatal`, and what it returns, once accepted by the
   checks every caller applies, holds no CR, LF or NUL, and cannot end its `<path>` or add an SMTP
   parameter: outside a quoted local part no `<`, `>`, blank, quote or backslash;
-* `drop.parse_envelope` (the system runner's reader of a user's hand-written envelope) raises only
-  `Rejected`/`Fatal`, and returns only such addresses;
+* `_native.Incoming.drop_envelope` (the system runner's reader of a user's hand-written envelope)
+  raises only `ValueError` (which `drop.envelope` turns into a refusal), and returns only such addresses;
 * alias expansion on arbitrary alias text terminates and raises only `Fatal`/`ConfigError`;
 * the DATA round trip: what `_native.Connection.session` puts on the wire to a real local socket server,
   un-dot-stuffed, CRLF -> LF and the inserted `CRLF SP` breaks undone, equals the spooled message.
@@ -20,7 +20,6 @@ from dma import _native
 from dma.errors import ConfigError, Fatal
 from dma.mail import message
 from dma.mail.aliases import Aliases
-from dma.mail.drop import Rejected, parse_envelope
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from smtp_servers import Peer, RawServer, scripted
@@ -91,8 +90,8 @@ envelope_line = st.one_of(
 def test_drop_envelope_parser(lines: list[str], end: str) -> None:
     text = "\n".join(lines) + end
     try:
-        sender, recipients, _ = parse_envelope(text.encode("utf-8", "surrogateescape"))
-    except (Rejected, Fatal):
+        sender, recipients, _ = _native.Incoming.drop_envelope(text.encode("utf-8", "surrogateescape"))
+    except ValueError:
         return
     assert recipients
     for address in [sender, *recipients]:

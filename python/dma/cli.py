@@ -223,7 +223,7 @@ def dispatch(prog: str, args: list[str]) -> int:
         message_ids = Session(cfg, opts.full_name, opts.tag).run()
     else:
         if opts.dsn_args:
-            from .mail.dsn import parameters
+            from .mail.bounce import parameters
 
             opts.dsn = parameters(opts.dsn_args.get("N"), opts.dsn_args.get("R"), opts.dsn_args.get("V"))
         message_ids = [submit(cfg, opts)[0]]

@@ -1,19 +1,13 @@
-"""Delivery status notifications (RFC 3464) for mail that cannot be delivered.
-
-One bounce per original message, sent once none of its recipients is still being tried, listing
-every recipient that failed. It comes from MAILER-DAEMON with the null sender and goes back in
-through the ordinary spool writer. A message whose sender is null (a bounce itself) gets no bounce:
-it is kept in the queue, held, for the postmaster to see, as is one whose bounce cannot be queued.
-Mail is never dropped without a trace.
+"""Delivery status notifications: the RFC 3461 requests of `-N`, `-R` and `-V`, kept as the ESMTP
+parameters themselves (`NOTIFY=FAILURE,DELAY RET=HDRS ENVID=x`) in the queue entry's `DSN:` line,
+and the RFC 3464 bounce, from MAILER-DAEMON with the null sender, for mail that cannot be delivered.
 """
 
 from __future__ import annotations
 
-from dma.errors import Fatal
+from dma.errors import EX_USAGE, Fatal
 
 from . import message
-from .dsn import full_content
-from .dsn import wants_failure_report as wants_failure_report  # for the runner
 from .routing import RecipientResolver
 from .submit import Spooling
 
@@ -21,6 +15,48 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from dma import _native
     from dma.config import Config
+
+
+def parameters(notify: str | None, ret: str | None, envid: str | None) -> str:
+    params: list[str] = []
+    if notify is not None:
+        words = [w.strip().upper() for w in notify.split(",")]
+        if words != ["NEVER"] and not (set(words) <= {"SUCCESS", "FAILURE", "DELAY"}):
+            raise Fatal(EX_USAGE, f"-N takes `never' or some of `success,failure,delay', not `{notify}'")
+        params.append("NOTIFY=" + ",".join(words))
+    if ret is not None:
+        if ret.upper() not in ("HDRS", "FULL"):
+            raise Fatal(EX_USAGE, f"-R takes `hdrs' or `full', not `{ret}'")
+        params.append("RET=" + ret.upper())
+    if envid is not None:
+        if not 0 < len(envid) <= 100 or not all(" " <= c <= "~" for c in envid):
+            raise Fatal(EX_USAGE, "-V takes an envelope id of 1 to 100 printable ASCII characters")
+        params.append("ENVID=" + xtext(envid))
+    return " ".join(params)
+
+
+def xtext(text: str) -> str:
+    """RFC 3461 4: `+`, `=` and what is not printable ASCII become `+XX`. A value that is xtext
+    already is kept: sendmail takes `-V` in xtext."""
+    escapes = text.split("+")[1:]
+    if all(len(e) >= 2 and set(e[:2]) <= set("0123456789ABCDEF") for e in escapes):
+        if all("!" <= c <= "~" and c != "=" for c in text):
+            return text
+    return "".join(c if "!" <= c <= "~" and c not in "+=" else f"+{ord(c):02X}" for c in text)
+
+
+def value(params: str, name: str) -> str | None:
+    for param in params.split():
+        key, _, val = param.partition("=")
+        if key == name:
+            return val
+    return None
+
+
+def wants_failure_report(params: str) -> bool:
+    """No NOTIFY, or one that names FAILURE (NOTIFY=NEVER and NOTIFY=SUCCESS,DELAY do not)."""
+    notify = value(params, "NOTIFY")
+    return notify is None or "FAILURE" in notify.split(",")
 
 
 def status_code(text: str, expired: bool) -> str:
@@ -32,36 +68,25 @@ def status_code(text: str, expired: bool) -> str:
     return "4.4.7" if expired else "5.0.0"
 
 
-def diagnostic(text: str) -> str:
-    """The server's reply in a failure text, else the whole text."""
-    _, found, reply = text.partition(": ")
-    return reply if found and reply[:3].isdigit() else text
-
-
-def report(
-    cfg: Config,
-    failed: list[_native.QueueEntry],
-    now: float,
-    boundary: str,
-    full: bool,
-) -> tuple[bytes, bytes]:
+def report(cfg: Config, failed: list[_native.QueueEntry], msg: Spooling, full: bool) -> tuple[bytes, bytes]:
     """The bounce before and after the original message's text."""
-    first = failed[0]
+    first, boundary = failed[0], f"{msg.id}/{cfg.mailname}"
     notes: list[str] = []
     status: list[str] = []
     for entry in failed:
-        too_old = now - entry.created > cfg.max_queue_time
+        error, too_old = entry.last_error, msg.now - entry.created > cfg.max_queue_time
         why = "gave up after trying for too long: " if too_old else ""
-        notes += [f"<{entry.recipient}>: {why}{entry.last_error}", ""]
+        notes += [f"<{entry.recipient}>: {why}{error}", ""]
         rcpt = entry.recipient if "@" in entry.recipient else f"{entry.recipient}@{cfg.mailname}"
         status += ["", f"Final-Recipient: rfc822; {rcpt}", "Action: failed"]
-        status.append(f"Status: {status_code(entry.last_error, too_old)}")
-        host, _, rest = entry.last_error.partition(" ")
+        status.append(f"Status: {status_code(error, too_old)}")
+        host, _, rest = error.partition(" ")
+        _, said, reply = error.partition(": ")
         if host and rest.startswith(("[", "said")):  # a remote failure: `host [addr] said: reply`
             status.append(f"Remote-MTA: dns; {host}")
-            status.append(f"Diagnostic-Code: smtp; {diagnostic(entry.last_error)}")
+            status.append(f"Diagnostic-Code: smtp; {reply if said and reply[:3].isdigit() else error}")
         else:
-            status.append(f"Diagnostic-Code: x-dma; {entry.last_error}")
+            status.append(f"Diagnostic-Code: x-dma; {error}")
     lines = [
         f"From: Mail Delivery System <MAILER-DAEMON@{cfg.mailname}>",
         f"To: <{first.sender}>",
@@ -108,9 +133,7 @@ def discard(spool: _native.Spool, failed: list[_native.QueueEntry]) -> str:
 
 def send(cfg: Config, failed: list[_native.QueueEntry], message_path: str) -> str:
     """Queue a bounce for `failed` (entries of one message, same sender); returns its message id.
-
-    Raises Fatal or OSError when it cannot be queued; the caller then keeps the original.
-    """
+    Raises Fatal or OSError when it cannot be queued; the caller then keeps the original."""
     sender = failed[0].sender
     try:
         message.check_address(sender, "sender")  # an entry from elsewhere (C dma's) never passed it
@@ -118,8 +141,9 @@ def send(cfg: Config, failed: list[_native.QueueEntry], message_path: str) -> st
     except Fatal:
         recipients = RecipientResolver(cfg).resolve(["postmaster"])
     with Spooling(cfg, "") as msg:
-        full = full_content(failed[0].dsn, cfg.fullbounce)
-        before, after = report(cfg, failed, msg.now, f"{msg.id}/{cfg.mailname}", full)
+        ret = value(failed[0].dsn, "RET")
+        full = cfg.fullbounce if ret is None else ret == "FULL"
+        before, after = report(cfg, failed, msg, full)
         msg.receive((before, message_path, full, after), "MAILER-DAEMON")  # Rust reads the original
         msg.incoming.commit("", recipients)
     return msg.id

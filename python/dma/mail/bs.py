@@ -1,10 +1,6 @@
-"""`sendmail -bs`: the server side of SMTP on standard input and output, never on a network port.
-
-Symfony Mailer, SwiftMailer and Laravel speak SMTP to `sendmail -bs`. The session runs as the
-calling user: MAIL FROM is taken as `-f` is, and each DATA is one `submit.submit`, as on the
-command line. Rust owns descriptor 0 (`_native.SmtpStdin`): it hands us command lines and streams
-each body, dot-unstuffed, into the spool.
-"""
+"""`sendmail -bs` (Symfony Mailer, SwiftMailer, Laravel): SMTP on standard input and output, as
+the calling user: MAIL FROM is taken as `-f` is, each DATA is one `submit`. Rust owns descriptor 0
+(`_native.SmtpStdin`): it hands us command lines and streams each body into the spool."""
 
 from __future__ import annotations
 
@@ -25,9 +21,11 @@ if TYPE_CHECKING:
 # RFC 5321 asks for 512 octets at least; SMTPUTF8 addresses with parameters need more.
 MAX_LINE = 2048
 MAX_RECIPIENTS = 1000
-EXTENSIONS = ("PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "SIZE")
 MAIL_PARAMS = {"BODY=7BIT", "BODY=8BITMIME", "SMTPUTF8"}
-FIXED = {
+FIXED = {  # {} is MAILNAME
+    "EHLO": "250-{}\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250 SIZE",
+    "HELO": "250 {}",
+    "RSET": "250 2.0.0 ok",
     "NOOP": "250 2.0.0 ok",
     "VRFY": "252 2.1.5 will not verify, but will accept the message",
     "HELP": "214 2.0.0 EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT",
@@ -36,7 +34,7 @@ FIXED = {
 
 
 class Reply(Exception):
-    """A command's answer, raised from deep in its handling: `code enhanced text`."""
+    """A command's answer (`code enhanced text`): every command ends by raising one."""
 
 
 class Session:
@@ -71,7 +69,6 @@ class Session:
         return self.queued
 
     def handle(self, raw: bytes, whole: bool) -> None:
-        """Answer one command line by raising its `Reply`."""
         if not whole:
             raise Reply("500 5.5.2 line too long")
         if any((b < 32 and b != 9) or b == 127 for b in raw):
@@ -81,18 +78,13 @@ class Session:
         except UnicodeDecodeError:
             raise Reply("500 5.5.2 command is not UTF-8") from None
         verb, arg = verb.upper(), arg.strip()
+        if verb in ("EHLO", "HELO") and not arg:
+            raise Reply(f"501 5.5.4 {verb} needs a domain")
         if verb in ("EHLO", "HELO", "RSET"):
-            if not arg and verb != "RSET":
-                raise Reply(f"501 5.5.4 {verb} needs a domain")
             self.sender, self.recipients = None, []
-            if verb == "EHLO":
-                for keyword in (self.cfg.mailname, *EXTENSIONS[:-1]):
-                    self.send(f"250-{keyword}")
-                raise Reply(f"250 {EXTENSIONS[-1]}")
-            raise Reply(f"250 {self.cfg.mailname}" if verb == "HELO" else FIXED["NOOP"])
         if verb in ("MAIL", "RCPT", "DATA"):
             getattr(self, verb.lower())(arg)  # each raises its Reply
-        raise Reply(FIXED.get(verb, "500 5.5.1 unrecognised command"))
+        raise Reply(FIXED.get(verb, "500 5.5.1 unrecognised command").format(self.cfg.mailname))
 
     def mail(self, arg: str) -> None:
         if self.sender is not None:

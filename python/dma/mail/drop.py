@@ -1,9 +1,7 @@
-"""System mode: the runner's pickup from the drop directory where unprivileged users leave mail.
-
-`<SPOOLDIR>/incoming` (1733) holds each drop as `D<id>`, its message, then `E<id>`, its envelope
-(see `submit`). Everything there is untrusted; docs/runner.md tells how each check keeps a drop
-accepted with exit 0 from being lost, and a user from reaching what is not theirs.
-"""
+"""System mode: the runner's pickup from `<SPOOLDIR>/incoming` (1733), where unprivileged users
+leave each drop as `D<id>`, its message, then `E<id>`, its envelope. All of it is untrusted:
+docs/runner.md tells how each check keeps a drop accepted with exit 0 from being lost, and a user
+from reaching what is not theirs."""
 
 from __future__ import annotations
 
@@ -26,7 +24,6 @@ if TYPE_CHECKING:
     from .log import Log
 
 NAME = "incoming"
-MODE = 0o1733
 MAX_ENVELOPE = 1 << 20
 STALE = 300  # seconds (by ctime, which a user cannot set back) before a lone half is removed
 QUARANTINE = "quarantine"
@@ -58,18 +55,26 @@ def open_plain(name: str) -> tuple[int, os.stat_result]:
     return fd, st
 
 
-def parse_envelope(data: bytes) -> tuple[str, list[str], str]:
-    """(sender, recipients, DSN parameters) of an envelope as `sendmail` writes it, else Rejected."""
+def envelope(name: str) -> tuple[os.stat_result, str, list[str], str]:
+    """The stat and the (sender, recipients, DSN parameters) of envelope `name`, else Rejected."""
+    fd, st = open_plain(name)
     try:
-        return _native.Incoming.drop_envelope(data)
+        if st.st_size > MAX_ENVELOPE:
+            raise Rejected("the envelope is too large")
+        fault("read")
+        data = os.read(fd, MAX_ENVELOPE + 1)
+    finally:
+        os.close(fd)
+    fault("parse")
+    try:
+        return (st, *_native.Incoming.drop_envelope(data))
     except ValueError as e:
         raise Rejected(str(e)) from None
 
 
 def waiting(cfg: Config) -> list[tuple[str, str, list[str], os.stat_result]]:
-    """Drops the runner has not taken yet, oldest first: (id, sender, recipients as given, the
-    message's stat). Only the runner's user can list them; a drop that cannot be read or parsed
-    is left out, as the runner will refuse it (and log why)."""
+    """Drops not taken yet, oldest first: (id, sender, recipients as given, the message's stat).
+    A drop that cannot be read or parsed is left out: the runner will refuse it (and log why)."""
     base = path(cfg)
     try:
         names = os.listdir(base)
@@ -80,11 +85,7 @@ def waiting(cfg: Config) -> list[tuple[str, str, list[str], os.stat_result]]:
         if not name.startswith("E"):
             continue
         try:
-            efd, _ = open_plain(f"{base}/{name}")
-            try:
-                sender, recipients, _ = parse_envelope(os.read(efd, MAX_ENVELOPE + 1))
-            finally:
-                os.close(efd)
+            _, sender, recipients, _ = envelope(f"{base}/{name}")
             dst = os.lstat(f"{base}/D{name[1:]}")
         except (OSError, Rejected):
             continue
@@ -102,19 +103,6 @@ def fault(step: str) -> None:
             os.kill(os.getpid(), 9)
         code = getattr(errno, want[2], errno.EIO)
         raise OSError(code, os.strerror(code))
-
-
-def queued_usage(entries: list[_native.QueueEntry]) -> tuple[set[str], dict[int, list[int]]]:
-    """The queued message ids, and per uid (the `u<uid>` our pickup ends ids with) [msgs, bytes]."""
-    sizes = {e.message_id: e.size for e in entries}
-    per_uid: dict[int, list[int]] = {}
-    for mid, size in sizes.items():
-        tag = mid.rpartition("u")[2]
-        if "u" in mid and tag.isdigit():
-            used = per_uid.setdefault(int(tag), [0, 0])
-            used[0] += 1
-            used[1] += size
-    return set(sizes), per_uid
 
 
 def write_usage(cfg: Config, totals: dict[int, list[int]]) -> None:
@@ -142,47 +130,37 @@ def discard(cfg: Config, name: str) -> None:
     where = f"{path(cfg)}/{name}"
     try:
         os.unlink(where)  # a file, FIFO, socket or symlink (never followed)
-        return
     except FileNotFoundError:
-        return
-    except IsADirectoryError:
         pass
-    moved = f"{quarantine(cfg)}/x{time.time_ns()}{name}"
-    try:
-        os.rename(where, moved)
-    except OSError:
-        moved = where  # another file system: removed in place (rmtree works on descriptors)
-    remove_tree(moved)
+    except IsADirectoryError:
+        moved = f"{quarantine(cfg)}/x{time.time_ns()}{name}"
+        try:
+            os.rename(where, moved)
+        except OSError:
+            moved = where  # another file system: removed in place (rmtree works on descriptors)
+        remove_tree(moved)
 
 
 def remove_tree(where: str) -> None:
-    """shutil's removal works on descriptors and never follows a link (imported here: it pulls in `re`)."""
-    import shutil
+    import shutil  # here: it imports `re`
 
-    shutil.rmtree(where, ignore_errors=True)
+    shutil.rmtree(where, ignore_errors=True)  # works on descriptors, never follows a link
 
 
 def take(cfg: Config, ident: str, est: os.stat_result, sid: str, used: list[int]) -> list[str]:
     """Move drop `ident` into the spool as message `sid`; returns its recipients."""
     base = path(cfg)
-    efd, est2 = open_plain(f"{base}/E{ident}")
-    dfd = -1
+    est2, sender, given, dsn = envelope(f"{base}/E{ident}")
+    if (est2.st_dev, est2.st_ino) != (est.st_dev, est.st_ino):
+        raise OSError(errno.EAGAIN, "replaced while being read")
     try:
-        if (est2.st_dev, est2.st_ino) != (est.st_dev, est.st_ino):
-            raise OSError(errno.EAGAIN, "replaced while being read")
-        try:
-            dfd, dst = open_plain(f"{base}/D{ident}")
-        except FileNotFoundError:
-            raise Rejected("the envelope has no message") from None
+        dfd, dst = open_plain(f"{base}/D{ident}")
+    except FileNotFoundError:
+        raise Rejected("the envelope has no message") from None
+    try:
         if est.st_uid != dst.st_uid:
             raise Rejected("the envelope and the message belong to different users")
-        if est.st_size > MAX_ENVELOPE:
-            raise Rejected("the envelope is too large")
-        fault("read")
-        data = os.read(efd, MAX_ENVELOPE + 1)
         try:
-            fault("parse")
-            sender, given, dsn = parse_envelope(data)
             fault("alias")
             recipients = RecipientResolver(cfg).resolve(given)
         except Fatal as e:
@@ -208,15 +186,12 @@ def take(cfg: Config, ident: str, est: os.stat_result, sid: str, used: list[int]
         used[1] += size
         return recipients
     finally:
-        os.close(efd)
-        if dfd >= 0:
-            os.close(dfd)
+        os.close(dfd)
 
 
 def refuse(cfg: Config, ident: str, est: os.stat_result, why: str, events: Log) -> None:
-    """Tell the owner of a drop with invalid content, in a notice from MAILER-DAEMON queued under
-    an id naming the drop (a second try after a crash finds it queued); keep the drop for the
-    postmaster if we cannot."""
+    """Tell the owner of a drop with invalid content, in a notice queued under an id naming the drop
+    (a second try after a crash finds it queued); keep the drop for the postmaster if we cannot."""
     try:
         user = pwd.getpwuid(est.st_uid).pw_name
         recipients = RecipientResolver(cfg).resolve([user])
@@ -251,7 +226,14 @@ def pick_up(cfg: Config, events: Log) -> tuple[int, int]:
         names = os.listdir(base)
     except FileNotFoundError:
         return 0, 0
-    queued, per_uid = queued_usage(_native.scan_queue(cfg.spooldir)[0])
+    queued = {e.message_id: e.size for e in _native.scan_queue(cfg.spooldir)[0]}
+    per_uid: dict[int, list[int]] = {}  # [messages, bytes] queued per uid, the `u<uid>` of our ids
+    for mid, size in queued.items():
+        tag = mid.rpartition("u")[2]
+        if "u" in mid and tag.isdigit():
+            used = per_uid.setdefault(int(tag), [0, 0])
+            used[0] += 1
+            used[1] += size
     stats: dict[str, os.stat_result] = {}
     totals = {uid: list(used) for uid, used in per_uid.items()}
     for name in names:
@@ -308,29 +290,22 @@ def pick_up(cfg: Config, events: Log) -> tuple[int, int]:
 
 
 def handle(
-    cfg: Config, ident: str, st: os.stat_result, queued: set[str], used: list[int], events: Log
+    cfg: Config, ident: str, st: os.stat_result, queued: dict[str, int], used: list[int], events: Log
 ) -> None:
-    """Take (or refuse) the drop whose envelope `st` describes, then remove it."""
+    """Take (or refuse) the drop whose envelope `st` describes, then remove it: the envelope first,
+    so a crash never leaves an envelope without its message."""
     sid = f"{ident}i{st.st_ino:x}u{st.st_uid}"
     if sid not in queued and sid not in UNREMOVED:  # else taken before, and its removal failed
         try:
-            recipients = take(cfg, ident, st, sid, used)
+            to = ", ".join(take(cfg, ident, st, sid, used))
         except Rejected as e:
-            if f"{ident}r{st.st_ino:x}u{st.st_uid}" not in queued:
+            if f"{ident}r{st.st_ino:x}u{st.st_uid}" not in queued:  # else its notice is queued
                 refuse(cfg, ident, st, str(e), events)
-            return finish(cfg, ident)  # its notice is queued
-        to = ", ".join(recipients)
-        events.event(
-            "info", "queued", f"{sid}: new mail from uid {st.st_uid} to {to}", id=sid, uid=st.st_uid, to=to
-        )
+        else:
+            uid = st.st_uid
+            events.event("info", "queued", f"{sid}: new mail from uid {uid} to {to}", id=sid, uid=uid, to=to)
     UNREMOVED.add(sid)
-    finish(cfg, ident)
-    UNREMOVED.discard(sid)
-
-
-def finish(cfg: Config, ident: str) -> None:
-    """Remove both halves of a drop that is queued (or refused): the envelope first, so a crash
-    never leaves an envelope without its message."""
     fault("unlink")
     for part in ("E", "D"):
         discard(cfg, f"{part}{ident}")
+    UNREMOVED.discard(sid)

@@ -1,7 +1,6 @@
-"""Local delivery policy: which mailbox (MBOXDIR or MAILDIR, docs/configuration.md), which owner,
-which failures are final. Rust moves the bytes, streaming the spooled ``M`` file. A missing mbox
-is created as C dma's ``dma-mbox-create`` does: owned by the user, group ``mail``, mode 0620 (in
-user mode owned by us, 0600)."""
+"""Local delivery policy: which mailbox (MBOXDIR or MAILDIR), which owner, which failures are
+final. Rust moves the bytes. A missing mbox is created as C dma's ``dma-mbox-create`` does: owned
+by the user, group ``mail``, mode 0620 (in user mode owned by us, 0600)."""
 
 from __future__ import annotations
 
@@ -13,9 +12,7 @@ from dma import _native
 
 from .routing import RouteError
 
-# Local delivery failed: `permanent` = bounce now (unknown user, bad data), otherwise retry later
-# (any OS error: lock timeout, disk full, a refused symlink...).
-DeliveryFailure = RouteError
+DeliveryFailure = RouteError  # `permanent`: unknown user, bad data; else (an OS error) retry later
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -23,7 +20,6 @@ if TYPE_CHECKING:
 
 
 def is_local_user(name: str) -> bool:
-    """Whether ``name`` is a user of this system that we would deliver to."""
     try:
         _lookup(name)
     except DeliveryFailure:
@@ -40,9 +36,8 @@ def deliver(
     when: str | None = None,
     lock_timeout: float = 100.0,
 ) -> None:
-    """Deliver the spooled message at ``message_path`` to local ``user``, or raise `DeliveryFailure`.
-    ``when``: the ``From `` line's date (``ctime()`` form, default now); ``lock_timeout``: the wait
-    for the mbox lock (C dma's 100 s)."""
+    """Deliver the spooled message to local ``user``, or raise `DeliveryFailure`. ``when``: the
+    ``From `` line's date (default now); ``lock_timeout``: the wait for the mbox lock."""
     pw = _lookup(user)
     try:
         if cfg.maildir:
