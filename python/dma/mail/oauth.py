@@ -56,6 +56,22 @@ class OAuthError(RouteError):
 # ---- secrets from files, commands and systemd credentials ---------------------------------------
 
 
+def run(argv: list[str], timeout: int, what: str, wanted: str) -> str:
+    """The one line `argv` prints. Its stderr is the admin's to read; its stdout may hold the secret
+    and is never shown."""
+    import subprocess
+
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+        raise OAuthError(f"{what} failed: {e}") from None
+    out = done.stdout.decode(errors="replace").strip()
+    if done.returncode or not out or "\n" in out:
+        err = done.stderr.decode(errors="replace").strip().splitlines()
+        raise OAuthError(f"{what} exited {done.returncode} without {wanted}" + (f": {err[-1]}" if err else ""))
+    return out
+
+
 def secret(value: str) -> str:
     """`{command}ARGV`'s one line of output, `{credential}NAME`'s file, or `value` itself."""
     if value.startswith("{credential}"):
@@ -70,26 +86,16 @@ def secret(value: str) -> str:
     if not value.startswith("{command}"):
         return value
     import shlex
-    import subprocess
 
     argv = shlex.split(value[9:])
-    try:
-        done = subprocess.run(argv, capture_output=True, timeout=30, check=False, stdin=subprocess.DEVNULL)
-    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
-        raise OAuthError(f"secret command {argv[:1]} failed: {e}") from None
-    out = done.stdout.decode(errors="replace").strip()
-    if done.returncode or not out or "\n" in out:
-        # Its stderr is the admin's to read; its stdout may hold the secret and is never shown.
-        err = done.stderr.decode(errors="replace").strip().splitlines()
-        raise OAuthError(
-            f"secret command {argv[:1]} exited {done.returncode} without one line of output"
-            + (f": {err[-1]}" if err else "")
-        )
-    return out
+    return run(argv, 30, f"secret command {argv[:1]}", "one line of output")
 
 
 def resolve(cfg: Config, value: str, rejected: str | None = None) -> tuple[str, list[str] | None]:
-    """An auth.conf password field -> (secret, SASL mechanisms); the hook remote.py calls."""
+    """An auth.conf password field -> (secret, SASL mechanisms), for remote.py; XOAUTH2_COMMAND,
+    when set, gives the token whatever the field holds."""
+    if cfg.xoauth2_command:
+        return run(cfg.xoauth2_command, 60, "XOAUTH2_COMMAND", "a token"), ["XOAUTH2"]
     if value.startswith("{oauth2}"):
         return access_token(cfg, value[8:], rejected), MECHANISMS
     return secret(value), None
@@ -98,24 +104,22 @@ def resolve(cfg: Config, value: str, rejected: str | None = None) -> tuple[str, 
 # ---- credential files ------------------------------------------------------------------------
 
 
-def read_credential(path: str) -> dict[str, str]:
-    """The file's fields, presets expanded; secrets (`{command}`, `{credential}`) not yet run."""
+def read_credential(path: str, presets: bool = True) -> dict[str, str]:
+    """The file's fields, with its provider's preset unless not `presets`; secrets (`{command}`,
+    `{credential}`) not yet run."""
     try:
-        return expand(path, read_credential_raw(path))
+        lines = read_text(path).splitlines()
     except OSError as e:
         raise OAuthError(f"can not read OAuth2 credential `{path}': {e.strerror}") from None
-
-
-def read_credential_raw(path: str) -> dict[str, str]:
     fields = {}
-    for lineno, line in enumerate(read_text(path).splitlines(), 1):
+    for lineno, line in enumerate(lines, 1):
         key, _, value = line.strip().partition(" ")
         if not key or key.startswith("#"):
             continue
         if key not in KEYS or not value.strip():
             raise ConfigError(path, lineno, key, "unknown key" if key not in KEYS else "missing value")
         fields[key] = value.strip()
-    return fields
+    return expand(path, fields) if presets else fields
 
 
 def expand(path: str, fields: dict[str, str]) -> dict[str, str]:
@@ -356,7 +360,7 @@ def login(cfg: Config, provider: str, path: str) -> None:
     code grant with PKCE) and write it into `path`, 0600, owned by the runner's user."""
     existing: dict[str, str] = {}
     if os.path.exists(path):
-        existing = {k: v for k, v in read_credential_raw(path).items() if k != "refresh_token"}
+        existing = {k: v for k, v in read_credential(path, False).items() if k != "refresh_token"}
     existing["provider"] = provider
     if "client_id" not in existing:
         existing["client_id"] = ask("client id: ")
@@ -461,5 +465,5 @@ def credential_names(cfg: Config) -> list[str]:
         return []  # doctor explains it
     for value in list(values):
         if value.startswith("{oauth2}") and os.path.exists(value[8:]):
-            values += read_credential_raw(value[8:]).values()
+            values += read_credential(value[8:], False).values()
     return sorted({v[12:] for v in values if v.startswith("{credential}")})
