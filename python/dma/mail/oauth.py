@@ -62,13 +62,14 @@ def run(argv: list[str], timeout: int, what: str, wanted: str) -> str:
     import subprocess
 
     try:
-        done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+        done = subprocess.run(argv, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except (OSError, ValueError, subprocess.TimeoutExpired) as e:
         raise OAuthError(f"{what} failed: {e}") from None
     out = done.stdout.decode(errors="replace").strip()
     if done.returncode or not out or "\n" in out:
         err = done.stderr.decode(errors="replace").strip().splitlines()
-        raise OAuthError(f"{what} exited {done.returncode} without {wanted}" + (f": {err[-1]}" if err else ""))
+        tail = f": {err[-1]}" if err else ""
+        raise OAuthError(f"{what} exited {done.returncode} without {wanted}{tail}")
     return out
 
 
