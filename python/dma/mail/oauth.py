@@ -57,8 +57,7 @@ class OAuthError(RouteError):
 
 
 def run(argv: list[str], timeout: int, what: str, wanted: str) -> str:
-    """The one line `argv` prints. Its stderr is the admin's to read; its stdout may hold the secret
-    and is never shown."""
+    """The one line `argv` prints; an error shows its stderr, never its stdout (the secret)."""
     import subprocess
 
     try:
@@ -93,8 +92,7 @@ def secret(value: str) -> str:
 
 
 def resolve(cfg: Config, value: str, rejected: str | None = None) -> tuple[str, list[str] | None]:
-    """An auth.conf password field -> (secret, SASL mechanisms), for remote.py; XOAUTH2_COMMAND,
-    when set, gives the token whatever the field holds."""
+    """An auth.conf password field -> (secret, SASL mechanisms); XOAUTH2_COMMAND, if set, wins."""
     if cfg.xoauth2_command:
         return run(cfg.xoauth2_command, 60, "XOAUTH2_COMMAND", "a token"), ["XOAUTH2"]
     if value.startswith("{oauth2}"):
@@ -106,8 +104,7 @@ def resolve(cfg: Config, value: str, rejected: str | None = None) -> tuple[str, 
 
 
 def read_credential(path: str, presets: bool = True) -> dict[str, str]:
-    """The file's fields, with its provider's preset unless not `presets`; secrets (`{command}`,
-    `{credential}`) not yet run."""
+    """The file's fields, with the provider's preset if `presets`; secrets not yet run."""
     try:
         lines = read_text(path).splitlines()
     except OSError as e:
@@ -146,8 +143,8 @@ def cache_path(cfg: Config, credential: str) -> str:
     return f"{cfg.spooldir}/oauth-{credential.strip('/').replace('/', '_')}"
 
 
-def read_cache(path: str) -> dict[str, str]:
-    """The cache's fields, or {} when it is missing, not ours, or readable by others."""
+def read_cache(path: str, origin: str | None = None) -> dict[str, str]:
+    """The cache's fields; {} when missing, not ours, readable by others, or of another `origin`."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -159,7 +156,8 @@ def read_cache(path: str) -> dict[str, str]:
         text = os.read(fd, 65536).decode(errors="replace")
     finally:
         os.close(fd)
-    return dict(line.partition(" ")[::2] for line in text.splitlines())
+    fields = dict(line.partition(" ")[::2] for line in text.splitlines())
+    return fields if origin in (None, fields.get("origin")) else {}
 
 
 def write_atomic(path: str, text: str, uid: int = -1) -> None:
@@ -198,8 +196,8 @@ def access_token(cfg: Config, credential: str, rejected: str | None = None) -> s
     fields = read_credential(credential)
     if "refresh_token" not in fields:
         raise OAuthError("no refresh_token in the OAuth2 credential: run `dma oauth login` first")
-    entry = read_cache(cache)
-    if fresh(entry, fields, rejected):
+    entry = read_cache(cache, fields["refresh_token"])
+    if fresh(entry, rejected):
         return entry["access"]
     import fcntl
 
@@ -209,20 +207,16 @@ def access_token(cfg: Config, credential: str, rejected: str | None = None) -> s
         raise OAuthError(f"can not lock the OAuth2 token cache {cache}: {e.strerror}") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        entry = read_cache(cache)  # another process may have renewed it meanwhile
-        if fresh(entry, fields, rejected):
+        entry = read_cache(cache, fields["refresh_token"])  # another process may have renewed it meanwhile
+        if fresh(entry, rejected):
             return entry["access"]
-        return refresh(cfg, cache, fields, entry if entry.get("origin") == fields["refresh_token"] else {})
+        return refresh(cfg, cache, fields, entry)
     finally:
         os.close(lock)
 
 
-def fresh(entry: dict[str, str], fields: dict[str, str], rejected: str | None) -> bool:
-    return (
-        entry.get("origin") == fields["refresh_token"]
-        and entry.get("access", rejected) != rejected
-        and int(entry.get("expires", "0") or 0) - time.time() > MARGIN
-    )
+def fresh(entry: dict[str, str], rejected: str | None) -> bool:
+    return entry.get("access", rejected) != rejected and int(entry.get("expires") or 0) - time.time() > MARGIN
 
 
 def refresh(cfg: Config, cache: str, fields: dict[str, str], entry: dict[str, str]) -> str:
@@ -311,33 +305,26 @@ def command(prog: str, name: str, args: list[str]) -> int:
 
     opts, args = getopts(args, USAGE, "C:")
     cfg = config.load(opts.get("-C"))
-    if args == ["status"]:
-        return status(cfg)
-    if args[:1] != ["login"] or len(args) != 3 or args[1] not in PRESETS:
+    if args[:1] == ["login"] and len(args) == 3 and args[1] in PRESETS:
+        try:
+            login(cfg, args[1], args[2])
+        except OAuthError as e:
+            raise Fatal(EX_UNAVAILABLE, str(e)) from None
+        return 0
+    if args != ["status"]:
         raise Fatal(EX_USAGE, USAGE)
-    try:
-        login(cfg, args[1], args[2])
-    except OAuthError as e:
-        raise Fatal(EX_UNAVAILABLE, str(e)) from None
-    return 0
-
-
-def status(cfg: Config) -> int:
     failed = 0
-    for login, host, password in cfg.auth().items():
+    for user, host, password in cfg.auth().items():
         if not password.startswith("{oauth2}"):
             continue
         path = password[8:]
         try:
             fields = read_credential(path)
-            print(f"{login}|{host}: {path}: {fields['provider']}, client id {fields['client_id']}")
+            print(f"{user}|{host}: {path}: {fields['provider']}, client id {fields['client_id']}")
             print(f"  token endpoint {fields['token_endpoint']}")
             expires = int(read_cache(cache_path(cfg, path)).get("expires", "0") or 0)
-            if expires:
-                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(expires))
-                print(f"  access token cached, expires {when}")
-            else:
-                print("  no access token cached")
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(expires))
+            print(f"  access token cached, expires {when}" if expires else "  no access token cached")
             print(f"  refresh: OK, {renew_now(cfg, path)}")
         except (OAuthError, Fatal) as e:
             print(f"  refresh: FAILED: {e}")
@@ -359,9 +346,8 @@ def renew_now(cfg: Config, path: str) -> str:
 def login(cfg: Config, provider: str, path: str) -> None:
     """Get a first refresh token (device grant where the provider has one, else the authorization
     code grant with PKCE) and write it into `path`, 0600, owned by the runner's user."""
-    existing: dict[str, str] = {}
-    if os.path.exists(path):
-        existing = {k: v for k, v in read_credential(path, False).items() if k != "refresh_token"}
+    existing = read_credential(path, False) if os.path.exists(path) else {}
+    existing.pop("refresh_token", None)
     existing["provider"] = provider
     if "client_id" not in existing:
         existing["client_id"] = ask("client id: ")

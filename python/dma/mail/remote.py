@@ -66,8 +66,7 @@ def credentials(cfg: Config, host: str, route: Route | None = None, rejected: st
 def renew(
     cfg: Config, target: Target, route: Route | None, creds: Creds, failure: _native.Outcome | None
 ) -> Creds | None:
-    """After the server refused a token at AUTH (expired early, revoked): renewed credentials to
-    try once more, or None."""
+    """Credentials to try once more after the server refused a token at AUTH (expired, revoked)."""
     _, secret, mechanisms = creds
     if not (mechanisms and secret and failure is not None and failure.stage == "auth" and failure.code):
         return None
