@@ -376,8 +376,7 @@ def ask(prompt: str, *, hidden: bool = False) -> str:
         answer = getpass.getpass(prompt).strip()
     else:
         sys.stdout.flush()  # what was printed before the question (a pipe does not flush by itself)
-        sys.stderr.write(prompt)
-        sys.stderr.flush()
+        print(prompt, end="", file=sys.stderr, flush=True)
         answer = sys.stdin.readline().strip()
     if not answer:
         raise Fatal(EX_USAGE, f"no answer to `{prompt.rstrip(': ')}'")
@@ -389,8 +388,7 @@ def device_flow(cfg: Config, fields: dict[str, str]) -> dict[str, str]:
     form = {"client_id": fields["client_id"], "scope": fields.get("scope", "")}
     device = post(cfg, fields["device_endpoint"], form)
     uri = device.get("verification_uri") or device.get("verification_url", "")
-    sys.stdout.write(f"On any device, open {uri} and enter the code {device.get('user_code')}\n")
-    sys.stdout.flush()
+    print(f"On any device, open {uri} and enter the code {device.get('user_code')}", flush=True)
     interval = float(device.get("interval") or 5)
     deadline = time.time() + float(device.get("expires_in") or 900)
     device_grant = "urn:ietf:params:oauth:grant-type:device_code"
