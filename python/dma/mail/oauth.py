@@ -1,5 +1,5 @@
 """OAuth2 for SMTP AUTH and secrets kept elsewhere (docs/configuration.md). With a good cached
-token the runner reads one small file: json, ssl and urllib are imported only to ask the endpoint."""
+token the runner reads one small file under a lock; json, ssl and urllib only ask the endpoint."""
 
 from __future__ import annotations
 
@@ -188,7 +188,10 @@ def write_atomic(path: str, text: str, uid: int = -1) -> None:
 
 def access_token(cfg: Config, credential: str, rejected: str | None = None) -> str:
     """A valid access token for `credential`: the cached one unless it expires within MARGIN
-    seconds or is `rejected` (the server refused it), else a new one from the token endpoint."""
+    seconds or is `rejected` (the server refused it), else a new one from the token endpoint. The
+    lock makes processes that find the same stale token refresh it once."""
+    import fcntl
+
     from dma import _native
 
     _native.no_core_dumps()
@@ -196,27 +199,19 @@ def access_token(cfg: Config, credential: str, rejected: str | None = None) -> s
     fields = read_credential(credential)
     if "refresh_token" not in fields:
         raise OAuthError("no refresh_token in the OAuth2 credential: run `dma oauth login` first")
-    entry = read_cache(cache, fields["refresh_token"])
-    if fresh(entry, rejected):
-        return entry["access"]
-    import fcntl
-
     try:
         lock = os.open(f"{cache}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as e:
         raise OAuthError(f"can not lock the OAuth2 token cache {cache}: {e.strerror}") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        entry = read_cache(cache, fields["refresh_token"])  # another process may have renewed it meanwhile
-        if fresh(entry, rejected):
+        entry = read_cache(cache, fields["refresh_token"])
+        expires = int(entry.get("expires") or 0)
+        if entry.get("access", rejected) != rejected and expires - time.time() > MARGIN:
             return entry["access"]
         return refresh(cfg, cache, fields, entry)
     finally:
         os.close(lock)
-
-
-def fresh(entry: dict[str, str], rejected: str | None) -> bool:
-    return entry.get("access", rejected) != rejected and int(entry.get("expires") or 0) - time.time() > MARGIN
 
 
 def refresh(cfg: Config, cache: str, fields: dict[str, str], entry: dict[str, str]) -> str:
