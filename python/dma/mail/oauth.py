@@ -422,19 +422,16 @@ def code_flow(cfg: Config, fields: dict[str, str]) -> dict[str, str]:
         "prompt": "consent",
     }
     sys.stdout.write(f"Open in a browser:\n{fields['auth_endpoint']}?{urllib.parse.urlencode(query)}\n")
-    pasted = ask("then paste the address the browser was sent to (or the code): ")
-    code = pasted
-    if "?" in pasted:
-        got = urllib.parse.parse_qs(urllib.parse.urlsplit(pasted).query)
+    code = ask("then paste the address the browser was sent to (or the code): ")
+    if "?" in code:
+        got = urllib.parse.parse_qs(urllib.parse.urlsplit(code).query)
         if got.get("state") != [state]:
             raise Fatal(EX_USAGE, "that address is not the answer to this login (state differs)")
         if "code" not in got:
             raise Fatal(EX_CONFIG, f"the provider refused: {got.get('error', ['?'])[0]}")
         code = got["code"][0]
-    uri = query["redirect_uri"]
-    return grant(
-        cfg, fields, grant_type="authorization_code", code=code, redirect_uri=uri, code_verifier=verifier
-    )
+    form = {"code": code, "redirect_uri": query["redirect_uri"], "code_verifier": verifier}
+    return grant(cfg, fields, grant_type="authorization_code", **form)
 
 
 def credential_names(cfg: Config) -> list[str]:
