@@ -266,9 +266,8 @@ def post(cfg: Config, url: str, form: dict[str, str]) -> dict[str, str]:
     try:
         if cfg.cafile:
             ctx.load_verify_locations(cfg.cafile)
-        request = urllib.request.Request(
-            url, urllib.parse.urlencode(form).encode(), {"Accept": "application/json"}
-        )
+        data = urllib.parse.urlencode(form).encode()
+        request = urllib.request.Request(url, data, {"Accept": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=cfg.timeout, context=ctx) as r:
                 status, body = r.status, r.read(1 << 20)
