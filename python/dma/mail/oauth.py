@@ -15,7 +15,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from dma.config import Config
 
-MECHANISMS = ["OAUTHBEARER", "XOAUTH2"]
 MARGIN = 300  # renew an access token this many seconds before it expires
 MS = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/"
 PRESETS: dict[str, dict[str, str]] = {
@@ -96,7 +95,7 @@ def resolve(cfg: Config, value: str, rejected: str | None = None) -> tuple[str, 
     if cfg.xoauth2_command:
         return run(cfg.xoauth2_command, 60, "XOAUTH2_COMMAND", "a token"), ["XOAUTH2"]
     if value.startswith("{oauth2}"):
-        return access_token(cfg, value[8:], rejected), MECHANISMS
+        return access_token(cfg, value[8:], rejected), ["OAUTHBEARER", "XOAUTH2"]
     return secret(value), None
 
 
