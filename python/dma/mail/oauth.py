@@ -52,7 +52,7 @@ class OAuthError(RouteError):
         self.error = error
 
 
-# ---- secrets from files, commands and systemd credentials ---------------------------------------
+# ---- what the runner uses: secrets, credential files, the token cache ---------------------------
 
 
 def run(argv: list[str], timeout: int, what: str, wanted: str) -> str:
@@ -99,9 +99,6 @@ def resolve(cfg: Config, value: str, rejected: str | None = None) -> tuple[str, 
     return secret(value), None
 
 
-# ---- credential files ------------------------------------------------------------------------
-
-
 def read_credential(path: str, presets: bool = True) -> dict[str, str]:
     """The file's fields, with the provider's preset if `presets`; secrets not yet run."""
     try:
@@ -133,9 +130,6 @@ def expand(path: str, fields: dict[str, str]) -> dict[str, str]:
         if key not in out:
             raise ConfigError(path, None, key, "missing")
     return out
-
-
-# ---- the token cache ---------------------------------------------------------------------------
 
 
 def cache_path(cfg: Config, credential: str) -> str:
