@@ -10,8 +10,7 @@ class AuthTable:
     """Credentials from auth.conf: (login, host, password) in file order. Hosts match exactly
     (case-sensitive); a later line for a host replaces an earlier one."""
 
-    def __init__(self, path: str | None = None, entries: list[tuple[str, str, str]] | None = None) -> None:
-        self.path = path
+    def __init__(self, entries: list[tuple[str, str, str]] | None = None) -> None:
         self.entries = entries or []
 
     def lookup(self, host: str, login: str | None = None) -> tuple[str, str] | None:
@@ -42,16 +41,14 @@ def load_auth(path: str) -> AuthTable:
         if not line.strip() or line.startswith("#"):
             continue
         login, bar, rest = line.partition("|")
-        if not bar:
-            raise ConfigError(path, lineno, None, "syntax error: expected `login|host:password'")
         cut = next((i for i, ch in enumerate(rest) if ch in ":| \t"), -1)
-        if cut < 0:
-            raise ConfigError(
-                path, lineno, None, "syntax error: no `:', `|', space or TAB between host and password"
-            )
-        if not login:
-            raise ConfigError(path, lineno, None, "syntax error: empty login")
-        if not rest[:cut]:
-            raise ConfigError(path, lineno, None, "syntax error: empty host")
+        for wrong, what in [
+            (not bar, "expected `login|host:password'"),
+            (cut < 0, "no `:', `|', space or TAB between host and password"),
+            (not login, "empty login"),
+            (not rest[:cut], "empty host"),
+        ]:
+            if wrong:
+                raise ConfigError(path, lineno, None, f"syntax error: {what}")
         entries.append((login, rest[:cut], rest[cut + 1 :]))
-    return AuthTable(path, entries)
+    return AuthTable(entries)

@@ -1,5 +1,5 @@
 """OAuth2 for SMTP AUTH and secrets kept elsewhere (docs/configuration.md). With a good cached
-token the runner reads one small file: json, ssl and urllib are imported only to ask the endpoint."""
+token the runner reads one small file under a lock; json, ssl and urllib only ask the endpoint."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from dma.config import Config
 
-MECHANISMS = ["OAUTHBEARER", "XOAUTH2"]
 MARGIN = 300  # renew an access token this many seconds before it expires
 MS = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/"
 PRESETS: dict[str, dict[str, str]] = {
@@ -53,7 +52,23 @@ class OAuthError(RouteError):
         self.error = error
 
 
-# ---- secrets from files, commands and systemd credentials ---------------------------------------
+# ---- what the runner uses: secrets, credential files, the token cache ---------------------------
+
+
+def run(argv: list[str], timeout: int, what: str, wanted: str) -> str:
+    """The one line `argv` prints; an error shows its stderr, never its stdout (the secret)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+        raise OAuthError(f"{what} failed: {e}") from None
+    out = done.stdout.decode(errors="replace").strip()
+    if done.returncode or not out or "\n" in out:
+        err = done.stderr.decode(errors="replace").strip().splitlines()
+        tail = f": {err[-1]}" if err else ""
+        raise OAuthError(f"{what} exited {done.returncode} without {wanted}{tail}")
+    return out
 
 
 def secret(value: str) -> str:
@@ -70,52 +85,35 @@ def secret(value: str) -> str:
     if not value.startswith("{command}"):
         return value
     import shlex
-    import subprocess
 
     argv = shlex.split(value[9:])
-    try:
-        done = subprocess.run(argv, capture_output=True, timeout=30, check=False, stdin=subprocess.DEVNULL)
-    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
-        raise OAuthError(f"secret command {argv[:1]} failed: {e}") from None
-    out = done.stdout.decode(errors="replace").strip()
-    if done.returncode or not out or "\n" in out:
-        # Its stderr is the admin's to read; its stdout may hold the secret and is never shown.
-        err = done.stderr.decode(errors="replace").strip().splitlines()
-        raise OAuthError(
-            f"secret command {argv[:1]} exited {done.returncode} without one line of output"
-            + (f": {err[-1]}" if err else "")
-        )
-    return out
+    return run(argv, 30, f"secret command {argv[:1]}", "one line of output")
 
 
 def resolve(cfg: Config, value: str, rejected: str | None = None) -> tuple[str, list[str] | None]:
-    """An auth.conf password field -> (secret, SASL mechanisms); the hook remote.py calls."""
+    """An auth.conf password field -> (secret, SASL mechanisms); XOAUTH2_COMMAND, if set, wins."""
+    if cfg.xoauth2_command:
+        return run(cfg.xoauth2_command, 60, "XOAUTH2_COMMAND", "a token"), ["XOAUTH2"]
     if value.startswith("{oauth2}"):
-        return access_token(cfg, value[8:], rejected), MECHANISMS
+        return access_token(cfg, value[8:], rejected), ["OAUTHBEARER", "XOAUTH2"]
     return secret(value), None
 
 
-# ---- credential files ------------------------------------------------------------------------
-
-
-def read_credential(path: str) -> dict[str, str]:
-    """The file's fields, presets expanded; secrets (`{command}`, `{credential}`) not yet run."""
+def read_credential(path: str, presets: bool = True) -> dict[str, str]:
+    """The file's fields, with the provider's preset if `presets`; secrets not yet run."""
     try:
-        return expand(path, read_credential_raw(path))
+        lines = read_text(path).splitlines()
     except OSError as e:
         raise OAuthError(f"can not read OAuth2 credential `{path}': {e.strerror}") from None
-
-
-def read_credential_raw(path: str) -> dict[str, str]:
     fields = {}
-    for lineno, line in enumerate(read_text(path).splitlines(), 1):
+    for lineno, line in enumerate(lines, 1):
         key, _, value = line.strip().partition(" ")
         if not key or key.startswith("#"):
             continue
         if key not in KEYS or not value.strip():
             raise ConfigError(path, lineno, key, "unknown key" if key not in KEYS else "missing value")
         fields[key] = value.strip()
-    return fields
+    return expand(path, fields) if presets else fields
 
 
 def expand(path: str, fields: dict[str, str]) -> dict[str, str]:
@@ -134,15 +132,12 @@ def expand(path: str, fields: dict[str, str]) -> dict[str, str]:
     return out
 
 
-# ---- the token cache ---------------------------------------------------------------------------
-
-
 def cache_path(cfg: Config, credential: str) -> str:
     return f"{cfg.spooldir}/oauth-{credential.strip('/').replace('/', '_')}"
 
 
-def read_cache(path: str) -> dict[str, str]:
-    """The cache's fields, or {} when it is missing, not ours, or readable by others."""
+def read_cache(path: str, origin: str | None = None) -> dict[str, str]:
+    """The cache's fields; {} when missing, not ours, readable by others, or of another `origin`."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -154,7 +149,8 @@ def read_cache(path: str) -> dict[str, str]:
         text = os.read(fd, 65536).decode(errors="replace")
     finally:
         os.close(fd)
-    return dict(line.partition(" ")[::2] for line in text.splitlines())
+    fields = dict(line.partition(" ")[::2] for line in text.splitlines())
+    return fields if origin in (None, fields.get("origin")) else {}
 
 
 def write_atomic(path: str, text: str, uid: int = -1) -> None:
@@ -185,7 +181,10 @@ def write_atomic(path: str, text: str, uid: int = -1) -> None:
 
 def access_token(cfg: Config, credential: str, rejected: str | None = None) -> str:
     """A valid access token for `credential`: the cached one unless it expires within MARGIN
-    seconds or is `rejected` (the server refused it), else a new one from the token endpoint."""
+    seconds or is `rejected` (the server refused it), else a new one from the token endpoint. The
+    lock makes processes that find the same stale token refresh it once."""
+    import fcntl
+
     from dma import _native
 
     _native.no_core_dumps()
@@ -193,31 +192,19 @@ def access_token(cfg: Config, credential: str, rejected: str | None = None) -> s
     fields = read_credential(credential)
     if "refresh_token" not in fields:
         raise OAuthError("no refresh_token in the OAuth2 credential: run `dma oauth login` first")
-    entry = read_cache(cache)
-    if fresh(entry, fields, rejected):
-        return entry["access"]
-    import fcntl
-
     try:
         lock = os.open(f"{cache}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as e:
         raise OAuthError(f"can not lock the OAuth2 token cache {cache}: {e.strerror}") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        entry = read_cache(cache)  # another process may have renewed it meanwhile
-        if fresh(entry, fields, rejected):
+        entry = read_cache(cache, fields["refresh_token"])
+        expires = int(entry.get("expires") or 0)
+        if entry.get("access", rejected) != rejected and expires - time.time() > MARGIN:
             return entry["access"]
-        return refresh(cfg, cache, fields, entry if entry.get("origin") == fields["refresh_token"] else {})
+        return refresh(cfg, cache, fields, entry)
     finally:
         os.close(lock)
-
-
-def fresh(entry: dict[str, str], fields: dict[str, str], rejected: str | None) -> bool:
-    return (
-        entry.get("origin") == fields["refresh_token"]
-        and entry.get("access", rejected) != rejected
-        and int(entry.get("expires", "0") or 0) - time.time() > MARGIN
-    )
 
 
 def refresh(cfg: Config, cache: str, fields: dict[str, str], entry: dict[str, str]) -> str:
@@ -272,9 +259,8 @@ def post(cfg: Config, url: str, form: dict[str, str]) -> dict[str, str]:
     try:
         if cfg.cafile:
             ctx.load_verify_locations(cfg.cafile)
-        request = urllib.request.Request(
-            url, urllib.parse.urlencode(form).encode(), {"Accept": "application/json"}
-        )
+        data = urllib.parse.urlencode(form).encode()
+        request = urllib.request.Request(url, data, {"Accept": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=cfg.timeout, context=ctx) as r:
                 status, body = r.status, r.read(1 << 20)
@@ -306,33 +292,26 @@ def command(prog: str, name: str, args: list[str]) -> int:
 
     opts, args = getopts(args, USAGE, "C:")
     cfg = config.load(opts.get("-C"))
-    if args == ["status"]:
-        return status(cfg)
-    if args[:1] != ["login"] or len(args) != 3 or args[1] not in PRESETS:
+    if args[:1] == ["login"] and len(args) == 3 and args[1] in PRESETS:
+        try:
+            login(cfg, args[1], args[2])
+        except OAuthError as e:
+            raise Fatal(EX_UNAVAILABLE, str(e)) from None
+        return 0
+    if args != ["status"]:
         raise Fatal(EX_USAGE, USAGE)
-    try:
-        login(cfg, args[1], args[2])
-    except OAuthError as e:
-        raise Fatal(EX_UNAVAILABLE, str(e)) from None
-    return 0
-
-
-def status(cfg: Config) -> int:
     failed = 0
-    for login, host, password in cfg.auth().items():
+    for user, host, password in cfg.auth().items():
         if not password.startswith("{oauth2}"):
             continue
         path = password[8:]
         try:
             fields = read_credential(path)
-            print(f"{login}|{host}: {path}: {fields['provider']}, client id {fields['client_id']}")
+            print(f"{user}|{host}: {path}: {fields['provider']}, client id {fields['client_id']}")
             print(f"  token endpoint {fields['token_endpoint']}")
             expires = int(read_cache(cache_path(cfg, path)).get("expires", "0") or 0)
-            if expires:
-                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(expires))
-                print(f"  access token cached, expires {when}")
-            else:
-                print("  no access token cached")
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(expires))
+            print(f"  access token cached, expires {when}" if expires else "  no access token cached")
             print(f"  refresh: OK, {renew_now(cfg, path)}")
         except (OAuthError, Fatal) as e:
             print(f"  refresh: FAILED: {e}")
@@ -354,9 +333,8 @@ def renew_now(cfg: Config, path: str) -> str:
 def login(cfg: Config, provider: str, path: str) -> None:
     """Get a first refresh token (device grant where the provider has one, else the authorization
     code grant with PKCE) and write it into `path`, 0600, owned by the runner's user."""
-    existing: dict[str, str] = {}
-    if os.path.exists(path):
-        existing = {k: v for k, v in read_credential_raw(path).items() if k != "refresh_token"}
+    existing = read_credential(path, False) if os.path.exists(path) else {}
+    existing.pop("refresh_token", None)
     existing["provider"] = provider
     if "client_id" not in existing:
         existing["client_id"] = ask("client id: ")
@@ -385,8 +363,7 @@ def ask(prompt: str, *, hidden: bool = False) -> str:
         answer = getpass.getpass(prompt).strip()
     else:
         sys.stdout.flush()  # what was printed before the question (a pipe does not flush by itself)
-        sys.stderr.write(prompt)
-        sys.stderr.flush()
+        print(prompt, end="", file=sys.stderr, flush=True)
         answer = sys.stdin.readline().strip()
     if not answer:
         raise Fatal(EX_USAGE, f"no answer to `{prompt.rstrip(': ')}'")
@@ -398,8 +375,7 @@ def device_flow(cfg: Config, fields: dict[str, str]) -> dict[str, str]:
     form = {"client_id": fields["client_id"], "scope": fields.get("scope", "")}
     device = post(cfg, fields["device_endpoint"], form)
     uri = device.get("verification_uri") or device.get("verification_url", "")
-    sys.stdout.write(f"On any device, open {uri} and enter the code {device.get('user_code')}\n")
-    sys.stdout.flush()
+    print(f"On any device, open {uri} and enter the code {device.get('user_code')}", flush=True)
     interval = float(device.get("interval") or 5)
     deadline = time.time() + float(device.get("expires_in") or 900)
     device_grant = "urn:ietf:params:oauth:grant-type:device_code"
@@ -438,19 +414,16 @@ def code_flow(cfg: Config, fields: dict[str, str]) -> dict[str, str]:
         "prompt": "consent",
     }
     sys.stdout.write(f"Open in a browser:\n{fields['auth_endpoint']}?{urllib.parse.urlencode(query)}\n")
-    pasted = ask("then paste the address the browser was sent to (or the code): ")
-    code = pasted
-    if "?" in pasted:
-        got = urllib.parse.parse_qs(urllib.parse.urlsplit(pasted).query)
+    code = ask("then paste the address the browser was sent to (or the code): ")
+    if "?" in code:
+        got = urllib.parse.parse_qs(urllib.parse.urlsplit(code).query)
         if got.get("state") != [state]:
             raise Fatal(EX_USAGE, "that address is not the answer to this login (state differs)")
         if "code" not in got:
             raise Fatal(EX_CONFIG, f"the provider refused: {got.get('error', ['?'])[0]}")
         code = got["code"][0]
-    uri = query["redirect_uri"]
-    return grant(
-        cfg, fields, grant_type="authorization_code", code=code, redirect_uri=uri, code_verifier=verifier
-    )
+    form = {"code": code, "redirect_uri": query["redirect_uri"], "code_verifier": verifier}
+    return grant(cfg, fields, grant_type="authorization_code", **form)
 
 
 def credential_names(cfg: Config) -> list[str]:
@@ -461,5 +434,5 @@ def credential_names(cfg: Config) -> list[str]:
         return []  # doctor explains it
     for value in list(values):
         if value.startswith("{oauth2}") and os.path.exists(value[8:]):
-            values += read_credential_raw(value[8:]).values()
+            values += read_credential(value[8:], False).values()
     return sorted({v[12:] for v in values if v.startswith("{credential}")})

@@ -50,27 +50,13 @@ def tls_mode(cfg: Config, route: Route | None = None) -> str:
 
 
 def credentials(cfg: Config, host: str, route: Route | None = None, rejected: str | None = None) -> Creds:
-    """(login, secret, mechanisms) from auth.conf for `host`: XOAUTH2 with the token XOAUTH2_COMMAND
-    prints, OAuth2 (oauth.py) or a secret kept elsewhere for a `{...}` password. `rejected`: the
-    secret the server just refused, to be renewed."""
+    """(login, secret, mechanisms) from auth.conf for `host`; a `{...}` password or XOAUTH2_COMMAND
+    goes to oauth.py. `rejected`: the secret the server just refused, to be renewed."""
     found = cfg.auth().lookup(host, route.login if route is not None else None)
     if found is None:
         return None, None, None
     login, password = found
-    if cfg.xoauth2_command:
-        import subprocess
-
-        try:
-            done = subprocess.run(
-                cfg.xoauth2_command, capture_output=True, timeout=60, check=False, stdin=subprocess.DEVNULL
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise RouteError(f"XOAUTH2_COMMAND failed: {e}", permanent=False) from None
-        token = done.stdout.decode(errors="replace").strip()
-        if done.returncode != 0 or not token or "\n" in token:
-            raise RouteError(f"XOAUTH2_COMMAND exited {done.returncode} without a token", permanent=False)
-        return login, token, ["XOAUTH2"]
-    if password.startswith("{"):
+    if cfg.xoauth2_command or password.startswith("{"):
         from .oauth import resolve
 
         return (login, *resolve(cfg, password, rejected))
@@ -80,8 +66,7 @@ def credentials(cfg: Config, host: str, route: Route | None = None, rejected: st
 def renew(
     cfg: Config, target: Target, route: Route | None, creds: Creds, failure: _native.Outcome | None
 ) -> Creds | None:
-    """After the server refused a token at AUTH (expired early, revoked): renewed credentials to
-    try once more, or None."""
+    """Credentials to try once more after the server refused a token at AUTH (expired, revoked)."""
     _, secret, mechanisms = creds
     if not (mechanisms and secret and failure is not None and failure.stage == "auth" and failure.code):
         return None
