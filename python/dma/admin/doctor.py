@@ -146,13 +146,11 @@ def check_aliases(cfg: Config, report: Report) -> None:
 
 
 def check_auth(cfg: Config, report: Report) -> None:
-    from dma.mail.authconf import load_auth
-
     if not cfg.authpath:
         report("INFO", "auth.conf", "AUTHPATH not set: no SMTP AUTH")
         return
     try:
-        table = load_auth(cfg.authpath)
+        table = cfg.auth()
     except Fatal as e:
         report("FAIL", "auth.conf", str(e), config=isinstance(e, ConfigError))
         return
@@ -203,10 +201,8 @@ def private(report: Report, topic: str, path: str) -> None:
 def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[tuple[Target, Route | None]]:
     """Print where each address goes (or the smarthost): the remote hosts to probe, each with the
     ROUTE that leads there if one does, without repeats."""
-    from dma.mail.aliases import parse
-    from dma.mail.local import is_local_user
     from dma.mail.message import strip_local_domain
-    from dma.mail.routing import RouteError, targets_for
+    from dma.mail.routing import RecipientResolver, RouteError, targets_for
 
     found: dict[tuple[str, int], tuple[Target, Route | None]] = {}
     if not addresses and not cfg.smarthost:
@@ -219,30 +215,24 @@ def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[tupl
         else:
             report("PASS", "route", f"smarthost {t.name} port {t.port}: {addrs(t)}")
             found[(t.name, t.port)] = (t, None)
+    resolver = RecipientResolver(cfg)
     for given in addresses:
         address = strip_local_domain(given, cfg.mailname)
-        if "@" not in address and cfg.nullclient:
-            sent_as = f"{address}@{cfg.mailname}"
-            report("INFO", "route", f"{given}: NULLCLIENT sends it to the smarthost as {sent_as}")
-            address = sent_as
-        if "@" in address:
-            check_remote(cfg, address, "", report, found)
-            continue
         try:
-            aliases = parse(cfg.aliases)
-            expanded = aliases.expand(
-                address, is_local_user=is_local_user, wildcard=True, mailname=cfg.mailname
-            )
+            expanded = resolver.resolve([address])
         except Fatal as e:
             report("FAIL", "route", f"{given}: {e}")
             continue
-        if expanded != [address] or address in aliases:
+        expands = "@" not in address and expanded != [address]
+        if expands and cfg.nullclient:
+            report("INFO", "route", f"{given}: NULLCLIENT sends it to the smarthost as {expanded[0]}")
+        elif expands or address in (resolver._aliases or {}):
             report("INFO", "route", f"{given}: alias, expands to {', '.join(expanded)}")
+        indent = "  " if expands and not cfg.nullclient else ""
         for rcpt in expanded:
             if "@" in rcpt:
-                check_remote(cfg, rcpt, "  ", report, found)
+                check_remote(cfg, rcpt, indent, report, found)
             else:
-                indent = "  " if expanded != [address] else ""
                 report("PASS", "route", f"{indent}{rcpt} -> local {mailbox_of(cfg, rcpt)}")
     return list(found.values())
 
