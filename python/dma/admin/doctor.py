@@ -10,7 +10,6 @@ from dma.errors import EX_CONFIG, ConfigError, Fatal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from dma import _native
     from dma.config import Config
     from dma.mail.routes import Route
     from dma.mail.routing import Target
@@ -54,7 +53,7 @@ def command(prog: str, name: str, args: list[str]) -> int:
     targets = check_routes(cfg, addresses, report)
     if "-n" not in opts:
         for target, route in targets:
-            probe(cfg, target, report, verbose="-v" in opts, route=route)
+            probe(cfg, target, route, report, verbose="-v" in opts)
     elif targets:
         report("INFO", "smtp", "not connecting (-n)")
     return report.code
@@ -199,8 +198,7 @@ def private(report: Report, topic: str, path: str) -> None:
 
 
 def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[tuple[Target, Route | None]]:
-    """Print where each address goes (or the smarthost): the remote hosts to probe, each with the
-    ROUTE that leads there if one does, without repeats."""
+    """Print where each address (or the smarthost) goes; returns the hosts to probe, with their ROUTE."""
     from dma.mail.message import strip_local_domain
     from dma.mail.routing import RecipientResolver, RouteError, targets_for
 
@@ -291,7 +289,7 @@ def mailbox_of(cfg: Config, user: str) -> str:
 # ---- SMTP ---------------------------------------------------------------------------------------
 
 
-def probe(cfg: Config, target: Target, report: Report, *, verbose: bool, route: Route | None = None) -> None:
+def probe(cfg: Config, target: Target, route: Route | None, report: Report, *, verbose: bool) -> None:
     """One SMTP session to `target` that sends no mail; prints what the server offers."""
     from dma.mail.remote import credentials, describe, renew, settings, tls_mode
     from dma.mail.routing import RouteError
@@ -334,21 +332,30 @@ def probe(cfg: Config, target: Target, report: Report, *, verbose: bool, route: 
             )
         if outcome.stage == "tls" and result.tls_version is None:
             inspect(cfg, target, mode, report)
-    tls_lines(cfg, mode, result, report, ok=ok)
-    if ok:
-        auth_line(login, result, report)
-
-
-def tls_lines(cfg: Config, mode: str, result: _native.SessionResult, report: Report, *, ok: bool) -> None:
-    if result.tls_version is None:
-        if mode == "opportunistic" and ok:
-            report("WARN", "tls", "not used: the server offers no STARTTLS (OPPORTUNISTIC_TLS: plain text)")
-        elif mode == "none" and ok:
-            report("INFO", "tls", "not used (SECURETRANSFER not set)")
+    if result.tls_version is not None:
+        how = "from the first byte" if mode == "implicit" else "after STARTTLS"
+        report("PASS", "tls", f"{result.tls_version} {result.tls_cipher} ({how})")
+        cert_lines(cfg, result.peer_cert_sha256, report, verified=ok)
+    elif mode == "opportunistic" and ok:
+        report("WARN", "tls", "not used: the server offers no STARTTLS (OPPORTUNISTIC_TLS: plain text)")
+    elif mode == "none" and ok:
+        report("INFO", "tls", "not used (SECURETRANSFER not set)")
+    if not ok:
         return
-    how = "from the first byte" if mode == "implicit" else "after STARTTLS"
-    report("PASS", "tls", f"{result.tls_version} {result.tls_cipher} ({how})")
-    cert_lines(cfg, result.peer_cert_sha256, report, verified=ok)
+    offered = "AUTH" in result.extensions  # EHLO keywords only, not AUTH's list of mechanisms
+    if login is None:
+        if offered:
+            report("INFO", "auth", "the server offers AUTH; auth.conf has no credentials for this host")
+    elif result.auth_mechanism:
+        report("PASS", "auth", f"AUTH {result.auth_mechanism} as {login} accepted")
+    else:
+        if not offered:
+            why = "the server offers no AUTH" + ("" if result.tls_version else " (before TLS, at least)")
+        elif result.tls_version is None:
+            why = "no TLS, and INSECURE is not set: the password is never sent in clear"
+        else:
+            why = "no mechanism in common with the server's"
+        report("WARN", "auth", f"credentials for {login} not used: {why}")
 
 
 def cert_lines(cfg: Config, sha256: str | None, report: Report, *, verified: bool) -> None:
@@ -386,22 +393,3 @@ def inspect(cfg: Config, target: Target, mode: str, report: Report) -> None:
     if seen.tls_version is not None:
         report("INFO", "tls", f"without certificate checks: {seen.tls_version} {seen.tls_cipher}")
         cert_lines(cfg, seen.peer_cert_sha256, report, verified=False)
-
-
-def auth_line(login: str | None, result: _native.SessionResult, report: Report) -> None:
-    # The transport reports EHLO keywords only: "AUTH", not its list of mechanisms.
-    offered = "AUTH" in result.extensions
-    if login is None:
-        if offered:
-            report("INFO", "auth", "the server offers AUTH; auth.conf has no credentials for this host")
-        return
-    if result.auth_mechanism:
-        report("PASS", "auth", f"AUTH {result.auth_mechanism} as {login} accepted")
-        return
-    if not offered:
-        why = "the server offers no AUTH" + ("" if result.tls_version else " (before TLS, at least)")
-    elif result.tls_version is None:
-        why = "no TLS, and INSECURE is not set: the password is never sent in clear"
-    else:
-        why = "no mechanism in common with the server's"
-    report("WARN", "auth", f"credentials for {login} not used: {why}")
