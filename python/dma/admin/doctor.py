@@ -199,6 +199,7 @@ def private(report: Report, topic: str, path: str) -> None:
 
 def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[tuple[Target, Route | None]]:
     """Print where each address (or the smarthost) goes; returns the hosts to probe, with their ROUTE."""
+    from dma.mail.aliases import parse
     from dma.mail.message import strip_local_domain
     from dma.mail.routing import RecipientResolver, RouteError, targets_for
 
@@ -224,7 +225,7 @@ def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[tupl
         expands = "@" not in address and expanded != [address]
         if expands and cfg.nullclient:
             report("INFO", "route", f"{given}: NULLCLIENT sends it to the smarthost as {expanded[0]}")
-        elif expands or address in (resolver._aliases or {}):
+        elif expands or ("@" not in address and address in parse(cfg.aliases)):  # `root: root` too
             report("INFO", "route", f"{given}: alias, expands to {', '.join(expanded)}")
         indent = "  " if expands and not cfg.nullclient else ""
         for rcpt in expanded:
