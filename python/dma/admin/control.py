@@ -1,9 +1,4 @@
-"""`dma queue` (dma.8): look at, hold, release, delete and bounce queue entries by id.
-
-An ID is an entry id (`<message id>.<n>`) or a message id (all its entries). Each change is made
-under the entry's lock: an entry being delivered is left alone (exit 75), an unknown id is exit 66,
-and the other ids are still done.
-"""
+"""`dma queue` (dma.8): look at, hold, release, delete and bounce queue entries by id."""
 
 from __future__ import annotations
 
@@ -130,7 +125,7 @@ class Control:
         return self.code
 
     def apply(self, ids: list[str], sub: str) -> int:
-        """Make the change `sub` (a method below) to each entry, under its lock."""
+        """Make the change `sub` to each entry, under its lock."""
         from dma import _native
 
         changed = 0
@@ -146,7 +141,7 @@ class Control:
                 continue
             entry = claimed[0]  # as it is now, under the lock
             try:
-                text = getattr(self, sub)(spool, entry)
+                text = change(spool, entry, sub)
             finally:
                 spool.release(entry.id)
             changed += 1
@@ -158,28 +153,26 @@ class Control:
             wake(self.cfg)
         return self.code
 
-    def hold(self, spool: _native.Spool, e: _native.QueueEntry) -> str:
-        if e.state == "held":
-            return "already held"
-        spool.record(
-            e.id, attempts=e.attempts, next_attempt=e.next_attempt, last_error=e.last_error, state="held"
-        )
-        return "held"
 
-    def release(self, spool: _native.Spool, e: _native.QueueEntry) -> str:
-        spool.record(e.id, attempts=e.attempts, next_attempt=0, last_error=e.last_error, state="")
-        return "released, due now" if e.state else "due now"
-
-    def delete(self, spool: _native.Spool, e: _native.QueueEntry) -> str:
+def change(spool: _native.Spool, e: _native.QueueEntry, sub: str) -> str:
+    """Make the change `sub` to the claimed entry `e`; returns what was done."""
+    if sub == "delete":
         spool.remove(e.id)
         spool.sync()
         return "deleted"
-
-    def bounce(self, spool: _native.Spool, e: _native.QueueEntry) -> str:
-        spool.record(e.id, attempts=e.attempts, next_attempt=0, last_error=BOUNCE_TEXT, state="failed")
+    if sub == "hold" and e.state == "held":
+        return "already held"
+    if sub == "hold":
+        state, due, error, text = "held", e.next_attempt, e.last_error, "held"
+    elif sub == "release":
+        state, due, error, text = "", 0, e.last_error, "released, due now" if e.state else "due now"
+    else:  # bounce
+        state, due, error = "failed", 0, BOUNCE_TEXT
+        text = "marked failed, to be bounced on the next queue run"
         if not e.sender:
-            return "marked failed; it has no sender, so it will be held for the postmaster"
-        return "marked failed, to be bounced on the next queue run"
+            text = "marked failed; it has no sender, so it will be held for the postmaster"
+    spool.record(e.id, attempts=e.attempts, next_attempt=due, last_error=error, state=state)
+    return text
 
 
 def envelope(e: _native.QueueEntry) -> str:

@@ -10,7 +10,6 @@ from dma.errors import EX_CONFIG, ConfigError, Fatal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from dma import _native
     from dma.config import Config
     from dma.mail.routes import Route
     from dma.mail.routing import Target
@@ -54,7 +53,7 @@ def command(prog: str, name: str, args: list[str]) -> int:
     targets = check_routes(cfg, addresses, report)
     if "-n" not in opts:
         for target, route in targets:
-            probe(cfg, target, report, verbose="-v" in opts, route=route)
+            probe(cfg, target, route, report, verbose="-v" in opts)
     elif targets:
         report("INFO", "smtp", "not connecting (-n)")
     return report.code
@@ -146,13 +145,11 @@ def check_aliases(cfg: Config, report: Report) -> None:
 
 
 def check_auth(cfg: Config, report: Report) -> None:
-    from dma.mail.authconf import load_auth
-
     if not cfg.authpath:
         report("INFO", "auth.conf", "AUTHPATH not set: no SMTP AUTH")
         return
     try:
-        table = load_auth(cfg.authpath)
+        table = cfg.auth()
     except Fatal as e:
         report("FAIL", "auth.conf", str(e), config=isinstance(e, ConfigError))
         return
@@ -201,12 +198,10 @@ def private(report: Report, topic: str, path: str) -> None:
 
 
 def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[tuple[Target, Route | None]]:
-    """Print where each address goes (or the smarthost): the remote hosts to probe, each with the
-    ROUTE that leads there if one does, without repeats."""
+    """Print where each address (or the smarthost) goes; returns the hosts to probe, with their ROUTE."""
     from dma.mail.aliases import parse
-    from dma.mail.local import is_local_user
     from dma.mail.message import strip_local_domain
-    from dma.mail.routing import RouteError, targets_for
+    from dma.mail.routing import RecipientResolver, RouteError, targets_for
 
     found: dict[tuple[str, int], tuple[Target, Route | None]] = {}
     if not addresses and not cfg.smarthost:
@@ -219,30 +214,24 @@ def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[tupl
         else:
             report("PASS", "route", f"smarthost {t.name} port {t.port}: {addrs(t)}")
             found[(t.name, t.port)] = (t, None)
+    resolver = RecipientResolver(cfg)
     for given in addresses:
         address = strip_local_domain(given, cfg.mailname)
-        if "@" not in address and cfg.nullclient:
-            sent_as = f"{address}@{cfg.mailname}"
-            report("INFO", "route", f"{given}: NULLCLIENT sends it to the smarthost as {sent_as}")
-            address = sent_as
-        if "@" in address:
-            check_remote(cfg, address, "", report, found)
-            continue
         try:
-            aliases = parse(cfg.aliases)
-            expanded = aliases.expand(
-                address, is_local_user=is_local_user, wildcard=True, mailname=cfg.mailname
-            )
+            expanded = resolver.resolve([address])
         except Fatal as e:
             report("FAIL", "route", f"{given}: {e}")
             continue
-        if expanded != [address] or address in aliases:
+        expands = "@" not in address and expanded != [address]
+        if expands and cfg.nullclient:
+            report("INFO", "route", f"{given}: NULLCLIENT sends it to the smarthost as {expanded[0]}")
+        elif expands or ("@" not in address and address in parse(cfg.aliases)):  # `root: root` too
             report("INFO", "route", f"{given}: alias, expands to {', '.join(expanded)}")
+        indent = "  " if expands and not cfg.nullclient else ""
         for rcpt in expanded:
             if "@" in rcpt:
-                check_remote(cfg, rcpt, "  ", report, found)
+                check_remote(cfg, rcpt, indent, report, found)
             else:
-                indent = "  " if expanded != [address] else ""
                 report("PASS", "route", f"{indent}{rcpt} -> local {mailbox_of(cfg, rcpt)}")
     return list(found.values())
 
@@ -301,7 +290,7 @@ def mailbox_of(cfg: Config, user: str) -> str:
 # ---- SMTP ---------------------------------------------------------------------------------------
 
 
-def probe(cfg: Config, target: Target, report: Report, *, verbose: bool, route: Route | None = None) -> None:
+def probe(cfg: Config, target: Target, route: Route | None, report: Report, *, verbose: bool) -> None:
     """One SMTP session to `target` that sends no mail; prints what the server offers."""
     from dma.mail.remote import credentials, describe, renew, settings, tls_mode
     from dma.mail.routing import RouteError
@@ -344,21 +333,30 @@ def probe(cfg: Config, target: Target, report: Report, *, verbose: bool, route: 
             )
         if outcome.stage == "tls" and result.tls_version is None:
             inspect(cfg, target, mode, report)
-    tls_lines(cfg, mode, result, report, ok=ok)
-    if ok:
-        auth_line(login, result, report)
-
-
-def tls_lines(cfg: Config, mode: str, result: _native.SessionResult, report: Report, *, ok: bool) -> None:
-    if result.tls_version is None:
-        if mode == "opportunistic" and ok:
-            report("WARN", "tls", "not used: the server offers no STARTTLS (OPPORTUNISTIC_TLS: plain text)")
-        elif mode == "none" and ok:
-            report("INFO", "tls", "not used (SECURETRANSFER not set)")
+    if result.tls_version is not None:
+        how = "from the first byte" if mode == "implicit" else "after STARTTLS"
+        report("PASS", "tls", f"{result.tls_version} {result.tls_cipher} ({how})")
+        cert_lines(cfg, result.peer_cert_sha256, report, verified=ok)
+    elif mode == "opportunistic" and ok:
+        report("WARN", "tls", "not used: the server offers no STARTTLS (OPPORTUNISTIC_TLS: plain text)")
+    elif mode == "none" and ok:
+        report("INFO", "tls", "not used (SECURETRANSFER not set)")
+    if not ok:
         return
-    how = "from the first byte" if mode == "implicit" else "after STARTTLS"
-    report("PASS", "tls", f"{result.tls_version} {result.tls_cipher} ({how})")
-    cert_lines(cfg, result.peer_cert_sha256, report, verified=ok)
+    offered = "AUTH" in result.extensions  # EHLO keywords only, not AUTH's list of mechanisms
+    if login is None:
+        if offered:
+            report("INFO", "auth", "the server offers AUTH; auth.conf has no credentials for this host")
+    elif result.auth_mechanism:
+        report("PASS", "auth", f"AUTH {result.auth_mechanism} as {login} accepted")
+    else:
+        if not offered:
+            why = "the server offers no AUTH" + ("" if result.tls_version else " (before TLS, at least)")
+        elif result.tls_version is None:
+            why = "no TLS, and INSECURE is not set: the password is never sent in clear"
+        else:
+            why = "no mechanism in common with the server's"
+        report("WARN", "auth", f"credentials for {login} not used: {why}")
 
 
 def cert_lines(cfg: Config, sha256: str | None, report: Report, *, verified: bool) -> None:
@@ -396,22 +394,3 @@ def inspect(cfg: Config, target: Target, mode: str, report: Report) -> None:
     if seen.tls_version is not None:
         report("INFO", "tls", f"without certificate checks: {seen.tls_version} {seen.tls_cipher}")
         cert_lines(cfg, seen.peer_cert_sha256, report, verified=False)
-
-
-def auth_line(login: str | None, result: _native.SessionResult, report: Report) -> None:
-    # The transport reports EHLO keywords only: "AUTH", not its list of mechanisms.
-    offered = "AUTH" in result.extensions
-    if login is None:
-        if offered:
-            report("INFO", "auth", "the server offers AUTH; auth.conf has no credentials for this host")
-        return
-    if result.auth_mechanism:
-        report("PASS", "auth", f"AUTH {result.auth_mechanism} as {login} accepted")
-        return
-    if not offered:
-        why = "the server offers no AUTH" + ("" if result.tls_version else " (before TLS, at least)")
-    elif result.tls_version is None:
-        why = "no TLS, and INSECURE is not set: the password is never sent in clear"
-    else:
-        why = "no mechanism in common with the server's"
-    report("WARN", "auth", f"credentials for {login} not used: {why}")

@@ -1,7 +1,5 @@
-"""`dma install` and `dma uninstall` (docs/install.md): idempotent, one line printed per change.
-
-Each change is recorded in the manifest (paths as seen inside the root); `uninstall` undoes that.
-"""
+"""`dma install` and `dma uninstall` (docs/install.md): idempotent, one line printed per change;
+the manifest records each change (paths as seen inside the root) for `uninstall` to undo."""
 
 from __future__ import annotations
 
@@ -74,7 +72,6 @@ def sha256(path: str) -> str:
 
 
 def same(a: str, b: str) -> bool:
-    """Two symlinks to the same place, or two plain files with the same contents."""
     if os.path.islink(a) or os.path.islink(b):
         return os.path.islink(a) and os.path.islink(b) and os.readlink(a) == os.readlink(b)
     return os.path.isfile(a) and os.path.isfile(b) and filecmp.cmp(a, b, shallow=False)
@@ -256,10 +253,8 @@ class Installer:
             self.say("done", "nothing to change: dma is installed")
 
     def link_conflict(self, path: str) -> bool:
-        """Something that is not ours is at `path`, and a different saved file: we would lose one.
-
-        The same thing as the saved one is what a package upgrade puts back: it can go.
-        """
+        """Something not ours is at `path`, and a different saved file: one would be lost. (The same
+        thing as the saved one is what a package upgrade puts back: it can go.)"""
         real = self.p(path)
         if not os.path.lexists(real) or not os.path.lexists(real + SAVED):
             return False
