@@ -48,7 +48,7 @@ class Submission:
         self.dot_terminates = dot_terminates
         self.from_headers = from_headers
         self.full_name = full_name
-        self.dsn = ""  # RFC 3461 parameters (dsn.py)
+        self.dsn = ""  # RFC 3461 parameters (bounce.py)
 
 
 class Options(Submission):

@@ -346,7 +346,7 @@ pub fn parse_envelope(text: &[u8]) -> Result<(String, Vec<String>, String)> {
     Ok((sender, recipients, dsn.unwrap_or_default()))
 }
 
-/// DSN parameters as `sendmail -N/-R/-V` writes them (dsn.py): a drop's `DSN:` line is a user's.
+/// DSN parameters as `sendmail -N/-R/-V` writes them (bounce.py): a drop's `DSN:` line is a user's.
 fn dsn_valid(params: &str) -> bool {
     let among = |words: &str, allowed: &[&str]| words.split(',').all(|w| allowed.contains(&w));
     params.split(' ').all(|param| match param.split_once('=') {
