@@ -146,10 +146,13 @@ def load_config(config: Config | str | os.PathLike[str] | None) -> Config:
 
 def runner_running(cfg: Config) -> bool:
     """Whether a queue runner holds this spool's lock."""
-    spool = _native.Spool(cfg.spooldir)
-    if spool.lock():
-        spool.unlock()
-        return False
+    try:
+        spool = _native.Spool(cfg.spooldir)
+        if spool.lock():
+            spool.unlock()
+            return False
+    except OSError:
+        return False  # no spool to watch or lock to take: start one, which says what is wrong
     return True
 
 
