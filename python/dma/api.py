@@ -20,7 +20,6 @@ import sys
 import threading
 
 from . import _native
-from .cli import Submission
 from .errors import EX_NOINPUT, Fatal
 from .mail import submit as submission
 from .mail.routing import RecipientResolver
@@ -109,7 +108,7 @@ class Batch:
             raise TypeError("recipients must be strings")
         if recipients is not None and not any(r.strip() for r in given):
             raise Fatal(EX_NOINPUT, "no recipients given")
-        sub = Submission(given, sender, dot_terminates=False, from_headers=recipients is None)
+        sub = submission.Submission(given, sender, dot_terminates=False, from_headers=recipients is None)
         message_id, _ = submission.submit(
             self.config, sub, data, durable=self.durable, resolver=self._resolver
         )

@@ -29,42 +29,23 @@ SETS = {
 TAKES = {"C": "config", "f": "sender", "r": "sender", "F": "full_name", "L": "tag", "q": "queue_arg"}
 
 
-class Submission:
-    """What the command line asks for one message (`-bs` and `dma.api` ask the same)."""
-
-    def __init__(
-        self,
-        recipients: list[str],
-        sender: str | None = None,
-        *,
-        dot_terminates: bool = True,
-        from_headers: bool = False,
-        full_name: str | None = None,
-        tag: str = "dma",
-    ) -> None:
-        self.recipients = recipients
-        self.tag = tag  # the syslog identity (`-L`)
-        self.sender = sender
-        self.dot_terminates = dot_terminates
-        self.from_headers = from_headers
-        self.full_name = full_name
-        self.dsn = ""  # RFC 3461 parameters (bounce.py)
-
-
-class Options(Submission):
-    """The whole command line: its submission, and the mode it asks for."""
-
+class Options:
     config: str | None = None
+    dot_terminates = True
     foreground = False
+    from_headers = False
+    full_name: str | None = None
     list_queue = False
     queue_arg: str | None = None  # -q was given
     queue_only = False
+    sender: str | None = None
     smtp = False
+    tag = "dma"
     verbose = False
 
     def __init__(self) -> None:
-        super().__init__([])
-        self.dsn_args: dict[str, str] = {}  # -N, -R, -V by letter
+        self.recipients: list[str] = []
+        self.dsn: dict[str, str] = {}  # -N, -R, -V by letter
 
 
 def parse_args(args: list[str]) -> Options:
@@ -103,7 +84,7 @@ def parse_args(args: list[str]) -> Options:
             elif letter in TAKES:
                 setattr(opts, TAKES[letter], value)
             elif letter in "NRV":
-                opts.dsn_args[letter] = value
+                opts.dsn[letter] = value
     queue = opts.queue_arg is not None
     if opts.recipients and (opts.list_queue or queue):
         raise Fatal(EX_USAGE, "sending mail and queue operations are mutually exclusive")
@@ -213,7 +194,7 @@ def dispatch(prog: str, args: list[str]) -> int:
         return 0
     if opts.queue_arg is not None:
         return run_queue(cfg, opts, prog)
-    from .mail.submit import drops, submit
+    from .mail.submit import Submission, drops, submit
 
     if sys.stdin is None:  # descriptor 0 was closed when we started: that is no (empty) message
         raise Fatal(EX_NOINPUT, "standard input is closed, nothing queued")
@@ -222,11 +203,19 @@ def dispatch(prog: str, args: list[str]) -> int:
 
         message_ids = Session(cfg, opts.full_name, opts.tag).run()
     else:
-        if opts.dsn_args:
+        sub = Submission(
+            opts.recipients,
+            opts.sender,
+            dot_terminates=opts.dot_terminates,
+            from_headers=opts.from_headers,
+            full_name=opts.full_name,
+            tag=opts.tag,
+        )
+        if opts.dsn:
             from .mail.bounce import parameters
 
-            opts.dsn = parameters(opts.dsn_args.get("N"), opts.dsn_args.get("R"), opts.dsn_args.get("V"))
-        message_ids = [submit(cfg, opts)[0]]
+            sub.dsn = parameters(opts.dsn.get("N"), opts.dsn.get("R"), opts.dsn.get("V"))
+        message_ids = [submit(cfg, sub)[0]]
     if not message_ids or opts.queue_only or cfg.defer or drops(cfg):
         return 0  # a drop is delivered by the system's runner (`dma serve`), not by us
     try:

@@ -7,12 +7,11 @@ from __future__ import annotations
 import posix
 
 from dma import _native
-from dma.cli import Submission
 from dma.errors import EX_DATAERR, EX_NOINPUT, Fatal
 
 from . import message
 from .routing import RecipientResolver
-from .submit import submit
+from .submit import Submission, submit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
