@@ -463,7 +463,7 @@ def test_spool_missing_in_system_mode(dma_env: DmaEnv) -> None:
     assert not missing.exists()
 
 
-def test_spool_not_writable() -> None:
+def test_spool_not_writable(traversable: None) -> None:
     base = Path(tempfile.mkdtemp(prefix="dma-nobody-", dir="/tmp"))
     try:
         base.chmod(0o755)
