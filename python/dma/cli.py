@@ -95,23 +95,6 @@ def parse_args(args: list[str]) -> Options:
     return opts
 
 
-def getopts(
-    args: list[str], usage: str, short: str, long: tuple[str, ...] = (), *, operands: bool = True
-) -> tuple[dict[str, str], list[str]]:
-    """A `dma <command>`'s options, as GNU getopt parses them: ({"-x": value}, operands). Any
-    mistake (operands, unless allowed), -h and --help are the usage error: `usage`, exit 64."""
-    import getopt
-
-    try:
-        pairs, rest = getopt.gnu_getopt(args, "h" + short, ["help", *long])
-    except getopt.GetoptError:
-        raise Fatal(EX_USAGE, usage) from None
-    opts = dict(pairs)
-    if "-h" in opts or "--help" in opts or (rest and not operands):
-        raise Fatal(EX_USAGE, usage)
-    return opts, rest
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
     prog = argv[0].rpartition("/")[2] if argv else "sendmail"

@@ -1,5 +1,6 @@
-"""Exit codes (sysexits.h), the exceptions that carry them to the command line, and the file
-reading every configuration file shares. On the submission hot path: imports nothing."""
+"""Exit codes (sysexits.h), the exceptions that carry them to the command line (usage errors of a
+`dma <command>`'s options too), and the file reading every configuration file shares. On the
+submission hot path: imports nothing."""
 
 from __future__ import annotations
 
@@ -37,6 +38,32 @@ class ConfigError(Fatal):
         self.line = line
         self.key = key
         self.detail = detail
+
+
+class RouteError(Exception):
+    """Nowhere to deliver to (no host; for local mail, `local.DeliveryFailure`, no mailbox):
+    `permanent` when retrying cannot help (NXDOMAIN, null MX, an unknown user)."""
+
+    def __init__(self, text: str, *, permanent: bool) -> None:
+        super().__init__(text)
+        self.permanent = permanent
+
+
+def getopts(
+    args: list[str], usage: str, short: str, long: tuple[str, ...] = (), *, operands: bool = True
+) -> tuple[dict[str, str], list[str]]:
+    """A `dma <command>`'s options, as GNU getopt parses them: ({"-x": value}, operands). Any
+    mistake (operands, unless allowed), -h and --help are the usage error: `usage`, exit 64."""
+    import getopt
+
+    try:
+        pairs, rest = getopt.gnu_getopt(args, "h" + short, ["help", *long])
+    except getopt.GetoptError:
+        raise Fatal(EX_USAGE, usage) from None
+    opts = dict(pairs)
+    if "-h" in opts or "--help" in opts or (rest and not operands):
+        raise Fatal(EX_USAGE, usage)
+    return opts, rest
 
 
 def read_text(path: str) -> str:

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-from dma.errors import EX_NOINPUT, EX_NOPERM, EX_TEMPFAIL, EX_USAGE, Fatal
+from dma.errors import EX_NOINPUT, EX_NOPERM, EX_TEMPFAIL, EX_USAGE, Fatal, getopts
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -65,7 +65,6 @@ def entry_row(e: _native.QueueEntry) -> dict[str, object]:
 
 def command(prog: str, name: str, args: list[str]) -> int:
     from dma import config
-    from dma.cli import getopts
 
     opts, words = getopts(args, USAGE, "C:", ("json",))
     sub = words[0] if words else ""

@@ -6,7 +6,7 @@ import os
 import stat
 import sys
 
-from dma.errors import EX_CONFIG, ConfigError, Fatal
+from dma.errors import EX_CONFIG, ConfigError, Fatal, RouteError, getopts
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ class Report:
 
 def command(prog: str, name: str, args: list[str]) -> int:
     from dma import config
-    from dma.cli import getopts
 
     opts, addresses = getopts(args, USAGE, "vnC:")
     report = Report()
@@ -167,7 +166,6 @@ def check_auth(cfg: Config, report: Report) -> None:
     for host in [h for h, _ in cfg.smarthosts() if table.lookup(h) is None]:
         report("INFO", "auth.conf", f"no credentials for the smarthost `{host}' (hosts match exactly)")
     from dma.mail.oauth import renew_now
-    from dma.mail.routing import RouteError
 
     for login, host, password in table.items():
         if password.startswith("{oauth2}"):
@@ -201,7 +199,7 @@ def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[tupl
     """Print where each address (or the smarthost) goes; returns the hosts to probe, with their ROUTE."""
     from dma.mail.aliases import parse
     from dma.mail.message import strip_local_domain
-    from dma.mail.routing import RecipientResolver, RouteError, targets_for
+    from dma.mail.routing import RecipientResolver, targets_for
 
     found: dict[tuple[str, int], tuple[Target, Route | None]] = {}
     if not addresses and not cfg.smarthost:
@@ -245,7 +243,7 @@ def check_remote(
 ) -> None:
     """Print the hosts mail to a remote `address` goes to, and add them to `found`."""
     from dma.mail.remote import Destination
-    from dma.mail.routing import RouteError, targets_for
+    from dma.mail.routing import targets_for
 
     dest = Destination(cfg, "", address)
     try:
@@ -293,7 +291,6 @@ def mailbox_of(cfg: Config, user: str) -> str:
 def probe(cfg: Config, target: Target, route: Route | None, report: Report, *, verbose: bool) -> None:
     """One SMTP session to `target` that sends no mail; prints what the server offers."""
     from dma.mail.remote import credentials, describe, renew, settings, tls_mode
-    from dma.mail.routing import RouteError
 
     where = f"{target.name} port {target.port}"
     creds: tuple[str | None, str | None, list[str] | None] = (None, None, None)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from typing import Any
 
-from dma.errors import EX_CONFIG, EX_NOPERM, EX_SOFTWARE, EX_USAGE, ConfigError, Fatal
+from dma.errors import EX_CONFIG, EX_NOPERM, EX_SOFTWARE, EX_USAGE, ConfigError, Fatal, getopts
 from dma.mail.oauth import credential_names
 
 from . import launcher
@@ -43,7 +43,6 @@ USAGE = {
 
 
 def command(prog: str, name: str, args: list[str]) -> int:
-    from dma.cli import getopts
 
     long = ("root=", "systemd", "no-systemd") if name == "install" else ("root=",)
     opts, _ = getopts(args, USAGE[name], "", long, operands=False)

@@ -9,8 +9,7 @@ import pwd
 import time
 
 from dma import _native
-
-from .routing import RouteError
+from dma.errors import RouteError
 
 DeliveryFailure = RouteError  # `permanent`: unknown user, bad data; else (an OS error) retry later
 

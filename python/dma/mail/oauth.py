@@ -7,9 +7,7 @@ import os
 import sys
 import time
 
-from dma.errors import EX_CONFIG, EX_UNAVAILABLE, EX_USAGE, ConfigError, Fatal, read_text
-
-from .routing import RouteError
+from dma.errors import EX_CONFIG, EX_UNAVAILABLE, EX_USAGE, ConfigError, Fatal, RouteError, getopts, read_text
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -288,7 +286,6 @@ USAGE = "usage: dma oauth [-C FILE] login PROVIDER CREDENTIAL-FILE | dma oauth [
 
 def command(prog: str, name: str, args: list[str]) -> int:
     from dma import config
-    from dma.cli import getopts
 
     opts, args = getopts(args, USAGE, "C:")
     cfg = config.load(opts.get("-C"))

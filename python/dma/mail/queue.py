@@ -9,7 +9,7 @@ import sys
 import time
 
 from dma import _native
-from dma.errors import EX_OSERR, EX_TEMPFAIL, Fatal
+from dma.errors import EX_OSERR, EX_TEMPFAIL, Fatal, getopts
 
 from .log import Log
 
@@ -450,7 +450,6 @@ def command(prog: str, name: str, args: list[str]) -> int:
     """`dma serve`: the runner in the foreground, for a service manager (the units of `dma
     install`), until the queue is idle. If a runner holds the spool, it is woken instead."""
     from dma import config
-    from dma.cli import getopts
 
     opts, _ = getopts(args, f"usage: {prog} {name} [-C FILE] [-L TAG] [-v]", "C:L:v", operands=False)
     runner = Runner(config.load(opts.get("-C")), verbose="-v" in opts, name=prog, tag=opts.get("-L", "dma"))

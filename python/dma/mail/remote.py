@@ -4,9 +4,10 @@ SMTP session; a `Connection` stays open for the runner's connection cache."""
 from __future__ import annotations
 
 from dma import _native
+from dma.errors import RouteError
 
 from .routes import choose
-from .routing import RouteError, Target, targets_for
+from .routing import Target, targets_for
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

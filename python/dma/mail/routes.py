@@ -4,10 +4,6 @@ comes from the global keys."""
 
 from __future__ import annotations
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from dma.config import Config
-
 TLS_MODES = {"tls": "implicit", "starttls": "starttls", "opportunistic": "opportunistic", "plain": "none"}
 
 
@@ -84,15 +80,6 @@ class Route:
         if self.pattern.startswith("*."):
             return domain.endswith(self.pattern[1:])
         return domain == self.pattern
-
-
-def rewritten_sender(cfg: Config, sender: str) -> str | None:
-    """REWRITEFROM, or the `rewritefrom=` of the first `from:` route for `sender`: the address that
-    becomes the envelope sender and the `From:` header's. The null sender (bounces) stays null."""
-    if not sender:
-        return None
-    route = choose([r for r in cfg.routes if r.kind == "from"], sender, "")
-    return route.rewrite_from if route is not None and route.rewrite_from else cfg.rewrite_from
 
 
 def choose(routes: list[Route], sender: str, recipient: str) -> Route | None:

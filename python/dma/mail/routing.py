@@ -3,6 +3,8 @@ take mail for a remote domain."""
 
 from __future__ import annotations
 
+from dma.errors import RouteError
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import dns.resolver
@@ -44,15 +46,6 @@ class RecipientResolver:
                 )
             result.update(dict.fromkeys(expanded))
         return list(result)
-
-
-class RouteError(Exception):
-    """Nowhere to deliver to (no host; for local mail, `local.DeliveryFailure`, no mailbox):
-    `permanent` when retrying cannot help (NXDOMAIN, null MX, an unknown user)."""
-
-    def __init__(self, text: str, *, permanent: bool) -> None:
-        super().__init__(text)
-        self.permanent = permanent
 
 
 class Target:

@@ -139,10 +139,13 @@ def submit(
     for all, and its `resolver`, to read the aliases file once."""
     sender = message.envelope_sender(sub.sender, cfg)
     rewrite = None
-    if cfg.rewrite_from or cfg.routes:
-        from .routes import rewritten_sender
+    if sender and (cfg.rewrite_from or cfg.routes):  # the null sender (bounces) stays null
+        from .routes import choose
 
-        rewrite = rewritten_sender(cfg, sender)
+        # REWRITEFROM, or the first matching `from:` route's `rewritefrom=`: the envelope sender,
+        # and the `From:` header's address.
+        route = choose([r for r in cfg.routes if r.kind == "from"], sender, "")
+        rewrite = route.rewrite_from if route is not None and route.rewrite_from else cfg.rewrite_from
         sender = rewrite or sender
     given: list[str] = []
     for arg in sub.recipients:

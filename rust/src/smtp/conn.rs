@@ -1,16 +1,14 @@
-//! The connection under a session: connect, the socket (plain or in rustls), replies read within
-//! a deadline, the switch to TLS, and QUIT. Another `impl Session` block.
+//! The connection under a session: connect, and the socket (plain or in rustls) whose reads end
+//! by a deadline.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::{ClientConfig, ClientConnection};
 
-use super::session::Session;
-use super::{Outcome, SessionConfig, Stage, MAX_LINE, QUIT_WAIT};
-use crate::reply::{clean_text, Reply};
+use super::{Outcome, SessionConfig, Stage};
 use crate::tls;
 
 /// The TCP socket, whose reads all end by `deadline`: a handshake or reply trickled a byte at
@@ -41,10 +39,46 @@ impl Write for Socket {
     }
 }
 
-/// The socket, and rustls over it once TLS is up. `Session::write` writes.
+/// The socket, and rustls over it once TLS is up.
 pub(super) struct Stream {
     sock: Socket,
     tls: Option<ClientConnection>,
+}
+
+impl Stream {
+    /// Every read from now on ends within `wait` in all.
+    pub(super) fn start_clock(&mut self, wait: Duration) {
+        self.sock.deadline = Instant::now() + wait;
+    }
+
+    /// Write `bytes` in one go (through TLS once it is up).
+    pub(super) fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match &mut self.tls {
+            Some(tls) => {
+                let mut tls = rustls::Stream::new(tls, &mut self.sock);
+                tls.write_all(bytes).and_then(|()| tls.flush())
+            }
+            None => self.sock.tcp.write_all(bytes),
+        }
+    }
+
+    /// The TLS handshake, within the clock; from then on the stream reads and writes through it.
+    pub(super) fn start_tls(
+        &mut self,
+        config: Arc<ClientConfig>,
+        host: &str,
+    ) -> Result<&ClientConnection, String> {
+        let conn = handshake(&mut self.sock, config, host)?;
+        Ok(self.tls.insert(conn))
+    }
+
+    /// `close_notify`, when TLS is up.
+    pub(super) fn close(&mut self) {
+        if let Some(tls) = &mut self.tls {
+            tls.send_close_notify();
+            let _ = tls.complete_io(&mut self.sock);
+        }
+    }
 }
 
 impl Read for Stream {
@@ -89,7 +123,7 @@ pub(super) fn connect(cfg: &SessionConfig) -> Result<(BufReader<Stream>, IpAddr)
 }
 
 /// What an I/O error means to the session; `timeout` is the wait that ran out.
-fn describe(err: &io::Error, timeout: Duration) -> String {
+pub(super) fn describe(err: &io::Error, timeout: Duration) -> String {
     match err.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
             format!("timeout ({} s) waiting for the server", timeout.as_secs_f64())
@@ -116,115 +150,4 @@ fn handshake(sock: &mut Socket, config: Arc<ClientConfig>, host: &str) -> Result
         }
     }
     Ok(tls)
-}
-
-impl Session {
-    pub(super) fn trace(&self, prefix: &str, text: &str) {
-        if self.cfg.verbose {
-            // Straight to fd 2; a closed stderr must not break delivery.
-            let _ = writeln!(io::stderr().lock(), "{prefix}{text}");
-        }
-    }
-
-    /// Every read from now on ends within `wait` in all.
-    pub(super) fn start_clock(&mut self, wait: Duration) {
-        self.reader.get_mut().sock.deadline = Instant::now() + wait;
-    }
-
-    pub(super) fn conn_failure(&mut self, stage: Stage, err: &str) -> Outcome {
-        self.dead = true;
-        let text = format!("{}: {err} during {}", self.cfg.host, stage.as_str());
-        Outcome::temporary(stage, text)
-    }
-
-    /// Queue a command line; the transcript shows `shown`.
-    pub(super) fn queue(&mut self, line: &str, shown: &str) {
-        self.trace(">>> ", shown);
-        self.out.extend_from_slice(line.as_bytes());
-        self.out.extend_from_slice(b"\r\n");
-    }
-
-    /// Write what is queued, then `bytes`.
-    pub(super) fn write(&mut self, stage: Stage, bytes: &[u8]) -> Result<(), Outcome> {
-        self.out.extend_from_slice(bytes);
-        let stream = self.reader.get_mut();
-        let result = match &mut stream.tls {
-            Some(tls) => {
-                let mut tls = rustls::Stream::new(tls, &mut stream.sock);
-                tls.write_all(&self.out).and_then(|()| tls.flush())
-            }
-            None => stream.sock.tcp.write_all(&self.out),
-        };
-        self.out.clear();
-        result.map_err(|e| self.conn_failure(stage, &describe(&e, self.cfg.command_timeout)))
-    }
-
-    /// One whole reply, within the clock's deadline.
-    pub(super) fn read_reply(&mut self, stage: Stage) -> Result<Reply, Outcome> {
-        Reply::read(|| self.read_line()).map_err(|e| self.conn_failure(stage, &e))
-    }
-
-    fn read_line(&mut self) -> Result<Vec<u8>, String> {
-        let mut line = Vec::new();
-        let mut limited = (&mut self.reader).take(MAX_LINE as u64);
-        limited
-            .read_until(b'\n', &mut line)
-            .map_err(|e| describe(&e, self.cfg.command_timeout))?;
-        if !line.ends_with(b"\n") {
-            return Err(if line.len() == MAX_LINE {
-                format!("reply line longer than {MAX_LINE} bytes")
-            } else {
-                "connection closed by the server".to_owned()
-            });
-        }
-        self.trace("<<< ", &clean_text(line.trim_ascii_end()));
-        Ok(line)
-    }
-
-    /// Wrap the connection in TLS. Clear text the server sent before (after a STARTTLS reply: an
-    /// injection attempt or a broken server) is not from the TLS peer: thrown away unread.
-    pub(super) fn start_tls(&mut self) -> Result<(), Outcome> {
-        let stray = self.reader.buffer().len();
-        if stray > 0 {
-            let text = format!("discarded {stray} bytes received after the STARTTLS reply");
-            self.trace("*** ", &text);
-            self.reader.consume(stray);
-        }
-        let config = self.tls_config.clone().expect("TLS config built for TLS modes");
-        let conn = handshake(&mut self.reader.get_mut().sock, config, &self.cfg.host).map_err(|e| {
-            self.dead = true;
-            Outcome::temporary(Stage::Tls, format!("{}: {e}", self.cfg.host))
-        })?;
-        // rustls names them `TLSv1_3`, `TLS13_AES_256_GCM_SHA384`...
-        let unknown = || "unknown".to_owned();
-        let version = conn
-            .protocol_version()
-            .map_or_else(unknown, |v| format!("{v:?}").replace('_', "."));
-        let cipher = conn
-            .negotiated_cipher_suite()
-            .map_or_else(unknown, |s| format!("{:?}", s.suite()));
-        self.trace("*** ", &format!("TLS {version} {cipher}"));
-        let facts = &mut self.facts;
-        (facts.tls_version, facts.tls_cipher) = (Some(version), Some(cipher));
-        let leaf = conn.peer_certificates().and_then(|c| c.first());
-        facts.peer_cert_sha256 = leaf.map(|c| tls::sha256_hex(c));
-        facts.tls_resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-        self.reader.get_mut().tls = Some(conn);
-        Ok(())
-    }
-
-    /// QUIT, and a short wait for its reply (only logged); then `close_notify` when TLS is up.
-    pub(super) fn quit(&mut self) {
-        if !self.dead {
-            self.start_clock(QUIT_WAIT.min(self.cfg.command_timeout));
-            // Failures here are never reported: any stage will do.
-            let _ = self.send(Stage::Mail, "QUIT", "QUIT");
-            self.dead = true;
-        }
-        let stream = self.reader.get_mut();
-        if let Some(tls) = &mut stream.tls {
-            tls.send_close_notify();
-            let _ = tls.complete_io(&mut stream.sock);
-        }
-    }
 }

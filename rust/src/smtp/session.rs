@@ -1,15 +1,17 @@
-//! One session's state and its set-up: greeting, EHLO or HELO, STARTTLS or implicit TLS, AUTH.
+//! One session's state and its set-up: greeting, EHLO or HELO, STARTTLS or implicit TLS, AUTH;
+//! commands written in one go and replies read within a deadline; QUIT.
 
-use std::io::BufReader;
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::ClientConfig;
 
-use super::conn::{connect, Stream};
-use super::{Outcome, SessionConfig, SessionResult, Stage, Status, TlsMode};
+use super::conn::{connect, describe, Stream};
+use super::{Outcome, SessionConfig, SessionResult, Stage, Status, TlsMode, MAX_LINE, QUIT_WAIT};
 use crate::auth::{self, Mechanism};
 use crate::journal::Journal;
-use crate::reply::{Extensions, Reply};
+use crate::reply::{clean_text, Extensions, Reply};
 use crate::tls;
 
 /// What the transcript shows instead of a line holding credentials.
@@ -223,5 +225,107 @@ impl Session {
         }
         self.quit();
         None
+    }
+}
+
+impl Session {
+    pub(super) fn trace(&self, prefix: &str, text: &str) {
+        if self.cfg.verbose {
+            // Straight to fd 2; a closed stderr must not break delivery.
+            let _ = writeln!(io::stderr().lock(), "{prefix}{text}");
+        }
+    }
+
+    /// Every read from now on ends within `wait` in all.
+    pub(super) fn start_clock(&mut self, wait: Duration) {
+        self.reader.get_mut().start_clock(wait);
+    }
+
+    pub(super) fn conn_failure(&mut self, stage: Stage, err: &str) -> Outcome {
+        self.dead = true;
+        let text = format!("{}: {err} during {}", self.cfg.host, stage.as_str());
+        Outcome::temporary(stage, text)
+    }
+
+    /// Queue a command line; the transcript shows `shown`.
+    pub(super) fn queue(&mut self, line: &str, shown: &str) {
+        self.trace(">>> ", shown);
+        self.out.extend_from_slice(line.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    /// Write what is queued, then `bytes`.
+    pub(super) fn write(&mut self, stage: Stage, bytes: &[u8]) -> Result<(), Outcome> {
+        self.out.extend_from_slice(bytes);
+        let result = self.reader.get_mut().send(&self.out);
+        self.out.clear();
+        result.map_err(|e| self.conn_failure(stage, &describe(&e, self.cfg.command_timeout)))
+    }
+
+    /// One whole reply, within the clock's deadline.
+    pub(super) fn read_reply(&mut self, stage: Stage) -> Result<Reply, Outcome> {
+        Reply::read(|| self.read_line()).map_err(|e| self.conn_failure(stage, &e))
+    }
+
+    fn read_line(&mut self) -> Result<Vec<u8>, String> {
+        let mut line = Vec::new();
+        let mut limited = (&mut self.reader).take(MAX_LINE as u64);
+        limited
+            .read_until(b'\n', &mut line)
+            .map_err(|e| describe(&e, self.cfg.command_timeout))?;
+        if !line.ends_with(b"\n") {
+            return Err(if line.len() == MAX_LINE {
+                format!("reply line longer than {MAX_LINE} bytes")
+            } else {
+                "connection closed by the server".to_owned()
+            });
+        }
+        self.trace("<<< ", &clean_text(line.trim_ascii_end()));
+        Ok(line)
+    }
+
+    /// Wrap the connection in TLS. Clear text the server sent before (after a STARTTLS reply: an
+    /// injection attempt or a broken server) is not from the TLS peer: thrown away unread.
+    pub(super) fn start_tls(&mut self) -> Result<(), Outcome> {
+        let stray = self.reader.buffer().len();
+        if stray > 0 {
+            let text = format!("discarded {stray} bytes received after the STARTTLS reply");
+            self.trace("*** ", &text);
+            self.reader.consume(stray);
+        }
+        let config = self.tls_config.clone().expect("TLS config built for TLS modes");
+        let host = &self.cfg.host;
+        let conn = match self.reader.get_mut().start_tls(config, host) {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.dead = true;
+                return Err(Outcome::temporary(Stage::Tls, format!("{host}: {e}")));
+            }
+        };
+        // rustls names them `TLSv1_3`, `TLS13_AES_256_GCM_SHA384`...
+        let unknown = || "unknown".to_owned();
+        let version = conn
+            .protocol_version()
+            .map_or_else(unknown, |v| format!("{v:?}").replace('_', "."));
+        let cipher = conn
+            .negotiated_cipher_suite()
+            .map_or_else(unknown, |s| format!("{:?}", s.suite()));
+        let leaf = conn.peer_certificates().and_then(|c| c.first());
+        self.facts.peer_cert_sha256 = leaf.map(|c| tls::sha256_hex(c));
+        self.facts.tls_resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        self.trace("*** ", &format!("TLS {version} {cipher}"));
+        (self.facts.tls_version, self.facts.tls_cipher) = (Some(version), Some(cipher));
+        Ok(())
+    }
+
+    /// QUIT, and a short wait for its reply (only logged); then `close_notify` when TLS is up.
+    pub(super) fn quit(&mut self) {
+        if !self.dead {
+            self.start_clock(QUIT_WAIT.min(self.cfg.command_timeout));
+            // Failures here are never reported: any stage will do.
+            let _ = self.send(Stage::Mail, "QUIT", "QUIT");
+            self.dead = true;
+        }
+        self.reader.get_mut().close();
     }
 }
