@@ -14,8 +14,8 @@ class AuthTable:
         self.entries = entries or []
 
     def lookup(self, host: str, login: str | None = None) -> tuple[str, str] | None:
-        """(login, password) for `host` (the SMARTHOST as configured, or the MX name), or None;
-        `login` picks that login's line for the host (a ROUTE's `auth=`), else the last line wins."""
+        """(login, password) for `host` (as configured, or the MX name), or None; `login` (a ROUTE's
+        `auth=`) picks that login's line, else the last line wins."""
         found = (e for e in reversed(self.entries) if e[1] == host and login in (None, e[0]))
         return next(((e[0], e[2]) for e in found), None)
 

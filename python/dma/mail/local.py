@@ -1,6 +1,5 @@
 """Local delivery policy: which mailbox (MBOXDIR or MAILDIR), which owner, which failures are
-final. Rust moves the bytes. A missing mbox is created as C dma's ``dma-mbox-create`` does: owned
-by the user, group ``mail``, mode 0620 (in user mode owned by us, 0600)."""
+final; Rust moves the bytes. A missing mbox is created as C dma's ``dma-mbox-create`` does."""
 
 from __future__ import annotations
 
@@ -81,17 +80,20 @@ def _maildir_as_user(pw: pwd.struct_passwd, path: str, message_path: str, cfg: C
         if pid == 0:  # pragma: no cover - the child reports through the pipe and its exit status
             status = 0
             try:
-                _keep_only(message_fd, write_end)
+                devnull = os.open(os.devnull, os.O_RDWR)  # on 0, 1 and 2; no other descriptor of ours
+                for fd in (0, 1, 2):
+                    os.dup2(devnull, fd)
+                low, high = sorted((message_fd, write_end))
+                os.closerange(3, low)
+                os.closerange(low + 1, high)
+                os.closerange(high + 1, os.sysconf("SC_OPEN_MAX"))
                 os.setgroups([])
                 os.setgid(pw.pw_gid)
                 os.setuid(pw.pw_uid)
                 _native.maildir_deliver(path, message_fd, cfg.mailname)
-            except OSError as e:
-                os.write(write_end, str(e.strerror or e).encode("utf-8", "replace"))
-                status = 1
-            except ValueError as e:
-                os.write(write_end, str(e).encode("utf-8", "replace"))
-                status = 2
+            except (OSError, ValueError) as e:  # 2: the message's fault, as maildir_deliver's ValueError
+                status = 2 if isinstance(e, ValueError) else 1
+                os.write(write_end, str(getattr(e, "strerror", None) or e).encode("utf-8", "replace"))
             finally:
                 os._exit(status)
         os.close(write_end)
@@ -121,18 +123,6 @@ def _maildir_as_user(pw: pwd.struct_passwd, path: str, message_path: str, cfg: C
         raise ValueError(text)
     if code != 0:
         raise OSError(0, text or f"delivery process ended with {code}")
-
-
-def _keep_only(*fds: int) -> None:  # pragma: no cover - runs in the forked child
-    """Close every descriptor but `fds`, and put /dev/null on 0, 1 and 2."""
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    start = 3
-    for fd in sorted(fds):
-        os.closerange(start, fd)
-        start = fd + 1
-    os.closerange(start, os.sysconf("SC_OPEN_MAX"))
 
 
 def _lookup(user: str) -> pwd.struct_passwd:

@@ -50,9 +50,6 @@ class OAuthError(RouteError):
         self.error = error
 
 
-# ---- what the runner uses: secrets, credential files, the token cache ---------------------------
-
-
 def run(argv: list[str], timeout: int, what: str, wanted: str) -> str:
     """The one line `argv` prints; an error shows its stderr, never its stdout (the secret)."""
     import subprocess
@@ -86,15 +83,6 @@ def secret(value: str) -> str:
 
     argv = shlex.split(value[9:])
     return run(argv, 30, f"secret command {argv[:1]}", "one line of output")
-
-
-def resolve(cfg: Config, value: str, rejected: str | None = None) -> tuple[str, list[str] | None]:
-    """An auth.conf password field -> (secret, SASL mechanisms); XOAUTH2_COMMAND, if set, wins."""
-    if cfg.xoauth2_command:
-        return run(cfg.xoauth2_command, 60, "XOAUTH2_COMMAND", "a token"), ["XOAUTH2"]
-    if value.startswith("{oauth2}"):
-        return access_token(cfg, value[8:], rejected), ["OAUTHBEARER", "XOAUTH2"]
-    return secret(value), None
 
 
 def read_credential(path: str, presets: bool = True) -> dict[str, str]:
@@ -151,8 +139,8 @@ def read_cache(path: str, origin: str | None = None) -> dict[str, str]:
     return fields if origin in (None, fields.get("origin")) else {}
 
 
-def write_atomic(path: str, text: str, uid: int = -1) -> None:
-    """Replace `path` by a 0600 file holding `text`: temporary file, fsync, rename, fsync dir."""
+def write_fields(path: str, fields: dict[str, str], uid: int = -1) -> None:
+    """Replace `path` by a 0600 file of `key value` lines: temporary file, fsync, rename, fsync dir."""
     tmp = f"{path}.tmp"
     try:
         os.unlink(tmp)  # a crash's leftover
@@ -163,7 +151,7 @@ def write_atomic(path: str, text: str, uid: int = -1) -> None:
         with open(fd, "w", encoding="utf-8") as f:
             if uid >= 0:
                 os.fchown(fd, uid, -1)
-            f.write(text)
+            f.write("".join(f"{k} {v}\n" for k, v in fields.items()))
             f.flush()
             os.fsync(fd)
         os.rename(tmp, path)
@@ -178,9 +166,8 @@ def write_atomic(path: str, text: str, uid: int = -1) -> None:
 
 
 def access_token(cfg: Config, credential: str, rejected: str | None = None) -> str:
-    """A valid access token for `credential`: the cached one unless it expires within MARGIN
-    seconds or is `rejected` (the server refused it), else a new one from the token endpoint. The
-    lock makes processes that find the same stale token refresh it once."""
+    """The cached access token unless it is `rejected` or expires within MARGIN, else a new one;
+    the lock makes processes that find the same stale token refresh it once."""
     import fcntl
 
     from dma import _native
@@ -200,34 +187,28 @@ def access_token(cfg: Config, credential: str, rejected: str | None = None) -> s
         expires = int(entry.get("expires") or 0)
         if entry.get("access", rejected) != rejected and expires - time.time() > MARGIN:
             return entry["access"]
-        return refresh(cfg, cache, fields, entry)
+        refresh_token = entry.get("refresh") or secret(fields["refresh_token"])
+        try:
+            answer = grant(cfg, fields, grant_type="refresh_token", refresh_token=refresh_token)
+        except OAuthError as e:
+            if e.error != "invalid_grant" or not entry:
+                raise
+            # The rotated token we kept is dead; the file's may be a new login's.
+            refresh_token = secret(fields["refresh_token"])
+            answer = grant(cfg, fields, grant_type="refresh_token", refresh_token=refresh_token)
+        lifetime = answer.get("expires_in", "")
+        expires = int(time.time()) + (int(lifetime) if lifetime.isdigit() else 3600)
+        entry = {"origin": fields["refresh_token"], "refresh": answer.get("refresh_token") or refresh_token}
+        entry.update(access=answer["access_token"], expires=str(expires))
+        try:
+            write_fields(cache, entry)
+        except OSError as e:
+            # The refresh token on disk is still the one in use (a provider keeps it valid until the
+            # new one is first used), so the mail waits and the next try asks again.
+            raise OAuthError(f"can not store the OAuth2 token cache {cache}: {e.strerror}") from None
+        return entry["access"]
     finally:
         os.close(lock)
-
-
-def refresh(cfg: Config, cache: str, fields: dict[str, str], entry: dict[str, str]) -> str:
-    """Refresh-token grant; stores the new access token and any rotated refresh token."""
-    refresh_token = entry.get("refresh") or secret(fields["refresh_token"])
-    try:
-        answer = grant(cfg, fields, grant_type="refresh_token", refresh_token=refresh_token)
-    except OAuthError as e:
-        if e.error != "invalid_grant" or not entry:
-            raise
-        # The rotated token we kept is dead; the file's may be a new login's.
-        refresh_token = secret(fields["refresh_token"])
-        answer = grant(cfg, fields, grant_type="refresh_token", refresh_token=refresh_token)
-    access = answer["access_token"]
-    new_refresh = answer.get("refresh_token") or refresh_token
-    lifetime = answer.get("expires_in", "")
-    expires = int(time.time()) + (int(lifetime) if lifetime.isdigit() else 3600)
-    text = f"origin {fields['refresh_token']}\nrefresh {new_refresh}\naccess {access}\nexpires {expires}\n"
-    try:
-        write_atomic(cache, text)
-    except OSError as e:
-        # The refresh token on disk is still the one in use (a provider keeps it valid until the
-        # new one is first used), so the mail waits and the next try asks again.
-        raise OAuthError(f"can not store the OAuth2 token cache {cache}: {e.strerror}") from None
-    return access
 
 
 def grant(cfg: Config, fields: dict[str, str], **form: str) -> dict[str, str]:
@@ -279,8 +260,6 @@ def post(cfg: Config, url: str, form: dict[str, str]) -> dict[str, str]:
     return {k: str(v) for k, v in answer.items()}
 
 
-# ---- dma oauth login|status --------------------------------------------------------------------
-
 USAGE = "usage: dma oauth [-C FILE] login PROVIDER CREDENTIAL-FILE | dma oauth [-C FILE] status"
 
 
@@ -328,8 +307,7 @@ def renew_now(cfg: Config, path: str) -> str:
 
 
 def login(cfg: Config, provider: str, path: str) -> None:
-    """Get a first refresh token (device grant where the provider has one, else the authorization
-    code grant with PKCE) and write it into `path`, 0600, owned by the runner's user."""
+    """Get a first refresh token and write it into `path`, 0600, owned by the runner's user."""
     existing = read_credential(path, False) if os.path.exists(path) else {}
     existing.pop("refresh_token", None)
     existing["provider"] = provider
@@ -347,8 +325,7 @@ def login(cfg: Config, provider: str, path: str) -> None:
     if not answer.get("refresh_token"):
         raise Fatal(EX_CONFIG, "the provider issued no refresh token (is `offline_access' in the scope?)")
     existing["refresh_token"] = answer["refresh_token"]
-    text = "".join(f"{k} {v}\n" for k, v in existing.items())
-    write_atomic(path, text, os.stat(cfg.spooldir).st_uid if os.geteuid() == 0 else -1)
+    write_fields(path, existing, os.stat(cfg.spooldir).st_uid if os.geteuid() == 0 else -1)
     host = fields.get("smtp", "HOST").split()[0]
     sys.stdout.write(f"{path}: refresh token stored; auth.conf: LOGIN|{host}:{{oauth2}}{path}\n")
 
@@ -389,8 +366,7 @@ def device_flow(cfg: Config, fields: dict[str, str]) -> dict[str, str]:
 
 
 def code_flow(cfg: Config, fields: dict[str, str]) -> dict[str, str]:
-    """RFC 6749 authorization code with PKCE (RFC 7636): the admin opens the URL in a browser and
-    pastes back the address it was sent to (or just the code)."""
+    """RFC 6749 authorization code with PKCE (RFC 7636): the admin pastes back where the browser went."""
     import base64
     import hashlib
     import secrets

@@ -51,17 +51,21 @@ def tls_mode(cfg: Config, route: Route | None = None) -> str:
 
 
 def credentials(cfg: Config, host: str, route: Route | None = None, rejected: str | None = None) -> Creds:
-    """(login, secret, mechanisms) from auth.conf for `host`; a `{...}` password or XOAUTH2_COMMAND
-    goes to oauth.py. `rejected`: the secret the server just refused, to be renewed."""
+    """(login, secret, mechanisms) from auth.conf for `host`; XOAUTH2_COMMAND, if set, wins.
+    `rejected`: the secret the server just refused, to be renewed."""
     found = cfg.auth().lookup(host, route.login if route is not None else None)
     if found is None:
         return None, None, None
     login, password = found
-    if cfg.xoauth2_command or password.startswith("{"):
-        from .oauth import resolve
+    if not (cfg.xoauth2_command or password.startswith("{")):
+        return login, password, None
+    from . import oauth
 
-        return (login, *resolve(cfg, password, rejected))
-    return login, password, None
+    if cfg.xoauth2_command:
+        return login, oauth.run(cfg.xoauth2_command, 60, "XOAUTH2_COMMAND", "a token"), ["XOAUTH2"]
+    if password.startswith("{oauth2}"):
+        return login, oauth.access_token(cfg, password[8:], rejected), ["OAUTHBEARER", "XOAUTH2"]
+    return login, oauth.secret(password), None
 
 
 def renew(
@@ -130,14 +134,12 @@ def deliver(
     *,
     verbose: bool = False,
 ) -> tuple[dict[str, tuple[str, str]], Link | None]:
-    """Deliver `groups` (claimed entry ids, one group per message) over `link`, else to each host
-    and address of `dest` in turn while the failure is one another host may not have (refused,
-    4xx greeting, TLS, AUTH). Returns entry id -> (status, text), and the connection left open."""
+    """Deliver `groups` (entry ids, one group per message) over `link`, else to each host and address
+    of `dest` while another host may do better; entry id -> (status, text), and the open connection."""
     outcomes: dict[str, tuple[str, str]] = {}
 
     def attempt(conn: _native.Connection, target: Target) -> _native.Outcome | None:
-        """One `send`: record its outcomes, keep in `groups` what another host should still try;
-        returns why the connection broke, if it did."""
+        """One `send`: record its outcomes, keep in `groups` what another host should still try."""
         nonlocal groups
         result = conn.send(spool, groups)
         statuses = [o.status for results in result.results for o in results]
@@ -156,7 +158,7 @@ def deliver(
             deferred=deferred,
             failed=failed,
         )
-        elsewhere: set[str] = set()  # what another host should still try
+        elsewhere: set[str] = set()
         for eid, outcome in zip([e for ids in groups for e in ids], [o for tx in result.results for o in tx]):
             outcomes[eid] = (outcome.status, describe(outcome, target.name, result.address))
             if outcome.status == "temporary" and outcome.stage in _TRY_NEXT_HOST:
