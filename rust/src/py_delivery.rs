@@ -51,7 +51,6 @@ fn seconds(name: &str, secs: f64) -> PyResult<Duration> {
 /// (the runner's connection cache): one object per destination and host.
 #[pyclass(module = "dma._native", frozen)]
 pub struct Connection {
-    cfg: Arc<SessionConfig>,
     client: Mutex<Client>,
 }
 
@@ -93,14 +92,14 @@ impl Connection {
             (None, None) => None,
             _ => return Err(PyValueError::new_err("login and secret go together")),
         };
-        let cfg = Arc::new(SessionConfig {
+        let cfg = SessionConfig {
             host,
             addresses,
             port,
             helo,
             tls_mode: tls.parse().map_err(PyValueError::new_err)?,
             tls: TlsPolicy {
-                verify: verify_cert,
+                verify_cert,
                 ca_file,
                 fingerprint,
                 client_cert,
@@ -112,10 +111,9 @@ impl Connection {
             command_timeout: seconds("command_timeout", command_timeout)?,
             verbose,
             journal,
-        });
+        };
         Ok(Connection {
-            client: Mutex::new(Client::new(cfg.clone())),
-            cfg,
+            client: Mutex::new(Client::new(Arc::new(cfg))),
         })
     }
 
@@ -128,11 +126,11 @@ impl Connection {
                 sender,
                 recipients,
                 message,
-                journal_ids: Vec::new(),
-                dsn: String::new(),
+                ..Default::default()
             })
             .collect();
-        py.detach(|| crate::smtp::run_session(&self.cfg, &transactions))
+        let cfg = lock(&self.client).cfg.clone();
+        py.detach(|| crate::smtp::run_session(&cfg, &transactions))
     }
 
     /// Carry one transaction per group of claimed entries (the recipients of one message), on
@@ -158,7 +156,6 @@ impl Connection {
         Ok(py.detach(|| lock(&self.client).send(&transactions)))
     }
 
-    /// QUIT, if open.
     fn close(&self, py: Python<'_>) {
         py.detach(|| lock(&self.client).close());
     }
@@ -252,7 +249,7 @@ impl Spool {
         Ok((due, next, failed))
     }
 
-    /// Every entry of one message, unclaimed: for deciding on its bounce.
+    /// Every entry of one message, unclaimed (its bounce).
     fn message_entries(&self, py: Python<'_>, message_id: &str) -> PyResult<Vec<Entry>> {
         Ok(py.detach(|| spool::scan(&self.dir, &format!("{message_id}.")))?.0)
     }
@@ -303,12 +300,10 @@ impl Spool {
         Ok(py.detach(|| claim.remove())?)
     }
 
-    /// Let a claimed entry go unchanged.
     fn release(&self, id: &str) {
         lock(&self.claims).remove(id);
     }
 
-    /// Sync the spool directory (after removals).
     fn sync(&self, py: Python<'_>) -> PyResult<()> {
         Ok(py.detach(|| spool::fsync_dir(&self.dir))?)
     }
@@ -324,7 +319,6 @@ impl Spool {
         Ok((woken.work, woken.flush))
     }
 
-    /// Wake a `wait` (from a delivery thread whose work is done).
     fn notify(&self) {
         self.waker.notify();
     }

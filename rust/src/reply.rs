@@ -5,7 +5,6 @@
 const MAX_REPLY_LINES: usize = 500;
 const MAX_REPLY_BYTES: usize = 64 * 1024;
 
-/// One complete reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub code: u16,
@@ -17,7 +16,6 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// Read one whole reply, `next_line` giving each raw line.
     pub fn read(mut next_line: impl FnMut() -> Result<Vec<u8>, String>) -> Result<Reply, String> {
         let (mut first, mut lines, mut bytes) = (None, Vec::new(), 0);
         loop {
@@ -70,7 +68,7 @@ impl Reply {
         parts.filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ")
     }
 
-    /// The first line's text (an AUTH challenge).
+    /// An AUTH challenge.
     pub fn first_text(&self) -> &str {
         self.lines.first().map_or("", String::as_str)
     }
@@ -100,10 +98,9 @@ pub fn clean_text(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// What a server's EHLO reply tells us.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Extensions {
-    /// Every keyword, upper case, in the order offered.
+    /// Upper case, in the order offered.
     pub keywords: Vec<String>,
     /// AUTH mechanisms, upper case (both `AUTH x y` and the old `AUTH=x y`).
     pub auth: Vec<String>,

@@ -22,8 +22,8 @@ use crate::auth::hex;
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TlsPolicy {
     /// Check the chain against the system roots (plus `ca_file`) and the host name or IP.
-    pub verify: bool,
-    /// Extra trusted CA certificates (PEM), used when `verify` is on.
+    pub verify_cert: bool,
+    /// Extra trusted CA certificates (PEM), used when `verify_cert` is on.
     pub ca_file: Option<PathBuf>,
     /// SHA-256 of the leaf certificate's DER encoding that the peer must present.
     pub fingerprint: Option<[u8; 32]>,
@@ -66,7 +66,7 @@ pub fn client_config(policy: &TlsPolicy) -> Result<Arc<ClientConfig>, String> {
 
 fn build_config(policy: &TlsPolicy) -> Result<ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = if policy.verify {
+    let roots = if policy.verify_cert {
         let store = Arc::new(root_store(policy.ca_file.as_deref())?);
         let verifier = WebPkiServerVerifier::builder_with_provider(store, provider.clone()).build();
         Some(verifier.map_err(|e| format!("cannot build certificate verifier: {e}"))?)
@@ -115,7 +115,6 @@ fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
     Ok(store)
 }
 
-/// The certificates in a PEM file; none is an error.
 fn read_pem_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let unreadable = |e| format!("cannot read {}: {e}", path.display());
     let certs = CertificateDer::pem_file_iter(path)
@@ -226,7 +225,7 @@ mod tests {
     #[test]
     fn missing_files_are_errors() {
         let bad_ca = TlsPolicy {
-            verify: true,
+            verify_cert: true,
             ca_file: Some("/nonexistent/ca.pem".into()),
             ..TlsPolicy::default()
         };

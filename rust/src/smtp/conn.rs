@@ -39,7 +39,6 @@ impl Write for Socket {
     }
 }
 
-/// The socket, and rustls over it once TLS is up.
 pub(super) struct Stream {
     sock: Socket,
     tls: Option<ClientConnection>,
@@ -51,7 +50,6 @@ impl Stream {
         self.sock.deadline = Instant::now() + wait;
     }
 
-    /// Write `bytes` in one go (through TLS once it is up).
     pub(super) fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         match &mut self.tls {
             Some(tls) => {
@@ -72,7 +70,6 @@ impl Stream {
         Ok(self.tls.insert(conn))
     }
 
-    /// `close_notify`, when TLS is up.
     pub(super) fn close(&mut self) {
         if let Some(tls) = &mut self.tls {
             tls.send_close_notify();
@@ -90,7 +87,6 @@ impl Read for Stream {
     }
 }
 
-/// Try each address in turn.
 pub(super) fn connect(cfg: &SessionConfig) -> Result<(BufReader<Stream>, IpAddr), Outcome> {
     let mut errors = Vec::new();
     for &ip in &cfg.addresses {

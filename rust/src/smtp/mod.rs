@@ -58,7 +58,7 @@ impl FromStr for TlsMode {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Transaction {
     pub sender: String,
     pub recipients: Vec<String>,
@@ -76,7 +76,6 @@ pub struct Transaction {
 pub struct SessionConfig {
     /// Name for SNI, certificate checks and messages.
     pub host: String,
-    /// Addresses to try, in order.
     pub addresses: Vec<IpAddr>,
     pub port: u16,
     pub helo: String,
@@ -131,7 +130,6 @@ impl Stage {
     }
 }
 
-/// What happened to one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(
     feature = "python",
@@ -140,7 +138,7 @@ impl Stage {
 pub struct Outcome {
     pub status: Status,
     pub stage: Stage,
-    /// The SMTP reply code, 0 when there was no reply.
+    /// 0 when there was no reply.
     pub code: u16,
     pub enhanced: Option<String>,
     pub text: String,
@@ -190,7 +188,6 @@ impl Outcome {
     }
 }
 
-/// Everything the caller learns from one session.
 #[derive(Debug, Clone, Default)]
 #[cfg_attr(
     feature = "python",
@@ -214,7 +211,6 @@ pub struct SessionResult {
     pub failure: Option<Outcome>,
 }
 
-/// One whole session: connect, carry `transactions`, QUIT.
 pub fn run_session(cfg: &SessionConfig, transactions: &[Transaction]) -> SessionResult {
     let mut client = Client::new(Arc::new(cfg.clone()));
     let report = client.send(transactions);
@@ -225,7 +221,7 @@ pub fn run_session(cfg: &SessionConfig, transactions: &[Transaction]) -> Session
 /// A connection kept between calls (the runner's connection cache): `send` opens it when
 /// needed, reuses it while the server keeps it, and reconnects when the server dropped it.
 pub struct Client {
-    cfg: Arc<SessionConfig>,
+    pub cfg: Arc<SessionConfig>,
     session: Option<Session>,
 }
 
@@ -262,7 +258,6 @@ impl Client {
         report
     }
 
-    /// QUIT, if a connection is open.
     pub fn close(&mut self) {
         if let Some(mut s) = self.session.take() {
             s.quit();

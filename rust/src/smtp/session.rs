@@ -94,14 +94,13 @@ impl Session {
         };
     }
 
-    /// Send `line` (the transcript shows `shown`) and read its reply.
+    /// The transcript shows `shown` instead of `line`.
     pub(super) fn send(&mut self, stage: Stage, line: &str, shown: &str) -> Result<Reply, Outcome> {
         self.queue(line, shown);
         self.write(stage, &[])?;
         self.read_reply(stage)
     }
 
-    /// Send `line`; its reply must be of `class`.
     pub(super) fn expect(&mut self, stage: Stage, line: &str, class: u16) -> Result<Reply, Outcome> {
         let reply = self.send(stage, line, line)?;
         self.check(stage, reply, class)
@@ -236,7 +235,6 @@ impl Session {
         }
     }
 
-    /// Every read from now on ends within `wait` in all.
     pub(super) fn start_clock(&mut self, wait: Duration) {
         self.reader.get_mut().start_clock(wait);
     }
@@ -247,14 +245,12 @@ impl Session {
         Outcome::temporary(stage, text)
     }
 
-    /// Queue a command line; the transcript shows `shown`.
     pub(super) fn queue(&mut self, line: &str, shown: &str) {
         self.trace(">>> ", shown);
         self.out.extend_from_slice(line.as_bytes());
         self.out.extend_from_slice(b"\r\n");
     }
 
-    /// Write what is queued, then `bytes`.
     pub(super) fn write(&mut self, stage: Stage, bytes: &[u8]) -> Result<(), Outcome> {
         self.out.extend_from_slice(bytes);
         let result = self.reader.get_mut().send(&self.out);
@@ -262,7 +258,6 @@ impl Session {
         result.map_err(|e| self.conn_failure(stage, &describe(&e, self.cfg.command_timeout)))
     }
 
-    /// One whole reply, within the clock's deadline.
     pub(super) fn read_reply(&mut self, stage: Stage) -> Result<Reply, Outcome> {
         Reply::read(|| self.read_line()).map_err(|e| self.conn_failure(stage, &e))
     }
