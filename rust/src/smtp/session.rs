@@ -225,9 +225,6 @@ impl Session {
         self.quit();
         None
     }
-}
-
-impl Session {
     pub(super) fn trace(&self, prefix: &str, text: &str) {
         if self.cfg.verbose {
             // Straight to fd 2; a closed stderr must not break delivery.
