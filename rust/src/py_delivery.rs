@@ -1,6 +1,5 @@
-//! The delivery half of the Python API: the runner's spool object (due entries, claims, records,
-//! the wake-up wait), and one SMTP connection per destination, kept open between batches.
-//! Paths cross as `str`; the GIL is released for every wait and all I/O.
+//! The delivery half of the Python API: the runner's spool object, and one SMTP connection per
+//! destination kept open between batches. The GIL is released for every wait and all I/O.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -47,8 +46,7 @@ fn seconds(name: &str, secs: f64) -> PyResult<Duration> {
         .ok_or_else(|| PyValueError::new_err(format!("{name} must be positive, not {secs}")))
 }
 
-/// Everything a session to one destination needs, and the connection kept open between batches
-/// (the runner's connection cache): one object per destination and host.
+/// One destination and host: its settings, and the connection kept open between batches.
 #[pyclass(module = "dma._native", frozen)]
 pub struct Connection {
     client: Mutex<Client>,
@@ -117,8 +115,7 @@ impl Connection {
         })
     }
 
-    /// A session of its own, not this cached connection, carrying whole transactions `(sender,
-    /// recipients, message file)`, then QUIT; the GIL is released for all of it.
+    /// A session of its own (not the cached one) carrying `(sender, recipients, message)`s, then QUIT.
     fn session(&self, py: Python<'_>, transactions: Vec<(String, Vec<String>, PathBuf)>) -> SessionResult {
         let transactions: Vec<Transaction> = transactions
             .into_iter()
@@ -133,8 +130,7 @@ impl Connection {
         py.detach(|| crate::smtp::run_session(&cfg, &transactions))
     }
 
-    /// Carry one transaction per group of claimed entries (the recipients of one message), on
-    /// this connection while the server keeps it, else on a new one. Empty groups are skipped.
+    /// One transaction per non-empty group of claimed entries (one message's recipients).
     fn send(&self, py: Python<'_>, spool: &Spool, groups: Vec<Vec<String>>) -> PyResult<SessionResult> {
         let claims = lock(&spool.claims);
         let mut transactions = Vec::with_capacity(groups.len());
@@ -169,8 +165,7 @@ fn not_claimed(id: &str) -> PyErr {
     PyValueError::new_err(format!("entry {id} is not claimed"))
 }
 
-/// The runner's view of one spool: due entries, the claims it holds (by entry id), their records,
-/// and the wait for new work.
+/// The runner's view of one spool: due entries, the claims it holds (by id), the wait for work.
 #[pyclass(module = "dma._native", frozen)]
 pub struct Spool {
     dir: PathBuf,

@@ -40,9 +40,8 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_owned()).map_err(|_| format!("invalid TLS server name {host:?}"))
 }
 
-/// The client config for `policy`, cached per policy and state of the files and environment it
-/// was read from, so that connections share rustls's session cache (resumption) and the system
-/// roots are parsed once.
+/// The config for `policy`, cached per policy, files and environment: connections share rustls's
+/// session cache (resumption) and the system roots are parsed once.
 pub fn client_config(policy: &TlsPolicy) -> Result<Arc<ClientConfig>, String> {
     type Key = (TlsPolicy, [Option<OsString>; 2], [Option<SystemTime>; 2]);
     static CACHE: Mutex<Vec<(Key, Arc<ClientConfig>)>> = Mutex::new(Vec::new());

@@ -1,5 +1,4 @@
-//! The connection under a session: connect, and the socket (plain or in rustls) whose reads end
-//! by a deadline.
+//! The connection under a session: connect, and the socket (plain or TLS) whose reads end by a deadline.
 
 use std::io::{self, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};

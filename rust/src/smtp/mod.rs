@@ -23,8 +23,7 @@ use session::Session;
 const MAX_LINE: usize = 4096;
 /// Size of one DATA write, and of one read from the message file.
 const CHUNK: usize = 64 * 1024;
-/// Commands per pipelined write: small enough that the server's replies to one batch
-/// always fit its socket buffer, so neither side can block the other.
+/// Commands per pipelined write: few enough that their replies fit the server's socket buffer.
 const PIPELINE_BATCH: usize = 100;
 /// How long we wait for the reply to QUIT: its outcome changes nothing.
 const QUIT_WAIT: Duration = Duration::from_secs(10);
@@ -62,8 +61,7 @@ pub struct Transaction {
     pub recipients: Vec<String>,
     /// A spool message file: the whole message with LF line endings.
     pub message: PathBuf,
-    /// Per recipient: the queue entry to write to the delivered journal once the server has
-    /// taken the message (empty: nothing to write).
+    /// Per recipient: its entry for the delivered journal once the server took it (empty: none).
     pub journal_ids: Vec<String>,
     /// RFC 3461 parameters (`NOTIFY=... RET=... ENVID=...`), sent when the server offers DSN.
     pub dsn: String,
@@ -216,8 +214,7 @@ pub fn run_session(cfg: &SessionConfig, transactions: &[Transaction]) -> Session
     report
 }
 
-/// A connection kept between calls (the runner's connection cache): `send` opens it when
-/// needed, reuses it while the server keeps it, and reconnects when the server dropped it.
+/// The runner's cached connection: opened when needed, reused while the server keeps it.
 pub struct Client {
     pub cfg: Arc<SessionConfig>,
     session: Option<Session>,
@@ -228,8 +225,7 @@ impl Client {
         Client { cfg, session: None }
     }
 
-    /// Carry `transactions` (none: only set up, a probe), on the open connection if it is still
-    /// usable, else on a new one. The connection stays open unless it broke.
+    /// Carry `transactions` (none: a probe); the connection stays open unless it broke.
     pub fn send(&mut self, transactions: &[Transaction]) -> SessionResult {
         let mut report = SessionResult::default();
         let reused = self.session.take().and_then(Session::reusable);

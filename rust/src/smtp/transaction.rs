@@ -10,8 +10,7 @@ use super::{Outcome, Stage, Status, Transaction, PIPELINE_BATCH};
 use crate::address::check;
 
 impl Session {
-    /// One transaction's per-recipient outcomes, and the failure to give every later one when
-    /// the connection can no longer be used.
+    /// Per-recipient outcomes, and the failure for every later one if the connection broke.
     pub(super) fn transaction(&mut self, tx: &Transaction) -> (Vec<Outcome>, Option<Outcome>) {
         // Per recipient, its refusal (local or by the server), if any so far.
         let mut refused: Vec<Option<Outcome>> = vec![None; tx.recipients.len()];
@@ -142,8 +141,7 @@ impl Session {
         Ok((mail, rcpt_params, file))
     }
 
-    /// MAIL, each RCPT still wanted and DATA: in batches when the server offers PIPELINING
-    /// (RFC 2920), else one at a time. Each batch's replies are all read before any is taken.
+    /// MAIL, each RCPT still wanted and DATA, in batches when the server offers PIPELINING (RFC 2920).
     fn envelope(
         &mut self,
         mail: String,
