@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -75,7 +75,7 @@ fn build_config(policy: &TlsPolicy) -> Result<ClientConfig, String> {
     let verifier = Arc::new(PolicyVerifier {
         roots,
         fingerprint: policy.fingerprint,
-        provider: provider.clone(),
+        algs: provider.signature_verification_algorithms,
     });
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -136,7 +136,7 @@ pub(crate) fn sha256_hex(der: &[u8]) -> String {
 struct PolicyVerifier {
     roots: Option<Arc<WebPkiServerVerifier>>,
     fingerprint: Option<[u8; 32]>,
-    provider: Arc<CryptoProvider>,
+    algs: WebPkiSupportedAlgorithms,
 }
 
 impl ServerCertVerifier for PolicyVerifier {
@@ -165,8 +165,7 @@ impl ServerCertVerifier for PolicyVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = &self.provider.signature_verification_algorithms;
-        verify_tls12_signature(message, cert, dss, algs)
+        verify_tls12_signature(message, cert, dss, &self.algs)
     }
 
     fn verify_tls13_signature(
@@ -175,14 +174,11 @@ impl ServerCertVerifier for PolicyVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = &self.provider.signature_verification_algorithms;
-        verify_tls13_signature(message, cert, dss, algs)
+        verify_tls13_signature(message, cert, dss, &self.algs)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.algs.supported_schemes()
     }
 }
 
