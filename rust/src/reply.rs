@@ -11,7 +11,7 @@ pub struct Reply {
     /// `X.Y.Z` from the first line, when it carries one.
     pub enhanced: Option<String>,
     /// The text of each line after `NNN-` / `NNN ` (lossy UTF-8, control characters
-    /// replaced), enhanced code still included: AUTH challenges need it raw.
+    /// replaced), enhanced code still included: AUTH challenges need it raw. Never empty.
     pub lines: Vec<String>,
 }
 
@@ -66,11 +66,6 @@ impl Reply {
             .iter()
             .map(|l| l.strip_prefix(code).unwrap_or(l).trim());
         parts.filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ")
-    }
-
-    /// An AUTH challenge.
-    pub fn first_text(&self) -> &str {
-        self.lines.first().map_or("", String::as_str)
     }
 }
 

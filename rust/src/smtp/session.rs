@@ -186,7 +186,7 @@ impl Session {
         let challenged = reply.class() == 3;
         let reply = match mechanism {
             // A server that ignores initial responses asks again with an empty 334.
-            Mechanism::Plain if challenged && reply.first_text().trim().is_empty() => {
+            Mechanism::Plain if challenged && reply.lines[0].trim().is_empty() => {
                 self.send(Stage::Auth, &initial, HIDDEN)?
             }
             // The server sent an error description (JSON); the client ends the exchange
@@ -198,7 +198,7 @@ impl Session {
                 self.check(Stage::Auth, asked, 3)?;
                 self.send(Stage::Auth, &auth::b64(secret), HIDDEN)?
             }
-            Mechanism::CramMd5 => match auth::cram_md5(login, secret, reply.first_text()) {
+            Mechanism::CramMd5 => match auth::cram_md5(login, secret, &reply.lines[0]) {
                 Ok(response) => self.send(Stage::Auth, &response, HIDDEN)?,
                 Err(e) => {
                     // Cancel the exchange (RFC 4954 "*") and report the bad challenge.
