@@ -27,12 +27,8 @@ impl Reply {
                     "reply too long (over {MAX_REPLY_LINES} lines or {MAX_REPLY_BYTES} bytes)"
                 ));
             }
-            let malformed = || {
-                format!(
-                    "malformed reply line {:?}",
-                    clean_text(line.get(..80).unwrap_or(line))
-                )
-            };
+            let head = line.get(..80).unwrap_or(line);
+            let malformed = || format!("malformed reply line {:?}", clean_text(head));
             let code = parse_code(line).ok_or_else(malformed)?;
             let last = match line.get(3) {
                 None | Some(b' ') => true,
