@@ -17,6 +17,7 @@ mod data;
 mod session;
 mod transaction;
 
+pub use data::encode;
 use session::Session;
 
 /// Longest reply line we accept (RFC 5321 allows 512; be generous, not unbounded).
