@@ -126,18 +126,15 @@ impl Session {
         if utf8 {
             mail.push_str(" SMTPUTF8");
         }
-        let mut rcpt_params = String::new();
-        if self.ext.has("DSN") {
-            for param in tx.dsn.split_whitespace() {
-                let to = if param.starts_with("NOTIFY=") {
-                    &mut rcpt_params
-                } else {
-                    &mut mail
-                };
-                to.push(' ');
-                to.push_str(param);
-            }
-        }
+        // DSN: NOTIFY goes after each RCPT, RET and ENVID after MAIL.
+        let offered = self.ext.has("DSN");
+        let (notify, other): (Vec<&str>, Vec<&str>) = tx
+            .dsn
+            .split_whitespace()
+            .filter(|_| offered)
+            .partition(|p| p.starts_with("NOTIFY="));
+        mail.extend(other.iter().map(|p| format!(" {p}")));
+        let rcpt_params = notify.iter().map(|p| format!(" {p}")).collect();
         Ok((mail, rcpt_params, file))
     }
 
