@@ -37,8 +37,9 @@ fn new_file(path: &Path) -> io::Result<File> {
 /// Write `text` into the new file `path`, locked, synced when `sync`, then renamed to `to` when
 /// given; a failure after the open removes it. The file comes back still locked: a claim keeps
 /// its lock on the entry it rewrites.
-fn write_file(path: &Path, text: &str, sync: bool, to: Option<&Path>) -> io::Result<File> {
-    let mut f = new_file(path)?;
+fn write_file(path: &Path, text: &str, sync: bool, to: Option<&Path>) -> Result<File> {
+    let context = || format!("can not create `{}'", to.unwrap_or(path).display());
+    let mut f = new_file(path).context(context)?;
     let written = (|| {
         f.lock()?;
         f.write_all(text.as_bytes())?;
@@ -47,7 +48,7 @@ fn write_file(path: &Path, text: &str, sync: bool, to: Option<&Path>) -> io::Res
         }
         to.map_or(Ok(()), |to| fs::rename(path, to))
     })();
-    written.map(|()| f).inspect_err(|_| {
+    written.map(|()| f).context(context).inspect_err(|_| {
         let _ = fs::remove_file(path);
     })
 }
@@ -146,8 +147,7 @@ impl Incoming {
                 ..Entry::default()
             };
             let q = self.dir.join(format!("Q{id}"));
-            write_file(&q, &entry.render(), self.durable, None)
-                .context(|| format!("can not create `{}'", q.display()))?;
+            write_file(&q, &entry.render(), self.durable, None)?;
             self.published.push(q);
         }
         for id in others {
@@ -171,19 +171,14 @@ impl Incoming {
     pub fn commit_drop(&mut self, sender: &str, recipients: &[String]) -> Result<String> {
         check_envelope(sender, recipients, &self.dsn)?;
         let mut envelope = format!("Sender: {sender}\n");
-        for recipient in recipients {
-            envelope += &format!("Recipient: {recipient}\n");
-        }
-        if !self.dsn.is_empty() {
-            envelope += &format!("DSN: {}\n", self.dsn);
-        }
+        envelope.extend(recipients.iter().map(|r| format!("Recipient: {r}\n")));
+        envelope.extend((!self.dsn.is_empty()).then(|| format!("DSN: {}\n", self.dsn)));
         let data = self.dir.join(format!("D{}", self.id));
         fs::hard_link(&self.tmp, &data).context(|| format!("can not create `{}'", data.display()))?;
         self.published.push(data);
         let env = self.dir.join(format!("E{}", self.id));
         let tmp = self.dir.join(format!("{TMP_PREFIX}E{}", self.id));
-        write_file(&tmp, &envelope, true, Some(&env))
-            .context(|| format!("can not create `{}'", env.display()))?;
+        write_file(&tmp, &envelope, true, Some(&env))?;
         // Submitters cannot read the drop directory, so cannot sync it: the files themselves are
         // synced, and the runner syncs the spool once it has taken the message.
         let _ = fsync_dir(&self.dir);
@@ -334,8 +329,7 @@ impl Claim {
         let tmp = self.dir.join(format!("{TMP_PREFIX}Q{}", entry.id));
         let q = self.dir.join(format!("Q{}", entry.id));
         let _ = fs::remove_file(&tmp); // what a runner killed in the middle of a record left
-        self.file = write_file(&tmp, &entry.render(), true, Some(&q))
-            .context(|| format!("can not create `{}'", q.display()))?;
+        self.file = write_file(&tmp, &entry.render(), true, Some(&q))?;
         fsync_dir(&self.dir)?;
         self.entry = entry;
         Ok(())
