@@ -608,9 +608,10 @@ mod tests {
         let dir = crate::test_util::tempdir("envelope");
         let mut incoming = crate::spool::Incoming::create(&dir, true, None).unwrap();
         incoming.receive(&b"x\n"[..], &VERBATIM).unwrap();
-        incoming.dsn = "NOTIFY=NEVER RET=HDRS".into();
         let recipients = vec!["b@y".to_owned(), "\"c d\"@z".to_owned()];
-        let id = incoming.commit_drop("", &recipients).unwrap();
+        let id = incoming
+            .commit_drop("", &recipients, "NOTIFY=NEVER RET=HDRS")
+            .unwrap();
         let text = std::fs::read(dir.join(format!("E{id}"))).unwrap();
         assert_eq!(
             parse_envelope(&text).unwrap(),

@@ -74,8 +74,6 @@ pub struct Incoming {
     size: u64,
     /// What dropping it uncommitted removes, last first.
     published: Vec<PathBuf>,
-    /// Written into each entry (`Entry::dsn`).
-    pub dsn: String,
 }
 
 impl Incoming {
@@ -106,7 +104,6 @@ impl Incoming {
             id,
             created,
             size: 0,
-            dsn: String::new(),
         })
     }
 
@@ -127,9 +124,9 @@ impl Incoming {
         Ok(info)
     }
 
-    /// Publish one queue entry per recipient; returns the entry ids.
-    pub fn commit(&mut self, sender: &str, recipients: &[String]) -> Result<Vec<String>> {
-        check_envelope(sender, recipients, &self.dsn)?;
+    /// Publish one queue entry per recipient, with the DSN parameters `dsn`; returns the entry ids.
+    pub fn commit(&mut self, sender: &str, recipients: &[String], dsn: &str) -> Result<Vec<String>> {
+        check_envelope(sender, recipients, dsn)?;
         let ids: Vec<String> = (1..=recipients.len())
             .map(|n| format!("{}.{n}", self.id))
             .collect();
@@ -143,7 +140,7 @@ impl Incoming {
                 recipient: recipient.clone(),
                 created: self.created,
                 size: self.size,
-                dsn: self.dsn.clone(),
+                dsn: dsn.to_owned(),
                 ..Entry::default()
             };
             let q = self.dir.join(format!("Q{id}"));
@@ -168,11 +165,11 @@ impl Incoming {
 
     /// System mode: publish into the drop directory `D<id>` (the message), then `E<id>` (its
     /// envelope), for the runner to pick up.
-    pub fn commit_drop(&mut self, sender: &str, recipients: &[String]) -> Result<String> {
-        check_envelope(sender, recipients, &self.dsn)?;
+    pub fn commit_drop(&mut self, sender: &str, recipients: &[String], dsn: &str) -> Result<String> {
+        check_envelope(sender, recipients, dsn)?;
         let mut envelope = format!("Sender: {sender}\n");
         envelope.extend(recipients.iter().map(|r| format!("Recipient: {r}\n")));
-        envelope.extend((!self.dsn.is_empty()).then(|| format!("DSN: {}\n", self.dsn)));
+        envelope.extend((!dsn.is_empty()).then(|| format!("DSN: {dsn}\n")));
         let data = self.dir.join(format!("D{}", self.id));
         fs::hard_link(&self.tmp, &data).context(|| format!("can not create `{}'", data.display()))?;
         self.published.push(data);
@@ -389,7 +386,7 @@ mod tests {
         let opts = crate::test_util::VERBATIM;
         inc.receive(body, &opts).unwrap();
         let rcpts: Vec<String> = rcpts.iter().map(|s| (*s).to_owned()).collect();
-        inc.commit("a@x", &rcpts).unwrap()
+        inc.commit("a@x", &rcpts, "").unwrap()
     }
 
     #[test]
@@ -439,7 +436,7 @@ mod tests {
         std::mem::forget(first);
         let mut again = Incoming::create(&dir, true, Some("drop1")).unwrap();
         again.receive(&b"y\n"[..], &crate::test_util::VERBATIM).unwrap();
-        assert_eq!(again.commit("a@b", &["c@d".into()]).unwrap(), ["drop1.1"]);
+        assert_eq!(again.commit("a@b", &["c@d".into()], "").unwrap(), ["drop1.1"]);
         assert_eq!(names(&dir), ["Mdrop1.1", "Qdrop1.1"]);
     }
 
@@ -450,7 +447,7 @@ mod tests {
         let opts = crate::test_util::VERBATIM;
         inc.receive(&b"S: x\n\nhi\n"[..], &opts).unwrap();
         let id = inc
-            .commit_drop("a@x", &["b@y".to_owned(), "c@z".to_owned()])
+            .commit_drop("a@x", &["b@y".to_owned(), "c@z".to_owned()], "")
             .unwrap();
         assert_eq!(names(&dir), [format!("D{id}"), format!("E{id}")]);
         let envelope = fs::read_to_string(dir.join(format!("E{id}"))).unwrap();
@@ -461,8 +458,7 @@ mod tests {
         );
         let mut inc = Incoming::create(&dir, true, None).unwrap();
         inc.receive(&b"x\n"[..], &opts).unwrap();
-        inc.dsn = "NOTIFY=NEVER".into();
-        let id = inc.commit_drop("", &["b@y".to_owned()]).unwrap();
+        let id = inc.commit_drop("", &["b@y".to_owned()], "NOTIFY=NEVER").unwrap();
         let envelope = fs::read_to_string(dir.join(format!("E{id}"))).unwrap();
         assert_eq!(envelope, "Sender: \nRecipient: b@y\nDSN: NOTIFY=NEVER\n");
     }
@@ -474,17 +470,19 @@ mod tests {
             let mut inc = Incoming::create(&dir, false, None).unwrap();
             let opts = crate::test_util::VERBATIM;
             inc.receive(&b"x\n"[..], &opts).unwrap();
-            assert!(inc.commit("a@x", &["bad\nrcpt".to_owned()]).is_err());
+            assert!(inc.commit("a@x", &["bad\nrcpt".to_owned()], "").is_err());
             let injected = "b@x> NOTIFY=SUCCESS ORCPT=rfc822;c@y".to_owned();
-            assert!(inc.commit("a@x", &["ok@x".to_owned(), injected]).is_err());
-            assert!(inc.commit("a@x> AUTH=<c@y", &["ok@x".to_owned()]).is_err());
-            assert!(inc.commit_drop("a@x> AUTH=<c@y", &["ok@x".to_owned()]).is_err());
+            assert!(inc.commit("a@x", &["ok@x".to_owned(), injected], "").is_err());
+            assert!(inc.commit("a@x> AUTH=<c@y", &["ok@x".to_owned()], "").is_err());
+            assert!(inc
+                .commit_drop("a@x> AUTH=<c@y", &["ok@x".to_owned()], "")
+                .is_err());
         }
         assert!(names(&dir).is_empty(), "{:?}", names(&dir));
         {
             let mut inc = Incoming::create(&dir, false, None).unwrap();
             inc.receive(&b"x\n"[..], &crate::test_util::VERBATIM).unwrap();
-            assert!(inc.commit("a@x", &[]).is_err(), "a message with no recipient");
+            assert!(inc.commit("a@x", &[], "").is_err(), "a message with no recipient");
         }
         assert!(names(&dir).is_empty(), "{:?}", names(&dir));
         {
@@ -492,7 +490,9 @@ mod tests {
             let mut inc = Incoming::create(&dir, false, None).unwrap();
             inc.receive(&b"x\n"[..], &crate::test_util::VERBATIM).unwrap();
             fs::write(dir.join(format!("Q{}.2", inc.id)), "taken").unwrap();
-            assert!(inc.commit("a@x", &["b@y".to_owned(), "c@z".to_owned()]).is_err());
+            assert!(inc
+                .commit("a@x", &["b@y".to_owned(), "c@z".to_owned()], "")
+                .is_err());
         }
         assert_eq!(names(&dir).len(), 1, "{:?}", names(&dir));
     }
@@ -561,7 +561,9 @@ mod tests {
         let mut inc = Incoming::create(&dir, true, None).unwrap();
         let opts = crate::test_util::VERBATIM;
         inc.receive(&b"x\n"[..], &opts).unwrap();
-        let ids = inc.commit("a@x", &["b@y".to_owned(), "c@z".to_owned()]).unwrap();
+        let ids = inc
+            .commit("a@x", &["b@y".to_owned(), "c@z".to_owned()], "")
+            .unwrap();
         // A submitter killed in the middle of its commit leaves its temporary file, named after the
         // message, next to some of the entries: none of them is listed or claimed, and the
         // clean-up takes them all once old.
