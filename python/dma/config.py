@@ -75,9 +75,6 @@ class Config:
     smarthost: str | None = None
     port: int = 25
     aliases: str = "/etc/aliases"
-    spooldir: str  # these three are set in __init__
-    mboxdir: str
-    mailname: str
     authpath: str | None = None
     certfile: str | None = None
     masquerade_user: str | None = None
