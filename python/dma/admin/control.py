@@ -106,8 +106,7 @@ class Control:
         return list(chosen.values())
 
     def show(self, ident: str) -> int:
-        """The envelope of each entry (separated by `--` lines, as in mailq), a blank line, then
-        the message as spooled."""
+        """Each entry's envelope (`--` between them, as in mailq), a blank line, the message."""
         import shutil
 
         entries = self.select([ident])

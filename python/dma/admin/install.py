@@ -116,8 +116,6 @@ class Installer:
         }
         self.manifest_text = ""
 
-    # ---- helpers --------------------------------------------------------------------------
-
     @property
     def systemd_running(self) -> bool:
         return not self.prefix and os.path.isdir("/run/systemd/system")
@@ -193,8 +191,6 @@ class Installer:
         result = subprocess.run(["systemctl", *args], check=False)
         if result.returncode:
             self.say("warning", f"systemctl {args[0]} exited {result.returncode}")
-
-    # ---- install --------------------------------------------------------------------------
 
     def install(self, systemd: bool | None) -> None:
         from dma import config
@@ -304,8 +300,6 @@ class Installer:
         if changed or any(proc.returncode for proc in off):
             self.changes += 1
             self.systemctl("enable", "--now", *ENABLE)
-
-    # ---- uninstall ------------------------------------------------------------------------
 
     def uninstall(self) -> None:
         if not self.load_manifest():
