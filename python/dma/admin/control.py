@@ -45,8 +45,7 @@ def list_queue(cfg: Config, out: TextIO, *, json: bool = False) -> None:
     if json:
         import json as json_module
 
-        json_module.dump(rows, out, indent=1)
-        out.write("\n")
+        out.write(json_module.dumps(rows, indent=1) + "\n")
     elif rows:
         out.write(
             "--\n".join(f"ID\t: {r['id']}\nFrom\t: {r['sender']}\nTo\t: {r['recipient']}\n" for r in rows)
