@@ -221,20 +221,15 @@ def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[tupl
         indent = "  " if expands and not cfg.nullclient else ""
         for rcpt in expanded:
             if "@" in rcpt:
-                check_remote(cfg, rcpt, indent, report, found)
+                for t, route in check_remote(cfg, rcpt, indent, report):
+                    found.setdefault((t.name, t.port), (t, route))
             else:
                 report("PASS", "route", f"{indent}{rcpt} -> local {mailbox_of(cfg, rcpt)}")
     return list(found.values())
 
 
-def check_remote(
-    cfg: Config,
-    address: str,
-    indent: str,
-    report: Report,
-    found: dict[tuple[str, int], tuple[Target, Route | None]],
-) -> None:
-    """Print the hosts mail to a remote `address` goes to, and add them to `found`."""
+def check_remote(cfg: Config, address: str, indent: str, report: Report) -> list[tuple[Target, Route | None]]:
+    """Print the hosts mail to a remote `address` goes to; returns them, with their ROUTE."""
     from dma.mail.remote import Destination
     from dma.mail.routing import targets_for
 
@@ -243,7 +238,7 @@ def check_remote(
         hosts = targets_for(dest.domain, cfg, dest.route)
     except RouteError as e:
         report("FAIL", "route", f"{indent}{address}: {e}")
-        return
+        return []
     route = dest.route
     via = f" (ROUTE at line {route.line})" if route is not None else ""
     if (route is not None and route.hosts) or (route is None and cfg.smarthost):
@@ -254,8 +249,7 @@ def check_remote(
         text = f"{len(hosts)} host(s) for {dest.domain}, port 25"
         details = [f"MX {t.preference} {t.name}: {', '.join(t.addresses)}" for t in hosts]
     report("PASS", "route", f"{indent}{address} -> {text}{via}", *details)
-    for t in hosts:
-        found.setdefault((t.name, t.port), (t, route))
+    return [(t, route) for t in hosts]
 
 
 def mailbox_of(cfg: Config, user: str) -> str:
