@@ -189,9 +189,9 @@ def take(cfg: Config, ident: str, est: os.stat_result, sid: str, used: list[int]
         os.close(dfd)
 
 
-def refuse(cfg: Config, ident: str, est: os.stat_result, why: str, events: Log) -> None:
-    """Tell the owner of a drop with invalid content, in a notice queued under an id naming the drop
-    (a second try after a crash finds it queued); keep the drop for the postmaster if we cannot."""
+def refuse(cfg: Config, ident: str, est: os.stat_result, rid: str, why: str, events: Log) -> None:
+    """Tell the owner of a drop with invalid content, in a notice queued as `rid`, an id naming the
+    drop (a second try after a crash finds it queued); keep the drop for the postmaster if we cannot."""
     try:
         user = pwd.getpwuid(est.st_uid).pw_name
         recipients = RecipientResolver(cfg).resolve([user])
@@ -201,7 +201,7 @@ def refuse(cfg: Config, ident: str, est: os.stat_result, why: str, events: Log) 
             f"The mail you left for delivery as drop {ident} was not accepted: {why}.\n"
             "Nothing of it was sent.\n"
         )
-        with Spooling(cfg, "", name=f"{ident}r{est.st_ino:x}u{est.st_uid}") as msg:
+        with Spooling(cfg, "", name=rid) as msg:
             msg.receive(text.encode("utf-8", "surrogateescape"), "MAILER-DAEMON")
             msg.incoming.commit("", recipients)
     except (KeyError, Fatal) as e:
@@ -294,13 +294,13 @@ def handle(
 ) -> None:
     """Take (or refuse) the drop whose envelope `st` describes, then remove it: the envelope first,
     so a crash never leaves an envelope without its message."""
-    sid = f"{ident}i{st.st_ino:x}u{st.st_uid}"
+    sid, rid = (f"{ident}{kind}{st.st_ino:x}u{st.st_uid}" for kind in "ir")
     if sid not in queued and sid not in UNREMOVED:  # else taken before, and its removal failed
         try:
             to = ", ".join(take(cfg, ident, st, sid, used))
         except Rejected as e:
-            if f"{ident}r{st.st_ino:x}u{st.st_uid}" not in queued:  # else its notice is queued
-                refuse(cfg, ident, st, str(e), events)
+            if rid not in queued:  # else its notice is queued
+                refuse(cfg, ident, st, rid, str(e), events)
         else:
             uid = st.st_uid
             events.event("info", "queued", f"{sid}: new mail from uid {uid} to {to}", id=sid, uid=uid, to=to)
