@@ -1,7 +1,6 @@
 """Delivery status notifications: the RFC 3461 requests of `-N`, `-R` and `-V`, kept as the ESMTP
 parameters themselves (`NOTIFY=FAILURE,DELAY RET=HDRS ENVID=x`) in the queue entry's `DSN:` line,
-and the RFC 3464 bounce, from MAILER-DAEMON with the null sender, for mail that cannot be delivered.
-"""
+and the RFC 3464 bounce, from MAILER-DAEMON with the null sender, for mail that cannot be delivered."""
 
 from __future__ import annotations
 
