@@ -15,7 +15,7 @@ from dma import _native
 from dma.errors import EX_CONFIG, EX_DATAERR, EX_NOUSER, Fatal
 
 from .routing import RecipientResolver
-from .submit import Spooling, over, usage_path
+from .submit import Spooling, over
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ def write_usage(cfg: Config, totals: dict[int, list[int]]) -> None:
         with open(tmp, "w") as f:
             f.write(f"{msgs} {size}\n")
         os.chmod(tmp, 0o644)
-        os.replace(tmp, usage_path(cfg, uid))
+        os.replace(tmp, f"{cfg.spooldir}/usage.{uid}")
 
 
 def quarantine(cfg: Config) -> str:

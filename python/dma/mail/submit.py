@@ -61,10 +61,6 @@ def drops(cfg: Config) -> bool:
     return not cfg.user_mode and posix.geteuid() != 0
 
 
-def usage_path(cfg: Config, uid: int) -> str:
-    return f"{cfg.spooldir}/usage.{uid}"
-
-
 def over(cfg: Config, msgs: int, size: int) -> bool:
     return 0 < cfg.max_user_msgs <= msgs or 0 < cfg.max_user_bytes <= size
 
@@ -153,8 +149,7 @@ def submit(
         given += message.parse_addresses(arg, "recipient")
     if not given and not sub.from_headers:
         raise Fatal(EX_NOINPUT, "no recipients from command line")
-    if resolver is None:
-        resolver = RecipientResolver(cfg)
+    resolver = resolver or RecipientResolver(cfg)
     # Command-line recipients are checked before the message is read: a typo fails fast.
     recipients = resolver.resolve(given)
 
@@ -168,7 +163,7 @@ def submit(
     dropping = drops(cfg)
     if dropping:  # over its cap (the runner's `usage.<uid>`), EX_TEMPFAIL before anything is written
         try:
-            with open(usage_path(cfg, posix.getuid()), "rb") as f:
+            with open(f"{cfg.spooldir}/usage.{posix.getuid()}", "rb") as f:
                 msgs, size = (int(n) for n in f.read(64).split())
         except (OSError, ValueError):
             msgs = size = 0
