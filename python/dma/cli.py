@@ -6,7 +6,7 @@ from __future__ import annotations
 import posix
 import sys
 
-from .errors import EX_CONFIG, EX_NOINPUT, EX_USAGE, Fatal
+from .errors import EX_CONFIG, EX_NOINPUT, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, Fatal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -227,7 +227,6 @@ def run_queue(cfg: Config, opts: Options, prog: str) -> int:
 
 def deliver_now(cfg: Config, message_ids: list[str], opts: Options, prog: str) -> int:
     """After a submission: deliver in the foreground (`-D`), or wake or start the runner."""
-    from .errors import EX_TEMPFAIL, EX_UNAVAILABLE
     from .mail.queue import Runner, selection, take_over
 
     runner = Runner(cfg, verbose=opts.verbose, report_failures=opts.foreground, name=prog, tag=opts.tag)

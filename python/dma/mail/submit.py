@@ -28,8 +28,6 @@ _EXIT_CODES: dict[int | None, int] = {**dict.fromkeys(_TEMPORARY_ERRNOS, EX_TEMP
 class Submission:
     """What the command line asks for one message."""
 
-    __slots__ = ("dot_terminates", "dsn", "from_headers", "full_name", "recipients", "sender", "tag")
-
     def __init__(
         self,
         recipients: list[str],
