@@ -14,7 +14,7 @@ from dma import _native
 from dma.errors import EX_CONFIG, EX_DATAERR, EX_NOUSER, Fatal
 
 from .routing import RecipientResolver
-from .submit import Spooling, over, usage_path
+from .submit import Spooling, over
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -238,7 +238,7 @@ def pick_up(cfg: Config, events: Log) -> tuple[int, int]:
             with open(tmp, "w") as f:
                 f.write(f"{msgs} {size}\n")
             os.chmod(tmp, 0o644)
-            os.replace(tmp, usage_path(cfg, uid))
+            os.replace(tmp, f"{cfg.spooldir}/usage.{uid}")
         for name in os.listdir(f"{cfg.spooldir}/{QUARANTINE}"):
             if name.startswith("x"):  # a directory that could not be removed last time
                 remove_tree(f"{cfg.spooldir}/{QUARANTINE}/{name}")
