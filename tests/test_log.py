@@ -100,3 +100,15 @@ def test_syslog_lines_go_to_the_mail_facility_with_the_tag(dma_env: DmaEnv, tmp_
     assert delivered, lines
     # <priority>: facility mail (2) * 8 + info (6) = 22; the ident is the -L tag with our pid.
     assert delivered[0].startswith("<22>") and "tagged[" in delivered[0], delivered
+
+
+def test_every_level_the_code_logs_at_has_a_syslog_priority() -> None:
+    # An unknown level falls back to info: a warning would reach syslog as routine news.
+    import re
+
+    from dma.mail import log
+
+    source = "".join(p.read_text() for p in (Path(log.__file__).parent.parent).rglob("*.py"))
+    levels = set(re.findall(r'(?:\.event\(|level=)"([a-z]+)"', source))
+    assert {"warning", "crit"} <= levels
+    assert levels <= set(log._PRIORITIES), levels - set(log._PRIORITIES)

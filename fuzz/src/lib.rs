@@ -17,7 +17,7 @@ pub fn reply(data: &[u8]) {
             assert!((200..600).contains(&reply.code));
             let text = reply.text();
             assert!(!text.contains('\r') && !text.contains('\n') || reply.lines.len() > 1);
-            let _ = reply.first_text();
+            assert!(!reply.lines.is_empty());
             let _ = Extensions::parse(&reply);
             for l in &reply.lines {
                 assert!(!l.contains('\r') && !l.contains('\n'), "{l:?}");

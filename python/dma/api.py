@@ -20,6 +20,7 @@ import sys
 import threading
 
 from . import _native
+from .config import Config, load
 from .errors import EX_NOINPUT, Fatal
 from .mail import submit as submission
 from .mail.routing import RecipientResolver
@@ -28,8 +29,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from email.message import Message
-
-    from .config import Config
 
 __all__ = ["Batch", "submit", "wake_runner"]
 
@@ -136,15 +135,12 @@ class Batch:
 
 def load_config(config: Config | str | os.PathLike[str] | None) -> Config:
     """A `Config` as given, or read from a path, or the default one (`$DMA_CONF`, /etc/dma/dma.conf)."""
-    from .config import Config, load
-
     if isinstance(config, Config):
         return config
     return load(os.fspath(config) if config is not None else None)
 
 
 def runner_running(cfg: Config) -> bool:
-    """Whether a queue runner holds this spool's lock."""
     try:
         spool = _native.Spool(cfg.spooldir)
         if spool.lock():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import posix
 import sys
 
-from .errors import EX_CONFIG, EX_NOINPUT, EX_USAGE, Fatal
+from .errors import EX_CONFIG, EX_NOINPUT, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, Fatal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -116,19 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> None:
     """The programs' entry point: `main`, then exit at once, skipping the interpreter's teardown
     (the message is durable and the output flushed by then), which every cron job's mail pays."""
-    reopen_closed_outputs()
-    code = main()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except OSError:  # a reader that went away (`mailq | head`) is not our failure
-            pass
-    posix._exit(code)
-
-
-def reopen_closed_outputs() -> None:
-    """Callers such as GNU mailutils start us with only descriptor 0 open: put /dev/null on closed
-    descriptors 1 and 2 (as daemons do), so that a write or flush can not fail a queued message."""
+    # Callers such as GNU mailutils start us with only descriptor 0 open: /dev/null goes on closed
+    # descriptors 1 and 2 (as daemons do), so that a write or flush can not fail a queued message.
     for fd, name in ((1, "stdout"), (2, "stderr")):
         try:
             posix.fstat(fd)
@@ -138,6 +127,13 @@ def reopen_closed_outputs() -> None:
                 posix.dup2(new, fd)
                 posix.close(new)
             setattr(sys, name, open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False))
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # a reader that went away (`mailq | head`) is not our failure
+            pass
+    posix._exit(code)
 
 
 # `dma <command> ...`: operations C dma never had, each in its own module with a
@@ -231,7 +227,6 @@ def run_queue(cfg: Config, opts: Options, prog: str) -> int:
 
 def deliver_now(cfg: Config, message_ids: list[str], opts: Options, prog: str) -> int:
     """After a submission: deliver in the foreground (`-D`), or wake or start the runner."""
-    from .errors import EX_TEMPFAIL, EX_UNAVAILABLE
     from .mail.queue import Runner, selection, take_over
 
     runner = Runner(cfg, verbose=opts.verbose, report_failures=opts.foreground, name=prog, tag=opts.tag)

@@ -75,9 +75,6 @@ class Config:
     smarthost: str | None = None
     port: int = 25
     aliases: str = "/etc/aliases"
-    spooldir: str  # these three are set in __init__
-    mboxdir: str
-    mailname: str
     authpath: str | None = None
     certfile: str | None = None
     masquerade_user: str | None = None
@@ -109,24 +106,94 @@ class Config:
     logfile: str | None = None
     rewrite_from: str | None = None
 
-    def __init__(self, path: str = DEFAULT_CONF, *, user_mode: bool | None = None) -> None:
-        """All defaults, as if `path` did not exist (`mailname` is the system host name)."""
-        self.path = path
+    def __init__(self, path: str | None = None, *, user_mode: bool | None = None) -> None:
+        """Read dma.conf: `path` (`-C FILE`), else $DMA_CONF, else /etc/dma/dma.conf; a missing file
+        gives all defaults. `user_mode` overrides the mode taken from the effective uid."""
+        self.path = path = path or getenv("DMA_CONF") or DEFAULT_CONF
         self.file_exists = False
         if user_mode is None:
             # Not root and no system install: everything under the user's own state directory.
-            user_mode = posix.geteuid() != 0 and not _is_system_spool(SYSTEM_SPOOL)
-        self.user_mode = user_mode
+            self.user_mode = posix.geteuid() != 0 and not _is_system_spool(SYSTEM_SPOOL)
+        else:
+            self.user_mode = user_mode
         self.state_dir = state_dir()
         self.system_hostname = self.mailname = sanitize_hostname(posix.uname().nodename)
         self.key_lines: dict[str, int] = {}
-        if user_mode:
+        if self.user_mode:
             self.spooldir, self.mboxdir = f"{self.state_dir}/spool", f"{self.state_dir}/mail"
         else:
             self.spooldir, self.mboxdir = SYSTEM_SPOOL, "/var/mail"
         self.dns_servers: list[tuple[str, int]] = []
         self.routes: list[Route] = []
         self._auth: AuthTable | None = None
+        try:
+            text = read_text(path)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise Fatal(EX_NOINPUT, f"can not open config `{path}': {os_error_text(e)}") from None
+        self.file_exists = True
+        lines = self.key_lines
+        for lineno, raw in enumerate(text.split("\n"), 1):
+            line = raw.partition("#")[0].rstrip("\r")  # rstrip: CRLF files
+            if not line or line[0] in " \t":
+                # C dma: a line starting with whitespace has an empty keyword and is ignored.
+                continue
+            keyword = line.partition(" ")[0].partition("\t")[0]
+            # Fix: C dma keeps the blanks around the value (`SMARTHOST x # c` gave "x ").
+            value = line[len(keyword) + 1 :].strip(" \t\r\v\f")
+            if keyword not in _KEYS:
+                if not keyword.isprintable():
+                    keyword = ascii(keyword)[1:-1]
+                hint = _HINTS.get(keyword, "")
+                if keyword.upper() in _KEYS:
+                    hint = f" (keywords are case-sensitive: {keyword.upper()})"
+                raise ConfigError(path, lineno, keyword, f"unknown keyword{hint}")
+            try:
+                self._apply(keyword, value, lineno)
+            except ValueError as e:
+                raise ConfigError(path, lineno, keyword, str(e)) from None
+
+        if self.nullclient and self.smarthost is None:
+            raise ConfigError(path, lines["NULLCLIENT"], "NULLCLIENT", "NULLCLIENT requires SMARTHOST")
+        if self.retry_min > self.retry_max:
+            key = "RETRY_MIN" if "RETRY_MIN" in lines else "RETRY_MAX"
+            message = f"RETRY_MIN ({self.retry_min}s) is larger than RETRY_MAX ({self.retry_max}s)"
+            raise ConfigError(path, lines[key], key, message)
+        if "MAILNAME" in lines and self.mailname.startswith("/"):  # its first line, else the system's
+            try:
+                with open(self.mailname, "rb") as f:
+                    name = sanitize_hostname(f.readline(4096).decode("ascii", "replace"))
+            except OSError:
+                name = "unknown-hostname"
+            self.mailname = self.system_hostname if name == "unknown-hostname" else name
+        if user_mode is None and self.user_mode and "SPOOLDIR" in lines:
+            self.user_mode = not _is_system_spool(self.spooldir)
+
+    def _apply(self, keyword: str, value: str, lineno: int) -> None:
+        """Set `keyword`'s attribute from `value`; a mistake raises ValueError."""
+        kind, attr = _KEYS[keyword]
+        if not value.isprintable() and any((ch < " " and ch != "\t") or ch == "\x7f" for ch in value):
+            raise ValueError("control character in value")
+        self.key_lines[keyword] = lineno
+        if kind == "bool" and value:
+            raise ValueError(f"takes no value (got `{value}')")
+        if kind != "bool" and not value:
+            raise ValueError("missing value")
+        if kind == "route":
+            from .mail.routes import Route
+
+            self.routes.append(Route(value, lineno))
+            return
+        parse, what = _KINDS[kind]
+        result = parse(value)
+        if result is None:
+            raise ValueError(f"`{value}' {what}")
+        if kind == "masquerade":  # `[user@][host]`, split at the last `@`; an empty part is None
+            user, _, host = value.rpartition("@")
+            self.masquerade_user, self.masquerade_host = user or None, host or None
+        else:
+            setattr(self, attr, result)
 
     def smarthosts(self) -> list[tuple[str, int]]:
         """SMARTHOST's hosts and ports (PORT where a host names none), in the order to try them."""
@@ -141,6 +208,9 @@ class Config:
 
             self._auth = AuthTable(self.authpath) if self.authpath is None else load_auth(self.authpath)
         return self._auth
+
+
+load = Config  # the name callers use
 
 
 def sanitize_hostname(name: str) -> str:
@@ -171,90 +241,12 @@ def state_dir() -> str:
     return f"{home.rstrip('/')}/.local/state/dma"
 
 
-def load(path: str | None = None, *, user_mode: bool | None = None) -> Config:
-    """Read dma.conf: `path` (`-C FILE`), else $DMA_CONF, else /etc/dma/dma.conf; a missing file
-    gives all defaults. `user_mode` overrides the mode taken from the effective uid."""
-    if not path:
-        path = getenv("DMA_CONF") or DEFAULT_CONF
-    cfg = Config(path, user_mode=user_mode)
-    try:
-        text = read_text(path)
-    except FileNotFoundError:
-        return cfg
-    except OSError as e:
-        raise Fatal(EX_NOINPUT, f"can not open config `{path}': {os_error_text(e)}") from None
-    cfg.file_exists = True
-    lines = cfg.key_lines
-    for lineno, raw in enumerate(text.split("\n"), 1):
-        line = raw.partition("#")[0].rstrip("\r")  # rstrip: CRLF files
-        if not line or line[0] in " \t":
-            # C dma: a line starting with whitespace has an empty keyword and is ignored.
-            continue
-        keyword = line.partition(" ")[0].partition("\t")[0]
-        # Fix: C dma keeps the blanks around the value (`SMARTHOST x # c` gave "x ").
-        value = line[len(keyword) + 1 :].strip(" \t\r\v\f")
-        if keyword not in _KEYS:
-            if not keyword.isprintable():
-                keyword = ascii(keyword)[1:-1]
-            hint = _HINTS.get(keyword, "")
-            if keyword.upper() in _KEYS:
-                hint = f" (keywords are case-sensitive: {keyword.upper()})"
-            raise ConfigError(path, lineno, keyword, f"unknown keyword{hint}")
-        try:
-            _apply(cfg, keyword, value, lineno)
-        except ValueError as e:
-            raise ConfigError(path, lineno, keyword, str(e)) from None
-
-    if cfg.nullclient and cfg.smarthost is None:
-        raise ConfigError(path, lines["NULLCLIENT"], "NULLCLIENT", "NULLCLIENT requires SMARTHOST")
-    if cfg.retry_min > cfg.retry_max:
-        key = "RETRY_MIN" if "RETRY_MIN" in lines else "RETRY_MAX"
-        message = f"RETRY_MIN ({cfg.retry_min}s) is larger than RETRY_MAX ({cfg.retry_max}s)"
-        raise ConfigError(path, lines[key], key, message)
-    if "MAILNAME" in lines and cfg.mailname.startswith("/"):  # its first line, else the system's
-        try:
-            with open(cfg.mailname, "rb") as f:
-                name = sanitize_hostname(f.readline(4096).decode("ascii", "replace"))
-        except OSError:
-            name = "unknown-hostname"
-        cfg.mailname = cfg.system_hostname if name == "unknown-hostname" else name
-    if user_mode is None and cfg.user_mode and "SPOOLDIR" in lines:
-        cfg.user_mode = not _is_system_spool(cfg.spooldir)
-    return cfg
-
-
 def _is_system_spool(spooldir: str) -> bool:
     """A spool set up by `dma install`: it has a drop directory for unprivileged submitters."""
     try:
         return posix.stat(f"{spooldir}/incoming").st_mode & 0o170000 == 0o040000
     except OSError:
         return False
-
-
-def _apply(cfg: Config, keyword: str, value: str, lineno: int) -> None:
-    """Set `keyword`'s attribute from `value`; a mistake raises ValueError."""
-    kind, attr = _KEYS[keyword]
-    if not value.isprintable() and any((ch < " " and ch != "\t") or ch == "\x7f" for ch in value):
-        raise ValueError("control character in value")
-    cfg.key_lines[keyword] = lineno
-    if kind == "bool" and value:
-        raise ValueError(f"takes no value (got `{value}')")
-    if kind != "bool" and not value:
-        raise ValueError("missing value")
-    if kind == "route":
-        from .mail.routes import Route
-
-        cfg.routes.append(Route(value, lineno))
-        return
-    parse, what = _KINDS[kind]
-    result = parse(value)
-    if result is None:
-        raise ValueError(f"`{value}' {what}")
-    if kind == "masquerade":  # `[user@][host]`, split at the last `@`; an empty part is None
-        user, _, host = value.rpartition("@")
-        cfg.masquerade_user, cfg.masquerade_host = user or None, host or None
-    else:
-        setattr(cfg, attr, result)
 
 
 # ---- the kinds of value: parsers that return None for a malformed value, or raise ValueError --
@@ -297,12 +289,6 @@ def _mailname(value: str) -> str | None:
     return value
 
 
-def _address(value: str) -> str | None:
-    if value.count("@") != 1 or value.startswith("@") or value.endswith("@") or not value.isprintable():
-        return None
-    return value
-
-
 def _hosts(value: str) -> str:
     """`host[:port] ...`, split when used: PORT may come later."""
     from .mail.routes import split_hosts
@@ -316,10 +302,6 @@ def _fingerprint(value: str) -> bytes | None:
     if len(hexstr) != 64:
         raise ValueError(f"a SHA-256 fingerprint is 64 hex digits, got {len(hexstr)} characters")
     return bytes.fromhex(hexstr) if set(hexstr) <= _HEX else None
-
-
-def _maildir(value: str) -> str | None:
-    return value if value.startswith(("/", "~/")) or value == "~" else None
 
 
 def _dns_servers(text: str) -> list[tuple[str, int]]:
@@ -361,9 +343,15 @@ _KINDS: dict[str, tuple[Callable[[str], object], str]] = {
     "host": (_one_word, "is not a single host name"),
     "mailname": (_mailname, "is not a host name (it has blanks)"),
     "masquerade": (_one_word, "has blanks; expected [user@][host]"),
-    "address": (_address, "is not an address (user@domain)"),
+    "address": (
+        lambda v: v if v.count("@") == 1 and v[0] != "@" and v[-1] != "@" and v.isprintable() else None,
+        "is not an address (user@domain)",
+    ),
     "fingerprint": (_fingerprint, "is not hexadecimal"),
-    "maildir": (_maildir, "must be an absolute path or start with `~/'"),
+    "maildir": (
+        lambda v: v if v.startswith(("/", "~/")) or v == "~" else None,
+        "must be an absolute path or start with `~/'",
+    ),
     "port": (lambda v: _number(v, "", 5, 1, 65535), "is not a port number (1-65535)"),
     "duration": (
         lambda v: _number(v, "smhd", 12),

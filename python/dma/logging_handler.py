@@ -39,8 +39,7 @@ class MailHandler(logging.Handler):
         self.fromaddr = fromaddr
         self.toaddrs = [toaddrs] if isinstance(toaddrs, str) else list(toaddrs)
         self.subject = subject
-        self.config = config
-        self._cfg: Config | None = None
+        self.config = config  # a `Config` from the first record on
 
     def getSubject(self, record: logging.LogRecord) -> str:
         """The subject for `record`; override to vary it (as with SMTPHandler)."""
@@ -55,9 +54,8 @@ class MailHandler(logging.Handler):
             msg["To"] = ", ".join(self.toaddrs)
             msg["Subject"] = self.getSubject(record)
             msg.set_content(self.format(record))
-            if self._cfg is None:
-                self._cfg = load_config(self.config)
-            submit(msg, sender=self.fromaddr, recipients=self.toaddrs, config=self._cfg)
+            self.config = load_config(self.config)
+            submit(msg, sender=self.fromaddr, recipients=self.toaddrs, config=self.config)
         except RecursionError:  # as the standard handlers do: never swallowed
             raise
         except Exception:

@@ -59,7 +59,6 @@ pub fn b64(data: impl AsRef<[u8]>) -> String {
     STANDARD.encode(data)
 }
 
-/// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -42,24 +42,17 @@ impl<R: Read> SmtpInput<R> {
         // Room for the CR and LF of a line that is just long enough.
         let limit = max + 2;
         let mut line = Vec::new();
-        (&mut self.src).take(limit as u64).read_until(b'\n', &mut line)?;
-        let mut whole = true;
-        if line.last() == Some(&b'\n') {
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-        } else if line.len() == limit {
-            self.src.skip_until(b'\n')?;
-            whole = false;
-        } else if line.is_empty() {
+        if (&mut self.src).take(limit as u64).read_until(b'\n', &mut line)? == 0 {
             return Ok(None);
         }
-        // (A last line without its end, the client gone, still counts.)
-        if line.len() > max {
-            line.truncate(max);
-            whole = false;
+        if line.pop_if(|b| *b == b'\n').is_some() {
+            line.pop_if(|b| *b == b'\r');
+        } else if line.len() == limit {
+            self.src.skip_until(b'\n')?;
         }
+        // (A last line without its end, the client gone, still counts.)
+        let whole = line.len() <= max;
+        line.truncate(max);
         Ok(Some((line, whole)))
     }
 

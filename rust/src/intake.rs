@@ -62,7 +62,8 @@ struct Intake<'a, W> {
     /// Still in the header block; what became of its last field.
     headers: bool,
     field: Fate,
-    present: Vec<bool>,
+    /// The `add_if_missing` headers not seen yet.
+    missing: Vec<&'a (String, Vec<u8>)>,
     /// The first `From:` while it is rewritten (bounded).
     from: Option<Vec<u8>>,
     collected: usize,
@@ -94,9 +95,7 @@ impl<W: Write> Intake<'_, W> {
             return Ok(if head.is_empty() { DROP } else { KEEP });
         };
         let name = name.to_ascii_lowercase();
-        for (present, (wanted, _)) in self.present.iter_mut().zip(self.opts.add_if_missing) {
-            *present |= name == wanted.as_bytes();
-        }
+        self.missing.retain(|(wanted, _)| name != wanted.as_bytes());
         let collect = self.opts.collect_recipients;
         self.field = match &name[..] {
             b"from" if self.opts.rewrite_from.is_some() && self.from.is_none() => {
@@ -155,11 +154,8 @@ impl<W: Write> Intake<'_, W> {
         if let (Some(address), Some(value)) = (opts.rewrite_from, self.from.take()) {
             self.write(&rewritten_from(&value, address))?;
         }
-        let present = std::mem::take(&mut self.present);
-        for ((_, line), present) in opts.add_if_missing.iter().zip(present) {
-            if !present {
-                self.write(line)?;
-            }
+        for (_, line) in std::mem::take(&mut self.missing) {
+            self.write(line)?;
         }
         self.write(b"\n")
     }
@@ -235,7 +231,8 @@ fn is_continuation(line: &[u8]) -> bool {
 /// RFC 976 `From ` (or `>From `) envelope line that some programs put first.
 fn is_from_line(line: &[u8]) -> bool {
     let line = line.strip_prefix(b">").unwrap_or(line);
-    line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"from ")
+    line.get(..5)
+        .is_some_and(|head| head.eq_ignore_ascii_case(b"from "))
 }
 
 /// The field name of a header line (`Name:`, allowing blanks before the colon), if it is one.
@@ -264,7 +261,7 @@ pub fn copy_message<R: Read, W: Write>(
         info: MessageInfo::default(),
         headers: true,
         field: KEEP,
-        present: vec![false; opts.add_if_missing.len()],
+        missing: opts.add_if_missing.iter().collect(),
         from: None,
         collected: 0,
     };
@@ -611,9 +608,10 @@ mod tests {
         let dir = crate::test_util::tempdir("envelope");
         let mut incoming = crate::spool::Incoming::create(&dir, true, None).unwrap();
         incoming.receive(&b"x\n"[..], &VERBATIM).unwrap();
-        incoming.dsn = "NOTIFY=NEVER RET=HDRS".into();
         let recipients = vec!["b@y".to_owned(), "\"c d\"@z".to_owned()];
-        let id = incoming.commit_drop("", &recipients).unwrap();
+        let id = incoming
+            .commit_drop("", &recipients, "NOTIFY=NEVER RET=HDRS")
+            .unwrap();
         let text = std::fs::read(dir.join(format!("E{id}"))).unwrap();
         assert_eq!(
             parse_envelope(&text).unwrap(),

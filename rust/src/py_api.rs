@@ -136,12 +136,11 @@ impl Incoming {
         drop: bool,
     ) -> PyResult<Vec<String>> {
         let mut inner = self.inner.take().ok_or_else(finished)?;
-        inner.dsn = dsn;
         Ok(py.detach(move || {
             if drop {
-                inner.commit_drop(&sender, &recipients).map(|id| vec![id])
+                inner.commit_drop(&sender, &recipients, &dsn).map(|id| vec![id])
             } else {
-                inner.commit(&sender, &recipients)
+                inner.commit(&sender, &recipients, &dsn)
             }
         })?)
     }

@@ -1,6 +1,5 @@
-//! The delivery half of the Python API: the runner's spool object (due entries, claims, records,
-//! the wake-up wait), and one SMTP connection per destination, kept open between batches.
-//! Paths cross as `str`; the GIL is released for every wait and all I/O.
+//! The delivery half of the Python API: the runner's spool object, and one SMTP connection per
+//! destination kept open between batches. The GIL is released for every wait and all I/O.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -47,11 +46,9 @@ fn seconds(name: &str, secs: f64) -> PyResult<Duration> {
         .ok_or_else(|| PyValueError::new_err(format!("{name} must be positive, not {secs}")))
 }
 
-/// Everything a session to one destination needs, and the connection kept open between batches
-/// (the runner's connection cache): one object per destination and host.
+/// One destination and host: its settings, and the connection kept open between batches.
 #[pyclass(module = "dma._native", frozen)]
 pub struct Connection {
-    cfg: Arc<SessionConfig>,
     client: Mutex<Client>,
 }
 
@@ -93,14 +90,14 @@ impl Connection {
             (None, None) => None,
             _ => return Err(PyValueError::new_err("login and secret go together")),
         };
-        let cfg = Arc::new(SessionConfig {
+        let cfg = SessionConfig {
             host,
             addresses,
             port,
             helo,
             tls_mode: tls.parse().map_err(PyValueError::new_err)?,
             tls: TlsPolicy {
-                verify: verify_cert,
+                verify_cert,
                 ca_file,
                 fingerprint,
                 client_cert,
@@ -112,15 +109,13 @@ impl Connection {
             command_timeout: seconds("command_timeout", command_timeout)?,
             verbose,
             journal,
-        });
+        };
         Ok(Connection {
-            client: Mutex::new(Client::new(cfg.clone())),
-            cfg,
+            client: Mutex::new(Client::new(Arc::new(cfg))),
         })
     }
 
-    /// A session of its own, not this cached connection, carrying whole transactions `(sender,
-    /// recipients, message file)`, then QUIT; the GIL is released for all of it.
+    /// A session of its own (not the cached one) carrying `(sender, recipients, message)`s, then QUIT.
     fn session(&self, py: Python<'_>, transactions: Vec<(String, Vec<String>, PathBuf)>) -> SessionResult {
         let transactions: Vec<Transaction> = transactions
             .into_iter()
@@ -128,15 +123,14 @@ impl Connection {
                 sender,
                 recipients,
                 message,
-                journal_ids: Vec::new(),
-                dsn: String::new(),
+                ..Default::default()
             })
             .collect();
-        py.detach(|| crate::smtp::run_session(&self.cfg, &transactions))
+        let cfg = lock(&self.client).cfg.clone();
+        py.detach(|| crate::smtp::run_session(&cfg, &transactions))
     }
 
-    /// Carry one transaction per group of claimed entries (the recipients of one message), on
-    /// this connection while the server keeps it, else on a new one. Empty groups are skipped.
+    /// One transaction per non-empty group of claimed entries (one message's recipients).
     fn send(&self, py: Python<'_>, spool: &Spool, groups: Vec<Vec<String>>) -> PyResult<SessionResult> {
         let claims = lock(&spool.claims);
         let mut transactions = Vec::with_capacity(groups.len());
@@ -158,7 +152,6 @@ impl Connection {
         Ok(py.detach(|| lock(&self.client).send(&transactions)))
     }
 
-    /// QUIT, if open.
     fn close(&self, py: Python<'_>) {
         py.detach(|| lock(&self.client).close());
     }
@@ -172,8 +165,7 @@ fn not_claimed(id: &str) -> PyErr {
     PyValueError::new_err(format!("entry {id} is not claimed"))
 }
 
-/// The runner's view of one spool: due entries, the claims it holds (by entry id), their records,
-/// and the wait for new work.
+/// The runner's view of one spool: due entries, the claims it holds (by id), the wait for work.
 #[pyclass(module = "dma._native", frozen)]
 pub struct Spool {
     dir: PathBuf,
@@ -252,7 +244,7 @@ impl Spool {
         Ok((due, next, failed))
     }
 
-    /// Every entry of one message, unclaimed: for deciding on its bounce.
+    /// Every entry of one message, unclaimed (its bounce).
     fn message_entries(&self, py: Python<'_>, message_id: &str) -> PyResult<Vec<Entry>> {
         Ok(py.detach(|| spool::scan(&self.dir, &format!("{message_id}.")))?.0)
     }
@@ -303,12 +295,10 @@ impl Spool {
         Ok(py.detach(|| claim.remove())?)
     }
 
-    /// Let a claimed entry go unchanged.
     fn release(&self, id: &str) {
         lock(&self.claims).remove(id);
     }
 
-    /// Sync the spool directory (after removals).
     fn sync(&self, py: Python<'_>) -> PyResult<()> {
         Ok(py.detach(|| spool::fsync_dir(&self.dir))?)
     }
@@ -324,7 +314,6 @@ impl Spool {
         Ok((woken.work, woken.flush))
     }
 
-    /// Wake a `wait` (from a delivery thread whose work is done).
     fn notify(&self) {
         self.waker.notify();
     }

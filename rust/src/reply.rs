@@ -5,19 +5,17 @@
 const MAX_REPLY_LINES: usize = 500;
 const MAX_REPLY_BYTES: usize = 64 * 1024;
 
-/// One complete reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub code: u16,
     /// `X.Y.Z` from the first line, when it carries one.
     pub enhanced: Option<String>,
     /// The text of each line after `NNN-` / `NNN ` (lossy UTF-8, control characters
-    /// replaced), enhanced code still included: AUTH challenges need it raw.
+    /// replaced), enhanced code still included: AUTH challenges need it raw. Never empty.
     pub lines: Vec<String>,
 }
 
 impl Reply {
-    /// Read one whole reply, `next_line` giving each raw line.
     pub fn read(mut next_line: impl FnMut() -> Result<Vec<u8>, String>) -> Result<Reply, String> {
         let (mut first, mut lines, mut bytes) = (None, Vec::new(), 0);
         loop {
@@ -29,12 +27,8 @@ impl Reply {
                     "reply too long (over {MAX_REPLY_LINES} lines or {MAX_REPLY_BYTES} bytes)"
                 ));
             }
-            let malformed = || {
-                format!(
-                    "malformed reply line {:?}",
-                    clean_text(line.get(..80).unwrap_or(line))
-                )
-            };
+            let head = line.get(..80).unwrap_or(line);
+            let malformed = || format!("malformed reply line {:?}", clean_text(head));
             let code = parse_code(line).ok_or_else(malformed)?;
             let last = match line.get(3) {
                 None | Some(b' ') => true,
@@ -69,11 +63,6 @@ impl Reply {
             .map(|l| l.strip_prefix(code).unwrap_or(l).trim());
         parts.filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ")
     }
-
-    /// The first line's text (an AUTH challenge).
-    pub fn first_text(&self) -> &str {
-        self.lines.first().map_or("", String::as_str)
-    }
 }
 
 /// Three digits, the first 2 to 5 (RFC 5321 4.2: 1yz is not used in SMTP).
@@ -100,10 +89,9 @@ pub fn clean_text(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// What a server's EHLO reply tells us.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Extensions {
-    /// Every keyword, upper case, in the order offered.
+    /// Upper case, in the order offered.
     pub keywords: Vec<String>,
     /// AUTH mechanisms, upper case (both `AUTH x y` and the old `AUTH=x y`).
     pub auth: Vec<String>,

@@ -37,8 +37,9 @@ fn new_file(path: &Path) -> io::Result<File> {
 /// Write `text` into the new file `path`, locked, synced when `sync`, then renamed to `to` when
 /// given; a failure after the open removes it. The file comes back still locked: a claim keeps
 /// its lock on the entry it rewrites.
-fn write_file(path: &Path, text: &str, sync: bool, to: Option<&Path>) -> io::Result<File> {
-    let mut f = new_file(path)?;
+fn write_file(path: &Path, text: &str, sync: bool, to: Option<&Path>) -> Result<File> {
+    let context = || format!("can not create `{}'", to.unwrap_or(path).display());
+    let mut f = new_file(path).context(context)?;
     let written = (|| {
         f.lock()?;
         f.write_all(text.as_bytes())?;
@@ -47,7 +48,7 @@ fn write_file(path: &Path, text: &str, sync: bool, to: Option<&Path>) -> io::Res
         }
         to.map_or(Ok(()), |to| fs::rename(path, to))
     })();
-    written.map(|()| f).inspect_err(|_| {
+    written.map(|()| f).context(context).inspect_err(|_| {
         let _ = fs::remove_file(path);
     })
 }
@@ -73,8 +74,6 @@ pub struct Incoming {
     size: u64,
     /// What dropping it uncommitted removes, last first.
     published: Vec<PathBuf>,
-    /// Written into each entry (`Entry::dsn`).
-    pub dsn: String,
 }
 
 impl Incoming {
@@ -105,7 +104,6 @@ impl Incoming {
             id,
             created,
             size: 0,
-            dsn: String::new(),
         })
     }
 
@@ -126,9 +124,9 @@ impl Incoming {
         Ok(info)
     }
 
-    /// Publish one queue entry per recipient; returns the entry ids.
-    pub fn commit(&mut self, sender: &str, recipients: &[String]) -> Result<Vec<String>> {
-        check_envelope(sender, recipients, &self.dsn)?;
+    /// Publish one queue entry per recipient, with the DSN parameters `dsn`; returns the entry ids.
+    pub fn commit(&mut self, sender: &str, recipients: &[String], dsn: &str) -> Result<Vec<String>> {
+        check_envelope(sender, recipients, dsn)?;
         let ids: Vec<String> = (1..=recipients.len())
             .map(|n| format!("{}.{n}", self.id))
             .collect();
@@ -142,12 +140,11 @@ impl Incoming {
                 recipient: recipient.clone(),
                 created: self.created,
                 size: self.size,
-                dsn: self.dsn.clone(),
+                dsn: dsn.to_owned(),
                 ..Entry::default()
             };
             let q = self.dir.join(format!("Q{id}"));
-            write_file(&q, &entry.render(), self.durable, None)
-                .context(|| format!("can not create `{}'", q.display()))?;
+            write_file(&q, &entry.render(), self.durable, None)?;
             self.published.push(q);
         }
         for id in others {
@@ -168,22 +165,17 @@ impl Incoming {
 
     /// System mode: publish into the drop directory `D<id>` (the message), then `E<id>` (its
     /// envelope), for the runner to pick up.
-    pub fn commit_drop(&mut self, sender: &str, recipients: &[String]) -> Result<String> {
-        check_envelope(sender, recipients, &self.dsn)?;
+    pub fn commit_drop(&mut self, sender: &str, recipients: &[String], dsn: &str) -> Result<String> {
+        check_envelope(sender, recipients, dsn)?;
         let mut envelope = format!("Sender: {sender}\n");
-        for recipient in recipients {
-            envelope += &format!("Recipient: {recipient}\n");
-        }
-        if !self.dsn.is_empty() {
-            envelope += &format!("DSN: {}\n", self.dsn);
-        }
+        envelope.extend(recipients.iter().map(|r| format!("Recipient: {r}\n")));
+        envelope.extend((!dsn.is_empty()).then(|| format!("DSN: {dsn}\n")));
         let data = self.dir.join(format!("D{}", self.id));
         fs::hard_link(&self.tmp, &data).context(|| format!("can not create `{}'", data.display()))?;
         self.published.push(data);
         let env = self.dir.join(format!("E{}", self.id));
         let tmp = self.dir.join(format!("{TMP_PREFIX}E{}", self.id));
-        write_file(&tmp, &envelope, true, Some(&env))
-            .context(|| format!("can not create `{}'", env.display()))?;
+        write_file(&tmp, &envelope, true, Some(&env))?;
         // Submitters cannot read the drop directory, so cannot sync it: the files themselves are
         // synced, and the runner syncs the spool once it has taken the message.
         let _ = fsync_dir(&self.dir);
@@ -334,8 +326,7 @@ impl Claim {
         let tmp = self.dir.join(format!("{TMP_PREFIX}Q{}", entry.id));
         let q = self.dir.join(format!("Q{}", entry.id));
         let _ = fs::remove_file(&tmp); // what a runner killed in the middle of a record left
-        self.file = write_file(&tmp, &entry.render(), true, Some(&q))
-            .context(|| format!("can not create `{}'", q.display()))?;
+        self.file = write_file(&tmp, &entry.render(), true, Some(&q))?;
         fsync_dir(&self.dir)?;
         self.entry = entry;
         Ok(())
@@ -395,7 +386,7 @@ mod tests {
         let opts = crate::test_util::VERBATIM;
         inc.receive(body, &opts).unwrap();
         let rcpts: Vec<String> = rcpts.iter().map(|s| (*s).to_owned()).collect();
-        inc.commit("a@x", &rcpts).unwrap()
+        inc.commit("a@x", &rcpts, "").unwrap()
     }
 
     #[test]
@@ -445,7 +436,7 @@ mod tests {
         std::mem::forget(first);
         let mut again = Incoming::create(&dir, true, Some("drop1")).unwrap();
         again.receive(&b"y\n"[..], &crate::test_util::VERBATIM).unwrap();
-        assert_eq!(again.commit("a@b", &["c@d".into()]).unwrap(), ["drop1.1"]);
+        assert_eq!(again.commit("a@b", &["c@d".into()], "").unwrap(), ["drop1.1"]);
         assert_eq!(names(&dir), ["Mdrop1.1", "Qdrop1.1"]);
     }
 
@@ -456,7 +447,7 @@ mod tests {
         let opts = crate::test_util::VERBATIM;
         inc.receive(&b"S: x\n\nhi\n"[..], &opts).unwrap();
         let id = inc
-            .commit_drop("a@x", &["b@y".to_owned(), "c@z".to_owned()])
+            .commit_drop("a@x", &["b@y".to_owned(), "c@z".to_owned()], "")
             .unwrap();
         assert_eq!(names(&dir), [format!("D{id}"), format!("E{id}")]);
         let envelope = fs::read_to_string(dir.join(format!("E{id}"))).unwrap();
@@ -467,8 +458,7 @@ mod tests {
         );
         let mut inc = Incoming::create(&dir, true, None).unwrap();
         inc.receive(&b"x\n"[..], &opts).unwrap();
-        inc.dsn = "NOTIFY=NEVER".into();
-        let id = inc.commit_drop("", &["b@y".to_owned()]).unwrap();
+        let id = inc.commit_drop("", &["b@y".to_owned()], "NOTIFY=NEVER").unwrap();
         let envelope = fs::read_to_string(dir.join(format!("E{id}"))).unwrap();
         assert_eq!(envelope, "Sender: \nRecipient: b@y\nDSN: NOTIFY=NEVER\n");
     }
@@ -480,17 +470,19 @@ mod tests {
             let mut inc = Incoming::create(&dir, false, None).unwrap();
             let opts = crate::test_util::VERBATIM;
             inc.receive(&b"x\n"[..], &opts).unwrap();
-            assert!(inc.commit("a@x", &["bad\nrcpt".to_owned()]).is_err());
+            assert!(inc.commit("a@x", &["bad\nrcpt".to_owned()], "").is_err());
             let injected = "b@x> NOTIFY=SUCCESS ORCPT=rfc822;c@y".to_owned();
-            assert!(inc.commit("a@x", &["ok@x".to_owned(), injected]).is_err());
-            assert!(inc.commit("a@x> AUTH=<c@y", &["ok@x".to_owned()]).is_err());
-            assert!(inc.commit_drop("a@x> AUTH=<c@y", &["ok@x".to_owned()]).is_err());
+            assert!(inc.commit("a@x", &["ok@x".to_owned(), injected], "").is_err());
+            assert!(inc.commit("a@x> AUTH=<c@y", &["ok@x".to_owned()], "").is_err());
+            assert!(inc
+                .commit_drop("a@x> AUTH=<c@y", &["ok@x".to_owned()], "")
+                .is_err());
         }
         assert!(names(&dir).is_empty(), "{:?}", names(&dir));
         {
             let mut inc = Incoming::create(&dir, false, None).unwrap();
             inc.receive(&b"x\n"[..], &crate::test_util::VERBATIM).unwrap();
-            assert!(inc.commit("a@x", &[]).is_err(), "a message with no recipient");
+            assert!(inc.commit("a@x", &[], "").is_err(), "a message with no recipient");
         }
         assert!(names(&dir).is_empty(), "{:?}", names(&dir));
         {
@@ -498,7 +490,9 @@ mod tests {
             let mut inc = Incoming::create(&dir, false, None).unwrap();
             inc.receive(&b"x\n"[..], &crate::test_util::VERBATIM).unwrap();
             fs::write(dir.join(format!("Q{}.2", inc.id)), "taken").unwrap();
-            assert!(inc.commit("a@x", &["b@y".to_owned(), "c@z".to_owned()]).is_err());
+            assert!(inc
+                .commit("a@x", &["b@y".to_owned(), "c@z".to_owned()], "")
+                .is_err());
         }
         assert_eq!(names(&dir).len(), 1, "{:?}", names(&dir));
     }
@@ -567,7 +561,9 @@ mod tests {
         let mut inc = Incoming::create(&dir, true, None).unwrap();
         let opts = crate::test_util::VERBATIM;
         inc.receive(&b"x\n"[..], &opts).unwrap();
-        let ids = inc.commit("a@x", &["b@y".to_owned(), "c@z".to_owned()]).unwrap();
+        let ids = inc
+            .commit("a@x", &["b@y".to_owned(), "c@z".to_owned()], "")
+            .unwrap();
         // A submitter killed in the middle of its commit leaves its temporary file, named after the
         // message, next to some of the entries: none of them is listed or claimed, and the
         // clean-up takes them all once old.

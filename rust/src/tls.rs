@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -22,8 +22,8 @@ use crate::auth::hex;
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TlsPolicy {
     /// Check the chain against the system roots (plus `ca_file`) and the host name or IP.
-    pub verify: bool,
-    /// Extra trusted CA certificates (PEM), used when `verify` is on.
+    pub verify_cert: bool,
+    /// Extra trusted CA certificates (PEM), used when `verify_cert` is on.
     pub ca_file: Option<PathBuf>,
     /// SHA-256 of the leaf certificate's DER encoding that the peer must present.
     pub fingerprint: Option<[u8; 32]>,
@@ -40,9 +40,8 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_owned()).map_err(|_| format!("invalid TLS server name {host:?}"))
 }
 
-/// The client config for `policy`, cached per policy and state of the files and environment it
-/// was read from, so that connections share rustls's session cache (resumption) and the system
-/// roots are parsed once.
+/// The config for `policy`, cached per policy, files and environment: connections share rustls's
+/// session cache (resumption) and the system roots are parsed once.
 pub fn client_config(policy: &TlsPolicy) -> Result<Arc<ClientConfig>, String> {
     type Key = (TlsPolicy, [Option<OsString>; 2], [Option<SystemTime>; 2]);
     static CACHE: Mutex<Vec<(Key, Arc<ClientConfig>)>> = Mutex::new(Vec::new());
@@ -66,7 +65,7 @@ pub fn client_config(policy: &TlsPolicy) -> Result<Arc<ClientConfig>, String> {
 
 fn build_config(policy: &TlsPolicy) -> Result<ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = if policy.verify {
+    let roots = if policy.verify_cert {
         let store = Arc::new(root_store(policy.ca_file.as_deref())?);
         let verifier = WebPkiServerVerifier::builder_with_provider(store, provider.clone()).build();
         Some(verifier.map_err(|e| format!("cannot build certificate verifier: {e}"))?)
@@ -76,7 +75,7 @@ fn build_config(policy: &TlsPolicy) -> Result<ClientConfig, String> {
     let verifier = Arc::new(PolicyVerifier {
         roots,
         fingerprint: policy.fingerprint,
-        provider: provider.clone(),
+        algs: provider.signature_verification_algorithms,
     });
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -115,7 +114,6 @@ fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
     Ok(store)
 }
 
-/// The certificates in a PEM file; none is an error.
 fn read_pem_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let unreadable = |e| format!("cannot read {}: {e}", path.display());
     let certs = CertificateDer::pem_file_iter(path)
@@ -138,7 +136,7 @@ pub(crate) fn sha256_hex(der: &[u8]) -> String {
 struct PolicyVerifier {
     roots: Option<Arc<WebPkiServerVerifier>>,
     fingerprint: Option<[u8; 32]>,
-    provider: Arc<CryptoProvider>,
+    algs: WebPkiSupportedAlgorithms,
 }
 
 impl ServerCertVerifier for PolicyVerifier {
@@ -167,8 +165,7 @@ impl ServerCertVerifier for PolicyVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = &self.provider.signature_verification_algorithms;
-        verify_tls12_signature(message, cert, dss, algs)
+        verify_tls12_signature(message, cert, dss, &self.algs)
     }
 
     fn verify_tls13_signature(
@@ -177,14 +174,11 @@ impl ServerCertVerifier for PolicyVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = &self.provider.signature_verification_algorithms;
-        verify_tls13_signature(message, cert, dss, algs)
+        verify_tls13_signature(message, cert, dss, &self.algs)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.algs.supported_schemes()
     }
 }
 
@@ -226,7 +220,7 @@ mod tests {
     #[test]
     fn missing_files_are_errors() {
         let bad_ca = TlsPolicy {
-            verify: true,
+            verify_cert: true,
             ca_file: Some("/nonexistent/ca.pem".into()),
             ..TlsPolicy::default()
         };

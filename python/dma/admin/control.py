@@ -45,8 +45,7 @@ def list_queue(cfg: Config, out: TextIO, *, json: bool = False) -> None:
     if json:
         import json as json_module
 
-        json_module.dump(rows, out, indent=1)
-        out.write("\n")
+        out.write(json_module.dumps(rows, indent=1) + "\n")
     elif rows:
         out.write(
             "--\n".join(f"ID\t: {r['id']}\nFrom\t: {r['sender']}\nTo\t: {r['recipient']}\n" for r in rows)
@@ -106,8 +105,7 @@ class Control:
         return list(chosen.values())
 
     def show(self, ident: str) -> int:
-        """The envelope of each entry (separated by `--` lines, as in mailq), a blank line, then
-        the message as spooled."""
+        """Each entry's envelope (`--` between them, as in mailq), a blank line, the message."""
         import shutil
 
         entries = self.select([ident])

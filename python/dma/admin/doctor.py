@@ -58,9 +58,6 @@ def command(prog: str, name: str, args: list[str]) -> int:
     return report.code
 
 
-# ---- configuration files ------------------------------------------------------------------------
-
-
 def check_config(cfg: Config, report: Report) -> None:
     mode = "user mode" if cfg.user_mode else "system mode"
     why = "euid is not 0" if os.geteuid() != 0 else "running as root"
@@ -155,7 +152,6 @@ def check_auth(cfg: Config, report: Report) -> None:
     report("PASS", "auth.conf", f"{cfg.authpath} readable: credentials for {len(table)} host(s)")
     private(report, "auth.conf", cfg.authpath)
     if table and not (cfg.verifycert or cfg.fingerprint):
-        # C dma's default, but a man in the middle then gets the password: refused unless INSECURE.
         report(
             "WARN" if cfg.insecure else "FAIL",
             "auth.conf",
@@ -192,9 +188,6 @@ def private(report: Report, topic: str, path: str) -> None:
         report("WARN", topic, f"{path} is owned by uid {st.st_uid}, not by the queue runner's uid {euid}")
 
 
-# ---- routes -------------------------------------------------------------------------------------
-
-
 def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[tuple[Target, Route | None]]:
     """Print where each address (or the smarthost) goes; returns the hosts to probe, with their ROUTE."""
     from dma.mail.aliases import parse
@@ -210,7 +203,7 @@ def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[tupl
         except RouteError as e:
             report("FAIL", "route", f"smarthost {cfg.smarthost}: {e}")
         else:
-            report("PASS", "route", f"smarthost {t.name} port {t.port}: {addrs(t)}")
+            report("PASS", "route", f"smarthost {t.name} port {t.port}: {', '.join(t.addresses)}")
             found[(t.name, t.port)] = (t, None)
     resolver = RecipientResolver(cfg)
     for given in addresses:
@@ -228,20 +221,15 @@ def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[tupl
         indent = "  " if expands and not cfg.nullclient else ""
         for rcpt in expanded:
             if "@" in rcpt:
-                check_remote(cfg, rcpt, indent, report, found)
+                for t, route in check_remote(cfg, rcpt, indent, report):
+                    found.setdefault((t.name, t.port), (t, route))
             else:
                 report("PASS", "route", f"{indent}{rcpt} -> local {mailbox_of(cfg, rcpt)}")
     return list(found.values())
 
 
-def check_remote(
-    cfg: Config,
-    address: str,
-    indent: str,
-    report: Report,
-    found: dict[tuple[str, int], tuple[Target, Route | None]],
-) -> None:
-    """Print the hosts mail to a remote `address` goes to, and add them to `found`."""
+def check_remote(cfg: Config, address: str, indent: str, report: Report) -> list[tuple[Target, Route | None]]:
+    """Print the hosts mail to a remote `address` goes to; returns them, with their ROUTE."""
     from dma.mail.remote import Destination
     from dma.mail.routing import targets_for
 
@@ -250,26 +238,18 @@ def check_remote(
         hosts = targets_for(dest.domain, cfg, dest.route)
     except RouteError as e:
         report("FAIL", "route", f"{indent}{address}: {e}")
-        return
+        return []
     route = dest.route
     via = f" (ROUTE at line {route.line})" if route is not None else ""
     if (route is not None and route.hosts) or (route is None and cfg.smarthost):
-        kind = "smarthost" if route is None else "relay"
         t = hosts[0]
-        report("PASS", "route", f"{indent}{address} -> {kind} {t.name} port {t.port}{via}", addrs(t))
+        kind = "smarthost" if route is None else "relay"
+        text, details = f"{kind} {t.name} port {t.port}", [", ".join(t.addresses)]
     else:
-        report(
-            "PASS",
-            "route",
-            f"{indent}{address} -> {len(hosts)} host(s) for {dest.domain}, port 25{via}",
-            *(f"MX {t.preference} {t.name}: {addrs(t)}" for t in hosts),
-        )
-    for t in hosts:
-        found.setdefault((t.name, t.port), (t, route))
-
-
-def addrs(target: Target) -> str:
-    return ", ".join(target.addresses)
+        text = f"{len(hosts)} host(s) for {dest.domain}, port 25"
+        details = [f"MX {t.preference} {t.name}: {', '.join(t.addresses)}" for t in hosts]
+    report("PASS", "route", f"{indent}{address} -> {text}{via}", *details)
+    return [(t, route) for t in hosts]
 
 
 def mailbox_of(cfg: Config, user: str) -> str:
@@ -283,9 +263,6 @@ def mailbox_of(cfg: Config, user: str) -> str:
         return "Maildir " + expand_maildir(cfg.maildir, pwd.getpwnam(user))
     except (KeyError, DeliveryFailure):
         return f"Maildir {cfg.maildir}"
-
-
-# ---- SMTP ---------------------------------------------------------------------------------------
 
 
 def probe(cfg: Config, target: Target, route: Route | None, report: Report, *, verbose: bool) -> None:

@@ -27,6 +27,8 @@ LINKS = {
     "/usr/bin/newaliases": "newaliases",
 }
 SAVED = ".dma-saved"
+# The verbs `say` counts as changes; the others (kept, note, warning, run, done) report.
+CHANGES = frozenset({"created", "fixed", "wrote", "removed", "saved", "linked", "restored"})
 CONF = "/etc/dma/dma.conf"
 MANIFEST = "/var/lib/dma/install.manifest"
 UNIT_DIR = "/etc/systemd/system"
@@ -114,8 +116,6 @@ class Installer:
         }
         self.manifest_text = ""
 
-    # ---- helpers --------------------------------------------------------------------------
-
     @property
     def systemd_running(self) -> bool:
         return not self.prefix and os.path.isdir("/run/systemd/system")
@@ -124,12 +124,9 @@ class Installer:
         return self.prefix + path
 
     def say(self, verb: str, what: str) -> None:
+        self.changes += verb in CHANGES
         self.out.write(f"{verb:<9}{what}\n")
         self.out.flush()
-
-    def change(self, verb: str, what: str) -> None:
-        self.changes += 1
-        self.say(verb, what)
 
     def load_manifest(self) -> bool:
         try:
@@ -151,35 +148,29 @@ class Installer:
             launcher.write_file(self.p(MANIFEST), text, 0o644)
             self.manifest_text = text
 
-    def makedirs(self, path: str, mode: int, gid: int = 0) -> bool:
-        """Create `path` and its missing parents (0755 root:root); True if `path` was created."""
-        if os.path.isdir(self.p(path)):
-            return False
-        parent = os.path.dirname(path)
-        if parent != path:
-            self.makedirs(parent, 0o755)
+    def makedirs(self, path: str, mode: int, gid: int = 0, *, fix: bool = False) -> None:
+        """Create `path` and its missing parents (0755 root:root); with `fix`, an existing `path`
+        is made a root:root directory with `mode`, its files kept."""
         real = self.p(path)
-        os.mkdir(real)
-        os.chown(real, 0, gid)
-        os.chmod(real, mode)  # after chown, which clears the set-id bits; and without the umask
-        self.manifest["dirs"].append(path)
-        self.change("created", f"{real} ({describe(os.stat(real))})")
-        return True
-
-    def ensure_dir(self, path: str, mode: int) -> None:
-        """`path` is a root:root directory with `mode`; an existing one is fixed, its files kept."""
-        real = self.p(path)
-        if self.makedirs(path, mode):
+        if not os.path.isdir(real):
+            parent = os.path.dirname(path)
+            if parent != path:
+                self.makedirs(parent, 0o755)
+            os.mkdir(real)
+            os.chown(real, 0, gid)
+            os.chmod(real, mode)  # after chown, which clears the set-id bits; and without the umask
+            self.manifest["dirs"].append(path)
+            self.say("created", f"{real} ({describe(os.stat(real))})")
             return
         st = os.lstat(real)
-        if not stat.S_ISDIR(st.st_mode):
+        if fix and not stat.S_ISDIR(st.st_mode):
             raise Fatal(EX_CONFIG, f"{real} is not a directory")
-        if stat.S_IMODE(st.st_mode) == mode and st.st_uid == 0 and st.st_gid == 0:
+        if not fix or (stat.S_IMODE(st.st_mode) == mode and st.st_uid == 0 and st.st_gid == 0):
             return
         self.manifest["modes"].setdefault(path, [stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid])
         os.chown(real, 0, 0)
         os.chmod(real, mode)
-        self.change("fixed", f"{real}: {describe(st)} -> {describe(os.stat(real))} (files inside kept)")
+        self.say("fixed", f"{real}: {describe(st)} -> {describe(os.stat(real))} (files inside kept)")
 
     def write_file(self, path: str, text: str, mode: int = 0o644, note: str = "") -> None:
         """Write `text` at `path` with `mode` unless it is there already."""
@@ -193,15 +184,13 @@ class Installer:
         self.makedirs(os.path.dirname(path), 0o755)
         launcher.write_file(real, text, mode)
         self.manifest["files"][path] = sha256(real)
-        self.change("wrote", real + note)
+        self.say("wrote", real + note)
 
     def systemctl(self, *args: str) -> None:
         self.say("run", "systemctl " + " ".join(args))
         result = subprocess.run(["systemctl", *args], check=False)
         if result.returncode:
             self.say("warning", f"systemctl {args[0]} exited {result.returncode}")
-
-    # ---- install --------------------------------------------------------------------------
 
     def install(self, systemd: bool | None) -> None:
         from dma import config
@@ -221,8 +210,8 @@ class Installer:
         if conflicts:
             raise Fatal(EX_CONFIG, "; ".join(conflicts))
         try:
-            self.ensure_dir(cfg.spooldir, 0o711)
-            self.ensure_dir(f"{cfg.spooldir}/incoming", 0o1733)  # the drop directory
+            self.makedirs(cfg.spooldir, 0o711, fix=True)
+            self.makedirs(f"{cfg.spooldir}/incoming", 0o1733, fix=True)  # the drop directory
             self.manifest["spool"] = cfg.spooldir
             self.makedirs(cfg.mboxdir, 0o2775, mail_gid())  # an existing one is left as it is
             for name in PROGRAMS:
@@ -271,15 +260,15 @@ class Installer:
                 # The one we saved is still there (link_conflict checked): this is what a package
                 # upgrade put back. It goes; the saved one stays what uninstall restores.
                 os.unlink(real)
-                self.change("removed", f"{real} (put back since the install; {real}{SAVED} kept)")
+                self.say("removed", f"{real} (put back since the install; {real}{SAVED} kept)")
             else:
                 was = f" (-> {os.readlink(real)})" if os.path.islink(real) else ""
                 os.rename(real, real + SAVED)
                 self.manifest["saved"][path] = path + SAVED
-                self.change("saved", f"{real}{was} as {real}{SAVED}")
+                self.say("saved", f"{real}{was} as {real}{SAVED}")
         os.symlink(target, real)
         self.manifest["links"][path] = target
-        self.change("linked", f"{real} -> {target}")
+        self.say("linked", f"{real} -> {target}")
 
     def install_units(self, spooldir: str, credentials: list[str]) -> None:
         before = self.changes
@@ -312,8 +301,6 @@ class Installer:
             self.changes += 1
             self.systemctl("enable", "--now", *ENABLE)
 
-    # ---- uninstall ------------------------------------------------------------------------
-
     def uninstall(self) -> None:
         if not self.load_manifest():
             self.say("done", f"nothing to undo: no {self.p(MANIFEST)}")
@@ -330,7 +317,7 @@ class Installer:
                 real = self.p(path)
                 if os.path.islink(real) and os.readlink(real) == target:
                     os.unlink(real)
-                    self.change("removed", real)
+                    self.say("removed", real)
                 elif os.path.lexists(real):
                     self.say("kept", f"{real} (changed since the install)")
                 del m["links"][path]
@@ -343,7 +330,7 @@ class Installer:
                     continue
                 else:
                     os.rename(self.p(saved), real)
-                    self.change("restored", real)
+                    self.say("restored", real)
                 del m["saved"][path]
             for path, digest in list(m["files"].items()):
                 real = self.p(path)
@@ -351,7 +338,7 @@ class Installer:
                     self.say("kept", f"{real} (edited since the install)")
                 elif os.path.lexists(real):
                     os.unlink(real)
-                    self.change("removed", real)
+                    self.say("removed", real)
                 del m["files"][path]
             if units:
                 self.systemctl("daemon-reload")
@@ -360,7 +347,7 @@ class Installer:
                 if os.path.isdir(real) and not os.path.islink(real):
                     os.chown(real, uid, gid)
                     os.chmod(real, mode)
-                    self.change("restored", f"{real} ({describe(os.stat(real))})")
+                    self.say("restored", f"{real} ({describe(os.stat(real))})")
                 del m["modes"][path]
             kept: list[str] = []  # still to remove at the next uninstall: a spool with mail, its parents
             for path in reversed(list(m["dirs"])):
@@ -399,5 +386,5 @@ class Installer:
             self.say("kept", f"{real} (not empty: {len(names)} entries)")
             return False
         os.rmdir(real)
-        self.change("removed", real)
+        self.say("removed", real)
         return True

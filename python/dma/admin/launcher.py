@@ -23,12 +23,8 @@ def search_path() -> list[str]:
 
     import dma
 
-    paths: list[str] = []
-    for module in (dma, dns):
-        parent = os.path.dirname(os.path.dirname(os.path.abspath(module.__file__ or "")))
-        if parent not in paths:
-            paths.append(parent)
-    return paths
+    dirs = (os.path.dirname(os.path.dirname(os.path.abspath(m.__file__ or ""))) for m in (dma, dns))
+    return list(dict.fromkeys(dirs))
 
 
 def script(name: str) -> str:

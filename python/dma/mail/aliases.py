@@ -30,12 +30,19 @@ def _unsupported(dest: str) -> str | None:
 
 
 class Aliases(dict[str, list[tuple[str, int]]]):
-    """The aliases in `text`: name -> destinations, each with its line number; `path` names the file
-    in messages."""
+    """The aliases file at `path` (or `text`, when given): name -> destinations, each with its line
+    number; a missing file gives an empty table."""
 
-    def __init__(self, path: str, text: str = "") -> None:
+    def __init__(self, path: str, text: str | None = None) -> None:
         super().__init__()
         self.path = path
+        if text is None:
+            try:
+                text = read_text(path)
+            except FileNotFoundError:
+                text = ""
+            except OSError as e:
+                raise Fatal(EX_NOINPUT, f"can not read aliases file `{path}': {os_error_text(e)}") from None
         # The logical line being collected: (token, line) pairs, tokens are ":", "," or identifiers.
         tokens: list[tuple[str, int]] = []
         backslash = False  # the previous line ended in a continuation backslash
@@ -147,12 +154,4 @@ class Aliases(dict[str, list[tuple[str, int]]]):
         return list(out)
 
 
-def parse(path: str) -> Aliases:
-    """Read the aliases file at `path`; a missing file gives an empty table."""
-    try:
-        text = read_text(path)
-    except FileNotFoundError:
-        text = ""
-    except OSError as e:
-        raise Fatal(EX_NOINPUT, f"can not read aliases file `{path}': {os_error_text(e)}") from None
-    return Aliases(path, text)
+parse = Aliases  # the name callers use

@@ -1,7 +1,6 @@
 """Delivery status notifications: the RFC 3461 requests of `-N`, `-R` and `-V`, kept as the ESMTP
 parameters themselves (`NOTIFY=FAILURE,DELAY RET=HDRS ENVID=x`) in the queue entry's `DSN:` line,
-and the RFC 3464 bounce, from MAILER-DAEMON with the null sender, for mail that cannot be delivered.
-"""
+and the RFC 3464 bounce, from MAILER-DAEMON with the null sender, for mail that cannot be delivered."""
 
 from __future__ import annotations
 
@@ -46,11 +45,7 @@ def xtext(text: str) -> str:
 
 
 def value(params: str, name: str) -> str | None:
-    for param in params.split():
-        key, _, val = param.partition("=")
-        if key == name:
-            return val
-    return None
+    return {key: val for key, _, val in (param.partition("=") for param in params.split())}.get(name)
 
 
 def wants_failure_report(params: str) -> bool:
@@ -70,61 +65,55 @@ def status_code(text: str, expired: bool) -> str:
 
 def report(cfg: Config, failed: list[_native.QueueEntry], msg: Spooling, full: bool) -> tuple[bytes, bytes]:
     """The bounce before and after the original message's text."""
-    first, boundary = failed[0], f"{msg.id}/{cfg.mailname}"
-    notes: list[str] = []
-    status: list[str] = []
+    first, boundary, notes, status = failed[0], f"{msg.id}/{cfg.mailname}", "", ""
     for entry in failed:
         error, too_old = entry.last_error, msg.now - entry.created > cfg.max_queue_time
         why = "gave up after trying for too long: " if too_old else ""
-        notes += [f"<{entry.recipient}>: {why}{error}", ""]
+        notes += f"<{entry.recipient}>: {why}{error}\n\n"
         rcpt = entry.recipient if "@" in entry.recipient else f"{entry.recipient}@{cfg.mailname}"
-        status += ["", f"Final-Recipient: rfc822; {rcpt}", "Action: failed"]
-        status.append(f"Status: {status_code(error, too_old)}")
+        status += f"\nFinal-Recipient: rfc822; {rcpt}\nAction: failed\n"
+        status += f"Status: {status_code(error, too_old)}\n"
         host, _, rest = error.partition(" ")
         _, said, reply = error.partition(": ")
         if host and rest.startswith(("[", "said")):  # a remote failure: `host [addr] said: reply`
-            status.append(f"Remote-MTA: dns; {host}")
-            status.append(f"Diagnostic-Code: smtp; {reply if said and reply[:3].isdigit() else error}")
+            code = reply if said and reply[:3].isdigit() else error
+            status += f"Remote-MTA: dns; {host}\nDiagnostic-Code: smtp; {code}\n"
         else:
-            status.append(f"Diagnostic-Code: x-dma; {error}")
-    lines = [
-        f"From: Mail Delivery System <MAILER-DAEMON@{cfg.mailname}>",
-        f"To: <{first.sender}>",
-        "Subject: Undelivered Mail Returned to Sender",
-        "Auto-Submitted: auto-replied",
-        "MIME-Version: 1.0",
-        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
-        "",
-        "This is a MIME-encapsulated message.",
-        "",
-        f"--{boundary}",
-        "Content-Description: Notification",
-        "Content-Type: text/plain; charset=utf-8",
-        "",
-        f"This is the mail system (dma) at {cfg.mailname}.",
-        "",
-        "Your message could not be delivered to one or more recipients.",
-        "",
-        *notes,
-        f"--{boundary}",
-        "Content-Description: Delivery report",
-        "Content-Type: message/delivery-status",
-        "",
-        f"Reporting-MTA: dns; {cfg.mailname}",
-        f"Arrival-Date: {message.rfc822_date(first.created)}",
-        *status,
-    ]
-    kind = "message/rfc822" if full else "text/rfc822-headers"
-    what = "Undelivered Message" if full else "Undelivered Message Headers"
-    lines += ["", f"--{boundary}", f"Content-Description: {what}", f"Content-Type: {kind}", "", ""]
-    before = "\n".join(lines).encode("utf-8", "surrogateescape")
-    after = f"\n--{boundary}--\n".encode()
-    return before, after
+            status += f"Diagnostic-Code: x-dma; {error}\n"
+    before = f"""From: Mail Delivery System <MAILER-DAEMON@{cfg.mailname}>
+To: <{first.sender}>
+Subject: Undelivered Mail Returned to Sender
+Auto-Submitted: auto-replied
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"
+
+This is a MIME-encapsulated message.
+
+--{boundary}
+Content-Description: Notification
+Content-Type: text/plain; charset=utf-8
+
+This is the mail system (dma) at {cfg.mailname}.
+
+Your message could not be delivered to one or more recipients.
+
+{notes}--{boundary}
+Content-Description: Delivery report
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; {cfg.mailname}
+Arrival-Date: {message.rfc822_date(first.created)}
+{status}
+--{boundary}
+Content-Description: Undelivered Message{"" if full else " Headers"}
+Content-Type: {"message/rfc822" if full else "text/rfc822-headers"}
+
+"""
+    return before.encode("utf-8", "surrogateescape"), f"\n--{boundary}--\n".encode()
 
 
 def discard(spool: _native.Spool, failed: list[_native.QueueEntry]) -> str:
-    """The sender asked for no failure report (NOTIFY): remove the failed entries (claimed by
-    the runner); a line for the log."""
+    """NOTIFY asked for no failure report: remove the (claimed) failed entries; a line for the log."""
     for e in failed:
         spool.remove(e.id)
     spool.sync()

@@ -1,7 +1,6 @@
-"""System mode: the runner's pickup from `<SPOOLDIR>/incoming` (1733), where unprivileged users
-leave each drop as `D<id>`, its message, then `E<id>`, its envelope. All of it is untrusted:
-docs/runner.md tells how each check keeps a drop accepted with exit 0 from being lost, and a user
-from reaching what is not theirs."""
+"""System mode: the runner's pickup of the drops (`D<id>`, the message, then `E<id>`, its envelope)
+that users leave in `<SPOOLDIR>/incoming`. All of it is untrusted: docs/runner.md tells why each
+check is there."""
 
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ from dma import _native
 from dma.errors import EX_CONFIG, EX_DATAERR, EX_NOUSER, Fatal
 
 from .routing import RecipientResolver
-from .submit import Spooling, over, usage_path
+from .submit import Spooling, over
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -28,8 +27,7 @@ MAX_ENVELOPE = 1 << 20
 STALE = 300  # seconds (by ctime, which a user cannot set back) before a lone half is removed
 QUARANTINE = "quarantine"
 PER_PASS = 16
-# Drops this process queued but could not remove (an unlink that failed): never queued twice by
-# it. After a crash, the `sid` of their messages in the queue tells the same (see `handle`).
+# Drops this process queued but could not remove: never queued twice by it (see `handle`).
 UNREMOVED: set[str] = set()
 
 
@@ -95,27 +93,13 @@ def waiting(cfg: Config) -> list[tuple[str, str, list[str], os.stat_result]]:
 
 
 def fault(step: str) -> None:
-    """The pickup fault campaign's injection point (tests/campaigns/pickup.py): inert unless the
-    runner's environment has DMA_PICKUP_FAULT=<step>:<errno name or KILL>."""
+    """tests/campaigns/pickup.py's injection point: inert without DMA_PICKUP_FAULT=<step>:<errno|KILL>."""
     want = os.environ.get("DMA_PICKUP_FAULT", "").partition(":")
     if want[0] == step:
         if want[2] == "KILL":
             os.kill(os.getpid(), 9)
         code = getattr(errno, want[2], errno.EIO)
         raise OSError(code, os.strerror(code))
-
-
-def write_usage(cfg: Config, totals: dict[int, list[int]]) -> None:
-    keep = {f"usage.{uid}" for uid in totals}
-    for name in os.listdir(cfg.spooldir):
-        if name.startswith("usage.") and name not in keep:
-            os.unlink(f"{cfg.spooldir}/{name}")
-    for uid, (msgs, size) in totals.items():
-        tmp = f"{cfg.spooldir}/.usage.{uid}"
-        with open(tmp, "w") as f:
-            f.write(f"{msgs} {size}\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, usage_path(cfg, uid))
 
 
 def quarantine(cfg: Config) -> str:
@@ -189,9 +173,9 @@ def take(cfg: Config, ident: str, est: os.stat_result, sid: str, used: list[int]
         os.close(dfd)
 
 
-def refuse(cfg: Config, ident: str, est: os.stat_result, why: str, events: Log) -> None:
-    """Tell the owner of a drop with invalid content, in a notice queued under an id naming the drop
-    (a second try after a crash finds it queued); keep the drop for the postmaster if we cannot."""
+def refuse(cfg: Config, ident: str, est: os.stat_result, rid: str, why: str, events: Log) -> None:
+    """Tell the owner of a drop with invalid content, in a notice queued as `rid`, an id naming the
+    drop (a second try after a crash finds it queued); keep the drop for the postmaster if we cannot."""
     try:
         user = pwd.getpwuid(est.st_uid).pw_name
         recipients = RecipientResolver(cfg).resolve([user])
@@ -201,7 +185,7 @@ def refuse(cfg: Config, ident: str, est: os.stat_result, why: str, events: Log) 
             f"The mail you left for delivery as drop {ident} was not accepted: {why}.\n"
             "Nothing of it was sent.\n"
         )
-        with Spooling(cfg, "", name=f"{ident}r{est.st_ino:x}u{est.st_uid}") as msg:
+        with Spooling(cfg, "", name=rid) as msg:
             msg.receive(text.encode("utf-8", "surrogateescape"), "MAILER-DAEMON")
             msg.incoming.commit("", recipients)
     except (KeyError, Fatal) as e:
@@ -244,8 +228,17 @@ def pick_up(cfg: Config, events: Log) -> tuple[int, int]:
         used = totals.setdefault(st.st_uid, [0, 0])
         used[0] += not name.startswith("E")
         used[1] += st.st_size
-    try:
-        write_usage(cfg, {uid: used for uid, used in totals.items() if used[0] or used[1]})
+    held = {uid: used for uid, used in totals.items() if used[0] or used[1]}
+    try:  # the `usage.<uid>` files (docs/runner.md), and what quarantine could not remove before
+        for name in os.listdir(cfg.spooldir):
+            if name.startswith("usage.") and name not in {f"usage.{uid}" for uid in held}:
+                os.unlink(f"{cfg.spooldir}/{name}")
+        for uid, (msgs, size) in held.items():
+            tmp = f"{cfg.spooldir}/.usage.{uid}"
+            with open(tmp, "w") as f:
+                f.write(f"{msgs} {size}\n")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, f"{cfg.spooldir}/usage.{uid}")
         for name in os.listdir(f"{cfg.spooldir}/{QUARANTINE}"):
             if name.startswith("x"):  # a directory that could not be removed last time
                 remove_tree(f"{cfg.spooldir}/{QUARANTINE}/{name}")
@@ -253,8 +246,7 @@ def pick_up(cfg: Config, events: Log) -> tuple[int, int]:
         pass  # bookkeeping: the next pass does it again
     taken = waits = 0
     now = time.time()
-    # Envelopes first, the users in turn (each one's oldest first), at most PER_PASS of a user's
-    # drops a pass: one user's thousand drops do not make everyone else's wait behind them.
+    # Envelopes first, the users in turn (each one's oldest first), at most PER_PASS of a user's a pass.
     rank: dict[int, int] = {}
     order = []
     for name, st in sorted(stats.items(), key=lambda item: item[1].st_mtime):
@@ -277,8 +269,7 @@ def pick_up(cfg: Config, events: Log) -> tuple[int, int]:
                 and now - st.st_ctime < STALE
                 and not over(cfg, *totals[st.st_uid])
             ):
-                # Not a drop (another name or type), or a half whose writer is gone, or one that
-                # its owner, over the cap, cannot have had accepted.
+                # Not a drop, or a half whose writer is gone or whose owner (over the cap) was refused.
                 discard(cfg, name)
                 events.event("warning", "rejected", f"{name!r} removed from the drop directory: not a drop")
         except Exception as e:  # whatever it is, the drop waits for the next pass
@@ -294,13 +285,13 @@ def handle(
 ) -> None:
     """Take (or refuse) the drop whose envelope `st` describes, then remove it: the envelope first,
     so a crash never leaves an envelope without its message."""
-    sid = f"{ident}i{st.st_ino:x}u{st.st_uid}"
+    sid, rid = (f"{ident}{kind}{st.st_ino:x}u{st.st_uid}" for kind in "ir")
     if sid not in queued and sid not in UNREMOVED:  # else taken before, and its removal failed
         try:
             to = ", ".join(take(cfg, ident, st, sid, used))
         except Rejected as e:
-            if f"{ident}r{st.st_ino:x}u{st.st_uid}" not in queued:  # else its notice is queued
-                refuse(cfg, ident, st, str(e), events)
+            if rid not in queued:  # else its notice is queued
+                refuse(cfg, ident, st, rid, str(e), events)
         else:
             uid = st.st_uid
             events.event("info", "queued", f"{sid}: new mail from uid {uid} to {to}", id=sid, uid=uid, to=to)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from dma.config import Config
 
 # syslog(3) levels.
-_PRIORITIES = {"crit": 2, "err": 3, "notice": 5, "info": 6}
+_PRIORITIES = {"crit": 2, "err": 3, "warning": 4, "notice": 5, "info": 6}
 _ESCAPES = {c: f"\\u{c:04x}" for c in range(32)}
 _ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\"})
 

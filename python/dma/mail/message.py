@@ -15,14 +15,10 @@ _login_name: str | None = None
 
 
 def login_name() -> str:
-    """The submitting user's name, chosen as C dma does (1.5 of the behaviour notes)."""
+    """The submitting user's name, chosen as C dma does (1.5 of the behaviour notes); looked up once."""
     global _login_name
-    if _login_name is None:
-        _login_name = _find_login_name()
-    return _login_name
-
-
-def _find_login_name() -> str:
+    if _login_name is not None:
+        return _login_name
     uid = posix.getuid()
     try:
         candidates = [posix.getlogin()]
@@ -31,13 +27,16 @@ def _find_login_name() -> str:
     for name in [*candidates, getenv("LOGNAME"), getenv("USER")]:
         try:
             if name and pwd.getpwnam(name).pw_uid == uid:
-                return name[:49]
+                break
         except KeyError:
             pass
-    try:
-        return pwd.getpwuid(uid).pw_name[:49]
-    except KeyError:
-        return f"uid={uid}"
+    else:
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            name = f"uid={uid}"
+    _login_name = name[:49]
+    return _login_name
 
 
 def check_line_safe(what: str, value: str) -> None:

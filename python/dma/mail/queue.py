@@ -49,8 +49,6 @@ def selection(queue_arg: str, messages: list[str] | None = None) -> Selection | 
 
 
 class Runner:
-    """Delivers due entries of one spool and records their outcomes; see the module docstring."""
-
     def __init__(
         self,
         cfg: Config,
@@ -346,9 +344,8 @@ class Runner:
         )
 
     def record(self, entry: _native.QueueEntry, status: str, text: str) -> None:
-        """Write an entry's outcome ("sent", "temporary" or "permanent") into the spool. A spool that
-        takes no writes (full, read-only) ends the run: what cannot be recorded must not be sent
-        any further. A permanent failure stays, marked failed, until its bounce takes it over."""
+        """Write an entry's outcome ("sent", "temporary" or "permanent"). A spool that takes no writes
+        ends the run (what can not be recorded must not be sent on); a failed entry awaits its bounce."""
         text = text.replace("\n", " ").replace("\r", " ")
         attempts = entry.attempts + 1
         final = status == "permanent" or time.time() - entry.created > self.cfg.max_queue_time

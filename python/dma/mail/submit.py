@@ -28,8 +28,6 @@ _EXIT_CODES: dict[int | None, int] = {**dict.fromkeys(_TEMPORARY_ERRNOS, EX_TEMP
 class Submission:
     """What the command line asks for one message."""
 
-    __slots__ = ("dot_terminates", "dsn", "from_headers", "full_name", "recipients", "sender", "tag")
-
     def __init__(
         self,
         recipients: list[str],
@@ -59,10 +57,6 @@ def drops(cfg: Config) -> bool:
     """System mode, and we are not the runner: the private spool is out of reach, so mail is left
     in its drop directory; the runner takes it from there (drop.py)."""
     return not cfg.user_mode and posix.geteuid() != 0
-
-
-def usage_path(cfg: Config, uid: int) -> str:
-    return f"{cfg.spooldir}/usage.{uid}"
 
 
 def over(cfg: Config, msgs: int, size: int) -> bool:
@@ -153,8 +147,7 @@ def submit(
         given += message.parse_addresses(arg, "recipient")
     if not given and not sub.from_headers:
         raise Fatal(EX_NOINPUT, "no recipients from command line")
-    if resolver is None:
-        resolver = RecipientResolver(cfg)
+    resolver = resolver or RecipientResolver(cfg)
     # Command-line recipients are checked before the message is read: a typo fails fast.
     recipients = resolver.resolve(given)
 
@@ -168,7 +161,7 @@ def submit(
     dropping = drops(cfg)
     if dropping:  # over its cap (the runner's `usage.<uid>`), EX_TEMPFAIL before anything is written
         try:
-            with open(usage_path(cfg, posix.getuid()), "rb") as f:
+            with open(f"{cfg.spooldir}/usage.{posix.getuid()}", "rb") as f:
                 msgs, size = (int(n) for n in f.read(64).split())
         except (OSError, ValueError):
             msgs = size = 0

@@ -1,5 +1,4 @@
-//! The connection under a session: connect, and the socket (plain or in rustls) whose reads end
-//! by a deadline.
+//! The connection under a session: connect, and the socket (plain or TLS) whose reads end by a deadline.
 
 use std::io::{self, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -39,7 +38,6 @@ impl Write for Socket {
     }
 }
 
-/// The socket, and rustls over it once TLS is up.
 pub(super) struct Stream {
     sock: Socket,
     tls: Option<ClientConnection>,
@@ -51,7 +49,6 @@ impl Stream {
         self.sock.deadline = Instant::now() + wait;
     }
 
-    /// Write `bytes` in one go (through TLS once it is up).
     pub(super) fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         match &mut self.tls {
             Some(tls) => {
@@ -72,7 +69,6 @@ impl Stream {
         Ok(self.tls.insert(conn))
     }
 
-    /// `close_notify`, when TLS is up.
     pub(super) fn close(&mut self) {
         if let Some(tls) = &mut self.tls {
             tls.send_close_notify();
@@ -90,7 +86,6 @@ impl Read for Stream {
     }
 }
 
-/// Try each address in turn.
 pub(super) fn connect(cfg: &SessionConfig) -> Result<(BufReader<Stream>, IpAddr), Outcome> {
     let mut errors = Vec::new();
     for &ip in &cfg.addresses {

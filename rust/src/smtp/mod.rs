@@ -17,16 +17,14 @@ mod data;
 mod session;
 mod transaction;
 
-pub use data::{encode, MessageFacts};
-
+pub use data::encode;
 use session::Session;
 
 /// Longest reply line we accept (RFC 5321 allows 512; be generous, not unbounded).
 const MAX_LINE: usize = 4096;
 /// Size of one DATA write, and of one read from the message file.
 const CHUNK: usize = 64 * 1024;
-/// Commands per pipelined write: small enough that the server's replies to one batch
-/// always fit its socket buffer, so neither side can block the other.
+/// Commands per pipelined write: few enough that their replies fit the server's socket buffer.
 const PIPELINE_BATCH: usize = 100;
 /// How long we wait for the reply to QUIT: its outcome changes nothing.
 const QUIT_WAIT: Duration = Duration::from_secs(10);
@@ -58,14 +56,13 @@ impl FromStr for TlsMode {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Transaction {
     pub sender: String,
     pub recipients: Vec<String>,
     /// A spool message file: the whole message with LF line endings.
     pub message: PathBuf,
-    /// Per recipient: the queue entry to write to the delivered journal once the server has
-    /// taken the message (empty: nothing to write).
+    /// Per recipient: its entry for the delivered journal once the server took it (empty: none).
     pub journal_ids: Vec<String>,
     /// RFC 3461 parameters (`NOTIFY=... RET=... ENVID=...`), sent when the server offers DSN.
     pub dsn: String,
@@ -76,7 +73,6 @@ pub struct Transaction {
 pub struct SessionConfig {
     /// Name for SNI, certificate checks and messages.
     pub host: String,
-    /// Addresses to try, in order.
     pub addresses: Vec<IpAddr>,
     pub port: u16,
     pub helo: String,
@@ -131,7 +127,6 @@ impl Stage {
     }
 }
 
-/// What happened to one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(
     feature = "python",
@@ -140,7 +135,7 @@ impl Stage {
 pub struct Outcome {
     pub status: Status,
     pub stage: Stage,
-    /// The SMTP reply code, 0 when there was no reply.
+    /// 0 when there was no reply.
     pub code: u16,
     pub enhanced: Option<String>,
     pub text: String,
@@ -190,7 +185,6 @@ impl Outcome {
     }
 }
 
-/// Everything the caller learns from one session.
 #[derive(Debug, Clone, Default)]
 #[cfg_attr(
     feature = "python",
@@ -214,7 +208,6 @@ pub struct SessionResult {
     pub failure: Option<Outcome>,
 }
 
-/// One whole session: connect, carry `transactions`, QUIT.
 pub fn run_session(cfg: &SessionConfig, transactions: &[Transaction]) -> SessionResult {
     let mut client = Client::new(Arc::new(cfg.clone()));
     let report = client.send(transactions);
@@ -222,10 +215,9 @@ pub fn run_session(cfg: &SessionConfig, transactions: &[Transaction]) -> Session
     report
 }
 
-/// A connection kept between calls (the runner's connection cache): `send` opens it when
-/// needed, reuses it while the server keeps it, and reconnects when the server dropped it.
+/// The runner's cached connection: opened when needed, reused while the server keeps it.
 pub struct Client {
-    cfg: Arc<SessionConfig>,
+    pub cfg: Arc<SessionConfig>,
     session: Option<Session>,
 }
 
@@ -234,8 +226,7 @@ impl Client {
         Client { cfg, session: None }
     }
 
-    /// Carry `transactions` (none: only set up, a probe), on the open connection if it is still
-    /// usable, else on a new one. The connection stays open unless it broke.
+    /// Carry `transactions` (none: a probe); the connection stays open unless it broke.
     pub fn send(&mut self, transactions: &[Transaction]) -> SessionResult {
         let mut report = SessionResult::default();
         let reused = self.session.take().and_then(Session::reusable);
@@ -262,7 +253,6 @@ impl Client {
         report
     }
 
-    /// QUIT, if a connection is open.
     pub fn close(&mut self) {
         if let Some(mut s) = self.session.take() {
             s.quit();

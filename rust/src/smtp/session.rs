@@ -94,14 +94,13 @@ impl Session {
         };
     }
 
-    /// Send `line` (the transcript shows `shown`) and read its reply.
+    /// The transcript shows `shown` instead of `line`.
     pub(super) fn send(&mut self, stage: Stage, line: &str, shown: &str) -> Result<Reply, Outcome> {
         self.queue(line, shown);
         self.write(stage, &[])?;
         self.read_reply(stage)
     }
 
-    /// Send `line`; its reply must be of `class`.
     pub(super) fn expect(&mut self, stage: Stage, line: &str, class: u16) -> Result<Reply, Outcome> {
         let reply = self.send(stage, line, line)?;
         self.check(stage, reply, class)
@@ -187,7 +186,7 @@ impl Session {
         let challenged = reply.class() == 3;
         let reply = match mechanism {
             // A server that ignores initial responses asks again with an empty 334.
-            Mechanism::Plain if challenged && reply.first_text().trim().is_empty() => {
+            Mechanism::Plain if challenged && reply.lines[0].trim().is_empty() => {
                 self.send(Stage::Auth, &initial, HIDDEN)?
             }
             // The server sent an error description (JSON); the client ends the exchange
@@ -199,7 +198,7 @@ impl Session {
                 self.check(Stage::Auth, asked, 3)?;
                 self.send(Stage::Auth, &auth::b64(secret), HIDDEN)?
             }
-            Mechanism::CramMd5 => match auth::cram_md5(login, secret, reply.first_text()) {
+            Mechanism::CramMd5 => match auth::cram_md5(login, secret, &reply.lines[0]) {
                 Ok(response) => self.send(Stage::Auth, &response, HIDDEN)?,
                 Err(e) => {
                     // Cancel the exchange (RFC 4954 "*") and report the bad challenge.
@@ -226,9 +225,6 @@ impl Session {
         self.quit();
         None
     }
-}
-
-impl Session {
     pub(super) fn trace(&self, prefix: &str, text: &str) {
         if self.cfg.verbose {
             // Straight to fd 2; a closed stderr must not break delivery.
@@ -236,7 +232,6 @@ impl Session {
         }
     }
 
-    /// Every read from now on ends within `wait` in all.
     pub(super) fn start_clock(&mut self, wait: Duration) {
         self.reader.get_mut().start_clock(wait);
     }
@@ -247,14 +242,12 @@ impl Session {
         Outcome::temporary(stage, text)
     }
 
-    /// Queue a command line; the transcript shows `shown`.
     pub(super) fn queue(&mut self, line: &str, shown: &str) {
         self.trace(">>> ", shown);
         self.out.extend_from_slice(line.as_bytes());
         self.out.extend_from_slice(b"\r\n");
     }
 
-    /// Write what is queued, then `bytes`.
     pub(super) fn write(&mut self, stage: Stage, bytes: &[u8]) -> Result<(), Outcome> {
         self.out.extend_from_slice(bytes);
         let result = self.reader.get_mut().send(&self.out);
@@ -262,7 +255,6 @@ impl Session {
         result.map_err(|e| self.conn_failure(stage, &describe(&e, self.cfg.command_timeout)))
     }
 
-    /// One whole reply, within the clock's deadline.
     pub(super) fn read_reply(&mut self, stage: Stage) -> Result<Reply, Outcome> {
         Reply::read(|| self.read_line()).map_err(|e| self.conn_failure(stage, &e))
     }

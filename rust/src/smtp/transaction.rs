@@ -8,11 +8,9 @@ use super::data;
 use super::session::Session;
 use super::{Outcome, Stage, Status, Transaction, PIPELINE_BATCH};
 use crate::address::check;
-use crate::reply::Reply;
 
 impl Session {
-    /// One transaction's per-recipient outcomes, and the failure to give every later one when
-    /// the connection can no longer be used.
+    /// Per-recipient outcomes, and the failure for every later one if the connection broke.
     pub(super) fn transaction(&mut self, tx: &Transaction) -> (Vec<Outcome>, Option<Outcome>) {
         // Per recipient, its refusal (local or by the server), if any so far.
         let mut refused: Vec<Option<Outcome>> = vec![None; tx.recipients.len()];
@@ -128,23 +126,19 @@ impl Session {
         if utf8 {
             mail.push_str(" SMTPUTF8");
         }
-        let mut rcpt_params = String::new();
-        if self.ext.has("DSN") {
-            for param in tx.dsn.split_whitespace() {
-                let to = if param.starts_with("NOTIFY=") {
-                    &mut rcpt_params
-                } else {
-                    &mut mail
-                };
-                to.push(' ');
-                to.push_str(param);
-            }
-        }
+        // DSN: NOTIFY goes after each RCPT, RET and ENVID after MAIL.
+        let offered = self.ext.has("DSN");
+        let (notify, other): (Vec<&str>, Vec<&str>) = tx
+            .dsn
+            .split_whitespace()
+            .filter(|_| offered)
+            .partition(|p| p.starts_with("NOTIFY="));
+        mail.extend(other.iter().map(|p| format!(" {p}")));
+        let rcpt_params = notify.iter().map(|p| format!(" {p}")).collect();
         Ok((mail, rcpt_params, file))
     }
 
-    /// MAIL, each RCPT still wanted and DATA: in batches when the server offers PIPELINING
-    /// (RFC 2920), else one at a time.
+    /// MAIL, each RCPT still wanted and DATA, in batches when the server offers PIPELINING (RFC 2920).
     fn envelope(
         &mut self,
         mail: String,
@@ -167,42 +161,42 @@ impl Session {
         } else {
             1
         };
-        let mut replies: Vec<Reply> = Vec::with_capacity(commands.len());
+        let (mut mail_ok, mut data_reply, mut n) = (Ok(()), None, 0);
         for batch in commands.chunks(size) {
-            // One at a time, stop where a reply ends the transaction: a refused MAIL, a 421, or
-            // no recipient accepted before DATA.
-            let mail_refused = replies.first().is_some_and(|r| r.class() != 2);
-            let closing = replies.last().is_some_and(|r| r.code == 421);
-            let nobody = replies.len() > wanted.len() && !replies[1..].iter().any(|r| r.class() == 2);
-            if size == 1 && (mail_refused || closing || nobody) {
+            // One at a time, stop where a reply ends the transaction: a refused MAIL (or its 421),
+            // or no recipient accepted before DATA.
+            let nobody = n > wanted.len() && refused.iter().all(Option::is_some);
+            if size == 1 && (mail_ok.is_err() || nobody) {
                 break;
             }
             for command in batch {
                 self.queue(command, command);
             }
-            self.write(stage(replies.len()), &[])?;
+            self.write(stage(n), &[])?;
+            let mut replies = Vec::with_capacity(batch.len());
             for _ in batch {
-                replies.push(self.read_reply(stage(replies.len()))?);
+                replies.push(self.read_reply(stage(n + replies.len()))?);
             }
-        }
-        let mut replies = replies.into_iter();
-        let mail_ok = self.check(Stage::Mail, replies.next().expect("MAIL reply"), 2);
-        if mail_ok.is_ok() {
-            for (&i, reply) in wanted.iter().zip(&mut replies) {
-                // The recipient's refusal, unless a 421 ends the session.
-                match self.check(Stage::Rcpt, reply, 2) {
-                    Err(outcome) if self.dead => return Err(outcome),
-                    result => refused[i] = result.err(),
+            for reply in replies {
+                match stage(n) {
+                    Stage::Mail => mail_ok = self.check(Stage::Mail, reply, 2).map(drop),
+                    Stage::Rcpt if mail_ok.is_ok() => match self.check(Stage::Rcpt, reply, 2) {
+                        // The recipient's refusal, unless a 421 ends the session.
+                        Err(outcome) if self.dead => return Err(outcome),
+                        result => refused[wanted[n - 1]] = result.err(),
+                    },
+                    Stage::Data => data_reply = Some(reply),
+                    _ => {}
                 }
+                n += 1;
             }
         }
-        let data_reply = replies.last();
         if mail_ok.is_err() || refused.iter().all(Option::is_some) {
             if data_reply.is_some_and(|r| r.class() == 3) {
                 // The server took DATA anyway: end it with an empty message (RFC 2920 3.1).
                 let _ = self.expect(Stage::Data, ".", 2);
             }
-            return mail_ok.map(drop);
+            return mail_ok;
         }
         self.check(Stage::Data, data_reply.expect("DATA reply"), 3)
             .map(drop)
