@@ -229,9 +229,10 @@ def pick_up(cfg: Config, events: Log) -> tuple[int, int]:
         used[0] += not name.startswith("E")
         used[1] += st.st_size
     held = {uid: used for uid, used in totals.items() if used[0] or used[1]}
+    keep = {f"usage.{uid}" for uid in held}
     try:  # the `usage.<uid>` files (docs/runner.md), and what quarantine could not remove before
         for name in os.listdir(cfg.spooldir):
-            if name.startswith("usage.") and name not in {f"usage.{uid}" for uid in held}:
+            if name.startswith("usage.") and name not in keep:
                 os.unlink(f"{cfg.spooldir}/{name}")
         for uid, (msgs, size) in held.items():
             tmp = f"{cfg.spooldir}/.usage.{uid}"

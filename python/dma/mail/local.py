@@ -91,9 +91,12 @@ def _maildir_as_user(pw: pwd.struct_passwd, path: str, message_path: str, cfg: C
                 os.setgid(pw.pw_gid)
                 os.setuid(pw.pw_uid)
                 _native.maildir_deliver(path, message_fd, cfg.mailname)
-            except (OSError, ValueError) as e:  # 2: the message's fault, as maildir_deliver's ValueError
-                status = 2 if isinstance(e, ValueError) else 1
-                os.write(write_end, str(getattr(e, "strerror", None) or e).encode("utf-8", "replace"))
+            except OSError as e:
+                os.write(write_end, str(e.strerror or e).encode("utf-8", "replace"))
+                status = 1
+            except ValueError as e:  # the message's fault: final
+                os.write(write_end, str(e).encode("utf-8", "replace"))
+                status = 2
             finally:
                 os._exit(status)
         os.close(write_end)
