@@ -182,7 +182,13 @@ class Runner:
     def dispatch(self, due: list[_native.QueueEntry]) -> None:
         """Claim due entries and start delivery threads: one per local entry; per destination,
         up to HOST_CONCURRENCY sharing its messages, a message's recipients in one transaction."""
+        # What the delivery threads import on first use is imported here, in this one thread: when
+        # two threads import a module at once, CPython 3.9 can hand one of them a partial module.
+        from . import authconf  # noqa: F401
         from .remote import Destination
+
+        if self.cfg.xoauth2_command or self.cfg.authpath:
+            from . import oauth  # noqa: F401
 
         room = SMALL_BATCH
         if len(due) > SMALL_BATCH:  # raise the open-file limit toward the hard one for BATCH files
@@ -203,6 +209,8 @@ class Runner:
                 dest = Destination(self.cfg, entry.sender, entry.recipient)
                 per_message = self.waiting.setdefault(dest.key, (dest, {}))[1]
                 per_message.setdefault(entry.message_id, []).append(entry)
+        if self.local:
+            from . import local  # noqa: F401
         while self.local and self.busy.get("", 0) < self.cfg.concurrency:
             self.start("", None, [[self.local.pop(0)]], None)
         for key in list(self.waiting):
