@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import os
+import pwd
 import stat
 import sys
 
+from dma import _native, config
+from dma.config import Config
 from dma.errors import EX_CONFIG, ConfigError, Fatal, RouteError, getopts
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from dma.config import Config
-    from dma.mail.routes import Route
-    from dma.mail.routing import Target
+from dma.mail.aliases import parse
+from dma.mail.local import DeliveryFailure, expand_maildir
+from dma.mail.message import strip_local_domain
+from dma.mail.oauth import renew_now
+from dma.mail.remote import Destination, credentials, describe, renew, settings, tls_mode
+from dma.mail.routes import Route
+from dma.mail.routing import RecipientResolver, Target, targets_for
 
 USAGE = "usage: dma doctor [-C FILE] [-v] [-n] [ADDRESS...]"
 
@@ -29,15 +33,12 @@ class Report:
             self.code = max(self.code, EX_CONFIG if config else 1)
         for line in (f"{status:<4}  {topic:<9} {text}", *(f"{'':15} {detail}" for detail in details)):
             for secret in self.secrets:
-                if len(secret) >= 3:
-                    line = line.replace(secret, "<hidden>")
+                line = line.replace(secret, "<hidden>")
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
 
 def command(prog: str, name: str, args: list[str]) -> int:
-    from dma import config
-
     opts, addresses = getopts(args, USAGE, "vnC:")
     report = Report()
     try:
@@ -78,8 +79,6 @@ def check_config(cfg: Config, report: Report) -> None:
 
 
 def describe_tls(cfg: Config) -> str:
-    from dma.mail.remote import tls_mode
-
     mode = tls_mode(cfg)
     text = {
         "none": "none (SECURETRANSFER not set)",
@@ -120,8 +119,6 @@ def check_dir(report: Report, topic: str, path: str, *, creatable: bool) -> None
 
 
 def check_aliases(cfg: Config, report: Report) -> None:
-    from dma.mail.aliases import parse
-
     if cfg.nullclient:
         report("INFO", "aliases", "not used (NULLCLIENT)")
         return
@@ -161,8 +158,6 @@ def check_auth(cfg: Config, report: Report) -> None:
         )
     for host in [h for h, _ in cfg.smarthosts() if table.lookup(h) is None]:
         report("INFO", "auth.conf", f"no credentials for the smarthost `{host}' (hosts match exactly)")
-    from dma.mail.oauth import renew_now
-
     for login, host, password in table.items():
         if password.startswith("{oauth2}"):
             if os.path.exists(password[8:]):
@@ -190,10 +185,6 @@ def private(report: Report, topic: str, path: str) -> None:
 
 def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[tuple[Target, Route | None]]:
     """Print where each address (or the smarthost) goes; returns the hosts to probe, with their ROUTE."""
-    from dma.mail.aliases import parse
-    from dma.mail.message import strip_local_domain
-    from dma.mail.routing import RecipientResolver, targets_for
-
     found: dict[tuple[str, int], tuple[Target, Route | None]] = {}
     if not addresses and not cfg.smarthost:
         report("INFO", "route", "no SMARTHOST and no ADDRESS given: nothing to connect to")
@@ -230,9 +221,6 @@ def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[tupl
 
 def check_remote(cfg: Config, address: str, indent: str, report: Report) -> list[tuple[Target, Route | None]]:
     """Print the hosts mail to a remote `address` goes to; returns them, with their ROUTE."""
-    from dma.mail.remote import Destination
-    from dma.mail.routing import targets_for
-
     dest = Destination(cfg, "", address)
     try:
         hosts = targets_for(dest.domain, cfg, dest.route)
@@ -253,10 +241,6 @@ def check_remote(cfg: Config, address: str, indent: str, report: Report) -> list
 
 
 def mailbox_of(cfg: Config, user: str) -> str:
-    import pwd
-
-    from dma.mail.local import DeliveryFailure, expand_maildir
-
     if not cfg.maildir:
         return "mbox " + os.path.join(cfg.mboxdir, user)
     try:
@@ -267,8 +251,6 @@ def mailbox_of(cfg: Config, user: str) -> str:
 
 def probe(cfg: Config, target: Target, route: Route | None, report: Report, *, verbose: bool) -> None:
     """One SMTP session to `target` that sends no mail; prints what the server offers."""
-    from dma.mail.remote import credentials, describe, renew, settings, tls_mode
-
     where = f"{target.name} port {target.port}"
     creds: tuple[str | None, str | None, list[str] | None] = (None, None, None)
     try:
@@ -276,7 +258,7 @@ def probe(cfg: Config, target: Target, route: Route | None, report: Report, *, v
     except (RouteError, Fatal) as e:
         report("FAIL", "auth", f"{where}: {e}")
     login, secret, mechanisms = creds
-    if secret:
+    if secret and len(secret) >= 3:  # shorter ones would hide letters of every word
         report.secrets.append(secret)
     mode = tls_mode(cfg, route)
     try:
@@ -351,8 +333,6 @@ def cert_lines(cfg: Config, sha256: str | None, report: Report, *, verified: boo
 def inspect(cfg: Config, target: Target, mode: str, report: Report) -> None:
     """After a TLS failure: handshake again without any check, and no credentials, to show the
     certificate the server presents (as posttls-finger does)."""
-    from dma import _native
-
     try:
         seen = _native.Connection(
             target.name,
