@@ -6,14 +6,17 @@ import os
 import sys
 import time
 
+from dma import _native, config
 from dma.errors import EX_NOINPUT, EX_NOPERM, EX_TEMPFAIL, EX_USAGE, Fatal, getopts
+from dma.mail import drop
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import TextIO
+    from typing import Callable, TextIO
 
-    from dma import _native
     from dma.config import Config
+
+    Error = Callable[[str, int], None]  # says a problem on stderr, with the exit status it calls for
 
 USAGE = "usage: dma queue [-C FILE] list [--json] | show ID | hold|release|delete|bounce ID..."
 BOUNCE_TEXT = "bounced by the administrator"
@@ -23,8 +26,6 @@ SUBCOMMANDS = ("list", "show", "hold", "release", "delete", "bounce")
 
 
 def queue_entries(cfg: Config) -> list[_native.QueueEntry]:
-    from dma import _native
-
     try:
         return _native.scan_queue(cfg.spooldir)[0] if os.path.isdir(cfg.spooldir) else []
     except PermissionError:
@@ -35,8 +36,6 @@ def queue_entries(cfg: Config) -> list[_native.QueueEntry]:
 def list_queue(cfg: Config, out: TextIO, *, json: bool = False) -> None:
     """Print the queue in C dma's `mailq` format (monitoring scripts parse it), or as JSON: the
     spool's entries, then (system mode) users' mail still waiting in the drop directory."""
-    from dma.mail import drop
-
     rows = [entry_row(e) for e in queue_entries(cfg)]
     for ident, sender, recipients, st in drop.waiting(cfg):
         for n, rcpt in enumerate(recipients, 1):
@@ -63,8 +62,6 @@ def entry_row(e: _native.QueueEntry) -> dict[str, object]:
 
 
 def command(prog: str, name: str, args: list[str]) -> int:
-    from dma import config
-
     opts, words = getopts(args, USAGE, "C:", ("json",))
     sub = words[0] if words else ""
     ids = words[1:]
@@ -76,79 +73,74 @@ def command(prog: str, name: str, args: list[str]) -> int:
     if sub == "list":
         list_queue(cfg, sys.stdout, json="--json" in opts)
         return 0
-    ctl = Control(cfg, f"{prog} {name}")
-    return ctl.show(ids[0]) if sub == "show" else ctl.apply(ids, sub)
+    problems: list[int] = []  # the exit status of each error said
+
+    def error(text: str, code: int) -> None:
+        sys.stderr.write(f"{prog} {name}: {text}\n")
+        problems.append(code)
+
+    entries = select(cfg, ids, error)  # first: it says so in one line when the queue is not ours
+    if sub == "show":
+        show(cfg, entries, error)
+    else:
+        apply(cfg, entries, sub, error)
+    # An unknown id is the more final answer: retrying (75) cannot help it.
+    return EX_NOINPUT if EX_NOINPUT in problems else max(problems, default=0)
 
 
-class Control:
-    def __init__(self, cfg: Config, name: str) -> None:
-        self.cfg = cfg
-        self.name = name
-        self.code = 0
+def select(cfg: Config, ids: list[str], error: Error) -> list[_native.QueueEntry]:
+    """The entries named by `ids` (entry or message ids), in queue order, without repeats."""
+    entries = queue_entries(cfg)
+    chosen: dict[str, _native.QueueEntry] = {}
+    for ident in ids:
+        found = [e for e in entries if ident in (e.id, e.message_id)]
+        if not found:
+            error(f"{ident}: no such queue entry or message", EX_NOINPUT)
+        for e in found:
+            chosen.setdefault(e.id, e)
+    return list(chosen.values())
 
-    def error(self, text: str, code: int) -> None:
-        sys.stderr.write(f"{self.name}: {text}\n")
-        # An unknown id is the more final answer: retrying (75) cannot help it.
-        if code == EX_NOINPUT or self.code == 0:
-            self.code = code
 
-    def select(self, ids: list[str]) -> list[_native.QueueEntry]:
-        """The entries named by `ids` (entry or message ids), in queue order, without repeats."""
-        entries = queue_entries(self.cfg)
-        chosen: dict[str, _native.QueueEntry] = {}
-        for ident in ids:
-            found = [e for e in entries if ident in (e.id, e.message_id)]
-            if not found:
-                self.error(f"{ident}: no such queue entry or message", EX_NOINPUT)
-            for e in found:
-                chosen.setdefault(e.id, e)
-        return list(chosen.values())
+def show(cfg: Config, entries: list[_native.QueueEntry], error: Error) -> None:
+    """Each entry's envelope (`--` between them, as in mailq), a blank line, the message."""
+    import shutil
 
-    def show(self, ident: str) -> int:
-        """Each entry's envelope (`--` between them, as in mailq), a blank line, the message."""
-        import shutil
+    if not entries:
+        return
+    sys.stdout.write("--\n".join(envelope(e) for e in entries) + "\n")
+    sys.stdout.flush()
+    try:
+        with open(os.path.join(cfg.spooldir, "M" + entries[0].id), "rb") as f:
+            shutil.copyfileobj(f, sys.stdout.buffer)
+    except OSError as e:
+        error(f"{entries[0].id}: can not read the message: {e.strerror or e}", EX_NOINPUT)
+    sys.stdout.buffer.flush()
 
-        entries = self.select([ident])
-        if not entries:
-            return self.code
-        sys.stdout.write("--\n".join(envelope(e) for e in entries) + "\n")
-        sys.stdout.flush()
+
+def apply(cfg: Config, entries: list[_native.QueueEntry], sub: str, error: Error) -> None:
+    """Make the change `sub` to each entry, under its lock."""
+    changed = 0
+    spool = _native.Spool(cfg.spooldir)
+    for e in entries:
+        claimed = spool.claim([e.id])
+        if not claimed:
+            if os.path.exists(os.path.join(cfg.spooldir, "Q" + e.id)):
+                error(f"{e.id}: being delivered right now (locked); try again", EX_TEMPFAIL)
+            else:
+                error(f"{e.id}: no longer in the queue", EX_NOINPUT)
+            continue
+        entry = claimed[0]  # as it is now, under the lock
         try:
-            with open(os.path.join(self.cfg.spooldir, "M" + entries[0].id), "rb") as f:
-                shutil.copyfileobj(f, sys.stdout.buffer)
-        except OSError as e:
-            self.error(f"{entries[0].id}: can not read the message: {e.strerror or e}", EX_NOINPUT)
-        sys.stdout.buffer.flush()
-        return self.code
+            text = change(spool, entry, sub)
+        finally:
+            spool.release(entry.id)
+        changed += 1
+        sys.stdout.write(f"{entry.id}: {text} (<{entry.sender}> -> {entry.recipient})\n")
+    sys.stdout.flush()
+    if sub in ("release", "bounce") and changed:
+        from dma.mail.queue import wake
 
-    def apply(self, ids: list[str], sub: str) -> int:
-        """Make the change `sub` to each entry, under its lock."""
-        from dma import _native
-
-        changed = 0
-        selected = self.select(ids)  # first: it says so in one line when the queue is not ours
-        spool = _native.Spool(self.cfg.spooldir)
-        for e in selected:
-            claimed = spool.claim([e.id])
-            if not claimed:
-                if os.path.exists(os.path.join(self.cfg.spooldir, "Q" + e.id)):
-                    self.error(f"{e.id}: being delivered right now (locked); try again", EX_TEMPFAIL)
-                else:
-                    self.error(f"{e.id}: no longer in the queue", EX_NOINPUT)
-                continue
-            entry = claimed[0]  # as it is now, under the lock
-            try:
-                text = change(spool, entry, sub)
-            finally:
-                spool.release(entry.id)
-            changed += 1
-            sys.stdout.write(f"{entry.id}: {text} (<{entry.sender}> -> {entry.recipient})\n")
-        sys.stdout.flush()
-        if sub in ("release", "bounce") and changed:
-            from dma.mail.queue import wake
-
-            wake(self.cfg)
-        return self.code
+        wake(cfg)
 
 
 def change(spool: _native.Spool, e: _native.QueueEntry, sub: str) -> str:
