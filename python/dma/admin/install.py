@@ -8,11 +8,13 @@ import grp
 import hashlib
 import json
 import os
+import pwd
 import stat
 import subprocess
 import sys
 from typing import Any
 
+from dma import config
 from dma.errors import EX_CONFIG, EX_NOPERM, EX_SOFTWARE, EX_USAGE, ConfigError, Fatal, getopts
 from dma.mail.oauth import credential_names
 
@@ -87,7 +89,6 @@ def mail_gid() -> int:
 
 def describe(st: os.stat_result) -> str:
     """`0755 root:root`: the mode and the owner's names (numbers where there are none)."""
-    import pwd
 
     def name(lookup: Any, ident: int) -> str:
         try:
@@ -193,8 +194,6 @@ class Installer:
             self.say("warning", f"systemctl {args[0]} exited {result.returncode}")
 
     def install(self, systemd: bool | None) -> None:
-        from dma import config
-
         self.load_manifest()
         try:
             cfg = config.load(self.p(CONF), user_mode=False)
@@ -349,16 +348,14 @@ class Installer:
                     os.chmod(real, mode)
                     self.say("restored", f"{real} ({describe(os.stat(real))})")
                 del m["modes"][path]
-            kept: list[str] = []  # still to remove at the next uninstall: a spool with mail, its parents
-            for path in reversed(list(m["dirs"])):
-                if path in last:
-                    continue
-                if self.remove_dir(path, spool=path == m.get("spool")):
+            # Children first. A spool that still holds mail stays recorded, with its parents, for the
+            # next uninstall; a directory that holds what is not ours (an edited dma.conf) is the admin's.
+            for path in reversed([d for d in m["dirs"] if d not in last]):
+                spool = path == m.get("spool")
+                if self.remove_dir(path, spool=spool) or not (
+                    spool or any(d.startswith(path + "/") for d in m["dirs"])
+                ):
                     m["dirs"].remove(path)
-                elif path == m.get("spool") or any(k.startswith(path + "/") for k in kept):
-                    kept.append(path)
-                else:
-                    m["dirs"].remove(path)  # it holds what is not ours (an edited dma.conf): the admin's now
         finally:
             done = m["dirs"] == last and not (m["links"] or m["saved"] or m["files"] or m["modes"])
             if done:
