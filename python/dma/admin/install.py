@@ -103,8 +103,7 @@ class Installer:
     """One install or uninstall into `root` ("/" for the running system)."""
 
     def __init__(self, root: str, out: Any) -> None:
-        self.root = root.rstrip("/") or "/"
-        self.prefix = "" if self.root == "/" else self.root  # a path inside the root, on this machine
+        self.prefix = root.rstrip("/")  # before a path inside the root, for the path on this machine
         self.out = out
         self.changes = 0
         self.manifest: dict[str, Any] = {
@@ -285,7 +284,7 @@ class Installer:
             self.say("note", f"dma.service runs without PrivateTmp=yes, which would hide {under_tmp[0]}")
         if not self.systemd_running:
             if changed and self.prefix:
-                enable = f"systemctl --root={self.root} enable {' '.join(ENABLE)}"
+                enable = f"systemctl --root={self.prefix} enable {' '.join(ENABLE)}"
                 self.say("note", f"units not enabled in an image: {enable}")
             elif changed:
                 self.say("note", "systemd is not running: the units are neither enabled nor started")
