@@ -20,7 +20,7 @@ import sys
 import threading
 
 from . import _native
-from .config import Config, load
+from .config import Config
 from .errors import EX_NOINPUT, Fatal
 from .mail import submit as submission
 from .mail.routing import RecipientResolver
@@ -88,20 +88,15 @@ class Batch:
         if isinstance(message, (bytes, bytearray, memoryview)):
             data = bytes(message)
         else:
-            from email.generator import BytesGenerator
             from email.message import Message
-            from io import BytesIO
 
             if not isinstance(message, Message):
                 raise TypeError(
                     f"a message must be an email.message.Message or bytes, not {type(message).__name__}"
                 )
-            # Its own policy (a `compat32` MIME object keeps its folding), LF, no `>From` quoting;
-            # not `as_bytes`, which Django's messages override without a `policy`.
-            out = BytesIO()
-            policy = message.policy.clone(linesep="\n")
-            BytesGenerator(out, mangle_from_=False, policy=policy).flatten(message)
-            data = out.getvalue()
+            # Without arguments: Django's messages override `as_bytes` with other ones. No `>From`
+            # quoting; the CRLF of a policy such as `SMTP` becomes LF in the spool, as on stdin.
+            data = message.as_bytes()
         given = [recipients] if isinstance(recipients, str) else list(recipients or ())
         if not all(isinstance(r, str) for r in given):
             raise TypeError("recipients must be strings")
@@ -135,9 +130,7 @@ class Batch:
 
 def load_config(config: Config | str | os.PathLike[str] | None) -> Config:
     """A `Config` as given, or read from a path, or the default one (`$DMA_CONF`, /etc/dma/dma.conf)."""
-    if isinstance(config, Config):
-        return config
-    return load(os.fspath(config) if config is not None else None)
+    return config if isinstance(config, Config) else Config(config)
 
 
 def runner_running(cfg: Config) -> bool:
@@ -178,7 +171,6 @@ def start_runner(cfg: Config) -> None:
         stdin=devnull,
         stdout=devnull,
         stderr=devnull,
-        close_fds=True,
         start_new_session=True,
         cwd="/",
         env={**os.environ, "PYTHONPATH": path},

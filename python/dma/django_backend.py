@@ -9,6 +9,7 @@ which would hide the real `django` from code run with `python/dma` on its path.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any
 
 from django.conf import settings  # type: ignore[import-untyped, import-not-found, unused-ignore]
@@ -46,24 +47,15 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc, unused-ignore]
     def send_messages(self, email_messages: Sequence[Any]) -> int:
         if not email_messages:
             return 0
+        # With `fail_silently`, a message dma refuses is skipped; a configuration that cannot be read,
+        # or a final sync that failed, ends the batch: what was queued stays queued (and counted).
+        ignored = (Fatal, OSError, ValueError) if self.fail_silently else ()
         sent = 0
-        try:
-            with Batch(self.config) as batch:
-                for email_message in email_messages:
-                    recipients = email_message.recipients()
-                    if not recipients:
-                        continue
-                    try:
-                        batch.submit(
-                            email_message.message(), sender=email_message.from_email, recipients=recipients
-                        )
+        with suppress(*ignored), Batch(self.config) as batch:
+            for message in email_messages:
+                recipients = message.recipients()
+                if recipients:
+                    with suppress(*ignored):
+                        batch.submit(message.message(), sender=message.from_email, recipients=recipients)
                         sent += 1
-                    except (Fatal, OSError, ValueError):
-                        if not self.fail_silently:
-                            raise
-        except (Fatal, OSError, ValueError):
-            # A configuration that cannot be read, or a final sync that failed: what was queued
-            # stays queued (and is counted); the rest is not.
-            if not self.fail_silently:
-                raise
         return sent
