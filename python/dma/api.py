@@ -29,6 +29,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from email.message import Message
+    from typing import Union
+
+    # What every entry point takes as `config`: a `Config`, a dma.conf's path, or None (the default).
+    ConfigLike = Union[Config, str, os.PathLike[str], None]
 
 __all__ = ["Batch", "submit", "wake_runner"]
 
@@ -38,7 +42,7 @@ def submit(
     *,
     sender: str | None = None,
     recipients: str | Iterable[str] | None = None,
-    config: Config | str | os.PathLike[str] | None = None,
+    config: ConfigLike = None,
 ) -> str:
     """Queue `message` (an `email.message.Message`, or bytes) durably, as when `sendmail` exits 0,
     and return its message id; then wake or start the queue runner. Thread-safe.
@@ -60,9 +64,7 @@ class Batch:
     and a runner may already be sending it, so a rollback could send mail twice.
     """
 
-    def __init__(
-        self, config: Config | str | os.PathLike[str] | None = None, *, durable: bool = False
-    ) -> None:
+    def __init__(self, config: ConfigLike = None, *, durable: bool = False) -> None:
         self.config = load_config(config)
         self.durable = durable  # each message synced on its own (`submit`): no syncfs at the end
         self.message_ids: list[str] = []
@@ -128,7 +130,7 @@ class Batch:
         return len(self.message_ids)
 
 
-def load_config(config: Config | str | os.PathLike[str] | None) -> Config:
+def load_config(config: ConfigLike) -> Config:
     """A `Config` as given, or read from a path, or the default one (`$DMA_CONF`, /etc/dma/dma.conf)."""
     return config if isinstance(config, Config) else Config(config)
 
@@ -184,8 +186,7 @@ def python_executable() -> str:
     exe = sys.executable
     if exe and os.path.basename(exe).startswith("python"):
         return exe
-    for name in ("python3", "python"):
-        candidate = os.path.join(sys.exec_prefix, "bin", name)
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return exe or "python3"
+    import shutil
+
+    bindir = os.path.join(sys.exec_prefix, "bin")
+    return shutil.which("python3", path=bindir) or shutil.which("python", path=bindir) or exe or "python3"

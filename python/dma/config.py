@@ -316,8 +316,7 @@ def _dns_servers(text: str) -> list[tuple[str, int]]:
             host, bracket, rest = item[1:].partition("]")
             if not bracket:
                 raise ValueError(f"`{item}': missing `]'")
-            if rest:
-                port = rest[1:] if rest.startswith(":") else ""
+            port = rest[1:] if rest.startswith(":") else rest or port  # `[v6]x`: a bad port
         elif item.count(":") == 1:
             host, _, port = item.partition(":")
         number = _number(port, "", 5, 1, 65535)

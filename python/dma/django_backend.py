@@ -22,9 +22,7 @@ from .errors import Fatal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import os
-
-    from .config import Config
+    from .api import ConfigLike
 
 __all__ = ["EmailBackend"]
 
@@ -34,13 +32,7 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc, unused-ignore]
     that dma refuses raises `Fatal` (those before it stay queued), or is skipped with `fail_silently`.
     `config` (a `dma.config.Config` or a path) overrides the `DMA_CONFIG` setting."""
 
-    def __init__(
-        self,
-        fail_silently: bool = False,
-        *,
-        config: Config | str | os.PathLike[str] | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, fail_silently: bool = False, *, config: ConfigLike = None, **kwargs: Any) -> None:
         super().__init__(fail_silently=fail_silently, **kwargs)
         self.config = config if config is not None else getattr(settings, "DMA_CONFIG", None)
 
