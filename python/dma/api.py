@@ -167,12 +167,11 @@ def start_runner(cfg: Config) -> None:
     # The child finds this very package, wherever the caller's sys.path found it.
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
-    devnull = subprocess.DEVNULL
     proc = subprocess.Popen(
         [python_executable(), "-m", "dma.cli", "-C", os.path.abspath(cfg.path), "-q"],
-        stdin=devnull,
-        stdout=devnull,
-        stderr=devnull,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
         cwd="/",
         env={**os.environ, "PYTHONPATH": path},
