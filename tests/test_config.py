@@ -119,7 +119,7 @@ def test_user_mode_defaults_under_state_dir(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("DMA_STATE_DIR", str(tmp_path / "state"))
     cfg = load(str(tmp_path / "none"), user_mode=True)
     assert cfg.user_mode is True
-    assert cfg.state_dir == str(tmp_path / "state")
+    assert config.state_dir() == str(tmp_path / "state")
     assert cfg.spooldir == str(tmp_path / "state" / "spool")
     assert cfg.mboxdir == str(tmp_path / "state" / "mail")
 

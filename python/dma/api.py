@@ -20,7 +20,7 @@ import sys
 import threading
 
 from . import _native
-from .config import Config, load
+from .config import Config
 from .errors import EX_NOINPUT, Fatal
 from .mail import submit as submission
 from .mail.routing import RecipientResolver
@@ -29,6 +29,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from email.message import Message
+    from typing import Union
+
+    # What every entry point takes as `config`: a `Config`, a dma.conf's path, or None (the default).
+    ConfigLike = Union[Config, str, os.PathLike[str], None]
 
 __all__ = ["Batch", "submit", "wake_runner"]
 
@@ -38,7 +42,7 @@ def submit(
     *,
     sender: str | None = None,
     recipients: str | Iterable[str] | None = None,
-    config: Config | str | os.PathLike[str] | None = None,
+    config: ConfigLike = None,
 ) -> str:
     """Queue `message` (an `email.message.Message`, or bytes) durably, as when `sendmail` exits 0,
     and return its message id; then wake or start the queue runner. Thread-safe.
@@ -60,9 +64,7 @@ class Batch:
     and a runner may already be sending it, so a rollback could send mail twice.
     """
 
-    def __init__(
-        self, config: Config | str | os.PathLike[str] | None = None, *, durable: bool = False
-    ) -> None:
+    def __init__(self, config: ConfigLike = None, *, durable: bool = False) -> None:
         self.config = load_config(config)
         self.durable = durable  # each message synced on its own (`submit`): no syncfs at the end
         self.message_ids: list[str] = []
@@ -88,20 +90,15 @@ class Batch:
         if isinstance(message, (bytes, bytearray, memoryview)):
             data = bytes(message)
         else:
-            from email.generator import BytesGenerator
             from email.message import Message
-            from io import BytesIO
 
             if not isinstance(message, Message):
                 raise TypeError(
                     f"a message must be an email.message.Message or bytes, not {type(message).__name__}"
                 )
-            # Its own policy (a `compat32` MIME object keeps its folding), LF, no `>From` quoting;
-            # not `as_bytes`, which Django's messages override without a `policy`.
-            out = BytesIO()
-            policy = message.policy.clone(linesep="\n")
-            BytesGenerator(out, mangle_from_=False, policy=policy).flatten(message)
-            data = out.getvalue()
+            # Without arguments: Django's messages override `as_bytes` with other ones. No `>From`
+            # quoting; the CRLF of a policy such as `SMTP` becomes LF in the spool, as on stdin.
+            data = message.as_bytes()
         given = [recipients] if isinstance(recipients, str) else list(recipients or ())
         if not all(isinstance(r, str) for r in given):
             raise TypeError("recipients must be strings")
@@ -133,11 +130,9 @@ class Batch:
         return len(self.message_ids)
 
 
-def load_config(config: Config | str | os.PathLike[str] | None) -> Config:
+def load_config(config: ConfigLike) -> Config:
     """A `Config` as given, or read from a path, or the default one (`$DMA_CONF`, /etc/dma/dma.conf)."""
-    if isinstance(config, Config):
-        return config
-    return load(os.fspath(config) if config is not None else None)
+    return config if isinstance(config, Config) else Config(config)
 
 
 def runner_running(cfg: Config) -> bool:
@@ -172,13 +167,11 @@ def start_runner(cfg: Config) -> None:
     # The child finds this very package, wherever the caller's sys.path found it.
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
-    devnull = subprocess.DEVNULL
     proc = subprocess.Popen(
         [python_executable(), "-m", "dma.cli", "-C", os.path.abspath(cfg.path), "-q"],
-        stdin=devnull,
-        stdout=devnull,
-        stderr=devnull,
-        close_fds=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
         cwd="/",
         env={**os.environ, "PYTHONPATH": path},
@@ -192,8 +185,7 @@ def python_executable() -> str:
     exe = sys.executable
     if exe and os.path.basename(exe).startswith("python"):
         return exe
-    for name in ("python3", "python"):
-        candidate = os.path.join(sys.exec_prefix, "bin", name)
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return exe or "python3"
+    import shutil
+
+    bindir = os.path.join(sys.exec_prefix, "bin")
+    return shutil.which("python3", path=bindir) or shutil.which("python", path=bindir) or exe or "python3"

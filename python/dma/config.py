@@ -12,6 +12,7 @@ from .errors import EX_NOINPUT, ConfigError, Fatal, os_error_text, read_text
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from os import PathLike
 
     from .mail.authconf import AuthTable
     from .mail.routes import Route
@@ -75,6 +76,8 @@ class Config:
     smarthost: str | None = None
     port: int = 25
     aliases: str = "/etc/aliases"
+    spooldir: str = SYSTEM_SPOOL  # in user mode the defaults are under `state_dir()`
+    mboxdir: str = "/var/mail"
     authpath: str | None = None
     certfile: str | None = None
     masquerade_user: str | None = None
@@ -106,33 +109,23 @@ class Config:
     logfile: str | None = None
     rewrite_from: str | None = None
 
-    def __init__(self, path: str | None = None, *, user_mode: bool | None = None) -> None:
+    def __init__(self, path: str | PathLike[str] | None = None, *, user_mode: bool | None = None) -> None:
         """Read dma.conf: `path` (`-C FILE`), else $DMA_CONF, else /etc/dma/dma.conf; a missing file
         gives all defaults. `user_mode` overrides the mode taken from the effective uid."""
-        self.path = path = path or getenv("DMA_CONF") or DEFAULT_CONF
+        self.path = path = posix.fspath(path or getenv("DMA_CONF") or DEFAULT_CONF)
         self.file_exists = False
-        if user_mode is None:
-            # Not root and no system install: everything under the user's own state directory.
-            self.user_mode = posix.geteuid() != 0 and not _is_system_spool(SYSTEM_SPOOL)
-        else:
-            self.user_mode = user_mode
-        self.state_dir = state_dir()
         self.system_hostname = self.mailname = sanitize_hostname(posix.uname().nodename)
         self.key_lines: dict[str, int] = {}
-        if self.user_mode:
-            self.spooldir, self.mboxdir = f"{self.state_dir}/spool", f"{self.state_dir}/mail"
-        else:
-            self.spooldir, self.mboxdir = SYSTEM_SPOOL, "/var/mail"
         self.dns_servers: list[tuple[str, int]] = []
         self.routes: list[Route] = []
         self._auth: AuthTable | None = None
         try:
             text = read_text(path)
+            self.file_exists = True
         except FileNotFoundError:
-            return
+            text = ""
         except OSError as e:
             raise Fatal(EX_NOINPUT, f"can not open config `{path}': {os_error_text(e)}") from None
-        self.file_exists = True
         lines = self.key_lines
         for lineno, raw in enumerate(text.split("\n"), 1):
             line = raw.partition("#")[0].rstrip("\r")  # rstrip: CRLF files
@@ -167,8 +160,15 @@ class Config:
             except OSError:
                 name = "unknown-hostname"
             self.mailname = self.system_hostname if name == "unknown-hostname" else name
-        if user_mode is None and self.user_mode and "SPOOLDIR" in lines:
-            self.user_mode = not _is_system_spool(self.spooldir)
+        if user_mode is None:
+            # Not root and no system install (nor a SPOOLDIR set up as one): the user's own state.
+            spools = [SYSTEM_SPOOL, self.spooldir] if "SPOOLDIR" in lines else [SYSTEM_SPOOL]
+            user_mode = posix.geteuid() != 0 and not any(_is_system_spool(s) for s in spools)
+        self.user_mode = user_mode
+        if user_mode and "SPOOLDIR" not in lines:
+            self.spooldir = f"{state_dir()}/spool"
+        if user_mode and "MBOXDIR" not in lines:
+            self.mboxdir = f"{state_dir()}/mail"
 
     def _apply(self, keyword: str, value: str, lineno: int) -> None:
         """Set `keyword`'s attribute from `value`; a mistake raises ValueError."""
@@ -176,10 +176,8 @@ class Config:
         if not value.isprintable() and any((ch < " " and ch != "\t") or ch == "\x7f" for ch in value):
             raise ValueError("control character in value")
         self.key_lines[keyword] = lineno
-        if kind == "bool" and value:
-            raise ValueError(f"takes no value (got `{value}')")
-        if kind != "bool" and not value:
-            raise ValueError("missing value")
+        if (kind == "bool") == bool(value):  # a flag has no value, every other key has one
+            raise ValueError(f"takes no value (got `{value}')" if value else "missing value")
         if kind == "route":
             from .mail.routes import Route
 
@@ -206,7 +204,7 @@ class Config:
         if self._auth is None:
             from .mail.authconf import AuthTable, load_auth
 
-            self._auth = AuthTable(self.authpath) if self.authpath is None else load_auth(self.authpath)
+            self._auth = AuthTable() if self.authpath is None else load_auth(self.authpath)
         return self._auth
 
 
@@ -318,8 +316,7 @@ def _dns_servers(text: str) -> list[tuple[str, int]]:
             host, bracket, rest = item[1:].partition("]")
             if not bracket:
                 raise ValueError(f"`{item}': missing `]'")
-            if rest:
-                port = rest[1:] if rest.startswith(":") else ""
+            port = rest[1:] if rest.startswith(":") else rest or port  # `[v6]x`: a bad port
         elif item.count(":") == 1:
             host, _, port = item.partition(":")
         number = _number(port, "", 5, 1, 65535)

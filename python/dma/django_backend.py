@@ -9,6 +9,7 @@ which would hide the real `django` from code run with `python/dma` on its path.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any
 
 from django.conf import settings  # type: ignore[import-untyped, import-not-found, unused-ignore]
@@ -21,9 +22,7 @@ from .errors import Fatal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import os
-
-    from .config import Config
+    from .api import ConfigLike
 
 __all__ = ["EmailBackend"]
 
@@ -33,37 +32,22 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc, unused-ignore]
     that dma refuses raises `Fatal` (those before it stay queued), or is skipped with `fail_silently`.
     `config` (a `dma.config.Config` or a path) overrides the `DMA_CONFIG` setting."""
 
-    def __init__(
-        self,
-        fail_silently: bool = False,
-        *,
-        config: Config | str | os.PathLike[str] | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, fail_silently: bool = False, *, config: ConfigLike = None, **kwargs: Any) -> None:
         super().__init__(fail_silently=fail_silently, **kwargs)
         self.config = config if config is not None else getattr(settings, "DMA_CONFIG", None)
 
     def send_messages(self, email_messages: Sequence[Any]) -> int:
         if not email_messages:
             return 0
+        # With `fail_silently`, a message dma refuses is skipped; a configuration that cannot be read,
+        # or a final sync that failed, ends the batch: what was queued stays queued (and counted).
+        ignored = (Fatal, OSError, ValueError) if self.fail_silently else ()
         sent = 0
-        try:
-            with Batch(self.config) as batch:
-                for email_message in email_messages:
-                    recipients = email_message.recipients()
-                    if not recipients:
-                        continue
-                    try:
-                        batch.submit(
-                            email_message.message(), sender=email_message.from_email, recipients=recipients
-                        )
+        with suppress(*ignored), Batch(self.config) as batch:
+            for message in email_messages:
+                recipients = message.recipients()
+                if recipients:
+                    with suppress(*ignored):
+                        batch.submit(message.message(), sender=message.from_email, recipients=recipients)
                         sent += 1
-                    except (Fatal, OSError, ValueError):
-                        if not self.fail_silently:
-                            raise
-        except (Fatal, OSError, ValueError):
-            # A configuration that cannot be read, or a final sync that failed: what was queued
-            # stays queued (and is counted); the rest is not.
-            if not self.fail_silently:
-                raise
         return sent

@@ -15,9 +15,7 @@ from .api import load_config, submit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import os
-
-    from .config import Config
+    from .api import ConfigLike
 
 __all__ = ["MailHandler"]
 
@@ -32,7 +30,7 @@ class MailHandler(logging.Handler):
         toaddrs: str | Iterable[str],
         subject: str,
         *,
-        config: Config | str | os.PathLike[str] | None = None,
+        config: ConfigLike = None,
         level: int | str = logging.NOTSET,
     ) -> None:
         super().__init__(level)
