@@ -31,12 +31,17 @@ def login_name() -> str:
         except KeyError:
             pass
     else:
-        try:
-            name = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            name = f"uid={uid}"
+        name = user_name(uid)
     _login_name = name[:49]
     return _login_name
+
+
+def user_name(uid: int) -> str:
+    """The login name of `uid`, or `uid=<uid>` when it has none (a user removed since)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid={uid}"
 
 
 def check_line_safe(what: str, value: str) -> None:
