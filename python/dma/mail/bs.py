@@ -9,9 +9,9 @@ import posix
 from dma import _native
 from dma.errors import EX_DATAERR, EX_NOINPUT, Fatal
 
-from . import message
+from . import Submission, message
 from .routing import RecipientResolver
-from .submit import Submission, submit
+from .submit import submit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
