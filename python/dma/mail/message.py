@@ -9,7 +9,7 @@ import time
 
 from dma import _native
 from dma.config import Config, getenv
-from dma.errors import EX_DATAERR, EX_SOFTWARE, Fatal
+from dma.errors import EX_DATAERR, Fatal
 
 _login_name: str | None = None
 
@@ -143,8 +143,6 @@ def envelope_sender(given: str | None, cfg: Config) -> str:
     user = cfg.masquerade_user or user or login_name()
     host = cfg.masquerade_host or host or cfg.mailname
     sender = f"{user}@{host}"
-    if "\n" in sender:
-        raise Fatal(EX_SOFTWARE, "can not build the sender address")
     check_address(sender, "sender")
     return sender
 
