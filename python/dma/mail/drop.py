@@ -129,8 +129,8 @@ def remove_tree(where: str) -> None:
     shutil.rmtree(where, ignore_errors=True)  # works on descriptors, never follows a link
 
 
-def take(cfg: Config, ident: str, est: os.stat_result, sid: str, used: list[int]) -> list[str]:
-    """Move drop `ident` into the spool as message `sid`; returns its recipients."""
+def take(cfg: Config, ident: str, est: os.stat_result, sid: str, used: list[int], events: Log) -> None:
+    """Move drop `ident` into the spool as message `sid`."""
     base = path(cfg)
     est2, sender, given, dsn = envelope(f"{base}/E{ident}")
     if (est2.st_dev, est2.st_ino) != (est.st_dev, est.st_ino):
@@ -158,7 +158,9 @@ def take(cfg: Config, ident: str, est: os.stat_result, sid: str, used: list[int]
             msg.incoming.commit(sender, recipients, dsn)
         used[0] += 1
         used[1] += size
-        return recipients
+        to = ", ".join(recipients)
+        text = f"{sid}: new mail from uid {est.st_uid} to {to}"
+        events.event("info", "queued", text, id=sid, uid=est.st_uid, to=to)
     finally:
         os.close(dfd)
 
@@ -279,15 +281,12 @@ def handle(
     sid, rid = (f"{ident}{kind}{st.st_ino:x}u{st.st_uid}" for kind in "ir")
     if sid not in queued and sid not in UNREMOVED:  # else taken before, and its removal failed
         try:
-            to = ", ".join(take(cfg, ident, st, sid, used))
+            take(cfg, ident, st, sid, used, events)
         except Fatal as e:
             if e.code not in (EX_DATAERR, EX_NOUSER):  # invalid content is refused, the rest waits
                 raise
             if rid not in queued:  # else its notice is queued
                 refuse(cfg, ident, st, rid, str(e), events)
-        else:
-            uid = st.st_uid
-            events.event("info", "queued", f"{sid}: new mail from uid {uid} to {to}", id=sid, uid=uid, to=to)
     UNREMOVED.add(sid)
     fault("unlink")
     for part in ("E", "D"):
