@@ -7,6 +7,7 @@ import posix
 import sys
 
 from .errors import EX_CONFIG, EX_NOINPUT, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, Fatal
+from .mail import Submission
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,23 +30,20 @@ SETS = {
 TAKES = {"C": "config", "f": "sender", "r": "sender", "F": "full_name", "L": "tag", "q": "queue_arg"}
 
 
-class Options:
+class Options(Submission):
+    """The message's submission as the options ask for it, and the mode and how to deliver."""
+
     config: str | None = None
-    dot_terminates = True
     foreground = False
-    from_headers = False
-    full_name: str | None = None
     list_queue = False
     queue_arg: str | None = None  # -q was given
     queue_only = False
-    sender: str | None = None
     smtp = False
-    tag = "dma"
     verbose = False
 
     def __init__(self) -> None:
-        self.recipients: list[str] = []
-        self.dsn: dict[str, str] = {}  # -N, -R, -V by letter
+        super().__init__([])
+        self.dsn_options: dict[str, str] = {}  # -N, -R, -V by letter, for `dsn`
 
 
 def parse_args(args: list[str]) -> Options:
@@ -84,7 +82,7 @@ def parse_args(args: list[str]) -> Options:
             elif letter in TAKES:
                 setattr(opts, TAKES[letter], value)
             elif letter in "NRV":
-                opts.dsn[letter] = value
+                opts.dsn_options[letter] = value
     queue = opts.queue_arg is not None
     if opts.recipients and (opts.list_queue or queue):
         raise Fatal(EX_USAGE, "sending mail and queue operations are mutually exclusive")
@@ -173,7 +171,7 @@ def dispatch(prog: str, args: list[str]) -> int:
         return 0
     if opts.queue_arg is not None:
         return run_queue(cfg, opts, prog)
-    from .mail.submit import Submission, drops, submit
+    from .mail.submit import drops, submit
 
     if sys.stdin is None:  # descriptor 0 was closed when we started: that is no (empty) message
         raise Fatal(EX_NOINPUT, "standard input is closed, nothing queued")
@@ -182,19 +180,11 @@ def dispatch(prog: str, args: list[str]) -> int:
 
         message_ids = Session(cfg, opts.full_name, opts.tag).run()
     else:
-        sub = Submission(
-            opts.recipients,
-            opts.sender,
-            dot_terminates=opts.dot_terminates,
-            from_headers=opts.from_headers,
-            full_name=opts.full_name,
-            tag=opts.tag,
-        )
-        if opts.dsn:
+        if opts.dsn_options:
             from .mail.bounce import parameters
 
-            sub.dsn = parameters(opts.dsn.get("N"), opts.dsn.get("R"), opts.dsn.get("V"))
-        message_ids = [submit(cfg, sub)[0]]
+            opts.dsn = parameters(*(opts.dsn_options.get(letter) for letter in "NRV"))
+        message_ids = [submit(cfg, opts)[0]]
     if not message_ids or opts.queue_only or cfg.defer or drops(cfg):
         return 0  # a drop is delivered by the system's runner (`dma serve`), not by us
     try:

@@ -77,7 +77,6 @@ class Aliases(dict[str, list[tuple[str, int]]]):
             )
         if len(rest) < 2:
             raise ConfigError(path, rest[0][1], name, "syntax error: no destination")
-        dests: list[tuple[str, int]] = []
         for i, (tok, tline) in enumerate(rest[1:]):  # even i: a destination, odd i: a comma
             if tok == ":":
                 include = i % 2 == 0 and i + 2 < len(rest) and rest[i + 2][0] == "include"
@@ -85,14 +84,12 @@ class Aliases(dict[str, list[tuple[str, int]]]):
                 raise ConfigError(path, tline, name, why)
             if i % 2 == 0 and tok == ",":
                 raise ConfigError(path, tline, name, "syntax error: empty destination")
-            if i % 2 == 0:
-                dests.append((tok, tline))
-            elif tok != ",":
+            if i % 2 and tok != ",":
                 why = f"syntax error: destinations are separated by commas (before `{tok}')"
                 raise ConfigError(path, tline, name, why)
         if len(rest) % 2:
             raise ConfigError(path, tokens[-1][1], name, "syntax error: missing destination after `,'")
-        self.setdefault(name, []).extend(dests)
+        self.setdefault(name, []).extend(rest[1::2])
 
     def check(self) -> list[ConfigError]:
         """Destinations that parse but cannot be delivered to (for `newaliases`), in file order."""

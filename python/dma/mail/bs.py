@@ -9,9 +9,9 @@ import posix
 from dma import _native
 from dma.errors import EX_DATAERR, EX_NOINPUT, Fatal
 
-from . import message
+from . import Submission, message
 from .routing import RecipientResolver
-from .submit import Submission, submit
+from .submit import submit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -43,8 +43,7 @@ class Session:
         self.tag = tag
         self.stdin = _native.SmtpStdin(0)
         self.resolver = RecipientResolver(cfg)
-        self.sender: str | None = None
-        self.recipients: list[str] = []
+        self.transaction: Submission | None = None  # from MAIL to the end of DATA
         self.queued: list[str] = []
 
     def send(self, reply: str) -> None:
@@ -80,13 +79,13 @@ class Session:
         if verb in ("EHLO", "HELO") and not arg:
             raise Reply(f"501 5.5.4 {verb} needs a domain")
         if verb in ("EHLO", "HELO", "RSET"):
-            self.sender, self.recipients = None, []
+            self.transaction = None
         if verb in ("MAIL", "RCPT", "DATA"):
             getattr(self, verb.lower())(arg)  # each raises its Reply
         raise Reply(FIXED.get(verb, "500 5.5.1 unrecognised command").format(self.cfg.mailname))
 
     def mail(self, arg: str) -> None:
-        if self.sender is not None:
+        if self.transaction is not None:
             raise Reply("503 5.5.1 MAIL already given")
         path, params = split_path(arg, "FROM:")
         for param in params:
@@ -101,16 +100,17 @@ class Session:
             message.envelope_sender(path, self.cfg)
         except Fatal as e:
             raise Reply(f"553 5.1.7 {e}") from None
-        self.sender = path
+        self.transaction = Submission([], path, dot_terminates=False, full_name=self.full_name, tag=self.tag)
         raise Reply("250 2.1.0 ok")
 
     def rcpt(self, arg: str) -> None:
-        if self.sender is None:
+        mail = self.transaction
+        if mail is None:
             raise Reply("503 5.5.1 MAIL first")
         path, params = split_path(arg, "TO:")
         if params:
             raise Reply(f"555 5.5.4 unsupported parameter {params[0]}")
-        if len(self.recipients) >= MAX_RECIPIENTS:
+        if len(mail.recipients) >= MAX_RECIPIENTS:
             raise Reply("452 4.5.3 too many recipients")
         try:
             addresses = message.parse_addresses(path, "recipient")
@@ -119,21 +119,19 @@ class Session:
             self.resolver.resolve(addresses)
         except Fatal as e:
             raise failure(e, "550 5.1.1") from None
-        self.recipients.append(addresses[0])
+        mail.recipients.append(addresses[0])
         raise Reply("250 2.1.5 ok")
 
     def data(self, arg: str) -> None:
         if arg:
             raise Reply("501 5.5.4 DATA takes no argument")
-        if self.sender is None or not self.recipients:
-            raise Reply(f"503 5.5.1 {'RCPT' if self.sender is not None else 'MAIL'} first")
+        mail = self.transaction
+        if mail is None or not mail.recipients:
+            raise Reply(f"503 5.5.1 {'RCPT' if mail is not None else 'MAIL'} first")
         self.send("354 end data with <CR><LF>.<CR><LF>")
-        sub = Submission(
-            self.recipients, self.sender, dot_terminates=False, full_name=self.full_name, tag=self.tag
-        )
-        self.sender, self.recipients = None, []
+        self.transaction = None
         try:
-            message_id, _ = submit(self.cfg, sub, self.stdin, resolver=self.resolver)
+            message_id, _ = submit(self.cfg, mail, self.stdin, resolver=self.resolver)
         except Fatal as e:
             self.stdin.skip_data()  # raises OSError, ending the session, if the client has gone
             raise failure(e, "554 5.6.0") from None

@@ -13,6 +13,7 @@ import time
 from dma import _native
 from dma.errors import EX_CONFIG, EX_DATAERR, EX_NOUSER, Fatal
 
+from .message import user_name
 from .routing import RecipientResolver
 from .submit import Spooling, over
 
@@ -35,30 +36,27 @@ def path(cfg: Config) -> str:
     return f"{cfg.spooldir}/{NAME}"
 
 
-class Rejected(Exception):
-    """A drop whose content is invalid: refused, and its owner told."""
-
-
 def open_plain(name: str) -> tuple[int, os.stat_result]:
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         if e.errno in (errno.ELOOP, errno.ENXIO):  # a symbolic link, a socket
-            raise Rejected(f"{name} is not a plain file") from None
+            raise Fatal(EX_DATAERR, f"{name} is not a plain file") from None
         raise
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
         os.close(fd)
-        raise Rejected(f"{name} is not a plain file with one link")
+        raise Fatal(EX_DATAERR, f"{name} is not a plain file with one link")
     return fd, st
 
 
 def envelope(name: str) -> tuple[os.stat_result, str, list[str], str]:
-    """The stat and the (sender, recipients, DSN parameters) of envelope `name`, else Rejected."""
+    """The stat and the (sender, recipients, DSN parameters) of envelope `name`; invalid content
+    (a refused drop) raises Fatal(EX_DATAERR)."""
     fd, st = open_plain(name)
     try:
         if st.st_size > MAX_ENVELOPE:
-            raise Rejected("the envelope is too large")
+            raise Fatal(EX_DATAERR, "the envelope is too large")
         fault("read")
         data = os.read(fd, MAX_ENVELOPE + 1)
     finally:
@@ -67,7 +65,7 @@ def envelope(name: str) -> tuple[os.stat_result, str, list[str], str]:
     try:
         return (st, *_native.Incoming.drop_envelope(data))
     except ValueError as e:
-        raise Rejected(str(e)) from None
+        raise Fatal(EX_DATAERR, str(e)) from None
 
 
 def waiting(cfg: Config) -> list[tuple[str, str, list[str], os.stat_result]]:
@@ -85,7 +83,7 @@ def waiting(cfg: Config) -> list[tuple[str, str, list[str], os.stat_result]]:
         try:
             _, sender, recipients, _ = envelope(f"{base}/{name}")
             dst = os.lstat(f"{base}/D{name[1:]}")
-        except (OSError, Rejected):
+        except (OSError, Fatal):
             continue
         found.append((name[1:], sender, recipients, dst))
     found.sort(key=lambda drop: (drop[3].st_mtime, drop[0]))
@@ -131,8 +129,8 @@ def remove_tree(where: str) -> None:
     shutil.rmtree(where, ignore_errors=True)  # works on descriptors, never follows a link
 
 
-def take(cfg: Config, ident: str, est: os.stat_result, sid: str, used: list[int]) -> list[str]:
-    """Move drop `ident` into the spool as message `sid`; returns its recipients."""
+def take(cfg: Config, ident: str, est: os.stat_result, sid: str, used: list[int], events: Log) -> None:
+    """Move drop `ident` into the spool as message `sid`."""
     base = path(cfg)
     est2, sender, given, dsn = envelope(f"{base}/E{ident}")
     if (est2.st_dev, est2.st_ino) != (est.st_dev, est.st_ino):
@@ -140,22 +138,14 @@ def take(cfg: Config, ident: str, est: os.stat_result, sid: str, used: list[int]
     try:
         dfd, dst = open_plain(f"{base}/D{ident}")
     except FileNotFoundError:
-        raise Rejected("the envelope has no message") from None
+        raise Fatal(EX_DATAERR, "the envelope has no message") from None
     try:
         if est.st_uid != dst.st_uid:
-            raise Rejected("the envelope and the message belong to different users")
-        try:
-            fault("alias")
-            recipients = RecipientResolver(cfg).resolve(given)
-        except Fatal as e:
-            if e.code in (EX_DATAERR, EX_NOUSER):
-                raise Rejected(str(e)) from None
-            raise
+            raise Fatal(EX_DATAERR, "the envelope and the message belong to different users")
+        fault("alias")
+        recipients = RecipientResolver(cfg).resolve(given)
         fault("passwd")
-        try:
-            user = pwd.getpwuid(est.st_uid).pw_name
-        except KeyError:  # a user removed since: the uid is who wrote it
-            user = f"uid={est.st_uid}"
+        user = user_name(est.st_uid)
         if over(cfg, used[0], used[1]):
             raise OSError(errno.EDQUOT, f"uid {est.st_uid} holds {used[0]} queued messages ({used[1]} bytes)")
         with Spooling(cfg, sender, name=sid) as msg:
@@ -163,12 +153,14 @@ def take(cfg: Config, ident: str, est: os.stat_result, sid: str, used: list[int]
             try:
                 size, _ = msg.receive(dfd, user, uid=est.st_uid)
             except ValueError as e:
-                raise Rejected(f"bad mail input format: {e}") from None
+                raise Fatal(EX_DATAERR, f"bad mail input format: {e}") from None
             fault("sync")
             msg.incoming.commit(sender, recipients, dsn)
         used[0] += 1
         used[1] += size
-        return recipients
+        to = ", ".join(recipients)
+        text = f"{sid}: new mail from uid {est.st_uid} to {to}"
+        events.event("info", "queued", text, id=sid, uid=est.st_uid, to=to)
     finally:
         os.close(dfd)
 
@@ -289,13 +281,12 @@ def handle(
     sid, rid = (f"{ident}{kind}{st.st_ino:x}u{st.st_uid}" for kind in "ir")
     if sid not in queued and sid not in UNREMOVED:  # else taken before, and its removal failed
         try:
-            to = ", ".join(take(cfg, ident, st, sid, used))
-        except Rejected as e:
+            take(cfg, ident, st, sid, used, events)
+        except Fatal as e:
+            if e.code not in (EX_DATAERR, EX_NOUSER):  # invalid content is refused, the rest waits
+                raise
             if rid not in queued:  # else its notice is queued
                 refuse(cfg, ident, st, rid, str(e), events)
-        else:
-            uid = st.st_uid
-            events.event("info", "queued", f"{sid}: new mail from uid {uid} to {to}", id=sid, uid=uid, to=to)
     UNREMOVED.add(sid)
     fault("unlink")
     for part in ("E", "D"):

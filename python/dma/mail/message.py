@@ -9,7 +9,7 @@ import time
 
 from dma import _native
 from dma.config import Config, getenv
-from dma.errors import EX_DATAERR, EX_SOFTWARE, Fatal
+from dma.errors import EX_DATAERR, Fatal
 
 _login_name: str | None = None
 
@@ -31,12 +31,17 @@ def login_name() -> str:
         except KeyError:
             pass
     else:
-        try:
-            name = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            name = f"uid={uid}"
+        name = user_name(uid)
     _login_name = name[:49]
     return _login_name
+
+
+def user_name(uid: int) -> str:
+    """The login name of `uid`, or `uid=<uid>` when it has none (a user removed since)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid={uid}"
 
 
 def check_line_safe(what: str, value: str) -> None:
@@ -138,8 +143,6 @@ def envelope_sender(given: str | None, cfg: Config) -> str:
     user = cfg.masquerade_user or user or login_name()
     host = cfg.masquerade_host or host or cfg.mailname
     sender = f"{user}@{host}"
-    if "\n" in sender:
-        raise Fatal(EX_SOFTWARE, "can not build the sender address")
     check_address(sender, "sender")
     return sender
 

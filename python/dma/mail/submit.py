@@ -11,6 +11,7 @@ import time
 from dma import __version__, _native
 from dma.errors import EX_CANTCREAT, EX_DATAERR, EX_IOERR, EX_NOINPUT, EX_TEMPFAIL, Fatal
 
+from . import Submission as Submission  # re-exported: dma.api names it here
 from . import message
 from .routing import RecipientResolver
 
@@ -23,28 +24,6 @@ if TYPE_CHECKING:
 # Errors that a later attempt may not meet: the caller should retry (sysexits EX_TEMPFAIL).
 _TEMPORARY_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE)
 _EXIT_CODES: dict[int | None, int] = {**dict.fromkeys(_TEMPORARY_ERRNOS, EX_TEMPFAIL), errno.EIO: EX_IOERR}
-
-
-class Submission:
-    """What the command line asks for one message."""
-
-    def __init__(
-        self,
-        recipients: list[str],
-        sender: str | None = None,
-        *,
-        dot_terminates: bool = True,
-        from_headers: bool = False,
-        full_name: str | None = None,
-        tag: str = "dma",
-    ) -> None:
-        self.recipients = recipients
-        self.tag = tag  # the syslog identity (`-L`)
-        self.sender = sender
-        self.dot_terminates = dot_terminates
-        self.from_headers = from_headers
-        self.full_name = full_name
-        self.dsn = ""  # RFC 3461 parameters (bounce.py)
 
 
 def os_failure(e: OSError, doing: str) -> Fatal:
