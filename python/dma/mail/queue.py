@@ -9,7 +9,7 @@ import sys
 import time
 
 from dma import _native
-from dma.errors import EX_OSERR, EX_TEMPFAIL, Fatal, getopts
+from dma.errors import EX_OSERR, EX_TEMPFAIL, Fatal, RouteError, getopts
 
 from .log import Log
 
@@ -215,10 +215,8 @@ class Runner:
         for key, (dest, per) in list(self.waiting.items()):
             # CONCURRENCY threads for local deliveries, as many again for remote sessions
             running = sum(n for k, n in self.busy.items() if (k is None) == (key is None))
-            slots = self.cfg.concurrency - running
-            if key is not None:
-                slots = min(slots, self.cfg.host_concurrency - self.busy.get(key, 0))
-            share = min(slots, len(per))
+            limit = self.cfg.concurrency if key is None else self.cfg.host_concurrency
+            share = min(self.cfg.concurrency - running, limit - self.busy.get(key, 0), len(per))
             if share <= 0:
                 continue
             if key is None:  # a thread for each local entry; the others wait for a free one
@@ -235,18 +233,14 @@ class Runner:
     def work(self, key: str | None, dest: Destination | None, groups: Groups, link: Link | None) -> None:
         """A delivery thread: a destination's messages over one connection, or one local entry
         (`dest` None). Any error defers the entries (and is logged) instead of ending the run."""
-        outcomes: dict[str, tuple[str, str]] = {}
         try:
             if dest is None:
                 from . import local
 
-                entry = groups[0][0]
-                outcomes[entry.id] = ("sent", "")
-                try:
-                    path = self.spool.message_path(entry.id)
-                    local.deliver(entry.recipient, entry.sender, path, self.cfg, lock_timeout=LOCK_WAIT)
-                except local.DeliveryFailure as e:
-                    outcomes[entry.id] = ("permanent" if e.permanent else "temporary", str(e))
+                [[entry]] = groups
+                path = self.spool.message_path(entry.id)
+                local.deliver(entry.recipient, entry.sender, path, self.cfg, lock_timeout=LOCK_WAIT)
+                outcomes = {entry.id: ("sent", "")}
             else:
                 from . import remote
 
@@ -254,6 +248,9 @@ class Runner:
                 outcomes, link = remote.deliver(
                     self.cfg, self.spool, dest, ids, link, self.events, verbose=self.verbose
                 )
+        except RouteError as e:  # local.DeliveryFailure (remote.deliver turns its own into outcomes)
+            outcome = ("permanent" if e.permanent else "temporary", str(e))
+            outcomes = {entry.id: outcome for group in groups for entry in group}
         except BaseException as e:  # a Rust panic too: the rest of the queue must still be delivered
             text = f"internal error, will retry: {type(e).__name__}: {e}"
             self.events.event("crit", "error", text)
