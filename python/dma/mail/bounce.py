@@ -112,14 +112,6 @@ Content-Type: {"message/rfc822" if full else "text/rfc822-headers"}
     return before.encode("utf-8", "surrogateescape"), f"\n--{boundary}--\n".encode()
 
 
-def discard(spool: _native.Spool, failed: list[_native.QueueEntry]) -> str:
-    """NOTIFY asked for no failure report: remove the (claimed) failed entries; a line for the log."""
-    for e in failed:
-        spool.remove(e.id)
-    spool.sync()
-    return f"{failed[0].message_id}: failed, not bounced, as asked ({failed[0].dsn})"
-
-
 def send(cfg: Config, failed: list[_native.QueueEntry], message_path: str) -> str:
     """Queue a bounce for `failed` (entries of one message, same sender); returns its message id.
     Raises Fatal or OSError when it cannot be queued; the caller then keeps the original."""

@@ -105,16 +105,15 @@ def _maildir_as_user(pw: pwd.struct_passwd, path: str, message_path: str, cfg: C
         end = time.monotonic() + cfg.timeout
         poll = select.poll()
         poll.register(read_end, select.POLLIN)
-        while True:  # the pipe ends when the child does
-            left = end - time.monotonic()
-            if left <= 0 or not poll.poll(left * 1000 + 1):
-                os.kill(pid, signal.SIGKILL)  # stopped or not, it ends here
-                os.waitpid(pid, 0)
-                raise OSError(0, f"delivery as {pw.pw_name} took over {cfg.timeout:g} s (TIMEOUT): killed")
+        while (left := end - time.monotonic()) > 0 and poll.poll(left * 1000 + 1):
             chunk = os.read(read_end, 4096)
-            if not chunk:
+            if not chunk:  # the pipe ends when the child does
                 break
             report += chunk
+        else:
+            os.kill(pid, signal.SIGKILL)  # stopped or not, it ends here
+            os.waitpid(pid, 0)
+            raise OSError(0, f"delivery as {pw.pw_name} took over {cfg.timeout:g} s (TIMEOUT): killed")
         code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     finally:
         os.close(message_fd)

@@ -9,13 +9,14 @@ import sys
 import time
 
 from dma import _native
-from dma.errors import EX_OSERR, EX_TEMPFAIL, Fatal, getopts
+from dma.errors import EX_OSERR, EX_TEMPFAIL, Fatal, RouteError, getopts
 
 from .log import Log
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
     from dma.config import Config
 
@@ -63,20 +64,20 @@ class Runner:
         self.name = name
         self.events = Log(cfg, tag)
         # Only the spool's owner may take drops (and only it can read them).
-        self.drop_dir = f"{cfg.spooldir}/incoming"  # drop.NAME, without importing drop
-        self.system_drop = not cfg.user_mode and posix.access(self.drop_dir, posix.F_OK)
+        drop_dir = f"{cfg.spooldir}/incoming"  # drop.NAME, without importing drop
+        self.drop_dir = drop_dir if not cfg.user_mode and posix.access(drop_dir, posix.F_OK) else None
         self.verbose = verbose
         self.report_failures = report_failures
         self.progress = progress
         self.spool_: _native.Spool | None = None
         self.claimed = 0  # entries held here
-        # Claimed, waiting for a thread: destination key -> (destination, message id -> entries)
-        self.waiting: dict[str, tuple[Destination, dict[str, list[_native.QueueEntry]]]] = {}
-        self.local: list[_native.QueueEntry] = []  # local entries waiting for a thread
-        self.busy: dict[str, int] = {}  # key -> running jobs ("" for local ones)
+        # Claimed, waiting for a thread: destination key -> (destination, message id -> entries);
+        # local entries under None (no destination), by entry id
+        self.waiting: dict[str | None, tuple[Destination | None, dict[str, list[_native.QueueEntry]]]] = {}
+        self.busy: dict[str | None, int] = {}  # key -> running threads
         # (key, groups, entry id -> (status, text), link): appended by delivery threads
-        self.finished: list[tuple[str, Groups, dict[str, tuple[str, str]], Link | None]] = []
-        self.idle: dict[str, list[Link]] = {}  # the connection cache
+        self.finished: list[tuple[str | None, Groups, dict[str, tuple[str, str]], Link | None]] = []
+        self.idle: dict[str | None, list[Link]] = {}  # the connection cache
         self.last_activity = time.time()
         self.replayed = False
         self.stopping = False
@@ -87,7 +88,7 @@ class Runner:
     @property
     def spool(self) -> _native.Spool:
         if self.spool_ is None:
-            self.spool_ = _native.Spool(self.cfg.spooldir, self.drop_dir if self.system_drop else None)
+            self.spool_ = _native.Spool(self.cfg.spooldir, self.drop_dir)
         return self.spool_
 
     def acquire(self) -> bool:
@@ -107,7 +108,7 @@ class Runner:
         try:
             while not self.stopping:
                 self.collect()
-                if self.system_drop:  # take what users left in the drop directory
+                if self.drop_dir:  # take what users left in the drop directory
                     from .drop import pick_up
 
                     waits = pick_up(self.cfg, self.events)[1]
@@ -146,12 +147,11 @@ class Runner:
         finally:
             self.collect()  # a stop (SIGTERM) still records what has finished
             self.close_links()
-            waiting = [e for _, per in self.waiting.values() for group in per.values() for e in group]
-            for entry in self.local + waiting:
-                spool.release(entry.id)
-                self.claimed -= 1
+            for _, per in self.waiting.values():
+                for entry in (entry for group in per.values() for entry in group):
+                    spool.release(entry.id)
+                    self.claimed -= 1
             self.waiting.clear()
-            self.local.clear()
 
     def stop(self, signum: int, frame: object) -> None:
         """SIGTERM: finish what has been recorded, close connections, and exit."""
@@ -195,58 +195,52 @@ class Runner:
             import resource
 
             soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            if soft != resource.RLIM_INFINITY and soft < BATCH + 256:
-                soft = BATCH + 256 if hard == resource.RLIM_INFINITY else min(BATCH + 256, hard)
-                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-            room = BATCH if soft == resource.RLIM_INFINITY else max(16, min(BATCH, soft - 256))
+            want = BATCH + 256 if hard == resource.RLIM_INFINITY else min(BATCH + 256, hard)
+            if soft != resource.RLIM_INFINITY and soft < want:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            room = max(16, want - 256)
         if due and room > self.claimed:
             claimed = self.spool.claim([e.id for e in due[: room - self.claimed]])
             self.claimed += len(claimed)
             for entry in claimed:
-                if "@" not in entry.recipient:  # local: no domain left (as C dma)
-                    self.local.append(entry)
-                    continue
-                dest = Destination(self.cfg, entry.sender, entry.recipient)
-                per_message = self.waiting.setdefault(dest.key, (dest, {}))[1]
-                per_message.setdefault(entry.message_id, []).append(entry)
-        if self.local:
+                dest: Destination | None
+                if "@" in entry.recipient:
+                    dest = Destination(self.cfg, entry.sender, entry.recipient)
+                    key, group = dest.key, entry.message_id
+                else:  # local: no domain left (as C dma)
+                    dest, key, group = None, None, entry.id
+                self.waiting.setdefault(key, (dest, {}))[1].setdefault(group, []).append(entry)
+        if None in self.waiting:
             from . import local  # noqa: F401
-        while self.local and self.busy.get("", 0) < self.cfg.concurrency:
-            self.start("", None, [[self.local.pop(0)]], None)
-        for key in list(self.waiting):
-            remote_running = sum(self.busy.values()) - self.busy.get("", 0)
-            slots = min(
-                self.cfg.host_concurrency - self.busy.get(key, 0), self.cfg.concurrency - remote_running
-            )
-            if slots <= 0:
+        for key, (dest, per) in list(self.waiting.items()):
+            # CONCURRENCY threads for local deliveries, as many again for remote sessions
+            running = sum(n for k, n in self.busy.items() if (k is None) == (key is None))
+            limit = self.cfg.concurrency if key is None else self.cfg.host_concurrency
+            share = min(self.cfg.concurrency - running, limit - self.busy.get(key, 0), len(per))
+            if share <= 0:
                 continue
-            dest, per = self.waiting.pop(key)
-            groups = list(per.values())
-            share = min(slots, len(groups))
+            if key is None:  # a thread for each local entry; the others wait for a free one
+                groups = [per.pop(entry_id) for entry_id in list(per)[:share]]
+            else:  # the destination's messages are shared out over its new sessions
+                groups = list(self.waiting.pop(key)[1].values())
             cached = self.idle.get(key, [])
+            self.busy[key] = self.busy.get(key, 0) + share
+            self.last_activity = time.time()
             for i in range(share):
-                self.start(key, dest, groups[i::share], cached.pop() if cached else None)
+                link = cached.pop() if cached else None
+                _thread.start_new_thread(self.work, (key, dest, groups[i::share], link))
 
-    def start(self, key: str, dest: Destination | None, groups: Groups, link: Link | None) -> None:
-        self.busy[key] = self.busy.get(key, 0) + 1
-        self.last_activity = time.time()
-        _thread.start_new_thread(self.work, (key, dest, groups, link))
-
-    def work(self, key: str, dest: Destination | None, groups: Groups, link: Link | None) -> None:
+    def work(self, key: str | None, dest: Destination | None, groups: Groups, link: Link | None) -> None:
         """A delivery thread: a destination's messages over one connection, or one local entry
         (`dest` None). Any error defers the entries (and is logged) instead of ending the run."""
-        outcomes: dict[str, tuple[str, str]] = {}
         try:
             if dest is None:
                 from . import local
 
-                entry = groups[0][0]
-                outcomes[entry.id] = ("sent", "")
-                try:
-                    path = self.spool.message_path(entry.id)
-                    local.deliver(entry.recipient, entry.sender, path, self.cfg, lock_timeout=LOCK_WAIT)
-                except local.DeliveryFailure as e:
-                    outcomes[entry.id] = ("permanent" if e.permanent else "temporary", str(e))
+                [[entry]] = groups
+                path = self.spool.message_path(entry.id)
+                local.deliver(entry.recipient, entry.sender, path, self.cfg, lock_timeout=LOCK_WAIT)
+                outcomes = {entry.id: ("sent", "")}
             else:
                 from . import remote
 
@@ -254,6 +248,9 @@ class Runner:
                 outcomes, link = remote.deliver(
                     self.cfg, self.spool, dest, ids, link, self.events, verbose=self.verbose
                 )
+        except RouteError as e:  # local.DeliveryFailure (remote.deliver turns its own into outcomes)
+            outcome = ("permanent" if e.permanent else "temporary", str(e))
+            outcomes = {entry.id: outcome for group in groups for entry in group}
         except BaseException as e:  # a Rust panic too: the rest of the queue must still be delivered
             text = f"internal error, will retry: {type(e).__name__}: {e}"
             self.events.event("crit", "error", text)
@@ -312,24 +309,28 @@ class Runner:
                     self.spool.release(e.id)
 
     def bounce(self, failed: list[_native.QueueEntry]) -> None:
-        """Queue one message's bounce, or hold its entries for the postmaster when the bounce
-        itself failed (null sender) or can not be queued."""
+        """Queue one message's bounce (unless NOTIFY asked for none) and remove its entries, or hold
+        them for the postmaster when the bounce itself failed (null sender) or can not be queued."""
         from . import bounce
 
         first = failed[0]
-        if first.sender and not bounce.wants_failure_report(first.dsn):
-            self.log(bounce.discard(self.spool, failed), event="failed")
-            return
         reason = "a bounce that could not be delivered"
         if first.sender:
             try:
-                bounce_id = bounce.send(self.cfg, failed, self.spool.message_path(first.id))
+                bounce_id = None
+                if bounce.wants_failure_report(first.dsn):
+                    bounce_id = bounce.send(self.cfg, failed, self.spool.message_path(first.id))
             except (Fatal, OSError, ValueError) as error:
                 reason = f"the bounce could not be queued: {error}"
             else:
                 for e in failed:
                     self.spool.remove(e.id)
                 self.sync()
+                if bounce_id is None:
+                    self.log(
+                        f"{first.message_id}: failed, not bounced, as asked ({first.dsn})", event="failed"
+                    )
+                    return
                 self.bounces += 1
                 self.log(
                     f"{first.message_id}: bounced to <{first.sender}> as {bounce_id}",
@@ -375,13 +376,12 @@ class Runner:
             raise Fatal(EX_TEMPFAIL, f"{text}; stopping") from None
         word = "sent" if status == "sent" else "failed" if final else "deferred"
         self.done[word] += 1
+        fields: dict[str, Any] = {"id": entry.id, "to": entry.recipient, "sender": entry.sender}
         if status == "sent":
             self.log(
                 f"{entry.id}: delivered to {entry.recipient}",
                 event="delivered",
-                id=entry.id,
-                to=entry.recipient,
-                sender=entry.sender,
+                **fields,
                 detail=text or None,
             )
             return
@@ -390,9 +390,7 @@ class Runner:
             failure=True,
             event=word,
             level="err" if final else "notice",
-            id=entry.id,
-            to=entry.recipient,
-            sender=entry.sender,
+            **fields,
             attempts=attempts,
             next_attempt=next_attempt or None,
             detail=text,
