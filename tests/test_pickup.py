@@ -7,6 +7,7 @@ type; a pickup repeated after a crash does not queue the message twice; halves d
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -168,6 +169,18 @@ def test_per_user_cap(world: World, users: tuple[User, User]) -> None:
     world.write_conf("MAXUSERMSGS 3")
     assert runner(world).returncode == 0
     assert world.drops() == [] and deliveries(world, b"BURST") == 1
+
+
+def test_a_picked_up_drop_is_logged_once_with_its_id_once(world: World, users: tuple[User, User]) -> None:
+    a, _ = users
+    logfile = world.root / "dma.log"
+    world.write_conf(f"LOGFILE {logfile}")
+    assert world.submit(a, ["root"], message("LOGGED")).returncode == 0
+    assert runner(world).returncode == 0 and deliveries(world, b"LOGGED") == 1
+    queued = [json.loads(line) for line in logfile.read_text().splitlines()]
+    queued = [r for r in queued if r["event"] == "queued" and r.get("uid") == a.uid]
+    assert len(queued) == 1, queued
+    assert queued[0]["text"] == f"new mail from uid {a.uid} to root", queued[0]
 
 
 # ---- finding 3: whatever is not a drop is removed, of any type ---------------------------------

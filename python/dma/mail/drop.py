@@ -159,7 +159,7 @@ def take(cfg: Config, ident: str, est: os.stat_result, sid: str, used: list[int]
         used[0] += 1
         used[1] += size
         to = ", ".join(recipients)
-        text = f"{sid}: new mail from uid {est.st_uid} to {to}"
+        text = f"new mail from uid {est.st_uid} to {to}"
         events.event("info", "queued", text, id=sid, uid=est.st_uid, to=to)
     finally:
         os.close(dfd)
