@@ -22,6 +22,7 @@ import threading
 from . import _native
 from .config import Config
 from .errors import EX_NOINPUT, Fatal
+from .mail import Submission
 from .mail import submit as submission
 from .mail.routing import RecipientResolver
 
@@ -104,7 +105,7 @@ class Batch:
             raise TypeError("recipients must be strings")
         if recipients is not None and not any(r.strip() for r in given):
             raise Fatal(EX_NOINPUT, "no recipients given")
-        sub = submission.Submission(given, sender, dot_terminates=False, from_headers=recipients is None)
+        sub = Submission(given, sender, dot_terminates=False, from_headers=recipients is None)
         message_id, _ = submission.submit(
             self.config, sub, data, durable=self.durable, resolver=self._resolver
         )

@@ -11,7 +11,6 @@ import time
 from dma import __version__, _native
 from dma.errors import EX_CANTCREAT, EX_DATAERR, EX_IOERR, EX_NOINPUT, EX_TEMPFAIL, Fatal
 
-from . import Submission as Submission  # re-exported: dma.api names it here
 from . import message
 from .routing import RecipientResolver
 
@@ -20,6 +19,8 @@ if TYPE_CHECKING:
     from typing import Any
 
     from dma.config import Config
+
+    from . import Submission
 
 # Errors that a later attempt may not meet: the caller should retry (sysexits EX_TEMPFAIL).
 _TEMPORARY_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE)
