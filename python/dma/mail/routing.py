@@ -134,7 +134,7 @@ def resolve_host(host: str, cfg: Config, port: int) -> list[str]:
     resolver (which reads /etc/hosts too). Failures are temporary: an unresolvable smarthost must
     not bounce mail (C dma #30)."""
     if ":" in host or host.replace(".", "").isdigit():  # an IP address: nothing to look up
-        return [host[5:] if host[:5].lower() == "ipv6:" else host]  # `[IPv6:...]` in SMARTHOST
+        return [host[5:] if host[:5].lower() == "ipv6:" else host]  # a relay written `[IPv6:...]`
     if not cfg.dns_servers:
         import socket
 
