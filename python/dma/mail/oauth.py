@@ -309,13 +309,12 @@ def renew_now(cfg: Config, path: str) -> str:
 def login(cfg: Config, provider: str, path: str) -> None:
     """Get a first refresh token and write it into `path`, 0600, owned by the runner's user."""
     existing = read_credential(path, False) if os.path.exists(path) else {}
-    existing.pop("refresh_token", None)
     existing["provider"] = provider
     if "client_id" not in existing:
         existing["client_id"] = ask("client id: ")
         if provider == "google":
             existing["client_secret"] = ask("client secret: ", hidden=True)
-    fields = expand(path, dict(existing))
+    fields = expand(path, existing)
     if "device_endpoint" in fields:
         answer = device_flow(cfg, fields)
     elif "auth_endpoint" in fields:

@@ -40,8 +40,8 @@ class Route:
         words = value.split()
         if len(words) < 2:
             raise ValueError("expected `ROUTE to:<domain>|from:<sender> <host[:port]>|mx [option ...]'")
-        kind, colon, pattern = words[0].partition(":")
-        if not colon or kind not in ("to", "from") or not pattern:
+        kind, _, pattern = words[0].partition(":")
+        if kind not in ("to", "from") or not pattern:  # without a colon, pattern is empty
             raise ValueError(f"`{words[0]}' is not to:<domain> or from:<address>")
         self.kind, self.pattern, self.line = kind, pattern.lower(), line
         self.hosts = [] if words[1] == "mx" else split_hosts(words[1], 25)

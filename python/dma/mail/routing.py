@@ -60,14 +60,6 @@ class Target:
         self.preference = preference
 
 
-def address_literal(domain: str) -> str | None:
-    """The IP address of an address literal domain (`[192.0.2.1]`, `[IPv6:2001:db8::1]`)."""
-    if not (domain.startswith("[") and domain.endswith("]")):
-        return None
-    inner = domain[1:-1]
-    return inner[5:] if inner[:5].lower() == "ipv6:" else inner
-
-
 def targets_for(domain: str, cfg: Config, route: Route | None = None) -> list[Target]:
     """The hosts to try for `domain`, in order, skipping names that do not resolve: `route`'s relays
     (else the smarthosts), or the MX hosts by preference, shuffled among equals (RFC 5321 5.1).
@@ -75,13 +67,15 @@ def targets_for(domain: str, cfg: Config, route: Route | None = None) -> list[Ta
     hosts = cfg.smarthosts() if route is None else route.hosts
     if hosts:
         candidates, none = [(0, name, port) for name, port in hosts], "no usable smarthost"
-    elif (literal := address_literal(domain)) is not None:
+    elif domain.startswith("[") and domain.endswith("]"):
         import ipaddress
 
         # RFC 5321 4.1.3: `[192.0.2.1]` is IPv4, `[IPv6:2001:db8::1]` IPv6; anything else cannot
         # be delivered to (and must not reach the SMTP session, which refuses it).
+        v6 = domain[1:6].lower() == "ipv6:"
+        literal = domain[6 if v6 else 1 : -1]
         try:
-            (ipaddress.IPv6Address if domain[1:6].lower() == "ipv6:" else ipaddress.IPv4Address)(literal)
+            (ipaddress.IPv6Address if v6 else ipaddress.IPv4Address)(literal)
         except ValueError:
             raise RouteError(f"invalid address literal {domain}", permanent=True) from None
         return [Target(literal, [literal], 25)]
@@ -142,7 +136,7 @@ def resolve_host(host: str, cfg: Config, port: int) -> list[str]:
     resolver (which reads /etc/hosts too). Failures are temporary: an unresolvable smarthost must
     not bounce mail (C dma #30)."""
     if ":" in host or host.replace(".", "").isdigit():  # an IP address: nothing to look up
-        return [address_literal(f"[{host}]") or host]
+        return [host[5:] if host[:5].lower() == "ipv6:" else host]  # a relay written `[IPv6:...]`
     if not cfg.dns_servers:
         import socket
 
