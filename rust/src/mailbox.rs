@@ -221,18 +221,13 @@ fn unique_name(hostname: &str) -> String {
 
 /// Open a directory without following a symlink in its last component, made (0700) when missing.
 fn open_or_make_dir(parent: impl AsFd, path: &Path, ctx: impl Fn(&str) -> String) -> Result<OwnedFd> {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let open = || rustix::fs::openat(&parent, path, flags, Mode::empty());
-    match open() {
-        Err(rustix::io::Errno::NOENT) => {}
-        opened => return opened.context(|| ctx("open directory")),
-    }
     let made = match rustix::fs::mkdirat(&parent, path, Mode::from(0o700)) {
         Ok(()) => true,
         Err(rustix::io::Errno::EXIST) => false,
         Err(e) => return Err(DmaError::io(ctx("create directory"), e.into())),
     };
-    let fd = open().context(|| ctx("open directory"))?;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(&parent, path, flags, Mode::empty()).context(|| ctx("open directory"))?;
     if made {
         // mkdir's mode is filtered by the umask; we want exactly 0700.
         rustix::fs::fchmod(&fd, Mode::from(0o700)).context(|| ctx("chmod"))?;

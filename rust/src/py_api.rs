@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyOSError, PyValueError};
@@ -45,10 +45,6 @@ fn dup(fd: RawFd) -> crate::errors::Result<File> {
 
 fn finished() -> PyErr {
     PyValueError::new_err("this message is already committed or aborted")
-}
-
-fn busy() -> PyErr {
-    PyOSError::new_err("standard input is being read")
 }
 
 /// A message being received into the spool (`spool::Incoming`): the one way in.
@@ -113,11 +109,8 @@ impl Incoming {
                 inner.receive(before.chain(original).chain(&after[..]), &opts)
             }),
             Source::Smtp(stdin) => {
-                // The `-bs` reader lends its input while the GIL is released, and gets it back.
-                let mut body = stdin.borrow_mut().inner.take().ok_or_else(busy)?;
-                let got = py.detach(|| inner.receive(body.data(), &opts));
-                stdin.borrow_mut().inner = Some(body);
-                got
+                let stdin = stdin.get();
+                py.detach(|| inner.receive(stdin.input().data(), &opts))
             }
         }?;
         Ok((info.size, info.recipient_headers))
@@ -158,35 +151,31 @@ impl Incoming {
 }
 
 /// The reader that owns standard input during `sendmail -bs`; bodies go to `Incoming.receive`.
-#[pyclass(module = "dma._native")]
-struct SmtpStdin {
-    /// `None` only while a body is being spooled with the GIL released.
-    inner: Option<SmtpInput<File>>,
+#[pyclass(module = "dma._native", frozen)]
+struct SmtpStdin(Mutex<SmtpInput<File>>);
+
+impl SmtpStdin {
+    fn input(&self) -> MutexGuard<'_, SmtpInput<File>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 #[pymethods]
 impl SmtpStdin {
     #[new]
     fn new(fd: RawFd) -> PyResult<Self> {
-        Ok(SmtpStdin {
-            inner: Some(SmtpInput::new(dup(fd)?)),
-        })
+        Ok(SmtpStdin(Mutex::new(SmtpInput::new(dup(fd)?))))
     }
 
     /// The next command line (without CRLF, at most `max` bytes) and whether it was whole, or
     /// `None` at the end of input.
-    fn command(&mut self, py: Python<'_>, max: usize) -> PyResult<Option<(Vec<u8>, bool)>> {
-        let inner = self.inner.as_mut().ok_or_else(busy)?;
-        Ok(py.detach(|| inner.command(max))?)
+    fn command(&self, py: Python<'_>, max: usize) -> PyResult<Option<(Vec<u8>, bool)>> {
+        Ok(py.detach(|| self.input().command(max))?)
     }
 
     /// Read and discard the rest of a body whose spooling failed, so the session can go on.
-    fn skip_data(&mut self, py: Python<'_>) -> PyResult<()> {
-        let inner = self.inner.as_mut().ok_or_else(busy)?;
-        if inner.in_data() {
-            py.detach(|| std::io::copy(&mut inner.data(), &mut std::io::sink()))?;
-        }
-        Ok(())
+    fn skip_data(&self, py: Python<'_>) -> PyResult<()> {
+        Ok(py.detach(|| self.input().skip_data())?)
     }
 }
 
