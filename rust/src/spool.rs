@@ -61,8 +61,9 @@ fn check_envelope(sender: &str, recipients: &[String], dsn: &str) -> Result<()> 
         .map_err(|(address, why)| DmaError::Data(format!("invalid address {address:?}: {why}")))
 }
 
-/// A message being received, until it is committed to the queue. Dropping it uncommitted removes
-/// everything it wrote.
+/// A message being received, until it is committed to the queue (`dma._native.Incoming`, the one
+/// way in). Dropping it uncommitted, or `abort`, removes everything it wrote.
+#[cfg_attr(feature = "python", pyo3::pyclass(module = "dma._native"))]
 pub struct Incoming {
     dir: PathBuf,
     /// Sync every file and the directory (off for a batch, which ends with one `sync_spool`).
@@ -183,13 +184,18 @@ impl Incoming {
         let _ = fs::remove_file(&self.tmp);
         Ok(self.id.clone())
     }
+
+    /// Give up: remove everything written so far.
+    pub fn abort(&mut self) {
+        for path in self.published.drain(..).rev() {
+            let _ = fs::remove_file(path);
+        }
+    }
 }
 
 impl Drop for Incoming {
     fn drop(&mut self) {
-        for path in self.published.iter().rev() {
-            let _ = fs::remove_file(path);
-        }
+        self.abort();
     }
 }
 
