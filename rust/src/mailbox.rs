@@ -6,7 +6,7 @@
 //! 2016 symlink/hard-link class of attacks on `/var/mail`).
 
 use std::fs::{File, OpenOptions, Permissions, TryLockError};
-use std::io::{self, BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
+use std::io::{self, BufReader, BufWriter, ErrorKind, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{fchown, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use rustix::fs::{AtFlags, Mode, OFlags, CWD};
 
-use crate::errors::{retry, DmaError, IoContext, Result};
+use crate::errors::{DmaError, IoContext, Result};
 
 const CHUNK: usize = 64 * 1024;
 
@@ -132,40 +132,30 @@ fn lock_with_timeout(file: &File, timeout: Duration) -> io::Result<()> {
 /// Write `from_line`, the message with mboxrd quoting (a line matching `^>*From ` gets one more
 /// `>`), a final LF if the message lacks one, then one empty line.
 fn write_mbox_entry(out: impl Write, input: impl Read, from_line: &str) -> io::Result<()> {
-    let mut input = BufReader::with_capacity(CHUNK, input);
+    const FROM: &[u8] = b"From ";
     let mut out = BufWriter::with_capacity(CHUNK, out);
     out.write_all(from_line.as_bytes())?;
-    let mut piece = Vec::with_capacity(CHUNK);
-    let (mut line_start, mut last) = (true, b'\n');
-    loop {
-        let mut limit = CHUNK;
-        if line_start {
-            // The extra `>` may as well go after the line's run of `>` as before it: so the run
-            // passes through as it comes, and the five bytes after it decide, whatever the size
-            // of the line or of the reads.
-            let buffered = retry(|| input.fill_buf().map(<[u8]>::len))?;
-            let run = input.buffer().iter().take_while(|&&b| b == b'>').count();
-            out.write_all(&input.buffer()[..run])?;
-            input.consume(run);
-            if run > 0 {
-                last = b'>';
-                if run == buffered {
-                    continue;
-                }
+    // In a line's head: its run of `>` passes through (the extra `>` may as well go after it as
+    // before it), then the bytes that match `From ` so far wait for the one that decides.
+    let (mut head, mut matched, mut last) = (true, 0, b'\n');
+    for byte in BufReader::with_capacity(CHUNK, input).bytes() {
+        last = byte?;
+        if head && last == FROM[matched] {
+            matched += 1;
+            if matched == FROM.len() {
+                out.write_all(b">From ")?;
+                (head, matched) = (false, 0);
             }
-            limit = b"From ".len();
+            continue;
         }
-        piece.clear();
-        if input.by_ref().take(limit as u64).read_until(b'\n', &mut piece)? == 0 {
-            break;
+        if head && (matched > 0 || last != b'>') {
+            out.write_all(&FROM[..matched])?;
+            (head, matched) = (false, 0);
         }
-        if line_start && piece == b"From " {
-            out.write_all(b">")?;
-        }
-        out.write_all(&piece)?;
-        last = piece[piece.len() - 1];
-        line_start = last == b'\n';
+        out.write_all(&[last])?;
+        head |= last == b'\n';
     }
+    out.write_all(&FROM[..matched])?;
     if last != b'\n' {
         out.write_all(b"\n")?;
     }
