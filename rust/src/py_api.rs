@@ -270,9 +270,7 @@ fn syslog(ident: &str, priority: i32, text: &str) {
     /// once per process (one program, one `-L` tag).
     static IDENT: OnceLock<CString> = OnceLock::new();
     let ident = IDENT.get_or_init(|| CString::new(ident.replace('\0', "")).unwrap_or_default());
-    let Ok(text) = CString::new(text.replace('\0', " ")) else {
-        return;
-    };
+    let text = CString::new(text.replace('\0', " ")).unwrap_or_default();
     // SAFETY: NUL-terminated strings; `ident` is static, as openlog requires; the format
     // consumes exactly the one argument given.
     unsafe {

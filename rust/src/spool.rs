@@ -90,12 +90,10 @@ impl Incoming {
             str::to_owned,
         );
         let tmp = dir.join(format!("{TMP_PREFIX}{id}"));
-        let mut opened = new_file(&tmp);
-        if matches!(&opened, Err(e) if e.kind() == ErrorKind::AlreadyExists) && name.is_some() {
+        if name.is_some() && fs::symlink_metadata(&tmp).is_ok() {
             remove_uncommitted(dir, &id);
-            opened = new_file(&tmp);
         }
-        let file = opened.context(|| format!("can not create temp file in `{}'", dir.display()))?;
+        let file = new_file(&tmp).context(|| format!("can not create temp file in `{}'", dir.display()))?;
         Ok(Incoming {
             dir: dir.to_owned(),
             durable,
@@ -172,7 +170,7 @@ impl Incoming {
         envelope.extend(recipients.iter().map(|r| format!("Recipient: {r}\n")));
         envelope.extend((!dsn.is_empty()).then(|| format!("DSN: {dsn}\n")));
         let data = self.dir.join(format!("D{}", self.id));
-        fs::hard_link(&self.tmp, &data).context(|| format!("can not create `{}'", data.display()))?;
+        fs::rename(&self.tmp, &data).context(|| format!("can not create `{}'", data.display()))?;
         self.published.push(data);
         let env = self.dir.join(format!("E{}", self.id));
         let tmp = self.dir.join(format!("{TMP_PREFIX}E{}", self.id));
@@ -181,7 +179,6 @@ impl Incoming {
         // synced, and the runner syncs the spool once it has taken the message.
         let _ = fsync_dir(&self.dir);
         self.published.clear();
-        let _ = fs::remove_file(&self.tmp);
         Ok(self.id.clone())
     }
 
