@@ -115,17 +115,15 @@ fn lock_with_timeout(file: &File, timeout: Duration) -> io::Result<()> {
     let mut pause = Duration::from_millis(5);
     loop {
         match file.try_lock() {
-            Ok(()) => return Ok(()),
-            Err(TryLockError::Error(e)) => return Err(e),
-            Err(TryLockError::WouldBlock) => {
-                let now = Instant::now();
-                if now >= deadline {
-                    return Err(io::Error::from_raw_os_error(libc::EWOULDBLOCK));
-                }
-                std::thread::sleep(pause.min(deadline - now));
-                pause = (pause * 2).min(Duration::from_millis(100));
-            }
+            Err(TryLockError::WouldBlock) => {}
+            locked => return locked.map_err(io::Error::from),
         }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::from_raw_os_error(libc::EWOULDBLOCK));
+        }
+        std::thread::sleep(pause.min(left));
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
 
@@ -199,14 +197,10 @@ fn unique_name(hostname: &str) -> String {
     let now = UNIX_EPOCH.elapsed().unwrap_or_default();
     let host: String = hostname.chars().filter(|c| !c.is_control()).collect();
     let host = host.replace('/', "\\057").replace(':', "\\072");
-    format!(
-        "{}.M{}P{}Q{}.{}",
-        now.as_secs(),
-        now.subsec_micros(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        if host.is_empty() { "localhost" } else { &host },
-    )
+    let host = if host.is_empty() { "localhost" } else { &host };
+    let (secs, micros, pid) = (now.as_secs(), now.subsec_micros(), std::process::id());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{secs}.M{micros}P{pid}Q{n}.{host}")
 }
 
 /// Open a directory without following a symlink in its last component, made (0700) when missing.

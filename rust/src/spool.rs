@@ -222,12 +222,10 @@ pub fn scan(dir: &Path, prefix: &str) -> Result<(Vec<Entry>, Vec<String>)> {
     let names = list(dir)?;
     let uncommitted: HashSet<&str> = names.iter().filter_map(|n| n.strip_prefix(TMP_PREFIX)).collect();
     for name in &names {
-        let Some(id) = name.strip_prefix('Q').filter(|id| id.starts_with(prefix)) else {
+        let listed = |id: &&str| id.starts_with(prefix) && !uncommitted.contains(message_id_of(id));
+        let Some(id) = name.strip_prefix('Q').filter(listed) else {
             continue;
         };
-        if uncommitted.contains(message_id_of(id)) {
-            continue;
-        }
         match open_entry(&dir.join(name))
             .ok()
             .and_then(|mut f| read_entry(dir, id, &mut f))
@@ -362,21 +360,16 @@ pub fn clean_stale(dir: &Path, max_age: u64) -> Result<Vec<String>> {
         .iter()
         .filter_map(|n| Some((n.strip_prefix(TMP_PREFIX)?, old(n))))
         .collect();
-    let mut removed = Vec::new();
-    for name in &names {
-        let garbage = match name.strip_prefix(['Q', 'M']) {
-            Some(id) => match uncommitted.get(message_id_of(id)) {
-                Some(abandoned) => *abandoned,
-                // What a runner killed between removing an entry's Q and its M leaves.
-                None => name.starts_with('M') && !dir.join(format!("Q{id}")).exists(),
-            },
-            None => name.strip_prefix(TMP_PREFIX).is_some_and(|id| uncommitted[id]),
-        };
-        if garbage && fs::remove_file(dir.join(name)).is_ok() {
-            removed.push(name.clone());
-        }
-    }
-    Ok(removed)
+    let garbage = |name: &str| match name.strip_prefix(['Q', 'M']) {
+        Some(id) => match uncommitted.get(message_id_of(id)) {
+            Some(abandoned) => *abandoned,
+            // What a runner killed between removing an entry's Q and its M leaves.
+            None => name.starts_with('M') && !dir.join(format!("Q{id}")).exists(),
+        },
+        None => name.strip_prefix(TMP_PREFIX).is_some_and(|id| uncommitted[id]),
+    };
+    let removed = |name: &&String| garbage(name) && fs::remove_file(dir.join(name)).is_ok();
+    Ok(names.iter().filter(removed).cloned().collect())
 }
 
 #[cfg(test)]
