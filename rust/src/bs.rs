@@ -96,8 +96,7 @@ impl<R: Read> Read for Data<'_, R> {
                 piece.given = 1;
             }
         }
-        let n = out.len().min(piece.bytes.len() - piece.given);
-        out[..n].copy_from_slice(&piece.bytes[piece.given..piece.given + n]);
+        let n = (&piece.bytes[piece.given..]).read(out)?;
         piece.given += n;
         Ok(n)
     }
