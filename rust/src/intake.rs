@@ -124,18 +124,15 @@ impl<W: Write> Intake<'_, W> {
         if !fate.collect {
             return Ok(());
         }
+        let fields = &mut self.info.recipient_headers;
         let mut value = piece;
         if head && !is_continuation(piece) {
             // A new field: its value starts after the colon.
-            self.info.recipient_headers.push(String::new());
+            fields.push(String::new());
             value = piece.splitn(2, |&b| b == b':').nth(1).unwrap_or_default();
         }
         self.collected += value.len();
-        let field = self
-            .info
-            .recipient_headers
-            .last_mut()
-            .expect("a field is being collected");
+        let field = fields.last_mut().expect("a field is being collected");
         if field.len() + value.len() > MAX_FIELD || self.collected > MAX_COLLECTED {
             return Err(DmaError::Data(format!(
                 "To:, Cc: and Bcc: over {} MiB in a field or {} MiB in all, for -t",

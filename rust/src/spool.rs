@@ -108,10 +108,9 @@ impl Incoming {
 
     /// Stream the message from `input` into the temporary file and make it durable.
     pub fn receive(&mut self, input: impl Read, opts: &IntakeOptions<'_>) -> Result<MessageInfo> {
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| DmaError::Data("message already received".into()))?;
+        let Some(file) = self.file.take() else {
+            return Err(DmaError::Data("message already received".into()));
+        };
         let out = BufWriter::with_capacity(64 * 1024, file);
         let (info, out) = intake::copy_message(input, out, opts)?;
         let file = out.into_inner().context(|| "writing the spool file".into())?;
