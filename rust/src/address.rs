@@ -10,10 +10,8 @@ pub fn check(addr: &str) -> Result<(), &'static str> {
         // C dma refused 1000 bytes and more.
         return Err("longer than 998 bytes");
     }
-    if addr
-        .chars()
-        .any(|c| c.is_control() || (c.is_whitespace() && c != ' '))
-    {
+    let control = |c: char| c.is_control() || (c.is_whitespace() && c != ' ');
+    if addr.chars().any(control) {
         return Err("control characters");
     }
     let (local_ok, rest) = if let Some(quoted) = addr.strip_prefix('"') {

@@ -6,33 +6,29 @@
 
 use std::io::{self, BufRead, BufReader, ErrorKind, Read};
 
-use crate::errors::retry;
+const CHUNK: usize = 64 * 1024;
 
 pub struct SmtpInput<R> {
     src: BufReader<R>,
-    body: Body,
+    /// In a body (after the 354 reply, until its `.` line): what was read of it.
+    body: Option<Piece>,
 }
 
-/// Where the body reader stands in the current line.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Body {
-    /// Not in DATA, or its `.` line has been read.
-    Done,
-    LineStart,
-    /// A `.` began the line: either the terminator or a stuffed dot.
-    Dot,
-    /// `.` then CR began the line.
-    DotCr,
-    Middle,
-    /// In a line, just after a CR.
-    MiddleCr,
+/// Part of a body line: up to `CHUNK` bytes, up to and with its LF.
+#[derive(Default)]
+struct Piece {
+    bytes: Vec<u8>,
+    /// How much of it has been handed over.
+    given: usize,
+    /// The next piece continues a line (this one did not end in CRLF).
+    mid_line: bool,
 }
 
 impl<R: Read> SmtpInput<R> {
     pub fn new(src: R) -> Self {
         SmtpInput {
-            src: BufReader::with_capacity(64 * 1024, src),
-            body: Body::Done,
+            src: BufReader::with_capacity(CHUNK, src),
+            body: None,
         }
     }
 
@@ -58,15 +54,16 @@ impl<R: Read> SmtpInput<R> {
 
     /// The message body: a new one (after the 354 reply), or the rest of one under way.
     pub fn data(&mut self) -> Data<'_, R> {
-        if self.body == Body::Done {
-            self.body = Body::LineStart;
-        }
+        self.body.get_or_insert_with(Piece::default);
         Data(self)
     }
 
-    /// Whether a body was begun and its `.` line not yet read.
-    pub fn in_data(&self) -> bool {
-        self.body != Body::Done
+    /// Read and discard the rest of a body begun and not ended (its spooling failed).
+    pub fn skip_data(&mut self) -> io::Result<()> {
+        if self.body.is_some() {
+            io::copy(&mut self.data(), &mut io::sink())?;
+        }
+        Ok(())
     }
 }
 
@@ -75,50 +72,32 @@ pub struct Data<'a, R>(&'a mut SmtpInput<R>);
 
 impl<R: Read> Read for Data<'_, R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let me = &mut *self.0;
-        let mut n = 0;
-        while n < out.len() && me.body != Body::Done {
-            if n > 0 && me.src.buffer().is_empty() {
-                break; // hand over what we have rather than wait for more
-            }
-            retry(|| me.src.fill_buf().map(<[u8]>::len))?;
-            let buf = me.src.buffer();
-            if buf.is_empty() {
+        let SmtpInput { src, body } = &mut *self.0;
+        let Some(piece) = body else {
+            return Ok(0);
+        };
+        while piece.given == piece.bytes.len() {
+            let line_start = !piece.mid_line;
+            let after_cr = piece.bytes.last() == Some(&b'\r');
+            piece.bytes.clear();
+            piece.given = 0;
+            let mut line = (&mut *src).take(CHUNK as u64);
+            if line.read_until(b'\n', &mut piece.bytes)? < CHUNK && !piece.bytes.ends_with(b"\n") {
                 let msg = "the client closed the session before the end of the message";
                 return Err(io::Error::new(ErrorKind::UnexpectedEof, msg));
             }
-            let (used, next) = match (me.body, buf[0]) {
-                (Body::LineStart, b'.') => (1, Body::Dot),
-                (Body::Dot | Body::DotCr, b'\n') => (1, Body::Done),
-                (Body::Dot, b'\r') => (1, Body::DotCr),
-                (Body::DotCr, _) => {
-                    // `.` CR and something else: the dot was stuffing, the CR is content.
-                    out[n] = b'\r';
-                    n += 1;
-                    (0, Body::MiddleCr)
+            // Only CRLF ends a line: a dot after a bare LF is content, never stuffing.
+            piece.mid_line = !(piece.bytes.ends_with(b"\r\n") || (after_cr && piece.bytes == b"\n"));
+            if line_start && piece.bytes.starts_with(b".") {
+                if matches!(&piece.bytes[..], b".\r\n" | b".\n") {
+                    *body = None;
+                    return Ok(0);
                 }
-                (Body::LineStart | Body::Dot, _) => (0, Body::Middle),
-                (state, _) => {
-                    let end = buf.iter().position(|&b| b == b'\n');
-                    let take = end.map_or(buf.len(), |e| e + 1).min(out.len() - n);
-                    out[n..n + take].copy_from_slice(&buf[..take]);
-                    n += take;
-                    // Only CRLF ends a line: a dot after a bare LF is content, never stuffing.
-                    let cr_before = |e: usize| {
-                        e.checked_sub(1)
-                            .map_or(state == Body::MiddleCr, |p| buf[p] == b'\r')
-                    };
-                    let next = match end {
-                        Some(e) if e < take && cr_before(e) => Body::LineStart,
-                        _ if buf[take - 1] == b'\r' => Body::MiddleCr,
-                        _ => Body::Middle,
-                    };
-                    (take, next)
-                }
-            };
-            me.src.consume(used);
-            me.body = next;
+                piece.given = 1;
+            }
         }
+        let n = (&piece.bytes[piece.given..]).read(out)?;
+        piece.given += n;
         Ok(n)
     }
 }
@@ -136,7 +115,7 @@ mod tests {
         let mut body = Vec::new();
         s.data().read_to_end(&mut body).unwrap();
         assert_eq!(body, b"Subject: a\r\n\r\n.lead\r\n");
-        assert!(!s.in_data());
+        assert!(s.body.is_none());
         let mut body = Vec::new();
         s.data().read_to_end(&mut body).unwrap();
         assert_eq!(body, b".\r\n");
@@ -167,11 +146,25 @@ mod tests {
     }
 
     #[test]
+    fn a_crlf_split_by_the_chunk_limit_still_ends_the_line() {
+        for len in [CHUNK - 2, CHUNK - 1, CHUNK, CHUNK + 1] {
+            let mut input = vec![b'a'; len];
+            input.extend_from_slice(b"\r\n..x\r\n.\r\nNOOP\r\n");
+            let mut s = SmtpInput::new(&input[..]);
+            let mut body = Vec::new();
+            s.data().read_to_end(&mut body).unwrap();
+            assert_eq!(body.len(), len + 6, "{len}");
+            assert!(body.ends_with(b"a\r\n.x\r\n"), "{len}");
+            assert_eq!(s.command(512).unwrap(), Some((b"NOOP".to_vec(), true)));
+        }
+    }
+
+    #[test]
     fn a_body_without_its_dot_line_fails() {
         let mut s = SmtpInput::new(&b"Subject: a\r\n\r\nhalf a mess"[..]);
         let err = s.data().read_to_end(&mut Vec::new()).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::UnexpectedEof);
-        assert!(s.in_data());
+        assert!(s.body.is_some());
     }
 
     #[test]

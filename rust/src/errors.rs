@@ -31,8 +31,6 @@ impl fmt::Display for DmaError {
     }
 }
 
-impl std::error::Error for DmaError {}
-
 /// Attach a context string to an I/O result (std's or rustix's).
 pub trait IoContext<T> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T>;

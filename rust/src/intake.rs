@@ -5,7 +5,7 @@
 //! Long lines are kept whole: the SMTP writer breaks them on the wire.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Seek, Write};
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Seek, Write};
 use std::path::Path;
 
 use crate::errors::{DmaError, IoContext, Result};
@@ -124,18 +124,15 @@ impl<W: Write> Intake<'_, W> {
         if !fate.collect {
             return Ok(());
         }
+        let fields = &mut self.info.recipient_headers;
         let mut value = piece;
         if head && !is_continuation(piece) {
             // A new field: its value starts after the colon.
-            self.info.recipient_headers.push(String::new());
+            fields.push(String::new());
             value = piece.splitn(2, |&b| b == b':').nth(1).unwrap_or_default();
         }
         self.collected += value.len();
-        let field = self
-            .info
-            .recipient_headers
-            .last_mut()
-            .expect("a field is being collected");
+        let field = fields.last_mut().expect("a field is being collected");
         if field.len() + value.len() > MAX_FIELD || self.collected > MAX_COLLECTED {
             return Err(DmaError::Data(format!(
                 "To:, Cc: and Bcc: over {} MiB in a field or {} MiB in all, for -t",
@@ -149,9 +146,8 @@ impl<W: Write> Intake<'_, W> {
 
     /// End the header block: the rewritten `From:`, what is missing, then the empty line.
     fn close_headers(&mut self) -> Result<()> {
-        let opts = self.opts;
         self.headers = false;
-        if let (Some(address), Some(value)) = (opts.rewrite_from, self.from.take()) {
+        if let (Some(address), Some(value)) = (self.opts.rewrite_from, self.from.take()) {
             self.write(&rewritten_from(&value, address))?;
         }
         for (_, line) in std::mem::take(&mut self.missing) {
@@ -172,10 +168,8 @@ impl<R: Read> Read for Lf<R> {
         loop {
             let n = self.inner.read(buf)?;
             if buf[..n].contains(&0) {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "message contains a NUL byte",
-                ));
+                let nul = io::Error::new(ErrorKind::InvalidData, "message contains a NUL byte");
+                return Err(nul);
             }
             let mut kept = 0;
             for i in 0..n {
@@ -203,7 +197,7 @@ fn read_piece(input: &mut impl BufRead, limit: usize, buf: &mut Vec<u8>) -> Resu
         .read_until(b'\n', buf)
         .map_err(|e| match e.kind() {
             // Only `Lf` says InvalidData (a NUL byte): the system never does.
-            io::ErrorKind::InvalidData => DmaError::Data(e.to_string()),
+            ErrorKind::InvalidData => DmaError::Data(e.to_string()),
             _ => DmaError::io("reading the message", e),
         })
 }
@@ -243,18 +237,17 @@ fn field_name(line: &[u8]) -> Option<&[u8]> {
     (!name.is_empty() && name.iter().all(printable)).then_some(name)
 }
 
-pub fn copy_message<R: Read, W: Write>(
-    input: R,
+/// Spool the message from `input` into `out` as `opts` say; returns what was learnt, and `out`.
+pub fn copy_message<W: Write>(
+    input: impl Read,
     out: W,
     opts: &IntakeOptions<'_>,
 ) -> Result<(MessageInfo, W)> {
-    let mut input = BufReader::with_capacity(
-        CHUNK,
-        Lf {
-            inner: input,
-            after_cr: false,
-        },
-    );
+    let lf = Lf {
+        inner: input,
+        after_cr: false,
+    };
+    let mut input = BufReader::with_capacity(CHUNK, lf);
     let mut intake = Intake {
         out,
         opts,

@@ -85,10 +85,7 @@ pub fn journal_take(dir: &Path) -> Result<(Vec<String>, Vec<PathBuf>)> {
     }
     let mut ids = Vec::new();
     let mut files = Vec::new();
-    for name in crate::spool::list(dir)? {
-        if !name.starts_with(TAKEN) {
-            continue;
-        }
+    for name in crate::spool::list(dir)?.iter().filter(|n| n.starts_with(TAKEN)) {
         let taken = dir.join(name);
         let text = match fs::read_to_string(&taken) {
             // Another runner's replay is done with it: the entries it names are gone.

@@ -6,7 +6,7 @@
 //! 2016 symlink/hard-link class of attacks on `/var/mail`).
 
 use std::fs::{File, OpenOptions, Permissions, TryLockError};
-use std::io::{self, BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
+use std::io::{self, BufReader, BufWriter, ErrorKind, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{fchown, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use rustix::fs::{AtFlags, Mode, OFlags, CWD};
 
-use crate::errors::{retry, DmaError, IoContext, Result};
+use crate::errors::{DmaError, IoContext, Result};
 
 const CHUNK: usize = 64 * 1024;
 
@@ -115,57 +115,45 @@ fn lock_with_timeout(file: &File, timeout: Duration) -> io::Result<()> {
     let mut pause = Duration::from_millis(5);
     loop {
         match file.try_lock() {
-            Ok(()) => return Ok(()),
-            Err(TryLockError::Error(e)) => return Err(e),
-            Err(TryLockError::WouldBlock) => {
-                let now = Instant::now();
-                if now >= deadline {
-                    return Err(io::Error::from_raw_os_error(libc::EWOULDBLOCK));
-                }
-                std::thread::sleep(pause.min(deadline - now));
-                pause = (pause * 2).min(Duration::from_millis(100));
-            }
+            Err(TryLockError::WouldBlock) => {}
+            locked => return locked.map_err(io::Error::from),
         }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::from_raw_os_error(libc::EWOULDBLOCK));
+        }
+        std::thread::sleep(pause.min(left));
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
 
 /// Write `from_line`, the message with mboxrd quoting (a line matching `^>*From ` gets one more
 /// `>`), a final LF if the message lacks one, then one empty line.
 fn write_mbox_entry(out: impl Write, input: impl Read, from_line: &str) -> io::Result<()> {
-    let mut input = BufReader::with_capacity(CHUNK, input);
+    const FROM: &[u8] = b"From ";
     let mut out = BufWriter::with_capacity(CHUNK, out);
     out.write_all(from_line.as_bytes())?;
-    let mut piece = Vec::with_capacity(CHUNK);
-    let (mut line_start, mut last) = (true, b'\n');
-    loop {
-        let mut limit = CHUNK;
-        if line_start {
-            // The extra `>` may as well go after the line's run of `>` as before it: so the run
-            // passes through as it comes, and the five bytes after it decide, whatever the size
-            // of the line or of the reads.
-            let buffered = retry(|| input.fill_buf().map(<[u8]>::len))?;
-            let run = input.buffer().iter().take_while(|&&b| b == b'>').count();
-            out.write_all(&input.buffer()[..run])?;
-            input.consume(run);
-            if run > 0 {
-                last = b'>';
-                if run == buffered {
-                    continue;
-                }
+    // In a line's head: its run of `>` passes through (the extra `>` may as well go after it as
+    // before it), then the bytes that match `From ` so far wait for the one that decides.
+    let (mut head, mut matched, mut last) = (true, 0, b'\n');
+    for byte in BufReader::with_capacity(CHUNK, input).bytes() {
+        last = byte?;
+        if head && last == FROM[matched] {
+            matched += 1;
+            if matched == FROM.len() {
+                out.write_all(b">From ")?;
+                (head, matched) = (false, 0);
             }
-            limit = b"From ".len();
+            continue;
         }
-        piece.clear();
-        if input.by_ref().take(limit as u64).read_until(b'\n', &mut piece)? == 0 {
-            break;
+        if head && (matched > 0 || last != b'>') {
+            out.write_all(&FROM[..matched])?;
+            (head, matched) = (false, 0);
         }
-        if line_start && piece == b"From " {
-            out.write_all(b">")?;
-        }
-        out.write_all(&piece)?;
-        last = piece[piece.len() - 1];
-        line_start = last == b'\n';
+        out.write_all(&[last])?;
+        head |= last == b'\n';
     }
+    out.write_all(&FROM[..matched])?;
     if last != b'\n' {
         out.write_all(b"\n")?;
     }
@@ -209,30 +197,21 @@ fn unique_name(hostname: &str) -> String {
     let now = UNIX_EPOCH.elapsed().unwrap_or_default();
     let host: String = hostname.chars().filter(|c| !c.is_control()).collect();
     let host = host.replace('/', "\\057").replace(':', "\\072");
-    format!(
-        "{}.M{}P{}Q{}.{}",
-        now.as_secs(),
-        now.subsec_micros(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        if host.is_empty() { "localhost" } else { &host },
-    )
+    let host = if host.is_empty() { "localhost" } else { &host };
+    let (secs, micros, pid) = (now.as_secs(), now.subsec_micros(), std::process::id());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{secs}.M{micros}P{pid}Q{n}.{host}")
 }
 
 /// Open a directory without following a symlink in its last component, made (0700) when missing.
 fn open_or_make_dir(parent: impl AsFd, path: &Path, ctx: impl Fn(&str) -> String) -> Result<OwnedFd> {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let open = || rustix::fs::openat(&parent, path, flags, Mode::empty());
-    match open() {
-        Err(rustix::io::Errno::NOENT) => {}
-        opened => return opened.context(|| ctx("open directory")),
-    }
     let made = match rustix::fs::mkdirat(&parent, path, Mode::from(0o700)) {
         Ok(()) => true,
         Err(rustix::io::Errno::EXIST) => false,
         Err(e) => return Err(DmaError::io(ctx("create directory"), e.into())),
     };
-    let fd = open().context(|| ctx("open directory"))?;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(&parent, path, flags, Mode::empty()).context(|| ctx("open directory"))?;
     if made {
         // mkdir's mode is filtered by the umask; we want exactly 0700.
         rustix::fs::fchmod(&fd, Mode::from(0o700)).context(|| ctx("chmod"))?;

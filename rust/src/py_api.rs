@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyOSError, PyValueError};
@@ -22,7 +22,7 @@ use crate::bs::SmtpInput;
 use crate::errors::{DmaError, IoContext};
 use crate::intake::{self, IntakeOptions};
 use crate::mailbox;
-use crate::spool::{self, Entry};
+use crate::spool::{self, Entry, Incoming};
 
 impl From<DmaError> for PyErr {
     fn from(err: DmaError) -> PyErr {
@@ -43,22 +43,6 @@ fn dup(fd: RawFd) -> crate::errors::Result<File> {
     Ok(owned.context(|| "reading the message".into())?.into())
 }
 
-fn finished() -> PyErr {
-    PyValueError::new_err("this message is already committed or aborted")
-}
-
-fn busy() -> PyErr {
-    PyOSError::new_err("standard input is being read")
-}
-
-/// A message being received into the spool (`spool::Incoming`): the one way in.
-#[pyclass(module = "dma._native")]
-struct Incoming {
-    inner: Option<spool::Incoming>,
-    #[pyo3(get)]
-    id: String,
-}
-
 /// A descriptor, bytes, a `-bs` DATA body, or a bounce's text around a spooled original.
 #[derive(FromPyObject)]
 enum Source<'py> {
@@ -75,19 +59,19 @@ impl Incoming {
     #[new]
     #[pyo3(signature = (spooldir, durable=true, name=None))]
     fn new(py: Python<'_>, spooldir: PathBuf, durable: bool, name: Option<String>) -> PyResult<Self> {
-        let inner = py.detach(|| spool::Incoming::create(&spooldir, durable, name.as_deref()))?;
-        let id = inner.id.clone();
-        Ok(Incoming {
-            inner: Some(inner),
-            id,
-        })
+        Ok(py.detach(|| Incoming::create(&spooldir, durable, name.as_deref()))?)
+    }
+
+    #[getter]
+    fn get_id(&self) -> &str {
+        &self.id
     }
 
     /// Read the message into the spool; returns its size there and, with `collect_recipients`,
     /// the values of its `To:`, `Cc:` and `Bcc:`.
-    #[pyo3(signature = (source, *, prefix, add_if_missing, dot_terminates=false, collect_recipients=false, rewrite_from=None))]
+    #[pyo3(name = "receive", signature = (source, *, prefix, add_if_missing, dot_terminates=false, collect_recipients=false, rewrite_from=None))]
     #[allow(clippy::too_many_arguments)] // the keyword arguments of one Python call
-    fn receive(
+    fn py_receive(
         &mut self,
         py: Python<'_>,
         source: Source<'_>,
@@ -97,7 +81,6 @@ impl Incoming {
         collect_recipients: bool,
         rewrite_from: Option<String>,
     ) -> PyResult<(u64, Vec<String>)> {
-        let inner = self.inner.as_mut().ok_or_else(finished)?;
         let opts = IntakeOptions {
             dot_terminates,
             collect_recipients,
@@ -106,18 +89,15 @@ impl Incoming {
             rewrite_from: rewrite_from.as_deref(),
         };
         let info = match source {
-            Source::Fd(fd) => py.detach(|| inner.receive(dup(fd)?, &opts)),
-            Source::Bytes(data) => py.detach(|| inner.receive(&data[..], &opts)),
+            Source::Fd(fd) => py.detach(|| self.receive(dup(fd)?, &opts)),
+            Source::Bytes(data) => py.detach(|| self.receive(&data[..], &opts)),
             Source::Bounce(before, path, whole, after) => py.detach(|| {
                 let original = intake::quoted(&path, whole)?;
-                inner.receive(before.chain(original).chain(&after[..]), &opts)
+                self.receive(before.chain(original).chain(&after[..]), &opts)
             }),
             Source::Smtp(stdin) => {
-                // The `-bs` reader lends its input while the GIL is released, and gets it back.
-                let mut body = stdin.borrow_mut().inner.take().ok_or_else(busy)?;
-                let got = py.detach(|| inner.receive(body.data(), &opts));
-                stdin.borrow_mut().inner = Some(body);
-                got
+                let stdin = stdin.get();
+                py.detach(|| self.receive(stdin.input().data(), &opts))
             }
         }?;
         Ok((info.size, info.recipient_headers))
@@ -126,8 +106,8 @@ impl Incoming {
     /// Publish one queue entry per recipient and return their ids; with `drop` (system mode),
     /// publish into the drop directory for the runner instead and return the message id.
     /// Afterwards this object is spent.
-    #[pyo3(signature = (sender, recipients, dsn=String::new(), drop=false))]
-    fn commit(
+    #[pyo3(name = "commit", signature = (sender, recipients, dsn=String::new(), drop=false))]
+    fn py_commit(
         &mut self,
         py: Python<'_>,
         sender: String,
@@ -135,19 +115,18 @@ impl Incoming {
         dsn: String,
         drop: bool,
     ) -> PyResult<Vec<String>> {
-        let mut inner = self.inner.take().ok_or_else(finished)?;
-        Ok(py.detach(move || {
+        Ok(py.detach(|| {
             if drop {
-                inner.commit_drop(&sender, &recipients, &dsn).map(|id| vec![id])
+                self.commit_drop(&sender, &recipients, &dsn).map(|id| vec![id])
             } else {
-                inner.commit(&sender, &recipients, &dsn)
+                self.commit(&sender, &recipients, &dsn)
             }
         })?)
     }
 
-    /// Give up: remove everything written so far.
-    fn abort(&mut self) {
-        self.inner = None;
+    #[pyo3(name = "abort")]
+    fn py_abort(&mut self) {
+        self.abort();
     }
 
     /// The (sender, recipients, DSN parameters) of a drop's envelope, as `commit` writes it.
@@ -158,35 +137,31 @@ impl Incoming {
 }
 
 /// The reader that owns standard input during `sendmail -bs`; bodies go to `Incoming.receive`.
-#[pyclass(module = "dma._native")]
-struct SmtpStdin {
-    /// `None` only while a body is being spooled with the GIL released.
-    inner: Option<SmtpInput<File>>,
+#[pyclass(module = "dma._native", frozen)]
+struct SmtpStdin(Mutex<SmtpInput<File>>);
+
+impl SmtpStdin {
+    fn input(&self) -> MutexGuard<'_, SmtpInput<File>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 #[pymethods]
 impl SmtpStdin {
     #[new]
     fn new(fd: RawFd) -> PyResult<Self> {
-        Ok(SmtpStdin {
-            inner: Some(SmtpInput::new(dup(fd)?)),
-        })
+        Ok(SmtpStdin(Mutex::new(SmtpInput::new(dup(fd)?))))
     }
 
     /// The next command line (without CRLF, at most `max` bytes) and whether it was whole, or
     /// `None` at the end of input.
-    fn command(&mut self, py: Python<'_>, max: usize) -> PyResult<Option<(Vec<u8>, bool)>> {
-        let inner = self.inner.as_mut().ok_or_else(busy)?;
-        Ok(py.detach(|| inner.command(max))?)
+    fn command(&self, py: Python<'_>, max: usize) -> PyResult<Option<(Vec<u8>, bool)>> {
+        Ok(py.detach(|| self.input().command(max))?)
     }
 
     /// Read and discard the rest of a body whose spooling failed, so the session can go on.
-    fn skip_data(&mut self, py: Python<'_>) -> PyResult<()> {
-        let inner = self.inner.as_mut().ok_or_else(busy)?;
-        if inner.in_data() {
-            py.detach(|| std::io::copy(&mut inner.data(), &mut std::io::sink()))?;
-        }
-        Ok(())
+    fn skip_data(&self, py: Python<'_>) -> PyResult<()> {
+        Ok(py.detach(|| self.input().skip_data())?)
     }
 }
 
@@ -295,9 +270,7 @@ fn syslog(ident: &str, priority: i32, text: &str) {
     /// once per process (one program, one `-L` tag).
     static IDENT: OnceLock<CString> = OnceLock::new();
     let ident = IDENT.get_or_init(|| CString::new(ident.replace('\0', "")).unwrap_or_default());
-    let Ok(text) = CString::new(text.replace('\0', " ")) else {
-        return;
-    };
+    let text = CString::new(text.replace('\0', " ")).unwrap_or_default();
     // SAFETY: NUL-terminated strings; `ident` is static, as openlog requires; the format
     // consumes exactly the one argument given.
     unsafe {
@@ -312,12 +285,12 @@ mod _native {
     #[pymodule_export]
     use super::{
         check_address, clean_stale, journal_take, maildir_deliver, mbox_append, no_core_dumps, scan_queue,
-        sync_spool, syslog, Incoming, SmtpStdin,
+        sync_spool, syslog, SmtpStdin,
     };
     #[pymodule_export]
     use crate::py_delivery::{Connection, Outcome, SessionResult, Spool};
     #[pymodule_export]
-    use crate::spool::Entry;
+    use crate::spool::{Entry, Incoming};
 
     #[pymodule_export]
     #[allow(non_upper_case_globals, reason = "Python's name for it")]

@@ -61,8 +61,9 @@ fn check_envelope(sender: &str, recipients: &[String], dsn: &str) -> Result<()> 
         .map_err(|(address, why)| DmaError::Data(format!("invalid address {address:?}: {why}")))
 }
 
-/// A message being received, until it is committed to the queue. Dropping it uncommitted removes
-/// everything it wrote.
+/// A message being received, until it is committed to the queue (`dma._native.Incoming`, the one
+/// way in). Dropping it uncommitted, or `abort`, removes everything it wrote.
+#[cfg_attr(feature = "python", pyo3::pyclass(module = "dma._native"))]
 pub struct Incoming {
     dir: PathBuf,
     /// Sync every file and the directory (off for a batch, which ends with one `sync_spool`).
@@ -89,12 +90,10 @@ impl Incoming {
             str::to_owned,
         );
         let tmp = dir.join(format!("{TMP_PREFIX}{id}"));
-        let mut opened = new_file(&tmp);
-        if matches!(&opened, Err(e) if e.kind() == ErrorKind::AlreadyExists) && name.is_some() {
+        if name.is_some() && fs::symlink_metadata(&tmp).is_ok() {
             remove_uncommitted(dir, &id);
-            opened = new_file(&tmp);
         }
-        let file = opened.context(|| format!("can not create temp file in `{}'", dir.display()))?;
+        let file = new_file(&tmp).context(|| format!("can not create temp file in `{}'", dir.display()))?;
         Ok(Incoming {
             dir: dir.to_owned(),
             durable,
@@ -109,10 +108,9 @@ impl Incoming {
 
     /// Stream the message from `input` into the temporary file and make it durable.
     pub fn receive(&mut self, input: impl Read, opts: &IntakeOptions<'_>) -> Result<MessageInfo> {
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| DmaError::Data("message already received".into()))?;
+        let Some(file) = self.file.take() else {
+            return Err(DmaError::Data("message already received".into()));
+        };
         let out = BufWriter::with_capacity(64 * 1024, file);
         let (info, out) = intake::copy_message(input, out, opts)?;
         let file = out.into_inner().context(|| "writing the spool file".into())?;
@@ -171,7 +169,7 @@ impl Incoming {
         envelope.extend(recipients.iter().map(|r| format!("Recipient: {r}\n")));
         envelope.extend((!dsn.is_empty()).then(|| format!("DSN: {dsn}\n")));
         let data = self.dir.join(format!("D{}", self.id));
-        fs::hard_link(&self.tmp, &data).context(|| format!("can not create `{}'", data.display()))?;
+        fs::rename(&self.tmp, &data).context(|| format!("can not create `{}'", data.display()))?;
         self.published.push(data);
         let env = self.dir.join(format!("E{}", self.id));
         let tmp = self.dir.join(format!("{TMP_PREFIX}E{}", self.id));
@@ -180,16 +178,20 @@ impl Incoming {
         // synced, and the runner syncs the spool once it has taken the message.
         let _ = fsync_dir(&self.dir);
         self.published.clear();
-        let _ = fs::remove_file(&self.tmp);
         Ok(self.id.clone())
+    }
+
+    /// Give up: remove everything written so far.
+    pub fn abort(&mut self) {
+        for path in self.published.drain(..).rev() {
+            let _ = fs::remove_file(path);
+        }
     }
 }
 
 impl Drop for Incoming {
     fn drop(&mut self) {
-        for path in self.published.iter().rev() {
-            let _ = fs::remove_file(path);
-        }
+        self.abort();
     }
 }
 
@@ -219,12 +221,10 @@ pub fn scan(dir: &Path, prefix: &str) -> Result<(Vec<Entry>, Vec<String>)> {
     let names = list(dir)?;
     let uncommitted: HashSet<&str> = names.iter().filter_map(|n| n.strip_prefix(TMP_PREFIX)).collect();
     for name in &names {
-        let Some(id) = name.strip_prefix('Q').filter(|id| id.starts_with(prefix)) else {
+        let listed = |id: &&str| id.starts_with(prefix) && !uncommitted.contains(message_id_of(id));
+        let Some(id) = name.strip_prefix('Q').filter(listed) else {
             continue;
         };
-        if uncommitted.contains(message_id_of(id)) {
-            continue;
-        }
         match open_entry(&dir.join(name))
             .ok()
             .and_then(|mut f| read_entry(dir, id, &mut f))
@@ -359,21 +359,16 @@ pub fn clean_stale(dir: &Path, max_age: u64) -> Result<Vec<String>> {
         .iter()
         .filter_map(|n| Some((n.strip_prefix(TMP_PREFIX)?, old(n))))
         .collect();
-    let mut removed = Vec::new();
-    for name in &names {
-        let garbage = match name.strip_prefix(['Q', 'M']) {
-            Some(id) => match uncommitted.get(message_id_of(id)) {
-                Some(abandoned) => *abandoned,
-                // What a runner killed between removing an entry's Q and its M leaves.
-                None => name.starts_with('M') && !dir.join(format!("Q{id}")).exists(),
-            },
-            None => name.strip_prefix(TMP_PREFIX).is_some_and(|id| uncommitted[id]),
-        };
-        if garbage && fs::remove_file(dir.join(name)).is_ok() {
-            removed.push(name.clone());
-        }
-    }
-    Ok(removed)
+    let garbage = |name: &str| match name.strip_prefix(['Q', 'M']) {
+        Some(id) => match uncommitted.get(message_id_of(id)) {
+            Some(abandoned) => *abandoned,
+            // What a runner killed between removing an entry's Q and its M leaves.
+            None => name.starts_with('M') && !dir.join(format!("Q{id}")).exists(),
+        },
+        None => name.strip_prefix(TMP_PREFIX).is_some_and(|id| uncommitted[id]),
+    };
+    let removed = |name: &&String| garbage(name) && fs::remove_file(dir.join(name)).is_ok();
+    Ok(names.iter().filter(removed).cloned().collect())
 }
 
 #[cfg(test)]
