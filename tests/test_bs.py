@@ -216,6 +216,18 @@ def test_a_refused_body_is_read_to_its_end_and_the_session_goes_on(dma_env: DmaE
     assert dma_env.recipients() == ["b@y.example"]
 
 
+def test_a_body_refused_before_it_is_read_is_skipped_not_taken_as_commands(dma_env: DmaEnv) -> None:
+    blocker = dma_env.root / "not-a-directory"
+    blocker.write_text("")
+    dma_env.write_conf(spool=blocker / "spool")  # the spool can not be made: DATA fails at once
+    script = crlf("HELO c", "MAIL FROM:<s@src.example>", "RCPT TO:<a@x.example>", "DATA")
+    script += crlf("Subject: s", "", "RSET", "QUIT", ".", "NOOP", "QUIT")
+    replies = session(dma_env, script)
+    assert replies[3] == "354 end data with <CR><LF>.<CR><LF>"
+    assert replies[4].startswith("451 4.3.0 can not create "), replies
+    assert replies[5:] == ["250 2.0.0 ok", "221 2.0.0 bye"]  # the NOOP and QUIT after the body
+
+
 def test_size_beyond_the_spool_free_space_and_endless_rcpt_are_refused(dma_env: DmaEnv) -> None:
     script = crlf("EHLO c", f"MAIL FROM:<s@src.example> SIZE={10**30}", "MAIL FROM:<s@src.example> SIZE=1000")
     script += crlf(*(f"RCPT TO:<r{i}@x.example>" for i in range(1001)), "QUIT")

@@ -12,6 +12,8 @@ pub struct SmtpInput<R> {
     src: BufReader<R>,
     /// In a body (after the 354 reply, until its `.` line): what was read of it.
     body: Option<Piece>,
+    /// The last body read ended with its `.` line, and no command was read since.
+    ended: bool,
 }
 
 /// Part of a body line: up to `CHUNK` bytes, up to and with its LF.
@@ -29,6 +31,7 @@ impl<R: Read> SmtpInput<R> {
         SmtpInput {
             src: BufReader::with_capacity(CHUNK, src),
             body: None,
+            ended: false,
         }
     }
 
@@ -37,6 +40,7 @@ impl<R: Read> SmtpInput<R> {
     pub fn command(&mut self, max: usize) -> io::Result<Option<(Vec<u8>, bool)>> {
         // Room for the CR and LF of a line that is just long enough.
         let limit = max + 2;
+        self.ended = false;
         let mut line = Vec::new();
         if (&mut self.src).take(limit as u64).read_until(b'\n', &mut line)? == 0 {
             return Ok(None);
@@ -58,9 +62,10 @@ impl<R: Read> SmtpInput<R> {
         Data(self)
     }
 
-    /// Read and discard the rest of a body begun and not ended (its spooling failed).
+    /// Read and discard what is left of the body after a 354 reply whose spooling failed,
+    /// whether it failed before reading any of it or part of the way through.
     pub fn skip_data(&mut self) -> io::Result<()> {
-        if self.body.is_some() {
+        if !self.ended {
             io::copy(&mut self.data(), &mut io::sink())?;
         }
         Ok(())
@@ -72,7 +77,7 @@ pub struct Data<'a, R>(&'a mut SmtpInput<R>);
 
 impl<R: Read> Read for Data<'_, R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let SmtpInput { src, body } = &mut *self.0;
+        let SmtpInput { src, body, ended } = &mut *self.0;
         let Some(piece) = body else {
             return Ok(0);
         };
@@ -91,6 +96,7 @@ impl<R: Read> Read for Data<'_, R> {
             if line_start && piece.bytes.starts_with(b".") {
                 if matches!(&piece.bytes[..], b".\r\n" | b".\n") {
                     *body = None;
+                    *ended = true;
                     return Ok(0);
                 }
                 piece.given = 1;
@@ -157,6 +163,22 @@ mod tests {
             assert!(body.ends_with(b"a\r\n.x\r\n"), "{len}");
             assert_eq!(s.command(512).unwrap(), Some((b"NOOP".to_vec(), true)));
         }
+    }
+
+    #[test]
+    fn skip_data_skips_a_body_not_begun_or_half_read_but_never_the_next_commands() {
+        let input: &[u8] = b"DATA\r\nRSET\r\n.\r\nDATA\r\nab\r\ncd\r\n.\r\nDATA\r\nx\r\n.\r\nNOOP\r\n";
+        let mut s = SmtpInput::new(input);
+        assert_eq!(s.command(512).unwrap(), Some((b"DATA".to_vec(), true)));
+        s.skip_data().unwrap(); // failed before reading any of it
+        assert_eq!(s.command(512).unwrap(), Some((b"DATA".to_vec(), true)));
+        let mut first = [0; 2];
+        s.data().read_exact(&mut first).unwrap(); // failed part of the way
+        s.skip_data().unwrap();
+        assert_eq!(s.command(512).unwrap(), Some((b"DATA".to_vec(), true)));
+        s.data().read_to_end(&mut Vec::new()).unwrap(); // read whole, then failed
+        s.skip_data().unwrap();
+        assert_eq!(s.command(512).unwrap(), Some((b"NOOP".to_vec(), true)));
     }
 
     #[test]
