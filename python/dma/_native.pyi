@@ -1,6 +1,6 @@
 # Type stub of the Rust extension (rust/src/py_api.rs declares the module, its docstrings say what
 # each call does); `./dev lint` checks the two agree. Paths cross as `str`.
-from typing import final
+from typing import TypedDict, final
 
 __version__: str
 
@@ -85,22 +85,26 @@ class SessionResult:
     extensions: list[str]  # EHLO keywords, upper case (after STARTTLS when TLS was started)
     failure: Outcome | None  # why the connection could not be used
 
+class _Tls(TypedDict, total=False):
+    verify_cert: bool
+    ca_file: str | None
+    fingerprint: bytes | None  # SHA-256 of the leaf certificate, 32 bytes
+    client_cert: str | None  # one PEM file: chain and private key
+
+class _TlsPolicy(_Tls):
+    mode: str  # "none" | "starttls" | "opportunistic" | "implicit"
+
 @final
 class Connection:
     def __new__(
         cls,
+        *,
         host: str,
         addresses: list[str],
         port: int,
         helo: str,
-        *,
-        tls: str = "none",  # "none" | "starttls" | "opportunistic" | "implicit"
-        verify_cert: bool = False,
-        ca_file: str | None = None,
-        fingerprint: bytes | None = None,  # SHA-256 of the leaf certificate, 32 bytes
-        client_cert: str | None = None,  # one PEM file: chain and private key
-        login: str | None = None,
-        secret: str | None = None,
+        tls: _TlsPolicy,
+        credentials: tuple[str, str] | None = None,  # login and secret
         mechanisms: list[str] | None = None,  # default CRAM-MD5, PLAIN, LOGIN; XOAUTH2 only if named
         allow_insecure_auth: bool = False,
         connect_timeout: float = 30.0,

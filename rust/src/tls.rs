@@ -4,6 +4,7 @@ use std::env::var_os;
 use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -17,18 +18,53 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::hex;
 
-/// How the peer's certificate is checked (C dma's `VERIFYCERT`, `FINGERPRINT`, `CERTFILE`); the
-/// handshake's signatures are always verified.
+/// Whether TLS is used, and how the peer's certificate is checked (C dma's `VERIFYCERT`,
+/// `FINGERPRINT`, `CERTFILE`); the handshake's signatures are always verified. From Python: a
+/// dict of these fields, all but `mode` optional.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "python", derive(pyo3::FromPyObject), pyo3(from_item_all))]
 pub struct TlsPolicy {
+    pub mode: TlsMode,
     /// Check the chain against the system roots (plus `ca_file`) and the host name or IP.
+    #[cfg_attr(feature = "python", pyo3(default))]
     pub verify_cert: bool,
     /// Extra trusted CA certificates (PEM), used when `verify_cert` is on.
+    #[cfg_attr(feature = "python", pyo3(default))]
     pub ca_file: Option<PathBuf>,
     /// SHA-256 of the leaf certificate's DER encoding that the peer must present.
+    #[cfg_attr(feature = "python", pyo3(default))]
     pub fingerprint: Option<[u8; 32]>,
     /// One PEM file holding our certificate chain and its private key.
+    #[cfg_attr(feature = "python", pyo3(default))]
     pub client_cert: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    #[default]
+    None,
+    /// STARTTLS is required: without it, fail temporarily before any mail is sent.
+    StartTls,
+    /// STARTTLS when offered and accepted, plain text otherwise.
+    Opportunistic,
+    /// TLS from the first byte (port 465).
+    Implicit,
+}
+
+impl FromStr for TlsMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(TlsMode::None),
+            "starttls" => Ok(TlsMode::StartTls),
+            "opportunistic" => Ok(TlsMode::Opportunistic),
+            "implicit" => Ok(TlsMode::Implicit),
+            _ => Err(format!(
+                "invalid tls mode {s:?} (none, starttls, opportunistic or implicit)"
+            )),
+        }
+    }
 }
 
 /// The name for SNI and the certificate check; rustls sends no SNI for an IP literal.

@@ -4,13 +4,14 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::Mechanism;
+#[cfg(feature = "python")]
+use crate::py_delivery::seconds;
 use crate::reply::Reply;
-use crate::tls::TlsPolicy;
+pub use crate::tls::{TlsMode, TlsPolicy};
 
 mod conn;
 mod data;
@@ -29,33 +30,6 @@ const PIPELINE_BATCH: usize = 100;
 /// How long we wait for the reply to QUIT: its outcome changes nothing.
 const QUIT_WAIT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsMode {
-    None,
-    /// STARTTLS is required: without it, fail temporarily before any mail is sent.
-    StartTls,
-    /// STARTTLS when offered and accepted, plain text otherwise.
-    Opportunistic,
-    /// TLS from the first byte (port 465).
-    Implicit,
-}
-
-impl FromStr for TlsMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "none" => Ok(TlsMode::None),
-            "starttls" => Ok(TlsMode::StartTls),
-            "opportunistic" => Ok(TlsMode::Opportunistic),
-            "implicit" => Ok(TlsMode::Implicit),
-            _ => Err(format!(
-                "invalid tls mode {s:?} (none, starttls, opportunistic or implicit)"
-            )),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct Transaction {
     pub sender: String,
@@ -68,25 +42,33 @@ pub struct Transaction {
     pub dsn: String,
 }
 
-/// No `Debug`: the secret must not end up in a log.
+/// No `Debug`: the secret must not end up in a log. From Python: a dict of these fields (`host`
+/// to `tls` required), `tls` one of `TlsPolicy`'s.
 #[derive(Clone)]
+#[cfg_attr(feature = "python", derive(pyo3::FromPyObject), pyo3(from_item_all))]
 pub struct SessionConfig {
     /// Name for SNI, certificate checks and messages.
     pub host: String,
     pub addresses: Vec<IpAddr>,
     pub port: u16,
     pub helo: String,
-    pub tls_mode: TlsMode,
     pub tls: TlsPolicy,
     /// Login and secret (a password or an OAuth token).
+    #[cfg_attr(feature = "python", pyo3(default))]
     pub credentials: Option<(String, String)>,
     /// Mechanisms we may use; `None` means CRAM-MD5, PLAIN and LOGIN.
+    #[cfg_attr(feature = "python", pyo3(default))]
     pub mechanisms: Option<Vec<Mechanism>>,
+    #[cfg_attr(feature = "python", pyo3(default))]
     pub allow_insecure_auth: bool,
+    #[cfg_attr(feature = "python", pyo3(default = Duration::from_secs(30), from_py_with = seconds))]
     pub connect_timeout: Duration,
+    #[cfg_attr(feature = "python", pyo3(default = Duration::from_secs(300), from_py_with = seconds))]
     pub command_timeout: Duration,
+    #[cfg_attr(feature = "python", pyo3(default))]
     pub verbose: bool,
     /// The spool whose delivered journal records confirmed recipients (see `journal::Journal`).
+    #[cfg_attr(feature = "python", pyo3(default))]
     pub journal: Option<PathBuf>,
 }
 
@@ -208,16 +190,9 @@ pub struct SessionResult {
     pub failure: Option<Outcome>,
 }
 
-pub fn run_session(cfg: &SessionConfig, transactions: &[Transaction]) -> SessionResult {
-    let mut client = Client::new(Arc::new(cfg.clone()));
-    let report = client.send(transactions);
-    client.close();
-    report
-}
-
 /// The runner's cached connection: opened when needed, reused while the server keeps it.
 pub struct Client {
-    pub cfg: Arc<SessionConfig>,
+    cfg: Arc<SessionConfig>,
     session: Option<Session>,
 }
 
@@ -268,6 +243,14 @@ fn fill_from(report: &mut SessionResult, transactions: &[Transaction], failure: 
     }
 }
 
+#[cfg(test)]
+pub fn run_session(cfg: &SessionConfig, transactions: &[Transaction]) -> SessionResult {
+    let mut client = Client::new(Arc::new(cfg.clone()));
+    let report = client.send(transactions);
+    client.close();
+    report
+}
+
 /// A session without TLS or AUTH to a test server on loopback.
 #[cfg(test)]
 fn plain_config(port: u16) -> SessionConfig {
@@ -276,7 +259,6 @@ fn plain_config(port: u16) -> SessionConfig {
         addresses: vec!["127.0.0.1".parse().unwrap()],
         port,
         helo: "client.test".into(),
-        tls_mode: TlsMode::None,
         tls: TlsPolicy::default(),
         credentials: None,
         mechanisms: None,

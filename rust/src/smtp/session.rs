@@ -37,7 +37,7 @@ pub(super) struct Session {
 impl Session {
     /// Connect and set the session up; a failure is what every recipient gets.
     pub(super) fn open(cfg: &Arc<SessionConfig>, report: &mut SessionResult) -> Result<Self, Outcome> {
-        let tls_config = match cfg.tls_mode {
+        let tls_config = match cfg.tls.mode {
             TlsMode::None => None,
             _ => Some(tls::client_config(&cfg.tls).map_err(|e| Outcome::temporary(Stage::Tls, e))?),
         };
@@ -68,14 +68,14 @@ impl Session {
     /// them byte by byte cannot hold the session longer than that.
     fn setup(&mut self) -> Result<(), Outcome> {
         self.start_clock(self.cfg.command_timeout);
-        if self.cfg.tls_mode == TlsMode::Implicit {
+        if self.cfg.tls.mode == TlsMode::Implicit {
             self.start_tls()?;
         }
         let greeting = self.read_reply(Stage::Greeting)?;
         self.check(Stage::Greeting, greeting, 2)?;
         self.hello()?;
-        if matches!(self.cfg.tls_mode, TlsMode::StartTls | TlsMode::Opportunistic) {
-            self.starttls(self.cfg.tls_mode == TlsMode::StartTls)?;
+        if matches!(self.cfg.tls.mode, TlsMode::StartTls | TlsMode::Opportunistic) {
+            self.starttls(self.cfg.tls.mode == TlsMode::StartTls)?;
         }
         self.authenticate()
     }
