@@ -189,6 +189,7 @@ def test_data_round_trip_over_a_socket(lines: list[bytes], final_newline: bool) 
                 addresses=["127.0.0.1"],
                 port=srv.port,
                 helo="client.test",
+                tls={"mode": "none"},
                 connect_timeout=5.0,
                 command_timeout=5.0,
             ).session([("a@example.com", ["b@example.com"], path)])

@@ -2,6 +2,8 @@
 # each call does); `./dev lint` checks the two agree. Paths cross as `str`.
 from typing import TypedDict, final
 
+from typing_extensions import Required
+
 __version__: str
 
 # ---- spool ----
@@ -85,14 +87,12 @@ class SessionResult:
     extensions: list[str]  # EHLO keywords, upper case (after STARTTLS when TLS was started)
     failure: Outcome | None  # why the connection could not be used
 
-class _Tls(TypedDict, total=False):
+class _TlsPolicy(TypedDict, total=False):
+    mode: Required[str]  # "none" | "starttls" | "opportunistic" | "implicit"
     verify_cert: bool
     ca_file: str | None
     fingerprint: bytes | None  # SHA-256 of the leaf certificate, 32 bytes
     client_cert: str | None  # one PEM file: chain and private key
-
-class _TlsPolicy(_Tls):
-    mode: str  # "none" | "starttls" | "opportunistic" | "implicit"
 
 @final
 class Connection:

@@ -77,9 +77,9 @@ impl Connection {
     fn new(py: Python<'_>, settings: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
         let cfg = settings.map_or_else(|| PyDict::new(py).extract(), |s| s.extract::<SessionConfig>());
         let cfg = cfg.map_err(|mut err| {
-            let mut text = err.value(py).to_string();
+            let mut text = err.to_string();
             while let Some(cause) = err.cause(py) {
-                text = format!("{text}: {}", cause.value(py));
+                text = format!("{text}: {cause}");
                 err = cause;
             }
             PyValueError::new_err(text)

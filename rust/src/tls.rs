@@ -16,8 +16,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 
-use crate::auth::hex;
-
 /// Whether TLS is used, and how the peer's certificate is checked (C dma's `VERIFYCERT`,
 /// `FINGERPRINT`, `CERTFILE`); the handshake's signatures are always verified. From Python: a
 /// dict of these fields, all but `mode` optional.
@@ -162,10 +160,6 @@ fn read_pem_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>
     Ok(certs)
 }
 
-pub(crate) fn sha256_hex(der: &[u8]) -> String {
-    hex(&Sha256::digest(der))
-}
-
 /// Applies `TlsPolicy`, and always checks the handshake signatures: "no verification" still
 /// means the peer holds the key of the certificate it showed.
 #[derive(Debug)]
@@ -184,9 +178,9 @@ impl ServerCertVerifier for PolicyVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let actual = sha256_hex(end_entity);
-        if self.fingerprint.is_some_and(|expected| hex(&expected) != actual) {
-            let text = format!("certificate fingerprint mismatch: peer presented sha256 {actual}");
+        let actual = Sha256::digest(end_entity);
+        if self.fingerprint.is_some_and(|expected| actual[..] != expected) {
+            let text = format!("certificate fingerprint mismatch: peer presented sha256 {actual:x}");
             return Err(rustls::Error::General(text));
         }
         if let Some(roots) = &self.roots {
@@ -236,7 +230,7 @@ mod tests {
     #[test]
     fn sha256_hex_is_lowercase() {
         assert_eq!(
-            sha256_hex(b"abc"),
+            format!("{:x}", Sha256::digest(b"abc")),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }

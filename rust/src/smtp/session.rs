@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ClientConfig;
+use sha2::{Digest, Sha256};
 
 use super::conn::{connect, describe, Stream};
 use super::{Outcome, SessionConfig, SessionResult, Stage, Status, TlsMode, MAX_LINE, QUIT_WAIT};
@@ -303,7 +304,7 @@ impl Session {
             .negotiated_cipher_suite()
             .map_or_else(unknown, |s| format!("{:?}", s.suite()));
         let leaf = conn.peer_certificates().and_then(|c| c.first());
-        self.facts.peer_cert_sha256 = leaf.map(|c| tls::sha256_hex(c));
+        self.facts.peer_cert_sha256 = leaf.map(|c| format!("{:x}", Sha256::digest(c)));
         self.facts.tls_resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         self.trace("*** ", &format!("TLS {version} {cipher}"));
         (self.facts.tls_version, self.facts.tls_cipher) = (Some(version), Some(cipher));

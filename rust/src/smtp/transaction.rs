@@ -66,12 +66,6 @@ impl Session {
         }
         self.dirty = true;
         self.envelope(mail, &rcpt_params, tx, refused)?;
-        if refused.iter().all(Option::is_some) {
-            if self.dead {
-                return Err(self.unusable());
-            }
-            return Err(Outcome::temporary(Stage::Rcpt, "no recipient accepted"));
-        }
         let outcome = self.send_body(file)?;
         self.dirty = false;
         Ok(outcome)
@@ -138,7 +132,8 @@ impl Session {
         Ok((mail, rcpt_params, file))
     }
 
-    /// MAIL, each RCPT still wanted and DATA, in batches when the server offers PIPELINING (RFC 2920).
+    /// MAIL, each RCPT still wanted and DATA, in batches when the server offers PIPELINING (RFC 2920);
+    /// the failure that ends the transaction before the body, if any.
     fn envelope(
         &mut self,
         mail: String,
@@ -196,7 +191,12 @@ impl Session {
                 // The server took DATA anyway: end it with an empty message (RFC 2920 3.1).
                 let _ = self.expect(Stage::Data, ".", 2);
             }
-            return mail_ok;
+            mail_ok?;
+            return Err(if self.dead {
+                self.unusable()
+            } else {
+                Outcome::temporary(Stage::Rcpt, "no recipient accepted")
+            });
         }
         self.check(Stage::Data, data_reply.expect("DATA reply"), 3)
             .map(drop)
