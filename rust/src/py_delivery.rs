@@ -102,13 +102,14 @@ impl Connection {
             .collect();
         py.detach(|| {
             let mut client = lock(&self.client);
-            let report = client.send(&transactions);
+            let report = client.send(&transactions, None);
             client.close();
             report
         })
     }
 
-    /// One transaction per non-empty group of claimed entries (one message's recipients).
+    /// One transaction per non-empty group of claimed entries (one message's recipients); the
+    /// spool's delivered journal records the recipients the server took.
     fn send(&self, py: Python<'_>, spool: &Spool, groups: Vec<Vec<String>>) -> PyResult<SessionResult> {
         let claims = lock(&spool.claims);
         let mut transactions = Vec::with_capacity(groups.len());
@@ -127,7 +128,7 @@ impl Connection {
             });
         }
         drop(claims);
-        Ok(py.detach(|| lock(&self.client).send(&transactions)))
+        Ok(py.detach(|| lock(&self.client).send(&transactions, Some(&spool.dir))))
     }
 
     fn close(&self, py: Python<'_>) {

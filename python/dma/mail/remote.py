@@ -97,11 +97,8 @@ def settings(
     route: Route | None,
     creds: Creds = (None, None, None),
     verbose: bool = False,
-    *,
-    journal: bool = False,
 ) -> _native.Connection:
-    """The connection (not yet open) to `target` with this configuration's (or `route`'s) TLS and AUTH;
-    `journal`: confirmed recipients go to the spool's delivered journal."""
+    """The connection (not yet open) to `target` with this configuration's (or `route`'s) TLS and AUTH."""
     login, secret, mechanisms = creds
     return _native.Connection(
         host=target.name,
@@ -121,7 +118,6 @@ def settings(
         connect_timeout=cfg.connect_timeout,
         command_timeout=cfg.timeout,
         verbose=verbose,
-        journal=cfg.spooldir if journal else None,
     )
 
 
@@ -176,7 +172,7 @@ def deliver(
             creds = credentials(cfg, target.name, dest.route)
             for address in target.addresses:
                 for renewed in (False, True):
-                    conn = settings(cfg, target, [address], dest.route, creds, verbose, journal=True)
+                    conn = settings(cfg, target, [address], dest.route, creds, verbose)
                     failure = attempt(conn, target)
                     if not groups:
                         return outcomes, None if failure else (conn, target)

@@ -3,11 +3,12 @@
 //! TLS, QUIT; `session`: set-up and AUTH; `transaction`: MAIL, RCPT, DATA; `data`: the encoding.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::Mechanism;
+use crate::journal::Journal;
 #[cfg(feature = "python")]
 use crate::py_delivery::seconds;
 use crate::reply::Reply;
@@ -67,9 +68,6 @@ pub struct SessionConfig {
     pub command_timeout: Duration,
     #[cfg_attr(feature = "python", pyo3(default))]
     pub verbose: bool,
-    /// The spool whose delivered journal records confirmed recipients (see `journal::Journal`).
-    #[cfg_attr(feature = "python", pyo3(default))]
-    pub journal: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,8 +199,9 @@ impl Client {
         Client { cfg, session: None }
     }
 
-    /// Carry `transactions` (none: a probe); the connection stays open unless it broke.
-    pub fn send(&mut self, transactions: &[Transaction]) -> SessionResult {
+    /// Carry `transactions` (none: a probe); the connection stays open unless it broke. `spool`:
+    /// the one whose delivered journal records the confirmed recipients (see `journal::Journal`).
+    pub fn send(&mut self, transactions: &[Transaction], spool: Option<&Path>) -> SessionResult {
         let mut report = SessionResult::default();
         let reused = self.session.take().and_then(Session::reusable);
         let mut session = match reused.map_or_else(|| Session::open(&self.cfg, &mut report), Ok) {
@@ -212,6 +211,7 @@ impl Client {
                 return report;
             }
         };
+        session.journal = spool.map(Journal::new);
         let broken = transactions.iter().find_map(|tx| {
             let (outcomes, broken) = session.transaction(tx);
             report.results.push(outcomes);
@@ -246,7 +246,7 @@ fn fill_from(report: &mut SessionResult, transactions: &[Transaction], failure: 
 #[cfg(test)]
 pub fn run_session(cfg: &SessionConfig, transactions: &[Transaction]) -> SessionResult {
     let mut client = Client::new(Arc::new(cfg.clone()));
-    let report = client.send(transactions);
+    let report = client.send(transactions, None);
     client.close();
     report
 }
@@ -266,7 +266,6 @@ fn plain_config(port: u16) -> SessionConfig {
         connect_timeout: Duration::from_secs(2),
         command_timeout: Duration::from_secs(2),
         verbose: false,
-        journal: None,
     }
 }
 

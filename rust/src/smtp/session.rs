@@ -32,6 +32,7 @@ pub(super) struct Session {
     pub(super) dead: bool,
     /// The server may hold state from a failed transaction: RSET before the next one.
     pub(super) dirty: bool,
+    /// This `send`'s (see `Client::send`).
     pub(super) journal: Option<Journal>,
 }
 
@@ -55,7 +56,7 @@ impl Session {
             },
             dead: false,
             dirty: false,
-            journal: cfg.journal.as_deref().map(Journal::new),
+            journal: None,
         };
         if let Err(failure) = session.setup() {
             session.finish(report);
