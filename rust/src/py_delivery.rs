@@ -16,27 +16,27 @@ use pyo3::types::{PyDict, PyString};
 
 use crate::auth::Mechanism;
 use crate::errors::DmaError;
-use crate::smtp::{Client, SessionConfig, Stage, Status, TlsMode, Transaction};
+use crate::smtp::{self, Client, SessionConfig, Stage, Status, TlsMode, Transaction};
 pub use crate::smtp::{Outcome, SessionResult};
 use crate::spool::{self, Claim, Entry};
 use crate::wake::Waker;
 
 /// Python reads a status, a stage or a mechanism as its name.
 macro_rules! as_py_str {
-    ($($t:ident::$name:ident),*) => {$(
+    ($($t:ty: $name:path),*) => {$(
         impl<'py> IntoPyObject<'py> for $t {
             type Target = PyString;
             type Output = Bound<'py, PyString>;
             type Error = Infallible;
 
             fn into_pyobject(self, py: Python<'py>) -> Result<Self::Output, Self::Error> {
-                Ok(PyString::new(py, $t::$name(self)))
+                Ok(PyString::new(py, &$name(self)))
             }
         }
     )*};
 }
 
-as_py_str!(Stage::as_str, Status::as_str, Mechanism::name);
+as_py_str!(Stage: smtp::name, Status: smtp::name, Mechanism: Mechanism::name);
 
 /// Python gives a TLS mode or a mechanism by its name.
 macro_rules! from_py_str {

@@ -77,12 +77,6 @@ pub enum Status {
     Permanent,
 }
 
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        ["sent", "temporary", "permanent"][self as usize]
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     Connect,
@@ -98,13 +92,9 @@ pub enum Stage {
     Dot,
 }
 
-impl Stage {
-    pub fn as_str(self) -> &'static str {
-        const NAMES: [&str; 11] = [
-            "connect", "tls", "greeting", "ehlo", "starttls", "auth", "size", "mail", "rcpt", "data", "dot",
-        ];
-        NAMES[self as usize]
-    }
+/// What Python and the messages call a status or a stage: its variant's name, in lower case.
+pub fn name(value: impl std::fmt::Debug) -> String {
+    format!("{value:?}").to_ascii_lowercase()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -240,7 +240,7 @@ impl Session {
 
     pub(super) fn conn_failure(&mut self, stage: Stage, err: &str) -> Outcome {
         self.dead = true;
-        let text = format!("{}: {err} during {}", self.cfg.host, stage.as_str());
+        let text = format!("{}: {err} during {}", self.cfg.host, super::name(stage));
         Outcome::temporary(stage, text)
     }
 
