@@ -2,7 +2,6 @@
 
 use std::env::var_os;
 use std::ffi::OsString;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -68,10 +67,7 @@ impl FromStr for TlsMode {
 /// The name for SNI and the certificate check; rustls sends no SNI for an IP literal.
 pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = bare.parse::<IpAddr>() {
-        return Ok(ServerName::IpAddress(ip.into()));
-    }
-    ServerName::try_from(host.to_owned()).map_err(|_| format!("invalid TLS server name {host:?}"))
+    ServerName::try_from(bare.to_owned()).map_err(|_| format!("invalid TLS server name {host:?}"))
 }
 
 /// The config for `policy`, cached per policy, files and environment: connections share rustls's
