@@ -22,8 +22,6 @@ pub(super) struct Session {
     pub(super) cfg: Arc<SessionConfig>,
     /// Our read buffer, so that what is buffered before STARTTLS can be thrown away.
     pub(super) reader: BufReader<Stream>,
-    /// Commands queued to be written in one go.
-    pub(super) out: Vec<u8>,
     pub(super) tls_config: Option<Arc<ClientConfig>>,
     pub(super) ext: Extensions,
     /// What the caller learns of the session (without results).
@@ -47,7 +45,6 @@ impl Session {
         let mut session = Session {
             cfg: cfg.clone(),
             reader,
-            out: Vec::new(),
             tls_config,
             ext: Extensions::default(),
             facts: SessionResult {
@@ -98,8 +95,8 @@ impl Session {
 
     /// The transcript shows `shown` instead of `line`.
     pub(super) fn send(&mut self, stage: Stage, line: &str, shown: &str) -> Result<Reply, Outcome> {
-        self.queue(line, shown);
-        self.write(stage, &[])?;
+        self.trace(">>> ", shown);
+        self.write(stage, format!("{line}\r\n").as_bytes())?;
         self.read_reply(stage)
     }
 
@@ -244,16 +241,8 @@ impl Session {
         Outcome::temporary(stage, text)
     }
 
-    pub(super) fn queue(&mut self, line: &str, shown: &str) {
-        self.trace(">>> ", shown);
-        self.out.extend_from_slice(line.as_bytes());
-        self.out.extend_from_slice(b"\r\n");
-    }
-
     pub(super) fn write(&mut self, stage: Stage, bytes: &[u8]) -> Result<(), Outcome> {
-        self.out.extend_from_slice(bytes);
-        let result = self.reader.get_mut().send(&self.out);
-        self.out.clear();
+        let result = self.reader.get_mut().send(bytes);
         result.map_err(|e| self.conn_failure(stage, &describe(&e, self.cfg.command_timeout)))
     }
 

@@ -164,10 +164,12 @@ impl Session {
             if size == 1 && (mail_ok.is_err() || nobody) {
                 break;
             }
-            for command in batch {
-                self.queue(command, command);
-            }
-            self.write(stage(n), &[])?;
+            let lines: String = batch
+                .iter()
+                .inspect(|command| self.trace(">>> ", command))
+                .map(|command| format!("{command}\r\n"))
+                .collect();
+            self.write(stage(n), lines.as_bytes())?;
             let mut replies = Vec::with_capacity(batch.len());
             for _ in batch {
                 replies.push(self.read_reply(stage(n + replies.len()))?);
