@@ -170,11 +170,8 @@ impl Session {
                 .map(|command| format!("{command}\r\n"))
                 .collect();
             self.write(stage(n), lines.as_bytes())?;
-            let mut replies = Vec::with_capacity(batch.len());
             for _ in batch {
-                replies.push(self.read_reply(stage(n + replies.len()))?);
-            }
-            for reply in replies {
+                let reply = self.read_reply(stage(n))?;
                 match stage(n) {
                     Stage::Mail => mail_ok = self.check(Stage::Mail, reply, 2).map(drop),
                     Stage::Rcpt if mail_ok.is_ok() => match self.check(Stage::Rcpt, reply, 2) {
