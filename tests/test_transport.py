@@ -35,13 +35,13 @@ def msg(tmp_path: Path):
 
 
 def send(port: int, transactions, *, host: str = "mx.test", addresses=("127.0.0.1",), **kw):
-    """`tls`: the mode, the policy's other fields beside it; `login` and `secret` apart."""
+    """`tls`: the mode, the policy's other fields beside it; `login`, `secret`, `mechanisms` apart."""
     kw.setdefault("connect_timeout", 5.0)
     kw.setdefault("command_timeout", 5.0)
     policy = {k: kw.pop(k) for k in ("verify_cert", "ca_file", "fingerprint", "client_cert") if k in kw}
     kw["tls"] = {"mode": kw.pop("tls", "none"), **policy}
     if "login" in kw or "secret" in kw:
-        kw["credentials"] = (kw.pop("login", None), kw.pop("secret", None))
+        kw["credentials"] = (kw.pop("login", None), kw.pop("secret", None), kw.pop("mechanisms", None))
     conn = _native.Connection(host=host, addresses=list(addresses), port=port, helo="client.test", **kw)
     return conn.session(transactions)
 
@@ -366,7 +366,7 @@ def test_verbose_transcript_hides_secrets(msg, certs: Certs) -> None:
                                  ("XOAUTH2", {TOKEN!r})]:
                 r = _native.Connection(host="mx.test", addresses=["127.0.0.1"], port={srv.port},
                                        helo="client.test", tls={{"mode": "starttls"}},
-                                       credentials=({LOGIN!r}, secret), mechanisms=[mech], verbose=True)
+                                       credentials=({LOGIN!r}, secret, [mech]), verbose=True)
                 r = r.session([("f@c.test", ["a@x.test"], {msg()!r})])
                 assert r.results[0][0].status == "sent", r.results
             """)
@@ -655,7 +655,7 @@ def test_large_message_is_streamed(msg) -> None:
     [
         {"tls": "ssl"},
         {"fingerprint": b"12345"},
-        {"mechanisms": ["GSSAPI"]},
+        {"login": "l", "secret": "s", "mechanisms": ["GSSAPI"]},
         {"command_timeout": 0.0},
         {"login": "only"},
     ],

@@ -104,8 +104,8 @@ class Connection:
         port: int,
         helo: str,
         tls: _TlsPolicy,
-        credentials: tuple[str, str] | None = None,  # login and secret
-        mechanisms: list[str] | None = None,  # default CRAM-MD5, PLAIN, LOGIN; XOAUTH2 only if named
+        # login, secret, mechanisms (None: CRAM-MD5, PLAIN, LOGIN; XOAUTH2 only if named)
+        credentials: tuple[str, str, list[str] | None] | None = None,
         allow_insecure_auth: bool = False,
         connect_timeout: float = 30.0,
         command_timeout: float = 300.0,  # per reply, and for the whole set-up and each transaction

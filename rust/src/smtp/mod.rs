@@ -54,12 +54,10 @@ pub struct SessionConfig {
     pub port: u16,
     pub helo: String,
     pub tls: TlsPolicy,
-    /// Login and secret (a password or an OAuth token).
+    /// Login, secret (a password or an OAuth token), and the mechanisms we may use (`None`:
+    /// CRAM-MD5, PLAIN and LOGIN).
     #[cfg_attr(feature = "python", pyo3(default))]
-    pub credentials: Option<(String, String)>,
-    /// Mechanisms we may use; `None` means CRAM-MD5, PLAIN and LOGIN.
-    #[cfg_attr(feature = "python", pyo3(default))]
-    pub mechanisms: Option<Vec<Mechanism>>,
+    pub credentials: Option<(String, String, Option<Vec<Mechanism>>)>,
     #[cfg_attr(feature = "python", pyo3(default))]
     pub allow_insecure_auth: bool,
     #[cfg_attr(feature = "python", pyo3(default = Duration::from_secs(30), from_py_with = seconds))]
@@ -251,7 +249,6 @@ fn plain_config(port: u16) -> SessionConfig {
         helo: "client.test".into(),
         tls: TlsPolicy::default(),
         credentials: None,
-        mechanisms: None,
         allow_insecure_auth: false,
         connect_timeout: Duration::from_secs(2),
         command_timeout: Duration::from_secs(2),

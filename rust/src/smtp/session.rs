@@ -152,11 +152,11 @@ impl Session {
 
     fn authenticate(&mut self) -> Result<(), Outcome> {
         let cfg = self.cfg.clone();
-        let Some((login, secret)) = &cfg.credentials else {
+        let Some((login, secret, mechanisms)) = &cfg.credentials else {
             return Ok(());
         };
         // Never send credentials in clear; the caller sees auth_mechanism None.
-        let allowed = cfg.mechanisms.as_deref().unwrap_or(&Mechanism::DEFAULT);
+        let allowed = mechanisms.as_deref().unwrap_or(&Mechanism::DEFAULT);
         let usable = self.facts.tls_version.is_some() || cfg.allow_insecure_auth;
         let Some(mechanism) = auth::choose(&self.ext.auth, allowed).filter(|_| usable) else {
             return Ok(());
