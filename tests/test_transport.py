@@ -366,6 +366,7 @@ def test_verbose_transcript_hides_secrets(msg, certs: Certs) -> None:
                                  ("XOAUTH2", {TOKEN!r})]:
                 r = _native.Connection(host="mx.test", addresses=["127.0.0.1"], port={srv.port},
                                        helo="client.test", tls={{"mode": "starttls"}},
+                                       connect_timeout=5.0, command_timeout=5.0,
                                        credentials=({LOGIN!r}, secret, [mech]), verbose=True)
                 r = r.session([("f@c.test", ["a@x.test"], {msg()!r})])
                 assert r.results[0][0].status == "sent", r.results

@@ -104,11 +104,11 @@ class Connection:
         port: int,
         helo: str,
         tls: _TlsPolicy,
+        connect_timeout: float,
+        command_timeout: float,  # per reply, and for the whole set-up and each transaction
         # login, secret, mechanisms (None: CRAM-MD5, PLAIN, LOGIN; XOAUTH2 only if named)
         credentials: tuple[str, str, list[str] | None] | None = None,
         allow_insecure_auth: bool = False,
-        connect_timeout: float = 30.0,
-        command_timeout: float = 300.0,  # per reply, and for the whole set-up and each transaction
         verbose: bool = False,  # dialogue on stderr as "<<< " / ">>> " lines, credentials hidden
     ) -> Connection: ...
     def session(self, transactions: list[tuple[str, list[str], str]]) -> SessionResult: ...

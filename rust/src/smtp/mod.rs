@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use crate::auth::Mechanism;
 use crate::journal::Journal;
-#[cfg(feature = "python")]
-use crate::py_delivery::seconds;
 use crate::reply::Reply;
 pub use crate::tls::{TlsMode, TlsPolicy};
 
@@ -44,7 +42,7 @@ pub struct Transaction {
 }
 
 /// No `Debug`: the secret must not end up in a log. From Python: a dict of these fields (`host`
-/// to `tls` required), `tls` one of `TlsPolicy`'s.
+/// to `command_timeout` required), `tls` one of `TlsPolicy`'s.
 #[derive(Clone)]
 #[cfg_attr(feature = "python", derive(pyo3::FromPyObject), pyo3(from_item_all))]
 pub struct SessionConfig {
@@ -54,16 +52,16 @@ pub struct SessionConfig {
     pub port: u16,
     pub helo: String,
     pub tls: TlsPolicy,
+    #[cfg_attr(feature = "python", pyo3(from_py_with = crate::py_delivery::seconds))]
+    pub connect_timeout: Duration,
+    #[cfg_attr(feature = "python", pyo3(from_py_with = crate::py_delivery::seconds))]
+    pub command_timeout: Duration,
     /// Login, secret (a password or an OAuth token), and the mechanisms we may use (`None`:
     /// CRAM-MD5, PLAIN and LOGIN).
     #[cfg_attr(feature = "python", pyo3(default))]
     pub credentials: Option<(String, String, Option<Vec<Mechanism>>)>,
     #[cfg_attr(feature = "python", pyo3(default))]
     pub allow_insecure_auth: bool,
-    #[cfg_attr(feature = "python", pyo3(default = Duration::from_secs(30), from_py_with = seconds))]
-    pub connect_timeout: Duration,
-    #[cfg_attr(feature = "python", pyo3(default = Duration::from_secs(300), from_py_with = seconds))]
-    pub command_timeout: Duration,
     #[cfg_attr(feature = "python", pyo3(default))]
     pub verbose: bool,
 }
