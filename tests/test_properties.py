@@ -185,10 +185,11 @@ def test_data_round_trip_over_a_socket(lines: list[bytes], final_newline: bool) 
             f.write(spooled)
         with RawServer(scripted(ext=("8BITMIME", "SIZE 100000000"))) as srv:
             result = _native.Connection(
-                "mx.test",
-                ["127.0.0.1"],
-                srv.port,
-                "client.test",
+                host="mx.test",
+                addresses=["127.0.0.1"],
+                port=srv.port,
+                helo="client.test",
+                tls={"mode": "none"},
                 connect_timeout=5.0,
                 command_timeout=5.0,
             ).session([("a@example.com", ["b@example.com"], path)])

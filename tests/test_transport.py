@@ -35,9 +35,15 @@ def msg(tmp_path: Path):
 
 
 def send(port: int, transactions, *, host: str = "mx.test", addresses=("127.0.0.1",), **kw):
+    """`tls`: the mode, the policy's other fields beside it; `login`, `secret`, `mechanisms` apart."""
     kw.setdefault("connect_timeout", 5.0)
     kw.setdefault("command_timeout", 5.0)
-    return _native.Connection(host, list(addresses), port, "client.test", **kw).session(transactions)
+    policy = {k: kw.pop(k) for k in ("verify_cert", "ca_file", "fingerprint", "client_cert") if k in kw}
+    kw["tls"] = {"mode": kw.pop("tls", "none"), **policy}
+    if "login" in kw or "secret" in kw:
+        kw["credentials"] = (kw.pop("login", None), kw.pop("secret", None), kw.pop("mechanisms", None))
+    conn = _native.Connection(host=host, addresses=list(addresses), port=port, helo="client.test", **kw)
+    return conn.session(transactions)
 
 
 def statuses(result) -> list[list[str]]:
@@ -358,9 +364,11 @@ def test_verbose_transcript_hides_secrets(msg, certs: Certs) -> None:
             from dma import _native
             for mech, secret in [("PLAIN", {PASSWORD!r}), ("LOGIN", {PASSWORD!r}), ("CRAM-MD5", {PASSWORD!r}),
                                  ("XOAUTH2", {TOKEN!r})]:
-                r = _native.Connection("mx.test", ["127.0.0.1"], {srv.port}, "client.test",
-                                       tls="starttls", login={LOGIN!r}, secret=secret, mechanisms=[mech],
-                                       verbose=True).session([("f@c.test", ["a@x.test"], {msg()!r})])
+                r = _native.Connection(host="mx.test", addresses=["127.0.0.1"], port={srv.port},
+                                       helo="client.test", tls={{"mode": "starttls"}},
+                                       connect_timeout=5.0, command_timeout=5.0,
+                                       credentials=({LOGIN!r}, secret, [mech]), verbose=True)
+                r = r.session([("f@c.test", ["a@x.test"], {msg()!r})])
                 assert r.results[0][0].status == "sent", r.results
             """)
         proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
@@ -648,7 +656,7 @@ def test_large_message_is_streamed(msg) -> None:
     [
         {"tls": "ssl"},
         {"fingerprint": b"12345"},
-        {"mechanisms": ["GSSAPI"]},
+        {"login": "l", "secret": "s", "mechanisms": ["GSSAPI"]},
         {"command_timeout": 0.0},
         {"login": "only"},
     ],

@@ -1,6 +1,8 @@
 # Type stub of the Rust extension (rust/src/py_api.rs declares the module, its docstrings say what
 # each call does); `./dev lint` checks the two agree. Paths cross as `str`.
-from typing import final
+from typing import TypedDict, final
+
+from typing_extensions import Required
 
 __version__: str
 
@@ -85,28 +87,29 @@ class SessionResult:
     extensions: list[str]  # EHLO keywords, upper case (after STARTTLS when TLS was started)
     failure: Outcome | None  # why the connection could not be used
 
+class _TlsPolicy(TypedDict, total=False):
+    mode: Required[str]  # "none" | "starttls" | "opportunistic" | "implicit"
+    verify_cert: bool
+    ca_file: str | None
+    fingerprint: bytes | None  # SHA-256 of the leaf certificate, 32 bytes
+    client_cert: str | None  # one PEM file: chain and private key
+
 @final
 class Connection:
     def __new__(
         cls,
+        *,
         host: str,
         addresses: list[str],
         port: int,
         helo: str,
-        *,
-        tls: str = "none",  # "none" | "starttls" | "opportunistic" | "implicit"
-        verify_cert: bool = False,
-        ca_file: str | None = None,
-        fingerprint: bytes | None = None,  # SHA-256 of the leaf certificate, 32 bytes
-        client_cert: str | None = None,  # one PEM file: chain and private key
-        login: str | None = None,
-        secret: str | None = None,
-        mechanisms: list[str] | None = None,  # default CRAM-MD5, PLAIN, LOGIN; XOAUTH2 only if named
+        tls: _TlsPolicy,
+        connect_timeout: float,
+        command_timeout: float,  # per reply, and for the whole set-up and each transaction
+        # login, secret, mechanisms (None: CRAM-MD5, PLAIN, LOGIN; XOAUTH2 only if named)
+        credentials: tuple[str, str, list[str] | None] | None = None,
         allow_insecure_auth: bool = False,
-        connect_timeout: float = 30.0,
-        command_timeout: float = 300.0,  # per reply, and for the whole set-up and each transaction
         verbose: bool = False,  # dialogue on stderr as "<<< " / ">>> " lines, credentials hidden
-        journal: str | None = None,  # spool whose delivered journal records confirmed entries
     ) -> Connection: ...
     def session(self, transactions: list[tuple[str, list[str], str]]) -> SessionResult: ...
     def send(self, spool: Spool, groups: list[list[str]]) -> SessionResult: ...

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fs::{File, OpenOptions, TryLockError};
-use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -12,38 +11,55 @@ use std::time::Duration;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyString;
+use pyo3::pybacked::PyBackedStr;
+use pyo3::types::{PyDict, PyString};
 
 use crate::auth::Mechanism;
 use crate::errors::DmaError;
-use crate::smtp::{Client, SessionConfig, Stage, Status, Transaction};
+use crate::smtp::{self, Client, SessionConfig, Stage, Status, TlsMode, Transaction};
 pub use crate::smtp::{Outcome, SessionResult};
 use crate::spool::{self, Claim, Entry};
-use crate::tls::TlsPolicy;
 use crate::wake::Waker;
 
 /// Python reads a status, a stage or a mechanism as its name.
 macro_rules! as_py_str {
-    ($($t:ident::$name:ident),*) => {$(
+    ($($t:ty: $name:path),*) => {$(
         impl<'py> IntoPyObject<'py> for $t {
             type Target = PyString;
             type Output = Bound<'py, PyString>;
             type Error = Infallible;
 
             fn into_pyobject(self, py: Python<'py>) -> Result<Self::Output, Self::Error> {
-                Ok(PyString::new(py, $t::$name(self)))
+                Ok(PyString::new(py, &$name(self)))
             }
         }
     )*};
 }
 
-as_py_str!(Stage::as_str, Status::as_str, Mechanism::name);
+as_py_str!(Stage: smtp::name, Status: smtp::name, Mechanism: Mechanism::name);
 
-fn seconds(name: &str, secs: f64) -> PyResult<Duration> {
+/// Python gives a TLS mode or a mechanism by its name.
+macro_rules! from_py_str {
+    ($($t:ty),*) => {$(
+        impl FromPyObject<'_, '_> for $t {
+            type Error = PyErr;
+
+            fn extract(ob: Borrowed<'_, '_, PyAny>) -> PyResult<Self> {
+                ob.extract::<PyBackedStr>()?.parse().map_err(PyValueError::new_err)
+            }
+        }
+    )*};
+}
+
+from_py_str!(TlsMode, Mechanism);
+
+/// A timeout in seconds (a float).
+pub(crate) fn seconds(ob: &Bound<'_, PyAny>) -> PyResult<Duration> {
+    let secs: f64 = ob.extract()?;
     Duration::try_from_secs_f64(secs)
         .ok()
         .filter(|d| !d.is_zero())
-        .ok_or_else(|| PyValueError::new_err(format!("{name} must be positive, not {secs}")))
+        .ok_or_else(|| PyValueError::new_err(format!("a timeout must be positive, not {secs}")))
 }
 
 /// One destination and host: its settings, and the connection kept open between batches.
@@ -54,68 +70,26 @@ pub struct Connection {
 
 #[pymethods]
 impl Connection {
+    /// `settings`: the fields of `SessionConfig`. Any bad one is a `ValueError` naming the field,
+    /// then why (the derived extraction's `TypeError` and its causes).
     #[new]
-    #[pyo3(signature = (
-        host, addresses, port, helo, *, tls="none", verify_cert=false, ca_file=None,
-        fingerprint=None, client_cert=None, login=None, secret=None, mechanisms=None,
-        allow_insecure_auth=false, connect_timeout=30.0, command_timeout=300.0, verbose=false,
-        journal=None
-    ))]
-    #[allow(clippy::too_many_arguments, reason = "Python's keyword arguments")]
-    fn new(
-        host: String,
-        addresses: Vec<IpAddr>,
-        port: u16,
-        helo: String,
-        tls: &str,
-        verify_cert: bool,
-        ca_file: Option<PathBuf>,
-        fingerprint: Option<[u8; 32]>,
-        client_cert: Option<PathBuf>,
-        login: Option<String>,
-        secret: Option<String>,
-        mechanisms: Option<Vec<String>>,
-        allow_insecure_auth: bool,
-        connect_timeout: f64,
-        command_timeout: f64,
-        verbose: bool,
-        journal: Option<PathBuf>,
-    ) -> PyResult<Self> {
-        let mechanisms = mechanisms
-            .map(|names| names.iter().map(|n| n.parse()).collect::<Result<_, _>>())
-            .transpose()
-            .map_err(PyValueError::new_err)?;
-        let credentials = match (login, secret) {
-            (Some(login), Some(secret)) => Some((login, secret)),
-            (None, None) => None,
-            _ => return Err(PyValueError::new_err("login and secret go together")),
-        };
-        let cfg = SessionConfig {
-            host,
-            addresses,
-            port,
-            helo,
-            tls_mode: tls.parse().map_err(PyValueError::new_err)?,
-            tls: TlsPolicy {
-                verify_cert,
-                ca_file,
-                fingerprint,
-                client_cert,
-            },
-            credentials,
-            mechanisms,
-            allow_insecure_auth,
-            connect_timeout: seconds("connect_timeout", connect_timeout)?,
-            command_timeout: seconds("command_timeout", command_timeout)?,
-            verbose,
-            journal,
-        };
+    #[pyo3(signature = (**settings))]
+    fn new(py: Python<'_>, settings: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let cfg = settings.map_or_else(|| PyDict::new(py).extract(), |s| s.extract::<SessionConfig>());
+        let cfg = cfg.map_err(|mut err| {
+            let mut text = err.to_string();
+            while let Some(cause) = err.cause(py) {
+                text = format!("{text}: {cause}");
+                err = cause;
+            }
+            PyValueError::new_err(text)
+        })?;
         Ok(Connection {
             client: Mutex::new(Client::new(Arc::new(cfg))),
         })
     }
 
-    /// A session of its own (not the cached one) carrying `(sender, recipients, message)`s, then QUIT.
+    /// Carry `(sender, recipients, message)`s (none: a probe), then QUIT.
     fn session(&self, py: Python<'_>, transactions: Vec<(String, Vec<String>, PathBuf)>) -> SessionResult {
         let transactions: Vec<Transaction> = transactions
             .into_iter()
@@ -126,11 +100,16 @@ impl Connection {
                 ..Default::default()
             })
             .collect();
-        let cfg = lock(&self.client).cfg.clone();
-        py.detach(|| crate::smtp::run_session(&cfg, &transactions))
+        py.detach(|| {
+            let mut client = lock(&self.client);
+            let report = client.send(&transactions, None);
+            client.close();
+            report
+        })
     }
 
-    /// One transaction per non-empty group of claimed entries (one message's recipients).
+    /// One transaction per non-empty group of claimed entries (one message's recipients); the
+    /// spool's delivered journal records the recipients the server took.
     fn send(&self, py: Python<'_>, spool: &Spool, groups: Vec<Vec<String>>) -> PyResult<SessionResult> {
         let claims = lock(&spool.claims);
         let mut transactions = Vec::with_capacity(groups.len());
@@ -149,7 +128,7 @@ impl Connection {
             });
         }
         drop(claims);
-        Ok(py.detach(|| lock(&self.client).send(&transactions)))
+        Ok(py.detach(|| lock(&self.client).send(&transactions, Some(&spool.dir))))
     }
 
     fn close(&self, py: Python<'_>) {

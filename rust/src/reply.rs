@@ -67,8 +67,7 @@ impl Reply {
 
 /// Three digits, the first 2 to 5 (RFC 5321 4.2: 1yz is not used in SMTP).
 fn parse_code(line: &[u8]) -> Option<u16> {
-    let digits = line.get(..3).filter(|d| d.iter().all(u8::is_ascii_digit))?;
-    let code = digits.iter().fold(0, |n, d| n * 10 + u16::from(d - b'0'));
+    let code: u16 = std::str::from_utf8(line.get(..3)?).ok()?.parse().ok()?;
     (200..600).contains(&code).then_some(code)
 }
 

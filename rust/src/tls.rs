@@ -2,8 +2,8 @@
 
 use std::env::var_os;
 use std::ffi::OsString;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -15,29 +15,59 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 
-use crate::auth::hex;
-
-/// How the peer's certificate is checked (C dma's `VERIFYCERT`, `FINGERPRINT`, `CERTFILE`); the
-/// handshake's signatures are always verified.
+/// Whether TLS is used, and how the peer's certificate is checked (C dma's `VERIFYCERT`,
+/// `FINGERPRINT`, `CERTFILE`); the handshake's signatures are always verified. From Python: a
+/// dict of these fields, all but `mode` optional.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "python", derive(pyo3::FromPyObject), pyo3(from_item_all))]
 pub struct TlsPolicy {
+    pub mode: TlsMode,
     /// Check the chain against the system roots (plus `ca_file`) and the host name or IP.
+    #[cfg_attr(feature = "python", pyo3(default))]
     pub verify_cert: bool,
     /// Extra trusted CA certificates (PEM), used when `verify_cert` is on.
+    #[cfg_attr(feature = "python", pyo3(default))]
     pub ca_file: Option<PathBuf>,
     /// SHA-256 of the leaf certificate's DER encoding that the peer must present.
+    #[cfg_attr(feature = "python", pyo3(default))]
     pub fingerprint: Option<[u8; 32]>,
     /// One PEM file holding our certificate chain and its private key.
+    #[cfg_attr(feature = "python", pyo3(default))]
     pub client_cert: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    #[default]
+    None,
+    /// STARTTLS is required: without it, fail temporarily before any mail is sent.
+    StartTls,
+    /// STARTTLS when offered and accepted, plain text otherwise.
+    Opportunistic,
+    /// TLS from the first byte (port 465).
+    Implicit,
+}
+
+impl FromStr for TlsMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(TlsMode::None),
+            "starttls" => Ok(TlsMode::StartTls),
+            "opportunistic" => Ok(TlsMode::Opportunistic),
+            "implicit" => Ok(TlsMode::Implicit),
+            _ => Err(format!(
+                "invalid tls mode {s:?} (none, starttls, opportunistic or implicit)"
+            )),
+        }
+    }
 }
 
 /// The name for SNI and the certificate check; rustls sends no SNI for an IP literal.
 pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = bare.parse::<IpAddr>() {
-        return Ok(ServerName::IpAddress(ip.into()));
-    }
-    ServerName::try_from(host.to_owned()).map_err(|_| format!("invalid TLS server name {host:?}"))
+    ServerName::try_from(bare.to_owned()).map_err(|_| format!("invalid TLS server name {host:?}"))
 }
 
 /// The config for `policy`, cached per policy, files and environment: connections share rustls's
@@ -126,10 +156,6 @@ fn read_pem_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>
     Ok(certs)
 }
 
-pub(crate) fn sha256_hex(der: &[u8]) -> String {
-    hex(&Sha256::digest(der))
-}
-
 /// Applies `TlsPolicy`, and always checks the handshake signatures: "no verification" still
 /// means the peer holds the key of the certificate it showed.
 #[derive(Debug)]
@@ -148,9 +174,9 @@ impl ServerCertVerifier for PolicyVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let actual = sha256_hex(end_entity);
-        if self.fingerprint.is_some_and(|expected| hex(&expected) != actual) {
-            let text = format!("certificate fingerprint mismatch: peer presented sha256 {actual}");
+        let actual = Sha256::digest(end_entity);
+        if self.fingerprint.is_some_and(|expected| actual[..] != expected) {
+            let text = format!("certificate fingerprint mismatch: peer presented sha256 {actual:x}");
             return Err(rustls::Error::General(text));
         }
         if let Some(roots) = &self.roots {
@@ -200,7 +226,7 @@ mod tests {
     #[test]
     fn sha256_hex_is_lowercase() {
         assert_eq!(
-            sha256_hex(b"abc"),
+            format!("{:x}", Sha256::digest(b"abc")),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }

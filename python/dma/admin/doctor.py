@@ -335,11 +335,11 @@ def inspect(cfg: Config, target: Target, mode: str, report: Report) -> None:
     certificate the server presents (as posttls-finger does)."""
     try:
         seen = _native.Connection(
-            target.name,
-            target.addresses,
-            target.port,
-            cfg.helo_name or cfg.mailname,
-            tls=mode,
+            host=target.name,
+            addresses=target.addresses,
+            port=target.port,
+            helo=cfg.helo_name or cfg.mailname,
+            tls={"mode": mode},
             connect_timeout=cfg.connect_timeout,
             command_timeout=cfg.timeout,
         ).session([])

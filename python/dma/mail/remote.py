@@ -97,30 +97,26 @@ def settings(
     route: Route | None,
     creds: Creds = (None, None, None),
     verbose: bool = False,
-    *,
-    journal: bool = False,
 ) -> _native.Connection:
-    """The connection (not yet open) to `target` with this configuration's (or `route`'s) TLS and AUTH;
-    `journal`: confirmed recipients go to the spool's delivered journal."""
+    """The connection (not yet open) to `target` with this configuration's (or `route`'s) TLS and AUTH."""
     login, secret, mechanisms = creds
     return _native.Connection(
-        target.name,
-        addresses,
-        target.port,
-        cfg.helo_name or cfg.mailname,
-        tls=tls_mode(cfg, route),
-        verify_cert=cfg.verifycert if route is None or route.verify is None else route.verify,
-        ca_file=cfg.cafile,
-        fingerprint=route.fingerprint if route is not None and route.fingerprint else cfg.fingerprint,
-        client_cert=cfg.certfile,
-        login=login,
-        secret=secret,
-        mechanisms=mechanisms,
+        host=target.name,
+        addresses=addresses,
+        port=target.port,
+        helo=cfg.helo_name or cfg.mailname,
+        tls={
+            "mode": tls_mode(cfg, route),
+            "verify_cert": cfg.verifycert if route is None or route.verify is None else route.verify,
+            "ca_file": cfg.cafile,
+            "fingerprint": route.fingerprint if route is not None and route.fingerprint else cfg.fingerprint,
+            "client_cert": cfg.certfile,
+        },
+        credentials=None if login is None or secret is None else (login, secret, mechanisms),
         allow_insecure_auth=cfg.insecure,
         connect_timeout=cfg.connect_timeout,
         command_timeout=cfg.timeout,
         verbose=verbose,
-        journal=cfg.spooldir if journal else None,
     )
 
 
@@ -175,7 +171,7 @@ def deliver(
             creds = credentials(cfg, target.name, dest.route)
             for address in target.addresses:
                 for renewed in (False, True):
-                    conn = settings(cfg, target, [address], dest.route, creds, verbose, journal=True)
+                    conn = settings(cfg, target, [address], dest.route, creds, verbose)
                     failure = attempt(conn, target)
                     if not groups:
                         return outcomes, None if failure else (conn, target)

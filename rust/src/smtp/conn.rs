@@ -60,13 +60,24 @@ impl Stream {
     }
 
     /// The TLS handshake, within the clock; from then on the stream reads and writes through it.
+    /// (On a failed handshake, rustls has already sent the server its alert.)
     pub(super) fn start_tls(
         &mut self,
         config: Arc<ClientConfig>,
         host: &str,
     ) -> Result<&ClientConnection, String> {
-        let conn = handshake(&mut self.sock, config, host)?;
-        Ok(self.tls.insert(conn))
+        let name = tls::server_name(host)?;
+        let mut tls = ClientConnection::new(config, name).map_err(|e| format!("TLS setup: {e}"))?;
+        while tls.is_handshaking() {
+            tls.complete_io(&mut self.sock).map_err(|err| match err.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                    "timeout during the TLS handshake".to_owned()
+                }
+                io::ErrorKind::UnexpectedEof => "connection closed during the TLS handshake".to_owned(),
+                _ => format!("TLS handshake failed: {err}"),
+            })?;
+        }
+        Ok(self.tls.insert(tls))
     }
 
     pub(super) fn close(&mut self) {
@@ -126,23 +137,4 @@ pub(super) fn describe(err: &io::Error, timeout: Duration) -> String {
         io::ErrorKind::UnexpectedEof => "connection closed by the server".to_owned(),
         _ => format!("connection error: {err}"),
     }
-}
-
-fn handshake(sock: &mut Socket, config: Arc<ClientConfig>, host: &str) -> Result<ClientConnection, String> {
-    let mut tls =
-        ClientConnection::new(config, tls::server_name(host)?).map_err(|e| format!("TLS setup: {e}"))?;
-    while tls.is_handshaking() {
-        if let Err(err) = tls.complete_io(sock) {
-            // Let the server know why (rustls queues an alert), then give up.
-            let _ = tls.write_tls(sock);
-            return Err(match err.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                    "timeout during the TLS handshake".to_owned()
-                }
-                io::ErrorKind::UnexpectedEof => "connection closed during the TLS handshake".to_owned(),
-                _ => format!("TLS handshake failed: {err}"),
-            });
-        }
-    }
-    Ok(tls)
 }

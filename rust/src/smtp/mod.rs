@@ -3,14 +3,14 @@
 //! TLS, QUIT; `session`: set-up and AUTH; `transaction`: MAIL, RCPT, DATA; `data`: the encoding.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
-use std::str::FromStr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::Mechanism;
+use crate::journal::Journal;
 use crate::reply::Reply;
-use crate::tls::TlsPolicy;
+pub use crate::tls::{TlsMode, TlsPolicy};
 
 mod conn;
 mod data;
@@ -29,33 +29,6 @@ const PIPELINE_BATCH: usize = 100;
 /// How long we wait for the reply to QUIT: its outcome changes nothing.
 const QUIT_WAIT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsMode {
-    None,
-    /// STARTTLS is required: without it, fail temporarily before any mail is sent.
-    StartTls,
-    /// STARTTLS when offered and accepted, plain text otherwise.
-    Opportunistic,
-    /// TLS from the first byte (port 465).
-    Implicit,
-}
-
-impl FromStr for TlsMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "none" => Ok(TlsMode::None),
-            "starttls" => Ok(TlsMode::StartTls),
-            "opportunistic" => Ok(TlsMode::Opportunistic),
-            "implicit" => Ok(TlsMode::Implicit),
-            _ => Err(format!(
-                "invalid tls mode {s:?} (none, starttls, opportunistic or implicit)"
-            )),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct Transaction {
     pub sender: String,
@@ -68,26 +41,29 @@ pub struct Transaction {
     pub dsn: String,
 }
 
-/// No `Debug`: the secret must not end up in a log.
+/// No `Debug`: the secret must not end up in a log. From Python: a dict of these fields (`host`
+/// to `command_timeout` required), `tls` one of `TlsPolicy`'s.
 #[derive(Clone)]
+#[cfg_attr(feature = "python", derive(pyo3::FromPyObject), pyo3(from_item_all))]
 pub struct SessionConfig {
     /// Name for SNI, certificate checks and messages.
     pub host: String,
     pub addresses: Vec<IpAddr>,
     pub port: u16,
     pub helo: String,
-    pub tls_mode: TlsMode,
     pub tls: TlsPolicy,
-    /// Login and secret (a password or an OAuth token).
-    pub credentials: Option<(String, String)>,
-    /// Mechanisms we may use; `None` means CRAM-MD5, PLAIN and LOGIN.
-    pub mechanisms: Option<Vec<Mechanism>>,
-    pub allow_insecure_auth: bool,
+    #[cfg_attr(feature = "python", pyo3(from_py_with = crate::py_delivery::seconds))]
     pub connect_timeout: Duration,
+    #[cfg_attr(feature = "python", pyo3(from_py_with = crate::py_delivery::seconds))]
     pub command_timeout: Duration,
+    /// Login, secret (a password or an OAuth token), and the mechanisms we may use (`None`:
+    /// CRAM-MD5, PLAIN and LOGIN).
+    #[cfg_attr(feature = "python", pyo3(default))]
+    pub credentials: Option<(String, String, Option<Vec<Mechanism>>)>,
+    #[cfg_attr(feature = "python", pyo3(default))]
+    pub allow_insecure_auth: bool,
+    #[cfg_attr(feature = "python", pyo3(default))]
     pub verbose: bool,
-    /// The spool whose delivered journal records confirmed recipients (see `journal::Journal`).
-    pub journal: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,12 +71,6 @@ pub enum Status {
     Sent,
     Temporary,
     Permanent,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        ["sent", "temporary", "permanent"][self as usize]
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,13 +88,9 @@ pub enum Stage {
     Dot,
 }
 
-impl Stage {
-    pub fn as_str(self) -> &'static str {
-        const NAMES: [&str; 11] = [
-            "connect", "tls", "greeting", "ehlo", "starttls", "auth", "size", "mail", "rcpt", "data", "dot",
-        ];
-        NAMES[self as usize]
-    }
+/// What Python and the messages call a status or a stage: its variant's name, in lower case.
+pub fn name(value: impl std::fmt::Debug) -> String {
+    format!("{value:?}").to_ascii_lowercase()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,16 +174,9 @@ pub struct SessionResult {
     pub failure: Option<Outcome>,
 }
 
-pub fn run_session(cfg: &SessionConfig, transactions: &[Transaction]) -> SessionResult {
-    let mut client = Client::new(Arc::new(cfg.clone()));
-    let report = client.send(transactions);
-    client.close();
-    report
-}
-
 /// The runner's cached connection: opened when needed, reused while the server keeps it.
 pub struct Client {
-    pub cfg: Arc<SessionConfig>,
+    cfg: Arc<SessionConfig>,
     session: Option<Session>,
 }
 
@@ -226,8 +185,9 @@ impl Client {
         Client { cfg, session: None }
     }
 
-    /// Carry `transactions` (none: a probe); the connection stays open unless it broke.
-    pub fn send(&mut self, transactions: &[Transaction]) -> SessionResult {
+    /// Carry `transactions` (none: a probe); the connection stays open unless it broke. `spool`:
+    /// the one whose delivered journal records the confirmed recipients (see `journal::Journal`).
+    pub fn send(&mut self, transactions: &[Transaction], spool: Option<&Path>) -> SessionResult {
         let mut report = SessionResult::default();
         let reused = self.session.take().and_then(Session::reusable);
         let mut session = match reused.map_or_else(|| Session::open(&self.cfg, &mut report), Ok) {
@@ -237,6 +197,7 @@ impl Client {
                 return report;
             }
         };
+        session.journal = spool.map(Journal::new);
         let broken = transactions.iter().find_map(|tx| {
             let (outcomes, broken) = session.transaction(tx);
             report.results.push(outcomes);
@@ -268,6 +229,14 @@ fn fill_from(report: &mut SessionResult, transactions: &[Transaction], failure: 
     }
 }
 
+#[cfg(test)]
+pub fn run_session(cfg: &SessionConfig, transactions: &[Transaction]) -> SessionResult {
+    let mut client = Client::new(Arc::new(cfg.clone()));
+    let report = client.send(transactions, None);
+    client.close();
+    report
+}
+
 /// A session without TLS or AUTH to a test server on loopback.
 #[cfg(test)]
 fn plain_config(port: u16) -> SessionConfig {
@@ -276,15 +245,12 @@ fn plain_config(port: u16) -> SessionConfig {
         addresses: vec!["127.0.0.1".parse().unwrap()],
         port,
         helo: "client.test".into(),
-        tls_mode: TlsMode::None,
         tls: TlsPolicy::default(),
         credentials: None,
-        mechanisms: None,
         allow_insecure_auth: false,
         connect_timeout: Duration::from_secs(2),
         command_timeout: Duration::from_secs(2),
         verbose: false,
-        journal: None,
     }
 }
 

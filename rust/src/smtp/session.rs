@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ClientConfig;
+use sha2::{Digest, Sha256};
 
 use super::conn::{connect, describe, Stream};
 use super::{Outcome, SessionConfig, SessionResult, Stage, Status, TlsMode, MAX_LINE, QUIT_WAIT};
@@ -21,8 +22,6 @@ pub(super) struct Session {
     pub(super) cfg: Arc<SessionConfig>,
     /// Our read buffer, so that what is buffered before STARTTLS can be thrown away.
     pub(super) reader: BufReader<Stream>,
-    /// Commands queued to be written in one go.
-    pub(super) out: Vec<u8>,
     pub(super) tls_config: Option<Arc<ClientConfig>>,
     pub(super) ext: Extensions,
     /// What the caller learns of the session (without results).
@@ -31,13 +30,14 @@ pub(super) struct Session {
     pub(super) dead: bool,
     /// The server may hold state from a failed transaction: RSET before the next one.
     pub(super) dirty: bool,
+    /// This `send`'s (see `Client::send`).
     pub(super) journal: Option<Journal>,
 }
 
 impl Session {
     /// Connect and set the session up; a failure is what every recipient gets.
     pub(super) fn open(cfg: &Arc<SessionConfig>, report: &mut SessionResult) -> Result<Self, Outcome> {
-        let tls_config = match cfg.tls_mode {
+        let tls_config = match cfg.tls.mode {
             TlsMode::None => None,
             _ => Some(tls::client_config(&cfg.tls).map_err(|e| Outcome::temporary(Stage::Tls, e))?),
         };
@@ -45,7 +45,6 @@ impl Session {
         let mut session = Session {
             cfg: cfg.clone(),
             reader,
-            out: Vec::new(),
             tls_config,
             ext: Extensions::default(),
             facts: SessionResult {
@@ -54,7 +53,7 @@ impl Session {
             },
             dead: false,
             dirty: false,
-            journal: cfg.journal.as_deref().map(Journal::new),
+            journal: None,
         };
         if let Err(failure) = session.setup() {
             session.finish(report);
@@ -68,14 +67,14 @@ impl Session {
     /// them byte by byte cannot hold the session longer than that.
     fn setup(&mut self) -> Result<(), Outcome> {
         self.start_clock(self.cfg.command_timeout);
-        if self.cfg.tls_mode == TlsMode::Implicit {
+        if self.cfg.tls.mode == TlsMode::Implicit {
             self.start_tls()?;
         }
         let greeting = self.read_reply(Stage::Greeting)?;
         self.check(Stage::Greeting, greeting, 2)?;
         self.hello()?;
-        if matches!(self.cfg.tls_mode, TlsMode::StartTls | TlsMode::Opportunistic) {
-            self.starttls(self.cfg.tls_mode == TlsMode::StartTls)?;
+        if matches!(self.cfg.tls.mode, TlsMode::StartTls | TlsMode::Opportunistic) {
+            self.starttls(self.cfg.tls.mode == TlsMode::StartTls)?;
         }
         self.authenticate()
     }
@@ -96,8 +95,8 @@ impl Session {
 
     /// The transcript shows `shown` instead of `line`.
     pub(super) fn send(&mut self, stage: Stage, line: &str, shown: &str) -> Result<Reply, Outcome> {
-        self.queue(line, shown);
-        self.write(stage, &[])?;
+        self.trace(">>> ", shown);
+        self.write(stage, format!("{line}\r\n").as_bytes())?;
         self.read_reply(stage)
     }
 
@@ -153,11 +152,11 @@ impl Session {
 
     fn authenticate(&mut self) -> Result<(), Outcome> {
         let cfg = self.cfg.clone();
-        let Some((login, secret)) = &cfg.credentials else {
+        let Some((login, secret, mechanisms)) = &cfg.credentials else {
             return Ok(());
         };
         // Never send credentials in clear; the caller sees auth_mechanism None.
-        let allowed = cfg.mechanisms.as_deref().unwrap_or(&Mechanism::DEFAULT);
+        let allowed = mechanisms.as_deref().unwrap_or(&Mechanism::DEFAULT);
         let usable = self.facts.tls_version.is_some() || cfg.allow_insecure_auth;
         let Some(mechanism) = auth::choose(&self.ext.auth, allowed).filter(|_| usable) else {
             return Ok(());
@@ -238,20 +237,12 @@ impl Session {
 
     pub(super) fn conn_failure(&mut self, stage: Stage, err: &str) -> Outcome {
         self.dead = true;
-        let text = format!("{}: {err} during {}", self.cfg.host, stage.as_str());
+        let text = format!("{}: {err} during {}", self.cfg.host, super::name(stage));
         Outcome::temporary(stage, text)
     }
 
-    pub(super) fn queue(&mut self, line: &str, shown: &str) {
-        self.trace(">>> ", shown);
-        self.out.extend_from_slice(line.as_bytes());
-        self.out.extend_from_slice(b"\r\n");
-    }
-
     pub(super) fn write(&mut self, stage: Stage, bytes: &[u8]) -> Result<(), Outcome> {
-        self.out.extend_from_slice(bytes);
-        let result = self.reader.get_mut().send(&self.out);
-        self.out.clear();
+        let result = self.reader.get_mut().send(bytes);
         result.map_err(|e| self.conn_failure(stage, &describe(&e, self.cfg.command_timeout)))
     }
 
@@ -303,7 +294,7 @@ impl Session {
             .negotiated_cipher_suite()
             .map_or_else(unknown, |s| format!("{:?}", s.suite()));
         let leaf = conn.peer_certificates().and_then(|c| c.first());
-        self.facts.peer_cert_sha256 = leaf.map(|c| tls::sha256_hex(c));
+        self.facts.peer_cert_sha256 = leaf.map(|c| format!("{:x}", Sha256::digest(c)));
         self.facts.tls_resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         self.trace("*** ", &format!("TLS {version} {cipher}"));
         (self.facts.tls_version, self.facts.tls_cipher) = (Some(version), Some(cipher));

@@ -66,12 +66,6 @@ impl Session {
         }
         self.dirty = true;
         self.envelope(mail, &rcpt_params, tx, refused)?;
-        if refused.iter().all(Option::is_some) {
-            if self.dead {
-                return Err(self.unusable());
-            }
-            return Err(Outcome::temporary(Stage::Rcpt, "no recipient accepted"));
-        }
         let outcome = self.send_body(file)?;
         self.dirty = false;
         Ok(outcome)
@@ -138,7 +132,8 @@ impl Session {
         Ok((mail, rcpt_params, file))
     }
 
-    /// MAIL, each RCPT still wanted and DATA, in batches when the server offers PIPELINING (RFC 2920).
+    /// MAIL, each RCPT still wanted and DATA, in batches when the server offers PIPELINING (RFC 2920);
+    /// the failure that ends the transaction before the body, if any.
     fn envelope(
         &mut self,
         mail: String,
@@ -169,15 +164,14 @@ impl Session {
             if size == 1 && (mail_ok.is_err() || nobody) {
                 break;
             }
-            for command in batch {
-                self.queue(command, command);
-            }
-            self.write(stage(n), &[])?;
-            let mut replies = Vec::with_capacity(batch.len());
+            let lines: String = batch
+                .iter()
+                .inspect(|command| self.trace(">>> ", command))
+                .map(|command| format!("{command}\r\n"))
+                .collect();
+            self.write(stage(n), lines.as_bytes())?;
             for _ in batch {
-                replies.push(self.read_reply(stage(n + replies.len()))?);
-            }
-            for reply in replies {
+                let reply = self.read_reply(stage(n))?;
                 match stage(n) {
                     Stage::Mail => mail_ok = self.check(Stage::Mail, reply, 2).map(drop),
                     Stage::Rcpt if mail_ok.is_ok() => match self.check(Stage::Rcpt, reply, 2) {
@@ -196,7 +190,12 @@ impl Session {
                 // The server took DATA anyway: end it with an empty message (RFC 2920 3.1).
                 let _ = self.expect(Stage::Data, ".", 2);
             }
-            return mail_ok;
+            mail_ok?;
+            return Err(if self.dead {
+                self.unusable()
+            } else {
+                Outcome::temporary(Stage::Rcpt, "no recipient accepted")
+            });
         }
         self.check(Stage::Data, data_reply.expect("DATA reply"), 3)
             .map(drop)
