@@ -106,9 +106,7 @@ class Batch:
         if recipients is not None and not any(r.strip() for r in given):
             raise Fatal(EX_NOINPUT, "no recipients given")
         sub = Submission(given, sender, dot_terminates=False, from_headers=recipients is None)
-        message_id, _ = submission.submit(
-            self.config, sub, data, durable=self.durable, resolver=self._resolver
-        )
+        message_id = submission.submit(self.config, sub, data, durable=self.durable, resolver=self._resolver)
         self.message_ids.append(message_id)
         return message_id
 

@@ -184,7 +184,7 @@ def dispatch(prog: str, args: list[str]) -> int:
             from .mail.bounce import parameters
 
             opts.dsn = parameters(*(opts.dsn_options.get(letter) for letter in "NRV"))
-        message_ids = [submit(cfg, opts)[0]]
+        message_ids = [submit(cfg, opts)]
     if not message_ids or opts.queue_only or cfg.defer or drops(cfg):
         return 0  # a drop is delivered by the system's runner (`dma serve`), not by us
     try:

@@ -131,7 +131,7 @@ class Session:
         self.send("354 end data with <CR><LF>.<CR><LF>")
         self.transaction = None
         try:
-            message_id, _ = submit(self.cfg, mail, self.stdin, resolver=self.resolver)
+            message_id = submit(self.cfg, mail, self.stdin, resolver=self.resolver)
         except Fatal as e:
             self.stdin.skip_data()  # raises OSError, ending the session, if the client has gone
             raise failure(e, "554 5.6.0") from None

@@ -150,10 +150,7 @@ def take(cfg: Config, ident: str, est: os.stat_result, sid: str, used: list[int]
             raise OSError(errno.EDQUOT, f"uid {est.st_uid} holds {used[0]} queued messages ({used[1]} bytes)")
         with Spooling(cfg, sender, name=sid) as msg:
             fault("write")
-            try:
-                size, _ = msg.receive(dfd, user, uid=est.st_uid)
-            except ValueError as e:
-                raise Fatal(EX_DATAERR, f"bad mail input format: {e}") from None
+            size, _ = msg.receive(dfd, user, uid=est.st_uid)
             fault("sync")
             msg.incoming.commit(sender, recipients, dsn)
         used[0] += 1

@@ -74,7 +74,8 @@ class Spooling:
     ) -> tuple[int, list[str]]:
         """Spool the message with our `Received:` line naming `login` (none for a drop: the runner
         writes it, knowing who really wrote the drop) and the `Date:`, `Message-Id:` and `From:` it
-        lacks; `full_name` (`-F`) becomes the display name of that `From:`."""
+        lacks; `full_name` (`-F`) becomes the display name of that `From:`. Content the spool does not
+        take (a NUL, say) raises Fatal(EX_DATAERR)."""
         cfg, sender, date = self.cfg, self.sender, message.rfc822_date(self.now)
         received = ""
         if login is not None:
@@ -97,7 +98,10 @@ class Spooling:
         ]
         prefix = received.encode("utf-8", "surrogateescape")
         add_if_missing = [(name, line.encode("utf-8", "surrogateescape")) for name, line in add]
-        return self.incoming.receive(source, prefix=prefix, add_if_missing=add_if_missing, **options)
+        try:
+            return self.incoming.receive(source, prefix=prefix, add_if_missing=add_if_missing, **options)
+        except ValueError as e:
+            raise Fatal(EX_DATAERR, f"bad mail input format: {e}") from None
 
 
 def submit(
@@ -107,10 +111,10 @@ def submit(
     *,
     durable: bool = True,
     resolver: RecipientResolver | None = None,
-) -> tuple[str, list[str]]:
+) -> str:
     """Spool one message from `source` (standard input by default, left open; bytes; a `-bs` DATA)
-    and return its message id and entry ids. A batch passes `durable=False`, to sync the spool once
-    for all, and its `resolver`, to read the aliases file once."""
+    and return its message id. A batch passes `durable=False`, to sync the spool once for all, and
+    its `resolver`, to read the aliases file once."""
     sender = message.envelope_sender(sub.sender, cfg)
     rewrite = None
     if sender and (cfg.rewrite_from or cfg.routes):  # the null sender (bounces) stays null
@@ -164,8 +168,6 @@ def submit(
                 collect_recipients=sub.from_headers,
                 rewrite_from=rewrite,
             )
-        except ValueError as e:
-            raise Fatal(EX_DATAERR, f"bad mail input format: {e}") from e
         except OSError as e:
             raise os_failure(e, "can not read mail") from e
         if source == b"":
@@ -178,10 +180,8 @@ def submit(
             if not from_headers and not given:
                 raise Fatal(EX_NOINPUT, "no recipients from headers")
             recipients = resolver.resolve(given + from_headers)
-        if not recipients:
-            raise Fatal(EX_NOINPUT, "no recipients")
         try:
-            ids = msg.incoming.commit(sender, recipients, sub.dsn, dropping)
+            msg.incoming.commit(sender, recipients, sub.dsn, dropping)
         except ValueError as e:
             raise Fatal(EX_DATAERR, str(e)) from e
         except OSError as e:
@@ -193,4 +193,4 @@ def submit(
     text = f"new mail from user={message.login_name()} uid={uid} envelope_from=<{sender}> to {to}"
     text += " (dropped for the runner)" if dropping else ""
     Log(cfg, sub.tag).event("info", "queued", text, id=msg.id, uid=uid, sender=sender, to=to, size=size)
-    return msg.id, ids
+    return msg.id
