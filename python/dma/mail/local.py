@@ -32,10 +32,11 @@ def deliver(
     cfg: Config,
     *,
     when: str | None = None,
-    lock_timeout: float = 100.0,
+    lock_timeout: float = 3.0,
 ) -> None:
     """Deliver the spooled message to local ``user``, or raise `DeliveryFailure`. ``when``: the
-    ``From `` line's date (default now); ``lock_timeout``: the wait for the mbox lock."""
+    ``From `` line's date (default now); ``lock_timeout``: the wait for the mbox lock, then the
+    delivery is retried later (a user's lock must not hold up anyone's mail)."""
     pw = _lookup(user)
     try:
         if cfg.maildir:

@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 # connections, so it should be large; past SMALL_BATCH the open-file limit is raised to allow it.
 BATCH = 1000
 SMALL_BATCH = 200
-# A user's mbox lock is waited for this long, then retried later: it must not hold up anyone's mail.
-LOCK_WAIT = 3.0
 # Longest sleep while sessions run; a retry or new mail wakes the runner before it anyway.
 NAP = 3600.0
 
@@ -239,7 +237,7 @@ class Runner:
 
                 [[entry]] = groups
                 path = self.spool.message_path(entry.id)
-                local.deliver(entry.recipient, entry.sender, path, self.cfg, lock_timeout=LOCK_WAIT)
+                local.deliver(entry.recipient, entry.sender, path, self.cfg)
                 outcomes = {entry.id: ("sent", "")}
             else:
                 from . import remote
@@ -317,9 +315,7 @@ class Runner:
         reason = "a bounce that could not be delivered"
         if first.sender:
             try:
-                bounce_id = None
-                if bounce.wants_failure_report(first.dsn):
-                    bounce_id = bounce.send(self.cfg, failed, self.spool.message_path(first.id))
+                bounce_id = bounce.send(self.cfg, failed, self.spool.message_path(first.id))
             except (Fatal, OSError, ValueError) as error:
                 reason = f"the bounce could not be queued: {error}"
             else:
