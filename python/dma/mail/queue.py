@@ -106,12 +106,11 @@ class Runner:
         try:
             while not self.stopping:
                 self.collect()
+                waits = 0
                 if self.drop_dir:  # take what users left in the drop directory
                     from .drop import pick_up
 
                     waits = pick_up(self.cfg, self.events)[1]
-                else:
-                    waits = 0
                 if not sum(self.busy.values()) and not self.replayed:
                     self.replay_journal()
                 now = time.time()
@@ -259,12 +258,12 @@ class Runner:
 
     def collect(self) -> None:
         """Record the outcomes of the threads that have ended; keep their open connections."""
-        if not self.finished:
-            return
         removed = False
         while self.finished:
             key, groups, outcomes, link = self.finished.pop()
             self.busy[key] -= 1
+            self.last_activity = time.time()
+            self.replayed = False
             if link is not None:
                 self.idle.setdefault(key, []).append(link)
             if self.tried is not None:
@@ -274,8 +273,6 @@ class Runner:
                 removed |= status == "sent"
                 self.claimed -= 1
                 self.record(entry, status, text)
-        self.last_activity = time.time()
-        self.replayed = False
         if removed:
             self.sync()
 
