@@ -79,7 +79,6 @@ class Runner:
         self.last_activity = time.time()
         self.replayed = False
         self.stopping = False
-        self.tried: set[str] | None = None  # a one-pass run: the entries it has tried
         self.bounces = 0
         self.done = {"sent": 0, "deferred": 0, "failed": 0}  # entries by outcome
 
@@ -101,7 +100,7 @@ class Runner:
         """Deliver due entries (those `only` selects) until none is left; `force`: deferred ones are
         due now; `resident`: linger LINGER seconds, then sleep while retries are pending."""
         spool = self.spool
-        self.tried = None if resident else set()
+        self.tried: set[str] | None = None if resident else set()  # one pass: the entries it has tried
         _native.clean_stale(self.cfg.spooldir, 24 * 3600)  # what a crash left, a day on
         try:
             while not self.stopping:
@@ -118,10 +117,8 @@ class Runner:
                 force = False
                 if waits:  # a drop that could not be taken yet: try again in 10 s
                     next_retry = min(next_retry or int(now) + 10, int(now) + 10)
-                if only is not None:
-                    due = [e for e in due if only(e)]
-                if self.tried is not None:  # one pass: a retry that falls due meanwhile waits
-                    due = [e for e in due if e.id not in self.tried]
+                # Those `only` selects; in one pass, not those tried already (a retry falling due waits).
+                due = [e for e in due if (only is None or only(e)) and e.id not in (self.tried or ())]
                 self.dispatch(due)
                 bounces = self.bounces
                 self.settle(failing)
@@ -160,7 +157,7 @@ class Runner:
         journal files go only after their entries: a crash in between replays them again."""
         self.replayed = True
         entry_ids, journals = _native.journal_take(self.cfg.spooldir)
-        for entry in self.spool.claim(entry_ids) if entry_ids else []:
+        for entry in self.spool.claim(entry_ids):
             self.spool.remove(entry.id)
             self.log(
                 f"{entry.id}: delivered to {entry.recipient} (confirmed before a restart)",
@@ -196,7 +193,7 @@ class Runner:
             if soft != resource.RLIM_INFINITY and soft < want:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
             room = max(16, want - 256)
-        if due and room > self.claimed:
+        if room > self.claimed:
             claimed = self.spool.claim([e.id for e in due[: room - self.claimed]])
             self.claimed += len(claimed)
             for entry in claimed:
