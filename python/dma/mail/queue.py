@@ -255,7 +255,7 @@ class Runner:
 
     def collect(self) -> None:
         """Record the outcomes of the threads that have ended; keep their open connections."""
-        removed = False
+        sent = self.done["sent"]
         while self.finished:
             key, groups, outcomes, link = self.finished.pop()
             self.busy[key] -= 1
@@ -266,11 +266,9 @@ class Runner:
             if self.tried is not None:
                 self.tried.update(outcomes)
             for entry in (entry for group in groups for entry in group):
-                status, text = outcomes[entry.id]
-                removed |= status == "sent"
                 self.claimed -= 1
-                self.record(entry, status, text)
-        if removed:
+                self.record(entry, *outcomes[entry.id])
+        if self.done["sent"] > sent:  # the removals, once for all the finished threads
             self.sync()
 
     def close_links(self) -> None:
@@ -354,7 +352,7 @@ class Runner:
         next_attempt = 0 if final else int(time.time()) + max(1, int(delay * (0.75 + jitter / 2)))
         try:
             if status == "sent":
-                self.spool.remove(entry.id)  # synced once for all the finished jobs, in `collect`
+                self.spool.remove(entry.id)  # synced by `collect`
             else:
                 state = "failed" if final else ""
                 self.spool.record(
