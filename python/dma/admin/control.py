@@ -165,20 +165,18 @@ def change(spool: _native.Spool, e: _native.QueueEntry, sub: str) -> str:
 
 
 def envelope(e: _native.QueueEntry) -> str:
-    def when(t: int) -> str:
-        return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(t))
+    def when(t: int) -> str | None:
+        return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(t)) if t else None
 
-    lines = [
-        f"ID: {e.id}",
-        f"Sender: <{e.sender}>",
-        f"Recipient: {e.recipient}",
-        f"Created: {when(e.created)}",
-        f"Size: {e.size}",
-        f"State: {entry_row(e)['state']}",
-        f"Attempts: {e.attempts}",
-    ]
-    if e.next_attempt:
-        lines.append(f"Next-Attempt: {when(e.next_attempt)}")
-    if e.last_error:
-        lines.append(f"Last-Error: {e.last_error}")
-    return "\n".join(lines) + "\n"
+    fields = {
+        "ID": e.id,
+        "Sender": f"<{e.sender}>",
+        "Recipient": e.recipient,
+        "Created": when(e.created),
+        "Size": e.size,
+        "State": entry_row(e)["state"],
+        "Attempts": e.attempts,
+        "Next-Attempt": when(e.next_attempt),
+        "Last-Error": e.last_error or None,
+    }
+    return "".join(f"{name}: {value}\n" for name, value in fields.items() if value is not None)

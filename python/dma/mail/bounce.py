@@ -48,12 +48,6 @@ def value(params: str, name: str) -> str | None:
     return {key: val for key, _, val in (param.partition("=") for param in params.split())}.get(name)
 
 
-def wants_failure_report(params: str) -> bool:
-    """No NOTIFY, or one that names FAILURE (NOTIFY=NEVER and NOTIFY=SUCCESS,DELAY do not)."""
-    notify = value(params, "NOTIFY")
-    return notify is None or "FAILURE" in notify.split(",")
-
-
 def status_code(text: str, expired: bool) -> str:
     """The RFC 3463 status for a failure: the server's enhanced code when it gave one."""
     for word in text.split():
@@ -112,10 +106,13 @@ Content-Type: {"message/rfc822" if full else "text/rfc822-headers"}
     return before.encode("utf-8", "surrogateescape"), f"\n--{boundary}--\n".encode()
 
 
-def send(cfg: Config, failed: list[_native.QueueEntry], message_path: str) -> str:
-    """Queue a bounce for `failed` (entries of one message, same sender); returns its message id.
+def send(cfg: Config, failed: list[_native.QueueEntry], message_path: str) -> str | None:
+    """Queue a bounce for `failed` (entries of one message, same sender); returns its message id,
+    or None when NOTIFY asks for none (NOTIFY=NEVER and NOTIFY=SUCCESS,DELAY do not name FAILURE).
     Raises Fatal or OSError when it cannot be queued; the caller then keeps the original."""
-    sender = failed[0].sender
+    sender, notify = failed[0].sender, value(failed[0].dsn, "NOTIFY")
+    if notify is not None and "FAILURE" not in notify.split(","):
+        return None
     try:
         message.check_address(sender, "sender")  # an entry from elsewhere (C dma's) never passed it
         recipients = RecipientResolver(cfg).resolve([sender])

@@ -32,10 +32,11 @@ def deliver(
     cfg: Config,
     *,
     when: str | None = None,
-    lock_timeout: float = 100.0,
+    lock_timeout: float = 3.0,
 ) -> None:
     """Deliver the spooled message to local ``user``, or raise `DeliveryFailure`. ``when``: the
-    ``From `` line's date (default now); ``lock_timeout``: the wait for the mbox lock."""
+    ``From `` line's date (default now); ``lock_timeout``: the wait for the mbox lock, then the
+    delivery is retried later (a user's lock must not hold up anyone's mail)."""
     pw = _lookup(user)
     try:
         if cfg.maildir:
@@ -73,7 +74,6 @@ def _maildir_as_user(pw: pwd.struct_passwd, path: str, message_path: str, cfg: C
     import select
     import signal
 
-    message_fd = os.open(message_path, os.O_RDONLY | os.O_CLOEXEC)
     read_end, write_end = os.pipe()
     try:
         pid = os.fork()
@@ -83,10 +83,9 @@ def _maildir_as_user(pw: pwd.struct_passwd, path: str, message_path: str, cfg: C
                 devnull = os.open(os.devnull, os.O_RDWR)  # on 0, 1 and 2; no other descriptor of ours
                 for fd in (0, 1, 2):
                     os.dup2(devnull, fd)
-                low, high = sorted((message_fd, write_end))
-                os.closerange(3, low)
-                os.closerange(low + 1, high)
-                os.closerange(high + 1, os.sysconf("SC_OPEN_MAX"))
+                os.closerange(3, write_end)
+                os.closerange(write_end + 1, os.sysconf("SC_OPEN_MAX"))
+                message_fd = os.open(message_path, os.O_RDONLY | os.O_CLOEXEC)
                 os.setgroups([])
                 os.setgid(pw.pw_gid)
                 os.setuid(pw.pw_uid)
@@ -116,7 +115,6 @@ def _maildir_as_user(pw: pwd.struct_passwd, path: str, message_path: str, cfg: C
             raise OSError(0, f"delivery as {pw.pw_name} took over {cfg.timeout:g} s (TIMEOUT): killed")
         code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     finally:
-        os.close(message_fd)
         os.close(read_end)
         if write_end >= 0:
             os.close(write_end)

@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 # connections, so it should be large; past SMALL_BATCH the open-file limit is raised to allow it.
 BATCH = 1000
 SMALL_BATCH = 200
-# A user's mbox lock is waited for this long, then retried later: it must not hold up anyone's mail.
-LOCK_WAIT = 3.0
 # Longest sleep while sessions run; a retry or new mail wakes the runner before it anyway.
 NAP = 3600.0
 
@@ -81,7 +79,6 @@ class Runner:
         self.last_activity = time.time()
         self.replayed = False
         self.stopping = False
-        self.tried: set[str] | None = None  # a one-pass run: the entries it has tried
         self.bounces = 0
         self.done = {"sent": 0, "deferred": 0, "failed": 0}  # entries by outcome
 
@@ -103,17 +100,16 @@ class Runner:
         """Deliver due entries (those `only` selects) until none is left; `force`: deferred ones are
         due now; `resident`: linger LINGER seconds, then sleep while retries are pending."""
         spool = self.spool
-        self.tried = None if resident else set()
+        self.tried: set[str] | None = None if resident else set()  # one pass: the entries it has tried
         _native.clean_stale(self.cfg.spooldir, 24 * 3600)  # what a crash left, a day on
         try:
             while not self.stopping:
                 self.collect()
+                waits = 0
                 if self.drop_dir:  # take what users left in the drop directory
                     from .drop import pick_up
 
                     waits = pick_up(self.cfg, self.events)[1]
-                else:
-                    waits = 0
                 if not sum(self.busy.values()) and not self.replayed:
                     self.replay_journal()
                 now = time.time()
@@ -121,10 +117,8 @@ class Runner:
                 force = False
                 if waits:  # a drop that could not be taken yet: try again in 10 s
                     next_retry = min(next_retry or int(now) + 10, int(now) + 10)
-                if only is not None:
-                    due = [e for e in due if only(e)]
-                if self.tried is not None:  # one pass: a retry that falls due meanwhile waits
-                    due = [e for e in due if e.id not in self.tried]
+                # Those `only` selects; in one pass, not those tried already (a retry falling due waits).
+                due = [e for e in due if (only is None or only(e)) and e.id not in (self.tried or ())]
                 self.dispatch(due)
                 bounces = self.bounces
                 self.settle(failing)
@@ -163,7 +157,7 @@ class Runner:
         journal files go only after their entries: a crash in between replays them again."""
         self.replayed = True
         entry_ids, journals = _native.journal_take(self.cfg.spooldir)
-        for entry in self.spool.claim(entry_ids) if entry_ids else []:
+        for entry in self.spool.claim(entry_ids):
             self.spool.remove(entry.id)
             self.log(
                 f"{entry.id}: delivered to {entry.recipient} (confirmed before a restart)",
@@ -199,7 +193,7 @@ class Runner:
             if soft != resource.RLIM_INFINITY and soft < want:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
             room = max(16, want - 256)
-        if due and room > self.claimed:
+        if room > self.claimed:
             claimed = self.spool.claim([e.id for e in due[: room - self.claimed]])
             self.claimed += len(claimed)
             for entry in claimed:
@@ -239,7 +233,7 @@ class Runner:
 
                 [[entry]] = groups
                 path = self.spool.message_path(entry.id)
-                local.deliver(entry.recipient, entry.sender, path, self.cfg, lock_timeout=LOCK_WAIT)
+                local.deliver(entry.recipient, entry.sender, path, self.cfg)
                 outcomes = {entry.id: ("sent", "")}
             else:
                 from . import remote
@@ -261,24 +255,20 @@ class Runner:
 
     def collect(self) -> None:
         """Record the outcomes of the threads that have ended; keep their open connections."""
-        if not self.finished:
-            return
-        removed = False
+        sent = self.done["sent"]
         while self.finished:
             key, groups, outcomes, link = self.finished.pop()
             self.busy[key] -= 1
+            self.last_activity = time.time()
+            self.replayed = False
             if link is not None:
                 self.idle.setdefault(key, []).append(link)
             if self.tried is not None:
                 self.tried.update(outcomes)
             for entry in (entry for group in groups for entry in group):
-                status, text = outcomes[entry.id]
-                removed |= status == "sent"
                 self.claimed -= 1
-                self.record(entry, status, text)
-        self.last_activity = time.time()
-        self.replayed = False
-        if removed:
+                self.record(entry, *outcomes[entry.id])
+        if self.done["sent"] > sent:  # the removals, once for all the finished threads
             self.sync()
 
     def close_links(self) -> None:
@@ -317,9 +307,7 @@ class Runner:
         reason = "a bounce that could not be delivered"
         if first.sender:
             try:
-                bounce_id = None
-                if bounce.wants_failure_report(first.dsn):
-                    bounce_id = bounce.send(self.cfg, failed, self.spool.message_path(first.id))
+                bounce_id = bounce.send(self.cfg, failed, self.spool.message_path(first.id))
             except (Fatal, OSError, ValueError) as error:
                 reason = f"the bounce could not be queued: {error}"
             else:
@@ -364,7 +352,7 @@ class Runner:
         next_attempt = 0 if final else int(time.time()) + max(1, int(delay * (0.75 + jitter / 2)))
         try:
             if status == "sent":
-                self.spool.remove(entry.id)  # synced once for all the finished jobs, in `collect`
+                self.spool.remove(entry.id)  # synced by `collect`
             else:
                 state = "failed" if final else ""
                 self.spool.record(
