@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pwd
 import stat
-import sys
 from typing import Any, Callable, TypeVar
 
 from dma import _native, config
@@ -36,8 +35,7 @@ class Report:
         for line in (f"{status:<4}  {topic:<9} {text}", *(f"{'':15} {detail}" for detail in details)):
             for secret in self.secrets:
                 line = line.replace(secret, "<hidden>")
-            sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+            print(line, flush=True)
 
     def attempt(self, topic: str, prefix: str, check: Callable[..., T], *args: Any) -> T | None:
         """`check(*args)`, or None after a FAIL line that says why."""
@@ -96,16 +94,14 @@ def describe_tls(cfg: Config) -> str:
         "starttls": "STARTTLS required",
         "opportunistic": "STARTTLS when offered (OPPORTUNISTIC_TLS)",
     }[mode]
-    if mode != "none":
-        checks = []
-        if cfg.verifycert:
-            checks.append(
-                "certificate verified (VERIFYCERT" + (f", CAFILE {cfg.cafile})" if cfg.cafile else ")")
-            )
-        if cfg.fingerprint:
-            checks.append(f"pinned FINGERPRINT {cfg.fingerprint.hex()}")
-        text += "; " + ("; ".join(checks) if checks else "certificate not checked")
-    return text
+    if mode == "none":
+        return text
+    checks = []
+    if cfg.verifycert:
+        checks.append("certificate verified (VERIFYCERT" + (f", CAFILE {cfg.cafile})" if cfg.cafile else ")"))
+    if cfg.fingerprint:
+        checks.append(f"pinned FINGERPRINT {cfg.fingerprint.hex()}")
+    return f"{text}; {'; '.join(checks) or 'certificate not checked'}"
 
 
 def check_dir(report: Report, topic: str, path: str, *, creatable: bool) -> None:
