@@ -311,11 +311,10 @@ def cert_lines(cfg: Config, sha256: str | None, report: Report, *, verified: boo
     if sha256 is None:
         return
     report("INFO", "cert", f"SHA-256 {sha256}", f"dma.conf: FINGERPRINT {sha256}")
-    if cfg.fingerprint is not None:
-        if bytes.fromhex(sha256) == cfg.fingerprint:
-            report("PASS", "cert", "matches FINGERPRINT")
-        else:
-            report("FAIL", "cert", f"does not match FINGERPRINT {cfg.fingerprint.hex()}")
+    if cfg.fingerprint == bytes.fromhex(sha256):
+        report("PASS", "cert", "matches FINGERPRINT")
+    elif cfg.fingerprint is not None:
+        report("FAIL", "cert", f"does not match FINGERPRINT {cfg.fingerprint.hex()}")
     if verified and cfg.verifycert:
         report("PASS", "cert", "chain and host name verified (VERIFYCERT)")
     elif verified and cfg.fingerprint is None:
