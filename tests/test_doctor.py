@@ -232,6 +232,20 @@ def test_auth_conf_owned_by_another_user_warns(dma_env: DmaEnv) -> None:
     assert lines(r, "WARN", "auth.conf") == [f"{auth} is owned by uid 65534, not by the queue runner's uid 0"]
 
 
+def test_broken_oauth2_credential_exits_78(dma_env: DmaEnv) -> None:
+    """An OAuth2 credential file is configuration too: a broken one is exit 78, as dma.conf is."""
+    cred = dma_env.root / "oauth"
+    cred.write_text("provider google\nclient_id x\nrefresh_token {credential}rt\nbogus 1\n")
+    cred.chmod(0o600)
+    auth = dma_env.root / "auth.conf"
+    auth.write_text(f"{LOGIN}|relay.test:{{oauth2}}{cred}\n")
+    auth.chmod(0o600)
+    dma_env.write_conf(f"AUTHPATH {auth}", "VERIFYCERT")
+    r = doctor(dma_env, "-n")
+    assert lines(r, "FAIL", "oauth2") == [f"{LOGIN}|relay.test: {cred}:4: bogus: unknown key"]
+    assert r.returncode == 78
+
+
 def test_missing_auth_conf_fails(dma_env: DmaEnv) -> None:
     dma_env.write_conf(f"AUTHPATH {dma_env.root / 'nope.conf'}")
     r = doctor(dma_env, "-n")

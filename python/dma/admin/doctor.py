@@ -164,10 +164,9 @@ def check_auth(cfg: Config, report: Report) -> None:
         if password.startswith("{oauth2}"):
             if os.path.exists(password[8:]):
                 private(report, "oauth2", password[8:])
-            try:
-                report("PASS", "oauth2", f"{login}|{host}: {renew_now(cfg, password[8:])}")
-            except (RouteError, Fatal) as e:
-                report("FAIL", "oauth2", f"{login}|{host}: {e}")
+            renewed = report.attempt("oauth2", f"{login}|{host}: ", renew_now, cfg, password[8:])
+            if renewed is not None:
+                report("PASS", "oauth2", f"{login}|{host}: {renewed}")
 
 
 def private(report: Report, topic: str, path: str) -> None:
