@@ -148,7 +148,6 @@ class Installer:
             "saved": {},  # path -> where what was there went
             "modes": {},  # directories we changed: path -> [mode, uid, gid] before
         }
-        self.manifest_text = ""
         self.systemd_running = not self.prefix and os.path.isdir("/run/systemd/system")
 
     def p(self, path: str) -> str:
@@ -161,21 +160,18 @@ class Installer:
     def load_manifest(self) -> bool:
         try:
             with open(self.p(MANIFEST)) as f:
-                self.manifest_text = f.read()
+                text = f.read()
         except FileNotFoundError:
             return False
         try:
-            self.manifest.update(json.loads(self.manifest_text))
+            self.manifest.update(json.loads(text))
         except ValueError as e:
             raise Fatal(EX_SOFTWARE, f"{self.p(MANIFEST)}: unreadable manifest: {e}") from None
         return True
 
     def save_manifest(self) -> None:
-        self.makedirs(os.path.dirname(MANIFEST), 0o755)  # recorded in the manifest too
-        text = json.dumps(self.manifest, indent=1, sort_keys=True) + "\n"
-        if text != self.manifest_text:
-            write_atomically(self.p(MANIFEST), text, 0o644)
-            self.manifest_text = text
+        self.makedirs(os.path.dirname(MANIFEST), 0o755)  # before the text: recorded in it too
+        self.write_file(MANIFEST, json.dumps(self.manifest, indent=1, sort_keys=True) + "\n")
 
     def makedirs(self, path: str, mode: int, gid: int = 0, *, fix: bool = False) -> None:
         """Create `path` and its missing parents (0755 root:root); with `fix`, an existing `path`
@@ -212,8 +208,9 @@ class Installer:
             pass
         self.makedirs(os.path.dirname(path), 0o755)
         write_atomically(real, text, mode)
-        self.manifest["files"][path] = sha256(real)
-        self.say("wrote", real + note)
+        if path != MANIFEST:  # not a file for uninstall to remove, nor a change
+            self.manifest["files"][path] = sha256(real)
+            self.say("wrote", real + note)
 
     def systemctl(self, *args: str) -> None:
         self.say("run", "systemctl " + " ".join(args))
