@@ -112,16 +112,15 @@ def check_dir(report: Report, topic: str, path: str, *, creatable: bool) -> None
             report("INFO", topic, f"{path} does not exist yet (created on first use in user mode)")
         else:
             report("FAIL", topic, f"{path} does not exist")
-        return
     except OSError as e:
         report("FAIL", topic, f"{path}: {e.strerror or e}")
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        report("FAIL", topic, f"{path} is not a directory")
-    elif not os.access(path, os.W_OK | os.X_OK):
-        report("FAIL", topic, f"{path} exists but is not writable by uid {os.geteuid()}")
     else:
-        report("PASS", topic, f"{path} exists and is writable")
+        if not stat.S_ISDIR(st.st_mode):
+            report("FAIL", topic, f"{path} is not a directory")
+        elif not os.access(path, os.W_OK | os.X_OK):
+            report("FAIL", topic, f"{path} exists but is not writable by uid {os.geteuid()}")
+        else:
+            report("PASS", topic, f"{path} exists and is writable")
 
 
 def check_aliases(cfg: Config, report: Report) -> None:
