@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from dma import _native
-from dma.admin import launcher
+from dma.admin import install
 from smtp_servers import Certs
 
 
@@ -29,7 +29,7 @@ from dma_fixtures import dma_env  # noqa: E402, F401
 def launcher_paths() -> list[str]:
     """What `nobody` must reach to run a launcher: the interpreter, its library, dma, dnspython."""
     python = os.path.realpath(sys.executable)
-    return [sys.executable, python, sys.base_prefix, sys.prefix, *launcher.search_path()]
+    return [sys.executable, python, sys.base_prefix, sys.prefix, *install.search_path()]
 
 
 @pytest.fixture

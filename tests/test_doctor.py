@@ -43,6 +43,15 @@ def relay_to(env: DmaEnv, port: int, certs: Certs, *extra: str, password: str = 
     )
 
 
+def auth_conf(env: DmaEnv, password: str, *conf: str, mode: int = 0o600) -> Path:
+    """An auth.conf with `password` for relay.test, named in dma.conf (with `conf`)."""
+    auth = env.root / "auth.conf"
+    auth.write_text(f"{LOGIN}|relay.test:{password}\n")
+    auth.chmod(mode)
+    env.write_conf(f"AUTHPATH {auth}", *conf)
+    return auth
+
+
 # ---- SMTP -----------------------------------------------------------------------------------------
 
 
@@ -185,10 +194,7 @@ def test_aliases_syntax_error_fails(dma_env: DmaEnv) -> None:
 
 
 def test_world_readable_auth_conf_warns(dma_env: DmaEnv) -> None:
-    auth = dma_env.root / "auth.conf"
-    auth.write_text(f"{LOGIN}|relay.test:{PASSWORD}\n")
-    auth.chmod(0o644)
-    dma_env.write_conf(f"AUTHPATH {auth}", "VERIFYCERT")
+    auth = auth_conf(dma_env, PASSWORD, "VERIFYCERT", mode=0o644)
     r = doctor(dma_env, "-n")
     assert lines(r, "PASS", "auth.conf") == [f"{auth} readable: credentials for 1 host(s)"]
     assert lines(r, "WARN", "auth.conf") == [f"{auth} has mode 0644: readable by group or others"]
@@ -210,10 +216,7 @@ def test_world_readable_auth_conf_warns(dma_env: DmaEnv) -> None:
 def test_auth_without_a_checked_certificate_fails_unless_insecure(
     dma_env: DmaEnv, extra: tuple[str, ...], status: str | None, code: int
 ) -> None:
-    auth = dma_env.root / "auth.conf"
-    auth.write_text(f"{LOGIN}|relay.test:{PASSWORD}\n")
-    auth.chmod(0o600)
-    dma_env.write_conf(f"AUTHPATH {auth}", *extra)
+    auth_conf(dma_env, PASSWORD, *extra)
     r = doctor(dma_env, "-n")
     found = [s for s in ("FAIL", "WARN") for text in lines(r, s, "auth.conf") if "man in the middle" in text]
     assert found == ([status] if status else []), r.stdout.decode()
@@ -223,13 +226,21 @@ def test_auth_without_a_checked_certificate_fails_unless_insecure(
 def test_auth_conf_owned_by_another_user_warns(dma_env: DmaEnv) -> None:
     import os
 
-    auth = dma_env.root / "auth.conf"
-    auth.write_text(f"{LOGIN}|relay.test:{PASSWORD}\n")
-    auth.chmod(0o600)
+    auth = auth_conf(dma_env, PASSWORD)
     os.chown(auth, 65534, 65534)
-    dma_env.write_conf(f"AUTHPATH {auth}")
     r = doctor(dma_env, "-n")
     assert lines(r, "WARN", "auth.conf") == [f"{auth} is owned by uid 65534, not by the queue runner's uid 0"]
+
+
+def test_broken_oauth2_credential_exits_78(dma_env: DmaEnv) -> None:
+    """An OAuth2 credential file is configuration too: a broken one is exit 78, as dma.conf is."""
+    cred = dma_env.root / "oauth"
+    cred.write_text("provider google\nclient_id x\nrefresh_token {credential}rt\nbogus 1\n")
+    cred.chmod(0o600)
+    auth_conf(dma_env, f"{{oauth2}}{cred}", "VERIFYCERT")
+    r = doctor(dma_env, "-n")
+    assert lines(r, "FAIL", "oauth2") == [f"{LOGIN}|relay.test: {cred}:4: bogus: unknown key"]
+    assert r.returncode == 78
 
 
 def test_missing_auth_conf_fails(dma_env: DmaEnv) -> None:

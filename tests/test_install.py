@@ -10,6 +10,7 @@ checks the links and directories, then mails through the installed /usr/sbin/sen
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import hashlib
 import io
@@ -36,11 +37,12 @@ MAIL_GID = grp.getgrnam("mail").gr_gid if "mail" in {g.gr_name for g in grp.getg
 def run(name: str, *args: str) -> str:
     """`dma install|uninstall --root args[0] [args[1]]` in this process; returns what it printed."""
     out = io.StringIO()
-    inst = install.Installer(args[0], out)
-    if name == "install":
-        inst.install({"--systemd": True, "--no-systemd": False}.get(args[1]) if len(args) > 1 else None)
-    else:
-        inst.uninstall()
+    inst = install.Installer(args[0])
+    with contextlib.redirect_stdout(out):
+        if name == "install":
+            inst.install({"--systemd": True, "--no-systemd": False}.get(args[1]) if len(args) > 1 else None)
+        else:
+            inst.uninstall()
     return out.getvalue()
 
 

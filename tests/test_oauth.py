@@ -467,8 +467,7 @@ def test_install_loads_the_credentials_auth_conf_names(dma_env: DmaEnv, tmp_path
     dma_env.write_conf(f"AUTHPATH {auth}")
     assert oauth.credential_names(config.load(str(dma_env.conf))) == ["grt", "gsecret", "pw"]
     root = tmp_path / "image"
-    with open(os.devnull, "w") as out:
-        Installer(str(root), out).install_units("/var/spool/dma", ["grt", "pw"])
+    Installer(str(root)).install_units("/var/spool/dma", ["grt", "pw"])
     unit = (root / "etc/systemd/system/dma.service").read_text()
     assert "[Service]\nLoadCredential=grt:/etc/credstore/grt\nLoadCredential=pw:/etc/credstore/pw\n" in unit
 

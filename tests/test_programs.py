@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare")
 
 INNER = r"""
 import json, os, subprocess, sys
-from dma.admin.launcher import script, write_file
+from dma.admin.install import script, write_atomically
 
 spec = json.loads(sys.argv[1])
 tmp = spec["tmp"]
@@ -39,7 +39,7 @@ for n, d in enumerate(["/usr/sbin", *spec.get("overlays", [])]):
 for d in ["/etc/dma", "/run", *spec.get("tmpfs", [])]:
     os.makedirs(d, exist_ok=True)
     mount("-t", "tmpfs", "-o", "mode=0755", "tmpfs", d)
-write_file("/usr/sbin/sendmail", script("sendmail"), 0o755)
+write_atomically("/usr/sbin/sendmail", script("sendmail"), 0o755)
 for path, text in spec["files"].items():
     with open(path, "w") as f:
         f.write(text)

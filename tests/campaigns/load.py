@@ -10,7 +10,7 @@ queue must empty before the deadline, and the runner's VmRSS (sampled every 0.25
     .venv/bin/python tests/campaigns/load.py [--messages 10000] [--processes 8] [--seed N] [--workdir DIR]
 
 prints `load test: messages=N delivered=D duplicates=U queued=Q runner_rss_mib=min..max elapsed=S`.
-Submissions go through the fast launcher of `dma install` (dma.admin.launcher).
+Submissions go through the fast launcher of `dma install` (dma.admin.install).
 """
 
 from __future__ import annotations
@@ -95,14 +95,14 @@ def run(
     deadline: float = 900,
     log: Any = None,
 ) -> Result:
-    from dma.admin.launcher import script, write_file
+    from dma.admin.install import script, write_atomically
 
     env = DmaEnv(work)
     sink = FlakySink(seed).start()
     env.smarthost = f"SMARTHOST 127.0.0.1\nPORT {sink.port}"
     env.write_conf("RETRY_MIN 1s", "RETRY_MAX 2s", "CONNECT_TIMEOUT 2", "TIMEOUT 10")
     launcher = str(work / "sendmail")
-    write_file(launcher, script("sendmail"), 0o755)
+    write_atomically(launcher, script("sendmail"), 0o755)
     lock = str(env.spool / "lock")
 
     samples: list[tuple[float, int, int]] = []  # (time, pid, VmRSS KiB)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import pwd
 import stat
-import sys
+from typing import Any, Callable, TypeVar
 
 from dma import _native, config
 from dma.config import Config
@@ -19,6 +19,7 @@ from dma.mail.routes import Route
 from dma.mail.routing import RecipientResolver, Target, targets_for
 
 USAGE = "usage: dma doctor [-C FILE] [-v] [-n] [ADDRESS...]"
+T = TypeVar("T")
 
 
 class Report:
@@ -34,8 +35,15 @@ class Report:
         for line in (f"{status:<4}  {topic:<9} {text}", *(f"{'':15} {detail}" for detail in details)):
             for secret in self.secrets:
                 line = line.replace(secret, "<hidden>")
-            sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+            print(line, flush=True)
+
+    def attempt(self, topic: str, prefix: str, check: Callable[..., T], *args: Any) -> T | None:
+        """`check(*args)`, or None after a FAIL line that says why."""
+        try:
+            return check(*args)
+        except (Fatal, RouteError) as e:
+            self("FAIL", topic, prefix + str(e), config=isinstance(e, ConfigError))
+            return None
 
 
 def command(prog: str, name: str, args: list[str]) -> int:
@@ -86,16 +94,14 @@ def describe_tls(cfg: Config) -> str:
         "starttls": "STARTTLS required",
         "opportunistic": "STARTTLS when offered (OPPORTUNISTIC_TLS)",
     }[mode]
-    if mode != "none":
-        checks = []
-        if cfg.verifycert:
-            checks.append(
-                "certificate verified (VERIFYCERT" + (f", CAFILE {cfg.cafile})" if cfg.cafile else ")")
-            )
-        if cfg.fingerprint:
-            checks.append(f"pinned FINGERPRINT {cfg.fingerprint.hex()}")
-        text += "; " + ("; ".join(checks) if checks else "certificate not checked")
-    return text
+    if mode == "none":
+        return text
+    checks = []
+    if cfg.verifycert:
+        checks.append("certificate verified (VERIFYCERT" + (f", CAFILE {cfg.cafile})" if cfg.cafile else ")"))
+    if cfg.fingerprint:
+        checks.append(f"pinned FINGERPRINT {cfg.fingerprint.hex()}")
+    return f"{text}; {'; '.join(checks) or 'certificate not checked'}"
 
 
 def check_dir(report: Report, topic: str, path: str, *, creatable: bool) -> None:
@@ -106,26 +112,23 @@ def check_dir(report: Report, topic: str, path: str, *, creatable: bool) -> None
             report("INFO", topic, f"{path} does not exist yet (created on first use in user mode)")
         else:
             report("FAIL", topic, f"{path} does not exist")
-        return
     except OSError as e:
         report("FAIL", topic, f"{path}: {e.strerror or e}")
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        report("FAIL", topic, f"{path} is not a directory")
-    elif not os.access(path, os.W_OK | os.X_OK):
-        report("FAIL", topic, f"{path} exists but is not writable by uid {os.geteuid()}")
     else:
-        report("PASS", topic, f"{path} exists and is writable")
+        if not stat.S_ISDIR(st.st_mode):
+            report("FAIL", topic, f"{path} is not a directory")
+        elif not os.access(path, os.W_OK | os.X_OK):
+            report("FAIL", topic, f"{path} exists but is not writable by uid {os.geteuid()}")
+        else:
+            report("PASS", topic, f"{path} exists and is writable")
 
 
 def check_aliases(cfg: Config, report: Report) -> None:
     if cfg.nullclient:
         report("INFO", "aliases", "not used (NULLCLIENT)")
         return
-    try:
-        aliases = parse(cfg.aliases)
-    except Fatal as e:
-        report("FAIL", "aliases", str(e), config=isinstance(e, ConfigError))
+    aliases = report.attempt("aliases", "", parse, cfg.aliases)
+    if aliases is None:
         return
     if not os.path.exists(cfg.aliases):
         report("INFO", "aliases", f"{cfg.aliases} does not exist (no aliases)")
@@ -141,10 +144,8 @@ def check_auth(cfg: Config, report: Report) -> None:
     if not cfg.authpath:
         report("INFO", "auth.conf", "AUTHPATH not set: no SMTP AUTH")
         return
-    try:
-        table = cfg.auth()
-    except Fatal as e:
-        report("FAIL", "auth.conf", str(e), config=isinstance(e, ConfigError))
+    table = report.attempt("auth.conf", "", cfg.auth)
+    if table is None:
         return
     report("PASS", "auth.conf", f"{cfg.authpath} readable: credentials for {len(table)} host(s)")
     private(report, "auth.conf", cfg.authpath)
@@ -162,10 +163,9 @@ def check_auth(cfg: Config, report: Report) -> None:
         if password.startswith("{oauth2}"):
             if os.path.exists(password[8:]):
                 private(report, "oauth2", password[8:])
-            try:
-                report("PASS", "oauth2", f"{login}|{host}: {renew_now(cfg, password[8:])}")
-            except (RouteError, Fatal) as e:
-                report("FAIL", "oauth2", f"{login}|{host}: {e}")
+            renewed = report.attempt("oauth2", f"{login}|{host}: ", renew_now, cfg, password[8:])
+            if renewed is not None:
+                report("PASS", "oauth2", f"{login}|{host}: {renewed}")
 
 
 def private(report: Report, topic: str, path: str) -> None:
@@ -189,20 +189,16 @@ def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[tupl
     if not addresses and not cfg.smarthost:
         report("INFO", "route", "no SMARTHOST and no ADDRESS given: nothing to connect to")
     elif not addresses:
-        try:
-            t = targets_for("", cfg)[0]
-        except RouteError as e:
-            report("FAIL", "route", f"smarthost {cfg.smarthost}: {e}")
-        else:
+        hosts = report.attempt("route", f"smarthost {cfg.smarthost}: ", targets_for, "", cfg)
+        if hosts:
+            t = hosts[0]
             report("PASS", "route", f"smarthost {t.name} port {t.port}: {', '.join(t.addresses)}")
             found[(t.name, t.port)] = (t, None)
     resolver = RecipientResolver(cfg)
     for given in addresses:
         address = strip_local_domain(given, cfg.mailname)
-        try:
-            expanded = resolver.resolve([address])
-        except Fatal as e:
-            report("FAIL", "route", f"{given}: {e}")
+        expanded = report.attempt("route", f"{given}: ", resolver.resolve, [address])
+        if expanded is None:
             continue
         expands = "@" not in address and expanded != [address]
         if expands and cfg.nullclient:
@@ -222,10 +218,8 @@ def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[tupl
 def check_remote(cfg: Config, address: str, indent: str, report: Report) -> list[tuple[Target, Route | None]]:
     """Print the hosts mail to a remote `address` goes to; returns them, with their ROUTE."""
     dest = Destination(cfg, "", address)
-    try:
-        hosts = targets_for(dest.domain, cfg, dest.route)
-    except RouteError as e:
-        report("FAIL", "route", f"{indent}{address}: {e}")
+    hosts = report.attempt("route", f"{indent}{address}: ", targets_for, dest.domain, cfg, dest.route)
+    if hosts is None:
         return []
     route = dest.route
     via = f" (ROUTE at line {route.line})" if route is not None else ""
@@ -252,11 +246,7 @@ def mailbox_of(cfg: Config, user: str) -> str:
 def probe(cfg: Config, target: Target, route: Route | None, report: Report, *, verbose: bool) -> None:
     """One SMTP session to `target` that sends no mail; prints what the server offers."""
     where = f"{target.name} port {target.port}"
-    creds: tuple[str | None, str | None, list[str] | None] = (None, None, None)
-    try:
-        creds = credentials(cfg, target.name, route)
-    except (RouteError, Fatal) as e:
-        report("FAIL", "auth", f"{where}: {e}")
+    creds = report.attempt("auth", f"{where}: ", credentials, cfg, target.name, route) or (None, None, None)
     login, secret, mechanisms = creds
     if secret and len(secret) >= 3:  # shorter ones would hide letters of every word
         report.secrets.append(secret)
@@ -319,11 +309,10 @@ def cert_lines(cfg: Config, sha256: str | None, report: Report, *, verified: boo
     if sha256 is None:
         return
     report("INFO", "cert", f"SHA-256 {sha256}", f"dma.conf: FINGERPRINT {sha256}")
-    if cfg.fingerprint is not None:
-        if bytes.fromhex(sha256) == cfg.fingerprint:
-            report("PASS", "cert", "matches FINGERPRINT")
-        else:
-            report("FAIL", "cert", f"does not match FINGERPRINT {cfg.fingerprint.hex()}")
+    if cfg.fingerprint == bytes.fromhex(sha256):
+        report("PASS", "cert", "matches FINGERPRINT")
+    elif cfg.fingerprint is not None:
+        report("FAIL", "cert", f"does not match FINGERPRINT {cfg.fingerprint.hex()}")
     if verified and cfg.verifycert:
         report("PASS", "cert", "chain and host name verified (VERIFYCERT)")
     elif verified and cfg.fingerprint is None:
