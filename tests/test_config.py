@@ -205,7 +205,7 @@ def test_every_added_key(tmp_path: Path) -> None:
                 "MBOXDIR /srv/mail",
                 "MAILDIR ~/Maildir",
                 "CAFILE /etc/dma/ca.pem",
-                "DNS_SERVER 127.0.0.1:5353, 10.0.0.1,[::1]:53, ::1,[fe80::1]",
+                "DNS_SERVER 127.0.0.1:5353, 10.0.0.1,[::1]:53 ::1,[fe80::1]",
                 "RETRY_MIN 1m",
                 "RETRY_MAX 2h",
                 "MAX_QUEUE_TIME 3d",
@@ -367,6 +367,10 @@ def test_missing_final_newline(tmp_path: Path) -> None:
         ("RETRY_MAX 1m\n", 1, "RETRY_MAX", "larger than RETRY_MAX"),
         ("REWRITEFROM root\n", 1, "REWRITEFROM", "not an address"),
         ("SMARTHOST a b:x\n", 1, "SMARTHOST", "bad port"),
+        ("SMARTHOST [::1\n", 1, "SMARTHOST", "]"),
+        ("SMARTHOST relay:\n", 1, "SMARTHOST", "bad port"),
+        ("SMARTHOST a,,b\n", 1, "SMARTHOST", "empty"),
+        ("DNS_SERVER 127.0.0.1:\n", 1, "DNS_SERVER", "bad port"),
     ],
 )
 def test_config_errors(tmp_path: Path, text: str, line: int, key: str, fragment: str) -> None:

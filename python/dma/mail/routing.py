@@ -9,10 +9,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import dns.resolver
 
-    from dma.config import Config
+    from dma.config import Config, Route
 
     from .aliases import Aliases
-    from .routes import Route
 
 
 class RecipientResolver:
@@ -46,6 +45,11 @@ class RecipientResolver:
                 )
             result.update(dict.fromkeys(expanded))
         return list(result)
+
+
+def choose(routes: list[Route], sender: str, recipient: str) -> Route | None:
+    """The first route that matches, or None for the global SMARTHOST or MX delivery."""
+    return next((route for route in routes if route.matches(sender, recipient)), None)
 
 
 class Target:
