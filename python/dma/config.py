@@ -197,9 +197,9 @@ class Config:
     def auth(self) -> AuthTable:
         """The auth.conf table named by AUTHPATH (empty when unset), read on first use."""
         if self._auth is None:
-            from .mail.authconf import AuthTable, load_auth
+            from .mail.authconf import AuthTable
 
-            self._auth = AuthTable() if self.authpath is None else load_auth(self.authpath)
+            self._auth = AuthTable(self.authpath)
         return self._auth
 
 
@@ -282,12 +282,6 @@ def _mailname(value: str) -> str | None:
     return value
 
 
-def _hosts(value: str) -> str:
-    """`host[:port] ...`, split when used: PORT may come later."""
-    split_hosts(value, 25)
-    return value
-
-
 def fingerprint(value: str) -> bytes:
     """FINGERPRINT's and a ROUTE's `fingerprint=`: a SHA-256 digest in hex, maybe colon-separated."""
     hexstr = value.replace(":", "")
@@ -340,7 +334,7 @@ _KINDS: dict[str, tuple[Callable[[str], object], str]] = {
     "bool": (lambda v: True, ""),
     "str": (str, ""),
     "argv": (str.split, ""),
-    "hosts": (_hosts, ""),
+    "hosts": (lambda v: split_hosts(v, 25) and v, ""),  # checked, but split when used: PORT may follow
     "dns": (_dns_servers, ""),
     "host": (_one_word, "is not a single host name"),
     "mailname": (_mailname, "is not a host name (it has blanks)"),

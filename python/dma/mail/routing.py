@@ -125,10 +125,8 @@ def mx_hosts(domain: str, cfg: Config) -> list[tuple[int, str]]:
         raise RouteError(f"DNS lookup failure: domain {domain} does not exist", permanent=True) from None
     except dns.resolver.NoAnswer:
         return [(0, domain)]
-    except (dns.resolver.NoNameservers, dns.exception.Timeout) as e:
+    except dns.exception.DNSException as e:  # SERVFAIL, REFUSED, a timeout: may pass
         raise RouteError(f"DNS lookup of {domain} failed, will retry: {e}", permanent=False) from None
-    except dns.exception.DNSException as e:
-        raise RouteError(f"DNS lookup of {domain} failed: {e}", permanent=False) from None
     records = [(int(r.preference), r.exchange.to_text(omit_final_dot=True)) for r in answer]
     if any(host in ("", ".") for _, host in records):  # RFC 7505 null MX: the domain takes no mail
         raise RouteError(f"domain {domain} does not accept mail (null MX)", permanent=True)
