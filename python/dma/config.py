@@ -152,7 +152,7 @@ class Config:
             key = "RETRY_MIN" if "RETRY_MIN" in lines else "RETRY_MAX"
             message = f"RETRY_MIN ({self.retry_min}s) is larger than RETRY_MAX ({self.retry_max}s)"
             raise ConfigError(path, lines[key], key, message)
-        if "MAILNAME" in lines and self.mailname.startswith("/"):  # its first line, else the system's
+        if self.mailname.startswith("/"):  # a MAILNAME file: its first line, else the system's name
             try:
                 with open(self.mailname, "rb") as f:
                     name = sanitize_hostname(f.readline(4096).decode("ascii", "replace"))
@@ -161,8 +161,7 @@ class Config:
             self.mailname = self.system_hostname if name == "unknown-hostname" else name
         if user_mode is None:
             # Not root and no system install (nor a SPOOLDIR set up as one): the user's own state.
-            spools = [SYSTEM_SPOOL, self.spooldir] if "SPOOLDIR" in lines else [SYSTEM_SPOOL]
-            user_mode = posix.geteuid() != 0 and not any(_is_system_spool(s) for s in spools)
+            user_mode = posix.geteuid() != 0 and not any(map(_is_system_spool, {SYSTEM_SPOOL, self.spooldir}))
         self.user_mode = user_mode
         if user_mode and "SPOOLDIR" not in lines:
             self.spooldir = f"{state_dir()}/spool"

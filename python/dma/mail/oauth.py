@@ -7,11 +7,8 @@ import os
 import sys
 import time
 
+from dma.config import Config
 from dma.errors import EX_CONFIG, EX_UNAVAILABLE, EX_USAGE, ConfigError, Fatal, RouteError, getopts, read_text
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from dma.config import Config
 
 MARGIN = 300  # renew an access token this many seconds before it expires
 MS = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/"
@@ -264,10 +261,8 @@ USAGE = "usage: dma oauth [-C FILE] login PROVIDER CREDENTIAL-FILE | dma oauth [
 
 
 def command(prog: str, name: str, args: list[str]) -> int:
-    from dma import config
-
     opts, args = getopts(args, USAGE, "C:")
-    cfg = config.load(opts.get("-C"))
+    cfg = Config(opts.get("-C"))
     if args[:1] == ["login"] and len(args) == 3 and args[1] in PRESETS:
         try:
             login(cfg, args[1], args[2])
