@@ -1,9 +1,11 @@
-"""Where each recipient goes: a local mailbox (after aliases) or a remote address, and which hosts
-take mail for a remote domain."""
+"""Where each recipient goes: a local mailbox (after aliases) or a remote address, which ROUTE line
+applies, and which hosts take mail for a remote domain."""
 
 from __future__ import annotations
 
 from dma.errors import RouteError
+
+from .message import strip_local_domain
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -23,8 +25,6 @@ class RecipientResolver:
 
     def resolve(self, recipients: list[str]) -> list[str]:
         """Local user names and remote addresses for `recipients`, deduplicated."""
-        from .message import strip_local_domain
-
         result: dict[str, None] = {}
         for given in recipients:
             address = strip_local_domain(given, self.cfg.mailname)
