@@ -120,18 +120,15 @@ def cache_path(cfg: Config, credential: str) -> str:
 
 
 def read_cache(path: str, origin: str | None = None) -> dict[str, str]:
-    """The cache's fields; {} when missing, not ours, readable by others, or of another `origin`."""
+    """The cache's fields; {} if missing, unreadable, not ours, readable by others or of another `origin`."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NOFOLLOW)) as f:
+            st = os.fstat(f.fileno())
+            if st.st_uid != os.geteuid() or st.st_mode & 0o177077 != 0o100000:
+                return {}
+            text = f.read(65536).decode(errors="replace")
     except OSError:
         return {}
-    try:
-        st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o177077 != 0o100000:
-            return {}
-        text = os.read(fd, 65536).decode(errors="replace")
-    finally:
-        os.close(fd)
     fields = dict(line.partition(" ")[::2] for line in text.splitlines())
     return fields if origin in (None, fields.get("origin")) else {}
 
