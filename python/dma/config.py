@@ -262,8 +262,8 @@ def _seconds(text: str) -> float | None:
         n = float(text)
     except ValueError:
         return None
-    # `n == n` rejects NaN; the upper bound rejects infinity.
-    return n if n == n and 0 < n <= 86400 * 365 else None
+    # NaN fails every comparison; the upper bound rejects infinity.
+    return n if 0 < n <= 86400 * 365 else None
 
 
 def _one_word(value: str) -> str | None:
