@@ -12,8 +12,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
 from dma import _native
+from dma.config import split_hosts
 from dma.mail.bounce import parameters
-from dma.mail.routes import split_hosts
 from dma_fixtures import DmaEnv, closed_port, program
 from smtp_servers import Recorder, Smtpd
 
@@ -97,7 +97,7 @@ def test_smarthost_lists_parse_ports_and_ipv6_literals() -> None:
         ("::1", 587),
         ("c", 587),
     ]
-    for bad in ("a:0", "b:x", "587", "[::1]:70000"):
+    for bad in ("a:0", "b:x", "587", "[::1]:70000", "[::1", "[::1]:", "a:", "a,,b", "a,"):
         with pytest.raises(ValueError):
             split_hosts(bad, 25)
 

@@ -10,7 +10,7 @@ import pytest
 from dma import config
 from dma.config import Config, load, sanitize_hostname
 from dma.errors import EX_CONFIG, EX_NOINPUT, ConfigError, Fatal
-from dma.mail.authconf import AuthTable, load_auth
+from dma.mail.authconf import AuthTable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -205,7 +205,7 @@ def test_every_added_key(tmp_path: Path) -> None:
                 "MBOXDIR /srv/mail",
                 "MAILDIR ~/Maildir",
                 "CAFILE /etc/dma/ca.pem",
-                "DNS_SERVER 127.0.0.1:5353, 10.0.0.1,[::1]:53, ::1,[fe80::1]",
+                "DNS_SERVER 127.0.0.1:5353, 10.0.0.1,[::1]:53 ::1,[fe80::1]",
                 "RETRY_MIN 1m",
                 "RETRY_MAX 2h",
                 "MAX_QUEUE_TIME 3d",
@@ -367,6 +367,10 @@ def test_missing_final_newline(tmp_path: Path) -> None:
         ("RETRY_MAX 1m\n", 1, "RETRY_MAX", "larger than RETRY_MAX"),
         ("REWRITEFROM root\n", 1, "REWRITEFROM", "not an address"),
         ("SMARTHOST a b:x\n", 1, "SMARTHOST", "bad port"),
+        ("SMARTHOST [::1\n", 1, "SMARTHOST", "]"),
+        ("SMARTHOST relay:\n", 1, "SMARTHOST", "bad port"),
+        ("SMARTHOST a,,b\n", 1, "SMARTHOST", "empty"),
+        ("DNS_SERVER 127.0.0.1:\n", 1, "DNS_SERVER", "bad port"),
     ],
 )
 def test_config_errors(tmp_path: Path, text: str, line: int, key: str, fragment: str) -> None:
@@ -466,7 +470,7 @@ def auth_file(tmp_path: Path, text: str) -> str:
 
 
 def test_auth_separators_and_verbatim_passwords(tmp_path: Path) -> None:
-    table = load_auth(
+    table = AuthTable(
         auth_file(
             tmp_path,
             "# comment line\n"
@@ -488,7 +492,7 @@ def test_auth_separators_and_verbatim_passwords(tmp_path: Path) -> None:
 
 
 def test_auth_lookup_is_exact_and_last_wins(tmp_path: Path) -> None:
-    table = load_auth(auth_file(tmp_path, "a|h.example:one\nb|h.example:two\nc|other:x\n"))
+    table = AuthTable(auth_file(tmp_path, "a|h.example:one\nb|h.example:two\nc|other:x\n"))
     assert table.lookup("h.example") == ("b", "two")
     assert table.lookup("H.EXAMPLE") is None
     assert table.lookup("example") is None
@@ -496,7 +500,7 @@ def test_auth_lookup_is_exact_and_last_wins(tmp_path: Path) -> None:
 
 
 def test_auth_password_keeps_carriage_return_and_non_utf8(tmp_path: Path) -> None:
-    table = load_auth(auth_file(tmp_path, "u|h:pw\r\nv|g:caf\udce9"))  # no final newline either
+    table = AuthTable(auth_file(tmp_path, "u|h:pw\r\nv|g:caf\udce9"))  # no final newline either
     assert table.lookup("h") == ("u", "pw\r")
     login_pw = table.lookup("g")
     assert login_pw is not None
@@ -516,7 +520,7 @@ def test_auth_password_keeps_carriage_return_and_non_utf8(tmp_path: Path) -> Non
 def test_auth_syntax_errors(tmp_path: Path, text: str, line: int, fragment: str) -> None:
     path = auth_file(tmp_path, text)
     with pytest.raises(ConfigError) as info:
-        load_auth(path)
+        AuthTable(path)
     e = info.value
     assert e.code == EX_CONFIG
     assert (e.path, e.line) == (path, line)
@@ -527,7 +531,7 @@ def test_auth_syntax_errors(tmp_path: Path, text: str, line: int, fragment: str)
 def test_auth_unreadable_or_missing_is_noinput(tmp_path: Path) -> None:
     for path in (tmp_path / "missing.conf", tmp_path):
         with pytest.raises(Fatal) as info:
-            load_auth(str(path))
+            AuthTable(str(path))
         assert info.value.code == EX_NOINPUT
         assert str(path) in info.value.message
 
@@ -605,7 +609,7 @@ auth_password = st.text(utf8, max_size=40).filter(lambda s: "\n" not in s)
 def test_auth_round_trip(hdir: Path, entries: list[tuple[str, str, str, str]]) -> None:
     p = hdir / "auth.conf"
     p.write_bytes("".join(f"{lo}|{h}{sep}{pw}\n" for lo, h, sep, pw in entries).encode())
-    table = load_auth(str(p))
+    table = AuthTable(str(p))
     expected: dict[str, tuple[str, str]] = {}
     for lo, h, _, pw in entries:
         expected[h] = (lo, pw)

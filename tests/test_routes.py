@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from dma import config
 from dma.errors import ConfigError
-from dma.mail.routes import choose
+from dma.mail.routing import choose
 from dma_fixtures import DmaEnv
 from smtp_servers import LOGIN, PASSWORD, Certs, Recorder, Smtpd
 

@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from os import PathLike
 
     from .mail.authconf import AuthTable
-    from .mail.routes import Route
 
 DEFAULT_CONF = "/etc/dma/dma.conf"
 SYSTEM_SPOOL = "/var/spool/dma"
@@ -153,7 +152,7 @@ class Config:
             key = "RETRY_MIN" if "RETRY_MIN" in lines else "RETRY_MAX"
             message = f"RETRY_MIN ({self.retry_min}s) is larger than RETRY_MAX ({self.retry_max}s)"
             raise ConfigError(path, lines[key], key, message)
-        if "MAILNAME" in lines and self.mailname.startswith("/"):  # its first line, else the system's
+        if self.mailname.startswith("/"):  # a MAILNAME file: its first line, else the system's name
             try:
                 with open(self.mailname, "rb") as f:
                     name = sanitize_hostname(f.readline(4096).decode("ascii", "replace"))
@@ -162,8 +161,7 @@ class Config:
             self.mailname = self.system_hostname if name == "unknown-hostname" else name
         if user_mode is None:
             # Not root and no system install (nor a SPOOLDIR set up as one): the user's own state.
-            spools = [SYSTEM_SPOOL, self.spooldir] if "SPOOLDIR" in lines else [SYSTEM_SPOOL]
-            user_mode = posix.geteuid() != 0 and not any(_is_system_spool(s) for s in spools)
+            user_mode = posix.geteuid() != 0 and not any(map(_is_system_spool, {SYSTEM_SPOOL, self.spooldir}))
         self.user_mode = user_mode
         if user_mode and "SPOOLDIR" not in lines:
             self.spooldir = f"{state_dir()}/spool"
@@ -179,8 +177,6 @@ class Config:
         if (kind == "bool") == bool(value):  # a flag has no value, every other key has one
             raise ValueError(f"takes no value (got `{value}')" if value else "missing value")
         if kind == "route":
-            from .mail.routes import Route
-
             self.routes.append(Route(value, lineno))
             return
         parse, what = _KINDS[kind]
@@ -195,16 +191,14 @@ class Config:
 
     def smarthosts(self) -> list[tuple[str, int]]:
         """SMARTHOST's hosts and ports (PORT where a host names none), in the order to try them."""
-        from .mail.routes import split_hosts
-
-        return split_hosts(self.smarthost or "", self.port)
+        return split_hosts(self.smarthost, self.port) if self.smarthost else []
 
     def auth(self) -> AuthTable:
         """The auth.conf table named by AUTHPATH (empty when unset), read on first use."""
         if self._auth is None:
-            from .mail.authconf import AuthTable, load_auth
+            from .mail.authconf import AuthTable
 
-            self._auth = AuthTable() if self.authpath is None else load_auth(self.authpath)
+            self._auth = AuthTable(self.authpath)
         return self._auth
 
 
@@ -268,8 +262,8 @@ def _seconds(text: str) -> float | None:
         n = float(text)
     except ValueError:
         return None
-    # `n == n` rejects NaN; the upper bound rejects infinity.
-    return n if n == n and 0 < n <= 86400 * 365 else None
+    # NaN fails every comparison; the upper bound rejects infinity.
+    return n if 0 < n <= 86400 * 365 else None
 
 
 def _one_word(value: str) -> str | None:
@@ -287,46 +281,50 @@ def _mailname(value: str) -> str | None:
     return value
 
 
-def _hosts(value: str) -> str:
-    """`host[:port] ...`, split when used: PORT may come later."""
-    from .mail.routes import split_hosts
-
-    split_hosts(value, 25)
-    return value
-
-
-def _fingerprint(value: str) -> bytes | None:
+def fingerprint(value: str) -> bytes:
+    """FINGERPRINT's and a ROUTE's `fingerprint=`: a SHA-256 digest in hex, maybe colon-separated."""
     hexstr = value.replace(":", "")
     if len(hexstr) != 64:
         raise ValueError(f"a SHA-256 fingerprint is 64 hex digits, got {len(hexstr)} characters")
-    return bytes.fromhex(hexstr) if set(hexstr) <= _HEX else None
+    if not set(hexstr) <= _HEX:
+        raise ValueError(f"`{value}' is not hexadecimal")
+    return bytes.fromhex(hexstr)
+
+
+def split_hosts(text: str, default_port: int) -> list[tuple[str, int]]:
+    """`host[:port]` separated by commas or blanks (SMARTHOST's and a ROUTE's relays, tried in turn;
+    DNS_SERVER): `[v6]:port` or a bare IPv6 address; `default_port` where none is given."""
+    hosts: list[tuple[str, int]] = []
+    for item in text.split(","):
+        if not item.strip():
+            raise ValueError("empty host in list")
+        for word in item.split():
+            if word.startswith("["):
+                host, bracket, rest = word[1:].partition("]")
+                if not bracket:
+                    raise ValueError(f"`{word}': missing `]'")
+            else:
+                host, colon, port = word.partition(":") if word.count(":") == 1 else (word, "", "")
+                rest = colon + port
+            port_number = _number(rest[1:], "", 5, 1, 65535) if rest[:1] == ":" else None
+            if rest and port_number is None:
+                raise ValueError(f"`{word}': bad port")
+            if not host or host.isdigit():
+                raise ValueError(f"`{word}' is not host[:port] (a port goes after a colon or in PORT)")
+            hosts.append((host, port_number or default_port))
+    return hosts
 
 
 def _dns_servers(text: str) -> list[tuple[str, int]]:
-    """`host`, `host:port` or `[v6]:port`, comma-separated."""
+    """IP addresses, with a port or 53, as `split_hosts` reads them."""
     import socket  # only configs that set DNS_SERVER pay for it
 
-    servers: list[tuple[str, int]] = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            raise ValueError("empty server in list")
-        host, port = item, "53"
-        if item.startswith("["):
-            host, bracket, rest = item[1:].partition("]")
-            if not bracket:
-                raise ValueError(f"`{item}': missing `]'")
-            port = rest[1:] if rest.startswith(":") else rest or port  # `[v6]x`: a bad port
-        elif item.count(":") == 1:
-            host, _, port = item.partition(":")
-        number = _number(port, "", 5, 1, 65535)
-        if number is None:
-            raise ValueError(f"`{item}': bad port")
-        try:  # a bracketed or bare IPv6 address, else IPv4
-            socket.inet_pton(socket.AF_INET6 if item.startswith("[") or ":" in host else socket.AF_INET, host)
+    servers = split_hosts(text, 53)
+    for host, _ in servers:
+        try:
+            socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
         except (OSError, ValueError):
-            raise ValueError(f"`{item}': not an IP address") from None
-        servers.append((host, number))
+            raise ValueError(f"`{host}': not an IP address") from None
     return servers
 
 
@@ -335,7 +333,7 @@ _KINDS: dict[str, tuple[Callable[[str], object], str]] = {
     "bool": (lambda v: True, ""),
     "str": (str, ""),
     "argv": (str.split, ""),
-    "hosts": (_hosts, ""),
+    "hosts": (lambda v: split_hosts(v, 25) and v, ""),  # checked, but split when used: PORT may follow
     "dns": (_dns_servers, ""),
     "host": (_one_word, "is not a single host name"),
     "mailname": (_mailname, "is not a host name (it has blanks)"),
@@ -344,7 +342,7 @@ _KINDS: dict[str, tuple[Callable[[str], object], str]] = {
         lambda v: v if v.count("@") == 1 and v[0] != "@" and v[-1] != "@" and v.isprintable() else None,
         "is not an address (user@domain)",
     ),
-    "fingerprint": (_fingerprint, "is not hexadecimal"),
+    "fingerprint": (fingerprint, ""),
     "maildir": (
         lambda v: v if v.startswith(("/", "~/")) or v == "~" else None,
         "must be an absolute path or start with `~/'",
@@ -358,3 +356,60 @@ _KINDS: dict[str, tuple[Callable[[str], object], str]] = {
     "limit": (lambda v: _number(v, "KMG", 15, 0), "is not a whole number (K, M or G may follow)"),
     "seconds": (_seconds, "is not a positive number of seconds"),
 }
+
+
+# ---- ROUTE lines: a different relay, port, TLS mode and login per recipient domain or envelope
+# sender. The first matching line wins (`dma.mail.routing.choose`); what a route does not say comes
+# from the global keys.
+
+TLS_MODES = {"tls": "implicit", "starttls": "starttls", "opportunistic": "opportunistic", "plain": "none"}
+
+
+class Route:
+    """One `ROUTE <selector> <target> [option...]` line: `kind` "to" (recipient domain) or "from"
+    (envelope sender), `hosts` the relays to try in turn (none for MX delivery); an option the line
+    does not give is None. A mistake raises ValueError."""
+
+    tls: str | None = None
+    verify: bool | None = None
+    fingerprint: bytes | None = None
+    login: str | None = None
+    rewrite_from: str | None = None
+
+    def __init__(self, value: str, line: int) -> None:
+        words = value.split()
+        if len(words) < 2:
+            raise ValueError("expected `ROUTE to:<domain>|from:<sender> <host[:port]>|mx [option ...]'")
+        kind, _, pattern = words[0].partition(":")
+        if kind not in ("to", "from") or not pattern:  # without a colon, pattern is empty
+            raise ValueError(f"`{words[0]}' is not to:<domain> or from:<address>")
+        self.kind, self.pattern, self.line = kind, pattern.lower(), line
+        self.hosts = [] if words[1] == "mx" else split_hosts(words[1], 25)
+        for option in words[2:]:
+            name, eq, arg = option.partition("=")
+            if name in TLS_MODES and not eq:
+                self.tls = TLS_MODES[name]
+            elif name in ("verify", "noverify") and not eq:
+                self.verify = name == "verify"
+            elif name == "fingerprint" and arg:
+                self.fingerprint = fingerprint(arg)
+            elif name == "auth" and arg:
+                self.login = arg
+            elif name == "rewritefrom" and arg:
+                # Applied when the message is queued, where only the sender is known.
+                if kind != "from" or arg.count("@") != 1:
+                    raise ValueError(f"`{option}': rewritefrom=<address> is for from: routes")
+                self.rewrite_from = arg
+            else:
+                raise ValueError(f"unknown option `{option}'")
+
+    def matches(self, sender: str, recipient: str) -> bool:
+        if self.kind == "from":
+            sender = sender.lower()
+            if self.rewrite_from is not None and sender == self.rewrite_from.lower():
+                return True  # a sender this route rewrote when the message was queued
+            return sender == self.pattern or (self.pattern.startswith("@") and sender.endswith(self.pattern))
+        domain = recipient.rpartition("@")[2].lower()
+        if self.pattern.startswith("*."):
+            return domain.endswith(self.pattern[1:])
+        return domain == self.pattern

@@ -8,14 +8,13 @@ import stat
 from typing import Any, Callable, TypeVar
 
 from dma import _native, config
-from dma.config import Config
+from dma.config import Config, Route
 from dma.errors import EX_CONFIG, ConfigError, Fatal, RouteError, getopts
 from dma.mail.aliases import parse
 from dma.mail.local import DeliveryFailure, expand_maildir
 from dma.mail.message import strip_local_domain
 from dma.mail.oauth import renew_now
 from dma.mail.remote import Destination, credentials, describe, renew, settings, tls_mode
-from dma.mail.routes import Route
 from dma.mail.routing import RecipientResolver, Target, targets_for
 
 USAGE = "usage: dma doctor [-C FILE] [-v] [-n] [ADDRESS...]"

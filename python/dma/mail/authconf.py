@@ -10,8 +10,32 @@ class AuthTable:
     """Credentials from auth.conf: (login, host, password) in file order. Hosts match exactly
     (case-sensitive); a later line for a host replaces an earlier one."""
 
-    def __init__(self, entries: list[tuple[str, str, str]] | None = None) -> None:
-        self.entries = entries or []
+    def __init__(self, path: str | None = None) -> None:
+        """Parse auth.conf at `path` (none: an empty table): `login|host<sep>password` lines, `<sep>`
+        one of `:`, `|`, space, TAB; the password is the rest of the line verbatim (bytes that are
+        not UTF-8 as surrogate escapes)."""
+        self.entries: list[tuple[str, str, str]] = []
+        if path is None:
+            return
+        try:
+            text = read_text(path)
+        except OSError as e:
+            verb = "open" if isinstance(e, FileNotFoundError) else "read"
+            raise Fatal(EX_NOINPUT, f"can not {verb} auth file `{path}': {os_error_text(e)}") from None
+        for lineno, line in enumerate(text.split("\n"), 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            login, bar, rest = line.partition("|")
+            cut = next((i for i, ch in enumerate(rest) if ch in ":| \t"), -1)
+            for wrong, what in [
+                (not bar, "expected `login|host:password'"),
+                (cut < 0, "no `:', `|', space or TAB between host and password"),
+                (not login, "empty login"),
+                (not rest[:cut], "empty host"),
+            ]:
+                if wrong:
+                    raise ConfigError(path, lineno, None, f"syntax error: {what}")
+            self.entries.append((login, rest[:cut], rest[cut + 1 :]))
 
     def lookup(self, host: str, login: str | None = None) -> tuple[str, str] | None:
         """(login, password) for `host` (as configured, or the MX name), or None; `login` (a ROUTE's
@@ -26,29 +50,3 @@ class AuthTable:
 
     def __len__(self) -> int:
         return len({host for _, host, _ in self.entries})
-
-
-def load_auth(path: str) -> AuthTable:
-    """Parse auth.conf: `login|host<sep>password` lines, `<sep>` one of `:`, `|`, space, TAB; the
-    password is the rest of the line verbatim (bytes that are not UTF-8 as surrogate escapes)."""
-    try:
-        text = read_text(path)
-    except OSError as e:
-        verb = "open" if isinstance(e, FileNotFoundError) else "read"
-        raise Fatal(EX_NOINPUT, f"can not {verb} auth file `{path}': {os_error_text(e)}") from None
-    entries: list[tuple[str, str, str]] = []
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        login, bar, rest = line.partition("|")
-        cut = next((i for i, ch in enumerate(rest) if ch in ":| \t"), -1)
-        for wrong, what in [
-            (not bar, "expected `login|host:password'"),
-            (cut < 0, "no `:', `|', space or TAB between host and password"),
-            (not login, "empty login"),
-            (not rest[:cut], "empty host"),
-        ]:
-            if wrong:
-                raise ConfigError(path, lineno, None, f"syntax error: {what}")
-        entries.append((login, rest[:cut], rest[cut + 1 :]))
-    return AuthTable(entries)

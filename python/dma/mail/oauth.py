@@ -7,11 +7,8 @@ import os
 import sys
 import time
 
+from dma.config import Config
 from dma.errors import EX_CONFIG, EX_UNAVAILABLE, EX_USAGE, ConfigError, Fatal, RouteError, getopts, read_text
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from dma.config import Config
 
 MARGIN = 300  # renew an access token this many seconds before it expires
 MS = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/"
@@ -123,18 +120,15 @@ def cache_path(cfg: Config, credential: str) -> str:
 
 
 def read_cache(path: str, origin: str | None = None) -> dict[str, str]:
-    """The cache's fields; {} when missing, not ours, readable by others, or of another `origin`."""
+    """The cache's fields; {} if missing, unreadable, not ours, readable by others or of another `origin`."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NOFOLLOW)) as f:
+            st = os.fstat(f.fileno())
+            if st.st_uid != os.geteuid() or st.st_mode & 0o177077 != 0o100000:
+                return {}
+            text = f.read(65536).decode(errors="replace")
     except OSError:
         return {}
-    try:
-        st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o177077 != 0o100000:
-            return {}
-        text = os.read(fd, 65536).decode(errors="replace")
-    finally:
-        os.close(fd)
     fields = dict(line.partition(" ")[::2] for line in text.splitlines())
     return fields if origin in (None, fields.get("origin")) else {}
 
@@ -264,10 +258,8 @@ USAGE = "usage: dma oauth [-C FILE] login PROVIDER CREDENTIAL-FILE | dma oauth [
 
 
 def command(prog: str, name: str, args: list[str]) -> int:
-    from dma import config
-
     opts, args = getopts(args, USAGE, "C:")
-    cfg = config.load(opts.get("-C"))
+    cfg = Config(opts.get("-C"))
     if args[:1] == ["login"] and len(args) == 3 and args[1] in PRESETS:
         try:
             login(cfg, args[1], args[2])

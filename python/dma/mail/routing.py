@@ -1,18 +1,19 @@
-"""Where each recipient goes: a local mailbox (after aliases) or a remote address, and which hosts
-take mail for a remote domain."""
+"""Where each recipient goes: a local mailbox (after aliases) or a remote address, which ROUTE line
+applies, and which hosts take mail for a remote domain."""
 
 from __future__ import annotations
 
 from dma.errors import RouteError
 
+from .message import strip_local_domain
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import dns.resolver
 
-    from dma.config import Config
+    from dma.config import Config, Route
 
     from .aliases import Aliases
-    from .routes import Route
 
 
 class RecipientResolver:
@@ -24,8 +25,6 @@ class RecipientResolver:
 
     def resolve(self, recipients: list[str]) -> list[str]:
         """Local user names and remote addresses for `recipients`, deduplicated."""
-        from .message import strip_local_domain
-
         result: dict[str, None] = {}
         for given in recipients:
             address = strip_local_domain(given, self.cfg.mailname)
@@ -46,6 +45,11 @@ class RecipientResolver:
                 )
             result.update(dict.fromkeys(expanded))
         return list(result)
+
+
+def choose(routes: list[Route], sender: str, recipient: str) -> Route | None:
+    """The first route that matches, or None for the global SMARTHOST or MX delivery."""
+    return next((route for route in routes if route.matches(sender, recipient)), None)
 
 
 class Target:
@@ -121,10 +125,8 @@ def mx_hosts(domain: str, cfg: Config) -> list[tuple[int, str]]:
         raise RouteError(f"DNS lookup failure: domain {domain} does not exist", permanent=True) from None
     except dns.resolver.NoAnswer:
         return [(0, domain)]
-    except (dns.resolver.NoNameservers, dns.exception.Timeout) as e:
+    except dns.exception.DNSException as e:  # SERVFAIL, REFUSED, a timeout: may pass
         raise RouteError(f"DNS lookup of {domain} failed, will retry: {e}", permanent=False) from None
-    except dns.exception.DNSException as e:
-        raise RouteError(f"DNS lookup of {domain} failed: {e}", permanent=False) from None
     records = [(int(r.preference), r.exchange.to_text(omit_final_dot=True)) for r in answer]
     if any(host in ("", ".") for _, host in records):  # RFC 7505 null MX: the domain takes no mail
         raise RouteError(f"domain {domain} does not accept mail (null MX)", permanent=True)

@@ -12,7 +12,7 @@ from dma import __version__, _native
 from dma.errors import EX_CANTCREAT, EX_DATAERR, EX_IOERR, EX_NOINPUT, EX_TEMPFAIL, Fatal
 
 from . import message
-from .routing import RecipientResolver
+from .routing import RecipientResolver, choose
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -118,8 +118,6 @@ def submit(
     sender = message.envelope_sender(sub.sender, cfg)
     rewrite = None
     if sender and (cfg.rewrite_from or cfg.routes):  # the null sender (bounces) stays null
-        from .routes import choose
-
         # REWRITEFROM, or the first matching `from:` route's `rewritefrom=`: the envelope sender,
         # and the `From:` header's address.
         route = choose([r for r in cfg.routes if r.kind == "from"], sender, "")
