@@ -7,7 +7,7 @@ import pwd
 import stat
 import sys
 
-from dma import _native, config
+from dma import config
 from dma.config import Config
 from dma.errors import EX_CONFIG, ConfigError, Fatal, RouteError, getopts
 from dma.mail.aliases import parse
@@ -252,12 +252,12 @@ def mailbox_of(cfg: Config, user: str) -> str:
 def probe(cfg: Config, target: Target, route: Route | None, report: Report, *, verbose: bool) -> None:
     """One SMTP session to `target` that sends no mail; prints what the server offers."""
     where = f"{target.name} port {target.port}"
-    creds: tuple[str | None, str | None, list[str] | None] = (None, None, None)
     try:
         creds = credentials(cfg, target.name, route)
     except (RouteError, Fatal) as e:
         report("FAIL", "auth", f"{where}: {e}")
-    login, secret, mechanisms = creds
+        creds = None
+    login, secret, mechanisms = creds or (None, None, None)
     if secret and len(secret) >= 3:  # shorter ones would hide letters of every word
         report.secrets.append(secret)
     mode = tls_mode(cfg, route)
@@ -287,16 +287,15 @@ def probe(cfg: Config, target: Target, route: Route | None, report: Report, *, v
                 "the server refused a freshly issued token: SMTP AUTH is disabled for this mailbox"
                 " (Microsoft 365 default: enable Authenticated SMTP for it), or the scope lacks SMTP",
             )
-        if outcome.stage == "tls" and result.tls_version is None:
-            inspect(cfg, target, mode, report)
     if result.tls_version is not None:
         how = "from the first byte" if mode == "implicit" else "after STARTTLS"
         report("PASS", "tls", f"{result.tls_version} {result.tls_cipher} ({how})")
-        cert_lines(cfg, result.peer_cert_sha256, report, verified=ok)
     elif mode == "opportunistic" and ok:
         report("WARN", "tls", "not used: the server offers no STARTTLS (OPPORTUNISTIC_TLS: plain text)")
     elif mode == "none" and ok:
         report("INFO", "tls", "not used (SECURETRANSFER not set)")
+    # Also the certificate a failed check refused: what the server presents instead.
+    cert_lines(cfg, result.peer_cert_sha256, report, verified=ok)
     if not ok:
         return
     offered = "AUTH" in result.extensions  # EHLO keywords only, not AUTH's list of mechanisms
@@ -328,23 +327,3 @@ def cert_lines(cfg: Config, sha256: str | None, report: Report, *, verified: boo
         report("PASS", "cert", "chain and host name verified (VERIFYCERT)")
     elif verified and cfg.fingerprint is None:
         report("WARN", "cert", "not verified: set VERIFYCERT (and CAFILE for a private CA), or FINGERPRINT")
-
-
-def inspect(cfg: Config, target: Target, mode: str, report: Report) -> None:
-    """After a TLS failure: handshake again without any check, and no credentials, to show the
-    certificate the server presents (as posttls-finger does)."""
-    try:
-        seen = _native.Connection(
-            host=target.name,
-            addresses=target.addresses,
-            port=target.port,
-            helo=cfg.helo_name or cfg.mailname,
-            tls={"mode": mode},
-            connect_timeout=cfg.connect_timeout,
-            command_timeout=cfg.timeout,
-        ).session([])
-    except ValueError:
-        return
-    if seen.tls_version is not None:
-        report("INFO", "tls", f"without certificate checks: {seen.tls_version} {seen.tls_cipher}")
-        cert_lines(cfg, seen.peer_cert_sha256, report, verified=False)

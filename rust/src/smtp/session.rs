@@ -278,10 +278,14 @@ impl Session {
         }
         let config = self.tls_config.clone().expect("TLS config built for TLS modes");
         let host = &self.cfg.host;
-        let conn = match self.reader.get_mut().start_tls(config, host) {
+        let handshake = self.reader.get_mut().start_tls(config, host);
+        let presented = tls::PRESENTED.take();
+        let conn = match handshake {
             Ok(conn) => conn,
             Err(e) => {
                 self.dead = true;
+                // The certificate the checks refused, if it got that far (doctor shows it).
+                self.facts.peer_cert_sha256 = presented;
                 return Err(Outcome::temporary(Stage::Tls, format!("{host}: {e}")));
             }
         };
