@@ -108,14 +108,12 @@ impl Session {
     /// The reply if of `class`, else its failure. A 421: the server is closing the channel.
     pub(super) fn check(&mut self, stage: Stage, reply: Reply, class: u16) -> Result<Reply, Outcome> {
         self.dead |= reply.code == 421;
-        if reply.class() == class {
-            return Ok(reply);
-        }
         let outcome = Outcome::from_reply(stage, &reply);
-        if outcome.status == Status::Sent {
-            return Err(outcome.temporary_with("unexpected reply: "));
+        match outcome.status {
+            _ if reply.class() == class => Ok(reply),
+            Status::Sent => Err(outcome.temporary_with("unexpected reply: ")),
+            _ => Err(outcome),
         }
-        Err(outcome)
     }
 
     /// EHLO; HELO when the server refuses EHLO permanently (an old or minimal server).
@@ -290,13 +288,10 @@ impl Session {
             }
         };
         // rustls names them `TLSv1_3`, `TLS13_AES_256_GCM_SHA384`...
-        let unknown = || "unknown".to_owned();
-        let version = conn
-            .protocol_version()
-            .map_or_else(unknown, |v| format!("{v:?}").replace('_', "."));
-        let cipher = conn
-            .negotiated_cipher_suite()
-            .map_or_else(unknown, |s| format!("{:?}", s.suite()));
+        let version = conn.protocol_version().and_then(|v| v.as_str());
+        let cipher = conn.negotiated_cipher_suite().and_then(|s| s.suite().as_str());
+        let version = version.unwrap_or("unknown").replace('_', ".");
+        let cipher = cipher.unwrap_or("unknown").to_owned();
         let leaf = conn.peer_certificates().and_then(|c| c.first());
         self.facts.peer_cert_sha256 = leaf.map(|c| format!("{:x}", Sha256::digest(c)));
         self.facts.tls_resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
