@@ -43,7 +43,6 @@ pub struct Transaction {
 
 /// No `Debug`: the secret must not end up in a log. From Python: a dict of these fields, `tls`
 /// one of `TlsPolicy`'s.
-#[derive(Clone)]
 #[cfg_attr(feature = "python", derive(pyo3::FromPyObject), pyo3(from_item_all))]
 pub struct SessionConfig {
     /// Name for SNI, certificate checks and messages.
@@ -227,8 +226,8 @@ fn fill_from(report: &mut SessionResult, transactions: &[Transaction], failure: 
 }
 
 #[cfg(test)]
-pub fn run_session(cfg: &SessionConfig, transactions: &[Transaction]) -> SessionResult {
-    let mut client = Client::new(Arc::new(cfg.clone()));
+pub fn run_session(cfg: SessionConfig, transactions: &[Transaction]) -> SessionResult {
+    let mut client = Client::new(Arc::new(cfg));
     let report = client.send(transactions, None);
     client.close();
     report
@@ -272,7 +271,7 @@ mod tests {
             journal_ids: Vec::new(),
             dsn: String::new(),
         };
-        let report = run_session(&cfg, &[tx.clone(), tx]);
+        let report = run_session(cfg, &[tx.clone(), tx]);
         assert_eq!(report.results.len(), 2);
         assert!(report
             .results

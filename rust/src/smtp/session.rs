@@ -81,10 +81,8 @@ impl Session {
 
     /// Sync the journal; tell the caller what the session found.
     pub(super) fn finish(&mut self, report: &mut SessionResult) {
-        if let Some(journal) = &mut self.journal {
-            if let Err(e) = journal.sync() {
-                self.trace("!!! ", &e.to_string());
-            }
+        if let Some(Err(e)) = self.journal.as_mut().map(Journal::sync) {
+            self.trace("!!! ", &e.to_string());
         }
         *report = SessionResult {
             results: std::mem::take(&mut report.results),
