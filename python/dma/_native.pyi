@@ -67,7 +67,7 @@ def maildir_deliver(maildir: str, message: int | str, hostname: str) -> str: ...
 @final
 class Outcome:
     status: str  # "sent" | "temporary" | "permanent"
-    # "connect" "tls" "greeting" "ehlo" "starttls" "auth" "size" "mail" "rcpt" "data" "dot" "quit"
+    # "connect" "tls" "greeting" "ehlo" "starttls" "auth" "size" "mail" "rcpt" "data" "dot"
     stage: str
     code: int  # SMTP reply code, 0 when there was none (connect error, timeout, TLS, local check)
     enhanced: str | None  # "5.1.1"
