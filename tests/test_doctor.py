@@ -137,6 +137,20 @@ def test_wrong_fingerprint_fails_and_shows_the_real_one(dma_env: DmaEnv, certs: 
     assert handler.auth_seen == [] and handler.mails == []
 
 
+def test_a_refused_chain_still_shows_the_presented_certificate(dma_env: DmaEnv, certs: Certs) -> None:
+    other = Certs.sha256(certs.other).hex()
+    with Smtpd(tls_context=certs.server_context(certs.other)) as server:
+        relay_to(dma_env, server.port, certs, "VERIFYCERT")
+        r = doctor(dma_env)
+        handler = server.handler
+    assert r.returncode == 1
+    [failure] = lines(r, "FAIL", "tls")
+    assert "127.0.0.1" in failure
+    assert lines(r, "INFO", "cert") == [f"SHA-256 {other}"]
+    assert not lines(r, "PASS", "cert") and not lines(r, "PASS", "tls")
+    assert handler.auth_seen == [] and handler.mails == []
+
+
 def test_connection_refused_is_a_fail_line(dma_env: DmaEnv) -> None:
     r = doctor(dma_env)  # dma_env's smarthost refuses connections
     assert r.returncode == 1

@@ -189,9 +189,18 @@ def test_data_round_trip_over_a_socket(lines: list[bytes], final_newline: bool) 
                 addresses=["127.0.0.1"],
                 port=srv.port,
                 helo="client.test",
-                tls={"mode": "none"},
+                tls={
+                    "mode": "none",
+                    "verify_cert": False,
+                    "ca_file": None,
+                    "fingerprint": None,
+                    "client_cert": None,
+                },
                 connect_timeout=5.0,
                 command_timeout=5.0,
+                credentials=None,
+                allow_insecure_auth=False,
+                verbose=False,
             ).session([("a@example.com", ["b@example.com"], path)])
             [[outcome]] = result.results
             assert outcome.status == "sent", outcome

@@ -36,10 +36,17 @@ def msg(tmp_path: Path):
 
 def send(port: int, transactions, *, host: str = "mx.test", addresses=("127.0.0.1",), **kw):
     """`tls`: the mode, the policy's other fields beside it; `login`, `secret`, `mechanisms` apart."""
-    kw.setdefault("connect_timeout", 5.0)
-    kw.setdefault("command_timeout", 5.0)
-    policy = {k: kw.pop(k) for k in ("verify_cert", "ca_file", "fingerprint", "client_cert") if k in kw}
+    kw = {
+        "connect_timeout": 5.0,
+        "command_timeout": 5.0,
+        "allow_insecure_auth": False,
+        "verbose": False,
+        **kw,
+    }
+    policy = {"verify_cert": False, "ca_file": None, "fingerprint": None, "client_cert": None}
+    policy.update((k, kw.pop(k)) for k in list(policy) if k in kw)
     kw["tls"] = {"mode": kw.pop("tls", "none"), **policy}
+    kw["credentials"] = None
     if "login" in kw or "secret" in kw:
         kw["credentials"] = (kw.pop("login", None), kw.pop("secret", None), kw.pop("mechanisms", None))
     conn = _native.Connection(host=host, addresses=list(addresses), port=port, helo="client.test", **kw)
@@ -359,14 +366,21 @@ def test_verbose_transcript_hides_secrets(msg, certs: Certs) -> None:
         base64.b64encode(f"\0{LOGIN}\0{PASSWORD}".encode()).decode(),
         base64.b64encode(f"user={LOGIN}\x01auth=Bearer {TOKEN}\x01\x01".encode()).decode(),
     ]
+    tls = {
+        "mode": "starttls",
+        "verify_cert": False,
+        "ca_file": None,
+        "fingerprint": None,
+        "client_cert": None,
+    }
     with auth_server(certs) as srv:
         script = textwrap.dedent(f"""
             from dma import _native
             for mech, secret in [("PLAIN", {PASSWORD!r}), ("LOGIN", {PASSWORD!r}), ("CRAM-MD5", {PASSWORD!r}),
                                  ("XOAUTH2", {TOKEN!r})]:
                 r = _native.Connection(host="mx.test", addresses=["127.0.0.1"], port={srv.port},
-                                       helo="client.test", tls={{"mode": "starttls"}},
-                                       connect_timeout=5.0, command_timeout=5.0,
+                                       helo="client.test", tls={tls!r},
+                                       connect_timeout=5.0, command_timeout=5.0, allow_insecure_auth=False,
                                        credentials=({LOGIN!r}, secret, [mech]), verbose=True)
                 r = r.session([("f@c.test", ["a@x.test"], {msg()!r})])
                 assert r.results[0][0].status == "sent", r.results
@@ -666,3 +680,10 @@ def test_bad_arguments(msg, kw: dict) -> None:
         send(25, [("f@c.test", ["a@x.test"], msg())], **kw)
     with pytest.raises(ValueError):
         send(25, [], addresses=["mx.test"])
+
+
+def test_every_setting_is_required_and_an_unknown_one_is_refused() -> None:
+    with pytest.raises(ValueError, match='unknown setting "helo_name"'):
+        send(25, [], helo_name="client.test")
+    with pytest.raises(ValueError, match="addresses"):
+        _native.Connection(host="mx.test")  # every other setting is required too

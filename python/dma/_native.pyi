@@ -2,8 +2,6 @@
 # each call does); `./dev lint` checks the two agree. Paths cross as `str`.
 from typing import TypedDict, final
 
-from typing_extensions import Required
-
 __version__: str
 
 # ---- spool ----
@@ -69,7 +67,7 @@ def maildir_deliver(maildir: str, message: int | str, hostname: str) -> str: ...
 @final
 class Outcome:
     status: str  # "sent" | "temporary" | "permanent"
-    # "connect" "tls" "greeting" "ehlo" "starttls" "auth" "size" "mail" "rcpt" "data" "dot" "quit"
+    # "connect" "tls" "greeting" "ehlo" "starttls" "auth" "size" "mail" "rcpt" "data" "dot"
     stage: str
     code: int  # SMTP reply code, 0 when there was none (connect error, timeout, TLS, local check)
     enhanced: str | None  # "5.1.1"
@@ -87,8 +85,8 @@ class SessionResult:
     extensions: list[str]  # EHLO keywords, upper case (after STARTTLS when TLS was started)
     failure: Outcome | None  # why the connection could not be used
 
-class _TlsPolicy(TypedDict, total=False):
-    mode: Required[str]  # "none" | "starttls" | "opportunistic" | "implicit"
+class _TlsPolicy(TypedDict):
+    mode: str  # "none" | "starttls" | "opportunistic" | "implicit"
     verify_cert: bool
     ca_file: str | None
     fingerprint: bytes | None  # SHA-256 of the leaf certificate, 32 bytes
@@ -107,9 +105,9 @@ class Connection:
         connect_timeout: float,
         command_timeout: float,  # per reply, and for the whole set-up and each transaction
         # login, secret, mechanisms (None: CRAM-MD5, PLAIN, LOGIN; XOAUTH2 only if named)
-        credentials: tuple[str, str, list[str] | None] | None = None,
-        allow_insecure_auth: bool = False,
-        verbose: bool = False,  # dialogue on stderr as "<<< " / ">>> " lines, credentials hidden
+        credentials: tuple[str, str, list[str] | None] | None,
+        allow_insecure_auth: bool,
+        verbose: bool,  # dialogue on stderr as "<<< " / ">>> " lines, credentials hidden
     ) -> Connection: ...
     def session(self, transactions: list[tuple[str, list[str], str]]) -> SessionResult: ...
     def send(self, spool: Spool, groups: list[list[str]]) -> SessionResult: ...

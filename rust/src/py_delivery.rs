@@ -62,6 +62,10 @@ pub(crate) fn seconds(ob: &Bound<'_, PyAny>) -> PyResult<Duration> {
         .ok_or_else(|| PyValueError::new_err(format!("a timeout must be positive, not {secs}")))
 }
 
+/// `SessionConfig`'s fields, the keywords `Connection` takes: any other is an error, not ignored.
+const SETTINGS: &str = "host addresses port helo tls connect_timeout command_timeout credentials \
+    allow_insecure_auth verbose";
+
 /// One destination and host: its settings, and the connection kept open between batches.
 #[pyclass(module = "dma._native", frozen)]
 pub struct Connection {
@@ -70,13 +74,17 @@ pub struct Connection {
 
 #[pymethods]
 impl Connection {
-    /// `settings`: the fields of `SessionConfig`. Any bad one is a `ValueError` naming the field,
-    /// then why (the derived extraction's `TypeError` and its causes).
+    /// `settings`: the fields of `SessionConfig`, all of them. Any bad one or any other is a
+    /// `ValueError` naming it, then why (the derived extraction's `TypeError` and its causes).
     #[new]
     #[pyo3(signature = (**settings))]
-    fn new(py: Python<'_>, settings: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
-        let cfg = settings.map_or_else(|| PyDict::new(py).extract(), |s| s.extract::<SessionConfig>());
-        let cfg = cfg.map_err(|mut err| {
+    fn new(py: Python<'_>, settings: Option<Bound<'_, PyDict>>) -> PyResult<Self> {
+        let settings = settings.unwrap_or_else(|| PyDict::new(py));
+        let mut keys = settings.keys().into_iter().map(|k| k.to_string());
+        if let Some(unknown) = keys.find(|k| !SETTINGS.split(' ').any(|f| f == k)) {
+            return Err(PyValueError::new_err(format!("unknown setting {unknown:?}")));
+        }
+        let cfg = settings.extract::<SessionConfig>().map_err(|mut err| {
             let mut text = err.to_string();
             while let Some(cause) = err.cause(py) {
                 text = format!("{text}: {cause}");

@@ -103,16 +103,15 @@ impl Extensions {
         let mut ext = Extensions::default();
         // The first line is the server's name and greeting text.
         for line in reply.lines.iter().skip(1) {
-            let mut words = line.split_whitespace();
+            // No keyword or parameter we read holds a `=`: splitting there reads `AUTH=x y` too.
+            let mut words = line
+                .split(|c: char| c.is_whitespace() || c == '=')
+                .filter(|w| !w.is_empty());
             let Some(first) = words.next() else { continue };
-            let (keyword, inline) = first.split_once('=').map_or((first, None), |(k, v)| (k, Some(v)));
-            let keyword = keyword.to_ascii_uppercase();
-            let mut params = inline.into_iter().chain(words);
+            let keyword = first.to_ascii_uppercase();
             match keyword.as_str() {
-                "AUTH" => ext
-                    .auth
-                    .extend(params.filter(|m| !m.is_empty()).map(str::to_ascii_uppercase)),
-                "SIZE" => ext.size_limit = params.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0),
+                "AUTH" => ext.auth.extend(words.map(str::to_ascii_uppercase)),
+                "SIZE" => ext.size_limit = words.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0),
                 _ => {}
             }
             if !ext.keywords.contains(&keyword) {

@@ -1,5 +1,6 @@
 //! TLS client configuration over rustls (ring): the certificate policies, one cached config each.
 
+use std::cell::Cell;
 use std::env::var_os;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -17,22 +18,18 @@ use sha2::{Digest, Sha256};
 
 /// Whether TLS is used, and how the peer's certificate is checked (C dma's `VERIFYCERT`,
 /// `FINGERPRINT`, `CERTFILE`); the handshake's signatures are always verified. From Python: a
-/// dict of these fields, all but `mode` optional.
+/// dict of these fields.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "python", derive(pyo3::FromPyObject), pyo3(from_item_all))]
 pub struct TlsPolicy {
     pub mode: TlsMode,
     /// Check the chain against the system roots (plus `ca_file`) and the host name or IP.
-    #[cfg_attr(feature = "python", pyo3(default))]
     pub verify_cert: bool,
     /// Extra trusted CA certificates (PEM), used when `verify_cert` is on.
-    #[cfg_attr(feature = "python", pyo3(default))]
     pub ca_file: Option<PathBuf>,
     /// SHA-256 of the leaf certificate's DER encoding that the peer must present.
-    #[cfg_attr(feature = "python", pyo3(default))]
     pub fingerprint: Option<[u8; 32]>,
     /// One PEM file holding our certificate chain and its private key.
-    #[cfg_attr(feature = "python", pyo3(default))]
     pub client_cert: Option<PathBuf>,
 }
 
@@ -156,6 +153,12 @@ fn read_pem_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>
     Ok(certs)
 }
 
+thread_local! {
+    /// Hex SHA-256 of the leaf certificate last presented on this thread, checked or not (the
+    /// handshake runs the verifier on the caller's thread): a failed check still shows it.
+    pub static PRESENTED: Cell<Option<String>> = const { Cell::new(None) };
+}
+
 /// Applies `TlsPolicy`, and always checks the handshake signatures: "no verification" still
 /// means the peer holds the key of the certificate it showed.
 #[derive(Debug)]
@@ -175,6 +178,7 @@ impl ServerCertVerifier for PolicyVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let actual = Sha256::digest(end_entity);
+        PRESENTED.set(Some(format!("{actual:x}")));
         if self.fingerprint.is_some_and(|expected| actual[..] != expected) {
             let text = format!("certificate fingerprint mismatch: peer presented sha256 {actual:x}");
             return Err(rustls::Error::General(text));

@@ -7,7 +7,7 @@ import pwd
 import stat
 from typing import Any, Callable, TypeVar
 
-from dma import _native, config
+from dma import config
 from dma.config import Config, Route
 from dma.errors import EX_CONFIG, ConfigError, Fatal, RouteError, getopts
 from dma.mail.aliases import parse
@@ -276,16 +276,15 @@ def probe(cfg: Config, target: Target, route: Route | None, report: Report, *, v
                 "the server refused a freshly issued token: SMTP AUTH is disabled for this mailbox"
                 " (Microsoft 365 default: enable Authenticated SMTP for it), or the scope lacks SMTP",
             )
-        if outcome.stage == "tls" and result.tls_version is None:
-            inspect(cfg, target, mode, report)
     if result.tls_version is not None:
         how = "from the first byte" if mode == "implicit" else "after STARTTLS"
         report("PASS", "tls", f"{result.tls_version} {result.tls_cipher} ({how})")
-        cert_lines(cfg, result.peer_cert_sha256, report, verified=ok)
     elif mode == "opportunistic" and ok:
         report("WARN", "tls", "not used: the server offers no STARTTLS (OPPORTUNISTIC_TLS: plain text)")
     elif mode == "none" and ok:
         report("INFO", "tls", "not used (SECURETRANSFER not set)")
+    # Also the certificate a failed check refused: what the server presents instead.
+    cert_lines(cfg, result.peer_cert_sha256, report, verified=ok)
     if not ok:
         return
     offered = "AUTH" in result.extensions  # EHLO keywords only, not AUTH's list of mechanisms
@@ -316,23 +315,3 @@ def cert_lines(cfg: Config, sha256: str | None, report: Report, *, verified: boo
         report("PASS", "cert", "chain and host name verified (VERIFYCERT)")
     elif verified and cfg.fingerprint is None:
         report("WARN", "cert", "not verified: set VERIFYCERT (and CAFILE for a private CA), or FINGERPRINT")
-
-
-def inspect(cfg: Config, target: Target, mode: str, report: Report) -> None:
-    """After a TLS failure: handshake again without any check, and no credentials, to show the
-    certificate the server presents (as posttls-finger does)."""
-    try:
-        seen = _native.Connection(
-            host=target.name,
-            addresses=target.addresses,
-            port=target.port,
-            helo=cfg.helo_name or cfg.mailname,
-            tls={"mode": mode},
-            connect_timeout=cfg.connect_timeout,
-            command_timeout=cfg.timeout,
-        ).session([])
-    except ValueError:
-        return
-    if seen.tls_version is not None:
-        report("INFO", "tls", f"without certificate checks: {seen.tls_version} {seen.tls_cipher}")
-        cert_lines(cfg, seen.peer_cert_sha256, report, verified=False)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .routes import Route
 
     Link = tuple[_native.Connection, Target]  # an open connection to one host of a destination
-    Creds = tuple[Optional[str], Optional[str], Optional[list[str]]]  # (login, secret, mechanisms)
+    Creds = Optional[tuple[str, str, Optional[list[str]]]]  # (login, secret, mechanisms), or none
 
 # Failures that say nothing about the message: another host may well take it.
 _TRY_NEXT_HOST = {"connect", "tls", "greeting", "ehlo", "starttls", "auth"}
@@ -51,11 +51,11 @@ def tls_mode(cfg: Config, route: Route | None = None) -> str:
 
 
 def credentials(cfg: Config, host: str, route: Route | None = None, rejected: str | None = None) -> Creds:
-    """(login, secret, mechanisms) from auth.conf for `host`; XOAUTH2_COMMAND, if set, wins.
+    """(login, secret, mechanisms) from auth.conf for `host`, if any; XOAUTH2_COMMAND, if set, wins.
     `rejected`: the secret the server just refused, to be renewed."""
     found = cfg.auth().lookup(host, route.login if route is not None else None)
     if found is None:
-        return None, None, None
+        return None
     login, password = found
     if not (cfg.xoauth2_command or password.startswith("{")):
         return login, password, None
@@ -70,9 +70,9 @@ def credentials(cfg: Config, host: str, route: Route | None = None, rejected: st
 
 def renew(
     cfg: Config, target: Target, route: Route | None, creds: Creds, failure: _native.Outcome | None
-) -> Creds | None:
+) -> Creds:
     """Credentials to try once more after the server refused a token at AUTH (expired, revoked)."""
-    _, secret, mechanisms = creds
+    _, secret, mechanisms = creds or (None, None, None)
     if not (mechanisms and secret and failure is not None and failure.stage == "auth" and failure.code):
         return None
     try:
@@ -95,11 +95,10 @@ def settings(
     target: Target,
     addresses: list[str],
     route: Route | None,
-    creds: Creds = (None, None, None),
-    verbose: bool = False,
+    creds: Creds,
+    verbose: bool,
 ) -> _native.Connection:
     """The connection (not yet open) to `target` with this configuration's (or `route`'s) TLS and AUTH."""
-    login, secret, mechanisms = creds
     return _native.Connection(
         host=target.name,
         addresses=addresses,
@@ -112,7 +111,7 @@ def settings(
             "fingerprint": route.fingerprint if route is not None and route.fingerprint else cfg.fingerprint,
             "client_cert": cfg.certfile,
         },
-        credentials=None if login is None or secret is None else (login, secret, mechanisms),
+        credentials=creds,
         allow_insecure_auth=cfg.insecure,
         connect_timeout=cfg.connect_timeout,
         command_timeout=cfg.timeout,

@@ -17,15 +17,19 @@ pub struct MessageFacts {
 }
 
 /// The DATA encoding of `input`: `emit` gets each chunk of about `CHUNK` octets, and the rest with
-/// the final dot (`last`).
+/// the final dot (`last`). The spool's LF-terminated text becomes CRLF line ends (a lone CR also
+/// ends a line: no bare CR reaches the wire), dot-stuffing, and lines over 998 octets broken by
+/// CRLF SP, as Postfix's `smtp_line_length_limit` does (least harmful to MIME).
 pub fn encode<E>(
     input: &mut impl Read,
     read_error: impl FnOnce(io::Error) -> E,
     mut emit: impl FnMut(&[u8], bool) -> Result<(), E>,
 ) -> Result<MessageFacts, E> {
-    let mut encoder = DataEncoder::default();
     let (mut chunk, mut out) = (vec![0u8; CHUNK], Vec::with_capacity(3 * CHUNK));
     let mut facts = MessageFacts::default();
+    // Octets already on the current wire line; the last byte was a CR, which ended its line (a LF
+    // right after it ends none); dots added by stuffing.
+    let (mut col, mut after_cr, mut stuffed) = (0, false, 0);
     loop {
         let n = match retry(|| input.read(&mut chunk)) {
             Ok(0) => break,
@@ -33,91 +37,66 @@ pub fn encode<E>(
             Err(e) => return Err(read_error(e)),
         };
         facts.eight_bit |= !chunk[..n].is_ascii();
-        encoder.encode(&chunk[..n], &mut out);
+        for &byte in &chunk[..n] {
+            match byte {
+                b'\n' if after_cr => {}
+                b'\r' | b'\n' => {
+                    out.extend_from_slice(b"\r\n");
+                    col = 0;
+                }
+                _ => {
+                    if col == 0 && byte == b'.' {
+                        out.push(b'.');
+                        col = 1;
+                        stuffed += 1;
+                    }
+                    if col >= LINE_LIMIT {
+                        out.extend_from_slice(b"\r\n ");
+                        col = 1;
+                    }
+                    out.push(byte);
+                    col += 1;
+                }
+            }
+            after_cr = byte == b'\r';
+        }
         if out.len() >= CHUNK {
             facts.wire_size += out.len() as u64;
             emit(&out, false)?;
             out.clear();
         }
     }
-    encoder.finish(&mut out);
+    if col > 0 {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
     facts.wire_size += out.len() as u64;
-    facts.wire_size -= 3 + encoder.stuffed;
+    facts.wire_size -= 3 + stuffed;
     emit(&out, true)?;
     Ok(facts)
-}
-
-/// The spool's LF-terminated text as the DATA stream: CRLF line ends (a lone CR also ends a line:
-/// no bare CR reaches the wire), dot-stuffing, and lines over 998 octets broken by CRLF SP, as
-/// Postfix's `smtp_line_length_limit` does (least harmful to MIME).
-#[derive(Debug, Default)]
-struct DataEncoder {
-    /// Octets already on the current wire line.
-    col: usize,
-    /// The last byte was a CR, which ended its line: a LF right after it ends none.
-    after_cr: bool,
-    /// Dots added by stuffing.
-    stuffed: u64,
-}
-
-impl DataEncoder {
-    fn encode(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        for piece in input.split_inclusive(|&b| b == b'\n' || b == b'\r') {
-            let (text, end) = match piece.split_last() {
-                Some((&end @ (b'\n' | b'\r'), text)) => (text, Some(end)),
-                _ => (piece, None),
-            };
-            self.text(text, out);
-            if let Some(end) = end {
-                if end == b'\r' || !self.after_cr {
-                    out.extend_from_slice(b"\r\n");
-                    self.col = 0;
-                }
-                self.after_cr = end == b'\r';
-            }
-        }
-    }
-
-    /// End the last line, and write the terminating dot.
-    fn finish(&self, out: &mut Vec<u8>) {
-        if self.col > 0 {
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b".\r\n");
-    }
-
-    /// Line content without CR or LF.
-    fn text(&mut self, mut run: &[u8], out: &mut Vec<u8>) {
-        while let Some(&first) = run.first() {
-            self.after_cr = false;
-            if self.col == 0 && first == b'.' {
-                out.push(b'.');
-                self.col = 1;
-                self.stuffed += 1;
-            }
-            if self.col >= LINE_LIMIT {
-                out.extend_from_slice(b"\r\n ");
-                self.col = 1;
-            }
-            let take = (LINE_LIMIT - self.col).min(run.len());
-            out.extend_from_slice(&run[..take]);
-            self.col += take;
-            run = &run[take..];
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The whole DATA stream of `chunks`, read one at a time.
     fn encode_chunks(chunks: &[&[u8]]) -> Vec<u8> {
-        let mut enc = DataEncoder::default();
+        let mut input = chunks
+            .iter()
+            .fold(Box::new(io::empty()) as Box<dyn Read>, |r, c| {
+                Box::new(r.chain(*c))
+            });
         let mut out = Vec::new();
-        for chunk in chunks {
-            enc.encode(chunk, &mut out);
-        }
-        enc.finish(&mut out);
+        super::encode(
+            &mut input,
+            |e| e,
+            |chunk, _| -> io::Result<()> {
+                out.extend_from_slice(chunk);
+                Ok(())
+            },
+        )
+        .unwrap();
         out
     }
 

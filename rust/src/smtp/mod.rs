@@ -41,9 +41,8 @@ pub struct Transaction {
     pub dsn: String,
 }
 
-/// No `Debug`: the secret must not end up in a log. From Python: a dict of these fields (`host`
-/// to `command_timeout` required), `tls` one of `TlsPolicy`'s.
-#[derive(Clone)]
+/// No `Debug`: the secret must not end up in a log. From Python: a dict of these fields, `tls`
+/// one of `TlsPolicy`'s.
 #[cfg_attr(feature = "python", derive(pyo3::FromPyObject), pyo3(from_item_all))]
 pub struct SessionConfig {
     /// Name for SNI, certificate checks and messages.
@@ -58,11 +57,8 @@ pub struct SessionConfig {
     pub command_timeout: Duration,
     /// Login, secret (a password or an OAuth token), and the mechanisms we may use (`None`:
     /// CRAM-MD5, PLAIN and LOGIN).
-    #[cfg_attr(feature = "python", pyo3(default))]
     pub credentials: Option<(String, String, Option<Vec<Mechanism>>)>,
-    #[cfg_attr(feature = "python", pyo3(default))]
     pub allow_insecure_auth: bool,
-    #[cfg_attr(feature = "python", pyo3(default))]
     pub verbose: bool,
 }
 
@@ -162,7 +158,7 @@ pub struct SessionResult {
     pub address: Option<String>,
     pub tls_version: Option<String>,
     pub tls_cipher: Option<String>,
-    /// Lower-case hex SHA-256 of the leaf certificate.
+    /// Lower-case hex SHA-256 of the leaf certificate, also when the handshake refused it.
     pub peer_cert_sha256: Option<String>,
     /// No full handshake: a reconnection within one runner.
     pub tls_resumed: bool,
@@ -230,8 +226,8 @@ fn fill_from(report: &mut SessionResult, transactions: &[Transaction], failure: 
 }
 
 #[cfg(test)]
-pub fn run_session(cfg: &SessionConfig, transactions: &[Transaction]) -> SessionResult {
-    let mut client = Client::new(Arc::new(cfg.clone()));
+pub fn run_session(cfg: SessionConfig, transactions: &[Transaction]) -> SessionResult {
+    let mut client = Client::new(Arc::new(cfg));
     let report = client.send(transactions, None);
     client.close();
     report
@@ -275,7 +271,7 @@ mod tests {
             journal_ids: Vec::new(),
             dsn: String::new(),
         };
-        let report = run_session(&cfg, &[tx.clone(), tx]);
+        let report = run_session(cfg, &[tx.clone(), tx]);
         assert_eq!(report.results.len(), 2);
         assert!(report
             .results

@@ -81,10 +81,8 @@ impl Session {
 
     /// Sync the journal; tell the caller what the session found.
     pub(super) fn finish(&mut self, report: &mut SessionResult) {
-        if let Some(journal) = &mut self.journal {
-            if let Err(e) = journal.sync() {
-                self.trace("!!! ", &e.to_string());
-            }
+        if let Some(Err(e)) = self.journal.as_mut().map(Journal::sync) {
+            self.trace("!!! ", &e.to_string());
         }
         *report = SessionResult {
             results: std::mem::take(&mut report.results),
@@ -108,14 +106,12 @@ impl Session {
     /// The reply if of `class`, else its failure. A 421: the server is closing the channel.
     pub(super) fn check(&mut self, stage: Stage, reply: Reply, class: u16) -> Result<Reply, Outcome> {
         self.dead |= reply.code == 421;
-        if reply.class() == class {
-            return Ok(reply);
-        }
         let outcome = Outcome::from_reply(stage, &reply);
-        if outcome.status == Status::Sent {
-            return Err(outcome.temporary_with("unexpected reply: "));
+        match outcome.status {
+            _ if reply.class() == class => Ok(reply),
+            Status::Sent => Err(outcome.temporary_with("unexpected reply: ")),
+            _ => Err(outcome),
         }
-        Err(outcome)
     }
 
     /// EHLO; HELO when the server refuses EHLO permanently (an old or minimal server).
@@ -278,21 +274,22 @@ impl Session {
         }
         let config = self.tls_config.clone().expect("TLS config built for TLS modes");
         let host = &self.cfg.host;
-        let conn = match self.reader.get_mut().start_tls(config, host) {
+        let handshake = self.reader.get_mut().start_tls(config, host);
+        let presented = tls::PRESENTED.take();
+        let conn = match handshake {
             Ok(conn) => conn,
             Err(e) => {
                 self.dead = true;
+                // The certificate the checks refused, if it got that far (doctor shows it).
+                self.facts.peer_cert_sha256 = presented;
                 return Err(Outcome::temporary(Stage::Tls, format!("{host}: {e}")));
             }
         };
         // rustls names them `TLSv1_3`, `TLS13_AES_256_GCM_SHA384`...
-        let unknown = || "unknown".to_owned();
-        let version = conn
-            .protocol_version()
-            .map_or_else(unknown, |v| format!("{v:?}").replace('_', "."));
-        let cipher = conn
-            .negotiated_cipher_suite()
-            .map_or_else(unknown, |s| format!("{:?}", s.suite()));
+        let version = conn.protocol_version().and_then(|v| v.as_str());
+        let cipher = conn.negotiated_cipher_suite().and_then(|s| s.suite().as_str());
+        let version = version.unwrap_or("unknown").replace('_', ".");
+        let cipher = cipher.unwrap_or("unknown").to_owned();
         let leaf = conn.peer_certificates().and_then(|c| c.first());
         self.facts.peer_cert_sha256 = leaf.map(|c| format!("{:x}", Sha256::digest(c)));
         self.facts.tls_resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);

@@ -283,7 +283,7 @@ mod tests {
         let injected = "b@x> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;ceo@corp.example";
         let (port, server) = sink();
         let report = run_session(
-            &plain_config(port),
+            plain_config(port),
             &[
                 tx("a@x", &["ok@x", injected]),
                 tx("rt_a@x> AUTH=<ceo@corp.example", &["ok@x"]),
