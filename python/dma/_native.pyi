@@ -17,7 +17,7 @@ class Incoming:
         source: int | bytes | SmtpStdin | tuple[bytes, str, bool, bytes],
         *,
         prefix: bytes,
-        add_if_missing: list[tuple[str, bytes]],
+        add_if_missing: list[bytes],
         dot_terminates: bool = False,
         collect_recipients: bool = False,
         rewrite_from: str | None = None,
@@ -48,7 +48,7 @@ class QueueEntry:
     dsn: str
 
 def check_address(address: str) -> str | None: ...
-def scan_queue(spooldir: str) -> tuple[list[QueueEntry], list[str]]: ...
+def scan_queue(spooldir: str) -> list[QueueEntry]: ...
 def clean_stale(spooldir: str, max_age: int) -> list[str]: ...
 def journal_take(spooldir: str) -> tuple[list[str], list[str]]: ...
 def sync_spool(spooldir: str) -> None: ...
@@ -56,12 +56,7 @@ def syslog(ident: str, priority: int, text: str) -> None: ...
 
 # ---- mailbox ----
 def mbox_append(
-    mbox: str,
-    message: str,
-    sender: str,
-    when: str,
-    create: tuple[int, int, int] | None = None,
-    lock_timeout: float = 100.0,
+    mbox: str, message: str, sender: str, when: str, create: tuple[int, int, int], lock_timeout: float
 ) -> None: ...
 def maildir_deliver(maildir: str, message: int | str, hostname: str) -> str: ...
 

@@ -76,7 +76,7 @@ impl Incoming {
         py: Python<'_>,
         source: Source<'_>,
         prefix: Vec<u8>,
-        add_if_missing: Vec<(String, Vec<u8>)>,
+        add_if_missing: Vec<Vec<u8>>,
         dot_terminates: bool,
         collect_recipients: bool,
         rewrite_from: Option<String>,
@@ -174,9 +174,9 @@ impl Entry {
     }
 }
 
-/// Every readable entry (oldest first) and the names of unreadable queue files.
+/// Every readable entry, oldest first.
 #[pyfunction]
-fn scan_queue(py: Python<'_>, spooldir: PathBuf) -> PyResult<(Vec<Entry>, Vec<String>)> {
+fn scan_queue(py: Python<'_>, spooldir: PathBuf) -> PyResult<Vec<Entry>> {
     Ok(py.detach(|| spool::scan(&spooldir, ""))?)
 }
 
@@ -207,19 +207,16 @@ fn clean_stale(py: Python<'_>, spooldir: PathBuf, max_age: u64) -> PyResult<Vec<
 
 /// `create` = `(uid, gid, mode)` for a missing mbox; `lock_timeout` in seconds (C dma: 100).
 #[pyfunction]
-#[pyo3(signature = (mbox, message, sender, when, create=None, lock_timeout=100.0))]
 fn mbox_append(
     py: Python<'_>,
     mbox: PathBuf,
     message: PathBuf,
     sender: &str,
     when: &str,
-    create: Option<(u32, u32, u32)>,
-    lock_timeout: f64,
+    create: (u32, u32, u32),
+    #[pyo3(from_py_with = crate::py_delivery::seconds)] lock_timeout: Duration,
 ) -> PyResult<()> {
-    let timeout = Duration::try_from_secs_f64(lock_timeout)
-        .map_err(|_| PyValueError::new_err(format!("invalid lock_timeout {lock_timeout}")))?;
-    Ok(py.detach(|| mailbox::mbox_append_timeout(&mbox, &message, sender, when, create, timeout))?)
+    Ok(py.detach(|| mailbox::mbox_append(&mbox, &message, sender, when, create, lock_timeout))?)
 }
 
 /// A spooled message: its path, or a descriptor opened by the caller (left open).

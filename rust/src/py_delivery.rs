@@ -204,7 +204,7 @@ impl Spool {
     /// One scan: the entries due at `now` (all pending ones with `force`) that nobody holds
     /// here, oldest first; the earliest later retry; and the messages with a failed entry.
     fn due(&self, py: Python<'_>, now: u64, force: bool) -> PyResult<(Vec<Entry>, Option<u64>, Vec<String>)> {
-        let (entries, _) = py.detach(|| spool::scan(&self.dir, ""))?;
+        let entries = py.detach(|| spool::scan(&self.dir, ""))?;
         let held = lock(&self.claims);
         let (mut due, mut next, mut failed) = (Vec::new(), None::<u64>, Vec::<String>::new());
         for e in entries {
@@ -225,7 +225,7 @@ impl Spool {
 
     /// Every entry of one message, unclaimed (its bounce).
     fn message_entries(&self, py: Python<'_>, message_id: &str) -> PyResult<Vec<Entry>> {
-        Ok(py.detach(|| spool::scan(&self.dir, &format!("{message_id}.")))?.0)
+        Ok(py.detach(|| spool::scan(&self.dir, &format!("{message_id}.")))?)
     }
 
     /// Claim these entries; returns the ones we now hold (others are held elsewhere, or gone).
@@ -258,14 +258,9 @@ impl Spool {
         state: String,
     ) -> PyResult<()> {
         let mut claim = self.take(id)?;
-        let entry = Entry {
-            attempts,
-            next_attempt,
-            last_error,
-            state,
-            ..claim.entry.clone()
-        };
-        Ok(py.detach(|| claim.record(entry))?)
+        let e = &mut claim.entry;
+        (e.attempts, e.next_attempt, e.last_error, e.state) = (attempts, next_attempt, last_error, state);
+        Ok(py.detach(|| claim.record())?)
     }
 
     /// A claimed entry is finished: remove it (made durable by the next `sync`).

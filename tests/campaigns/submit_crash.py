@@ -58,11 +58,19 @@ def digest(data: bytes) -> str:
 # ---- the fresh process's view -------------------------------------------------------------------
 
 
+def unlisted(files: list[str], entries: list[Any]) -> list[str]:
+    """The Q files of committed messages that the scan did not list: unreadable ones."""
+    ids = {e.id for e in entries}
+    committed = [n for n in files if n.startswith("Q") and f"tmp_{n[1:].rpartition('.')[0]}" not in files]
+    return [n for n in committed if n[1:] not in ids]
+
+
 def inspect_spool(spool: str) -> dict[str, Any]:
     from dma import _native
 
     files = sorted(os.listdir(spool))
-    entries, malformed = _native.scan_queue(spool)
+    entries = _native.scan_queue(spool)
+    malformed = unlisted(files, entries)
     listed = []
     for e in entries:
         m = Path(spool, f"M{e.id}").read_bytes()
@@ -75,15 +83,16 @@ def inspect_spool(spool: str) -> dict[str, Any]:
             }
         )
     removed = sorted(_native.clean_stale(spool, 0))
-    after_entries, after_malformed = _native.scan_queue(spool)
+    after_files = sorted(os.listdir(spool))
+    after_entries = _native.scan_queue(spool)
     return {
         "files": files,
         "entries": listed,
         "malformed": malformed,
         "removed": removed,
-        "after_files": sorted(os.listdir(spool)),
+        "after_files": after_files,
         "after_entries": sorted(e.id for e in after_entries),
-        "after_malformed": after_malformed,
+        "after_malformed": unlisted(after_files, after_entries),
     }
 
 
