@@ -2,9 +2,8 @@
 //! SMTP session at once and replayed by the runner, so that a crash between the server's reply
 //! and the runner's record never sends a message twice.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -57,11 +56,7 @@ impl Journal {
         let ctx = |what: &str| format!("can not {what} `{}'", self.path.display());
         // Opened per write, so that lines always go to the journal in place, not to one a
         // replay has taken aside meanwhile.
-        let f = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&self.path)
+        let f = crate::spool::open_append(&self.path, false)
             .and_then(|mut f| f.write_all(text.as_bytes()).map(|()| f))
             .context(|| ctx("write"))?;
         if sync {

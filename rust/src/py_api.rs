@@ -174,10 +174,11 @@ impl Entry {
     }
 }
 
-/// Every readable entry, oldest first.
+/// Every readable entry, or those of one message (its bounce), oldest first.
 #[pyfunction]
-fn scan_queue(py: Python<'_>, spooldir: PathBuf) -> PyResult<Vec<Entry>> {
-    Ok(py.detach(|| spool::scan(&spooldir, ""))?)
+#[pyo3(signature = (spooldir, message_id=None))]
+fn scan_queue(py: Python<'_>, spooldir: PathBuf, message_id: Option<&str>) -> PyResult<Vec<Entry>> {
+    Ok(py.detach(|| spool::scan(&spooldir, message_id))?)
 }
 
 /// Why `address` is not an address, or `None`: the check every way in applies.

@@ -3,8 +3,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::fs::{File, OpenOptions, TryLockError};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::{File, TryLockError};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -181,12 +180,7 @@ impl Spool {
     fn lock(&self) -> PyResult<bool> {
         let path = self.dir.join("lock");
         let failed = |what: &str, e| DmaError::io(format!("can not {what} `{}'", path.display()), e);
-        let file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| failed("open", e))?;
+        let file = spool::open_append(&path, false).map_err(|e| failed("open", e))?;
         match file.try_lock() {
             Ok(()) => {
                 *lock(&self.lock) = Some(file);
@@ -204,7 +198,7 @@ impl Spool {
     /// One scan: the entries due at `now` (all pending ones with `force`) that nobody holds
     /// here, oldest first; the earliest later retry; and the messages with a failed entry.
     fn due(&self, py: Python<'_>, now: u64, force: bool) -> PyResult<(Vec<Entry>, Option<u64>, Vec<String>)> {
-        let entries = py.detach(|| spool::scan(&self.dir, ""))?;
+        let entries = py.detach(|| spool::scan(&self.dir, None))?;
         let held = lock(&self.claims);
         let (mut due, mut next, mut failed) = (Vec::new(), None::<u64>, Vec::<String>::new());
         for e in entries {
@@ -221,11 +215,6 @@ impl Spool {
             }
         }
         Ok((due, next, failed))
-    }
-
-    /// Every entry of one message, unclaimed (its bounce).
-    fn message_entries(&self, py: Python<'_>, message_id: &str) -> PyResult<Vec<Entry>> {
-        Ok(py.detach(|| spool::scan(&self.dir, &format!("{message_id}.")))?)
     }
 
     /// Claim these entries; returns the ones we now hold (others are held elsewhere, or gone).

@@ -26,10 +26,12 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
         .context(|| format!("syncing `{}'", dir.display()))
 }
 
-fn new_file(path: &Path) -> io::Result<File> {
+/// Open `path` for appending, made (0600) if missing; `new`: it must not exist yet.
+pub(crate) fn open_append(path: &Path, new: bool) -> io::Result<File> {
     OpenOptions::new()
-        .write(true)
-        .create_new(true)
+        .append(true)
+        .create(true)
+        .create_new(new)
         .mode(0o600)
         .open(path)
 }
@@ -39,7 +41,7 @@ fn new_file(path: &Path) -> io::Result<File> {
 /// its lock on the entry it rewrites.
 fn write_file(path: &Path, text: &str, sync: bool, to: Option<&Path>) -> Result<File> {
     let context = || format!("can not create `{}'", to.unwrap_or(path).display());
-    let mut f = new_file(path).context(context)?;
+    let mut f = open_append(path, true).context(context)?;
     let written = (|| {
         f.lock()?;
         f.write_all(text.as_bytes())?;
@@ -69,7 +71,7 @@ pub struct Incoming {
     /// Sync every file and the directory (off for a batch, which ends with one `sync_spool`).
     durable: bool,
     tmp: PathBuf,
-    file: Option<File>,
+    file: File,
     pub id: String,
     created: u64,
     size: u64,
@@ -93,13 +95,14 @@ impl Incoming {
         if name.is_some() && fs::symlink_metadata(&tmp).is_ok() {
             remove_uncommitted(dir, &id);
         }
-        let file = new_file(&tmp).context(|| format!("can not create temp file in `{}'", dir.display()))?;
+        let file =
+            open_append(&tmp, true).context(|| format!("can not create temp file in `{}'", dir.display()))?;
         Ok(Incoming {
             dir: dir.to_owned(),
             durable,
             published: vec![tmp.clone()],
             tmp,
-            file: Some(file),
+            file,
             id,
             created,
             size: 0,
@@ -108,14 +111,12 @@ impl Incoming {
 
     /// Stream the message from `input` into the temporary file and make it durable.
     pub fn receive(&mut self, input: impl Read, opts: &IntakeOptions<'_>) -> Result<MessageInfo> {
-        let Some(file) = self.file.take() else {
-            return Err(DmaError::Data("message already received".into()));
-        };
-        let out = BufWriter::with_capacity(64 * 1024, file);
+        let out = BufWriter::with_capacity(64 * 1024, &self.file);
         let (info, out) = intake::copy_message(input, out, opts)?;
-        let file = out.into_inner().context(|| "writing the spool file".into())?;
+        out.into_inner().context(|| "writing the spool file".into())?;
         if self.durable {
-            file.sync_all()
+            self.file
+                .sync_all()
                 .context(|| format!("syncing `{}'", self.tmp.display()))?;
         }
         self.size = info.size;
@@ -214,11 +215,14 @@ fn remove_uncommitted(dir: &Path, id: &str) {
     let _ = fs::remove_file(dir.join(format!("{TMP_PREFIX}{id}")));
 }
 
-/// The readable entries whose id starts with `prefix`, oldest first.
-pub fn scan(dir: &Path, prefix: &str) -> Result<Vec<Entry>> {
+/// The readable entries (of one message, when given), oldest first.
+pub fn scan(dir: &Path, message: Option<&str>) -> Result<Vec<Entry>> {
     let names = list(dir)?;
     let uncommitted: HashSet<&str> = names.iter().filter_map(|n| n.strip_prefix(TMP_PREFIX)).collect();
-    let listed = |id: &&str| id.starts_with(prefix) && !uncommitted.contains(message_id_of(id));
+    let listed = |id: &&str| {
+        let of = message_id_of(id);
+        message.is_none_or(|m| m == of) && !uncommitted.contains(of)
+    };
     let mut entries: Vec<Entry> = names
         .iter()
         .filter_map(|name| name.strip_prefix('Q').filter(listed))
@@ -379,7 +383,7 @@ mod tests {
         let dir = tempdir("commit");
         let ids = submit(&dir, b"S: x\n\nhello\n", &["b@y", "c@z"]);
         assert_eq!(ids.len(), 2);
-        let entries = scan(&dir, "").unwrap();
+        let entries = scan(&dir, None).unwrap();
         assert_eq!(
             entries.iter().map(|e| e.recipient.as_str()).collect::<Vec<_>>(),
             ["b@y", "c@z"]
@@ -492,7 +496,7 @@ mod tests {
         fs::write(dir.join("M20c096.5622a4e04090"), "Received: x\n\nbody\n").unwrap();
         fs::write(dir.join("Qbroken"), "no colon here\n").unwrap();
         fs::write(dir.join("Qnomsg.1"), "ID: nomsg.1\nRecipient: u@h\n").unwrap();
-        let entries = scan(&dir, "").unwrap();
+        let entries = scan(&dir, None).unwrap();
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].sender, "");
         assert_eq!(entries[0].message_id(), "20c096");
@@ -534,7 +538,7 @@ mod tests {
         let m = dir.join(format!("M{}", ids[0]));
         let full = fs::read(&m).unwrap();
         fs::write(&m, &full[..full.len() - 3]).unwrap();
-        assert!(scan(&dir, "").unwrap().is_empty());
+        assert!(scan(&dir, None).unwrap().is_empty());
         assert!(dir.join(format!("Q{}", ids[0])).exists());
     }
 
@@ -552,7 +556,7 @@ mod tests {
         // clean-up takes them all once old.
         let message = ids[0].rsplit_once('.').unwrap().0.to_owned();
         fs::write(dir.join(format!("{TMP_PREFIX}{message}")), "x").unwrap();
-        assert!(scan(&dir, "").unwrap().is_empty());
+        assert!(scan(&dir, None).unwrap().is_empty());
         assert!(claim(&dir, &ids[0]).unwrap().is_none());
         let mut removed = clean_stale(&dir, 0).unwrap();
         removed.sort();

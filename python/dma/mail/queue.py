@@ -297,7 +297,7 @@ class Runner:
     def settle(self, message_ids: list[str]) -> None:
         """Bounce each of these messages whose remaining recipients have all failed, once per message."""
         for message_id in message_ids:
-            group = self.spool.message_entries(message_id)
+            group = _native.scan_queue(self.cfg.spooldir, message_id)
             if not group or not all(e.state == "failed" for e in group):
                 continue
             held = self.spool.claim([e.id for e in group])
