@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::ffi::OsString;
 use std::fs::{File, TryLockError};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -135,7 +136,7 @@ impl Connection {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -264,6 +265,16 @@ impl Spool {
 
     fn sync(&self, py: Python<'_>) -> PyResult<()> {
         Ok(py.detach(|| spool::fsync_dir(&self.dir))?)
+    }
+
+    /// Remove what crashes leave behind, uncommitted messages once `max_age` seconds old.
+    fn clean_stale(&self, py: Python<'_>, max_age: u64) -> PyResult<Vec<String>> {
+        Ok(py.detach(|| spool::clean_stale(&self.dir, max_age))?)
+    }
+
+    /// The entry ids in the delivered journals, and the journals to remove after them.
+    fn journal_take(&self, py: Python<'_>) -> PyResult<(Vec<String>, Vec<OsString>)> {
+        Ok(py.detach(|| crate::journal::journal_take(&self.dir))?)
     }
 
     /// Sleep until new mail, a `wake` or `flush`, a `notify`, a signal, or `timeout` seconds.

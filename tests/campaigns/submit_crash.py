@@ -5,7 +5,7 @@ Afterwards a fresh process looks at every trial's spool: it must hold either the
 (one Q and one M per recipient, the M byte-identical to what an uninterrupted submission of the
 same input stores, once our own ids and dates are masked) or nothing of it: no entry listed, and
 whatever files are left (the uncommitted message's `tmp_<id>`, and the Q and M files it had
-written before its commit) are garbage that `_native.clean_stale` removes. A submission that
+written before its commit) are garbage that `_native.Spool.clean_stale` removes. A submission that
 exited 0 must be complete.
 
     .venv/bin/python tests/campaigns/submit_crash.py [--trials 200] [--seed N] [--workdir DIR]
@@ -82,7 +82,7 @@ def inspect_spool(spool: str) -> dict[str, Any]:
                 "m": digest(normalize(m, e.message_id)),
             }
         )
-    removed = sorted(_native.clean_stale(spool, 0))
+    removed = sorted(_native.Spool(spool).clean_stale(0))
     after_files = sorted(os.listdir(spool))
     after_entries = _native.scan_queue(spool)
     return {

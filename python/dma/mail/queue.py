@@ -104,7 +104,7 @@ class Runner:
         due now; `resident`: linger LINGER seconds, then sleep while retries are pending."""
         spool = self.spool
         self.tried = None if resident else set()
-        _native.clean_stale(self.cfg.spooldir, 24 * 3600)  # what a crash left, a day on
+        spool.clean_stale(24 * 3600)  # what a crash left, a day on
         try:
             while not self.stopping:
                 self.collect()
@@ -162,7 +162,7 @@ class Runner:
         """Remove entries the server confirmed before a crash kept us from recording it. The
         journal files go only after their entries: a crash in between replays them again."""
         self.replayed = True
-        entry_ids, journals = _native.journal_take(self.cfg.spooldir)
+        entry_ids, journals = self.spool.journal_take()
         for entry in self.spool.claim(entry_ids) if entry_ids else []:
             self.spool.remove(entry.id)
             self.log(
