@@ -15,7 +15,7 @@ use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyDict, PyString};
 
 use crate::auth::Mechanism;
-use crate::errors::DmaError;
+use crate::errors::IoContext;
 use crate::smtp::{self, Client, SessionConfig, Stage, Status, TlsMode, Transaction};
 pub use crate::smtp::{Outcome, SessionResult};
 use crate::spool::{self, Claim, Entry};
@@ -168,7 +168,7 @@ impl Spool {
     #[allow(clippy::needless_pass_by_value)] // pyo3 extracts arguments by value
     fn new(spooldir: PathBuf, drop: Option<PathBuf>) -> PyResult<Self> {
         let waker = Waker::new(&spooldir, drop.as_deref())
-            .map_err(|e| DmaError::io(format!("can not watch `{}'", spooldir.display()), e))?;
+            .context(|| format!("can not watch `{}'", spooldir.display()))?;
         Ok(Spool {
             dir: spooldir,
             claims: Mutex::default(),
@@ -180,16 +180,14 @@ impl Spool {
     /// Become the spool's one runner (`flock` on `<spool>/lock`); false if another process is.
     fn lock(&self) -> PyResult<bool> {
         let path = self.dir.join("lock");
-        let failed = |what: &str, e| DmaError::io(format!("can not {what} `{}'", path.display()), e);
-        let file = spool::open_append(&path, false).map_err(|e| failed("open", e))?;
+        let file =
+            spool::open_append(&path, false).context(|| format!("can not open `{}'", path.display()))?;
         match file.try_lock() {
-            Ok(()) => {
-                *lock(&self.lock) = Some(file);
-                Ok(true)
-            }
-            Err(TryLockError::WouldBlock) => Ok(false),
-            Err(TryLockError::Error(e)) => Err(failed("lock", e).into()),
+            Err(TryLockError::WouldBlock) => return Ok(false),
+            locked => locked.context(|| format!("can not lock `{}'", path.display()))?,
         }
+        *lock(&self.lock) = Some(file);
+        Ok(true)
     }
 
     fn unlock(&self) {
@@ -200,22 +198,19 @@ impl Spool {
     /// here, oldest first; the earliest later retry; and the messages with a failed entry.
     fn due(&self, py: Python<'_>, now: u64, force: bool) -> PyResult<(Vec<Entry>, Option<u64>, Vec<String>)> {
         let entries = py.detach(|| spool::scan(&self.dir, None))?;
-        let held = lock(&self.claims);
-        let (mut due, mut next, mut failed) = (Vec::new(), None::<u64>, Vec::<String>::new());
-        for e in entries {
-            if e.state == "failed" && !failed.iter().any(|m| m == e.message_id()) {
+        let mut failed = Vec::<String>::new();
+        for e in entries.iter().filter(|e| e.state == "failed") {
+            if !failed.iter().any(|m| m == e.message_id()) {
                 failed.push(e.message_id().to_owned());
             }
-            if e.state == "failed" || e.state == "held" || held.contains_key(&e.id) {
-                continue;
-            }
-            if force || e.next_attempt <= now {
-                due.push(e);
-            } else {
-                next = Some(next.map_or(e.next_attempt, |n| n.min(e.next_attempt)));
-            }
         }
-        Ok((due, next, failed))
+        let held = lock(&self.claims);
+        let waiting = |e: &Entry| e.state != "failed" && e.state != "held" && !held.contains_key(&e.id);
+        let (due, later): (Vec<_>, Vec<_>) = entries
+            .into_iter()
+            .filter(waiting)
+            .partition(|e| force || e.next_attempt <= now);
+        Ok((due, later.iter().map(|e| e.next_attempt).min(), failed))
     }
 
     /// Claim these entries; returns the ones we now hold (others are held elsewhere, or gone).
@@ -283,9 +278,9 @@ impl Spool {
         let timeout = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::MAX);
         let woken = py
             .detach(|| self.waker.wait(timeout))
-            .map_err(|e| DmaError::io("waiting for mail", e))?;
+            .context(|| "waiting for mail".into())?;
         py.check_signals()?;
-        Ok((woken.work, woken.flush))
+        Ok(woken)
     }
 
     fn notify(&self) {
