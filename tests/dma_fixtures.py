@@ -105,8 +105,7 @@ class DmaEnv:
         return sorted(os.listdir(spool or self.spool))
 
     def entries(self, spool: Path | None = None) -> list[_native.QueueEntry]:
-        entries, _ = _native.scan_queue(str(spool or self.spool))
-        return entries
+        return _native.scan_queue(str(spool or self.spool))
 
     def recipients(self) -> list[str]:
         return [e.recipient for e in self.entries()]

@@ -94,7 +94,7 @@ def test_hand_written_drop_cannot_add_an_esmtp_parameter(
         ("a@mail.example", ["ok@remote.example"])
     ]
     assert "ceo@" not in seen_by(smtpd) and "AUTH=" not in seen_by(smtpd)
-    for e in _native.scan_queue(str(world.spool))[0]:
+    for e in _native.scan_queue(str(world.spool)):
         assert "ceo@" not in e.sender + e.recipient, e
 
 
@@ -124,11 +124,11 @@ def test_runner_commands_as_an_unprivileged_user_say_one_line(
     a, _ = users
     assert world.submit(a, ["someone@remote.example"], message("queued")).returncode == 0
     world.run_queue()
-    [entry] = _native.scan_queue(str(world.spool))[0]
+    [entry] = _native.scan_queue(str(world.spool))
     r = run_as(world, a, *[entry.id if word == "ID" else word for word in argv])
     assert (r.returncode, r.stdout) == (code, b""), r.stderr.decode()
     assert "Traceback" not in one_line_error(r, argv[0])
-    assert [e.id for e in _native.scan_queue(str(world.spool))[0]] == [entry.id]
+    assert [e.id for e in _native.scan_queue(str(world.spool))] == [entry.id]
 
 
 READ_ONLY_SERVE = """
@@ -218,7 +218,7 @@ def test_a_stopped_maildir_delivery_is_killed_and_deferred(world: World, users: 
         for pid in processes_of(a.uid):  # what a runner left behind, before this was fixed
             os.kill(pid, signal.SIGKILL)
     assert runner.returncode == 0 and elapsed < 15, (elapsed, err.decode())
-    [entry] = _native.scan_queue(str(world.spool))[0]
+    [entry] = _native.scan_queue(str(world.spool))
     assert entry.recipient == a.name and "(TIMEOUT): killed" in entry.last_error, entry.last_error
     # Of the runner's files it held the message only: no lock, no queue entry.
     assert {f for f in fds if f.startswith(f"{world.spool}/")} == {f"{world.spool}/M{entry.id}"}, fds
@@ -228,5 +228,5 @@ def test_a_stopped_maildir_delivery_is_killed_and_deferred(world: World, users: 
     second = foreground_run(world)
     second.communicate(timeout=30)
     assert second.returncode == 0
-    assert _native.scan_queue(str(world.spool))[0] == []
+    assert _native.scan_queue(str(world.spool)) == []
     assert len(os.listdir(homes / a.name / "Maildir/new")) == 1

@@ -22,6 +22,7 @@ from dma.mail.local import DeliveryFailure
 
 WHEN = "Wed Nov 25 12:00:41 2026"
 ME = pwd.getpwuid(os.getuid()).pw_name
+MINE = (os.getuid(), os.getgid(), 0o600)  # `create` for an mbox of ours
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def test_mbox_quoting_of_many_levels(tmp_path: Path) -> None:
     m = spool(tmp_path, body)
     mbox = tmp_path / "mbox"
     mbox.write_bytes(b"")
-    _native.mbox_append(mbox, m, "s@x", WHEN)
+    _native.mbox_append(mbox, m, "s@x", WHEN, MINE, 100.0)
     assert mbox.read_bytes() == (
         b"From s@x " + WHEN.encode() + b"\n"
         b">From a\n>>From b\n>>>>From c\nFromage\n From d\n>Fromage\nx From y\n>>From\n\n"
@@ -144,7 +145,7 @@ def test_symlinked_mbox_refused_and_target_untouched(tmp_path: Path) -> None:
     assert target.read_bytes() == b"precious\n"
     assert os.path.islink(boxes / ME)
     with pytest.raises(OSError) as oserr:
-        _native.mbox_append(boxes / ME, m, "a", WHEN)
+        _native.mbox_append(boxes / ME, m, "a", WHEN, MINE, 100.0)
     assert oserr.value.errno == errno.ELOOP
 
 
@@ -327,13 +328,14 @@ def test_lock_timeout_is_temporary(tmp_path: Path) -> None:
 # ---- failure half-way ---------------------------------------------------------------------------
 
 FSIZE_CHILD = """
-import errno, resource, signal, sys
+import errno, os, resource, signal, sys
 from dma import _native
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 limit = int(sys.argv[3])
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+mine = (os.getuid(), os.getgid(), 0o600)
 try:
-    _native.mbox_append(sys.argv[1], sys.argv[2], "a@x", "Wed Nov 25 12:00:41 2026")
+    _native.mbox_append(sys.argv[1], sys.argv[2], "a@x", "Wed Nov 25 12:00:41 2026", mine, 100.0)
 except OSError as e:
     print(errno.errorcode[e.errno], e.strerror)
 else:
@@ -366,12 +368,12 @@ def test_disk_full_truncates_back(tmp_path: Path) -> None:
         box.write_bytes(old)
         m = spool(tmp_path, b"line\n" * 100_000)
         with pytest.raises(OSError) as exc:
-            _native.mbox_append(box, m, "a@x", WHEN)
+            _native.mbox_append(box, m, "a@x", WHEN, MINE, 100.0)
         assert exc.value.errno == errno.ENOSPC
         assert box.read_bytes() == old
         # After the failure the space is back: a small message goes in.
         small = spool(tmp_path, b"small\n", "Msmall")
-        _native.mbox_append(box, small, "a@x", WHEN)
+        _native.mbox_append(box, small, "a@x", WHEN, MINE, 100.0)
         assert box.read_bytes() == old + b"From a@x " + WHEN.encode() + b"\nsmall\n\n"
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
@@ -382,6 +384,7 @@ def test_disk_full_truncates_back(tmp_path: Path) -> None:
 # Peak RSS from VmHWM: ru_maxrss survives exec on Linux and would report the forked pytest's
 # size, not this process's.
 RSS_CHILD = """
+import os
 import sys
 import tempfile
 from dma import _native
@@ -389,7 +392,8 @@ def peak_kib():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 before = peak_kib()
-_native.mbox_append(sys.argv[1], sys.argv[2], "a@x", "Wed Nov 25 12:00:41 2026")
+mine = (os.getuid(), os.getgid(), 0o600)
+_native.mbox_append(sys.argv[1], sys.argv[2], "a@x", "Wed Nov 25 12:00:41 2026", mine, 100.0)
 print(before, peak_kib())
 """
 

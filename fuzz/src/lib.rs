@@ -41,8 +41,7 @@ pub fn spool_entry(data: &[u8]) {
 /// A message piped into sendmail. The first byte picks the options.
 pub fn intake(data: &[u8]) {
     let (flags, input) = data.split_first().map_or((0, data), |(f, rest)| (*f, rest));
-    let added =
-        [("date", "Date: now\n"), ("message-id", "Message-Id: <x@y>\n")].map(|(n, l)| (n.into(), l.into()));
+    let added = [b"Date: now\n".to_vec(), b"Message-Id: <x@y>\n".to_vec()];
     let opts = IntakeOptions {
         dot_terminates: flags & 1 != 0,
         collect_recipients: flags & 2 != 0,

@@ -25,8 +25,8 @@ pub struct IntakeOptions<'a> {
     pub collect_recipients: bool,
     /// Written before the message (our `Received:` header).
     pub prefix: &'a [u8],
-    /// Headers to add when the message lacks them: (lower-case name, whole line ending in LF).
-    pub add_if_missing: &'a [(String, Vec<u8>)],
+    /// Header lines (ending in LF) to add when the message lacks a field of their name.
+    pub add_if_missing: &'a [Vec<u8>],
     /// REWRITEFROM: the first `From:` becomes this address, keeping its display name.
     pub rewrite_from: Option<&'a str>,
 }
@@ -63,7 +63,7 @@ struct Intake<'a, W> {
     headers: bool,
     field: Fate,
     /// The `add_if_missing` headers not seen yet.
-    missing: Vec<&'a (String, Vec<u8>)>,
+    missing: Vec<&'a Vec<u8>>,
     /// The first `From:` while it is rewritten (bounded).
     from: Option<Vec<u8>>,
     collected: usize,
@@ -94,8 +94,9 @@ impl<W: Write> Intake<'_, W> {
             self.close_headers()?;
             return Ok(if head.is_empty() { DROP } else { KEEP });
         };
+        self.missing
+            .retain(|line| !field_name(line).is_some_and(|n| n.eq_ignore_ascii_case(name)));
         let name = name.to_ascii_lowercase();
-        self.missing.retain(|(wanted, _)| name != wanted.as_bytes());
         let collect = self.opts.collect_recipients;
         self.field = match &name[..] {
             b"from" if self.opts.rewrite_from.is_some() && self.from.is_none() => {
@@ -150,7 +151,7 @@ impl<W: Write> Intake<'_, W> {
         if let (Some(address), Some(value)) = (self.opts.rewrite_from, self.from.take()) {
             self.write(&rewritten_from(&value, address))?;
         }
-        for (_, line) in std::mem::take(&mut self.missing) {
+        for line in std::mem::take(&mut self.missing) {
             self.write(line)?;
         }
         self.write(b"\n")
@@ -352,11 +353,8 @@ mod tests {
     use super::*;
     use crate::test_util::VERBATIM;
 
-    fn add() -> Vec<(String, Vec<u8>)> {
-        vec![
-            ("date".into(), b"Date: D\n".to_vec()),
-            ("message-id".into(), b"Message-Id: <M>\n".to_vec()),
-        ]
+    fn add() -> Vec<Vec<u8>> {
+        vec![b"Date: D\n".to_vec(), b"Message-Id: <M>\n".to_vec()]
     }
 
     fn run(input: &[u8], dot: bool, collect: bool) -> (String, MessageInfo) {

@@ -2,9 +2,9 @@
 //! SMTP session at once and replayed by the runner, so that a crash between the server's reply
 //! and the runner's record never sends a message twice.
 
-use std::fs::{self, OpenOptions};
+use std::ffi::OsString;
+use std::fs;
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -57,11 +57,7 @@ impl Journal {
         let ctx = |what: &str| format!("can not {what} `{}'", self.path.display());
         // Opened per write, so that lines always go to the journal in place, not to one a
         // replay has taken aside meanwhile.
-        let f = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&self.path)
+        let f = crate::spool::open_append(&self.path, false)
             .and_then(|mut f| f.write_all(text.as_bytes()).map(|()| f))
             .context(|| ctx("write"))?;
         if sync {
@@ -75,7 +71,7 @@ impl Journal {
 
 /// Take the journal for replay: the entry ids recorded in it and in any journal an earlier,
 /// interrupted replay left behind, and the files to remove when those entries are gone.
-pub fn journal_take(dir: &Path) -> Result<(Vec<String>, Vec<PathBuf>)> {
+pub fn journal_take(dir: &Path) -> Result<(Vec<String>, Vec<OsString>)> {
     let path = dir.join(JOURNAL);
     let stamp = UNIX_EPOCH.elapsed().unwrap_or_default();
     let fresh = dir.join(format!("{TAKEN}{}.{}", stamp.as_nanos(), std::process::id()));
@@ -93,7 +89,7 @@ pub fn journal_take(dir: &Path) -> Result<(Vec<String>, Vec<PathBuf>)> {
             read => read.context(|| format!("can not read `{}'", taken.display()))?,
         };
         ids.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_owned));
-        files.push(taken);
+        files.push(taken.into_os_string());
     }
     Ok((ids, files))
 }

@@ -22,12 +22,12 @@ const CHUNK: usize = 64 * 1024;
 /// Append `message` to `mbox` under an exclusive `flock` awaited up to `lock_timeout` (then
 /// `EWOULDBLOCK`), and fsync it; a failure truncates the mbox back to the size found under the
 /// lock. `create`: the (uid, gid, mode) of a missing mbox.
-pub fn mbox_append_timeout(
+pub fn mbox_append(
     mbox: &Path,
     message: &Path,
     envelope_sender: &str,
     when: &str,
-    create: Option<(u32, u32, u32)>,
+    create: (u32, u32, u32),
     lock_timeout: Duration,
 ) -> Result<()> {
     let sender = Some(envelope_sender)
@@ -59,9 +59,8 @@ pub fn mbox_append_timeout(
 }
 
 /// Open the mbox for appending, creating it exclusively with `create`'s owner and mode. Refused:
-/// anything but a regular file, more than one hard link, and (with `create`) another owner than
-/// that one or root.
-fn open_mbox(mbox: &Path, create: Option<(u32, u32, u32)>) -> Result<File> {
+/// anything but a regular file, more than one hard link, and another owner than that one or root.
+fn open_mbox(mbox: &Path, (uid, gid, mode): (u32, u32, u32)) -> Result<File> {
     // O_NONBLOCK so that a FIFO planted in place of the mbox cannot hang us in open(); O_NOCTTY
     // so that a tty cannot become our controlling terminal. Neither changes anything for the
     // regular file that the fstat below insists on.
@@ -74,8 +73,8 @@ fn open_mbox(mbox: &Path, create: Option<(u32, u32, u32)>) -> Result<File> {
             .open(mbox)
     };
     let ctx = |what: &str| format!("can not {what} {}", mbox.display());
-    let file = match (open(false), create) {
-        (Err(e), Some((uid, gid, mode))) if e.kind() == ErrorKind::NotFound => match open(true) {
+    let file = match open(false) {
+        Err(e) if e.kind() == ErrorKind::NotFound => match open(true) {
             Ok(f) => {
                 fchown(&f, Some(uid), Some(gid)).context(|| ctx("chown"))?;
                 f.set_permissions(Permissions::from_mode(mode))
@@ -86,7 +85,7 @@ fn open_mbox(mbox: &Path, create: Option<(u32, u32, u32)>) -> Result<File> {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => open(false).context(|| ctx("open"))?,
             Err(e) => return Err(DmaError::io(ctx("create"), e)),
         },
-        (opened, _) => opened.context(|| ctx("open"))?,
+        opened => opened.context(|| ctx("open"))?,
     };
     let meta = file.metadata().context(|| ctx("stat"))?;
     let refuse = |errno: i32, why: &str| {
@@ -99,7 +98,7 @@ fn open_mbox(mbox: &Path, create: Option<(u32, u32, u32)>) -> Result<File> {
     if meta.nlink() > 1 {
         return Err(refuse(libc::EMLINK, "it has more than one hard link"));
     }
-    if let Some((uid, ..)) = create.filter(|&(uid, ..)| meta.uid() != uid && meta.uid() != 0) {
+    if meta.uid() != uid && meta.uid() != 0 {
         return Err(refuse(
             libc::EPERM,
             &format!("owned by uid {}, expected {uid}", meta.uid()),
@@ -224,14 +223,14 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
-    fn mbox_append(
-        mbox: &Path,
-        m: &Path,
-        sender: &str,
-        when: &str,
-        create: Option<(u32, u32, u32)>,
-    ) -> Result<()> {
-        mbox_append_timeout(mbox, m, sender, when, create, Duration::from_secs(100))
+    /// Ours, as a user's own mbox in user mode.
+    fn mine() -> (u32, u32, u32) {
+        let (uid, gid) = (rustix::process::getuid(), rustix::process::getgid());
+        (uid.as_raw(), gid.as_raw(), 0o600)
+    }
+
+    fn append(mbox: &Path, m: &Path, sender: &str, when: &str, create: (u32, u32, u32)) -> Result<()> {
+        mbox_append(mbox, m, sender, when, create, Duration::from_secs(100))
     }
 
     /// The quoted message as `write_mbox_entry` writes it when it reads these chunks.
@@ -304,7 +303,7 @@ mod tests {
             let dir = tempdir();
             let m = write(&dir, "M", &msg);
             let mbox = write(&dir, "mbox", b"");
-            mbox_append(&mbox, &m, "s@x", "Wed Nov 25 12:00:41 2026", None).unwrap();
+            append(&mbox, &m, "s@x", "Wed Nov 25 12:00:41 2026", mine()).unwrap();
             let got = std::fs::read(&mbox).unwrap();
             let mut want = b"From s@x Wed Nov 25 12:00:41 2026\n".to_vec();
             want.extend_from_slice(&vec![b'a'; CHUNK - 1 - offset]);
@@ -348,8 +347,8 @@ mod tests {
         let dir = tempdir();
         let m = write(&dir, "M", b"Subject: a\n\nFrom here\nlast");
         let mbox = write(&dir, "mbox", b"");
-        mbox_append(&mbox, &m, "", "Thu Jan  1 00:00:00 1970", None).unwrap();
-        mbox_append(&mbox, &m, "a@b", "Thu Jan  1 00:00:01 1970", None).unwrap();
+        append(&mbox, &m, "", "Thu Jan  1 00:00:00 1970", mine()).unwrap();
+        append(&mbox, &m, "a@b", "Thu Jan  1 00:00:01 1970", mine()).unwrap();
         assert_eq!(
             std::fs::read_to_string(&mbox).unwrap(),
             "From MAILER-DAEMON Thu Jan  1 00:00:00 1970\nSubject: a\n\n>From here\nlast\n\n\
@@ -362,21 +361,19 @@ mod tests {
         let dir = tempdir();
         let m = write(&dir, "M", b"x\n");
         let mbox = write(&dir, "mbox", b"");
-        let err = mbox_append(&mbox, &m, "a\nFrom evil", "now", None).unwrap_err();
+        let err = append(&mbox, &m, "a\nFrom evil", "now", mine()).unwrap_err();
         assert!(matches!(err, DmaError::Data(_)));
         assert_eq!(std::fs::read(&mbox).unwrap(), b"");
     }
 
     #[test]
-    fn mailbox_missing_without_create_and_created_with_mode() {
+    fn mailbox_created_with_mode() {
         let dir = tempdir();
         let m = write(&dir, "M", b"x\n");
         let mbox = dir.join("mbox");
-        let err = mbox_append(&mbox, &m, "a", "now", None).unwrap_err();
-        assert!(matches!(&err, DmaError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound));
         let me = std::fs::metadata(&m).unwrap();
         let (uid, gid) = (me.uid(), me.gid());
-        mbox_append(&mbox, &m, "a", "now", Some((uid, gid, 0o620))).unwrap();
+        append(&mbox, &m, "a", "now", (uid, gid, 0o620)).unwrap();
         let meta = std::fs::metadata(&mbox).unwrap();
         assert_eq!(meta.mode() & 0o7777, 0o620);
         assert_eq!(std::fs::read(&mbox).unwrap(), b"From a now\nx\n\n");
@@ -390,12 +387,12 @@ mod tests {
         let mbox = dir.join("mbox");
         symlink(&target, &mbox).unwrap();
         // With create too: O_EXCL|O_NOFOLLOW must not follow a dangling or live link.
-        let err = mbox_append(&mbox, &m, "a", "now", Some((0, 0, 0o600))).unwrap_err();
+        let err = append(&mbox, &m, "a", "now", (0, 0, 0o600)).unwrap_err();
         assert!(matches!(&err, DmaError::Io { source, .. } if source.raw_os_error() == Some(libc::ELOOP)));
         assert_eq!(std::fs::read(&target).unwrap(), b"precious\n");
         let dangling = dir.join("dangling");
         symlink(dir.join("nowhere"), &dangling).unwrap();
-        assert!(mbox_append(&dangling, &m, "a", "now", Some((0, 0, 0o600))).is_err());
+        assert!(append(&dangling, &m, "a", "now", (0, 0, 0o600)).is_err());
         assert!(!dir.join("nowhere").exists());
     }
 
@@ -406,13 +403,13 @@ mod tests {
         let target = write(&dir, "target", b"precious\n");
         let mbox = dir.join("mbox");
         std::fs::hard_link(&target, &mbox).unwrap();
-        let err = mbox_append(&mbox, &m, "a", "now", None).unwrap_err();
+        let err = append(&mbox, &m, "a", "now", mine()).unwrap_err();
         assert!(matches!(&err, DmaError::Io { source, .. } if source.raw_os_error() == Some(libc::EMLINK)));
         assert_eq!(std::fs::read(&target).unwrap(), b"precious\n");
         // A directory is not even openable for writing; a FIFO must not hang us.
         let fifo = dir.join("fifo");
         rustix::fs::mkfifoat(CWD, &fifo, Mode::from(0o600)).unwrap();
-        assert!(mbox_append(&fifo, &m, "a", "now", None).is_err());
+        assert!(append(&fifo, &m, "a", "now", mine()).is_err());
     }
 
     #[test]
@@ -423,7 +420,7 @@ mod tests {
         let m = dir.join("Mdir");
         std::fs::create_dir(&m).unwrap();
         let mbox = write(&dir, "mbox", b"From old\nold\n\n");
-        let err = mbox_append(&mbox, &m, "a", "now", None).unwrap_err();
+        let err = append(&mbox, &m, "a", "now", mine()).unwrap_err();
         assert!(matches!(err, DmaError::Io { .. }), "{err}");
         assert_eq!(std::fs::read(&mbox).unwrap(), b"From old\nold\n\n");
     }
@@ -436,14 +433,14 @@ mod tests {
         let holder = File::open(&mbox).unwrap();
         holder.lock().unwrap();
         let start = Instant::now();
-        let err = mbox_append_timeout(&mbox, &m, "a", "now", None, Duration::from_millis(200)).unwrap_err();
+        let err = mbox_append(&mbox, &m, "a", "now", mine(), Duration::from_millis(200)).unwrap_err();
         assert!(start.elapsed() >= Duration::from_millis(200));
         assert!(
             matches!(&err, DmaError::Io { source, .. } if source.raw_os_error() == Some(libc::EWOULDBLOCK))
         );
         assert_eq!(std::fs::read(&mbox).unwrap(), b"");
         drop(holder);
-        mbox_append_timeout(&mbox, &m, "a", "now", None, Duration::from_millis(200)).unwrap();
+        mbox_append(&mbox, &m, "a", "now", mine(), Duration::from_millis(200)).unwrap();
     }
 
     #[test]

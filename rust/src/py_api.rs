@@ -7,12 +7,12 @@
     reason = "pyo3 hands arguments over as owned values"
 )]
 
-use std::ffi::{CString, OsString};
+use std::ffi::CString;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyOSError, PyValueError};
@@ -22,6 +22,7 @@ use crate::bs::SmtpInput;
 use crate::errors::{DmaError, IoContext};
 use crate::intake::{self, IntakeOptions};
 use crate::mailbox;
+use crate::py_delivery::lock;
 use crate::spool::{self, Entry, Incoming};
 
 impl From<DmaError> for PyErr {
@@ -76,7 +77,7 @@ impl Incoming {
         py: Python<'_>,
         source: Source<'_>,
         prefix: Vec<u8>,
-        add_if_missing: Vec<(String, Vec<u8>)>,
+        add_if_missing: Vec<Vec<u8>>,
         dot_terminates: bool,
         collect_recipients: bool,
         rewrite_from: Option<String>,
@@ -97,7 +98,7 @@ impl Incoming {
             }),
             Source::Smtp(stdin) => {
                 let stdin = stdin.get();
-                py.detach(|| self.receive(stdin.input().data(), &opts))
+                py.detach(|| self.receive(lock(&stdin.0).data(), &opts))
             }
         }?;
         Ok((info.size, info.recipient_headers))
@@ -140,12 +141,6 @@ impl Incoming {
 #[pyclass(module = "dma._native", frozen)]
 struct SmtpStdin(Mutex<SmtpInput<File>>);
 
-impl SmtpStdin {
-    fn input(&self) -> MutexGuard<'_, SmtpInput<File>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
 #[pymethods]
 impl SmtpStdin {
     #[new]
@@ -156,12 +151,12 @@ impl SmtpStdin {
     /// The next command line (without CRLF, at most `max` bytes) and whether it was whole, or
     /// `None` at the end of input.
     fn command(&self, py: Python<'_>, max: usize) -> PyResult<Option<(Vec<u8>, bool)>> {
-        Ok(py.detach(|| self.input().command(max))?)
+        Ok(py.detach(|| lock(&self.0).command(max))?)
     }
 
     /// Read and discard the rest of a body whose spooling failed, so the session can go on.
     fn skip_data(&self, py: Python<'_>) -> PyResult<()> {
-        Ok(py.detach(|| self.input().skip_data())?)
+        Ok(py.detach(|| lock(&self.0).skip_data())?)
     }
 }
 
@@ -174,10 +169,11 @@ impl Entry {
     }
 }
 
-/// Every readable entry (oldest first) and the names of unreadable queue files.
+/// Every readable entry, or those of one message (its bounce), oldest first.
 #[pyfunction]
-fn scan_queue(py: Python<'_>, spooldir: PathBuf) -> PyResult<(Vec<Entry>, Vec<String>)> {
-    Ok(py.detach(|| spool::scan(&spooldir, ""))?)
+#[pyo3(signature = (spooldir, message_id=None))]
+fn scan_queue(py: Python<'_>, spooldir: PathBuf, message_id: Option<&str>) -> PyResult<Vec<Entry>> {
+    Ok(py.detach(|| spool::scan(&spooldir, message_id))?)
 }
 
 /// Why `address` is not an address, or `None`: the check every way in applies.
@@ -192,34 +188,18 @@ fn sync_spool(py: Python<'_>, spooldir: PathBuf) -> PyResult<()> {
     Ok(py.detach(|| spool::sync_spool(&spooldir))?)
 }
 
-/// The entry ids in the delivered journals, and the journals to remove after them.
-#[pyfunction]
-fn journal_take(py: Python<'_>, spooldir: PathBuf) -> PyResult<(Vec<String>, Vec<OsString>)> {
-    let (ids, journals) = py.detach(|| crate::journal::journal_take(&spooldir))?;
-    Ok((ids, journals.into_iter().map(PathBuf::into_os_string).collect()))
-}
-
-/// Remove what crashes leave behind, uncommitted messages once `max_age` seconds old.
-#[pyfunction]
-fn clean_stale(py: Python<'_>, spooldir: PathBuf, max_age: u64) -> PyResult<Vec<String>> {
-    Ok(py.detach(|| spool::clean_stale(&spooldir, max_age))?)
-}
-
 /// `create` = `(uid, gid, mode)` for a missing mbox; `lock_timeout` in seconds (C dma: 100).
 #[pyfunction]
-#[pyo3(signature = (mbox, message, sender, when, create=None, lock_timeout=100.0))]
 fn mbox_append(
     py: Python<'_>,
     mbox: PathBuf,
     message: PathBuf,
     sender: &str,
     when: &str,
-    create: Option<(u32, u32, u32)>,
-    lock_timeout: f64,
+    create: (u32, u32, u32),
+    #[pyo3(from_py_with = crate::py_delivery::seconds)] lock_timeout: Duration,
 ) -> PyResult<()> {
-    let timeout = Duration::try_from_secs_f64(lock_timeout)
-        .map_err(|_| PyValueError::new_err(format!("invalid lock_timeout {lock_timeout}")))?;
-    Ok(py.detach(|| mailbox::mbox_append_timeout(&mbox, &message, sender, when, create, timeout))?)
+    Ok(py.detach(|| mailbox::mbox_append(&mbox, &message, sender, when, create, lock_timeout))?)
 }
 
 /// A spooled message: its path, or a descriptor opened by the caller (left open).
@@ -284,8 +264,7 @@ fn syslog(ident: &str, priority: i32, text: &str) {
 mod _native {
     #[pymodule_export]
     use super::{
-        check_address, clean_stale, journal_take, maildir_deliver, mbox_append, no_core_dumps, scan_queue,
-        sync_spool, syslog, SmtpStdin,
+        check_address, maildir_deliver, mbox_append, no_core_dumps, scan_queue, sync_spool, syslog, SmtpStdin,
     };
     #[pymodule_export]
     use crate::py_delivery::{Connection, Outcome, SessionResult, Spool};

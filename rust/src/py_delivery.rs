@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::fs::{File, OpenOptions, TryLockError};
-use std::os::unix::fs::OpenOptionsExt;
+use std::ffi::OsString;
+use std::fs::{File, TryLockError};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -15,7 +15,7 @@ use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyDict, PyString};
 
 use crate::auth::Mechanism;
-use crate::errors::DmaError;
+use crate::errors::IoContext;
 use crate::smtp::{self, Client, SessionConfig, Stage, Status, TlsMode, Transaction};
 pub use crate::smtp::{Outcome, SessionResult};
 use crate::spool::{self, Claim, Entry};
@@ -144,7 +144,7 @@ impl Connection {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -176,7 +176,7 @@ impl Spool {
     #[allow(clippy::needless_pass_by_value)] // pyo3 extracts arguments by value
     fn new(spooldir: PathBuf, drop: Option<PathBuf>) -> PyResult<Self> {
         let waker = Waker::new(&spooldir, drop.as_deref())
-            .map_err(|e| DmaError::io(format!("can not watch `{}'", spooldir.display()), e))?;
+            .context(|| format!("can not watch `{}'", spooldir.display()))?;
         Ok(Spool {
             dir: spooldir,
             claims: Mutex::default(),
@@ -188,21 +188,14 @@ impl Spool {
     /// Become the spool's one runner (`flock` on `<spool>/lock`); false if another process is.
     fn lock(&self) -> PyResult<bool> {
         let path = self.dir.join("lock");
-        let failed = |what: &str, e| DmaError::io(format!("can not {what} `{}'", path.display()), e);
-        let file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| failed("open", e))?;
+        let file =
+            spool::open_append(&path, false).context(|| format!("can not open `{}'", path.display()))?;
         match file.try_lock() {
-            Ok(()) => {
-                *lock(&self.lock) = Some(file);
-                Ok(true)
-            }
-            Err(TryLockError::WouldBlock) => Ok(false),
-            Err(TryLockError::Error(e)) => Err(failed("lock", e).into()),
+            Err(TryLockError::WouldBlock) => return Ok(false),
+            locked => locked.context(|| format!("can not lock `{}'", path.display()))?,
         }
+        *lock(&self.lock) = Some(file);
+        Ok(true)
     }
 
     fn unlock(&self) {
@@ -212,28 +205,20 @@ impl Spool {
     /// One scan: the entries due at `now` (all pending ones with `force`) that nobody holds
     /// here, oldest first; the earliest later retry; and the messages with a failed entry.
     fn due(&self, py: Python<'_>, now: u64, force: bool) -> PyResult<(Vec<Entry>, Option<u64>, Vec<String>)> {
-        let (entries, _) = py.detach(|| spool::scan(&self.dir, ""))?;
-        let held = lock(&self.claims);
-        let (mut due, mut next, mut failed) = (Vec::new(), None::<u64>, Vec::<String>::new());
-        for e in entries {
-            if e.state == "failed" && !failed.iter().any(|m| m == e.message_id()) {
+        let entries = py.detach(|| spool::scan(&self.dir, None))?;
+        let mut failed = Vec::<String>::new();
+        for e in entries.iter().filter(|e| e.state == "failed") {
+            if !failed.iter().any(|m| m == e.message_id()) {
                 failed.push(e.message_id().to_owned());
             }
-            if e.state == "failed" || e.state == "held" || held.contains_key(&e.id) {
-                continue;
-            }
-            if force || e.next_attempt <= now {
-                due.push(e);
-            } else {
-                next = Some(next.map_or(e.next_attempt, |n| n.min(e.next_attempt)));
-            }
         }
-        Ok((due, next, failed))
-    }
-
-    /// Every entry of one message, unclaimed (its bounce).
-    fn message_entries(&self, py: Python<'_>, message_id: &str) -> PyResult<Vec<Entry>> {
-        Ok(py.detach(|| spool::scan(&self.dir, &format!("{message_id}.")))?.0)
+        let held = lock(&self.claims);
+        let waiting = |e: &Entry| e.state != "failed" && e.state != "held" && !held.contains_key(&e.id);
+        let (due, later): (Vec<_>, Vec<_>) = entries
+            .into_iter()
+            .filter(waiting)
+            .partition(|e| force || e.next_attempt <= now);
+        Ok((due, later.iter().map(|e| e.next_attempt).min(), failed))
     }
 
     /// Claim these entries; returns the ones we now hold (others are held elsewhere, or gone).
@@ -266,14 +251,9 @@ impl Spool {
         state: String,
     ) -> PyResult<()> {
         let mut claim = self.take(id)?;
-        let entry = Entry {
-            attempts,
-            next_attempt,
-            last_error,
-            state,
-            ..claim.entry.clone()
-        };
-        Ok(py.detach(|| claim.record(entry))?)
+        let e = &mut claim.entry;
+        (e.attempts, e.next_attempt, e.last_error, e.state) = (attempts, next_attempt, last_error, state);
+        Ok(py.detach(|| claim.record())?)
     }
 
     /// A claimed entry is finished: remove it (made durable by the next `sync`).
@@ -290,15 +270,25 @@ impl Spool {
         Ok(py.detach(|| spool::fsync_dir(&self.dir))?)
     }
 
+    /// Remove what crashes leave behind, uncommitted messages once `max_age` seconds old.
+    fn clean_stale(&self, py: Python<'_>, max_age: u64) -> PyResult<Vec<String>> {
+        Ok(py.detach(|| spool::clean_stale(&self.dir, max_age))?)
+    }
+
+    /// The entry ids in the delivered journals, and the journals to remove after them.
+    fn journal_take(&self, py: Python<'_>) -> PyResult<(Vec<String>, Vec<OsString>)> {
+        Ok(py.detach(|| crate::journal::journal_take(&self.dir))?)
+    }
+
     /// Sleep until new mail, a `wake` or `flush`, a `notify`, a signal, or `timeout` seconds.
     /// Returns (work, flush); a signal handler's exception is raised here.
     fn wait(&self, py: Python<'_>, timeout: f64) -> PyResult<(bool, bool)> {
         let timeout = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::MAX);
         let woken = py
             .detach(|| self.waker.wait(timeout))
-            .map_err(|e| DmaError::io("waiting for mail", e))?;
+            .context(|| "waiting for mail".into())?;
         py.check_signals()?;
-        Ok((woken.work, woken.flush))
+        Ok(woken)
     }
 
     fn notify(&self) {

@@ -26,10 +26,12 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
         .context(|| format!("syncing `{}'", dir.display()))
 }
 
-fn new_file(path: &Path) -> io::Result<File> {
+/// Open `path` for appending, made (0600) if missing; `new`: it must not exist yet.
+pub(crate) fn open_append(path: &Path, new: bool) -> io::Result<File> {
     OpenOptions::new()
-        .write(true)
-        .create_new(true)
+        .append(true)
+        .create(true)
+        .create_new(new)
         .mode(0o600)
         .open(path)
 }
@@ -39,7 +41,7 @@ fn new_file(path: &Path) -> io::Result<File> {
 /// its lock on the entry it rewrites.
 fn write_file(path: &Path, text: &str, sync: bool, to: Option<&Path>) -> Result<File> {
     let context = || format!("can not create `{}'", to.unwrap_or(path).display());
-    let mut f = new_file(path).context(context)?;
+    let mut f = open_append(path, true).context(context)?;
     let written = (|| {
         f.lock()?;
         f.write_all(text.as_bytes())?;
@@ -69,7 +71,7 @@ pub struct Incoming {
     /// Sync every file and the directory (off for a batch, which ends with one `sync_spool`).
     durable: bool,
     tmp: PathBuf,
-    file: Option<File>,
+    file: File,
     pub id: String,
     created: u64,
     size: u64,
@@ -93,13 +95,14 @@ impl Incoming {
         if name.is_some() && fs::symlink_metadata(&tmp).is_ok() {
             remove_uncommitted(dir, &id);
         }
-        let file = new_file(&tmp).context(|| format!("can not create temp file in `{}'", dir.display()))?;
+        let file =
+            open_append(&tmp, true).context(|| format!("can not create temp file in `{}'", dir.display()))?;
         Ok(Incoming {
             dir: dir.to_owned(),
             durable,
             published: vec![tmp.clone()],
             tmp,
-            file: Some(file),
+            file,
             id,
             created,
             size: 0,
@@ -108,14 +111,12 @@ impl Incoming {
 
     /// Stream the message from `input` into the temporary file and make it durable.
     pub fn receive(&mut self, input: impl Read, opts: &IntakeOptions<'_>) -> Result<MessageInfo> {
-        let Some(file) = self.file.take() else {
-            return Err(DmaError::Data("message already received".into()));
-        };
-        let out = BufWriter::with_capacity(64 * 1024, file);
+        let out = BufWriter::with_capacity(64 * 1024, &self.file);
         let (info, out) = intake::copy_message(input, out, opts)?;
-        let file = out.into_inner().context(|| "writing the spool file".into())?;
+        out.into_inner().context(|| "writing the spool file".into())?;
         if self.durable {
-            file.sync_all()
+            self.file
+                .sync_all()
                 .context(|| format!("syncing `{}'", self.tmp.display()))?;
         }
         self.size = info.size;
@@ -214,27 +215,24 @@ fn remove_uncommitted(dir: &Path, id: &str) {
     let _ = fs::remove_file(dir.join(format!("{TMP_PREFIX}{id}")));
 }
 
-/// The readable entries whose id starts with `prefix`, oldest first, and the unreadable Q files.
-pub fn scan(dir: &Path, prefix: &str) -> Result<(Vec<Entry>, Vec<String>)> {
-    let mut entries = Vec::new();
-    let mut malformed = Vec::new();
+/// The readable entries (of one message, when given), oldest first.
+pub fn scan(dir: &Path, message: Option<&str>) -> Result<Vec<Entry>> {
     let names = list(dir)?;
     let uncommitted: HashSet<&str> = names.iter().filter_map(|n| n.strip_prefix(TMP_PREFIX)).collect();
-    for name in &names {
-        let listed = |id: &&str| id.starts_with(prefix) && !uncommitted.contains(message_id_of(id));
-        let Some(id) = name.strip_prefix('Q').filter(listed) else {
-            continue;
-        };
-        match open_entry(&dir.join(name))
-            .ok()
-            .and_then(|mut f| read_entry(dir, id, &mut f))
-        {
-            Some(e) => entries.push(e),
-            None => malformed.push(name.clone()),
-        }
-    }
+    let listed = |id: &&str| {
+        let of = message_id_of(id);
+        message.is_none_or(|m| m == of) && !uncommitted.contains(of)
+    };
+    let mut entries: Vec<Entry> = names
+        .iter()
+        .filter_map(|name| name.strip_prefix('Q').filter(listed))
+        .filter_map(|id| {
+            let mut f = open_entry(&dir.join(format!("Q{id}"))).ok()?;
+            read_entry(dir, id, &mut f)
+        })
+        .collect();
     entries.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
-    Ok((entries, malformed))
+    Ok(entries)
 }
 
 /// The names in the spool (all are UTF-8 but those nobody of ours wrote).
@@ -312,11 +310,9 @@ impl Claim {
         self.dir.join(format!("M{}", self.entry.id))
     }
 
-    /// Durably replace the entry's state with `entry` (same id), keeping the lock.
-    pub fn record(&mut self, entry: Entry) -> Result<()> {
-        if entry.id != self.entry.id {
-            return Err(DmaError::Data("an entry's id cannot change".into()));
-        }
+    /// Durably write `entry` as it now stands (the caller changed its state), keeping the lock.
+    pub fn record(&mut self) -> Result<()> {
+        let entry = &self.entry;
         // Each goes on one line of the queue file.
         for (what, value) in [("the error text", &entry.last_error), ("the state", &entry.state)] {
             if value.bytes().any(|b| matches!(b, b'\n' | b'\r' | b'\0')) {
@@ -327,9 +323,7 @@ impl Claim {
         let q = self.dir.join(format!("Q{}", entry.id));
         let _ = fs::remove_file(&tmp); // what a runner killed in the middle of a record left
         self.file = write_file(&tmp, &entry.render(), true, Some(&q))?;
-        fsync_dir(&self.dir)?;
-        self.entry = entry;
-        Ok(())
+        fsync_dir(&self.dir)
     }
 
     /// Remove `Q`, then `M`; the caller syncs the directory once for many removals.
@@ -389,8 +383,7 @@ mod tests {
         let dir = tempdir("commit");
         let ids = submit(&dir, b"S: x\n\nhello\n", &["b@y", "c@z"]);
         assert_eq!(ids.len(), 2);
-        let (entries, bad) = scan(&dir, "").unwrap();
-        assert!(bad.is_empty());
+        let entries = scan(&dir, None).unwrap();
         assert_eq!(
             entries.iter().map(|e| e.recipient.as_str()).collect::<Vec<_>>(),
             ["b@y", "c@z"]
@@ -503,12 +496,13 @@ mod tests {
         fs::write(dir.join("M20c096.5622a4e04090"), "Received: x\n\nbody\n").unwrap();
         fs::write(dir.join("Qbroken"), "no colon here\n").unwrap();
         fs::write(dir.join("Qnomsg.1"), "ID: nomsg.1\nRecipient: u@h\n").unwrap();
-        let (entries, bad) = scan(&dir, "").unwrap();
+        let entries = scan(&dir, None).unwrap();
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].sender, "");
         assert_eq!(entries[0].message_id(), "20c096");
         assert!(entries[0].created > 0, "mtime stands in for Created");
-        assert_eq!(bad.len(), 2);
+        let unread = names(&dir).iter().filter(|n| n.starts_with('Q')).count() - entries.len();
+        assert_eq!(unread, 2);
     }
 
     #[test]
@@ -520,12 +514,11 @@ mod tests {
             claim(&dir, &ids[0]).unwrap().is_none(),
             "second claim while the first is held"
         );
-        let mut e = c.entry.clone();
-        e.attempts = 3;
-        e.last_error = "451 later".into();
         // What a runner killed in the middle of a record left does not stand in the way.
         fs::write(dir.join(format!("{TMP_PREFIX}Q{}", ids[0])), "stale").unwrap();
-        c.record(e).unwrap();
+        c.entry.attempts = 3;
+        c.entry.last_error = "451 later".into();
+        c.record().unwrap();
         assert!(
             claim(&dir, &ids[0]).unwrap().is_none(),
             "still held after the rewrite"
@@ -545,9 +538,8 @@ mod tests {
         let m = dir.join(format!("M{}", ids[0]));
         let full = fs::read(&m).unwrap();
         fs::write(&m, &full[..full.len() - 3]).unwrap();
-        let (entries, bad) = scan(&dir, "").unwrap();
-        assert!(entries.is_empty());
-        assert_eq!(bad, [format!("Q{}", ids[0])]);
+        assert!(scan(&dir, None).unwrap().is_empty());
+        assert!(dir.join(format!("Q{}", ids[0])).exists());
     }
 
     #[test]
@@ -564,7 +556,7 @@ mod tests {
         // clean-up takes them all once old.
         let message = ids[0].rsplit_once('.').unwrap().0.to_owned();
         fs::write(dir.join(format!("{TMP_PREFIX}{message}")), "x").unwrap();
-        assert!(scan(&dir, "").unwrap().0.is_empty());
+        assert!(scan(&dir, None).unwrap().is_empty());
         assert!(claim(&dir, &ids[0]).unwrap().is_none());
         let mut removed = clean_stale(&dir, 0).unwrap();
         removed.sort();

@@ -13,15 +13,6 @@ use std::time::Duration;
 use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
 
-/// What a wait saw.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Woken {
-    /// New mail, a `wake`, or a finished session: look at the queue again.
-    pub work: bool,
-    /// `flush` was touched (`dma -q`): every deferred entry is due now.
-    pub flush: bool,
-}
-
 pub struct Waker {
     inotify: OwnedFd,
     /// Watch descriptor of the drop directory.
@@ -49,40 +40,38 @@ impl Waker {
     }
 
     /// Wait until there is work, `timeout` passes, or a signal arrives (reported as work: the
-    /// caller checks its signals). Every pending event is read at once, so a flood of events
-    /// costs one wake-up, not one per event.
-    pub fn wait(&self, timeout: Duration) -> io::Result<Woken> {
+    /// caller checks its signals). Returns (work: new mail, a `wake` or a finished session, so
+    /// look at the queue again; flush: `flush` was touched by `dma -q`, every deferred entry is
+    /// due now). Every pending event is read at once, so a flood of events costs one wake-up.
+    pub fn wait(&self, timeout: Duration) -> io::Result<(bool, bool)> {
         let mut fds = [
             PollFd::new(&self.inotify, PollFlags::IN),
             PollFd::new(&self.notified, PollFlags::IN),
         ];
-        let mut woken = Woken::default();
         match rustix::event::poll(&mut fds, Timespec::try_from(timeout).ok().as_ref()) {
             // A signal: the caller checks it, the events wait for the next call.
-            Err(rustix::io::Errno::INTR) => woken.work = true,
+            Err(rustix::io::Errno::INTR) => return Ok((true, false)),
             polled => _ = polled?,
         }
-        if woken.work {
-            return Ok(woken);
-        }
-        woken.work = rustix::io::read(&self.notified, &mut [0u8; 8]).is_ok();
+        let mut work = rustix::io::read(&self.notified, &mut [0u8; 8]).is_ok();
+        let mut flush = false;
         let mut buf = [MaybeUninit::uninit(); 4096];
         let mut events = inotify::Reader::new(&self.inotify, &mut buf);
         while let Ok(event) = events.next() {
             let name = event.file_name().map_or(&b""[..], CStr::to_bytes);
             if event.events().contains(ReadFlags::QUEUE_OVERFLOW) {
-                woken.work = true; // events were lost: look at everything
+                work = true; // events were lost: look at everything
             } else if Some(event.wd()) == self.drop_wd {
-                woken.work |= name.starts_with(b"E");
+                work |= name.starts_with(b"E");
             } else if name == b"flush" {
-                woken.flush = true;
-                woken.work = true;
+                flush = true;
+                work = true;
             } else {
                 let moved = event.events().contains(ReadFlags::MOVED_TO);
-                woken.work |= name == b"wake" || (moved && name.starts_with(b"M"));
+                work |= name == b"wake" || (moved && name.starts_with(b"M"));
             }
         }
-        Ok(woken)
+        Ok((work, flush))
     }
 }
 
@@ -97,22 +86,22 @@ mod tests {
         let dir = crate::test_util::tempdir("wake");
         let waker = Waker::new(&dir, None).unwrap();
         let nothing = waker.wait(Duration::from_millis(10)).unwrap();
-        assert_eq!(nothing, Woken::default());
+        assert_eq!(nothing, (false, false));
         // A record rewrites Q files: no wake-up for our own work.
         fs::write(dir.join("tmp_Q1"), "x").unwrap();
         fs::rename(dir.join("tmp_Q1"), dir.join("Q1")).unwrap();
-        assert!(!waker.wait(Duration::from_millis(10)).unwrap().work);
+        assert!(!waker.wait(Duration::from_millis(10)).unwrap().0);
         fs::write(dir.join("tmp_1"), "x").unwrap();
         fs::rename(dir.join("tmp_1"), dir.join("M1.1")).unwrap();
-        assert!(waker.wait(Duration::from_secs(1)).unwrap().work);
+        assert!(waker.wait(Duration::from_secs(1)).unwrap().0);
         fs::write(dir.join("flush"), "").unwrap();
         let w = waker.wait(Duration::from_secs(1)).unwrap();
-        assert!(w.work && w.flush);
+        assert_eq!(w, (true, true));
         let start = Instant::now();
         waker.notify();
         waker.notify();
-        assert!(waker.wait(Duration::from_secs(5)).unwrap().work);
+        assert!(waker.wait(Duration::from_secs(5)).unwrap().0);
         assert!(start.elapsed() < Duration::from_secs(1));
-        assert!(!waker.wait(Duration::from_millis(10)).unwrap().work, "drained");
+        assert!(!waker.wait(Duration::from_millis(10)).unwrap().0, "drained");
     }
 }

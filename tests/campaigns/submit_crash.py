@@ -5,7 +5,7 @@ Afterwards a fresh process looks at every trial's spool: it must hold either the
 (one Q and one M per recipient, the M byte-identical to what an uninterrupted submission of the
 same input stores, once our own ids and dates are masked) or nothing of it: no entry listed, and
 whatever files are left (the uncommitted message's `tmp_<id>`, and the Q and M files it had
-written before its commit) are garbage that `_native.clean_stale` removes. A submission that
+written before its commit) are garbage that `_native.Spool.clean_stale` removes. A submission that
 exited 0 must be complete.
 
     .venv/bin/python tests/campaigns/submit_crash.py [--trials 200] [--seed N] [--workdir DIR]
@@ -58,11 +58,19 @@ def digest(data: bytes) -> str:
 # ---- the fresh process's view -------------------------------------------------------------------
 
 
+def unlisted(files: list[str], entries: list[Any]) -> list[str]:
+    """The Q files of committed messages that the scan did not list: unreadable ones."""
+    ids = {e.id for e in entries}
+    committed = [n for n in files if n.startswith("Q") and f"tmp_{n[1:].rpartition('.')[0]}" not in files]
+    return [n for n in committed if n[1:] not in ids]
+
+
 def inspect_spool(spool: str) -> dict[str, Any]:
     from dma import _native
 
     files = sorted(os.listdir(spool))
-    entries, malformed = _native.scan_queue(spool)
+    entries = _native.scan_queue(spool)
+    malformed = unlisted(files, entries)
     listed = []
     for e in entries:
         m = Path(spool, f"M{e.id}").read_bytes()
@@ -74,16 +82,17 @@ def inspect_spool(spool: str) -> dict[str, Any]:
                 "m": digest(normalize(m, e.message_id)),
             }
         )
-    removed = sorted(_native.clean_stale(spool, 0))
-    after_entries, after_malformed = _native.scan_queue(spool)
+    removed = sorted(_native.Spool(spool).clean_stale(0))
+    after_files = sorted(os.listdir(spool))
+    after_entries = _native.scan_queue(spool)
     return {
         "files": files,
         "entries": listed,
         "malformed": malformed,
         "removed": removed,
-        "after_files": sorted(os.listdir(spool)),
+        "after_files": after_files,
         "after_entries": sorted(e.id for e in after_entries),
-        "after_malformed": after_malformed,
+        "after_malformed": unlisted(after_files, after_entries),
     }
 
 

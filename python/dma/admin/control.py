@@ -27,7 +27,7 @@ SUBCOMMANDS = ("list", "show", "hold", "release", "delete", "bounce")
 
 def queue_entries(cfg: Config) -> list[_native.QueueEntry]:
     try:
-        return _native.scan_queue(cfg.spooldir)[0] if os.path.isdir(cfg.spooldir) else []
+        return _native.scan_queue(cfg.spooldir) if os.path.isdir(cfg.spooldir) else []
     except PermissionError:
         # System mode: the spool is the runner's (root's) alone, as is every queued message.
         raise Fatal(EX_NOPERM, f"the queue in `{cfg.spooldir}' can be used by root only") from None

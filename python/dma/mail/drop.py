@@ -199,7 +199,7 @@ def pick_up(cfg: Config, events: Log) -> tuple[int, int]:
         names = os.listdir(base)
     except FileNotFoundError:
         return 0, 0
-    queued = {e.message_id: e.size for e in _native.scan_queue(cfg.spooldir)[0]}
+    queued = {e.message_id: e.size for e in _native.scan_queue(cfg.spooldir)}
     per_uid: dict[int, list[int]] = {}  # [messages, bytes] queued per uid, the `u<uid>` of our ids
     for mid, size in queued.items():
         tag = mid.rpartition("u")[2]

@@ -101,7 +101,7 @@ class Runner:
         due now; `resident`: linger LINGER seconds, then sleep while retries are pending."""
         spool = self.spool
         self.tried: set[str] | None = None if resident else set()  # one pass: the entries it has tried
-        _native.clean_stale(self.cfg.spooldir, 24 * 3600)  # what a crash left, a day on
+        spool.clean_stale(24 * 3600)  # what a crash left, a day on
         try:
             while not self.stopping:
                 self.collect()
@@ -156,7 +156,7 @@ class Runner:
         """Remove entries the server confirmed before a crash kept us from recording it. The
         journal files go only after their entries: a crash in between replays them again."""
         self.replayed = True
-        entry_ids, journals = _native.journal_take(self.cfg.spooldir)
+        entry_ids, journals = self.spool.journal_take()
         for entry in self.spool.claim(entry_ids):
             self.spool.remove(entry.id)
             self.log(
@@ -287,7 +287,7 @@ class Runner:
     def settle(self, message_ids: list[str]) -> None:
         """Bounce each of these messages whose remaining recipients have all failed, once per message."""
         for message_id in message_ids:
-            group = self.spool.message_entries(message_id)
+            group = _native.scan_queue(self.cfg.spooldir, message_id)
             if not group or not all(e.state == "failed" for e in group):
                 continue
             held = self.spool.claim([e.id for e in group])

@@ -92,12 +92,12 @@ class Spooling:
             quoted = full_name.replace("\\", "\\\\").replace('"', '\\"')
             mailbox = f'"{quoted}" {mailbox}'
         add = [
-            ("date", f"Date: {date}\n"),
-            ("message-id", f"Message-Id: <{self.id}.{posix.urandom(4).hex()}@{cfg.mailname}>\n"),
-            ("from", f"From: {mailbox}\n"),
+            f"Date: {date}\n",
+            f"Message-Id: <{self.id}.{posix.urandom(4).hex()}@{cfg.mailname}>\n",
+            f"From: {mailbox}\n",
         ]
         prefix = received.encode("utf-8", "surrogateescape")
-        add_if_missing = [(name, line.encode("utf-8", "surrogateescape")) for name, line in add]
+        add_if_missing = [line.encode("utf-8", "surrogateescape") for line in add]
         try:
             return self.incoming.receive(source, prefix=prefix, add_if_missing=add_if_missing, **options)
         except ValueError as e:
