@@ -112,7 +112,7 @@ def main() -> int:
         [
             b.VPY,
             "-c",
-            f"from dma.admin.launcher import script, write_file; write_file({launcher!r}, script('dma'), 0o755)",
+            f"from dma.admin.install import script, write_atomically; write_atomically({launcher!r}, script('dma'), 0o755)",
         ],
         check=True,
     )

@@ -306,7 +306,7 @@ def main() -> int:
             [
                 VPY,
                 "-c",
-                f"from dma.admin.launcher import script, write_file; write_file({launcher!r}, script('sendmail'), 0o755)",
+                f"from dma.admin.install import script, write_atomically; write_atomically({launcher!r}, script('sendmail'), 0o755)",
             ],
             check=True,
         )
@@ -413,7 +413,7 @@ def main() -> int:
     for k, v in info:
         lines.append(f"- **{k}**: {v}")
     lines.append(
-        f"- **launcher** written by `dma.admin.launcher.write_file(path, script('sendmail'), 0o755)`: shebang `{shebang}`"
+        f"- **launcher** written by `dma.admin.install.write_atomically(path, script('sendmail'), 0o755)`: shebang `{shebang}`"
     )
     lines.append(
         f"- **our config**: `SPOOLDIR <tmp>/spool`, `MBOXDIR <tmp>/mail`, `DEFER` (tmp under /var/tmp, same ext4 file system as {C_SPOOL})"

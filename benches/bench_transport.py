@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as b
@@ -31,20 +32,41 @@ RCPT = "root@example.com"
 SENDER = "bench@example.com"
 
 
+def plain_connection(port: int) -> Any:
+    """A connection to the loopback sink without TLS or AUTH, the settings the runner passes."""
+    from dma import _native
+
+    tls: Any = {
+        "mode": "none",
+        "verify_cert": False,
+        "ca_file": None,
+        "fingerprint": None,
+        "client_cert": None,
+    }
+    return _native.Connection(
+        host="127.0.0.1",
+        addresses=["127.0.0.1"],
+        port=port,
+        helo="bench.example.com",
+        tls=tls,
+        connect_timeout=30.0,
+        command_timeout=300.0,
+        credentials=None,
+        allow_insecure_auth=False,
+        verbose=False,
+    )
+
+
 def percentile(xs: list[float], p: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(p * len(s)))]
 
 
 def time_ours(port: int, msg: str, runs: int) -> list[float]:
-    from dma import _native
-
     times = []
     for _ in range(runs + 10):
         t = time.perf_counter()
-        r = _native.Connection("127.0.0.1", ["127.0.0.1"], port, "bench.example.com").session(
-            [(SENDER, [RCPT], msg)]
-        )
+        r = plain_connection(port).session([(SENDER, [RCPT], msg)])
         times.append(time.perf_counter() - t)
         assert r.results[0][0].status == "sent", r.results
     return times[10:]
@@ -118,12 +140,8 @@ def minimal_client(port: int, body: bytes, count: int) -> float:
 
 
 def ours_many(port: int, msg: str, count: int) -> float:
-    from dma import _native
-
     t = time.perf_counter()
-    r = _native.Connection("127.0.0.1", ["127.0.0.1"], port, "bench.example.com").session(
-        [(SENDER, [RCPT], msg)] * count
-    )
+    r = plain_connection(port).session([(SENDER, [RCPT], msg)] * count)
     dt = time.perf_counter() - t
     sent = sum(1 for tx in r.results for o in tx if o.status == "sent")
     assert sent == count, (sent, r.results[:3])

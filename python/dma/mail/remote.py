@@ -6,17 +6,15 @@ from __future__ import annotations
 from dma import _native
 from dma.errors import RouteError
 
-from .routes import choose
-from .routing import Target, targets_for
+from .routing import Target, choose, targets_for
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Optional
 
-    from dma.config import Config
+    from dma.config import Config, Route
 
     from .log import Log
-    from .routes import Route
 
     Link = tuple[_native.Connection, Target]  # an open connection to one host of a destination
     Creds = Optional[tuple[str, str, Optional[list[str]]]]  # (login, secret, mechanisms), or none
