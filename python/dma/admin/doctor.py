@@ -245,8 +245,8 @@ def mailbox_of(cfg: Config, user: str) -> str:
 def probe(cfg: Config, target: Target, route: Route | None, report: Report, *, verbose: bool) -> None:
     """One SMTP session to `target` that sends no mail; prints what the server offers."""
     where = f"{target.name} port {target.port}"
-    creds = report.attempt("auth", f"{where}: ", credentials, cfg, target.name, route) or (None, None, None)
-    login, secret, mechanisms = creds
+    creds = report.attempt("auth", f"{where}: ", credentials, cfg, target.name, route)
+    login, secret, mechanisms = creds or (None, None, None)
     if secret and len(secret) >= 3:  # shorter ones would hide letters of every word
         report.secrets.append(secret)
     mode = tls_mode(cfg, route)
