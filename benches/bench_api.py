@@ -86,7 +86,7 @@ def timed(conf: str, n: int, run: Callable[[Any], None]) -> float:
     """Messages per second of `run(config)`, which must queue `n` messages into `conf`'s spool."""
     from dma import config
 
-    cfg = config.load(conf)
+    cfg = config.Config(conf)
     os.sync()
     t0 = time.perf_counter()
     run(cfg)
@@ -122,7 +122,7 @@ def reused_rate(base: str, tag: str, args: argparse.Namespace, message: bytes) -
     from dma import config
 
     conf = fresh_spool(base, f"{tag}-reused")
-    submit_batches(config.load(conf), args.total, 100, message)
+    submit_batches(config.Config(conf), args.total, 100, message)
     spool = conf.removesuffix(".conf")
     for name in os.listdir(spool):
         os.unlink(os.path.join(spool, name))

@@ -1,7 +1,7 @@
 """Shared helpers for the command-line tests: a private dma.conf, spool, mbox dir and aliases file
 per test, and a runner for the real installed programs (`sendmail`, `mailq`, `newaliases`, `dma`).
 
-Tests run as root, so `config.load()` would use the system paths: every run here gets
+Tests run as root, so `config.Config()` would use the system paths: every run here gets
 `DMA_CONF` (and `DMA_STATE_DIR`) pointing into the test's own directory.
 
 Use it from a test module with `from dma_fixtures import dma_env  # noqa: F401`.

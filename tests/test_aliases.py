@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from dma.config import Config
 from dma.errors import EX_CONFIG, EX_DATAERR, EX_NOINPUT, ConfigError, Fatal
-from dma.mail.aliases import MAX_DEPTH, Aliases, parse
+from dma.mail.aliases import MAX_DEPTH, Aliases
 from dma.mail.message import strip_local_domain
 from dma.mail.routing import RecipientResolver
 from hypothesis import given, settings
@@ -24,7 +24,7 @@ def is_user(name: str) -> bool:
 def aliases(tmp_path: Path, text: str) -> Aliases:
     p = tmp_path / "aliases"
     p.write_text(text)
-    return parse(str(p))
+    return Aliases(str(p))
 
 
 def table(a: Aliases) -> dict[str, list[str]]:
@@ -35,7 +35,7 @@ def syntax_error(tmp_path: Path, text: str, line: int, key: str | None) -> Confi
     p = tmp_path / "aliases"
     p.write_text(text)
     with pytest.raises(ConfigError) as info:
-        parse(str(p))
+        Aliases(str(p))
     e = info.value
     assert e.code == EX_CONFIG == 78
     assert (e.path, e.line, e.key) == (str(p), line, key)
@@ -110,7 +110,7 @@ def test_crlf_file(tmp_path: Path) -> None:
 def test_empty_and_missing_files(tmp_path: Path) -> None:
     assert len(aliases(tmp_path, "")) == 0
     assert len(aliases(tmp_path, "# only comments\n\n")) == 0
-    missing = parse(str(tmp_path / "missing"))
+    missing = Aliases(str(tmp_path / "missing"))
     assert len(missing) == 0 and missing.path == str(tmp_path / "missing")
 
 
@@ -118,7 +118,7 @@ def test_unreadable_file_is_fatal(tmp_path: Path) -> None:
     d = tmp_path / "dir"
     d.mkdir()
     with pytest.raises(Fatal) as info:
-        parse(str(d))
+        Aliases(str(d))
     assert info.value.code == EX_NOINPUT
     assert str(d) in info.value.message
 
@@ -404,7 +404,7 @@ def test_parser_only_raises_config_errors(hdir: Path, text: str, raw: bytes) -> 
         p = hdir / "aliases"
         p.write_bytes(data)
         try:
-            a = parse(str(p))
+            a = Aliases(str(p))
         except ConfigError as e:
             assert e.code == EX_CONFIG and e.line is not None and e.line >= 1
             assert "\n" not in str(e)
@@ -439,7 +439,7 @@ def test_generated_files_parse_back(
         text += "\n"
     p = hdir / "gen"
     p.write_text(text)
-    a = parse(str(p))
+    a = Aliases(str(p))
     expected: dict[str, list[str]] = {}
     for name, dests in entries:
         expected.setdefault(name, []).extend(dests)

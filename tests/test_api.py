@@ -175,7 +175,7 @@ def test_email_env_gives_the_default_sender(denv: DmaEnv, monkeypatch: pytest.Mo
 def test_config_forms(denv: DmaEnv, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     cfg: config.Config | str | Path | None
     if how == "Config":
-        cfg = config.load(str(denv.conf))
+        cfg = config.Config(str(denv.conf))
     elif how == "str":
         cfg = str(denv.conf)
     elif how == "Path":
@@ -391,7 +391,7 @@ def delivering_env(root: Path, server: Smtpd) -> DmaEnv:
 
 
 def runner_gone(env: DmaEnv) -> bool:
-    return not api.runner_running(config.load(str(env.conf)))
+    return not api.runner_running(config.Config(str(env.conf)))
 
 
 def test_submit_starts_the_runner_which_delivers(

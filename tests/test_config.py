@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from dma import config
-from dma.config import Config, load, sanitize_hostname
+from dma.config import Config, sanitize_hostname
 from dma.errors import EX_CONFIG, EX_NOINPUT, ConfigError, Fatal
 from dma.mail.authconf import AuthTable
 from hypothesis import given, settings
@@ -20,7 +20,7 @@ SYSTEM_HOST = sanitize_hostname(os.uname().nodename)
 def conf(tmp_path: Path, text: str, *, user_mode: bool | None = False) -> Config:
     p = tmp_path / "dma.conf"
     p.write_text(text)
-    return load(str(p), user_mode=user_mode)
+    return Config(str(p), user_mode=user_mode)
 
 
 def conf_error(tmp_path: Path, text: str, line: int | None, key: str | None) -> ConfigError:
@@ -28,7 +28,7 @@ def conf_error(tmp_path: Path, text: str, line: int | None, key: str | None) -> 
     p = tmp_path / "dma.conf"
     p.write_text(text)
     with pytest.raises(ConfigError) as info:
-        load(str(p), user_mode=False)
+        Config(str(p), user_mode=False)
     e = info.value
     assert e.code == EX_CONFIG == 78
     assert (e.path, e.line, e.key) == (str(p), line, key)
@@ -43,7 +43,7 @@ def conf_error(tmp_path: Path, text: str, line: int | None, key: str | None) -> 
 
 
 def test_missing_file_gives_defaults(tmp_path: Path) -> None:
-    cfg = load(str(tmp_path / "nope.conf"), user_mode=False)
+    cfg = Config(str(tmp_path / "nope.conf"), user_mode=False)
     assert cfg.path == str(tmp_path / "nope.conf")
     assert cfg.file_exists is False
     assert cfg.smarthost is None
@@ -88,13 +88,13 @@ def test_path_from_argument_env_and_default(tmp_path: Path, monkeypatch: pytest.
     a.write_text("SMARTHOST a.example\n")
     b.write_text("SMARTHOST b.example\n")
     monkeypatch.setenv("DMA_CONF", str(b))
-    assert load(str(a)).smarthost == "a.example"
-    assert load().smarthost == "b.example"
-    assert load().path == str(b)
+    assert Config(str(a)).smarthost == "a.example"
+    assert Config().smarthost == "b.example"
+    assert Config().path == str(b)
     monkeypatch.setenv("DMA_CONF", "")
-    assert load().path == config.DEFAULT_CONF == "/etc/dma/dma.conf"
+    assert Config().path == config.DEFAULT_CONF == "/etc/dma/dma.conf"
     monkeypatch.delenv("DMA_CONF")
-    assert load().path == "/etc/dma/dma.conf"
+    assert Config().path == "/etc/dma/dma.conf"
 
 
 def test_unreadable_config_is_fatal_noinput(tmp_path: Path) -> None:
@@ -102,14 +102,14 @@ def test_unreadable_config_is_fatal_noinput(tmp_path: Path) -> None:
     d = tmp_path / "dir.conf"
     d.mkdir()
     with pytest.raises(Fatal) as info:
-        load(str(d))
+        Config(str(d))
     assert info.value.code == EX_NOINPUT == 66
     assert str(d) in info.value.message
     assert not isinstance(info.value, ConfigError)
 
 
 def test_user_mode_follows_euid(tmp_path: Path) -> None:
-    assert load(str(tmp_path / "x")).user_mode is (os.geteuid() != 0)
+    assert Config(str(tmp_path / "x")).user_mode is (os.geteuid() != 0)
 
 
 # ---- user mode and the state directory -------------------------------------------------------
@@ -117,7 +117,7 @@ def test_user_mode_follows_euid(tmp_path: Path) -> None:
 
 def test_user_mode_defaults_under_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DMA_STATE_DIR", str(tmp_path / "state"))
-    cfg = load(str(tmp_path / "none"), user_mode=True)
+    cfg = Config(str(tmp_path / "none"), user_mode=True)
     assert cfg.user_mode is True
     assert config.state_dir() == str(tmp_path / "state")
     assert cfg.spooldir == str(tmp_path / "state" / "spool")
@@ -125,7 +125,7 @@ def test_user_mode_defaults_under_state_dir(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_system_mode_defaults(tmp_path: Path) -> None:
-    cfg = load(str(tmp_path / "none"), user_mode=False)
+    cfg = Config(str(tmp_path / "none"), user_mode=False)
     assert cfg.user_mode is False
     assert (cfg.spooldir, cfg.mboxdir) == ("/var/spool/dma", "/var/mail")
 
@@ -387,7 +387,7 @@ def test_unknown_keyword_with_control_characters_is_printable(tmp_path: Path) ->
     p = tmp_path / "dma.conf"
     p.write_text("\x1b[31mRED x\n")
     with pytest.raises(ConfigError) as info:
-        load(str(p))
+        Config(str(p))
     assert "\x1b" not in str(info.value) and info.value.line == 1
 
 
@@ -584,7 +584,7 @@ def test_config_parser_only_raises_config_errors(
     for data in ("\n".join(k + sep + v for k, sep, v in lines).encode("utf-8", "surrogateescape"), junk):
         p.write_bytes(data)
         try:
-            cfg = load(str(p), user_mode=True)
+            cfg = Config(str(p), user_mode=True)
         except ConfigError as e:
             assert e.code == EX_CONFIG and e.line is not None and "\n" not in str(e)
         except Fatal:

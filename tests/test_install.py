@@ -131,7 +131,7 @@ def test_fresh_install_twice_then_uninstall(tmp_path: Path) -> None:
         name = "sendmail" if "sendmail" in link else link.rpartition("/")[2]
         assert os.readlink(root / link) == f"{install.LIBEXEC}/{name}"  # as seen inside the root
     # The sample config: VERIFYCERT on, everything else at its default.
-    cfg = config.load(str(root / "etc/dma/dma.conf"), user_mode=False)
+    cfg = config.Config(str(root / "etc/dma/dma.conf"), user_mode=False)
     assert cfg.key_lines.keys() == {"VERIFYCERT"} and cfg.verifycert
     service = (root / "etc/systemd/system/dma.service").read_text()
     assert f"ExecStart={install.LIBEXEC}/dma serve\n" in service and "ProtectSystem=full" in service
@@ -282,7 +282,7 @@ def test_sample_config_makes_auth_verify_the_server(tmp_path: Path) -> None:
     text = (Path(install.DATA) / "dma.conf").read_text()
     conf = tmp_path / "dma.conf"
     conf.write_text(text + f"AUTHPATH {tmp_path / 'auth.conf'}\n")
-    assert config.load(str(conf), user_mode=False).verifycert
+    assert config.Config(str(conf), user_mode=False).verifycert
     before_auth = text.partition("#AUTHPATH")[0].rsplit("\n\n", 1)[1]
     assert "take the password" in before_auth and "`dma doctor` fails unless INSECURE" in before_auth
 

@@ -41,7 +41,7 @@ class World:
         return self.env.run(["-D", *flags, RCPT], MSG)
 
     def cache_file(self) -> str:
-        return oauth.cache_path(config.load(str(self.env.conf)), str(self.cred))
+        return oauth.cache_path(config.Config(str(self.env.conf)), str(self.cred))
 
     def cache(self) -> dict[str, str]:
         return oauth.read_cache(self.cache_file())
@@ -127,7 +127,7 @@ def test_refresh_once_then_cached_token_and_rotation(world: World) -> None:
     assert r.returncode == 0, r.stderr
     assert refreshes(world) == 1 and len(world.handler.messages) == 1
     assert world.handler.auth_seen == ["OAUTHBEARER"]
-    cache = oauth.cache_path(config.load(str(world.env.conf)), str(world.cred))
+    cache = oauth.cache_path(config.Config(str(world.env.conf)), str(world.cred))
     assert os.stat(cache).st_mode & 0o777 == 0o600
     rotated = world.cache()["refresh"]
     assert rotated != world.refresh_token and world.tokens.grants[rotated]
@@ -229,7 +229,7 @@ def test_revoked_grant_defers_until_max_queue_time_then_bounces(world: World) ->
 
 # ---- crash safety of a rotation ------------------------------------------------------------------
 
-REFRESH = "from dma import config; from dma.mail import oauth; oauth.access_token(config.load(), {cred!r})"
+REFRESH = "from dma import config; from dma.mail import oauth; oauth.access_token(config.Config(), {cred!r})"
 # Each step of a rotation, as the system call the process is killed at (strace injection), or
 # "issued": killed by the token endpoint once it has issued the new token, before it answers.
 STEPS = [
@@ -415,7 +415,7 @@ def test_code_flow_with_pkce(world: World) -> None:
 
 
 def test_xoauth2_command_keeps_working(world: World) -> None:
-    token = oauth.access_token(config.load(str(world.env.conf)), str(world.cred))
+    token = oauth.access_token(config.Config(str(world.env.conf)), str(world.cred))
     helper = world.env.root / "token.sh"
     helper.write_text(f"#!/bin/sh\necho {token}\n")
     helper.chmod(0o700)
@@ -465,7 +465,7 @@ def test_install_loads_the_credentials_auth_conf_names(dma_env: DmaEnv, tmp_path
     auth = tmp_path / "auth.conf"
     auth.write_text(f"a|h1:{{credential}}pw\nb|smtp.gmail.com:{{oauth2}}{cred}\nc|h2:plain\n")
     dma_env.write_conf(f"AUTHPATH {auth}")
-    assert oauth.credential_names(config.load(str(dma_env.conf))) == ["grt", "gsecret", "pw"]
+    assert oauth.credential_names(config.Config(str(dma_env.conf))) == ["grt", "gsecret", "pw"]
     root = tmp_path / "image"
     Installer(str(root)).install_units("/var/spool/dma", ["grt", "pw"])
     unit = (root / "etc/systemd/system/dma.service").read_text()

@@ -17,7 +17,7 @@ MESSAGE = b"Subject: routes\n\nbody\n"
 def load(tmp_path: Path, text: str) -> config.Config:
     path = tmp_path / "dma.conf"
     path.write_text(text)
-    return config.load(str(path))
+    return config.Config(str(path))
 
 
 def test_first_matching_route_wins(tmp_path: Path) -> None:

@@ -69,7 +69,7 @@ def make_cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *lines: str) -> co
         )
         + "\n"
     )
-    return config.load(str(conf))
+    return config.Config(str(conf))
 
 
 @pytest.fixture

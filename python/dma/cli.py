@@ -154,16 +154,16 @@ def dispatch(prog: str, args: list[str]) -> int:
         code: int = module.command(prog, args[0], args[1:])
         return code
     if prog == "newaliases":
-        from .mail.aliases import parse
+        from .mail.aliases import Aliases
 
-        problems = parse(config.load().aliases).check()
+        problems = Aliases(config.Config().aliases).check()
         for problem in problems:
             sys.stderr.write(f"newaliases: {problem}\n")
         return EX_CONFIG if problems else 0
     if prog == "mailq" and args not in ([], ["--json"]):
         raise Fatal(EX_USAGE, "invalid arguments")
     opts = parse_args(["-bp"] if prog == "mailq" else args)
-    cfg = config.load(opts.config)
+    cfg = config.Config(opts.config)
     if opts.list_queue:
         from .admin.control import list_queue
 

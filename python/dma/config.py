@@ -7,7 +7,7 @@ from __future__ import annotations
 import posix
 import pwd
 
-from .errors import EX_NOINPUT, ConfigError, Fatal, os_error_text, read_text
+from .errors import ConfigError, read_config
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -23,49 +23,6 @@ SYSTEM_SPOOL = "/var/spool/dma"
 _HOSTCHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
 _HEX = frozenset("0123456789abcdefABCDEF")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-
-# Keyword -> (kind, attribute). The kinds are parsed by `_KINDS`; the defaults are in `Config`.
-_KEYS: dict[str, tuple[str, str]] = {
-    # C dma
-    "SMARTHOST": ("hosts", "smarthost"),
-    "PORT": ("port", "port"),
-    "ALIASES": ("str", "aliases"),
-    "SPOOLDIR": ("str", "spooldir"),
-    "AUTHPATH": ("str", "authpath"),
-    "CERTFILE": ("str", "certfile"),
-    "MAILNAME": ("mailname", "mailname"),
-    "MASQUERADE": ("masquerade", "masquerade_host"),
-    "FINGERPRINT": ("fingerprint", "fingerprint"),
-    "SECURETRANSFER": ("bool", "securetransfer"),
-    "STARTTLS": ("bool", "starttls"),
-    "OPPORTUNISTIC_TLS": ("bool", "opportunistic_tls"),
-    "VERIFYCERT": ("bool", "verifycert"),
-    "INSECURE": ("bool", "insecure"),
-    "DEFER": ("bool", "defer"),
-    "FULLBOUNCE": ("bool", "fullbounce"),
-    "NULLCLIENT": ("bool", "nullclient"),
-    # ours
-    "MBOXDIR": ("str", "mboxdir"),
-    "MAILDIR": ("maildir", "maildir"),
-    "CAFILE": ("str", "cafile"),
-    "DNS_SERVER": ("dns", "dns_servers"),
-    "RETRY_MIN": ("duration", "retry_min"),
-    "RETRY_MAX": ("duration", "retry_max"),
-    "MAX_QUEUE_TIME": ("duration", "max_queue_time"),
-    "CONCURRENCY": ("count", "concurrency"),
-    "HOST_CONCURRENCY": ("count", "host_concurrency"),
-    "CONNECT_TIMEOUT": ("seconds", "connect_timeout"),
-    "TIMEOUT": ("seconds", "timeout"),
-    "LINGER": ("seconds", "linger"),
-    "XOAUTH2_COMMAND": ("argv", "xoauth2_command"),
-    "HELO_NAME": ("host", "helo_name"),
-    "LOGFILE": ("str", "logfile"),
-    "MAXUSERMSGS": ("limit", "max_user_msgs"),
-    "MAXUSERBYTES": ("limit", "max_user_bytes"),
-    "ROUTE": ("route", "routes"),
-    "REWRITEFROM": ("address", "rewrite_from"),
-}
-_HINTS = {"SECURE": " (did you mean INSECURE?)", "SECURETRANS": " (the key is SECURETRANSFER)"}
 
 
 class Config:
@@ -112,21 +69,15 @@ class Config:
         """Read dma.conf: `path` (`-C FILE`), else $DMA_CONF, else /etc/dma/dma.conf; a missing file
         gives all defaults. `user_mode` overrides the mode taken from the effective uid."""
         self.path = path = posix.fspath(path or getenv("DMA_CONF") or DEFAULT_CONF)
-        self.file_exists = False
         self.system_hostname = self.mailname = sanitize_hostname(posix.uname().nodename)
         self.key_lines: dict[str, int] = {}
         self.dns_servers: list[tuple[str, int]] = []
         self.routes: list[Route] = []
         self._auth: AuthTable | None = None
-        try:
-            text = read_text(path)
-            self.file_exists = True
-        except FileNotFoundError:
-            text = ""
-        except OSError as e:
-            raise Fatal(EX_NOINPUT, f"can not open config `{path}': {os_error_text(e)}") from None
+        text = read_config(path, "open config")
+        self.file_exists = text is not None
         lines = self.key_lines
-        for lineno, raw in enumerate(text.split("\n"), 1):
+        for lineno, raw in enumerate((text or "").split("\n"), 1):
             line = raw.partition("#")[0].rstrip("\r")  # rstrip: CRLF files
             if not line or line[0] in " \t":
                 # C dma: a line starting with whitespace has an empty keyword and is ignored.
@@ -170,24 +121,23 @@ class Config:
 
     def _apply(self, keyword: str, value: str, lineno: int) -> None:
         """Set `keyword`'s attribute from `value`; a mistake raises ValueError."""
-        kind, attr = _KEYS[keyword]
+        parse, what = _KEYS[keyword]
         if not value.isprintable() and any((ch < " " and ch != "\t") or ch == "\x7f" for ch in value):
             raise ValueError("control character in value")
         self.key_lines[keyword] = lineno
-        if (kind == "bool") == bool(value):  # a flag has no value, every other key has one
+        if (parse is None) == bool(value):  # a flag has no value, every other key has one
             raise ValueError(f"takes no value (got `{value}')" if value else "missing value")
-        if kind == "route":
+        if keyword == "ROUTE":
             self.routes.append(Route(value, lineno))
             return
-        parse, what = _KINDS[kind]
-        result = parse(value)
+        result = True if parse is None else parse(value)
         if result is None:
             raise ValueError(f"`{value}' {what}")
-        if kind == "masquerade":  # `[user@][host]`, split at the last `@`; an empty part is None
+        if keyword == "MASQUERADE":  # `[user@][host]`, split at the last `@`; an empty part is None
             user, _, host = value.rpartition("@")
             self.masquerade_user, self.masquerade_host = user or None, host or None
         else:
-            setattr(self, attr, result)
+            setattr(self, _ATTRS.get(keyword, keyword.lower()), result)
 
     def smarthosts(self) -> list[tuple[str, int]]:
         """SMARTHOST's hosts and ports (PORT where a host names none), in the order to try them."""
@@ -200,9 +150,6 @@ class Config:
 
             self._auth = AuthTable(self.authpath)
         return self._auth
-
-
-load = Config  # the name callers use
 
 
 def sanitize_hostname(name: str) -> str:
@@ -328,34 +275,52 @@ def _dns_servers(text: str) -> list[tuple[str, int]]:
     return servers
 
 
-# Kind -> (parser, what a malformed value is, after the value).
-_KINDS: dict[str, tuple[Callable[[str], object], str]] = {
-    "bool": (lambda v: True, ""),
-    "str": (str, ""),
-    "argv": (str.split, ""),
-    "hosts": (lambda v: split_hosts(v, 25) and v, ""),  # checked, but split when used: PORT may follow
-    "dns": (_dns_servers, ""),
-    "host": (_one_word, "is not a single host name"),
-    "mailname": (_mailname, "is not a host name (it has blanks)"),
-    "masquerade": (_one_word, "has blanks; expected [user@][host]"),
-    "address": (
+# The keys (docs/configuration.md) by the kind of value they take: its parser, which returns None
+# for a malformed value (or raises ValueError), none for a flag; and what a malformed value is, after
+# the value. A key sets the attribute named after it in lower case, or the one `_ATTRS` gives.
+_KINDS: list[tuple[str, Callable[[str], object] | None, str]] = [
+    ("SECURETRANSFER STARTTLS OPPORTUNISTIC_TLS VERIFYCERT INSECURE DEFER FULLBOUNCE NULLCLIENT", None, ""),
+    ("ALIASES SPOOLDIR AUTHPATH CERTFILE MBOXDIR CAFILE LOGFILE", str, ""),
+    ("XOAUTH2_COMMAND", str.split, ""),
+    ("SMARTHOST", lambda v: split_hosts(v, 25) and v, ""),  # checked, but split when used: PORT may follow
+    ("DNS_SERVER", _dns_servers, ""),
+    ("FINGERPRINT", fingerprint, ""),
+    ("ROUTE", str, ""),  # each line adds a `Route`
+    ("HELO_NAME", _one_word, "is not a single host name"),
+    ("MAILNAME", _mailname, "is not a host name (it has blanks)"),
+    ("MASQUERADE", _one_word, "has blanks; expected [user@][host]"),
+    (
+        "REWRITEFROM",
         lambda v: v if v.count("@") == 1 and v[0] != "@" and v[-1] != "@" and v.isprintable() else None,
         "is not an address (user@domain)",
     ),
-    "fingerprint": (fingerprint, ""),
-    "maildir": (
+    (
+        "MAILDIR",
         lambda v: v if v.startswith(("/", "~/")) or v == "~" else None,
         "must be an absolute path or start with `~/'",
     ),
-    "port": (lambda v: _number(v, "", 5, 1, 65535), "is not a port number (1-65535)"),
-    "duration": (
+    ("PORT", lambda v: _number(v, "", 5, 1, 65535), "is not a port number (1-65535)"),
+    (
+        "RETRY_MIN RETRY_MAX MAX_QUEUE_TIME",
         lambda v: _number(v, "smhd", 12),
         "is not a duration (seconds, or a number with s, m, h or d)",
     ),
-    "count": (_number, "is not a positive whole number"),
-    "limit": (lambda v: _number(v, "KMG", 15, 0), "is not a whole number (K, M or G may follow)"),
-    "seconds": (_seconds, "is not a positive number of seconds"),
+    ("CONCURRENCY HOST_CONCURRENCY", _number, "is not a positive whole number"),
+    (
+        "MAXUSERMSGS MAXUSERBYTES",
+        lambda v: _number(v, "KMG", 15, 0),
+        "is not a whole number (K, M or G may follow)",
+    ),
+    ("CONNECT_TIMEOUT TIMEOUT LINGER", _seconds, "is not a positive number of seconds"),
+]
+_KEYS = {key: (parse, what) for keys, parse, what in _KINDS for key in keys.split()}
+_ATTRS = {
+    "DNS_SERVER": "dns_servers",
+    "MAXUSERMSGS": "max_user_msgs",
+    "MAXUSERBYTES": "max_user_bytes",
+    "REWRITEFROM": "rewrite_from",
 }
+_HINTS = {"SECURE": " (did you mean INSECURE?)", "SECURETRANS": " (the key is SECURETRANSFER)"}
 
 
 # ---- ROUTE lines: a different relay, port, TLS mode and login per recipient domain or envelope

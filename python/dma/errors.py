@@ -72,5 +72,15 @@ def read_text(path: str) -> str:
         return f.read().decode("utf-8", "surrogateescape")
 
 
+def read_config(path: str, doing: str) -> str | None:
+    """`read_text`, None for a missing file; another failure is "can not <doing> `<path>'", exit 66."""
+    try:
+        return read_text(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise Fatal(EX_NOINPUT, f"can not {doing} `{path}': {os_error_text(e)}") from None
+
+
 def os_error_text(e: OSError) -> str:
     return e.strerror or str(e)

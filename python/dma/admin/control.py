@@ -69,7 +69,7 @@ def command(prog: str, name: str, args: list[str]) -> int:
     ids_ok = {"list": not ids, "show": len(ids) == 1}.get(sub, bool(ids))
     if sub not in SUBCOMMANDS or not ids_ok or ("--json" in opts and sub != "list"):
         raise Fatal(EX_USAGE, USAGE)
-    cfg = config.load(opts.get("-C"))
+    cfg = config.Config(opts.get("-C"))
     if sub == "list":
         list_queue(cfg, sys.stdout, json="--json" in opts)
         return 0

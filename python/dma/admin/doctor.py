@@ -10,7 +10,7 @@ from typing import Any, Callable, TypeVar
 from dma import config
 from dma.config import Config, Route
 from dma.errors import EX_CONFIG, ConfigError, Fatal, RouteError, getopts
-from dma.mail.aliases import parse
+from dma.mail.aliases import Aliases
 from dma.mail.local import DeliveryFailure, expand_maildir
 from dma.mail.message import strip_local_domain
 from dma.mail.oauth import renew_now
@@ -49,7 +49,7 @@ def command(prog: str, name: str, args: list[str]) -> int:
     opts, addresses = getopts(args, USAGE, "vnC:")
     report = Report()
     try:
-        cfg = config.load(opts.get("-C"))
+        cfg = config.Config(opts.get("-C"))
     except Fatal as e:
         path = opts.get("-C") or os.environ.get("DMA_CONF") or config.DEFAULT_CONF
         report("FAIL", "config", f"{path}: can not be used", str(e), config=True)
@@ -126,7 +126,7 @@ def check_aliases(cfg: Config, report: Report) -> None:
     if cfg.nullclient:
         report("INFO", "aliases", "not used (NULLCLIENT)")
         return
-    aliases = report.attempt("aliases", "", parse, cfg.aliases)
+    aliases = report.attempt("aliases", "", Aliases, cfg.aliases)
     if aliases is None:
         return
     if not os.path.exists(cfg.aliases):
@@ -202,7 +202,7 @@ def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[tupl
         expands = "@" not in address and expanded != [address]
         if expands and cfg.nullclient:
             report("INFO", "route", f"{given}: NULLCLIENT sends it to the smarthost as {expanded[0]}")
-        elif expands or ("@" not in address and address in parse(cfg.aliases)):  # `root: root` too
+        elif expands or ("@" not in address and address in Aliases(cfg.aliases)):  # `root: root` too
             report("INFO", "route", f"{given}: alias, expands to {', '.join(expanded)}")
         indent = "  " if expands and not cfg.nullclient else ""
         for rcpt in expanded:

@@ -221,7 +221,7 @@ class Installer:
     def install(self, systemd: bool | None) -> None:
         self.load_manifest()
         try:
-            cfg = config.load(self.p(CONF), user_mode=False)
+            cfg = config.Config(self.p(CONF), user_mode=False)
         except ConfigError as e:
             raise Fatal(EX_CONFIG, f"{e} (fix it, then run dma install again)") from None
         if systemd is None:

@@ -3,7 +3,7 @@ grammar with its bugs fixed. On the submission hot path: module level imports on
 
 from __future__ import annotations
 
-from dma.errors import EX_DATAERR, EX_NOINPUT, ConfigError, Fatal, os_error_text, read_text
+from dma.errors import EX_DATAERR, ConfigError, Fatal, read_config
 
 from .message import strip_local_domain
 
@@ -37,12 +37,7 @@ class Aliases(dict[str, list[tuple[str, int]]]):
         super().__init__()
         self.path = path
         if text is None:
-            try:
-                text = read_text(path)
-            except FileNotFoundError:
-                text = ""
-            except OSError as e:
-                raise Fatal(EX_NOINPUT, f"can not read aliases file `{path}': {os_error_text(e)}") from None
+            text = read_config(path, "read aliases file") or ""
         # The logical line being collected: (token, line) pairs, tokens are ":", "," or identifiers.
         tokens: list[tuple[str, int]] = []
         backslash = False  # the previous line ended in a continuation backslash
@@ -149,6 +144,3 @@ class Aliases(dict[str, list[tuple[str, int]]]):
         else:
             raise Fatal(EX_DATAERR, invalid)
         return list(out)
-
-
-parse = Aliases  # the name callers use

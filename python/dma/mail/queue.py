@@ -443,5 +443,5 @@ def command(prog: str, name: str, args: list[str]) -> int:
     from dma import config
 
     opts, _ = getopts(args, f"usage: {prog} {name} [-C FILE] [-L TAG] [-v]", "C:L:v", operands=False)
-    runner = Runner(config.load(opts.get("-C")), verbose="-v" in opts, name=prog, tag=opts.get("-L", "dma"))
+    runner = Runner(config.Config(opts.get("-C")), verbose="-v" in opts, name=prog, tag=opts.get("-L", "dma"))
     return take_over(runner, detach=False)

@@ -37,9 +37,9 @@ class RecipientResolver:
                 from .local import is_local_user
 
                 if self._aliases is None:
-                    from .aliases import parse
+                    from .aliases import Aliases
 
-                    self._aliases = parse(self.cfg.aliases)
+                    self._aliases = Aliases(self.cfg.aliases)
                 expanded = self._aliases.expand(
                     address, is_local_user=is_local_user, wildcard=True, mailname=self.cfg.mailname
                 )
