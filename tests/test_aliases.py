@@ -183,10 +183,8 @@ def test_strip_local_domain_without_mailname() -> None:
 # ---- expansion ---------------------------------------------------------------------------------
 
 
-def expand(
-    a: Aliases, rcpt: str, *, wildcard: bool = True, users: Callable[[str], bool] = is_user
-) -> list[str]:
-    return a.expand(rcpt, is_local_user=users, wildcard=wildcard)
+def expand(a: Aliases, rcpt: str, *, users: Callable[[str], bool] = is_user) -> list[str]:
+    return a.expand(rcpt, is_local_user=users)
 
 
 def test_local_user_without_alias(tmp_path: Path) -> None:
@@ -226,7 +224,7 @@ def test_lookup_is_case_sensitive(tmp_path: Path) -> None:
 
 def test_destinations_with_local_domains_are_local(tmp_path: Path) -> None:
     a = aliases(tmp_path, "x: alice@localhost, bob@vm.example, carol@VM.EXAMPLE, d@else.example\n")
-    got = a.expand("x", is_local_user=is_user, wildcard=True, mailname="vm.example")
+    got = a.expand("x", is_local_user=is_user, mailname="vm.example")
     assert got == ["alice", "bob", "carol", "d@else.example"]
     # Without a mailname only @localhost is local.
     assert expand(a, "x") == ["alice", "bob@vm.example", "carol@VM.EXAMPLE", "d@else.example"]
@@ -265,14 +263,6 @@ def test_wildcard_catches_existing_users_too(tmp_path: Path) -> None:
 def test_exact_alias_beats_wildcard(tmp_path: Path) -> None:
     a = aliases(tmp_path, "*: alice\nbob: carol\n")
     assert expand(a, "bob") == ["carol"]
-
-
-def test_wildcard_only_when_asked(tmp_path: Path) -> None:
-    a = aliases(tmp_path, "*: alice\n")
-    assert expand(a, "bob", wildcard=False) == ["bob"]
-    with pytest.raises(Fatal) as info:
-        expand(a, "nobody", wildcard=False)
-    assert info.value.message == "invalid recipient `nobody'"
 
 
 def test_wildcard_not_applied_to_expanded_names(tmp_path: Path) -> None:
@@ -411,7 +401,7 @@ def test_parser_only_raises_config_errors(hdir: Path, text: str, raw: bytes) -> 
             continue
         for name in a:
             try:
-                got = a.expand(name, is_local_user=lambda n: n.isalpha(), wildcard=True)
+                got = a.expand(name, is_local_user=lambda n: n.isalpha())
             except Fatal as e:
                 assert e.code == EX_DATAERR
             else:

@@ -151,8 +151,7 @@ def dispatch(prog: str, args: list[str]) -> int:
 
     if prog == "dma" and args and args[0] in COMMANDS:
         module = __import__(COMMANDS[args[0]], fromlist=["command"])
-        code: int = module.command(prog, args[0], args[1:])
-        return code
+        return int(module.command(prog, args[0], args[1:]))
     if prog == "newaliases":
         from .mail.aliases import Aliases
 

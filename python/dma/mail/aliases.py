@@ -101,20 +101,17 @@ class Aliases(dict[str, list[tuple[str, int]]]):
         recipient: str,
         *,
         is_local_user: Callable[[str], bool],
-        wildcard: bool,
         mailname: str | None = None,
     ) -> list[str]:
         """The remote addresses and local user names local name `recipient` goes to, deduplicated
-        (docs/configuration.md, "Expansion"); `wildcard`: the `*` alias applies. Raises `Fatal`."""
+        (docs/configuration.md, "Expansion"); `*` catches what has no alias. Raises `Fatal`."""
         out: dict[str, None] = {}
         invalid = f"invalid recipient `{recipient}'"
 
         def walk(name: str, chain: list[str]) -> None:
             if len(chain) > MAX_DEPTH:
-                nest = " -> ".join(chain[:3])
-                raise Fatal(
-                    EX_DATAERR, f"{invalid}: aliases nested more than {MAX_DEPTH} deep ({nest} -> ...)"
-                )
+                why = f"aliases nested more than {MAX_DEPTH} deep ({' -> '.join(chain[:3])} -> ...)"
+                raise Fatal(EX_DATAERR, f"{invalid}: {why}")
             for dest, line in self[name]:
                 where = f"{self.path}:{line}"
                 why = _unsupported(dest)
@@ -137,7 +134,7 @@ class Aliases(dict[str, list[tuple[str, int]]]):
 
         if recipient in self:
             walk(recipient, [recipient])
-        elif wildcard and "*" in self:
+        elif "*" in self:
             walk("*", [recipient, "*"])
         elif is_local_user(recipient):
             out[recipient] = None

@@ -41,7 +41,7 @@ class RecipientResolver:
 
                     self._aliases = Aliases(self.cfg.aliases)
                 expanded = self._aliases.expand(
-                    address, is_local_user=is_local_user, wildcard=True, mailname=self.cfg.mailname
+                    address, is_local_user=is_local_user, mailname=self.cfg.mailname
                 )
             result.update(dict.fromkeys(expanded))
         return list(result)
