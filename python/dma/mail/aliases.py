@@ -110,8 +110,8 @@ class Aliases(dict[str, list[tuple[str, int]]]):
 
         def walk(name: str, chain: list[str]) -> None:
             if len(chain) > MAX_DEPTH:
-                why = f"aliases nested more than {MAX_DEPTH} deep ({' -> '.join(chain[:3])} -> ...)"
-                raise Fatal(EX_DATAERR, f"{invalid}: {why}")
+                nested = f"aliases nested more than {MAX_DEPTH} deep ({' -> '.join(chain[:3])} -> ...)"
+                raise Fatal(EX_DATAERR, f"{invalid}: {nested}")
             for dest, line in self[name]:
                 where = f"{self.path}:{line}"
                 why = _unsupported(dest)
