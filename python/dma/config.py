@@ -21,7 +21,6 @@ SYSTEM_SPOOL = "/var/spool/dma"
 
 # Characters allowed in a host name taken from the system or from a MAILNAME file (6.4).
 _HOSTCHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
-_HEX = frozenset("0123456789abcdefABCDEF")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
@@ -165,8 +164,7 @@ def getenv(name: str) -> str | None:
 
 def state_dir() -> str:
     """$DMA_STATE_DIR, else $XDG_STATE_HOME/dma, else ~/.local/state/dma (user-mode state)."""
-    explicit = getenv("DMA_STATE_DIR")
-    if explicit:
+    if explicit := getenv("DMA_STATE_DIR"):
         return explicit
     xdg = getenv("XDG_STATE_HOME")
     if xdg and xdg.startswith("/"):  # the XDG spec says to ignore relative values
@@ -233,7 +231,7 @@ def fingerprint(value: str) -> bytes:
     hexstr = value.replace(":", "")
     if len(hexstr) != 64:
         raise ValueError(f"a SHA-256 fingerprint is 64 hex digits, got {len(hexstr)} characters")
-    if not set(hexstr) <= _HEX:
+    if not set(hexstr) <= set("0123456789abcdefABCDEF"):
         raise ValueError(f"`{value}' is not hexadecimal")
     return bytes.fromhex(hexstr)
 

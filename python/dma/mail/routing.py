@@ -34,11 +34,10 @@ class RecipientResolver:
                 # Everything goes to the smarthost; a bare name is qualified (C dma sent `RCPT TO:<root>`).
                 expanded = [f"{address}@{self.cfg.mailname}"]
             else:
+                from .aliases import Aliases
                 from .local import is_local_user
 
                 if self._aliases is None:
-                    from .aliases import Aliases
-
                     self._aliases = Aliases(self.cfg.aliases)
                 expanded = self._aliases.expand(
                     address, is_local_user=is_local_user, mailname=self.cfg.mailname
