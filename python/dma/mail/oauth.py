@@ -3,10 +3,12 @@ token the runner reads one small file under a lock; json, ssl and urllib only as
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 import time
 
+from dma import _native
 from dma.config import Config
 from dma.errors import EX_CONFIG, EX_UNAVAILABLE, EX_USAGE, ConfigError, Fatal, RouteError, getopts, read_text
 
@@ -143,8 +145,7 @@ def write_fields(path: str, fields: dict[str, str], uid: int = -1) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with open(fd, "w", encoding="utf-8") as f:
-            if uid >= 0:
-                os.fchown(fd, uid, -1)
+            os.fchown(fd, uid, -1)
             f.write("".join(f"{k} {v}\n" for k, v in fields.items()))
             f.flush()
             os.fsync(fd)
@@ -162,10 +163,6 @@ def write_fields(path: str, fields: dict[str, str], uid: int = -1) -> None:
 def access_token(cfg: Config, credential: str, rejected: str | None = None) -> str:
     """The cached access token unless it is `rejected` or expires within MARGIN, else a new one;
     the lock makes processes that find the same stale token refresh it once."""
-    import fcntl
-
-    from dma import _native
-
     _native.no_core_dumps()
     cache = cache_path(cfg, credential)
     fields = read_credential(credential)
@@ -178,8 +175,7 @@ def access_token(cfg: Config, credential: str, rejected: str | None = None) -> s
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         entry = read_cache(cache, fields["refresh_token"])
-        expires = int(entry.get("expires") or 0)
-        if entry.get("access", rejected) != rejected and expires - time.time() > MARGIN:
+        if entry.get("access", rejected) != rejected and int(entry.get("expires", 0)) - time.time() > MARGIN:
             return entry["access"]
         refresh_token = entry.get("refresh") or secret(fields["refresh_token"])
         try:
@@ -240,15 +236,12 @@ def post(cfg: Config, url: str, form: dict[str, str]) -> dict[str, str]:
         except urllib.error.HTTPError as e:
             status, body = e.code, e.read(1 << 20)
     except OSError as e:  # URLError, timeouts, TLS failures
-        reason = getattr(e, "reason", None) or e
-        raise OAuthError(f"token endpoint {host}: {reason}") from None
+        raise OAuthError(f"token endpoint {host}: {getattr(e, 'reason', None) or e}") from None
     try:
         answer = json.loads(body)
-    except ValueError:
-        answer = None
-    if not isinstance(answer, dict):
-        raise OAuthError(f"token endpoint {host} answered HTTP {status} without JSON")
-    error = str(answer.get("error", ""))
+        error = str(answer.get("error", ""))
+    except (ValueError, AttributeError):  # not JSON, or JSON but not an object
+        raise OAuthError(f"token endpoint {host} answered HTTP {status} without JSON") from None
     if error or status != 200:
         raise OAuthError(f"token endpoint {host} answered HTTP {status} {error or 'no error code'}", error)
     return {k: str(v) for k, v in answer.items()}
@@ -277,7 +270,7 @@ def command(prog: str, name: str, args: list[str]) -> int:
             fields = read_credential(path)
             print(f"{user}|{host}: {path}: {fields['provider']}, client id {fields['client_id']}")
             print(f"  token endpoint {fields['token_endpoint']}")
-            expires = int(read_cache(cache_path(cfg, path)).get("expires", "0") or 0)
+            expires = int(read_cache(cache_path(cfg, path)).get("expires", 0))
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(expires))
             print(f"  access token cached, expires {when}" if expires else "  no access token cached")
             print(f"  refresh: OK, {renew_now(cfg, path)}")
@@ -365,7 +358,6 @@ def code_flow(cfg: Config, fields: dict[str, str]) -> dict[str, str]:
 
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-    state = secrets.token_urlsafe(16)
     query = {
         "response_type": "code",
         "client_id": fields["client_id"],
@@ -373,7 +365,7 @@ def code_flow(cfg: Config, fields: dict[str, str]) -> dict[str, str]:
         "scope": fields.get("scope", ""),
         "code_challenge": challenge,
         "code_challenge_method": "S256",
-        "state": state,
+        "state": secrets.token_urlsafe(16),
         "access_type": "offline",
         "prompt": "consent",
     }
@@ -381,7 +373,7 @@ def code_flow(cfg: Config, fields: dict[str, str]) -> dict[str, str]:
     code = ask("then paste the address the browser was sent to (or the code): ")
     if "?" in code:
         got = urllib.parse.parse_qs(urllib.parse.urlsplit(code).query)
-        if got.get("state") != [state]:
+        if got.get("state") != [query["state"]]:
             raise Fatal(EX_USAGE, "that address is not the answer to this login (state differs)")
         if "code" not in got:
             raise Fatal(EX_CONFIG, f"the provider refused: {got.get('error', ['?'])[0]}")
