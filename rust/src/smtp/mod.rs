@@ -191,16 +191,8 @@ impl Client {
             },
         };
         session.journal = spool.map(Journal::new);
-        let mut results = Vec::new();
-        let failure = failure.or_else(|| {
-            transactions.iter().find_map(|tx| {
-                let (outcomes, broken) = session.transaction(tx);
-                results.push(outcomes);
-                broken
-            })
-        });
-        let mut report = session.finish();
-        report.results = results;
+        let failure = failure.or_else(|| transactions.iter().find_map(|tx| session.transaction(tx)));
+        let report = session.finish();
         let Some(failure) = failure else {
             self.session = Some(session);
             return report;

@@ -25,8 +25,8 @@ pub(super) struct Session {
     reader: BufReader<Stream>,
     tls_config: Option<Arc<ClientConfig>>,
     pub(super) ext: Extensions,
-    /// What the caller learns of the session (without results), kept up to date.
-    facts: SessionResult,
+    /// What the caller learns, kept up to date: of the session, and of this `send`'s transactions.
+    pub(super) report: SessionResult,
     /// The connection can no longer carry commands (error, timeout, 421).
     pub(super) dead: bool,
     /// The server may hold state from a failed transaction: RSET before the next one.
@@ -37,12 +37,11 @@ pub(super) struct Session {
 
 impl Session {
     /// Connect, and set the session up; a failure is what every recipient gets (after a failed
-    /// set-up, with the session whose facts the caller reports).
+    /// set-up, with the session whose report the caller gets).
     pub(super) fn open(cfg: &Arc<SessionConfig>) -> Result<(Self, Option<Outcome>), Outcome> {
-        let tls_config = match cfg.tls.mode {
-            TlsMode::None => None,
-            _ => Some(tls::client_config(&cfg.tls).map_err(|e| Outcome::temporary(Stage::Tls, e))?),
-        };
+        let tls_config = (cfg.tls.mode != TlsMode::None)
+            .then(|| tls::client_config(&cfg.tls).map_err(|e| Outcome::temporary(Stage::Tls, e)))
+            .transpose()?;
         let (tcp, address) = connect(cfg)?;
         let sock = Socket {
             tcp,
@@ -53,7 +52,7 @@ impl Session {
             reader: BufReader::new(Stream { sock, tls: None }),
             tls_config,
             ext: Extensions::default(),
-            facts: SessionResult {
+            report: SessionResult {
                 address: Some(address.to_string()),
                 ..SessionResult::default()
             },
@@ -81,12 +80,14 @@ impl Session {
         self.authenticate()
     }
 
-    /// Sync the journal; what the session found, for the caller (without results).
+    /// Sync the journal; the report of this `send`.
     pub(super) fn finish(&mut self) -> SessionResult {
         if let Some(Err(e)) = self.journal.as_mut().map(Journal::sync) {
             self.trace("!!! ", &e.to_string());
         }
-        self.facts.clone()
+        let report = self.report.clone();
+        self.report.results.clear();
+        report
     }
 
     /// The transcript shows `shown` instead of `line`.
@@ -124,7 +125,7 @@ impl Session {
             }
             _ => return self.check(Stage::Ehlo, reply, 2).map(drop),
         };
-        self.facts.extensions = self.ext.keywords.clone();
+        self.report.extensions = self.ext.keywords.clone();
         Ok(())
     }
 
@@ -152,14 +153,14 @@ impl Session {
         };
         // Never send credentials in clear; the caller sees auth_mechanism None.
         let allowed = mechanisms.as_deref().unwrap_or(&Mechanism::DEFAULT);
-        let usable = self.facts.tls_version.is_some() || cfg.allow_insecure_auth;
+        let usable = self.report.tls_version.is_some() || cfg.allow_insecure_auth;
         let Some(mechanism) = auth::choose(&self.ext.auth, allowed).filter(|_| usable) else {
             return Ok(());
         };
         // A rejected login must not bounce the queue (Postfix's soft bounce): temporary.
         self.auth_exchange(mechanism, login, secret)
             .map_err(|outcome| outcome.temporary_with(&format!("AUTH {} failed: ", mechanism.name())))?;
-        self.facts.auth_mechanism = Some(mechanism);
+        self.report.auth_mechanism = Some(mechanism);
         Ok(())
     }
 
@@ -282,7 +283,7 @@ impl Session {
             Err(e) => {
                 self.dead = true;
                 // The certificate the checks refused, if it got that far (doctor shows it).
-                self.facts.peer_cert_sha256 = presented;
+                self.report.peer_cert_sha256 = presented;
                 return Err(Outcome::temporary(Stage::Tls, format!("{host}: {e}")));
             }
         };
@@ -292,10 +293,10 @@ impl Session {
         let version = version.unwrap_or("unknown").replace('_', ".");
         let cipher = cipher.unwrap_or("unknown").to_owned();
         let leaf = conn.peer_certificates().and_then(|c| c.first());
-        self.facts.peer_cert_sha256 = leaf.map(|c| format!("{:x}", Sha256::digest(c)));
-        self.facts.tls_resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        self.report.peer_cert_sha256 = leaf.map(|c| format!("{:x}", Sha256::digest(c)));
+        self.report.tls_resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         self.trace("*** ", &format!("TLS {version} {cipher}"));
-        (self.facts.tls_version, self.facts.tls_cipher) = (Some(version), Some(cipher));
+        (self.report.tls_version, self.report.tls_cipher) = (Some(version), Some(cipher));
         Ok(())
     }
 
