@@ -213,11 +213,9 @@ impl Session {
             };
             self.write(stage, chunk)
         });
-        if let Err(outcome) = sent {
-            // A DATA cut short cannot be ended without delivering a truncated message: hang up.
-            self.dead = true;
-            return Err(outcome);
-        }
+        // A DATA cut short cannot be ended without delivering a truncated message: hang up.
+        self.dead |= sent.is_err();
+        sent?;
         self.start_clock(self.cfg.command_timeout);
         let reply = self.read_reply(Stage::Dot)?;
         // A refusal here fails only this transaction: the next one needs no RSET.
