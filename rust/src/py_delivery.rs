@@ -84,13 +84,9 @@ impl Connection {
         if let Some(unknown) = keys.find(|k| !SETTINGS.split(' ').any(|f| f == k)) {
             return Err(PyValueError::new_err(format!("unknown setting {unknown:?}")));
         }
-        let cfg = settings.extract::<SessionConfig>().map_err(|mut err| {
-            let mut text = err.to_string();
-            while let Some(cause) = err.cause(py) {
-                text = format!("{text}: {cause}");
-                err = cause;
-            }
-            PyValueError::new_err(text)
+        let cfg = settings.extract::<SessionConfig>().map_err(|err| {
+            let chain = std::iter::successors(Some(err), |err| err.cause(py));
+            PyValueError::new_err(chain.map(|err| err.to_string()).collect::<Vec<_>>().join(": "))
         })?;
         Ok(Connection {
             client: Mutex::new(Client::new(Arc::new(cfg))),

@@ -92,15 +92,13 @@ pub fn client_config(policy: &TlsPolicy) -> Result<Arc<ClientConfig>, String> {
 
 fn build_config(policy: &TlsPolicy) -> Result<ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = if policy.verify_cert {
+    let roots = policy.verify_cert.then(|| {
         let store = Arc::new(root_store(policy.ca_file.as_deref())?);
         let verifier = WebPkiServerVerifier::builder_with_provider(store, provider.clone()).build();
-        Some(verifier.map_err(|e| format!("cannot build certificate verifier: {e}"))?)
-    } else {
-        None
-    };
+        verifier.map_err(|e| format!("cannot build certificate verifier: {e}"))
+    });
     let verifier = Arc::new(PolicyVerifier {
-        roots,
+        roots: roots.transpose()?,
         fingerprint: policy.fingerprint,
         algs: provider.signature_verification_algorithms,
     });

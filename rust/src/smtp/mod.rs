@@ -1,6 +1,6 @@
 //! The blocking SMTP client, over std sockets and rustls. Every failure becomes a per-recipient
-//! `Outcome`; nothing here panics on hostile input or waits forever. `conn`: socket, replies,
-//! TLS, QUIT; `session`: set-up and AUTH; `transaction`: MAIL, RCPT, DATA; `data`: the encoding.
+//! `Outcome`; nothing here panics on hostile input or waits forever. `session`: socket, replies,
+//! TLS, set-up, AUTH and QUIT; `transaction`: MAIL, RCPT, DATA; `data`: the encoding.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -12,7 +12,6 @@ use crate::journal::Journal;
 use crate::reply::Reply;
 pub use crate::tls::{TlsMode, TlsPolicy};
 
-mod conn;
 mod data;
 mod session;
 mod transaction;
@@ -184,30 +183,22 @@ impl Client {
     /// Carry `transactions` (none: a probe); the connection stays open unless it broke. `spool`:
     /// the one whose delivered journal records the confirmed recipients (see `journal::Journal`).
     pub fn send(&mut self, transactions: &[Transaction], spool: Option<&Path>) -> SessionResult {
-        let mut report = SessionResult::default();
-        let reused = self.session.take().and_then(Session::reusable);
-        let mut session = match reused.map_or_else(|| Session::open(&self.cfg, &mut report), Ok) {
-            Ok(s) => s,
-            Err(failure) => {
-                fill_from(&mut report, transactions, &failure);
-                return report;
-            }
+        let (mut session, failure) = match self.session.take().and_then(Session::reusable) {
+            Some(session) => (session, None),
+            None => match Session::open(&self.cfg) {
+                Ok(opened) => opened,
+                Err(failure) => return failed(SessionResult::default(), transactions, failure),
+            },
         };
         session.journal = spool.map(Journal::new);
-        let broken = transactions.iter().find_map(|tx| {
-            let (outcomes, broken) = session.transaction(tx);
-            report.results.push(outcomes);
-            broken
-        });
-        session.finish(&mut report);
-        match broken {
-            None => self.session = Some(session),
-            Some(failure) => {
-                session.quit();
-                fill_from(&mut report, transactions, &failure);
-            }
-        }
-        report
+        let failure = failure.or_else(|| transactions.iter().find_map(|tx| session.transaction(tx)));
+        let report = session.finish();
+        let Some(failure) = failure else {
+            self.session = Some(session);
+            return report;
+        };
+        session.quit();
+        failed(report, transactions, failure)
     }
 
     pub fn close(&mut self) {
@@ -217,12 +208,13 @@ impl Client {
     }
 }
 
-/// Give every recipient of the transactions not yet reported the session's failure.
-fn fill_from(report: &mut SessionResult, transactions: &[Transaction], failure: &Outcome) {
-    report.failure = Some(failure.clone());
+/// The session's failure: also what every recipient of the transactions not yet reported gets.
+fn failed(mut report: SessionResult, transactions: &[Transaction], failure: Outcome) -> SessionResult {
     for tx in &transactions[report.results.len()..] {
         report.results.push(vec![failure.clone(); tx.recipients.len()]);
     }
+    report.failure = Some(failure);
+    report
 }
 
 #[cfg(test)]

@@ -1,14 +1,15 @@
-//! One session's state and its set-up: greeting, EHLO or HELO, STARTTLS or implicit TLS, AUTH;
-//! commands written in one go and replies read within a deadline; QUIT.
+//! One session: its connection (a socket, plain or TLS, whose reads end by a deadline) and its
+//! set-up: greeting, EHLO or HELO, STARTTLS or implicit TLS, AUTH; commands written in one go and
+//! replies read within a deadline; QUIT.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rustls::ClientConfig;
+use rustls::{ClientConfig, ClientConnection};
 use sha2::{Digest, Sha256};
 
-use super::conn::{connect, describe, Stream};
 use super::{Outcome, SessionConfig, SessionResult, Stage, Status, TlsMode, MAX_LINE, QUIT_WAIT};
 use crate::auth::{self, Mechanism};
 use crate::journal::Journal;
@@ -21,11 +22,11 @@ const HIDDEN: &str = "<authentication data hidden>";
 pub(super) struct Session {
     pub(super) cfg: Arc<SessionConfig>,
     /// Our read buffer, so that what is buffered before STARTTLS can be thrown away.
-    pub(super) reader: BufReader<Stream>,
-    pub(super) tls_config: Option<Arc<ClientConfig>>,
+    reader: BufReader<Stream>,
+    tls_config: Option<Arc<ClientConfig>>,
     pub(super) ext: Extensions,
-    /// What the caller learns of the session (without results).
-    pub(super) facts: SessionResult,
+    /// What the caller learns, kept up to date: of the session, and of this `send`'s transactions.
+    pub(super) report: SessionResult,
     /// The connection can no longer carry commands (error, timeout, 421).
     pub(super) dead: bool,
     /// The server may hold state from a failed transaction: RSET before the next one.
@@ -35,19 +36,23 @@ pub(super) struct Session {
 }
 
 impl Session {
-    /// Connect and set the session up; a failure is what every recipient gets.
-    pub(super) fn open(cfg: &Arc<SessionConfig>, report: &mut SessionResult) -> Result<Self, Outcome> {
-        let tls_config = match cfg.tls.mode {
-            TlsMode::None => None,
-            _ => Some(tls::client_config(&cfg.tls).map_err(|e| Outcome::temporary(Stage::Tls, e))?),
+    /// Connect, and set the session up; a failure is what every recipient gets (after a failed
+    /// set-up, with the session whose report the caller gets).
+    pub(super) fn open(cfg: &Arc<SessionConfig>) -> Result<(Self, Option<Outcome>), Outcome> {
+        let tls_config = (cfg.tls.mode != TlsMode::None)
+            .then(|| tls::client_config(&cfg.tls).map_err(|e| Outcome::temporary(Stage::Tls, e)))
+            .transpose()?;
+        let (tcp, address) = connect(cfg)?;
+        let sock = Socket {
+            tcp,
+            deadline: Instant::now(),
         };
-        let (reader, address) = connect(cfg)?;
         let mut session = Session {
             cfg: cfg.clone(),
-            reader,
+            reader: BufReader::new(Stream { sock, tls: None }),
             tls_config,
             ext: Extensions::default(),
-            facts: SessionResult {
+            report: SessionResult {
                 address: Some(address.to_string()),
                 ..SessionResult::default()
             },
@@ -55,12 +60,8 @@ impl Session {
             dirty: false,
             journal: None,
         };
-        if let Err(failure) = session.setup() {
-            session.finish(report);
-            session.quit();
-            return Err(failure);
-        }
-        Ok(session)
+        let failure = session.setup().err();
+        Ok((session, failure))
     }
 
     /// TLS, greeting, EHLO, STARTTLS and AUTH, all within one deadline: a server that trickles
@@ -79,16 +80,14 @@ impl Session {
         self.authenticate()
     }
 
-    /// Sync the journal; tell the caller what the session found.
-    pub(super) fn finish(&mut self, report: &mut SessionResult) {
+    /// Sync the journal; the report of this `send`.
+    pub(super) fn finish(&mut self) -> SessionResult {
         if let Some(Err(e)) = self.journal.as_mut().map(Journal::sync) {
             self.trace("!!! ", &e.to_string());
         }
-        *report = SessionResult {
-            results: std::mem::take(&mut report.results),
-            extensions: self.ext.keywords.clone(),
-            ..self.facts.clone()
-        };
+        let report = self.report.clone();
+        self.report.results.clear();
+        report
     }
 
     /// The transcript shows `shown` instead of `line`.
@@ -126,6 +125,7 @@ impl Session {
             }
             _ => return self.check(Stage::Ehlo, reply, 2).map(drop),
         };
+        self.report.extensions = self.ext.keywords.clone();
         Ok(())
     }
 
@@ -153,14 +153,14 @@ impl Session {
         };
         // Never send credentials in clear; the caller sees auth_mechanism None.
         let allowed = mechanisms.as_deref().unwrap_or(&Mechanism::DEFAULT);
-        let usable = self.facts.tls_version.is_some() || cfg.allow_insecure_auth;
+        let usable = self.report.tls_version.is_some() || cfg.allow_insecure_auth;
         let Some(mechanism) = auth::choose(&self.ext.auth, allowed).filter(|_| usable) else {
             return Ok(());
         };
         // A rejected login must not bounce the queue (Postfix's soft bounce): temporary.
         self.auth_exchange(mechanism, login, secret)
             .map_err(|outcome| outcome.temporary_with(&format!("AUTH {} failed: ", mechanism.name())))?;
-        self.facts.auth_mechanism = Some(mechanism);
+        self.report.auth_mechanism = Some(mechanism);
         Ok(())
     }
 
@@ -220,6 +220,7 @@ impl Session {
         self.quit();
         None
     }
+
     pub(super) fn trace(&self, prefix: &str, text: &str) {
         if self.cfg.verbose {
             // Straight to fd 2; a closed stderr must not break delivery.
@@ -227,8 +228,9 @@ impl Session {
         }
     }
 
+    /// Every read from now on ends within `wait` in all.
     pub(super) fn start_clock(&mut self, wait: Duration) {
-        self.reader.get_mut().start_clock(wait);
+        self.reader.get_mut().sock.deadline = Instant::now() + wait;
     }
 
     pub(super) fn conn_failure(&mut self, stage: Stage, err: &str) -> Outcome {
@@ -281,7 +283,7 @@ impl Session {
             Err(e) => {
                 self.dead = true;
                 // The certificate the checks refused, if it got that far (doctor shows it).
-                self.facts.peer_cert_sha256 = presented;
+                self.report.peer_cert_sha256 = presented;
                 return Err(Outcome::temporary(Stage::Tls, format!("{host}: {e}")));
             }
         };
@@ -291,10 +293,10 @@ impl Session {
         let version = version.unwrap_or("unknown").replace('_', ".");
         let cipher = cipher.unwrap_or("unknown").to_owned();
         let leaf = conn.peer_certificates().and_then(|c| c.first());
-        self.facts.peer_cert_sha256 = leaf.map(|c| format!("{:x}", Sha256::digest(c)));
-        self.facts.tls_resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        self.report.peer_cert_sha256 = leaf.map(|c| format!("{:x}", Sha256::digest(c)));
+        self.report.tls_resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         self.trace("*** ", &format!("TLS {version} {cipher}"));
-        (self.facts.tls_version, self.facts.tls_cipher) = (Some(version), Some(cipher));
+        (self.report.tls_version, self.report.tls_cipher) = (Some(version), Some(cipher));
         Ok(())
     }
 
@@ -307,5 +309,120 @@ impl Session {
             self.dead = true;
         }
         self.reader.get_mut().close();
+    }
+}
+
+/// The TCP socket, whose reads all end by `deadline`: a handshake or reply trickled a byte at
+/// a time cannot outlast it (a timeout per read would restart with every byte).
+struct Socket {
+    tcp: TcpStream,
+    deadline: Instant,
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.tcp.set_read_timeout(Some(left))?;
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+struct Stream {
+    sock: Socket,
+    tls: Option<ClientConnection>,
+}
+
+impl Stream {
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match &mut self.tls {
+            Some(tls) => {
+                let mut tls = rustls::Stream::new(tls, &mut self.sock);
+                tls.write_all(bytes).and_then(|()| tls.flush())
+            }
+            None => self.sock.tcp.write_all(bytes),
+        }
+    }
+
+    /// The TLS handshake, within the clock; from then on the stream reads and writes through it.
+    /// (On a failed handshake, rustls has already sent the server its alert.)
+    fn start_tls(&mut self, config: Arc<ClientConfig>, host: &str) -> Result<&ClientConnection, String> {
+        let name = tls::server_name(host)?;
+        let mut tls = ClientConnection::new(config, name).map_err(|e| format!("TLS setup: {e}"))?;
+        while tls.is_handshaking() {
+            tls.complete_io(&mut self.sock).map_err(|err| match err.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                    "timeout during the TLS handshake".to_owned()
+                }
+                io::ErrorKind::UnexpectedEof => "connection closed during the TLS handshake".to_owned(),
+                _ => format!("TLS handshake failed: {err}"),
+            })?;
+        }
+        Ok(self.tls.insert(tls))
+    }
+
+    fn close(&mut self) {
+        if let Some(tls) = &mut self.tls {
+            tls.send_close_notify();
+            let _ = tls.complete_io(&mut self.sock);
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            Some(tls) => rustls::Stream::new(tls, &mut self.sock).read(buf),
+            None => self.sock.read(buf),
+        }
+    }
+}
+
+/// The first address that takes the connection, without Nagle's delay (commands go in one write).
+fn connect(cfg: &SessionConfig) -> Result<(TcpStream, IpAddr), Outcome> {
+    let mut errors = Vec::new();
+    for &ip in &cfg.addresses {
+        let target = SocketAddr::new(ip, cfg.port);
+        let tcp = TcpStream::connect_timeout(&target, cfg.connect_timeout).and_then(|tcp| {
+            tcp.set_nodelay(true)?;
+            tcp.set_write_timeout(Some(cfg.command_timeout))?;
+            Ok(tcp)
+        });
+        match tcp {
+            Ok(tcp) => return Ok((tcp, ip)),
+            Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => {
+                let wait = cfg.connect_timeout.as_secs_f64();
+                errors.push(format!("{target}: connect timeout ({wait} s)"));
+            }
+            Err(e) => errors.push(format!("{target}: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        errors.push("no address to connect to".to_owned());
+    }
+    let text = format!("cannot connect to {}: {}", cfg.host, errors.join("; "));
+    Err(Outcome::temporary(Stage::Connect, text))
+}
+
+/// What an I/O error means to the session; `timeout` is the wait that ran out.
+fn describe(err: &io::Error, timeout: Duration) -> String {
+    match err.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            format!("timeout ({} s) waiting for the server", timeout.as_secs_f64())
+        }
+        io::ErrorKind::UnexpectedEof => "connection closed by the server".to_owned(),
+        _ => format!("connection error: {err}"),
     }
 }

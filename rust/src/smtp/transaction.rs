@@ -10,8 +10,9 @@ use super::{Outcome, Stage, Status, Transaction, PIPELINE_BATCH};
 use crate::address::check;
 
 impl Session {
-    /// Per-recipient outcomes, and the failure for every later one if the connection broke.
-    pub(super) fn transaction(&mut self, tx: &Transaction) -> (Vec<Outcome>, Option<Outcome>) {
+    /// Report the per-recipient outcomes; return the failure for every later one if the connection
+    /// broke.
+    pub(super) fn transaction(&mut self, tx: &Transaction) -> Option<Outcome> {
         // Per recipient, its refusal (local or by the server), if any so far.
         let mut refused: Vec<Option<Outcome>> = vec![None; tx.recipients.len()];
         // The envelope's replies within one TIMEOUT in all (the final reply has its own).
@@ -23,8 +24,8 @@ impl Session {
             .map(|r| r.unwrap_or_else(|| last.clone()))
             .collect();
         self.journal(tx, &outcomes);
-        let broken = broken.or_else(|| self.dead.then(|| self.unusable()));
-        (outcomes, broken)
+        self.report.results.push(outcomes);
+        broken.or_else(|| self.dead.then(|| self.unusable()))
     }
 
     fn unusable(&self) -> Outcome {
@@ -151,17 +152,13 @@ impl Session {
             n if n > wanted.len() => Stage::Data,
             _ => Stage::Rcpt,
         };
-        let size = if self.ext.has("PIPELINING") {
-            PIPELINE_BATCH
-        } else {
-            1
-        };
+        let pipelined = self.ext.has("PIPELINING");
         let (mut mail_ok, mut data_reply, mut n) = (Ok(()), None, 0);
-        for batch in commands.chunks(size) {
+        for batch in commands.chunks(if pipelined { PIPELINE_BATCH } else { 1 }) {
             // One at a time, stop where a reply ends the transaction: a refused MAIL (or its 421),
             // or no recipient accepted before DATA.
             let nobody = n > wanted.len() && refused.iter().all(Option::is_some);
-            if size == 1 && (mail_ok.is_err() || nobody) {
+            if !pipelined && (mail_ok.is_err() || nobody) {
                 break;
             }
             let lines: String = batch
@@ -216,11 +213,9 @@ impl Session {
             };
             self.write(stage, chunk)
         });
-        if let Err(outcome) = sent {
-            // A DATA cut short cannot be ended without delivering a truncated message: hang up.
-            self.dead = true;
-            return Err(outcome);
-        }
+        // A DATA cut short cannot be ended without delivering a truncated message: hang up.
+        self.dead |= sent.is_err();
+        sent?;
         self.start_clock(self.cfg.command_timeout);
         let reply = self.read_reply(Stage::Dot)?;
         // A refusal here fails only this transaction: the next one needs no RSET.
