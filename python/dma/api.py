@@ -66,7 +66,7 @@ class Batch:
     """
 
     def __init__(self, config: ConfigLike = None, *, durable: bool = False) -> None:
-        self.config = load_config(config)
+        self.config = config if isinstance(config, Config) else Config(config)
         self.durable = durable  # each message synced on its own (`submit`): no syncfs at the end
         self.message_ids: list[str] = []
         self._resolver = RecipientResolver(self.config)
@@ -124,11 +124,6 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.message_ids)
-
-
-def load_config(config: ConfigLike) -> Config:
-    """A `Config` as given, or read from a path, or the default one (`$DMA_CONF`, /etc/dma/dma.conf)."""
-    return config if isinstance(config, Config) else Config(config)
 
 
 def runner_running(cfg: Config) -> bool:
