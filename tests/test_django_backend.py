@@ -11,7 +11,7 @@ import pytest
 from django.conf import settings
 from django.core import mail
 from django.test.utils import override_settings
-from dma import api
+from dma import api, config
 from dma.errors import EX_DATAERR, Fatal
 from dma_fixtures import DmaEnv
 from smtp_servers import Smtpd
@@ -134,7 +134,7 @@ def test_delivered_through_the_runner(tmp_path: Path) -> None:
         (got,) = server.handler.messages
         assert got.mail_from == "from@site.example" and got.rcpt_tos == ["x@remote.example"]
         assert b"Subject: from django" in got.content
-        cfg = api.load_config(env.conf)
+        cfg = config.load(str(env.conf))
         while (env.entries() or api.runner_running(cfg)) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert env.entries() == [] and not api.runner_running(cfg)

@@ -66,7 +66,7 @@ class Batch:
     """
 
     def __init__(self, config: ConfigLike = None, *, durable: bool = False) -> None:
-        self.config = load_config(config)
+        self.config = config if isinstance(config, Config) else Config(config)
         self.durable = durable  # each message synced on its own (`submit`): no syncfs at the end
         self.message_ids: list[str] = []
         self._resolver = RecipientResolver(self.config)
@@ -88,18 +88,15 @@ class Batch:
         """Queue `message` as `dma.api.submit` does, in this batch; returns its message id."""
         if self._closed:
             raise RuntimeError("this dma.api.Batch is closed")
-        if isinstance(message, (bytes, bytearray, memoryview)):
-            data = bytes(message)
-        else:
-            from email.message import Message
-
-            if not isinstance(message, Message):
-                raise TypeError(
-                    f"a message must be an email.message.Message or bytes, not {type(message).__name__}"
-                )
-            # Without arguments: Django's messages override `as_bytes` with other ones. No `>From`
-            # quoting; the CRLF of a policy such as `SMTP` becomes LF in the spool, as on stdin.
-            data = message.as_bytes()
+        if not isinstance(message, (bytes, bytearray, memoryview)) and not hasattr(message, "as_bytes"):
+            raise TypeError(
+                f"a message must be an email.message.Message or bytes, not {type(message).__name__}"
+            )
+        # A Message's bytes are its `as_bytes()` without arguments (Django's messages override it with
+        # other ones): no `>From` quoting; the CRLF of a policy such as `SMTP` becomes LF, as on stdin.
+        data = bytes(message)
+        if not data:  # `sendmail` queues an empty standard input, as C dma does; here it is a mistake
+            raise Fatal(EX_NOINPUT, "no message given, nothing queued")
         given = [recipients] if isinstance(recipients, str) else list(recipients or ())
         if not all(isinstance(r, str) for r in given):
             raise TypeError("recipients must be strings")
@@ -129,20 +126,11 @@ class Batch:
         return len(self.message_ids)
 
 
-def load_config(config: ConfigLike) -> Config:
-    """A `Config` as given, or read from a path, or the default one (`$DMA_CONF`, /etc/dma/dma.conf)."""
-    return config if isinstance(config, Config) else Config(config)
-
-
 def runner_running(cfg: Config) -> bool:
     try:
-        spool = _native.Spool(cfg.spooldir)
-        if spool.lock():
-            spool.unlock()
-            return False
+        return not _native.Spool(cfg.spooldir).lock()  # a lock we get goes with its Spool, at once
     except OSError:
         return False  # no spool to watch or lock to take: start one, which says what is wrong
-    return True
 
 
 def wake_runner(cfg: Config) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging  # noqa: TID253 - this module is a logging handler: whoever imports it has logging
 from collections.abc import Iterable
 
-from .api import load_config, submit
+from .api import submit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ __all__ = ["MailHandler"]
 
 class MailHandler(logging.Handler):
     """Mail each record to `toaddrs` from `fromaddr` (also the envelope sender) with `subject`.
-    `config`: as `dma.api.submit` takes it, read once, at the first record."""
+    `config`: as `dma.api.submit` takes it, read at each record (as SMTPHandler connects for each)."""
 
     def __init__(
         self,
@@ -37,7 +37,7 @@ class MailHandler(logging.Handler):
         self.fromaddr = fromaddr
         self.toaddrs = [toaddrs] if isinstance(toaddrs, str) else list(toaddrs)
         self.subject = subject
-        self.config = config  # a `Config` from the first record on
+        self.config = config
 
     def getSubject(self, record: logging.LogRecord) -> str:
         """The subject for `record`; override to vary it (as with SMTPHandler)."""
@@ -52,7 +52,6 @@ class MailHandler(logging.Handler):
             msg["To"] = ", ".join(self.toaddrs)
             msg["Subject"] = self.getSubject(record)
             msg.set_content(self.format(record))
-            self.config = load_config(self.config)
             submit(msg, sender=self.fromaddr, recipients=self.toaddrs, config=self.config)
         except RecursionError:  # as the standard handlers do: never swallowed
             raise

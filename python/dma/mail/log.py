@@ -15,8 +15,7 @@ if TYPE_CHECKING:
 
 # syslog(3) levels.
 _PRIORITIES = {"crit": 2, "err": 3, "warning": 4, "notice": 5, "info": 6}
-_ESCAPES = {c: f"\\u{c:04x}" for c in range(32)}
-_ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\"})
+_ESCAPES = {**{c: f"\\u{c:04x}" for c in range(32)}, ord('"'): '\\"', ord("\\"): "\\\\"}
 
 
 def _json(value: str | int | None) -> str:

@@ -107,11 +107,9 @@ def parse_addresses(text: str, what: str = "address") -> list[str]:
 
 
 def _flush(current: list[str], found: list[str], what: str) -> None:
-    address = "".join(current)
-    if not address:
-        return
-    check_address(address, what)
-    found.append(address)
+    if address := "".join(current):
+        check_address(address, what)
+        found.append(address)
 
 
 def check_address(address: str, what: str = "address") -> None:

@@ -8,10 +8,11 @@ import errno
 import posix
 import time
 
-from dma import __version__, _native
+from dma import _native
 from dma.errors import EX_CANTCREAT, EX_DATAERR, EX_IOERR, EX_NOINPUT, EX_TEMPFAIL, Fatal
 
 from . import message
+from .log import Log
 from .routing import RecipientResolver, choose
 
 TYPE_CHECKING = False
@@ -83,7 +84,7 @@ class Spooling:
                 f"Received: from {login} (uid {posix.getuid() if uid is None else uid})\n"
                 f"\t(envelope-from {sender or '<>'})\n"
                 f"\tid {self.id}\n"
-                f"\tby {cfg.mailname} (dma {__version__} on {cfg.system_hostname});\n"
+                f"\tby {cfg.mailname} (dma {_native.__version__} on {cfg.system_hostname});\n"
                 f"\t{date}\n"
             )
         mailbox = f"<{sender or 'MAILER-DAEMON@' + cfg.mailname}>"
@@ -168,9 +169,6 @@ def submit(
             )
         except OSError as e:
             raise os_failure(e, "can not read mail") from e
-        if source == b"":
-            # `sendmail` queues an empty standard input as C dma does; `dma.api` calls it a mistake.
-            raise Fatal(EX_NOINPUT, "no message given, nothing queued")
         if sub.from_headers:
             from_headers: list[str] = []
             for value in values:
@@ -184,8 +182,6 @@ def submit(
             raise Fatal(EX_DATAERR, str(e)) from e
         except OSError as e:
             raise os_failure(e, "can not create spools") from e
-    from .log import Log
-
     to = ", ".join(recipients)
     uid = posix.getuid()
     text = f"new mail from user={message.login_name()} uid={uid} envelope_from=<{sender}> to {to}"
