@@ -282,6 +282,24 @@ def test_route_of_a_local_alias_and_a_remote_address(dma_env: DmaEnv) -> None:
     assert lines(r, "INFO", "smtp") == ["not connecting (-n)"]
 
 
+def test_without_an_address_the_route_of_remote_mail_and_a_probe_of_every_smarthost(dma_env: DmaEnv) -> None:
+    with Smtpd() as first, Smtpd() as second:
+        dma_env.smarthost = f"SMARTHOST 127.0.0.1:{first.port} 127.0.0.1:{second.port}"
+        dma_env.write_conf()
+        r = doctor(dma_env)
+        probed = [first.handler.ehlo_count, second.handler.ehlo_count]
+    out = r.stdout.decode()
+    assert r.returncode == 0, out
+    # As for an address: the first smarthost, its addresses on the next line.
+    assert lines(r, "PASS", "route") == [f"remote mail -> smarthost 127.0.0.1 port {first.port}"]
+    assert f"route     remote mail -> smarthost 127.0.0.1 port {first.port}\n{'':15} 127.0.0.1\n" in out
+    assert lines(r, "PASS", "connect") == [
+        f"127.0.0.1 [127.0.0.1] port {first.port}",
+        f"127.0.0.1 [127.0.0.1] port {second.port}",
+    ]
+    assert all(probed), probed
+
+
 def test_unknown_local_recipient_fails(dma_env: DmaEnv) -> None:
     r = doctor(dma_env, "-n", "no-such-user-here")
     assert r.returncode == 1

@@ -63,8 +63,7 @@ def entry_row(e: _native.QueueEntry) -> dict[str, object]:
 
 def command(prog: str, name: str, args: list[str]) -> int:
     opts, words = getopts(args, USAGE, "C:", ("json",))
-    sub = words[0] if words else ""
-    ids = words[1:]
+    sub, *ids = words or [""]
     # list takes no ID (and only it takes --json), show one, the others one or more.
     ids_ok = {"list": not ids, "show": len(ids) == 1}.get(sub, bool(ids))
     if sub not in SUBCOMMANDS or not ids_ok or ("--json" in opts and sub != "list"):

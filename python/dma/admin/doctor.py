@@ -188,11 +188,7 @@ def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[tupl
     if not addresses and not cfg.smarthost:
         report("INFO", "route", "no SMARTHOST and no ADDRESS given: nothing to connect to")
     elif not addresses:
-        hosts = report.attempt("route", f"smarthost {cfg.smarthost}: ", targets_for, "", cfg)
-        if hosts:
-            t = hosts[0]
-            report("PASS", "route", f"smarthost {t.name} port {t.port}: {', '.join(t.addresses)}")
-            found[(t.name, t.port)] = (t, None)
+        return check_remote(cfg, "remote mail", "", report)
     resolver = RecipientResolver(cfg)
     for given in addresses:
         address = strip_local_domain(given, cfg.mailname)
@@ -207,17 +203,18 @@ def check_routes(cfg: Config, addresses: list[str], report: Report) -> list[tupl
         indent = "  " if expands and not cfg.nullclient else ""
         for rcpt in expanded:
             if "@" in rcpt:
-                for t, route in check_remote(cfg, rcpt, indent, report):
+                for t, route in check_remote(cfg, indent + rcpt, rcpt, report):
                     found.setdefault((t.name, t.port), (t, route))
             else:
                 report("PASS", "route", f"{indent}{rcpt} -> local {mailbox_of(cfg, rcpt)}")
     return list(found.values())
 
 
-def check_remote(cfg: Config, address: str, indent: str, report: Report) -> list[tuple[Target, Route | None]]:
-    """Print the hosts mail to a remote `address` goes to; returns them, with their ROUTE."""
+def check_remote(cfg: Config, label: str, address: str, report: Report) -> list[tuple[Target, Route | None]]:
+    """Print the hosts mail to a remote `address` goes to, as `label`'s; returns them, with their ROUTE.
+    No ROUTE matches the empty address: its hosts are the smarthost's."""
     dest = Destination(cfg, "", address)
-    hosts = report.attempt("route", f"{indent}{address}: ", targets_for, dest.domain, cfg, dest.route)
+    hosts = report.attempt("route", f"{label}: ", targets_for, dest.domain, cfg, dest.route)
     if hosts is None:
         return []
     route = dest.route
@@ -229,7 +226,7 @@ def check_remote(cfg: Config, address: str, indent: str, report: Report) -> list
     else:
         text = f"{len(hosts)} host(s) for {dest.domain}, port 25"
         details = [f"MX {t.preference} {t.name}: {', '.join(t.addresses)}" for t in hosts]
-    report("PASS", "route", f"{indent}{address} -> {text}{via}", *details)
+    report("PASS", "route", f"{label} -> {text}{via}", *details)
     return [(t, route) for t in hosts]
 
 

@@ -6,6 +6,7 @@ every `.pth` file (`site`) costs a third more than the start-up itself."""
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import grp
 import hashlib
@@ -105,8 +106,7 @@ def write_atomically(path: str, text: str, mode: int) -> None:
 
 
 def sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def same(a: str, b: str) -> bool:
@@ -160,12 +160,10 @@ class Installer:
     def load_manifest(self) -> bool:
         try:
             with open(self.p(MANIFEST)) as f:
-                text = f.read()
+                self.manifest.update(json.load(f))
         except FileNotFoundError:
             return False
-        try:
-            self.manifest.update(json.loads(text))
-        except ValueError as e:
+        except ValueError as e:  # not JSON, or not UTF-8
             raise Fatal(EX_SOFTWARE, f"{self.p(MANIFEST)}: unreadable manifest: {e}") from None
         return True
 
@@ -200,12 +198,9 @@ class Installer:
     def write_file(self, path: str, text: str, mode: int = 0o644, note: str = "") -> None:
         """Write `text` at `path` with `mode` unless it is there already."""
         real = self.p(path)
-        try:
-            with open(real) as f:
-                if f.read() == text and stat.S_IMODE(os.fstat(f.fileno()).st_mode) == mode:
-                    return
-        except (FileNotFoundError, UnicodeDecodeError):
-            pass
+        with contextlib.suppress(FileNotFoundError, UnicodeDecodeError), open(real) as f:
+            if f.read() == text and stat.S_IMODE(os.fstat(f.fileno()).st_mode) == mode:
+                return
         self.makedirs(os.path.dirname(path), 0o755)
         write_atomically(real, text, mode)
         if path != MANIFEST:  # not a file for uninstall to remove, nor a change
@@ -304,21 +299,20 @@ class Installer:
         changed = self.changes != before
         if under_tmp and changed:
             self.say("note", f"dma.service runs without PrivateTmp=yes, which would hide {under_tmp[0]}")
-        if not self.systemd_running:
-            if changed and self.prefix:
-                enable = f"systemctl --root={self.prefix} enable {' '.join(ENABLE)}"
-                self.say("note", f"units not enabled in an image: {enable}")
-            elif changed:
-                self.say("note", "systemd is not running: the units are neither enabled nor started")
-            return
-        if changed:
-            self.systemctl("daemon-reload")
-        if changed or any(
-            subprocess.call(["systemctl", "--quiet", verb, *ENABLE], stdout=subprocess.DEVNULL)
-            for verb in ("is-enabled", "is-active")
-        ):
-            self.changes += 1
-            self.systemctl("enable", "--now", *ENABLE)
+        if self.systemd_running:
+            if changed:
+                self.systemctl("daemon-reload")
+            if changed or any(
+                subprocess.call(["systemctl", "--quiet", verb, *ENABLE], stdout=subprocess.DEVNULL)
+                for verb in ("is-enabled", "is-active")
+            ):
+                self.changes += 1
+                self.systemctl("enable", "--now", *ENABLE)
+        elif changed and self.prefix:
+            enable = f"systemctl --root={self.prefix} enable {' '.join(ENABLE)}"
+            self.say("note", f"units not enabled in an image: {enable}")
+        elif changed:
+            self.say("note", "systemd is not running: the units are neither enabled nor started")
 
     def uninstall(self) -> None:
         if not self.load_manifest():
