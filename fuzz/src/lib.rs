@@ -41,12 +41,15 @@ pub fn spool_entry(data: &[u8]) {
 /// A message piped into sendmail. The first byte picks the options.
 pub fn intake(data: &[u8]) {
     let (flags, input) = data.split_first().map_or((0, data), |(f, rest)| (*f, rest));
-    let added = [b"Date: now\n".to_vec(), b"Message-Id: <x@y>\n".to_vec()];
     let opts = IntakeOptions {
         dot_terminates: flags & 1 != 0,
         collect_recipients: flags & 2 != 0,
-        prefix: if flags & 4 != 0 { b"Received: test\n" } else { b"" },
-        add_if_missing: if flags & 8 != 0 { &added } else { &[] },
+        prefix: if flags & 4 != 0 { b"Received: test\n".to_vec() } else { Vec::new() },
+        add_if_missing: if flags & 8 != 0 {
+            vec![b"Date: now\n".to_vec(), b"Message-Id: <x@y>\n".to_vec()]
+        } else {
+            Vec::new()
+        },
         rewrite_from: None,
     };
     // A reader that returns small chunks, to exercise the chunk boundaries.

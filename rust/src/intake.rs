@@ -18,17 +18,22 @@ const CHUNK: usize = 64 * 1024;
 const MAX_FIELD: usize = 1 << 20;
 const MAX_COLLECTED: usize = 4 << 20;
 
-pub struct IntakeOptions<'a> {
+/// The keyword arguments of `Incoming.receive` (`py_api`), the unset ones false or none.
+#[cfg_attr(feature = "python", derive(pyo3::FromPyObject), pyo3(from_item_all))]
+pub struct IntakeOptions {
     /// A line holding only `.` ends the message (no `-i`).
+    #[cfg_attr(feature = "python", pyo3(default))]
     pub dot_terminates: bool,
     /// Collect the values of `To:`, `Cc:` and `Bcc:` (for `-t`).
+    #[cfg_attr(feature = "python", pyo3(default))]
     pub collect_recipients: bool,
     /// Written before the message (our `Received:` header).
-    pub prefix: &'a [u8],
+    pub prefix: Vec<u8>,
     /// Header lines (ending in LF) to add when the message lacks a field of their name.
-    pub add_if_missing: &'a [Vec<u8>],
+    pub add_if_missing: Vec<Vec<u8>>,
     /// REWRITEFROM: the first `From:` becomes this address, keeping its display name.
-    pub rewrite_from: Option<&'a str>,
+    #[cfg_attr(feature = "python", pyo3(default))]
+    pub rewrite_from: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -57,7 +62,7 @@ const DROP: Fate = Fate { keep: false, ..KEEP };
 
 struct Intake<'a, W> {
     out: W,
-    opts: &'a IntakeOptions<'a>,
+    opts: &'a IntakeOptions,
     info: MessageInfo,
     /// Still in the header block; what became of its last field.
     headers: bool,
@@ -148,7 +153,7 @@ impl<W: Write> Intake<'_, W> {
     /// End the header block: the rewritten `From:`, what is missing, then the empty line.
     fn close_headers(&mut self) -> Result<()> {
         self.headers = false;
-        if let (Some(address), Some(value)) = (self.opts.rewrite_from, self.from.take()) {
+        if let (Some(address), Some(value)) = (&self.opts.rewrite_from, self.from.take()) {
             self.write(&rewritten_from(&value, address))?;
         }
         for line in std::mem::take(&mut self.missing) {
@@ -196,10 +201,10 @@ fn read_piece(input: &mut impl BufRead, limit: usize, buf: &mut Vec<u8>) -> Resu
         .by_ref()
         .take(limit as u64)
         .read_until(b'\n', buf)
-        .map_err(|e| match e.kind() {
+        .or_else(|e| match e.kind() {
             // Only `Lf` says InvalidData (a NUL byte): the system never does.
-            ErrorKind::InvalidData => DmaError::Data(e.to_string()),
-            _ => DmaError::io("reading the message", e),
+            ErrorKind::InvalidData => Err(DmaError::Data(e.to_string())),
+            _ => Err(e).context(|| "reading the message".into()),
         })
 }
 
@@ -239,11 +244,7 @@ fn field_name(line: &[u8]) -> Option<&[u8]> {
 }
 
 /// Spool the message from `input` into `out` as `opts` say; returns what was learnt, and `out`.
-pub fn copy_message<W: Write>(
-    input: impl Read,
-    out: W,
-    opts: &IntakeOptions<'_>,
-) -> Result<(MessageInfo, W)> {
+pub fn copy_message<W: Write>(input: impl Read, out: W, opts: &IntakeOptions) -> Result<(MessageInfo, W)> {
     let lf = Lf {
         inner: input,
         after_cr: false,
@@ -259,7 +260,7 @@ pub fn copy_message<W: Write>(
         from: None,
         collected: 0,
     };
-    intake.write(opts.prefix)?;
+    intake.write(&opts.prefix)?;
     let mut piece = Vec::with_capacity(CHUNK);
     let mut first = true;
     // Each line: its head decides its fate, then the rest of it follows in chunks.
@@ -358,12 +359,11 @@ mod tests {
     }
 
     fn run(input: &[u8], dot: bool, collect: bool) -> (String, MessageInfo) {
-        let add = add();
         let opts = IntakeOptions {
             dot_terminates: dot,
             collect_recipients: collect,
-            prefix: b"Received: x\n",
-            add_if_missing: &add,
+            prefix: b"Received: x\n".to_vec(),
+            add_if_missing: add(),
             rewrite_from: None,
         };
         let (info, out) = copy_message(input, Vec::new(), &opts).unwrap();
@@ -383,12 +383,11 @@ mod tests {
                 Ok(1)
             }
         }
-        let add = add();
         let opts = IntakeOptions {
             dot_terminates: dot,
             collect_recipients: false,
-            prefix: b"",
-            add_if_missing: &add,
+            prefix: Vec::new(),
+            add_if_missing: add(),
             rewrite_from: None,
         };
         String::from_utf8(copy_message(OneByte(input), Vec::new(), &opts).unwrap().1).unwrap()
@@ -460,7 +459,7 @@ mod tests {
         ];
         for (input, want) in cases {
             let opts = IntakeOptions {
-                rewrite_from: Some("n@x"),
+                rewrite_from: Some("n@x".into()),
                 ..VERBATIM
             };
             let out = String::from_utf8(copy_message(*input, Vec::new(), &opts).unwrap().1).unwrap();

@@ -73,38 +73,29 @@ fn open_mbox(mbox: &Path, (uid, gid, mode): (u32, u32, u32)) -> Result<File> {
             .open(mbox)
     };
     let ctx = |what: &str| format!("can not {what} {}", mbox.display());
-    let file = match open(false) {
-        Err(e) if e.kind() == ErrorKind::NotFound => match open(true) {
-            Ok(f) => {
-                fchown(&f, Some(uid), Some(gid)).context(|| ctx("chown"))?;
-                f.set_permissions(Permissions::from_mode(mode))
-                    .context(|| ctx("chmod"))?;
-                f
-            }
-            // Somebody else created it between our two opens: use theirs, with all checks.
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => open(false).context(|| ctx("open"))?,
-            Err(e) => return Err(DmaError::io(ctx("create"), e)),
-        },
-        opened => opened.context(|| ctx("open"))?,
+    let file = match open(true) {
+        Ok(f) => {
+            fchown(&f, Some(uid), Some(gid)).context(|| ctx("chown"))?;
+            f.set_permissions(Permissions::from_mode(mode))
+                .context(|| ctx("chmod"))?;
+            f
+        }
+        // It exists (or somebody else created it meanwhile): use it, with all checks.
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => open(false).context(|| ctx("open"))?,
+        Err(e) => return Err(e).context(|| ctx("create")),
     };
     let meta = file.metadata().context(|| ctx("stat"))?;
-    let refuse = |errno: i32, why: &str| {
-        let e = io::Error::from_raw_os_error(errno);
-        DmaError::io(format!("refusing mbox {}: {why}", mbox.display()), e)
+    let owner = meta.uid();
+    let (errno, why) = if !meta.file_type().is_file() {
+        (libc::EINVAL, "not a regular file".to_owned())
+    } else if meta.nlink() > 1 {
+        (libc::EMLINK, "it has more than one hard link".to_owned())
+    } else if owner != uid && owner != 0 {
+        (libc::EPERM, format!("owned by uid {owner}, expected {uid}"))
+    } else {
+        return Ok(file);
     };
-    if !meta.file_type().is_file() {
-        return Err(refuse(libc::EINVAL, "not a regular file"));
-    }
-    if meta.nlink() > 1 {
-        return Err(refuse(libc::EMLINK, "it has more than one hard link"));
-    }
-    if meta.uid() != uid && meta.uid() != 0 {
-        return Err(refuse(
-            libc::EPERM,
-            &format!("owned by uid {}, expected {uid}", meta.uid()),
-        ));
-    }
-    Ok(file)
+    Err(io::Error::from_raw_os_error(errno)).context(|| format!("refusing mbox {}: {why}", mbox.display()))
 }
 
 /// Exclusive `flock` (std's `try_lock` is `flock` on Linux), polled until `timeout`: C dma blocks
@@ -207,7 +198,7 @@ fn open_or_make_dir(parent: impl AsFd, path: &Path, ctx: impl Fn(&str) -> String
     let made = match rustix::fs::mkdirat(&parent, path, Mode::from(0o700)) {
         Ok(()) => true,
         Err(rustix::io::Errno::EXIST) => false,
-        Err(e) => return Err(DmaError::io(ctx("create directory"), e.into())),
+        Err(e) => return Err(e).context(|| ctx("create directory")),
     };
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(&parent, path, flags, Mode::empty()).context(|| ctx("open directory"))?;

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::bs::SmtpInput;
@@ -68,27 +68,16 @@ impl Incoming {
         &self.id
     }
 
-    /// Read the message into the spool; returns its size there and, with `collect_recipients`,
-    /// the values of its `To:`, `Cc:` and `Bcc:`.
-    #[pyo3(name = "receive", signature = (source, *, prefix, add_if_missing, dot_terminates=false, collect_recipients=false, rewrite_from=None))]
-    #[allow(clippy::too_many_arguments)] // the keyword arguments of one Python call
+    /// Read the message into the spool as the keywords (`IntakeOptions`) say; returns its size
+    /// there and, with `collect_recipients`, the values of its `To:`, `Cc:` and `Bcc:`.
+    #[pyo3(name = "receive", signature = (source, **opts))]
     fn py_receive(
         &mut self,
         py: Python<'_>,
         source: Source<'_>,
-        prefix: Vec<u8>,
-        add_if_missing: Vec<Vec<u8>>,
-        dot_terminates: bool,
-        collect_recipients: bool,
-        rewrite_from: Option<String>,
+        opts: Option<IntakeOptions>,
     ) -> PyResult<(u64, Vec<String>)> {
-        let opts = IntakeOptions {
-            dot_terminates,
-            collect_recipients,
-            prefix: &prefix,
-            add_if_missing: &add_if_missing,
-            rewrite_from: rewrite_from.as_deref(),
-        };
+        let opts = opts.ok_or_else(|| PyTypeError::new_err("receive() needs prefix= and add_if_missing="))?;
         let info = match source {
             Source::Fd(fd) => py.detach(|| self.receive(dup(fd)?, &opts)),
             Source::Bytes(data) => py.detach(|| self.receive(&data[..], &opts)),

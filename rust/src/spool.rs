@@ -110,7 +110,7 @@ impl Incoming {
     }
 
     /// Stream the message from `input` into the temporary file and make it durable.
-    pub fn receive(&mut self, input: impl Read, opts: &IntakeOptions<'_>) -> Result<MessageInfo> {
+    pub fn receive(&mut self, input: impl Read, opts: &IntakeOptions) -> Result<MessageInfo> {
         let out = BufWriter::with_capacity(64 * 1024, &self.file);
         let (info, out) = intake::copy_message(input, out, opts)?;
         out.into_inner().context(|| "writing the spool file".into())?;
