@@ -6,7 +6,7 @@
 //! 2016 symlink/hard-link class of attacks on `/var/mail`).
 
 use std::fs::{File, OpenOptions, Permissions, TryLockError};
-use std::io::{self, BufReader, BufWriter, ErrorKind, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{fchown, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -118,33 +118,23 @@ fn lock_with_timeout(file: &File, timeout: Duration) -> io::Result<()> {
 }
 
 /// Write `from_line`, the message with mboxrd quoting (a line matching `^>*From ` gets one more
-/// `>`), a final LF if the message lacks one, then one empty line.
+/// `>`), a final LF if the message lacks one, then one empty line. A line is read in pieces of at
+/// most `CHUNK` octets, and its first piece decides: a run of `>` longer than that is not quoted.
 fn write_mbox_entry(out: impl Write, input: impl Read, from_line: &str) -> io::Result<()> {
-    const FROM: &[u8] = b"From ";
     let mut out = BufWriter::with_capacity(CHUNK, out);
     out.write_all(from_line.as_bytes())?;
-    // In a line's head: its run of `>` passes through (the extra `>` may as well go after it as
-    // before it), then the bytes that match `From ` so far wait for the one that decides.
-    let (mut head, mut matched, mut last) = (true, 0, b'\n');
-    for byte in BufReader::with_capacity(CHUNK, input).bytes() {
-        last = byte?;
-        if head && last == FROM[matched] {
-            matched += 1;
-            if matched == FROM.len() {
-                out.write_all(b">From ")?;
-                (head, matched) = (false, 0);
-            }
-            continue;
+    let mut input = BufReader::with_capacity(CHUNK, input);
+    let (mut piece, mut line_start) = (Vec::new(), true);
+    while (&mut input).take(CHUNK as u64).read_until(b'\n', &mut piece)? > 0 {
+        let quotes = piece.iter().take_while(|&&b| b == b'>').count();
+        if line_start && piece[quotes..].starts_with(b"From ") {
+            out.write_all(b">")?;
         }
-        if head && (matched > 0 || last != b'>') {
-            out.write_all(&FROM[..matched])?;
-            (head, matched) = (false, 0);
-        }
-        out.write_all(&[last])?;
-        head |= last == b'\n';
+        out.write_all(&piece)?;
+        line_start = piece.ends_with(b"\n");
+        piece.clear();
     }
-    out.write_all(&FROM[..matched])?;
-    if last != b'\n' {
+    if !line_start {
         out.write_all(b"\n")?;
     }
     out.write_all(b"\n")?;

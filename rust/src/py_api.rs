@@ -27,12 +27,11 @@ use crate::spool::{self, Entry, Incoming};
 
 impl From<DmaError> for PyErr {
     fn from(err: DmaError) -> PyErr {
-        match err {
-            DmaError::Io { context, source } => {
-                let errno = source.raw_os_error().unwrap_or(0);
-                PyOSError::new_err((errno, format!("{context}: {source}")))
+        match &err {
+            DmaError::Io { source, .. } => {
+                PyOSError::new_err((source.raw_os_error().unwrap_or(0), err.to_string()))
             }
-            DmaError::Data(msg) => PyValueError::new_err(msg),
+            DmaError::Data(_) => PyValueError::new_err(err.to_string()),
         }
     }
 }
