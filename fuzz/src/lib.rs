@@ -55,7 +55,8 @@ pub fn intake(data: &[u8]) {
     // A reader that returns small chunks, to exercise the chunk boundaries.
     let step = usize::from(flags >> 4) + 1;
     let reader = Chunked { data: input, step };
-    if let Ok((info, out)) = copy_message(reader, Vec::new(), &opts) {
+    let mut out = Vec::new();
+    if let Ok(info) = copy_message(reader, &mut out, &opts) {
         assert!(!out.contains(&b'\r'), "a CR reached the spool");
         assert!(!out.contains(&0), "a NUL reached the spool");
         assert_eq!(info.size, out.len() as u64);

@@ -5,7 +5,7 @@
 //! Long lines are kept whole: the SMTP writer breaks them on the wire.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, ErrorKind, Read, Seek, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, ErrorKind, Read, Seek, Write};
 use std::path::Path;
 
 use crate::errors::{DmaError, IoContext, Result};
@@ -243,15 +243,15 @@ fn field_name(line: &[u8]) -> Option<&[u8]> {
     (!name.is_empty() && name.iter().all(printable)).then_some(name)
 }
 
-/// Spool the message from `input` into `out` as `opts` say; returns what was learnt, and `out`.
-pub fn copy_message<W: Write>(input: impl Read, out: W, opts: &IntakeOptions) -> Result<(MessageInfo, W)> {
+/// Spool the message from `input` into `out` (buffered here) as `opts` say; returns what was learnt.
+pub fn copy_message(input: impl Read, out: impl Write, opts: &IntakeOptions) -> Result<MessageInfo> {
     let lf = Lf {
         inner: input,
         after_cr: false,
     };
     let mut input = BufReader::with_capacity(CHUNK, lf);
     let mut intake = Intake {
-        out,
+        out: BufWriter::with_capacity(CHUNK, out),
         opts,
         info: MessageInfo::default(),
         headers: true,
@@ -284,7 +284,8 @@ pub fn copy_message<W: Write>(input: impl Read, out: W, opts: &IntakeOptions) ->
     if intake.headers {
         intake.close_headers()?;
     }
-    Ok((intake.info, intake.out))
+    intake.out.flush().context(|| "writing the spool file".into())?;
+    Ok(intake.info)
 }
 
 /// A spooled message as a bounce quotes it: whole, or its header block (RET=HDRS).
@@ -366,7 +367,8 @@ mod tests {
             add_if_missing: add(),
             rewrite_from: None,
         };
-        let (info, out) = copy_message(input, Vec::new(), &opts).unwrap();
+        let mut out = Vec::new();
+        let info = copy_message(input, &mut out, &opts).unwrap();
         (String::from_utf8(out).unwrap(), info)
     }
 
@@ -390,7 +392,9 @@ mod tests {
             add_if_missing: add(),
             rewrite_from: None,
         };
-        String::from_utf8(copy_message(OneByte(input), Vec::new(), &opts).unwrap().1).unwrap()
+        let mut out = Vec::new();
+        copy_message(OneByte(input), &mut out, &opts).unwrap();
+        String::from_utf8(out).unwrap()
     }
 
     #[test]
@@ -462,7 +466,9 @@ mod tests {
                 rewrite_from: Some("n@x".into()),
                 ..VERBATIM
             };
-            let out = String::from_utf8(copy_message(*input, Vec::new(), &opts).unwrap().1).unwrap();
+            let mut out = Vec::new();
+            copy_message(*input, &mut out, &opts).unwrap();
+            let out = String::from_utf8(out).unwrap();
             assert!(
                 out.contains(&format!("{want}\nb\n"))
                     && out.matches("From:").count() == want.matches("From:").count(),
@@ -539,7 +545,7 @@ mod tests {
     #[test]
     fn nul_is_refused() {
         assert!(matches!(
-            copy_message(&b"a\0b\n"[..], Vec::new(), &VERBATIM),
+            copy_message(&b"a\0b\n"[..], io::sink(), &VERBATIM),
             Err(DmaError::Data(_))
         ));
     }

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{self, BufWriter, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
@@ -93,7 +93,15 @@ impl Incoming {
         );
         let tmp = dir.join(format!("{TMP_PREFIX}{id}"));
         if name.is_some() && fs::symlink_metadata(&tmp).is_ok() {
-            remove_uncommitted(dir, &id);
+            // What a process killed before its commit left under that name, the temporary file last.
+            for n in 1.. {
+                let q = fs::remove_file(dir.join(format!("Q{id}.{n}")));
+                let m = fs::remove_file(dir.join(format!("M{id}.{n}")));
+                if q.is_err() && m.is_err() {
+                    break;
+                }
+            }
+            let _ = fs::remove_file(&tmp);
         }
         let file =
             open_append(&tmp, true).context(|| format!("can not create temp file in `{}'", dir.display()))?;
@@ -111,9 +119,7 @@ impl Incoming {
 
     /// Stream the message from `input` into the temporary file and make it durable.
     pub fn receive(&mut self, input: impl Read, opts: &IntakeOptions) -> Result<MessageInfo> {
-        let out = BufWriter::with_capacity(64 * 1024, &self.file);
-        let (info, out) = intake::copy_message(input, out, opts)?;
-        out.into_inner().context(|| "writing the spool file".into())?;
+        let info = intake::copy_message(input, &self.file, opts)?;
         if self.durable {
             self.file
                 .sync_all()
@@ -201,18 +207,6 @@ fn random_u64() -> u64 {
     // Should it fail, the time part still makes the id unique, and create_new refuses a taken name.
     let _ = rustix::rand::getrandom(&mut buf, rustix::rand::GetRandomFlags::empty());
     u64::from_ne_bytes(buf)
-}
-
-/// What a process killed before its commit left under message `id`.
-fn remove_uncommitted(dir: &Path, id: &str) {
-    for n in 1.. {
-        let q = fs::remove_file(dir.join(format!("Q{id}.{n}")));
-        let m = fs::remove_file(dir.join(format!("M{id}.{n}")));
-        if q.is_err() && m.is_err() {
-            break;
-        }
-    }
-    let _ = fs::remove_file(dir.join(format!("{TMP_PREFIX}{id}")));
 }
 
 /// The readable entries (of one message, when given), oldest first.
