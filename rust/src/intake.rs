@@ -36,14 +36,6 @@ pub struct IntakeOptions {
     pub rewrite_from: Option<String>,
 }
 
-#[derive(Debug, Default)]
-pub struct MessageInfo {
-    /// Bytes written to the spool.
-    pub size: u64,
-    /// Unfolded values of `To:`, `Cc:` and `Bcc:`, when asked for.
-    pub recipient_headers: Vec<String>,
-}
-
 /// What becomes of a line, and of the header lines that continue it: kept, collected for `-t`,
 /// captured (the `From:` being rewritten).
 #[derive(Clone, Copy)]
@@ -63,7 +55,10 @@ const DROP: Fate = Fate { keep: false, ..KEEP };
 struct Intake<'a, W> {
     out: W,
     opts: &'a IntakeOptions,
-    info: MessageInfo,
+    /// Bytes written to the spool.
+    size: u64,
+    /// Unfolded values of `To:`, `Cc:` and `Bcc:`, when asked for.
+    recipients: Vec<String>,
     /// Still in the header block; what became of its last field.
     headers: bool,
     field: Fate,
@@ -76,7 +71,7 @@ struct Intake<'a, W> {
 
 impl<W: Write> Intake<'_, W> {
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        self.info.size += bytes.len() as u64;
+        self.size += bytes.len() as u64;
         self.out
             .write_all(bytes)
             .context(|| "writing the spool file".into())
@@ -130,7 +125,7 @@ impl<W: Write> Intake<'_, W> {
         if !fate.collect {
             return Ok(());
         }
-        let fields = &mut self.info.recipient_headers;
+        let fields = &mut self.recipients;
         let mut value = piece;
         if head && !is_continuation(piece) {
             // A new field: its value starts after the colon.
@@ -243,8 +238,9 @@ fn field_name(line: &[u8]) -> Option<&[u8]> {
     (!name.is_empty() && name.iter().all(printable)).then_some(name)
 }
 
-/// Spool the message from `input` into `out` (buffered here) as `opts` say; returns what was learnt.
-pub fn copy_message(input: impl Read, out: impl Write, opts: &IntakeOptions) -> Result<MessageInfo> {
+/// Spool the message from `input` into `out` (buffered here) as `opts` say; returns its size there
+/// and, with `collect_recipients`, the values of its `To:`, `Cc:` and `Bcc:`.
+pub fn copy_message(input: impl Read, out: impl Write, opts: &IntakeOptions) -> Result<(u64, Vec<String>)> {
     let lf = Lf {
         inner: input,
         after_cr: false,
@@ -253,7 +249,8 @@ pub fn copy_message(input: impl Read, out: impl Write, opts: &IntakeOptions) -> 
     let mut intake = Intake {
         out: BufWriter::with_capacity(CHUNK, out),
         opts,
-        info: MessageInfo::default(),
+        size: 0,
+        recipients: Vec::new(),
         headers: true,
         field: KEEP,
         missing: opts.add_if_missing.iter().collect(),
@@ -285,7 +282,7 @@ pub fn copy_message(input: impl Read, out: impl Write, opts: &IntakeOptions) -> 
         intake.close_headers()?;
     }
     intake.out.flush().context(|| "writing the spool file".into())?;
-    Ok(intake.info)
+    Ok((intake.size, intake.recipients))
 }
 
 /// A spooled message as a bounce quotes it: whole, or its header block (RET=HDRS).
@@ -359,7 +356,7 @@ mod tests {
         vec![b"Date: D\n".to_vec(), b"Message-Id: <M>\n".to_vec()]
     }
 
-    fn run(input: &[u8], dot: bool, collect: bool) -> (String, MessageInfo) {
+    fn run(input: &[u8], dot: bool, collect: bool) -> (String, (u64, Vec<String>)) {
         let opts = IntakeOptions {
             dot_terminates: dot,
             collect_recipients: collect,
@@ -399,12 +396,12 @@ mod tests {
 
     #[test]
     fn adds_missing_headers_before_the_separator() {
-        let (out, info) = run(b"Subject: hi\nDate: x\n\nbody\n", false, false);
+        let (out, (size, _)) = run(b"Subject: hi\nDate: x\n\nbody\n", false, false);
         assert_eq!(
             out,
             "Received: x\nSubject: hi\nDate: x\nMessage-Id: <M>\n\nbody\n"
         );
-        assert_eq!(info.size, out.len() as u64);
+        assert_eq!(size, out.len() as u64);
     }
 
     #[test]
@@ -420,15 +417,15 @@ mod tests {
     #[test]
     fn drops_bcc_with_continuations_and_collects_recipients() {
         let input = b"To: a@x,\n b@y\nBcc: c@z,\n\td@w\nCc: e@v\nSubject: s\n\nTo: not@header\n";
-        let (out, info) = run(input, false, true);
+        let (out, (_, recipients)) = run(input, false, true);
         assert_eq!(
             out,
             "Received: x\nTo: a@x,\n b@y\nCc: e@v\nSubject: s\nDate: D\nMessage-Id: <M>\n\nTo: not@header\n"
         );
-        assert_eq!(info.recipient_headers, vec![" a@x, b@y", " c@z,\td@w", " e@v"]);
-        let (out2, info2) = run(input, false, false);
+        assert_eq!(recipients, vec![" a@x, b@y", " c@z,\td@w", " e@v"]);
+        let (out2, (_, recipients2)) = run(input, false, false);
         assert_eq!(out, out2);
-        assert!(info2.recipient_headers.is_empty());
+        assert!(recipients2.is_empty());
     }
 
     #[test]
@@ -533,9 +530,9 @@ mod tests {
     fn long_lines_stream_whole() {
         let long = "y".repeat(300_000);
         let input = format!("To: {long}\nSubject: s\n\n{long}\n");
-        let (out, info) = run(input.as_bytes(), true, true);
+        let (out, (_, recipients)) = run(input.as_bytes(), true, true);
         assert!(out.contains(&format!("\n\n{long}\n")));
-        assert_eq!(info.recipient_headers, vec![format!(" {long}")]);
+        assert_eq!(recipients, vec![format!(" {long}")]);
         assert_eq!(
             run_bytewise(input.as_bytes(), true),
             &out["Received: x\n".len()..]

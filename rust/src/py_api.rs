@@ -77,7 +77,7 @@ impl Incoming {
         opts: Option<IntakeOptions>,
     ) -> PyResult<(u64, Vec<String>)> {
         let opts = opts.ok_or_else(|| PyTypeError::new_err("receive() needs prefix= and add_if_missing="))?;
-        let info = match source {
+        Ok(match source {
             Source::Fd(fd) => py.detach(|| self.receive(dup(fd)?, &opts)),
             Source::Bytes(data) => py.detach(|| self.receive(&data[..], &opts)),
             Source::Bounce(before, path, whole, after) => py.detach(|| {
@@ -88,8 +88,7 @@ impl Incoming {
                 let stdin = stdin.get();
                 py.detach(|| self.receive(lock(&stdin.0).data(), &opts))
             }
-        }?;
-        Ok((info.size, info.recipient_headers))
+        }?)
     }
 
     /// Publish one queue entry per recipient and return their ids; with `drop` (system mode),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use crate::errors::{DmaError, IoContext, Result};
-use crate::intake::{self, IntakeOptions, MessageInfo};
+use crate::intake::{self, IntakeOptions};
 
 mod entry;
 use entry::message_id_of;
@@ -118,15 +118,15 @@ impl Incoming {
     }
 
     /// Stream the message from `input` into the temporary file and make it durable.
-    pub fn receive(&mut self, input: impl Read, opts: &IntakeOptions) -> Result<MessageInfo> {
-        let info = intake::copy_message(input, &self.file, opts)?;
+    pub fn receive(&mut self, input: impl Read, opts: &IntakeOptions) -> Result<(u64, Vec<String>)> {
+        let (size, recipients) = intake::copy_message(input, &self.file, opts)?;
         if self.durable {
             self.file
                 .sync_all()
                 .context(|| format!("syncing `{}'", self.tmp.display()))?;
         }
-        self.size = info.size;
-        Ok(info)
+        self.size = size;
+        Ok((size, recipients))
     }
 
     /// Publish one queue entry per recipient, with the DSN parameters `dsn`; returns the entry ids.
