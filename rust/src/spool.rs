@@ -250,8 +250,7 @@ fn read_entry(dir: &Path, id: &str, f: &mut File) -> Option<Entry> {
     if !meta.is_file() || meta.len() > 64 * 1024 {
         return None;
     }
-    let mut text = String::new();
-    f.read_to_string(&mut text).ok()?;
+    let text = io::read_to_string(f).ok()?;
     let entry = Entry::parse(&text, u64::try_from(meta.mtime()).unwrap_or(0))?;
     // The name is what a runner locks and removes; a file claiming another id is not trusted.
     let m = fs::symlink_metadata(dir.join(format!("M{id}"))).ok()?;
