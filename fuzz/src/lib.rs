@@ -41,23 +41,27 @@ pub fn spool_entry(data: &[u8]) {
 /// A message piped into sendmail. The first byte picks the options.
 pub fn intake(data: &[u8]) {
     let (flags, input) = data.split_first().map_or((0, data), |(f, rest)| (*f, rest));
-    let added = [b"Date: now\n".to_vec(), b"Message-Id: <x@y>\n".to_vec()];
     let opts = IntakeOptions {
         dot_terminates: flags & 1 != 0,
         collect_recipients: flags & 2 != 0,
-        prefix: if flags & 4 != 0 { b"Received: test\n" } else { b"" },
-        add_if_missing: if flags & 8 != 0 { &added } else { &[] },
+        prefix: if flags & 4 != 0 { b"Received: test\n".to_vec() } else { Vec::new() },
+        add_if_missing: if flags & 8 != 0 {
+            vec![b"Date: now\n".to_vec(), b"Message-Id: <x@y>\n".to_vec()]
+        } else {
+            Vec::new()
+        },
         rewrite_from: None,
     };
     // A reader that returns small chunks, to exercise the chunk boundaries.
     let step = usize::from(flags >> 4) + 1;
     let reader = Chunked { data: input, step };
-    if let Ok((info, out)) = copy_message(reader, Vec::new(), &opts) {
+    let mut out = Vec::new();
+    if let Ok((size, recipients)) = copy_message(reader, &mut out, &opts) {
         assert!(!out.contains(&b'\r'), "a CR reached the spool");
         assert!(!out.contains(&0), "a NUL reached the spool");
-        assert_eq!(info.size, out.len() as u64);
+        assert_eq!(size, out.len() as u64);
         assert!(out.is_empty() || out.ends_with(b"\n"), "half a line in the spool");
-        for v in &info.recipient_headers {
+        for v in &recipients {
             assert!(!v.contains('\r') && !v.contains('\n'), "{v:?}");
         }
     }

@@ -13,15 +13,6 @@ pub enum DmaError {
 
 pub type Result<T> = std::result::Result<T, DmaError>;
 
-impl DmaError {
-    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
-        DmaError::Io {
-            context: context.into(),
-            source,
-        }
-    }
-}
-
 impl fmt::Display for DmaError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -38,7 +29,10 @@ pub trait IoContext<T> {
 
 impl<T, E: Into<io::Error>> IoContext<T> for std::result::Result<T, E> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|e| DmaError::io(what(), e.into()))
+        self.map_err(|e| DmaError::Io {
+            context: what(),
+            source: e.into(),
+        })
     }
 }
 

@@ -5,7 +5,7 @@
 //! Long lines are kept whole: the SMTP writer breaks them on the wire.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, ErrorKind, Read, Seek, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, ErrorKind, Read, Seek, Write};
 use std::path::Path;
 
 use crate::errors::{DmaError, IoContext, Result};
@@ -18,25 +18,22 @@ const CHUNK: usize = 64 * 1024;
 const MAX_FIELD: usize = 1 << 20;
 const MAX_COLLECTED: usize = 4 << 20;
 
-pub struct IntakeOptions<'a> {
+/// The keyword arguments of `Incoming.receive` (`py_api`), the unset ones false or none.
+#[cfg_attr(feature = "python", derive(pyo3::FromPyObject), pyo3(from_item_all))]
+pub struct IntakeOptions {
     /// A line holding only `.` ends the message (no `-i`).
+    #[cfg_attr(feature = "python", pyo3(default))]
     pub dot_terminates: bool,
     /// Collect the values of `To:`, `Cc:` and `Bcc:` (for `-t`).
+    #[cfg_attr(feature = "python", pyo3(default))]
     pub collect_recipients: bool,
     /// Written before the message (our `Received:` header).
-    pub prefix: &'a [u8],
+    pub prefix: Vec<u8>,
     /// Header lines (ending in LF) to add when the message lacks a field of their name.
-    pub add_if_missing: &'a [Vec<u8>],
+    pub add_if_missing: Vec<Vec<u8>>,
     /// REWRITEFROM: the first `From:` becomes this address, keeping its display name.
-    pub rewrite_from: Option<&'a str>,
-}
-
-#[derive(Debug, Default)]
-pub struct MessageInfo {
-    /// Bytes written to the spool.
-    pub size: u64,
-    /// Unfolded values of `To:`, `Cc:` and `Bcc:`, when asked for.
-    pub recipient_headers: Vec<String>,
+    #[cfg_attr(feature = "python", pyo3(default))]
+    pub rewrite_from: Option<String>,
 }
 
 /// What becomes of a line, and of the header lines that continue it: kept, collected for `-t`,
@@ -57,8 +54,11 @@ const DROP: Fate = Fate { keep: false, ..KEEP };
 
 struct Intake<'a, W> {
     out: W,
-    opts: &'a IntakeOptions<'a>,
-    info: MessageInfo,
+    opts: &'a IntakeOptions,
+    /// Bytes written to the spool.
+    size: u64,
+    /// Unfolded values of `To:`, `Cc:` and `Bcc:`, when asked for.
+    recipients: Vec<String>,
     /// Still in the header block; what became of its last field.
     headers: bool,
     field: Fate,
@@ -71,7 +71,7 @@ struct Intake<'a, W> {
 
 impl<W: Write> Intake<'_, W> {
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        self.info.size += bytes.len() as u64;
+        self.size += bytes.len() as u64;
         self.out
             .write_all(bytes)
             .context(|| "writing the spool file".into())
@@ -125,7 +125,7 @@ impl<W: Write> Intake<'_, W> {
         if !fate.collect {
             return Ok(());
         }
-        let fields = &mut self.info.recipient_headers;
+        let fields = &mut self.recipients;
         let mut value = piece;
         if head && !is_continuation(piece) {
             // A new field: its value starts after the colon.
@@ -148,7 +148,7 @@ impl<W: Write> Intake<'_, W> {
     /// End the header block: the rewritten `From:`, what is missing, then the empty line.
     fn close_headers(&mut self) -> Result<()> {
         self.headers = false;
-        if let (Some(address), Some(value)) = (self.opts.rewrite_from, self.from.take()) {
+        if let (Some(address), Some(value)) = (&self.opts.rewrite_from, self.from.take()) {
             self.write(&rewritten_from(&value, address))?;
         }
         for line in std::mem::take(&mut self.missing) {
@@ -196,10 +196,10 @@ fn read_piece(input: &mut impl BufRead, limit: usize, buf: &mut Vec<u8>) -> Resu
         .by_ref()
         .take(limit as u64)
         .read_until(b'\n', buf)
-        .map_err(|e| match e.kind() {
+        .or_else(|e| match e.kind() {
             // Only `Lf` says InvalidData (a NUL byte): the system never does.
-            ErrorKind::InvalidData => DmaError::Data(e.to_string()),
-            _ => DmaError::io("reading the message", e),
+            ErrorKind::InvalidData => Err(DmaError::Data(e.to_string())),
+            _ => Err(e).context(|| "reading the message".into()),
         })
 }
 
@@ -238,28 +238,26 @@ fn field_name(line: &[u8]) -> Option<&[u8]> {
     (!name.is_empty() && name.iter().all(printable)).then_some(name)
 }
 
-/// Spool the message from `input` into `out` as `opts` say; returns what was learnt, and `out`.
-pub fn copy_message<W: Write>(
-    input: impl Read,
-    out: W,
-    opts: &IntakeOptions<'_>,
-) -> Result<(MessageInfo, W)> {
+/// Spool the message from `input` into `out` (buffered here) as `opts` say; returns its size there
+/// and, with `collect_recipients`, the values of its `To:`, `Cc:` and `Bcc:`.
+pub fn copy_message(input: impl Read, out: impl Write, opts: &IntakeOptions) -> Result<(u64, Vec<String>)> {
     let lf = Lf {
         inner: input,
         after_cr: false,
     };
     let mut input = BufReader::with_capacity(CHUNK, lf);
     let mut intake = Intake {
-        out,
+        out: BufWriter::with_capacity(CHUNK, out),
         opts,
-        info: MessageInfo::default(),
+        size: 0,
+        recipients: Vec::new(),
         headers: true,
         field: KEEP,
         missing: opts.add_if_missing.iter().collect(),
         from: None,
         collected: 0,
     };
-    intake.write(opts.prefix)?;
+    intake.write(&opts.prefix)?;
     let mut piece = Vec::with_capacity(CHUNK);
     let mut first = true;
     // Each line: its head decides its fate, then the rest of it follows in chunks.
@@ -283,7 +281,8 @@ pub fn copy_message<W: Write>(
     if intake.headers {
         intake.close_headers()?;
     }
-    Ok((intake.info, intake.out))
+    intake.out.flush().context(|| "writing the spool file".into())?;
+    Ok((intake.size, intake.recipients))
 }
 
 /// A spooled message as a bounce quotes it: whole, or its header block (RET=HDRS).
@@ -357,16 +356,16 @@ mod tests {
         vec![b"Date: D\n".to_vec(), b"Message-Id: <M>\n".to_vec()]
     }
 
-    fn run(input: &[u8], dot: bool, collect: bool) -> (String, MessageInfo) {
-        let add = add();
+    fn run(input: &[u8], dot: bool, collect: bool) -> (String, (u64, Vec<String>)) {
         let opts = IntakeOptions {
             dot_terminates: dot,
             collect_recipients: collect,
-            prefix: b"Received: x\n",
-            add_if_missing: &add,
+            prefix: b"Received: x\n".to_vec(),
+            add_if_missing: add(),
             rewrite_from: None,
         };
-        let (info, out) = copy_message(input, Vec::new(), &opts).unwrap();
+        let mut out = Vec::new();
+        let info = copy_message(input, &mut out, &opts).unwrap();
         (String::from_utf8(out).unwrap(), info)
     }
 
@@ -383,25 +382,26 @@ mod tests {
                 Ok(1)
             }
         }
-        let add = add();
         let opts = IntakeOptions {
             dot_terminates: dot,
             collect_recipients: false,
-            prefix: b"",
-            add_if_missing: &add,
+            prefix: Vec::new(),
+            add_if_missing: add(),
             rewrite_from: None,
         };
-        String::from_utf8(copy_message(OneByte(input), Vec::new(), &opts).unwrap().1).unwrap()
+        let mut out = Vec::new();
+        copy_message(OneByte(input), &mut out, &opts).unwrap();
+        String::from_utf8(out).unwrap()
     }
 
     #[test]
     fn adds_missing_headers_before_the_separator() {
-        let (out, info) = run(b"Subject: hi\nDate: x\n\nbody\n", false, false);
+        let (out, (size, _)) = run(b"Subject: hi\nDate: x\n\nbody\n", false, false);
         assert_eq!(
             out,
             "Received: x\nSubject: hi\nDate: x\nMessage-Id: <M>\n\nbody\n"
         );
-        assert_eq!(info.size, out.len() as u64);
+        assert_eq!(size, out.len() as u64);
     }
 
     #[test]
@@ -417,15 +417,15 @@ mod tests {
     #[test]
     fn drops_bcc_with_continuations_and_collects_recipients() {
         let input = b"To: a@x,\n b@y\nBcc: c@z,\n\td@w\nCc: e@v\nSubject: s\n\nTo: not@header\n";
-        let (out, info) = run(input, false, true);
+        let (out, (_, recipients)) = run(input, false, true);
         assert_eq!(
             out,
             "Received: x\nTo: a@x,\n b@y\nCc: e@v\nSubject: s\nDate: D\nMessage-Id: <M>\n\nTo: not@header\n"
         );
-        assert_eq!(info.recipient_headers, vec![" a@x, b@y", " c@z,\td@w", " e@v"]);
-        let (out2, info2) = run(input, false, false);
+        assert_eq!(recipients, vec![" a@x, b@y", " c@z,\td@w", " e@v"]);
+        let (out2, (_, recipients2)) = run(input, false, false);
         assert_eq!(out, out2);
-        assert!(info2.recipient_headers.is_empty());
+        assert!(recipients2.is_empty());
     }
 
     #[test]
@@ -460,10 +460,12 @@ mod tests {
         ];
         for (input, want) in cases {
             let opts = IntakeOptions {
-                rewrite_from: Some("n@x"),
+                rewrite_from: Some("n@x".into()),
                 ..VERBATIM
             };
-            let out = String::from_utf8(copy_message(*input, Vec::new(), &opts).unwrap().1).unwrap();
+            let mut out = Vec::new();
+            copy_message(*input, &mut out, &opts).unwrap();
+            let out = String::from_utf8(out).unwrap();
             assert!(
                 out.contains(&format!("{want}\nb\n"))
                     && out.matches("From:").count() == want.matches("From:").count(),
@@ -528,9 +530,9 @@ mod tests {
     fn long_lines_stream_whole() {
         let long = "y".repeat(300_000);
         let input = format!("To: {long}\nSubject: s\n\n{long}\n");
-        let (out, info) = run(input.as_bytes(), true, true);
+        let (out, (_, recipients)) = run(input.as_bytes(), true, true);
         assert!(out.contains(&format!("\n\n{long}\n")));
-        assert_eq!(info.recipient_headers, vec![format!(" {long}")]);
+        assert_eq!(recipients, vec![format!(" {long}")]);
         assert_eq!(
             run_bytewise(input.as_bytes(), true),
             &out["Received: x\n".len()..]
@@ -540,7 +542,7 @@ mod tests {
     #[test]
     fn nul_is_refused() {
         assert!(matches!(
-            copy_message(&b"a\0b\n"[..], Vec::new(), &VERBATIM),
+            copy_message(&b"a\0b\n"[..], io::sink(), &VERBATIM),
             Err(DmaError::Data(_))
         ));
     }

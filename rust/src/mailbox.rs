@@ -6,7 +6,7 @@
 //! 2016 symlink/hard-link class of attacks on `/var/mail`).
 
 use std::fs::{File, OpenOptions, Permissions, TryLockError};
-use std::io::{self, BufReader, BufWriter, ErrorKind, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{fchown, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -73,38 +73,29 @@ fn open_mbox(mbox: &Path, (uid, gid, mode): (u32, u32, u32)) -> Result<File> {
             .open(mbox)
     };
     let ctx = |what: &str| format!("can not {what} {}", mbox.display());
-    let file = match open(false) {
-        Err(e) if e.kind() == ErrorKind::NotFound => match open(true) {
-            Ok(f) => {
-                fchown(&f, Some(uid), Some(gid)).context(|| ctx("chown"))?;
-                f.set_permissions(Permissions::from_mode(mode))
-                    .context(|| ctx("chmod"))?;
-                f
-            }
-            // Somebody else created it between our two opens: use theirs, with all checks.
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => open(false).context(|| ctx("open"))?,
-            Err(e) => return Err(DmaError::io(ctx("create"), e)),
-        },
-        opened => opened.context(|| ctx("open"))?,
+    let file = match open(true) {
+        Ok(f) => {
+            fchown(&f, Some(uid), Some(gid)).context(|| ctx("chown"))?;
+            f.set_permissions(Permissions::from_mode(mode))
+                .context(|| ctx("chmod"))?;
+            f
+        }
+        // It exists (or somebody else created it meanwhile): use it, with all checks.
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => open(false).context(|| ctx("open"))?,
+        Err(e) => return Err(e).context(|| ctx("create")),
     };
     let meta = file.metadata().context(|| ctx("stat"))?;
-    let refuse = |errno: i32, why: &str| {
-        let e = io::Error::from_raw_os_error(errno);
-        DmaError::io(format!("refusing mbox {}: {why}", mbox.display()), e)
+    let owner = meta.uid();
+    let (errno, why) = if !meta.file_type().is_file() {
+        (libc::EINVAL, "not a regular file".to_owned())
+    } else if meta.nlink() > 1 {
+        (libc::EMLINK, "it has more than one hard link".to_owned())
+    } else if owner != uid && owner != 0 {
+        (libc::EPERM, format!("owned by uid {owner}, expected {uid}"))
+    } else {
+        return Ok(file);
     };
-    if !meta.file_type().is_file() {
-        return Err(refuse(libc::EINVAL, "not a regular file"));
-    }
-    if meta.nlink() > 1 {
-        return Err(refuse(libc::EMLINK, "it has more than one hard link"));
-    }
-    if meta.uid() != uid && meta.uid() != 0 {
-        return Err(refuse(
-            libc::EPERM,
-            &format!("owned by uid {}, expected {uid}", meta.uid()),
-        ));
-    }
-    Ok(file)
+    Err(io::Error::from_raw_os_error(errno)).context(|| format!("refusing mbox {}: {why}", mbox.display()))
 }
 
 /// Exclusive `flock` (std's `try_lock` is `flock` on Linux), polled until `timeout`: C dma blocks
@@ -127,33 +118,23 @@ fn lock_with_timeout(file: &File, timeout: Duration) -> io::Result<()> {
 }
 
 /// Write `from_line`, the message with mboxrd quoting (a line matching `^>*From ` gets one more
-/// `>`), a final LF if the message lacks one, then one empty line.
+/// `>`), a final LF if the message lacks one, then one empty line. A line is read in pieces of at
+/// most `CHUNK` octets, and its first piece decides: a run of `>` longer than that is not quoted.
 fn write_mbox_entry(out: impl Write, input: impl Read, from_line: &str) -> io::Result<()> {
-    const FROM: &[u8] = b"From ";
     let mut out = BufWriter::with_capacity(CHUNK, out);
     out.write_all(from_line.as_bytes())?;
-    // In a line's head: its run of `>` passes through (the extra `>` may as well go after it as
-    // before it), then the bytes that match `From ` so far wait for the one that decides.
-    let (mut head, mut matched, mut last) = (true, 0, b'\n');
-    for byte in BufReader::with_capacity(CHUNK, input).bytes() {
-        last = byte?;
-        if head && last == FROM[matched] {
-            matched += 1;
-            if matched == FROM.len() {
-                out.write_all(b">From ")?;
-                (head, matched) = (false, 0);
-            }
-            continue;
+    let mut input = BufReader::with_capacity(CHUNK, input);
+    let (mut piece, mut line_start) = (Vec::new(), true);
+    while (&mut input).take(CHUNK as u64).read_until(b'\n', &mut piece)? > 0 {
+        let quotes = piece.iter().take_while(|&&b| b == b'>').count();
+        if line_start && piece[quotes..].starts_with(b"From ") {
+            out.write_all(b">")?;
         }
-        if head && (matched > 0 || last != b'>') {
-            out.write_all(&FROM[..matched])?;
-            (head, matched) = (false, 0);
-        }
-        out.write_all(&[last])?;
-        head |= last == b'\n';
+        out.write_all(&piece)?;
+        line_start = piece.ends_with(b"\n");
+        piece.clear();
     }
-    out.write_all(&FROM[..matched])?;
-    if last != b'\n' {
+    if !line_start {
         out.write_all(b"\n")?;
     }
     out.write_all(b"\n")?;
@@ -207,7 +188,7 @@ fn open_or_make_dir(parent: impl AsFd, path: &Path, ctx: impl Fn(&str) -> String
     let made = match rustix::fs::mkdirat(&parent, path, Mode::from(0o700)) {
         Ok(()) => true,
         Err(rustix::io::Errno::EXIST) => false,
-        Err(e) => return Err(DmaError::io(ctx("create directory"), e.into())),
+        Err(e) => return Err(e).context(|| ctx("create directory")),
     };
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(&parent, path, flags, Mode::empty()).context(|| ctx("open directory"))?;

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::bs::SmtpInput;
@@ -27,12 +27,11 @@ use crate::spool::{self, Entry, Incoming};
 
 impl From<DmaError> for PyErr {
     fn from(err: DmaError) -> PyErr {
-        match err {
-            DmaError::Io { context, source } => {
-                let errno = source.raw_os_error().unwrap_or(0);
-                PyOSError::new_err((errno, format!("{context}: {source}")))
+        match &err {
+            DmaError::Io { source, .. } => {
+                PyOSError::new_err((source.raw_os_error().unwrap_or(0), err.to_string()))
             }
-            DmaError::Data(msg) => PyValueError::new_err(msg),
+            DmaError::Data(_) => PyValueError::new_err(err.to_string()),
         }
     }
 }
@@ -68,28 +67,17 @@ impl Incoming {
         &self.id
     }
 
-    /// Read the message into the spool; returns its size there and, with `collect_recipients`,
-    /// the values of its `To:`, `Cc:` and `Bcc:`.
-    #[pyo3(name = "receive", signature = (source, *, prefix, add_if_missing, dot_terminates=false, collect_recipients=false, rewrite_from=None))]
-    #[allow(clippy::too_many_arguments)] // the keyword arguments of one Python call
+    /// Read the message into the spool as the keywords (`IntakeOptions`) say; returns its size
+    /// there and, with `collect_recipients`, the values of its `To:`, `Cc:` and `Bcc:`.
+    #[pyo3(name = "receive", signature = (source, **opts))]
     fn py_receive(
         &mut self,
         py: Python<'_>,
         source: Source<'_>,
-        prefix: Vec<u8>,
-        add_if_missing: Vec<Vec<u8>>,
-        dot_terminates: bool,
-        collect_recipients: bool,
-        rewrite_from: Option<String>,
+        opts: Option<IntakeOptions>,
     ) -> PyResult<(u64, Vec<String>)> {
-        let opts = IntakeOptions {
-            dot_terminates,
-            collect_recipients,
-            prefix: &prefix,
-            add_if_missing: &add_if_missing,
-            rewrite_from: rewrite_from.as_deref(),
-        };
-        let info = match source {
+        let opts = opts.ok_or_else(|| PyTypeError::new_err("receive() needs prefix= and add_if_missing="))?;
+        Ok(match source {
             Source::Fd(fd) => py.detach(|| self.receive(dup(fd)?, &opts)),
             Source::Bytes(data) => py.detach(|| self.receive(&data[..], &opts)),
             Source::Bounce(before, path, whole, after) => py.detach(|| {
@@ -100,8 +88,7 @@ impl Incoming {
                 let stdin = stdin.get();
                 py.detach(|| self.receive(lock(&stdin.0).data(), &opts))
             }
-        }?;
-        Ok((info.size, info.recipient_headers))
+        }?)
     }
 
     /// Publish one queue entry per recipient and return their ids; with `drop` (system mode),

@@ -4,13 +4,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{self, BufWriter, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use crate::errors::{DmaError, IoContext, Result};
-use crate::intake::{self, IntakeOptions, MessageInfo};
+use crate::intake::{self, IntakeOptions};
 
 mod entry;
 use entry::message_id_of;
@@ -93,7 +93,15 @@ impl Incoming {
         );
         let tmp = dir.join(format!("{TMP_PREFIX}{id}"));
         if name.is_some() && fs::symlink_metadata(&tmp).is_ok() {
-            remove_uncommitted(dir, &id);
+            // What a process killed before its commit left under that name, the temporary file last.
+            for n in 1.. {
+                let q = fs::remove_file(dir.join(format!("Q{id}.{n}")));
+                let m = fs::remove_file(dir.join(format!("M{id}.{n}")));
+                if q.is_err() && m.is_err() {
+                    break;
+                }
+            }
+            let _ = fs::remove_file(&tmp);
         }
         let file =
             open_append(&tmp, true).context(|| format!("can not create temp file in `{}'", dir.display()))?;
@@ -110,17 +118,15 @@ impl Incoming {
     }
 
     /// Stream the message from `input` into the temporary file and make it durable.
-    pub fn receive(&mut self, input: impl Read, opts: &IntakeOptions<'_>) -> Result<MessageInfo> {
-        let out = BufWriter::with_capacity(64 * 1024, &self.file);
-        let (info, out) = intake::copy_message(input, out, opts)?;
-        out.into_inner().context(|| "writing the spool file".into())?;
+    pub fn receive(&mut self, input: impl Read, opts: &IntakeOptions) -> Result<(u64, Vec<String>)> {
+        let (size, recipients) = intake::copy_message(input, &self.file, opts)?;
         if self.durable {
             self.file
                 .sync_all()
                 .context(|| format!("syncing `{}'", self.tmp.display()))?;
         }
-        self.size = info.size;
-        Ok(info)
+        self.size = size;
+        Ok((size, recipients))
     }
 
     /// Publish one queue entry per recipient, with the DSN parameters `dsn`; returns the entry ids.
@@ -203,18 +209,6 @@ fn random_u64() -> u64 {
     u64::from_ne_bytes(buf)
 }
 
-/// What a process killed before its commit left under message `id`.
-fn remove_uncommitted(dir: &Path, id: &str) {
-    for n in 1.. {
-        let q = fs::remove_file(dir.join(format!("Q{id}.{n}")));
-        let m = fs::remove_file(dir.join(format!("M{id}.{n}")));
-        if q.is_err() && m.is_err() {
-            break;
-        }
-    }
-    let _ = fs::remove_file(dir.join(format!("{TMP_PREFIX}{id}")));
-}
-
 /// The readable entries (of one message, when given), oldest first.
 pub fn scan(dir: &Path, message: Option<&str>) -> Result<Vec<Entry>> {
     let names = list(dir)?;
@@ -256,8 +250,7 @@ fn read_entry(dir: &Path, id: &str, f: &mut File) -> Option<Entry> {
     if !meta.is_file() || meta.len() > 64 * 1024 {
         return None;
     }
-    let mut text = String::new();
-    f.read_to_string(&mut text).ok()?;
+    let text = io::read_to_string(f).ok()?;
     let entry = Entry::parse(&text, u64::try_from(meta.mtime()).unwrap_or(0))?;
     // The name is what a runner locks and removes; a file claiming another id is not trusted.
     let m = fs::symlink_metadata(dir.join(format!("M{id}"))).ok()?;

@@ -24,10 +24,10 @@ pub fn names(dir: &Path) -> Vec<String> {
 }
 
 /// Take the message as it is: no dot handling, nothing added.
-pub const VERBATIM: IntakeOptions<'static> = IntakeOptions {
+pub const VERBATIM: IntakeOptions = IntakeOptions {
     dot_terminates: false,
     collect_recipients: false,
-    prefix: b"",
-    add_if_missing: &[],
+    prefix: Vec::new(),
+    add_if_missing: Vec::new(),
     rewrite_from: None,
 };

@@ -65,13 +65,12 @@ impl Waker {
                 work |= name.starts_with(b"E");
             } else if name == b"flush" {
                 flush = true;
-                work = true;
             } else {
                 let moved = event.events().contains(ReadFlags::MOVED_TO);
                 work |= name == b"wake" || (moved && name.starts_with(b"M"));
             }
         }
-        Ok((work, flush))
+        Ok((work || flush, flush))
     }
 }
 
