@@ -134,7 +134,7 @@ def test_delivered_through_the_runner(tmp_path: Path) -> None:
         (got,) = server.handler.messages
         assert got.mail_from == "from@site.example" and got.rcpt_tos == ["x@remote.example"]
         assert b"Subject: from django" in got.content
-        cfg = config.load(str(env.conf))
+        cfg = config.Config(str(env.conf))
         while (env.entries() or api.runner_running(cfg)) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert env.entries() == [] and not api.runner_running(cfg)

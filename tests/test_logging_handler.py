@@ -141,7 +141,7 @@ def test_a_record_is_delivered(tmp_path: Path, logger: logging.Logger) -> None:
         (got,) = server.handler.messages
         assert got.mail_from == "app@src.example" and got.rcpt_tos == ["ops@remote.example"]
         assert b"Subject: alert" in got.content and b"delivered by the runner" in got.content
-        cfg = config.load(str(env.conf))
+        cfg = config.Config(str(env.conf))
         while (env.entries() or api.runner_running(cfg)) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert env.entries() == [] and not api.runner_running(cfg)
