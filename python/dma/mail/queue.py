@@ -67,7 +67,7 @@ class Runner:
         self.verbose = verbose
         self.report_failures = report_failures
         self.progress = progress
-        self.spool_: _native.Spool | None = None
+        self.spool = _native.Spool(cfg.spooldir, self.drop_dir)
         self.claimed = 0  # entries held here
         # Claimed, waiting for a thread: destination key -> (destination, message id -> entries);
         # local entries under None (no destination), by entry id
@@ -81,12 +81,6 @@ class Runner:
         self.stopping = False
         self.bounces = 0
         self.done = {"sent": 0, "deferred": 0, "failed": 0}  # entries by outcome
-
-    @property
-    def spool(self) -> _native.Spool:
-        if self.spool_ is None:
-            self.spool_ = _native.Spool(self.cfg.spooldir, self.drop_dir)
-        return self.spool_
 
     def acquire(self) -> bool:
         try:
@@ -109,7 +103,7 @@ class Runner:
                 if self.drop_dir:  # take what users left in the drop directory
                     from .drop import pick_up
 
-                    waits = pick_up(self.cfg, self.events)[1]
+                    waits = pick_up(self.cfg, self.events)
                 if not sum(self.busy.values()) and not self.replayed:
                     self.replay_journal()
                 now = time.time()
@@ -232,8 +226,7 @@ class Runner:
                 from . import local
 
                 [[entry]] = groups
-                path = self.spool.message_path(entry.id)
-                local.deliver(entry.recipient, entry.sender, path, self.cfg)
+                local.deliver(entry.recipient, entry.sender, self.spool.message_path(entry.id), self.cfg)
                 outcomes = {entry.id: ("sent", "")}
             else:
                 from . import remote
