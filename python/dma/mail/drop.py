@@ -77,17 +77,14 @@ def waiting(cfg: Config) -> list[tuple[str, str, list[str], os.stat_result]]:
     except OSError:
         return []
     found = []
-    for name in names:
-        if not name.startswith("E"):
-            continue
+    for ident in (name[1:] for name in names if name.startswith("E")):
         try:
-            _, sender, recipients, _ = envelope(f"{base}/{name}")
-            dst = os.lstat(f"{base}/D{name[1:]}")
+            _, sender, recipients, _ = envelope(f"{base}/E{ident}")
+            dst = os.lstat(f"{base}/D{ident}")
         except (OSError, Fatal):
             continue
-        found.append((name[1:], sender, recipients, dst))
-    found.sort(key=lambda drop: (drop[3].st_mtime, drop[0]))
-    return found
+        found.append((ident, sender, recipients, dst))
+    return sorted(found, key=lambda drop: (drop[3].st_mtime, drop[0]))
 
 
 def fault(step: str) -> None:

@@ -93,9 +93,8 @@ class Runner:
     def run(self, *, only: Selection | None = None, force: bool = False, resident: bool = False) -> None:
         """Deliver due entries (those `only` selects) until none is left; `force`: deferred ones are
         due now; `resident`: linger LINGER seconds, then sleep while retries are pending."""
-        spool = self.spool
         self.tried: set[str] | None = None if resident else set()  # one pass: the entries it has tried
-        spool.clean_stale(24 * 3600)  # what a crash left, a day on
+        self.spool.clean_stale(24 * 3600)  # what a crash left, a day on
         try:
             while not self.stopping:
                 self.collect()
@@ -107,7 +106,7 @@ class Runner:
                 if not sum(self.busy.values()) and not self.replayed:
                     self.replay_journal()
                 now = time.time()
-                due, next_retry, failing = spool.due(int(now), force)
+                due, next_retry, failing = self.spool.due(int(now), force)
                 force = False
                 if waits:  # a drop that could not be taken yet: try again in 10 s
                     next_retry = min(next_retry or int(now) + 10, int(now) + 10)
@@ -131,13 +130,13 @@ class Runner:
                     timeout = 1.0 if due else NAP  # due but held by another process: look again soon
                 if next_retry is not None:
                     timeout = min(timeout, max(0.0, next_retry - now + 0.01))
-                force = spool.wait(timeout)[1]
+                force = self.spool.wait(timeout)[1]
         finally:
             self.collect()  # a stop (SIGTERM) still records what has finished
             self.close_links()
             for _, per in self.waiting.values():
                 for entry in (entry for group in per.values() for entry in group):
-                    spool.release(entry.id)
+                    self.spool.release(entry.id)
                     self.claimed -= 1
             self.waiting.clear()
 
