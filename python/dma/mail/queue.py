@@ -134,11 +134,8 @@ class Runner:
         finally:
             self.collect()  # a stop (SIGTERM) still records what has finished
             self.close_links()
-            for _, per in self.waiting.values():
-                for entry in (entry for group in per.values() for entry in group):
-                    self.spool.release(entry.id)
-                    self.claimed -= 1
-            self.waiting.clear()
+            # Entries still waiting for a thread stay claimed: every caller exits now, and so
+            # releases their locks (a normal return leaves none waiting).
 
     def stop(self, signum: int, frame: object) -> None:
         """SIGTERM: finish what has been recorded, close connections, and exit."""
@@ -186,17 +183,12 @@ class Runner:
             if soft != resource.RLIM_INFINITY and soft < want:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
             room = max(16, want - 256)
-        if room > self.claimed:
-            claimed = self.spool.claim([e.id for e in due[: room - self.claimed]])
-            self.claimed += len(claimed)
-            for entry in claimed:
-                dest: Destination | None
-                if "@" in entry.recipient:
-                    dest = Destination(self.cfg, entry.sender, entry.recipient)
-                    key, group = dest.key, entry.message_id
-                else:  # local: no domain left (as C dma)
-                    dest, key, group = None, None, entry.id
-                self.waiting.setdefault(key, (dest, {}))[1].setdefault(group, []).append(entry)
+        claimed = self.spool.claim([e.id for e in due[: max(0, room - self.claimed)]])
+        self.claimed += len(claimed)
+        for entry in claimed:  # a local recipient (no domain left, as C dma) has no destination
+            dest = Destination(self.cfg, entry.sender, entry.recipient) if "@" in entry.recipient else None
+            key, group = (dest.key, entry.message_id) if dest is not None else (None, entry.id)
+            self.waiting.setdefault(key, (dest, {}))[1].setdefault(group, []).append(entry)
         if None in self.waiting:
             from . import local  # noqa: F401
         for key, (dest, per) in list(self.waiting.items()):
