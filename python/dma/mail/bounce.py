@@ -44,10 +44,6 @@ def xtext(text: str) -> str:
     return "".join(c if "!" <= c <= "~" and c not in "+=" else f"+{ord(c):02X}" for c in text)
 
 
-def value(params: str, name: str) -> str | None:
-    return {key: val for key, _, val in (param.partition("=") for param in params.split())}.get(name)
-
-
 def status_code(text: str, expired: bool) -> str:
     """The RFC 3463 status for a failure: the server's enhanced code when it gave one."""
     for word in text.split():
@@ -110,8 +106,9 @@ def send(cfg: Config, failed: list[_native.QueueEntry], message_path: str) -> st
     """Queue a bounce for `failed` (entries of one message, same sender); returns its message id,
     or None when NOTIFY asks for none (NOTIFY=NEVER and NOTIFY=SUCCESS,DELAY do not name FAILURE).
     Raises Fatal or OSError when it cannot be queued; the caller then keeps the original."""
-    sender, notify = failed[0].sender, value(failed[0].dsn, "NOTIFY")
-    if notify is not None and "FAILURE" not in notify.split(","):
+    sender = failed[0].sender
+    dsn = {key: val for key, _, val in (param.partition("=") for param in failed[0].dsn.split())}
+    if "NOTIFY" in dsn and "FAILURE" not in dsn["NOTIFY"].split(","):
         return None
     try:
         message.check_address(sender, "sender")  # an entry from elsewhere (C dma's) never passed it
@@ -119,8 +116,7 @@ def send(cfg: Config, failed: list[_native.QueueEntry], message_path: str) -> st
     except Fatal:
         recipients = RecipientResolver(cfg).resolve(["postmaster"])
     with Spooling(cfg, "") as msg:
-        ret = value(failed[0].dsn, "RET")
-        full = cfg.fullbounce if ret is None else ret == "FULL"
+        full = dsn["RET"] == "FULL" if "RET" in dsn else cfg.fullbounce
         before, after = report(cfg, failed, msg, full)
         msg.receive((before, message_path, full, after), "MAILER-DAEMON")  # Rust reads the original
         msg.incoming.commit("", recipients)

@@ -77,17 +77,14 @@ def waiting(cfg: Config) -> list[tuple[str, str, list[str], os.stat_result]]:
     except OSError:
         return []
     found = []
-    for name in names:
-        if not name.startswith("E"):
-            continue
+    for ident in (name[1:] for name in names if name.startswith("E")):
         try:
-            _, sender, recipients, _ = envelope(f"{base}/{name}")
-            dst = os.lstat(f"{base}/D{name[1:]}")
+            _, sender, recipients, _ = envelope(f"{base}/E{ident}")
+            dst = os.lstat(f"{base}/D{ident}")
         except (OSError, Fatal):
             continue
-        found.append((name[1:], sender, recipients, dst))
-    found.sort(key=lambda drop: (drop[3].st_mtime, drop[0]))
-    return found
+        found.append((ident, sender, recipients, dst))
+    return sorted(found, key=lambda drop: (drop[3].st_mtime, drop[0]))
 
 
 def fault(step: str) -> None:
@@ -191,14 +188,14 @@ def refuse(cfg: Config, ident: str, est: os.stat_result, rid: str, why: str, eve
     events.event("err", "rejected", f"drop {ident} refused, uid {est.st_uid} told: {why}", drop=ident)
 
 
-def pick_up(cfg: Config, events: Log) -> tuple[int, int]:
+def pick_up(cfg: Config, events: Log) -> int:
     """Take every published drop into the spool, clear away what is not a drop; returns how
-    many were consumed (taken or refused) and how many wait for a later pass."""
+    many wait for a later pass."""
     base = path(cfg)
     try:
         names = os.listdir(base)
     except FileNotFoundError:
-        return 0, 0
+        return 0
     queued = {e.message_id: e.size for e in _native.scan_queue(cfg.spooldir)}
     per_uid: dict[int, list[int]] = {}  # [messages, bytes] queued per uid, the `u<uid>` of our ids
     for mid, size in queued.items():
@@ -217,24 +214,23 @@ def pick_up(cfg: Config, events: Log) -> tuple[int, int]:
         used = totals.setdefault(st.st_uid, [0, 0])
         used[0] += not name.startswith("E")
         used[1] += st.st_size
-    held = {uid: used for uid, used in totals.items() if used[0] or used[1]}
-    keep = {f"usage.{uid}" for uid in held}
+    held = {f"usage.{uid}": used for uid, used in totals.items() if used[0] or used[1]}
     try:  # the `usage.<uid>` files (docs/runner.md), and what quarantine could not remove before
         for name in os.listdir(cfg.spooldir):
-            if name.startswith("usage.") and name not in keep:
+            if name.startswith("usage.") and name not in held:
                 os.unlink(f"{cfg.spooldir}/{name}")
-        for uid, (msgs, size) in held.items():
-            tmp = f"{cfg.spooldir}/.usage.{uid}"
+        for name, (msgs, size) in held.items():
+            tmp = f"{cfg.spooldir}/.{name}"
             with open(tmp, "w") as f:
                 f.write(f"{msgs} {size}\n")
             os.chmod(tmp, 0o644)
-            os.replace(tmp, f"{cfg.spooldir}/usage.{uid}")
+            os.replace(tmp, f"{cfg.spooldir}/{name}")
         for name in os.listdir(f"{cfg.spooldir}/{QUARANTINE}"):
             if name.startswith("x"):  # a directory that could not be removed last time
                 remove_tree(f"{cfg.spooldir}/{QUARANTINE}/{name}")
     except OSError:
         pass  # bookkeeping: the next pass does it again
-    taken = waits = 0
+    waits = 0
     now = time.time()
     # Envelopes first, the users in turn (each one's oldest first), at most PER_PASS of a user's a pass.
     rank: dict[int, int] = {}
@@ -250,7 +246,6 @@ def pick_up(cfg: Config, events: Log) -> tuple[int, int]:
                 waits += 1
             elif name.startswith("E") and pair:
                 handle(cfg, ident, st, queued, per_uid.setdefault(st.st_uid, [0, 0]), events)
-                taken += 1
             elif name.startswith("D") and pair and f"E{ident}" in stats:
                 continue  # the message of a pair: taken with its envelope
             elif not (
@@ -267,7 +262,7 @@ def pick_up(cfg: Config, events: Log) -> tuple[int, int]:
                 raise
             waits += 1
             events.event("warning", "deferred", f"drop {ident} waits: {e}", drop=ident)
-    return taken, waits
+    return waits
 
 
 def handle(

@@ -67,7 +67,7 @@ class Runner:
         self.verbose = verbose
         self.report_failures = report_failures
         self.progress = progress
-        self.spool_: _native.Spool | None = None
+        self.spool = _native.Spool(cfg.spooldir, self.drop_dir)
         self.claimed = 0  # entries held here
         # Claimed, waiting for a thread: destination key -> (destination, message id -> entries);
         # local entries under None (no destination), by entry id
@@ -82,12 +82,6 @@ class Runner:
         self.bounces = 0
         self.done = {"sent": 0, "deferred": 0, "failed": 0}  # entries by outcome
 
-    @property
-    def spool(self) -> _native.Spool:
-        if self.spool_ is None:
-            self.spool_ = _native.Spool(self.cfg.spooldir, self.drop_dir)
-        return self.spool_
-
     def acquire(self) -> bool:
         try:
             return self.spool.lock()
@@ -99,9 +93,8 @@ class Runner:
     def run(self, *, only: Selection | None = None, force: bool = False, resident: bool = False) -> None:
         """Deliver due entries (those `only` selects) until none is left; `force`: deferred ones are
         due now; `resident`: linger LINGER seconds, then sleep while retries are pending."""
-        spool = self.spool
         self.tried: set[str] | None = None if resident else set()  # one pass: the entries it has tried
-        spool.clean_stale(24 * 3600)  # what a crash left, a day on
+        self.spool.clean_stale(24 * 3600)  # what a crash left, a day on
         try:
             while not self.stopping:
                 self.collect()
@@ -109,11 +102,11 @@ class Runner:
                 if self.drop_dir:  # take what users left in the drop directory
                     from .drop import pick_up
 
-                    waits = pick_up(self.cfg, self.events)[1]
+                    waits = pick_up(self.cfg, self.events)
                 if not sum(self.busy.values()) and not self.replayed:
                     self.replay_journal()
                 now = time.time()
-                due, next_retry, failing = spool.due(int(now), force)
+                due, next_retry, failing = self.spool.due(int(now), force)
                 force = False
                 if waits:  # a drop that could not be taken yet: try again in 10 s
                     next_retry = min(next_retry or int(now) + 10, int(now) + 10)
@@ -137,15 +130,12 @@ class Runner:
                     timeout = 1.0 if due else NAP  # due but held by another process: look again soon
                 if next_retry is not None:
                     timeout = min(timeout, max(0.0, next_retry - now + 0.01))
-                force = spool.wait(timeout)[1]
+                force = self.spool.wait(timeout)[1]
         finally:
             self.collect()  # a stop (SIGTERM) still records what has finished
             self.close_links()
-            for _, per in self.waiting.values():
-                for entry in (entry for group in per.values() for entry in group):
-                    spool.release(entry.id)
-                    self.claimed -= 1
-            self.waiting.clear()
+            # Entries still waiting for a thread stay claimed: every caller exits now, and so
+            # releases their locks (a normal return leaves none waiting).
 
     def stop(self, signum: int, frame: object) -> None:
         """SIGTERM: finish what has been recorded, close connections, and exit."""
@@ -193,17 +183,12 @@ class Runner:
             if soft != resource.RLIM_INFINITY and soft < want:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
             room = max(16, want - 256)
-        if room > self.claimed:
-            claimed = self.spool.claim([e.id for e in due[: room - self.claimed]])
-            self.claimed += len(claimed)
-            for entry in claimed:
-                dest: Destination | None
-                if "@" in entry.recipient:
-                    dest = Destination(self.cfg, entry.sender, entry.recipient)
-                    key, group = dest.key, entry.message_id
-                else:  # local: no domain left (as C dma)
-                    dest, key, group = None, None, entry.id
-                self.waiting.setdefault(key, (dest, {}))[1].setdefault(group, []).append(entry)
+        claimed = self.spool.claim([e.id for e in due[: max(0, room - self.claimed)]])
+        self.claimed += len(claimed)
+        for entry in claimed:  # a local recipient (no domain left, as C dma) has no destination
+            dest = Destination(self.cfg, entry.sender, entry.recipient) if "@" in entry.recipient else None
+            key, group = (dest.key, entry.message_id) if dest is not None else (None, entry.id)
+            self.waiting.setdefault(key, (dest, {}))[1].setdefault(group, []).append(entry)
         if None in self.waiting:
             from . import local  # noqa: F401
         for key, (dest, per) in list(self.waiting.items()):
@@ -232,8 +217,7 @@ class Runner:
                 from . import local
 
                 [[entry]] = groups
-                path = self.spool.message_path(entry.id)
-                local.deliver(entry.recipient, entry.sender, path, self.cfg)
+                local.deliver(entry.recipient, entry.sender, self.spool.message_path(entry.id), self.cfg)
                 outcomes = {entry.id: ("sent", "")}
             else:
                 from . import remote
