@@ -134,8 +134,11 @@ class Runner:
         finally:
             self.collect()  # a stop (SIGTERM) still records what has finished
             self.close_links()
-            # Entries still waiting for a thread stay claimed: every caller exits now, and so
-            # releases their locks (a normal return leaves none waiting).
+            for _, per in self.waiting.values():  # claimed, never handed to a thread: free them
+                for entry in (entry for group in per.values() for entry in group):
+                    self.spool.release(entry.id)
+                    self.claimed -= 1
+            self.waiting.clear()
 
     def stop(self, signum: int, frame: object) -> None:
         """SIGTERM: finish what has been recorded, close connections, and exit."""
