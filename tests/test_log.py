@@ -112,3 +112,12 @@ def test_every_level_the_code_logs_at_has_a_syslog_priority() -> None:
     levels = set(re.findall(r'(?:\.event\(|level=)"([a-z]+)"', source))
     assert {"warning", "crit"} <= levels
     assert levels <= set(log._PRIORITIES), levels - set(log._PRIORITIES)
+
+
+def test_a_logfile_that_fails_does_not_fail_the_mail(dma_env: DmaEnv) -> None:
+    """The mail is queued before its log line is written: a full disk under LOGFILE must not turn
+    that into an error exit, after which the caller would send the message a second time."""
+    dma_env.write_conf("LOGFILE /dev/full")
+    run = dma_env.run(["-bq", "someone@remote.test"], b"Subject: s\n\nx\n")
+    assert (run.returncode, run.stderr) == (0, b"")
+    assert dma_env.recipients() == ["someone@remote.test"]

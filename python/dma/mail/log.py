@@ -53,13 +53,14 @@ class Log:
             "text": text,
         }
         flags = posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC
+        # The event has happened (mail queued, sent): a LOGFILE that fails must not fail it too.
+        fd = 2
         try:
-            fd = 2 if self.logfile == "-" else posix.open(self.logfile, flags, 0o640)
+            if self.logfile != "-":
+                fd = posix.open(self.logfile, flags, 0o640)
+            posix.write(fd, json_line(record).encode())  # one O_APPEND write: concurrent lines stay whole
         except OSError as e:
             _native.syslog(self.tag, 3, f"can not write LOGFILE {self.logfile}: {e.strerror}")  # err
-            return
-        try:
-            posix.write(fd, json_line(record).encode())  # one O_APPEND write: concurrent lines stay whole
         finally:
             if fd != 2:
                 posix.close(fd)
