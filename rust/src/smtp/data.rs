@@ -37,28 +37,36 @@ pub fn encode<E>(
             Err(e) => return Err(read_error(e)),
         };
         facts.eight_bit |= !chunk[..n].is_ascii();
-        for &byte in &chunk[..n] {
-            match byte {
-                b'\n' if after_cr => {}
-                b'\r' | b'\n' => {
+        let mut rest = &chunk[..n];
+        while let Some(&byte) = rest.first() {
+            if byte == b'\r' || byte == b'\n' {
+                if byte == b'\r' || !after_cr {
                     out.extend_from_slice(b"\r\n");
                     col = 0;
                 }
-                _ => {
-                    if col == 0 && byte == b'.' {
-                        out.push(b'.');
-                        col = 1;
-                        stuffed += 1;
-                    }
-                    if col >= LINE_LIMIT {
-                        out.extend_from_slice(b"\r\n ");
-                        col = 1;
-                    }
-                    out.push(byte);
-                    col += 1;
-                }
+                after_cr = byte == b'\r';
+                rest = &rest[1..];
+                continue;
             }
-            after_cr = byte == b'\r';
+            after_cr = false;
+            if col == 0 && byte == b'.' {
+                out.push(b'.');
+                col = 1;
+                stuffed += 1;
+            }
+            if col >= LINE_LIMIT {
+                out.extend_from_slice(b"\r\n ");
+                col = 1;
+            }
+            // The rest of the line, up to the limit, copied as one run.
+            let room = &rest[..rest.len().min(LINE_LIMIT - col)];
+            let run = room
+                .iter()
+                .position(|&b| b == b'\r' || b == b'\n')
+                .unwrap_or(room.len());
+            out.extend_from_slice(&rest[..run]);
+            col += run;
+            rest = &rest[run..];
         }
         if out.len() >= CHUNK {
             facts.wire_size += out.len() as u64;
