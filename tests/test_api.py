@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from dma import _native, api, config
 from dma.errors import EX_DATAERR, EX_NOINPUT, Fatal
+from dma.mail.submit import runner_running
 from dma_fixtures import MAILNAME, ME, DmaEnv
 from smtp_servers import Smtpd
 
@@ -391,7 +392,7 @@ def delivering_env(root: Path, server: Smtpd) -> DmaEnv:
 
 
 def runner_gone(env: DmaEnv) -> bool:
-    return not api.runner_running(config.Config(str(env.conf)))
+    return not runner_running(config.Config(str(env.conf)))
 
 
 def test_submit_starts_the_runner_which_delivers(

@@ -11,8 +11,9 @@ import pytest
 from django.conf import settings
 from django.core import mail
 from django.test.utils import override_settings
-from dma import api, config
+from dma import config
 from dma.errors import EX_DATAERR, Fatal
+from dma.mail.submit import runner_running
 from dma_fixtures import DmaEnv
 from smtp_servers import Smtpd
 
@@ -135,6 +136,6 @@ def test_delivered_through_the_runner(tmp_path: Path) -> None:
         assert got.mail_from == "from@site.example" and got.rcpt_tos == ["x@remote.example"]
         assert b"Subject: from django" in got.content
         cfg = config.Config(str(env.conf))
-        while (env.entries() or api.runner_running(cfg)) and time.monotonic() < deadline:
+        while (env.entries() or runner_running(cfg)) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert env.entries() == [] and not api.runner_running(cfg)
+        assert env.entries() == [] and not runner_running(cfg)

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dma import api, config
+from dma import config
 from dma.logging_handler import MailHandler
+from dma.mail.submit import runner_running
 from dma_fixtures import DmaEnv
 from smtp_servers import Smtpd
 
@@ -142,6 +143,6 @@ def test_a_record_is_delivered(tmp_path: Path, logger: logging.Logger) -> None:
         assert got.mail_from == "app@src.example" and got.rcpt_tos == ["ops@remote.example"]
         assert b"Subject: alert" in got.content and b"delivered by the runner" in got.content
         cfg = config.Config(str(env.conf))
-        while (env.entries() or api.runner_running(cfg)) and time.monotonic() < deadline:
+        while (env.entries() or runner_running(cfg)) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert env.entries() == [] and not api.runner_running(cfg)
+        assert env.entries() == [] and not runner_running(cfg)

@@ -126,19 +126,12 @@ class Batch:
         return len(self.message_ids)
 
 
-def runner_running(cfg: Config) -> bool:
-    try:
-        return not _native.Spool(cfg.spooldir).lock()  # a lock we get goes with its Spool, at once
-    except OSError:
-        return False  # no spool to watch or lock to take: start one, which says what is wrong
-
-
 def wake_runner(cfg: Config) -> None:
     """Wake the running queue runner, or start one. Never raises: the mail is queued anyway."""
     from .mail.queue import wake
 
     try:
-        if runner_running(cfg):
+        if submission.runner_running(cfg):
             wake(cfg)
         else:
             start_runner(cfg)

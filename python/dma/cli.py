@@ -216,6 +216,10 @@ def run_queue(cfg: Config, opts: Options, prog: str) -> int:
 
 def deliver_now(cfg: Config, message_ids: list[str], opts: Options, prog: str) -> int:
     """After a submission: deliver in the foreground (`-D`), or wake or start the runner."""
+    from .mail.submit import runner_running
+
+    if not opts.foreground and runner_running(cfg):
+        return 0  # without importing the runner: this is every call but the first of a burst
     from .mail.queue import Runner, selection, take_over
 
     runner = Runner(cfg, verbose=opts.verbose, report_failures=opts.foreground, name=prog, tag=opts.tag)

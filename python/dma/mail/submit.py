@@ -40,6 +40,14 @@ def drops(cfg: Config) -> bool:
     return not cfg.user_mode and posix.geteuid() != 0
 
 
+def runner_running(cfg: Config) -> bool:
+    """Whether a runner holds the spool: it then sees each message committed (inotify)."""
+    try:
+        return not _native.Spool(cfg.spooldir).lock()  # a lock we get goes with its Spool, at once
+    except OSError:
+        return False  # no spool to watch or lock to take: start one, which says what is wrong
+
+
 def over(cfg: Config, msgs: int, size: int) -> bool:
     return 0 < cfg.max_user_msgs <= msgs or 0 < cfg.max_user_bytes <= size
 
