@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::fs::{File, TryLockError};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -277,14 +277,22 @@ impl Spool {
     }
 
     /// Sleep until new mail, a `wake` or `flush`, a `notify`, a signal, or `timeout` seconds.
-    /// Returns (work, flush); a signal handler's exception is raised here.
+    /// Returns (work, flush); a signal handler's exception is raised here. Events that are no
+    /// work (our own records, a message still being written) are waited past here, so that a
+    /// message costs the runner one look at the queue, not one per file written.
     fn wait(&self, py: Python<'_>, timeout: f64) -> PyResult<(bool, bool)> {
         let timeout = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::MAX);
-        let woken = py
-            .detach(|| self.waker.wait(timeout))
-            .context(|| "waiting for mail".into())?;
-        py.check_signals()?;
-        Ok(woken)
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            let left = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
+            let woken = py
+                .detach(|| self.waker.wait(left))
+                .context(|| "waiting for mail".into())?;
+            py.check_signals()?; // a handler that wants the loop to end `notify`s
+            if woken.0 || left.is_zero() {
+                return Ok(woken);
+            }
+        }
     }
 
     fn notify(&self) {
