@@ -11,11 +11,14 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dma import _native
 from sink import Sink
 from smtp_servers import Peer, RawServer
 from test_runner import World, wait_until
@@ -67,6 +70,44 @@ def test_a_burst_shares_one_runner_and_one_connection(everyday: World, sink: Sin
     assert wait_until(lambda: not runner_holders(everyday), timeout=3 + 3)
     assert time.time() - max(m.at for m in sink.messages()) > 2.5
     assert everyday.queue_files() == []
+    # The delivered journal, replayed once rather than after each message, went before the runner.
+    assert [n for n in everyday.files() if n.startswith("delivered")] == []
+
+
+def test_a_call_that_finds_the_runner_lingering_does_not_load_it(everyday: World, sink: Sink) -> None:
+    everyday.configure("LINGER 60")
+    send(everyday, "a@remote.example", "<l1@t>")
+    assert sink.wait_for(lambda: len(sink.messages()) == 1, timeout=10)
+    assert runner_holders(everyday)
+    # The second call, in a Python that reports what it imported: the runner's lock is held, so
+    # the call only queues (the commit wakes the runner) and loads nothing of the runner's.
+    code = "import sys; from dma import cli; "
+    code += "c = cli.main(sys.argv[1:]); print(c, 'dma.mail.queue' in sys.modules)"
+    msg = b"Message-Id: <l2@t>\nSubject: two\n\nhello\n"
+    args = ["sendmail", "-C", str(everyday.conf), "-f", "root", "a@remote.example"]
+    r = everyday.run(["-c", code, *args], msg, prog=sys.executable)
+    assert (r.returncode, r.stdout.split()) == (0, [b"0", b"False"]), r
+    assert sink.wait_for(lambda: len(sink.messages()) == 2, timeout=10)
+    assert sink.connections == 1
+
+
+def test_the_runner_sleeps_through_files_that_are_no_work(tmp_path: Path) -> None:
+    spool = _native.Spool(str(tmp_path))
+
+    def record() -> None:  # what the runner's own records and a message being written look like
+        time.sleep(0.05)
+        (tmp_path / "tmp_Q1").write_text("x")
+        os.rename(tmp_path / "tmp_Q1", tmp_path / "Q1")
+
+    writer = threading.Thread(target=record)
+    writer.start()
+    start = time.monotonic()
+    assert spool.wait(0.5) == (False, False)
+    assert time.monotonic() - start >= 0.5
+    writer.join()
+    (tmp_path / "tmp_1").write_text("x")
+    os.rename(tmp_path / "tmp_1", tmp_path / "M1.1")  # a committed message: work, at once
+    assert spool.wait(30) == (True, False)
 
 
 def test_sigterm_ends_a_lingering_runner_cleanly(everyday: World, sink: Sink) -> None:

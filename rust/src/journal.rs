@@ -19,13 +19,14 @@ const TAKEN: &str = "delivered.taken.";
 const SYNC_EVERY: Duration = Duration::from_millis(100);
 
 /// One session's writer of the journal. Each confirmation is written at once, right after the
-/// server's reply, so a process that dies (even by SIGKILL) has always recorded it; the file is
-/// synced at most every `SYNC_EVERY` and when the session ends, so a power failure can repeat at
-/// most that much, and a busy disk does not stall every message.
+/// server's reply, so a process that dies (even by SIGKILL) has always recorded it. The file is
+/// synced at most every `SYNC_EVERY` during a long session; the confirmations since are made
+/// durable by the runner, which removes their entries and syncs the spool as soon as the session
+/// hands them back. A power failure can repeat at most that much, and no message waits for a sync
+/// of its own.
 pub struct Journal {
     path: PathBuf,
     last_sync: Instant,
-    unsynced: bool,
 }
 
 impl Journal {
@@ -33,7 +34,6 @@ impl Journal {
         Journal {
             path: dir.join(JOURNAL),
             last_sync: Instant::now(),
-            unsynced: false,
         }
     }
 
@@ -41,29 +41,16 @@ impl Journal {
         if ids.is_empty() {
             return Ok(());
         }
-        self.unsynced = true;
-        let due = self.last_sync.elapsed() >= SYNC_EVERY;
-        self.write(&format!("{}\n", ids.join("\n")), due)
-    }
-
-    pub fn sync(&mut self) -> Result<()> {
-        if self.unsynced {
-            self.write("", true)?;
-        }
-        Ok(())
-    }
-
-    fn write(&mut self, text: &str, sync: bool) -> Result<()> {
         let ctx = |what: &str| format!("can not {what} `{}'", self.path.display());
         // Opened per write, so that lines always go to the journal in place, not to one a
         // replay has taken aside meanwhile.
+        let lines = format!("{}\n", ids.join("\n"));
         let f = crate::spool::open_append(&self.path, false)
-            .and_then(|mut f| f.write_all(text.as_bytes()).map(|()| f))
+            .and_then(|mut f| f.write_all(lines.as_bytes()).map(|()| f))
             .context(|| ctx("write"))?;
-        if sync {
+        if self.last_sync.elapsed() >= SYNC_EVERY {
             f.sync_data().context(|| ctx("sync"))?;
             self.last_sync = Instant::now();
-            self.unsynced = false;
         }
         Ok(())
     }
@@ -106,7 +93,6 @@ mod tests {
         let mut journal = Journal::new(&dir);
         journal.record(&["a.1", "b.2"]).unwrap();
         journal.record(&["c.1"]).unwrap();
-        journal.sync().unwrap();
         let (ids, files) = journal_take(&dir).unwrap();
         assert_eq!(ids, ["a.1", "b.2", "c.1"]);
         // A replay that died before removing its files: the next take sees those ids again,

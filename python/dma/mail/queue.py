@@ -78,6 +78,7 @@ class Runner:
         self.idle: dict[str | None, list[Link]] = {}  # the connection cache
         self.last_activity = time.time()
         self.replayed = False
+        self.unreplayed = 0  # deliveries recorded in the journal since its last replay
         self.stopping = False
         self.bounces = 0
         self.done = {"sent": 0, "deferred": 0, "failed": 0}  # entries by outcome
@@ -103,7 +104,7 @@ class Runner:
                     from .drop import pick_up
 
                     waits = pick_up(self.cfg, self.events)
-                if not sum(self.busy.values()) and not self.replayed:
+                if not sum(self.busy.values()) and (not self.replayed or self.unreplayed >= 100):
                     self.replay_journal()
                 now = time.time()
                 due, next_retry, failing = self.spool.due(int(now), force)
@@ -125,6 +126,9 @@ class Runner:
                     timeout = self.cfg.linger - (now - self.last_activity)
                 else:
                     self.close_links()
+                    if self.unreplayed:  # the journal goes before we do
+                        self.replayed = False
+                        continue
                     if next_retry is None and not due:
                         return
                     timeout = 1.0 if due else NAP  # due but held by another process: look again soon
@@ -148,9 +152,10 @@ class Runner:
     def replay_journal(self) -> None:
         """Remove entries the server confirmed before a crash kept us from recording it. The
         journal files go only after their entries: a crash in between replays them again."""
-        self.replayed = True
+        self.replayed, self.unreplayed = True, 0
         entry_ids, journals = self.spool.journal_take()
-        for entry in self.spool.claim(entry_ids):
+        removed = self.spool.claim(entry_ids)  # the others are gone already, and synced by `collect`
+        for entry in removed:
             self.spool.remove(entry.id)
             self.log(
                 f"{entry.id}: delivered to {entry.recipient} (confirmed before a restart)",
@@ -158,7 +163,7 @@ class Runner:
                 id=entry.id,
                 to=entry.recipient,
             )
-        if journals:
+        if removed:
             self.sync()  # the removals are durable before their record goes
         for journal in journals:
             try:
@@ -247,7 +252,10 @@ class Runner:
             key, groups, outcomes, link = self.finished.pop()
             self.busy[key] -= 1
             self.last_activity = time.time()
-            self.replayed = False
+            # Delivered entries are removed here, so the journal names no other unless an outcome
+            # was lost after the server's 250 (a failed thread): then it is replayed at once.
+            if self.tried is not None or any(status != "sent" for status, _ in outcomes.values()):
+                self.replayed = False
             if link is not None:
                 self.idle.setdefault(key, []).append(link)
             if self.tried is not None:
@@ -257,6 +265,7 @@ class Runner:
                 self.record(entry, *outcomes[entry.id])
         if self.done["sent"] > sent:  # the removals, once for all the finished threads
             self.sync()
+            self.unreplayed += self.done["sent"] - sent
 
     def close_links(self) -> None:
         """QUIT every cached connection."""

@@ -80,11 +80,8 @@ impl Session {
         self.authenticate()
     }
 
-    /// Sync the journal; the report of this `send`.
+    /// The report of this `send`.
     pub(super) fn finish(&mut self) -> SessionResult {
-        if let Some(Err(e)) = self.journal.as_mut().map(Journal::sync) {
-            self.trace("!!! ", &e.to_string());
-        }
         let report = self.report.clone();
         self.report.results.clear();
         report
