@@ -174,6 +174,8 @@ class Runner:
     def dispatch(self, due: list[_native.QueueEntry]) -> None:
         """Claim due entries and start delivery threads: one per local entry; per destination,
         up to HOST_CONCURRENCY sharing its messages, a message's recipients in one transaction."""
+        if not due and not self.waiting:
+            return  # as after every session: nothing to claim or start
         # What the delivery threads import on first use is imported here, in this one thread: when
         # two threads import a module at once, CPython 3.9 can hand one of them a partial module.
         from . import authconf  # noqa: F401
