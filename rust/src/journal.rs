@@ -21,9 +21,9 @@ const SYNC_EVERY: Duration = Duration::from_millis(100);
 /// One session's writer of the journal. Each confirmation is written at once, right after the
 /// server's reply, so a process that dies (even by SIGKILL) has always recorded it. The file is
 /// synced at most every `SYNC_EVERY` during a long session; the confirmations since are made
-/// durable by the runner, which removes their entries and syncs the spool as soon as the session
-/// hands them back. A power failure can repeat at most that much, and no message waits for a sync
-/// of its own.
+/// durable by the runner, which removes their entries as the session hands them back and syncs the
+/// spool within the same time (`SYNC_EVERY` in queue.py). A power failure can repeat at most that
+/// much, and no message waits for a sync of its own.
 pub struct Journal {
     path: PathBuf,
     last_sync: Instant,

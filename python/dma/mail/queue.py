@@ -31,6 +31,9 @@ BATCH = 1000
 SMALL_BATCH = 200
 # Longest sleep while sessions run; a retry or new mail wakes the runner before it anyway.
 NAP = 3600.0
+# Delivered entries' removals are synced within this, once for all of them: a power failure may
+# repeat the deliveries of the last SYNC_EVERY seconds, as the journal's own syncs allow (journal.rs).
+SYNC_EVERY = 0.1
 
 
 def selection(queue_arg: str, messages: list[str] | None = None) -> Selection | None:
@@ -79,6 +82,7 @@ class Runner:
         self.last_activity = time.time()
         self.replayed = False
         self.unreplayed = 0  # deliveries recorded in the journal since its last replay
+        self.unsynced = 0.0  # when the oldest removal not yet synced was made; 0: none
         self.stopping = False
         self.bounces = 0
         self.done = {"sent": 0, "deferred": 0, "failed": 0}  # entries by outcome
@@ -134,9 +138,13 @@ class Runner:
                     timeout = 1.0 if due else NAP  # due but held by another process: look again soon
                 if next_retry is not None:
                     timeout = min(timeout, max(0.0, next_retry - now + 0.01))
+                if self.unsynced:
+                    timeout = min(timeout, max(0.0, self.unsynced + SYNC_EVERY - now))
                 force = self.spool.wait(timeout)[1]
         finally:
             self.collect()  # a stop (SIGTERM) still records what has finished
+            if self.unsynced:
+                self.sync()
             self.close_links()
             for _, per in self.waiting.values():  # claimed, never handed to a thread: free them
                 for entry in (entry for group in per.values() for entry in group):
@@ -154,7 +162,7 @@ class Runner:
         journal files go only after their entries: a crash in between replays them again."""
         self.replayed, self.unreplayed = True, 0
         entry_ids, journals = self.spool.journal_take()
-        removed = self.spool.claim(entry_ids)  # the others are gone already, and synced by `collect`
+        removed = self.spool.claim(entry_ids)  # the others are gone already
         for entry in removed:
             self.spool.remove(entry.id)
             self.log(
@@ -163,7 +171,7 @@ class Runner:
                 id=entry.id,
                 to=entry.recipient,
             )
-        if removed:
+        if removed or self.unsynced:
             self.sync()  # the removals are durable before their record goes
         for journal in journals:
             try:
@@ -265,9 +273,11 @@ class Runner:
             for entry in (entry for group in groups for entry in group):
                 self.claimed -= 1
                 self.record(entry, *outcomes[entry.id])
-        if self.done["sent"] > sent:  # the removals, once for all the finished threads
-            self.sync()
+        if self.done["sent"] > sent:
             self.unreplayed += self.done["sent"] - sent
+            self.unsynced = self.unsynced or time.time()
+        if self.unsynced and time.time() - self.unsynced >= SYNC_EVERY:
+            self.sync()
 
     def close_links(self) -> None:
         """QUIT every cached connection."""
@@ -281,6 +291,7 @@ class Runner:
             self.spool.sync()
         except OSError as e:
             raise Fatal(EX_TEMPFAIL, f"can not sync `{self.cfg.spooldir}': {e.strerror or e}") from None
+        self.unsynced = 0.0
 
     def settle(self, message_ids: list[str]) -> None:
         """Bounce each of these messages whose remaining recipients have all failed, once per message."""
@@ -350,7 +361,7 @@ class Runner:
         next_attempt = 0 if final else int(time.time()) + max(1, int(delay * (0.75 + jitter / 2)))
         try:
             if status == "sent":
-                self.spool.remove(entry.id)  # synced by `collect`
+                self.spool.remove(entry.id)  # synced by `collect` within SYNC_EVERY
             else:
                 state = "failed" if final else ""
                 self.spool.record(
