@@ -1,26 +1,30 @@
 # ruff: noqa: E501
 """What delivery costs on the everyday path, piece by piece, for one build or two side by side:
 
-1. the lingering runner's CPU per delivered message: `dma serve` lingering (LINGER 60) while
-   `sendmail -bq` calls queue N messages one after another (its inotify wake delivers each at
-   once), read from /proc/PID/stat of the runner alone, user and system apart;
+1. the lingering runner's CPU per delivered message: the runner the first `sendmail` starts, while
+   N more calls follow one after another (its inotify wake delivers each at once), read from
+   /proc/PID/stat of the runner alone, user and system apart;
 2. the submitting process's own CPU and wall time with immediate delivery against `-bq`, while a
    runner lingers (so the immediate call only has to find it), calls alternating, 20 ms apart.
 
 Run as root:  python benches/bench_runner.py [--no-build] [--n 300] [--other VENV [--label TEXT]]
 
 `--other VENV`: also measure another build installed in VENV (for instance an earlier commit, by
-`python -m venv VENV && VENV/bin/pip install .` in a worktree), interleaved with this one. Sink:
-aiosmtpd on loopback, plain SMTP. Writes the `bench_runner` section of RESULTS.md.
+`python -m venv VENV && VENV/bin/pip install .` in a worktree), interleaved with this one.
+
+What users run: pip's installed `sendmail`, the default configuration but for the smarthost and
+MAILNAME (immediate delivery, default LINGER). Sink: aiosmtpd on loopback, plain SMTP. A diagnostic
+of ours, not a comparison: C dma has no lingering runner; bench_everyday.py puts whole calls side by
+side with it. Writes the `bench_runner` section of RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import os
 import resource
-import signal
 import statistics
 import subprocess
 import sys
@@ -44,7 +48,7 @@ def ticks_ms(pid: int) -> tuple[float, float]:
 class Setup:
     """A spool, a dma.conf relaying to a fresh aiosmtpd sink, and a 1 KB message."""
 
-    def __init__(self, venv: str, work: str, linger: int) -> None:
+    def __init__(self, venv: str, work: str) -> None:
         self.venv = venv
         self.spool = tempfile.mkdtemp(dir=work)
         self.msg = os.path.join(work, "msg")
@@ -53,7 +57,7 @@ class Setup:
         self.conf = os.path.join(self.spool, "dma.conf")
         with open(self.conf, "w") as f:
             f.write(
-                f"SPOOLDIR {self.spool}\nSMARTHOST 127.0.0.1\nPORT {self.sink.port}\nMAILNAME bench.example.com\nLINGER {linger}\n"
+                f"SPOOLDIR {self.spool}\nSMARTHOST 127.0.0.1\nPORT {self.sink.port}\nMAILNAME bench.example.com\n"
             )
         self.env = dict(os.environ, DMA_CONF=self.conf)
 
@@ -73,35 +77,45 @@ class Setup:
         cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
         return cpu * 1000, wall * 1000
 
-    def close(self, runner: subprocess.Popen[bytes] | None = None) -> None:
-        if runner:
-            runner.send_signal(signal.SIGTERM)
-            runner.wait(30)
+    def runner(self) -> int:
+        """The pid of the runner: the one live process with our DMA_CONF (the calls have exited)."""
+        mine = f"DMA_CONF={self.conf}\0".encode()
+        for name in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError), open(f"/proc/{name}/environ", "rb") as f:
+                if mine in f.read() + b"\0":
+                    return int(name)
+        raise SystemExit(f"{self.venv}: no runner for {self.conf}")
+
+    def close(self) -> None:
+        """Once the runner has lingered and gone."""
+        lock = os.open(os.path.join(self.spool, "lock"), os.O_RDWR | os.O_CREAT)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        os.close(lock)
         self.sink.stop()
 
 
 def runner_cpu(venv: str, work: str, n: int) -> tuple[float, float]:
     """(user, system) ms of the lingering runner per message delivered."""
-    s = Setup(venv, work, 60)
-    s.call("-bq")  # `dma serve` finds work, so it takes the lock and lingers
-    runner = subprocess.Popen([f"{venv}/bin/python", "-m", "dma", "serve"], env=s.env)
+    s = Setup(venv, work)
+    s.call()  # starts the runner, which lingers
     try:
         if not s.sink.wait_for(1, 30):
             raise SystemExit(f"{venv}: the runner delivered nothing")
-        user0, sys0 = ticks_ms(runner.pid)
+        pid = s.runner()
+        user0, sys0 = ticks_ms(pid)
         for _ in range(n):
-            s.call("-bq")
+            s.call()
         if not s.sink.wait_for(n + 1, 60):
             raise SystemExit(f"{venv}: only {s.sink.count - 1} of {n} delivered")
-        user1, sys1 = ticks_ms(runner.pid)
+        user1, sys1 = ticks_ms(pid)
     finally:
-        s.close(runner)
+        s.close()
     return (user1 - user0) / n, (sys1 - sys0) / n
 
 
 def submitter(venv: str, work: str, n: int) -> dict[str, tuple[float, float]]:
     """Median (CPU, wall) ms of the submitting process, immediate and `-bq`, beside a lingering runner."""
-    s = Setup(venv, work, 5)
+    s = Setup(venv, work)
     s.call()  # starts the runner, which lingers
     seen: dict[str, list[tuple[float, float]]] = {"immediate": [], "-bq": []}
     try:
@@ -111,9 +125,6 @@ def submitter(venv: str, work: str, n: int) -> dict[str, tuple[float, float]]:
                 time.sleep(0.02)  # the runner delivers in the gap, not during the next call
         s.sink.wait_for(2 * n + 1, 60)
     finally:
-        lock = os.open(os.path.join(s.spool, "lock"), os.O_RDWR | os.O_CREAT)
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the runner has lingered and gone
-        os.close(lock)
         s.close()
     return {
         m: (statistics.median(c for c, _ in v), statistics.median(w for _, w in v)) for m, v in seen.items()
@@ -149,8 +160,8 @@ def main() -> int:
     out += [
         "",
         f"Plain SMTP to an aiosmtpd sink, 1 KB messages, {args.n} per measurement, two rounds with the builds",
-        "interleaved (each round's figure shown). Runner: CPU of the lingering `dma serve` per message it",
-        "delivered. Submitter: median CPU and wall time of one `sendmail` with immediate delivery and with",
+        "interleaved (each round's figure shown), pip's `sendmail` with the default configuration. Runner:",
+        "CPU of the runner the first call starts, per message it delivered. Submitter: median CPU and wall time of one `sendmail` with immediate delivery and with",
         "`-bq`, while a runner lingers, calls alternating 20 ms apart.",
         "",
         "| build | runner CPU ms / message (user + system) | submitter CPU ms, immediate / `-bq` | submitter wall ms, immediate / `-bq` |",
