@@ -162,7 +162,7 @@ class Runner:
         journal files go only after their entries: a crash in between replays them again."""
         self.replayed, self.unreplayed = True, 0
         entry_ids, journals = self.spool.journal_take()
-        removed = self.spool.claim(entry_ids)  # the others are gone already
+        removed = self.spool.claim(entry_ids)  # the others are gone, or another process holds them
         for entry in removed:
             self.spool.remove(entry.id)
             self.log(
