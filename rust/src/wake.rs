@@ -24,7 +24,9 @@ pub struct Waker {
 impl Waker {
     pub fn new(spool: &Path, drop: Option<&Path>) -> io::Result<Waker> {
         let inotify = inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC)?;
-        let spool_events = WatchFlags::MOVED_TO | WatchFlags::ATTRIB | WatchFlags::CLOSE_WRITE;
+        // Not CLOSE_WRITE: every file the spool's writers close (a message being written, its Q
+        // file, the journal) would wake the runner for nothing, several times a message.
+        let spool_events = WatchFlags::MOVED_TO | WatchFlags::ATTRIB;
         inotify::add_watch(&inotify, spool, spool_events)?;
         let drop_wd = drop.map(|dir| inotify::add_watch(&inotify, dir, WatchFlags::MOVED_TO));
         let notified = rustix::event::eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)?;
@@ -90,10 +92,20 @@ mod tests {
         fs::write(dir.join("tmp_Q1"), "x").unwrap();
         fs::rename(dir.join("tmp_Q1"), dir.join("Q1")).unwrap();
         assert!(!waker.wait(Duration::from_millis(10)).unwrap().0);
-        fs::write(dir.join("tmp_1"), "x").unwrap();
+        // Nor for a message still being written, its Q file or the journal.
+        for name in ["tmp_1", "Q1.1", "delivered"] {
+            fs::write(dir.join(name), "x").unwrap();
+        }
+        assert!(!waker.wait(Duration::from_millis(10)).unwrap().0);
         fs::rename(dir.join("tmp_1"), dir.join("M1.1")).unwrap();
         assert!(waker.wait(Duration::from_secs(1)).unwrap().0);
-        fs::write(dir.join("flush"), "").unwrap();
+        // As queue.py's `wake` (or `touch`) does it: created, then both its times set.
+        let now = std::time::SystemTime::now();
+        let times = fs::FileTimes::new().set_accessed(now).set_modified(now);
+        fs::File::create(dir.join("flush"))
+            .unwrap()
+            .set_times(times)
+            .unwrap();
         let w = waker.wait(Duration::from_secs(1)).unwrap();
         assert_eq!(w, (true, true));
         let start = Instant::now();
