@@ -92,11 +92,16 @@ mod tests {
         fs::write(dir.join("tmp_Q1"), "x").unwrap();
         fs::rename(dir.join("tmp_Q1"), dir.join("Q1")).unwrap();
         assert!(!waker.wait(Duration::from_millis(10)).unwrap().0);
-        // Nor for a message still being written, its Q file or the journal.
+        // A message still being written, its Q file and the journal do not even end the wait.
         for name in ["tmp_1", "Q1.1", "delivered"] {
             fs::write(dir.join(name), "x").unwrap();
         }
-        assert!(!waker.wait(Duration::from_millis(10)).unwrap().0);
+        let start = Instant::now();
+        assert!(!waker.wait(Duration::from_millis(50)).unwrap().0);
+        assert!(
+            start.elapsed() >= Duration::from_millis(45),
+            "woken by a closed file"
+        );
         fs::rename(dir.join("tmp_1"), dir.join("M1.1")).unwrap();
         assert!(waker.wait(Duration::from_secs(1)).unwrap().0);
         // As queue.py's `wake` (or `touch`) does it: created, then both its times set.
